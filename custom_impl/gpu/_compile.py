@@ -1,0 +1,65 @@
+"""Compiling our .cu files once per process and device, and the checks every typed launch wrapper uses.
+
+Kernels live in ``custom_impl/kernels/<family>.cu``. ``module(family)`` compiles a family with
+``cupy.RawModule`` the first time it is asked for on the current device and returns the cached module
+afterwards; nothing else in the project builds kernel source strings.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+
+KERNEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels")
+# NOTE: no fast-math: parity with cuDNN in strict FP32 is the point of the project.
+NVRTC_OPTIONS = ("-std=c++17",)
+
+
+def kernel_path(family: str) -> str:
+    return os.path.join(KERNEL_DIR, f"{family}.cu")
+
+
+@functools.lru_cache(maxsize=None)
+def _module(family: str, device_id: int, defines: tuple[tuple[str, str], ...]):
+    import cupy
+
+    with open(kernel_path(family), "r", encoding="utf-8") as fh:
+        code = fh.read()
+    options = NVRTC_OPTIONS + tuple(f"-D{k}={v}" for k, v in defines)
+    return cupy.RawModule(code=code, options=options)
+
+
+def module(family: str, **defines):
+    """The compiled ``cupy.RawModule`` of ``kernels/<family>.cu`` for the current device (memoised)."""
+    import cupy
+
+    key = tuple(sorted((k, str(v)) for k, v in defines.items()))
+    return _module(family, cupy.cuda.Device().id, key)
+
+
+def function(family: str, name: str, **defines):
+    """One kernel of a family, e.g. ``function("pool", "maxpool2d_forward")`` (memoised via ``module``)."""
+    return module(family, **defines).get_function(name)
+
+
+def check_array(a, name: str, shape=None, ndim=None):
+    """Raise ValueError unless ``a`` is a C-contiguous float32 CuPy array of the given shape / ndim."""
+    import cupy
+
+    if not isinstance(a, cupy.ndarray):
+        raise ValueError(f"{name}: expected a cupy.ndarray, got {type(a).__name__}")
+    if a.dtype != np.float32:
+        raise ValueError(f"{name}: expected float32, got {a.dtype}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name}: expected a C-contiguous array; pass cupy.ascontiguousarray({name})")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions, got shape {a.shape}")
+    if shape is not None and tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(a.shape)}")
+    return a
+
+
+def blocks(n: int, threads: int) -> int:
+    """Number of blocks of ``threads`` threads covering ``n`` items (at least 1)."""
+    return max(1, (int(n) + threads - 1) // threads)
