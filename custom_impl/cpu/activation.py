@@ -1,0 +1,67 @@
+"""Activations on the CPU: relu, sigmoid (numerically stable), tanh. Elementwise, any shape.
+
+Each backward uses the forward's output y (saved), not its input: relu' = [y > 0], sigmoid' = y (1 - y),
+tanh' = 1 - y^2.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def relu_forward(x: np.ndarray) -> np.ndarray:
+    """y = max(x, 0)."""
+    return np.maximum(x, 0)
+
+
+def relu_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """dx = dy where y > 0, else 0 (PyTorch's choice at x = 0: gradient 0)."""
+    return np.where(y > 0, dy, np.float32(0))
+
+
+def sigmoid_forward(x: np.ndarray) -> np.ndarray:
+    """y = 1 / (1 + exp(-x)), computed through e = exp(-|x|) so that no exp overflows:
+    x >= 0: 1 / (1 + e);  x < 0: e / (1 + e).
+    """
+    e = np.exp(-np.abs(x))
+    d = 1 + e
+    return np.where(x >= 0, 1 / d, e / d).astype(x.dtype, copy=False)
+
+
+def sigmoid_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """dx = dy * y * (1 - y)."""
+    return dy * y * (1 - y)
+
+
+def tanh_forward(x: np.ndarray) -> np.ndarray:
+    """y = tanh(x)."""
+    return np.tanh(x)
+
+
+def tanh_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """dx = dy * (1 - y^2)."""
+    return dy * (1 - y * y)
+
+
+class Activation:
+    """An activation layer; saves its output y for backward."""
+
+    FUNCS = {"relu": (relu_forward, relu_backward),
+             "sigmoid": (sigmoid_forward, sigmoid_backward),
+             "tanh": (tanh_forward, tanh_backward)}
+
+    def __init__(self, layer, need_dx: bool = True):
+        self.layer = layer
+        self.need_dx = need_dx
+        self.params, self.grads = {}, {}
+        self._fwd, self._bwd = self.FUNCS[layer.type]
+        self.saved = None
+
+    def forward(self, x: np.ndarray, train: bool) -> np.ndarray:
+        y = self._fwd(x)
+        self.saved = y if train else None
+        return y
+
+    def backward(self, dy: np.ndarray):
+        dx = self._bwd(dy, self.saved) if self.need_dx else None
+        self.saved = None
+        return dx

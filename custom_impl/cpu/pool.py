@@ -1,0 +1,115 @@
+"""Max and average pooling on the CPU: any kernel and stride, overlapping windows included, no padding.
+
+Letters: N batch, C channels, H,W input, P,Q output, R,S window, (sh, sw) stride;
+P = (H - R) // sh + 1, Q = (W - S) // sw + 1 (rows/columns past the last window are dropped, as in PyTorch).
+
+Both directions run one vectorised step per window offset (R*S of them, e.g. 4 for 2x2): the view
+x[:, :, r::sh, s::sw] cut to (P, Q) holds offset (r, s) of every window at once, so nothing loops over
+samples or pixels, and the backward adds (+=) offset by offset, which sums overlapping windows correctly.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _offset_view(a: np.ndarray, i: int, j: int, stride, pq) -> np.ndarray:
+    """a[n, c, p*sh + i, q*sw + j] for all n, c, p, q: a strided view (N, C, P, Q)."""
+    (sh, sw), (p, q) = stride, pq
+    return a[:, :, i:i + sh * (p - 1) + 1:sh, j:j + sw * (q - 1) + 1:sw]
+
+
+def _pq(x_shape, kernel, stride):
+    return ((x_shape[2] - kernel[0]) // stride[0] + 1, (x_shape[3] - kernel[1]) // stride[1] + 1)
+
+
+def maxpool2d_forward(x: np.ndarray, kernel, stride):
+    """y[n, c, p, q] = max_{r,s} x[n, c, p*sh + r, q*sw + s].  x (N, C, H, W) -> (y (N, C, P, Q), arg).
+
+    arg (N, C, P, Q) int16 is the window offset r*S + s of the first maximum in raster order (PyTorch's
+    choice on ties), saved for backward.
+
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> maxpool2d_forward(x, (2, 2), (2, 2))[0][0, 0]
+    array([[ 5.,  7.],
+           [13., 15.]], dtype=float32)
+    """
+    r, s = kernel
+    pq = _pq(x.shape, kernel, stride)
+    y = _offset_view(x, 0, 0, stride, pq).copy()                # (N, C, P, Q)
+    arg = np.zeros(y.shape, dtype=np.int16)                      # (N, C, P, Q)
+    for i in range(r):
+        for j in range(s):
+            if i == 0 and j == 0:
+                continue
+            v = _offset_view(x, i, j, stride, pq)
+            bigger = v > y                                       # strict: ties keep the earlier offset
+            np.copyto(y, v, where=bigger)
+            arg[bigger] = i * s + j
+    return y, arg
+
+
+def maxpool2d_backward(dy: np.ndarray, arg: np.ndarray, x_shape, kernel, stride) -> np.ndarray:
+    """dx[n, c, h, w] = sum of dy over the windows whose (first) maximum sits at (h, w). dy, arg (N, C, P, Q)."""
+    r, s = kernel
+    pq = dy.shape[2:]
+    dx = np.zeros(x_shape, dtype=dy.dtype)                       # (N, C, H, W)
+    zero = np.float32(0)
+    for i in range(r):
+        for j in range(s):
+            _offset_view(dx, i, j, stride, pq)[...] += np.where(arg == i * s + j, dy, zero)
+    return dx
+
+
+def avgpool2d_forward(x: np.ndarray, kernel, stride) -> np.ndarray:
+    """y[n, c, p, q] = (1 / (R S)) sum_{r,s} x[n, c, p*sh + r, q*sw + s].  x (N, C, H, W) -> (N, C, P, Q)."""
+    r, s = kernel
+    pq = _pq(x.shape, kernel, stride)
+    y = _offset_view(x, 0, 0, stride, pq).copy()                # (N, C, P, Q)
+    for i in range(r):
+        for j in range(s):
+            if i or j:
+                y += _offset_view(x, i, j, stride, pq)
+    y *= np.float32(1.0 / (r * s))
+    return y
+
+
+def avgpool2d_backward(dy: np.ndarray, x_shape, kernel, stride) -> np.ndarray:
+    """dx[n, c, h, w] = sum over the windows covering (h, w) of dy / (R S).  dy (N, C, P, Q) -> (N, C, H, W)."""
+    r, s = kernel
+    pq = dy.shape[2:]
+    share = dy * np.float32(1.0 / (r * s))                       # (N, C, P, Q)
+    dx = np.zeros(x_shape, dtype=dy.dtype)                       # (N, C, H, W)
+    for i in range(r):
+        for j in range(s):
+            _offset_view(dx, i, j, stride, pq)[...] += share
+    return dx
+
+
+class Pool2d:
+    """maxpool2d / avgpool2d layer; saves (arg, x.shape) for max, x.shape for average."""
+
+    def __init__(self, layer, need_dx: bool = True):
+        self.layer = layer
+        self.need_dx = need_dx
+        self.params, self.grads = {}, {}
+        self.saved = None
+
+    def forward(self, x: np.ndarray, train: bool) -> np.ndarray:
+        L = self.layer
+        if L.type == "maxpool2d":
+            y, arg = maxpool2d_forward(x, L.kernel_size, L.stride)
+            self.saved = (arg, x.shape) if train else None
+        else:
+            y = avgpool2d_forward(x, L.kernel_size, L.stride)
+            self.saved = (None, x.shape) if train else None
+        return y
+
+    def backward(self, dy: np.ndarray):
+        arg, x_shape = self.saved
+        self.saved = None
+        if not self.need_dx:
+            return None
+        L = self.layer
+        if L.type == "maxpool2d":
+            return maxpool2d_backward(dy, arg, x_shape, L.kernel_size, L.stride)
+        return avgpool2d_backward(dy, x_shape, L.kernel_size, L.stride)
