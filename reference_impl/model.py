@@ -1,0 +1,200 @@
+"""The reference model: torch.nn modules built from ``spec.layers``, behind the same contract as ours.
+
+Module i of the ``nn.Sequential`` is layer i of the spec, so torch's own parameter names are the spec's
+("0.weight", "0.bias", ...). Losses: F.cross_entropy on (N, K) logits, F.binary_cross_entropy_with_logits on
+(N, 1) logits. SGD: torch.optim.SGD, whose lr and momentum are set on every call.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _module(layer) -> nn.Module:
+    t = layer.type
+    if t == "dense":
+        return nn.Linear(layer.in_shape[0], layer.units, bias=layer.bias)
+    if t == "conv2d":
+        return nn.Conv2d(layer.in_shape[0], layer.out_channels, kernel_size=layer.kernel_size,
+                         stride=layer.stride, padding=layer.padding, bias=layer.bias)
+    if t == "maxpool2d":
+        return nn.MaxPool2d(layer.kernel_size, layer.stride)
+    if t == "avgpool2d":
+        return nn.AvgPool2d(layer.kernel_size, layer.stride)
+    if t == "flatten":
+        return nn.Flatten()
+    return {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}[t]()
+
+
+class ReferenceModel:
+    """``reference_impl.build(spec, device)``: the spec's network in PyTorch, FP32.
+
+    ``device`` is "cpu" or "gpu" (the contract's names); ``torch_device`` is "cpu" or "cuda".
+    """
+
+    impl = "reference"
+
+    def __init__(self, spec, device: str, torch_device: str, seed: int = 0):
+        self.spec = spec
+        self.device = device
+        self.torch_device = torch.device(torch_device)
+        with torch.device("meta"):   # no throw-away random init; parameters come from the spec below
+            net = nn.Sequential(*[_module(layer) for layer in spec.layers])
+        self.net = net.to_empty(device=self.torch_device)
+        self.params = dict(self.net.named_parameters())
+        self._write(self._validated(spec.init_params(seed)))
+        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=0.0, momentum=0.0)
+        self._graph = None          # (key, CUDAGraph, static x, static y, static loss)
+
+    # ------------------------------------------------------------------ the contract
+    def forward(self, x) -> torch.Tensor:
+        """Logits (N, spec.output_dim) as a torch tensor on the model's device; x NumPy or torch."""
+        with torch.no_grad():
+            return self.net(self._input(x))
+
+    def loss_and_grads(self, x, y) -> tuple[float, dict[str, np.ndarray]]:
+        """Mean loss and ``{name: gradient}`` as float32 NumPy arrays."""
+        x = self._input(x)
+        y = self._labels(y, x.shape[0])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self._loss(self.net(x), y)
+        loss.backward()
+        grads = {name: p.grad.detach().cpu().numpy().copy() for name, p in self.params.items()}
+        return float(loss.item()), grads
+
+    def train_step(self, x, y, lr: float, momentum: float = 0.0) -> torch.Tensor:
+        """One torch.optim.SGD step; returns the loss before the step as a 0-d tensor (no .item(), no sync)."""
+        self.spec.check_lr(lr, momentum)
+        x = self._input(x)
+        y = self._labels(y, x.shape[0])
+        self._set_hyper(lr, momentum)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self._loss(self.net(x), y)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def train_step_graphed(self, x, y, lr: float, momentum: float = 0.0) -> torch.Tensor:
+        """``train_step`` replayed from a CUDA graph (forward, loss, backward and SGD captured once).
+
+        The graph is captured on the first call and again whenever the batch shape, lr or momentum
+        change (they are baked into it); x and y are copied into its static input buffers. Returns the
+        graph's static loss tensor: it is overwritten by the next call, so read or clone it before then.
+        With momentum != 0 and no velocity yet, the call runs eagerly: torch creates the velocity (v = g)
+        on that step, and a captured graph would replay the creation instead of v = momentum*v + g.
+        GPU only; on the CPU it raises RuntimeError.
+        """
+        if self.torch_device.type != "cuda":
+            raise RuntimeError("train_step_graphed captures a CUDA graph and needs device='gpu'; "
+                               "on the CPU use train_step")
+        self.spec.check_lr(lr, momentum)
+        x = self._input(x)
+        y = self._labels(y, x.shape[0])
+        if momentum != 0 and any(self.optimizer.state.get(p, {}).get("momentum_buffer") is None
+                                 for p in self.params.values()):
+            self._graph = None
+            return self.train_step(x, y, lr, momentum)
+        key = (tuple(x.shape), y.dtype, float(lr), float(momentum))
+        if self._graph is None or self._graph[0] != key:
+            self._graph = None
+            self._capture(key, x, y, lr, momentum)
+        _, graph, static_x, static_y, static_loss = self._graph
+        static_x.copy_(x)
+        static_y.copy_(y)
+        graph.replay()
+        return static_loss
+
+    def get_params(self) -> dict[str, np.ndarray]:
+        """A copy of the parameters as float32 NumPy arrays."""
+        return {name: p.detach().cpu().numpy().copy() for name, p in self.params.items()}
+
+    def set_params(self, params: Mapping[str, Any]) -> None:
+        """Load every parameter in place (captured graphs stay valid); validates everything first.
+
+        The optimizer's velocity is kept.
+        """
+        self._write(self._validated(params))
+
+    def to_numpy(self, a) -> np.ndarray:
+        if isinstance(a, torch.Tensor):
+            return a.detach().cpu().numpy()
+        return np.asarray(a)
+
+    # ------------------------------------------------------------------ internals
+    def _validated(self, params: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        self.spec.check_params(params)
+        clean = {}
+        for name in self.spec.param_shapes():
+            a = params[name]
+            t = a.detach().to("cpu", torch.float32) if isinstance(a, torch.Tensor) else \
+                torch.from_numpy(np.array(a, dtype=np.float32))
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"model {self.spec.name!r}: parameter {name!r} holds NaN or infinite values")
+            clean[name] = t
+        return clean
+
+    def _write(self, params: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p.copy_(params[name])
+
+    def _input(self, x) -> torch.Tensor:
+        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+            x = np.asarray(x)
+        self.spec.check_input(x)
+        if isinstance(x, torch.Tensor):
+            return x.to(self.torch_device, torch.float32).contiguous()
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.torch_device)
+
+    def _labels(self, y, batch: int) -> torch.Tensor:
+        if isinstance(y, torch.Tensor) and y.device.type != "cpu":
+            # NOTE: labels already on the GPU get shape and dtype checks only; a range check would read
+            # them back to the host (a sync), which train_step must not force.
+            if y.ndim != 1 or y.shape[0] != batch:
+                raise ValueError(f"model {self.spec.name!r}: labels must have shape ({batch},) to match "
+                                 f"the batch, got {tuple(y.shape)}")
+            if y.is_floating_point() or y.is_complex():
+                raise ValueError(f"model {self.spec.name!r}: labels on the GPU must be an integer tensor, "
+                                 f"got dtype {y.dtype}")
+            y = y.to(self.torch_device, torch.int64)
+        else:
+            if isinstance(y, torch.Tensor):
+                y = y.numpy()
+            y = torch.from_numpy(self.spec.check_labels(y, batch)).to(self.torch_device)
+        if self.spec.loss == "sigmoid_binary_cross_entropy":
+            return y.to(torch.float32).reshape(batch, 1)
+        return y
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.spec.loss == "softmax_cross_entropy":
+            return F.cross_entropy(logits, y)
+        return F.binary_cross_entropy_with_logits(logits, y)
+
+    def _set_hyper(self, lr: float, momentum: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = float(lr)
+            group["momentum"] = float(momentum)
+
+    def _capture(self, key, x, y, lr, momentum) -> None:
+        static_x, static_y = x.clone(), y.clone()
+        self._set_hyper(lr, momentum)
+        # Warm-up on a side stream (lazy cuBLAS/cuDNN init and cudnn.benchmark autotuning happen here, not
+        # in the capture). Forward and backward only: the parameters do not change.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self.optimizer.zero_grad(set_to_none=True)
+                self._loss(self.net(static_x), static_y).backward()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.cuda.graph(graph):   # recorded, not run: the parameters change only on replay
+            static_loss = self._loss(self.net(static_x), static_y)
+            static_loss.backward()
+            self.optimizer.step()
+        self._graph = (key, graph, static_x, static_y, static_loss.detach())
