@@ -1,0 +1,50 @@
+"""relu / sigmoid / tanh on the GPU, forward and backward (kernels in ``custom_impl/kernels/activation.cu``).
+
+Elementwise on float32 arrays of any shape. Forward: y = act(x). Backward takes the saved forward
+OUTPUT y (that is all it needs): relu' = [y > 0], sigmoid' = y(1 - y), tanh' = 1 - y^2, dx = dy * act'.
+``out`` / ``dx`` may be given (then nothing is allocated; ``dx`` may be ``dy`` itself, in place).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._compile import blocks, check_array, function
+
+ACTIVATIONS = ("relu", "sigmoid", "tanh")
+THREADS = 256
+MAX_BLOCKS = 132 * 32  # grid-stride loops: enough blocks to fill an H100 many times over
+KERNEL_VERSION = "activation v1 (grid-stride, scalar)"
+
+
+def _check_act(act: str) -> str:
+    if act not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {act!r}; choose one of {', '.join(ACTIVATIONS)}")
+    return act
+
+
+def _launch(name, n, args):
+    grid = min(blocks(n, THREADS), MAX_BLOCKS)
+    function("activation", name)((grid,), (THREADS,), (*args, np.int64(n)))
+
+
+def activation_forward(x, act: str, out=None):
+    """y = act(x) elementwise; relu(x) = max(x, 0), sigmoid(x) = 1/(1 + e^-x), tanh. Same shape as x."""
+    import cupy
+
+    _check_act(act)
+    check_array(x, "x")
+    y = cupy.empty_like(x) if out is None else check_array(out, "out", shape=x.shape)
+    _launch(f"{act}_forward", x.size, (x, y))
+    return y
+
+
+def activation_backward(dy, y, act: str, dx=None):
+    """dx = dy * act'(x), computed from the forward output y (see the module docstring). Same shape."""
+    import cupy
+
+    _check_act(act)
+    check_array(y, "y")
+    check_array(dy, "dy", shape=y.shape)
+    dx = cupy.empty_like(dy) if dx is None else check_array(dx, "dx", shape=y.shape)
+    _launch(f"{act}_backward", y.size, (dy, y, dx))
+    return dx

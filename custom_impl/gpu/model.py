@@ -1,0 +1,461 @@
+"""Our GPU model: every layer of a spec in our own CUDA kernels, launched through CuPy.
+
+Legend: N batch, C in-channels, K out-channels, H,W in, P,Q out, R,S kernel, F features, U units.
+
+``build(spec, seed)`` returns a ``GPUModel`` (the model contract of docs/DESIGN.md, via
+``custom_impl.base.CustomModel``). The network is driven from ``spec.layers``: each layer becomes one
+step with a ``forward`` and a ``backward`` written side by side; a dense layer directly followed by an
+activation becomes one step whose activation runs in the GEMM epilogue.
+
+Memory: parameters, gradients and SGD velocities each live in ONE flat float32 buffer (P,) and every
+``"{i}.weight"`` / ``"{i}.bias"`` is a view into it, so SGD is one launch. Everything a batch size N
+needs (the input and label buffers, every activation, every gradient, what each step saves, the conv
+workspace and the loss buffers) is allocated once per N (a ``_Plan``, cached) and reused: the hot path
+allocates nothing, never synchronises the host, and launches on CuPy's current stream, so it can be
+captured as a CUDA graph.
+
+train_step: the first step for a given (N, lr, momentum) runs eagerly; the next one captures the whole
+step (forward, loss, backward, SGD) as a CUDA graph on a non-default stream; from then on each step
+copies the inputs into the static buffers and launches that graph on the current stream. Disable graphs
+with ``build(spec, use_graph=False)`` or the environment variable ``CUSTOM_GPU_GRAPH=0``.
+Parameter gradients are written (=), never accumulated.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from ..base import CustomModel
+from .activation import activation_backward, activation_forward
+from .loss import loss_forward_backward
+from .pool import avgpool2d_backward, avgpool2d_forward, maxpool2d_backward, maxpool2d_forward
+from .sgd import sgd_update
+
+ALIGN = 64  # elements (256 bytes): every parameter view starts aligned for vector loads in our kernels
+MAX_GRAPHS = 16  # captured train steps kept (one per (N, lr, momentum)); the oldest is dropped beyond
+
+
+def _graph_default() -> bool:
+    return os.environ.get("CUSTOM_GPU_GRAPH", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def build(spec, seed: int = 0, **options) -> "GPUModel":
+    """Our GPU model of ``spec`` with parameters ``spec.init_params(seed)``.
+
+    options: ``use_graph`` (bool, default from CUSTOM_GPU_GRAPH, else True): replay train steps as CUDA
+    graphs.
+
+    >>> m = build(modelspec.load("mlp-mnist"), seed=0)                 # doctest: +SKIP
+    >>> loss = m.train_step(x, y, lr=0.1, momentum=0.9)                # 0-d cupy array, no host sync
+    """
+    return GPUModel(spec, seed=seed, **options)
+
+
+# ---------------------------------------------------------------------------------------------- steps
+class _Step:
+    """One layer (or a dense + activation pair) of the network: forward and backward side by side.
+
+    ``in_shape`` / ``out_shape`` are per sample. ``params`` names this step's parameters (weight, bias).
+    ``alloc(plan, n)`` returns what forward saves for backward beyond its input and output (the step's
+    ``saved`` buffers, per batch size). ``needs_dx`` is False for every step before (and including) the
+    first layer with parameters: nothing upstream needs a gradient there.
+    """
+
+    kind = "?"
+    in_place_ok = False
+
+    def __init__(self, layer, act=None):
+        self.layer = layer
+        self.act = act
+        self.in_shape = tuple(layer.in_shape)
+        self.out_shape = tuple(layer.out_shape)
+        self.weight = f"{layer.index}.weight" if layer.has_params else None
+        self.bias = f"{layer.index}.bias" if layer.has_params and layer.bias else None
+        self.needs_dx = True
+
+    def alloc(self, n):
+        return None
+
+    def workspace_size(self, n) -> int:
+        return 0
+
+    def forward(self, model, x, y, saved, ws):
+        raise NotImplementedError
+
+    def backward(self, model, dy, x, y, saved, dx, ws):
+        raise NotImplementedError
+
+    def __repr__(self):
+        extra = f"+{self.act}" if self.act else ""
+        return f"<{self.kind}{extra} layer {self.layer.index} {self.in_shape}->{self.out_shape}>"
+
+
+class _Dense(_Step):
+    """y = act(x W^T + b) with the activation fused in the GEMM epilogue; x (N, F), W (U, F), y (N, U).
+
+    backward: dz = dy * act'(y) (from the saved output, in place into dy), then dx = dz W,
+    dW = dz^T x, db = sum_n dz (written).
+    """
+
+    kind = "dense"
+
+    def forward(self, model, x, y, saved, ws):
+        from .dense import dense_forward
+
+        b = model.params[self.bias] if self.bias else None
+        dense_forward(x, model.params[self.weight], b, act=self.act or "none", out=y)
+
+    def backward(self, model, dy, x, y, saved, dx, ws):
+        from .dense import dense_backward
+
+        if self.act:
+            activation_backward(dy, y, self.act, dx=dy)  # NOTE: in place: dy is not read again
+        dense_backward(dy, x, model.params[self.weight], need_dx=self.needs_dx, dx=dx,
+                       dW=model.grads[self.weight], db=model.grads[self.bias] if self.bias else None)
+
+
+class _Conv(_Step):
+    """y = conv2d(x, W) + b; x (N, C, H, W), W (K, C, R, S), y (N, K, P, Q) (implicit GEMM kernels)."""
+
+    kind = "conv2d"
+
+    def _geometry(self):
+        return tuple(self.layer.stride), tuple(self.layer.padding)
+
+    def workspace_size(self, n) -> int:
+        from .conv import conv2d_workspace_size
+
+        w_shape = (self.layer.out_channels, self.in_shape[0], *self.layer.kernel_size)
+        return int(conv2d_workspace_size((n, *self.in_shape), w_shape, *self._geometry()))
+
+    def forward(self, model, x, y, saved, ws):
+        from .conv import conv2d_forward
+
+        stride, padding = self._geometry()
+        b = model.params[self.bias] if self.bias else None
+        conv2d_forward(x, model.params[self.weight], b, stride, padding, out=y, workspace=ws)
+
+    def backward(self, model, dy, x, y, saved, dx, ws):
+        from .conv import conv2d_backward
+
+        stride, padding = self._geometry()
+        conv2d_backward(dy, x, model.params[self.weight], stride, padding, need_dx=self.needs_dx, dx=dx,
+                        dW=model.grads[self.weight], db=model.grads[self.bias] if self.bias else None,
+                        workspace=ws)
+
+
+class _Activation(_Step):
+    """y = act(x) elementwise; backward dx = dy * act'(y) from the saved output y."""
+
+    kind = "activation"
+
+    def __init__(self, layer):
+        super().__init__(layer, act=None)
+        self.fn = layer.type
+
+    def forward(self, model, x, y, saved, ws):
+        activation_forward(x, self.fn, out=y)
+
+    def backward(self, model, dy, x, y, saved, dx, ws):
+        activation_backward(dy, y, self.fn, dx=dx)
+
+
+class _Pool(_Step):
+    """Max / average pooling (N, C, H, W) -> (N, C, P, Q); max saves ``argmax`` (N, C, P, Q) int32."""
+
+    kind = "pool"
+
+    def alloc(self, n):
+        import cupy
+
+        if self.layer.type == "maxpool2d":
+            return cupy.empty((n, *self.out_shape), dtype=np.int32)  # argmax (N, C, P, Q)
+        return None
+
+    def forward(self, model, x, y, saved, ws):
+        k, s = self.layer.kernel_size, self.layer.stride
+        if self.layer.type == "maxpool2d":
+            maxpool2d_forward(x, k, s, out=y, argmax=saved)
+        else:
+            avgpool2d_forward(x, k, s, out=y)
+
+    def backward(self, model, dy, x, y, saved, dx, ws):
+        k, s = self.layer.kernel_size, self.layer.stride
+        if self.layer.type == "maxpool2d":
+            maxpool2d_backward(dy, saved, x.shape, k, s, dx=dx)
+        else:
+            avgpool2d_backward(dy, x.shape, k, s, dx=dx)
+
+
+class _Flatten(_Step):
+    """(N, C, H, W) -> (N, C*H*W): a view, no kernel; its output and gradient buffers alias its input's."""
+
+    kind = "flatten"
+
+    def forward(self, model, x, y, saved, ws):
+        pass
+
+    def backward(self, model, dy, x, y, saved, dx, ws):
+        pass
+
+
+def _make_steps(spec) -> list[_Step]:
+    steps: list[_Step] = []
+    layers = spec.layers
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        nxt = layers[i + 1] if i + 1 < len(layers) else None
+        if layer.type == "dense":
+            if nxt is not None and nxt.type in ("relu", "sigmoid", "tanh"):
+                steps.append(_Dense(layer, act=nxt.type))  # fused pair: the activation is the epilogue
+                i += 2
+                continue
+            steps.append(_Dense(layer))
+        elif layer.type == "conv2d":
+            steps.append(_Conv(layer))
+        elif layer.type in ("relu", "sigmoid", "tanh"):
+            steps.append(_Activation(layer))
+        elif layer.type in ("maxpool2d", "avgpool2d"):
+            steps.append(_Pool(layer))
+        elif layer.type == "flatten":
+            steps.append(_Flatten(layer))
+        else:  # modelspec validates types; this guards a new layer type added there but not here
+            raise ValueError(f"layer {layer.index} ({layer.type}): not supported by the GPU implementation")
+        i += 1
+    seen_params = False
+    for step in steps:
+        step.needs_dx = seen_params
+        seen_params = seen_params or step.weight is not None
+    return steps
+
+
+# ---------------------------------------------------------------------------------------------- plan
+class _Plan:
+    """Every buffer a batch size N needs, allocated once.
+
+    acts[i] is the input of step i (acts[0] the static input x (N, *input_shape), acts[-1] the logits
+    (N, output_dim)); dacts[i] the gradient w.r.t. acts[i] (None where nothing needs it); saved[i] what
+    step i saves; ws the conv workspace shared by all conv steps (they run one after another on one
+    stream); labels (N,) int64; per_sample (N,), loss (1,) the mean loss.
+    """
+
+    def __init__(self, spec, steps, n):
+        import cupy
+
+        self.n = n
+        f32 = np.float32
+        self.acts = [cupy.empty((n, *spec.input_shape), dtype=f32)]  # (N, *input_shape)
+        for step in steps:
+            if step.kind == "flatten":
+                self.acts.append(self.acts[-1].reshape((n, *step.out_shape)))  # (N, C*H*W) view
+            else:
+                self.acts.append(cupy.empty((n, *step.out_shape), dtype=f32))  # (N, *out_shape)
+        self.dacts: list = [None] * (len(steps) + 1)
+        self.dacts[-1] = cupy.empty_like(self.acts[-1])  # dlogits (N, output_dim)
+        for i in range(len(steps) - 1, -1, -1):
+            if not steps[i].needs_dx:
+                break
+            if steps[i].kind == "flatten":
+                self.dacts[i] = self.dacts[i + 1].reshape((n, *steps[i].in_shape))  # view
+            else:
+                self.dacts[i] = cupy.empty_like(self.acts[i])  # (N, *in_shape)
+        self.saved = [step.alloc(n) for step in steps]
+        ws = max([step.workspace_size(n) for step in steps] + [0])
+        self.ws = cupy.empty((ws,), dtype=f32) if ws > 0 else None  # conv workspace (float32 elements)
+        self.labels = cupy.empty((n,), dtype=np.int64)  # (N,)
+        self.per_sample = cupy.empty((n,), dtype=f32)   # (N,)
+        self.loss = cupy.empty((1,), dtype=f32)         # mean loss
+
+
+# ---------------------------------------------------------------------------------------------- model
+class GPUModel(CustomModel):
+    """Our implementation on one CUDA device (the current CuPy device at build time)."""
+
+    device = "gpu"
+
+    def __init__(self, spec, seed: int = 0, use_graph: bool | None = None):
+        self.use_graph = _graph_default() if use_graph is None else bool(use_graph)
+        self._plans: dict[int, _Plan] = {}
+        self._graphs: dict[tuple, object] = {}
+        self._eager_done: set[tuple] = set()
+        self._capture_stream = None
+        super().__init__(spec, seed)
+
+    # ------------------------------------------------------------------ set-up
+    def _setup(self, params):
+        import cupy
+
+        self.steps = _make_steps(self.spec)
+        shapes = self.spec.param_shapes()
+        offsets, total = {}, 0
+        for name, shape in shapes.items():
+            offsets[name] = total
+            total += -(-math.prod(shape) // ALIGN) * ALIGN  # round each up to ALIGN elements
+        total = max(total, 1)
+        self.flat_w = cupy.zeros((total,), dtype=np.float32)  # (P,) parameters (padding stays 0)
+        self.flat_g = cupy.zeros((total,), dtype=np.float32)  # (P,) gradients
+        self.flat_v = cupy.zeros((total,), dtype=np.float32)  # (P,) SGD velocities
+
+        def views(flat):
+            return {name: flat[offsets[name]:offsets[name] + math.prod(s)].reshape(s) for name, s in shapes.items()}
+
+        self.params, self.grads, self.velocity = views(self.flat_w), views(self.flat_g), views(self.flat_v)
+        self._write_params(params)
+
+    def _plan(self, n: int) -> _Plan:
+        plan = self._plans.get(n)
+        if plan is None:
+            plan = self._plans[n] = _Plan(self.spec, self.steps, n)
+        return plan
+
+    # ------------------------------------------------------------------ hooks of CustomModel
+    def to_numpy(self, a) -> np.ndarray:
+        import cupy
+
+        return cupy.asnumpy(a) if isinstance(a, cupy.ndarray) else np.asarray(a)
+
+    def _asarray(self, x):
+        """Copy x (NumPy or CuPy, any float dtype) into the static input buffer of its batch size."""
+        import cupy
+
+        dst = self._plan(int(x.shape[0])).acts[0]
+        if isinstance(x, cupy.ndarray):
+            if x.dtype != np.float32 or not x.flags.c_contiguous:
+                x = cupy.ascontiguousarray(x, dtype=np.float32)
+            if x.data.ptr != dst.data.ptr:
+                dst.data.copy_from_device_async(x.data, x.nbytes)  # current stream
+        else:
+            dst.set(np.ascontiguousarray(x, dtype=np.float32))
+        return dst
+
+    def _checked_labels(self, y, batch: int):
+        import cupy
+
+        if isinstance(y, cupy.ndarray):
+            # NOTE: device labels are checked for shape and integer dtype only: a range check would need
+            # their values on the host (a sync per step). An out-of-range label gives a NaN loss instead.
+            if y.ndim != 1 or y.shape[0] != batch:
+                raise ValueError(f"model {self.spec.name!r}: labels must have shape ({batch},) to match the "
+                                 f"batch, got {tuple(y.shape)}")
+            if y.dtype.kind not in "iub":
+                raise ValueError(f"model {self.spec.name!r}: device labels must be integer class indices, "
+                                 f"got dtype {y.dtype}")
+            dst = self._plan(batch).labels
+            if y.dtype != np.int64 or not y.flags.c_contiguous:
+                y = cupy.ascontiguousarray(y, dtype=np.int64)
+            dst.data.copy_from_device_async(y.data, y.nbytes)
+            return dst
+        return super()._checked_labels(y, batch)
+
+    def _labels(self, y: np.ndarray):
+        dst = self._plan(int(y.shape[0])).labels
+        dst.set(np.ascontiguousarray(y, dtype=np.int64))
+        return dst
+
+    def _forward(self, x, train: bool):
+        plan = self._plan(int(x.shape[0]))
+        if x.data.ptr != plan.acts[0].data.ptr:
+            plan.acts[0].data.copy_from_device_async(x.data, x.nbytes)
+        self._run_forward(plan)
+        if train:
+            return plan.acts[-1]
+        return _copy(plan.acts[-1])  # NOTE: a fresh array: the plan's buffer is overwritten by the next call
+
+    def _run_forward(self, plan: _Plan) -> None:
+        for i, step in enumerate(self.steps):
+            step.forward(self, plan.acts[i], plan.acts[i + 1], plan.saved[i], plan.ws)
+
+    def _loss(self, logits, y):
+        plan = self._plan(int(logits.shape[0]))
+        loss, dz = loss_forward_backward(self.spec.loss, logits, y, dz=plan.dacts[-1], loss=plan.loss,
+                                         per_sample=plan.per_sample)
+        return loss, dz
+
+    def _backward(self, dlogits) -> None:
+        self._run_backward(self._plan(int(dlogits.shape[0])))
+
+    def _run_backward(self, plan: _Plan) -> None:
+        for i in range(len(self.steps) - 1, -1, -1):
+            step = self.steps[i]
+            if step.weight is None and not step.needs_dx:
+                continue  # before the first parameter layer: nothing needs this gradient
+            step.backward(self, plan.dacts[i + 1], plan.acts[i], plan.acts[i + 1], plan.saved[i],
+                          plan.dacts[i], plan.ws)
+
+    def _read_params(self) -> dict:
+        return dict(self.params)
+
+    def _read_grads(self) -> dict:
+        return dict(self.grads)
+
+    def _write_params(self, params) -> None:
+        for name, view in self.params.items():
+            view.set(np.ascontiguousarray(params[name], dtype=np.float32))
+
+    def _sgd(self, lr: float, momentum: float) -> None:
+        sgd_update(self.flat_w, self.flat_g, self.flat_v, lr, momentum)
+
+    # ------------------------------------------------------------------ the whole step, eager or graphed
+    def _run_step(self, plan: _Plan, lr: float, momentum: float) -> None:
+        """forward, loss, backward, SGD on the plan's static buffers: only kernel launches (capturable)."""
+        self._run_forward(plan)
+        loss_forward_backward(self.spec.loss, plan.acts[-1], plan.labels, dz=plan.dacts[-1], loss=plan.loss,
+                              per_sample=plan.per_sample)
+        self._run_backward(plan)
+        self._sgd(lr, momentum)
+
+    def train_step(self, x, y, lr: float, momentum: float = 0.0):
+        """One SGD step (see ``CustomModel.train_step``); returns the loss before the step, 0-d, no sync.
+
+        With graphs on, the first call for a given (N, lr, momentum) runs eagerly, the second captures the
+        step as a CUDA graph and every later one replays it. The returned loss is a fresh 0-d array.
+        """
+        import cupy
+
+        self.spec.check_lr(lr, momentum)
+        x = self._checked_input(x)                 # copied into the plan's static input buffer
+        n = int(x.shape[0])
+        self._checked_labels(y, n)                 # copied into the plan's static label buffer
+        plan = self._plan(n)
+        lr, momentum = float(lr), float(momentum)
+        key = (n, lr, momentum)
+        graph = self._graphs.get(key) if self.use_graph else None
+        if graph is None and self.use_graph and key in self._eager_done:
+            graph = self._capture(plan, lr, momentum)
+            self._graphs[key] = graph
+            while len(self._graphs) > MAX_GRAPHS:
+                self._graphs.pop(next(iter(self._graphs)))
+        if graph is not None:
+            graph.launch(cupy.cuda.get_current_stream())
+        else:
+            self._run_step(plan, lr, momentum)
+            self._eager_done.add(key)
+        return _copy(plan.loss).reshape(())
+
+    def _capture(self, plan: _Plan, lr: float, momentum: float):
+        import cupy
+
+        if self._capture_stream is None:
+            self._capture_stream = cupy.cuda.Stream(non_blocking=True)
+        stream = self._capture_stream
+        # NOTE: the capture records, it does not run; the static buffers are already filled on the
+        # current stream, and the graph launched on that stream runs after those copies.
+        with stream:
+            stream.begin_capture()
+            try:
+                self._run_step(plan, lr, momentum)
+            finally:
+                graph = stream.end_capture()
+        return graph
+
+
+def _copy(a):
+    """A fresh copy of a contiguous device array, as one async device-to-device copy (current stream)."""
+    import cupy
+
+    out = cupy.empty(a.shape, dtype=a.dtype)
+    out.data.copy_from_device_async(a.data, a.nbytes)
+    return out

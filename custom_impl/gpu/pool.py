@@ -1,0 +1,123 @@
+"""Max and average pooling on the GPU (kernels in ``custom_impl/kernels/pool.cu``).
+
+Legend: N batch, C channels, H,W input, P,Q output, R,S window, (sh, sw) stride; no padding (the spec
+has none for pools): P = (H - R) // sh + 1, Q = (W - S) // sw + 1. Windows may overlap (stride < window).
+
+Forward and backward take the same arguments in the same order. Backward gathers, for each input
+pixel, over the outputs whose windows cover it, so dx is written (=) once per element, deterministically.
+Max pooling saves ``argmax`` (N, C, P, Q) int32, the position r*S + s of the first maximum in each
+window (PyTorch's tie rule), for its backward. Every function takes ``out=``-style arrays and then
+allocates nothing (CUDA-graph capturable); launches go to CuPy's current stream.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._compile import blocks, check_array, function
+
+THREADS = 256
+KERNEL_VERSION = {"maxpool2d": "maxpool2d_forward/backward v1 (thread per output / gather per input)",
+                  "avgpool2d": "avgpool2d_forward/backward v1 (thread per output / gather per input)"}
+
+
+def pool_output_shape(x_shape, kernel_size, stride) -> tuple[int, int, int, int]:
+    """(N, C, P, Q) of pooling an (N, C, H, W) input with window (R, S) and stride (sh, sw)."""
+    n, c, h, w = x_shape
+    (r, s), (sh, sw) = kernel_size, stride
+    if r > h or s > w:
+        raise ValueError(f"pool window {r}x{s} is larger than the input {h}x{w}")
+    return (n, c, (h - r) // sh + 1, (w - s) // sw + 1)
+
+
+def _scalars(x_shape, y_shape, kernel_size, stride):
+    n, c, h, w = x_shape
+    _, _, p, q = y_shape
+    (r, s), (sh, sw) = kernel_size, stride
+    return tuple(np.int32(v) for v in (n * c, h, w, p, q, r, s, sh, sw))
+
+
+def _check_pairs(kernel_size, stride):
+    kernel_size = tuple(int(k) for k in kernel_size)
+    stride = tuple(int(k) for k in stride)
+    if len(kernel_size) != 2 or len(stride) != 2 or min(kernel_size + stride) < 1:
+        raise ValueError(f"kernel_size and stride must be pairs of positive ints, got {kernel_size}, {stride}")
+    return kernel_size, stride
+
+
+def _argmax_buffer(shape, argmax):
+    import cupy
+
+    if argmax is None:
+        return cupy.empty(shape, dtype=np.int32)
+    if not isinstance(argmax, cupy.ndarray) or argmax.dtype != np.int32 or tuple(argmax.shape) != tuple(shape) \
+            or not argmax.flags.c_contiguous:
+        raise ValueError(f"argmax: expected a C-contiguous int32 cupy array of shape {tuple(shape)}")
+    return argmax
+
+
+def maxpool2d_forward(x, kernel_size, stride, out=None, argmax=None):
+    """y[n,c,p,q] = max over r<R, s<S of x[n,c,p*sh+r,q*sw+s]; returns ``(y, argmax)``.
+
+    x (N, C, H, W) float32 -> y (N, C, P, Q) float32, argmax (N, C, P, Q) int32 (saved for backward).
+
+    >>> y, am = maxpool2d_forward(x, (2, 2), (2, 2))            # doctest: +SKIP
+    """
+    import cupy
+
+    kernel_size, stride = _check_pairs(kernel_size, stride)
+    check_array(x, "x", ndim=4)
+    y_shape = pool_output_shape(x.shape, kernel_size, stride)
+    y = cupy.empty(y_shape, dtype=np.float32) if out is None else check_array(out, "out", shape=y_shape)
+    argmax = _argmax_buffer(y_shape, argmax)
+    total = int(np.prod(y_shape))
+    function("pool", "maxpool2d_forward")((blocks(total, THREADS),), (THREADS,),
+                                          (x, y, argmax, *_scalars(x.shape, y_shape, kernel_size, stride)))
+    return y, argmax
+
+
+def maxpool2d_backward(dy, argmax, x_shape, kernel_size, stride, dx=None):
+    """dx[n,c,h,w] = sum of dy[n,c,p,q] over the windows (p, q) whose first maximum is (h, w).
+
+    dy (N, C, P, Q), argmax (N, C, P, Q) int32 from the forward -> dx (N, C, H, W) (written, =).
+    """
+    import cupy
+
+    kernel_size, stride = _check_pairs(kernel_size, stride)
+    x_shape = tuple(int(v) for v in x_shape)
+    y_shape = pool_output_shape(x_shape, kernel_size, stride)
+    check_array(dy, "dy", shape=y_shape)
+    _argmax_buffer(y_shape, argmax)
+    dx = cupy.empty(x_shape, dtype=np.float32) if dx is None else check_array(dx, "dx", shape=x_shape)
+    total = int(np.prod(x_shape))
+    function("pool", "maxpool2d_backward")((blocks(total, THREADS),), (THREADS,),
+                                           (dy, argmax, dx, *_scalars(x_shape, y_shape, kernel_size, stride)))
+    return dx
+
+
+def avgpool2d_forward(x, kernel_size, stride, out=None):
+    """y[n,c,p,q] = (1 / (R*S)) * sum over r<R, s<S of x[n,c,p*sh+r,q*sw+s]; x (N,C,H,W) -> y (N,C,P,Q)."""
+    import cupy
+
+    kernel_size, stride = _check_pairs(kernel_size, stride)
+    check_array(x, "x", ndim=4)
+    y_shape = pool_output_shape(x.shape, kernel_size, stride)
+    y = cupy.empty(y_shape, dtype=np.float32) if out is None else check_array(out, "out", shape=y_shape)
+    total = int(np.prod(y_shape))
+    function("pool", "avgpool2d_forward")((blocks(total, THREADS),), (THREADS,),
+                                          (x, y, *_scalars(x.shape, y_shape, kernel_size, stride)))
+    return y
+
+
+def avgpool2d_backward(dy, x_shape, kernel_size, stride, dx=None):
+    """dx[n,c,h,w] = sum of dy[n,c,p,q] / (R*S) over the windows (p, q) covering (h, w); written (=)."""
+    import cupy
+
+    kernel_size, stride = _check_pairs(kernel_size, stride)
+    x_shape = tuple(int(v) for v in x_shape)
+    y_shape = pool_output_shape(x_shape, kernel_size, stride)
+    check_array(dy, "dy", shape=y_shape)
+    dx = cupy.empty(x_shape, dtype=np.float32) if dx is None else check_array(dx, "dx", shape=x_shape)
+    total = int(np.prod(x_shape))
+    function("pool", "avgpool2d_backward")((blocks(total, THREADS),), (THREADS,),
+                                           (dy, dx, *_scalars(x_shape, y_shape, kernel_size, stride)))
+    return dx
