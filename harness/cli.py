@@ -1,0 +1,245 @@
+"""The command line: ``python -m harness {run,report,parity,env,targets}``.
+
+Bad input (unknown suite, model or device, a malformed suite file, a results.csv that cannot be
+resumed) prints ``harness: error: <what is wrong and how to fix it>`` on stderr and exits with code 2;
+it never prints a traceback and never touches an existing results.csv.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A user error; the message names the problem and the fix."""
+
+
+def _device(requested: str) -> str:
+    from . import env
+
+    ok, why = env.gpu_available()
+    if requested == "auto":
+        return "gpu" if ok else "cpu"
+    if requested == "gpu" and not ok:
+        raise CliError(f"--device gpu: no usable GPU here ({why}); run on a machine with CuPy and an NVIDIA GPU, "
+                       "or use --device cpu")
+    if requested == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CliError(f"--device gpu: torch {torch.__version__} sees no CUDA device (a CPU build?); the "
+                           "reference needs a CUDA build of torch, or use --device cpu")
+    return requested
+
+
+def _load_suite(name: str, models: str | None):
+    from .suites import SuiteError, load_suite
+
+    try:
+        suite = load_suite(name)
+    except SuiteError as err:
+        raise CliError(str(err)) from None
+    if models:
+        import modelspec
+
+        wanted = [m.strip() for m in models.split(",") if m.strip()]
+        for m in wanted:
+            try:
+                modelspec.load(m)
+            except (modelspec.SpecError, OSError) as err:
+                raise CliError(f"--models: {err}") from None
+        kept = []
+        for kind, sec in suite.sections:
+            if kind == "models":
+                sec = dict(sec, models=[m for m in sec["models"] if m in wanted])
+                if not sec["models"]:
+                    continue
+            kept.append((kind, sec))
+        suite.sections = kept
+    return suite
+
+
+def default_out(suite_name: str, device: str) -> str:
+    from . import env
+
+    return os.path.join("reports", f"{suite_name}-{env.slug(env.device_name(device))}")
+
+
+def cmd_run(args) -> int:
+    from . import env
+    from .results import ResultsError
+    from .runner import run_suite
+
+    device = _device(args.device)
+    suite_name = args.suite or ("gpu" if device == "gpu" else "cpu")
+    suite = _load_suite(suite_name, args.models)
+    out = args.out or default_out(suite.name, device)
+    jobs = suite.jobs(device)
+    if not jobs:
+        raise CliError(f"suite {suite.name!r} has nothing to run on {device} (every section is limited to other "
+                       "devices); pick another --suite or --device")
+    os.makedirs(out, exist_ok=True)
+    override = {}
+    if args.cold_l2:
+        override["cold_l2"] = True
+    if args.budget_s is not None:
+        override["budget_s"] = args.budget_s
+    rec = env.collect(device)
+    rec["suite"] = {"name": suite.name, "path": suite.path, "settings": dict(suite.settings, **override)}
+    rec["run_device"] = device
+    rec["device_name"] = env.device_name(device)
+    rec["peak_fp32_tflops"] = args.peak_tflops or (env.peak_fp32_tflops(rec["device_name"]) if device == "gpu" else None)
+    try:
+        import reference_impl
+
+        rec["precision_flags"] = reference_impl.precision_flags()
+    except Exception:
+        pass
+    print(f"harness: running suite {suite.name!r} ({len(jobs)} rows) on {device} ({rec['device_name']}) -> {out}",
+          file=sys.stderr)
+    try:
+        counts = run_suite(suite, device, os.path.join(out, "results.csv"), peak_tflops=rec["peak_fp32_tflops"],
+                           jobs=jobs, settings_override=override, quiet=args.quiet)
+    except ResultsError as err:
+        raise CliError(str(err)) from None
+    try:
+        from .workloads import set_strict_fp32
+        import reference_impl
+
+        set_strict_fp32()
+        rec["precision_flags"] = reference_impl.precision_flags()
+    except Exception:
+        pass
+    env.write(os.path.join(out, "env.json"), rec)
+    print("harness: rows " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())), file=sys.stderr)
+    if not args.no_report:
+        from .report import render
+
+        files = render([out], out_dir=out, peak_tflops=args.peak_tflops)
+        print(f"harness: report written: {files.get('pdf')}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import ReportError, render
+
+    try:
+        files = render(args.dirs, out_dir=args.out, peak_tflops=args.peak_tflops)
+    except ReportError as err:
+        raise CliError(str(err)) from None
+    for k, v in files.items():
+        if isinstance(v, str):
+            print(f"{k}: {v}")
+    return 0
+
+
+def cmd_parity(args) -> int:
+    from .parity import parity_table
+
+    device = _device(args.device)
+    ok, text = parity_table(device, models=args.models)
+    print(text)
+    return 0 if ok else 1
+
+
+def cmd_env(args) -> int:
+    from . import env
+
+    device = None if args.device == "auto" else _device(args.device)
+    print(json.dumps(env.collect(device), indent=2, sort_keys=True, default=str))
+    return 0
+
+
+def cmd_targets(args) -> int:
+    from .results import ResultsError
+    from .targets import run_targets
+
+    device = _device(args.device)
+    out = args.out or default_out("targets", device)
+    try:
+        ok, text = run_targets(out, device, peak_tflops=args.peak_tflops, quiet=args.quiet)
+    except ResultsError as err:
+        raise CliError(str(err)) from None
+    print(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .suites import DEVICES
+
+    p = argparse.ArgumentParser(prog="harness", description=(
+        "Benchmark our NumPy/CUDA implementation against PyTorch (CPU, cuBLAS/cuDNN), check parity, "
+        "and write results.csv, env.json, plots, tables and a PDF report."))
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    devs = ("auto",) + DEVICES
+
+    r = sub.add_parser("run", help="run a suite (no arguments: the default suite of this machine's device)",
+                       description="Run a suite and write DIR/results.csv, DIR/env.json and the report. "
+                                   "Rerunning the same command resumes: finished rows are skipped.")
+    r.add_argument("--suite", help="suite name (quick, cpu, gpu, thesis, targets) or path to a .toml file; "
+                                   "default: gpu on a GPU machine, cpu otherwise")
+    r.add_argument("--device", default="auto", choices=devs, help="auto (GPU when CuPy sees one), cpu or gpu")
+    r.add_argument("--out", metavar="DIR", help="output folder (default: reports/<suite>-<device name>)")
+    r.add_argument("--models", help="comma-separated zoo models: run only these of the suite's model sections")
+    r.add_argument("--peak-tflops", type=float, help="FP32 peak for the %% of peak column (default: known GPUs; "
+                                                     "none on CPUs)")
+    r.add_argument("--cold-l2", action="store_true", help="flush L2 before every timed sample (GPU)")
+    r.add_argument("--budget-s", type=float, help="override the suite's per-row timing budget (seconds)")
+    r.add_argument("--no-report", action="store_true", help="write results only, no plots/PDF")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_run)
+
+    rp = sub.add_parser("report", help="plots, tables and PDF from results folders (or pytest-benchmark JSON)",
+                        description="Render the report from saved results only (nothing is run). Each DIR holds "
+                                    "a results.csv (and env.json) or is a pytest-benchmark --benchmark-json file; "
+                                    "several DIRs are compared side by side.")
+    rp.add_argument("dirs", nargs="+", metavar="DIR")
+    rp.add_argument("--out", metavar="DIR", help="where to write the report (default: the first DIR, or "
+                                                 "reports/compare-... for several)")
+    rp.add_argument("--peak-tflops", type=float, help="FP32 peak used when the results do not name one")
+    rp.set_defaults(func=cmd_report)
+
+    pa = sub.add_parser("parity", help="parity table: every zoo model and layer kind, ours vs the reference",
+                        description="Compare ours with the reference (same device, same inputs and parameters) "
+                                    "for every zoo model (inference, forward_backward, train_step) and every "
+                                    "layer kind and phase; exit code 1 if any row fails.")
+    pa.add_argument("--device", default="auto", choices=devs)
+    pa.add_argument("--models", help="comma-separated zoo models (default: all)")
+    pa.set_defaults(func=cmd_parity)
+
+    e = sub.add_parser("env", help="print the environment record as JSON")
+    e.add_argument("--device", default="auto", choices=devs)
+    e.set_defaults(func=cmd_env)
+
+    t = sub.add_parser("targets", help="measure the issue-5 performance targets and write DIR/targets.csv",
+                       description="Run exactly the rows the performance targets need, write DIR/targets.csv "
+                                   "(target, measured, goal, met), the rows in DIR/results.csv, and print the "
+                                   "table. On a CPU-only machine the GPU targets are written as not measured.")
+    t.add_argument("--out", metavar="DIR", help="output folder (default: reports/targets-<device name>)")
+    t.add_argument("--device", default="auto", choices=devs)
+    t.add_argument("--peak-tflops", type=float)
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_targets)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    if getattr(args, "models", None) is not None and args.command == "parity":
+        args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    try:
+        return args.func(args)
+    except CliError as err:
+        print(f"harness: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("harness: interrupted; rerun the same command to resume (finished rows are kept)", file=sys.stderr)
+        return 130

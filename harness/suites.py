@@ -1,0 +1,369 @@
+"""Suites: TOML files that list what to measure, parsed and validated into a flat list of jobs.
+
+A suite file (``harness/suites/<name>.toml``, or any path) has::
+
+    name = "quick"
+    description = "what it is for"
+    [settings]                      # timing knobs, all optional (defaults in DEFAULT_SETTINGS)
+    budget_s = 0.1
+    [[models]]                      # zoo models x batch sizes x phases
+    models = ["mlp-mnist"]
+    batches = [1, 64]
+    phases = ["inference", "forward_backward", "train_step"]
+    variants = ["numpy", "torch-eager"]   # optional; default: every variant of the device but torch-compile
+    devices = ["cpu"]                     # optional; the section is skipped on other devices
+    [[dense]]                       # DeepBench-style GEMM shapes [M, N, K]: x (M, K), W (N, K) -> y (M, N)
+    shapes = [[64, 128, 784]]
+    zoo_models = ["mlp-mnist"]      # plus every dense layer of these models ...
+    zoo_batches = [64, 1024]        # ... at these batch sizes
+    [[conv2d]]                      # [N, C, H, W, K, R, S, stride, padding]
+    shapes = [[64, 3, 32, 32, 32, 3, 3, 1, 1]]
+    [[pool]]                        # [N, C, H, W, R, S, stride]
+    mode = "max"                    # max | avg
+    shapes = [[64, 32, 32, 32, 2, 2, 2]]
+
+Anything unknown or malformed raises ``SuiteError`` naming the file, the section, the field and the fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+from importlib import resources
+from typing import Any
+
+import modelspec
+
+DEVICES = ("cpu", "gpu")
+MODEL_PHASES = ("inference", "forward_backward", "train_step")
+LAYER_PHASES = ("forward", "backward_data", "backward_weights")
+POOL_PHASES = ("forward", "backward_data")
+SECTIONS = ("models", "dense", "conv2d", "pool")
+
+# (kind, device) -> {impl: variants}. "graph" variants exist for train_step only.
+VARIANTS = {
+    ("model", "cpu"): {"custom": ("numpy",), "reference": ("torch-eager", "torch-compile")},
+    ("model", "gpu"): {"custom": ("cuda", "cuda-graph"), "reference": ("torch-eager", "torch-graph", "torch-compile")},
+    ("layer", "cpu"): {"custom": ("numpy",), "reference": ("torch",)},
+    ("layer", "gpu"): {"custom": ("cuda",), "reference": ("torch",)},
+}
+TRAIN_STEP_ONLY = ("cuda-graph", "torch-graph")
+OPT_IN = ("torch-compile",)   # slow to compile: only when a suite names it
+ALL_VARIANTS = sorted({v for d in VARIANTS.values() for vs in d.values() for v in vs})
+
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "warmup": 2,              # untimed calls per row (compilation, autotuning, graph capture)
+    "budget_s": 0.3,          # time spent taking samples per row
+    "min_repeats": 5,
+    "max_repeats": 200,
+    "min_sample_ms": 1.0,     # calls per sample are chosen so a sample lasts at least this long
+    "noise_threshold": 0.10,  # iqr/median above this marks the row noisy
+    "cold_l2": False,         # overwrite a buffer larger than L2 before every sample (GPU only)
+    "seed": 0,
+    "lr": 0.01,
+    "momentum": 0.9,
+}
+
+SECTION_KEYS = {
+    "models": {"models", "batches", "phases", "variants", "devices"},
+    "dense": {"shapes", "zoo_models", "zoo_batches", "phases", "variants", "devices"},
+    "conv2d": {"shapes", "zoo_models", "zoo_batches", "phases", "variants", "devices"},
+    "pool": {"shapes", "zoo_models", "zoo_batches", "phases", "variants", "devices", "mode"},
+}
+SHAPE_FIELDS = {
+    "dense": ("M", "N", "K"),
+    "conv2d": ("N", "C", "H", "W", "K", "R", "S", "stride", "padding"),
+    "pool": ("N", "C", "H", "W", "R", "S", "stride"),
+}
+
+
+class SuiteError(ValueError):
+    """A suite that cannot be run; the message names the file, the place and the fix."""
+
+
+def _suggest(word, choices) -> str:
+    close = difflib.get_close_matches(str(word), list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One row to measure (before it is measured)."""
+
+    kind: str          # model | dense | conv2d | pool
+    workload: str      # model name or shape name
+    batch: int
+    phase: str
+    impl: str
+    variant: str
+    device: str
+    params: tuple = ()  # the layer shape as (field, value) pairs, or () for models
+
+    def p(self) -> dict:
+        return dict(self.params)
+
+
+@dataclasses.dataclass
+class Suite:
+    name: str
+    description: str
+    path: str
+    settings: dict
+    sections: list[tuple[str, dict]]
+
+    def jobs(self, device: str) -> list[Job]:
+        """Every row of the suite on ``device``, in file order (models first within a section)."""
+        out: list[Job] = []
+        seen = set()
+        for kind, sec in self.sections:
+            if device not in sec.get("devices", DEVICES):
+                continue
+            for job in _expand(kind, sec, device):
+                k = (job.kind, job.workload, job.batch, job.phase, job.impl, job.variant)
+                if k not in seen:
+                    seen.add(k)
+                    out.append(job)
+        return out
+
+
+def suite_names() -> list[str]:
+    files = resources.files("harness").joinpath("suites")
+    return sorted(f.name[:-5] for f in files.iterdir() if f.name.endswith(".toml"))
+
+
+def load_suite(name_or_path: str) -> Suite:
+    """A suite by name (``harness/suites/<name>.toml``) or by path to a .toml file."""
+    s = os.fspath(name_or_path)
+    if s.endswith(".toml") or os.sep in s:
+        if not os.path.isfile(s):
+            raise SuiteError(f"suite file {s!r} does not exist; pass a path to a .toml file or one of the "
+                             f"suite names: {', '.join(suite_names())}")
+        path = s
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    else:
+        names = suite_names()
+        if s not in names:
+            raise SuiteError(f"unknown suite {s!r}{_suggest(s, names)}; suites: {', '.join(names)}; "
+                             "or pass a path to a .toml file")
+        ref = resources.files("harness").joinpath("suites", f"{s}.toml")
+        path = str(ref)
+        raw = ref.read_bytes()
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise SuiteError(f"{path}: not a valid TOML file: {err}; fix the syntax at that line") from None
+    return parse_suite(data, path)
+
+
+def parse_suite(data: dict, path: str = "<suite>") -> Suite:
+    """Validate a suite dict (as read from TOML); raises SuiteError."""
+    allowed_top = {"name", "description", "settings", *SECTIONS}
+    for key in data:
+        if key not in allowed_top:
+            raise SuiteError(f"{path}: unknown top-level key {key!r}{_suggest(key, allowed_top)}; "
+                             f"allowed: {', '.join(sorted(allowed_top))}")
+    name = data.get("name", os.path.basename(path).removesuffix(".toml"))
+    if not isinstance(name, str) or not name:
+        raise SuiteError(f"{path}: 'name' must be a non-empty string, got {name!r}")
+    desc = data.get("description", "")
+    settings = dict(DEFAULT_SETTINGS)
+    given = data.get("settings", {})
+    if not isinstance(given, dict):
+        raise SuiteError(f"{path}: [settings] must be a table, got {given!r}")
+    for key, value in given.items():
+        if key not in DEFAULT_SETTINGS:
+            raise SuiteError(f"{path}: [settings]: unknown key {key!r}{_suggest(key, DEFAULT_SETTINGS)}; "
+                             f"allowed: {', '.join(DEFAULT_SETTINGS)}")
+        default = DEFAULT_SETTINGS[key]
+        ok = isinstance(value, bool) if isinstance(default, bool) else (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0)
+        if not ok:
+            raise SuiteError(f"{path}: [settings]: {key!r} must be "
+                             f"{'true or false' if isinstance(default, bool) else 'a non-negative number'}, "
+                             f"got {value!r}; e.g. {key} = {str(default).lower()}")
+        settings[key] = value
+    sections = []
+    count = 0
+    for kind in SECTIONS:
+        entries = data.get(kind, [])
+        if isinstance(entries, dict):
+            entries = [entries]
+        if not isinstance(entries, list):
+            raise SuiteError(f"{path}: '{kind}' must be a list of tables written [[{kind}]], got {entries!r}")
+        for i, sec in enumerate(entries):
+            where = f"{path}: [[{kind}]] #{i + 1}"
+            sections.append((kind, _check_section(kind, sec, where)))
+            count += 1
+    if count == 0:
+        raise SuiteError(f"{path}: the suite measures nothing; add at least one [[models]], [[dense]], "
+                         "[[conv2d]] or [[pool]] section")
+    return Suite(name=name, description=str(desc), path=path, settings=settings, sections=sections)
+
+
+def _int_list(where: str, field: str, value, minimum: int = 1) -> list[int]:
+    if not isinstance(value, list) or not value or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value):
+        raise SuiteError(f"{where}: {field!r} must be a non-empty list of integers >= {minimum}, got {value!r}; "
+                         f"e.g. {field} = [1, 64]")
+    return list(value)
+
+
+def _str_list(where: str, field: str, value, choices) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise SuiteError(f"{where}: {field!r} must be a non-empty list of strings, got {value!r}")
+    for v in value:
+        if v not in choices:
+            raise SuiteError(f"{where}: unknown {field[:-1] if field.endswith('s') else field} {v!r}"
+                             f"{_suggest(v, choices)}; choose from {', '.join(choices)}")
+    return list(value)
+
+
+def _check_models(where: str, names) -> list[str]:
+    if isinstance(names, str):
+        names = [names]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise SuiteError(f"{where}: 'models' must be a non-empty list of zoo names or spec paths, got {names!r}")
+    for n in names:
+        try:
+            modelspec.load(n)
+        except (modelspec.SpecError, OSError) as err:
+            raise SuiteError(f"{where}: {err}") from None
+    return names
+
+
+def _check_section(kind: str, sec, where: str) -> dict:
+    if not isinstance(sec, dict):
+        raise SuiteError(f"{where}: must be a table, got {sec!r}")
+    allowed = SECTION_KEYS[kind]
+    for key in sec:
+        if key not in allowed:
+            raise SuiteError(f"{where}: unknown key {key!r}{_suggest(key, allowed)}; allowed: {', '.join(sorted(allowed))}")
+    out: dict[str, Any] = {}
+    if "devices" in sec:
+        out["devices"] = _str_list(where, "devices", sec["devices"], DEVICES)
+    if "variants" in sec:
+        out["variants"] = _str_list(where, "variants", sec["variants"], ALL_VARIANTS)
+    if kind == "models":
+        for req in ("models", "batches"):
+            if req not in sec:
+                raise SuiteError(f"{where}: missing {req!r}; e.g. models = [\"mlp-mnist\"], batches = [1, 64]")
+        out["models"] = _check_models(where, sec["models"])
+        out["batches"] = _int_list(where, "batches", sec["batches"])
+        out["phases"] = _str_list(where, "phases", sec.get("phases", list(MODEL_PHASES)), MODEL_PHASES)
+        return out
+    phases = POOL_PHASES if kind == "pool" else LAYER_PHASES
+    out["phases"] = _str_list(where, "phases", sec.get("phases", list(phases)), phases)
+    if kind == "pool":
+        mode = sec.get("mode", "max")
+        if mode not in ("max", "avg"):
+            raise SuiteError(f"{where}: 'mode' must be \"max\" or \"avg\", got {mode!r}")
+        out["mode"] = mode
+    fields = SHAPE_FIELDS[kind]
+    shapes = sec.get("shapes", [])
+    if not isinstance(shapes, list):
+        raise SuiteError(f"{where}: 'shapes' must be a list of [{', '.join(fields)}] lists, got {shapes!r}")
+    checked = []
+    for j, s in enumerate(shapes):
+        if (not isinstance(s, list) or len(s) != len(fields)
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in s)):
+            raise SuiteError(f"{where}: shape #{j + 1} {s!r} must be a list of {len(fields)} integers "
+                             f"[{', '.join(fields)}]")
+        d = dict(zip(fields, s))
+        for f, v in d.items():
+            if v < (0 if f == "padding" else 1):
+                raise SuiteError(f"{where}: shape #{j + 1} {s!r}: {f} must be {'>= 0' if f == 'padding' else '>= 1'}, got {v}")
+        if kind == "conv2d":
+            if d["R"] > d["H"] + 2 * d["padding"] or d["S"] > d["W"] + 2 * d["padding"]:
+                raise SuiteError(f"{where}: shape #{j + 1} {s!r}: kernel {d['R']}x{d['S']} is larger than the "
+                                 f"padded input; use a smaller kernel or more padding")
+        if kind == "pool" and (d["R"] > d["H"] or d["S"] > d["W"]):
+            raise SuiteError(f"{where}: shape #{j + 1} {s!r}: window {d['R']}x{d['S']} is larger than the input")
+        checked.append(d)
+    out["shapes"] = checked
+    if "zoo_models" in sec or "zoo_batches" in sec:
+        if "zoo_models" not in sec or "zoo_batches" not in sec:
+            raise SuiteError(f"{where}: 'zoo_models' and 'zoo_batches' go together; give both")
+        out["zoo_models"] = _check_models(where, sec["zoo_models"])
+        out["zoo_batches"] = _int_list(where, "zoo_batches", sec["zoo_batches"])
+        for d in zoo_layer_shapes(kind, out["zoo_models"], out["zoo_batches"], out.get("mode")):
+            if d not in checked:
+                checked.append(d)
+    if not checked:
+        raise SuiteError(f"{where}: no shapes; give shapes = [[{', '.join(fields)}], ...] or zoo_models + zoo_batches")
+    return out
+
+
+def zoo_layer_shapes(kind: str, models: list[str], batches: list[int], mode: str | None = None) -> list[dict]:
+    """The dense / conv2d / pool layer shapes of zoo models at the given batch sizes."""
+    out = []
+    for name in models:
+        spec = modelspec.load(name)
+        for b in batches:
+            for layer in spec.layers:
+                if kind == "dense" and layer.type == "dense":
+                    d = {"M": b, "N": layer.units, "K": layer.in_shape[0]}
+                elif kind == "conv2d" and layer.type == "conv2d":
+                    c, h, w = layer.in_shape
+                    if layer.stride[0] != layer.stride[1] or layer.padding[0] != layer.padding[1]:
+                        continue
+                    d = {"N": b, "C": c, "H": h, "W": w, "K": layer.out_channels, "R": layer.kernel_size[0],
+                         "S": layer.kernel_size[1], "stride": layer.stride[0], "padding": layer.padding[0]}
+                elif kind == "pool" and layer.type == f"{mode}pool2d" and layer.stride[0] == layer.stride[1]:
+                    c, h, w = layer.in_shape
+                    d = {"N": b, "C": c, "H": h, "W": w, "R": layer.kernel_size[0], "S": layer.kernel_size[1],
+                         "stride": layer.stride[0]}
+                else:
+                    continue
+                if d not in out:
+                    out.append(d)
+    return out
+
+
+def shape_name(kind: str, d: dict, mode: str | None = None) -> str:
+    if kind == "dense":
+        return f"dense_M{d['M']}_N{d['N']}_K{d['K']}"
+    if kind == "conv2d":
+        return (f"conv_N{d['N']}_C{d['C']}_H{d['H']}_W{d['W']}_K{d['K']}_R{d['R']}_S{d['S']}"
+                f"_st{d['stride']}_pad{d['padding']}")
+    return f"{mode}pool_N{d['N']}_C{d['C']}_H{d['H']}_W{d['W']}_R{d['R']}_S{d['S']}_st{d['stride']}"
+
+
+def variants_for(kind: str, device: str, phase: str, wanted: list[str] | None) -> list[tuple[str, str]]:
+    """(impl, variant) pairs measured for a row of this kind/device/phase."""
+    table = VARIANTS[("model" if kind == "model" else "layer", device)]
+    out = []
+    for impl, vs in table.items():
+        for v in vs:
+            if wanted is None and v in OPT_IN:
+                continue
+            if wanted is not None and v not in wanted:
+                continue
+            if v in TRAIN_STEP_ONLY and phase != "train_step":
+                continue
+            out.append((impl, v))
+    return out
+
+
+def _expand(kind: str, sec: dict, device: str):
+    wanted = sec.get("variants")
+    if kind == "models":
+        for name in sec["models"]:
+            workload = modelspec.load(name).name if name.endswith((".toml", ".json")) else name
+            for b in sec["batches"]:
+                for phase in sec["phases"]:
+                    for impl, v in variants_for("model", device, phase, wanted):
+                        yield Job("model", workload, b, phase, impl, v, device, (("spec", name),))
+        return
+    for d in sec["shapes"]:
+        params = dict(d)
+        if kind == "pool":
+            params["mode"] = sec["mode"]
+        name = shape_name(kind, d, sec.get("mode"))
+        batch = d["M"] if kind == "dense" else d["N"]
+        for phase in sec["phases"]:
+            for impl, v in variants_for(kind, device, phase, wanted):
+                yield Job(kind, name, batch, phase, impl, v, device, tuple(sorted(params.items())))
