@@ -50,6 +50,17 @@ PARAM_TOL = (1e-4, 1e-4)
 # the loss returned by each training step: it is computed from the drifting parameters above: 1e-4.
 STEP_LOSS_TOL = (1e-4, 1e-4)
 
+# Trajectories through max pooling: a window whose two largest entries lie within float32 rounding of each
+#   other (~1e-7 relative) sends its gradient to a different entry in each implementation. With 1e4-1e5
+#   windows per step such a near-tie is *expected* about once in 20 steps of lenet-mnist (measured: one
+#   gradient entry moves to its neighbour, 5% of that tensor's gradient scale, once). Its effect on the
+#   weights is local and bounded by lr/(1-momentum) * |dy * x|: measured up to 7e-3 of a weight tensor's
+#   scale and 1.6e-2 of its update norm, against ~1e-6 without a flip. So for specs with a maxpool2d the
+#   trajectory gets 2e-2 of the scale elementwise, and the update p - p0 must also agree in norm to 5e-2
+#   (UPDATE_NORM_RTOL): a real SGD/momentum bug changes the whole update by O(1) and still fails.
+MAXPOOL_TRAJECTORY_TOL = {"params": (1e-2, 2e-2), "step_loss": (1e-3, 1e-3)}
+UPDATE_NORM_RTOL = {"default": 1e-4, "maxpool": 5e-2}
+
 DEFAULT_TOL = {"logits": FORWARD_TOL, "loss": FORWARD_TOL, "grads": GRAD_TOL, "params": PARAM_TOL,
                "step_loss": STEP_LOSS_TOL}
 
@@ -130,15 +141,20 @@ def compare_models(spec, batch: int, device: str = "cpu", steps: int = 20, lr: f
 
     spec: a ModelSpec, dict, zoo name or path. batch: N. device: the device of both sides unless ``a``/``b``
     name their own, e.g. ``a=("custom", "gpu"), b=("custom", "cpu")``. ``b`` is taken as the truth.
-    tol: overrides of DEFAULT_TOL, ``{"grads": (rtol, atol_fraction_of_scale), ...}``.
+    tol: overrides of DEFAULT_TOL, ``{"grads": (rtol, atol_fraction_of_scale), ...}``, and
+    ``"update_norm"``: the allowed ||update_a - update_b|| / ||update_b|| of the parameters after the steps.
 
     Checks: identical initial parameters; logits (N, output_dim); loss; every gradient (names and shapes
     of spec.param_shapes()); then ``steps`` train steps (SGD with momentum, cycling over 3 random batches):
     each step's loss, and every parameter at the end. Returns the largest scaled errors seen, for logs.
     """
     spec = modelspec.load(spec)
+    has_maxpool = any(layer.type == "maxpool2d" for layer in spec.layers)
     tols = dict(DEFAULT_TOL)
+    if has_maxpool:
+        tols.update(MAXPOOL_TRAJECTORY_TOL)
     tols.update(tol or {})
+    update_rtol = tols.get("update_norm", UPDATE_NORM_RTOL["maxpool" if has_maxpool else "default"])
     side_a = Side(a[0], a[1] or device)
     side_b = Side(b[0], b[1] or device)
     tag = f"{spec.name} N={batch} [{side_a} vs {side_b}]"
@@ -183,4 +199,9 @@ def compare_models(spec, batch: int, device: str = "cpu", steps: int = 20, lr: f
         if steps:
             assert not np.array_equal(pb[name], init[name]), f"{tag}: {side_b} did not update {name!r}"
         _assert_scaled(pa[name], pb[name], tols["params"], f"{tag}: parameter {name!r} after {steps} steps")
+        ua = pa[name].astype(np.float64) - init[name]   # the update of all steps together
+        ub = pb[name].astype(np.float64) - init[name]
+        rel = float(np.linalg.norm(ua - ub) / max(np.linalg.norm(ub), 1e-30))
+        assert rel <= update_rtol, (f"{tag}: update of {name!r} over {steps} steps: ||a - b|| / ||b|| = "
+                                    f"{rel:.3g} > {update_rtol}")
     return {"loss_a": float(loss_a), "loss_b": float(loss_b)}
