@@ -113,7 +113,8 @@ class _Dense(_Step):
         if self.act:
             activation_backward(dy, y, self.act, dx=dy)  # NOTE: in place: dy is not read again
         dense_backward(dy, x, model.params[self.weight], need_dx=self.needs_dx, dx=dx,
-                       dW=model.grads[self.weight], db=model.grads[self.bias] if self.bias else None)
+                       dW=model.grads[self.weight], db=model.grads[self.bias] if self.bias else None,
+                       need_db=self.bias is not None)
 
 
 class _Conv(_Step):
@@ -143,7 +144,7 @@ class _Conv(_Step):
         stride, padding = self._geometry()
         conv2d_backward(dy, x, model.params[self.weight], stride, padding, need_dx=self.needs_dx, dx=dx,
                         dW=model.grads[self.weight], db=model.grads[self.bias] if self.bias else None,
-                        workspace=ws)
+                        workspace=ws, need_db=self.bias is not None)
 
 
 class _Activation(_Step):
