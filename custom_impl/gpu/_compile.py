@@ -26,8 +26,23 @@ def _module(family: str, device_id: int, defines: tuple[tuple[str, str], ...]):
 
     with open(kernel_path(family), "r", encoding="utf-8") as fh:
         code = fh.read()
-    options = NVRTC_OPTIONS + tuple(f"-D{k}={v}" for k, v in defines)
+    # NOTE: kernels may `#include "x.cuh"` from KERNEL_DIR. CuPy's on-disk cache keys on the source and
+    # the options only, so the headers' digest goes in as a define: editing a header recompiles.
+    options = NVRTC_OPTIONS + (f"-I{KERNEL_DIR}", f"-DKERNEL_HEADERS_DIGEST={_headers_digest()}")
+    options += tuple(f"-D{k}={v}" for k, v in defines)
     return cupy.RawModule(code=code, options=options)
+
+
+@functools.lru_cache(maxsize=1)
+def _headers_digest() -> str:
+    import hashlib
+
+    digest = hashlib.sha1()
+    for name in sorted(os.listdir(KERNEL_DIR)):
+        if name.endswith(".cuh"):
+            with open(os.path.join(KERNEL_DIR, name), "rb") as fh:
+                digest.update(fh.read())
+    return digest.hexdigest()[:16]
 
 
 def module(family: str, **defines):

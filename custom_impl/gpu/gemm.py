@@ -1,0 +1,230 @@
+"""General matrix multiply on the GPU in our own kernels (``kernels/gemm.cu``, ``kernels/gemm_tiles.cuh``).
+
+    out[M, N] = act(op(a) @ op(b) + bias[None, :])            (accumulate=False)
+    out[M, N] = out + op(a) @ op(b)  (then + bias, then act)   (accumulate=True)
+
+``op(a)`` is ``a`` (stored (M, K)) or ``a.T`` (stored (K, M), ``trans_a=True``); likewise ``op(b)`` is ``b``
+(stored (K, N)) or ``b.T`` (stored (N, K), ``trans_b=True``). Transposes are handled by how tiles are
+loaded, never by copies. act is "none", "relu", "sigmoid" or "tanh", applied in the epilogue.
+
+Kernel versions (docs/kernels.md keeps their history):
+  v1  ``gemm_v1``: 16x16 shared tiles, one output per thread; the correctness baseline.
+  v2  ``gemm_v2_{nn,nt,tn,tt}``: warp-tiled register-blocked GEMM, double-buffered shared memory, float4
+      global loads where aligned, fused epilogue; a tile config and split-K factor chosen per shape
+      (``choose_config``); split-K partial sums are added in a fixed order (deterministic).
+
+Everything runs on CuPy's current stream; with ``out=`` given (and ``workspace=`` when split-K is used, or
+the per-device split-K buffer already grown by a warm-up call) nothing is allocated and the host is never
+synchronised, so calls can be captured into a CUDA graph.
+
+Example::
+
+    y = gemm(x, W, trans_b=True, bias=b, act="relu")     # dense layer: relu(x @ W.T + b)
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import numpy as np
+
+from ._compile import blocks, check_array, function
+
+ACTS = {"none": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
+
+
+@dataclasses.dataclass(frozen=True)
+class TileConfig:
+    """One block computes BM x BN outputs, stepping the reduction BK at a time; a thread owns TM x TN."""
+
+    bm: int
+    bn: int
+    bk: int
+    tm: int
+    tn: int
+    rate: float  # expected fraction of the 128x128 tile's per-SM FMA rate (smaller tiles reuse less)
+
+    @property
+    def threads(self) -> int:
+        return (self.bm // self.tm) * (self.bn // self.tn)
+
+    @property
+    def blocks_per_sm(self) -> int:
+        # registers bound it: 256 threads x 128 regs -> 2; 128 threads x <=180 regs -> 2; 64 x <=170 -> 5
+        return {256: 2, 128: 2, 64: 5}[self.threads]
+
+    @property
+    def defines(self) -> dict:
+        return dict(GEMM_BM=self.bm, GEMM_BN=self.bn, GEMM_BK=self.bk, GEMM_TM=self.tm, GEMM_TN=self.tn)
+
+    @property
+    def name(self) -> str:
+        return f"{self.bm}x{self.bn}x{self.bk}_{self.tm}x{self.tn}"
+
+
+CONFIGS = (
+    TileConfig(128, 128, 8, 8, 8, 1.00),
+    TileConfig(128, 64, 8, 8, 8, 0.85),
+    TileConfig(64, 128, 8, 8, 8, 0.85),
+    TileConfig(64, 64, 8, 8, 8, 0.70),
+    TileConfig(32, 64, 8, 4, 8, 0.55),
+    TileConfig(32, 32, 8, 4, 4, 0.40),
+)
+CONFIG_BY_NAME = {c.name: c for c in CONFIGS}
+
+# Cost model constants (H100, strict FP32): cuBLAS-level FMA rate per SM, memory bandwidth, launch cost.
+_FMA_PER_SM_S = 51e12 / 2 / 132
+_BYTES_S = 3.0e12
+_LAUNCH_S = 2e-6
+
+
+def _num_sms() -> int:
+    import cupy
+
+    return _sms_of(cupy.cuda.Device().id)
+
+
+@functools.lru_cache(maxsize=None)
+def _sms_of(device_id: int) -> int:
+    import cupy
+
+    return int(cupy.cuda.Device(device_id).attributes["MultiProcessorCount"])
+
+
+def estimate_seconds(cfg: TileConfig, M: int, N: int, K: int, splits: int, sms: int = 132) -> float:
+    """Rough time of one GEMM: waves of blocks x one block's FMAs at the config's rate, plus split-K."""
+    tiles = math.ceil(M / cfg.bm) * math.ceil(N / cfg.bn)
+    k_chunk = math.ceil(math.ceil(K / splits) / cfg.bk) * cfg.bk
+    waves = math.ceil(tiles * splits / (sms * cfg.blocks_per_sm))
+    block_fma = cfg.bm * cfg.bn * max(k_chunk, cfg.bk)
+    t = waves * cfg.blocks_per_sm * block_fma / (cfg.rate * _FMA_PER_SM_S)
+    if splits > 1:  # partials written and read back, one more launch
+        t += 2 * 4 * splits * M * N / _BYTES_S + _LAUNCH_S
+    return t
+
+
+def choose_config(M: int, N: int, K: int, sms: int = 132, max_splits: int = 32):
+    """(TileConfig, splits) with the lowest ``estimate_seconds``; splits keep >= 64 k per block."""
+    best = None
+    for cfg in CONFIGS:
+        s = 1
+        while s <= max_splits and (s == 1 or K // s >= 64):
+            t = estimate_seconds(cfg, M, N, K, s, sms)
+            if best is None or t < best[0]:
+                best = (t, cfg, s)
+            s *= 2
+    return best[1], best[2]
+
+
+def split_chunk(K: int, splits: int, bk: int) -> tuple[int, int]:
+    """(k_chunk, splits): the reduction range of one split, a multiple of bk, and the splits it needs."""
+    if splits <= 1:
+        return max(K, 1), 1
+    k_chunk = math.ceil(math.ceil(K / splits) / bk) * bk
+    return k_chunk, math.ceil(K / k_chunk)
+
+
+_split_buffers: dict = {}
+
+
+def split_workspace(n: int):
+    """A float32 device buffer of at least ``n`` elements for split-K partials, per device, grow-only.
+
+    NOTE: a buffer once handed out is never freed (kept in the list), so CUDA graphs that captured it stay
+    valid; it is shared by all calls on the device, which is safe because they are ordered on one stream.
+    """
+    import cupy
+
+    dev = cupy.cuda.Device().id
+    bufs = _split_buffers.setdefault(dev, [])
+    if not bufs or bufs[-1].size < n:
+        bufs.append(cupy.empty(max(n, 1 << 20), dtype=np.float32))
+    return bufs[-1]
+
+
+def _ptr(a) -> np.uint64:
+    return np.uint64(0) if a is None else np.uint64(a.data.ptr)
+
+
+def _vec_ok(a, ld: int) -> bool:
+    return ld % 4 == 0 and a.data.ptr % 16 == 0
+
+
+def _check_operands(a, b, out, trans_a, trans_b, bias, act, accumulate):
+    import cupy
+
+    check_array(a, "a", ndim=2)
+    check_array(b, "b", ndim=2)
+    M, K = (a.shape[1], a.shape[0]) if trans_a else a.shape
+    Kb, N = (b.shape[1], b.shape[0]) if trans_b else b.shape
+    if K != Kb:
+        raise ValueError(f"gemm: op(a) is {M}x{K} but op(b) is {Kb}x{N}; the inner sizes must match "
+                         f"(check trans_a={trans_a}, trans_b={trans_b})")
+    if bias is not None:
+        check_array(bias, "bias", shape=(N,))
+    if act not in ACTS:
+        raise ValueError(f"gemm: act={act!r} is not one of {sorted(ACTS)}")
+    if out is None:
+        if accumulate:
+            raise ValueError("gemm: accumulate=True needs out= (the array to add into)")
+        out = cupy.empty((M, N), dtype=np.float32)
+    else:
+        check_array(out, "out", shape=(M, N))
+    return M, N, K, out
+
+
+def gemm(a, b, out=None, *, trans_a=False, trans_b=False, bias=None, act="none", accumulate=False,
+         version="v2", config=None, splits=None, workspace=None):
+    """out = act(op(a) @ op(b) + bias (+ out if accumulate)); returns out.
+
+    a: (M, K) or (K, M) if trans_a; b: (K, N) or (N, K) if trans_b; bias: (N,) or None; out: (M, N).
+    version "v1" runs the baseline kernel; "v2" (default) the tiled one with ``config`` (a TileConfig or
+    its name) and ``splits`` chosen by ``choose_config`` unless given. ``workspace``: float32 buffer of
+    at least splits*M*N elements for split-K partials (default: the shared per-device buffer).
+    """
+    M, N, K, out = _check_operands(a, b, out, trans_a, trans_b, bias, act, accumulate)
+    if M == 0 or N == 0:
+        return out
+    beta = np.int32(1 if accumulate else 0)
+    act_code = np.int32(ACTS[act])
+    if version == "v1":
+        kern = function("gemm", "gemm_v1")
+        kern((blocks(N, 16), blocks(M, 16)), (16, 16),
+             (a, b, out, _ptr(bias), np.int32(M), np.int32(N), np.int32(K), np.int32(trans_a),
+              np.int32(trans_b), beta, act_code))
+        return out
+    if version != "v2":
+        raise ValueError(f"gemm: version={version!r}; use 'v1' or 'v2'")
+    if config is None or splits is None:
+        auto_cfg, auto_splits = choose_config(M, N, K, _num_sms())
+        config = auto_cfg if config is None else config
+        splits = auto_splits if splits is None else splits
+    cfg = CONFIG_BY_NAME[config] if isinstance(config, str) else config
+    k_chunk, splits = split_chunk(K, splits, cfg.bk)
+    name = "gemm_v2_" + ("t" if trans_a else "n") + ("t" if trans_b else "n")
+    kern = function("gemm", name, **cfg.defines)
+    flags = (int(_vec_ok(a, M if trans_a else K))
+             | int(_vec_ok(b, K if trans_b else N)) << 1
+             | int(_vec_ok(out, N)) << 2)
+    grid = (blocks(N, cfg.bn), blocks(M, cfg.bm), splits)
+    dims = (np.int32(M), np.int32(N), np.int32(K), np.int32(k_chunk))
+    if splits == 1:
+        kern(grid, (cfg.threads,), (a, b, out, _ptr(bias)) + dims + (beta, act_code, np.int32(flags)))
+        return out
+    ws = workspace if workspace is not None else split_workspace(splits * M * N)
+    if ws.size < splits * M * N:
+        raise ValueError(f"gemm: workspace has {ws.size} elements, split-K needs {splits * M * N}")
+    flags |= 1 << 3  # partial sums into ws[z]
+    flags = (flags & ~(1 << 2)) | int(_vec_ok(ws, N)) << 2  # the partials, not out, are stored
+    kern(grid, (cfg.threads,), (a, b, ws, np.uint64(0)) + dims + (np.int32(0), np.int32(0), np.int32(flags)))
+    splitk_reduce(ws, out, bias, M, N, splits, beta, act_code)
+    return out
+
+
+def splitk_reduce(ws, out, bias, M: int, N: int, splits: int, beta, act_code) -> None:
+    """out = act(sum over z of ws[z] (in order) + bias + beta*out); ws (splits, M, N) flat."""
+    kern = function("gemm", "gemm_splitk_reduce")
+    n = M * N
+    kern((min(blocks(n, 256), 132 * 16),), (256,),
+         (ws, out, _ptr(bias), np.int32(M), np.int32(N), np.int32(splits), np.int32(beta), np.int32(act_code)))

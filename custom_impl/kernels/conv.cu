@@ -1,0 +1,525 @@
+// conv2d family (NCHW, cross-correlation as in PyTorch): forward, backward-data, backward-weights, bias grad.
+// Legend: N batch, C in-channels, K out-channels, H,W in, P,Q out, R,S kernel, (sh,sw) stride,
+// (ph,pw) padding; P = (H + 2ph - R)/sh + 1, Q = (W + 2pw - S)/sw + 1.
+//   y[n,k,p,q]  = b[k] + sum_{c,r,s} W[k,c,r,s] x[n, c, p*sh-ph+r, q*sw-pw+s]
+//   dx[n,c,h,w] = sum_{k,r,s: (h+ph-r) = p*sh, (w+pw-s) = q*sw} W[k,c,r,s] dy[n,k,p,q]
+//   dW[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] x[n, c, p*sh-ph+r, q*sw-pw+s];   db[k] = sum_{n,p,q} dy[n,k,p,q]
+//
+//   conv_v1_{forward,backward_data,backward_weights}  direct loops, one output element per thread
+//                                     (the obviously-correct baseline).
+//   conv_v2_*  implicit GEMMs on the gemm_tiles.cuh machinery (tile config from GEMM_* defines), no
+//              im2col buffer: operand tiles are gathered straight from x / dy / W with index arithmetic.
+//     forward:           M = K, cols = N*P*Q, reduction = C*R*S    (A = W as (K, CRS); B = im2col(x))
+//     backward_data:     M = C, cols = N*H*W, reduction = K*R*S    (A = W^T; B = gathered dy, zero where
+//                        the stride skips)
+//     backward_weights:  M = K, cols = C*R*S, reduction = N*P*Q    (A = dy as (K, NPQ); B = im2col(x)^T),
+//                        split-K over the reduction: block z writes a partial (K, CRS) sum to
+//                        dW + z*K*CRS and gemm_splitk_reduce adds them in order (deterministic).
+//   conv_bias_grad     db[k], one block per k, fixed-order tree reduction (deterministic).
+#include "gemm_tiles.cuh"
+
+#ifndef GEMM_BM
+#define GEMM_BM 128
+#endif
+#ifndef GEMM_BN
+#define GEMM_BN 128
+#endif
+#ifndef GEMM_BK
+#define GEMM_BK 8
+#endif
+#ifndef GEMM_TM
+#define GEMM_TM 8
+#endif
+#ifndef GEMM_TN
+#define GEMM_TN 8
+#endif
+#define GEMM_NT ((GEMM_BM / GEMM_TM) * (GEMM_BN / GEMM_TN))
+#define GEMM_MIN_BLOCKS (GEMM_NT >= 256 ? 2 : 1)
+#define OUT_OF_IMAGE (-(1 << 29))   // a row/column origin that fails every bounds check
+
+// ---- v1: direct ---------------------------------------------------------------------------------------
+
+extern "C" __global__ void conv_v1_forward(const float* __restrict__ x, const float* __restrict__ Wt,
+                                           const float* __restrict__ b, float* __restrict__ y,
+                                           int N, int C, int H, int W, int K, int R, int S, int P, int Q,
+                                           int sh, int sw, int ph, int pw) {
+    const long long total = (long long)N * K * P * Q;
+    for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+         idx += (long long)gridDim.x * blockDim.x) {
+        int q = idx % Q;
+        int p = (idx / Q) % P;
+        int k = (idx / ((long long)P * Q)) % K;
+        int n = idx / ((long long)K * P * Q);
+        float acc = b ? b[k] : 0.f;
+        for (int c = 0; c < C; ++c)
+            for (int r = 0; r < R; ++r) {
+                int ih = p * sh - ph + r;
+                if (ih < 0 || ih >= H) continue;
+                for (int s = 0; s < S; ++s) {
+                    int iw = q * sw - pw + s;
+                    if (iw < 0 || iw >= W) continue;
+                    acc = fmaf(Wt[((k * C + c) * R + r) * S + s], x[(((size_t)n * C + c) * H + ih) * W + iw], acc);
+                }
+            }
+        y[idx] = acc;
+    }
+}
+
+extern "C" __global__ void conv_v1_backward_data(const float* __restrict__ dy, const float* __restrict__ Wt,
+                                                 float* __restrict__ dx,
+                                                 int N, int C, int H, int W, int K, int R, int S, int P,
+                                                 int Q, int sh, int sw, int ph, int pw) {
+    const long long total = (long long)N * C * H * W;
+    for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+         idx += (long long)gridDim.x * blockDim.x) {
+        int w = idx % W;
+        int h = (idx / W) % H;
+        int c = (idx / ((long long)H * W)) % C;
+        int n = idx / ((long long)C * H * W);
+        float acc = 0.f;
+        for (int k = 0; k < K; ++k)
+            for (int r = 0; r < R; ++r) {
+                int th = h + ph - r;  // = p*sh
+                if (th < 0 || th % sh) continue;
+                int p = th / sh;
+                if (p >= P) continue;
+                for (int s = 0; s < S; ++s) {
+                    int tw = w + pw - s;  // = q*sw
+                    if (tw < 0 || tw % sw) continue;
+                    int q = tw / sw;
+                    if (q >= Q) continue;
+                    acc = fmaf(Wt[((k * C + c) * R + r) * S + s], dy[(((size_t)n * K + k) * P + p) * Q + q], acc);
+                }
+            }
+        dx[idx] = acc;
+    }
+}
+
+extern "C" __global__ void conv_v1_backward_weights(const float* __restrict__ dy, const float* __restrict__ x,
+                                                    float* __restrict__ dW,
+                                                    int N, int C, int H, int W, int K, int R, int S, int P,
+                                                    int Q, int sh, int sw, int ph, int pw) {
+    const int total = K * C * R * S;
+    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += gridDim.x * blockDim.x) {
+        int s = idx % S;
+        int r = (idx / S) % R;
+        int c = (idx / (R * S)) % C;
+        int k = idx / (C * R * S);
+        float acc = 0.f;
+        for (int n = 0; n < N; ++n)
+            for (int p = 0; p < P; ++p) {
+                int ih = p * sh - ph + r;
+                if (ih < 0 || ih >= H) continue;
+                for (int q = 0; q < Q; ++q) {
+                    int iw = q * sw - pw + s;
+                    if (iw < 0 || iw >= W) continue;
+                    acc = fmaf(dy[(((size_t)n * K + k) * P + p) * Q + q], x[(((size_t)n * C + c) * H + ih) * W + iw], acc);
+                }
+            }
+        dW[idx] = acc;
+    }
+}
+
+// ---- bias gradient ------------------------------------------------------------------------------------
+// db[k] = sum over n, p, q of dy[n, k, p, q]; blockDim.x == 256, one block per k.
+extern "C" __global__ void conv_bias_grad(const float* __restrict__ dy, float* __restrict__ db,
+                                          int N, int K, int PQ) {
+    __shared__ float part[256];
+    const int k = blockIdx.x;
+    const long long count = (long long)N * PQ;
+    float acc = 0.f;
+    for (long long i = threadIdx.x; i < count; i += 256) {
+        long long n = i / PQ;
+        long long pq = i - n * PQ;
+        acc += dy[(n * K + k) * PQ + pq];
+    }
+    part[threadIdx.x] = acc;
+    __syncthreads();
+    for (int half = 128; half > 0; half >>= 1) {
+        if (threadIdx.x < half) part[threadIdx.x] += part[threadIdx.x + half];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) db[k] = part[0];
+}
+
+// ---- v2: implicit GEMM loaders and epilogues -----------------------------------------------------------
+
+struct ConvDims {
+    int N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw;
+};
+
+// Forward B operand: B[kk = (c,r,s), j = (n,p,q)] = x[n, c, p*sh-ph+r, q*sw-pw+s] (zero in the padding);
+// mn-vector mapping: 4 consecutive j at one kk. The (n,p,q) of the thread's columns never change, so
+// their image offset and window origin are computed once.
+template <int BMN, int BK, int NT>
+struct Im2colColsLoader {
+    static constexpr int LOADS = BMN * BK / (4 * NT);
+    static_assert(LOADS >= 1 && (BMN * BK) % (4 * NT) == 0, "tile not divisible among threads");
+    const float* x;
+    int H, W, RS, S, k_end, tid;
+    long long base[LOADS][4];  // n*C*H*W
+    int ih0[LOADS][4];         // p*sh - ph, or OUT_OF_IMAGE for columns past the end
+    int iw0[LOADS][4];         // q*sw - pw
+    float4 r[LOADS];
+
+    __device__ __forceinline__ void init(const ConvDims& d, int j0, int cols) {
+        x = nullptr; H = d.H; W = d.W; RS = d.R * d.S; S = d.S;
+        const int PQ = d.P * d.Q;
+#pragma unroll
+        for (int i = 0; i < LOADS; ++i) {
+            int v = tid + i * NT;
+            int mv = (v % (BMN / 4)) * 4;
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                int j = j0 + mv + e;
+                int n = j / PQ;
+                int pq = j - n * PQ;
+                int p = pq / d.Q;
+                int q = pq - p * d.Q;
+                base[i][e] = (long long)n * d.C * d.H * d.W;
+                ih0[i][e] = j < cols ? p * d.sh - d.ph : OUT_OF_IMAGE;
+                iw0[i][e] = q * d.sw - d.pw;
+            }
+        }
+    }
+    __device__ __forceinline__ void load(int k0) {
+#pragma unroll
+        for (int i = 0; i < LOADS; ++i) {
+            int v = tid + i * NT;
+            int kk = k0 + v / (BMN / 4);
+            int c = kk / RS;
+            int rs = kk - c * RS;
+            int rr = rs / S;
+            int ss = rs - rr * S;
+            bool kok = kk < k_end;
+            float o[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                int ih = ih0[i][e] + rr;
+                int iw = iw0[i][e] + ss;
+                bool ok = kok && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W;
+                o[e] = ok ? x[base[i][e] + ((long long)c * H + ih) * W + iw] : 0.f;
+            }
+            r[i] = make_float4(o[0], o[1], o[2], o[3]);
+        }
+    }
+    __device__ __forceinline__ void store(float* Sm) const {
+        constexpr int LDS = BMN + TILE_PAD;
+#pragma unroll
+        for (int i = 0; i < LOADS; ++i) {
+            int v = tid + i * NT;
+            *reinterpret_cast<float4*>(Sm + (v / (BMN / 4)) * LDS + (v % (BMN / 4)) * 4) = r[i];
+        }
+    }
+};
+
+// Forward output: C[m = k, j = (n,p,q)] -> y[n, k, p, q] + b[k].
+struct ConvForwardEpilogue {
+    float* y;
+    const float* b;
+    int K, PQ, cols;
+    __device__ __forceinline__ void store4(int m, int j, const float (&v)[4]) const {
+        if (m >= K) return;
+        const float bias = b ? b[m] : 0.f;
+#pragma unroll
+        for (int f = 0; f < 4; ++f) {
+            int jj = j + f;
+            if (jj < cols) {
+                int n = jj / PQ;
+                int pq = jj - n * PQ;
+                y[((long long)n * K + m) * PQ + pq] = v[f] + bias;
+            }
+        }
+    }
+};
+
+extern "C" __global__ void __launch_bounds__(GEMM_NT, GEMM_MIN_BLOCKS)
+conv_v2_forward(const float* __restrict__ x, const float* __restrict__ Wt, const float* __restrict__ b,
+                float* __restrict__ y, int N, int C, int H, int W, int K, int R, int S, int P, int Q,
+                int sh, int sw, int ph, int pw, int flags) {
+    constexpr int BM = GEMM_BM, BN = GEMM_BN, BK = GEMM_BK, NT = GEMM_NT;
+    const ConvDims d{N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw};
+    const int CRS = C * R * S;
+    const int cols = N * P * Q;
+    const int m0 = blockIdx.y * BM;
+    const int n0 = blockIdx.x * BN;
+    KVecLoader<BM, BK, NT> la;  // W as (K, CRS)
+    la.p = Wt; la.ld = CRS; la.mn_size = K; la.k_end = CRS; la.mn0 = m0; la.tid = threadIdx.x;
+    la.vec = flags & 1;
+    Im2colColsLoader<BN, BK, NT> lb;
+    lb.tid = threadIdx.x;
+    lb.init(d, n0, cols);
+    lb.x = x; lb.k_end = CRS;
+    ConvForwardEpilogue ep{y, b, K, P * Q, cols};
+    gemm_tile<BM, BN, BK, GEMM_TM, GEMM_TN>(la, lb, ep, m0, n0, 0, CRS);
+}
+
+// Backward-data A operand: A[m = c, kk = (k,r,s)] = W[k, c, r, s]; mn-vector mapping (4 consecutive c).
+template <int BMN, int BK, int NT>
+struct WeightTLoader {
+    static constexpr int LOADS = BMN * BK / (4 * NT);
+    static_assert(LOADS >= 1 && (BMN * BK) % (4 * NT) == 0, "tile not divisible among threads");
+    const float* Wt;
+    int C, RS, k_end, mn0, tid;
+    float4 r[LOADS];
+    __device__ __forceinline__ void load(int k0) {
+#pragma unroll
+        for (int i = 0; i < LOADS; ++i) {
+            int v = tid + i * NT;
+            int kk = k0 + v / (BMN / 4);
+            int c = mn0 + (v % (BMN / 4)) * 4;
+            int k = kk / RS;
+            int rs = kk - k * RS;
+            bool kok = kk < k_end;
+            const float* q = Wt + ((long long)k * C) * RS + rs;  // + c*RS
+            float o[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) o[e] = (kok && c + e < C) ? q[(long long)(c + e) * RS] : 0.f;
+            r[i] = make_float4(o[0], o[1], o[2], o[3]);
+        }
+    }
+    __device__ __forceinline__ void store(float* Sm) const {
+        constexpr int LDS = BMN + TILE_PAD;
+#pragma unroll
+        for (int i = 0; i < LOADS; ++i) {
+            int v = tid + i * NT;
+            *reinterpret_cast<float4*>(Sm + (v / (BMN / 4)) * LDS + (v % (BMN / 4)) * 4) = r[i];
+        }
+    }
+};
+
+// Backward-data B operand: B[kk = (k,r,s), j = (n,h,w)] = dy[n, k, (h+ph-r)/sh, (w+pw-s)/sw] where both
+// divisions are exact and in range, else 0. mn-vector mapping; per-column offsets computed once.
+template <int BMN, int BK, int NT>
+struct GradColsLoader {
+    static constexpr int LOADS = BMN * BK / (4 * NT);
+    const float* dy;
+    int P, Q, RS, S, sh, sw, k_end, tid;
+    long long base[LOADS][4];  // n*K*P*Q
+    int hp[LOADS][4];          // h + ph, or OUT_OF_IMAGE
+    int wp[LOADS][4];          // w + pw
+    float4 r[LOADS];
+
+    __device__ __forceinline__ void init(const ConvDims& d, int j0, int cols) {
+        P = d.P; Q = d.Q; RS = d.R * d.S; S = d.S; sh = d.sh; sw = d.sw;
+        const int HW = d.H * d.W;
+#pragma unroll
+        for (int i = 0; i < LOADS; ++i) {
+            int v = tid + i * NT;
+            int mv = (v % (BMN / 4)) * 4;
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                int j = j0 + mv + e;
+                int n = j / HW;
+                int hw = j - n * HW;
+                int h = hw / d.W;
+                int w = hw - h * d.W;
+                base[i][e] = (long long)n * d.K * d.P * d.Q;
+                hp[i][e] = j < cols ? h + d.ph : OUT_OF_IMAGE;
+                wp[i][e] = w + d.pw;
+            }
+        }
+    }
+    __device__ __forceinline__ void load(int k0) {
+#pragma unroll
+        for (int i = 0; i < LOADS; ++i) {
+            int v = tid + i * NT;
+            int kk = k0 + v / (BMN / 4);
+            int k = kk / RS;
+            int rs = kk - k * RS;
+            int rr = rs / S;
+            int ss = rs - rr * S;
+            bool kok = kk < k_end;
+            float o[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                int th = hp[i][e] - rr;  // p * sh when valid
+                int tw = wp[i][e] - ss;  // q * sw when valid
+                int p = th / sh;
+                int q = tw / sw;
+                bool ok = kok && th >= 0 && tw >= 0 && p * sh == th && q * sw == tw && p < P && q < Q;
+                o[e] = ok ? dy[base[i][e] + ((long long)k * P + p) * Q + q] : 0.f;
+            }
+            r[i] = make_float4(o[0], o[1], o[2], o[3]);
+        }
+    }
+    __device__ __forceinline__ void store(float* Sm) const {
+        constexpr int LDS = BMN + TILE_PAD;
+#pragma unroll
+        for (int i = 0; i < LOADS; ++i) {
+            int v = tid + i * NT;
+            *reinterpret_cast<float4*>(Sm + (v / (BMN / 4)) * LDS + (v % (BMN / 4)) * 4) = r[i];
+        }
+    }
+};
+
+// Backward-data output: C[m = c, j = (n,h,w)] -> dx[n, c, h, w].
+struct ConvGradEpilogue {
+    float* dx;
+    int C, HW, cols;
+    __device__ __forceinline__ void store4(int m, int j, const float (&v)[4]) const {
+        if (m >= C) return;
+#pragma unroll
+        for (int f = 0; f < 4; ++f) {
+            int jj = j + f;
+            if (jj < cols) {
+                int n = jj / HW;
+                int hw = jj - n * HW;
+                dx[((long long)n * C + m) * HW + hw] = v[f];
+            }
+        }
+    }
+};
+
+extern "C" __global__ void __launch_bounds__(GEMM_NT, GEMM_MIN_BLOCKS)
+conv_v2_backward_data(const float* __restrict__ dy, const float* __restrict__ Wt, float* __restrict__ dx,
+                      int N, int C, int H, int W, int K, int R, int S, int P, int Q,
+                      int sh, int sw, int ph, int pw) {
+    constexpr int BM = GEMM_BM, BN = GEMM_BN, BK = GEMM_BK, NT = GEMM_NT;
+    const ConvDims d{N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw};
+    const int KRS = K * R * S;
+    const int cols = N * H * W;
+    const int m0 = blockIdx.y * BM;
+    const int n0 = blockIdx.x * BN;
+    WeightTLoader<BM, BK, NT> la;
+    la.Wt = Wt; la.C = C; la.RS = R * S; la.k_end = KRS; la.mn0 = m0; la.tid = threadIdx.x;
+    GradColsLoader<BN, BK, NT> lb;
+    lb.tid = threadIdx.x;
+    lb.init(d, n0, cols);
+    lb.dy = dy; lb.k_end = KRS;
+    ConvGradEpilogue ep{dx, C, H * W, cols};
+    gemm_tile<BM, BN, BK, GEMM_TM, GEMM_TN>(la, lb, ep, m0, n0, 0, KRS);
+}
+
+// Backward-weights A operand: A[m = k, j = (n,p,q)] = dy[n, k, p, q]; k-vector mapping (4 consecutive j
+// at one k). The (n, pq) of the first j is found by division, the next three by stepping.
+template <int BMN, int BK, int NT>
+struct GradRowsLoader {
+    static constexpr int LOADS = BMN * BK / (4 * NT);
+    static_assert(LOADS >= 1 && (BMN * BK) % (4 * NT) == 0, "tile not divisible among threads");
+    const float* dy;
+    int K, PQ, k_end, mn0, tid;
+    float4 r[LOADS];
+    __device__ __forceinline__ void load(int k0) {
+#pragma unroll
+        for (int i = 0; i < LOADS; ++i) {
+            int v = tid + i * NT;
+            int m = mn0 + v / (BK / 4);
+            int j = k0 + (v % (BK / 4)) * 4;
+            int n = j / PQ;
+            int pq = j - n * PQ;
+            float o[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                o[e] = (m < K && j + e < k_end) ? dy[((long long)n * K + m) * PQ + pq] : 0.f;
+                if (++pq == PQ) { pq = 0; ++n; }
+            }
+            r[i] = make_float4(o[0], o[1], o[2], o[3]);
+        }
+    }
+    __device__ __forceinline__ void store(float* Sm) const {
+        constexpr int LDS = BMN + TILE_PAD;
+#pragma unroll
+        for (int i = 0; i < LOADS; ++i) {
+            int v = tid + i * NT;
+            int row = v / (BK / 4);
+            int kv = (v % (BK / 4)) * 4;
+            Sm[(kv + 0) * LDS + row] = r[i].x;
+            Sm[(kv + 1) * LDS + row] = r[i].y;
+            Sm[(kv + 2) * LDS + row] = r[i].z;
+            Sm[(kv + 3) * LDS + row] = r[i].w;
+        }
+    }
+};
+
+// Backward-weights B operand: B[crs = (c,r,s), j = (n,p,q)] = x[n, c, p*sh-ph+r, q*sw-pw+s];
+// k-vector mapping (4 consecutive j at one crs); (c, r, s) of the thread's rows computed once.
+template <int BMN, int BK, int NT>
+struct Im2colRowsLoader {
+    static constexpr int LOADS = BMN * BK / (4 * NT);
+    const float* x;
+    int C, H, W, P, Q, sh, sw, k_end, tid;
+    long long coff[LOADS];  // c*H*W
+    int r0[LOADS];          // r - ph, or OUT_OF_IMAGE for rows past C*R*S
+    int s0[LOADS];          // s - pw
+    float4 rg[LOADS];
+
+    __device__ __forceinline__ void init(const ConvDims& d, int mn0) {
+        C = d.C; H = d.H; W = d.W; P = d.P; Q = d.Q; sh = d.sh; sw = d.sw;
+        const int RS = d.R * d.S;
+        const int CRS = d.C * RS;
+#pragma unroll
+        for (int i = 0; i < LOADS; ++i) {
+            int v = tid + i * NT;
+            int crs = mn0 + v / (BK / 4);
+            int c = crs / RS;
+            int rs = crs - c * RS;
+            int r = rs / d.S;
+            int s = rs - r * d.S;
+            coff[i] = (long long)c * d.H * d.W;
+            r0[i] = crs < CRS ? r - d.ph : OUT_OF_IMAGE;
+            s0[i] = s - d.pw;
+        }
+    }
+    __device__ __forceinline__ void load(int k0) {
+        const int PQ = P * Q;
+#pragma unroll
+        for (int i = 0; i < LOADS; ++i) {
+            int v = tid + i * NT;
+            int j = k0 + (v % (BK / 4)) * 4;
+            int n = j / PQ;
+            int pq = j - n * PQ;
+            int p = pq / Q;
+            int q = pq - p * Q;
+            float o[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                int ih = p * sh + r0[i];
+                int iw = q * sw + s0[i];
+                bool ok = j + e < k_end && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W;
+                o[e] = ok ? x[((long long)n * C * H * W) + coff[i] + (long long)ih * W + iw] : 0.f;
+                if (++q == Q) { q = 0; if (++p == P) { p = 0; ++n; } }
+            }
+            rg[i] = make_float4(o[0], o[1], o[2], o[3]);
+        }
+    }
+    __device__ __forceinline__ void store(float* Sm) const {
+        constexpr int LDS = BMN + TILE_PAD;
+#pragma unroll
+        for (int i = 0; i < LOADS; ++i) {
+            int v = tid + i * NT;
+            int row = v / (BK / 4);
+            int kv = (v % (BK / 4)) * 4;
+            Sm[(kv + 0) * LDS + row] = rg[i].x;
+            Sm[(kv + 1) * LDS + row] = rg[i].y;
+            Sm[(kv + 2) * LDS + row] = rg[i].z;
+            Sm[(kv + 3) * LDS + row] = rg[i].w;
+        }
+    }
+};
+
+// out: dW (K, CRS) when gridDim.z == 1, else the split-K workspace (gridDim.z, K, CRS) of partial sums.
+extern "C" __global__ void __launch_bounds__(GEMM_NT, GEMM_MIN_BLOCKS)
+conv_v2_backward_weights(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ out,
+                         int N, int C, int H, int W, int K, int R, int S, int P, int Q,
+                         int sh, int sw, int ph, int pw, int k_chunk, int flags) {
+    constexpr int BM = GEMM_BM, BN = GEMM_BN, BK = GEMM_BK, NT = GEMM_NT;
+    const ConvDims d{N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw};
+    const int CRS = C * R * S;
+    const int NPQ = N * P * Q;
+    const int m0 = blockIdx.y * BM;
+    const int n0 = blockIdx.x * BN;
+    const int k_begin = blockIdx.z * k_chunk;
+    const int k_end = min(NPQ, k_begin + k_chunk);
+    GradRowsLoader<BM, BK, NT> la;
+    la.dy = dy; la.K = K; la.PQ = P * Q; la.k_end = k_end; la.mn0 = m0; la.tid = threadIdx.x;
+    Im2colRowsLoader<BN, BK, NT> lb;
+    lb.tid = threadIdx.x;
+    lb.init(d, n0);
+    lb.x = x; lb.k_end = k_end;
+    GemmEpilogue ep;
+    ep.C = out + (size_t)blockIdx.z * K * CRS;
+    ep.bias = nullptr; ep.M = K; ep.N = CRS; ep.beta = 0; ep.act = 0;
+    ep.vec = flags & 1; ep.partial = true;
+    gemm_tile<BM, BN, BK, GEMM_TM, GEMM_TN>(la, lb, ep, m0, n0, k_begin, k_end);
+}

@@ -1,0 +1,154 @@
+"""Our GPU conv2d (custom_impl/gpu/conv.py) against a NumPy float64 reference: forward, dx, dW, db.
+
+Tolerance: every output is a float32 sum of L products (forward L = C*R*S, dx L = K*R*S, dW L = N*P*Q,
+db L = N*P*Q); rounding grows like sqrt(L) for random data and is bounded by L * eps32 * sum |terms|,
+so we allow |out - ref| <= 4 * sqrt(L) * eps32 * ref_abs + 4 * eps32 * |ref|, where ref_abs is the same
+convolution of |x|, |W|, |dy| (the sum of absolute terms). Outputs are NaN-filled before each run.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+def _rand(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def _windows(xp, r, s, P, Q, sh, sw):
+    """xp[:, :, r + p*sh, s + q*sw] for all p < P, q < Q: (N, C, P, Q)."""
+    return xp[:, :, r: r + sh * (P - 1) + 1: sh, s: s + sw * (Q - 1) + 1: sw]
+
+
+def conv_ref(x, W, stride, padding):
+    """float64 forward, and the functions giving dx, dW for a dy, by loops over the kernel taps."""
+    (sh, sw), (ph, pw) = stride, padding
+    N, C, H, Wd = x.shape
+    K, _, R, S = W.shape
+    P = (H + 2 * ph - R) // sh + 1
+    Q = (Wd + 2 * pw - S) // sw + 1
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    y = np.zeros((N, K, P, Q))
+    for r in range(R):
+        for s in range(S):
+            y += np.einsum("ncpq,kc->nkpq", _windows(xp, r, s, P, Q, sh, sw), W[:, :, r, s])
+
+    def backward(dy):
+        dxp = np.zeros_like(xp)
+        dW = np.zeros_like(W)
+        for r in range(R):
+            for s in range(S):
+                dxp[:, :, r: r + sh * (P - 1) + 1: sh, s: s + sw * (Q - 1) + 1: sw] += np.einsum(
+                    "nkpq,kc->ncpq", dy, W[:, :, r, s])
+                dW[:, :, r, s] = np.einsum("nkpq,ncpq->kc", dy, _windows(xp, r, s, P, Q, sh, sw))
+        return dxp[:, :, ph: ph + H, pw: pw + Wd], dW, dy.sum(axis=(0, 2, 3))
+
+    return y, backward
+
+
+def _assert_close(out, ref, ref_abs, L, what):
+    out = np.asarray(out, dtype=np.float64)
+    assert out.shape == ref.shape, f"{what}: shape {out.shape} != {ref.shape}"
+    assert np.all(np.isfinite(out)), f"{what}: {np.sum(~np.isfinite(out))} non-finite (unwritten?) elements"
+    tol = 4.0 * np.sqrt(max(L, 1)) * EPS32 * ref_abs + 4.0 * EPS32 * np.abs(ref) + 1e-30
+    err = np.abs(out - ref)
+    assert not (err > tol).any(), f"{what}: {(err > tol).sum()} of {err.size} off; worst err {err.max():.3g}"
+
+
+# (N, C, H, W, K, R, S, stride, padding)
+CASES = [
+    (1, 1, 13, 17, 3, 3, 3, (1, 1), (1, 1)),
+    (2, 3, 13, 17, 5, 3, 5, (2, 1), (1, 2)),
+    (3, 5, 13, 17, 7, 1, 1, (1, 1), (0, 0)),
+    (2, 4, 9, 11, 6, 5, 5, (2, 2), (2, 2)),
+    (1, 3, 16, 16, 4, 7, 7, (2, 2), (0, 0)),
+    (7, 33, 13, 17, 9, 3, 3, (2, 2), (1, 1)),
+    (2, 7, 13, 17, 130, 3, 3, (1, 1), (0, 0)),
+    (33, 16, 8, 8, 32, 3, 3, (1, 1), (1, 1)),
+    (4, 64, 14, 14, 96, 3, 3, (1, 1), (1, 1)),
+    (1, 3, 32, 32, 32, 3, 3, (1, 1), (1, 1)),
+]
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "N{}C{}H{}W{}K{}R{}S{}s{}{}p{}{}".format(*c[:7], *c[7], *c[8]))
+def test_conv2d(case, version):
+    import cupy
+
+    from custom_impl.gpu.conv import conv2d_backward, conv2d_forward, conv2d_workspace_size
+
+    N, C, H, Wd, K, R, S, stride, padding = case
+    rng = np.random.default_rng(sum(case[:7]))
+    x, W, b = _rand(rng, N, C, H, Wd), _rand(rng, K, C, R, S), _rand(rng, K)
+    x64, W64 = x.astype(np.float64), W.astype(np.float64)
+    y_ref, back = conv_ref(x64, W64, stride, padding)
+    y_abs, back_abs = conv_ref(np.abs(x64), np.abs(W64), stride, padding)
+    y_ref += b
+    y_abs += np.abs(b)
+    gx, gW, gb = cupy.asarray(x), cupy.asarray(W), cupy.asarray(b)
+    y = cupy.full(y_ref.shape, np.nan, np.float32)
+    assert conv2d_forward(gx, gW, gb, stride, padding, out=y, version=version) is y
+    _assert_close(cupy.asnumpy(y), y_ref, y_abs, C * R * S, f"y {case}")
+
+    y_nob = conv2d_forward(gx, gW, None, stride, padding, version=version)
+    _assert_close(cupy.asnumpy(y_nob), y_ref - b, y_abs, C * R * S, f"y without bias {case}")
+
+    dy = _rand(rng, *y_ref.shape)
+    dx_ref, dW_ref, db_ref = back(dy.astype(np.float64))
+    dx_abs, dW_abs, db_abs = back_abs(np.abs(dy.astype(np.float64)))
+    dx = cupy.full(x.shape, np.nan, np.float32)
+    dW = cupy.full(W.shape, np.nan, np.float32)
+    db = cupy.full((K,), np.nan, np.float32)
+    ws_size = conv2d_workspace_size(x.shape, W.shape, stride, padding)
+    ws = cupy.full((max(ws_size, 1),), np.nan, np.float32)
+    res = conv2d_backward(cupy.asarray(dy), gx, gW, stride, padding, dx=dx, dW=dW, db=db, workspace=ws,
+                          version=version)
+    assert res[0] is dx and res[1] is dW and res[2] is db
+    P, Q = y_ref.shape[2:]
+    _assert_close(cupy.asnumpy(dx), dx_ref, dx_abs, K * R * S, f"dx {case}")
+    _assert_close(cupy.asnumpy(dW), dW_ref, dW_abs, N * P * Q, f"dW {case}")
+    _assert_close(cupy.asnumpy(db), db_ref, db_abs, N * P * Q, f"db {case}")
+
+
+@pytest.mark.parametrize("config", ["128x128x8_8x8", "64x128x8_8x8", "32x64x8_4x8", "32x32x8_4x4"])
+def test_conv2d_forward_every_config(config):
+    import cupy
+
+    from custom_impl.gpu.conv import conv2d_forward
+
+    rng = np.random.default_rng(11)
+    x, W, b = _rand(rng, 3, 6, 13, 17), _rand(rng, 70, 6, 3, 5), _rand(rng, 70)
+    y_ref, _ = conv_ref(x.astype(np.float64), W.astype(np.float64), (2, 1), (1, 2))
+    y_abs, _ = conv_ref(np.abs(x.astype(np.float64)), np.abs(W.astype(np.float64)), (2, 1), (1, 2))
+    y = cupy.full(y_ref.shape, np.nan, np.float32)
+    conv2d_forward(cupy.asarray(x), cupy.asarray(W), cupy.asarray(b), (2, 1), (1, 2), out=y, config=config)
+    _assert_close(cupy.asnumpy(y), y_ref + b, y_abs + np.abs(b), 6 * 15, f"y {config}")
+
+
+def test_conv2d_backward_weights_deterministic():
+    import cupy
+
+    from custom_impl.gpu.conv import conv2d_backward
+
+    rng = np.random.default_rng(12)
+    x, W, dy = _rand(rng, 16, 8, 20, 20), _rand(rng, 16, 8, 3, 3), _rand(rng, 16, 16, 20, 20)
+    args = (cupy.asarray(dy), cupy.asarray(x), cupy.asarray(W), 1, 1)
+    first = [cupy.asnumpy(a) for a in conv2d_backward(*args)]
+    for _ in range(2):
+        again = [cupy.asnumpy(a) for a in conv2d_backward(*args)]
+        assert all(np.array_equal(u, v) for u, v in zip(first, again))
+
+
+def test_conv2d_rejects_bad_shapes():
+    import cupy
+
+    from custom_impl.gpu.conv import conv2d_forward
+
+    with pytest.raises(ValueError, match="channels"):
+        conv2d_forward(cupy.ones((1, 3, 8, 8), np.float32), cupy.ones((4, 2, 3, 3), np.float32), None, 1, 0)
+    with pytest.raises(ValueError, match="does not fit"):
+        conv2d_forward(cupy.ones((1, 3, 2, 2), np.float32), cupy.ones((4, 3, 5, 5), np.float32), None, 1, 0)

@@ -1,0 +1,184 @@
+"""Our GPU GEMM and dense layer (custom_impl/gpu/gemm.py, dense.py) against NumPy float64.
+
+Tolerance: each output is a float32 sum of K products; rounding in a k-term sum is bounded by
+K * eps32 * sum_k |a_k b_k| in the worst case and grows like sqrt(K) for random data, so we allow
+|out - ref| <= 4 * sqrt(K) * eps32 * (|a| @ |b|) + 4 * eps32 * |ref|  (the second term: the bias add and
+the activation's own rounding, expf/tanhf within 2 ulp). Inputs are exactly representable in both
+precisions (float32 values upcast), so only the kernel's arithmetic is tested.
+Outputs are filled with NaN before each run, so an element the kernel never writes fails.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+EPS32 = float(np.finfo(np.float32).eps)
+ACTS = {
+    "none": lambda v: v,
+    "relu": lambda v: np.maximum(v, 0.0),
+    "sigmoid": lambda v: 1.0 / (1.0 + np.exp(-v)),
+    "tanh": np.tanh,
+}
+
+
+def _rand(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def _assert_close(out, ref, ref_abs, K, what):
+    out = np.asarray(out, dtype=np.float64)
+    assert out.shape == ref.shape, f"{what}: shape {out.shape} != {ref.shape}"
+    assert np.all(np.isfinite(out)), f"{what}: {np.sum(~np.isfinite(out))} non-finite (unwritten?) elements"
+    tol = 4.0 * np.sqrt(max(K, 1)) * EPS32 * ref_abs + 4.0 * EPS32 * np.abs(ref) + 1e-30
+    err = np.abs(out - ref)
+    bad = err > tol
+    assert not bad.any(), (f"{what}: {bad.sum()} of {bad.size} elements off; worst err {err.max():.3g}, "
+                           f"at tol {tol.flat[np.argmax(err - tol)]:.3g}")
+
+
+def _run_gemm(M, N, K, trans_a=False, trans_b=False, bias=False, act="none", accumulate=False, seed=0, **kw):
+    import cupy
+
+    from custom_impl.gpu.gemm import gemm
+
+    rng = np.random.default_rng(seed)
+    a = _rand(rng, *((K, M) if trans_a else (M, K)))
+    b = _rand(rng, *((N, K) if trans_b else (K, N)))
+    bv = _rand(rng, N) if bias else None
+    c0 = _rand(rng, M, N)
+    A = a.astype(np.float64).T if trans_a else a.astype(np.float64)
+    B = b.astype(np.float64).T if trans_b else b.astype(np.float64)
+    pre = A @ B
+    ref_abs = np.abs(A) @ np.abs(B)
+    if accumulate:
+        pre = pre + c0
+        ref_abs = ref_abs + np.abs(c0)
+    if bias:
+        pre = pre + bv
+        ref_abs = ref_abs + np.abs(bv)
+    ref = ACTS[act](pre)
+    # NOTE: relu, sigmoid and tanh have slope <= 1, so the pre-activation tolerance still bounds the error.
+    out = cupy.asarray(c0) if accumulate else cupy.full((M, N), np.nan, dtype=np.float32)
+    res = gemm(cupy.asarray(a), cupy.asarray(b), out, trans_a=trans_a, trans_b=trans_b,
+               bias=None if bv is None else cupy.asarray(bv), act=act, accumulate=accumulate, **kw)
+    assert res is out
+    _assert_close(cupy.asnumpy(out), ref, ref_abs, K, f"gemm M={M} N={N} K={K} ta={trans_a} tb={trans_b} {kw}")
+
+
+SHAPES = [(1, 1, 1), (7, 33, 5), (33, 7, 129), (1000, 37, 64), (130, 257, 515), (1, 1000, 784), (64, 300, 1023)]
+TRANS = [(False, False), (False, True), (True, False), (True, True)]
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("ta,tb", TRANS)
+@pytest.mark.parametrize("M,N,K", SHAPES)
+def test_gemm_shapes_transposes(M, N, K, ta, tb, version):
+    _run_gemm(M, N, K, ta, tb, version=version)
+
+
+@pytest.mark.parametrize("act", list(ACTS))
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_gemm_bias_act(act, version):
+    _run_gemm(77, 45, 99, False, True, bias=True, act=act, version=version, seed=3)
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("ta,tb", TRANS)
+def test_gemm_accumulate(ta, tb, version):
+    _run_gemm(37, 66, 130, ta, tb, accumulate=True, version=version, seed=4)
+
+
+def _config_names():
+    from custom_impl.gpu.gemm import CONFIGS
+
+    return [c.name for c in CONFIGS]
+
+
+@pytest.mark.parametrize("config", _config_names())
+@pytest.mark.parametrize("ta,tb", TRANS)
+def test_gemm_every_config(config, ta, tb):
+    # odd sizes: partial tiles in M, N and K, unaligned rows (no float4 path) for K % 4 != 0
+    _run_gemm(161, 131, 203, ta, tb, bias=True, act="tanh", config=config, splits=1, seed=5)
+    _run_gemm(128, 64, 96, ta, tb, config=config, splits=1, seed=6)  # aligned: float4 path
+
+
+@pytest.mark.parametrize("splits", [2, 3, 7])
+@pytest.mark.parametrize("ta,tb", TRANS)
+def test_gemm_split_k(splits, ta, tb):
+    _run_gemm(33, 70, 1001, ta, tb, bias=True, act="relu", config="32x64x8_4x8", splits=splits, seed=7)
+    _run_gemm(20, 24, 1000, ta, tb, accumulate=True, config="64x64x8_8x8", splits=splits, seed=8)
+
+
+def test_gemm_split_k_deterministic():
+    import cupy
+
+    from custom_impl.gpu.gemm import gemm
+
+    rng = np.random.default_rng(9)
+    a, b = cupy.asarray(_rand(rng, 16, 4096)), cupy.asarray(_rand(rng, 4096, 40))
+    first = cupy.asnumpy(gemm(a, b, splits=16))
+    for _ in range(3):
+        assert np.array_equal(cupy.asnumpy(gemm(a, b, splits=16)), first)
+
+
+def test_gemm_graph_capture():
+    import cupy
+
+    from custom_impl.gpu.gemm import gemm
+
+    rng = np.random.default_rng(10)
+    a, b = cupy.asarray(_rand(rng, 48, 900)), cupy.asarray(_rand(rng, 900, 70))
+    out = cupy.empty((48, 70), dtype=np.float32)
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        gemm(a, b, out)  # warm-up: compiles, grows the split-K buffer
+        expected = cupy.asnumpy(out)
+        stream.synchronize()
+        stream.begin_capture()
+        gemm(a, b, out)
+        graph = stream.end_capture()
+        out.fill(np.nan)
+        graph.launch(stream)
+        stream.synchronize()
+    assert np.array_equal(cupy.asnumpy(out), expected)
+
+
+def test_gemm_rejects_bad_input():
+    import cupy
+
+    from custom_impl.gpu.gemm import gemm
+
+    with pytest.raises(ValueError, match="inner sizes"):
+        gemm(cupy.ones((3, 4), np.float32), cupy.ones((5, 6), np.float32))
+    with pytest.raises(ValueError, match="float32"):
+        gemm(cupy.ones((3, 4), np.float64), cupy.ones((4, 6), np.float32))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        gemm(cupy.ones((4, 3), np.float32).T, cupy.ones((4, 6), np.float32))
+
+
+@pytest.mark.parametrize("N,F,U", [(1, 784, 128), (7, 64, 10), (33, 1000, 37), (64, 1024, 1024), (1000, 37, 1)])
+@pytest.mark.parametrize("act", ["none", "relu", "sigmoid"])
+def test_dense_forward_backward(N, F, U, act):
+    import cupy
+
+    from custom_impl.gpu.dense import dense_backward, dense_forward
+
+    rng = np.random.default_rng(N * 7 + U)
+    x, W, b, dy = _rand(rng, N, F), _rand(rng, U, F), _rand(rng, U), _rand(rng, N, U)
+    x64, W64, dy64 = x.astype(np.float64), W.astype(np.float64), dy.astype(np.float64)
+    pre = x64 @ W64.T + b
+    y = cupy.full((N, U), np.nan, np.float32)
+    dense_forward(cupy.asarray(x), cupy.asarray(W), cupy.asarray(b), act=act, out=y)
+    _assert_close(cupy.asnumpy(y), ACTS[act](pre), np.abs(x64) @ np.abs(W64.T) + np.abs(b), F, "dense y")
+    dx = cupy.full((N, F), np.nan, np.float32)
+    dW = cupy.full((U, F), np.nan, np.float32)
+    db = cupy.full((U,), np.nan, np.float32)
+    r = dense_backward(cupy.asarray(dy), cupy.asarray(x), cupy.asarray(W), dx=dx, dW=dW, db=db)
+    assert r[0] is dx and r[1] is dW and r[2] is db
+    _assert_close(cupy.asnumpy(dx), dy64 @ W64, np.abs(dy64) @ np.abs(W64), U, "dense dx")
+    _assert_close(cupy.asnumpy(dW), dy64.T @ x64, np.abs(dy64.T) @ np.abs(x64), N, "dense dW")
+    _assert_close(cupy.asnumpy(db), dy64.sum(0), np.abs(dy64).sum(0), N, "dense db")
+    dx2, _, _ = dense_backward(cupy.asarray(dy), cupy.asarray(x), cupy.asarray(W), need_dx=False)
+    assert dx2 is None
