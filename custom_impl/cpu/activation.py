@@ -15,7 +15,7 @@ def relu_forward(x: np.ndarray) -> np.ndarray:
 
 def relu_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
     """dx = dy where y > 0, else 0 (PyTorch's choice at x = 0: gradient 0)."""
-    return np.where(y > 0, dy, np.float32(0))
+    return dy * (y > 0)
 
 
 def sigmoid_forward(x: np.ndarray) -> np.ndarray:

@@ -22,41 +22,43 @@ def _pq(x_shape, kernel, stride):
     return ((x_shape[2] - kernel[0]) // stride[0] + 1, (x_shape[3] - kernel[1]) // stride[1] + 1)
 
 
-def maxpool2d_forward(x: np.ndarray, kernel, stride):
-    """y[n, c, p, q] = max_{r,s} x[n, c, p*sh + r, q*sw + s].  x (N, C, H, W) -> (y (N, C, P, Q), arg).
+def maxpool2d_forward(x: np.ndarray, kernel, stride) -> np.ndarray:
+    """y[n, c, p, q] = max_{r,s} x[n, c, p*sh + r, q*sw + s].  x (N, C, H, W) -> y (N, C, P, Q).
 
-    arg (N, C, P, Q) int16 is the window offset r*S + s of the first maximum in raster order (PyTorch's
-    choice on ties), saved for backward.
+    Backward needs x and y (it finds the maximum's position again by comparing them).
 
     >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
-    >>> maxpool2d_forward(x, (2, 2), (2, 2))[0][0, 0]
+    >>> maxpool2d_forward(x, (2, 2), (2, 2))[0, 0]
     array([[ 5.,  7.],
            [13., 15.]], dtype=float32)
     """
     r, s = kernel
     pq = _pq(x.shape, kernel, stride)
     y = _offset_view(x, 0, 0, stride, pq).copy()                # (N, C, P, Q)
-    arg = np.zeros(y.shape, dtype=np.int16)                      # (N, C, P, Q)
     for i in range(r):
         for j in range(s):
-            if i == 0 and j == 0:
-                continue
-            v = _offset_view(x, i, j, stride, pq)
-            bigger = v > y                                       # strict: ties keep the earlier offset
-            np.copyto(y, v, where=bigger)
-            arg[bigger] = i * s + j
-    return y, arg
+            if i or j:
+                np.maximum(y, _offset_view(x, i, j, stride, pq), out=y)
+    return y
 
 
-def maxpool2d_backward(dy: np.ndarray, arg: np.ndarray, x_shape, kernel, stride) -> np.ndarray:
-    """dx[n, c, h, w] = sum of dy over the windows whose (first) maximum sits at (h, w). dy, arg (N, C, P, Q)."""
+def maxpool2d_backward(dy: np.ndarray, x: np.ndarray, y: np.ndarray, kernel, stride) -> np.ndarray:
+    """dx[n, c, h, w] = sum of dy over the windows whose maximum sits at (h, w).  dy, y (N, C, P, Q), x (N, C, H, W).
+
+    Within a window the gradient goes to the first maximum in raster order (PyTorch's choice on ties):
+    offsets are visited in that order and ``taken`` marks windows already served.
+    """
     r, s = kernel
     pq = dy.shape[2:]
-    dx = np.zeros(x_shape, dtype=dy.dtype)                       # (N, C, H, W)
-    zero = np.float32(0)
+    dx = np.zeros(x.shape, dtype=dy.dtype)                       # (N, C, H, W)
+    taken = np.zeros(y.shape, dtype=bool)                        # (N, C, P, Q)
     for i in range(r):
         for j in range(s):
-            _offset_view(dx, i, j, stride, pq)[...] += np.where(arg == i * s + j, dy, zero)
+            hit = _offset_view(x, i, j, stride, pq) == y         # (N, C, P, Q)
+            if i or j:
+                hit &= ~taken
+            taken |= hit
+            _offset_view(dx, i, j, stride, pq)[...] += dy * hit
     return dx
 
 
@@ -86,7 +88,7 @@ def avgpool2d_backward(dy: np.ndarray, x_shape, kernel, stride) -> np.ndarray:
 
 
 class Pool2d:
-    """maxpool2d / avgpool2d layer; saves (arg, x.shape) for max, x.shape for average."""
+    """maxpool2d / avgpool2d layer; saves (x, y) for max, (x.shape, None) for average."""
 
     def __init__(self, layer, need_dx: bool = True):
         self.layer = layer
@@ -97,19 +99,19 @@ class Pool2d:
     def forward(self, x: np.ndarray, train: bool) -> np.ndarray:
         L = self.layer
         if L.type == "maxpool2d":
-            y, arg = maxpool2d_forward(x, L.kernel_size, L.stride)
-            self.saved = (arg, x.shape) if train else None
+            y = maxpool2d_forward(x, L.kernel_size, L.stride)
+            self.saved = (x, y) if train else None
         else:
             y = avgpool2d_forward(x, L.kernel_size, L.stride)
-            self.saved = (None, x.shape) if train else None
+            self.saved = (x.shape, None) if train else None
         return y
 
     def backward(self, dy: np.ndarray):
-        arg, x_shape = self.saved
+        a, b = self.saved
         self.saved = None
         if not self.need_dx:
             return None
         L = self.layer
         if L.type == "maxpool2d":
-            return maxpool2d_backward(dy, arg, x_shape, L.kernel_size, L.stride)
-        return avgpool2d_backward(dy, x_shape, L.kernel_size, L.stride)
+            return maxpool2d_backward(dy, a, b, L.kernel_size, L.stride)
+        return avgpool2d_backward(dy, a, L.kernel_size, L.stride)
