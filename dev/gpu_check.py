@@ -124,6 +124,95 @@ def run_timings(models, batches, out, steps, repeats):
     return rows
 
 
+def diagnose_maxpool(name, batch, seed=0):
+    """Compare our max-pool routing with torch's: on our own pool input (the tie rule: must be 0
+    mismatches) and on torch's pool input (near-ties flipped by float32 differences upstream)."""
+    import cupy
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    import custom_impl
+    import modelspec
+    import reference_impl
+    from tests.helpers import random_batch
+
+    spec = modelspec.load(name)
+    x, y = random_batch(spec, batch, seed=seed)
+    ours = custom_impl.build(spec, device="gpu", seed=0)
+    ref = reference_impl.build(spec, device="gpu", seed=0)
+    ours.loss_and_grads(x, y)
+    plan = ours._plan(batch)
+    xt = torch.from_numpy(x).cuda()
+    lines = []
+    for i, step in enumerate(ours.steps):
+        if step.kind != "pool" or step.layer.type != "maxpool2d":
+            continue
+        (R, S), (sh, sw) = step.layer.kernel_size, step.layer.stride
+        xin = plan.acts[i]
+        n, c, h, w = xin.shape
+        am = cupy.asnumpy(plan.saved[i]).astype(np.int64)
+        p_idx = np.arange(am.shape[2])[None, None, :, None]
+        q_idx = np.arange(am.shape[3])[None, None, None, :]
+        ours_flat = (p_idx * sh + am // S) * w + (q_idx * sw + am % S)
+        with torch.no_grad():
+            t_own = torch.as_tensor(cupy.asnumpy(xin)).cuda()
+            _, idx_own = F.max_pool2d(t_own, (R, S), (sh, sw), return_indices=True)
+            t_ref = ref.net[:step.layer.index](xt)
+            _, idx_ref = F.max_pool2d(t_ref, (R, S), (sh, sw), return_indices=True)
+        own_mis = int((idx_own.cpu().numpy() != ours_flat).sum())
+        ref_mis = idx_ref.cpu().numpy() != ours_flat
+        xr = t_ref.cpu().numpy().reshape(n, c, h * w)
+        gaps = []
+        for nn_, cc, pp, qq in zip(*np.nonzero(ref_mis)):
+            a = xr[nn_, cc, ours_flat[nn_, cc, pp, qq]]
+            b = xr[nn_, cc, idx_ref.cpu().numpy()[nn_, cc, pp, qq]]
+            gaps.append(abs(float(a) - float(b)) / max(abs(float(b)), 1e-30))
+        diff = float(np.abs(cupy.asnumpy(xin) - t_ref.cpu().numpy()).max())
+        lines.append(f"{name} N={batch} layer {step.layer.index}: {am.size} windows; routing vs torch on OUR input: "
+                     f"{own_mis} mismatches; on torch's input: {int(ref_mis.sum())} mismatches, relative gaps "
+                     f"{['%.1e' % g for g in gaps[:6]]}; max |our input - torch input| {diff:.2e}")
+    return lines
+
+
+def breakdown(name, batch, reps=20):
+    """Per-step GPU time (us) of our eager forward and backward, CUDA events around each step."""
+    import cupy
+    import numpy as np
+
+    import custom_impl
+    import modelspec
+    from tests.helpers import random_batch
+
+    spec = modelspec.load(name)
+    x, y = random_batch(spec, batch)
+    m = custom_impl.build(spec, device="gpu", seed=0)
+    m.loss_and_grads(x, y)
+    plan = m._plan(batch)
+    ev = [cupy.cuda.Event() for _ in range(2)]
+    out = []
+    for i, step in enumerate(m.steps):
+        for phase in ("fwd", "bwd"):
+            if phase == "bwd" and step.weight is None and not step.needs_dx:
+                continue
+            if step.kind == "flatten":
+                continue
+            def run():
+                if phase == "fwd":
+                    step.forward(m, plan.acts[i], plan.acts[i + 1], plan.saved[i], plan.ws)
+                else:
+                    step.backward(m, plan.dacts[i + 1], plan.acts[i], plan.acts[i + 1], plan.saved[i],
+                                  plan.dacts[i], plan.ws)
+            run()
+            ev[0].record()
+            for _ in range(reps):
+                run()
+            ev[1].record()
+            ev[1].synchronize()
+            out.append((f"{step!r} {phase}", cupy.cuda.get_elapsed_time(ev[0], ev[1]) * 1000 / reps))
+    return [f"  {us:9.1f} us  {what}" for what, us in out]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "gpu_check_out"))
@@ -135,6 +224,8 @@ def main(argv=None):
     ap.add_argument("--batches", nargs="*", type=int, default=[1, 64, 1024])
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--diagnose", nargs="*", default=[], help="MODEL:N pairs: max-pool routing vs torch")
+    ap.add_argument("--breakdown", nargs="*", default=[], help="MODEL:N pairs: per-step eager GPU time")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
 
@@ -172,6 +263,19 @@ def main(argv=None):
 
             summary.append(f"timings failed: {type(err).__name__}: {err}")
             summary.append(traceback.format_exc()[-1500:])
+    for item in args.diagnose:
+        name, n = item.split(":")
+        try:
+            summary.extend(diagnose_maxpool(name, int(n)))
+        except Exception as err:
+            summary.append(f"diagnose {item} failed: {type(err).__name__}: {err}")
+    for item in args.breakdown:
+        name, n = item.split(":")
+        try:
+            summary.append(f"per-step eager GPU time, {name} N={n} (events around {20} launches):")
+            summary.extend(breakdown(name, int(n)))
+        except Exception as err:
+            summary.append(f"breakdown {item} failed: {type(err).__name__}: {err}")
     text = "\n".join(summary)
     with open(os.path.join(args.out, "summary.txt"), "w") as fh:
         fh.write(text + "\n")
