@@ -112,11 +112,14 @@ def test_returned_arrays_are_not_overwritten_later():
     # recompute the same losses with an eager twin: the returned arrays still hold their own step's value
     twin = _gpu_model("digits-cnn", use_graph=False)
     np.testing.assert_array_equal(values, [float(twin.train_step(x, y, 0.1, 0.9)) for x, y in batches])
-    l1 = m.forward(batches[0][0])
+    l1 = m.forward(batches[0][0])          # eager
     keep = cupy.asnumpy(l1)
-    m.forward(batches[1][0])
+    l2 = m.forward(batches[1][0])          # captured, then launched
     assert isinstance(l1, cupy.ndarray)
     np.testing.assert_array_equal(cupy.asnumpy(l1), keep)
+    l3 = m.forward(batches[0][0])          # replayed: the same kernels on the same data, bitwise equal
+    np.testing.assert_array_equal(cupy.asnumpy(l3), keep)
+    np.testing.assert_array_equal(cupy.asnumpy(l2), cupy.asnumpy(twin.forward(batches[1][0])))
 
 
 def test_device_inputs_equal_host_inputs():

@@ -16,7 +16,8 @@ captured as a CUDA graph.
 
 train_step: the first step for a given (N, lr, momentum) runs eagerly; the next one captures the whole
 step (forward, loss, backward, SGD) as a CUDA graph on a non-default stream; from then on each step
-copies the inputs into the static buffers and launches that graph on the current stream. Disable graphs
+copies the inputs into the static buffers and launches that graph on the current stream. Inference
+``forward`` is graphed the same way per N. Disable graphs
 with ``build(spec, use_graph=False)`` or the environment variable ``CUSTOM_GPU_GRAPH=0``.
 Parameter gradients are written (=), never accumulated.
 """
@@ -34,7 +35,7 @@ from .pool import avgpool2d_backward, avgpool2d_forward, maxpool2d_backward, max
 from .sgd import sgd_update
 
 ALIGN = 64  # elements (256 bytes): every parameter view starts aligned for vector loads in our kernels
-MAX_GRAPHS = 16  # captured train steps kept (one per (N, lr, momentum)); the oldest is dropped beyond
+MAX_GRAPHS = 16  # captured graphs kept (train steps per (N, lr, momentum), forwards per N); oldest dropped
 
 
 def _graph_default() -> bool:
@@ -360,9 +361,11 @@ class GPUModel(CustomModel):
         plan = self._plan(int(x.shape[0]))
         if x.data.ptr != plan.acts[0].data.ptr:
             plan.acts[0].data.copy_from_device_async(x.data, x.nbytes)
-        self._run_forward(plan)
         if train:
+            self._run_forward(plan)
             return plan.acts[-1]
+        # inference: graphed like train_step (eager the first time for N, captured the second)
+        self._graphed(("forward", plan.n), lambda: self._run_forward(plan))
         return _copy(plan.acts[-1])  # NOTE: a fresh array: the plan's buffer is overwritten by the next call
 
     def _run_forward(self, plan: _Plan) -> None:
@@ -422,21 +425,29 @@ class GPUModel(CustomModel):
         self._checked_labels(y, n)                 # copied into the plan's static label buffer
         plan = self._plan(n)
         lr, momentum = float(lr), float(momentum)
-        key = (n, lr, momentum)
-        graph = self._graphs.get(key) if self.use_graph else None
-        if graph is None and self.use_graph and key in self._eager_done:
-            graph = self._capture(plan, lr, momentum)
-            self._graphs[key] = graph
-            while len(self._graphs) > MAX_GRAPHS:
-                self._graphs.pop(next(iter(self._graphs)))
-        if graph is not None:
-            graph.launch(cupy.cuda.get_current_stream())
-        else:
-            self._run_step(plan, lr, momentum)
-            self._eager_done.add(key)
+        self._graphed(("train_step", n, lr, momentum), lambda: self._run_step(plan, lr, momentum))
         return _copy(plan.loss).reshape(())
 
-    def _capture(self, plan: _Plan, lr: float, momentum: float):
+    def _graphed(self, key: tuple, launches) -> None:
+        """Run ``launches()`` (kernel launches on static buffers only): eagerly the first time for ``key``
+        (or always, with graphs off), captured as a CUDA graph the second time, replayed from then on."""
+        import cupy
+
+        if not self.use_graph:
+            launches()
+            return
+        graph = self._graphs.get(key)
+        if graph is None and key in self._eager_done:
+            graph = self._graphs[key] = self._capture(launches)
+            while len(self._graphs) > MAX_GRAPHS:
+                self._graphs.pop(next(iter(self._graphs)))
+        if graph is None:
+            launches()
+            self._eager_done.add(key)
+        else:
+            graph.launch(cupy.cuda.get_current_stream())
+
+    def _capture(self, launches):
         import cupy
 
         if self._capture_stream is None:
@@ -447,7 +458,7 @@ class GPUModel(CustomModel):
         with stream:
             stream.begin_capture()
             try:
-                self._run_step(plan, lr, momentum)
+                launches()
             finally:
                 graph = stream.end_capture()
         return graph
