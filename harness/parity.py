@@ -4,7 +4,7 @@ from __future__ import annotations
 import modelspec
 
 from .suites import LAYER_PHASES, MODEL_PHASES, POOL_PHASES, Job, shape_name, variants_for
-from .workloads import LAYER_RTOL, MODEL_RTOL, LayerCase, ModelCase, Unsupported, set_strict_fp32
+from .workloads import LAYER_RTOL, LayerCase, ModelCase, Unsupported, set_strict_fp32
 
 PARITY_BATCH = 7   # odd on purpose: no tile or vector width divides it
 LAYER_SHAPES = (
@@ -44,12 +44,12 @@ def parity_table(device: str, models: list[str] | None = None) -> tuple[bool, st
     all_ok = True
     mcase = None
     for job in parity_jobs(device, models):
-        tol = MODEL_RTOL if job.kind == "model" else LAYER_RTOL
+        tol = LAYER_RTOL
         try:
             if job.kind == "model":
                 if mcase is None or mcase.spec.name != job.workload:
                     mcase = ModelCase(job.p()["spec"], job.batch, device, settings)
-                against, err = mcase.parity(job)
+                against, err, tol = mcase.parity(job)
             else:
                 case = LayerCase(job, settings)
                 against, err = case.parity(job, case.prepare(job).fn)
@@ -61,5 +61,5 @@ def parity_table(device: str, models: list[str] | None = None) -> tuple[bool, st
             against, cell, ok = "-", f"error: {type(e).__name__}: {e}"[:120], False
         all_ok &= ok
         lines.append(f"| {job.kind} | {job.workload} | {job.batch} | {job.phase} | {job.variant} | {against} | "
-                     f"{cell} | {tol:g} | {'yes' if ok else 'NO'} |")
+                     f"{cell} | {tol:.2g} | {'yes' if ok else 'NO'} |")
     return all_ok, "\n".join(lines)

@@ -43,8 +43,9 @@ class Row:
     pct_peak: float | None = None  # tflops / the device's FP32 peak, in percent; empty when no peak is known
     peak_mem_bytes: int | None = None
     noisy: bool | None = None    # iqr/median above the suite's noise threshold
-    parity_against: str = ""     # what the output was compared with: reference | float64 | torch-eager | baseline
+    parity_against: str = ""     # what the output was compared with: reference (PyTorch eager, same device) | float64
     parity_rel_err: float | None = None
+    parity_tol: float | None = None   # the bar parity_rel_err must stay under (see docs/harness.md)
     parity_ok: bool | None = None
     cold_l2: bool = False
     device_name: str = ""
@@ -61,7 +62,7 @@ class Row:
             if v is None:
                 out[f] = ""
             elif isinstance(v, float):
-                out[f] = "" if math.isnan(v) else f"{v:.6g}"
+                out[f] = "" if math.isnan(v) else ("inf" if math.isinf(v) else f"{v:.6g}")
             else:
                 out[f] = str(v)
         return out

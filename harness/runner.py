@@ -1,7 +1,6 @@
 """Running a suite: for every job, check parity, time it, and write one row (resuming finished rows)."""
 from __future__ import annotations
 
-import math
 import sys
 import traceback
 
@@ -9,7 +8,7 @@ from . import env as envmod
 from .results import ResultsWriter, Row
 from .suites import Job, Suite
 from .timer import measure
-from .workloads import (LAYER_RTOL, MODEL_RTOL, LayerCase, ModelCase, Unsupported, free_device_memory, is_oom,
+from .workloads import (LAYER_RTOL, LayerCase, ModelCase, Unsupported, free_device_memory, is_oom,
                         set_strict_fp32, shape_text)
 
 
@@ -51,14 +50,14 @@ def run_job(job: Job, cases: _Cases, settings: dict, device_name: str, peak_tflo
         prep = case.prepare(job)
         row.flops = prep.flops
         if job.kind == "model":
-            against, err = case.parity(job)
-            tol = MODEL_RTOL
+            against, err, tol = case.parity(job)
         else:
             against, err = case.parity(job, prep.fn)
             tol = LAYER_RTOL
         row.parity_against = against
         row.parity_rel_err = err
-        row.parity_ok = None if err is None else bool(err <= tol)
+        row.parity_ok = bool(err <= tol)
+        row.parity_tol = tol
         m = measure(prep.fn, prep.clock, warmup=int(settings["warmup"]), budget_s=float(settings["budget_s"]),
                     min_repeats=int(settings["min_repeats"]), max_repeats=int(settings["max_repeats"]),
                     min_sample_ms=float(settings["min_sample_ms"]),
@@ -92,10 +91,6 @@ def run_job(job: Job, cases: _Cases, settings: dict, device_name: str, peak_tflo
             last = traceback.extract_tb(err.__traceback__)[-1]
             row.reason = (f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''} "
                           f"(at {last.filename.rsplit('/', 1)[-1]}:{last.lineno})")
-    for f in ("parity_rel_err", "median_ms", "tflops"):
-        v = getattr(row, f)
-        if isinstance(v, float) and math.isinf(v):
-            setattr(row, f, float("inf"))
     return row
 
 

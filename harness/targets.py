@@ -1,0 +1,212 @@
+"""``harness targets``: the performance targets of issue 5, measured and checked.
+
+Every target is a ratio of the two implementations measured in the same run (reference time / our
+time, so > 1 means ours is faster), strict FP32 on both sides, over rows that passed parity. The rows
+come from the ``targets`` suite (harness/suites/targets.toml) and are written to ``DIR/results.csv``
+(resumable like any run); ``DIR/targets.csv`` has one line per target:
+
+    target, measured, goal, met, rows, note
+
+``met`` is true only when the figure reaches the goal *and* every row behind it was measured and passed
+parity (a row with status parity_fail / error / oom / unsupported is left out of the figure and named
+in ``note``). On a machine without a GPU the GPU targets are written with an empty ``measured``, empty
+``met`` and ``note = "not measured: no GPU (...)"``.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+
+from . import env as envmod
+
+TRAIN_BEST_MAX_BATCH = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    name: str
+    device: str
+    goal: float
+    measure: str
+
+
+TARGETS = (
+    Target("dense_gemm_4096", "gpu", 0.90, "dense forward X*W^T at M=N=K=4096: cuBLAS time / our time"),
+    Target("dense_suite_geomean", "gpu", 0.85, "geomean of cuBLAS / ours over the dense suite, all three phases"),
+    Target("conv_suite_geomean", "gpu", 0.80, "geomean of cuDNN / ours over the conv2d suite, all three phases"),
+    Target("conv_suite_min", "gpu", 0.50, "worst conv2d row of that suite"),
+    Target("train_step_vs_best_torch", "gpu", 1.0,
+           "worst over zoo models x batch 1..1024 of min(PyTorch eager, PyTorch CUDA graph) / ours (CUDA graph)"),
+    Target("train_step_vs_eager_geomean", "gpu", 3.0,
+           "geomean over zoo models x batch 1..8192 of PyTorch eager / ours (CUDA graph)"),
+    Target("cpu_train_step_geomean", "cpu", 0.8, "zoo models at batch >= 64 on the CPU: PyTorch CPU / our NumPy"),
+)
+
+
+def _geomean(xs: list[float]) -> float:
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else math.nan
+
+
+def _f(d: dict, k: str) -> float:
+    try:
+        return float(d.get(k, ""))
+    except ValueError:
+        return math.nan
+
+
+class _Rows:
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def pick(self, **match) -> list[dict]:
+        return [r for r in self.rows if all(str(r.get(k)) == str(v) for k, v in match.items())]
+
+    def one(self, **match) -> dict | None:
+        got = self.pick(**match)
+        return got[0] if got else None
+
+
+def _ok(r: dict | None) -> bool:
+    return r is not None and r.get("status") == "ok" and r.get("parity_ok") == "True" and _f(r, "median_ms") > 0
+
+
+def _describe(r: dict | None, what: str) -> str:
+    if r is None:
+        return f"{what}: missing"
+    return f"{r['impl']}/{r['variant']} {r['workload']} b={r['batch']} {r['phase']}: {r['status']}"
+
+
+def _layer_ratios(rows: _Rows, kind: str) -> tuple[list[float], list[str], int]:
+    ratios, bad, n = [], [], 0
+    for ours in rows.pick(kind=kind, impl="custom", device="gpu"):
+        ref = rows.one(kind=kind, impl="reference", device="gpu", workload=ours["workload"], phase=ours["phase"])
+        n += 1
+        if _ok(ours) and _ok(ref):
+            ratios.append(_f(ref, "median_ms") / _f(ours, "median_ms"))
+        else:
+            bad.append(_describe(ours if not _ok(ours) else ref, "row"))
+    return ratios, bad, n
+
+
+def evaluate(rows_list: list[dict], gpu_reason: str | None) -> list[dict]:
+    """targets.csv lines from the rows of a targets run."""
+    rows = _Rows(rows_list)
+    out = []
+    for t in TARGETS:
+        line = {"target": t.name, "measured": "", "goal": f"{t.goal:g}", "met": "", "rows": 0, "note": t.measure}
+        if t.device == "gpu" and gpu_reason:
+            line["note"] = f"not measured: no GPU ({gpu_reason})"
+            out.append(line)
+            continue
+        bad: list[str] = []
+        value = math.nan
+        if t.name == "dense_gemm_4096":
+            ours = rows.one(kind="dense", impl="custom", device="gpu", workload="dense_M4096_N4096_K4096",
+                            phase="forward")
+            ref = rows.one(kind="dense", impl="reference", device="gpu", workload="dense_M4096_N4096_K4096",
+                           phase="forward")
+            line["rows"] = 2
+            if _ok(ours) and _ok(ref):
+                value = _f(ref, "median_ms") / _f(ours, "median_ms")
+            else:
+                bad = [_describe(r, w) for r, w in ((ours, "ours"), (ref, "cuBLAS")) if not _ok(r)]
+        elif t.name in ("dense_suite_geomean", "conv_suite_geomean", "conv_suite_min"):
+            ratios, bad, line["rows"] = _layer_ratios(rows, "dense" if t.name.startswith("dense") else "conv2d")
+            if ratios:
+                value = min(ratios) if t.name.endswith("min") else _geomean(ratios)
+        elif t.name.startswith("train_step"):
+            ratios = []
+            for ours in rows.pick(kind="model", impl="custom", variant="cuda-graph", device="gpu", phase="train_step"):
+                b = int(ours["batch"])
+                if t.name == "train_step_vs_best_torch" and b > TRAIN_BEST_MAX_BATCH:
+                    continue
+                key = dict(kind="model", impl="reference", device="gpu", phase="train_step",
+                           workload=ours["workload"], batch=ours["batch"])
+                eager, graph = rows.one(variant="torch-eager", **key), rows.one(variant="torch-graph", **key)
+                refs = [eager] if t.name == "train_step_vs_eager_geomean" else [eager, graph]
+                line["rows"] += 1
+                if _ok(ours) and all(_ok(r) for r in refs):
+                    ratios.append(min(_f(r, "median_ms") for r in refs) / _f(ours, "median_ms"))
+                else:
+                    bad += [_describe(r, "row") for r in [ours] + refs if not _ok(r)]
+            if ratios:
+                value = min(ratios) if t.name == "train_step_vs_best_torch" else _geomean(ratios)
+        else:  # cpu_train_step_geomean
+            ratios = []
+            for ours in rows.pick(kind="model", impl="custom", variant="numpy", device="cpu", phase="train_step"):
+                if int(ours["batch"]) < 64:
+                    continue
+                ref = rows.one(kind="model", impl="reference", variant="torch-eager", device="cpu",
+                               phase="train_step", workload=ours["workload"], batch=ours["batch"])
+                line["rows"] += 1
+                if _ok(ours) and _ok(ref):
+                    ratios.append(_f(ref, "median_ms") / _f(ours, "median_ms"))
+                else:
+                    bad += [_describe(r, "row") for r in (ours, ref) if not _ok(r)]
+            if ratios:
+                value = _geomean(ratios)
+        if math.isnan(value):
+            line["met"] = "False"
+            line["note"] = "not measured: " + ("; ".join(bad[:5]) if bad else "no rows")
+        else:
+            line["measured"] = f"{value:.4g}"
+            line["met"] = str(bool(value >= t.goal and not bad))
+            if bad:
+                line["note"] = f"{len(bad)} row(s) left out (not ok or parity failed): " + "; ".join(bad[:3])
+            elif value < t.goal:
+                line["note"] = f"short of the goal by {100 * (1 - value / t.goal):.1f}%: {t.measure}"
+        out.append(line)
+    return out
+
+
+def format_table(lines: list[dict]) -> str:
+    head = ["target", "measured", "goal", "met", "rows", "note"]
+    body = [[str(line[h]) for h in head] for line in lines]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if i < 5 else 0 for i, h in enumerate(head)]
+    fmt = lambda cells: "  ".join(c.ljust(w) if w else c for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([fmt(head)] + [fmt(b) for b in body])
+
+
+def write_csv(path: str, lines: list[dict]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=["target", "measured", "goal", "met", "rows", "note"])
+        w.writeheader()
+        w.writerows(lines)
+
+
+def run_targets(out: str, device: str, *, peak_tflops: float | None = None, quiet: bool = False) -> tuple[bool, str]:
+    """Run the targets suite on ``device`` into ``out``, write targets.csv; returns (all met, table)."""
+    from .results import read_rows
+    from .runner import run_suite
+    from .suites import load_suite
+
+    os.makedirs(out, exist_ok=True)
+    suite = load_suite("targets")
+    gpu_reason = None
+    devices = ["cpu"]
+    if device == "gpu":
+        devices = ["gpu", "cpu"]
+    else:
+        ok, why = envmod.gpu_available()
+        gpu_reason = "this run is --device cpu" if ok else why
+    results = os.path.join(out, "results.csv")
+    rec = envmod.collect("gpu" if device == "gpu" else "cpu")
+    rec["suite"] = {"name": suite.name, "path": suite.path, "settings": suite.settings}
+    rec["run_device"] = device
+    rec["device_name"] = envmod.device_name(device)
+    rec["peak_fp32_tflops"] = peak_tflops or (envmod.peak_fp32_tflops(rec["device_name"]) if device == "gpu" else None)
+    for dev in devices:
+        run_suite(suite, dev, results, peak_tflops=peak_tflops, quiet=quiet)
+    try:
+        import reference_impl
+
+        rec["precision_flags"] = reference_impl.precision_flags()
+    except Exception:
+        pass
+    envmod.write(os.path.join(out, "env.json"), rec)
+    lines = evaluate(read_rows(results), gpu_reason)
+    write_csv(os.path.join(out, "targets.csv"), lines)
+    measured = [line for line in lines if line["measured"] != ""]
+    return all(line["met"] == "True" for line in measured) and len(measured) == len(lines), format_table(lines)
