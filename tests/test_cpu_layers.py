@@ -88,10 +88,11 @@ def test_conv_backward_finite_differences(stride, padding, kernel):
     _fd_check(lambda W_: conv.conv2d_forward(x, W_, b, stride, padding)[0], [W], dW_of)
 
 
-@pytest.mark.parametrize("kernel,stride", [((2, 2), (2, 2)), ((3, 3), (1, 1)), ((3, 2), (2, 1))])
+@pytest.mark.parametrize("kernel,stride", [((2, 2), (2, 2)), ((3, 3), (1, 1)), ((3, 2), (2, 1)), ((3, 3), (3, 3))])
 def test_pool_backward_finite_differences(kernel, stride):
-    """Overlapping and rectangular windows; random inputs have no ties, so max is differentiable there."""
-    x = np.random.default_rng(2).normal(size=(2, 3, 7, 9))
+    """Overlapping, rectangular, partly covering (9 rows, 2x2 windows) and exactly tiling (3x3 on 9x9)
+    windows; random inputs have no ties, so max is differentiable there."""
+    x = np.random.default_rng(2).normal(size=(2, 3, 9, 9))
     y = pool.maxpool2d_forward(x, kernel, stride)
     _fd_check(lambda x_: pool.maxpool2d_forward(x_, kernel, stride), [x],
               lambda dy: pool.maxpool2d_backward(dy, x, y, kernel, stride))

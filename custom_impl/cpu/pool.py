@@ -18,6 +18,11 @@ def _offset_view(a: np.ndarray, i: int, j: int, stride, pq) -> np.ndarray:
     return a[:, :, i:i + sh * (p - 1) + 1:sh, j:j + sw * (q - 1) + 1:sw]
 
 
+def _tiles(x_shape, kernel, stride) -> bool:
+    """True when the windows cover the input exactly once (stride = kernel, sizes divisible)."""
+    return (tuple(stride) == tuple(kernel) and x_shape[2] % kernel[0] == 0 and x_shape[3] % kernel[1] == 0)
+
+
 def _pq(x_shape, kernel, stride):
     return ((x_shape[2] - kernel[0]) // stride[0] + 1, (x_shape[3] - kernel[1]) // stride[1] + 1)
 
@@ -50,7 +55,8 @@ def maxpool2d_backward(dy: np.ndarray, x: np.ndarray, y: np.ndarray, kernel, str
     """
     r, s = kernel
     pq = dy.shape[2:]
-    dx = np.zeros(x.shape, dtype=dy.dtype)                       # (N, C, H, W)
+    tiled = _tiles(x.shape, kernel, stride)
+    dx = np.empty(x.shape, dtype=dy.dtype) if tiled else np.zeros(x.shape, dtype=dy.dtype)   # (N, C, H, W)
     taken = np.zeros(y.shape, dtype=bool)                        # (N, C, P, Q)
     for i in range(r):
         for j in range(s):
@@ -58,7 +64,10 @@ def maxpool2d_backward(dy: np.ndarray, x: np.ndarray, y: np.ndarray, kernel, str
             if i or j:
                 hit &= ~taken
             taken |= hit
-            _offset_view(dx, i, j, stride, pq)[...] += dy * hit
+            if tiled:    # every input element lies in exactly one window: write, no zero fill, no add
+                np.multiply(dy, hit, out=_offset_view(dx, i, j, stride, pq))
+            else:
+                _offset_view(dx, i, j, stride, pq)[...] += dy * hit
     return dx
 
 
@@ -71,7 +80,7 @@ def avgpool2d_forward(x: np.ndarray, kernel, stride) -> np.ndarray:
         for j in range(s):
             if i or j:
                 y += _offset_view(x, i, j, stride, pq)
-    y *= np.float32(1.0 / (r * s))
+    y *= 1.0 / (r * s)
     return y
 
 
@@ -79,11 +88,15 @@ def avgpool2d_backward(dy: np.ndarray, x_shape, kernel, stride) -> np.ndarray:
     """dx[n, c, h, w] = sum over the windows covering (h, w) of dy / (R S).  dy (N, C, P, Q) -> (N, C, H, W)."""
     r, s = kernel
     pq = dy.shape[2:]
-    share = dy * np.float32(1.0 / (r * s))                       # (N, C, P, Q)
-    dx = np.zeros(x_shape, dtype=dy.dtype)                       # (N, C, H, W)
+    share = dy * (1.0 / (r * s))                                 # (N, C, P, Q)
+    tiled = _tiles(x_shape, kernel, stride)
+    dx = np.empty(x_shape, dtype=dy.dtype) if tiled else np.zeros(x_shape, dtype=dy.dtype)   # (N, C, H, W)
     for i in range(r):
         for j in range(s):
-            _offset_view(dx, i, j, stride, pq)[...] += share
+            if tiled:
+                _offset_view(dx, i, j, stride, pq)[...] = share
+            else:
+                _offset_view(dx, i, j, stride, pq)[...] += share
     return dx
 
 
