@@ -240,6 +240,16 @@ def main(argv=None) -> int:
     except CliError as err:
         print(f"harness: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except ValueError as err:
+        # SpecError, SuiteError, ReportError and ResultsError-like input problems that a command did not wrap
+        from .report import ReportError
+        from .suites import SuiteError
+        import modelspec
+
+        if isinstance(err, (modelspec.SpecError, SuiteError, ReportError)):
+            print(f"harness: error: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
     except KeyboardInterrupt:
         print("harness: interrupted; rerun the same command to resume (finished rows are kept)", file=sys.stderr)
         return 130

@@ -170,8 +170,9 @@ def _fmt(v, spec=".3g") -> str:
 
 
 def _latex_escape(s: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
-                 ("$", r"\$"), ("{", r"\{"), ("}", r"\}"), (FAIL_MARK, r"$^\dagger$"), ("^", r"\^{}")):
+    for a, b in (("\\", "\0"), ("{", r"\{"), ("}", r"\}"), ("\0", r"\textbackslash{}"), ("_", r"\_"),
+                 ("%", r"\%"), ("&", r"\&"), ("#", r"\#"), ("$", r"\$"), ("^", r"\^{}"),
+                 ("~", r"$^{\sim}$"), (FAIL_MARK, r"$^\dagger$")):
         s = s.replace(a, b)
     return s
 

@@ -506,15 +506,11 @@ def _cpu_layer_fn(job: Job, data: dict) -> Callable[[], tuple]:
                 _, dW, db = conv.conv2d_backward(dy, cols, x.shape, W, st, pad, need_dx=False)
                 return (dW, db)
             return bw
-        k, c, r, s = W.shape
-        n, _, pp, qq = dy.shape
-
-        def bd():
-            # NOTE: the dx branch of conv.conv2d_backward alone: dcols = W2^T dY2, then col2im.
-            dy2 = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(k, n * pp * qq)   # (K, N*P*Q)
-            dcols = W.reshape(k, c * r * s).T @ dy2                                          # (C*R*S, N*P*Q)
-            return (conv.col2im(dcols, x.shape, (r, s), st, pad, (pp, qq)),)
-        return bd
+        if hasattr(conv, "conv2d_backward_data"):
+            return lambda: (conv.conv2d_backward_data(dy, W, x.shape, st, pad),)
+        # NOTE: custom_impl.cpu.conv has no dx-only backward; conv2d_backward computes dW and db as well, so
+        # this row times more work for ours than cuDNN/oneDNN's backward-data does (a pessimistic figure).
+        return lambda: (conv.conv2d_backward(dy, cols, x.shape, W, st, pad, need_dx=True)[0],)
     from custom_impl.cpu import pool
 
     x, dy = data["x"], data["dy"]

@@ -1,0 +1,324 @@
+"""The harness on the CPU: the quick suite end to end, resume, report (PDF, LaTeX), targets, clear errors.
+
+Runs in CI in well under a minute per test on 2 cores: the quick suite is run once per session
+(module fixture) and every report/table test reads its results.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from harness import cli, results, runner
+from harness.results import COLUMNS, ROW_KEY
+from harness.suites import SuiteError, load_suite, parse_suite
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCUMENTED = ("impl", "variant", "device", "workload", "kind", "batch", "phase", "precision", "median_ms", "iqr_ms",
+              "repeats", "flops", "tflops", "parity_rel_err", "parity_ok", "status", "min_ms", "samples_per_s",
+              "pct_peak", "peak_mem_bytes", "noisy")
+
+TINY_SUITE = """
+name = "tiny"
+[settings]
+warmup = 1
+budget_s = 0.005
+min_repeats = 2
+max_repeats = 5
+[[models]]
+models = ["thesis-2-3-1"]
+batches = [1, 3]
+phases = ["inference", "train_step"]
+[[dense]]
+shapes = [[5, 3, 7]]
+phases = ["forward"]
+"""
+
+
+def read(path):
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quick")
+    rc = cli.main(["run", "--suite", "quick", "--device", "cpu", "--out", str(out), "--quiet"])
+    assert rc == 0
+    return out
+
+
+def test_quick_suite_rows_columns_and_parity(quick_run):
+    rows = read(quick_run / "results.csv")
+    assert len(rows) == len(load_suite("quick").jobs("cpu"))
+    assert set(DOCUMENTED) <= set(rows[0])
+    assert {r["impl"] for r in rows} == {"custom", "reference"}
+    assert {r["kind"] for r in rows} == {"model", "dense", "conv2d", "pool"}
+    assert {r["phase"] for r in rows} >= {"inference", "forward_backward", "train_step", "forward", "backward_data",
+                                         "backward_weights"}
+    for r in rows:
+        assert r["status"] == "ok", r
+        assert r["parity_rel_err"] != "" and r["parity_ok"] == "True", r   # every row is parity-checked
+        assert float(r["median_ms"]) > 0 and int(r["repeats"]) >= 3
+        assert float(r["iqr_ms"]) >= 0 and float(r["min_ms"]) <= float(r["median_ms"]) + 1e-12
+        assert r["pct_peak"] == ""   # no FP32 peak is assumed for a CPU
+        assert r["precision"] == "fp32" and r["device"] == "cpu"
+        assert int(r["flops"]) > 0 and float(r["tflops"]) > 0
+    keys = [tuple(r[k] for k in ROW_KEY) for r in rows]
+    assert len(keys) == len(set(keys))
+    env = json.loads((quick_run / "env.json").read_text())
+    assert env["cpu_cores"] >= 1 and "numpy" in env and "precision_flags" in env
+
+
+def test_report_pdf_pages_images_and_latex(quick_run, tmp_path, monkeypatch):
+    from harness.report import render
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    files = render([str(quick_run)], out_dir=str(tmp_path / "a"))
+    pdf = open(files["pdf"], "rb").read()
+    assert pdf.startswith(b"%PDF")
+    pages = len(re.findall(rb"/Type\s*/Page\b(?!s)", pdf))
+    pngs = [k for k in files if k.endswith(".png")]
+    assert len(pngs) >= 5 and pages >= len(pngs) + 2   # text pages (env, tables) + one per plot
+    assert b"/Subtype /Image" in pdf                     # heatmaps are embedded raster images
+    for name in ("models.tex", "layers.tex"):
+        tex = open(files[name], encoding="utf-8").read()
+        assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex and "\\begin{tabular}" in tex
+        assert re.search(r"[^\\]_", tex.split("\\toprule", 1)[1]) is None   # underscores escaped
+    md = open(files["models.md"], encoding="utf-8").read()
+    assert "| thesis-2-3-1 |" in md or "thesis-2-3-1" in md
+    again = render([str(quick_run)], out_dir=str(tmp_path / "b"))   # SOURCE_DATE_EPOCH: byte-identical
+    assert open(again["pdf"], "rb").read() == pdf
+
+
+def test_report_marks_parity_failures(quick_run, tmp_path):
+    from harness.report import render
+
+    rows = read(quick_run / "results.csv")
+    for r in rows:
+        if r["impl"] == "custom" and r["workload"] == "mlp-mnist":
+            r["parity_ok"], r["status"] = "False", "parity_fail"
+    d = tmp_path / "failing"
+    d.mkdir()
+    with open(d / "results.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    files = render([str(d)])
+    assert "\u2020" in open(files["models.md"], encoding="utf-8").read()
+    assert "$^\\dagger$" in open(files["models.tex"], encoding="utf-8").read()
+
+
+def test_report_reads_benchmark_json(tmp_path):
+    from harness.report import render
+
+    bench = {"machine_info": {}, "benchmarks": [
+        {"group": "dense_M8_N4_K16 forward", "name": f"test_dense[{impl}]", "stats":
+            {"median": med, "iqr": 1e-6, "min": med * 0.9, "rounds": 10},
+         "extra_info": {"impl": impl, "variant": var, "device": "cpu", "workload": "dense_M8_N4_K16", "kind": "dense",
+                        "batch": 8, "phase": "forward", "flops": 1088, "parity_ok": True}}
+        for impl, var, med in (("custom", "numpy", 2e-5), ("reference", "torch", 4e-5))]}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(bench))
+    files = render([str(path)], out_dir=str(tmp_path / "rep"))
+    table = open(files["layers.md"], encoding="utf-8").read()
+    assert "M=8" in table or "dense_M8_N4_K16" in table
+    assert "2.00" in table   # speedup 4e-5 / 2e-5
+
+
+def test_resume_after_interruption_skips_finished_rows(tmp_path, monkeypatch):
+    suite = tmp_path / "tiny.toml"
+    suite.write_text(TINY_SUITE)
+    out = tmp_path / "out"
+    total = len(load_suite(str(suite)).jobs("cpu"))
+    real = runner.run_job
+    calls = {"n": 0}
+
+    def interrupted(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt   # Ctrl-C while the 4th row is in flight
+        return real(*a, **k)
+
+    monkeypatch.setattr(runner, "run_job", interrupted)
+    args = ["run", "--suite", str(suite), "--device", "cpu", "--out", str(out), "--quiet", "--no-report"]
+    assert cli.main(args) == 130
+    first = read(out / "results.csv")
+    assert len(first) == 3
+    # a torn last line (killed mid-write) is dropped on resume
+    with open(out / "results.csv", "a") as fh:
+        fh.write("custom,numpy,cpu,thesis-2-3-1,mo")
+    monkeypatch.setattr(runner, "run_job", real)
+    seen = []
+    monkeypatch.setattr(runner, "run_job", lambda job, *a, **k: seen.append(job) or real(job, *a, **k))
+    assert cli.main(args) == 0
+    rows = read(out / "results.csv")
+    assert len(rows) == total and len(seen) == total - 3
+    assert rows[:3] == first                                  # finished rows kept as they were
+    keys = [tuple(r[k] for k in ROW_KEY) for r in rows]
+    assert len(set(keys)) == total                            # no duplicates
+    assert cli.main(args) == 0 and len(read(out / "results.csv")) == total   # a third run does nothing
+
+
+def test_results_with_other_columns_are_not_touched(tmp_path, capsys):
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "results.csv").write_text("a,b\n1,2\n")
+    rc = cli.main(["run", "--suite", "quick", "--device", "cpu", "--out", str(out), "--quiet"])
+    assert rc == 2
+    assert "other columns" in capsys.readouterr().err
+    assert (out / "results.csv").read_text() == "a,b\n1,2\n"
+
+
+BAD_SUITES = [
+    ("name = \"x\"\n[[models]\n", "not a valid TOML"),
+    ("name = \"x\"\n", "measures nothing"),
+    ("[[models]]\nmodels = [\"lenet-mnst\"]\nbatches = [1]\n", "lenet-mnist"),
+    ("[[models]]\nmodels = [\"mlp-mnist\"]\nbatches = [0]\n", "batches"),
+    ("[[models]]\nmodels = [\"mlp-mnist\"]\nbatches = [1]\nphases = [\"train\"]\n", "train_step"),
+    ("[[dense]]\nshapes = [[1, 2]]\n", "[M, N, K]"),
+    ("[[conv2d]]\nshapes = [[1, 1, 3, 3, 4, 5, 5, 1, 0]]\n", "larger than the padded input"),
+    ("[[pool]]\nmode = \"min\"\nshapes = [[1, 1, 4, 4, 2, 2, 2]]\n", "\"max\" or \"avg\""),
+    ("[settings]\nbudgt_s = 1\n[[dense]]\nshapes = [[1, 2, 3]]\n", "budget_s"),
+    ("[[dense]]\nshape = [[1, 2, 3]]\n", "shapes"),
+    ("[[dense]]\nshapes = [[1, 2, 3]]\nvariants = [\"cublas\"]\n", "variant"),
+    ("colour = 1\n", "unknown top-level key"),
+]
+
+
+@pytest.mark.parametrize("text,needle", BAD_SUITES)
+def test_bad_suite_files_exit_2_with_clear_message(tmp_path, capsys, text, needle):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(SuiteError, match=re.escape(needle)):
+        load_suite(str(path))
+    assert cli.main(["run", "--suite", str(path), "--device", "cpu", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("harness: error:") and needle in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "results.csv").exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["run", "--suite", "quik", "--device", "cpu"], "did you mean 'quick'"),
+    (["run", "--suite", "nope/missing.toml", "--device", "cpu"], "does not exist"),
+    (["run", "--suite", "quick", "--device", "cpu", "--models", "mlp-mnsit"], "unknown model"),
+    (["parity", "--device", "cpu", "--models", "vgg-99"], "unknown model"),
+    (["run", "--device", "tpu"], "invalid choice"),
+    (["report", "/nonexistent/folder"], "not a results folder"),
+])
+def test_cli_errors_exit_2_without_traceback(args, needle):
+    proc = subprocess.run([sys.executable, "-m", "harness", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_gpu_device_without_gpu_exits_2(capsys):
+    from harness import env
+
+    if env.gpu_available()[0]:
+        pytest.skip("this machine has a GPU")
+    assert cli.main(["run", "--device", "gpu", "--suite", "quick"]) == 2
+    assert "--device cpu" in capsys.readouterr().err
+
+
+def test_env_prints_json(capsys):
+    assert cli.main(["env", "--device", "cpu"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    for key in ("python", "numpy", "torch", "cpu_model", "cpu_cores", "gpu_available"):
+        assert key in rec
+
+
+def test_help_everywhere():
+    for sub in ([], ["run"], ["report"], ["parity"], ["env"], ["targets"]):
+        with pytest.raises(SystemExit) as exc:
+            cli.main([*sub, "--help"])
+        assert exc.value.code == 0
+
+
+def test_suites_parse_and_expand():
+    for name in ("quick", "cpu", "gpu", "thesis", "targets"):
+        s = load_suite(name)
+        assert s.jobs("cpu") or s.jobs("gpu")
+    gpu = load_suite("gpu").jobs("gpu")
+    assert any(j.workload == "dense_M4096_N4096_K4096" for j in gpu)
+    assert {j.variant for j in gpu if j.kind == "model" and j.phase == "train_step"} == {
+        "cuda", "cuda-graph", "torch-eager", "torch-graph"}
+    assert max(j.batch for j in gpu if j.kind == "model") == 8192
+    # zoo MLP layer shapes are added at the requested batch sizes
+    assert any(j.workload == "dense_M1024_N128_K784" for j in gpu)
+    s = parse_suite({"dense": [{"shapes": [[2, 3, 4]], "devices": ["gpu"]}], "pool": [{"shapes": [[1, 1, 4, 4, 2, 2, 2]]}]})
+    assert {j.kind for j in s.jobs("cpu")} == {"pool"}
+
+
+def test_targets_on_cpu_writes_gpu_rows_as_not_measured(tmp_path, monkeypatch):
+    from harness import targets
+    from harness.suites import parse_suite as ps
+
+    small = ps({"settings": {"warmup": 1, "budget_s": 0.005, "min_repeats": 2, "max_repeats": 4},
+                "models": [{"models": ["thesis-2-3-1", "digits-mlp"], "batches": [64], "phases": ["train_step"],
+                            "variants": ["numpy", "torch-eager"], "devices": ["cpu"]}]}, "targets")
+    monkeypatch.setattr("harness.suites.load_suite", lambda name: small)
+    assert cli.main(["targets", "--device", "cpu", "--out", str(tmp_path), "--quiet"]) == 0
+    lines = {r["target"]: r for r in read(tmp_path / "targets.csv")}
+    assert list(read(tmp_path / "targets.csv")[0])[:4] == ["target", "measured", "goal", "met"]
+    assert set(lines) == {t.name for t in targets.TARGETS}
+    for name in ("dense_gemm_4096", "conv_suite_min", "train_step_vs_best_torch"):
+        assert lines[name]["measured"] == "" and lines[name]["note"].startswith("not measured: no GPU")
+    cpu = lines["cpu_train_step_geomean"]
+    assert float(cpu["measured"]) > 0 and cpu["met"] in ("True", "False") and cpu["rows"] == "2"
+    assert len(read(tmp_path / "results.csv")) == 4
+
+
+def test_targets_evaluate_from_rows():
+    from harness.targets import evaluate
+
+    def row(impl, variant, kind, workload, batch, phase, ms, ok=True):
+        return {"impl": impl, "variant": variant, "device": "gpu", "kind": kind, "workload": workload,
+                "batch": str(batch), "phase": phase, "median_ms": str(ms), "status": "ok" if ok else "parity_fail",
+                "parity_ok": str(ok)}
+
+    rows = [row("custom", "cuda", "dense", "dense_M4096_N4096_K4096", 4096, "forward", 2.0),
+            row("reference", "torch", "dense", "dense_M4096_N4096_K4096", 4096, "forward", 1.9),
+            row("custom", "cuda", "conv2d", "c1", 8, "forward", 1.0),
+            row("reference", "torch", "conv2d", "c1", 8, "forward", 0.4),
+            row("custom", "cuda", "conv2d", "c2", 8, "forward", 1.0, ok=False),
+            row("reference", "torch", "conv2d", "c2", 8, "forward", 1.0),
+            row("custom", "cuda-graph", "model", "m", 64, "train_step", 0.1),
+            row("reference", "torch-eager", "model", "m", 64, "train_step", 0.7),
+            row("reference", "torch-graph", "model", "m", 64, "train_step", 0.05)]
+    t = {x["target"]: x for x in evaluate(rows, None)}
+    assert t["dense_gemm_4096"]["measured"] == "0.95" and t["dense_gemm_4096"]["met"] == "True"
+    assert t["conv_suite_min"]["measured"] == "0.4" and t["conv_suite_min"]["met"] == "False"
+    assert "left out" in t["conv_suite_geomean"]["note"]                # the parity failure is named
+    assert t["train_step_vs_best_torch"]["measured"] == "0.5" and t["train_step_vs_best_torch"]["met"] == "False"
+    assert t["train_step_vs_eager_geomean"]["measured"] == "7" and t["train_step_vs_eager_geomean"]["met"] == "True"
+    assert t["cpu_train_step_geomean"]["measured"] == ""
+
+
+def test_timer_statistics_and_noise_flag():
+    from harness.timer import Measurement, measure
+
+    m = Measurement([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert m.median_ms == 3.0 and m.min_ms == 1.0 and m.repeats == 5
+    assert m.iqr_ms == pytest.approx(2.0)
+    assert not Measurement([1.0, 1.01, 0.99, 1.0]).noisy(0.1) and m.noisy(0.1)
+    calls = []
+    got = measure(lambda: calls.append(1), budget_s=0.0, min_repeats=4, warmup=2, min_sample_ms=0.0)
+    assert got.repeats == 4 and len(calls) == 2 + 1 + 4 * got.inner_loops
+
+
+def test_results_writer_row_roundtrip(tmp_path):
+    path = str(tmp_path / "r.csv")
+    with results.ResultsWriter(path) as w:
+        r = results.Row(impl="custom", variant="numpy", device="cpu", workload="w", kind="model", batch=1,
+                        phase="inference", median_ms=1.5, status="oom", reason="OutOfMemoryError")
+        w.write(r)
+        assert w.done(r)
+    got = read(path)
+    assert tuple(got[0]) == COLUMNS and got[0]["status"] == "oom" and got[0]["median_ms"] == "1.5"
