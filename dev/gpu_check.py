@@ -175,6 +175,38 @@ def diagnose_maxpool(name, batch, seed=0):
     return lines
 
 
+def truth(name, batch, seed=0):
+    """Gradient errors of ours (GPU) and of the reference (GPU, cuDNN) against float64 (torch on the CPU)."""
+    import numpy as np
+    import torch
+
+    import custom_impl
+    import modelspec
+    import reference_impl
+    from tests.helpers import random_batch
+
+    spec = modelspec.load(name)
+    x, y = random_batch(spec, batch, seed=seed)
+    _, g_ours = custom_impl.build(spec, device="gpu", seed=0).loss_and_grads(x, y)
+    _, g_ref = reference_impl.build(spec, device="gpu", seed=0).loss_and_grads(x, y)
+    _, g_cpu = custom_impl.build(spec, device="cpu", seed=0).loss_and_grads(x, y)
+    r64 = reference_impl.build(spec, device="cpu", seed=0)
+    r64.net.double()
+    xt = torch.from_numpy(x.astype(np.float64))
+    loss = r64._loss(r64.net(xt), r64._labels(y, batch).to(torch.float64) if spec.loss != "softmax_cross_entropy"
+                     else r64._labels(y, batch))
+    loss.backward()
+    lines = []
+    for k, p in r64.params.items():
+        g64 = p.grad.numpy()
+        scale = float(np.abs(g64).max())
+        errs = {nm: float(np.abs(g[k].astype(np.float64) - g64).max()) / scale
+                for nm, g in (("ours-gpu", g_ours), ("cudnn", g_ref), ("ours-cpu", g_cpu))}
+        lines.append(f"  {name} N={batch} {k:10s} max|g - g64| / max|g64|: " +
+                     "  ".join(f"{nm} {e:.2e}" for nm, e in errs.items()))
+    return lines
+
+
 def breakdown(name, batch, reps=20):
     """Per-step GPU time (us) of our eager forward and backward, CUDA events around each step."""
     import cupy
@@ -225,6 +257,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--diagnose", nargs="*", default=[], help="MODEL:N pairs: max-pool routing vs torch")
+    ap.add_argument("--truth", nargs="*", default=[], help="MODEL:N pairs: gradients vs float64")
     ap.add_argument("--breakdown", nargs="*", default=[], help="MODEL:N pairs: per-step eager GPU time")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -269,6 +302,13 @@ def main(argv=None):
             summary.extend(diagnose_maxpool(name, int(n)))
         except Exception as err:
             summary.append(f"diagnose {item} failed: {type(err).__name__}: {err}")
+    for item in args.truth:
+        name, n = item.split(":")
+        try:
+            summary.append(f"gradients vs float64 (torch CPU double), {name} N={n}:")
+            summary.extend(truth(name, int(n)))
+        except Exception as err:
+            summary.append(f"truth {item} failed: {type(err).__name__}: {err}")
     for item in args.breakdown:
         name, n = item.split(":")
         try:

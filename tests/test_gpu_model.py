@@ -32,10 +32,59 @@ def test_odd_shapes_custom_gpu_vs_custom_cpu(spec, batch):
     compare_models(spec, batch=batch, a=("custom", "gpu"), b=("custom", "cpu"))
 
 
+# cuDNN's own error: with cudnn.benchmark on (issue 3 asks for it) cuDNN times several algorithms and may
+# pick, for the weight gradient, one that is far less accurate than a direct float32 sum (FFT / Winograd
+# style). Measured on an H100 (dev/gpu_check.py --truth, against float64): lenet-mnist at N=33, conv
+# weight gradients off by 1.1e-3 and 1.4e-3 of their scale for cuDNN, 2.5e-7 to 3.7e-7 for ours; at N=21
+# cuDNN picked an accurate algorithm (3e-7). The algorithm is chosen by timing, so this can change from
+# run to run. Against cuDNN, gradients of specs with a conv2d therefore get 3e-3 of the scale (2x the
+# measured cuDNN error); test_gradients_vs_float64 below holds OUR gradients to 1e-5 of the scale.
+CUDNN_WGRAD_TOL = {"grads": (1e-3, 3e-3)}
+
+
+def _has_conv(spec) -> bool:
+    return any(layer.type == "conv2d" for layer in modelspec.load(spec).layers)
+
+
 @pytest.mark.parametrize("batch", [1, 33])
 @pytest.mark.parametrize("name", modelspec.zoo_names())
 def test_zoo_batches_custom_gpu_vs_reference_gpu(name, batch):
-    compare_models(name, batch=batch, device="gpu", steps=5)
+    compare_models(name, batch=batch, device="gpu", steps=5, tol=CUDNN_WGRAD_TOL if _has_conv(name) else None)
+
+
+def _float64_grads(spec, x, y):
+    """Loss gradients in float64: the reference's torch modules on the CPU, converted to double."""
+    import torch
+    import torch.nn.functional as F
+
+    import reference_impl
+
+    ref = reference_impl.build(spec, device="cpu", seed=0)
+    net = ref.net.double()
+    z = net(torch.from_numpy(x.astype(np.float64)))
+    if spec.loss == "softmax_cross_entropy":
+        loss = F.cross_entropy(z, torch.from_numpy(y))
+    else:
+        loss = F.binary_cross_entropy_with_logits(z, torch.from_numpy(y.astype(np.float64)).reshape(-1, 1))
+    loss.backward()
+    return {name: p.grad.numpy() for name, p in net.named_parameters()}
+
+
+@pytest.mark.parametrize("name,batch", [("lenet-mnist", 33), ("cnn-cifar", 9), ("digits-cnn", 33),
+                                        ("mlp-deep", 7)])
+def test_gradients_vs_float64(name, batch):
+    import custom_impl
+
+    spec = modelspec.load(name)
+    x, y = random_batch(spec, batch)
+    _, grads = custom_impl.build(spec, device="gpu", seed=0).loss_and_grads(x, y)
+    truth = _float64_grads(spec, x, y)
+    for k, g64 in truth.items():
+        scale = float(np.abs(g64).max())
+        err = float(np.abs(grads[k].astype(np.float64) - g64).max()) / scale
+        # float32 sums of up to N*P*Q ~ 6500 terms: ~eps*sqrt(K) ~ 5e-6 of the scale at worst; measured
+        # <= 5e-7 on an H100. 1e-5 of the scale still fails any real indexing or routing error.
+        assert err <= 1e-5, f"{name} N={batch}: gradient {k!r} is {err:.2e} of its scale away from float64"
 
 
 def test_custom_impl_build_gives_our_gpu_model():
