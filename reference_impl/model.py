@@ -70,13 +70,7 @@ class ReferenceModel:
         """One torch.optim.SGD step; returns the loss before the step as a 0-d tensor (no .item(), no sync)."""
         self.spec.check_lr(lr, momentum)
         x = self._input(x)
-        y = self._labels(y, x.shape[0])
-        self._set_hyper(lr, momentum)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = self._loss(self.net(x), y)
-        loss.backward()
-        self.optimizer.step()
-        return loss.detach()
+        return self._eager_step(x, self._labels(y, x.shape[0]), lr, momentum)
 
     def train_step_graphed(self, x, y, lr: float, momentum: float = 0.0) -> torch.Tensor:
         """``train_step`` replayed from a CUDA graph (forward, loss, backward and SGD captured once).
@@ -97,7 +91,7 @@ class ReferenceModel:
         if momentum != 0 and any(self.optimizer.state.get(p, {}).get("momentum_buffer") is None
                                  for p in self.params.values()):
             self._graph = None
-            return self.train_step(x, y, lr, momentum)
+            return self._eager_step(x, y, lr, momentum)
         key = (tuple(x.shape), y.dtype, float(lr), float(momentum))
         if self._graph is None or self._graph[0] != key:
             self._graph = None
@@ -173,6 +167,14 @@ class ReferenceModel:
         if self.spec.loss == "softmax_cross_entropy":
             return F.cross_entropy(logits, y)
         return F.binary_cross_entropy_with_logits(logits, y)
+
+    def _eager_step(self, x: torch.Tensor, y: torch.Tensor, lr: float, momentum: float) -> torch.Tensor:
+        self._set_hyper(lr, momentum)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self._loss(self.net(x), y)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
 
     def _set_hyper(self, lr: float, momentum: float) -> None:
         for group in self.optimizer.param_groups:
