@@ -71,10 +71,12 @@ CASES = [
     (33, 16, 8, 8, 32, 3, 3, (1, 1), (1, 1)),
     (4, 64, 14, 14, 96, 3, 3, (1, 1), (1, 1)),
     (1, 3, 32, 32, 32, 3, 3, (1, 1), (1, 1)),
+    (2, 3, 15, 14, 8, 2, 2, (3, 3), (0, 0)),      # stride > kernel: some dx phases get no taps (zeros)
+    (2, 5, 11, 12, 6, 3, 2, (3, 2), (2, 1)),     # mixed strides, padding larger than stride - 1
 ]
 
 
-@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("version", ["v1", "v2", "v3"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "N{}C{}H{}W{}K{}R{}S{}s{}{}p{}{}".format(*c[:7], *c[7], *c[8]))
 def test_conv2d(case, version):
     import cupy
@@ -87,15 +89,16 @@ def test_conv2d(case, version):
     x64, W64 = x.astype(np.float64), W.astype(np.float64)
     y_ref, back = conv_ref(x64, W64, stride, padding)
     y_abs, back_abs = conv_ref(np.abs(x64), np.abs(W64), stride, padding)
-    y_ref += b
-    y_abs += np.abs(b)
+    y_ref += b[:, None, None]
+    y_abs += np.abs(b)[:, None, None]
     gx, gW, gb = cupy.asarray(x), cupy.asarray(W), cupy.asarray(b)
     y = cupy.full(y_ref.shape, np.nan, np.float32)
-    assert conv2d_forward(gx, gW, gb, stride, padding, out=y, version=version) is y
+    fwd_version = "v1" if version == "v1" else "v2"  # forward has no v3
+    assert conv2d_forward(gx, gW, gb, stride, padding, out=y, version=fwd_version) is y
     _assert_close(cupy.asnumpy(y), y_ref, y_abs, C * R * S, f"y {case}")
 
-    y_nob = conv2d_forward(gx, gW, None, stride, padding, version=version)
-    _assert_close(cupy.asnumpy(y_nob), y_ref - b, y_abs, C * R * S, f"y without bias {case}")
+    y_nob = conv2d_forward(gx, gW, None, stride, padding, version=fwd_version)
+    _assert_close(cupy.asnumpy(y_nob), y_ref - b[:, None, None], y_abs, C * R * S, f"y without bias {case}")
 
     dy = _rand(rng, *y_ref.shape)
     dx_ref, dW_ref, db_ref = back(dy.astype(np.float64))
@@ -126,7 +129,8 @@ def test_conv2d_forward_every_config(config):
     y_abs, _ = conv_ref(np.abs(x.astype(np.float64)), np.abs(W.astype(np.float64)), (2, 1), (1, 2))
     y = cupy.full(y_ref.shape, np.nan, np.float32)
     conv2d_forward(cupy.asarray(x), cupy.asarray(W), cupy.asarray(b), (2, 1), (1, 2), out=y, config=config)
-    _assert_close(cupy.asnumpy(y), y_ref + b, y_abs + np.abs(b), 6 * 15, f"y {config}")
+    _assert_close(cupy.asnumpy(y), y_ref + b[:, None, None], y_abs + np.abs(b)[:, None, None], 6 * 15,
+                  f"y {config}")
 
 
 def test_conv2d_backward_weights_deterministic():

@@ -13,6 +13,9 @@ Kernel versions (docs/kernels.md keeps their history):
   v2  ``conv_v2_*``: implicit GEMMs on the tiled-GEMM machinery, no im2col buffer; forward M=K x
       cols=N*P*Q over C*R*S; backward-data M=C x cols=N*H*W over K*R*S; backward-weights M=K x
       cols=C*R*S over N*P*Q with split-K (partials in ``workspace``, added in a fixed order).
+  v3  backward-data per stride phase (``conv_v3_backward_data``): grid.z over the sh*sw phases, each a
+      dense implicit GEMM M=C x cols=N*(H/sh)*(W/sw) over K*(R/sh)*(S/sw) with no skipped taps; the rest
+      as v2. ``conv2d_backward``'s default.
 
 Parameter gradients are written (``=``), never accumulated. With ``out``/``dx``/``dW``/``db`` and
 ``workspace`` (``conv2d_workspace_size`` float32 elements) given, nothing is allocated; everything runs on
@@ -27,8 +30,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._compile import blocks, check_array, function
-from .gemm import CONFIG_BY_NAME, _num_sms, _ptr, _vec_ok, choose_config, split_chunk, splitk_reduce
+from ._compile import blocks, check_array
+from .gemm import CONFIG_BY_NAME, _num_sms, _ptr, _vec_ok, choose_config, kernel, split_chunk, splitk_reduce
 
 _GRID_STRIDE_BLOCKS = 132 * 32  # v1 kernels loop over their outputs with a grid-stride loop
 
@@ -74,7 +77,7 @@ def _i32(*vals):
 def _weights_plan(x_shape, w_shape, stride, padding, sms=132):
     """(config, k_chunk, splits) of the backward-weights implicit GEMM: M=K, cols=C*R*S, over N*P*Q."""
     N, C, H, W, K, R, S, P, Q, *_ = _dims(x_shape, w_shape, stride, padding)
-    cfg, splits = choose_config(K, C * R * S, N * P * Q, sms, max_splits=64)
+    cfg, splits = choose_config(K, C * R * S, N * P * Q, sms, max_splits=256)
     k_chunk, splits = split_chunk(N * P * Q, splits, cfg.bk)
     return cfg, k_chunk, splits
 
@@ -101,7 +104,7 @@ def conv2d_forward(x, W, b, stride, padding, out=None, workspace=None, version="
     else:
         check_array(out, "out", shape=(N, K, P, Q))
     if version == "v1":
-        kern = function("conv", "conv_v1_forward")
+        kern = kernel("conv", "conv_v1_forward")
         kern((min(blocks(out.size, 256), _GRID_STRIDE_BLOCKS),), (256,), (x, W, _ptr(b), out) + _i32(*dims))
         return out
     cols = N * P * Q
@@ -109,7 +112,7 @@ def conv2d_forward(x, W, b, stride, padding, out=None, workspace=None, version="
         cfg, _ = choose_config(K, cols, C * R * S, _num_sms(), max_splits=1)
     else:
         cfg = CONFIG_BY_NAME[config] if isinstance(config, str) else config
-    kern = function("conv", "conv_v2_forward", **cfg.defines)
+    kern = kernel("conv", "conv_v2_forward", cfg)
     flags = int(_vec_ok(W, C * R * S))
     kern((blocks(cols, cfg.bn), blocks(K, cfg.bm)), (cfg.threads,),
          (x, W, _ptr(b), out) + _i32(*dims) + (np.int32(flags),))
@@ -117,7 +120,7 @@ def conv2d_forward(x, W, b, stride, padding, out=None, workspace=None, version="
 
 
 def conv2d_backward(dy, x, W, stride, padding, need_dx=True, dx=None, dW=None, db=None, workspace=None,
-                    need_db=True, version="v2"):
+                    need_db=True, version="v3"):
     """(dx or None, dW, db or None) for dy (N, K, P, Q), x (N, C, H, W), W (K, C, R, S).
 
     ``workspace``: at least ``conv2d_workspace_size(...)`` float32 elements, or None to use the shared
@@ -147,27 +150,24 @@ def conv2d_backward(dy, x, W, stride, padding, need_dx=True, dx=None, dW=None, d
             db = cupy.empty((K,), dtype=np.float32)
         else:
             check_array(db, "db", shape=(K,))
-        function("conv", "conv_bias_grad")((K,), (256,), (dy, db) + _i32(N, K, P * Q))
+        kernel("conv", "conv_bias_grad")((K,), (256,), (dy, db) + _i32(N, K, P * Q))
     else:
         db = None
 
     if version == "v1":
         grid = lambda n: (min(blocks(n, 256), _GRID_STRIDE_BLOCKS),)  # noqa: E731
         if need_dx:
-            function("conv", "conv_v1_backward_data")(grid(dx.size), (256,), (dy, W, dx) + _i32(*dims))
-        function("conv", "conv_v1_backward_weights")(grid(dW.size), (256,), (dy, x, dW) + _i32(*dims))
+            backward_data(dy, W, dx, dims, "v1")
+        kernel("conv", "conv_v1_backward_weights")(grid(dW.size), (256,), (dy, x, dW) + _i32(*dims))
         return dx, dW, db
 
     sms = _num_sms()
     if need_dx:
-        cols = N * H * Wd
-        cfg, _ = choose_config(C, cols, K * R * S, sms, max_splits=1)
-        kern = function("conv", "conv_v2_backward_data", **cfg.defines)
-        kern((blocks(cols, cfg.bn), blocks(C, cfg.bm)), (cfg.threads,), (dy, W, dx) + _i32(*dims))
+        backward_data(dy, W, dx, dims, version, sms)
 
     cfg, k_chunk, splits = _weights_plan(x.shape, W.shape, stride, padding, sms)
     CRS = C * R * S
-    kern = function("conv", "conv_v2_backward_weights", **cfg.defines)
+    kern = kernel("conv", "conv_v2_backward_weights", cfg)
     grid = (blocks(CRS, cfg.bn), blocks(K, cfg.bm), splits)
     if splits == 1:
         kern(grid, (cfg.threads,), (dy, x, dW) + _i32(*dims) + _i32(k_chunk, _vec_ok(dW, CRS)))
@@ -184,3 +184,24 @@ def conv2d_backward(dy, x, W, stride, padding, need_dx=True, dx=None, dW=None, d
     kern(grid, (cfg.threads,), (dy, x, workspace) + _i32(*dims) + _i32(k_chunk, _vec_ok(workspace, CRS)))
     splitk_reduce(workspace, dW, None, K, CRS, splits, 0, 0)
     return dx, dW, db
+
+
+def backward_data(dy, W, dx, dims, version="v3", sms=132, config=None):
+    """dx from dy (N, K, P, Q) and W (K, C, R, S) with the v2 (gather) or v3 (per stride phase) kernel."""
+    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
+    if version == "v1":
+        grid = (min(blocks(dx.size, 256), _GRID_STRIDE_BLOCKS),)
+        kernel("conv", "conv_v1_backward_data")(grid, (256,), (dy, W, dx) + _i32(*dims))
+        return dx
+    if version == "v2":
+        cols = N * H * Wd
+        cfg = config or choose_config(C, cols, K * R * S, sms, max_splits=1)[0]
+        kern = kernel("conv", "conv_v2_backward_data", cfg)
+        kern((blocks(cols, cfg.bn), blocks(C, cfg.bm)), (cfg.threads,), (dy, W, dx) + _i32(*dims))
+        return dx
+    cols = N * -(-H // sh) * -(-Wd // sw)  # the largest phase
+    red = K * -(-R // sh) * -(-S // sw)
+    cfg = config or choose_config(C, cols * sh * sw, red, sms, max_splits=1)[0]
+    kern = kernel("conv", "conv_v3_backward_data", cfg)
+    kern((blocks(cols, cfg.bn), blocks(C, cfg.bm), sh * sw), (cfg.threads,), (dy, W, dx) + _i32(*dims))
+    return dx

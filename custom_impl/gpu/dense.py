@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._compile import blocks, check_array, function
-from .gemm import gemm
+from ._compile import blocks, check_array
+from .gemm import gemm, kernel
 
 
 def dense_forward(x, W, b=None, act="none", out=None):
@@ -72,5 +72,5 @@ def bias_grad(dy, out=None):
         check_array(out, "db", shape=(U,))
     if U == 0:
         return out
-    function("dense", "dense_bias_grad")((blocks(U, 32),), (32, 32), (dy, out, np.int32(N), np.int32(U)))
+    kernel("dense", "dense_bias_grad")((blocks(U, 32),), (32, 32), (dy, out, np.int32(N), np.int32(U)))
     return out

@@ -51,7 +51,10 @@ class TileConfig:
 
     @property
     def blocks_per_sm(self) -> int:
-        # registers bound it: 256 threads x 128 regs -> 2; 128 threads x <=180 regs -> 2; 64 x <=170 -> 5
+        # registers bound it: 256 threads x 128 regs -> 2 (x ~250 regs for 8x16 -> 1); 128 threads x <=180
+        # regs -> 2; 64 x <=170 -> 5
+        if self.tm * self.tn > 64:
+            return 1
         return {256: 2, 128: 2, 64: 5}[self.threads]
 
     @property
@@ -70,6 +73,8 @@ CONFIGS = (
     TileConfig(64, 64, 8, 8, 8, 0.70),
     TileConfig(32, 64, 8, 4, 8, 0.55),
     TileConfig(32, 32, 8, 4, 4, 0.40),
+    TileConfig(128, 256, 8, 8, 16, 0.95),
+    TileConfig(256, 128, 8, 16, 8, 0.95),
 )
 CONFIG_BY_NAME = {c.name: c for c in CONFIGS}
 
@@ -104,6 +109,7 @@ def estimate_seconds(cfg: TileConfig, M: int, N: int, K: int, splits: int, sms: 
     return t
 
 
+@functools.lru_cache(maxsize=4096)
 def choose_config(M: int, N: int, K: int, sms: int = 132, max_splits: int = 32):
     """(TileConfig, splits) with the lowest ``estimate_seconds``; splits keep >= 64 k per block."""
     best = None
@@ -141,6 +147,18 @@ def split_workspace(n: int):
     if not bufs or bufs[-1].size < n:
         bufs.append(cupy.empty(max(n, 1 << 20), dtype=np.float32))
     return bufs[-1]
+
+
+def kernel(family: str, name: str, cfg: TileConfig | None = None):
+    """The compiled kernel ``name`` of ``kernels/<family>.cu`` with cfg's tile defines (memoised per device)."""
+    import cupy
+
+    return _kernel(family, name, cfg, cupy.cuda.Device().id)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(family, name, cfg, device_id):
+    return function(family, name, **(cfg.defines if cfg is not None else {}))
 
 
 def _ptr(a) -> np.uint64:
@@ -189,7 +207,7 @@ def gemm(a, b, out=None, *, trans_a=False, trans_b=False, bias=None, act="none",
     beta = np.int32(1 if accumulate else 0)
     act_code = np.int32(ACTS[act])
     if version == "v1":
-        kern = function("gemm", "gemm_v1")
+        kern = kernel("gemm", "gemm_v1")
         kern((blocks(N, 16), blocks(M, 16)), (16, 16),
              (a, b, out, _ptr(bias), np.int32(M), np.int32(N), np.int32(K), np.int32(trans_a),
               np.int32(trans_b), beta, act_code))
@@ -203,7 +221,7 @@ def gemm(a, b, out=None, *, trans_a=False, trans_b=False, bias=None, act="none",
     cfg = CONFIG_BY_NAME[config] if isinstance(config, str) else config
     k_chunk, splits = split_chunk(K, splits, cfg.bk)
     name = "gemm_v2_" + ("t" if trans_a else "n") + ("t" if trans_b else "n")
-    kern = function("gemm", name, **cfg.defines)
+    kern = kernel("gemm", name, cfg)
     flags = (int(_vec_ok(a, M if trans_a else K))
              | int(_vec_ok(b, K if trans_b else N)) << 1
              | int(_vec_ok(out, N)) << 2)
@@ -224,7 +242,7 @@ def gemm(a, b, out=None, *, trans_a=False, trans_b=False, bias=None, act="none",
 
 def splitk_reduce(ws, out, bias, M: int, N: int, splits: int, beta, act_code) -> None:
     """out = act(sum over z of ws[z] (in order) + bias + beta*out); ws (splits, M, N) flat."""
-    kern = function("gemm", "gemm_splitk_reduce")
+    kern = kernel("gemm", "gemm_splitk_reduce")
     n = M * N
     kern((min(blocks(n, 256), 132 * 16),), (256,),
          (ws, out, _ptr(bias), np.int32(M), np.int32(N), np.int32(splits), np.int32(beta), np.int32(act_code)))

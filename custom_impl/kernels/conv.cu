@@ -34,7 +34,7 @@
 #define GEMM_TN 8
 #endif
 #define GEMM_NT ((GEMM_BM / GEMM_TM) * (GEMM_BN / GEMM_TN))
-#define GEMM_MIN_BLOCKS (GEMM_NT >= 256 ? 2 : 1)
+#define GEMM_MIN_BLOCKS ((GEMM_NT >= 256 && GEMM_TM * GEMM_TN <= 64) ? 2 : 1)
 #define OUT_OF_IMAGE (-(1 << 29))   // a row/column origin that fails every bounds check
 
 // ---- v1: direct ---------------------------------------------------------------------------------------
@@ -522,4 +522,173 @@ conv_v2_backward_weights(const float* __restrict__ dy, const float* __restrict__
     ep.bias = nullptr; ep.M = K; ep.N = CRS; ep.beta = 0; ep.act = 0;
     ep.vec = flags & 1; ep.partial = true;
     gemm_tile<BM, BN, BK, GEMM_TM, GEMM_TN>(la, lb, ep, m0, n0, k_begin, k_end);
+}
+
+// ---- v3 backward-data: one implicit GEMM per stride phase ----------------------------------------------
+// Pixels h with (h + ph) % sh == th only receive taps r = th + r'*sh (and likewise w, s), so grid.z runs
+// over the sh*sw phases (th, tw) and each phase is a dense GEMM with no skipped (zero) taps:
+//   M = C, cols = N*Hh*Wh (the phase's pixels h = h0 + h'*sh, w = w0 + w'*sw), reduction = K*Rt*St,
+//   A[c, (k,r',s')] = W[k, c, th + r'*sh, tw + s'*sw],  B[(k,r',s'), (n,h',w')] = dy[n, k, hq - r', wq - s']
+// with hq = (h + ph - th)/sh (exact), zero where p = hq - r' or q = wq - s' falls outside [0,P) x [0,Q).
+// A phase with no taps (Rt or St = 0, e.g. stride > kernel) writes zeros. For stride 1 it is one phase.
+struct ConvPhase {
+    int th, tw;   // tap residues
+    int h0, w0;   // first pixel of the phase
+    int Hh, Wh;   // pixels of the phase per image
+    int Rt, St;   // taps of the phase
+};
+
+__device__ __forceinline__ ConvPhase conv_phase(const ConvDims& d, int z) {
+    ConvPhase f;
+    f.th = z / d.sw;
+    f.tw = z - f.th * d.sw;
+    f.h0 = ((f.th - d.ph) % d.sh + d.sh) % d.sh;
+    f.w0 = ((f.tw - d.pw) % d.sw + d.sw) % d.sw;
+    f.Hh = f.h0 < d.H ? (d.H - f.h0 + d.sh - 1) / d.sh : 0;
+    f.Wh = f.w0 < d.W ? (d.W - f.w0 + d.sw - 1) / d.sw : 0;
+    f.Rt = f.th < d.R ? (d.R - f.th + d.sh - 1) / d.sh : 0;
+    f.St = f.tw < d.S ? (d.S - f.tw + d.sw - 1) / d.sw : 0;
+    return f;
+}
+
+template <int BMN, int BK, int NT>
+struct WeightPhaseLoader {
+    static constexpr int LOADS = BMN * BK / (4 * NT);
+    static_assert(LOADS >= 1 && (BMN * BK) % (4 * NT) == 0, "tile not divisible among threads");
+    const float* Wt;
+    int C, R, S, RS, RtSt, St, th, tw, sh, sw, k_end, mn0, tid;
+    float4 r[LOADS];
+    __device__ __forceinline__ void load(int k0) {
+#pragma unroll
+        for (int i = 0; i < LOADS; ++i) {
+            int v = tid + i * NT;
+            int kk = k0 + v / (BMN / 4);
+            int c = mn0 + (v % (BMN / 4)) * 4;
+            int k = kk / RtSt;
+            int rem = kk - k * RtSt;
+            int rp = rem / St;
+            int sp = rem - rp * St;
+            int tap = (th + rp * sh) * S + tw + sp * sw;   // r*S + s, always inside the kernel
+            bool kok = kk < k_end;
+            const float* q = Wt + (long long)k * C * RS + tap;
+            float o[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) o[e] = (kok && c + e < C) ? q[(long long)(c + e) * RS] : 0.f;
+            r[i] = make_float4(o[0], o[1], o[2], o[3]);
+        }
+    }
+    __device__ __forceinline__ void store(float* Sm) const {
+        constexpr int LDS = BMN + TILE_PAD;
+#pragma unroll
+        for (int i = 0; i < LOADS; ++i) {
+            int v = tid + i * NT;
+            *reinterpret_cast<float4*>(Sm + (v / (BMN / 4)) * LDS + (v % (BMN / 4)) * 4) = r[i];
+        }
+    }
+};
+
+template <int BMN, int BK, int NT>
+struct GradPhaseColsLoader {
+    static constexpr int LOADS = BMN * BK / (4 * NT);
+    const float* dy;
+    int P, Q, RtSt, St, k_end, tid;
+    long long base[LOADS][4];  // n*K*P*Q
+    int hq[LOADS][4];          // (h + ph - th)/sh, or OUT_OF_IMAGE for columns past the end
+    int wq[LOADS][4];          // (w + pw - tw)/sw
+    float4 r[LOADS];
+
+    __device__ __forceinline__ void init(const ConvDims& d, const ConvPhase& f, int j0, int cols) {
+        P = d.P; Q = d.Q; RtSt = f.Rt * f.St; St = f.St;
+        const int HWh = f.Hh * f.Wh;
+        const int hq0 = (f.h0 + d.ph - f.th) / d.sh;   // exact: h0 + ph = th (mod sh)
+        const int wq0 = (f.w0 + d.pw - f.tw) / d.sw;
+#pragma unroll
+        for (int i = 0; i < LOADS; ++i) {
+            int v = tid + i * NT;
+            int mv = (v % (BMN / 4)) * 4;
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                int j = j0 + mv + e;
+                int n = j / HWh;
+                int hw = j - n * HWh;
+                int hh = hw / f.Wh;
+                int ww = hw - hh * f.Wh;
+                base[i][e] = (long long)n * d.K * d.P * d.Q;
+                hq[i][e] = j < cols ? hq0 + hh : OUT_OF_IMAGE;
+                wq[i][e] = wq0 + ww;
+            }
+        }
+    }
+    __device__ __forceinline__ void load(int k0) {
+#pragma unroll
+        for (int i = 0; i < LOADS; ++i) {
+            int v = tid + i * NT;
+            int kk = k0 + v / (BMN / 4);
+            int k = kk / RtSt;
+            int rem = kk - k * RtSt;
+            int rp = rem / St;
+            int sp = rem - rp * St;
+            bool kok = kk < k_end;
+            float o[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                int p = hq[i][e] - rp;
+                int q = wq[i][e] - sp;
+                bool ok = kok && (unsigned)p < (unsigned)P && (unsigned)q < (unsigned)Q;
+                o[e] = ok ? dy[base[i][e] + ((long long)k * P + p) * Q + q] : 0.f;
+            }
+            r[i] = make_float4(o[0], o[1], o[2], o[3]);
+        }
+    }
+    __device__ __forceinline__ void store(float* Sm) const {
+        constexpr int LDS = BMN + TILE_PAD;
+#pragma unroll
+        for (int i = 0; i < LOADS; ++i) {
+            int v = tid + i * NT;
+            *reinterpret_cast<float4*>(Sm + (v / (BMN / 4)) * LDS + (v % (BMN / 4)) * 4) = r[i];
+        }
+    }
+};
+
+// C[m = c, j = (n,h',w')] -> dx[n, c, h0 + h'*sh, w0 + w'*sw].
+struct ConvPhaseGradEpilogue {
+    float* dx;
+    int C, H, W, HWh, Wh, h0, w0, sh, sw, cols;
+    __device__ __forceinline__ void store4(int m, int j, const float (&v)[4]) const {
+        if (m >= C) return;
+#pragma unroll
+        for (int f = 0; f < 4; ++f) {
+            int jj = j + f;
+            if (jj < cols) {
+                int n = jj / HWh;
+                int hw = jj - n * HWh;
+                int hh = hw / Wh;
+                int ww = hw - hh * Wh;
+                dx[(((long long)n * C + m) * H + h0 + hh * sh) * W + w0 + ww * sw] = v[f];
+            }
+        }
+    }
+};
+
+extern "C" __global__ void __launch_bounds__(GEMM_NT, GEMM_MIN_BLOCKS)
+conv_v3_backward_data(const float* __restrict__ dy, const float* __restrict__ Wt, float* __restrict__ dx,
+                      int N, int C, int H, int W, int K, int R, int S, int P, int Q,
+                      int sh, int sw, int ph, int pw) {
+    constexpr int BM = GEMM_BM, BN = GEMM_BN, BK = GEMM_BK, NT = GEMM_NT;
+    const ConvDims d{N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw};
+    const ConvPhase f = conv_phase(d, blockIdx.z);
+    const int cols = N * f.Hh * f.Wh;
+    const int m0 = blockIdx.y * BM;
+    const int n0 = blockIdx.x * BN;
+    if (n0 >= cols) return;  // the whole block: this phase has fewer pixels than the grid covers
+    const int red = K * f.Rt * f.St;
+    WeightPhaseLoader<BM, BK, NT> la;
+    la.Wt = Wt; la.C = C; la.R = R; la.S = S; la.RS = R * S; la.RtSt = f.Rt * f.St; la.St = f.St;
+    la.th = f.th; la.tw = f.tw; la.sh = sh; la.sw = sw; la.k_end = red; la.mn0 = m0; la.tid = threadIdx.x;
+    GradPhaseColsLoader<BN, BK, NT> lb;
+    lb.tid = threadIdx.x;
+    lb.init(d, f, n0, cols);
+    lb.dy = dy; lb.k_end = red;
+    ConvPhaseGradEpilogue ep{dx, C, H, W, f.Hh * f.Wh, f.Wh, f.h0, f.w0, sh, sw, cols};
+    gemm_tile<BM, BN, BK, GEMM_TM, GEMM_TN>(la, lb, ep, m0, n0, 0, red);
 }

@@ -25,7 +25,7 @@
 #endif
 #define GEMM_NT ((GEMM_BM / GEMM_TM) * (GEMM_BN / GEMM_TN))
 // Two blocks per SM for the 256-thread tiles caps registers at 128 per thread; smaller tiles uncapped.
-#define GEMM_MIN_BLOCKS (GEMM_NT >= 256 ? 2 : 1)
+#define GEMM_MIN_BLOCKS ((GEMM_NT >= 256 && GEMM_TM * GEMM_TN <= 64) ? 2 : 1)
 
 extern "C" __global__ void gemm_v1(const float* __restrict__ A, const float* __restrict__ B,
                                    float* __restrict__ C, const float* __restrict__ bias,

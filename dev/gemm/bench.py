@@ -100,7 +100,7 @@ def gemm_rows(args, rng):
             check(y, torch.matmul(tx, tW.t()), K, f"fwd {M}x{N}x{K} {v}")
             add(group, f"fwd {M}x{N}x{K}", flops, lambda: gemm(x, W, y, trans_b=True, **kw),
                 lambda: torch.matmul(tx, tW.t(), out=ty), v)
-        if group == "gemm4096":
+        if group in ("gemm4096", "overhead"):
             return
         gemm(dy, W, dx)
         check(dx, torch.matmul(tdy, tW), N, f"bwd-data {M}x{N}x{K}")
@@ -111,7 +111,8 @@ def gemm_rows(args, rng):
             lambda: torch.matmul(tdy.t(), tx, out=tdW))
 
     if "gemm4096" in args.only:
-        dense_three(4096, 4096, 4096, "gemm4096", ["auto", "v1"] + [c.name for c in CONFIGS[:3]])
+        dense_three(4096, 4096, 4096, "gemm4096", ["auto", "128x128x8_8x8", "128x256x8_8x16", "256x128x8_16x8"])
+        dense_three(1, 1, 1, "overhead", ["auto"])
     if "dense" in args.only:
         for M, N, K in SQUARE_DENSE:
             dense_three(M, N, K, "dense")
@@ -125,7 +126,7 @@ def conv_rows(args, rng):
     import cupy
     import torch
 
-    from custom_impl.gpu.conv import conv2d_backward, conv2d_forward, conv2d_workspace_size
+    from custom_impl.gpu.conv import _dims, backward_data, conv2d_backward, conv2d_forward, conv2d_workspace_size
 
     rows = []
     for (N, C, H, W, K, R, S, st, pd) in CONV:
@@ -140,6 +141,7 @@ def conv_rows(args, rng):
         P, Q = y.shape[2:]
         flops = 2.0 * N * K * P * Q * C * R * S
         name = f"N{N} C{C} {H}x{W} K{K} {R}x{S} s{st} p{pd}"
+        dims = _dims(x.shape, w.shape, st, pd)
         ty = torch.nn.functional.conv2d(tx, tw, tb, st, pd)
         tdx, tdW, _ = torch.ops.aten.convolution_backward(tdy, tx, tw, None, [st, st], [pd, pd], [1, 1], False,
                                                           [0, 0], 1, [True, True, False])
@@ -153,7 +155,7 @@ def conv_rows(args, rng):
         phases = [
             ("fwd", lambda: conv2d_forward(x, w, b, st, pd, out=y),
              lambda: torch.nn.functional.conv2d(tx, tw, tb, st, pd)),
-            ("bwd-data", lambda: _bwd_data_only(dy, x, w, st, pd, dx),
+            ("bwd-data", lambda: backward_data(dy, w, dx, dims, "v3"),
              lambda: torch.ops.aten.convolution_backward(tdy, tx, tw, None, [st, st], [pd, pd], [1, 1], False,
                                                          [0, 0], 1, [True, False, False])),
             ("bwd-weights", lambda: conv2d_backward(dy, x, w, st, pd, need_dx=False, dW=dW, need_db=False,
@@ -161,28 +163,21 @@ def conv_rows(args, rng):
              lambda: torch.ops.aten.convolution_backward(tdy, tx, tw, None, [st, st], [pd, pd], [1, 1], False,
                                                          [0, 0], 1, [False, True, False])),
         ]
-        for phase, ours_fn, ref_fn in phases:
+        if C <= 4:
+            phases.append(("bwd-data", lambda: backward_data(dy, w, dx, dims, "v1"), phases[1][2], "v1"))
+            phases.append(("fwd", lambda: conv2d_forward(x, w, b, st, pd, out=y, version="v1"), phases[0][2], "v1"))
+        if st > 1:
+            phases.append(("bwd-data", lambda: backward_data(dy, w, dx, dims, "v2"), phases[1][2], "v2"))
+        for phase, ours_fn, ref_fn, *variant in phases:
+            variant = variant[0] if variant else "auto"
             t_ours, sp_o = time_call(ours_fn)
             t_ref, sp_r = time_call(ref_fn)
-            rows.append(dict(group="conv", row=f"{phase} {name}", variant="auto", ours_us=t_ours * 1e6,
+            rows.append(dict(group="conv", row=f"{phase} {name}", variant=variant, ours_us=t_ours * 1e6,
                              ref_us=t_ref * 1e6, ours_tflops=flops / t_ours / 1e12, ref_tflops=flops / t_ref / 1e12,
                              ratio=t_ref / t_ours, spread=max(sp_o, sp_r)))
-            print(f"  conv {phase:12s} {name:44s} ours {t_ours*1e6:9.1f} us ref {t_ref*1e6:9.1f} us "
+            print(f"  conv {phase:12s} {name:44s} {variant:5s} ours {t_ours*1e6:9.1f} us ref {t_ref*1e6:9.1f} us "
                   f"ratio {t_ref/t_ours:5.2f}", flush=True)
     return rows
-
-
-def _bwd_data_only(dy, x, w, st, pd, dx):
-    """Backward-data alone: the conv_v2_backward_data launch that conv2d_backward makes."""
-    from custom_impl.gpu import conv as convmod
-    from custom_impl.gpu.gemm import choose_config
-    from custom_impl.gpu._compile import blocks, function
-
-    dims = convmod._dims(x.shape, w.shape, st, pd)
-    N, C, H, Wd, K, R, S = dims[:7]
-    cfg, _ = choose_config(C, N * H * Wd, K * R * S, 132, max_splits=1)
-    kern = function("conv", "conv_v2_backward_data", **cfg.defines)
-    kern((blocks(N * H * Wd, cfg.bn), blocks(C, cfg.bm)), (cfg.threads,), (dy, w, dx) + convmod._i32(*dims))
 
 
 def main(argv=None):
@@ -226,7 +221,7 @@ def main(argv=None):
     print("\n=== summary (ratio = torch time / ours; card:", torch.cuda.get_device_name(0), ") ===")
     for line in summary:
         print(line)
-    for group in ("gemm4096", "dense", "conv"):
+    for group in ("gemm4096", "overhead", "dense", "conv"):
         g = [r for r in rows if r["group"] == group and r["variant"] in ("auto",)]
         if not g:
             continue
