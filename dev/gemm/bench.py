@@ -35,7 +35,7 @@ CONV = [  # N, C, H, W, K, R, S, stride, padding (the harness gpu suite)
 ]
 
 
-def time_call(fn, min_ms=20.0, repeats=15, warmup=3):
+def time_call(fn, min_ms=10.0, repeats=11, warmup=3):
     """(median seconds per call, IQR / median) by CUDA events around batches of calls."""
     import cupy
 
