@@ -181,3 +181,30 @@ def test_precision_flags_recorded():
     assert flags["torch.backends.cuda.matmul.allow_tf32"] is False
     assert flags["torch.backends.cudnn.allow_tf32"] is False
     assert flags["torch.float32_matmul_precision"] == "highest"
+
+
+def test_conv_backward_data_alone_matches_full_backward():
+    rng = np.random.default_rng(5)
+    x, W = rng.normal(size=(3, 4, 11, 9)).astype(np.float32), rng.normal(size=(6, 4, 3, 5)).astype(np.float32)
+    y, cols = conv.conv2d_forward(x, W, None, (2, 1), (1, 2))
+    dy = rng.normal(size=y.shape).astype(np.float32)
+    full = conv.conv2d_backward(dy, cols, x.shape, W, (2, 1), (1, 2))[0]
+    np.testing.assert_array_equal(conv.conv2d_backward_data(dy, W, x.shape, (2, 1), (1, 2)), full)  # same ops
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["thesis-2-3-1", "mlp-mnist", "lenet-mnist"])
+def test_reference_graphed_step_equals_eager(name):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    eager, graphed = reference_impl.build(name, "gpu", seed=1), reference_impl.build(name, "gpu", seed=1)
+    for step, momentum in enumerate([0.0, 0.9, 0.9, 0.0, 0.5]):
+        x, y = _batch(eager.spec, 33, seed=step)
+        le = float(eager.train_step(x, y, 0.05, momentum))
+        lg = float(graphed.train_step_graphed(x, y, 0.05, momentum))
+        # same cuDNN/cuBLAS calls in the same order; only cudnn.benchmark's algorithm choice may differ
+        # between the two models (1e-5 relative covers float32 reassociation over a few steps)
+        assert abs(le - lg) <= 1e-5 * abs(le)
+    pe, pg = eager.get_params(), graphed.get_params()
+    for key in pe:
+        _close(pg[key], pe[key], 1e-4, 1e-5, f"{name} {key} graphed vs eager")

@@ -13,9 +13,9 @@ def relu_forward(x: np.ndarray) -> np.ndarray:
     return np.maximum(x, 0)
 
 
-def relu_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """dx = dy where y > 0, else 0 (PyTorch's choice at x = 0: gradient 0)."""
-    return dy * (y > 0)
+def relu_backward(dy: np.ndarray, y: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """dx = dy where y > 0, else 0 (PyTorch's choice at x = 0: gradient 0). ``out`` may be dy itself."""
+    return np.multiply(dy, y > 0, out=out)
 
 
 def sigmoid_forward(x: np.ndarray) -> np.ndarray:
@@ -27,9 +27,9 @@ def sigmoid_forward(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, 1 / d, e / d).astype(x.dtype, copy=False)
 
 
-def sigmoid_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """dx = dy * y * (1 - y)."""
-    return dy * y * (1 - y)
+def sigmoid_backward(dy: np.ndarray, y: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """dx = dy * y * (1 - y). ``out`` may be dy itself."""
+    return np.multiply(dy, y * (1 - y), out=out)
 
 
 def tanh_forward(x: np.ndarray) -> np.ndarray:
@@ -37,9 +37,9 @@ def tanh_forward(x: np.ndarray) -> np.ndarray:
     return np.tanh(x)
 
 
-def tanh_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """dx = dy * (1 - y^2)."""
-    return dy * (1 - y * y)
+def tanh_backward(dy: np.ndarray, y: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """dx = dy * (1 - y^2). ``out`` may be dy itself."""
+    return np.multiply(dy, 1 - y * y, out=out)
 
 
 class Activation:
@@ -62,6 +62,8 @@ class Activation:
         return y
 
     def backward(self, dy: np.ndarray):
-        dx = self._bwd(dy, self.saved) if self.need_dx else None
+        # NOTE: in place: dy is the fresh output of the next layer's backward and nothing else holds it
+        # (the model's dlogits is never passed to an activation: the last layer is dense).
+        dx = self._bwd(dy, self.saved, out=dy) if self.need_dx else None
         self.saved = None
         return dx

@@ -98,15 +98,25 @@ def conv2d_backward(dy: np.ndarray, cols: np.ndarray, x_shape, W: np.ndarray, st
     ``dcols_out``: optional (C*R*S, P*Q*N) buffer for W2^T dY2, reused between calls.
     """
     n, k, p, q = dy.shape
-    _, c, r, s = W.shape
     dy2 = np.ascontiguousarray(dy.transpose(1, 2, 3, 0)).reshape(k, p * q * n)   # (K, P*Q*N)
     dW = (dy2 @ cols.T).reshape(W.shape)                                          # (K, C, R, S)
     db = dy2.sum(axis=1)                                                          # (K,)
-    dx = None
-    if need_dx:
-        dcols = np.matmul(W.reshape(k, c * r * s).T, dy2, out=dcols_out)        # (C*R*S, P*Q*N)
-        dx = col2im(dcols, x_shape, (r, s), stride, padding, (p, q))             # (N, C, H, W)
+    dx = _backward_data(dy2, W, x_shape, stride, padding, (p, q), dcols_out) if need_dx else None
     return dx, dW, db
+
+
+def conv2d_backward_data(dy: np.ndarray, W: np.ndarray, x_shape, stride=(1, 1), padding=(0, 0),
+                         dcols_out: np.ndarray | None = None) -> np.ndarray:
+    """dx alone (no dW, db, no saved columns needed): dx = col2im(W2^T dY2).  dy (N, K, P, Q) -> (N, C, H, W)."""
+    n, k, p, q = dy.shape
+    dy2 = np.ascontiguousarray(dy.transpose(1, 2, 3, 0)).reshape(k, p * q * n)   # (K, P*Q*N)
+    return _backward_data(dy2, W, x_shape, stride, padding, (p, q), dcols_out)
+
+
+def _backward_data(dy2, W, x_shape, stride, padding, pq, dcols_out):
+    k, c, r, s = W.shape
+    dcols = np.matmul(W.reshape(k, c * r * s).T, dy2, out=dcols_out)            # (C*R*S, P*Q*N)
+    return col2im(dcols, x_shape, (r, s), stride, padding, pq)                   # (N, C, H, W)
 
 
 class Conv2d:
