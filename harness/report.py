@@ -9,8 +9,8 @@ Outputs (in the report folder): ``report.pdf``; ``time_vs_batch_<device>_<phase>
 (booktabs, ready for ``\\input``). Rows whose parity check failed are marked everywhere: a dagger in
 tables, a red cross in plots, a hatched cell in heatmaps.
 
-Which variants are compared ("ours / reference" speedups): ours is ``cuda-graph`` for GPU train steps,
-else ``cuda`` / ``numpy``; the reference is ``torch-eager`` for models and ``torch`` for layers.
+Which variants are compared ("ours / reference" speedups): ours is ``cuda-graph`` for GPU train steps and
+inference, else ``cuda`` / ``numpy``; the reference is ``torch-eager`` for models and ``torch`` for layers.
 Speedup = reference time / our time (> 1: ours is faster).
 """
 from __future__ import annotations
@@ -129,7 +129,7 @@ def load(inputs: list[str]):
 # ============================================================================ pairing ours vs reference
 def ours_variant(device: str, phase: str, kind: str) -> str:
     if device == "gpu":
-        return "cuda-graph" if (kind == "model" and phase == "train_step") else "cuda"
+        return "cuda-graph" if (kind == "model" and phase in ("train_step", "inference")) else "cuda"
     return "numpy"
 
 
