@@ -89,9 +89,10 @@ POOL_CASES = [
 ]
 
 
+@pytest.mark.parametrize("index64", [False, True], ids=["i32", "i64"])
 @pytest.mark.parametrize("kind", ["max", "avg"])
 @pytest.mark.parametrize("n,c,h,w,kernel,stride", POOL_CASES)
-def test_pool_forward_backward(kind, n, c, h, w, kernel, stride):
+def test_pool_forward_backward(kind, n, c, h, w, kernel, stride, index64):
     from custom_impl.gpu import pool
 
     cp = _cp()
@@ -103,14 +104,15 @@ def test_pool_forward_backward(kind, n, c, h, w, kernel, stride):
     xd, dyd = cp.asarray(x), cp.asarray(dy)
     yd, dxd = _poisoned(y_ref.shape), _poisoned(x.shape)
     if kind == "max":
-        yd, am = pool.maxpool2d_forward(xd, kernel, stride, out=yd, argmax=_poisoned(y_ref.shape, np.int32))
-        pool.maxpool2d_backward(dyd, am, x.shape, kernel, stride, dx=dxd)
+        yd, am = pool.maxpool2d_forward(xd, kernel, stride, out=yd, argmax=_poisoned(y_ref.shape, np.int32),
+                                        index64=index64)
+        pool.maxpool2d_backward(dyd, am, x.shape, kernel, stride, dx=dxd, index64=index64)
         _close(yd, y_ref, 0, 0, "maxpool forward (a selection: exact)")
         # each dx is a sum of <= ceil(R/sh)*ceil(S/sw) routed dy values: one rounding per term
         _close(dxd, dx_ref, 1e-6, 1e-7, "maxpool backward")
     else:
-        pool.avgpool2d_forward(xd, kernel, stride, out=yd)
-        pool.avgpool2d_backward(dyd, x.shape, kernel, stride, dx=dxd)
+        pool.avgpool2d_forward(xd, kernel, stride, out=yd, index64=index64)
+        pool.avgpool2d_backward(dyd, x.shape, kernel, stride, dx=dxd, index64=index64)
         _close(yd, y_ref, 1e-6, 1e-6, "avgpool forward (float32 sum of R*S <= 35 terms)")
         _close(dxd, dx_ref, 1e-6, 1e-6, "avgpool backward (float32 sum of covering dy/(R*S))")
 

@@ -7,7 +7,8 @@ Forward and backward take the same arguments in the same order. Backward gathers
 pixel, over the outputs whose windows cover it, so dx is written (=) once per element, deterministically.
 Max pooling saves ``argmax`` (N, C, P, Q) int32, the position r*S + s of the first maximum in each
 window (PyTorch's tie rule), for its backward. Every function takes ``out=``-style arrays and then
-allocates nothing (CUDA-graph capturable); launches go to CuPy's current stream.
+allocates nothing (CUDA-graph capturable); launches go to CuPy's current stream. ``index64=True`` forces
+the 64-bit-index kernels (used automatically from 2^31 elements; tests force them on small shapes).
 """
 from __future__ import annotations
 
@@ -16,8 +17,16 @@ import numpy as np
 from ._compile import blocks, check_array, function
 
 THREADS = 256
-KERNEL_VERSION = {"maxpool2d": "maxpool2d_forward/backward v1 (thread per output / gather per input)",
-                  "avgpool2d": "avgpool2d_forward/backward v1 (thread per output / gather per input)"}
+KERNEL_VERSION = {"maxpool2d": "maxpool2d_forward/backward v2 (thread per output / gather per input; 32-bit "
+                               "index math below 2^31 elements)",
+                  "avgpool2d": "avgpool2d_forward/backward v2 (as max)"}
+INDEX32_LIMIT = 2 ** 31  # arrays below this many elements use the `_i32` entry points
+
+
+def _kernel(name: str, x_size: int, y_size: int, index64: bool):
+    """The kernel ``name`` with 32-bit index arithmetic when both arrays allow it (unless index64)."""
+    small = max(int(x_size), int(y_size)) < INDEX32_LIMIT
+    return function("pool", name if index64 or not small else f"{name}_i32")
 
 
 def pool_output_shape(x_shape, kernel_size, stride) -> tuple[int, int, int, int]:
@@ -55,7 +64,7 @@ def _argmax_buffer(shape, argmax):
     return argmax
 
 
-def maxpool2d_forward(x, kernel_size, stride, out=None, argmax=None):
+def maxpool2d_forward(x, kernel_size, stride, out=None, argmax=None, index64=False):
     """y[n,c,p,q] = max over r<R, s<S of x[n,c,p*sh+r,q*sw+s]; returns ``(y, argmax)``.
 
     x (N, C, H, W) float32 -> y (N, C, P, Q) float32, argmax (N, C, P, Q) int32 (saved for backward).
@@ -70,12 +79,12 @@ def maxpool2d_forward(x, kernel_size, stride, out=None, argmax=None):
     y = cupy.empty(y_shape, dtype=np.float32) if out is None else check_array(out, "out", shape=y_shape)
     argmax = _argmax_buffer(y_shape, argmax)
     total = int(np.prod(y_shape))
-    function("pool", "maxpool2d_forward")((blocks(total, THREADS),), (THREADS,),
-                                          (x, y, argmax, *_scalars(x.shape, y_shape, kernel_size, stride)))
+    _kernel("maxpool2d_forward", x.size, total, index64)((blocks(total, THREADS),), (THREADS,),
+                                                         (x, y, argmax, *_scalars(x.shape, y_shape, kernel_size, stride)))
     return y, argmax
 
 
-def maxpool2d_backward(dy, argmax, x_shape, kernel_size, stride, dx=None):
+def maxpool2d_backward(dy, argmax, x_shape, kernel_size, stride, dx=None, index64=False):
     """dx[n,c,h,w] = sum of dy[n,c,p,q] over the windows (p, q) whose first maximum is (h, w).
 
     dy (N, C, P, Q), argmax (N, C, P, Q) int32 from the forward -> dx (N, C, H, W) (written, =).
@@ -89,12 +98,12 @@ def maxpool2d_backward(dy, argmax, x_shape, kernel_size, stride, dx=None):
     _argmax_buffer(y_shape, argmax)
     dx = cupy.empty(x_shape, dtype=np.float32) if dx is None else check_array(dx, "dx", shape=x_shape)
     total = int(np.prod(x_shape))
-    function("pool", "maxpool2d_backward")((blocks(total, THREADS),), (THREADS,),
-                                           (dy, argmax, dx, *_scalars(x_shape, y_shape, kernel_size, stride)))
+    _kernel("maxpool2d_backward", total, dy.size, index64)((blocks(total, THREADS),), (THREADS,),
+                                                           (dy, argmax, dx, *_scalars(x_shape, y_shape, kernel_size, stride)))
     return dx
 
 
-def avgpool2d_forward(x, kernel_size, stride, out=None):
+def avgpool2d_forward(x, kernel_size, stride, out=None, index64=False):
     """y[n,c,p,q] = (1 / (R*S)) * sum over r<R, s<S of x[n,c,p*sh+r,q*sw+s]; x (N,C,H,W) -> y (N,C,P,Q)."""
     import cupy
 
@@ -103,12 +112,12 @@ def avgpool2d_forward(x, kernel_size, stride, out=None):
     y_shape = pool_output_shape(x.shape, kernel_size, stride)
     y = cupy.empty(y_shape, dtype=np.float32) if out is None else check_array(out, "out", shape=y_shape)
     total = int(np.prod(y_shape))
-    function("pool", "avgpool2d_forward")((blocks(total, THREADS),), (THREADS,),
-                                          (x, y, *_scalars(x.shape, y_shape, kernel_size, stride)))
+    _kernel("avgpool2d_forward", x.size, total, index64)((blocks(total, THREADS),), (THREADS,),
+                                                         (x, y, *_scalars(x.shape, y_shape, kernel_size, stride)))
     return y
 
 
-def avgpool2d_backward(dy, x_shape, kernel_size, stride, dx=None):
+def avgpool2d_backward(dy, x_shape, kernel_size, stride, dx=None, index64=False):
     """dx[n,c,h,w] = sum of dy[n,c,p,q] / (R*S) over the windows (p, q) covering (h, w); written (=)."""
     import cupy
 
@@ -118,6 +127,6 @@ def avgpool2d_backward(dy, x_shape, kernel_size, stride, dx=None):
     check_array(dy, "dy", shape=y_shape)
     dx = cupy.empty(x_shape, dtype=np.float32) if dx is None else check_array(dx, "dx", shape=x_shape)
     total = int(np.prod(x_shape))
-    function("pool", "avgpool2d_backward")((blocks(total, THREADS),), (THREADS,),
-                                           (dy, dx, *_scalars(x_shape, y_shape, kernel_size, stride)))
+    _kernel("avgpool2d_backward", total, dy.size, index64)((blocks(total, THREADS),), (THREADS,),
+                                                           (dy, dx, *_scalars(x_shape, y_shape, kernel_size, stride)))
     return dx
