@@ -83,9 +83,12 @@ def conv2d_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride=(1
     p, q = out_size(h, w, (r, s), stride, padding)
     cols = im2col(pad_input(x, padding), (r, s), stride, (p, q), cols_out)   # (C*R*S, P*Q*N)
     y2 = W.reshape(k, c * r * s) @ cols                              # (K, P*Q*N)
-    if b is not None:
-        y2 += b[:, None]
-    y = np.ascontiguousarray(y2.reshape(k, p, q, n).transpose(3, 0, 1, 2))   # (N, K, P, Q)
+    y = np.empty((n, k, p, q), dtype=y2.dtype)                       # (N, K, P, Q)
+    y_view = y2.reshape(k, p, q, n).transpose(3, 0, 1, 2)
+    if b is not None:    # the bias add rides along with the reordering copy: one pass over y
+        np.add(y_view, b[:, None, None], out=y)
+    else:
+        np.copyto(y, y_view)
     return y, cols
 
 
