@@ -180,19 +180,27 @@ def test_float64_reference_agrees_with_torch():
     """The test's own float64 forward is itself checked against torch.nn.functional in float64."""
     import torch
     import torch.nn.functional as F
+
+    def t(a):
+        return torch.from_numpy(np.asarray(a, dtype=np.float64))
+
+    # conv (padding 1) -> tanh -> conv 3x5 (stride (1, 2), padding (2, 1)) -> dense
     spec = modelspec.ModelSpec.from_dict(CASES["conv-3x5"])
     x, _ = random_batch(spec, 3, seed=5)
-    params = {k: v.astype(np.float64) for k, v in spec.init_params(4).items()}
-    t = lambda a: torch.from_numpy(a)  # noqa: E731
-    a = F.conv2d(t(x.astype(np.float64)), t(params["0.weight"]), t(params["0.bias"]), padding=1).tanh()
-    a = F.conv2d(a, t(params["2.weight"]), t(params["2.bias"]), stride=(1, 2), padding=(2, 1))
-    a = a.flatten(1) @ t(params["4.weight"]).T + t(params["4.bias"])
-    # both are float64 with different summation orders: agreement to 1e-12 relative of the scale
-    got = forward64(spec, params, x)
-    assert np.max(np.abs(got - a.numpy())) <= 1e-12 * np.max(np.abs(got))
-    spec = modelspec.ModelSpec.from_dict(CASES["maxpool-overlap"])
-    z = np.random.default_rng(1).standard_normal((2, 3, 7, 9))
-    layer = spec.layers[1]
-    pooled = np.stack([np.stack([w.max(axis=(2, 3)) for p, q, w in _pair_windows(z, layer) if p == pp], -1)
-                       for pp in range(layer.out_shape[1])], -2)
-    assert np.array_equal(pooled, F.max_pool2d(t(z), 3, 2).numpy())
+    p = spec.init_params(4)
+    a = F.conv2d(t(x), t(p["0.weight"]), t(p["0.bias"]), padding=1).tanh()
+    a = F.conv2d(a, t(p["2.weight"]), t(p["2.bias"]), stride=(1, 2), padding=(2, 1))
+    want = F.linear(a.flatten(1), t(p["4.weight"]), t(p["4.bias"])).numpy()
+    got = forward64(spec, {k: v.astype(np.float64) for k, v in p.items()}, x)
+    # both float64, different summation orders: agree to 1e-12 of the scale
+    assert np.max(np.abs(got - want)) <= 1e-12 * np.max(np.abs(want))
+
+    # conv -> overlapping max pool (kernel 3, stride 2) -> dense; and an overlapping average pool
+    for case, pool in (("maxpool-overlap", F.max_pool2d), ("avgpool-overlap", F.avg_pool2d)):
+        spec = modelspec.ModelSpec.from_dict(CASES[case])
+        x, _ = random_batch(spec, 3, seed=6)
+        p = spec.init_params(4)
+        a = pool(F.conv2d(t(x), t(p["0.weight"]), t(p["0.bias"]), padding=1), 3, 2)
+        want = F.linear(a.flatten(1), t(p["3.weight"]), t(p["3.bias"])).numpy()
+        got = forward64(spec, {k: v.astype(np.float64) for k, v in p.items()}, x)
+        assert np.max(np.abs(got - want)) <= 1e-12 * np.max(np.abs(want)), case
