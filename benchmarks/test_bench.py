@@ -24,7 +24,7 @@ import pytest
 
 from harness.suites import load_suite
 from harness.timer import measure
-from harness.workloads import LAYER_RTOL, LayerCase, ModelCase, set_strict_fp32
+from harness.workloads import LayerCase, ModelCase, layer_tolerance, set_strict_fp32
 
 SETTINGS = {"seed": 0, "lr": 0.01, "momentum": 0.9}
 BUDGET_S = float(os.environ.get("BENCH_BUDGET_S", "0.2"))
@@ -65,7 +65,7 @@ def test_bench(benchmark, job):
     else:
         case = LayerCase(job, SETTINGS)
         prep = case.prepare(job)
-        (against, err), tol = case.parity(job, prep.fn), LAYER_RTOL
+        (against, err), tol = case.parity(job, prep.fn), layer_tolerance(job)
     assert err <= tol, f"parity failed: rel err {err:.3g} > {tol:g} against {against}"
 
     fn, sync = prep.fn, _sync(prep.clock)

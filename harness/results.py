@@ -43,7 +43,7 @@ class Row:
     pct_peak: float | None = None  # tflops / the device's FP32 peak, in percent; empty when no peak is known
     peak_mem_bytes: int | None = None
     noisy: bool | None = None    # iqr/median above the suite's noise threshold
-    parity_against: str = ""     # what the output was compared with: reference (PyTorch eager, same device) | float64
+    parity_against: str = ""     # what the output was compared with: float64 (the reference computation in float64)
     parity_rel_err: float | None = None
     parity_tol: float | None = None   # the bar parity_rel_err must stay under (see docs/harness.md)
     parity_ok: bool | None = None

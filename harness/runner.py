@@ -8,7 +8,7 @@ from . import env as envmod
 from .results import ResultsWriter, Row
 from .suites import Job, Suite
 from .timer import measure
-from .workloads import (LAYER_NOTES, LAYER_RTOL, LayerCase, ModelCase, Unsupported, free_device_memory, is_oom,
+from .workloads import (LAYER_NOTES, LayerCase, ModelCase, Unsupported, free_device_memory, is_oom, layer_tolerance,
                         set_strict_fp32, shape_text)
 
 
@@ -53,7 +53,7 @@ def run_job(job: Job, cases: _Cases, settings: dict, device_name: str, peak_tflo
             against, err, tol = case.parity(job)
         else:
             against, err = case.parity(job, prep.fn)
-            tol = LAYER_RTOL
+            tol = layer_tolerance(job)
         row.parity_against = against
         row.parity_rel_err = err
         row.parity_ok = bool(err <= tol)

@@ -9,9 +9,10 @@ Two families:
   functions (``custom_impl.cpu`` / ``custom_impl.gpu``) and PyTorch's (``torch.nn.functional`` and the
   ``aten`` backward ops that cuDNN/cuBLAS serve on the GPU).
 
-Parity (before a row is timed): our rows, and the PyTorch CUDA-graph / torch.compile rows, are compared
-with PyTorch eager on the same device, same input and same parameters; PyTorch eager's own rows with a
-float64 copy of the same computation (the oracle). The error is normwise:
+Parity (before a row is timed): every row's outputs, ours and PyTorch's alike, are compared with the
+reference computation run in float64 (the oracle: PyTorch's op, or a float64 copy of the reference
+network) on the same device, same input and same parameters; both implementations are judged by the same
+truth, so an inaccurate cuDNN algorithm cannot make a correct kernel of ours look wrong. The error is normwise:
 ``max|a - b| / max|b|`` over every output of the phase (for train_step: over the parameter updates).
 """
 from __future__ import annotations
@@ -26,13 +27,24 @@ import modelspec
 
 from .suites import Job
 
-# Tolerances (normwise relative error, float32 on both sides):
-# - layers: a reduction over K terms in a different order differs by ~sqrt(K) * 6e-8 (K <= ~5000 in our
-#   suites: ~4e-6); 1e-4 leaves a 25x margin and still catches any indexing bug (errors of order 1).
+# Tolerances (normwise relative error of a float32 result against the float64 oracle):
+# - layers: a float32 reduction over K terms is off by ~sqrt(K) * 6e-8 (K <= ~25000 in our suites:
+#   ~1e-5); 1e-4 leaves a margin and still catches any indexing bug (errors of order 1).
 # - models: errors compound through up to ~10 layers, and a ReLU/max-pool tie broken differently moves
 #   a whole gradient entry; 1e-3 keeps true mismatches (order 1) far above the bar.
+# - cuDNN weight gradients on the GPU: with cudnn.benchmark on, cuDNN may pick an FFT/Winograd-style
+#   weight-gradient algorithm that is much less accurate: measured on the H100 against float64, 1.1e-3
+#   and 1.4e-3 of the scale (lenet-mnist, N=33; tests/test_gpu_model.py). Conv weight gradients on the
+#   GPU, and the gradients / train steps of GPU models with a conv2d, therefore get 3e-3 (2x that).
 LAYER_RTOL = 1e-4
 MODEL_RTOL = 1e-3
+CUDNN_WGRAD_RTOL = 3e-3
+
+
+def layer_tolerance(job: Job) -> float:
+    if job.device == "gpu" and job.kind == "conv2d" and job.phase == "backward_weights":
+        return CUDNN_WGRAD_RTOL
+    return LAYER_RTOL
 
 
 # (device, kind, phase) -> a caveat written into the row's ``reason`` column (the row stays ok).
@@ -183,9 +195,13 @@ class _Updates(list):
         self.weight_ratio = max(ratios, default=0.0)
 
 
-def parity_tolerance(phase: str, baseline) -> float:
-    """The tolerance of a model row: MODEL_RTOL, plus for train_step the weight-rounding term (see _Updates)."""
-    return MODEL_RTOL + 4 * 2.0 ** -24 * getattr(baseline, "weight_ratio", 0.0) if phase == "train_step" else MODEL_RTOL
+def parity_tolerance(phase: str, baseline, conv_on_gpu: bool = False) -> float:
+    """The tolerance of a model row: MODEL_RTOL (CUDNN_WGRAD_RTOL for gradients of GPU models with a
+    conv2d), plus for train_step the weight-rounding term (see _Updates)."""
+    base = CUDNN_WGRAD_RTOL if (conv_on_gpu and phase != "inference") else MODEL_RTOL
+    if phase == "train_step":
+        return base + 4 * 2.0 ** -24 * getattr(baseline, "weight_ratio", 0.0)
+    return base
 
 
 def _float64_outputs(spec, phase: str, x, y, lr: float, momentum: float, device: str, seed: int) -> list:
@@ -240,24 +256,19 @@ class ModelCase:
     def flops(self, phase: str) -> int:
         return self.spec.flops(self.batch, "forward" if phase == "inference" else phase)
 
-    def baseline(self, phase: str, against: str) -> list:
-        """Outputs of the parity baseline: 'reference' (PyTorch eager, same device) or 'float64'."""
-        key = (phase, against)
-        if key not in self._baseline:
-            if against == "float64":
-                self._baseline[key] = _float64_outputs(self.spec, phase, self.x, self.y, self.lr, self.momentum,
-                                                       self.device, self.seed)
-            else:
-                ref = _build("reference", self.spec, self.device, self.seed)
-                self._baseline[key] = _model_outputs(ref, phase, self.x, self.y, self.lr, self.momentum)
-        return self._baseline[key]
+    def baseline(self, phase: str) -> list:
+        """Outputs of the parity oracle: the reference network in float64, same inputs and parameters."""
+        if phase not in self._baseline:
+            self._baseline[phase] = _float64_outputs(self.spec, phase, self.x, self.y, self.lr, self.momentum,
+                                                     self.device, self.seed)
+        return self._baseline[phase]
 
     def parity(self, job: Job) -> tuple[str, float, float]:
-        """(parity_against, rel_err, tolerance): PyTorch eager is checked against float64, the rest against it."""
-        against = "float64" if (job.impl == "reference" and job.variant == "torch-eager") else "reference"
+        """(parity_against, rel_err, tolerance) of this row's outputs against the float64 oracle."""
         got = self._variant_outputs(job)
-        base = self.baseline(job.phase, against)
-        return against, rel_err(got, base), parity_tolerance(job.phase, base)
+        base = self.baseline(job.phase)
+        conv_gpu = job.device == "gpu" and any(layer.type == "conv2d" for layer in self.spec.layers)
+        return "float64", rel_err(got, base), parity_tolerance(job.phase, base, conv_gpu)
 
     def _variant_outputs(self, job: Job) -> list:
         m = self._fresh(job)
@@ -304,9 +315,9 @@ class ModelCase:
         if job.device == "gpu":
             import cupy
 
-            # NOTE: labels stay NumPy: our contract range-checks labels on the host, and a CuPy label
-            # array would be read back (a sync) on every call.
-            return cupy.asarray(self.x), self.y
+            # NOTE: device labels: NumPy labels would be uploaded with a synchronous copy on every call
+            # (custom_impl.gpu checks device labels for shape and dtype only, without a host sync).
+            return cupy.asarray(self.x), cupy.asarray(self.y)
         return self.x, self.y
 
     def _timed_fn(self, m, job: Job, xb, yb) -> Callable[[], object]:
@@ -631,7 +642,6 @@ class LayerCase:
         self.job = job
         self.seed = int(settings.get("seed", 0))
         self.data = _layer_host_data(job, self.seed)
-        self._ref32 = None
         self._ref64 = None
 
     def _fn(self, job: Job) -> tuple[Callable[[], tuple], str]:
@@ -644,18 +654,13 @@ class LayerCase:
         return _cpu_layer_fn(job, self.data), "cpu"
 
     def parity(self, job: Job, fn: Callable[[], tuple]) -> tuple[str, float]:
+        """(parity_against, rel_err) of ``fn``'s outputs against PyTorch's op in float64 (the oracle)."""
         got = [_to_numpy(a) for a in fn()]
-        if job.impl == "reference":
-            if self._ref64 is None:
-                torch = _torch()
-                f64 = _torch_layer_fn(job, self.data, torch_device(job.device), torch.float64)
-                self._ref64 = [_to_numpy(a) for a in f64()]
-            return "float64", rel_err(got, self._ref64)
-        if self._ref32 is None:
+        if self._ref64 is None:
             torch = _torch()
-            f32 = _torch_layer_fn(job, self.data, torch_device(job.device), torch.float32)
-            self._ref32 = [_to_numpy(a) for a in f32()]
-        return "reference", rel_err(got, self._ref32)
+            f64 = _torch_layer_fn(job, self.data, torch_device(job.device), torch.float64)
+            self._ref64 = [_to_numpy(a) for a in f64()]
+        return "float64", rel_err(got, self._ref64)
 
     def prepare(self, job: Job) -> Prepared:
         fn, clock = self._fn(job)

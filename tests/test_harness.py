@@ -322,3 +322,13 @@ def test_results_writer_row_roundtrip(tmp_path):
         assert w.done(r)
     got = read(path)
     assert tuple(got[0]) == COLUMNS and got[0]["status"] == "oom" and got[0]["median_ms"] == "1.5"
+
+
+def test_parity_command_table(capsys):
+    assert cli.main(["parity", "--device", "cpu", "--models", "thesis-2-3-1,digits-cnn"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    kinds = {line.split("|")[1].strip() for line in lines}
+    assert kinds == {"model", "dense", "conv2d", "pool"}
+    assert {line.split("|")[5].strip() for line in lines} == {"custom", "reference"}
+    assert all(line.rstrip().endswith("| yes |") for line in lines), out
