@@ -123,8 +123,8 @@ def _int_field(where: str, field: str, value, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise SpecError(f"{where}: {field!r} must be an integer >= {minimum}, got {value!r}; write e.g. {field} = {max(minimum, 1)}")
     if value < minimum:
-        kind = "positive" if minimum >= 1 else "non-negative"
-        raise SpecError(f"{where}: {field!r} must be {kind} (>= {minimum}), got {value}")
+        kind = {0: "non-negative (>= 0)", 1: "positive (>= 1)"}.get(minimum, f">= {minimum}")
+        raise SpecError(f"{where}: {field!r} must be {kind}, got {value}")
     return int(value)
 
 
@@ -173,7 +173,7 @@ class ModelSpec:
         shape = d["input_shape"]
         if not isinstance(shape, (list, tuple)) or len(shape) not in (1, 3):
             raise SpecError(f"'input_shape' must be [features] or [channels, height, width], got {shape!r}")
-        input_shape = tuple(_int_field("input_shape", "input_shape", s) for s in shape)
+        input_shape = tuple(_int_field("input_shape", "every size in input_shape", s) for s in shape)
         num_classes = _int_field("spec", "num_classes", d["num_classes"], minimum=2)
         loss = d["loss"]
         if loss not in LOSSES:
@@ -286,7 +286,7 @@ class ModelSpec:
     def check_labels(self, y, batch: int) -> np.ndarray:
         """Validate labels for a batch and return them as an int64 NumPy array (N,)."""
         y = np.asarray(y)
-        if y.ndim != 1 or y.shape[0] != batch:
+        if y.ndim != 1 or y.shape[0] != batch or batch == 0:
             raise ValueError(f"model {self.name!r}: labels must have shape ({batch},) to match the batch, got {y.shape}")
         if y.dtype.kind == "f":
             if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):

@@ -80,7 +80,7 @@ BAD_SPECS = [
     ("empty-name", _set(["name"], " "), r"'name' must be a non-empty string"),
     ("unknown-loss", _set(["loss"], "softmax_crossentropy"),
      r"unknown loss 'softmax_crossentropy'.*did you mean 'softmax_cross_entropy'"),
-    ("num-classes-1", _set(["num_classes"], 1), r"'num_classes' must be positive \(>= 2\), got 1"),
+    ("num-classes-1", _set(["num_classes"], 1), r"'num_classes' must be >= 2, got 1"),
     ("num-classes-float", _set(["num_classes"], 10.0), r"'num_classes' must be an integer"),
     ("input-shape-2d", _set(["input_shape"], [8, 8]), r"'input_shape' must be \[features\] or \[channels"),
     ("input-shape-zero", _set(["input_shape"], [1, 0, 8]), r"'input_shape' must be positive"),
