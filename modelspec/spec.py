@@ -173,7 +173,10 @@ class ModelSpec:
         shape = d["input_shape"]
         if not isinstance(shape, (list, tuple)) or len(shape) not in (1, 3):
             raise SpecError(f"'input_shape' must be [features] or [channels, height, width], got {shape!r}")
-        input_shape = tuple(_int_field("input_shape", "every size in input_shape", s) for s in shape)
+        for s in shape:
+            if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1:
+                raise SpecError(f"'input_shape' must hold positive integers, got {list(shape)!r}")
+        input_shape = tuple(int(s) for s in shape)
         num_classes = _int_field("spec", "num_classes", d["num_classes"], minimum=2)
         loss = d["loss"]
         if loss not in LOSSES:

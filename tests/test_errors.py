@@ -83,7 +83,7 @@ BAD_SPECS = [
     ("num-classes-1", _set(["num_classes"], 1), r"'num_classes' must be >= 2, got 1"),
     ("num-classes-float", _set(["num_classes"], 10.0), r"'num_classes' must be an integer"),
     ("input-shape-2d", _set(["input_shape"], [8, 8]), r"'input_shape' must be \[features\] or \[channels"),
-    ("input-shape-zero", _set(["input_shape"], [1, 0, 8]), r"'input_shape' must be positive"),
+    ("input-shape-zero", _set(["input_shape"], [1, 0, 8]), r"'input_shape' must hold positive integers"),
     ("input-shape-string", _set(["input_shape"], "1x8x8"), r"'input_shape' must be"),
     ("empty-layers", _layers([]), r"'layers' must be a non-empty list"),
     ("layers-not-list", _layers({"type": "dense"}), r"'layers' must be a non-empty list"),
