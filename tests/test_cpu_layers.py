@@ -69,11 +69,12 @@ def _fd_check(f, inputs, which, seed=0, eps=1e-6):
     assert abs(num - ana) <= 1e-6 * max(1.0, abs(num)), f"finite difference {num} vs analytic {ana}"
 
 
-@pytest.mark.parametrize("stride,padding,kernel", [((1, 1), (2, 2), (5, 5)), ((2, 1), (1, 0), (3, 5)),
-                                                   ((2, 3), (0, 2), (1, 3))])
-def test_conv_backward_finite_differences(stride, padding, kernel):
+@pytest.mark.parametrize("stride,padding,kernel,hw", [((1, 1), (2, 2), (5, 5), (9, 11)), ((2, 1), (1, 0), (3, 5), (9, 11)),
+                                                      ((2, 3), (0, 2), (1, 3), (9, 11)),
+                                                      ((1, 1), (1, 0), (3, 2), (25, 23))])   # P*Q >= 512: (n, p, q) columns
+def test_conv_backward_finite_differences(stride, padding, kernel, hw):
     rng = np.random.default_rng(1)
-    x = rng.normal(size=(3, 2, 9, 11))
+    x = rng.normal(size=(3, 2, *hw))
     W = rng.normal(size=(5, 2, *kernel))
     b = rng.normal(size=5)
     y, cols = conv.conv2d_forward(x, W, b, stride, padding)
@@ -183,13 +184,22 @@ def test_precision_flags_recorded():
     assert flags["torch.float32_matmul_precision"] == "highest"
 
 
-def test_conv_backward_data_alone_matches_full_backward():
+@pytest.mark.parametrize("hw", [(11, 9), (30, 33)])   # both column orders (conv.batch_inner)
+def test_conv_matches_torch_and_backward_data_alone(hw):
     rng = np.random.default_rng(5)
-    x, W = rng.normal(size=(3, 4, 11, 9)).astype(np.float32), rng.normal(size=(6, 4, 3, 5)).astype(np.float32)
-    y, cols = conv.conv2d_forward(x, W, None, (2, 1), (1, 2))
+    x, W = rng.normal(size=(3, 4, *hw)).astype(np.float32), rng.normal(size=(6, 4, 3, 5)).astype(np.float32)
+    b = rng.normal(size=6).astype(np.float32)
+    y, cols = conv.conv2d_forward(x, W, b, (2, 1), (1, 2))
     dy = rng.normal(size=y.shape).astype(np.float32)
-    full = conv.conv2d_backward(dy, cols, x.shape, W, (2, 1), (1, 2))[0]
-    np.testing.assert_array_equal(conv.conv2d_backward_data(dy, W, x.shape, (2, 1), (1, 2)), full)  # same ops
+    dx, dW, db = conv.conv2d_backward(dy, cols, x.shape, W, (2, 1), (1, 2))
+    np.testing.assert_array_equal(conv.conv2d_backward_data(dy, W, x.shape, (2, 1), (1, 2)), dx)  # same ops
+    xt, Wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, W, b))
+    yt = torch.nn.functional.conv2d(xt, Wt, bt, (2, 1), (1, 2))
+    yt.backward(torch.tensor(dy))
+    # float32 sums over C*R*S = 60 (forward, dx) and N*P*Q <= 1500 (dW, db) terms in another order
+    _close(y, yt.detach().numpy(), 1e-4, 1e-4, "conv forward")
+    for mine, ref, what in ((dx, xt.grad, "dx"), (dW, Wt.grad, "dW"), (db, bt.grad, "db")):
+        _close(mine, ref.numpy(), 1e-4, 1e-3, f"conv {what}")
 
 
 @pytest.mark.gpu

@@ -4,15 +4,20 @@ Letters: N batch, C in-channels, K out-channels, H,W input, P,Q output, R,S kern
 (ph, pw) padding; P = (H + 2 ph - R) // sh + 1, Q = (W + 2 pw - S) // sw + 1.
 Parameter gradients are written (=), never accumulated.
 
-The columns are laid out (C*R*S, P*Q*N): row (c, r, s), column (p, q, n) holds xp[n, c, p*sh + r, q*sw + s]
-(xp: the zero-padded input, held internally as (C, Hp, Wp, N) with the batch innermost). Then
-    forward           y   = W2 @ cols                      (K, C*R*S) @ (C*R*S, P*Q*N)
-    backward-weights  dW2 = dY2 @ cols^T                   (K, P*Q*N) @ (P*Q*N, C*R*S)
-    backward-data     dcols = W2^T @ dY2, then col2im      (C*R*S, K) @ (K, P*Q*N)
-with W2 = W.reshape(K, C*R*S) and dY2 = dy as (K, P*Q*N).
-NOTE: the batch goes innermost because then, at stride 1, the (q, n) axes of a window merge into one
-contiguous run of Q*N floats on both sides of the im2col and col2im copies (an (N, C, H, W) order leaves
-runs of only Q floats, and NumPy's per-run overhead then dominates those copies).
+The columns are a (C*R*S, L) matrix: row (c, r, s), column l holds xp[n, c, p*sh + r, q*sw + s] for the
+output position l = (n, p, q) or l = (p, q, n) (see "Column order" below); xp is the zero-padded input. Then
+    forward           y   = W2 @ cols                      (K, C*R*S) @ (C*R*S, L)
+    backward-weights  dW2 = dY2 @ cols^T                   (K, L) @ (L, C*R*S)
+    backward-data     dcols = W2^T @ dY2, then col2im      (C*R*S, K) @ (K, L)
+with L = N*P*Q, W2 = W.reshape(K, C*R*S) and dY2 = dy as (K, L) in the same column order.
+
+Column order. NumPy's copies cost a fixed overhead per contiguous run, so the order is chosen per layer
+(``batch_inner``, from P*Q only, so forward and backward agree):
+- small images (P*Q < 512): (p, q, n), the padded input held as (C, Hp, Wp, N). At stride 1 the (q, n) axes
+  of a window merge into one run of Q*N floats in im2col and col2im (the (n, p, q) order would give runs
+  of Q, e.g. 14 floats, and col2im alone would cost 3x more); the price is a strided reordering of y and dy.
+- large images: (n, p, q), the input kept as (N, C, Hp, Wp). Runs of Q floats are long enough there, and y
+  and dy reorder in runs of P*Q (nearly a plain copy) instead of a batch-innermost gather.
 """
 from __future__ import annotations
 
@@ -26,51 +31,90 @@ def out_size(h: int, w: int, kernel, stride, padding) -> tuple[int, int]:
             (w + 2 * padding[1] - kernel[1]) // stride[1] + 1)
 
 
-def pad_input(x: np.ndarray, padding) -> np.ndarray:
-    """(N, C, H, W) -> zero-padded, batch-innermost copy (C, H + 2 ph, W + 2 pw, N)."""
+def batch_inner(p: int, q: int) -> bool:
+    """The column order for a P x Q output: True -> (p, q, n), False -> (n, p, q) (module docstring)."""
+    return p * q < 512
+
+
+def pad_input(x: np.ndarray, padding, inner: bool) -> np.ndarray:
+    """(N, C, H, W) -> zero-padded (C, Hp, Wp, N) if ``inner`` else (N, C, Hp, Wp); Hp = H + 2 ph, Wp = W + 2 pw."""
     ph, pw = padding
     n, c, h, w = x.shape
-    xp = np.zeros((c, h + 2 * ph, w + 2 * pw, n), dtype=x.dtype)   # (C, Hp, Wp, N)
-    xp[:, ph:ph + h, pw:pw + w, :] = x.transpose(1, 2, 3, 0)
+    if inner:
+        xp = np.zeros((c, h + 2 * ph, w + 2 * pw, n), dtype=x.dtype)   # (C, Hp, Wp, N)
+        xp[:, ph:ph + h, pw:pw + w, :] = x.transpose(1, 2, 3, 0)
+        return xp
+    if ph == 0 and pw == 0:
+        return x
+    xp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)       # (N, C, Hp, Wp)
+    xp[:, :, ph:ph + h, pw:pw + w] = x
     return xp
 
 
-def im2col(xp: np.ndarray, kernel, stride, pq, out: np.ndarray | None = None) -> np.ndarray:
-    """Padded input (C, Hp, Wp, N) -> columns (C*R*S, P*Q*N), one copy through a strided view.
+def _window_view(xp: np.ndarray, kernel, stride, npq, inner: bool) -> np.ndarray:
+    """The im2col view of xp: (C, R, S, P, Q, N) if ``inner`` else (C, R, S, N, P, Q); no copy."""
+    n, p, q = npq
+    (r, s), (sh, sw) = kernel, stride
+    if inner:
+        s_c, s_h, s_w, s_n = xp.strides
+        c = xp.shape[0]
+        return as_strided(xp, shape=(c, r, s, p, q, n), strides=(s_c, s_h, s_w, s_h * sh, s_w * sw, s_n))
+    s_n, s_c, s_h, s_w = xp.strides
+    c = xp.shape[1]
+    return as_strided(xp, shape=(c, r, s, n, p, q), strides=(s_c, s_h, s_w, s_n, s_h * sh, s_w * sw))
 
-    ``out``: an optional float32 C-contiguous (C*R*S, P*Q*N) buffer to write into (reused between calls).
+
+def im2col(xp: np.ndarray, kernel, stride, npq, inner: bool, out: np.ndarray | None = None) -> np.ndarray:
+    """Padded input (from ``pad_input``) -> columns (C*R*S, N*P*Q), one copy through a strided view.
+
+    npq = (N, P, Q) whatever the column order ``inner`` is.
+    ``out``: an optional float32 C-contiguous (C*R*S, N*P*Q) buffer to write into (reused between calls).
     """
-    c, _, _, n = xp.shape
-    (r, s), (sh, sw), (p, q) = kernel, stride, pq
-    s_c, s_h, s_w, s_n = xp.strides
-    windows = as_strided(xp, shape=(c, r, s, p, q, n),
-                         strides=(s_c, s_h, s_w, s_h * sh, s_w * sw, s_n))   # (C, R, S, P, Q, N), a view
+    windows = _window_view(xp, kernel, stride, npq, inner)             # (C, R, S, <column order>)
     if out is None:
-        out = np.empty((c * r * s, p * q * n), dtype=xp.dtype)              # (C*R*S, P*Q*N)
-    np.copyto(out.reshape(c, r, s, p, q, n), windows)
+        out = np.empty((windows.shape[0] * kernel[0] * kernel[1], int(np.prod(npq))), dtype=xp.dtype)
+    np.copyto(out.reshape(windows.shape), windows)                      # (C*R*S, N*P*Q)
     return out
 
 
-def col2im(dcols: np.ndarray, x_shape, kernel, stride, padding, pq) -> np.ndarray:
-    """Adjoint of pad_input + im2col: columns (C*R*S, P*Q*N) -> input gradient (N, C, H, W), summing overlaps."""
+def col2im(dcols: np.ndarray, x_shape, kernel, stride, padding, pq, inner: bool) -> np.ndarray:
+    """Adjoint of pad_input + im2col: columns (C*R*S, N*P*Q) -> input gradient (N, C, H, W), summing overlaps."""
     n, c, h, w = x_shape
     (r, s), (sh, sw), (ph, pw), (p, q) = kernel, stride, padding, pq
-    d6 = dcols.reshape(c, r, s, p, q, n)
-    dxp = np.zeros((c, h + 2 * ph, w + 2 * pw, n), dtype=dcols.dtype)   # (C, Hp, Wp, N)
+    if inner:
+        d6 = dcols.reshape(c, r, s, p, q, n)
+        dxp = np.zeros((c, h + 2 * ph, w + 2 * pw, n), dtype=dcols.dtype)   # (C, Hp, Wp, N)
+    else:
+        d6 = dcols.reshape(c, r, s, n, p, q)
+        dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=dcols.dtype)   # (N, C, Hp, Wp)
     # NOTE: one vectorised add per kernel offset (R*S of them, e.g. 25 for 5x5); each adds a whole
-    # (C, P, Q, N) slab, so the loop never runs over samples or pixels. Overlapping windows (stride < kernel)
-    # sum correctly because the offsets are added one after another.
+    # (C, P, Q, N) or (C, N, P, Q) slab, so the loop never runs over samples or pixels. Overlapping windows
+    # (stride < kernel) sum correctly because the offsets are added one after another.
     for i in range(r):
         for j in range(s):
-            dxp[:, i:i + sh * (p - 1) + 1:sh, j:j + sw * (q - 1) + 1:sw, :] += d6[:, i, j]
-    return np.ascontiguousarray(dxp[:, ph:ph + h, pw:pw + w, :].transpose(3, 0, 1, 2))   # (N, C, H, W)
+            hi, wj = slice(i, i + sh * (p - 1) + 1, sh), slice(j, j + sw * (q - 1) + 1, sw)
+            if inner:
+                dxp[:, hi, wj, :] += d6[:, i, j]
+            else:
+                dxp[:, :, hi, wj].transpose(1, 0, 2, 3)[...] += d6[:, i, j]
+    if inner:
+        return np.ascontiguousarray(dxp[:, ph:ph + h, pw:pw + w, :].transpose(3, 0, 1, 2))   # (N, C, H, W)
+    if ph == 0 and pw == 0:
+        return dxp
+    return np.ascontiguousarray(dxp[:, :, ph:ph + h, pw:pw + w])                            # (N, C, H, W)
+
+
+def _dy_matrix(dy: np.ndarray, inner: bool) -> np.ndarray:
+    """dy (N, K, P, Q) -> dY2 (K, N*P*Q) in the layer's column order (a reordering copy)."""
+    k = dy.shape[1]
+    return np.ascontiguousarray(dy.transpose(1, 2, 3, 0) if inner else dy.transpose(1, 0, 2, 3)).reshape(k, -1)
 
 
 def conv2d_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride=(1, 1), padding=(0, 0),
                    cols_out: np.ndarray | None = None):
     """y[n, k, p, q] = b[k] + sum_{c,r,s} W[k, c, r, s] * xp[n, c, p*sh + r, q*sw + s].
 
-    x (N, C, H, W), W (K, C, R, S), b (K,) or None -> (y (N, K, P, Q), cols (C*R*S, P*Q*N) for backward).
+    x (N, C, H, W), W (K, C, R, S), b (K,) or None -> (y (N, K, P, Q), cols (C*R*S, N*P*Q) for backward).
     ``cols_out``: optional buffer for the columns (see ``im2col``).
 
     >>> y, _ = conv2d_forward(np.ones((2, 3, 7, 9), np.float32), np.ones((4, 3, 3, 5), np.float32), None,
@@ -81,10 +125,14 @@ def conv2d_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride=(1
     n, c, h, w = x.shape
     k, _, r, s = W.shape
     p, q = out_size(h, w, (r, s), stride, padding)
-    cols = im2col(pad_input(x, padding), (r, s), stride, (p, q), cols_out)   # (C*R*S, P*Q*N)
-    y2 = W.reshape(k, c * r * s) @ cols                              # (K, P*Q*N)
+    inner = batch_inner(p, q)
+    cols = im2col(pad_input(x, padding, inner), (r, s), stride, (n, p, q), inner, cols_out)   # (C*R*S, N*P*Q)
+    y2 = W.reshape(k, c * r * s) @ cols                              # (K, N*P*Q)
     y = np.empty((n, k, p, q), dtype=y2.dtype)                       # (N, K, P, Q)
-    y_view = y2.reshape(k, p, q, n).transpose(3, 0, 1, 2)
+    if inner:
+        y_view = y2.reshape(k, p, q, n).transpose(3, 0, 1, 2)
+    else:
+        y_view = y2.reshape(k, n, p, q).transpose(1, 0, 2, 3)
     if b is not None:    # the bias add rides along with the reordering copy: one pass over y
         np.add(y_view, b[:, None, None], out=y)
     else:
@@ -98,34 +146,32 @@ def conv2d_backward(dy: np.ndarray, cols: np.ndarray, x_shape, W: np.ndarray, st
 
     dW[k, c, r, s] = sum_{n,p,q} dy[n, k, p, q] xp[n, c, p*sh + r, q*sw + s];  db[k] = sum_{n,p,q} dy[n, k, p, q];
     dx = col2im(W2^T dY2) (N, C, H, W), or None when ``need_dx`` is False. Returns (dx, dW, db).
-    ``dcols_out``: optional (C*R*S, P*Q*N) buffer for W2^T dY2, reused between calls.
+    ``dcols_out``: optional (C*R*S, N*P*Q) buffer for W2^T dY2, reused between calls.
     """
-    n, k, p, q = dy.shape
-    dy2 = np.ascontiguousarray(dy.transpose(1, 2, 3, 0)).reshape(k, p * q * n)   # (K, P*Q*N)
+    dy2 = _dy_matrix(dy, batch_inner(*dy.shape[2:]))                              # (K, N*P*Q)
     dW = (dy2 @ cols.T).reshape(W.shape)                                          # (K, C, R, S)
     db = dy2.sum(axis=1)                                                          # (K,)
-    dx = _backward_data(dy2, W, x_shape, stride, padding, (p, q), dcols_out) if need_dx else None
+    dx = _backward_data(dy2, W, x_shape, stride, padding, dy.shape[2:], dcols_out) if need_dx else None
     return dx, dW, db
 
 
 def conv2d_backward_data(dy: np.ndarray, W: np.ndarray, x_shape, stride=(1, 1), padding=(0, 0),
                          dcols_out: np.ndarray | None = None) -> np.ndarray:
     """dx alone (no dW, db, no saved columns needed): dx = col2im(W2^T dY2).  dy (N, K, P, Q) -> (N, C, H, W)."""
-    n, k, p, q = dy.shape
-    dy2 = np.ascontiguousarray(dy.transpose(1, 2, 3, 0)).reshape(k, p * q * n)   # (K, P*Q*N)
-    return _backward_data(dy2, W, x_shape, stride, padding, (p, q), dcols_out)
+    dy2 = _dy_matrix(dy, batch_inner(*dy.shape[2:]))                              # (K, N*P*Q)
+    return _backward_data(dy2, W, x_shape, stride, padding, dy.shape[2:], dcols_out)
 
 
 def _backward_data(dy2, W, x_shape, stride, padding, pq, dcols_out):
     k, c, r, s = W.shape
-    dcols = np.matmul(W.reshape(k, c * r * s).T, dy2, out=dcols_out)            # (C*R*S, P*Q*N)
-    return col2im(dcols, x_shape, (r, s), stride, padding, pq)                   # (N, C, H, W)
+    dcols = np.matmul(W.reshape(k, c * r * s).T, dy2, out=dcols_out)            # (C*R*S, N*P*Q)
+    return col2im(dcols, x_shape, (r, s), stride, padding, tuple(pq), batch_inner(*pq))   # (N, C, H, W)
 
 
 class Conv2d:
     """A conv2d layer holding its parameters, their gradients and what forward saved (the columns).
 
-    The two (C*R*S, P*Q*N) buffers (columns, their gradient) are kept between steps while N stays the
+    The two (C*R*S, N*P*Q) buffers (columns, their gradient) are kept between steps while N stays the
     same: they are the largest arrays of a CNN step, and allocating them afresh costs page faults.
     """
 
