@@ -60,8 +60,8 @@ def test_bench(benchmark, job):
     set_strict_fp32()
     if job.kind == "model":
         case = ModelCase(job.p()["spec"], job.batch, job.device, SETTINGS)
-        prep = case.prepare(job)
         against, err, tol = case.parity(job)
+        prep = case.prepare(job)
     else:
         case = LayerCase(job, SETTINGS)
         prep = case.prepare(job)

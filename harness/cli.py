@@ -88,6 +88,8 @@ def cmd_run(args) -> int:
         override["cold_l2"] = True
     if args.budget_s is not None:
         override["budget_s"] = args.budget_s
+    if args.time_limit_s is not None:
+        override["time_limit_s"] = args.time_limit_s
     rec = env.collect(device)
     rec["suite"] = {"name": suite.name, "path": suite.path, "settings": dict(suite.settings, **override)}
     rec["run_device"] = device
@@ -189,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "none on CPUs)")
     r.add_argument("--cold-l2", action="store_true", help="flush L2 before every timed sample (GPU)")
     r.add_argument("--budget-s", type=float, help="override the suite's per-row timing budget (seconds)")
+    r.add_argument("--time-limit-s", type=float, help="stop starting new rows after this many seconds (0: none; "
+                                                      "default: the suite's); rerun to resume")
     r.add_argument("--no-report", action="store_true", help="write results only, no plots/PDF")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)

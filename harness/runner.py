@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import time
 import traceback
 
 from . import env as envmod
@@ -46,14 +47,15 @@ def run_job(job: Job, cases: _Cases, settings: dict, device_name: str, peak_tflo
     row = base_row(job, device_name, settings)
     try:
         case = cases.get(job)
-        row.flops = case.flops(job.phase) if job.kind == "model" else None
-        prep = case.prepare(job)
-        row.flops = prep.flops
         if job.kind == "model":
-            against, err, tol = case.parity(job)
+            row.flops = case.flops(job.phase)
+            against, err, tol = case.parity(job)      # first: the timed call reuses the checked model
+            prep = case.prepare(job)
         else:
+            prep = case.prepare(job)
             against, err = case.parity(job, prep.fn)
             tol = layer_tolerance(job)
+        row.flops = prep.flops
         row.parity_against = against
         row.parity_rel_err = err
         row.parity_ok = bool(err <= tol)
@@ -114,7 +116,14 @@ def run_suite(suite: Suite, device: str, results_path: str, *, peak_tflops: floa
         counts["skipped"] = len(jobs) - len(todo)
         bar = tqdm(todo, desc=f"{suite.name} on {device}", unit="row", disable=True if quiet else None,
                    file=sys.stderr, dynamic_ncols=True)
-        for job in bar:
+        limit = float(settings.get("time_limit_s") or 0)
+        deadline = time.monotonic() + limit if limit > 0 else None
+        for i, job in enumerate(bar):
+            if deadline is not None and time.monotonic() > deadline:
+                counts["left_for_next_run"] = len(todo) - i
+                print(f"\nharness: the suite's time limit ({limit:g} s) is reached; {len(todo) - i} rows are left. "
+                      "Rerun the same command to measure them (finished rows are kept).", file=sys.stderr)
+                break
             bar.set_postfix_str(f"{job.workload} b={job.batch} {job.phase} {job.impl}/{job.variant}"[:70])
             row = run_job(job, cases, settings, dname, peak_tflops)
             writer.write(row)

@@ -62,6 +62,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "min_sample_ms": 1.0,     # calls per sample are chosen so a sample lasts at least this long
     "noise_threshold": 0.10,  # iqr/median above this marks the row noisy
     "cold_l2": False,         # overwrite a buffer larger than L2 before every sample (GPU only)
+    "time_limit_s": 0,        # stop starting new rows after this long (0: no limit); rerun to resume
     "seed": 0,
     "lr": 0.01,
     "momentum": 0.9,
@@ -126,7 +127,9 @@ class Suite:
                 if k not in seen:
                     seen.add(k)
                     out.append(job)
-        return out
+        # NOTE: opt-in variants (torch.compile: tens of seconds of compilation per row) go last, so that a
+        # time limit cuts them rather than the rows the targets and the report rely on.
+        return sorted(out, key=lambda j: j.variant in OPT_IN)
 
 
 def suite_names() -> list[str]:

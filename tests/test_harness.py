@@ -332,3 +332,15 @@ def test_parity_command_table(capsys):
     assert kinds == {"model", "dense", "conv2d", "pool"}
     assert {line.split("|")[5].strip() for line in lines} == {"custom", "reference"}
     assert all(line.rstrip().endswith("| yes |") for line in lines), out
+
+
+def test_time_limit_stops_and_rerun_finishes(tmp_path, capsys):
+    suite = tmp_path / "tiny.toml"
+    suite.write_text(TINY_SUITE)
+    out = tmp_path / "out"
+    args = ["run", "--suite", str(suite), "--device", "cpu", "--out", str(out), "--quiet", "--no-report"]
+    assert cli.main(args + ["--time-limit-s", "1e-9"]) == 0
+    assert "time limit" in capsys.readouterr().err
+    assert len(read(out / "results.csv")) < len(load_suite(str(suite)).jobs("cpu"))
+    assert cli.main(args) == 0
+    assert len(read(out / "results.csv")) == len(load_suite(str(suite)).jobs("cpu"))
