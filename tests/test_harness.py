@@ -248,7 +248,10 @@ def test_suites_parse_and_expand():
     gpu = load_suite("gpu").jobs("gpu")
     assert any(j.workload == "dense_M4096_N4096_K4096" for j in gpu)
     assert {j.variant for j in gpu if j.kind == "model" and j.phase == "train_step"} == {
-        "cuda", "cuda-graph", "torch-eager", "torch-graph"}
+        "cuda", "cuda-graph", "torch-eager", "torch-graph", "torch-compile"}
+    assert {j.variant for j in gpu if j.kind == "model" and j.phase == "inference"} == {
+        "cuda", "cuda-graph", "torch-eager"}
+    assert all(j.variant == "torch-compile" for j in gpu[-2:])   # opt-in variants run last
     assert max(j.batch for j in gpu if j.kind == "model") == 8192
     # zoo MLP layer shapes are added at the requested batch sizes
     assert any(j.workload == "dense_M1024_N128_K784" for j in gpu)
