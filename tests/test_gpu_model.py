@@ -119,6 +119,20 @@ def test_graph_replay_equals_eager(name):
         np.testing.assert_array_equal(pg[k], pe[k], err_msg=f"{name}: {k} after 20 steps, graph vs eager")
 
 
+@pytest.mark.parametrize("name", ["lenet-mnist", "digits-cnn"])
+def test_fused_relu_maxpool_equals_unfused(name):
+    spec = modelspec.load(name)
+    batches = [random_batch(spec, 13, seed=s) for s in range(3)]
+    fused, plain = _gpu_model(spec, fuse_pool=True), _gpu_model(spec, fuse_pool=False)
+    assert len(fused.steps) < len(plain.steps)
+    lrs = [0.05] * 10
+    # relu(max x) == max(relu x) exactly, and both route dy to the same pixel or to none: bitwise equal
+    np.testing.assert_array_equal(_steps(fused, batches, lrs), _steps(plain, batches, lrs))
+    pf, pp = fused.get_params(), plain.get_params()
+    for k in pf:
+        np.testing.assert_array_equal(pf[k], pp[k], err_msg=f"{name}: {k}, fused vs unfused relu+maxpool")
+
+
 def test_graph_recaptures_for_new_lr_momentum_and_batch():
     spec = modelspec.load("digits-mlp")
     small = [random_batch(spec, 7, seed=s) for s in range(2)]

@@ -89,30 +89,40 @@ POOL_CASES = [
 ]
 
 
-@pytest.mark.parametrize("index64", [False, True], ids=["i32", "i64"])
-@pytest.mark.parametrize("kind", ["max", "avg"])
+# (kind, fused relu, 64-bit indexing, backward version): every kernel entry point (version None picks the
+# tiled backward for the cases with stride >= window, the gather one for overlapping windows)
+POOL_VARIANTS = [("max", False, False, None), ("max", False, True, None), ("max", False, False, "gather"),
+                 ("max", True, False, None), ("max", True, True, "gather"),
+                 ("avg", False, False, None), ("avg", False, True, None), ("avg", False, False, "gather")]
+
+
+@pytest.mark.parametrize("kind,relu,index64,version", POOL_VARIANTS,
+                         ids=["-".join(str(v) for v in p) for p in POOL_VARIANTS])
 @pytest.mark.parametrize("n,c,h,w,kernel,stride", POOL_CASES)
-def test_pool_forward_backward(kind, n, c, h, w, kernel, stride, index64):
+def test_pool_forward_backward(kind, relu, index64, version, n, c, h, w, kernel, stride):
     from custom_impl.gpu import pool
 
     cp = _cp()
     rng = np.random.default_rng(n * 1000 + h * 10 + w)
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
-    y_ref, back = _pool_ref(x.astype(np.float64), kernel, stride, kind)
+    x64 = x.astype(np.float64)
+    # fused relu: the reference is the unfused pair, relu then pool (torch's semantics, ties included)
+    y_ref, back = _pool_ref(np.maximum(x64, 0) if relu else x64, kernel, stride, kind)
     dy = rng.standard_normal(y_ref.shape).astype(np.float32)
-    dx_ref = back(dy.astype(np.float64))
+    dx_ref = back(dy.astype(np.float64)) * ((x64 > 0) if relu else 1.0)
     xd, dyd = cp.asarray(x), cp.asarray(dy)
     yd, dxd = _poisoned(y_ref.shape), _poisoned(x.shape)
     if kind == "max":
         yd, am = pool.maxpool2d_forward(xd, kernel, stride, out=yd, argmax=_poisoned(y_ref.shape, np.int32),
-                                        index64=index64)
-        pool.maxpool2d_backward(dyd, am, x.shape, kernel, stride, dx=dxd, index64=index64)
+                                        relu=relu, index64=index64)
+        pool.maxpool2d_backward(dyd, am, x.shape, kernel, stride, dx=dxd, y=yd, relu=relu, index64=index64,
+                                version=version)
         _close(yd, y_ref, 0, 0, "maxpool forward (a selection: exact)")
         # each dx is a sum of <= ceil(R/sh)*ceil(S/sw) routed dy values: one rounding per term
         _close(dxd, dx_ref, 1e-6, 1e-7, "maxpool backward")
     else:
         pool.avgpool2d_forward(xd, kernel, stride, out=yd, index64=index64)
-        pool.avgpool2d_backward(dyd, x.shape, kernel, stride, dx=dxd, index64=index64)
+        pool.avgpool2d_backward(dyd, x.shape, kernel, stride, dx=dxd, index64=index64, version=version)
         _close(yd, y_ref, 1e-6, 1e-6, "avgpool forward (float32 sum of R*S <= 35 terms)")
         _close(dxd, dx_ref, 1e-6, 1e-6, "avgpool backward (float32 sum of covering dy/(R*S))")
 
@@ -313,3 +323,8 @@ def test_wrappers_reject_bad_arrays():
         pool.avgpool2d_forward(x.astype(np.float32)[:, :, :, ::2], (2, 2), (2, 2))
     with pytest.raises(ValueError, match="shape"):
         pool.avgpool2d_forward(x.astype(np.float32), (2, 2), (2, 2), out=cp.empty((2, 3, 3, 3), np.float32))
+    with pytest.raises(ValueError, match="stride >= window"):
+        pool.avgpool2d_backward(cp.empty((2, 3, 3, 3), np.float32), (2, 3, 8, 8), (3, 3), (2, 2), version="tiled")
+    with pytest.raises(ValueError, match="needs y"):
+        y, am = pool.maxpool2d_forward(x.astype(np.float32), (2, 2), (2, 2), relu=True)
+        pool.maxpool2d_backward(y, am, x.shape, (2, 2), (2, 2), relu=True)

@@ -5,7 +5,8 @@ Legend: N batch, C in-channels, K out-channels, H,W in, P,Q out, R,S kernel, F f
 ``build(spec, seed)`` returns a ``GPUModel`` (the model contract of docs/DESIGN.md, via
 ``custom_impl.base.CustomModel``). The network is driven from ``spec.layers``: each layer becomes one
 step with a ``forward`` and a ``backward`` written side by side; a dense layer directly followed by an
-activation becomes one step whose activation runs in the GEMM epilogue.
+activation becomes one step whose activation runs in the GEMM epilogue, and a relu directly followed by
+max pooling one pooling step with the relu fused (``fuse_pool``).
 
 Memory: parameters, gradients and SGD velocities each live in ONE flat float32 buffer (P,) and every
 ``"{i}.weight"`` / ``"{i}.bias"`` is a view into it, so SGD is one launch. Everything a batch size N
@@ -46,7 +47,7 @@ def build(spec, seed: int = 0, **options) -> "GPUModel":
     """Our GPU model of ``spec`` with parameters ``spec.init_params(seed)``.
 
     options: ``use_graph`` (bool, default from CUSTOM_GPU_GRAPH, else True): replay train steps as CUDA
-    graphs.
+    graphs. ``fuse_pool`` (default True): run a relu followed by maxpool2d as one fused pooling step.
 
     >>> m = build(modelspec.load("mlp-mnist"), seed=0)                 # doctest: +SKIP
     >>> loss = m.train_step(x, y, lr=0.1, momentum=0.9)                # 0-d cupy array, no host sync
@@ -89,8 +90,11 @@ class _Step:
         raise NotImplementedError
 
     def __repr__(self):
-        extra = f"+{self.act}" if self.act else ""
-        return f"<{self.kind}{extra} layer {self.layer.index} {self.in_shape}->{self.out_shape}>"
+        if not self.act:
+            name = self.kind
+        else:
+            name = f"{self.act}+{self.kind}" if self.kind == "pool" else f"{self.kind}+{self.act}"
+        return f"<{name} layer {self.layer.index} {self.in_shape}->{self.out_shape}>"
 
 
 class _Dense(_Step):
@@ -165,9 +169,18 @@ class _Activation(_Step):
 
 
 class _Pool(_Step):
-    """Max / average pooling (N, C, H, W) -> (N, C, P, Q); max saves ``argmax`` (N, C, P, Q) int32."""
+    """Max / average pooling (N, C, H, W) -> (N, C, P, Q); max saves ``argmax`` (N, C, P, Q) int32.
+
+    ``relu=True``: the spec's relu followed by maxpool2d as one step, y = relu(max x) (= max relu(x));
+    backward routes dy to the window's maximum only where y > 0, which is relu' there. This saves the
+    relu's full-size output and both of its passes.
+    """
 
     kind = "pool"
+
+    def __init__(self, layer, relu=False):
+        super().__init__(layer, act="relu" if relu else None)
+        self.relu = relu
 
     def alloc(self, n):
         import cupy
@@ -179,14 +192,14 @@ class _Pool(_Step):
     def forward(self, model, x, y, saved, ws):
         k, s = self.layer.kernel_size, self.layer.stride
         if self.layer.type == "maxpool2d":
-            maxpool2d_forward(x, k, s, out=y, argmax=saved)
+            maxpool2d_forward(x, k, s, out=y, argmax=saved, relu=self.relu)
         else:
             avgpool2d_forward(x, k, s, out=y)
 
     def backward(self, model, dy, x, y, saved, dx, ws):
         k, s = self.layer.kernel_size, self.layer.stride
         if self.layer.type == "maxpool2d":
-            maxpool2d_backward(dy, saved, x.shape, k, s, dx=dx)
+            maxpool2d_backward(dy, saved, x.shape, k, s, dx=dx, y=y, relu=self.relu)
         else:
             avgpool2d_backward(dy, x.shape, k, s, dx=dx)
 
@@ -203,7 +216,7 @@ class _Flatten(_Step):
         pass
 
 
-def _make_steps(spec) -> list[_Step]:
+def _make_steps(spec, fuse_pool: bool = True) -> list[_Step]:
     steps: list[_Step] = []
     layers = spec.layers
     i = 0
@@ -218,6 +231,10 @@ def _make_steps(spec) -> list[_Step]:
             steps.append(_Dense(layer))
         elif layer.type == "conv2d":
             steps.append(_Conv(layer))
+        elif layer.type == "relu" and fuse_pool and nxt is not None and nxt.type == "maxpool2d":
+            steps.append(_Pool(nxt, relu=True))  # fused pair: relu commutes with max
+            i += 2
+            continue
         elif layer.type in ("relu", "sigmoid", "tanh"):
             steps.append(_Activation(layer))
         elif layer.type in ("maxpool2d", "avgpool2d"):
@@ -278,8 +295,9 @@ class GPUModel(CustomModel):
 
     device = "gpu"
 
-    def __init__(self, spec, seed: int = 0, use_graph: bool | None = None):
+    def __init__(self, spec, seed: int = 0, use_graph: bool | None = None, fuse_pool: bool = True):
         self.use_graph = _graph_default() if use_graph is None else bool(use_graph)
+        self.fuse_pool = bool(fuse_pool)
         self._plans: dict[int, _Plan] = {}
         self._graphs: dict[tuple, object] = {}
         self._eager_done: set[tuple] = set()
@@ -290,7 +308,7 @@ class GPUModel(CustomModel):
     def _setup(self, params):
         import cupy
 
-        self.steps = _make_steps(self.spec)
+        self.steps = _make_steps(self.spec, self.fuse_pool)
         shapes = self.spec.param_shapes()
         offsets, total = {}, 0
         for name, shape in shapes.items():

@@ -3,10 +3,14 @@
 Legend: N batch, C channels, H,W input, P,Q output, R,S window, (sh, sw) stride; no padding (the spec
 has none for pools): P = (H - R) // sh + 1, Q = (W - S) // sw + 1. Windows may overlap (stride < window).
 
-Forward and backward take the same arguments in the same order. Backward gathers, for each input
-pixel, over the outputs whose windows cover it, so dx is written (=) once per element, deterministically.
+Forward and backward take the same arguments in the same order; dx is written (=) once per element,
+deterministically (no atomics). Backward kernels: "tiled" (v3, stride >= window in both directions: one
+thread per window writes its tile of dx) or "gather" (any stride: one thread per input pixel sums over
+the windows covering it); ``version=None`` picks tiled whenever it applies.
 Max pooling saves ``argmax`` (N, C, P, Q) int32, the position r*S + s of the first maximum in each
-window (PyTorch's tie rule), for its backward. Every function takes ``out=``-style arrays and then
+window (PyTorch's tie rule), for its backward. ``relu=True`` fuses a ReLU in front of max pooling
+(the spec's relu -> maxpool2d): y = relu(max x) = max relu(x); its backward routes dy only where y > 0
+and needs the pooled output ``y``. Every function takes ``out=``-style arrays and then
 allocates nothing (CUDA-graph capturable); launches go to CuPy's current stream. ``index64=True`` forces
 the 64-bit-index kernels (used automatically from 2^31 elements; tests force them on small shapes).
 """
@@ -17,9 +21,10 @@ import numpy as np
 from ._compile import blocks, check_array, function
 
 THREADS = 256
-KERNEL_VERSION = {"maxpool2d": "maxpool2d_forward/backward v2 (thread per output / gather per input; 32-bit "
-                               "index math below 2^31 elements)",
-                  "avgpool2d": "avgpool2d_forward/backward v2 (as max)"}
+KERNEL_VERSION = {"maxpool2d": "maxpool2d_forward v2 (thread per output, optional fused relu; 32-bit index "
+                               "math below 2^31 elements); backward v3 tiled (stride >= window) or v2 gather",
+                  "avgpool2d": "avgpool2d_forward v2; backward v3 tiled or v2 gather (as max)"}
+BACKWARD_VERSIONS = ("tiled", "gather")
 INDEX32_LIMIT = 2 ** 31  # arrays below this many elements use the `_i32` entry points
 
 
@@ -64,8 +69,19 @@ def _argmax_buffer(shape, argmax):
     return argmax
 
 
-def maxpool2d_forward(x, kernel_size, stride, out=None, argmax=None, index64=False):
-    """y[n,c,p,q] = max over r<R, s<S of x[n,c,p*sh+r,q*sw+s]; returns ``(y, argmax)``.
+def _backward_version(kernel_size, stride, version):
+    if version is None:
+        return "tiled" if stride[0] >= kernel_size[0] and stride[1] >= kernel_size[1] else "gather"
+    if version not in BACKWARD_VERSIONS:
+        raise ValueError(f"unknown pool backward version {version!r}; choose one of {', '.join(BACKWARD_VERSIONS)}")
+    if version == "tiled" and (stride[0] < kernel_size[0] or stride[1] < kernel_size[1]):
+        raise ValueError(f"the tiled pool backward needs stride >= window, got stride {stride}, window "
+                         f"{kernel_size}; use version='gather' (or None)")
+    return version
+
+
+def maxpool2d_forward(x, kernel_size, stride, out=None, argmax=None, relu=False, index64=False):
+    """y[n,c,p,q] = max over r<R, s<S of x[n,c,p*sh+r,q*sw+s] (relu of it with ``relu``); ``(y, argmax)``.
 
     x (N, C, H, W) float32 -> y (N, C, P, Q) float32, argmax (N, C, P, Q) int32 (saved for backward).
 
@@ -79,15 +95,18 @@ def maxpool2d_forward(x, kernel_size, stride, out=None, argmax=None, index64=Fal
     y = cupy.empty(y_shape, dtype=np.float32) if out is None else check_array(out, "out", shape=y_shape)
     argmax = _argmax_buffer(y_shape, argmax)
     total = int(np.prod(y_shape))
+    scalars = _scalars(x.shape, y_shape, kernel_size, stride) + (np.int32(bool(relu)),)
     _kernel("maxpool2d_forward", x.size, total, index64)((blocks(total, THREADS),), (THREADS,),
-                                                         (x, y, argmax, *_scalars(x.shape, y_shape, kernel_size, stride)))
+                                                         (x, y, argmax, *scalars))
     return y, argmax
 
 
-def maxpool2d_backward(dy, argmax, x_shape, kernel_size, stride, dx=None, index64=False):
+def maxpool2d_backward(dy, argmax, x_shape, kernel_size, stride, dx=None, y=None, relu=False, index64=False,
+                       version=None):
     """dx[n,c,h,w] = sum of dy[n,c,p,q] over the windows (p, q) whose first maximum is (h, w).
 
     dy (N, C, P, Q), argmax (N, C, P, Q) int32 from the forward -> dx (N, C, H, W) (written, =).
+    With ``relu`` (fused in front of the pool), only windows whose pooled output y[n,c,p,q] > 0 pass dy on.
     """
     import cupy
 
@@ -96,10 +115,19 @@ def maxpool2d_backward(dy, argmax, x_shape, kernel_size, stride, dx=None, index6
     y_shape = pool_output_shape(x_shape, kernel_size, stride)
     check_array(dy, "dy", shape=y_shape)
     _argmax_buffer(y_shape, argmax)
+    if relu:
+        if y is None:
+            raise ValueError("maxpool2d_backward with relu=True needs y, the pooled output of the forward")
+        check_array(y, "y", shape=y_shape)
+    else:
+        y = dy  # NOTE: not read by the kernel without relu; any valid pointer will do
     dx = cupy.empty(x_shape, dtype=np.float32) if dx is None else check_array(dx, "dx", shape=x_shape)
-    total = int(np.prod(x_shape))
-    _kernel("maxpool2d_backward", total, dy.size, index64)((blocks(total, THREADS),), (THREADS,),
-                                                           (dy, argmax, dx, *_scalars(x_shape, y_shape, kernel_size, stride)))
+    version = _backward_version(kernel_size, stride, version)
+    scalars = _scalars(x_shape, y_shape, kernel_size, stride) + (np.int32(bool(relu)),)
+    total = int(np.prod(x_shape)) if version == "gather" else int(np.prod(y_shape))  # threads: pixels / windows
+    name = "maxpool2d_backward" if version == "gather" else "maxpool2d_backward_tiled"
+    _kernel(name, int(np.prod(x_shape)), dy.size, index64)((blocks(total, THREADS),), (THREADS,),
+                                                           (dy, argmax, y, dx, *scalars))
     return dx
 
 
@@ -117,7 +145,7 @@ def avgpool2d_forward(x, kernel_size, stride, out=None, index64=False):
     return y
 
 
-def avgpool2d_backward(dy, x_shape, kernel_size, stride, dx=None, index64=False):
+def avgpool2d_backward(dy, x_shape, kernel_size, stride, dx=None, index64=False, version=None):
     """dx[n,c,h,w] = sum of dy[n,c,p,q] / (R*S) over the windows (p, q) covering (h, w); written (=)."""
     import cupy
 
@@ -126,7 +154,9 @@ def avgpool2d_backward(dy, x_shape, kernel_size, stride, dx=None, index64=False)
     y_shape = pool_output_shape(x_shape, kernel_size, stride)
     check_array(dy, "dy", shape=y_shape)
     dx = cupy.empty(x_shape, dtype=np.float32) if dx is None else check_array(dx, "dx", shape=x_shape)
-    total = int(np.prod(x_shape))
-    _kernel("avgpool2d_backward", total, dy.size, index64)((blocks(total, THREADS),), (THREADS,),
+    version = _backward_version(kernel_size, stride, version)
+    total = int(np.prod(x_shape)) if version == "gather" else int(np.prod(y_shape))
+    name = "avgpool2d_backward" if version == "gather" else "avgpool2d_backward_tiled"
+    _kernel(name, int(np.prod(x_shape)), dy.size, index64)((blocks(total, THREADS),), (THREADS,),
                                                            (dy, dx, *_scalars(x_shape, y_shape, kernel_size, stride)))
     return dx
