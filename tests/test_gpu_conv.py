@@ -117,7 +117,8 @@ def test_conv2d(case, version):
     _assert_close(cupy.asnumpy(db), db_ref, db_abs, N * P * Q, f"db {case}")
 
 
-@pytest.mark.parametrize("config", ["128x128x8_8x8", "64x128x8_8x8", "32x64x8_4x8", "32x32x8_4x4"])
+@pytest.mark.parametrize("config", ["128x128x8_8x8", "64x128x8_8x8", "32x64x8_4x8", "32x32x8_4x4", "256x128x8_16x8",
+                                    "128x256x8_8x16"])
 def test_conv2d_forward_every_config(config):
     import cupy
 
@@ -156,3 +157,25 @@ def test_conv2d_rejects_bad_shapes():
         conv2d_forward(cupy.ones((1, 3, 8, 8), np.float32), cupy.ones((4, 2, 3, 3), np.float32), None, 1, 0)
     with pytest.raises(ValueError, match="does not fit"):
         conv2d_forward(cupy.ones((1, 3, 2, 2), np.float32), cupy.ones((4, 3, 5, 5), np.float32), None, 1, 0)
+
+
+SMALLC = [c for c in CASES if c[1] <= 8] + [(3, 8, 13, 17, 5, 3, 5, (2, 1), (1, 2))]
+
+
+@pytest.mark.parametrize("data_version", ["v2", "v3", "v4"])
+@pytest.mark.parametrize("case", SMALLC, ids=lambda c: "N{}C{}H{}W{}K{}R{}S{}s{}{}p{}{}".format(*c[:7], *c[7], *c[8]))
+def test_conv2d_backward_data_versions(case, data_version):
+    import cupy
+
+    from custom_impl.gpu.conv import _dims, backward_data
+
+    N, C, H, Wd, K, R, S, stride, padding = case
+    rng = np.random.default_rng(sum(case[:7]) + 1)
+    x, W = _rand(rng, N, C, H, Wd), _rand(rng, K, C, R, S)
+    y_ref, back = conv_ref(x.astype(np.float64), W.astype(np.float64), stride, padding)
+    _, back_abs = conv_ref(np.abs(x.astype(np.float64)), np.abs(W.astype(np.float64)), stride, padding)
+    dy = _rand(rng, *y_ref.shape)
+    dx = cupy.full(x.shape, np.nan, np.float32)
+    backward_data(cupy.asarray(dy), cupy.asarray(W), dx, _dims(x.shape, W.shape, stride, padding), data_version)
+    _assert_close(cupy.asnumpy(dx), back(dy.astype(np.float64))[0], back_abs(np.abs(dy.astype(np.float64)))[0],
+                  K * R * S, f"dx {data_version} {case}")

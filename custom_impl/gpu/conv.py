@@ -16,6 +16,8 @@ Kernel versions (docs/kernels.md keeps their history):
   v3  backward-data per stride phase (``conv_v3_backward_data``): grid.z over the sh*sw phases, each a
       dense implicit GEMM M=C x cols=N*(H/sh)*(W/sw) over K*(R/sh)*(S/sw) with no skipped taps; the rest
       as v2. ``conv2d_backward``'s default.
+  v4  backward-data for few channels (``conv_v4_backward_data_smallc``, C <= 8): direct, one thread per
+      pixel of one stride phase holding all C outputs, W in shared memory. Default for C <= 4.
 
 Parameter gradients are written (``=``), never accumulated. With ``out``/``dx``/``dW``/``db`` and
 ``workspace`` (``conv2d_workspace_size`` float32 elements) given, nothing is allocated; everything runs on
@@ -163,7 +165,10 @@ def conv2d_backward(dy, x, W, stride, padding, need_dx=True, dx=None, dW=None, d
 
     sms = _num_sms()
     if need_dx:
-        backward_data(dy, W, dx, dims, version, sms)
+        data_version = version
+        if version == "v3" and C <= 4 and smallc_fits(C, K, R, S):
+            data_version = "v4"  # the GEMM's M = C would be mostly padding
+        backward_data(dy, W, dx, dims, data_version, sms)
 
     cfg, k_chunk, splits = _weights_plan(x.shape, W.shape, stride, padding, sms)
     CRS = C * R * S
@@ -186,12 +191,28 @@ def conv2d_backward(dy, x, W, stride, padding, need_dx=True, dx=None, dW=None, d
     return dx, dW, db
 
 
+SMALLC_MAX = 8  # conv.cu's SMALLC_MAX
+
+
+def smallc_fits(C, K, R, S) -> bool:
+    """Whether conv_v4_backward_data_smallc can run: few channels, W in 48 KB of shared memory."""
+    return C <= SMALLC_MAX and K * C * R * S <= 12288
+
+
 def backward_data(dy, W, dx, dims, version="v3", sms=132, config=None):
     """dx from dy (N, K, P, Q) and W (K, C, R, S) with the v2 (gather) or v3 (per stride phase) kernel."""
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
     if version == "v1":
         grid = (min(blocks(dx.size, 256), _GRID_STRIDE_BLOCKS),)
         kernel("conv", "conv_v1_backward_data")(grid, (256,), (dy, W, dx) + _i32(*dims))
+        return dx
+    if version == "v4":
+        if not smallc_fits(C, K, R, S):
+            raise ValueError(f"conv backward_data v4: needs C <= {SMALLC_MAX} and W within 48 KB; got C={C}, "
+                             f"W ({K}, {C}, {R}, {S})")
+        cols = N * -(-H // sh) * -(-Wd // sw)  # the largest phase
+        kern = kernel("conv", "conv_v4_backward_data_smallc")
+        kern((blocks(cols, 256), 1, sh * sw), (256,), (dy, W, dx) + _i32(*dims), shared_mem=4 * K * C * R * S)
         return dx
     if version == "v2":
         cols = N * H * Wd

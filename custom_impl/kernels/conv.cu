@@ -692,3 +692,59 @@ conv_v3_backward_data(const float* __restrict__ dy, const float* __restrict__ Wt
     ConvPhaseGradEpilogue ep{dx, C, H, W, f.Hh * f.Wh, f.Wh, f.h0, f.w0, sh, sw, cols};
     gemm_tile<BM, BN, BK, GEMM_TM, GEMM_TN>(la, lb, ep, m0, n0, 0, red);
 }
+
+// ---- v4 backward-data for few input channels (C <= 8): direct, per stride phase -------------------------
+// The implicit GEMM of v2/v3 has M = C, so with C = 1 or 3 almost all of its 32+-row tile is padding.
+// Here one thread owns one pixel (n, h, w) of one phase (grid.z, as in v3) and all C of its channels in
+// registers; W sits in shared memory (dynamic, K*C*R*S floats). Every thread of a block has the same
+// tap set, so the loops do not diverge and each W read is a broadcast; dy reads are coalesced along w'.
+#define SMALLC_MAX 8
+extern "C" __global__ void __launch_bounds__(256)
+conv_v4_backward_data_smallc(const float* __restrict__ dy, const float* __restrict__ Wt, float* __restrict__ dx,
+                             int N, int C, int H, int W, int K, int R, int S, int P, int Q,
+                             int sh, int sw, int ph, int pw) {
+    extern __shared__ float w_s[];  // (K, C, R, S)
+    const int wsize = K * C * R * S;
+    for (int i = threadIdx.x; i < wsize; i += blockDim.x) w_s[i] = Wt[i];
+    __syncthreads();
+
+    const ConvDims d{N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw};
+    const ConvPhase f = conv_phase(d, blockIdx.z);
+    const int HWh = f.Hh * f.Wh;
+    const long long j = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= (long long)N * HWh) return;  // no barrier below
+    const int n = j / HWh;
+    const int hw = j - (long long)n * HWh;
+    const int hh = hw / f.Wh;
+    const int ww = hw - hh * f.Wh;
+    const int hq = (f.h0 + ph - f.th) / sh + hh;  // p = hq - r'
+    const int wq = (f.w0 + pw - f.tw) / sw + ww;  // q = wq - s'
+    const int RS = R * S;
+
+    float acc[SMALLC_MAX];
+#pragma unroll
+    for (int c = 0; c < SMALLC_MAX; ++c) acc[c] = 0.f;
+    for (int k = 0; k < K; ++k) {
+        const float* dyk = dy + ((long long)n * K + k) * P * Q;
+        const float* wk = w_s + k * C * RS;
+        for (int rp = 0; rp < f.Rt; ++rp) {
+            const int p = hq - rp;
+            if ((unsigned)p >= (unsigned)P) continue;
+            const int r = f.th + rp * sh;
+            for (int sp = 0; sp < f.St; ++sp) {
+                const int q = wq - sp;
+                if ((unsigned)q >= (unsigned)Q) continue;
+                const int tap = r * S + f.tw + sp * sw;
+                const float g = dyk[p * Q + q];
+#pragma unroll
+                for (int c = 0; c < SMALLC_MAX; ++c)
+                    if (c < C) acc[c] = fmaf(wk[c * RS + tap], g, acc[c]);
+            }
+        }
+    }
+    const int h = f.h0 + hh * sh;
+    const int w = f.w0 + ww * sw;
+#pragma unroll
+    for (int c = 0; c < SMALLC_MAX; ++c)
+        if (c < C) dx[(((long long)n * C + c) * H + h) * W + w] = acc[c];
+}
