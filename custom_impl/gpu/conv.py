@@ -17,7 +17,8 @@ Kernel versions (docs/kernels.md keeps their history):
       dense implicit GEMM M=C x cols=N*(H/sh)*(W/sw) over K*(R/sh)*(S/sw) with no skipped taps; the rest
       as v2. ``conv2d_backward``'s default.
   v4  backward-data for few channels (``conv_v4_backward_data_smallc``, C <= 8): direct, one thread per
-      pixel of one stride phase holding all C outputs, W in shared memory. Default for C <= 4.
+      pixel of one stride phase holding all C outputs, W in shared memory. Opt-in
+      (``backward_data(..., "v4")``): not yet run on a GPU.
 
 Parameter gradients are written (``=``), never accumulated. With ``out``/``dx``/``dW``/``db`` and
 ``workspace`` (``conv2d_workspace_size`` float32 elements) given, nothing is allocated; everything runs on
@@ -36,6 +37,10 @@ from ._compile import blocks, check_array
 from .gemm import CONFIG_BY_NAME, _num_sms, _ptr, _vec_ok, choose_config, kernel, split_chunk, splitk_reduce
 
 _GRID_STRIDE_BLOCKS = 132 * 32  # v1 kernels loop over their outputs with a grid-stride loop
+# Tile configs the conv kernels were verified with on the H100 (the 8x16 / 16x8 tiles compile for conv
+# and are covered by test_conv2d_forward_every_config, which has not run on a GPU yet).
+CONV_CONFIGS = tuple(CONFIG_BY_NAME[n] for n in ("128x128x8_8x8", "128x64x8_8x8", "64x128x8_8x8", "64x64x8_8x8",
+                                                 "32x64x8_4x8", "32x32x8_4x4"))
 
 
 def _pair(v, what):
@@ -79,7 +84,7 @@ def _i32(*vals):
 def _weights_plan(x_shape, w_shape, stride, padding, sms=132):
     """(config, k_chunk, splits) of the backward-weights implicit GEMM: M=K, cols=C*R*S, over N*P*Q."""
     N, C, H, W, K, R, S, P, Q, *_ = _dims(x_shape, w_shape, stride, padding)
-    cfg, splits = choose_config(K, C * R * S, N * P * Q, sms, max_splits=256)
+    cfg, splits = choose_config(K, C * R * S, N * P * Q, sms, max_splits=256, candidates=CONV_CONFIGS)
     k_chunk, splits = split_chunk(N * P * Q, splits, cfg.bk)
     return cfg, k_chunk, splits
 
@@ -111,7 +116,7 @@ def conv2d_forward(x, W, b, stride, padding, out=None, workspace=None, version="
         return out
     cols = N * P * Q
     if config is None:
-        cfg, _ = choose_config(K, cols, C * R * S, _num_sms(), max_splits=1)
+        cfg, _ = choose_config(K, cols, C * R * S, _num_sms(), max_splits=1, candidates=CONV_CONFIGS)
     else:
         cfg = CONFIG_BY_NAME[config] if isinstance(config, str) else config
     kern = kernel("conv", "conv_v2_forward", cfg)
@@ -165,10 +170,9 @@ def conv2d_backward(dy, x, W, stride, padding, need_dx=True, dx=None, dW=None, d
 
     sms = _num_sms()
     if need_dx:
-        data_version = version
-        if version == "v3" and C <= 4 and smallc_fits(C, K, R, S):
-            data_version = "v4"  # the GEMM's M = C would be mostly padding
-        backward_data(dy, W, dx, dims, data_version, sms)
+        # NOTE: v4 (few channels) is opt-in until its tests have passed on a GPU; then, for C <= 4 and
+        # smallc_fits(...), it should become the default here (v3's M = C tile is mostly padding).
+        backward_data(dy, W, dx, dims, version, sms)
 
     cfg, k_chunk, splits = _weights_plan(x.shape, W.shape, stride, padding, sms)
     CRS = C * R * S
@@ -216,13 +220,13 @@ def backward_data(dy, W, dx, dims, version="v3", sms=132, config=None):
         return dx
     if version == "v2":
         cols = N * H * Wd
-        cfg = config or choose_config(C, cols, K * R * S, sms, max_splits=1)[0]
+        cfg = config or choose_config(C, cols, K * R * S, sms, max_splits=1, candidates=CONV_CONFIGS)[0]
         kern = kernel("conv", "conv_v2_backward_data", cfg)
         kern((blocks(cols, cfg.bn), blocks(C, cfg.bm)), (cfg.threads,), (dy, W, dx) + _i32(*dims))
         return dx
     cols = N * -(-H // sh) * -(-Wd // sw)  # the largest phase
     red = K * -(-R // sh) * -(-S // sw)
-    cfg = config or choose_config(C, cols * sh * sw, red, sms, max_splits=1)[0]
+    cfg = config or choose_config(C, cols * sh * sw, red, sms, max_splits=1, candidates=CONV_CONFIGS)[0]
     kern = kernel("conv", "conv_v3_backward_data", cfg)
     kern((blocks(cols, cfg.bn), blocks(C, cfg.bm), sh * sw), (cfg.threads,), (dy, W, dx) + _i32(*dims))
     return dx

@@ -122,14 +122,16 @@ def estimate_seconds(cfg: TileConfig, M: int, N: int, K: int, splits: int, sms: 
 
 
 @functools.lru_cache(maxsize=4096)
-def choose_config(M: int, N: int, K: int, sms: int = 132, max_splits: int = 32, launch_s: float | None = None):
+def choose_config(M: int, N: int, K: int, sms: int = 132, max_splits: int = 32, launch_s: float | None = None,
+                  candidates: tuple | None = None):
     """(TileConfig, splits) with the lowest ``estimate_seconds``; splits keep >= 64 k per block.
 
     launch_s: the cost of the extra split-K launch (default ``_LAUNCH_S``, set by ``set_launch_cost``).
+    candidates: the TileConfigs to choose from (default: all of ``CONFIGS``).
     """
     launch_s = _LAUNCH_S if launch_s is None else launch_s
     best = None
-    for cfg in CONFIGS:
+    for cfg in candidates or CONFIGS:
         s = 1
         while s <= max_splits and (s == 1 or K // s >= 64):
             t = estimate_seconds(cfg, M, N, K, s, sms, launch_s)

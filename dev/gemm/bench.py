@@ -174,7 +174,7 @@ def conv_rows(args, rng):
         phases = [
             ("fwd", lambda: conv2d_forward(x, w, b, st, pd, out=y),
              lambda: torch.nn.functional.conv2d(tx, tw, tb, st, pd)),
-            ("bwd-data", lambda: backward_data(dy, w, dx, dims, "v4" if C <= 4 and K * C * R * S <= 12288 else "v3"),
+            ("bwd-data", lambda: backward_data(dy, w, dx, dims, "v3"),
              lambda: torch.ops.aten.convolution_backward(tdy, tx, tw, None, [st, st], [pd, pd], [1, 1], False,
                                                          [0, 0], 1, [True, False, False])),
             ("bwd-weights", lambda: conv2d_backward(dy, x, w, st, pd, need_dx=False, dW=dW, need_db=False,
@@ -182,9 +182,7 @@ def conv_rows(args, rng):
              lambda: torch.ops.aten.convolution_backward(tdy, tx, tw, None, [st, st], [pd, pd], [1, 1], False,
                                                          [0, 0], 1, [False, True, False])),
         ]
-        if C <= 4:  # the auto row is v4 here
-            phases.append(("bwd-data", lambda: backward_data(dy, w, dx, dims, "v3"), phases[1][2], "v3"))
-        elif C <= 8 and K * C * R * S <= 12288:
+        if C <= 8 and K * C * R * S <= 12288:  # the few-channel direct kernel, opt-in so far
             phases.append(("bwd-data", lambda: backward_data(dy, w, dx, dims, "v4"), phases[1][2], "v4"))
         for phase, ours_fn, ref_fn, *variant in phases:
             variant = variant[0] if variant else "auto"
