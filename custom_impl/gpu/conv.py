@@ -195,6 +195,23 @@ def conv2d_backward(dy, x, W, stride, padding, need_dx=True, dx=None, dW=None, d
     return dx, dW, db
 
 
+def conv2d_backward_data(dy, W, x_shape, stride, padding, dx=None, workspace=None, version="v3"):
+    """dx alone (what ``conv2d_backward`` computes with need_dx=True): dy (N, K, P, Q), W (K, C, R, S)
+    -> dx (x_shape = (N, C, H, W)). ``workspace`` is accepted for symmetry and not needed."""
+    import cupy
+
+    check_array(dy, "dy", ndim=4)
+    check_array(W, "W", ndim=4)
+    dims = _dims(tuple(x_shape), W.shape, stride, padding)
+    N, C, H, Wd, K, R, S, P, Q = dims[:9]
+    check_array(dy, "dy", shape=(N, K, P, Q))
+    if dx is None:
+        dx = cupy.empty(tuple(x_shape), dtype=np.float32)
+    else:
+        check_array(dx, "dx", shape=tuple(x_shape))
+    return backward_data(dy, W, dx, dims, version, _num_sms())
+
+
 SMALLC_MAX = 8  # conv.cu's SMALLC_MAX
 
 
