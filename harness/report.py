@@ -152,6 +152,9 @@ def paired(df):
         r = g[(g["impl"] == "reference") & (g["variant"] == rv)]
         if o.empty or r.empty:
             continue
+        refs = g[(g["impl"] == "reference") & g["median_ms"].notna()]
+        best = refs.loc[refs["median_ms"].idxmin()]
+        d.update(best_ref_ms=best["median_ms"], best_ref_variant=best["variant"])
         o, r = o.iloc[0], r.iloc[0]
         d.update(ours_variant=ov, ref_variant=rv, ours_ms=o["median_ms"], ref_ms=r["median_ms"],
                  speedup=r["median_ms"] / o["median_ms"] if o["median_ms"] > 0 else np.nan,
@@ -206,25 +209,24 @@ def tables(df, pairs, out_dir: str) -> dict:
     multi = df["source"].nunique() > 1
     if not pairs.empty and (pairs["kind"] == "model").any():
         m = pairs[pairs["kind"] == "model"].sort_values(["source", "device", "workload", "phase", "batch"])
-        header = (["source"] if multi else []) + ["device", "model", "phase", "batch", "ours", "ours ms",
-                                                   "PyTorch ms", "speedup"]
+        header = ["device (source)" if multi else "device", "model", "phase", "batch", "ours", "ours ms",
+                  "PyTorch eager ms", "speedup", "best PyTorch", "vs best"]
         rows = []
         for _, r in m.iterrows():
-            rows.append(([r["source"]] if multi else []) + [
-                r["device"], r["workload"], r["phase"], str(int(r["batch"])), r["ours_variant"],
-                _mark(_fmt(r["ours_ms"]), r["failed"], r["noisy"]), _fmt(r["ref_ms"]), _fmt(r["speedup"], ".2f")])
-        if multi:
-            header, rows = header[1:], [x[1:] for x in rows]  # keep 3 leading text columns for alignment
-            header[0] = "device/source"
-            rows = [[f"{a}"] + rest for a, *rest in rows]
+            rows.append([f"{r['device']} ({r['source']})" if multi else r["device"], r["workload"], r["phase"],
+                         str(int(r["batch"])), r["ours_variant"], _mark(_fmt(r["ours_ms"]), r["failed"], r["noisy"]),
+                         _fmt(r["ref_ms"]), _fmt(r["speedup"], ".2f"),
+                         f"{_fmt(r['best_ref_ms'])} ({r['best_ref_variant']})",
+                         _fmt(r["best_ref_ms"] / r["ours_ms"] if r["ours_ms"] > 0 else float("nan"), ".2f")])
         res["models"] = _write_tables("models", header, rows, out_dir, "Models: " + caption_note)
     lay = pairs[pairs["kind"] != "model"] if not pairs.empty else pairs
     if not lay.empty:
         lay = lay.sort_values(["source", "device", "kind", "workload", "phase"])
-        header = ["device", "layer shape", "phase", "ours ms", "ref ms", "speedup", "ours TFLOP/s", "ref TFLOP/s"]
+        header = ["device (source)" if multi else "device", "layer shape", "phase", "ours ms", "ref ms", "speedup",
+                  "ours TFLOP/s", "ref TFLOP/s"]
         rows = []
         for _, r in lay.iterrows():
-            rows.append([r["device"], r["shape"] or r["workload"], r["phase"],
+            rows.append([f"{r['device']} ({r['source']})" if multi else r["device"], r["shape"] or r["workload"], r["phase"],
                          _mark(_fmt(r["ours_ms"]), r["failed"], r["noisy"]), _fmt(r["ref_ms"]),
                          _fmt(r["speedup"], ".2f"), _fmt(r["ours_tflops"]), _fmt(r["ref_tflops"])])
         res["layers"] = _write_tables("layers", header, rows, out_dir, "Layer shapes: " + caption_note)
