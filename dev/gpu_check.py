@@ -160,15 +160,23 @@ def diagnose_maxpool(name, batch, seed=0):
             _, idx_own = F.max_pool2d(t_own, (R, S), (sh, sw), return_indices=True)
             t_ref = ref.net[:step.layer.index](xt)
             _, idx_ref = F.max_pool2d(t_ref, (R, S), (sh, sw), return_indices=True)
-        own_mis = int((idx_own.cpu().numpy() != ours_flat).sum())
-        ref_mis = idx_ref.cpu().numpy() != ours_flat
+        # NOTE: with relu fused into the pool (step.relu) our argmax is over the pre-relu input, so windows
+        # whose max is <= 0 route differently from torch's all-zero ties by design (no gradient either way):
+        # compare only windows with a positive maximum.
+        live = cupy.asnumpy(plan.acts[i + 1]) > 0 if getattr(step, "relu", False) else np.ones(am.shape, bool)
+        if getattr(step, "relu", False):
+            t_own = torch.relu(t_own)
+            with torch.no_grad():
+                _, idx_own = F.max_pool2d(t_own, (R, S), (sh, sw), return_indices=True)
+        own_mis = int(((idx_own.cpu().numpy() != ours_flat) & live).sum())
+        ref_mis = (idx_ref.cpu().numpy() != ours_flat) & live
         xr = t_ref.cpu().numpy().reshape(n, c, h * w)
         gaps = []
         for nn_, cc, pp, qq in zip(*np.nonzero(ref_mis)):
             a = xr[nn_, cc, ours_flat[nn_, cc, pp, qq]]
             b = xr[nn_, cc, idx_ref.cpu().numpy()[nn_, cc, pp, qq]]
             gaps.append(abs(float(a) - float(b)) / max(abs(float(b)), 1e-30))
-        diff = float(np.abs(cupy.asnumpy(xin) - t_ref.cpu().numpy()).max())
+        diff = float(np.abs(t_own.cpu().numpy() - t_ref.cpu().numpy()).max())
         lines.append(f"{name} N={batch} layer {step.layer.index}: {am.size} windows; routing vs torch on OUR input: "
                      f"{own_mis} mismatches; on torch's input: {int(ref_mis.sum())} mismatches, relative gaps "
                      f"{['%.1e' % g for g in gaps[:6]]}; max |our input - torch input| {diff:.2e}")
