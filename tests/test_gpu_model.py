@@ -150,6 +150,18 @@ def test_graph_recaptures_for_new_lr_momentum_and_batch():
         np.testing.assert_array_equal(pg[k], pe[k], err_msg=k)
 
 
+def test_clear_cache_then_train_on():
+    spec = modelspec.load("digits-mlp")
+    batches = [random_batch(spec, 11, seed=s) for s in range(2)]
+    m, twin = _gpu_model(spec), _gpu_model(spec, use_graph=False)
+    for i in range(8):
+        if i == 4:
+            m.clear_cache()
+            assert not m._graphs and not m._plans
+        x, y = batches[i % 2]
+        assert float(m.train_step(x, y, 0.1, 0.9)) == float(twin.train_step(x, y, 0.1, 0.9)), f"step {i}"
+
+
 def test_graph_switch_env_var(monkeypatch):
     monkeypatch.setenv("CUSTOM_GPU_GRAPH", "0")
     m = _gpu_model("digits-mlp")

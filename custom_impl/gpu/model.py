@@ -325,6 +325,16 @@ class GPUModel(CustomModel):
         self.params, self.grads, self.velocity = views(self.flat_w), views(self.flat_g), views(self.flat_v)
         self._write_params(params)
 
+    def clear_cache(self) -> None:
+        """Free every per-batch-size buffer set and captured graph (they are rebuilt on the next call).
+
+        A sweep over many batch sizes keeps one plan per N otherwise; graphs go first, since they hold
+        the plans' addresses.
+        """
+        self._graphs.clear()
+        self._eager_done.clear()
+        self._plans.clear()
+
     def _plan(self, n: int) -> _Plan:
         plan = self._plans.get(n)
         if plan is None:
