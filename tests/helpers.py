@@ -61,6 +61,15 @@ STEP_LOSS_TOL = (1e-4, 1e-4)
 MAXPOOL_TRAJECTORY_TOL = {"params": (1e-2, 2e-2), "step_loss": (1e-3, 1e-3)}
 UPDATE_NORM_RTOL = {"default": 1e-4, "maxpool": 5e-2}
 
+# cuDNN's own error: with cudnn.benchmark on (issue 3 asks for it) cuDNN times several algorithms and may
+# pick, for the weight gradient, one that is far less accurate than a direct float32 sum (FFT / Winograd
+# style). Measured on an H100 against float64 (dev/gpu_check.py --truth): lenet-mnist conv weight
+# gradients off by 1.1e-3 to 2.2e-3 of their scale for cuDNN, 2.5e-7 to 3.7e-7 for ours; the algorithm is
+# chosen by timing, so it changes from run to run. Comparisons against the reference on the GPU therefore
+# give gradients of specs with a conv2d 5e-3 of the scale (2x the worst cuDNN error seen);
+# tests/test_gpu_model.py::test_gradients_vs_float64 holds OUR gradients to 1e-5 of the scale.
+CUDNN_WGRAD_TOL = {"grads": (1e-3, 5e-3)}
+
 DEFAULT_TOL = {"logits": FORWARD_TOL, "loss": FORWARD_TOL, "grads": GRAD_TOL, "params": PARAM_TOL,
                "step_loss": STEP_LOSS_TOL}
 
@@ -153,6 +162,9 @@ def compare_models(spec, batch: int, device: str = "cpu", steps: int = 20, lr: f
     tols = dict(DEFAULT_TOL)
     if has_maxpool:
         tols.update(MAXPOOL_TRAJECTORY_TOL)
+    if any(side == ("reference", "gpu") for side in ((a[0], a[1] or device), (b[0], b[1] or device))) \
+            and any(layer.type == "conv2d" for layer in spec.layers):
+        tols.update(CUDNN_WGRAD_TOL)
     tols.update(tol or {})
     update_rtol = tols.get("update_norm", UPDATE_NORM_RTOL["maxpool" if has_maxpool else "default"])
     side_a = Side(a[0], a[1] or device)

@@ -32,24 +32,10 @@ def test_odd_shapes_custom_gpu_vs_custom_cpu(spec, batch):
     compare_models(spec, batch=batch, a=("custom", "gpu"), b=("custom", "cpu"))
 
 
-# cuDNN's own error: with cudnn.benchmark on (issue 3 asks for it) cuDNN times several algorithms and may
-# pick, for the weight gradient, one that is far less accurate than a direct float32 sum (FFT / Winograd
-# style). Measured on an H100 (dev/gpu_check.py --truth, against float64): lenet-mnist at N=33, conv
-# weight gradients off by 1.1e-3 and 1.4e-3 of their scale for cuDNN, 2.5e-7 to 3.7e-7 for ours; at N=21
-# cuDNN picked an accurate algorithm (3e-7). The algorithm is chosen by timing, so this can change from
-# run to run. Against cuDNN, gradients of specs with a conv2d therefore get 3e-3 of the scale (2x the
-# measured cuDNN error); test_gradients_vs_float64 below holds OUR gradients to 1e-5 of the scale.
-CUDNN_WGRAD_TOL = {"grads": (1e-3, 3e-3)}
-
-
-def _has_conv(spec) -> bool:
-    return any(layer.type == "conv2d" for layer in modelspec.load(spec).layers)
-
-
 @pytest.mark.parametrize("batch", [1, 33])
 @pytest.mark.parametrize("name", modelspec.zoo_names())
 def test_zoo_batches_custom_gpu_vs_reference_gpu(name, batch):
-    compare_models(name, batch=batch, device="gpu", steps=5, tol=CUDNN_WGRAD_TOL if _has_conv(name) else None)
+    compare_models(name, batch=batch, device="gpu", steps=5)  # CUDNN_WGRAD_TOL applies (helpers.py)
 
 
 def _float64_grads(spec, x, y):
