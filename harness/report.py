@@ -310,7 +310,13 @@ def _heatmap(ax, mat, row_labels, col_labels, failed, title):
     return im
 
 
-def plot_speedup_models(pairs, device: str):
+def _slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:40] or "x"
+
+
+def plot_speedup_models(pairs, device: str, source: str = ""):
     plt = _plt()
     p = pairs[(pairs["kind"] == "model") & (pairs["device"] == device)] if not pairs.empty else pairs
     if p.empty:
@@ -330,11 +336,12 @@ def plot_speedup_models(pairs, device: str):
         im = _heatmap(ax, mat, models, [str(int(b)) for b in batches], fail, ph)
         ax.set_xlabel("batch", fontsize=7)
     fig.colorbar(im, ax=list(axes.flat), label="log2(reference / ours)", shrink=0.8)
-    fig.suptitle(f"speedup ours vs PyTorch on {device} (>0 blue: ours faster)", fontsize=10)
+    fig.suptitle(f"speedup ours vs PyTorch on {device}{' [' + source + ']' if source else ''} "
+                 "(>0 blue: ours faster)", fontsize=10)
     return fig
 
 
-def plot_speedup_layers(pairs, device: str):
+def plot_speedup_layers(pairs, device: str, source: str = ""):
     plt = _plt()
     p = pairs[(pairs["kind"] != "model") & (pairs["device"] == device)] if not pairs.empty else pairs
     if p.empty:
@@ -347,7 +354,8 @@ def plot_speedup_layers(pairs, device: str):
         i, j = shapes.index(r["workload"]), phases.index(r["phase"])
         mat[i, j], fail[i, j] = r["speedup"], r["failed"]
     fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.22 * len(shapes)))
-    im = _heatmap(ax, mat, shapes, phases, fail, f"layer speedup ours vs PyTorch on {device}")
+    im = _heatmap(ax, mat, shapes, phases, fail,
+                  f"layer speedup ours vs PyTorch on {device}{' [' + source + ']' if source else ''}")
     fig.colorbar(im, ax=ax, label="log2(reference / ours)")
     fig.tight_layout()
     return fig
@@ -445,18 +453,26 @@ def render(inputs: list[str], out_dir: str | None = None, peak_tflops: float | N
     for k, v in tabs.items():
         files[f"{k}.md"], files[f"{k}.tex"] = v["md"], v["tex"]
 
-    peaks = {}
+    peaks, peaks_by_device = {}, {}
     for src, e in envs.items():
         if e.get("peak_fp32_tflops"):
-            peaks[e.get("run_device", "gpu")] = e["peak_fp32_tflops"]
+            peaks[src] = e["peak_fp32_tflops"]
+            peaks_by_device[e.get("run_device", "gpu")] = e["peak_fp32_tflops"]
     figs = []
     devices = [d for d in ("gpu", "cpu") if d in set(df["device"])]
     for dev in devices:
+        # time vs batch: every source of this device in one plot (two GPUs side by side)
         for ph in ("train_step", "forward_backward", "inference"):
             figs.append((f"time_vs_batch_{dev}_{ph}", plot_time_vs_batch(df, dev, ph)))
-        figs.append((f"speedup_models_{dev}", plot_speedup_models(pairs, dev)))
-        figs.append((f"speedup_layers_{dev}", plot_speedup_layers(pairs, dev)))
-        figs.append((f"tflops_{dev}", plot_tflops(df, dev, peak_tflops or peaks.get(dev))))
+        # heatmaps and TFLOP/s: one per source (a heatmap cell holds one run)
+        sources = sorted(set(df[df["device"] == dev]["source"]))
+        for src in sources:
+            tag = dev if len(sources) == 1 else f"{dev}_{_slug(src)}"
+            sp = pairs[pairs["source"] == src] if not pairs.empty else pairs
+            figs.append((f"speedup_models_{tag}", plot_speedup_models(sp, dev, src if len(sources) > 1 else "")))
+            figs.append((f"speedup_layers_{tag}", plot_speedup_layers(sp, dev, src if len(sources) > 1 else "")))
+            peak = peak_tflops or peaks.get(src) or (peaks_by_device.get(dev) if len(sources) == 1 else None)
+            figs.append((f"tflops_{tag}", plot_tflops(df[df["source"] == src], dev, peak)))
     figs.append(("cpu_vs_gpu", plot_cpu_vs_gpu(df)))
     figs = [(n, f) for n, f in figs if f is not None]
     for name, fig in figs:

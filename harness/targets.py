@@ -18,6 +18,7 @@ import csv
 import dataclasses
 import math
 import os
+import time
 
 from . import env as envmod
 
@@ -197,8 +198,15 @@ def run_targets(out: str, device: str, *, peak_tflops: float | None = None, quie
     rec["run_device"] = device
     rec["device_name"] = envmod.device_name(device)
     rec["peak_fp32_tflops"] = peak_tflops or (envmod.peak_fp32_tflops(rec["device_name"]) if device == "gpu" else None)
+    # NOTE: one time limit for the whole command (GPU rows first, then the CPU target's rows), so that it
+    # fits a time-limited GPU machine; a rerun resumes whatever was left.
+    limit = float(suite.settings.get("time_limit_s") or 0)
+    start = time.monotonic()
     for dev in devices:
-        run_suite(suite, dev, results, peak_tflops=peak_tflops, quiet=quiet)
+        override = {}
+        if limit > 0:
+            override["time_limit_s"] = max(1e-3, limit - (time.monotonic() - start))
+        run_suite(suite, dev, results, peak_tflops=peak_tflops, quiet=quiet, settings_override=override)
     try:
         import reference_impl
 

@@ -347,3 +347,15 @@ def test_time_limit_stops_and_rerun_finishes(tmp_path, capsys):
     assert len(read(out / "results.csv")) < len(load_suite(str(suite)).jobs("cpu"))
     assert cli.main(args) == 0
     assert len(read(out / "results.csv")) == len(load_suite(str(suite)).jobs("cpu"))
+
+
+def test_report_two_runs_side_by_side(quick_run, tmp_path):
+    import shutil
+
+    from harness.report import render
+
+    other = tmp_path / "second-run"
+    shutil.copytree(quick_run, other)
+    files = render([str(quick_run), str(other)], out_dir=str(tmp_path / "cmp"))
+    assert any(k.startswith("speedup_models_cpu_second-run") for k in files)
+    assert "(second-run)" in open(files["models.md"], encoding="utf-8").read()
