@@ -423,7 +423,7 @@ def _text_pages(title: str, text: str, lines_per_page: int = 70):
     figs = []
     for start in range(0, len(lines), lines_per_page):
         fig = plt.figure(figsize=(8.27, 11.69))
-        fig.text(0.04, 0.97, title + (f" (cont.)" if start else ""), fontsize=11, weight="bold", va="top")
+        fig.text(0.04, 0.97, title + (" (cont.)" if start else ""), fontsize=11, weight="bold", va="top")
         fig.text(0.04, 0.94, "\n".join(lines[start:start + lines_per_page]), family="monospace", fontsize=5.5,
                  va="top")
         figs.append(fig)

@@ -398,7 +398,6 @@ def _forward_backward_fn(m, xb, yb) -> Callable[[], object]:
     copy of every gradient to the timing.
     """
     if getattr(m, "impl", "") == "reference":
-        torch = _torch()
         yl = m._labels(yb, xb.shape[0])
 
         def fb_ref():
