@@ -114,8 +114,9 @@ def run_suite(suite: Suite, device: str, results_path: str, *, peak_tflops: floa
     with ResultsWriter(results_path) as writer:
         todo = [j for j in jobs if not writer.done(base_row(j, dname, settings))]
         counts["skipped"] = len(jobs) - len(todo)
-        bar = tqdm(todo, desc=f"{suite.name} on {device}", unit="row", disable=True if quiet else None,
-                   file=sys.stderr, dynamic_ncols=True)
+        tty = sys.stderr.isatty()
+        bar = tqdm(todo, desc=f"{suite.name} on {device}", unit="row", disable=quiet, file=sys.stderr,
+                   dynamic_ncols=True, mininterval=0.5 if tty else 15.0)
         limit = float(settings.get("time_limit_s") or 0)
         deadline = time.monotonic() + limit if limit > 0 else None
         for i, job in enumerate(bar):
@@ -124,7 +125,7 @@ def run_suite(suite: Suite, device: str, results_path: str, *, peak_tflops: floa
                 print(f"\nharness: the suite's time limit ({limit:g} s) is reached; {len(todo) - i} rows are left. "
                       "Rerun the same command to measure them (finished rows are kept).", file=sys.stderr)
                 break
-            bar.set_postfix_str(f"{job.workload} b={job.batch} {job.phase} {job.impl}/{job.variant}"[:70])
+            bar.set_postfix_str(f"{job.workload} b={job.batch} {job.phase} {job.impl}/{job.variant}"[:70], refresh=tty)
             row = run_job(job, cases, settings, dname, peak_tflops)
             writer.write(row)
             counts[row.status] = counts.get(row.status, 0) + 1

@@ -347,6 +347,10 @@ class ModelCase:
     def _compiled(self, m, phase, xb, yb):
         torch = _torch()
         try:
+            # NOTE: every zoo network is an nn.Sequential, so all rows share Sequential.forward's code object;
+            # without a reset, dynamo's per-code recompile limit would silently fall back to eager after a
+            # few rows. Each row compiles (and times) its own module.
+            torch._dynamo.reset()
             cnet = torch.compile(m.net, dynamic=False)
         except Exception as err:
             raise Unsupported(f"torch.compile: {type(err).__name__}: {err}") from None
