@@ -359,3 +359,42 @@ def test_report_two_runs_side_by_side(quick_run, tmp_path):
     files = render([str(quick_run), str(other)], out_dir=str(tmp_path / "cmp"))
     assert any(k.startswith("speedup_models_cpu_second-run") for k in files)
     assert "(second-run)" in open(files["models.md"], encoding="utf-8").read()
+
+
+def test_gpu_clocks_bracket_calls_with_device_syncs(monkeypatch):
+    """The CUDA-event clocks (read without a GPU, through fakes): every sample is
+    sync, record start, calls, sync, record end, wait for end; so work queued on any stream is counted."""
+    import types
+
+    from harness import timer
+
+    log = []
+
+    class Event:
+        def __init__(self, *a, **k):
+            self.name = f"ev{sum(1 for x in log if x == 'new-event')}"
+            log.append("new-event")
+
+        def record(self, *a):
+            log.append(f"record {self.name}")
+
+        def synchronize(self):
+            log.append(f"wait {self.name}")
+
+        def elapsed_time(self, other):      # torch's API
+            return 2.0
+
+    cuda = types.SimpleNamespace(Event=Event, get_elapsed_time=lambda a, b: 2.0,
+                                 runtime=types.SimpleNamespace(deviceSynchronize=lambda: log.append("sync")))
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=cuda))
+    fake_torch_cuda = types.SimpleNamespace(Event=Event, synchronize=lambda: log.append("sync"))
+    import torch
+
+    monkeypatch.setattr(torch, "cuda", fake_torch_cuda)
+    for clock in ("cupy", "torch"):
+        log.clear()
+        m = timer.measure(lambda: log.append("call"), clock, warmup=1, budget_s=0.0, min_repeats=2,
+                          min_sample_ms=0.0)
+        assert m.samples_ms == [2.0, 2.0] and m.inner_loops == 1
+        tail = log[-12:]   # the two timed samples
+        assert tail == ["sync", "record ev0", "call", "sync", "record ev1", "wait ev1"] * 2, log
