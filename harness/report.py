@@ -250,7 +250,7 @@ def _plt():
 
 
 def _save(fig, path: str) -> None:
-    fig.savefig(path, dpi=110, metadata={"Software": None})
+    fig.savefig(path, dpi=110, metadata={"Software": None}, bbox_inches="tight")
 
 
 def plot_time_vs_batch(df, device: str, phase: str):
@@ -496,7 +496,7 @@ def render(inputs: list[str], out_dir: str | None = None, peak_tflops: float | N
             pdf.savefig(fig)
             plt.close(fig)
         for _, fig in figs:
-            pdf.savefig(fig)
+            pdf.savefig(fig, bbox_inches="tight")
             plt.close(fig)
     files["pdf"] = pdf_path
     return files
