@@ -451,13 +451,28 @@ def shape_text(job: Job) -> str:
     return f"{p['mode']} N={p['N']} C={p['C']} H={p['H']} W={p['W']} R={p['R']} S={p['S']} stride={p['stride']}"
 
 
+_HOST_DATA: dict[tuple, dict] = {}
+
+
 def _layer_host_data(job: Job, seed: int) -> dict:
-    """Random float32 NumPy inputs of a layer shape (never zeros; odd shapes are the suite's business)."""
+    """Random float32 NumPy inputs of a layer shape (never zeros; odd shapes are the suite's business).
+
+    The last shape's data is kept, so the three phases of one shape share it (large conv inputs take a
+    while to draw).
+    """
+    key = (job.kind, job.workload, seed)
+    if key not in _HOST_DATA:
+        _HOST_DATA.clear()
+        _HOST_DATA[key] = _draw_layer_data(job, seed)
+    return _HOST_DATA[key]
+
+
+def _draw_layer_data(job: Job, seed: int) -> dict:
     p = job.p()
     rng = np.random.default_rng(seed + 7)
 
     def r(*shape):
-        return rng.standard_normal(shape).astype(np.float32)
+        return rng.standard_normal(shape, dtype=np.float32)
 
     if job.kind == "dense":
         m, n, k = p["M"], p["N"], p["K"]
