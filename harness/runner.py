@@ -28,7 +28,7 @@ class _Cases:
             key = (job.kind, job.workload, job.phase, job.device)
         if key != self.key:
             self.case = None
-            free_device_memory()
+            free_device_memory(collect=job.device == "gpu")
             self.case = (ModelCase(job.p()["spec"], job.batch, job.device, self.settings) if job.kind == "model"
                          else LayerCase(job, self.settings))
             self.key = key
@@ -85,7 +85,7 @@ def run_job(job: Job, cases: _Cases, settings: dict, device_name: str, peak_tflo
         if is_oom(err):
             row.status, row.reason = "oom", f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
             cases.key = cases.case = None
-            free_device_memory()
+            free_device_memory(collect=True)
         elif job.variant == "torch-compile":
             row.status = "unsupported"
             row.reason = f"torch.compile failed: {type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"

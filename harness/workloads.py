@@ -106,7 +106,13 @@ def set_strict_fp32() -> None:
     torch.backends.cudnn.benchmark = True
 
 
-def free_device_memory() -> None:
+def free_device_memory(collect: bool = False) -> None:
+    """Give cached device memory back (CuPy pool, PyTorch caching allocator); ``collect``: gc first, so
+    models of finished rows (and the CUDA graphs they hold) are gone before the pools are emptied."""
+    if collect:
+        import gc
+
+        gc.collect()
     try:
         import cupy
 
