@@ -207,8 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--peak-tflops", type=float, help="FP32 peak used when the results do not name one")
     rp.set_defaults(func=cmd_report)
 
-    pa = sub.add_parser("parity", help="parity table: every zoo model and layer kind, ours vs the reference",
-                        description="Compare ours with the reference (same device, same inputs and parameters) "
+    pa = sub.add_parser("parity", help="parity table: every zoo model and layer kind, both impls vs float64",
+                        description="Compare ours and PyTorch with the reference computed in float64 (same device, inputs, parameters) "
                                     "for every zoo model (inference, forward_backward, train_step) and every "
                                     "layer kind and phase; exit code 1 if any row fails.")
     pa.add_argument("--device", default="auto", choices=devs)
