@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One visit to the GPU machine, run from the repository root (nothing to install there):
+#   bash dev/h100_visit.sh tests     # every gpu-marked test + the harness parity table
+#   bash dev/h100_visit.sh reports   # the default GPU suite (report) and the issue-5 targets
+# Logs and results go to $OUT (the device tool brings them back); a short summary is printed last.
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+out=${OUT:-out}; mkdir -p "$out"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv | tee "$out/nvidia_smi.txt"
+case "${1:-tests}" in
+  tests)
+    timeout 430 python3 -m pytest -m gpu -q -p no:cacheprovider --junitxml="$out/gpu_junit.xml" >"$out/gpu_tests.log" 2>&1
+    echo "pytest exit: $?"
+    timeout 120 python3 -m harness parity --device gpu >"$out/parity_gpu.md" 2>&1
+    echo "parity exit: $?"
+    grep -E "FAILED|ERROR" "$out/gpu_tests.log" | head -30
+    tail -3 "$out/gpu_tests.log"
+    ;;
+  reports)
+    card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '-' | tr -cd 'A-Za-z0-9-')
+    timeout 330 python3 -m harness run --device gpu --quiet --out "reports/gpu-$card" >"$out/run.log" 2>&1
+    echo "run exit: $?"
+    timeout 230 python3 -m harness targets --out "reports/targets-$card" >"$out/targets.log" 2>&1
+    echo "targets exit: $?"
+    tar czf "$out/reports.tgz" reports/gpu-"$card" reports/targets-"$card"
+    tail -25 "$out/run.log"; tail -15 "$out/targets.log"
+    ;;
+esac
