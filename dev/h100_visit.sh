@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One visit to the GPU machine, run from the repository root (nothing to install there):
 #   bash dev/h100_visit.sh tests     # every gpu-marked test + the harness parity table
-#   bash dev/h100_visit.sh reports   # the default GPU suite (report) and the issue-5 targets
+#   bash dev/h100_visit.sh run       # the default GPU suite and its report -> reports/gpu-<card>/
+#   bash dev/h100_visit.sh targets   # the issue-5 targets -> reports/targets-<card>/
 # Logs and results go to $OUT (the device tool brings them back); a short summary is printed last.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -16,13 +17,15 @@ case "${1:-tests}" in
     grep -E "FAILED|ERROR" "$out/gpu_tests.log" | head -30
     tail -3 "$out/gpu_tests.log"
     ;;
-  reports)
+  run|targets)
     card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '-' | tr -cd 'A-Za-z0-9-')
-    timeout 330 python3 -m harness run --device gpu --quiet --out "reports/gpu-$card" >"$out/run.log" 2>&1
-    echo "run exit: $?"
-    timeout 230 python3 -m harness targets --out "reports/targets-$card" >"$out/targets.log" 2>&1
-    echo "targets exit: $?"
-    tar czf "$out/reports.tgz" reports/gpu-"$card" reports/targets-"$card"
-    tail -25 "$out/run.log"; tail -15 "$out/targets.log"
+    if [ "$1" = run ]; then
+      timeout 480 python3 -m harness run --device gpu --quiet --out "reports/gpu-$card" >"$out/$1.log" 2>&1
+    else
+      timeout 480 python3 -m harness targets --device gpu --quiet --out "reports/targets-$card" >"$out/$1.log" 2>&1
+    fi
+    echo "$1 exit: $?"
+    tar czf "$out/$1.tgz" reports/*-"$card"
+    tail -30 "$out/$1.log"
     ;;
 esac
