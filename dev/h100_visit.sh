@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One visit to the GPU machine, run from the repository root (nothing to install there):
-#   bash dev/h100_visit.sh tests     # every gpu-marked test + the harness parity table
+#   bash dev/h100_visit.sh tests [PATH...]  # the gpu-marked tests (all, or those files) + the parity table
 #   bash dev/h100_visit.sh run       # the default GPU suite and its report -> reports/gpu-<card>/
 #   bash dev/h100_visit.sh targets   # the issue-5 targets -> reports/targets-<card>/
 # Logs and results go to $OUT (the device tool brings them back); a short summary is printed last.
@@ -10,9 +10,11 @@ out=${OUT:-out}; mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv | tee "$out/nvidia_smi.txt"
 case "${1:-tests}" in
   tests)
-    timeout 430 python3 -m pytest -m gpu -q -p no:cacheprovider --junitxml="$out/gpu_junit.xml" >"$out/gpu_tests.log" 2>&1
+    shift
+    timeout "${TIMEOUT_S:-430}" python3 -m pytest -m gpu -q -p no:cacheprovider --junitxml="$out/gpu_junit.xml" "$@" \
+      >"$out/gpu_tests.log" 2>&1
     echo "pytest exit: $?"
-    timeout 120 python3 -m harness parity --device gpu >"$out/parity_gpu.md" 2>&1
+    [ "$#" -gt 0 ] || timeout 120 python3 -m harness parity --device gpu >"$out/parity_gpu.md" 2>&1
     echo "parity exit: $?"
     grep -E "FAILED|ERROR" "$out/gpu_tests.log" | head -30
     tail -3 "$out/gpu_tests.log"
@@ -20,9 +22,9 @@ case "${1:-tests}" in
   run|targets)
     card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '-' | tr -cd 'A-Za-z0-9-')
     if [ "$1" = run ]; then
-      timeout 480 python3 -m harness run --device gpu --quiet --out "reports/gpu-$card" >"$out/$1.log" 2>&1
+      timeout "${TIMEOUT_S:-480}" python3 -m harness run --device gpu --quiet --out "reports/gpu-$card" >"$out/$1.log" 2>&1
     else
-      timeout 480 python3 -m harness targets --device gpu --quiet --out "reports/targets-$card" >"$out/$1.log" 2>&1
+      timeout "${TIMEOUT_S:-480}" python3 -m harness targets --device gpu --quiet --out "reports/targets-$card" >"$out/$1.log" 2>&1
     fi
     echo "$1 exit: $?"
     tar czf "$out/$1.tgz" reports/*-"$card"

@@ -36,8 +36,16 @@ from .suites import Job
 #   weight-gradient algorithm that is much less accurate: measured on the H100 against float64, 1.1e-3
 #   and 1.4e-3 of the scale (lenet-mnist, N=33; tests/test_gpu_model.py). Conv weight gradients on the
 #   GPU, and the gradients / train steps of GPU models with a conv2d, therefore get 3e-3 (2x that).
+# - model gradients and train-step updates are compared normwise (||a - b|| / ||b|| per output, the
+#   METHOD.md metric) rather than by the largest entry: in a float32 ReLU network at a large batch a
+#   handful of pre-activations sit within rounding of zero, float32 and float64 put them on different
+#   sides of the kink, and each such sample moves whole gradient rows. Measured: mlp-deep at N=8192,
+#   our CPU and GPU code and PyTorch alike, 2e-2 of the largest entry but 1.4e-3 normwise (both float32
+#   implementations agree with each other to 1e-6). MODEL_GRAD_RTOL = 3e-3 is 2x that; a real bug is
+#   of order 1.
 LAYER_RTOL = 1e-4
 MODEL_RTOL = 1e-3
+MODEL_GRAD_RTOL = 3e-3
 CUDNN_WGRAD_RTOL = 3e-3
 
 
@@ -68,8 +76,8 @@ class Prepared:
     cleanup: Callable[[], None] = lambda: None
 
 
-def rel_err(got: list, want: list) -> float:
-    """max over outputs of max|a - b| / max|b| (0/0 -> 0)."""
+def rel_err(got: list, want: list, norm: str = "max") -> float:
+    """max over outputs of max|a - b| / max|b| (norm "max") or ||a - b||_2 / ||b||_2 (norm "fro"); 0/0 -> 0."""
     worst = 0.0
     if len(got) != len(want):
         return math.inf
@@ -80,8 +88,9 @@ def rel_err(got: list, want: list) -> float:
             return math.inf
         if not np.all(np.isfinite(a)):
             return math.inf
-        scale = float(np.max(np.abs(b))) if b.size else 0.0
-        diff = float(np.max(np.abs(a - b))) if a.size else 0.0
+        measure = np.max if norm == "max" else (lambda v: np.sqrt(np.sum(v * v)))
+        scale = float(measure(np.abs(b))) if b.size else 0.0
+        diff = float(measure(np.abs(a - b))) if a.size else 0.0
         worst = max(worst, diff / scale if scale > 0 else (0.0 if diff == 0 else math.inf))
     return worst
 
@@ -209,7 +218,9 @@ class _Updates(list):
 def parity_tolerance(phase: str, baseline, conv_on_gpu: bool = False) -> float:
     """The tolerance of a model row: MODEL_RTOL (CUDNN_WGRAD_RTOL for gradients of GPU models with a
     conv2d), plus for train_step the weight-rounding term (see _Updates)."""
-    base = CUDNN_WGRAD_RTOL if (conv_on_gpu and phase != "inference") else MODEL_RTOL
+    base = MODEL_RTOL if phase == "inference" else MODEL_GRAD_RTOL
+    if conv_on_gpu and phase != "inference":
+        base = max(base, CUDNN_WGRAD_RTOL)
     if phase == "train_step":
         return base + 4 * 2.0 ** -24 * getattr(baseline, "weight_ratio", 0.0)
     return base
@@ -282,7 +293,8 @@ class ModelCase:
         got = self._variant_outputs(job)
         base = self.baseline(job.phase)
         conv_gpu = job.device == "gpu" and any(layer.type == "conv2d" for layer in self.spec.layers)
-        return "float64", rel_err(got, base), parity_tolerance(job.phase, base, conv_gpu)
+        norm = "max" if job.phase == "inference" else "fro"   # see MODEL_GRAD_RTOL
+        return "float64", rel_err(got, base, norm), parity_tolerance(job.phase, base, conv_gpu)
 
     def _variant_outputs(self, job: Job) -> list:
         m = self._fresh(job)

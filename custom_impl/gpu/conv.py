@@ -17,8 +17,9 @@ Kernel versions (docs/kernels.md keeps their history):
       dense implicit GEMM M=C x cols=N*(H/sh)*(W/sw) over K*(R/sh)*(S/sw) with no skipped taps; the rest
       as v2. ``conv2d_backward``'s default.
   v4  backward-data for few channels (``conv_v4_backward_data_smallc``, C <= 8): direct, one thread per
-      pixel of one stride phase holding all C outputs, W in shared memory. Opt-in
-      (``backward_data(..., "v4")``): not yet run on a GPU.
+      pixel of one stride phase holding all C outputs, W in shared memory. Passed the GPU tests on the
+      H100; ``version="auto"`` (the default of ``conv2d_backward_data`` and ``conv2d_backward``) times v3
+      and v4 once per shape where v4 can run and caches the faster (``choose_backward_data``).
 
 Parameter gradients are written (``=``), never accumulated. With ``out``/``dx``/``dW``/``db`` and
 ``workspace`` (``conv2d_workspace_size`` float32 elements) given, nothing is allocated; everything runs on
@@ -127,7 +128,7 @@ def conv2d_forward(x, W, b, stride, padding, out=None, workspace=None, version="
 
 
 def conv2d_backward(dy, x, W, stride, padding, need_dx=True, dx=None, dW=None, db=None, workspace=None,
-                    need_db=True, version="v3"):
+                    need_db=True, version="auto"):
     """(dx or None, dW, db or None) for dy (N, K, P, Q), x (N, C, H, W), W (K, C, R, S).
 
     ``workspace``: at least ``conv2d_workspace_size(...)`` float32 elements, or None to use the shared
@@ -170,8 +171,6 @@ def conv2d_backward(dy, x, W, stride, padding, need_dx=True, dx=None, dW=None, d
 
     sms = _num_sms()
     if need_dx:
-        # NOTE: v4 (few channels) is opt-in until its tests have passed on a GPU; then, for C <= 4 and
-        # smallc_fits(...), it should become the default here (v3's M = C tile is mostly padding).
         backward_data(dy, W, dx, dims, version, sms)
 
     cfg, k_chunk, splits = _weights_plan(x.shape, W.shape, stride, padding, sms)
@@ -195,7 +194,7 @@ def conv2d_backward(dy, x, W, stride, padding, need_dx=True, dx=None, dW=None, d
     return dx, dW, db
 
 
-def conv2d_backward_data(dy, W, x_shape, stride, padding, dx=None, workspace=None, version="v3"):
+def conv2d_backward_data(dy, W, x_shape, stride, padding, dx=None, workspace=None, version="auto"):
     """dx alone (what ``conv2d_backward`` computes with need_dx=True): dy (N, K, P, Q), W (K, C, R, S)
     -> dx (x_shape = (N, C, H, W)). ``workspace`` is accepted for symmetry and not needed."""
     import cupy
@@ -220,9 +219,43 @@ def smallc_fits(C, K, R, S) -> bool:
     return C <= SMALLC_MAX and K * C * R * S <= 12288
 
 
+_data_choice: dict = {}
+
+
+def choose_backward_data(dy, W, dx, dims, sms=132) -> str:
+    """"v3" or "v4" for this shape: v4 only where it can run (few channels), then whichever of the two
+    ran faster when first timed (CUDA events, 3 calls each after one warm-up; cached per device and
+    shape). Inside a CUDA-graph capture nothing can be timed: an uncached shape gets v3 there."""
+    import cupy
+
+    N, C, H, Wd, K, R, S = dims[:7]
+    if not smallc_fits(C, K, R, S):
+        return "v3"
+    key = (cupy.cuda.Device().id, dims)
+    if key not in _data_choice:
+        stream = cupy.cuda.get_current_stream()
+        if stream.ptr and cupy.cuda.runtime.streamIsCapturing(stream.ptr):
+            return "v3"
+        times = {}
+        for v in ("v3", "v4"):
+            backward_data(dy, W, dx, dims, v, sms)
+            start, end = cupy.cuda.Event(), cupy.cuda.Event()
+            start.record(stream)
+            for _ in range(3):
+                backward_data(dy, W, dx, dims, v, sms)
+            end.record(stream)
+            end.synchronize()
+            times[v] = cupy.cuda.get_elapsed_time(start, end)
+        _data_choice[key] = min(times, key=times.get)
+    return _data_choice[key]
+
+
 def backward_data(dy, W, dx, dims, version="v3", sms=132, config=None):
-    """dx from dy (N, K, P, Q) and W (K, C, R, S) with the v2 (gather) or v3 (per stride phase) kernel."""
+    """dx from dy (N, K, P, Q) and W (K, C, R, S) with the v1, v2 (gather), v3 (per stride phase) or v4
+    (few channels) kernel; "auto" picks v3 or v4 (``choose_backward_data``)."""
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
+    if version == "auto":
+        version = choose_backward_data(dy, W, dx, dims, sms)
     if version == "v1":
         grid = (min(blocks(dx.size, 256), _GRID_STRIDE_BLOCKS),)
         kernel("conv", "conv_v1_backward_data")(grid, (256,), (dy, W, dx) + _i32(*dims))
