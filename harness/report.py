@@ -253,6 +253,12 @@ def _save(fig, path: str) -> None:
     fig.savefig(path, dpi=110, metadata={"Software": None}, bbox_inches="tight")
 
 
+def _line_colours(plt, d, columns: list[str]) -> dict:
+    """One colour per line key across every panel of a figure, so a colour means the same everywhere."""
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {k: palette[i % len(palette)] for i, k in enumerate(sorted(d.groupby(columns).groups))}
+
+
 def plot_time_vs_batch(df, device: str, phase: str):
     plt = _plt()
     d = df[(df["kind"] == "model") & (df["device"] == device) & (df["phase"] == phase) & df["median_ms"].notna()]
@@ -264,13 +270,14 @@ def plot_time_vs_batch(df, device: str, phase: str):
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.7 * rows), squeeze=False)
     multi = df["source"].nunique() > 1
+    colour = _line_colours(plt, d, ["source", "impl", "variant"])
     for ax, model in zip(axes.flat, models):
         g = d[d["workload"] == model]
         for (src, impl, var), s in g.groupby(["source", "impl", "variant"]):
             s = s.sort_values("batch")
             label = f"{impl}/{var}" + (f" [{src}]" if multi else "")
             ls = "-" if impl == "custom" else "--"
-            ax.plot(s["batch"], s["median_ms"], ls, marker="o", ms=3, label=label)
+            ax.plot(s["batch"], s["median_ms"], ls, marker="o", ms=3, label=label, color=colour[(src, impl, var)])
             f = s[s["failed"]]
             if not f.empty:
                 ax.plot(f["batch"], f["median_ms"], "x", color="red", ms=8, mew=2)
@@ -323,6 +330,7 @@ def plot_speedup_models(pairs, device: str, source: str = ""):
         return None
     phases = [ph for ph in ("inference", "forward_backward", "train_step") if ph in set(p["phase"])]
     fig, axes = plt.subplots(1, len(phases), figsize=(4.2 * len(phases), 3.6), squeeze=False)
+    fig.subplots_adjust(wspace=0.45)   # room for the model names of each panel
     im = None
     for ax, ph in zip(axes.flat, phases):
         g = p[p["phase"] == ph]
@@ -399,12 +407,13 @@ def plot_cpu_vs_gpu(df):
     cols = min(4, len(models))
     rows = -(-len(models) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.7 * rows), squeeze=False)
+    colour = _line_colours(plt, d, ["device", "impl", "variant"])
     for ax, model in zip(axes.flat, models):
         g = d[d["workload"] == model]
         for (dev, impl, var), s in g.groupby(["device", "impl", "variant"]):
             s = s.sort_values("batch")
             ax.plot(s["batch"], s["median_ms"], "-" if dev == "gpu" else ":", marker="o", ms=3,
-                    label=f"{dev} {impl}/{var}")
+                    label=f"{dev} {impl}/{var}", color=colour[(dev, impl, var)])
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_title(model, fontsize=9)
