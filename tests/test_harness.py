@@ -398,3 +398,29 @@ def test_gpu_clocks_bracket_calls_with_device_syncs(monkeypatch):
         assert m.samples_ms == [2.0, 2.0] and m.inner_loops == 1
         tail = log[-12:]   # the two timed samples
         assert tail == ["sync", "record ev0", "call", "sync", "record ev1", "wait ev1"] * 2, log
+
+
+def test_out_of_memory_becomes_oom_row_and_sweep_goes_on(tmp_path, monkeypatch):
+    """A batch that runs out of device memory is recorded with status oom; the other rows still run."""
+    suite = tmp_path / "tiny.toml"
+    suite.write_text(TINY_SUITE)
+    out = tmp_path / "out"
+    real_get = runner._Cases.get
+
+    class OutOfMemoryError(RuntimeError):   # the name CuPy and torch give their allocation failures
+        pass
+
+    def get(self, job):
+        if job.kind == "model" and job.batch == 3:
+            raise OutOfMemoryError("out of memory allocating 123456789 bytes")
+        return real_get(self, job)
+
+    monkeypatch.setattr(runner._Cases, "get", get)
+    args = ["run", "--suite", str(suite), "--device", "cpu", "--out", str(out), "--quiet", "--no-report"]
+    assert cli.main(args) == 0
+    rows = read(out / "results.csv")
+    assert len(rows) == len(load_suite(str(suite)).jobs("cpu"))
+    oom = [r for r in rows if r["status"] == "oom"]
+    assert oom and all(r["batch"] == "3" and r["kind"] == "model" for r in oom)
+    assert "out of memory" in oom[0]["reason"]
+    assert all(r["status"] == "ok" for r in rows if r not in oom)
