@@ -64,9 +64,33 @@ def _load_suite(name: str, models: str | None):
 
 
 def default_out(suite_name: str, device: str) -> str:
+    """``reports/<suite>-<device name>``, or with ``-2``, ``-3``, ... when that folder holds another machine's run.
+
+    A folder is this machine's when it has no env.json yet (a run interrupted before its end) or its
+    env.json names this host; rerunning then resumes it. Results committed from another machine (the
+    repository's own reports/, say) are never resumed into, which would skip every row.
+    """
     from . import env
 
-    return os.path.join("reports", f"{suite_name}-{env.slug(env.device_name(device))}")
+    base = os.path.join("reports", f"{suite_name}-{env.slug(env.device_name(device))}")
+    path, i = base, 1
+    while not _is_ours(path):
+        i += 1
+        path = f"{base}-{i}"
+    return path
+
+
+def _is_ours(folder: str) -> bool:
+    import json
+    import platform
+
+    try:
+        with open(os.path.join(folder, "env.json"), encoding="utf-8") as fh:
+            return json.load(fh).get("hostname") == platform.node()
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def cmd_run(args) -> int:

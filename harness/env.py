@@ -102,6 +102,7 @@ def collect(device: str | None = None) -> dict:
         "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "hostname": platform.node(),
         "cpu_model": cpu_model(),
         "cpu_cores": os.cpu_count(),
         "numpy": _version("numpy"),

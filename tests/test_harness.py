@@ -424,3 +424,20 @@ def test_out_of_memory_becomes_oom_row_and_sweep_goes_on(tmp_path, monkeypatch):
     assert oom and all(r["batch"] == "3" and r["kind"] == "model" for r in oom)
     assert "out of memory" in oom[0]["reason"]
     assert all(r["status"] == "ok" for r in rows if r not in oom)
+
+
+def test_default_folder_never_resumes_another_machines_run(tmp_path, monkeypatch):
+    """Committed results from another host get a fresh -2 folder; this host's (or an unfinished) run resumes."""
+    import platform
+
+    monkeypatch.chdir(tmp_path)
+    base = cli.default_out("quick", "cpu")
+    assert base.startswith(os.path.join("reports", "quick-"))
+    os.makedirs(base)
+    assert cli.default_out("quick", "cpu") == base                 # no env.json yet: an interrupted run
+    with open(os.path.join(base, "env.json"), "w") as fh:
+        json.dump({"hostname": platform.node()}, fh)
+    assert cli.default_out("quick", "cpu") == base                 # ours: resume
+    with open(os.path.join(base, "env.json"), "w") as fh:
+        json.dump({"hostname": platform.node() + "-elsewhere"}, fh)
+    assert cli.default_out("quick", "cpu") == base + "-2"          # another machine's: a new folder
