@@ -9,7 +9,7 @@ from . import env as envmod
 from .results import ResultsWriter, Row
 from .suites import Job, Suite
 from .timer import measure
-from .workloads import (LAYER_NOTES, LayerCase, ModelCase, Unsupported, free_device_memory, is_oom, layer_tolerance,
+from .workloads import (LayerCase, ModelCase, Unsupported, free_device_memory, is_oom, layer_tolerance,
                         set_strict_fp32, shape_text)
 
 
@@ -74,7 +74,6 @@ def run_job(job: Job, cases: _Cases, settings: dict, device_name: str, peak_tflo
                 row.pct_peak = 100.0 * row.tflops / peak_tflops
         row.peak_mem_bytes = prep.peak_mem()
         row.status = "ok" if row.parity_ok is not False else "parity_fail"
-        row.reason = LAYER_NOTES.get((job.device, job.kind, job.phase), "") if job.impl == "custom" else ""
         if row.parity_ok is False:
             row.reason = f"parity: rel err {err:.3g} > {tol:g} against {against}"
     except KeyboardInterrupt:

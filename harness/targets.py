@@ -31,20 +31,24 @@ TRAIN_BEST_MAX_BATCH = 1024
 class Target:
     name: str
     device: str
+    kind: str      # the results.csv kind of the rows behind it: dense, conv2d or model (train_step)
     goal: float
     measure: str
 
 
 TARGETS = (
-    Target("dense_gemm_4096", "gpu", 0.90, "dense forward X*W^T at M=N=K=4096: cuBLAS time / our time"),
-    Target("dense_suite_geomean", "gpu", 0.85, "geomean of cuBLAS / ours over the dense suite, all three phases"),
-    Target("conv_suite_geomean", "gpu", 0.80, "geomean of cuDNN / ours over the conv2d suite, all three phases"),
-    Target("conv_suite_min", "gpu", 0.50, "worst conv2d row of that suite"),
-    Target("train_step_vs_best_torch", "gpu", 1.0,
+    Target("dense_gemm_4096", "gpu", "dense", 0.90, "dense forward X*W^T at M=N=K=4096: cuBLAS time / our time"),
+    Target("dense_suite_geomean", "gpu", "dense", 0.85,
+           "geomean of cuBLAS / ours over the dense suite, all three phases"),
+    Target("conv_suite_geomean", "gpu", "conv2d", 0.80,
+           "geomean of cuDNN / ours over the conv2d suite, all three phases"),
+    Target("conv_suite_min", "gpu", "conv2d", 0.50, "worst conv2d row of that suite"),
+    Target("train_step_vs_best_torch", "gpu", "model", 1.0,
            "worst over zoo models x batch 1..1024 of min(PyTorch eager, PyTorch CUDA graph) / ours (CUDA graph)"),
-    Target("train_step_vs_eager_geomean", "gpu", 3.0,
+    Target("train_step_vs_eager_geomean", "gpu", "model", 3.0,
            "geomean over zoo models x batch 1..8192 of PyTorch eager / ours (CUDA graph)"),
-    Target("cpu_train_step_geomean", "cpu", 0.8, "zoo models at batch >= 64 on the CPU: PyTorch CPU / our NumPy"),
+    Target("cpu_train_step_geomean", "cpu", "model", 0.8,
+           "zoo models at batch >= 64 on the CPU: PyTorch CPU / our NumPy"),
 )
 
 
@@ -121,7 +125,7 @@ def evaluate(rows_list: list[dict], gpu_reason: str | None) -> list[dict]:
             else:
                 bad = [_describe(r, w) for r, w, good in ((ours, "ours", _ok), (ref, "cuBLAS", _timed)) if not good(r)]
         elif t.name in ("dense_suite_geomean", "conv_suite_geomean", "conv_suite_min"):
-            ratios, bad, line["rows"] = _layer_ratios(rows, "dense" if t.name.startswith("dense") else "conv2d")
+            ratios, bad, line["rows"] = _layer_ratios(rows, t.kind)
             if ratios:
                 value = min(ratios) if t.name.endswith("min") else _geomean(ratios)
         elif t.name.startswith("train_step"):
@@ -179,10 +183,8 @@ def evaluate(rows_list: list[dict], gpu_reason: str | None) -> list[dict]:
 
 def _reference_parity_failures(rows: _Rows, t: Target) -> int:
     """How many reference rows of the target's kind/device were timed but failed parity."""
-    kind = {"dense_gemm_4096": "dense", "dense_suite_geomean": "dense", "conv_suite_geomean": "conv2d",
-            "conv_suite_min": "conv2d"}.get(t.name, "model")
-    picked = rows.pick(kind=kind, impl="reference", device=t.device, status="parity_fail")
-    if kind == "model":
+    picked = rows.pick(kind=t.kind, impl="reference", device=t.device, status="parity_fail")
+    if t.kind == "model":
         picked = [r for r in picked if r.get("phase") == "train_step"]
     if t.name == "dense_gemm_4096":
         picked = [r for r in picked if r.get("workload") == "dense_M4096_N4096_K4096" and r.get("phase") == "forward"]

@@ -55,10 +55,6 @@ def layer_tolerance(job: Job) -> float:
     return LAYER_RTOL
 
 
-# (device, kind, phase) -> a caveat written into the row's ``reason`` column (the row stays ok).
-LAYER_NOTES: dict[tuple, str] = {}
-
-
 class Unsupported(Exception):
     """This variant cannot run this row (the message says why); the row gets status 'unsupported'."""
 
@@ -558,8 +554,7 @@ def _cpu_layer_fn(job: Job, data: dict) -> Callable[[], tuple]:
         if ph == "forward":
             return lambda: (dense.dense_forward(x, W, b),)
         if ph == "backward_data":
-            # NOTE: the dx branch of dense.dense_backward alone (that function always computes dW, db too)
-            return lambda: (dy @ W,)
+            return lambda: (dense.dense_backward_data(dy, W),)
 
         def bw():
             _, dW, db = dense.dense_backward(dy, x, W, need_dx=False)
@@ -572,32 +567,23 @@ def _cpu_layer_fn(job: Job, data: dict) -> Callable[[], tuple]:
         st, pad = (p["stride"],) * 2, (p["padding"],) * 2
         if ph == "forward":
             return lambda: (conv.conv2d_forward(x, W, b, st, pad)[0],)
-        _, cols = conv.conv2d_forward(x, W, b, st, pad)   # (C*R*S, N*P*Q), saved by forward
         if ph == "backward_weights":
+            _, cols = conv.conv2d_forward(x, W, b, st, pad)   # (C*R*S, N*P*Q), saved by forward
+
             def bw():
                 _, dW, db = conv.conv2d_backward(dy, cols, x.shape, W, st, pad, need_dx=False)
                 return (dW, db)
             return bw
-        if hasattr(conv, "conv2d_backward_data"):
-            return lambda: (conv.conv2d_backward_data(dy, W, x.shape, st, pad),)
-        # NOTE: custom_impl.cpu.conv has no dx-only backward; conv2d_backward computes dW and db as well, so
-        # this row times more work for ours than PyTorch's backward-data does (a pessimistic figure).
-        LAYER_NOTES[("cpu", "conv2d", "backward_data")] = "ours times dx, dW and db (no dx-only API)"
-        return lambda: (conv.conv2d_backward(dy, cols, x.shape, W, st, pad, need_dx=True)[0],)
+        return lambda: (conv.conv2d_backward_data(dy, W, x.shape, st, pad),)
     from custom_impl.cpu import pool
 
     x, dy = data["x"], data["dy"]
     ks, st = (p["R"], p["S"]), (p["stride"],) * 2
     if p["mode"] == "max":
-        fwd = pool.maxpool2d_forward(x, ks, st)
-        saves_arg = isinstance(fwd, tuple)   # (y, arg) in one version of custom_impl.cpu.pool, y in another
         if ph == "forward":
-            return (lambda: (pool.maxpool2d_forward(x, ks, st)[0],)) if saves_arg else \
-                (lambda: (pool.maxpool2d_forward(x, ks, st),))
-        if saves_arg:
-            arg = fwd[1]
-            return lambda: (pool.maxpool2d_backward(dy, arg, x.shape, ks, st),)
-        return lambda: (pool.maxpool2d_backward(dy, x, fwd, ks, st),)
+            return lambda: (pool.maxpool2d_forward(x, ks, st),)
+        y = pool.maxpool2d_forward(x, ks, st)   # backward finds each window's maximum by comparing x with y
+        return lambda: (pool.maxpool2d_backward(dy, x, y, ks, st),)
     if ph == "forward":
         return lambda: (pool.avgpool2d_forward(x, ks, st),)
     return lambda: (pool.avgpool2d_backward(dy, x.shape, ks, st),)
@@ -645,18 +631,7 @@ def _gpu_layer_fn(job: Job, data: dict) -> Callable[[], tuple]:
         dW = cupy.empty(W.shape, dtype=cupy.float32)                     # (K, C, R, S)
         db = cupy.empty((p["K"],), dtype=cupy.float32)
         if ph == "backward_data":
-            if hasattr(conv, "conv2d_backward_data"):
-                return lambda: (conv.conv2d_backward_data(dy, W, x.shape, st, pad, dx=dx, workspace=ws),)
-            import inspect
-
-            if "need_dW" in inspect.signature(conv.conv2d_backward).parameters:
-                return lambda: (conv.conv2d_backward(dy, x, W, st, pad, need_dx=True, dx=dx, need_dW=False,
-                                                     need_db=False, workspace=ws)[0],)
-            # NOTE: no dx-only entry point in custom_impl.gpu.conv: this times dx AND dW (db skipped), more
-            # work than cuDNN's backward-data, so the figure is pessimistic for ours (see LAYER_NOTES).
-            LAYER_NOTES[("gpu", "conv2d", "backward_data")] = "ours times dx and dW (no dx-only API)"
-            return lambda: (conv.conv2d_backward(dy, x, W, st, pad, need_dx=True, dx=dx, dW=dW, need_db=False,
-                                                 workspace=ws)[0],)
+            return lambda: (conv.conv2d_backward_data(dy, W, x.shape, st, pad, dx=dx, workspace=ws),)
 
         def bw():
             _, gW, gb = conv.conv2d_backward(dy, x, W, st, pad, need_dx=False, dW=dW, db=db, workspace=ws)

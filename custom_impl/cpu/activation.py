@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .layer import Layer
+
 
 def relu_forward(x: np.ndarray) -> np.ndarray:
     """y = max(x, 0)."""
@@ -42,7 +44,7 @@ def tanh_backward(dy: np.ndarray, y: np.ndarray, out: np.ndarray | None = None) 
     return np.multiply(dy, 1 - y * y, out=out)
 
 
-class Activation:
+class Activation(Layer):
     """An activation layer; saves its output y for backward."""
 
     FUNCS = {"relu": (relu_forward, relu_backward),
@@ -50,11 +52,8 @@ class Activation:
              "tanh": (tanh_forward, tanh_backward)}
 
     def __init__(self, layer, need_dx: bool = True):
-        self.layer = layer
-        self.need_dx = need_dx
-        self.params, self.grads = {}, {}
+        super().__init__(layer, need_dx)
         self._fwd, self._bwd = self.FUNCS[layer.type]
-        self.saved = None
 
     def forward(self, x: np.ndarray, train: bool) -> np.ndarray:
         y = self._fwd(x)

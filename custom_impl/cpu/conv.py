@@ -24,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from .layer import Layer
+
 
 def out_size(h: int, w: int, kernel, stride, padding) -> tuple[int, int]:
     """(P, Q) for an (h, w) input."""
@@ -168,7 +170,7 @@ def _backward_data(dy2, W, x_shape, stride, padding, pq, dcols_out):
     return col2im(dcols, x_shape, (r, s), stride, padding, tuple(pq), batch_inner(*pq))   # (N, C, H, W)
 
 
-class Conv2d:
+class Conv2d(Layer):
     """A conv2d layer holding its parameters, their gradients and what forward saved (the columns).
 
     The two (C*R*S, N*P*Q) buffers (columns, their gradient) are kept between steps while N stays the
@@ -176,11 +178,7 @@ class Conv2d:
     """
 
     def __init__(self, layer, need_dx: bool = True):
-        self.layer = layer
-        self.need_dx = need_dx
-        self.params = {name: None for name in layer.param_shapes()}   # "weight" (K, C, R, S), "bias" (K,)
-        self.grads = {}
-        self.saved = None
+        super().__init__(layer, need_dx)   # params "weight" (K, C, R, S), "bias" (K,)
         self._buffers: dict[str, np.ndarray] = {}
 
     def _buffer(self, name: str, shape) -> np.ndarray:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .layer import Layer
+
 
 def dense_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     """y = x W^T + b.  x (N, F), W (U, F), b (U,) or None -> y (N, U).
@@ -27,19 +29,17 @@ def dense_backward(dy: np.ndarray, x: np.ndarray, W: np.ndarray, need_dx: bool =
     """
     dW = dy.T @ x                    # (U, F)
     db = dy.sum(axis=0)              # (U,)
-    dx = dy @ W if need_dx else None  # (N, F)
+    dx = dense_backward_data(dy, W) if need_dx else None
     return dx, dW, db
 
 
-class Dense:
-    """A dense layer holding its parameters, their gradients and what forward saved for backward."""
+def dense_backward_data(dy: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """dx = dy W alone (what ``dense_backward`` computes with need_dx).  dy (N, U), W (U, F) -> dx (N, F)."""
+    return dy @ W                    # (N, F)
 
-    def __init__(self, layer, need_dx: bool = True):
-        self.layer = layer
-        self.need_dx = need_dx
-        self.params = {name: None for name in layer.param_shapes()}   # "weight" (U, F), "bias" (U,)
-        self.grads = {}
-        self.saved = None
+
+class Dense(Layer):
+    """A dense layer: params "weight" (U, F), "bias" (U,); forward saves x for backward."""
 
     def forward(self, x: np.ndarray, train: bool) -> np.ndarray:
         self.saved = x if train else None

@@ -10,19 +10,14 @@ from ..base import CustomModel
 from .activation import Activation
 from .conv import Conv2d
 from .dense import Dense
+from .layer import Layer
 from .loss import LOSSES
 from .pool import Pool2d
 from .sgd import SGD
 
 
-class Flatten:
+class Flatten(Layer):
     """(N, C, H, W) -> (N, C*H*W) in C order, as torch.nn.Flatten; backward reshapes back."""
-
-    def __init__(self, layer, need_dx: bool = True):
-        self.layer = layer
-        self.need_dx = need_dx
-        self.params, self.grads = {}, {}
-        self.saved = None
 
     def forward(self, x: np.ndarray, train: bool) -> np.ndarray:
         self.saved = x.shape if train else None

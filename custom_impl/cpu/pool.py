@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .layer import Layer
+
 
 def _offset_view(a: np.ndarray, i: int, j: int, stride, pq) -> np.ndarray:
     """a[n, c, p*sh + i, q*sw + j] for all n, c, p, q: a strided view (N, C, P, Q)."""
@@ -100,14 +102,8 @@ def avgpool2d_backward(dy: np.ndarray, x_shape, kernel, stride) -> np.ndarray:
     return dx
 
 
-class Pool2d:
+class Pool2d(Layer):
     """maxpool2d / avgpool2d layer; saves (x, y) for max, (x.shape, None) for average."""
-
-    def __init__(self, layer, need_dx: bool = True):
-        self.layer = layer
-        self.need_dx = need_dx
-        self.params, self.grads = {}, {}
-        self.saved = None
 
     def forward(self, x: np.ndarray, train: bool) -> np.ndarray:
         L = self.layer
