@@ -3,6 +3,8 @@
 #   bash dev/h100_visit.sh tests [PATH...]  # the gpu-marked tests (all, or those files) + the parity table
 #   bash dev/h100_visit.sh run       # the default GPU suite and its report -> reports/gpu-<card>/
 #   bash dev/h100_visit.sh targets   # the issue-5 targets -> reports/targets-<card>/
+#   bash dev/h100_visit.sh perf [BENCH-ARGS...]  # kernel timings (dev/gemm/bench.py --no-tests ...) and
+#                                    # the per-layer train-step profile (dev/profile_step.py)
 # Logs and results go to $OUT (the device tool brings them back); a short summary is printed last.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -18,6 +20,15 @@ case "${1:-tests}" in
     echo "parity exit: $?"
     grep -E "FAILED|ERROR" "$out/gpu_tests.log" | head -30
     tail -3 "$out/gpu_tests.log"
+    ;;
+  perf)
+    shift
+    timeout "${TIMEOUT_S:-300}" python3 dev/gemm/bench.py --no-tests --out "$out/bench" "$@" >"$out/bench.log" 2>&1
+    echo "bench exit: $?"
+    timeout 150 python3 dev/profile_step.py --out "$out/profile" >"$out/profile.log" 2>&1
+    echo "profile exit: $?"
+    cat "$out/profile.log" | tail -60
+    grep -A40 "=== summary" "$out/bench.log"
     ;;
   run|targets)
     card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '-' | tr -cd 'A-Za-z0-9-')

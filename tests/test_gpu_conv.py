@@ -108,8 +108,9 @@ def test_conv2d(case, version):
     db = cupy.full((K,), np.nan, np.float32)
     ws_size = conv2d_workspace_size(x.shape, W.shape, stride, padding)
     ws = cupy.full((max(ws_size, 1),), np.nan, np.float32)
+    weights_version = {"v1": "auto", "v2": "v2", "v3": "v2"}.get(version, "auto")  # v1 runs v1 for both
     res = conv2d_backward(cupy.asarray(dy), gx, gW, stride, padding, dx=dx, dW=dW, db=db, workspace=ws,
-                          version=version)
+                          version=version, weights_version=weights_version)
     assert res[0] is dx and res[1] is dW and res[2] is db
     P, Q = y_ref.shape[2:]
     _assert_close(cupy.asnumpy(dx), dx_ref, dx_abs, K * R * S, f"dx {case}")
@@ -118,7 +119,7 @@ def test_conv2d(case, version):
 
 
 @pytest.mark.parametrize("config", ["128x128x8_8x8", "64x128x8_8x8", "32x64x8_4x8", "32x32x8_4x4", "256x128x8_16x8",
-                                    "128x256x8_8x16"])
+                                    "128x256x8_8x16", "128x128x16_8x8", "256x128x16_16x8"])
 def test_conv2d_forward_every_config(config):
     import cupy
 
@@ -132,6 +133,33 @@ def test_conv2d_forward_every_config(config):
     conv2d_forward(cupy.asarray(x), cupy.asarray(W), cupy.asarray(b), (2, 1), (1, 2), out=y, config=config)
     _assert_close(cupy.asnumpy(y), y_ref + b[:, None, None], y_abs + np.abs(b)[:, None, None], 6 * 15,
                   f"y {config}")
+
+
+@pytest.mark.parametrize("splits", [2, 5, 32])
+@pytest.mark.parametrize("case", [(1, 6, 13, 17, 70, 3, 5, (2, 1), (1, 2)), (2, 32, 9, 11, 20, 5, 5, (1, 1), (2, 2))],
+                         ids=["N1C6K70", "N2C32K20"])
+def test_conv2d_forward_split_k(case, splits):
+    """Forward with the reduction C*R*S split over blocks (what small batches get in a CUDA graph): partial
+    sums in the workspace, added in a fixed order with the bias by a second kernel; deterministic."""
+    import cupy
+
+    from custom_impl.gpu.conv import conv2d_forward
+
+    N, C, H, Wd, K, R, S, stride, padding = case
+    rng = np.random.default_rng(13 + splits)
+    x, W, b = _rand(rng, N, C, H, Wd), _rand(rng, K, C, R, S), _rand(rng, K)
+    y_ref, _ = conv_ref(x.astype(np.float64), W.astype(np.float64), stride, padding)
+    y_abs, _ = conv_ref(np.abs(x.astype(np.float64)), np.abs(W.astype(np.float64)), stride, padding)
+    ws = cupy.full((splits * K * y_ref[0, 0].size * N + 3,), np.nan, np.float32)
+    y = cupy.full(y_ref.shape, np.nan, np.float32)
+    args = (cupy.asarray(x), cupy.asarray(W), cupy.asarray(b), stride, padding)
+    conv2d_forward(*args, out=y, workspace=ws, config="32x32x8_4x4", splits=splits)
+    _assert_close(cupy.asnumpy(y), y_ref + b[:, None, None], y_abs + np.abs(b)[:, None, None], C * R * S,
+                  f"y split {splits}")
+    again = conv2d_forward(*args, workspace=ws, config="32x32x8_4x4", splits=splits)
+    assert np.array_equal(cupy.asnumpy(again), cupy.asnumpy(y)), "split-K forward is not deterministic"
+    with pytest.raises(ValueError, match="workspace"):
+        conv2d_forward(*args, workspace=ws[:5], config="32x32x8_4x4", splits=splits)
 
 
 def test_conv2d_backward_weights_deterministic():
@@ -162,7 +190,7 @@ def test_conv2d_rejects_bad_shapes():
 SMALLC = [c for c in CASES if c[1] <= 8] + [(3, 8, 13, 17, 5, 3, 5, (2, 1), (1, 2))]
 
 
-@pytest.mark.parametrize("data_version", ["v2", "v3", "v4", "auto"])
+@pytest.mark.parametrize("data_version", ["v2", "v3", "v4", "v5", "auto"])
 @pytest.mark.parametrize("case", SMALLC, ids=lambda c: "N{}C{}H{}W{}K{}R{}S{}s{}{}p{}{}".format(*c[:7], *c[7], *c[8]))
 def test_conv2d_backward_data_versions(case, data_version):
     import cupy
@@ -184,3 +212,78 @@ def test_conv2d_backward_data_versions(case, data_version):
         backward_data(cupy.asarray(dy), cupy.asarray(W), dx, _dims(x.shape, W.shape, stride, padding), data_version)
     _assert_close(cupy.asnumpy(dx), back(dy.astype(np.float64))[0], back_abs(np.abs(dy.astype(np.float64)))[0],
                   K * R * S, f"dx {data_version} {case}")
+
+
+@pytest.mark.parametrize("weights_version", ["v2", "smallc", "auto"])
+@pytest.mark.parametrize("case", SMALLC, ids=lambda c: "N{}C{}H{}W{}K{}R{}S{}s{}{}p{}{}".format(*c[:7], *c[7], *c[8]))
+def test_conv2d_backward_weights_versions(case, weights_version):
+    """conv2d_backward's dW through each backward-weights kernel (few channels: both can run), with the
+    workspace sized by conv2d_workspace_size and NaN-filled so a kernel that reads unwritten partials fails."""
+    import cupy
+
+    from custom_impl.gpu.conv import conv2d_backward, conv2d_workspace_size
+
+    N, C, H, Wd, K, R, S, stride, padding = case
+    rng = np.random.default_rng(sum(case[:7]) + 2)
+    x, W = _rand(rng, N, C, H, Wd), _rand(rng, K, C, R, S)
+    y_ref, back = conv_ref(x.astype(np.float64), W.astype(np.float64), stride, padding)
+    _, back_abs = conv_ref(np.abs(x.astype(np.float64)), np.abs(W.astype(np.float64)), stride, padding)
+    dy = _rand(rng, *y_ref.shape)
+    ws = cupy.full((max(1, conv2d_workspace_size(x.shape, W.shape, stride, padding)),), np.nan, np.float32)
+    dW = cupy.full(W.shape, np.nan, np.float32)
+    conv2d_backward(cupy.asarray(dy), cupy.asarray(x), cupy.asarray(W), stride, padding, need_dx=False, dW=dW,
+                    need_db=False, workspace=ws, weights_version=weights_version)
+    P, Q = y_ref.shape[2:]
+    _assert_close(cupy.asnumpy(dW), back(dy.astype(np.float64))[1], back_abs(np.abs(dy.astype(np.float64)))[1],
+                  N * P * Q, f"dW {weights_version} {case}")
+
+
+@pytest.mark.parametrize("shape", [(64, 3, 31, 33), (5, 2, 1, 1), (600, 7, 7, 7), (1, 4, 101, 103)])
+def test_conv_bias_grad_split_over_images(shape):
+    """db = sum of dy over n, p, q, with the images split over blocks (a ragged last chunk for the first
+    shape) and the partials added in a fixed order: equal to float64 within the summation bound, the
+    same bits on every call, nothing read from the NaN-filled workspace that was not written first."""
+    import cupy
+
+    from custom_impl.gpu.conv import _bias_splits, bias_grad
+
+    rng = np.random.default_rng(sum(shape))
+    dy = _rand(rng, *shape)
+    N, K, P, Q = shape
+    ref = dy.astype(np.float64).sum(axis=(0, 2, 3))
+    ref_abs = np.abs(dy.astype(np.float64)).sum(axis=(0, 2, 3))
+    ws = cupy.full((K * N + 1,), np.nan, np.float32)
+    db = cupy.full((K,), np.nan, np.float32)
+    gdy = cupy.asarray(dy)
+    assert bias_grad(gdy, db, ws) is db
+    _assert_close(cupy.asnumpy(db), ref, ref_abs, N * P * Q, f"db {shape} ({_bias_splits(N, K, P * Q)})")
+    again = cupy.asnumpy(bias_grad(gdy, cupy.empty((K,), np.float32), ws))
+    assert np.array_equal(again, cupy.asnumpy(db))
+
+
+@pytest.mark.parametrize("case", [(1, 32, 14, 14, 64, 5, 5, 2), (2, 9, 11, 13, 70, 3, 3, 1)], ids=["N1C32K64", "N2C9K70"])
+def test_conv2d_backward_data_split_k(case):
+    """Stride-1 backward-data of a small batch splits its reduction K*R*S over blocks when launches are
+    cheap (inside a CUDA graph): partials in a NaN-filled workspace, added in order; float64-close and
+    deterministic."""
+    import cupy
+
+    from custom_impl.gpu import gemm
+    from custom_impl.gpu.conv import _data_plan, _dims, conv2d_backward_data, conv2d_workspace_size
+
+    N, C, H, Wd, K, R, S, pad = case
+    rng = np.random.default_rng(sum(case))
+    x, W = _rand(rng, N, C, H, Wd), _rand(rng, K, C, R, S)
+    y_ref, back = conv_ref(x.astype(np.float64), W.astype(np.float64), (1, 1), (pad, pad))
+    _, back_abs = conv_ref(np.abs(x.astype(np.float64)), np.abs(W.astype(np.float64)), (1, 1), (pad, pad))
+    dy = _rand(rng, *y_ref.shape)
+    with gemm.launch_cost(gemm.GRAPH_LAUNCH_S):
+        assert _data_plan(_dims(x.shape, W.shape, 1, pad))[2] > 1, "this case should split"
+        ws = cupy.full((conv2d_workspace_size(x.shape, W.shape, 1, pad),), np.nan, np.float32)
+        dx = cupy.full(x.shape, np.nan, np.float32)
+        gdy, gW = cupy.asarray(dy), cupy.asarray(W)
+        conv2d_backward_data(gdy, gW, x.shape, 1, pad, dx=dx, workspace=ws, version="v3")
+        again = conv2d_backward_data(gdy, gW, x.shape, 1, pad, workspace=ws, version="v3")
+    _assert_close(cupy.asnumpy(dx), back(dy.astype(np.float64))[0], back_abs(np.abs(dy.astype(np.float64)))[0],
+                  K * R * S, f"dx split {case}")
+    assert np.array_equal(cupy.asnumpy(again), cupy.asnumpy(dx))

@@ -91,9 +91,9 @@ def test_gemm_accumulate(ta, tb, version):
 
 
 def _config_names():
-    from custom_impl.gpu.gemm import CONFIGS
+    from custom_impl.gpu.gemm import CONFIGS, EXTRA_CONFIGS
 
-    return [c.name for c in CONFIGS]
+    return [c.name for c in CONFIGS + EXTRA_CONFIGS]
 
 
 @pytest.mark.parametrize("config", _config_names())
@@ -109,6 +109,8 @@ def test_gemm_every_config(config, ta, tb):
 def test_gemm_split_k(splits, ta, tb):
     _run_gemm(33, 70, 1001, ta, tb, bias=True, act="relu", config="32x64x8_4x8", splits=splits, seed=7)
     _run_gemm(20, 24, 1000, ta, tb, accumulate=True, config="64x64x8_8x8", splits=splits, seed=8)
+    # BK=16 with > 48 KB of dynamic shared memory, K chunks that are multiples of 16 with a ragged tail
+    _run_gemm(261, 140, 1001, ta, tb, bias=True, config="256x128x16_16x8", splits=splits, seed=9)
 
 
 def test_gemm_split_k_deterministic():

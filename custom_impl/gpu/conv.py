@@ -17,9 +17,14 @@ Kernel versions (docs/kernels.md keeps their history):
       dense implicit GEMM M=C x cols=N*(H/sh)*(W/sw) over K*(R/sh)*(S/sw) with no skipped taps; the rest
       as v2. ``conv2d_backward``'s default.
   v4  backward-data for few channels (``conv_v4_backward_data_smallc``, C <= 8): direct, one thread per
-      pixel of one stride phase holding all C outputs, W in shared memory. Passed the GPU tests on the
-      H100; ``version="auto"`` (the default of ``conv2d_backward_data`` and ``conv2d_backward``) times v3
-      and v4 once per shape where v4 can run and caches the faster (``choose_backward_data``).
+      pixel of one stride phase holding all C outputs, W in shared memory. Superseded by v5; kept.
+  v5  backward-data for few channels in ``conv_smallc.py`` (4 pixels x C channels per thread, dy values
+      shared across taps in registers). ``version="auto"`` (the default of ``conv2d_backward_data`` and
+      ``conv2d_backward``) times v3 and v5 once per shape where v5 can run and caches the faster
+      (``choose_backward_data``).
+  Backward-weights: v2, or for few channels conv_smallc's row-correlation kernel ("smallc"), chosen the
+  same way (``choose_backward_weights``). Forward v2 splits the reduction C*R*S over blocks when the
+  output alone cannot fill the GPU (small batches; partials in the workspace, added in a fixed order).
 
 Parameter gradients are written (``=``), never accumulated. With ``out``/``dx``/``dW``/``db`` and
 ``workspace`` (``conv2d_workspace_size`` float32 elements) given, nothing is allocated; everything runs on
@@ -32,8 +37,11 @@ Example::
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
+from . import conv_smallc
 from ._compile import blocks, check_array
 from .gemm import CONFIG_BY_NAME, _num_sms, _ptr, _vec_ok, choose_config, kernel, split_chunk, splitk_reduce
 
@@ -90,15 +98,63 @@ def _weights_plan(x_shape, w_shape, stride, padding, sms=132):
     return cfg, k_chunk, splits
 
 
+def _forward_plan(x_shape, w_shape, stride, padding, sms=132):
+    """(config, k_chunk, splits) of the forward implicit GEMM: M=K, cols=N*P*Q over C*R*S. Split-K only
+    pays where the tiles alone cannot fill the GPU (small batches) and the reduction is long."""
+    N, C, H, W, K, R, S, P, Q, *_ = _dims(x_shape, w_shape, stride, padding)
+    cfg, splits = choose_config(K, N * P * Q, C * R * S, sms, max_splits=32, candidates=CONV_CONFIGS)
+    k_chunk, splits = split_chunk(C * R * S, splits, cfg.bk)
+    return cfg, k_chunk, splits
+
+
 def conv2d_workspace_size(x_shape, w_shape, stride, padding) -> int:
-    """float32 elements of workspace the forward+backward of this convolution needs (0 if none)."""
-    cfg, _, splits = _weights_plan(x_shape, w_shape, stride, padding)
+    """float32 elements of workspace the forward+backward of this convolution needs (0 if none).
+
+    The plans depend on the launch cost in force (``gemm.launch_cost``): size the workspace under the
+    same setting as the calls that use it."""
+    _, _, w_splits = _weights_plan(x_shape, w_shape, stride, padding)
+    _, _, f_splits = _forward_plan(x_shape, w_shape, stride, padding)
+    N, K, P, Q = conv2d_output_shape(x_shape, w_shape, stride, padding)
     K, C, R, S = w_shape
-    return 0 if splits == 1 else splits * K * C * R * S
+    need_w = 0 if w_splits == 1 else w_splits * K * C * R * S
+    need_f = 0 if f_splits == 1 else f_splits * K * N * P * Q
+    need_bias = K * _bias_splits(N, K, P * Q, _sms_or_default())[1]
+    d_splits = _data_plan(_dims(x_shape, w_shape, stride, padding))[2]
+    need_d = 0 if d_splits == 1 else d_splits * N * C * x_shape[2] * x_shape[3]
+    need_smallc = 0
+    if conv_smallc.weights_plan(_dims(x_shape, w_shape, stride, padding), _sms_or_default()) is not None:
+        need_smallc = conv_smallc.workspace_size(x_shape, w_shape, stride, padding, _sms_or_default())
+    return max(need_w, need_f, need_smallc, need_bias, need_d)
 
 
-def conv2d_forward(x, W, b, stride, padding, out=None, workspace=None, version="v2", config=None):
-    """y = conv2d(x, W) + b: x (N, C, H, W), W (K, C, R, S), b (K,) or None -> y (N, K, P, Q)."""
+def _sms_or_default() -> int:
+    """The current device's SM count, or the H100's 132 where CuPy is absent (plans computed on a CPU)."""
+    try:
+        return _num_sms()
+    except ImportError:
+        return 132
+
+
+def _checked_workspace(workspace, n: int, what: str):
+    """``workspace`` (>= n float32 elements) or, when None, the shared per-device split-K buffer."""
+    if workspace is None:
+        from .gemm import split_workspace
+
+        return split_workspace(n)
+    check_array(workspace, "workspace", ndim=1)
+    if workspace.size < n:
+        raise ValueError(f"{what}: workspace has {workspace.size} elements, needs {n}: size it with "
+                         f"conv2d_workspace_size")
+    return workspace
+
+
+def conv2d_forward(x, W, b, stride, padding, out=None, workspace=None, version="v2", config=None, splits=None):
+    """y = conv2d(x, W) + b: x (N, C, H, W), W (K, C, R, S), b (K,) or None -> y (N, K, P, Q).
+
+    v2 splits the reduction (C*R*S) over blocks when the output alone cannot fill the GPU (small N):
+    partial sums go to ``workspace`` (``conv2d_workspace_size`` elements; default: the shared per-device
+    buffer) and a second kernel adds them in a fixed order. ``config``/``splits`` override the choice.
+    """
     import cupy
 
     check_array(x, "x", ndim=4)
@@ -115,24 +171,58 @@ def conv2d_forward(x, W, b, stride, padding, out=None, workspace=None, version="
         kern = kernel("conv", "conv_v1_forward")
         kern((min(blocks(out.size, 256), _GRID_STRIDE_BLOCKS),), (256,), (x, W, _ptr(b), out) + _i32(*dims))
         return out
-    cols = N * P * Q
-    if config is None:
-        cfg, _ = choose_config(K, cols, C * R * S, _num_sms(), max_splits=1, candidates=CONV_CONFIGS)
-    else:
+    if version != "v2":
+        raise ValueError(f"conv2d_forward: version={version!r}; use 'v1' or 'v2'")
+    cols, CRS = N * P * Q, C * R * S
+    cfg, k_chunk, n_splits = _forward_plan(x.shape, W.shape, stride, padding, _num_sms())
+    if config is not None:
         cfg = CONFIG_BY_NAME[config] if isinstance(config, str) else config
+        k_chunk, n_splits = split_chunk(CRS, n_splits if splits is None else splits, cfg.bk)
+    elif splits is not None:
+        k_chunk, n_splits = split_chunk(CRS, splits, cfg.bk)
     kern = kernel("conv", "conv_v2_forward", cfg)
-    flags = int(_vec_ok(W, C * R * S))
-    kern((blocks(cols, cfg.bn), blocks(K, cfg.bm)), (cfg.threads,),
-         (x, W, _ptr(b), out) + _i32(*dims) + (np.int32(flags),))
+    flags = int(_vec_ok(W, CRS))
+    grid = (blocks(cols, cfg.bn), blocks(K, cfg.bm), n_splits)
+    if n_splits == 1:
+        kern(grid, (cfg.threads,), (x, W, _ptr(b), out, np.uint64(0)) + _i32(*dims) + _i32(k_chunk, flags),
+             shared_mem=cfg.smem_bytes)
+        return out
+    ws = _checked_workspace(workspace, n_splits * K * cols, "conv2d_forward")
+    kern(grid, (cfg.threads,), (x, W, _ptr(b), out, ws) + _i32(*dims) + _i32(k_chunk, flags | 2),
+         shared_mem=cfg.smem_bytes)
+    kernel("conv", "conv_splitk_reduce_nchw")((min(blocks(out.size, 256), 132 * 16),), (256,),
+                                                 (ws, out, _ptr(b)) + _i32(N, K, P * Q, n_splits))
     return out
 
 
+def _bias_splits(N: int, K: int, PQ: int, sms: int = 132) -> tuple[int, int]:
+    """(nchunk, splits) of the bias gradient: images per block and blocks per channel, so that K*splits
+    fills ~4 blocks per SM while each block still sums >= ~8K elements."""
+    want = min(N, max(1, -(-4 * sms // K)), max(1, N * PQ // 8192))
+    nchunk = -(-N // want)
+    return nchunk, -(-N // nchunk)
+
+
+def bias_grad(dy, db, workspace=None):
+    """db[k] = sum of dy[:, k] over n, p, q (deterministic); dy (N, K, P, Q) -> db (K,). Partial sums
+    per (k, chunk of images) go to ``workspace`` (K*splits floats; default: the shared split buffer)."""
+    N, K, P, Q = dy.shape
+    nchunk, splits = _bias_splits(N, K, P * Q, _sms_or_default())
+    part = db if splits == 1 else _checked_workspace(workspace, K * splits, "conv bias_grad")
+    kernel("conv", "conv_bias_grad_partial")((K, splits), (256,), (dy, part) + _i32(N, K, P * Q, nchunk))
+    if splits > 1:
+        kernel("conv", "conv_bias_grad_finish")((blocks(K, 128),), (128,), (part, db) + _i32(K, splits))
+    return db
+
+
 def conv2d_backward(dy, x, W, stride, padding, need_dx=True, dx=None, dW=None, db=None, workspace=None,
-                    need_db=True, version="auto"):
+                    need_db=True, version="auto", weights_version="auto"):
     """(dx or None, dW, db or None) for dy (N, K, P, Q), x (N, C, H, W), W (K, C, R, S).
 
     ``workspace``: at least ``conv2d_workspace_size(...)`` float32 elements, or None to use the shared
-    per-device split-K buffer of gemm.py. need_db=False skips db (a layer without bias).
+    per-device split-K buffer of gemm.py. need_db=False skips db (a layer without bias). ``version``
+    picks the backward-data kernel ("v1" the direct baseline for both passes), ``weights_version`` the
+    backward-weights one ("auto", "v2", "smallc").
     """
     import cupy
 
@@ -158,7 +248,7 @@ def conv2d_backward(dy, x, W, stride, padding, need_dx=True, dx=None, dW=None, d
             db = cupy.empty((K,), dtype=np.float32)
         else:
             check_array(db, "db", shape=(K,))
-        kernel("conv", "conv_bias_grad")((K,), (256,), (dy, db) + _i32(N, K, P * Q))
+        bias_grad(dy, db, workspace)
     else:
         db = None
 
@@ -171,32 +261,41 @@ def conv2d_backward(dy, x, W, stride, padding, need_dx=True, dx=None, dW=None, d
 
     sms = _num_sms()
     if need_dx:
-        backward_data(dy, W, dx, dims, version, sms)
+        backward_data(dy, W, dx, dims, version, sms, workspace=workspace)
+    backward_weights(dy, x, dW, dims, workspace, weights_version, sms)
+    return dx, dW, db
 
-    cfg, k_chunk, splits = _weights_plan(x.shape, W.shape, stride, padding, sms)
+
+def backward_weights(dy, x, dW, dims, workspace=None, version="auto", sms=132):
+    """dW from dy (N, K, P, Q) and x (N, C, H, W) with the v2 implicit GEMM (split-K) or, for few
+    channels, conv_smallc's row-correlation kernel ("smallc"); "auto" picks by a cached timing
+    (``choose_backward_weights``)."""
+    if version == "auto":
+        version = choose_backward_weights(dy, x, dW, dims, workspace, sms)
+    if version == "smallc":
+        return conv_smallc.backward_weights(dy, x, dW, dims, workspace)
+    if version != "v2":
+        raise ValueError(f"conv backward_weights: version={version!r}; use 'auto', 'v2' or 'smallc'")
+    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
+    cfg, k_chunk, splits = _weights_plan((N, C, H, Wd), (K, C, R, S), (sh, sw), (ph, pw), sms)
     CRS = C * R * S
     kern = kernel("conv", "conv_v2_backward_weights", cfg)
     grid = (blocks(CRS, cfg.bn), blocks(K, cfg.bm), splits)
     if splits == 1:
-        kern(grid, (cfg.threads,), (dy, x, dW) + _i32(*dims) + _i32(k_chunk, _vec_ok(dW, CRS)))
-        return dx, dW, db
-    if workspace is None:
-        from .gemm import split_workspace
-
-        workspace = split_workspace(splits * K * CRS)
-    else:
-        check_array(workspace, "workspace", ndim=1)
-        if workspace.size < splits * K * CRS:
-            raise ValueError(f"conv2d_backward: workspace has {workspace.size} elements, needs "
-                             f"{splits * K * CRS}: size it with conv2d_workspace_size")
-    kern(grid, (cfg.threads,), (dy, x, workspace) + _i32(*dims) + _i32(k_chunk, _vec_ok(workspace, CRS)))
+        kern(grid, (cfg.threads,), (dy, x, dW) + _i32(*dims) + _i32(k_chunk, _vec_ok(dW, CRS)),
+             shared_mem=cfg.smem_bytes)
+        return dW
+    workspace = _checked_workspace(workspace, splits * K * CRS, "conv2d_backward")
+    kern(grid, (cfg.threads,), (dy, x, workspace) + _i32(*dims) + _i32(k_chunk, _vec_ok(workspace, CRS)),
+         shared_mem=cfg.smem_bytes)
     splitk_reduce(workspace, dW, None, K, CRS, splits, 0, 0)
-    return dx, dW, db
+    return dW
 
 
 def conv2d_backward_data(dy, W, x_shape, stride, padding, dx=None, workspace=None, version="auto"):
     """dx alone (what ``conv2d_backward`` computes with need_dx=True): dy (N, K, P, Q), W (K, C, R, S)
-    -> dx (x_shape = (N, C, H, W)). ``workspace`` is accepted for symmetry and not needed."""
+    -> dx (x_shape = (N, C, H, W)). ``workspace``: split-K partials of small batches (stride 1), at
+    least ``conv2d_workspace_size(...)`` float32 elements, or None for the shared per-device buffer."""
     import cupy
 
     check_array(dy, "dy", ndim=4)
@@ -208,7 +307,7 @@ def conv2d_backward_data(dy, W, x_shape, stride, padding, dx=None, workspace=Non
         dx = cupy.empty(tuple(x_shape), dtype=np.float32)
     else:
         check_array(dx, "dx", shape=tuple(x_shape))
-    return backward_data(dy, W, dx, dims, version, _num_sms())
+    return backward_data(dy, W, dx, dims, version, _num_sms(), workspace=workspace)
 
 
 SMALLC_MAX = 8  # conv.cu's SMALLC_MAX
@@ -219,47 +318,73 @@ def smallc_fits(C, K, R, S) -> bool:
     return C <= SMALLC_MAX and K * C * R * S <= 12288
 
 
-_data_choice: dict = {}
+_choices: dict = {}
 
 
-def choose_backward_data(dy, W, dx, dims, sms=132) -> str:
-    """"v3" or "v4" for this shape: v4 only where it can run (few channels), then whichever of the two
-    ran faster when first timed (CUDA events, 3 calls each after one warm-up; cached per device and
-    shape). Inside a CUDA-graph capture nothing can be timed: an uncached shape gets v3 there."""
+def _timed_choice(key, candidates: dict):
+    """The name of the fastest of ``candidates`` (name -> call), timed once with CUDA events (3 calls each
+    after one warm-up) and cached under ``key``; None inside a CUDA-graph capture for an uncached key
+    (nothing can be timed there: the caller takes its default)."""
+    import cupy
+
+    if key in _choices:
+        return _choices[key]
+    stream = cupy.cuda.get_current_stream()
+    if stream.ptr and cupy.cuda.runtime.streamIsCapturing(stream.ptr):
+        return None
+    times = {}
+    for name, call in candidates.items():
+        call()
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record(stream)
+        for _ in range(3):
+            call()
+        end.record(stream)
+        end.synchronize()
+        times[name] = cupy.cuda.get_elapsed_time(start, end)
+    _choices[key] = min(times, key=times.get)
+    return _choices[key]
+
+
+def choose_backward_data(dy, W, dx, dims, sms=132, workspace=None) -> str:
+    """"v3" or "v5" (conv_smallc, few channels) for this shape: v5 only where it can run, then whichever
+    of the two ran faster when first timed (cached per device and shape). Inside a CUDA-graph capture an
+    uncached shape gets v3."""
     import cupy
 
     N, C, H, Wd, K, R, S = dims[:7]
-    if not smallc_fits(C, K, R, S):
+    if not conv_smallc.fits(C, K, R, S):
         return "v3"
-    key = (cupy.cuda.Device().id, dims)
-    if key not in _data_choice:
-        stream = cupy.cuda.get_current_stream()
-        if stream.ptr and cupy.cuda.runtime.streamIsCapturing(stream.ptr):
-            return "v3"
-        times = {}
-        for v in ("v3", "v4"):
-            backward_data(dy, W, dx, dims, v, sms)
-            start, end = cupy.cuda.Event(), cupy.cuda.Event()
-            start.record(stream)
-            for _ in range(3):
-                backward_data(dy, W, dx, dims, v, sms)
-            end.record(stream)
-            end.synchronize()
-            times[v] = cupy.cuda.get_elapsed_time(start, end)
-        _data_choice[key] = min(times, key=times.get)
-    return _data_choice[key]
+    key = ("data", cupy.cuda.Device().id, dims)
+    return _timed_choice(key, {v: functools.partial(backward_data, dy, W, dx, dims, v, sms, workspace=workspace)
+                               for v in ("v3", "v5")}) or "v3"
 
 
-def backward_data(dy, W, dx, dims, version="v3", sms=132, config=None):
-    """dx from dy (N, K, P, Q) and W (K, C, R, S) with the v1, v2 (gather), v3 (per stride phase) or v4
-    (few channels) kernel; "auto" picks v3 or v4 (``choose_backward_data``)."""
+def choose_backward_weights(dy, x, dW, dims, workspace=None, sms=132) -> str:
+    """"v2" or "smallc" for this shape, chosen like ``choose_backward_data``; "v2" where conv_smallc
+    cannot run or inside a capture for an uncached shape."""
+    import cupy
+
+    if conv_smallc.weights_plan(dims, sms) is None:
+        return "v2"
+    key = ("weights", cupy.cuda.Device().id, dims)
+    return _timed_choice(key, {v: functools.partial(backward_weights, dy, x, dW, dims, workspace, v, sms)
+                               for v in ("v2", "smallc")}) or "v2"
+
+
+def backward_data(dy, W, dx, dims, version="v3", sms=132, config=None, workspace=None):
+    """dx from dy (N, K, P, Q) and W (K, C, R, S) with the v1, v2 (gather), v3 (per stride phase), v4 or
+    v5 (few channels) kernel; "auto" picks v3 or v5 (``choose_backward_data``). v3 with stride 1 splits
+    the reduction for small batches: partials in ``workspace`` (default: the shared split buffer)."""
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
     if version == "auto":
-        version = choose_backward_data(dy, W, dx, dims, sms)
+        version = choose_backward_data(dy, W, dx, dims, sms, workspace)
     if version == "v1":
         grid = (min(blocks(dx.size, 256), _GRID_STRIDE_BLOCKS),)
         kernel("conv", "conv_v1_backward_data")(grid, (256,), (dy, W, dx) + _i32(*dims))
         return dx
+    if version == "v5":
+        return conv_smallc.backward_data(dy, W, dx, dims)
     if version == "v4":
         if not smallc_fits(C, K, R, S):
             raise ValueError(f"conv backward_data v4: needs C <= {SMALLC_MAX} and W within 48 KB; got C={C}, "
@@ -272,11 +397,37 @@ def backward_data(dy, W, dx, dims, version="v3", sms=132, config=None):
         cols = N * H * Wd
         cfg = config or choose_config(C, cols, K * R * S, sms, max_splits=1, candidates=CONV_CONFIGS)[0]
         kern = kernel("conv", "conv_v2_backward_data", cfg)
-        kern((blocks(cols, cfg.bn), blocks(C, cfg.bm)), (cfg.threads,), (dy, W, dx) + _i32(*dims))
+        kern((blocks(cols, cfg.bn), blocks(C, cfg.bm)), (cfg.threads,), (dy, W, dx) + _i32(*dims),
+             shared_mem=cfg.smem_bytes)
         return dx
+    if version != "v3":
+        raise ValueError(f"conv backward_data: version={version!r}; use 'auto', 'v1', 'v2', 'v3', 'v4' or 'v5'")
+    cfg, k_chunk, splits = _data_plan(dims, sms)
+    if config is not None:
+        cfg = CONFIG_BY_NAME[config] if isinstance(config, str) else config
+        k_chunk, splits = split_chunk(K * R * S, splits, cfg.bk) if splits > 1 else (0, 1)
+    cols = N * -(-H // sh) * -(-Wd // sw)  # the largest phase
+    kern = kernel("conv", "conv_v3_backward_data", cfg)
+    if splits == 1:
+        kern((blocks(cols, cfg.bn), blocks(C, cfg.bm), sh * sw), (cfg.threads,),
+             (dy, W, dx) + _i32(*dims) + (np.uint64(0), np.int32(0)), shared_mem=cfg.smem_bytes)
+        return dx
+    ws = _checked_workspace(workspace, splits * C * cols, "conv backward_data")
+    kern((blocks(cols, cfg.bn), blocks(C, cfg.bm), splits), (cfg.threads,),
+         (dy, W, dx) + _i32(*dims) + (ws, np.int32(k_chunk)), shared_mem=cfg.smem_bytes)
+    kernel("conv", "conv_splitk_reduce_nchw")((min(blocks(dx.size, 256), 132 * 16),), (256,),
+                                              (ws, dx, np.uint64(0)) + _i32(N, C, H * Wd, splits))
+    return dx
+
+
+def _data_plan(dims, sms=132):
+    """(config, k_chunk, splits) of v3 backward-data. Split-K (stride 1 only, where there is one phase)
+    when the pixels alone cannot fill the GPU (small batches) and the reduction K*R*S is long."""
+    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
     cols = N * -(-H // sh) * -(-Wd // sw)  # the largest phase
     red = K * -(-R // sh) * -(-S // sw)
-    cfg = config or choose_config(C, cols * sh * sw, red, sms, max_splits=1, candidates=CONV_CONFIGS)[0]
-    kern = kernel("conv", "conv_v3_backward_data", cfg)
-    kern((blocks(cols, cfg.bn), blocks(C, cfg.bm), sh * sw), (cfg.threads,), (dy, W, dx) + _i32(*dims))
-    return dx
+    if sh * sw > 1:
+        return choose_config(C, cols * sh * sw, red, sms, max_splits=1, candidates=CONV_CONFIGS)[0], 0, 1
+    cfg, splits = choose_config(C, cols, red, sms, max_splits=32, candidates=CONV_CONFIGS)
+    k_chunk, splits = split_chunk(red, splits, cfg.bk)
+    return cfg, k_chunk, splits

@@ -23,6 +23,7 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -32,6 +33,7 @@ import numpy as np
 from ._compile import blocks, check_array, function
 
 ACTS = {"none": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
+TILE_PAD = 4  # gemm_tiles.cuh's TILE_PAD: floats of padding per shared-memory row
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +60,11 @@ class TileConfig:
         return {256: 2, 128: 2, 64: 5}[self.threads]
 
     @property
+    def smem_bytes(self) -> int:
+        """Dynamic shared memory of one block: two buffers of BK x (BM + 4) and BK x (BN + 4) floats."""
+        return 2 * self.bk * (self.bm + self.bn + 2 * TILE_PAD) * 4
+
+    @property
     def defines(self) -> dict:
         return dict(GEMM_BM=self.bm, GEMM_BN=self.bn, GEMM_BK=self.bk, GEMM_TM=self.tm, GEMM_TN=self.tn)
 
@@ -75,8 +82,17 @@ CONFIGS = (
     TileConfig(32, 32, 8, 4, 4, 0.40),
     TileConfig(128, 256, 8, 8, 16, 1.03),   # measured 40.1 vs 39.0 TFLOP/s of 128x128 at 4096^3 (H100)
     TileConfig(256, 128, 8, 16, 8, 1.08),   # measured 42.2 vs 39.0 TFLOP/s at 4096^3 (H100)
+    # BK=16 halves the barriers per FMA; H100 run 4 at 4096^3: 43.0 (128x128) and 43.7 (256x128, > 48 KB
+    # of shared memory) vs 38.7 / 42.4 TFLOP/s for BK=8 in the same run
+    TileConfig(128, 128, 16, 8, 8, 1.10),
+    TileConfig(256, 128, 16, 16, 8, 1.12),
 )
-CONFIG_BY_NAME = {c.name: c for c in CONFIGS}
+# Compiled and tested, selectable by name (``config=``), not candidates of ``choose_config``: measured
+# slower than the ones above (H100 run 4: 42.8 TFLOP/s at 4096^3).
+EXTRA_CONFIGS = (
+    TileConfig(128, 256, 16, 8, 16, 1.03),
+)
+CONFIG_BY_NAME = {c.name: c for c in CONFIGS + EXTRA_CONFIGS}
 
 # Cost model constants (H100, strict FP32): cuBLAS-level FMA rate per SM, memory bandwidth, and the cost
 # of split-K's second launch. Eager calls from Python cost ~17 us each on the host (measured, 1x1x1 GEMM),
@@ -85,6 +101,7 @@ CONFIG_BY_NAME = {c.name: c for c in CONFIGS}
 _FMA_PER_SM_S = 51e12 / 2 / 132
 _BYTES_S = 3.0e12
 _LAUNCH_S = 20e-6
+GRAPH_LAUNCH_S = 1e-6  # one more kernel inside a replayed CUDA graph (shared/GPU.md: ~1.0 us)
 
 
 def _num_sms() -> int:
@@ -105,7 +122,10 @@ def estimate_seconds(cfg: TileConfig, M: int, N: int, K: int, splits: int, sms: 
     """Rough time of one GEMM: waves of blocks at the config's rate, plus split-K's extra traffic/launch.
 
     An SM needs ~8 resident warps for its full FMA rate; a partial wave (few blocks per SM) runs each
-    block faster but the SM below its peak.
+    block faster but the SM below its peak. Launches are asynchronous: calls made back to back from
+    Python take max(GPU time, launches x host cost), so eagerly (``launch_s`` ~20 us of host time each)
+    a second launch only pays when the GPU time it saves exceeds that; inside a replayed CUDA graph
+    (~1 us each) it is added to the GPU time.
     """
     launch_s = _LAUNCH_S if launch_s is None else launch_s
     tiles = math.ceil(M / cfg.bm) * math.ceil(N / cfg.bn)
@@ -115,21 +135,25 @@ def estimate_seconds(cfg: TileConfig, M: int, N: int, K: int, splits: int, sms: 
     resident = min(cfg.blocks_per_sm, math.ceil(total / sms))
     sm_rate = cfg.rate * _FMA_PER_SM_S * min(1.0, resident * cfg.threads / 32 / 8)
     block_fma = cfg.bm * cfg.bn * max(k_chunk, cfg.bk)
-    t = waves * resident * block_fma / sm_rate
-    if splits > 1:  # partials written and read back, one more launch
-        t += 2 * 4 * splits * M * N / _BYTES_S + launch_s
-    return t
+    launches = 2 if splits > 1 else 1
+    gpu = waves * resident * block_fma / sm_rate + launches * GRAPH_LAUNCH_S
+    if splits > 1:  # partials written and read back
+        gpu += 2 * 4 * splits * M * N / _BYTES_S
+    return max(gpu, launches * launch_s)
 
 
-@functools.lru_cache(maxsize=4096)
 def choose_config(M: int, N: int, K: int, sms: int = 132, max_splits: int = 32, launch_s: float | None = None,
                   candidates: tuple | None = None):
     """(TileConfig, splits) with the lowest ``estimate_seconds``; splits keep >= 64 k per block.
 
-    launch_s: the cost of the extra split-K launch (default ``_LAUNCH_S``, set by ``set_launch_cost``).
+    launch_s: the cost of the extra split-K launch (default: the current ``launch_cost``, 20 us eagerly).
     candidates: the TileConfigs to choose from (default: all of ``CONFIGS``).
     """
-    launch_s = _LAUNCH_S if launch_s is None else launch_s
+    return _choose_config(M, N, K, sms, max_splits, _LAUNCH_S if launch_s is None else launch_s, candidates)
+
+
+@functools.lru_cache(maxsize=4096)
+def _choose_config(M, N, K, sms, max_splits, launch_s, candidates):
     best = None
     for cfg in candidates or CONFIGS:
         s = 1
@@ -143,10 +167,24 @@ def choose_config(M: int, N: int, K: int, sms: int = 132, max_splits: int = 32, 
 
 def set_launch_cost(seconds: float) -> None:
     """The cost of one extra kernel launch that split-K weighs against its speed-up: 20e-6 for eager
-    calls from Python (the default), ~1e-6 when the calls are captured into a CUDA graph and replayed."""
+    calls from Python (the default), ~1e-6 (``GRAPH_LAUNCH_S``) when the calls are captured into a CUDA
+    graph and replayed. ``launch_cost`` sets it for a ``with`` block only."""
     global _LAUNCH_S
     _LAUNCH_S = float(seconds)
-    choose_config.cache_clear()
+
+
+@contextlib.contextmanager
+def launch_cost(seconds: float):
+    """``with launch_cost(GRAPH_LAUNCH_S):`` plans every GEMM / conv inside as if launches cost ``seconds``
+    (restored after). Use it around the eager warm-up *and* the capture of a CUDA graph, so both choose
+    the same configs and split-K workspaces."""
+    global _LAUNCH_S
+    before = _LAUNCH_S
+    _LAUNCH_S = float(seconds)
+    try:
+        yield
+    finally:
+        _LAUNCH_S = before
 
 
 def split_chunk(K: int, splits: int, bk: int) -> tuple[int, int]:
@@ -184,7 +222,12 @@ def kernel(family: str, name: str, cfg: TileConfig | None = None):
 
 @functools.lru_cache(maxsize=None)
 def _kernel(family, name, cfg, device_id):
-    return function(family, name, **(cfg.defines if cfg is not None else {}))
+    fn = function(family, name, **(cfg.defines if cfg is not None else {}))
+    if cfg is not None and cfg.smem_bytes > 48 * 1024:
+        # NOTE: above 48 KB a kernel's dynamic shared memory must be opted into, once per function
+        # (RawModule.get_function returns a RawKernel, which sets the CUDA function attribute).
+        fn.max_dynamic_shared_size_bytes = cfg.smem_bytes
+    return fn
 
 
 def _ptr(a) -> np.uint64:
@@ -254,14 +297,16 @@ def gemm(a, b, out=None, *, trans_a=False, trans_b=False, bias=None, act="none",
     grid = (blocks(N, cfg.bn), blocks(M, cfg.bm), splits)
     dims = (np.int32(M), np.int32(N), np.int32(K), np.int32(k_chunk))
     if splits == 1:
-        kern(grid, (cfg.threads,), (a, b, out, _ptr(bias)) + dims + (beta, act_code, np.int32(flags)))
+        kern(grid, (cfg.threads,), (a, b, out, _ptr(bias)) + dims + (beta, act_code, np.int32(flags)),
+             shared_mem=cfg.smem_bytes)
         return out
     ws = workspace if workspace is not None else split_workspace(splits * M * N)
     if ws.size < splits * M * N:
         raise ValueError(f"gemm: workspace has {ws.size} elements, split-K needs {splits * M * N}")
     flags |= 1 << 3  # partial sums into ws[z]
     flags = (flags & ~(1 << 2)) | int(_vec_ok(ws, N)) << 2  # the partials, not out, are stored
-    kern(grid, (cfg.threads,), (a, b, ws, np.uint64(0)) + dims + (np.int32(0), np.int32(0), np.int32(flags)))
+    kern(grid, (cfg.threads,), (a, b, ws, np.uint64(0)) + dims + (np.int32(0), np.int32(0), np.int32(flags)),
+         shared_mem=cfg.smem_bytes)
     splitk_reduce(ws, out, bias, M, N, splits, beta, act_code)
     return out
 

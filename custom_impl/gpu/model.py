@@ -338,7 +338,8 @@ class GPUModel(CustomModel):
     def _plan(self, n: int) -> _Plan:
         plan = self._plans.get(n)
         if plan is None:
-            plan = self._plans[n] = _Plan(self.spec, self.steps, n)
+            with self._launch_cost():  # workspace sizes follow the plans the calls will make
+                plan = self._plans[n] = _Plan(self.spec, self.steps, n)
         return plan
 
     # ------------------------------------------------------------------ hooks of CustomModel
@@ -385,7 +386,20 @@ class GPUModel(CustomModel):
         dst.set(np.ascontiguousarray(y, dtype=np.int64))
         return dst
 
+    def _launch_cost(self):
+        """The launch cost GEMM / conv plans assume inside this model: a replayed graph's (~1 us), so
+        split-K pays for small batches. Plans, workspace sizes, eager warm-up steps and captures all run
+        under it, so they agree; it holds with graphs off too (use_graph=False), so both modes choose the
+        same kernels and compute bit-identical results."""
+        from .gemm import GRAPH_LAUNCH_S, launch_cost
+
+        return launch_cost(GRAPH_LAUNCH_S)
+
     def _forward(self, x, train: bool):
+        with self._launch_cost():
+            return self._forward_planned(x, train)
+
+    def _forward_planned(self, x, train: bool):
         plan = self._plan(int(x.shape[0]))
         if x.data.ptr != plan.acts[0].data.ptr:
             plan.acts[0].data.copy_from_device_async(x.data, x.nbytes)
@@ -407,7 +421,8 @@ class GPUModel(CustomModel):
         return loss, dz
 
     def _backward(self, dlogits) -> None:
-        self._run_backward(self._plan(int(dlogits.shape[0])))
+        with self._launch_cost():
+            self._run_backward(self._plan(int(dlogits.shape[0])))
 
     def _run_backward(self, plan: _Plan) -> None:
         for i in range(len(self.steps) - 1, -1, -1):
@@ -445,15 +460,14 @@ class GPUModel(CustomModel):
         With graphs on, the first call for a given (N, lr, momentum) runs eagerly, the second captures the
         step as a CUDA graph and every later one replays it. The returned loss is a fresh 0-d array.
         """
-        import cupy
-
         self.spec.check_lr(lr, momentum)
         x = self._checked_input(x)                 # copied into the plan's static input buffer
         n = int(x.shape[0])
         self._checked_labels(y, n)                 # copied into the plan's static label buffer
-        plan = self._plan(n)
         lr, momentum = float(lr), float(momentum)
-        self._graphed(("train_step", n, lr, momentum), lambda: self._run_step(plan, lr, momentum))
+        with self._launch_cost():
+            plan = self._plan(n)
+            self._graphed(("train_step", n, lr, momentum), lambda: self._run_step(plan, lr, momentum))
         return _copy(plan.loss).reshape(())
 
     def _graphed(self, key: tuple, launches) -> None:

@@ -15,7 +15,7 @@
 //     backward_weights:  M = K, cols = C*R*S, reduction = N*P*Q    (A = dy as (K, NPQ); B = im2col(x)^T),
 //                        split-K over the reduction: block z writes a partial (K, CRS) sum to
 //                        dW + z*K*CRS and gemm_splitk_reduce adds them in order (deterministic).
-//   conv_bias_grad     db[k], one block per k, fixed-order tree reduction (deterministic).
+//   conv_bias_grad_*   db[k]: blocks over (k, chunk of n), fixed-order tree and chunk sums (deterministic).
 #include "gemm_tiles.cuh"
 
 #ifndef GEMM_BM
@@ -121,17 +121,30 @@ extern "C" __global__ void conv_v1_backward_weights(const float* __restrict__ dy
 }
 
 // ---- bias gradient ------------------------------------------------------------------------------------
-// db[k] = sum over n, p, q of dy[n, k, p, q]; blockDim.x == 256, one block per k.
-extern "C" __global__ void conv_bias_grad(const float* __restrict__ dy, float* __restrict__ db,
-                                          int N, int K, int PQ) {
+// db[k] = sum over n, p, q of dy[n, k, p, q], deterministic (fixed partition and order, no atomics):
+//   conv_bias_grad_partial  block (k, s) sums the images n in [s*nchunk, (s+1)*nchunk) of channel k and
+//                           writes out[k * gridDim.y + s] (= db[k] itself when gridDim.y == 1).
+//   conv_bias_grad_finish   db[k] = sum over s in order of part[k * S + s].
+// Splitting over n keeps every SM busy when K is small (K = 32 blocks alone used 32 of 132 SMs and read
+// up to 3 MB each). blockDim.x == 256.
+extern "C" __global__ void conv_bias_grad_partial(const float* __restrict__ dy, float* __restrict__ out,
+                                                  int N, int K, int PQ, int nchunk) {
     __shared__ float part[256];
     const int k = blockIdx.x;
-    const long long count = (long long)N * PQ;
+    const int n0 = blockIdx.y * nchunk;
+    const int n1 = min(N, n0 + nchunk);
+    const long long count = (long long)max(n1 - n0, 0) * PQ;
+    // (n, pq) of element i = tid + 256*t, stepped without a division per element
+    const int dn = 256 / PQ, dpq = 256 % PQ;
+    int n = n0 + threadIdx.x / PQ;
+    int pq = threadIdx.x % PQ;
     float acc = 0.f;
+#pragma unroll 4
     for (long long i = threadIdx.x; i < count; i += 256) {
-        long long n = i / PQ;
-        long long pq = i - n * PQ;
-        acc += dy[(n * K + k) * PQ + pq];
+        acc += dy[((long long)n * K + k) * PQ + pq];
+        n += dn;
+        pq += dpq;
+        if (pq >= PQ) { pq -= PQ; ++n; }
     }
     part[threadIdx.x] = acc;
     __syncthreads();
@@ -139,7 +152,16 @@ extern "C" __global__ void conv_bias_grad(const float* __restrict__ dy, float* _
         if (threadIdx.x < half) part[threadIdx.x] += part[threadIdx.x + half];
         __syncthreads();
     }
-    if (threadIdx.x == 0) db[k] = part[0];
+    if (threadIdx.x == 0) out[(long long)k * gridDim.y + blockIdx.y] = part[0];
+}
+
+extern "C" __global__ void conv_bias_grad_finish(const float* __restrict__ part, float* __restrict__ db,
+                                                 int K, int S) {
+    const int k = blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= K) return;
+    float v = 0.f;
+    for (int s = 0; s < S; ++s) v += part[(long long)k * S + s];
+    db[k] = v;
 }
 
 // ---- v2: implicit GEMM loaders and epilogues -----------------------------------------------------------
@@ -213,13 +235,27 @@ struct Im2colColsLoader {
     }
 };
 
-// Forward output: C[m = k, j = (n,p,q)] -> y[n, k, p, q] + b[k].
+// Forward output: C[m = k, j = (n,p,q)] -> y[n, k, p, q] + b[k]; or, split-K (`ws` set), the raw partial
+// sum of this block's reduction range into ws[m, j] (row-major (K, cols), one slab per blockIdx.z).
 struct ConvForwardEpilogue {
     float* y;
     const float* b;
+    float* ws;
     int K, PQ, cols;
+    bool ws_vec;  // cols % 4 == 0 and ws 16-byte aligned: one float4 store per full group
     __device__ __forceinline__ void store4(int m, int j, const float (&v)[4]) const {
         if (m >= K) return;
+        if (ws) {
+            float* row = ws + (long long)m * cols;
+            if (ws_vec && j + 3 < cols) {
+                *reinterpret_cast<float4*>(row + j) = make_float4(v[0], v[1], v[2], v[3]);
+            } else {
+#pragma unroll
+                for (int f = 0; f < 4; ++f)
+                    if (j + f < cols) row[j + f] = v[f];
+            }
+            return;
+        }
         const float bias = b ? b[m] : 0.f;
 #pragma unroll
         for (int f = 0; f < 4; ++f) {
@@ -233,25 +269,52 @@ struct ConvForwardEpilogue {
     }
 };
 
+// flags bit 0: W vectorisable (CRS % 4 == 0, aligned); bit 1: split-K partials into ws (gridDim.z slabs of
+// (K, N*P*Q), reduction range [z*k_chunk, (z+1)*k_chunk)), finished by conv_splitk_reduce_nchw.
 extern "C" __global__ void __launch_bounds__(GEMM_NT, GEMM_MIN_BLOCKS)
 conv_v2_forward(const float* __restrict__ x, const float* __restrict__ Wt, const float* __restrict__ b,
-                float* __restrict__ y, int N, int C, int H, int W, int K, int R, int S, int P, int Q,
-                int sh, int sw, int ph, int pw, int flags) {
+                float* __restrict__ y, float* __restrict__ ws, int N, int C, int H, int W, int K, int R, int S,
+                int P, int Q, int sh, int sw, int ph, int pw, int k_chunk, int flags) {
     constexpr int BM = GEMM_BM, BN = GEMM_BN, BK = GEMM_BK, NT = GEMM_NT;
     const ConvDims d{N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw};
     const int CRS = C * R * S;
     const int cols = N * P * Q;
     const int m0 = blockIdx.y * BM;
     const int n0 = blockIdx.x * BN;
+    const int k_begin = blockIdx.z * k_chunk;
+    const int k_end = min(CRS, k_begin + k_chunk);
+    const bool partial = (flags >> 1) & 1;
     KVecLoader<BM, BK, NT> la;  // W as (K, CRS)
-    la.p = Wt; la.ld = CRS; la.mn_size = K; la.k_end = CRS; la.mn0 = m0; la.tid = threadIdx.x;
+    la.p = Wt; la.ld = CRS; la.mn_size = K; la.k_end = k_end; la.mn0 = m0; la.tid = threadIdx.x;
     la.vec = flags & 1;
     Im2colColsLoader<BN, BK, NT> lb;
     lb.tid = threadIdx.x;
     lb.init(d, n0, cols);
-    lb.x = x; lb.k_end = CRS;
-    ConvForwardEpilogue ep{y, b, K, P * Q, cols};
-    gemm_tile<BM, BN, BK, GEMM_TM, GEMM_TN>(la, lb, ep, m0, n0, 0, CRS);
+    lb.x = x; lb.k_end = k_end;
+    float* slab = partial ? ws + (long long)blockIdx.z * K * cols : nullptr;
+    ConvForwardEpilogue ep{y, b, slab, K, P * Q, cols,
+                           partial && cols % 4 == 0 && (reinterpret_cast<unsigned long long>(ws) & 15) == 0};
+    gemm_tile<BM, BN, BK, GEMM_TM, GEMM_TN>(la, lb, ep, m0, n0, k_begin, k_end);
+}
+
+// y[n, k, pq] = b[k] + sum over z (in order: deterministic) of ws[z, k, n*PQ + pq]; one thread per output.
+// Finishes the split-K forward (k = out-channel) and stride-1 backward-data (k = in-channel, no bias).
+extern "C" __global__ void conv_splitk_reduce_nchw(const float* __restrict__ ws, float* __restrict__ y,
+                                                      const float* __restrict__ b, int N, int K, int PQ,
+                                                      int splits) {
+    const long long total = (long long)N * K * PQ;
+    const long long cols = (long long)N * PQ;
+    for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+         idx += (long long)gridDim.x * blockDim.x) {
+        const long long n = idx / ((long long)K * PQ);
+        const int rem = (int)(idx - n * K * PQ);
+        const int k = rem / PQ;
+        const int pq = rem - k * PQ;
+        const float* src = ws + (long long)k * cols + n * PQ + pq;
+        float v = 0.f;
+        for (int z = 0; z < splits; ++z) v += src[(long long)z * K * cols];
+        y[idx] = v + (b ? b[k] : 0.f);
+    }
 }
 
 // Backward-data A operand: A[m = c, kk = (k,r,s)] = W[k, c, r, s]; mn-vector mapping (4 consecutive c).
@@ -653,9 +716,16 @@ struct GradPhaseColsLoader {
 // C[m = c, j = (n,h',w')] -> dx[n, c, h0 + h'*sh, w0 + w'*sw].
 struct ConvPhaseGradEpilogue {
     float* dx;
+    float* ws;  // split-K (stride 1 only): raw partial sums into ws[m, j] ((C, cols) row-major), else null
     int C, H, W, HWh, Wh, h0, w0, sh, sw, cols;
     __device__ __forceinline__ void store4(int m, int j, const float (&v)[4]) const {
         if (m >= C) return;
+        if (ws) {
+#pragma unroll
+            for (int f = 0; f < 4; ++f)
+                if (j + f < cols) ws[(long long)m * cols + j + f] = v[f];
+            return;
+        }
 #pragma unroll
         for (int f = 0; f < 4; ++f) {
             int jj = j + f;
@@ -673,24 +743,29 @@ struct ConvPhaseGradEpilogue {
 extern "C" __global__ void __launch_bounds__(GEMM_NT, GEMM_MIN_BLOCKS)
 conv_v3_backward_data(const float* __restrict__ dy, const float* __restrict__ Wt, float* __restrict__ dx,
                       int N, int C, int H, int W, int K, int R, int S, int P, int Q,
-                      int sh, int sw, int ph, int pw) {
+                      int sh, int sw, int ph, int pw, float* __restrict__ ws, int k_chunk) {
     constexpr int BM = GEMM_BM, BN = GEMM_BN, BK = GEMM_BK, NT = GEMM_NT;
     const ConvDims d{N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw};
-    const ConvPhase f = conv_phase(d, blockIdx.z);
+    // grid.z: the stride phases, or (stride 1, `ws` set) the split-K slabs of the one phase
+    const bool split = ws != nullptr;
+    const ConvPhase f = conv_phase(d, split ? 0 : blockIdx.z);
     const int cols = N * f.Hh * f.Wh;
     const int m0 = blockIdx.y * BM;
     const int n0 = blockIdx.x * BN;
     if (n0 >= cols) return;  // the whole block: this phase has fewer pixels than the grid covers
     const int red = K * f.Rt * f.St;
+    const int k_begin = split ? blockIdx.z * k_chunk : 0;
+    const int k_end = split ? min(red, k_begin + k_chunk) : red;
     WeightPhaseLoader<BM, BK, NT> la;
     la.Wt = Wt; la.C = C; la.R = R; la.S = S; la.RS = R * S; la.RtSt = f.Rt * f.St; la.St = f.St;
-    la.th = f.th; la.tw = f.tw; la.sh = sh; la.sw = sw; la.k_end = red; la.mn0 = m0; la.tid = threadIdx.x;
+    la.th = f.th; la.tw = f.tw; la.sh = sh; la.sw = sw; la.k_end = k_end; la.mn0 = m0; la.tid = threadIdx.x;
     GradPhaseColsLoader<BN, BK, NT> lb;
     lb.tid = threadIdx.x;
     lb.init(d, f, n0, cols);
-    lb.dy = dy; lb.k_end = red;
-    ConvPhaseGradEpilogue ep{dx, C, H, W, f.Hh * f.Wh, f.Wh, f.h0, f.w0, sh, sw, cols};
-    gemm_tile<BM, BN, BK, GEMM_TM, GEMM_TN>(la, lb, ep, m0, n0, 0, red);
+    lb.dy = dy; lb.k_end = k_end;
+    float* slab = split ? ws + (long long)blockIdx.z * C * cols : nullptr;
+    ConvPhaseGradEpilogue ep{dx, slab, C, H, W, f.Hh * f.Wh, f.Wh, f.h0, f.w0, sh, sw, cols};
+    gemm_tile<BM, BN, BK, GEMM_TM, GEMM_TN>(la, lb, ep, m0, n0, k_begin, k_end);
 }
 
 // ---- v4 backward-data for few input channels (C <= 8): direct, per stride phase -------------------------

@@ -161,7 +161,8 @@ struct GemmEpilogue {
 // ---- the main loop -----------------------------------------------------------------------------------
 // Computes this block's BM x BN tile over k in [k_begin, k_end) (k_begin a multiple of BK) and hands
 // every 4-column group of the accumulators to ep.store4(m, n, v) with global m, n (unchecked: the
-// epilogue checks bounds). Needs blockDim.x == (BM/TM)*(BN/TN).
+// epilogue checks bounds). Needs blockDim.x == (BM/TM)*(BN/TN) and 2*BK*(BM+BN+2*TILE_PAD)*4 bytes of dynamic
+// shared memory.
 template <int BM, int BN, int BK, int TM, int TN, class LA, class LB, class EP>
 __device__ __forceinline__ void gemm_tile(LA& la, LB& lb, EP& ep, int m0, int n0, int k_begin, int k_end) {
     constexpr int WM = 8 * TM;
@@ -170,8 +171,11 @@ __device__ __forceinline__ void gemm_tile(LA& la, LB& lb, EP& ep, int m0, int n0
     static_assert(BM % WM == 0 && BN % WN == 0 && TM % 4 == 0 && TN % 4 == 0, "bad tile config");
     constexpr int LDA = BM + TILE_PAD;
     constexpr int LDB = BN + TILE_PAD;
-    __shared__ __align__(16) float As[2][BK * LDA];  // [buffer][k][m]
-    __shared__ __align__(16) float Bs[2][BK * LDB];  // [buffer][k][n]
+    // Dynamic shared memory (the launch passes gemm_smem_bytes = 2*BK*(LDA + LDB)*4, TileConfig.smem_bytes
+    // in gemm.py), so tiles above the 48 KB static limit (e.g. 256x128 with BK=16) can be compiled.
+    extern __shared__ __align__(16) float gemm_smem[];
+    float* const As = gemm_smem;                  // [buffer][k][m]: buffer b at As + b * BK * LDA
+    float* const Bs = gemm_smem + 2 * BK * LDA;   // [buffer][k][n]: buffer b at Bs + b * BK * LDB
 
     const int tid = threadIdx.x;
     const int warp = tid / 32;
@@ -193,8 +197,8 @@ __device__ __forceinline__ void gemm_tile(LA& la, LB& lb, EP& ep, int m0, int n0
     if (ntiles > 0) {
         la.load(k_begin);
         lb.load(k_begin);
-        la.store(As[0]);
-        lb.store(Bs[0]);
+        la.store(As);
+        lb.store(Bs);
     }
     __syncthreads();
 
@@ -205,8 +209,8 @@ __device__ __forceinline__ void gemm_tile(LA& la, LB& lb, EP& ep, int m0, int n0
             la.load(k_begin + (t + 1) * BK);
             lb.load(k_begin + (t + 1) * BK);
         }
-        const float* a_s = As[cur];
-        const float* b_s = Bs[cur];
+        const float* a_s = As + cur * (BK * LDA);
+        const float* b_s = Bs + cur * (BK * LDB);
 #pragma unroll
         for (int k = 0; k < BK; ++k) {
             float a[TM], b[TN];
@@ -228,8 +232,8 @@ __device__ __forceinline__ void gemm_tile(LA& la, LB& lb, EP& ep, int m0, int n0
         if (more) {
             // NOTE: writing the other buffer is safe: every thread passed the barrier that ended the
             // previous iteration, whose FFMAs were the last readers of that buffer.
-            la.store(As[cur ^ 1]);
-            lb.store(Bs[cur ^ 1]);
+            la.store(As + (cur ^ 1) * (BK * LDA));
+            lb.store(Bs + (cur ^ 1) * (BK * LDB));
         }
         __syncthreads();
     }

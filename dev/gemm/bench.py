@@ -65,7 +65,7 @@ def gemm_rows(args, rng):
     import cupy
     import torch
 
-    from custom_impl.gpu.gemm import CONFIGS, gemm
+    from custom_impl.gpu.gemm import gemm
 
     rows = []
 
@@ -118,7 +118,8 @@ def gemm_rows(args, rng):
             lambda: torch.matmul(tdy.t(), tx, out=tdW))
 
     if "gemm4096" in args.only:
-        dense_three(4096, 4096, 4096, "gemm4096", ["auto", "128x128x8_8x8", "128x256x8_8x16", "256x128x8_16x8"])
+        dense_three(4096, 4096, 4096, "gemm4096", ["auto", "128x128x8_8x8", "128x256x8_8x16", "256x128x8_16x8",
+                                                   "128x128x16_8x8", "256x128x16_16x8", "128x256x16_8x16"])
         dense_three(1, 1, 1, "overhead", ["auto"])
     if "dense" in args.only:
         for M, N, K in SQUARE_DENSE:
@@ -178,12 +179,21 @@ def conv_rows(args, rng):
              lambda: torch.ops.aten.convolution_backward(tdy, tx, tw, None, [st, st], [pd, pd], [1, 1], False,
                                                          [0, 0], 1, [True, False, False])),
             ("bwd-weights", lambda: conv2d_backward(dy, x, w, st, pd, need_dx=False, dW=dW, need_db=False,
-                                                    workspace=ws),
+                                                    workspace=ws, weights_version="v2"),
              lambda: torch.ops.aten.convolution_backward(tdy, tx, tw, None, [st, st], [pd, pd], [1, 1], False,
                                                          [0, 0], 1, [False, True, False])),
         ]
-        if C <= 8 and K * C * R * S <= 12288:  # the few-channel direct kernel, opt-in so far
-            phases.append(("bwd-data", lambda: backward_data(dy, w, dx, dims, "v4"), phases[1][2], "v4"))
+        if C <= 8 and K * C * R * S <= 12288:  # the few-channel kernels (conv_smallc.py)
+            phases.append(("bwd-data", lambda: backward_data(dy, w, dx, dims, "v5"), phases[1][2], "v5"))
+            phases.append(("bwd-weights", lambda: conv2d_backward(dy, x, w, st, pd, need_dx=False, dW=dW,
+                                                                  need_db=False, workspace=ws,
+                                                                  weights_version="smallc"),
+                           phases[2][2], "smallc"))
+        if args.conv_configs and C > 8:
+            for cname in args.conv_configs.split(","):
+                phases.append(("fwd", lambda cname=cname: conv2d_forward(x, w, b, st, pd, out=y, config=cname,
+                                                                       workspace=ws),
+                               phases[0][2], cname))
         for phase, ours_fn, ref_fn, *variant in phases:
             variant = variant[0] if variant else "auto"
             t_ours, sp_o = time_call(ours_fn)
@@ -202,6 +212,7 @@ def main(argv=None):
     ap.add_argument("--no-tests", action="store_true")
     ap.add_argument("-k", default=None, help="pytest -k expression selecting the tests to run")
     ap.add_argument("--only", default="gemm4096,dense,conv")
+    ap.add_argument("--conv-configs", default="", help="comma-separated tile configs to time conv forward with")
     args = ap.parse_args(argv)
     args.only = set(args.only.split(","))
     os.makedirs(args.out, exist_ok=True)

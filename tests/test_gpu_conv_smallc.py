@@ -1,0 +1,146 @@
+"""The few-channel conv backward kernels (custom_impl/gpu/conv_smallc.py) against a NumPy float64 reference.
+
+Same tolerance as tests/test_gpu_conv.py (its ``_assert_close``): an output that is a float32 sum of L
+products may differ from float64 by |out - ref| <= 4 * sqrt(L) * eps32 * ref_abs + 4 * eps32 * |ref|, where
+ref_abs is the same sum over absolute values (x, W, dy replaced by |x|, |W|, |dy|): rounding of a sum of L
+terms grows like sqrt(L) for random data. dx sums L = K*R*S products, dW L = N*P*Q. Outputs (and the
+workspace) are NaN-filled before each call so that an unwritten element fails; a second call must give
+bit-identical results (no atomics: the partial sums are added in a fixed order).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from test_gpu_conv import _assert_close, _rand, conv_ref
+
+pytestmark = pytest.mark.gpu
+
+# (N, C, H, W, K, R, S, stride, padding)
+CASES = [
+    (1, 1, 13, 17, 1, 1, 1, (1, 1), (0, 0)),
+    (3, 2, 9, 11, 5, 2, 3, (1, 1), (1, 0)),
+    (7, 3, 13, 17, 5, 3, 3, (1, 1), (1, 1)),
+    (3, 5, 31, 29, 32, 5, 5, (2, 2), (2, 2)),
+    (1, 8, 31, 29, 30, 7, 7, (2, 2), (3, 3)),
+    (3, 3, 31, 29, 64, 7, 7, (2, 2), (3, 3)),
+    (3, 1, 31, 29, 5, 7, 7, (2, 1), (3, 2)),
+    (7, 3, 9, 11, 32, 2, 3, (2, 1), (0, 1)),
+    (3, 2, 13, 17, 64, 3, 3, (3, 3), (1, 2)),
+    (1, 5, 13, 17, 1, 2, 3, (3, 3), (0, 0)),     # stride > kernel: some dx phases get no taps (zeros)
+    (3, 8, 9, 11, 5, 1, 1, (2, 2), (0, 0)),      # 1x1 with stride: 3 of 4 dx phases are zero
+    (7, 1, 13, 17, 32, 5, 5, (1, 1), (2, 2)),
+    (3, 3, 31, 29, 64, 3, 3, (2, 1), (3, 1)),    # padding above the kernel's half
+    (1, 2, 9, 11, 64, 5, 5, (3, 3), (2, 3)),
+    (7, 8, 13, 17, 32, 3, 3, (1, 1), (1, 1)),
+    (3, 5, 9, 11, 32, 7, 7, (1, 1), (3, 3)),
+    (1, 3, 31, 29, 5, 1, 1, (1, 1), (0, 0)),
+]
+# The layers that motivated the kernels (H100: 0.16-0.33 of cuDNN with conv.py's implicit GEMMs).
+LAYERS = [
+    (256, 1, 28, 28, 32, 5, 5, (1, 1), (2, 2)),    # LeNet conv1
+    (256, 3, 32, 32, 32, 3, 3, (1, 1), (1, 1)),    # CIFAR conv1
+    (2, 3, 224, 224, 64, 7, 7, (2, 2), (3, 3)),    # ResNet stem, N reduced from 64
+]
+
+
+def _case_id(c):
+    return "N{}C{}H{}W{}K{}R{}S{}s{}{}p{}{}".format(*c[:7], *c[7], *c[8])
+
+
+def _setup(case):
+    from custom_impl.gpu.conv import _dims
+
+    N, C, H, Wd, K, R, S, stride, padding = case
+    rng = np.random.default_rng(sum(case[:7]) + 7)
+    x, W = _rand(rng, N, C, H, Wd), _rand(rng, K, C, R, S)
+    dims = _dims(x.shape, W.shape, stride, padding)
+    P, Q = dims[7], dims[8]
+    dy = _rand(rng, N, K, P, Q)
+    x64, W64, dy64 = x.astype(np.float64), W.astype(np.float64), dy.astype(np.float64)
+    _, back = conv_ref(x64, W64, stride, padding)
+    _, back_abs = conv_ref(np.abs(x64), np.abs(W64), stride, padding)
+    dx_ref, dW_ref, _ = back(dy64)
+    dx_abs, dW_abs, _ = back_abs(np.abs(dy64))
+    return dims, x, W, dy, (dx_ref, dx_abs), (dW_ref, dW_abs)
+
+
+@pytest.mark.parametrize("case", CASES + LAYERS, ids=_case_id)
+def test_backward_data(case):
+    import cupy
+
+    from custom_impl.gpu.conv_smallc import backward_data, fits
+
+    dims, x, W, dy, (dx_ref, dx_abs), _ = _setup(case)
+    N, C, H, Wd, K, R, S = dims[:7]
+    assert fits(C, K, R, S, x_shape=x.shape, stride=case[7], padding=case[8])
+    gdy, gW = cupy.asarray(dy), cupy.asarray(W)
+    outs = []
+    for _ in range(2):
+        dx = cupy.full(x.shape, np.nan, np.float32)
+        assert backward_data(gdy, gW, dx, dims) is dx
+        outs.append(cupy.asnumpy(dx))
+    _assert_close(outs[0], dx_ref, dx_abs, K * R * S, f"dx {case}")
+    assert np.array_equal(outs[0], outs[1]), f"dx {case}: two calls differ (not deterministic)"
+
+
+@pytest.mark.parametrize("case", CASES + LAYERS, ids=_case_id)
+def test_backward_weights(case):
+    import cupy
+
+    from custom_impl.gpu.conv_smallc import backward_weights, workspace_size
+
+    dims, x, W, dy, _, (dW_ref, dW_abs) = _setup(case)
+    N, P, Q = dims[0], dims[7], dims[8]
+    gdy, gx = cupy.asarray(dy), cupy.asarray(x)
+    n_ws = workspace_size(x.shape, W.shape, case[7], case[8])
+    outs = []
+    for workspace in (cupy.full((max(n_ws, 1),), np.nan, np.float32), None):  # given, then the shared buffer
+        dW = cupy.full(W.shape, np.nan, np.float32)
+        assert backward_weights(gdy, gx, dW, dims, workspace=workspace) is dW
+        outs.append(cupy.asnumpy(dW))
+    _assert_close(outs[0], dW_ref, dW_abs, N * P * Q, f"dW {case}")
+    assert np.array_equal(outs[0], outs[1]), f"dW {case}: two calls differ (not deterministic)"
+
+
+def test_fits():
+    from custom_impl.gpu.conv_smallc import fits
+
+    for N, C, H, Wd, K, R, S, stride, padding in LAYERS:
+        assert fits(C, K, R, S, x_shape=(N, C, H, Wd), stride=stride, padding=padding)
+    assert not fits(9, 32, 3, 3)                    # too many channels for the registers
+    assert not fits(3, 32, 3, 9)                    # S > 8
+    assert not fits(8, 64, 5, 5)                    # W: 12800 floats > 48 KB of shared memory
+    assert fits(8, 48, 4, 8)                        # W: exactly 12288 floats
+    assert not fits(8, 8, 8, 8, x_shape=(1, 8, 16, 4000), stride=1, padding=0)  # x rows of one output row
+    assert not fits(3, 8, 3, 3, x_shape=(1, 3, 2, 2), stride=1, padding=0)    # kernel larger than the input
+
+
+def test_rejects_bad_arguments():
+    import cupy
+
+    from custom_impl.gpu.conv import _dims
+    from custom_impl.gpu.conv_smallc import backward_data, backward_weights
+
+    dims = _dims((2, 3, 9, 11), (5, 3, 3, 3), 1, 1)
+    dy = cupy.ones((2, 5, 9, 11), np.float32)
+    x = cupy.ones((2, 3, 9, 11), np.float32)
+    W = cupy.ones((5, 3, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="shape"):
+        backward_weights(dy, x, cupy.empty((5, 3, 3, 2), np.float32), dims)
+    with pytest.raises(ValueError, match="shape"):
+        backward_data(dy, W, cupy.empty((2, 3, 9, 10), np.float32), dims)
+    with pytest.raises(ValueError, match="float32"):
+        backward_data(dy.astype(np.float64), W, cupy.empty(x.shape, np.float32), dims)
+    dims_big = _dims((16, 3, 32, 32), (32, 3, 3, 3), 1, 1)  # many output rows: partial sums per block
+    with pytest.raises(ValueError, match="workspace"):
+        backward_weights(cupy.ones((16, 32, 32, 32), np.float32), cupy.ones((16, 3, 32, 32), np.float32),
+                         cupy.empty((32, 3, 3, 3), np.float32), dims_big, workspace=cupy.empty((1,), np.float32))
+
+    dims9 = _dims((1, 9, 8, 8), (4, 9, 3, 3), 1, 1)   # C = 9: not a few-channel layer
+    with pytest.raises(ValueError, match="C <= 8"):
+        backward_data(cupy.ones((1, 4, 8, 8), np.float32), cupy.ones((4, 9, 3, 3), np.float32),
+                      cupy.empty((1, 9, 8, 8), np.float32), dims9)
+    with pytest.raises(ValueError, match="C <= 8"):
+        backward_weights(cupy.ones((1, 4, 8, 8), np.float32), cupy.ones((1, 9, 8, 8), np.float32),
+                         cupy.empty((4, 9, 3, 3), np.float32), dims9)
