@@ -287,3 +287,33 @@ def test_conv2d_backward_data_split_k(case):
     _assert_close(cupy.asnumpy(dx), back(dy.astype(np.float64))[0], back_abs(np.abs(dy.astype(np.float64)))[0],
                   K * R * S, f"dx split {case}")
     assert np.array_equal(cupy.asnumpy(again), cupy.asnumpy(dx))
+
+
+def test_auto_choice_with_winograd_candidates():
+    """version="auto" on a 3x3 stride-1 layer with >= 16 channels times v2 / v3 against Winograd once,
+    caches the choice, and whichever it picks agrees with float64 within the harness's layer tolerance
+    (max |a - b| / max |b| <= 1e-4: Winograd's transforms add rounding beyond a direct sum's bound, see
+    tests/test_gpu_winograd.py, but far below this)."""
+    import cupy
+
+    from custom_impl.gpu import conv
+
+    N, C, H, Wd, K = 8, 32, 14, 15, 48
+    rng = np.random.default_rng(31)
+    x, W, b = _rand(rng, N, C, H, Wd), _rand(rng, K, C, 3, 3), _rand(rng, K)
+    y_ref, back = conv_ref(x.astype(np.float64), W.astype(np.float64), (1, 1), (1, 1))
+    y_ref = y_ref + b[:, None, None]
+    dy = _rand(rng, *y_ref.shape)
+    dx_ref = back(dy.astype(np.float64))[0]
+    assert conv.winograd_ok(x.shape, W.shape, 1, 1, "forward") and conv.winograd_ok(x.shape, W.shape, 1, 1,
+                                                                                     "backward_data")
+    ws = cupy.full((conv.conv2d_workspace_size(x.shape, W.shape, 1, 1),), np.nan, np.float32)
+    gx, gW, gb, gdy = (cupy.asarray(a) for a in (x, W, b, dy))
+    y = conv.conv2d_forward(gx, gW, gb, 1, 1, workspace=ws)
+    dx = conv.conv2d_backward_data(gdy, gW, x.shape, 1, 1, workspace=ws)
+    dims = conv._dims(x.shape, W.shape, 1, 1)
+    assert conv._choices[("forward", 0, dims, False)] in ("v2", "winograd")
+    assert conv._choices[("data", 0, dims)] in ("v3", "winograd")
+    for got, ref, what in ((y, y_ref, "y"), (dx, dx_ref, "dx")):
+        err = np.abs(cupy.asnumpy(got) - ref).max() / np.abs(ref).max()
+        assert err <= 1e-4, f"{what}: auto ({conv._choices}) off by {err:.3g}"

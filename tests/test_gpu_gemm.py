@@ -184,3 +184,34 @@ def test_dense_forward_backward(N, F, U, act):
     _assert_close(cupy.asnumpy(db), dy64.sum(0), np.abs(dy64).sum(0), N, "dense db")
     dx2, _, _ = dense_backward(cupy.asarray(dy), cupy.asarray(x), cupy.asarray(W), need_dx=False)
     assert dx2 is None
+
+
+def test_gemm_repeated_calls_reuse_a_plan_and_still_check():
+    """A repeated eager call reuses its launch plan (no re-checks, no re-choice) and gives the same bits as
+    the first (planning) call, for the one-launch and the split-K path; a call that would fail the checks
+    (wrong dtype, non-contiguous, wrong out shape) never reuses a plan and still gets its ValueError."""
+    import cupy
+
+    from custom_impl.gpu import gemm as g
+
+    rng = np.random.default_rng(21)
+    for M, N, K in ((37, 66, 130), (64, 128, 784)):  # the second splits K eagerly (choose_config)
+        a = cupy.asarray(rng.standard_normal((M, K)).astype(np.float32))
+        b = cupy.asarray(rng.standard_normal((N, K)).astype(np.float32))
+        bias = cupy.asarray(rng.standard_normal(N).astype(np.float32))
+        out1, out2 = cupy.empty((M, N), np.float32), cupy.empty((M, N), np.float32)
+        before = len(g._launch_plans)
+        g.gemm(a, b, out1, trans_b=True, bias=bias, act="relu")
+        assert len(g._launch_plans) == before + 1
+        g.gemm(a, b, out2, trans_b=True, bias=bias, act="relu")
+        assert len(g._launch_plans) == before + 1
+        np.testing.assert_array_equal(cupy.asnumpy(out1), cupy.asnumpy(out2))
+        ref = np.maximum(cupy.asnumpy(a).astype(np.float64) @ cupy.asnumpy(b).T.astype(np.float64)
+                         + cupy.asnumpy(bias), 0)
+        np.testing.assert_allclose(cupy.asnumpy(out2), ref, rtol=1e-4, atol=1e-4 * np.sqrt(K))  # float32 sums of K terms
+        with pytest.raises(ValueError, match="float32"):
+            g.gemm(a.astype(np.float64), b, out1, trans_b=True, bias=bias, act="relu")
+        with pytest.raises(ValueError, match="contiguous"):
+            g.gemm(cupy.asfortranarray(a), b, out1, trans_b=True, bias=bias, act="relu")
+        with pytest.raises(ValueError, match="shape"):
+            g.gemm(a, b, cupy.empty((M, N + 1), np.float32), trans_b=True, bias=bias, act="relu")

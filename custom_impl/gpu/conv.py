@@ -41,7 +41,7 @@ import functools
 
 import numpy as np
 
-from . import conv_smallc
+from . import conv_smallc, winograd
 from ._compile import blocks, check_array
 from .gemm import CONFIG_BY_NAME, _num_sms, _ptr, _vec_ok, choose_config, kernel, split_chunk, splitk_reduce
 
@@ -124,7 +124,24 @@ def conv2d_workspace_size(x_shape, w_shape, stride, padding) -> int:
     need_smallc = 0
     if conv_smallc.weights_plan(_dims(x_shape, w_shape, stride, padding), _sms_or_default()) is not None:
         need_smallc = conv_smallc.workspace_size(x_shape, w_shape, stride, padding, _sms_or_default())
-    return max(need_w, need_f, need_smallc, need_bias, need_d)
+    need_wino = max([winograd.workspace_size(x_shape, w_shape, stride, padding, ph)
+                     for ph in ("forward", "backward_data") if winograd_ok(x_shape, w_shape, stride, padding, ph)]
+                    + [0])
+    return max(need_w, need_f, need_smallc, need_bias, need_d, need_wino)
+
+
+WINOGRAD_MIN_CHANNELS = 16      # below this the 16 small GEMMs have too short a reduction to pay
+WINOGRAD_MAX_WORKSPACE = 1 << 29  # float32 elements (2 GB): U, V and the GEMM output round-trip HBM
+
+
+def winograd_ok(x_shape, w_shape, stride, padding, phase: str) -> bool:
+    """Whether the Winograd F(2x2,3x3) kernels (``winograd.py``) are a candidate for this layer and
+    phase ("forward" / "backward_data"): 3x3, stride 1, padding <= 2, >= 16 channels in and out, and a
+    workspace within WINOGRAD_MAX_WORKSPACE."""
+    K, C = w_shape[:2]
+    if min(C, K) < WINOGRAD_MIN_CHANNELS or not winograd.fits(x_shape, w_shape, stride, padding):
+        return False
+    return winograd.workspace_size(x_shape, w_shape, stride, padding, phase) <= WINOGRAD_MAX_WORKSPACE
 
 
 def _sms_or_default() -> int:
@@ -148,12 +165,15 @@ def _checked_workspace(workspace, n: int, what: str):
     return workspace
 
 
-def conv2d_forward(x, W, b, stride, padding, out=None, workspace=None, version="v2", config=None, splits=None):
+def conv2d_forward(x, W, b, stride, padding, out=None, workspace=None, version="auto", config=None,
+                   splits=None):
     """y = conv2d(x, W) + b: x (N, C, H, W), W (K, C, R, S), b (K,) or None -> y (N, K, P, Q).
 
+    version: "v1" (direct baseline), "v2" (implicit GEMM), "winograd" (3x3 stride 1, ``winograd.py``) or
+    "auto" (the default): v2, or Winograd where ``winograd_ok`` and it timed faster (cached per shape).
     v2 splits the reduction (C*R*S) over blocks when the output alone cannot fill the GPU (small N):
-    partial sums go to ``workspace`` (``conv2d_workspace_size`` elements; default: the shared per-device
-    buffer) and a second kernel adds them in a fixed order. ``config``/``splits`` override the choice.
+    partials go to ``workspace`` (``conv2d_workspace_size`` elements; default: the shared per-device
+    buffer) and a second kernel adds them in a fixed order. ``config``/``splits`` override v2's choice.
     """
     import cupy
 
@@ -171,8 +191,16 @@ def conv2d_forward(x, W, b, stride, padding, out=None, workspace=None, version="
         kern = kernel("conv", "conv_v1_forward")
         kern((min(blocks(out.size, 256), _GRID_STRIDE_BLOCKS),), (256,), (x, W, _ptr(b), out) + _i32(*dims))
         return out
+    if version == "auto":
+        version = "v2"
+        if config is None and splits is None and winograd_ok(x.shape, W.shape, stride, padding, "forward"):
+            key = ("forward", _device_id(), dims, b is None)
+            version = _timed_choice(key, {v: functools.partial(conv2d_forward, x, W, b, stride, padding, out,
+                                                               workspace, v) for v in ("v2", "winograd")}) or "v2"
+    if version == "winograd":
+        return winograd.forward(x, W, b, out, (ph, pw), workspace)
     if version != "v2":
-        raise ValueError(f"conv2d_forward: version={version!r}; use 'v1' or 'v2'")
+        raise ValueError(f"conv2d_forward: version={version!r}; use 'auto', 'v1', 'v2' or 'winograd'")
     cols, CRS = N * P * Q, C * R * S
     cfg, k_chunk, n_splits = _forward_plan(x.shape, W.shape, stride, padding, _num_sms())
     if config is not None:
@@ -321,6 +349,12 @@ def smallc_fits(C, K, R, S) -> bool:
 _choices: dict = {}
 
 
+def _device_id() -> int:
+    import cupy
+
+    return cupy.cuda.Device().id
+
+
 def _timed_choice(key, candidates: dict):
     """The name of the fastest of ``candidates`` (name -> call), timed once with CUDA events (3 calls each
     after one warm-up) and cached under ``key``; None inside a CUDA-graph capture for an uncached key
@@ -347,17 +381,22 @@ def _timed_choice(key, candidates: dict):
 
 
 def choose_backward_data(dy, W, dx, dims, sms=132, workspace=None) -> str:
-    """"v3" or "v5" (conv_smallc, few channels) for this shape: v5 only where it can run, then whichever
-    of the two ran faster when first timed (cached per device and shape). Inside a CUDA-graph capture an
-    uncached shape gets v3."""
+    """"v3", "v5" (conv_smallc, few channels) or "winograd" (3x3 stride 1, >= 16 channels) for this
+    shape: the candidates that can run, then whichever ran fastest when first timed (cached per device
+    and shape). Inside a CUDA-graph capture an uncached shape gets v3."""
     import cupy
 
-    N, C, H, Wd, K, R, S = dims[:7]
-    if not conv_smallc.fits(C, K, R, S):
+    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
+    candidates = ["v3"]
+    if conv_smallc.fits(C, K, R, S):
+        candidates.append("v5")
+    if winograd_ok((N, C, H, Wd), (K, C, R, S), (sh, sw), (ph, pw), "backward_data"):
+        candidates.append("winograd")
+    if len(candidates) == 1:
         return "v3"
     key = ("data", cupy.cuda.Device().id, dims)
     return _timed_choice(key, {v: functools.partial(backward_data, dy, W, dx, dims, v, sms, workspace=workspace)
-                               for v in ("v3", "v5")}) or "v3"
+                               for v in candidates}) or "v3"
 
 
 def choose_backward_weights(dy, x, dW, dims, workspace=None, sms=132) -> str:
@@ -385,6 +424,8 @@ def backward_data(dy, W, dx, dims, version="v3", sms=132, config=None, workspace
         return dx
     if version == "v5":
         return conv_smallc.backward_data(dy, W, dx, dims)
+    if version == "winograd":
+        return winograd.backward_data(dy, W, dx, (ph, pw), workspace)
     if version == "v4":
         if not smallc_fits(C, K, R, S):
             raise ValueError(f"conv backward_data v4: needs C <= {SMALLC_MAX} and W within 48 KB; got C={C}, "
@@ -401,7 +442,8 @@ def backward_data(dy, W, dx, dims, version="v3", sms=132, config=None, workspace
              shared_mem=cfg.smem_bytes)
         return dx
     if version != "v3":
-        raise ValueError(f"conv backward_data: version={version!r}; use 'auto', 'v1', 'v2', 'v3', 'v4' or 'v5'")
+        raise ValueError(f"conv backward_data: version={version!r}; use 'auto', 'v1', 'v2', 'v3', 'v4', 'v5' or "
+                         f"'winograd'")
     cfg, k_chunk, splits = _data_plan(dims, sms)
     if config is not None:
         cfg = CONFIG_BY_NAME[config] if isinstance(config, str) else config

@@ -270,8 +270,19 @@ def gemm(a, b, out=None, *, trans_a=False, trans_b=False, bias=None, act="none",
     its name) and ``splits`` chosen by ``choose_config`` unless given. ``workspace``: float32 buffer of
     at least splits*M*N elements for split-K partials (default: the shared per-device buffer).
     """
+    fast = version == "v2" and config is None and splits is None and workspace is None and out is not None
+    if fast:
+        key = _plan_key(a, b, out, bias, trans_a, trans_b, act, accumulate)
+        plan = _launch_plans.get(key) if key is not None else None
+        if plan is not None:
+            _launch(plan, a, b, out, bias)
+            return out
     M, N, K, out = _check_operands(a, b, out, trans_a, trans_b, bias, act, accumulate)
     if M == 0 or N == 0:
+        return out
+    if fast and key is not None:
+        plan = _launch_plans[key] = _make_plan(a, b, out, trans_a, trans_b, act, accumulate, M, N, K)
+        _launch(plan, a, b, out, bias)
         return out
     beta = np.int32(1 if accumulate else 0)
     act_code = np.int32(ACTS[act])
@@ -309,6 +320,56 @@ def gemm(a, b, out=None, *, trans_a=False, trans_b=False, bias=None, act="none",
          shared_mem=cfg.smem_bytes)
     splitk_reduce(ws, out, bias, M, N, splits, beta, act_code)
     return out
+
+
+# Launch plans of eager calls (the common case: shapes repeat call after call). A plan holds everything
+# ``gemm`` derives from the shapes, alignment and options (config, split, grid, kernel, scalar arguments),
+# so a repeated call skips the checks and the choice: ~10 us of Python per call down to the launch itself
+# (shared/GPU.md: a launch from Python costs ~8 us). Keyed on everything the checks looked at, so a call
+# that would fail them never hits a plan.
+_launch_plans: dict = {}
+_F32 = np.dtype(np.float32)
+
+
+def _plan_key(a, b, out, bias, trans_a, trans_b, act, accumulate):
+    """The plan key of a call, or None when an operand is not a C-contiguous float32 CuPy array."""
+    import cupy
+
+    try:
+        arrays = (a, b, out) if bias is None else (a, b, out, bias)
+        for x in arrays:
+            if type(x) is not cupy.ndarray or x.dtype != _F32 or not x.flags.c_contiguous:
+                return None
+        return (a.shape, b.shape, out.shape, None if bias is None else bias.shape, trans_a, trans_b, act,
+                accumulate, a.data.ptr & 15, b.data.ptr & 15, out.data.ptr & 15, _LAUNCH_S,
+                cupy.cuda.runtime.getDevice())
+    except AttributeError:
+        return None
+
+
+def _make_plan(a, b, out, trans_a, trans_b, act, accumulate, M, N, K):
+    cfg, splits = choose_config(M, N, K, _num_sms())
+    k_chunk, splits = split_chunk(K, splits, cfg.bk)
+    kern = kernel("gemm", "gemm_v2_" + ("t" if trans_a else "n") + ("t" if trans_b else "n"), cfg)
+    flags = (int(_vec_ok(a, M if trans_a else K)) | int(_vec_ok(b, K if trans_b else N)) << 1)
+    beta, act_code = np.int32(1 if accumulate else 0), np.int32(ACTS[act])
+    dims = (np.int32(M), np.int32(N), np.int32(K), np.int32(k_chunk))
+    grid = (blocks(N, cfg.bn), blocks(M, cfg.bm), splits)
+    if splits == 1:
+        tail = dims + (beta, act_code, np.int32(flags | int(_vec_ok(out, N)) << 2))
+    else:  # partials into the shared workspace (16-byte aligned: cupy allocations are), then the reduce
+        tail = dims + (np.int32(0), np.int32(0), np.int32(flags | int(N % 4 == 0) << 2 | 1 << 3))
+    return (kern, grid, (cfg.threads,), cfg.smem_bytes, tail, splits, M, N, beta, act_code)
+
+
+def _launch(plan, a, b, out, bias) -> None:
+    kern, grid, block, smem, tail, splits, M, N, beta, act_code = plan
+    if splits == 1:
+        kern(grid, block, (a, b, out, _ptr(bias)) + tail, shared_mem=smem)
+        return
+    ws = split_workspace(splits * M * N)
+    kern(grid, block, (a, b, ws, np.uint64(0)) + tail, shared_mem=smem)
+    splitk_reduce(ws, out, bias, M, N, splits, beta, act_code)
 
 
 def splitk_reduce(ws, out, bias, M: int, N: int, splits: int, beta, act_code) -> None:

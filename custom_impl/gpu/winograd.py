@@ -1,0 +1,295 @@
+"""Winograd F(2x2, 3x3) convolution on the GPU (``kernels/winograd.cu``): 3x3 kernels, stride 1, forward and
+backward-data.
+
+Legend: N batch, C in-channels, K out-channels, H,W in, P,Q out; padding (ph, pw) in 0..2; P = H + 2ph - 2,
+Q = W + 2pw - 2. NCHW, cross-correlation (PyTorch), W (K, C, 3, 3).
+
+    forward:        y[n,k,p,q]  = b[k] + sum_{c,r,s} W[k,c,r,s] x[n, c, p-ph+r, q-pw+s]
+    backward-data:  dx          = the forward of dy (N, K, P, Q) with padding (2-ph, 2-pw) and the filter
+                                  W'[c,k,r,s] = W[k,c,2-r,2-s] (K and C swapped, rotated 180 degrees)
+
+Algorithm (F(2x2, 3x3); Bt 4x4, G 4x3, At 2x4 with entries 0, +-1, +-1/2; see winograd.cu). The output is
+cut into 2x2 tiles: tP = ceil(P/2), tQ = ceil(Q/2), T = N*tP*tQ tiles, tile t = (n*tP + tp)*tQ + tq, and
+each tile needs the 4x4 input patch starting at (2tp - ph, 2tq - pw). With xi in 0..15 (the 4x4 tile
+flattened), four kernels run in order on CuPy's current stream:
+
+    1. winograd_filter  U[xi, k, c]  = (G W[k,c] G^T)[xi]                 U  (16, K, Cp)   Cp = ceil4(C)
+    2. winograd_input   V[xi, c, t]  = (Bt d[n,c,tile t] B)[xi]           V  (16, C, Tp)   Tp = ceil4(T)
+    3. winograd_gemm    Mo[xi]       = U[xi] (K x C) @ V[xi] (C x Tp)     Mo (16, K, Tp)   16 GEMMs, grid.z
+    4. winograd_output  y[n,k,2tp+i,2tq+j] = (At Mo[:, k, t] A)[i, j] + b[k]   (i, j past P, Q skipped)
+
+The row lengths are padded to multiples of 4 (zeros in the padding) so that every GEMM operand row is
+float4-aligned. The GEMM is gemm_tiles.cuh's ``gemm_tile`` (KVecLoader for U, MNVecLoader for V, the plain
+row-major epilogue) with a tile config chosen from ``CANDIDATES`` by gemm.py's cost model.
+
+Cost, for N64 C256 28x28 K256 pad 1 (T = 12544; backward-data of the same layer is the same with C, K
+swapped): the GEMMs do 2*16*K*C*T = 26.3 GFLOP where the direct convolution does 2*9*K*C*N*P*Q = 59.2
+(2.25x fewer multiplies). Memory traffic (minimum, HBM): filter 2.4 MB read + 4.2 MB written (U); input
+transform 51.4 MB of x read (the overlapping patches come from L1/L2) + 205.5 MB of V written; GEMM 205.5 MB
+of V read (from L2 for the second of the K/BM = 2 row tiles where it is still there) + 205.5 MB of Mo
+written; output transform 205.5 MB of Mo read + 51.4 MB of y written: ~0.93 GB, ~0.31 ms at 3.0 TB/s,
+against ~0.6 ms for the GEMMs at ~42 TFLOP/s. Measured (H100 80GB HBM3, per kernel): GEMMs 664 us (39.6
+TFLOP/s), input transform 100 us, output 90 us, filter 9 us; forward 899 us with the BK=16 tile, vs 1817 us
+for conv.py's implicit GEMM and 662 us for cuDNN. For N256 C64 56x56 K64 the transforms (385 + 353 us, at
+~2.7 TB/s) cost nearly as much as the GEMMs (848 us). Unfused on purpose: four simple kernels, the GEMM reused
+unchanged; the price is V and Mo round-tripping through HBM (8x the bytes of x and y). Fusing the input
+transform into the GEMM's B loader and the output transform into its epilogue would remove that traffic.
+
+Workspace: U, V and Mo, ``workspace_size(...)`` float32 elements (each part a multiple of 4 elements). With
+the output and ``workspace`` given nothing is allocated and the host is never synchronised (CUDA-graph
+capturable); ``workspace=None`` takes gemm.py's shared grow-only per-device buffer (``split_workspace``),
+which allocates the first time it has to grow. Results are deterministic (no atomics).
+
+Example::
+
+    if fits(x.shape, W.shape, 1, 1):
+        y = forward(x, W, b, None, 1)                # y (N, K, P, Q)
+        dx = backward_data(dy, W, None, 1)           # dx (N, C, H, W)
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from ._compile import blocks, check_array
+from .gemm import CONFIG_BY_NAME, _ptr, _vec_ok, estimate_seconds, kernel
+
+FAMILY = "winograd"
+THREADS = 256       # threads per block of the transform kernels
+MAX_PAD = 2         # backward-data runs the forward with padding 2 - pad, which must be >= 0
+INT32_MAX = 2**31 - 1
+GRID_Y_MAX = 65535  # the transforms put the channel on grid.y
+# The GEMM tile configs compiled and tested here (``config=``): conv.py's CONV_CONFIGS plus gemm.py's BK=16
+# 128x128 tile. NOTE: the chooser leaves the BK=16 tile out: in winograd_gemm it measured 3-5% slower than
+# 128x128x8 (H100 80GB HBM3: 697 vs 664 us at N64 C256 28x28 K256, 347 vs 336 at N128 C256 14x14 K256,
+# 131 vs 127 at N128 C128 16x16 K128), although gemm.py rates it 1.10 vs 1.00 for square GEMMs.
+CONFIGS = tuple(CONFIG_BY_NAME[n] for n in ("128x128x16_8x8", "128x128x8_8x8", "128x64x8_8x8", "64x128x8_8x8",
+                                            "64x64x8_8x8", "32x64x8_4x8", "32x32x8_4x4"))
+CANDIDATES = CONFIGS[1:]
+
+
+def _ceil4(v: int) -> int:
+    return (v + 3) // 4 * 4
+
+
+def _pair(v, what):
+    if isinstance(v, (int, np.integer)):
+        return int(v), int(v)
+    if len(v) != 2:
+        raise ValueError(f"winograd: {what} must be an int or an (h, w) pair, got {v!r}")
+    return int(v[0]), int(v[1])
+
+
+def _problem(x_shape, w_shape, stride, padding):
+    """(N, C, H, W, K, P, Q, ph, pw) of a forward, or a string saying why Winograd F(2x2,3x3) cannot run it."""
+    if len(x_shape) != 4 or len(w_shape) != 4:
+        return f"x {tuple(x_shape)} and W {tuple(w_shape)} must both be 4-D (N, C, H, W) and (K, C, 3, 3)"
+    N, C, H, Wd = (int(v) for v in x_shape)
+    K, Cw, R, S = (int(v) for v in w_shape)
+    try:
+        sh, sw = _pair(stride, "stride")
+        ph, pw = _pair(padding, "padding")
+    except (TypeError, ValueError):
+        return f"stride {stride!r} and padding {padding!r} must be ints or (h, w) pairs"
+    if C != Cw:
+        return f"x has {C} channels but W {tuple(w_shape)} expects {Cw}"
+    if (R, S) != (3, 3):
+        return f"W {tuple(w_shape)} is a {R}x{S} kernel; Winograd F(2x2,3x3) needs 3x3"
+    if (sh, sw) != (1, 1):
+        return f"stride {(sh, sw)}; Winograd F(2x2,3x3) needs stride 1"
+    if not (0 <= ph <= MAX_PAD and 0 <= pw <= MAX_PAD):
+        return f"padding {(ph, pw)}; Winograd here needs 0 <= padding <= {MAX_PAD} (backward-data pads by 2 - padding)"
+    if min(N, C, H, Wd, K) < 1:
+        return f"x {tuple(x_shape)} and W {tuple(w_shape)} must have no empty dimension"
+    P, Q = H + 2 * ph - 2, Wd + 2 * pw - 2
+    if P < 1 or Q < 1:
+        return f"a 3x3 kernel does not fit the {H}x{Wd} input padded by {(ph, pw)}"
+    return N, C, H, Wd, K, P, Q, ph, pw
+
+
+def _limits_message(N, C_in, C_out, Ho, Wo) -> str | None:
+    """Why one Winograd pass (C_in -> C_out channels, output Ho x Wo) exceeds the kernels' 32-bit limits."""
+    T = N * -(-Ho // 2) * -(-Wo // 2)
+    if _ceil4(T) > INT32_MAX:
+        return f"{T} output tiles exceed the kernels' int32 tile index"
+    if max(C_in, C_out) > GRID_Y_MAX:
+        return f"{max(C_in, C_out)} channels exceed the grid.y limit of {GRID_Y_MAX}"
+    if 16 * max(C_in, C_out) * _ceil4(min(C_in, C_out)) > INT32_MAX:
+        return "the filter transform's (channels x channels) index exceeds int32"
+    return None
+
+
+def fits(x_shape, w_shape, stride, padding) -> bool:
+    """Whether ``forward`` and ``backward_data`` can run this convolution: W (K, C, 3, 3), stride 1,
+    0 <= padding <= 2 (h and w), and tile / channel counts within the kernels' 32-bit indices."""
+    prob = _problem(x_shape, w_shape, stride, padding)
+    if isinstance(prob, str):
+        return False
+    N, C, H, Wd, K, P, Q, ph, pw = prob
+    return _limits_message(N, C, K, P, Q) is None and _limits_message(N, K, C, H, Wd) is None
+
+
+def _checked_problem(x_shape, w_shape, stride, padding, what):
+    prob = _problem(x_shape, w_shape, stride, padding)
+    if isinstance(prob, str):
+        raise ValueError(f"winograd.{what}: {prob}. Check winograd.fits(...) first and use "
+                         f"conv.conv2d_forward / conv2d_backward_data for this layer")
+    N, C, H, Wd, K, P, Q, ph, pw = prob
+    msg = _limits_message(N, C, K, P, Q) or _limits_message(N, K, C, H, Wd)
+    if msg is not None:
+        raise ValueError(f"winograd.{what}: {msg}; split the batch or use conv.py's implicit GEMMs")
+    return prob
+
+
+class _Pass:
+    """One Winograd pass: ``C_in`` input channels of an Hi x Wi image, ``C_out`` outputs of Ho x Wo."""
+
+    def __init__(self, N, C_in, Hi, Wi, C_out, Ho, Wo, ph, pw):
+        self.N, self.C_in, self.Hi, self.Wi, self.C_out, self.Ho, self.Wo = N, C_in, Hi, Wi, C_out, Ho, Wo
+        self.ph, self.pw = ph, pw
+        self.tP, self.tQ = -(-Ho // 2), -(-Wo // 2)
+        self.T = N * self.tP * self.tQ
+        self.Tp = _ceil4(self.T)
+        self.Ip = _ceil4(C_in)
+        self.n_u = 16 * C_out * self.Ip   # U  (16, C_out, Ip)
+        self.n_v = 16 * C_in * self.Tp    # V  (16, C_in, Tp)
+        self.n_m = 16 * C_out * self.Tp   # Mo (16, C_out, Tp)
+
+    @property
+    def size(self) -> int:
+        return self.n_u + self.n_v + self.n_m
+
+
+def _forward_pass(prob) -> _Pass:
+    N, C, H, Wd, K, P, Q, ph, pw = prob
+    return _Pass(N, C, H, Wd, K, P, Q, ph, pw)
+
+
+def _backward_pass(prob) -> _Pass:
+    N, C, H, Wd, K, P, Q, ph, pw = prob
+    return _Pass(N, K, P, Q, C, H, Wd, MAX_PAD - ph, MAX_PAD - pw)
+
+
+def workspace_size(x_shape, w_shape, stride, padding, phase: str = "forward") -> int:
+    """float32 elements of workspace (U + V + Mo) that ``forward`` (phase "forward") or ``backward_data``
+    (phase "backward_data") needs for this convolution."""
+    prob = _checked_problem(x_shape, w_shape, stride, padding, "workspace_size")
+    if phase == "forward":
+        return _forward_pass(prob).size
+    if phase == "backward_data":
+        return _backward_pass(prob).size
+    raise ValueError(f"winograd.workspace_size: phase={phase!r}; use 'forward' or 'backward_data'")
+
+
+def choose_config(M: int, N: int, Kr: int, sms: int = 132):
+    """The TileConfig of ``CANDIDATES`` with the lowest gemm.py ``estimate_seconds`` for the 16 GEMMs
+    M x N over Kr. NOTE: the 16 GEMMs are one launch (grid.z), so each config is costed as one GEMM of
+    16 * ceil(M / BM) * BM rows: the same number of blocks, the padding rows of M counted as work."""
+    return _choose_config(int(M), int(N), int(Kr), int(sms))
+
+
+@functools.lru_cache(maxsize=4096)
+def _choose_config(M, N, Kr, sms):
+    best = None
+    for cfg in CANDIDATES:
+        rows = 16 * -(-M // cfg.bm) * cfg.bm
+        t = estimate_seconds(cfg, rows, N, Kr, 1, sms, launch_s=0.0)
+        if best is None or t < best[0]:
+            best = (t, cfg)
+    return best[1]
+
+
+def _sms() -> int:
+    from .gemm import _num_sms
+
+    return _num_sms()
+
+
+def _workspace(workspace, n: int, what: str):
+    if workspace is None:
+        from .gemm import split_workspace
+
+        return split_workspace(n)
+    check_array(workspace, f"winograd.{what}: workspace", ndim=1)
+    if workspace.size < n:
+        raise ValueError(f"winograd.{what}: workspace has {workspace.size} elements, needs {n}: size it with "
+                         f"winograd.workspace_size(..., phase={'forward' if what == 'forward' else 'backward_data'!r})")
+    return workspace
+
+
+def _run(ps: _Pass, inp, Wt, b, out, ws, flip: bool, config=None) -> None:
+    """The four kernels of one pass: inp (N, C_in, Hi, Wi) -> out (N, C_out, Ho, Wo)."""
+    i32 = np.int32
+    U = ws[:ps.n_u]
+    V = ws[ps.n_u: ps.n_u + ps.n_v]
+    Mo = ws[ps.n_u + ps.n_v: ps.size]
+    K, C = (ps.C_in, ps.C_out) if flip else (ps.C_out, ps.C_in)   # W is (K, C, 3, 3) either way
+    cfg = config or choose_config(ps.C_out, ps.Tp, ps.C_in, _sms())
+    cfg = CONFIG_BY_NAME[cfg] if isinstance(cfg, str) else cfg
+    # NOTE: all four kernels come from the module compiled for cfg: one compile per tile config.
+    kernel(FAMILY, "winograd_filter", cfg)((blocks(ps.C_out * ps.Ip, THREADS),), (THREADS,),
+                                           (Wt, U, i32(K), i32(C), i32(int(flip))))
+    kernel(FAMILY, "winograd_input", cfg)((blocks(ps.Tp, THREADS), ps.C_in), (THREADS,),
+                                          (inp, V) + tuple(i32(v) for v in (ps.N, ps.C_in, ps.Hi, ps.Wi, ps.ph,
+                                                                             ps.pw, ps.tP, ps.tQ, ps.Tp)))
+    flags = int(_vec_ok(U, ps.Ip)) | int(_vec_ok(V, ps.Tp)) << 1 | int(_vec_ok(Mo, ps.Tp)) << 2
+    kernel(FAMILY, "winograd_gemm", cfg)((blocks(ps.Tp, cfg.bn), blocks(ps.C_out, cfg.bm), 16), (cfg.threads,),
+                                         (U, V, Mo, i32(ps.C_out), i32(ps.Tp), i32(ps.C_in), i32(ps.Ip), i32(flags)),
+                                         shared_mem=cfg.smem_bytes)
+    kernel(FAMILY, "winograd_output", cfg)((blocks(ps.T, THREADS), ps.C_out), (THREADS,),
+                                           (Mo, _ptr(b), out) + tuple(i32(v) for v in (ps.N, ps.C_out, ps.Ho,
+                                                                                        ps.Wo, ps.tP, ps.tQ, ps.Tp)))
+
+
+def forward(x, W, b, y, padding, workspace=None, config=None):
+    """y = conv2d(x, W) + b with stride 1: x (N, C, H, W), W (K, C, 3, 3), b (K,) or None, y (N, K, P, Q)
+    or None (allocated); padding an int or (ph, pw), each 0..2. Returns y.
+
+    ``workspace``: float32, at least ``workspace_size(..., phase="forward")`` elements, or None for gemm.py's
+    shared per-device buffer. ``config``: a GEMM TileConfig (or its name) instead of the chosen one."""
+    import cupy
+
+    check_array(x, "winograd.forward: x", ndim=4)
+    check_array(W, "winograd.forward: W", ndim=4)
+    prob = _checked_problem(x.shape, W.shape, 1, padding, "forward")
+    N, C, H, Wd, K, P, Q, ph, pw = prob
+    if b is not None:
+        check_array(b, "winograd.forward: b", shape=(K,))
+    if y is None:
+        y = cupy.empty((N, K, P, Q), dtype=np.float32)
+    else:
+        check_array(y, "winograd.forward: y", shape=(N, K, P, Q))
+    ps = _forward_pass(prob)
+    _run(ps, x, W, b, y, _workspace(workspace, ps.size, "forward"), flip=False, config=config)
+    return y
+
+
+def backward_data(dy, W, dx, padding, workspace=None, config=None):
+    """dx of a stride-1 3x3 convolution: dy (N, K, P, Q), W (K, C, 3, 3) -> dx (N, C, H, W) with
+    H = P + 2 - 2ph, W = Q + 2 - 2pw (dx None: allocated). Returns dx.
+
+    Runs the forward pass on dy with the flipped filter (W[k,c,2-r,2-s] as a (C, K) filter) and padding
+    (2 - ph, 2 - pw). ``workspace``: at least ``workspace_size(..., phase="backward_data")`` elements, or
+    None for the shared per-device buffer."""
+    import cupy
+
+    check_array(dy, "winograd.backward_data: dy", ndim=4)
+    check_array(W, "winograd.backward_data: W", ndim=4)
+    ph, pw = _pair(padding, "padding")
+    N, Kd, P, Q = dy.shape
+    K, C = W.shape[:2]
+    if Kd != K:
+        raise ValueError(f"winograd.backward_data: dy {tuple(dy.shape)} has {Kd} channels but W {tuple(W.shape)} "
+                         f"has {K} output channels")
+    x_shape = (N, C, P + 2 - 2 * ph, Q + 2 - 2 * pw)
+    if dx is not None:
+        check_array(dx, "winograd.backward_data: dx", ndim=4)
+        x_shape = tuple(dx.shape)
+    prob = _checked_problem(x_shape, W.shape, 1, (ph, pw), "backward_data")
+    check_array(dy, "winograd.backward_data: dy", shape=(N, K, prob[5], prob[6]))
+    if dx is None:
+        dx = cupy.empty(x_shape, dtype=np.float32)
+    ps = _backward_pass(prob)
+    _run(ps, dy, W, None, dx, _workspace(workspace, ps.size, "backward_data"), flip=True, config=config)
+    return dx

@@ -1,0 +1,199 @@
+// Winograd F(2x2, 3x3) convolution, stride 1, 3x3 kernels: forward and (through a flipped filter)
+// backward-data. Launched by custom_impl/gpu/winograd.py, which also documents the algorithm.
+// Legend: N batch, C in-channels, K out-channels, H,W in, P,Q out (P = H + 2ph - 2), (ph,pw) padding.
+// Tiles: 2x2 output tiles, tP = ceil(P/2), tQ = ceil(Q/2), T = N*tP*tQ, tile t = (n*tP + tp)*tQ + tq;
+// Tp = T rounded up to a multiple of 4 (the row length of V and Mo: float4-aligned rows for the GEMM).
+// xi = 4*i + j in 0..15 indexes the 4x4 transformed tile.
+//
+//   winograd_filter  U[xi][o][i] = (G g G^T)[xi], g = W[o, i] (3x3), U (16, O, Ip), Ip = I rounded up to 4,
+//                    zeros at i >= I. Forward: O = K, I = C, g = W[k, c]. flip (backward-data):
+//                    O = C, I = K, g[r][s] = W[k, c, 2-r, 2-s] (K/C swapped, rotated 180 degrees).
+//   winograd_input   V[xi][c][t] = (Bt d B)[xi], d = x[n, c, 2tp-ph .. +3, 2tq-pw .. +3] (zeros outside
+//                    the image); V (16, C, Tp), zeros at t >= T. One thread per (c, t), t fastest.
+//   winograd_gemm    Mo[xi] = U[xi] (O x I) @ V[xi] (I x Tp), grid.z = xi: 16 independent GEMMs on
+//                    gemm_tiles.cuh (tile config from the GEMM_* defines, as gemm.cu). Mo (16, O, Tp).
+//   winograd_output  y[n, k, 2tp+i, 2tq+j] = (At Mo[:, k, t] A)[i][j] + b[k] for 2tp+i < P, 2tq+j < Q.
+//                    One thread per (k, t), t fastest.
+// Matrices: Bt = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1],
+//           At = [1 1 1 0; 0 1 -1 -1]. Offsets into x, y, V and Mo are 64-bit. No atomics.
+#include "gemm_tiles.cuh"
+
+#ifndef GEMM_BM
+#define GEMM_BM 128
+#endif
+#ifndef GEMM_BN
+#define GEMM_BN 128
+#endif
+#ifndef GEMM_BK
+#define GEMM_BK 8
+#endif
+#ifndef GEMM_TM
+#define GEMM_TM 8
+#endif
+#ifndef GEMM_TN
+#define GEMM_TN 8
+#endif
+#define GEMM_NT ((GEMM_BM / GEMM_TM) * (GEMM_BN / GEMM_TN))
+// Two blocks per SM for the 256-thread tiles caps registers at 128 per thread; smaller tiles uncapped.
+#define GEMM_MIN_BLOCKS ((GEMM_NT >= 256 && GEMM_TM * GEMM_TN <= 64) ? 2 : 1)
+
+// ---- filter transform ----------------------------------------------------------------------------------
+// One thread per (o, i) of U's padded (O, Ip) matrix; O*Ip <= 2^31 (checked by the wrapper).
+extern "C" __global__ void winograd_filter(const float* __restrict__ Wt, float* __restrict__ U,
+                                           int K, int C, int flip) {
+    const int O = flip ? C : K;
+    const int I = flip ? K : C;
+    const int Ip = (I + 3) & ~3;
+    const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= O * Ip) return;
+    const int o = idx / Ip;
+    const int i = idx - o * Ip;
+    const long long OI = (long long)O * Ip;
+    if (i >= I) {  // row padding: never read by the GEMM (its reduction stops at I), zeroed anyway
+#pragma unroll
+        for (int xi = 0; xi < 16; ++xi) U[xi * OI + idx] = 0.f;
+        return;
+    }
+    const int k = flip ? i : o;
+    const int c = flip ? o : i;
+    const float* w = Wt + ((long long)k * C + c) * 9;
+    float g[3][3];
+#pragma unroll
+    for (int r = 0; r < 3; ++r)
+#pragma unroll
+        for (int s = 0; s < 3; ++s) g[r][s] = flip ? w[(2 - r) * 3 + (2 - s)] : w[r * 3 + s];
+    // u = G g: 4 x 3
+    float u[4][3];
+#pragma unroll
+    for (int s = 0; s < 3; ++s) {
+        u[0][s] = g[0][s];
+        u[1][s] = 0.5f * (g[0][s] + g[1][s] + g[2][s]);
+        u[2][s] = 0.5f * (g[0][s] - g[1][s] + g[2][s]);
+        u[3][s] = g[2][s];
+    }
+    // (G g) G^T: 4 x 4
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+        float v0 = u[a][0];
+        float v1 = 0.5f * (u[a][0] + u[a][1] + u[a][2]);
+        float v2 = 0.5f * (u[a][0] - u[a][1] + u[a][2]);
+        float v3 = u[a][2];
+        U[(a * 4 + 0) * OI + idx] = v0;
+        U[(a * 4 + 1) * OI + idx] = v1;
+        U[(a * 4 + 2) * OI + idx] = v2;
+        U[(a * 4 + 3) * OI + idx] = v3;
+    }
+}
+
+// ---- input transform -----------------------------------------------------------------------------------
+// grid (ceil(Tp / blockDim.x), C): c = blockIdx.y, t along x (coalesced V stores; x reads at stride 2).
+extern "C" __global__ void winograd_input(const float* __restrict__ x, float* __restrict__ V,
+                                          int N, int C, int H, int W, int ph, int pw, int tP, int tQ,
+                                          int Tp) {
+    const int c = blockIdx.y;
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= Tp) return;
+    const long long CT = (long long)C * Tp;                 // elements per xi slice of V
+    float* const v_out = V + (long long)c * Tp + t;         // + xi * CT
+    const int T = N * tP * tQ;
+    if (t >= T) {  // row padding up to Tp: the GEMM reads it (float4 loads), so it must be finite
+#pragma unroll
+        for (int xi = 0; xi < 16; ++xi) v_out[xi * CT] = 0.f;
+        return;
+    }
+    const int tq = t % tQ;
+    const int nt = t / tQ;
+    const int tp = nt % tP;
+    const int n = nt / tP;
+    const int h0 = 2 * tp - ph;   // top-left of the 4x4 patch in image coordinates (may be < 0)
+    const int w0 = 2 * tq - pw;
+    const float* const plane = x + ((long long)n * C + c) * H * W;
+    float d[4][4];
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+        const int h = h0 + a;
+        const bool row_ok = h >= 0 && h < H;
+#pragma unroll
+        for (int b = 0; b < 4; ++b) {
+            const int w = w0 + b;
+            d[a][b] = (row_ok && w >= 0 && w < W) ? plane[(long long)h * W + w] : 0.f;
+        }
+    }
+    // e = Bt d (rows), then e B (columns)
+    float e[4][4];
+#pragma unroll
+    for (int b = 0; b < 4; ++b) {
+        e[0][b] = d[0][b] - d[2][b];
+        e[1][b] = d[1][b] + d[2][b];
+        e[2][b] = d[2][b] - d[1][b];
+        e[3][b] = d[1][b] - d[3][b];
+    }
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+        v_out[(a * 4 + 0) * CT] = e[a][0] - e[a][2];
+        v_out[(a * 4 + 1) * CT] = e[a][1] + e[a][2];
+        v_out[(a * 4 + 2) * CT] = e[a][2] - e[a][1];
+        v_out[(a * 4 + 3) * CT] = e[a][1] - e[a][3];
+    }
+}
+
+// ---- batched GEMM ---------------------------------------------------------------------------------------
+// Mo[z] (M x N) = U[z] (M x Kr, row stride ldu) @ V[z] (Kr x N), z = blockIdx.z in 0..15; N = Tp.
+// flags bit 0: U float4-loadable (ldu % 4 == 0, aligned), bit 1: V (N % 4 == 0, aligned), bit 2: Mo.
+extern "C" __global__ void __launch_bounds__(GEMM_NT, GEMM_MIN_BLOCKS)
+winograd_gemm(const float* __restrict__ U, const float* __restrict__ V, float* __restrict__ Mo,
+              int M, int N, int Kr, int ldu, int flags) {
+    constexpr int BM = GEMM_BM, BN = GEMM_BN, BK = GEMM_BK, NT = GEMM_NT;
+    const size_t z = blockIdx.z;
+    const int m0 = blockIdx.y * BM;
+    const int n0 = blockIdx.x * BN;
+    KVecLoader<BM, BK, NT> la;   // U: contiguous along the reduction
+    la.p = U + z * M * ldu; la.ld = ldu; la.mn_size = M; la.k_end = Kr; la.mn0 = m0; la.tid = threadIdx.x;
+    la.vec = flags & 1;
+    MNVecLoader<BN, BK, NT> lb;  // V: contiguous along t
+    lb.p = V + z * Kr * N; lb.ld = N; lb.mn_size = N; lb.k_end = Kr; lb.mn0 = n0; lb.tid = threadIdx.x;
+    lb.vec = (flags >> 1) & 1;
+    GemmEpilogue ep;
+    ep.C = Mo + z * M * N; ep.bias = nullptr; ep.M = M; ep.N = N; ep.beta = 0; ep.act = 0;
+    ep.vec = (flags >> 2) & 1; ep.partial = false;
+    gemm_tile<BM, BN, BK, GEMM_TM, GEMM_TN>(la, lb, ep, m0, n0, 0, Kr);
+}
+
+// ---- output transform ----------------------------------------------------------------------------------
+// grid (ceil(T / blockDim.x), K): k = blockIdx.y, t along x (coalesced Mo loads). b may be null.
+extern "C" __global__ void winograd_output(const float* __restrict__ Mo, const float* __restrict__ b,
+                                           float* __restrict__ y, int N, int K, int P, int Q, int tP,
+                                           int tQ, int Tp) {
+    const int k = blockIdx.y;
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    const int T = N * tP * tQ;
+    if (t >= T) return;
+    const long long KT = (long long)K * Tp;                 // elements per xi slice of Mo
+    const float* const m_in = Mo + (long long)k * Tp + t;   // + xi * KT
+    float m[4][4];
+#pragma unroll
+    for (int xi = 0; xi < 16; ++xi) m[xi / 4][xi % 4] = m_in[xi * KT];
+    // f = At m (rows): 2 x 4, then f A (columns): 2 x 2
+    float f[2][4];
+#pragma unroll
+    for (int b4 = 0; b4 < 4; ++b4) {
+        f[0][b4] = m[0][b4] + m[1][b4] + m[2][b4];
+        f[1][b4] = m[1][b4] - m[2][b4] - m[3][b4];
+    }
+    const float bias = b ? b[k] : 0.f;
+    const int tq = t % tQ;
+    const int nt = t / tQ;
+    const int tp = nt % tP;
+    const int n = nt / tP;
+    float* const plane = y + ((long long)n * K + k) * P * Q;
+#pragma unroll
+    for (int a = 0; a < 2; ++a) {
+        const int p = 2 * tp + a;
+        if (p >= P) continue;   // the last tile row of an odd P
+        const float o0 = f[a][0] + f[a][1] + f[a][2] + bias;
+        const float o1 = f[a][1] - f[a][2] - f[a][3] + bias;
+        const int q = 2 * tq;
+        plane[(long long)p * Q + q] = o0;
+        if (q + 1 < Q) plane[(long long)p * Q + q + 1] = o1;   // the last tile column of an odd Q
+    }
+}

@@ -1,0 +1,161 @@
+"""NumPy emulation of kernels/winograd.cu's index math and transforms, on tiny shapes, against a direct
+float64 convolution (tests/test_gpu_conv.py's ``conv_ref``), forward and backward-data.
+
+Each kernel is replayed over all of its threads at once (NumPy arrays of thread indices), on flat buffers
+with the launch plan and workspace layout of custom_impl/gpu/winograd.py (``_Pass``): the workspace and the
+outputs start NaN-filled, so an element read before it is written, or never written, shows up as NaN. The
+GEMM reads U with row stride Ip and reduction end I, V and Mo with row length Tp, as winograd_gemm does.
+
+Then the same in float32 (transforms rounded to float32, the GEMM in float32) against the tolerance of
+tests/test_gpu_winograd.py, to see how much margin that tolerance leaves. Runs on the CPU, no CuPy:
+
+    python3 dev/winograd_emulate.py
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+from custom_impl.gpu.winograd import _backward_pass, _checked_problem, _forward_pass  # noqa: E402
+from test_gpu_conv import EPS32, conv_ref  # noqa: E402
+from test_gpu_winograd import winograd_abs  # noqa: E402
+
+
+def emulate_pass(ps, inp, Wt, b, flip, dt):
+    """One pass of the four kernels: inp (N, C_in, Hi, Wi) -> out (N, C_out, Ho, Wo), arithmetic in dt."""
+    ws = np.full(ps.size, np.nan, dt)
+    off_v, off_m = ps.n_u, ps.n_u + ps.n_v
+    assert off_v % 4 == 0 and off_m % 4 == 0 and ps.Tp % 4 == 0 and ps.Ip % 4 == 0
+    K, C = (ps.C_in, ps.C_out) if flip else (ps.C_out, ps.C_in)
+    wflat = Wt.astype(dt).ravel()
+    half = dt(0.5)
+
+    # winograd_filter: idx over O*Ip
+    O, I, Ip = ps.C_out, ps.C_in, ps.Ip
+    idx = np.arange(O * Ip)
+    o, i = idx // Ip, idx % Ip
+    OI = O * Ip
+    live = i < I
+    k = np.where(flip, i, o)[live]
+    c = np.where(flip, o, i)[live]
+    g = np.empty((3, 3, live.sum()), dt)
+    for r, s in itertools.product(range(3), range(3)):
+        tap = (2 - r) * 3 + (2 - s) if flip else r * 3 + s
+        g[r, s] = wflat[(k * C + c) * 9 + tap]
+    u = [[None] * 3 for _ in range(4)]
+    for s in range(3):
+        u[0][s] = g[0, s]
+        u[1][s] = half * (g[0, s] + g[1, s] + g[2, s])
+        u[2][s] = half * (g[0, s] - g[1, s] + g[2, s])
+        u[3][s] = g[2, s]
+    for xi in range(16):
+        ws[xi * OI + idx[~live]] = 0
+    for a in range(4):
+        vals = (u[a][0], half * (u[a][0] + u[a][1] + u[a][2]), half * (u[a][0] - u[a][1] + u[a][2]), u[a][2])
+        for j in range(4):
+            ws[(a * 4 + j) * OI + idx[live]] = vals[j]
+
+    # winograd_input: grid (ceil(Tp/256), C_in), thread (c, t)
+    xflat = inp.astype(dt).ravel()
+    CT = ps.C_in * ps.Tp
+    for c in range(ps.C_in):
+        t = np.arange(ps.Tp)
+        pad_t = t[t >= ps.T]
+        for xi in range(16):
+            ws[off_v + xi * CT + c * ps.Tp + pad_t] = 0
+        t = t[t < ps.T]
+        tq, nt = t % ps.tQ, t // ps.tQ
+        tp, n = nt % ps.tP, nt // ps.tP
+        h0, w0 = 2 * tp - ps.ph, 2 * tq - ps.pw
+        plane = (n * ps.C_in + c) * ps.Hi * ps.Wi
+        d = np.empty((4, 4, t.size), dt)
+        for a, bb in itertools.product(range(4), range(4)):
+            h, w = h0 + a, w0 + bb
+            ok = (h >= 0) & (h < ps.Hi) & (w >= 0) & (w < ps.Wi)
+            d[a, bb] = np.where(ok, xflat[np.where(ok, plane + h * ps.Wi + w, 0)], 0)
+        e = np.stack([d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]])
+        for a in range(4):
+            vals = (e[a, 0] - e[a, 2], e[a, 1] + e[a, 2], e[a, 2] - e[a, 1], e[a, 1] - e[a, 3])
+            for j in range(4):
+                ws[off_v + (a * 4 + j) * CT + c * ps.Tp + t] = vals[j]
+
+    # winograd_gemm: Mo[z] (O x Tp) = U[z][:, :I] (row stride Ip) @ V[z] (I x Tp)
+    for z in range(16):
+        Uz = ws[z * OI: (z + 1) * OI].reshape(O, Ip)[:, :I]
+        Vz = ws[off_v + z * CT: off_v + (z + 1) * CT].reshape(I, ps.Tp)
+        assert not np.isnan(Uz).any() and not np.isnan(Vz).any(), "GEMM reads an unwritten U / V element"
+        ws[off_m + z * O * ps.Tp: off_m + (z + 1) * O * ps.Tp] = (Uz @ Vz).ravel()
+
+    # winograd_output: grid (ceil(T/256), C_out), thread (k, t)
+    out = np.full((ps.N, ps.C_out, ps.Ho, ps.Wo), np.nan, dt)
+    oflat = out.reshape(-1)
+    KTp = ps.C_out * ps.Tp
+    t = np.arange(ps.T)
+    tq, nt = t % ps.tQ, t // ps.tQ
+    tp, n = nt % ps.tP, nt // ps.tP
+    for k in range(ps.C_out):
+        m = np.stack([ws[off_m + xi * KTp + k * ps.Tp + t] for xi in range(16)]).reshape(4, 4, -1)
+        f = np.stack([m[0] + m[1] + m[2], m[1] - m[2] - m[3]])
+        bias = dt(0) if b is None else dt(b[k])
+        plane = (n * ps.C_out + k) * ps.Ho * ps.Wo
+        for a in range(2):
+            p, q = 2 * tp + a, 2 * tq
+            o0 = f[a, 0] + f[a, 1] + f[a, 2] + bias
+            o1 = f[a, 1] - f[a, 2] - f[a, 3] + bias
+            okp = p < ps.Ho
+            oflat[(plane + p * ps.Wo + q)[okp]] = o0[okp]
+            okq = okp & (q + 1 < ps.Wo)
+            oflat[(plane + p * ps.Wo + q + 1)[okq]] = o1[okq]
+    assert not np.isnan(out).any(), "output element never written"
+    return out
+
+
+CASES = [  # (N, C, H, W, K, padding)
+    (1, 1, 5, 7, 1, 1), (2, 3, 5, 7, 5, 0), (1, 5, 7, 9, 6, 2), (2, 3, 6, 6, 4, 1), (1, 2, 1, 7, 3, 1),
+    (2, 5, 2, 3, 3, (2, 1)), (1, 3, 9, 4, 2, (1, 0)), (3, 2, 3, 3, 5, 0), (1, 6, 8, 5, 7, (0, 2)),
+]
+
+
+def main():
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for N, C, H, Wd, K, pad in CASES:
+        ph, pw = (pad, pad) if isinstance(pad, int) else pad
+        x = rng.standard_normal((N, C, H, Wd)).astype(np.float32)
+        W = rng.standard_normal((K, C, 3, 3)).astype(np.float32)
+        b = rng.standard_normal(K).astype(np.float32)
+        x64, W64 = x.astype(np.float64), W.astype(np.float64)
+        y_ref, back = conv_ref(x64, W64, (1, 1), (ph, pw))
+        y_ref += b[:, None, None]
+        dy = rng.standard_normal(y_ref.shape).astype(np.float32)
+        dx_ref = back(dy.astype(np.float64))[0]
+        prob = _checked_problem(x.shape, W.shape, 1, (ph, pw), "emulate")
+        fp, bp = _forward_pass(prob), _backward_pass(prob)
+        y = emulate_pass(fp, x, W, b, False, np.float64)
+        dx = emulate_pass(bp, dy, W, None, True, np.float64)
+        ey, edx = np.abs(y - y_ref).max(), np.abs(dx - dx_ref).max()
+        assert ey < 1e-12 * max(1, np.abs(y_ref).max()) and edx < 1e-12 * max(1, np.abs(dx_ref).max()), (ey, edx)
+        # float32: the margin left by the test's tolerance (4 sqrt(L) eps S_abs + 4 eps |ref|)
+        W_flip = np.ascontiguousarray(W64[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        for out, ref, s_abs, L in (
+                (emulate_pass(fp, x, W, b, False, np.float32), y_ref,
+                 winograd_abs(x64, W64, (ph, pw)) + np.abs(b)[:, None, None], 16 * C + 10),
+                (emulate_pass(bp, dy, W, None, True, np.float32), dx_ref,
+                 winograd_abs(dy.astype(np.float64), W_flip, (2 - ph, 2 - pw)), 16 * K + 10)):
+            tol = 4 * np.sqrt(L) * EPS32 * s_abs + 4 * EPS32 * np.abs(ref) + 1e-30
+            ratio = (np.abs(out.astype(np.float64) - ref) / tol).max()
+            assert ratio < 1, ratio
+            worst = max(worst, ratio)
+        print(f"N{N} C{C} {H}x{Wd} K{K} pad {(ph, pw)}: y {y.shape} err {ey:.1e}, dx {dx.shape} err {edx:.1e}")
+    print(f"all {len(CASES)} cases match the direct convolution (float64); float32 worst err/tol {worst:.3f}")
+
+
+if __name__ == "__main__":
+    main()

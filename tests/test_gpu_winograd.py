@@ -1,0 +1,258 @@
+"""Winograd F(2x2, 3x3) convolution (custom_impl/gpu/winograd.py) against a NumPy float64 direct convolution.
+
+Tolerance. The GPU computes y = At [sum_c U[:, k, c] * V[:, c, t]] A with U = G g G^T and V = Bt d B rounded
+to float32, then a float32 sum over the 16*C products of each output tile, then the output transform. Every
+rounding error is at most eps32 times the magnitude of the value it rounds, and every intermediate value is
+bounded by the same pipeline run on absolute values:
+
+    S_abs = |At| (sum_c (|G| |g| |G^T|) * (|Bt| |d| |B|)) |A|      (+ |b|),
+
+so |y - ref| <~ (C + 10) * eps32 * S_abs (C terms in each dot product; <= 4 roundings in the filter
+transform, 2 in the input transform, 4 in the output transform), and for random data the errors add like
+sqrt of their number. We therefore use ``_assert_close`` of tests/test_gpu_conv.py (tol = 4*sqrt(L)*eps32*
+ref_abs + 4*eps32*|ref|) with ref_abs = S_abs and L = 16*C + 10 (the 16*C products each output depends on,
+plus the transform depth). S_abs is computed here exactly instead of scaling the direct sum of absolute
+terms by the coefficient sums (Bt rows 2, G rows 1.5, At rows 3: 4 * 2.25 * 9 = 81): the Winograd products
+also pair filter taps with input pixels that the direct sum never multiplies, so no fixed factor bounds it
+pointwise. Backward-data is the same pipeline on dy with the flipped filter (C, K swapped), so L = 16*K + 10.
+
+Outputs and workspaces are NaN-filled before each call (an unwritten or wrongly read element fails), and a
+second call must be bit-identical (no atomics).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from test_gpu_conv import _assert_close, _rand, conv_ref
+
+pytestmark = pytest.mark.gpu
+
+BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
+G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
+AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
+
+
+def winograd_ref(x, W, padding, bt=BT, g=G, at=AT):
+    """F(2x2, 3x3) in float64 NumPy with the given transform matrices: (N, K, P, Q). With the absolute
+    matrices and |x|, |W| it is S_abs, the bound on every intermediate magnitude (module docstring)."""
+    ph, pw = (padding, padding) if np.isscalar(padding) else padding
+    N, C, H, Wd = x.shape
+    P, Q = H + 2 * ph - 2, Wd + 2 * pw - 2
+    tP, tQ = -(-P // 2), -(-Q // 2)
+    xp = np.zeros((N, C, 2 * tP + 2, 2 * tQ + 2))
+    rows, cols = min(H, 2 * tP + 2 - ph), min(Wd, 2 * tQ + 2 - pw)
+    xp[:, :, ph: ph + rows, pw: pw + cols] = x[:, :, :rows, :cols]
+    d = np.empty((N, C, tP, tQ, 4, 4))
+    for u in range(4):
+        for v in range(4):
+            d[..., u, v] = xp[:, :, u: u + 2 * tP: 2, v: v + 2 * tQ: 2]
+    V = np.einsum("iu,nctsuv,jv->ijncts", bt, d, bt)
+    U = np.einsum("ir,kcrs,js->ijkc", g, W, g)
+    M = np.einsum("ijkc,ijncts->ijnkts", U, V)
+    Y = np.einsum("ai,ijnkts,bj->nktasb", at, M, at).reshape(N, -1, 2 * tP, 2 * tQ)
+    return Y[:, :, :P, :Q]
+
+
+def winograd_abs(x, W, padding):
+    return winograd_ref(np.abs(x), np.abs(W), padding, np.abs(BT), np.abs(G), np.abs(AT))
+
+
+def _pad2(p):
+    return (p, p) if isinstance(p, int) else tuple(p)
+
+
+# (N, C, H, W, K, padding): odd P and Q (partial tiles), C and K not multiples of 4, 1x1 / 1xW outputs
+CASES = [
+    (1, 1, 5, 7, 1, 1),
+    (3, 3, 5, 7, 5, 0),
+    (1, 17, 13, 17, 33, 2),
+    (3, 64, 14, 14, 64, 1),
+    (1, 3, 28, 28, 64, 0),
+    (3, 17, 13, 17, 5, 1),
+    (1, 64, 28, 28, 33, 2),
+    (3, 1, 5, 7, 64, (1, 2)),
+    (3, 5, 13, 17, 17, (2, 0)),
+    (1, 17, 3, 3, 5, 0),
+    (3, 3, 1, 7, 5, 1),
+    (1, 5, 2, 3, 3, (2, 1)),
+]
+IDS = ["N{}C{}H{}W{}K{}p{}".format(*c[:5], "".join(map(str, _pad2(c[5])))) for c in CASES]
+
+
+def _data(case, seed_offset=0):
+    N, C, H, Wd, K, pad = case
+    rng = np.random.default_rng(N + C + H + Wd + K + seed_offset)
+    return _rand(rng, N, C, H, Wd), _rand(rng, K, C, 3, 3), _rand(rng, K), rng
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_forward(case, bias):
+    import cupy
+
+    from custom_impl.gpu import winograd
+
+    N, C, H, Wd, K, pad = case
+    x, W, b, _ = _data(case)
+    x64, W64 = x.astype(np.float64), W.astype(np.float64)
+    y_ref, _ = conv_ref(x64, W64, (1, 1), _pad2(pad))
+    y_abs = winograd_abs(x64, W64, pad)
+    assert np.allclose(winograd_ref(x64, W64, pad), y_ref, rtol=1e-12, atol=1e-12)  # the reference itself
+    if bias:
+        y_ref += b[:, None, None]
+        y_abs += np.abs(b)[:, None, None]
+    assert winograd.fits(x.shape, W.shape, 1, pad)
+    ws = cupy.full((winograd.workspace_size(x.shape, W.shape, 1, pad, "forward"),), np.nan, np.float32)
+    y = cupy.full(y_ref.shape, np.nan, np.float32)
+    args = (cupy.asarray(x), cupy.asarray(W), cupy.asarray(b) if bias else None)
+    assert winograd.forward(*args, y, pad, workspace=ws) is y
+    _assert_close(cupy.asnumpy(y), y_ref, y_abs, 16 * C + 10, f"winograd y {case} bias={bias}")
+    again = winograd.forward(*args, None, pad, workspace=ws)
+    assert np.array_equal(cupy.asnumpy(again), cupy.asnumpy(y)), "winograd forward is not deterministic"
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_backward_data(case):
+    import cupy
+
+    from custom_impl.gpu import winograd
+
+    N, C, H, Wd, K, pad = case
+    x, W, _, rng = _data(case, 1)
+    W64 = W.astype(np.float64)
+    y_ref, back = conv_ref(x.astype(np.float64), W64, (1, 1), _pad2(pad))
+    dy = _rand(rng, *y_ref.shape)
+    dx_ref = back(dy.astype(np.float64))[0]
+    ph, pw = _pad2(pad)
+    W_flip = np.ascontiguousarray(W64[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # (C, K, 3, 3)
+    dx_abs = winograd_abs(dy.astype(np.float64), W_flip, (2 - ph, 2 - pw))
+    ws = cupy.full((winograd.workspace_size(x.shape, W.shape, 1, pad, "backward_data"),), np.nan, np.float32)
+    dx = cupy.full(x.shape, np.nan, np.float32)
+    gdy, gW = cupy.asarray(dy), cupy.asarray(W)
+    assert winograd.backward_data(gdy, gW, dx, pad, workspace=ws) is dx
+    _assert_close(cupy.asnumpy(dx), dx_ref, dx_abs, 16 * K + 10, f"winograd dx {case}")
+    again = winograd.backward_data(gdy, gW, None, pad, workspace=ws)  # dx allocated, its shape derived
+    assert np.array_equal(cupy.asnumpy(again), cupy.asnumpy(dx)), "winograd backward_data is not deterministic"
+
+
+@pytest.mark.parametrize("config", ["128x128x16_8x8", "128x128x8_8x8", "128x64x8_8x8", "64x128x8_8x8",
+                                    "64x64x8_8x8", "32x64x8_4x8", "32x32x8_4x4"])
+def test_every_gemm_config(config):
+    """Each tile config the chooser may pick, on a shape with partial M, N and reduction tiles."""
+    import cupy
+
+    from custom_impl.gpu import winograd
+
+    case = (3, 37, 13, 17, 70, 1)
+    x, W, b, rng = _data(case, 2)
+    x64, W64 = x.astype(np.float64), W.astype(np.float64)
+    y_ref, back = conv_ref(x64, W64, (1, 1), (1, 1))
+    y = cupy.full(y_ref.shape, np.nan, np.float32)
+    ws = cupy.full((winograd.workspace_size(x.shape, W.shape, 1, 1),), np.nan, np.float32)
+    winograd.forward(cupy.asarray(x), cupy.asarray(W), cupy.asarray(b), y, 1, workspace=ws, config=config)
+    _assert_close(cupy.asnumpy(y), y_ref + b[:, None, None], winograd_abs(x64, W64, 1) + np.abs(b)[:, None, None],
+                  16 * 37 + 10, f"winograd y config {config}")
+    dy = _rand(rng, *y_ref.shape)
+    W_flip = np.ascontiguousarray(W64[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    dx = cupy.full(x.shape, np.nan, np.float32)
+    ws = cupy.full((winograd.workspace_size(x.shape, W.shape, 1, 1, "backward_data"),), np.nan, np.float32)
+    winograd.backward_data(cupy.asarray(dy), cupy.asarray(W), dx, 1, workspace=ws, config=config)
+    _assert_close(cupy.asnumpy(dx), back(dy.astype(np.float64))[0], winograd_abs(dy.astype(np.float64), W_flip, 1),
+                  16 * 70 + 10, f"winograd dx config {config}")
+
+
+def test_default_workspace_and_unaligned_workspace():
+    """workspace=None (the shared per-device buffer) and a workspace starting 1 float past a 16-byte
+    boundary (the GEMM then takes its scalar loads): both equal to the aligned run."""
+    import cupy
+
+    from custom_impl.gpu import winograd
+
+    case = (2, 12, 9, 9, 20, 1)
+    x, W, b, _ = _data(case, 3)
+    args = (cupy.asarray(x), cupy.asarray(W), cupy.asarray(b))
+    n = winograd.workspace_size(x.shape, W.shape, 1, 1)
+    ref = cupy.asnumpy(winograd.forward(*args, None, 1, workspace=cupy.full((n,), np.nan, np.float32)))
+    assert np.array_equal(cupy.asnumpy(winograd.forward(*args, None, 1)), ref)
+    odd = cupy.full((n + 1,), np.nan, np.float32)[1:]
+    assert np.array_equal(cupy.asnumpy(winograd.forward(*args, None, 1, workspace=odd)), ref)
+
+
+def test_cuda_graph_capture():
+    """With y and workspace given, forward + backward_data are capturable and replay to the eager result."""
+    import cupy
+
+    from custom_impl.gpu import winograd
+
+    case = (3, 16, 14, 14, 24, 1)
+    x, W, b, rng = _data(case, 4)
+    gx, gW, gb = cupy.asarray(x), cupy.asarray(W), cupy.asarray(b)
+    gdy = cupy.asarray(_rand(rng, 3, 24, 14, 14))
+    ws = cupy.empty((max(winograd.workspace_size(x.shape, W.shape, 1, 1, p) for p in ("forward", "backward_data")),),
+                    np.float32)
+    y, dx = cupy.empty((3, 24, 14, 14), np.float32), cupy.empty(x.shape, np.float32)
+    winograd.forward(gx, gW, gb, y, 1, workspace=ws)  # compile and plan outside the capture
+    winograd.backward_data(gdy, gW, dx, 1, workspace=ws)
+    y_eager, dx_eager = cupy.asnumpy(y), cupy.asnumpy(dx)
+    y.fill(np.nan)
+    dx.fill(np.nan)
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        winograd.forward(gx, gW, gb, y, 1, workspace=ws)
+        winograd.backward_data(gdy, gW, dx, 1, workspace=ws)
+        graph = stream.end_capture()
+    graph.launch(stream)
+    stream.synchronize()
+    assert np.array_equal(cupy.asnumpy(y), y_eager) and np.array_equal(cupy.asnumpy(dx), dx_eager)
+
+
+def test_fits():
+    from custom_impl.gpu import winograd
+
+    x = (2, 8, 10, 10)
+    assert winograd.fits(x, (4, 8, 3, 3), 1, 1)
+    assert winograd.fits(x, (4, 8, 3, 3), (1, 1), (0, 2))
+    assert not winograd.fits(x, (4, 8, 3, 3), 2, 1)            # stride 2
+    assert not winograd.fits(x, (4, 8, 3, 3), (1, 2), 1)
+    assert not winograd.fits(x, (4, 8, 5, 5), 1, 1)            # 5x5
+    assert not winograd.fits(x, (4, 8, 3, 1), 1, 1)
+    assert not winograd.fits(x, (4, 8, 3, 3), 1, 3)            # padding 3: backward would pad by -1
+    assert not winograd.fits(x, (4, 8, 3, 3), 1, (1, 3))
+    assert not winograd.fits(x, (4, 7, 3, 3), 1, 1)            # channel mismatch
+    assert not winograd.fits((2, 8, 1, 10), (4, 8, 3, 3), 1, 0)  # 3x3 does not fit a 1-row input
+    assert not winograd.fits((70000, 8, 1024, 1024), (4, 8, 3, 3), 1, 1)  # tiles beyond int32
+
+
+def test_rejections():
+    import cupy
+
+    from custom_impl.gpu import winograd
+
+    x = cupy.ones((2, 8, 10, 10), np.float32)
+    W = cupy.ones((4, 8, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="stride"):
+        winograd.workspace_size(x.shape, W.shape, 2, 1)
+    with pytest.raises(ValueError, match="phase"):
+        winograd.workspace_size(x.shape, W.shape, 1, 1, "backward_weights")
+    with pytest.raises(ValueError, match="3x3"):
+        winograd.forward(x, cupy.ones((4, 8, 5, 5), np.float32), None, None, 1)
+    with pytest.raises(ValueError, match="padding"):
+        winograd.forward(x, W, None, None, 3)
+    with pytest.raises(ValueError, match="channels"):
+        winograd.forward(x, cupy.ones((4, 7, 3, 3), np.float32), None, None, 1)
+    with pytest.raises(ValueError, match="shape"):
+        winograd.forward(x, W, None, cupy.empty((2, 4, 9, 10), np.float32), 1)
+    with pytest.raises(ValueError, match="shape"):
+        winograd.forward(x, W, cupy.ones((5,), np.float32), None, 1)
+    with pytest.raises(ValueError, match="workspace"):
+        winograd.forward(x, W, None, None, 1, workspace=cupy.empty((10,), np.float32))
+    dy = cupy.ones((2, 4, 10, 10), np.float32)
+    with pytest.raises(ValueError, match="channels"):
+        winograd.backward_data(cupy.ones((2, 5, 10, 10), np.float32), W, None, 1)
+    with pytest.raises(ValueError, match="shape"):
+        winograd.backward_data(dy, W, cupy.empty((2, 8, 11, 10), np.float32), 1)
+    with pytest.raises(ValueError, match="workspace"):
+        winograd.backward_data(dy, W, None, 1, workspace=cupy.empty((10,), np.float32))
+    assert winograd.backward_data(dy, W, None, 0).shape == (2, 8, 12, 12)
