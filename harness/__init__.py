@@ -5,3 +5,10 @@ Modules: ``suites`` (TOML suites -> jobs), ``workloads`` (inputs, timed call, pa
 (measuring), ``results`` (the record and results.csv), ``env`` (env.json), ``report`` (plots, tables,
 PDF from saved CSVs), ``targets`` (issue-5 targets), ``cli`` (the command line).
 """
+import os as _os
+
+# NOTE: before anything imports NumPy. OpenBLAS's idle threads otherwise keep spinning after every
+# matmul and starve our threaded NumPy copies (custom_impl/cpu/_parallel.py): measured on the GPU host's
+# 16-core Xeon, lenet-mnist's CPU train step 55 -> 33 ms and cnn-cifar's 330 -> 150 ms with a 4-unit
+# timeout. A value the user set wins.
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")

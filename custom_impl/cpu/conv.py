@@ -18,12 +18,19 @@ Column order. NumPy's copies cost a fixed overhead per contiguous run, so the or
   of Q, e.g. 14 floats, and col2im alone would cost 3x more); the price is a strided reordering of y and dy.
 - large images: (n, p, q), the input kept as (N, C, Hp, Wp). Runs of Q floats are long enough there, and y
   and dy reorder in runs of P*Q (nearly a plain copy) instead of a batch-innermost gather.
+
+Threads. The copies around the matmuls (padding, im2col, the y and dy reorders, col2im's adds and its
+crop) are split over a thread pool (``_parallel``; NumPy releases the GIL in them) along an axis whose
+slices are disjoint in the output: channels C or K, or the batch. Each output element gets the same
+float operations in the same order as in one thread, so results are bit-identical for any thread count
+(``CUSTOM_CPU_THREADS``); the matmuls are left to OpenBLAS's own threads.
 """
 from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from ._parallel import items_per_chunk, parallel_chunks, parallel_copyto
 from .layer import Layer
 
 
@@ -44,12 +51,12 @@ def pad_input(x: np.ndarray, padding, inner: bool) -> np.ndarray:
     n, c, h, w = x.shape
     if inner:
         xp = np.zeros((c, h + 2 * ph, w + 2 * pw, n), dtype=x.dtype)   # (C, Hp, Wp, N)
-        xp[:, ph:ph + h, pw:pw + w, :] = x.transpose(1, 2, 3, 0)
+        parallel_copyto(xp[:, ph:ph + h, pw:pw + w, :], x.transpose(1, 2, 3, 0), axis=0)
         return xp
     if ph == 0 and pw == 0:
         return x
     xp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)       # (N, C, Hp, Wp)
-    xp[:, :, ph:ph + h, pw:pw + w] = x
+    parallel_copyto(xp[:, :, ph:ph + h, pw:pw + w], x, axis=0)
     return xp
 
 
@@ -75,7 +82,9 @@ def im2col(xp: np.ndarray, kernel, stride, npq, inner: bool, out: np.ndarray | N
     windows = _window_view(xp, kernel, stride, npq, inner)             # (C, R, S, <column order>)
     if out is None:
         out = np.empty((windows.shape[0] * kernel[0] * kernel[1], int(np.prod(npq))), dtype=xp.dtype)
-    np.copyto(out.reshape(windows.shape), windows)                      # (C*R*S, N*P*Q)
+    # split along C, or along the first column axis (P or N) when that is longer (C = 1 for a first layer)
+    axis = 0 if windows.shape[0] >= windows.shape[3] else 3
+    parallel_copyto(out.reshape(windows.shape), windows, axis)          # (C*R*S, N*P*Q)
     return out
 
 
@@ -83,33 +92,42 @@ def col2im(dcols: np.ndarray, x_shape, kernel, stride, padding, pq, inner: bool)
     """Adjoint of pad_input + im2col: columns (C*R*S, N*P*Q) -> input gradient (N, C, H, W), summing overlaps."""
     n, c, h, w = x_shape
     (r, s), (sh, sw), (ph, pw), (p, q) = kernel, stride, padding, pq
+    hp, wp = h + 2 * ph, w + 2 * pw
     if inner:
         d6 = dcols.reshape(c, r, s, p, q, n)
-        dxp = np.zeros((c, h + 2 * ph, w + 2 * pw, n), dtype=dcols.dtype)   # (C, Hp, Wp, N)
+        dxp = np.zeros((c, hp, wp, n), dtype=dcols.dtype)                 # (C, Hp, Wp, N)
+        dxc = dxp                                                         # channels first: (C, Hp, Wp, N)
+        crop = dxp[:, ph:ph + h, pw:pw + w, :].transpose(3, 0, 1, 2)      # (N, C, H, W) view
     else:
         d6 = dcols.reshape(c, r, s, n, p, q)
-        dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=dcols.dtype)   # (N, C, Hp, Wp)
+        dxp = np.zeros((n, c, hp, wp), dtype=dcols.dtype)                 # (N, C, Hp, Wp)
+        dxc = dxp.transpose(1, 0, 2, 3)                                   # channels first: (C, N, Hp, Wp)
+        crop = dxp[:, :, ph:ph + h, pw:pw + w] if ph or pw else None      # (N, C, H, W) view
+    dx = dxp if crop is None else np.empty((n, c, h, w), dtype=dcols.dtype)   # (N, C, H, W)
+
     # NOTE: one vectorised add per kernel offset (R*S of them, e.g. 25 for 5x5); each adds a whole
     # (C, P, Q, N) or (C, N, P, Q) slab, so the loop never runs over samples or pixels. Overlapping windows
-    # (stride < kernel) sum correctly because the offsets are added one after another.
-    for i in range(r):
-        for j in range(s):
-            hi, wj = slice(i, i + sh * (p - 1) + 1, sh), slice(j, j + sw * (q - 1) + 1, sw)
-            if inner:
-                dxp[:, hi, wj, :] += d6[:, i, j]
-            else:
-                dxp[:, :, hi, wj].transpose(1, 0, 2, 3)[...] += d6[:, i, j]
-    if inner:
-        return np.ascontiguousarray(dxp[:, ph:ph + h, pw:pw + w, :].transpose(3, 0, 1, 2))   # (N, C, H, W)
-    if ph == 0 and pw == 0:
-        return dxp
-    return np.ascontiguousarray(dxp[:, :, ph:ph + h, pw:pw + w])                            # (N, C, H, W)
+    # (stride < kernel) sum correctly because the offsets are added one after another. A thread takes a
+    # range of channels through every offset in this same order, then crops them: bit-identical sums.
+    def channels(c0, c1):
+        for i in range(r):
+            for j in range(s):
+                hi, wj = slice(i, i + sh * (p - 1) + 1, sh), slice(j, j + sw * (q - 1) + 1, sw)
+                window = dxc[c0:c1, hi, wj, :] if inner else dxc[c0:c1, :, hi, wj]
+                window += d6[c0:c1, i, j]
+        if crop is not None:
+            np.copyto(dx[:, c0:c1], crop[:, c0:c1])
+
+    parallel_chunks(c, channels, items_per_chunk(c, dxp.nbytes))
+    return dx
 
 
 def _dy_matrix(dy: np.ndarray, inner: bool) -> np.ndarray:
     """dy (N, K, P, Q) -> dY2 (K, N*P*Q) in the layer's column order (a reordering copy)."""
-    k = dy.shape[1]
-    return np.ascontiguousarray(dy.transpose(1, 2, 3, 0) if inner else dy.transpose(1, 0, 2, 3)).reshape(k, -1)
+    src = dy.transpose(1, 2, 3, 0) if inner else dy.transpose(1, 0, 2, 3)    # (K, P, Q, N) or (K, N, P, Q) view
+    dy2 = np.empty(src.shape, dtype=dy.dtype)
+    parallel_copyto(dy2, src, axis=0)
+    return dy2.reshape(dy.shape[1], -1)
 
 
 def conv2d_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride=(1, 1), padding=(0, 0),
@@ -136,9 +154,11 @@ def conv2d_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride=(1
     else:
         y_view = y2.reshape(k, n, p, q).transpose(1, 0, 2, 3)
     if b is not None:    # the bias add rides along with the reordering copy: one pass over y
-        np.add(y_view, b[:, None, None], out=y)
+        def add_bias(k0, k1):
+            np.add(y_view[:, k0:k1], b[k0:k1, None, None], out=y[:, k0:k1])
+        parallel_chunks(k, add_bias, items_per_chunk(k, y.nbytes))
     else:
-        np.copyto(y, y_view)
+        parallel_copyto(y, y_view, axis=1)
     return y, cols
 
 

@@ -6,11 +6,14 @@ P = (H - R) // sh + 1, Q = (W - S) // sw + 1 (rows/columns past the last window 
 Both directions run one vectorised step per window offset (R*S of them, e.g. 4 for 2x2): the view
 x[:, :, r::sh, s::sw] cut to (P, Q) holds offset (r, s) of every window at once, so nothing loops over
 samples or pixels, and the backward adds (+=) offset by offset, which sums overlapping windows correctly.
+Max pooling (the zoo's CNNs) splits the batch over threads (``_parallel``): each sample gets the same
+operations in the same order, so the results are bit-identical for any thread count.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from ._parallel import items_per_chunk, parallel_chunks
 from .layer import Layer
 
 
@@ -41,11 +44,17 @@ def maxpool2d_forward(x: np.ndarray, kernel, stride) -> np.ndarray:
     """
     r, s = kernel
     pq = _pq(x.shape, kernel, stride)
-    y = _offset_view(x, 0, 0, stride, pq).copy()                # (N, C, P, Q)
-    for i in range(r):
-        for j in range(s):
-            if i or j:
-                np.maximum(y, _offset_view(x, i, j, stride, pq), out=y)
+    y = np.empty((*x.shape[:2], *pq), dtype=x.dtype)            # (N, C, P, Q)
+
+    def samples(n0, n1):
+        xn, yn = x[n0:n1], y[n0:n1]
+        np.copyto(yn, _offset_view(xn, 0, 0, stride, pq))
+        for i in range(r):
+            for j in range(s):
+                if i or j:
+                    np.maximum(yn, _offset_view(xn, i, j, stride, pq), out=yn)
+
+    parallel_chunks(x.shape[0], samples, items_per_chunk(x.shape[0], x.nbytes))
     return y
 
 
@@ -59,17 +68,22 @@ def maxpool2d_backward(dy: np.ndarray, x: np.ndarray, y: np.ndarray, kernel, str
     pq = dy.shape[2:]
     tiled = _tiles(x.shape, kernel, stride)
     dx = np.empty(x.shape, dtype=dy.dtype) if tiled else np.zeros(x.shape, dtype=dy.dtype)   # (N, C, H, W)
-    taken = np.zeros(y.shape, dtype=bool)                        # (N, C, P, Q)
-    for i in range(r):
-        for j in range(s):
-            hit = _offset_view(x, i, j, stride, pq) == y         # (N, C, P, Q)
-            if i or j:
-                hit &= ~taken
-            taken |= hit
-            if tiled:    # every input element lies in exactly one window: write, no zero fill, no add
-                np.multiply(dy, hit, out=_offset_view(dx, i, j, stride, pq))
-            else:
-                _offset_view(dx, i, j, stride, pq)[...] += dy * hit
+
+    def samples(n0, n1):
+        xn, yn, dyn, dxn = x[n0:n1], y[n0:n1], dy[n0:n1], dx[n0:n1]
+        taken = np.zeros(yn.shape, dtype=bool)                   # (n1 - n0, C, P, Q)
+        for i in range(r):
+            for j in range(s):
+                hit = _offset_view(xn, i, j, stride, pq) == yn   # (n1 - n0, C, P, Q)
+                if i or j:
+                    hit &= ~taken
+                taken |= hit
+                if tiled:    # every input element lies in exactly one window: write, no zero fill, no add
+                    np.multiply(dyn, hit, out=_offset_view(dxn, i, j, stride, pq))
+                else:
+                    _offset_view(dxn, i, j, stride, pq)[...] += dyn * hit
+
+    parallel_chunks(x.shape[0], samples, items_per_chunk(x.shape[0], x.nbytes))
     return dx
 
 
