@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One visit to the GPU machine, run from the repository root (nothing to install there):
 #   bash dev/h100_visit.sh tests [PATH...]  # the gpu-marked tests (all, or those files) + the parity table
+#                                    # (all of them took ~7-8 min in session 2: pass PATHs to split the visit)
 #   bash dev/h100_visit.sh run       # the default GPU suite and its report -> reports/gpu-<card>/
 #   bash dev/h100_visit.sh targets   # the issue-5 targets -> reports/targets-<card>/
 #   bash dev/h100_visit.sh perf [BENCH-ARGS...]  # kernel timings (dev/gemm/bench.py --no-tests ...) and
@@ -13,7 +14,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit -
 case "${1:-tests}" in
   tests)
     shift
-    timeout "${TIMEOUT_S:-430}" python3 -m pytest -m gpu -q -p no:cacheprovider --junitxml="$out/gpu_junit.xml" "$@" \
+    timeout "${TIMEOUT_S:-540}" python3 -m pytest -m gpu -q -p no:cacheprovider --junitxml="$out/gpu_junit.xml" "$@" \
       >"$out/gpu_tests.log" 2>&1
     echo "pytest exit: $?"
     [ "$#" -gt 0 ] || timeout 120 python3 -m harness parity --device gpu >"$out/parity_gpu.md" 2>&1

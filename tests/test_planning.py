@@ -1,0 +1,103 @@
+"""The GPU kernels' launch planning, which is plain Python and runs without a GPU (no ``gpu`` marker):
+tile / split-K choice under eager and graph launch costs, the workspace that has to cover every kernel
+a layer may pick, and the candidates each phase may pick from.
+
+Figures asserted here are properties of the cost model and the kernels' limits, not timings: e.g. that
+eager calls, whose launches cost ~20 us of host time each, never split a GEMM whose whole GPU time is
+below that, while inside a CUDA graph (~1 us per launch) the same GEMM splits.
+"""
+from __future__ import annotations
+
+import pytest
+
+from custom_impl.gpu import conv, conv_smallc, gemm, winograd
+
+
+def test_launch_cost_context_restores_and_changes_plans():
+    before = gemm._LAUNCH_S
+    # (64, 128, 784): measured on the H100 (dev/overhead.py) 94 us unsplit, 16 us with 8 splits in a graph
+    eager = gemm.choose_config(64, 128, 784)
+    with gemm.launch_cost(gemm.GRAPH_LAUNCH_S):
+        graphed = gemm.choose_config(64, 128, 784)
+        with pytest.raises(RuntimeError):
+            with gemm.launch_cost(5e-6):
+                assert gemm._LAUNCH_S == 5e-6
+                raise RuntimeError("inside")
+        assert gemm._LAUNCH_S == gemm.GRAPH_LAUNCH_S
+    assert gemm._LAUNCH_S == before
+    assert graphed[1] > eager[1] >= 1
+
+
+@pytest.mark.parametrize("M,N,K", [(64, 10, 128), (8192, 10, 128), (33, 16, 64)])
+def test_eager_calls_do_not_split_gemms_shorter_than_a_launch(M, N, K):
+    """Eagerly a split costs a second ~20 us host launch; these GEMMs run in < 20 us unsplit."""
+    cfg, splits = gemm.choose_config(M, N, K, launch_s=20e-6)
+    assert splits == 1
+    assert gemm.estimate_seconds(cfg, M, N, K, 1, launch_s=20e-6) == pytest.approx(20e-6)
+
+
+def test_big_gemm_takes_a_bk16_tile_and_no_split():
+    cfg, splits = gemm.choose_config(4096, 4096, 4096)
+    assert (cfg.bk, splits) == (16, 1)
+    assert cfg.smem_bytes == 2 * 16 * (cfg.bm + cfg.bn + 2 * gemm.TILE_PAD) * 4
+    assert cfg.name in gemm.CONFIG_BY_NAME
+
+
+def test_conv_configs_stay_8_wide_in_k():
+    """The 16-deep k tiles measured 0.3-0.8x of the 8-deep ones inside the conv loaders (H100, run 4)."""
+    assert all(c.bk == 8 for c in conv.CONV_CONFIGS)
+
+
+@pytest.mark.parametrize("N,K,PQ", [(256, 32, 784), (64, 64, 12544), (1, 32, 784), (1024, 64, 196), (600, 7, 49),
+                                    (5, 2, 1)])
+def test_bias_splits_cover_every_image_once(N, K, PQ):
+    nchunk, splits = conv._bias_splits(N, K, PQ)
+    assert nchunk >= 1 and splits >= 1
+    assert (splits - 1) * nchunk < N <= splits * nchunk  # every image in exactly one chunk, none empty
+    if splits > 1:
+        assert nchunk * PQ >= 4096  # each block still sums a useful amount
+
+
+def test_backward_data_splits_only_stride_1_and_only_small_batches():
+    with gemm.launch_cost(gemm.GRAPH_LAUNCH_S):
+        small = conv._data_plan(conv._dims((1, 32, 14, 14), (64, 32, 5, 5), 1, 2))
+        strided = conv._data_plan(conv._dims((1, 32, 14, 14), (64, 32, 5, 5), 2, 2))
+        big = conv._data_plan(conv._dims((256, 64, 56, 56), (64, 64, 3, 3), 1, 1))
+    assert small[2] > 1 and small[1] % small[0].bk == 0
+    assert strided[2] == 1
+    assert big[2] == 1
+
+
+@pytest.mark.parametrize("x_shape,w_shape,stride,padding", [
+    ((1, 32, 14, 14), (64, 32, 5, 5), 1, 2),      # small batch: forward / backward-data split-K
+    ((64, 3, 224, 224), (64, 3, 7, 7), 2, 3),     # few channels: conv_smallc backward-weights partials
+    ((64, 256, 28, 28), (256, 256, 3, 3), 1, 1),  # Winograd candidate
+    ((33, 17, 29, 31), (45, 17, 3, 3), 1, 1),
+])
+def test_workspace_covers_every_candidate(x_shape, w_shape, stride, padding):
+    for cost in (20e-6, gemm.GRAPH_LAUNCH_S):
+        with gemm.launch_cost(cost):
+            need = conv.conv2d_workspace_size(x_shape, w_shape, stride, padding)
+            dims = conv._dims(x_shape, w_shape, stride, padding)
+            N, C, H, W, K, R, S, P, Q = dims[:9]
+            _, _, f_splits = conv._forward_plan(x_shape, w_shape, stride, padding)
+            _, _, w_splits = conv._weights_plan(x_shape, w_shape, stride, padding)
+            _, _, d_splits = conv._data_plan(dims)
+            assert need >= (f_splits > 1) * f_splits * K * N * P * Q
+            assert need >= (w_splits > 1) * w_splits * K * C * R * S
+            assert need >= (d_splits > 1) * d_splits * N * C * H * W
+            assert need >= K * conv._bias_splits(N, K, P * Q)[1]
+            if conv_smallc.weights_plan(dims, 132) is not None:
+                assert need >= conv_smallc.workspace_size(x_shape, w_shape, stride, padding, 132)
+            for phase in ("forward", "backward_data"):
+                if conv.winograd_ok(x_shape, w_shape, stride, padding, phase):
+                    assert need >= winograd.workspace_size(x_shape, w_shape, stride, padding, phase)
+
+
+def test_winograd_candidates():
+    assert conv.winograd_ok((64, 256, 28, 28), (256, 256, 3, 3), 1, 1, "forward")
+    assert conv.winograd_ok((256, 64, 56, 56), (64, 64, 3, 3), 1, 1, "backward_data")
+    assert not conv.winograd_ok((256, 3, 32, 32), (32, 3, 3, 3), 1, 1, "forward")          # < 16 channels
+    assert not conv.winograd_ok((64, 128, 28, 28), (256, 128, 3, 3), 2, 1, "forward")      # stride 2
+    assert not conv.winograd_ok((256, 32, 14, 14), (64, 32, 5, 5), 1, 2, "forward")        # 5x5
+    assert not conv.winograd_ok((8192, 32, 16, 16), (64, 32, 3, 3), 1, 1, "forward")       # > 2 GB workspace
