@@ -18,23 +18,6 @@
 //   conv_bias_grad_*   db[k]: blocks over (k, chunk of n), fixed-order tree and chunk sums (deterministic).
 #include "gemm_tiles.cuh"
 
-#ifndef GEMM_BM
-#define GEMM_BM 128
-#endif
-#ifndef GEMM_BN
-#define GEMM_BN 128
-#endif
-#ifndef GEMM_BK
-#define GEMM_BK 8
-#endif
-#ifndef GEMM_TM
-#define GEMM_TM 8
-#endif
-#ifndef GEMM_TN
-#define GEMM_TN 8
-#endif
-#define GEMM_NT ((GEMM_BM / GEMM_TM) * (GEMM_BN / GEMM_TN))
-#define GEMM_MIN_BLOCKS ((GEMM_NT >= 256 && GEMM_TM * GEMM_TN <= 64) ? 2 : 1)
 #define OUT_OF_IMAGE (-(1 << 29))   // a row/column origin that fails every bounds check
 
 // ---- v1: direct ---------------------------------------------------------------------------------------

@@ -8,24 +8,6 @@
 //   gemm_splitk_reduce C = act(sum_z W[z] + bias + beta*C), summing z in order (deterministic).
 #include "gemm_tiles.cuh"
 
-#ifndef GEMM_BM
-#define GEMM_BM 128
-#endif
-#ifndef GEMM_BN
-#define GEMM_BN 128
-#endif
-#ifndef GEMM_BK
-#define GEMM_BK 8
-#endif
-#ifndef GEMM_TM
-#define GEMM_TM 8
-#endif
-#ifndef GEMM_TN
-#define GEMM_TN 8
-#endif
-#define GEMM_NT ((GEMM_BM / GEMM_TM) * (GEMM_BN / GEMM_TN))
-// Two blocks per SM for the 256-thread tiles caps registers at 128 per thread; smaller tiles uncapped.
-#define GEMM_MIN_BLOCKS ((GEMM_NT >= 256 && GEMM_TM * GEMM_TN <= 64) ? 2 : 1)
 
 extern "C" __global__ void gemm_v1(const float* __restrict__ A, const float* __restrict__ B,
                                    float* __restrict__ C, const float* __restrict__ bias,

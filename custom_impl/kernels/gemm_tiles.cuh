@@ -21,6 +21,27 @@
 //   "mn-vector": 4 consecutive mn at one k (operand contiguous along mn: A^T stored (K,M), B (K,N)).
 #pragma once
 
+// Tile configuration of the including file's GEMM-shaped kernels, set per compiled module by gemm.py's
+// TileConfig.defines (-DGEMM_BM=... etc.); these defaults are the 128x128x8 tile with 8x8 per thread.
+#ifndef GEMM_BM
+#define GEMM_BM 128
+#endif
+#ifndef GEMM_BN
+#define GEMM_BN 128
+#endif
+#ifndef GEMM_BK
+#define GEMM_BK 8
+#endif
+#ifndef GEMM_TM
+#define GEMM_TM 8
+#endif
+#ifndef GEMM_TN
+#define GEMM_TN 8
+#endif
+#define GEMM_NT ((GEMM_BM / GEMM_TM) * (GEMM_BN / GEMM_TN))
+// Two blocks per SM for the 256-thread tiles caps registers at 128 per thread; smaller tiles uncapped.
+#define GEMM_MIN_BLOCKS ((GEMM_NT >= 256 && GEMM_TM * GEMM_TN <= 64) ? 2 : 1)
+
 #define TILE_PAD 4  // floats of padding per smem row: keeps float4 alignment and breaks the 2-way
                     // bank conflict of the k-vector loaders' transposing scalar stores.
 

@@ -18,24 +18,6 @@
 //           At = [1 1 1 0; 0 1 -1 -1]. Offsets into x, y, V and Mo are 64-bit. No atomics.
 #include "gemm_tiles.cuh"
 
-#ifndef GEMM_BM
-#define GEMM_BM 128
-#endif
-#ifndef GEMM_BN
-#define GEMM_BN 128
-#endif
-#ifndef GEMM_BK
-#define GEMM_BK 8
-#endif
-#ifndef GEMM_TM
-#define GEMM_TM 8
-#endif
-#ifndef GEMM_TN
-#define GEMM_TN 8
-#endif
-#define GEMM_NT ((GEMM_BM / GEMM_TM) * (GEMM_BN / GEMM_TN))
-// Two blocks per SM for the 256-thread tiles caps registers at 128 per thread; smaller tiles uncapped.
-#define GEMM_MIN_BLOCKS ((GEMM_NT >= 256 && GEMM_TM * GEMM_TN <= 64) ? 2 : 1)
 
 // ---- filter transform ----------------------------------------------------------------------------------
 // One thread per (o, i) of U's padded (O, Ip) matrix; O*Ip <= 2^31 (checked by the wrapper).
