@@ -101,3 +101,20 @@ def test_winograd_candidates():
     assert not conv.winograd_ok((64, 128, 28, 28), (256, 128, 3, 3), 2, 1, "forward")      # stride 2
     assert not conv.winograd_ok((256, 32, 14, 14), (64, 32, 5, 5), 1, 2, "forward")        # 5x5
     assert not conv.winograd_ok((8192, 32, 16, 16), (64, 32, 3, 3), 1, 1, "forward")       # > 2 GB workspace
+
+
+def test_kernel_choice_is_looked_up_before_any_planning(monkeypatch):
+    """A repeated eager call pays one dict lookup: the candidates (eligibility checks, partials) are only
+    built on a cache miss, and a shape with one candidate is cached without timing (no GPU needed)."""
+    monkeypatch.setattr(conv, "_choices", {})
+    built = []
+
+    def candidates():
+        built.append(1)
+        return {"v3": lambda: None}
+
+    assert conv._timed_choice(("data", 0, (1,)), candidates, "v3") == "v3"
+    assert conv._timed_choice(("data", 0, (1,)), candidates, "v3") == "v3"
+    assert len(built) == 1
+    conv._choices[("data", 0, (2,))] = "winograd"
+    assert conv._timed_choice(("data", 0, (2,)), lambda: pytest.fail("built on a hit"), "v3") == "winograd"

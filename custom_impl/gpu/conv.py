@@ -192,11 +192,7 @@ def conv2d_forward(x, W, b, stride, padding, out=None, workspace=None, version="
         kern((min(blocks(out.size, 256), _GRID_STRIDE_BLOCKS),), (256,), (x, W, _ptr(b), out) + _i32(*dims))
         return out
     if version == "auto":
-        version = "v2"
-        if config is None and splits is None and winograd_ok(x.shape, W.shape, stride, padding, "forward"):
-            key = ("forward", _device_id(), dims, b is None)
-            version = _timed_choice(key, {v: functools.partial(conv2d_forward, x, W, b, stride, padding, out,
-                                                               workspace, v) for v in ("v2", "winograd")}) or "v2"
+        version = "v2" if config is not None or splits is not None else choose_forward(x, W, b, out, dims, workspace)
     if version == "winograd":
         return winograd.forward(x, W, b, out, (ph, pw), workspace)
     if version != "v2":
@@ -355,19 +351,25 @@ def _device_id() -> int:
     return cupy.cuda.Device().id
 
 
-def _timed_choice(key, candidates: dict):
-    """The name of the fastest of ``candidates`` (name -> call), timed once with CUDA events (3 calls each
-    after one warm-up) and cached under ``key``; None inside a CUDA-graph capture for an uncached key
-    (nothing can be timed there: the caller takes its default)."""
+def _timed_choice(key, candidates, default: str) -> str:
+    """The kernel version for ``key``: the cached one, else the fastest of ``candidates()`` (a callable
+    returning {name: call}, asked only on a cache miss, so a repeated call pays one dict lookup), timed
+    once with CUDA events (3 calls each after one warm-up) and cached. A single candidate is cached
+    untimed. Inside a CUDA-graph capture an uncached key gets ``default`` (nothing can be timed there)."""
+    chosen = _choices.get(key)
+    if chosen is not None:
+        return chosen
+    calls = candidates()
+    if len(calls) == 1:
+        _choices[key] = next(iter(calls))
+        return _choices[key]
     import cupy
 
-    if key in _choices:
-        return _choices[key]
     stream = cupy.cuda.get_current_stream()
     if stream.ptr and cupy.cuda.runtime.streamIsCapturing(stream.ptr):
-        return None
+        return default
     times = {}
-    for name, call in candidates.items():
+    for name, call in calls.items():
         call()
         start, end = cupy.cuda.Event(), cupy.cuda.Event()
         start.record(stream)
@@ -380,35 +382,45 @@ def _timed_choice(key, candidates: dict):
     return _choices[key]
 
 
+def choose_forward(x, W, b, out, dims, workspace=None) -> str:
+    """"v2" or "winograd" (3x3 stride 1, ``winograd_ok``) for this shape, the faster when first timed
+    (cached per device, shape and bias presence)."""
+    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
+
+    def candidates():
+        names = ["v2"]
+        if winograd_ok((N, C, H, Wd), (K, C, R, S), (sh, sw), (ph, pw), "forward"):
+            names.append("winograd")
+        return {v: functools.partial(conv2d_forward, x, W, b, (sh, sw), (ph, pw), out, workspace, v) for v in names}
+
+    return _timed_choice(("forward", _device_id(), dims, b is None), candidates, "v2")
+
+
 def choose_backward_data(dy, W, dx, dims, sms=132, workspace=None) -> str:
     """"v3", "v5" (conv_smallc, few channels) or "winograd" (3x3 stride 1, >= 16 channels) for this
     shape: the candidates that can run, then whichever ran fastest when first timed (cached per device
     and shape). Inside a CUDA-graph capture an uncached shape gets v3."""
-    import cupy
-
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
-    candidates = ["v3"]
-    if conv_smallc.fits(C, K, R, S):
-        candidates.append("v5")
-    if winograd_ok((N, C, H, Wd), (K, C, R, S), (sh, sw), (ph, pw), "backward_data"):
-        candidates.append("winograd")
-    if len(candidates) == 1:
-        return "v3"
-    key = ("data", cupy.cuda.Device().id, dims)
-    return _timed_choice(key, {v: functools.partial(backward_data, dy, W, dx, dims, v, sms, workspace=workspace)
-                               for v in candidates}) or "v3"
+
+    def candidates():
+        names = ["v3"]
+        if conv_smallc.fits(C, K, R, S):
+            names.append("v5")
+        if winograd_ok((N, C, H, Wd), (K, C, R, S), (sh, sw), (ph, pw), "backward_data"):
+            names.append("winograd")
+        return {v: functools.partial(backward_data, dy, W, dx, dims, v, sms, workspace=workspace) for v in names}
+
+    return _timed_choice(("data", _device_id(), dims), candidates, "v3")
 
 
 def choose_backward_weights(dy, x, dW, dims, workspace=None, sms=132) -> str:
     """"v2" or "smallc" for this shape, chosen like ``choose_backward_data``; "v2" where conv_smallc
     cannot run or inside a capture for an uncached shape."""
-    import cupy
+    def candidates():
+        names = ["v2"] + (["smallc"] if conv_smallc.weights_plan(dims, sms) is not None else [])
+        return {v: functools.partial(backward_weights, dy, x, dW, dims, workspace, v, sms) for v in names}
 
-    if conv_smallc.weights_plan(dims, sms) is None:
-        return "v2"
-    key = ("weights", cupy.cuda.Device().id, dims)
-    return _timed_choice(key, {v: functools.partial(backward_weights, dy, x, dW, dims, workspace, v, sms)
-                               for v in ("v2", "smallc")}) or "v2"
+    return _timed_choice(("weights", _device_id(), dims), candidates, "v2")
 
 
 def backward_data(dy, W, dx, dims, version="v3", sms=132, config=None, workspace=None):
