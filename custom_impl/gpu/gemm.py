@@ -271,54 +271,26 @@ def gemm(a, b, out=None, *, trans_a=False, trans_b=False, bias=None, act="none",
     at least splits*M*N elements for split-K partials (default: the shared per-device buffer).
     """
     fast = version == "v2" and config is None and splits is None and workspace is None and out is not None
-    if fast:
-        key = _plan_key(a, b, out, bias, trans_a, trans_b, act, accumulate)
-        plan = _launch_plans.get(key) if key is not None else None
-        if plan is not None:
-            _launch(plan, a, b, out, bias)
-            return out
+    key = _plan_key(a, b, out, bias, trans_a, trans_b, act, accumulate) if fast else None
+    plan = _launch_plans.get(key) if key is not None else None
+    if plan is not None:
+        _launch(plan, a, b, out, bias)
+        return out
     M, N, K, out = _check_operands(a, b, out, trans_a, trans_b, bias, act, accumulate)
     if M == 0 or N == 0:
         return out
-    if fast and key is not None:
-        plan = _launch_plans[key] = _make_plan(a, b, out, trans_a, trans_b, act, accumulate, M, N, K)
-        _launch(plan, a, b, out, bias)
-        return out
-    beta = np.int32(1 if accumulate else 0)
-    act_code = np.int32(ACTS[act])
     if version == "v1":
         kern = kernel("gemm", "gemm_v1")
         kern((blocks(N, 16), blocks(M, 16)), (16, 16),
              (a, b, out, _ptr(bias), np.int32(M), np.int32(N), np.int32(K), np.int32(trans_a),
-              np.int32(trans_b), beta, act_code))
+              np.int32(trans_b), np.int32(1 if accumulate else 0), np.int32(ACTS[act])))
         return out
     if version != "v2":
         raise ValueError(f"gemm: version={version!r}; use 'v1' or 'v2'")
-    if config is None or splits is None:
-        auto_cfg, auto_splits = choose_config(M, N, K, _num_sms())
-        config = auto_cfg if config is None else config
-        splits = auto_splits if splits is None else splits
-    cfg = CONFIG_BY_NAME[config] if isinstance(config, str) else config
-    k_chunk, splits = split_chunk(K, splits, cfg.bk)
-    name = "gemm_v2_" + ("t" if trans_a else "n") + ("t" if trans_b else "n")
-    kern = kernel("gemm", name, cfg)
-    flags = (int(_vec_ok(a, M if trans_a else K))
-             | int(_vec_ok(b, K if trans_b else N)) << 1
-             | int(_vec_ok(out, N)) << 2)
-    grid = (blocks(N, cfg.bn), blocks(M, cfg.bm), splits)
-    dims = (np.int32(M), np.int32(N), np.int32(K), np.int32(k_chunk))
-    if splits == 1:
-        kern(grid, (cfg.threads,), (a, b, out, _ptr(bias)) + dims + (beta, act_code, np.int32(flags)),
-             shared_mem=cfg.smem_bytes)
-        return out
-    ws = workspace if workspace is not None else split_workspace(splits * M * N)
-    if ws.size < splits * M * N:
-        raise ValueError(f"gemm: workspace has {ws.size} elements, split-K needs {splits * M * N}")
-    flags |= 1 << 3  # partial sums into ws[z]
-    flags = (flags & ~(1 << 2)) | int(_vec_ok(ws, N)) << 2  # the partials, not out, are stored
-    kern(grid, (cfg.threads,), (a, b, ws, np.uint64(0)) + dims + (np.int32(0), np.int32(0), np.int32(flags)),
-         shared_mem=cfg.smem_bytes)
-    splitk_reduce(ws, out, bias, M, N, splits, beta, act_code)
+    plan = _make_plan(a, b, out, trans_a, trans_b, act, accumulate, M, N, K, config, splits)
+    if key is not None:
+        _launch_plans[key] = plan
+    _launch(plan, a, b, out, bias, workspace)
     return out
 
 
@@ -347,28 +319,40 @@ def _plan_key(a, b, out, bias, trans_a, trans_b, act, accumulate):
         return None
 
 
-def _make_plan(a, b, out, trans_a, trans_b, act, accumulate, M, N, K):
-    cfg, splits = choose_config(M, N, K, _num_sms())
+def _make_plan(a, b, out, trans_a, trans_b, act, accumulate, M, N, K, config=None, splits=None):
+    """Everything a launch derives from the shapes, alignment and options: kernel, grid, block, shared
+    memory, scalar arguments. ``config`` (a TileConfig or its name) and ``splits`` default to
+    ``choose_config``'s."""
+    if config is None or splits is None:
+        auto_cfg, auto_splits = choose_config(M, N, K, _num_sms())
+        config = auto_cfg if config is None else config
+        splits = auto_splits if splits is None else splits
+    cfg = CONFIG_BY_NAME[config] if isinstance(config, str) else config
     k_chunk, splits = split_chunk(K, splits, cfg.bk)
     kern = kernel("gemm", "gemm_v2_" + ("t" if trans_a else "n") + ("t" if trans_b else "n"), cfg)
-    flags = (int(_vec_ok(a, M if trans_a else K)) | int(_vec_ok(b, K if trans_b else N)) << 1)
+    flags = int(_vec_ok(a, M if trans_a else K)) | int(_vec_ok(b, K if trans_b else N)) << 1
     beta, act_code = np.int32(1 if accumulate else 0), np.int32(ACTS[act])
     dims = (np.int32(M), np.int32(N), np.int32(K), np.int32(k_chunk))
-    grid = (blocks(N, cfg.bn), blocks(M, cfg.bm), splits)
-    if splits == 1:
+    if splits == 1:  # flag bit 2: float4 stores into out
         tail = dims + (beta, act_code, np.int32(flags | int(_vec_ok(out, N)) << 2))
-    else:  # partials into the shared workspace (16-byte aligned: cupy allocations are), then the reduce
-        tail = dims + (np.int32(0), np.int32(0), np.int32(flags | int(N % 4 == 0) << 2 | 1 << 3))
+    else:  # the partials' flags are finished per call by _launch, which knows the workspace
+        tail = dims + (np.int32(0), np.int32(0), flags | 1 << 3)
+    grid = (blocks(N, cfg.bn), blocks(M, cfg.bm), splits)
     return (kern, grid, (cfg.threads,), cfg.smem_bytes, tail, splits, M, N, beta, act_code)
 
 
-def _launch(plan, a, b, out, bias) -> None:
+def _launch(plan, a, b, out, bias, workspace=None) -> None:
+    """Launch a plan: one kernel, or with split-K the partials into ``workspace`` (default: the shared
+    per-device buffer; flag bit 2 set where it allows float4 stores) and the ordered reduce."""
     kern, grid, block, smem, tail, splits, M, N, beta, act_code = plan
     if splits == 1:
         kern(grid, block, (a, b, out, _ptr(bias)) + tail, shared_mem=smem)
         return
-    ws = split_workspace(splits * M * N)
-    kern(grid, block, (a, b, ws, np.uint64(0)) + tail, shared_mem=smem)
+    ws = workspace if workspace is not None else split_workspace(splits * M * N)
+    if ws.size < splits * M * N:
+        raise ValueError(f"gemm: workspace has {ws.size} elements, split-K needs {splits * M * N}")
+    flags = np.int32(tail[-1] | int(_vec_ok(ws, N)) << 2)
+    kern(grid, block, (a, b, ws, np.uint64(0)) + tail[:-1] + (flags,), shared_mem=smem)
     splitk_reduce(ws, out, bias, M, N, splits, beta, act_code)
 
 
