@@ -78,3 +78,31 @@ def check_array(a, name: str, shape=None, ndim=None):
 def blocks(n: int, threads: int) -> int:
     """Number of blocks of ``threads`` threads covering ``n`` items (at least 1)."""
     return max(1, (int(n) + threads - 1) // threads)
+
+
+def pair(v, what: str, owner: str) -> tuple[int, int]:
+    """An int or an (h, w) pair (stride, padding) as an (h, w) pair of ints; ``owner`` names the caller in
+    the error."""
+    if isinstance(v, (int, np.integer)):
+        return int(v), int(v)
+    if len(v) != 2:
+        raise ValueError(f"{owner}: {what} must be an int or an (h, w) pair, got {v!r}")
+    return int(v[0]), int(v[1])
+
+
+def i32(*vals) -> tuple:
+    """Kernel scalar arguments as np.int32."""
+    return tuple(np.int32(v) for v in vals)
+
+
+def checked_workspace(workspace, n: int, what: str, sizing: str):
+    """``workspace`` (a 1-D float32 CuPy array of >= n elements) or, when None, gemm.py's shared grow-only
+    per-device buffer. ``sizing`` names the function that gives the size, for the error."""
+    if workspace is None:
+        from .gemm import split_workspace
+
+        return split_workspace(n)
+    check_array(workspace, f"{what}: workspace", ndim=1)
+    if workspace.size < n:
+        raise ValueError(f"{what}: workspace has {workspace.size} elements, needs {n}: size it with {sizing}")
+    return workspace

@@ -42,7 +42,8 @@ import functools
 import numpy as np
 
 from . import conv_smallc, winograd
-from ._compile import blocks, check_array
+from ._compile import blocks, check_array, checked_workspace, pair
+from ._compile import i32 as _i32
 from .gemm import CONFIG_BY_NAME, _num_sms, _ptr, _vec_ok, choose_config, kernel, split_chunk, splitk_reduce
 
 _GRID_STRIDE_BLOCKS = 132 * 32  # v1 kernels loop over their outputs with a grid-stride loop
@@ -52,20 +53,12 @@ CONV_CONFIGS = tuple(CONFIG_BY_NAME[n] for n in ("128x128x8_8x8", "128x64x8_8x8"
                                                  "32x64x8_4x8", "32x32x8_4x4"))
 
 
-def _pair(v, what):
-    if isinstance(v, (int, np.integer)):
-        return int(v), int(v)
-    if len(v) != 2:
-        raise ValueError(f"conv2d: {what} must be an int or an (h, w) pair, got {v!r}")
-    return int(v[0]), int(v[1])
-
-
 def conv2d_output_shape(x_shape, w_shape, stride, padding):
     """(N, K, P, Q) of a convolution; raises ValueError when the kernel does not fit the padded input."""
     N, C, H, W = x_shape
     K, Cw, R, S = w_shape
-    sh, sw = _pair(stride, "stride")
-    ph, pw = _pair(padding, "padding")
+    sh, sw = pair(stride, "stride", "conv2d")
+    ph, pw = pair(padding, "padding", "conv2d")
     if C != Cw:
         raise ValueError(f"conv2d: x has {C} channels but W {tuple(w_shape)} expects {Cw}")
     if sh < 1 or sw < 1 or ph < 0 or pw < 0:
@@ -81,13 +74,9 @@ def _dims(x_shape, w_shape, stride, padding):
     N, C, H, W = x_shape
     K, _, R, S = w_shape
     _, _, P, Q = conv2d_output_shape(x_shape, w_shape, stride, padding)
-    sh, sw = _pair(stride, "stride")
-    ph, pw = _pair(padding, "padding")
+    sh, sw = pair(stride, "stride", "conv2d")
+    ph, pw = pair(padding, "padding", "conv2d")
     return N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw
-
-
-def _i32(*vals):
-    return tuple(np.int32(v) for v in vals)
 
 
 def _weights_plan(x_shape, w_shape, stride, padding, sms=132):
@@ -152,19 +141,6 @@ def _sms_or_default() -> int:
         return 132
 
 
-def _checked_workspace(workspace, n: int, what: str):
-    """``workspace`` (>= n float32 elements) or, when None, the shared per-device split-K buffer."""
-    if workspace is None:
-        from .gemm import split_workspace
-
-        return split_workspace(n)
-    check_array(workspace, "workspace", ndim=1)
-    if workspace.size < n:
-        raise ValueError(f"{what}: workspace has {workspace.size} elements, needs {n}: size it with "
-                         f"conv2d_workspace_size")
-    return workspace
-
-
 def conv2d_forward(x, W, b, stride, padding, out=None, workspace=None, version="auto", config=None,
                    splits=None):
     """y = conv2d(x, W) + b: x (N, C, H, W), W (K, C, R, S), b (K,) or None -> y (N, K, P, Q).
@@ -211,7 +187,7 @@ def conv2d_forward(x, W, b, stride, padding, out=None, workspace=None, version="
         kern(grid, (cfg.threads,), (x, W, _ptr(b), out, np.uint64(0)) + _i32(*dims) + _i32(k_chunk, flags),
              shared_mem=cfg.smem_bytes)
         return out
-    ws = _checked_workspace(workspace, n_splits * K * cols, "conv2d_forward")
+    ws = checked_workspace(workspace, n_splits * K * cols, "conv2d_forward", "conv2d_workspace_size")
     kern(grid, (cfg.threads,), (x, W, _ptr(b), out, ws) + _i32(*dims) + _i32(k_chunk, flags | 2),
          shared_mem=cfg.smem_bytes)
     kernel("conv", "conv_splitk_reduce_nchw")((min(blocks(out.size, 256), 132 * 16),), (256,),
@@ -232,7 +208,8 @@ def bias_grad(dy, db, workspace=None):
     per (k, chunk of images) go to ``workspace`` (K*splits floats; default: the shared split buffer)."""
     N, K, P, Q = dy.shape
     nchunk, splits = _bias_splits(N, K, P * Q, _sms_or_default())
-    part = db if splits == 1 else _checked_workspace(workspace, K * splits, "conv bias_grad")
+    part = db if splits == 1 else checked_workspace(workspace, K * splits, "conv bias_grad",
+                                                    "conv2d_workspace_size")
     kernel("conv", "conv_bias_grad_partial")((K, splits), (256,), (dy, part) + _i32(N, K, P * Q, nchunk))
     if splits > 1:
         kernel("conv", "conv_bias_grad_finish")((blocks(K, 128),), (128,), (part, db) + _i32(K, splits))
@@ -309,7 +286,7 @@ def backward_weights(dy, x, dW, dims, workspace=None, version="auto", sms=132):
         kern(grid, (cfg.threads,), (dy, x, dW) + _i32(*dims) + _i32(k_chunk, _vec_ok(dW, CRS)),
              shared_mem=cfg.smem_bytes)
         return dW
-    workspace = _checked_workspace(workspace, splits * K * CRS, "conv2d_backward")
+    workspace = checked_workspace(workspace, splits * K * CRS, "conv2d_backward", "conv2d_workspace_size")
     kern(grid, (cfg.threads,), (dy, x, workspace) + _i32(*dims) + _i32(k_chunk, _vec_ok(workspace, CRS)),
          shared_mem=cfg.smem_bytes)
     splitk_reduce(workspace, dW, None, K, CRS, splits, 0, 0)
@@ -466,7 +443,7 @@ def backward_data(dy, W, dx, dims, version="v3", sms=132, config=None, workspace
         kern((blocks(cols, cfg.bn), blocks(C, cfg.bm), sh * sw), (cfg.threads,),
              (dy, W, dx) + _i32(*dims) + (np.uint64(0), np.int32(0)), shared_mem=cfg.smem_bytes)
         return dx
-    ws = _checked_workspace(workspace, splits * C * cols, "conv backward_data")
+    ws = checked_workspace(workspace, splits * C * cols, "conv backward_data", "conv2d_workspace_size")
     kern((blocks(cols, cfg.bn), blocks(C, cfg.bm), splits), (cfg.threads,),
          (dy, W, dx) + _i32(*dims) + (ws, np.int32(k_chunk)), shared_mem=cfg.smem_bytes)
     kernel("conv", "conv_splitk_reduce_nchw")((min(blocks(dx.size, 256), 132 * 16),), (256,),

@@ -39,7 +39,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._compile import blocks, check_array, function
+from ._compile import blocks, check_array, checked_workspace, function
+from ._compile import i32 as _i32
 
 MAX_C = 8                   # channels held in registers by backward-data (acc[C][4])
 MAX_S = 8                   # kernel width: backward-weights keeps 4*S sums per thread
@@ -148,10 +149,6 @@ def _get(name: str, **defines):
     return _kernel(name, cupy.cuda.Device().id, tuple(sorted(defines.items())))
 
 
-def _i32(*vals):
-    return tuple(np.int32(v) for v in vals)
-
-
 def _check(dims, arrays, what):
     N, C, H, Wd, K, R, S, P, Q = dims[:9]
     shapes = {"dy": (N, K, P, Q), "x": (N, C, H, Wd), "dx": (N, C, H, Wd), "W": (K, C, R, S), "dW": (K, C, R, S)}
@@ -175,16 +172,9 @@ def backward_weights(dy, x, dW, dims, workspace=None):
     n = K * C * R * S
     if plan.grid == 1:
         ws = dW  # one block: its partial is the result
-    elif workspace is None:
-        from .gemm import split_workspace
-
-        ws = split_workspace(plan.grid * n)
     else:
-        check_array(workspace, "conv_smallc.backward_weights: workspace", ndim=1)
-        if workspace.size < plan.grid * n:
-            raise ValueError(f"conv_smallc.backward_weights: workspace has {workspace.size} elements, needs "
-                             f"{plan.grid * n}: size it with conv_smallc.workspace_size")
-        ws = workspace
+        ws = checked_workspace(workspace, plan.grid * n, "conv_smallc.backward_weights",
+                               "conv_smallc.workspace_size")
     kern = _get("conv_smallc_backward_weights", SC_S=S, SC_SW=sw)
     kern((plan.grid,), (plan.threads,), (dy, x, ws) + _i32(*dims) + _i32(plan.kc, plan.xld, plan.gstride),
          shared_mem=plan.smem)

@@ -52,8 +52,8 @@ import functools
 
 import numpy as np
 
-from ._compile import blocks, check_array
-from .gemm import CONFIG_BY_NAME, _ptr, _vec_ok, estimate_seconds, kernel
+from ._compile import blocks, check_array, checked_workspace, pair
+from .gemm import CONFIG_BY_NAME, _num_sms, _ptr, _vec_ok, estimate_seconds, kernel
 
 FAMILY = "winograd"
 THREADS = 256       # threads per block of the transform kernels
@@ -73,14 +73,6 @@ def _ceil4(v: int) -> int:
     return (v + 3) // 4 * 4
 
 
-def _pair(v, what):
-    if isinstance(v, (int, np.integer)):
-        return int(v), int(v)
-    if len(v) != 2:
-        raise ValueError(f"winograd: {what} must be an int or an (h, w) pair, got {v!r}")
-    return int(v[0]), int(v[1])
-
-
 def _problem(x_shape, w_shape, stride, padding):
     """(N, C, H, W, K, P, Q, ph, pw) of a forward, or a string saying why Winograd F(2x2,3x3) cannot run it."""
     if len(x_shape) != 4 or len(w_shape) != 4:
@@ -88,8 +80,8 @@ def _problem(x_shape, w_shape, stride, padding):
     N, C, H, Wd = (int(v) for v in x_shape)
     K, Cw, R, S = (int(v) for v in w_shape)
     try:
-        sh, sw = _pair(stride, "stride")
-        ph, pw = _pair(padding, "padding")
+        sh, sw = pair(stride, "stride", "winograd")
+        ph, pw = pair(padding, "padding", "winograd")
     except (TypeError, ValueError):
         return f"stride {stride!r} and padding {padding!r} must be ints or (h, w) pairs"
     if C != Cw:
@@ -200,24 +192,6 @@ def _choose_config(M, N, Kr, sms):
     return best[1]
 
 
-def _sms() -> int:
-    from .gemm import _num_sms
-
-    return _num_sms()
-
-
-def _workspace(workspace, n: int, what: str):
-    if workspace is None:
-        from .gemm import split_workspace
-
-        return split_workspace(n)
-    check_array(workspace, f"winograd.{what}: workspace", ndim=1)
-    if workspace.size < n:
-        raise ValueError(f"winograd.{what}: workspace has {workspace.size} elements, needs {n}: size it with "
-                         f"winograd.workspace_size(..., phase={'forward' if what == 'forward' else 'backward_data'!r})")
-    return workspace
-
-
 def _run(ps: _Pass, inp, Wt, b, out, ws, flip: bool, config=None) -> None:
     """The four kernels of one pass: inp (N, C_in, Hi, Wi) -> out (N, C_out, Ho, Wo)."""
     i32 = np.int32
@@ -225,7 +199,7 @@ def _run(ps: _Pass, inp, Wt, b, out, ws, flip: bool, config=None) -> None:
     V = ws[ps.n_u: ps.n_u + ps.n_v]
     Mo = ws[ps.n_u + ps.n_v: ps.size]
     K, C = (ps.C_in, ps.C_out) if flip else (ps.C_out, ps.C_in)   # W is (K, C, 3, 3) either way
-    cfg = config or choose_config(ps.C_out, ps.Tp, ps.C_in, _sms())
+    cfg = config or choose_config(ps.C_out, ps.Tp, ps.C_in, _num_sms())
     cfg = CONFIG_BY_NAME[cfg] if isinstance(cfg, str) else cfg
     # NOTE: all four kernels come from the module compiled for cfg: one compile per tile config.
     kernel(FAMILY, "winograd_filter", cfg)((blocks(ps.C_out * ps.Ip, THREADS),), (THREADS,),
@@ -261,7 +235,8 @@ def forward(x, W, b, y, padding, workspace=None, config=None):
     else:
         check_array(y, "winograd.forward: y", shape=(N, K, P, Q))
     ps = _forward_pass(prob)
-    _run(ps, x, W, b, y, _workspace(workspace, ps.size, "forward"), flip=False, config=config)
+    ws = checked_workspace(workspace, ps.size, "winograd.forward", "winograd.workspace_size(..., phase='forward')")
+    _run(ps, x, W, b, y, ws, flip=False, config=config)
     return y
 
 
@@ -276,7 +251,7 @@ def backward_data(dy, W, dx, padding, workspace=None, config=None):
 
     check_array(dy, "winograd.backward_data: dy", ndim=4)
     check_array(W, "winograd.backward_data: W", ndim=4)
-    ph, pw = _pair(padding, "padding")
+    ph, pw = pair(padding, "padding", "winograd")
     N, Kd, P, Q = dy.shape
     K, C = W.shape[:2]
     if Kd != K:
@@ -291,5 +266,7 @@ def backward_data(dy, W, dx, padding, workspace=None, config=None):
     if dx is None:
         dx = cupy.empty(x_shape, dtype=np.float32)
     ps = _backward_pass(prob)
-    _run(ps, dy, W, None, dx, _workspace(workspace, ps.size, "backward_data"), flip=True, config=config)
+    ws = checked_workspace(workspace, ps.size, "winograd.backward_data",
+                           "winograd.workspace_size(..., phase='backward_data')")
+    _run(ps, dy, W, None, dx, ws, flip=True, config=config)
     return dx
