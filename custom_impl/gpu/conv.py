@@ -101,18 +101,19 @@ def conv2d_workspace_size(x_shape, w_shape, stride, padding) -> int:
 
     The plans depend on the launch cost in force (``gemm.launch_cost``): size the workspace under the
     same setting as the calls that use it."""
+    dims = _dims(x_shape, w_shape, stride, padding)
+    N, C, H, W, K, R, S, P, Q = dims[:9]
+    sms = _sms_or_default()
     _, _, w_splits = _weights_plan(x_shape, w_shape, stride, padding)
     _, _, f_splits = _forward_plan(x_shape, w_shape, stride, padding)
-    N, K, P, Q = conv2d_output_shape(x_shape, w_shape, stride, padding)
-    K, C, R, S = w_shape
+    _, _, d_splits = _data_plan(dims)
     need_w = 0 if w_splits == 1 else w_splits * K * C * R * S
     need_f = 0 if f_splits == 1 else f_splits * K * N * P * Q
-    need_bias = K * _bias_splits(N, K, P * Q, _sms_or_default())[1]
-    d_splits = _data_plan(_dims(x_shape, w_shape, stride, padding))[2]
-    need_d = 0 if d_splits == 1 else d_splits * N * C * x_shape[2] * x_shape[3]
+    need_d = 0 if d_splits == 1 else d_splits * N * C * H * W
+    need_bias = K * _bias_splits(N, K, P * Q, sms)[1]
     need_smallc = 0
-    if conv_smallc.weights_plan(_dims(x_shape, w_shape, stride, padding), _sms_or_default()) is not None:
-        need_smallc = conv_smallc.workspace_size(x_shape, w_shape, stride, padding, _sms_or_default())
+    if conv_smallc.weights_plan(dims, sms) is not None:
+        need_smallc = conv_smallc.workspace_size(x_shape, w_shape, stride, padding, sms)
     need_wino = max([winograd.workspace_size(x_shape, w_shape, stride, padding, ph)
                      for ph in ("forward", "backward_data") if winograd_ok(x_shape, w_shape, stride, padding, ph)]
                     + [0])
@@ -177,9 +178,8 @@ def conv2d_forward(x, W, b, stride, padding, out=None, workspace=None, version="
     cfg, k_chunk, n_splits = _forward_plan(x.shape, W.shape, stride, padding, _num_sms())
     if config is not None:
         cfg = CONFIG_BY_NAME[config] if isinstance(config, str) else config
+    if config is not None or splits is not None:
         k_chunk, n_splits = split_chunk(CRS, n_splits if splits is None else splits, cfg.bk)
-    elif splits is not None:
-        k_chunk, n_splits = split_chunk(CRS, splits, cfg.bk)
     kern = kernel("conv", "conv_v2_forward", cfg)
     flags = int(_vec_ok(W, CRS))
     grid = (blocks(cols, cfg.bn), blocks(K, cfg.bm), n_splits)
