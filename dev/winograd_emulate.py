@@ -1,5 +1,5 @@
 """NumPy emulation of kernels/winograd.cu's index math and transforms, on tiny shapes, against a direct
-float64 convolution (tests/test_gpu_conv.py's ``conv_ref``), forward and backward-data.
+float64 convolution (tests/test_gpu_conv.py's ``conv_ref``), forward, backward-data and backward-weights.
 
 Each kernel is replayed over all of its threads at once (NumPy arrays of thread indices), on flat buffers
 with the launch plan and workspace layout of custom_impl/gpu/winograd.py (``_Pass``): the workspace and the
@@ -23,9 +23,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from custom_impl.gpu.winograd import _backward_pass, _checked_problem, _forward_pass  # noqa: E402
+from custom_impl.gpu.winograd import _WeightsPass, _backward_pass, _checked_problem, _forward_pass  # noqa: E402
 from test_gpu_conv import EPS32, conv_ref  # noqa: E402
-from test_gpu_winograd import winograd_abs  # noqa: E402
+from test_gpu_winograd import wgrad_abs, winograd_abs  # noqa: E402
 
 
 def emulate_pass(ps, inp, Wt, b, flip, dt):
@@ -117,6 +117,88 @@ def emulate_pass(ps, inp, Wt, b, flip, dt):
     return out
 
 
+def emulate_weights(wp, dy, x, dt):
+    """The four backward-weights kernels (winograd_input, winograd_dy, winograd_wgrad_gemm split over t,
+    winograd_wgrad_output) on the flat workspace layout of ``_WeightsPass``: dW (K, C, 3, 3) in dt."""
+    g = wp.geo
+    K, C, Tp, T = wp.K, wp.C, g.Tp, g.T
+    ws = np.full(wp.size, np.nan, dt)
+    off_y, off_m = wp.n_v, wp.n_v + wp.n_y
+    assert off_y % 4 == 0 and off_m % 4 == 0 and Tp % 4 == 0 and (wp.splits == 1 or wp.t_chunk % wp.cfg.bk == 0)
+    half = dt(0.5)
+    t_all = np.arange(Tp)
+    t = t_all[t_all < T]
+    tq, nt = t % g.tQ, t // g.tQ
+    tp, n = nt % g.tP, nt // g.tP
+
+    # winograd_input on x: as the forward pass (padding rows zero)
+    xflat = x.astype(dt).ravel()
+    CT = C * Tp
+    for c in range(C):
+        for xi in range(16):
+            ws[xi * CT + c * Tp + t_all[t_all >= T]] = 0
+        h0, w0 = 2 * tp - g.ph, 2 * tq - g.pw
+        plane = (n * C + c) * g.Hi * g.Wi
+        d = np.empty((4, 4, t.size), dt)
+        for a, bb in itertools.product(range(4), range(4)):
+            h, w = h0 + a, w0 + bb
+            ok = (h >= 0) & (h < g.Hi) & (w >= 0) & (w < g.Wi)
+            d[a, bb] = np.where(ok, xflat[np.where(ok, plane + h * g.Wi + w, 0)], 0)
+        e = np.stack([d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]])
+        for a in range(4):
+            vals = (e[a, 0] - e[a, 2], e[a, 1] + e[a, 2], e[a, 2] - e[a, 1], e[a, 1] - e[a, 3])
+            for j in range(4):
+                ws[(a * 4 + j) * CT + c * Tp + t] = vals[j]
+
+    # winograd_dy: grid (ceil(Tp/256), K), thread (k, t)
+    dyflat = dy.astype(dt).ravel()
+    KT = K * Tp
+    P, Q = g.Ho, g.Wo
+    for k in range(K):
+        for xi in range(16):
+            ws[off_y + xi * KT + k * Tp + t_all[t_all >= T]] = 0
+        plane = (n * K + k) * P * Q
+        e = np.empty((2, 2, t.size), dt)
+        for i, j in itertools.product(range(2), range(2)):
+            p, q = 2 * tp + i, 2 * tq + j
+            ok = (p < P) & (q < Q)
+            e[i, j] = np.where(ok, dyflat[np.where(ok, plane + p * Q + q, 0)], 0)
+        f = np.stack([e[0], e[0] + e[1], e[0] - e[1], -e[1]])
+        for a in range(4):
+            vals = (f[a, 0], f[a, 0] + f[a, 1], f[a, 0] - f[a, 1], -f[a, 1])
+            for j in range(4):
+                ws[off_y + (a * 4 + j) * KT + k * Tp + t] = vals[j]
+
+    # winograd_wgrad_gemm: z = s*16 + xi, Mw[z] (K x C) = Y[xi][:, range] @ V[xi][:, range]^T
+    for s in range(wp.splits):
+        lo, hi = s * wp.t_chunk, min(Tp, (s + 1) * wp.t_chunk)
+        assert lo < hi, "an empty split"
+        for xi in range(16):
+            Yz = ws[off_y + xi * KT: off_y + (xi + 1) * KT].reshape(K, Tp)[:, lo:hi]
+            Vz = ws[xi * CT: (xi + 1) * CT].reshape(C, Tp)[:, lo:hi]
+            assert not np.isnan(Yz).any() and not np.isnan(Vz).any(), "GEMM reads an unwritten Y / V element"
+            z = s * 16 + xi
+            ws[off_m + z * K * C: off_m + (z + 1) * K * C] = (Yz @ Vz.T).ravel()
+
+    # winograd_wgrad_output: thread idx = k*C + c, the splits summed in order
+    KC = K * C
+    idx = np.arange(KC)
+    m = np.stack([ws[off_m + xi * KC + idx] for xi in range(16)])
+    for s in range(1, wp.splits):
+        m = m + np.stack([ws[off_m + (s * 16 + xi) * KC + idx] for xi in range(16)])
+    assert not np.isnan(m).any(), "output transform reads an unwritten partial"
+    m = m.reshape(4, 4, -1)
+    hh = half * (m[1] + m[2])
+    f = np.stack([m[0] + hh, half * (m[1] - m[2]), hh + m[3]])      # (3, 4, KC)
+    dW = np.empty((KC, 3, 3), dt)
+    for r in range(3):
+        h = half * (f[r, 1] + f[r, 2])
+        dW[:, r, 0] = f[r, 0] + h
+        dW[:, r, 1] = half * (f[r, 1] - f[r, 2])
+        dW[:, r, 2] = h + f[r, 3]
+    return dW.reshape(K, C, 3, 3)
+
+
 CASES = [  # (N, C, H, W, K, padding)
     (1, 1, 5, 7, 1, 1), (2, 3, 5, 7, 5, 0), (1, 5, 7, 9, 6, 2), (2, 3, 6, 6, 4, 1), (1, 2, 1, 7, 3, 1),
     (2, 5, 2, 3, 3, (2, 1)), (1, 3, 9, 4, 2, (1, 0)), (3, 2, 3, 3, 5, 0), (1, 6, 8, 5, 7, (0, 2)),
@@ -153,7 +235,23 @@ def main():
             ratio = (np.abs(out.astype(np.float64) - ref) / tol).max()
             assert ratio < 1, ratio
             worst = max(worst, ratio)
-        print(f"N{N} C{C} {H}x{Wd} K{K} pad {(ph, pw)}: y {y.shape} err {ey:.1e}, dx {dx.shape} err {edx:.1e}")
+        # backward-weights, with the planned split and with splits 1 and 3 (t_chunk multiple of BK)
+        dW_ref = back(dy.astype(np.float64))[1]
+        dW_abs = wgrad_abs(dy.astype(np.float64), x64, (ph, pw))
+        edw = 0.0
+        for splits in (None, 1, 3):
+            wp = _WeightsPass(prob, 132, splits=splits)
+            dW = emulate_weights(wp, dy, x, np.float64)
+            edw = max(edw, np.abs(dW - dW_ref).max())
+            assert edw < 1e-12 * max(1, np.abs(dW_ref).max()), (splits, edw)
+            out = emulate_weights(wp, dy, x, np.float32)
+            T = wp.geo.T
+            tol = 4 * np.sqrt(16 * T + 10) * EPS32 * dW_abs + 4 * EPS32 * np.abs(dW_ref) + 1e-30
+            ratio = (np.abs(out.astype(np.float64) - dW_ref) / tol).max()
+            assert ratio < 1, ratio
+            worst = max(worst, ratio)
+        print(f"N{N} C{C} {H}x{Wd} K{K} pad {(ph, pw)}: y {y.shape} err {ey:.1e}, dx {dx.shape} err {edx:.1e}, "
+              f"dW err {edw:.1e}")
     print(f"all {len(CASES)} cases match the direct convolution (float64); float32 worst err/tol {worst:.3f}")
 
 

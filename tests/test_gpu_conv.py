@@ -314,6 +314,10 @@ def test_auto_choice_with_winograd_candidates():
     dims = conv._dims(x.shape, W.shape, 1, 1)
     assert conv._choices[("forward", 0, dims, False)] in ("v2", "winograd")
     assert conv._choices[("data", 0, dims)] in ("v3", "winograd")
-    for got, ref, what in ((y, y_ref, "y"), (dx, dx_ref, "dx")):
+    assert conv.winograd_ok(x.shape, W.shape, 1, 1, "backward_weights")
+    dW_ref = back(dy.astype(np.float64))[1]
+    _, dW, _ = conv.conv2d_backward(gdy, gx, gW, 1, 1, need_dx=False, need_db=False, workspace=ws)
+    assert conv._choices[("weights", 0, dims)] in ("v2", "winograd")
+    for got, ref, what in ((y, y_ref, "y"), (dx, dx_ref, "dx"), (dW, dW_ref, "dW")):
         err = np.abs(cupy.asnumpy(got) - ref).max() / np.abs(ref).max()
         assert err <= 1e-4, f"{what}: auto ({conv._choices}) off by {err:.3g}"

@@ -16,6 +16,10 @@ terms by the coefficient sums (Bt rows 2, G rows 1.5, At rows 3: 4 * 2.25 * 9 = 
 also pair filter taps with input pixels that the direct sum never multiplies, so no fixed factor bounds it
 pointwise. Backward-data is the same pipeline on dy with the flipped filter (C, K swapped), so L = 16*K + 10.
 
+Backward-weights is F(3x3, 2x2) in the same 4x4 domain: dW = G^T [sum_t (A e A^T) * (Bt d B)] G with e the
+2x2 dy tiles and A = At^T; its bound S_abs is the same pipeline on absolute values (``wgrad_abs``), and each
+dW element depends on the 16*T products of the tiles (T = N*ceil(P/2)*ceil(Q/2)), so L = 16*T + 10.
+
 Outputs and workspaces are NaN-filled before each call (an unwritten or wrongly read element fails), and a
 second call must be bit-identical (no atomics).
 """
@@ -56,6 +60,34 @@ def winograd_ref(x, W, padding, bt=BT, g=G, at=AT):
 
 def winograd_abs(x, W, padding):
     return winograd_ref(np.abs(x), np.abs(W), padding, np.abs(BT), np.abs(G), np.abs(AT))
+
+
+def wgrad_ref(dy, x, padding, bt=BT, g=G, at=AT):
+    """dW (K, C, 3, 3) by F(3x3, 2x2) in float64 with the given matrices: the 4x4 x patches of the forward's
+    tiles (Bt d B) against the 2x2 dy tiles (A e A^T, A = At^T), summed over tiles, then G^T . G.
+    With absolute matrices and |dy|, |x| it is S_abs, the bound on every intermediate magnitude."""
+    ph, pw = _pad2(padding)
+    N, C, H, Wd = x.shape
+    P, Q = dy.shape[2:]
+    tP, tQ = -(-P // 2), -(-Q // 2)
+    xp = np.zeros((N, C, 2 * tP + 2, 2 * tQ + 2))
+    rows, cols = min(H, 2 * tP + 2 - ph), min(Wd, 2 * tQ + 2 - pw)
+    xp[:, :, ph: ph + rows, pw: pw + cols] = x[:, :, :rows, :cols]
+    d = np.empty((N, C, tP, tQ, 4, 4))
+    for u in range(4):
+        for v in range(4):
+            d[..., u, v] = xp[:, :, u: u + 2 * tP: 2, v: v + 2 * tQ: 2]
+    e = np.zeros((N, dy.shape[1], 2 * tP, 2 * tQ))
+    e[:, :, :P, :Q] = dy
+    e = e.reshape(N, -1, tP, 2, tQ, 2).transpose(0, 1, 2, 4, 3, 5)       # (N, K, tP, tQ, 2, 2)
+    V = np.einsum("iu,nctsuv,jv->ijncts", bt, d, bt)
+    Y = np.einsum("ia,nktsab,jb->ijnkts", at.T, e, at.T)
+    M = np.einsum("ijnkts,ijncts->ijkc", Y, V)
+    return np.einsum("ir,ijkc,js->kcrs", g, M, g)
+
+
+def wgrad_abs(dy, x, padding):
+    return wgrad_ref(np.abs(dy), np.abs(x), padding, np.abs(BT), np.abs(G), np.abs(AT))
 
 
 def _pad2(p):
@@ -208,6 +240,92 @@ def test_cuda_graph_capture():
     assert np.array_equal(cupy.asnumpy(y), y_eager) and np.array_equal(cupy.asnumpy(dx), dx_eager)
 
 
+def _wgrad_case(case, seed_offset):
+    N, C, H, Wd, K, pad = case
+    x, W, _, rng = _data(case, seed_offset)
+    x64 = x.astype(np.float64)
+    y_ref, back = conv_ref(x64, W.astype(np.float64), (1, 1), _pad2(pad))
+    dy = _rand(rng, *y_ref.shape)
+    dy64 = dy.astype(np.float64)
+    dW_ref = back(dy64)[1]
+    assert np.allclose(wgrad_ref(dy64, x64, pad), dW_ref, rtol=1e-12, atol=1e-12)  # the reference itself
+    T = N * -(-y_ref.shape[2] // 2) * -(-y_ref.shape[3] // 2)
+    return x, dy, dW_ref, wgrad_abs(dy64, x64, pad), 16 * T + 10
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_backward_weights(case):
+    import cupy
+
+    from custom_impl.gpu import winograd
+
+    N, C, H, Wd, K, pad = case
+    x, dy, dW_ref, dW_abs, L = _wgrad_case(case, 5)
+    ws = cupy.full((winograd.workspace_size(x.shape, (K, C, 3, 3), 1, pad, "backward_weights"),), np.nan,
+                   np.float32)
+    dW = cupy.full((K, C, 3, 3), np.nan, np.float32)
+    gdy, gx = cupy.asarray(dy), cupy.asarray(x)
+    assert winograd.backward_weights(gdy, gx, dW, pad, workspace=ws) is dW
+    _assert_close(cupy.asnumpy(dW), dW_ref, dW_abs, L, f"winograd dW {case}")
+    again = winograd.backward_weights(gdy, gx, None, pad, workspace=ws)   # dW allocated
+    assert np.array_equal(cupy.asnumpy(again), cupy.asnumpy(dW)), "winograd backward_weights is not deterministic"
+
+
+@pytest.mark.parametrize("splits", [1, 2, 3, 7, 64])
+@pytest.mark.parametrize("config", ["128x128x8_8x8", "64x64x8_8x8", "32x32x8_4x4"])
+def test_backward_weights_splits_and_configs(config, splits):
+    """The t reduction cut into 1..64 ranges (3, 7: uneven, the last range short; 64 on 45 tiles' Tp = 48:
+    capped by the chunk length, so some asked-for splits do not exist) under tile configs with partial
+    M (K = 70) and N (C = 37) tiles; the result must not depend on the split beyond rounding."""
+    import cupy
+
+    from custom_impl.gpu import winograd
+
+    for case in ((3, 37, 13, 17, 70, 1), (1, 37, 9, 10, 70, (0, 2))):
+        x, dy, dW_ref, dW_abs, L = _wgrad_case(case, 6)
+        dW = cupy.full(dW_ref.shape, np.nan, np.float32)
+        winograd.backward_weights(cupy.asarray(dy), cupy.asarray(x), dW, case[5], config=config, splits=splits)
+        _assert_close(cupy.asnumpy(dW), dW_ref, dW_abs, L, f"winograd dW {case} {config} splits={splits}")
+
+
+def test_backward_weights_large_reduction():
+    """A longer reduction (T = 16 images x 8 x 8 tiles = 1024) with the planned splits; an unaligned workspace
+    (scalar loads) and the shared default workspace give the same bits."""
+    import cupy
+
+    from custom_impl.gpu import winograd
+
+    case = (16, 20, 16, 16, 24, 1)
+    x, dy, dW_ref, dW_abs, L = _wgrad_case(case, 7)
+    gdy, gx = cupy.asarray(dy), cupy.asarray(x)
+    n = winograd.workspace_size(x.shape, (24, 20, 3, 3), 1, 1, "backward_weights")
+    ref = winograd.backward_weights(gdy, gx, None, 1, workspace=cupy.full((n,), np.nan, np.float32))
+    _assert_close(cupy.asnumpy(ref), dW_ref, dW_abs, L, "winograd dW large reduction")
+    odd = cupy.full((n + 1,), np.nan, np.float32)[1:]
+    assert np.array_equal(cupy.asnumpy(winograd.backward_weights(gdy, gx, None, 1, workspace=odd)), cupy.asnumpy(ref))
+    assert np.array_equal(cupy.asnumpy(winograd.backward_weights(gdy, gx, None, 1)), cupy.asnumpy(ref))
+
+
+def test_backward_weights_rejections():
+    import cupy
+
+    from custom_impl.gpu import winograd
+
+    x = cupy.ones((2, 8, 10, 10), np.float32)
+    dy = cupy.ones((2, 4, 10, 10), np.float32)
+    with pytest.raises(ValueError, match="shape"):
+        winograd.backward_weights(cupy.ones((2, 4, 9, 10), np.float32), x, None, 1)
+    with pytest.raises(ValueError, match="shape"):
+        winograd.backward_weights(dy, x, cupy.empty((4, 8, 3, 2), np.float32), 1)
+    with pytest.raises(ValueError, match="workspace"):
+        winograd.backward_weights(dy, x, None, 1, workspace=cupy.empty((10,), np.float32))
+    with pytest.raises(ValueError, match="splits"):
+        winograd.backward_weights(dy, x, None, 1, splits=0)
+    with pytest.raises(ValueError, match="padding"):
+        winograd.backward_weights(cupy.ones((2, 4, 14, 14), np.float32), x, None, 3)
+    assert winograd.backward_weights(dy, x, None, 1).shape == (4, 8, 3, 3)
+
+
 def test_fits():
     from custom_impl.gpu import winograd
 
@@ -235,7 +353,7 @@ def test_rejections():
     with pytest.raises(ValueError, match="stride"):
         winograd.workspace_size(x.shape, W.shape, 2, 1)
     with pytest.raises(ValueError, match="phase"):
-        winograd.workspace_size(x.shape, W.shape, 1, 1, "backward_weights")
+        winograd.workspace_size(x.shape, W.shape, 1, 1, "weights")
     with pytest.raises(ValueError, match="3x3"):
         winograd.forward(x, cupy.ones((4, 8, 5, 5), np.float32), None, None, 1)
     with pytest.raises(ValueError, match="padding"):

@@ -89,7 +89,7 @@ def test_workspace_covers_every_candidate(x_shape, w_shape, stride, padding):
             assert need >= K * conv._bias_splits(N, K, P * Q)[1]
             if conv_smallc.weights_plan(dims, 132) is not None:
                 assert need >= conv_smallc.workspace_size(x_shape, w_shape, stride, padding, 132)
-            for phase in ("forward", "backward_data"):
+            for phase in ("forward", "backward_data", "backward_weights"):
                 if conv.winograd_ok(x_shape, w_shape, stride, padding, phase):
                     assert need >= winograd.workspace_size(x_shape, w_shape, stride, padding, phase)
 
@@ -97,6 +97,7 @@ def test_workspace_covers_every_candidate(x_shape, w_shape, stride, padding):
 def test_winograd_candidates():
     assert conv.winograd_ok((64, 256, 28, 28), (256, 256, 3, 3), 1, 1, "forward")
     assert conv.winograd_ok((256, 64, 56, 56), (64, 64, 3, 3), 1, 1, "backward_data")
+    assert conv.winograd_ok((64, 256, 28, 28), (256, 256, 3, 3), 1, 1, "backward_weights")
     assert not conv.winograd_ok((256, 3, 32, 32), (32, 3, 3, 3), 1, 1, "forward")          # < 16 channels
     assert not conv.winograd_ok((64, 128, 28, 28), (256, 128, 3, 3), 2, 1, "forward")      # stride 2
     assert not conv.winograd_ok((256, 32, 14, 14), (64, 32, 5, 5), 1, 2, "forward")        # 5x5
@@ -118,3 +119,28 @@ def test_kernel_choice_is_looked_up_before_any_planning(monkeypatch):
     assert len(built) == 1
     conv._choices[("data", 0, (2,))] = "winograd"
     assert conv._timed_choice(("data", 0, (2,)), lambda: pytest.fail("built on a hit"), "v3") == "winograd"
+
+
+@pytest.mark.parametrize("K,C,Tp", [(256, 256, 12544), (128, 128, 8192), (45, 17, 7920), (16, 16, 16), (64, 3, 65536)])
+def test_winograd_weights_plan(K, C, Tp):
+    """The weight-gradient GEMMs' plan: a chooser config, splits within 1..MAX_WEIGHT_SPLITS whose t ranges
+    are multiples of the tile's BK (all but the last) and cover Tp exactly, each at least MIN_WEIGHT_CHUNK
+    long when split."""
+    cfg, chunk, splits = winograd.weights_plan(K, C, Tp)
+    assert cfg in winograd.CANDIDATES and 1 <= splits <= winograd.MAX_WEIGHT_SPLITS
+    if splits > 1:
+        assert chunk % cfg.bk == 0 and chunk >= winograd.MIN_WEIGHT_CHUNK - cfg.bk
+        assert (splits - 1) * chunk < Tp <= splits * chunk
+    else:
+        assert chunk >= Tp
+
+
+def test_winograd_weights_workspace_parts():
+    """V (16 C Tp) + Y (16 K Tp) + the split partials (splits 16 K C), each part a multiple of 4 floats."""
+    x_shape, w_shape = (33, 17, 29, 31), (45, 17, 3, 3)
+    Tp = -(-33 * 15 * 16 // 4) * 4
+    _, _, splits = winograd.weights_plan(45, 17, Tp)
+    n = winograd.workspace_size(x_shape, w_shape, 1, 1, "backward_weights", 132)
+    assert n == 16 * 17 * Tp + 16 * 45 * Tp + -(-splits * 16 * 45 * 17 // 4) * 4
+    with pytest.raises(ValueError, match="phase"):
+        winograd.workspace_size(x_shape, w_shape, 1, 1, "weights")

@@ -114,24 +114,24 @@ def conv2d_workspace_size(x_shape, w_shape, stride, padding) -> int:
     need_smallc = 0
     if conv_smallc.weights_plan(dims, sms) is not None:
         need_smallc = conv_smallc.workspace_size(x_shape, w_shape, stride, padding, sms)
-    need_wino = max([winograd.workspace_size(x_shape, w_shape, stride, padding, ph)
-                     for ph in ("forward", "backward_data") if winograd_ok(x_shape, w_shape, stride, padding, ph)]
-                    + [0])
+    need_wino = max([winograd.workspace_size(x_shape, w_shape, stride, padding, ph, sms)
+                     for ph in WINOGRAD_PHASES if winograd_ok(x_shape, w_shape, stride, padding, ph, sms)] + [0])
     return max(need_w, need_f, need_smallc, need_bias, need_d, need_wino)
 
 
 WINOGRAD_MIN_CHANNELS = 16      # below this the 16 small GEMMs have too short a reduction to pay
 WINOGRAD_MAX_WORKSPACE = 1 << 29  # float32 elements (2 GB): U, V and the GEMM output round-trip HBM
+WINOGRAD_PHASES = ("forward", "backward_data", "backward_weights")
 
 
-def winograd_ok(x_shape, w_shape, stride, padding, phase: str) -> bool:
-    """Whether the Winograd F(2x2,3x3) kernels (``winograd.py``) are a candidate for this layer and
-    phase ("forward" / "backward_data"): 3x3, stride 1, padding <= 2, >= 16 channels in and out, and a
-    workspace within WINOGRAD_MAX_WORKSPACE."""
+def winograd_ok(x_shape, w_shape, stride, padding, phase: str, sms: int | None = None) -> bool:
+    """Whether the Winograd kernels (``winograd.py``) are a candidate for this layer and phase ("forward",
+    "backward_data" or "backward_weights"): 3x3, stride 1, padding <= 2, >= 16 channels in and out, and a
+    workspace within WINOGRAD_MAX_WORKSPACE (``sms``: the SM count the weights plan is made for)."""
     K, C = w_shape[:2]
     if min(C, K) < WINOGRAD_MIN_CHANNELS or not winograd.fits(x_shape, w_shape, stride, padding):
         return False
-    return winograd.workspace_size(x_shape, w_shape, stride, padding, phase) <= WINOGRAD_MAX_WORKSPACE
+    return winograd.workspace_size(x_shape, w_shape, stride, padding, phase, sms) <= WINOGRAD_MAX_WORKSPACE
 
 
 def _sms_or_default() -> int:
@@ -223,7 +223,7 @@ def conv2d_backward(dy, x, W, stride, padding, need_dx=True, dx=None, dW=None, d
     ``workspace``: at least ``conv2d_workspace_size(...)`` float32 elements, or None to use the shared
     per-device split-K buffer of gemm.py. need_db=False skips db (a layer without bias). ``version``
     picks the backward-data kernel ("v1" the direct baseline for both passes), ``weights_version`` the
-    backward-weights one ("auto", "v2", "smallc").
+    backward-weights one ("auto", "v2", "smallc", "winograd").
     """
     import cupy
 
@@ -268,16 +268,18 @@ def conv2d_backward(dy, x, W, stride, padding, need_dx=True, dx=None, dW=None, d
 
 
 def backward_weights(dy, x, dW, dims, workspace=None, version="auto", sms=132):
-    """dW from dy (N, K, P, Q) and x (N, C, H, W) with the v2 implicit GEMM (split-K) or, for few
-    channels, conv_smallc's row-correlation kernel ("smallc"); "auto" picks by a cached timing
-    (``choose_backward_weights``)."""
+    """dW from dy (N, K, P, Q) and x (N, C, H, W) with the v2 implicit GEMM (split-K), for few channels
+    conv_smallc's row-correlation kernel ("smallc"), or for 3x3 stride 1 Winograd F(3x3, 2x2)
+    ("winograd"); "auto" picks by a cached timing (``choose_backward_weights``)."""
     if version == "auto":
         version = choose_backward_weights(dy, x, dW, dims, workspace, sms)
     if version == "smallc":
         return conv_smallc.backward_weights(dy, x, dW, dims, workspace)
-    if version != "v2":
-        raise ValueError(f"conv backward_weights: version={version!r}; use 'auto', 'v2' or 'smallc'")
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
+    if version == "winograd":
+        return winograd.backward_weights(dy, x, dW, (ph, pw), workspace)
+    if version != "v2":
+        raise ValueError(f"conv backward_weights: version={version!r}; use 'auto', 'v2', 'smallc' or 'winograd'")
     cfg, k_chunk, splits = _weights_plan((N, C, H, Wd), (K, C, R, S), (sh, sw), (ph, pw), sms)
     CRS = C * R * S
     kern = kernel("conv", "conv_v2_backward_weights", cfg)
@@ -391,10 +393,13 @@ def choose_backward_data(dy, W, dx, dims, sms=132, workspace=None) -> str:
 
 
 def choose_backward_weights(dy, x, dW, dims, workspace=None, sms=132) -> str:
-    """"v2" or "smallc" for this shape, chosen like ``choose_backward_data``; "v2" where conv_smallc
-    cannot run or inside a capture for an uncached shape."""
+    """"v2", "smallc" (few channels) or "winograd" (3x3 stride 1, ``winograd_ok``) for this shape, chosen
+    like ``choose_backward_data``; "v2" inside a capture for an uncached shape."""
     def candidates():
+        N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
         names = ["v2"] + (["smallc"] if conv_smallc.weights_plan(dims, sms) is not None else [])
+        if winograd_ok((N, C, H, Wd), (K, C, R, S), (sh, sw), (ph, pw), "backward_weights", sms):
+            names.append("winograd")
         return {v: functools.partial(backward_weights, dy, x, dW, dims, workspace, v, sms) for v in names}
 
     return _timed_choice(("weights", _device_id(), dims), candidates, "v2")

@@ -1,5 +1,5 @@
-"""Winograd F(2x2, 3x3) convolution on the GPU (``kernels/winograd.cu``): 3x3 kernels, stride 1, forward and
-backward-data.
+"""Winograd F(2x2, 3x3) convolution on the GPU (``kernels/winograd.cu``): 3x3 kernels, stride 1, forward,
+backward-data and (as F(3x3, 2x2)) backward-weights.
 
 Legend: N batch, C in-channels, K out-channels, H,W in, P,Q out; padding (ph, pw) in 0..2; P = H + 2ph - 2,
 Q = W + 2pw - 2. NCHW, cross-correlation (PyTorch), W (K, C, 3, 3).
@@ -35,6 +35,19 @@ for conv.py's implicit GEMM and 662 us for cuDNN. For N256 C64 56x56 K64 the tra
 unchanged; the price is V and Mo round-tripping through HBM (8x the bytes of x and y). Fusing the input
 transform into the GEMM's B loader and the output transform into its epilogue would remove that traffic.
 
+Backward-weights (F(3x3, 2x2), the same 4x4 transform domain): the output-side 2x2 tiles of dy and the
+4x4 input patches of x that the forward pairs with them give, per tile, dW[k,c] += G^T [(A e A^T) (.) (Bt d B)] G
+with e the 2x2 dy tile, d the 4x4 x patch and A = At^T. Summed over tiles that is 16 GEMMs reducing over t:
+
+    1. winograd_input        V[xi, c, t]  = (Bt d B)[xi]             V  (16, C, Tp)   (the forward's kernel)
+    2. winograd_dy           Y[xi, k, t]  = (A e A^T)[xi]            Y  (16, K, Tp)
+    3. winograd_wgrad_gemm   Mw[s, xi]    = Y[xi] (K x Tp) @ V[xi]^T   Mw (splits, 16, K, C): split-K over t
+    4. winograd_wgrad_output dW[k, c]     = G^T (sum_s Mw[s, :, k, c]) G   (splits summed in a fixed order)
+
+For N64 C256 28x28 K256: 2*16*K*C*Tp = 26.3 GFLOP against the direct 59.2, plus ~0.8 GB of V and Y
+written and read back. The reduction is long (Tp = 12544) and the output small (16 x 256 x 256), so the
+GEMM splits t (``weights_plan``) to fill the SMs.
+
 Workspace: U, V and Mo, ``workspace_size(...)`` float32 elements (each part a multiple of 4 elements). With
 the output and ``workspace`` given nothing is allocated and the host is never synchronised (CUDA-graph
 capturable); ``workspace=None`` takes gemm.py's shared grow-only per-device buffer (``split_workspace``),
@@ -45,6 +58,7 @@ Example::
     if fits(x.shape, W.shape, 1, 1):
         y = forward(x, W, b, None, 1)                # y (N, K, P, Q)
         dx = backward_data(dy, W, None, 1)           # dx (N, C, H, W)
+        dW = backward_weights(dy, x, None, 1)        # dW (K, C, 3, 3)
 """
 from __future__ import annotations
 
@@ -53,7 +67,7 @@ import functools
 import numpy as np
 
 from ._compile import blocks, check_array, checked_workspace, pair
-from .gemm import CONFIG_BY_NAME, _num_sms, _ptr, _vec_ok, estimate_seconds, kernel
+from .gemm import CONFIG_BY_NAME, _num_sms, _ptr, _vec_ok, estimate_seconds, kernel, split_chunk
 
 FAMILY = "winograd"
 THREADS = 256       # threads per block of the transform kernels
@@ -163,15 +177,82 @@ def _backward_pass(prob) -> _Pass:
     return _Pass(N, K, P, Q, C, H, Wd, MAX_PAD - ph, MAX_PAD - pw)
 
 
-def workspace_size(x_shape, w_shape, stride, padding, phase: str = "forward") -> int:
-    """float32 elements of workspace (U + V + Mo) that ``forward`` (phase "forward") or ``backward_data``
-    (phase "backward_data") needs for this convolution."""
+MAX_WEIGHT_SPLITS = 64     # split-K of the weight-gradient GEMMs: at most this many t ranges
+MIN_WEIGHT_CHUNK = 256     # ... each at least this long (shorter ones spend more on partials than FFMAs)
+
+
+def weights_plan(M: int, N: int, Tp: int, sms: int = 132):
+    """(TileConfig, t_chunk, splits) of the 16 weight-gradient GEMMs M (= K) x N (= C) over Tp tiles: the
+    ``CANDIDATES`` config and power-of-two split count with the lowest gemm.py ``estimate_seconds``, the 16
+    GEMMs costed as one of 16 * ceil(M / BM) * BM rows (one launch, as ``choose_config``). The output
+    transform always runs, so a split costs only its partials' traffic (counted by the estimate)."""
+    return _weights_plan(int(M), int(N), int(Tp), int(sms))
+
+
+@functools.lru_cache(maxsize=4096)
+def _weights_plan(M, N, Tp, sms):
+    best = None
+    for cfg in CANDIDATES:
+        rows = 16 * -(-M // cfg.bm) * cfg.bm
+        s = 1
+        while s <= MAX_WEIGHT_SPLITS and (s == 1 or Tp // s >= MIN_WEIGHT_CHUNK):
+            t = estimate_seconds(cfg, rows, N, Tp, s, sms, launch_s=0.0)
+            if best is None or t < best[0]:
+                best = (t, cfg, s)
+            s *= 2
+    _, cfg, s = best
+    t_chunk, splits = split_chunk(Tp, s, cfg.bk)
+    return cfg, t_chunk, splits
+
+
+class _WeightsPass:
+    """The backward-weights plan: tiles over dy's P x Q, V (16, C, Tp), Y (16, K, Tp), Mw (splits, 16, K, C)."""
+
+    def __init__(self, prob, sms: int, config=None, splits=None):
+        N, C, H, Wd, K, P, Q, ph, pw = prob
+        self.geo = _Pass(N, C, H, Wd, K, P, Q, ph, pw)   # its T / Tp / tP / tQ and the input transform's V
+        Tp = self.geo.Tp
+        cfg, t_chunk, n_splits = weights_plan(K, C, Tp, sms)
+        if config is not None:
+            cfg = CONFIG_BY_NAME[config] if isinstance(config, str) else config
+            t_chunk, n_splits = split_chunk(Tp, n_splits, cfg.bk)
+        if splits is not None:
+            if not 1 <= int(splits) <= MAX_WEIGHT_SPLITS:
+                raise ValueError(f"winograd.backward_weights: splits={splits}; use 1..{MAX_WEIGHT_SPLITS}")
+            t_chunk, n_splits = split_chunk(Tp, int(splits), cfg.bk)
+        self.cfg, self.t_chunk, self.splits = cfg, t_chunk, n_splits
+        self.K, self.C = K, C
+        self.n_v = 16 * C * Tp
+        self.n_y = 16 * K * Tp
+        self.n_m = _ceil4(n_splits * 16 * K * C)
+
+    @property
+    def size(self) -> int:
+        return self.n_v + self.n_y + self.n_m
+
+
+def workspace_size(x_shape, w_shape, stride, padding, phase: str = "forward", sms: int | None = None) -> int:
+    """float32 elements of workspace that ``forward`` (phase "forward"), ``backward_data`` ("backward_data")
+    or ``backward_weights`` ("backward_weights": its split count depends on ``sms``, the device's SM count,
+    default the current device's, or 132 without CuPy) needs for this convolution."""
     prob = _checked_problem(x_shape, w_shape, stride, padding, "workspace_size")
     if phase == "forward":
         return _forward_pass(prob).size
     if phase == "backward_data":
         return _backward_pass(prob).size
-    raise ValueError(f"winograd.workspace_size: phase={phase!r}; use 'forward' or 'backward_data'")
+    if phase == "backward_weights":
+        return _WeightsPass(prob, _sms(sms)).size
+    raise ValueError(f"winograd.workspace_size: phase={phase!r}; use 'forward', 'backward_data' or "
+                     f"'backward_weights'")
+
+
+def _sms(sms: int | None) -> int:
+    if sms is not None:
+        return int(sms)
+    try:
+        return _num_sms()
+    except ImportError:   # planning on a machine without CuPy
+        return 132
 
 
 def choose_config(M: int, N: int, Kr: int, sms: int = 132):
@@ -270,3 +351,53 @@ def backward_data(dy, W, dx, padding, workspace=None, config=None):
                            "winograd.workspace_size(..., phase='backward_data')")
     _run(ps, dy, W, None, dx, ws, flip=True, config=config)
     return dx
+
+
+def backward_weights(dy, x, dW, padding, workspace=None, config=None, splits=None):
+    """dW of a stride-1 3x3 convolution: dy (N, K, P, Q), x (N, C, H, W) -> dW (K, C, 3, 3) (None:
+    allocated), overwritten (not accumulated). Returns dW.
+
+    ``workspace``: at least ``workspace_size(..., phase="backward_weights")`` elements, or None for the
+    shared per-device buffer. ``config`` / ``splits``: the GEMM tile config (or name) and split count of
+    the t reduction instead of ``weights_plan``'s."""
+    import cupy
+
+    check_array(dy, "winograd.backward_weights: dy", ndim=4)
+    check_array(x, "winograd.backward_weights: x", ndim=4)
+    N, C = x.shape[:2]
+    K = dy.shape[1]
+    w_shape = (K, C, 3, 3)
+    prob = _checked_problem(x.shape, w_shape, 1, padding, "backward_weights")
+    check_array(dy, "winograd.backward_weights: dy", shape=(N, K, prob[5], prob[6]))
+    if dW is None:
+        dW = cupy.empty(w_shape, dtype=np.float32)
+    else:
+        check_array(dW, "winograd.backward_weights: dW", shape=w_shape)
+    sms = _num_sms()
+    wp = _WeightsPass(prob, sms, config, splits)
+    ws = checked_workspace(workspace, wp.size, "winograd.backward_weights",
+                           "winograd.workspace_size(..., phase='backward_weights')")
+    _run_weights(wp, dy, x, dW, ws)
+    return dW
+
+
+def _run_weights(wp: _WeightsPass, dy, x, dW, ws) -> None:
+    i32 = np.int32
+    g, cfg = wp.geo, wp.cfg
+    V = ws[:wp.n_v]
+    Yt = ws[wp.n_v: wp.n_v + wp.n_y]
+    Mw = ws[wp.n_v + wp.n_y: wp.size]
+    K, C = wp.K, wp.C
+    # NOTE: all four kernels come from the module compiled for cfg: one compile per tile config.
+    kernel(FAMILY, "winograd_input", cfg)((blocks(g.Tp, THREADS), C), (THREADS,),
+                                          (x, V) + tuple(i32(v) for v in (g.N, C, g.Hi, g.Wi, g.ph, g.pw,
+                                                                           g.tP, g.tQ, g.Tp)))
+    kernel(FAMILY, "winograd_dy", cfg)((blocks(g.Tp, THREADS), K), (THREADS,),
+                                       (dy, Yt) + tuple(i32(v) for v in (g.N, K, g.Ho, g.Wo, g.tP, g.tQ, g.Tp)))
+    flags = int(_vec_ok(V, g.Tp) and _vec_ok(Yt, g.Tp)) | int(_vec_ok(Mw, C)) << 1
+    kernel(FAMILY, "winograd_wgrad_gemm", cfg)((blocks(C, cfg.bn), blocks(K, cfg.bm), 16 * wp.splits),
+                                               (cfg.threads,),
+                                               (Yt, V, Mw, i32(K), i32(C), i32(g.Tp), i32(wp.t_chunk), i32(flags)),
+                                               shared_mem=cfg.smem_bytes)
+    kernel(FAMILY, "winograd_wgrad_output", cfg)((blocks(K * C, THREADS),), (THREADS,),
+                                                 (Mw, dW, i32(K), i32(C), i32(wp.splits)))

@@ -179,3 +179,120 @@ extern "C" __global__ void winograd_output(const float* __restrict__ Mo, const f
         if (q + 1 < Q) plane[(long long)p * Q + q + 1] = o1;   // the last tile column of an odd Q
     }
 }
+
+// ==== backward-weights: Winograd F(3x3, 2x2) over the 2x2 output tiles ===================================
+// dW[k,c] (3x3) = sum over tiles t of the correlation of the 4x4 x patch d (the forward's input tile) with
+// the 2x2 dy tile e = dy[n, k, 2tp..+1, 2tq..+1] (zeros past P, Q). Per tile, with A = At^T (4x2):
+//     dW[k,c] += G^T [ (A e A^T) (.) (Bt d B) ] G          ((.) elementwise on the 4x4 transform domain)
+// so the sum over tiles is 16 GEMMs on the transformed tiles, reducing over t:
+//   winograd_input      V[xi][c][t]  = (Bt d B)[xi]        (the forward's kernel, unchanged)
+//   winograd_dy         Y[xi][k][t]  = (A e A^T)[xi]       Y (16, K, Tp), zeros at t >= T
+//   winograd_wgrad_gemm Mw[s][xi] (K x C) = Y[xi] (K x Tp) @ V[xi]^T over t in split s's range
+//   winograd_wgrad_output dW[k,c] = G^T (sum_s Mw[s][:, k, c]) G    (the splits summed in a fixed order)
+
+// ---- dy transform ----------------------------------------------------------------------------------------
+// grid (ceil(Tp / blockDim.x), K): k = blockIdx.y, t along x (coalesced Y stores).
+extern "C" __global__ void winograd_dy(const float* __restrict__ dy, float* __restrict__ Y,
+                                       int N, int K, int P, int Q, int tP, int tQ, int Tp) {
+    const int k = blockIdx.y;
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= Tp) return;
+    const long long KT = (long long)K * Tp;                 // elements per xi slice of Y
+    float* const y_out = Y + (long long)k * Tp + t;         // + xi * KT
+    const int T = N * tP * tQ;
+    if (t >= T) {  // padding up to Tp: inside the GEMM's reduction, so it must be zero
+#pragma unroll
+        for (int xi = 0; xi < 16; ++xi) y_out[xi * KT] = 0.f;
+        return;
+    }
+    const int tq = t % tQ;
+    const int nt = t / tQ;
+    const int tp = nt % tP;
+    const int n = nt / tP;
+    const int p0 = 2 * tp, q0 = 2 * tq;
+    const float* const plane = dy + ((long long)n * K + k) * P * Q;
+    float e[2][2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+            e[i][j] = (p0 + i < P && q0 + j < Q) ? plane[(long long)(p0 + i) * Q + q0 + j] : 0.f;
+    // f = A e (rows): 4 x 2, then f A^T (columns): 4 x 4. A = [1 0; 1 1; 1 -1; 0 -1].
+    float f[4][2];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+        f[0][j] = e[0][j];
+        f[1][j] = e[0][j] + e[1][j];
+        f[2][j] = e[0][j] - e[1][j];
+        f[3][j] = -e[1][j];
+    }
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+        y_out[(a * 4 + 0) * KT] = f[a][0];
+        y_out[(a * 4 + 1) * KT] = f[a][0] + f[a][1];
+        y_out[(a * 4 + 2) * KT] = f[a][0] - f[a][1];
+        y_out[(a * 4 + 3) * KT] = -f[a][1];
+    }
+}
+
+// ---- batched split-K GEMM over the tiles ----------------------------------------------------------------
+// blockIdx.z = s * 16 + xi: Mw[z] (K x C, row-major) = Y[xi] (K x Tp) @ V[xi]^T (Tp x C) over
+// t in [s * t_chunk, min(Tp, (s + 1) * t_chunk)); t_chunk is a multiple of GEMM_BK. Both operands are
+// contiguous along the reduction t (rows of length Tp). flags bit 0: Y and V float4-loadable (Tp % 4 == 0,
+// both 16-byte aligned), bit 1: Mw float4-storable (C % 4 == 0, aligned).
+extern "C" __global__ void __launch_bounds__(GEMM_NT, GEMM_MIN_BLOCKS)
+winograd_wgrad_gemm(const float* __restrict__ Y, const float* __restrict__ V, float* __restrict__ Mw,
+                    int K, int C, int Tp, int t_chunk, int flags) {
+    constexpr int BM = GEMM_BM, BN = GEMM_BN, BK = GEMM_BK, NT = GEMM_NT;
+    const int xi = blockIdx.z & 15;
+    const int s = blockIdx.z >> 4;
+    const int m0 = blockIdx.y * BM;
+    const int n0 = blockIdx.x * BN;
+    const int t_begin = s * t_chunk;
+    const int t_end = min(Tp, t_begin + t_chunk);
+    KVecLoader<BM, BK, NT> la;   // Y[xi]: (k, t) at k * Tp + t
+    la.p = Y + (size_t)xi * K * Tp; la.ld = Tp; la.mn_size = K; la.k_end = t_end; la.mn0 = m0;
+    la.tid = threadIdx.x; la.vec = flags & 1;
+    KVecLoader<BN, BK, NT> lb;   // V[xi]: (c, t) at c * Tp + t
+    lb.p = V + (size_t)xi * C * Tp; lb.ld = Tp; lb.mn_size = C; lb.k_end = t_end; lb.mn0 = n0;
+    lb.tid = threadIdx.x; lb.vec = flags & 1;
+    GemmEpilogue ep;
+    ep.C = Mw + (size_t)blockIdx.z * K * C; ep.bias = nullptr; ep.M = K; ep.N = C; ep.beta = 0; ep.act = 0;
+    ep.vec = (flags >> 1) & 1; ep.partial = true;
+    gemm_tile<BM, BN, BK, GEMM_TM, GEMM_TN>(la, lb, ep, m0, n0, t_begin, t_end);
+}
+
+// ---- weight output transform ------------------------------------------------------------------------------
+// One thread per (k, c), c fastest (coalesced Mw loads); K * C < 2^31 (checked by the wrapper).
+// G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1] (3x4).
+extern "C" __global__ void winograd_wgrad_output(const float* __restrict__ Mw, float* __restrict__ dW,
+                                                 int K, int C, int splits) {
+    const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= K * C) return;
+    const long long KC = (long long)K * C;
+    float m[4][4];
+#pragma unroll
+    for (int xi = 0; xi < 16; ++xi) m[xi / 4][xi % 4] = Mw[xi * KC + idx];
+    for (int s = 1; s < splits; ++s) {   // fixed order: deterministic
+        const float* const part = Mw + (long long)s * 16 * KC + idx;
+#pragma unroll
+        for (int xi = 0; xi < 16; ++xi) m[xi / 4][xi % 4] += part[xi * KC];
+    }
+    // f = G^T m (rows): 3 x 4, then f G (columns): 3 x 3
+    float f[3][4];
+#pragma unroll
+    for (int b4 = 0; b4 < 4; ++b4) {
+        const float h = 0.5f * (m[1][b4] + m[2][b4]);
+        f[0][b4] = m[0][b4] + h;
+        f[1][b4] = 0.5f * (m[1][b4] - m[2][b4]);
+        f[2][b4] = h + m[3][b4];
+    }
+    float* const w = dW + (long long)idx * 9;
+#pragma unroll
+    for (int r = 0; r < 3; ++r) {
+        const float h = 0.5f * (f[r][1] + f[r][2]);
+        w[r * 3 + 0] = f[r][0] + h;
+        w[r * 3 + 1] = 0.5f * (f[r][1] - f[r][2]);
+        w[r * 3 + 2] = h + f[r][3];
+    }
+}
