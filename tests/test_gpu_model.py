@@ -212,3 +212,183 @@ def test_errors_name_the_problem():
         m.train_step(x, y, -0.1)
     with pytest.raises(ValueError, match="must lie in"):
         m.train_step(x, y + 10, 0.1)
+
+
+# ---------------------------------------------------------------------------------------------- fast path
+def _count_checked(model) -> list:
+    """Count the calls that take the checked (slow) path of ``train_step``; returns the list appended to."""
+    calls = []
+    checked = model._train_step_checked
+
+    def counting(*args):
+        calls.append(args[2:])  # (lr, momentum)
+        return checked(*args)
+
+    model._train_step_checked = counting
+    return calls
+
+
+def _device_batches(spec, batch, seeds):
+    import cupy
+
+    return [tuple(cupy.asarray(a) for a in random_batch(spec, batch, seed=s)) for s in seeds]
+
+
+def test_fast_path_sees_every_new_batch():
+    """Replays through the fast path train on each call's own data: new arrays, and new values written
+    into the same array (same address), give bitwise the losses and weights of an eager twin."""
+    import cupy
+
+    spec = modelspec.load("digits-mlp")
+    batches = _device_batches(spec, 16, range(3))
+    m, twin = _gpu_model(spec), _gpu_model(spec, use_graph=False)
+    calls = _count_checked(m)
+    for i in range(9):
+        x, y = batches[i % 3]
+        a, b = float(m.train_step(x, y, 0.05, 0.9)), float(twin.train_step(x, y, 0.05, 0.9))
+        assert a == b, f"step {i}: fast path loss {a} != eager loss {b}"
+    assert len(calls) == 2, f"only the eager and the capturing step take the checked path, got {len(calls)}"
+    assert m._replay is not None
+    x, y = cupy.array(batches[0][0]), cupy.array(batches[0][1])
+    for s in range(5):  # one array, refilled in place: the fast path must copy its current contents
+        nx, ny = random_batch(spec, 16, seed=100 + s)
+        x.set(nx)
+        y.set(ny)
+        a, b = float(m.train_step(x, y, 0.05, 0.9)), float(twin.train_step(nx, ny, 0.05, 0.9))
+        assert a == b, f"refilled batch {s}: fast path loss {a} != eager loss {b}"
+    assert len(calls) == 2
+    pm, pt = m.get_params(), twin.get_params()
+    for k in pm:
+        np.testing.assert_array_equal(pm[k], pt[k], err_msg=k)
+
+
+def test_fast_path_left_for_every_change():
+    """Each change of batch size, lr, momentum, their types, the inputs' dtype, memory order or array kind
+    goes through the checked path (which re-arms for its key); every step equals the eager twin."""
+    import cupy
+
+    spec = modelspec.load("thesis-2-3-1")
+    small = _device_batches(spec, 5, range(2))
+    big = _device_batches(spec, 33, range(2, 4))
+    m, twin = _gpu_model(spec), _gpu_model(spec, use_graph=False)
+    calls = _count_checked(m)
+    host = tuple(cupy.asnumpy(a) for a in small[0])
+    fortran_x = cupy.asfortranarray(cupy.asarray(random_batch(spec, 5, seed=7)[0]))
+    assert not fortran_x.flags.c_contiguous
+    # (x, y, lr, momentum, takes the checked path)
+    plan = [
+        (*small[0], 0.1, 0.9, True), (*small[1], 0.1, 0.9, True), (*small[0], 0.1, 0.9, False),
+        (*big[0], 0.1, 0.9, True), (*big[1], 0.1, 0.9, True), (*big[0], 0.1, 0.9, False),
+        (*small[1], 0.1, 0.9, True),                     # back to N=5: its graph exists, the key changed
+        (*small[0], 0.1, 0.9, False),
+        (*small[0], 0.2, 0.9, True), (*small[1], 0.2, 0.9, True), (*small[0], 0.2, 0.9, False),
+        (*small[0], 0.2, 0.0, True), (*small[1], 0.2, 0.0, True), (*small[0], 0.2, 0.0, False),
+        (*small[1], 0.2, 0, True),                       # int momentum: same graph, another type
+        (*small[0], 0.2, 0, False),
+        (*small[0], np.float64(0.2), 0, True), (*small[1], np.float64(0.2), 0, False),
+        (small[0][0], small[0][1].astype(cupy.int32), np.float64(0.2), 0, True),
+        (small[0][0].astype(cupy.float64), small[0][1], np.float64(0.2), 0, True),
+        (fortran_x, small[0][1], np.float64(0.2), 0, True),
+        (*host, np.float64(0.2), 0, True),
+        (host[0], small[1][1], np.float64(0.2), 0, True),
+        (small[1][0], host[1], np.float64(0.2), 0, True),
+        (*small[1], np.float64(0.2), 0, False),
+    ]
+    for i, (x, y, lr, mom, slow) in enumerate(plan):
+        before = len(calls)
+        a, b = float(m.train_step(x, y, lr, mom)), float(twin.train_step(x, y, lr, mom))
+        assert a == b, f"step {i}: graphed loss {a} != eager loss {b}"
+        assert (len(calls) > before) == slow, f"step {i}: expected the {'checked' if slow else 'fast'} path"
+    pm, pt = m.get_params(), twin.get_params()
+    for k in pm:
+        np.testing.assert_array_equal(pm[k], pt[k], err_msg=k)
+
+
+def test_fast_path_disarmed_by_capture_clear_cache_and_graph_switch():
+    spec = modelspec.load("mlp-mnist")
+    (x, y), (x2, y2) = _device_batches(spec, 7, range(2))
+    m, twin = _gpu_model(spec), _gpu_model(spec, use_graph=False)
+    calls = _count_checked(m)
+
+    def step(xb, yb):
+        a, b = float(m.train_step(xb, yb, 0.05, 0.9)), float(twin.train_step(xb, yb, 0.05, 0.9))
+        assert a == b
+
+    for _ in range(3):
+        step(x, y)
+    assert len(calls) == 2 and m._replay is not None
+    m.forward(x)                       # eager: nothing captured, the fast path stays
+    assert m._replay is not None
+    m.forward(x2)                      # captures the forward graph: the fast path is dropped
+    assert m._replay is None
+    step(x2, y2)                       # checked: replays the existing graph and re-arms
+    step(x, y)                         # fast
+    assert len(calls) == 3
+    m.clear_cache()
+    assert m._replay is None
+    for _ in range(3):                 # eager, capture, fast
+        step(x, y)
+    assert len(calls) == 5
+    m.use_graph = False
+    step(x2, y2)                       # checked and eager
+    assert len(calls) == 6 and m._replay is None
+    m.use_graph = True
+    step(x, y)                         # its graph is kept: checked, replayed, re-armed
+    step(x2, y2)                       # fast
+    assert len(calls) == 7
+
+
+def test_fast_path_losses_are_never_overwritten(monkeypatch):
+    """Returned losses are fresh 0-d arrays across loss-block refills (blocks of 3 slots here)."""
+    import cupy
+
+    from custom_impl.gpu import model as gpu_model
+
+    monkeypatch.setattr(gpu_model, "LOSS_SLOTS", 3)
+    spec = modelspec.load("digits-mlp")
+    batches = _device_batches(spec, 1, range(4))
+    m, twin = _gpu_model(spec), _gpu_model(spec, use_graph=False)
+    losses = [m.train_step(*batches[i % 4], 0.1, 0.9) for i in range(11)]
+    want = [float(twin.train_step(*batches[i % 4], 0.1, 0.9)) for i in range(11)]
+    assert all(isinstance(v, cupy.ndarray) and v.shape == () and v.dtype == np.float32 for v in losses)
+    assert len({v.data.ptr for v in losses}) == len(losses), "two steps returned the same memory"
+    np.testing.assert_array_equal([float(v) for v in losses], want)
+    kept = losses[4]
+    kept += 1.0                        # writing a returned loss touches no other step's loss
+    np.testing.assert_array_equal([float(v) for v in losses[:4] + losses[5:]], want[:4] + want[5:])
+
+
+def test_fast_path_bad_input_raises_the_checked_errors():
+    import cupy
+
+    spec = modelspec.load("digits-mlp")
+    (x, y), (x2, y2) = _device_batches(spec, 4, range(2))
+    m, twin = _gpu_model(spec), _gpu_model(spec, use_graph=False)
+    for _ in range(3):
+        assert float(m.train_step(x, y, 0.1, 0.9)) == float(twin.train_step(x, y, 0.1, 0.9))
+    assert m._replay is not None
+    with pytest.raises(ValueError, match="input must have shape"):
+        m.train_step(x[:, :10], y, 0.1, 0.9)
+    with pytest.raises(ValueError, match="input must have shape"):
+        m.train_step(x[0], y, 0.1, 0.9)
+    with pytest.raises(ValueError, match="empty batch"):
+        m.train_step(x[:0], y[:0], 0.1, 0.9)
+    with pytest.raises(ValueError, match="labels must have shape"):
+        m.train_step(x, y[:3], 0.1, 0.9)
+    with pytest.raises(ValueError, match="labels must have shape"):
+        m.train_step(x, y.reshape(2, 2), 0.1, 0.9)
+    with pytest.raises(ValueError, match="integer class indices"):
+        m.train_step(x, y.astype(cupy.float32), 0.1, 0.9)
+    with pytest.raises(ValueError, match="floating point"):
+        m.train_step(x.astype(cupy.int64), y, 0.1, 0.9)
+    with pytest.raises(ValueError, match="lr must be"):
+        m.train_step(x, y, float("nan"), 0.9)
+    with pytest.raises(ValueError, match="lr must be"):
+        m.train_step(x, y, -0.1, 0.9)
+    with pytest.raises(ValueError, match="momentum must be"):
+        m.train_step(x, y, 0.1, True)
+    with pytest.raises(ValueError, match="must lie in"):
+        m.train_step(x, cupy.asnumpy(y) + 10, 0.1, 0.9)
+    # nothing above ran a step: training goes on exactly as on the twin
+    for xb, yb in [(x2, y2), (x, y), (x2, y2)]:
+        assert float(m.train_step(xb, yb, 0.1, 0.9)) == float(twin.train_step(xb, yb, 0.1, 0.9))
