@@ -28,6 +28,33 @@ from test_gpu_conv import EPS32, conv_ref  # noqa: E402
 from test_gpu_winograd import wgrad_abs, winograd_abs  # noqa: E402
 
 
+def emulate_input(ws, off_v, ps, inp, dt):
+    """winograd_input: grid (ceil(Tp/256), C_in), thread (c, t): V (16, C_in, Tp) at ws[off_v:], zero rows
+    past T."""
+    xflat = inp.astype(dt).ravel()
+    CT = ps.C_in * ps.Tp
+    for c in range(ps.C_in):
+        t = np.arange(ps.Tp)
+        pad_t = t[t >= ps.T]
+        for xi in range(16):
+            ws[off_v + xi * CT + c * ps.Tp + pad_t] = 0
+        t = t[t < ps.T]
+        tq, nt = t % ps.tQ, t // ps.tQ
+        tp, n = nt % ps.tP, nt // ps.tP
+        h0, w0 = 2 * tp - ps.ph, 2 * tq - ps.pw
+        plane = (n * ps.C_in + c) * ps.Hi * ps.Wi
+        d = np.empty((4, 4, t.size), dt)
+        for a, bb in itertools.product(range(4), range(4)):
+            h, w = h0 + a, w0 + bb
+            ok = (h >= 0) & (h < ps.Hi) & (w >= 0) & (w < ps.Wi)
+            d[a, bb] = np.where(ok, xflat[np.where(ok, plane + h * ps.Wi + w, 0)], 0)
+        e = np.stack([d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]])
+        for a in range(4):
+            vals = (e[a, 0] - e[a, 2], e[a, 1] + e[a, 2], e[a, 2] - e[a, 1], e[a, 1] - e[a, 3])
+            for j in range(4):
+                ws[off_v + (a * 4 + j) * CT + c * ps.Tp + t] = vals[j]
+
+
 def emulate_pass(ps, inp, Wt, b, flip, dt):
     """One pass of the four kernels: inp (N, C_in, Hi, Wi) -> out (N, C_out, Ho, Wo), arithmetic in dt."""
     ws = np.full(ps.size, np.nan, dt)
@@ -62,29 +89,8 @@ def emulate_pass(ps, inp, Wt, b, flip, dt):
         for j in range(4):
             ws[(a * 4 + j) * OI + idx[live]] = vals[j]
 
-    # winograd_input: grid (ceil(Tp/256), C_in), thread (c, t)
-    xflat = inp.astype(dt).ravel()
+    emulate_input(ws, off_v, ps, inp, dt)
     CT = ps.C_in * ps.Tp
-    for c in range(ps.C_in):
-        t = np.arange(ps.Tp)
-        pad_t = t[t >= ps.T]
-        for xi in range(16):
-            ws[off_v + xi * CT + c * ps.Tp + pad_t] = 0
-        t = t[t < ps.T]
-        tq, nt = t % ps.tQ, t // ps.tQ
-        tp, n = nt % ps.tP, nt // ps.tP
-        h0, w0 = 2 * tp - ps.ph, 2 * tq - ps.pw
-        plane = (n * ps.C_in + c) * ps.Hi * ps.Wi
-        d = np.empty((4, 4, t.size), dt)
-        for a, bb in itertools.product(range(4), range(4)):
-            h, w = h0 + a, w0 + bb
-            ok = (h >= 0) & (h < ps.Hi) & (w >= 0) & (w < ps.Wi)
-            d[a, bb] = np.where(ok, xflat[np.where(ok, plane + h * ps.Wi + w, 0)], 0)
-        e = np.stack([d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]])
-        for a in range(4):
-            vals = (e[a, 0] - e[a, 2], e[a, 1] + e[a, 2], e[a, 2] - e[a, 1], e[a, 1] - e[a, 3])
-            for j in range(4):
-                ws[off_v + (a * 4 + j) * CT + c * ps.Tp + t] = vals[j]
 
     # winograd_gemm: Mo[z] (O x Tp) = U[z][:, :I] (row stride Ip) @ V[z] (I x Tp)
     for z in range(16):
@@ -131,24 +137,8 @@ def emulate_weights(wp, dy, x, dt):
     tq, nt = t % g.tQ, t // g.tQ
     tp, n = nt % g.tP, nt // g.tP
 
-    # winograd_input on x: as the forward pass (padding rows zero)
-    xflat = x.astype(dt).ravel()
+    emulate_input(ws, 0, g, x, dt)    # V at the workspace's start
     CT = C * Tp
-    for c in range(C):
-        for xi in range(16):
-            ws[xi * CT + c * Tp + t_all[t_all >= T]] = 0
-        h0, w0 = 2 * tp - g.ph, 2 * tq - g.pw
-        plane = (n * C + c) * g.Hi * g.Wi
-        d = np.empty((4, 4, t.size), dt)
-        for a, bb in itertools.product(range(4), range(4)):
-            h, w = h0 + a, w0 + bb
-            ok = (h >= 0) & (h < g.Hi) & (w >= 0) & (w < g.Wi)
-            d[a, bb] = np.where(ok, xflat[np.where(ok, plane + h * g.Wi + w, 0)], 0)
-        e = np.stack([d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]])
-        for a in range(4):
-            vals = (e[a, 0] - e[a, 2], e[a, 1] + e[a, 2], e[a, 2] - e[a, 1], e[a, 1] - e[a, 3])
-            for j in range(4):
-                ws[(a * 4 + j) * CT + c * Tp + t] = vals[j]
 
     # winograd_dy: grid (ceil(Tp/256), K), thread (k, t)
     dyflat = dy.astype(dt).ravel()
