@@ -19,13 +19,14 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from custom_impl.gpu.conv import _dims  # noqa: E402
-from custom_impl.gpu.conv_smallc import KT, TW, U, weights_plan  # noqa: E402
+from custom_impl.gpu.conv_smallc import (KT, REDUCE_V2_THREADS, TW, U, V2_SMEM_BYTES, V2_THREADS,  # noqa: E402
+                                         plan_v2, weights_plan)
 from test_gpu_conv import conv_ref  # noqa: E402
 
 
 def emulate_backward_weights(dy, x, dims, sms):
     N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw = dims
-    plan = weights_plan(dims, sms)
+    plan = weights_plan(dims, sms, "v1")
     assert plan is not None
     kc, xld, gstride, G, threads, smem_bytes, grid = plan
     assert smem_bytes <= 48 * 1024 and threads <= 384
@@ -120,6 +121,179 @@ def emulate_backward_weights(dy, x, dims, sms):
     return dW.reshape(K, C, R, S), plan
 
 
+def emulate_backward_weights_v2(dy, x, dims, sms, plan=None, vec=None):
+    """conv_smallc_backward_weights_v2 + conv_smallc_reduce_v2, thread by thread. Each thread's staging walk
+    is replayed with the kernel's incremental (row, unit) stepping; a buffer is NaN-filled before it is
+    staged (stale data of two items ago must never be read), every element may be staged once, and the
+    FMAs use the kernel's sliding x window. Returns (dW, plan)."""
+    N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw = dims
+    if plan is None:
+        plan = weights_plan(dims, sms, "v2")
+    assert plan is not None
+    kc, pb, qs, xld, stage, T, smem_bytes, gridx, kchunks = plan
+    if vec is None:
+        vec = Q % 4 == 0  # the wrapper also asks for a 16-byte aligned dy
+    assert T <= V2_THREADS and smem_bytes <= V2_SMEM_BYTES and kc % KT == 0
+    assert stage % 4 == 0 and qs % 4 == 0 and (qs // 4) % 2 == 1 and xld % 2 == 1
+    CR, CRS = C * R, C * R * S
+    assert T == (kc // KT) * CR * pb
+    XR = (pb - 1) * sh + R
+    Qp = -(-Q // U) * U
+    xcols = (Qp - 1) * sw + S
+    assert xcols <= xld and Qp <= qs
+    nb = -(-P // pb)
+    items = N * nb
+    XV = (U - 1) * sw + S
+    XK = max(S - sw, 0)
+    ds_floats = kc * pb * qs
+    assert ds_floats + C * XR * xld <= stage and smem_bytes // 4 >= max(2 * stage, pb * kc * CRS)
+    assert kchunks == -(-K // kc)
+    dyf, xf = dy.ravel(), x.ravel()
+    ws = np.full(gridx * K * CRS, np.nan)
+
+    # Per-thread constants, as the kernel computes them.
+    t = np.arange(T)
+    cr, pp, kq = t % CR, (t // CR) % pb, t // (CR * pb)
+    c, r = cr // R, cr % R
+    upr = Q // 4 if vec else Qp
+    d_j, d_row = T % upr, T // upr
+    d_pp, d_kk = d_row % pb, d_row // pb
+    j_0, pp_0, kk_0 = t % upr, (t // upr) % pb, (t // upr) // pb
+    e_col, e_row = T % xcols, T // xcols
+    e_xi, e_xc = e_row % XR, e_row // XR
+    col_0, xi_0, xc_0 = t % xcols, (t // xcols) % XR, (t // xcols) // XR
+
+    for by in range(kchunks):
+        k0 = by * kc
+        kvalid = min(kc, K - k0)
+        assert kvalid > 0
+        for bx in range(gridx):
+            smem = np.full(smem_bytes // 4, np.nan)
+            base, rem = divmod(items, gridx)
+            i0 = bx * base + min(bx, rem)
+            cnt = base + (1 if bx < rem else 0)
+
+            def stage_item(buf, n, band):
+                p0 = band * pb
+                ppvalid = min(pb, P - p0)
+                assert 0 < ppvalid and n < N
+                smem[buf: buf + stage] = np.nan
+                written = np.zeros(stage, bool)
+                dyn = (n * K + k0) * P * Q + p0 * Q
+                for tt in range(T):
+                    kk, ps, j = kk_0[tt], pp_0[tt], j_0[tt]
+                    while kk < kvalid:
+                        if ps < ppvalid:
+                            dst = (kk * pb + ps) * qs
+                            src = dyn + (kk * P + ps) * Q
+                            if vec:
+                                d0, s0 = dst + 4 * j, src + 4 * j
+                                assert d0 % 4 == 0 and s0 % 4 == 0 and 4 * j + 4 <= Q and d0 + 4 <= ds_floats
+                                assert not written[d0: d0 + 4].any(), "dy staged twice"
+                                smem[buf + d0: buf + d0 + 4] = dyf[s0: s0 + 4]
+                                written[d0: d0 + 4] = True
+                            else:
+                                d0 = dst + j
+                                assert j < Qp and d0 < ds_floats and not written[d0], "dy staged twice"
+                                smem[buf + d0] = dyf[src + j] if j < Q else 0.0
+                                written[d0] = True
+                        j += d_j
+                        jc = 1 if j >= upr else 0
+                        j -= jc * upr
+                        ps += d_pp + jc
+                        pc = 1 if ps >= pb else 0
+                        ps -= pc * pb
+                        kk += d_kk + pc
+                        assert 0 <= j < upr and 0 <= ps < pb
+                    xs = ds_floats
+                    xn = n * C * H * W
+                    ih0 = p0 * sh - ph
+                    xc, xi, col = xc_0[tt], xi_0[tt], col_0[tt]
+                    while xc < C:
+                        ih, iw = ih0 + xi, col - pw
+                        ok = 0 <= ih < H and 0 <= iw < W
+                        d0 = xs + (xc * XR + xi) * xld + col
+                        assert d0 < stage and not written[d0], "x staged twice"
+                        smem[buf + d0] = xf[xn + (xc * H + ih) * W + iw] if ok else 0.0
+                        written[d0] = True
+                        col += e_col
+                        cc = 1 if col >= xcols else 0
+                        col -= cc * xcols
+                        xi += e_xi + cc
+                        ic = 1 if xi >= XR else 0
+                        xi -= ic * XR
+                        xc += e_xc + ic
+                        assert 0 <= col < xcols and 0 <= xi < XR
+                # every dy row of the valid (k, pp) and every x row must be complete
+                for kk in range(kvalid):
+                    for ps in range(ppvalid):
+                        assert written[(kk * pb + ps) * qs: (kk * pb + ps) * qs + Qp].all(), "dy row not staged"
+                for row in range(C * XR):
+                    assert written[ds_floats + row * xld: ds_floats + row * xld + xcols].all(), "x row not staged"
+
+            acc = np.zeros((T, KT, S))
+            n, band = divmod(i0, nb)
+            if cnt > 0:
+                stage_item(0, n, band)
+            for it in range(cnt):
+                n_next, band_next = (n + 1, 0) if band + 1 == nb else (n, band + 1)
+                if it + 1 < cnt:
+                    stage_item(((it + 1) & 1) * stage, n_next, band_next)  # issued before this item's FMAs
+                buf = (it & 1) * stage
+                for tt in range(T):
+                    if not (kq[tt] * KT < kvalid and pp[tt] < P - band * pb):
+                        continue
+                    xr = buf + ds_floats + (c[tt] * XR + pp[tt] * sh + r[tt]) * xld
+                    dr = buf + (kq[tt] * KT * pb + pp[tt]) * qs
+                    xv = np.full(XV, np.nan)
+                    xv[:XK] = smem[xr: xr + XK]
+                    for q0 in range(0, Qp, U):
+                        idx = xr + q0 * sw + np.arange(XK, XV)
+                        assert idx.max() < buf + ds_floats + (c[tt] * XR + pp[tt] * sh + r[tt]) * xld + xcols
+                        xv[XK:] = smem[idx]
+                        rows = dr + np.arange(KT) * pb * qs + q0
+                        assert (rows % 4 == 0).all() and rows.max() + U <= buf + ds_floats
+                        dv = np.stack([smem[a: a + U] for a in rows])           # (KT, U)
+                        win = xv[np.arange(U)[:, None] * sw + np.arange(S)[None, :]]  # (U, S)
+                        with np.errstate(invalid="ignore"):
+                            acc[tt] += dv @ win
+                        xv[:XK] = xv[U * sw: U * sw + XK]
+                n, band = n_next, band_next
+            # rows' sums in pp order
+            red = np.full(smem_bytes // 4, np.nan)
+            red[:] = smem
+            for tt in range(T):
+                for kk in range(KT):
+                    i = (pp[tt] * kc + kq[tt] * KT + kk) * CRS + cr[tt] * S
+                    red[i: i + S] = acc[tt, kk]
+            out0 = bx * K * CRS + k0 * CRS
+            plane = kc * CRS
+            for i in range(kvalid * CRS):
+                v = red[i]
+                for q in range(1, pb):
+                    v += red[q * plane + i]
+                ws[out0 + i] = v
+    assert np.isfinite(ws).all(), "workspace element never written or NaN read from shared memory"
+    n_out = K * CRS
+    if gridx == 1:
+        return ws[:n_out].reshape(K, C, R, S), plan
+    dW = np.full(n_out, np.nan)   # conv_smallc_reduce_v2
+    nw = REDUCE_V2_THREADS // 32
+    for bi in range(-(-n_out // 32)):
+        part = np.zeros((nw, 32))
+        for warp in range(nw):
+            z0, z1 = gridx * warp // nw, gridx * (warp + 1) // nw
+            for lane in range(32):
+                i = bi * 32 + lane
+                if i < n_out:
+                    part[warp, lane] = sum(ws[z * n_out + i] for z in range(z0, z1))
+        for lane in range(32):
+            i = bi * 32 + lane
+            if i < n_out:
+                dW[i] = part[:, lane].sum()
+    return dW.reshape(K, C, R, S), plan
+
+
 def emulate_backward_data(dy, Wt, dims):
     N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw = dims
     ST = -(-S // sw)
@@ -189,7 +363,23 @@ CASES = [  # (N, C, H, W, K, R, S, stride, padding)
     (7, 1, 8, 8, 32, 5, 5, (1, 1), (2, 2)),       # LeNet-like, G > 1
     (2, 3, 10, 10, 64, 3, 3, (1, 1), (1, 1)),     # kc chunks? (K*CRS within limits)
     (2, 8, 9, 9, 64, 7, 7, (2, 1), (3, 3)),       # several k-chunks
+    (3, 3, 8, 8, 32, 3, 3, (1, 1), (1, 1)),       # CIFAR conv1-like: Q % 4 == 0 (16-byte dy copies)
+    (5, 1, 7, 7, 32, 5, 5, (1, 1), (2, 2)),       # LeNet conv1-like, Q = 7
+    (2, 1, 9, 8, 7, 2, 1, (1, 3), (0, 0)),        # S < sw (no x columns kept between steps)
+    (2, 8, 6, 7, 40, 7, 3, (1, 1), (3, 1)),       # (K/4)*C*R = 560 > 512 threads: v2 splits k (grid.y = 2)
 ]
+
+
+def _v2_variants(dims):
+    """Plans besides weights_plan's: one k per chunk group (many chunks), 1-row and tall bands, 1-3 blocks."""
+    N, C, H, W, K, R, S, P, Q = dims[:9]
+    out = []
+    for kc, pb, grid in ((4, 1, 3), (4, min(P, 3), 2), (-(-K // 4) * 4, P, 1), (8, 2, 5)):
+        if (kc // 4) * C * R * pb <= V2_THREADS:
+            plan = plan_v2(dims, kc, pb, grid)
+            if plan.smem <= V2_SMEM_BYTES:
+                out.append(plan)
+    return out
 
 
 def main(quick=False):
@@ -205,14 +395,25 @@ def main(quick=False):
         dx_ref, dW_ref, _ = back(dy)
         dx = emulate_backward_data(dy, Wt, dims)
         err_x = np.abs(dx - dx_ref).max() / max(np.abs(dx_ref).max(), 1e-30)
+        scale = np.abs(dW_ref).max()
         for sms in (1, 2, 132):
             dW, plan = emulate_backward_weights(dy, x, dims, sms)
-            err_w = np.abs(dW - dW_ref).max() / np.abs(dW_ref).max()
+            err_w = np.abs(dW - dW_ref).max() / scale
             assert err_w < 1e-12, (case, sms, err_w)
             worst = max(worst, err_w)
+        runs = [(weights_plan(dims, sms, "v2"), vec) for sms in (1, 132) for vec in (True, False)]
+        runs += [(p, vec) for p in ([] if quick else _v2_variants(dims)) for vec in (True, False)]
+        for plan2, vec in runs:
+            if vec and dims[8] % 4:
+                continue
+            dW2, plan2 = emulate_backward_weights_v2(dy, x, dims, None, plan=plan2, vec=vec)
+            err_w2 = np.abs(dW2 - dW_ref).max() / scale
+            assert err_w2 < 1e-12, (case, plan2, vec, err_w2)
+            worst = max(worst, err_w2)
         assert err_x < 1e-12, (case, err_x)
         worst = max(worst, err_x)
-        print(f"ok {case}  plan(sms=132)={tuple(plan)}  rel err dx {err_x:.1e} dW {err_w:.1e}")
+        print(f"ok {case}  v1 plan(sms=132)={tuple(plan)}  v2 {len(runs)} plans, e.g. {tuple(weights_plan(dims))}  "
+              f"rel err dx {err_x:.1e} dW {err_w:.1e}")
     print(f"all cases ok; worst relative error {worst:.1e}")
 
 

@@ -6,8 +6,14 @@ ref_abs is the same sum over absolute values (x, W, dy replaced by |x|, |W|, |dy
 terms grows like sqrt(L) for random data. dx sums L = K*R*S products, dW L = N*P*Q. Outputs (and the
 workspace) are NaN-filled before each call so that an unwritten element fails; a second call must give
 bit-identical results (no atomics: the partial sums are added in a fixed order).
+
+Backward-weights runs through both kernels ("v1", "v2" = the default), and v2 also through plans other than
+its own choice (several k-chunks, 1-row and tall bands, 1..5 blocks) and with a dy that is not 16-byte
+aligned (4-byte instead of 16-byte copies: bit-identical results expected, the arithmetic is the same).
 """
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import pytest
@@ -35,6 +41,10 @@ CASES = [
     (7, 8, 13, 17, 32, 3, 3, (1, 1), (1, 1)),
     (3, 5, 9, 11, 32, 7, 7, (1, 1), (3, 3)),
     (1, 3, 31, 29, 5, 1, 1, (1, 1), (0, 0)),
+    (5, 3, 16, 16, 7, 3, 3, (1, 1), (1, 1)),     # Q % 4 == 0 (16-byte dy copies), K % 4 != 0
+    (3, 1, 27, 23, 33, 5, 5, (1, 1), (2, 2)),    # P = 27: the last band of an image is short
+    (2, 8, 13, 12, 40, 7, 3, (1, 1), (3, 1)),    # (K/4)*C*R = 560 > 512 threads: v2 splits k (grid.y = 2)
+    (3, 2, 9, 10, 6, 2, 1, (1, 3), (0, 0)),      # S < sw
 ]
 # The layers that motivated the kernels (H100: 0.16-0.33 of cuDNN with conv.py's implicit GEMMs).
 LAYERS = [
@@ -48,6 +58,7 @@ def _case_id(c):
     return "N{}C{}H{}W{}K{}R{}S{}s{}{}p{}{}".format(*c[:7], *c[7], *c[8])
 
 
+@functools.lru_cache(maxsize=None)  # the float64 references are shared by the tests of one case
 def _setup(case):
     from custom_impl.gpu.conv import _dims
 
@@ -84,23 +95,67 @@ def test_backward_data(case):
     assert np.array_equal(outs[0], outs[1]), f"dx {case}: two calls differ (not deterministic)"
 
 
+@pytest.mark.parametrize("version", ["v1", "v2"])
 @pytest.mark.parametrize("case", CASES + LAYERS, ids=_case_id)
-def test_backward_weights(case):
+def test_backward_weights(case, version):
     import cupy
 
-    from custom_impl.gpu.conv_smallc import backward_weights, workspace_size
+    from custom_impl.gpu.conv_smallc import WeightsPlanV2, backward_weights, weights_plan, workspace_size
+
+    dims, x, W, dy, _, (dW_ref, dW_abs) = _setup(case)
+    N, P, Q = dims[0], dims[7], dims[8]
+    assert isinstance(weights_plan(dims, 132, version), WeightsPlanV2) == (version == "v2")
+    gdy, gx = cupy.asarray(dy), cupy.asarray(x)
+    n_ws = workspace_size(x.shape, W.shape, case[7], case[8], version=version)
+    outs = []
+    for workspace in (cupy.full((max(n_ws, 1),), np.nan, np.float32), None):  # given, then the shared buffer
+        dW = cupy.full(W.shape, np.nan, np.float32)
+        assert backward_weights(gdy, gx, dW, dims, workspace=workspace, version=version) is dW
+        outs.append(cupy.asnumpy(dW))
+    # L = N*P*Q products per dW element (the bound of the module docstring)
+    _assert_close(outs[0], dW_ref, dW_abs, N * P * Q, f"dW {version} {case}")
+    assert np.array_equal(outs[0], outs[1]), f"dW {version} {case}: two calls differ (not deterministic)"
+
+
+def _v2_plans(dims):
+    """v2 plans other than weights_plan's choice, within the kernel's limits."""
+    from custom_impl.gpu.conv_smallc import KT, V2_SMEM_BYTES, V2_THREADS, plan_v2
+
+    N, C, H, Wd, K, R, S, P, Q = dims[:9]
+    plans = []
+    for kc, pb, grid in ((4, 1, 3), (4, min(P, 3), 2), (8, 2, 5), (-(-K // KT) * KT, P, 1), (12, min(P, 5), 4)):
+        if (kc // KT) * C * R * pb <= V2_THREADS:
+            plan = plan_v2(dims, kc, pb, grid)
+            if plan.smem <= V2_SMEM_BYTES:
+                plans.append(plan)
+    return plans
+
+
+@pytest.mark.parametrize("case", CASES + LAYERS[:2], ids=_case_id)
+def test_backward_weights_v2_plans_and_alignment(case):
+    """Every v2 plan gives dW within the tolerance, and a misaligned dy (4-byte copies instead of 16-byte
+    ones where Q % 4 == 0) gives bit-identical results: only the staging differs, not the sums."""
+    import cupy
+
+    from custom_impl.gpu.conv_smallc import backward_weights, weights_plan
 
     dims, x, W, dy, _, (dW_ref, dW_abs) = _setup(case)
     N, P, Q = dims[0], dims[7], dims[8]
     gdy, gx = cupy.asarray(dy), cupy.asarray(x)
-    n_ws = workspace_size(x.shape, W.shape, case[7], case[8])
-    outs = []
-    for workspace in (cupy.full((max(n_ws, 1),), np.nan, np.float32), None):  # given, then the shared buffer
-        dW = cupy.full(W.shape, np.nan, np.float32)
-        assert backward_weights(gdy, gx, dW, dims, workspace=workspace) is dW
-        outs.append(cupy.asnumpy(dW))
-    _assert_close(outs[0], dW_ref, dW_abs, N * P * Q, f"dW {case}")
-    assert np.array_equal(outs[0], outs[1]), f"dW {case}: two calls differ (not deterministic)"
+    buf = cupy.empty((dy.size + 1,), np.float32)
+    gdy_odd = buf[1:].reshape(dy.shape)  # contiguous, 4 bytes past a 16-byte boundary
+    gdy_odd[...] = gdy
+    assert gdy_odd.data.ptr % 16 == 4
+    for plan in [weights_plan(dims, 132, "v2")] + _v2_plans(dims):
+        outs = []
+        for d in (gdy, gdy_odd):
+            ws = cupy.full((max(1, plan.grid * dW_ref.size),), np.nan, np.float32)
+            dW = cupy.full(W.shape, np.nan, np.float32)
+            backward_weights(d, gx, dW, dims, workspace=ws, version="v2", plan=plan)
+            outs.append(cupy.asnumpy(dW))
+        # L = N*P*Q products per dW element, as above
+        _assert_close(outs[0], dW_ref, dW_abs, N * P * Q, f"dW v2 {plan} {case}")
+        assert np.array_equal(outs[0], outs[1]), f"dW v2 {plan} {case}: aligned and misaligned dy differ"
 
 
 def test_fits():

@@ -18,6 +18,15 @@
 //       are added in group order in shared memory and the block writes its partial (K, C*R*S) sums to
 //       ws[blockIdx.x] (every element, zeros included).
 //   conv_smallc_reduce            dW = sum over the blocks' partials, in a fixed order (deterministic).
+//   conv_smallc_backward_weights_v2  the same row correlations over bands of PB output rows, pipelined: a
+//       block owns one chunk of kc k's (blockIdx.y) and a contiguous range of work items (n, band of PB rows
+//       of p); cp.async copies the next item's dy band (kc x PB rows, 16-byte chunks when Q % 4 == 0 and dy
+//       is aligned) and its x rows (C x ((PB-1)*sh+R) rows, zero-filled outside the image) into the other of
+//       two shared buffers while the block computes the current one. Thread = task (4 k, one (c, r), one
+//       row pp of the band) with 4*S sums in registers over all items; the staging loops step their
+//       (row, column) indices incrementally (no division per element). At the end the PB rows' sums are
+//       added in pp order and the block writes its partial (kc, C*R*S) to ws[blockIdx.x] (v1's layout).
+//   conv_smallc_reduce_v2         conv_smallc_reduce with blockDim.x/32 warps splitting the partials.
 //   conv_smallc_backward_data     per stride phase (grid.z, as conv.cu's v3/v4): one thread computes 4
 //       consecutive pixels of one phase row for all C channels (acc[C][4]); per (k, tap row) it loads the
 //       St+3 dy values the 4 pixels need once into registers and does 4*St*C FMAs with W from shared memory
@@ -174,6 +183,232 @@ conv_smallc_reduce(const float* __restrict__ ws, float* __restrict__ out, int n,
 #pragma unroll
         for (int w = 1; w < 8; ++w) t += part[w][lane];
         out[i] = t;
+    }
+}
+
+// ---- backward-weights v2 ------------------------------------------------------------------------------
+// cp.async (sm_80+): global -> shared copies that bypass the registers and complete asynchronously; a thread
+// waits for its own groups with cp.async.wait_group, and a barrier then makes every thread's copies visible.
+__device__ __forceinline__ unsigned sc_smem_addr(const void* p) {
+    unsigned a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+// 4 bytes, or a zero when !ok (source size 0: nothing is read; src must still be a valid address).
+__device__ __forceinline__ void sc_cp_async4(unsigned dst, const float* src, bool ok) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" :: "r"(dst), "l"(src), "r"(ok ? 4 : 0) : "memory");
+}
+// 16 bytes; dst and src 16-byte aligned.
+__device__ __forceinline__ void sc_cp_async16(unsigned dst, const float* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" :: "r"(dst), "l"(src) : "memory");
+}
+__device__ __forceinline__ void sc_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void sc_cp_async_wait1() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+__device__ __forceinline__ void sc_cp_async_wait0() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+#define SC_XV ((SC_U - 1) * SC_SW + SC_S)  // x columns one U-step of q reads
+#define SC_XK (SC_S > SC_SW ? SC_S - SC_SW : 0)  // of which the next step reads again (kept in registers)
+
+// Extra arguments: kc (k per chunk, a multiple of 4), pb (output rows per band), qs (row stride of the staged
+// dy rows, a multiple of 4 with qs/4 odd: the <= 8 rows a warp reads at one q fall in distinct bank
+// quads), xld (row stride of the staged x rows, odd: distinct rows read at one column hit distinct banks),
+// stage (floats per buffer, a multiple of 4), vec (1: Q % 4 == 0 and dy 16-byte aligned, dy in 16-byte
+// copies). Threads: (kc/4) * C*R * pb. Shared memory (dynamic): max(2*stage, pb*kc*C*R*S) floats.
+// Buffer layout: ds (kc*pb, qs), row kk*pb + pp = dy[n, k0+kk, p0+pp, 0 .. Qp) with Qp = Q rounded up to 4
+// (zeros past Q); then xs (C*XR, xld), row c*XR + i = x[n, c, p0*sh-ph+i, col-pw] for col < (Qp-1)*sw+S
+// (zeros outside the image), XR = (pb-1)*sh + R. Rows of pp >= P - p0 (past the image) are not staged and
+// not read.
+extern "C" __global__ void __launch_bounds__(512)
+conv_smallc_backward_weights_v2(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ ws,
+                                int N, int C, int H, int W, int K, int R, int S, int P, int Q,
+                                int sh, int sw, int ph, int pw, int kc, int pb, int qs, int xld, int stage,
+                                int vec) {
+    extern __shared__ float4 smem4[];
+    float* smem = reinterpret_cast<float*>(smem4);
+    if (S != SC_S || sw != SC_SW) return;  // compiled for another shape: the wrapper never does this
+
+    const int CR = C * R;
+    const int CRS = CR * SC_S;
+    const int XR = (pb - 1) * sh + R;             // staged x rows per channel
+    const int Qp = (Q + SC_U - 1) / SC_U * SC_U;
+    const int xcols = (Qp - 1) * SC_SW + SC_S;    // staged x columns: every column a q < Qp reaches
+    const int nb = (P + pb - 1) / pb;             // bands per image
+    const int T = blockDim.x;
+    const int t = threadIdx.x;
+    const int k0 = blockIdx.y * kc;
+    const int kvalid = min(kc, K - k0);
+
+    // This thread's task: t = cr + CR*(pp + pb*kq); k = k0 + 4*kq + (0..3), (c, r), band row pp.
+    const int cr = t % CR;
+    const int pp = (t / CR) % pb;
+    const int kq = t / (CR * pb);
+    const int c = cr / R;
+    const int r = cr - c * R;
+    const bool kactive = kq * SC_KT < kvalid;
+
+    // Staging walks, per thread: unit e = t, t + T, ... of a (rows, units-per-row) table, the (row, unit)
+    // pair stepped by (T / upr, T % upr) with one carry, the row split into (outer, inner) the same way.
+    // dy: rows kk*pb + pps (kk < kvalid), upr = Q/4 chunks (vec) or Qp floats.
+    const int upr = vec ? Q / 4 : Qp;
+    const int d_j = T % upr;
+    const int d_row = T / upr;
+    const int d_pp = d_row % pb;
+    const int d_kk = d_row / pb;
+    const int j_0 = t % upr;
+    const int pp_0 = (t / upr) % pb;
+    const int kk_0 = (t / upr) / pb;
+    // x: rows xc*XR + xi (xc < C), xcols floats per row.
+    const int e_col = T % xcols;
+    const int e_row = T / xcols;
+    const int e_xi = e_row % XR;
+    const int e_xc = e_row / XR;
+    const int col_0 = t % xcols;
+    const int xi_0 = (t / xcols) % XR;
+    const int xc_0 = (t / xcols) / XR;
+
+    // Work items: item = n*nb + band; the block takes a contiguous, near-equal range.
+    const int items = N * nb;
+    const int base = items / gridDim.x;
+    const int rem = items - base * gridDim.x;
+    const int i0 = blockIdx.x * base + min((int)blockIdx.x, rem);
+    const int cnt = base + ((int)blockIdx.x < rem ? 1 : 0);
+
+    // Issue the copies of item (n, band) into buffer buf (one commit group per call, see the loop).
+    auto stage_item = [&](float* buf, int n, int band) {
+        const int p0 = band * pb;
+        const int ppvalid = min(pb, P - p0);
+        const float* dyn = dy + ((long long)n * K + k0) * P * Q + (long long)p0 * Q;
+        for (int kk = kk_0, ps = pp_0, j = j_0; kk < kvalid;) {
+            if (ps < ppvalid) {
+                float* dst = buf + (kk * pb + ps) * qs;
+                const float* src = dyn + (kk * P + ps) * Q;
+                if (vec) {
+                    sc_cp_async16(sc_smem_addr(dst + 4 * j), src + 4 * j);
+                } else {
+                    const bool ok = j < Q;
+                    sc_cp_async4(sc_smem_addr(dst + j), ok ? src + j : dy, ok);
+                }
+            }
+            j += d_j;
+            const int jc = j >= upr ? 1 : 0;
+            j -= jc * upr;
+            ps += d_pp + jc;
+            const int pc = ps >= pb ? 1 : 0;
+            ps -= pc * pb;
+            kk += d_kk + pc;
+        }
+        float* xs = buf + kc * pb * qs;
+        const float* xn = x + (long long)n * C * H * W;
+        const int ih0 = p0 * sh - ph;
+        for (int xc = xc_0, xi = xi_0, col = col_0; xc < C;) {
+            const int ih = ih0 + xi;
+            const int iw = col - pw;
+            const bool ok = (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W;
+            sc_cp_async4(sc_smem_addr(xs + (xc * XR + xi) * xld + col), ok ? xn + (xc * H + ih) * W + iw : x, ok);
+            col += e_col;
+            const int cc = col >= xcols ? 1 : 0;
+            col -= cc * xcols;
+            xi += e_xi + cc;
+            const int ic = xi >= XR ? 1 : 0;
+            xi -= ic * XR;
+            xc += e_xc + ic;
+        }
+    };
+
+    float acc[SC_KT][SC_S];
+#pragma unroll
+    for (int kk = 0; kk < SC_KT; ++kk)
+#pragma unroll
+        for (int s = 0; s < SC_S; ++s) acc[kk][s] = 0.f;
+
+    int n = i0 / nb;
+    int band = i0 - n * nb;
+    if (cnt > 0) stage_item(smem, n, band);
+    sc_cp_async_commit();
+    for (int it = 0; it < cnt; ++it) {
+        const int n_next = band + 1 == nb ? n + 1 : n;
+        const int band_next = band + 1 == nb ? 0 : band + 1;
+        // The other buffer was last read in iteration it-1, which ended with a barrier.
+        if (it + 1 < cnt) stage_item(smem + ((it + 1) & 1) * stage, n_next, band_next);
+        sc_cp_async_commit();   // possibly empty: the wait below always leaves exactly the newest group
+        sc_cp_async_wait1();    // this thread's copies of item it have landed
+        __syncthreads();        // ... and every other thread's
+        const float* buf = smem + (it & 1) * stage;
+        if (kactive && pp < P - band * pb) {
+            const float* xr = buf + kc * pb * qs + (c * XR + pp * sh + r) * xld;
+            const float* dr = buf + (kq * SC_KT * pb + pp) * qs;
+            const int kstride = pb * qs;
+            // xv[i] = x column q0*sw + i; a step reads only the columns past the previous window (the last XK
+            // columns of a window are the first XK of the next).
+            float xv[SC_XV];
+#pragma unroll
+            for (int i = 0; i < SC_XK; ++i) xv[i] = xr[i];
+#pragma unroll 2
+            for (int q0 = 0; q0 < Qp; q0 += SC_U) {
+#pragma unroll
+                for (int i = SC_XK; i < SC_XV; ++i) xv[i] = xr[q0 * SC_SW + i];
+                float4 dv[SC_KT];  // dy[k][q0 .. q0+3]
+#pragma unroll
+                for (int kk = 0; kk < SC_KT; ++kk) dv[kk] = *reinterpret_cast<const float4*>(dr + kk * kstride + q0);
+#pragma unroll
+                for (int kk = 0; kk < SC_KT; ++kk) {
+                    const float d[SC_U] = {dv[kk].x, dv[kk].y, dv[kk].z, dv[kk].w};
+#pragma unroll
+                    for (int u = 0; u < SC_U; ++u)
+#pragma unroll
+                        for (int s = 0; s < SC_S; ++s) acc[kk][s] = fmaf(d[u], xv[u * SC_SW + s], acc[kk][s]);
+                }
+#pragma unroll
+                for (int i = 0; i < SC_XK; ++i) xv[i] = xv[i + SC_U * SC_SW];  // slide the window by U*sw
+            }
+        }
+        __syncthreads();  // buffer it&1 is free for item it+2
+        n = n_next;
+        band = band_next;
+    }
+    sc_cp_async_wait0();  // nothing is in flight (the last group was empty); kept for safety
+    __syncthreads();
+
+    // Add the pb rows' sums in pp order: red[(pp*kc + k - k0)*CRS + cr*S + s].
+    float* red = smem;
+#pragma unroll
+    for (int kk = 0; kk < SC_KT; ++kk)
+#pragma unroll
+        for (int s = 0; s < SC_S; ++s) red[(pp * kc + kq * SC_KT + kk) * CRS + cr * SC_S + s] = acc[kk][s];
+    __syncthreads();
+    float* out = ws + (long long)blockIdx.x * K * CRS + (long long)k0 * CRS;
+    const int plane = kc * CRS;
+    for (int i = t; i < kvalid * CRS; i += T) {
+        float v = red[i];
+        for (int q = 1; q < pb; ++q) v += red[q * plane + i];
+        out[i] = v;
+    }
+}
+
+// dW[i] = sum over z < splits of ws[z*n + i]: conv_smallc_reduce with W = blockDim.x/32 warps (<= 32), warp w
+// summing z in [splits*w/W, splits*(w+1)/W) in order, then the W sums added in warp order (deterministic
+// for a given blockDim).
+extern "C" __global__ void __launch_bounds__(1024)
+conv_smallc_reduce_v2(const float* __restrict__ ws, float* __restrict__ out, int n, int splits) {
+    __shared__ float part[32][33];
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int nw = blockDim.x >> 5;
+    const int i = blockIdx.x * 32 + lane;
+    const int z0 = (int)((long long)splits * warp / nw);
+    const int z1 = (int)((long long)splits * (warp + 1) / nw);
+    float v = 0.f;
+    if (i < n) {
+        const float* p = ws + (long long)z0 * n + i;
+#pragma unroll 4
+        for (int z = z0; z < z1; ++z, p += n) v += *p;
+    }
+    part[warp][lane] = v;
+    __syncthreads();
+    if (warp == 0 && i < n) {
+        float s = part[0][lane];
+        for (int w = 1; w < nw; ++w) s += part[w][lane];
+        out[i] = s;
     }
 }
 

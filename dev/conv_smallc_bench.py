@@ -1,0 +1,364 @@
+"""One visit to the GPU machine for conv_smallc's backward-weights: v1 against v2 against cuDNN, on the
+harness conv suite's few-channel rows (and the ResNet stem), with a short table printed last.
+
+    python3 dev/conv_smallc_bench.py --out "$OUT" [--reps 50] [--no-sweep]
+    python3 dev/conv_smallc_bench.py --warm   # first: compile every module the GPU tests and this script
+                                              # use, in parallel processes (CuPy's disk cache keeps them)
+
+Per row (FP32; PyTorch with cudnn.benchmark on and TF32 off, as the harness):
+- parity: dW of v1 and v2 against PyTorch's float64 weight gradient (normwise max error), and v2 twice
+  (bit-identical: deterministic);
+- "row": what the harness times for a backward_weights row, dW and db through ``conv2d_backward`` with
+  weights_version="smallc" (conv_smallc's version forced by patching its default), against
+  ``aten.convolution_backward`` with output mask (dx, dW, db) = (F, T, T); eager calls;
+- "dW": ``conv_smallc.backward_weights`` alone, eager, against ``convolution_backward`` for dW alone;
+- "dW graph": the same replayed from a CUDA graph of 20 calls: the GPU time per call without the host's
+  launch cost (both sides);
+- with --sweep (default on): v2 with a few other plans (band height pb, grid), graph-timed.
+Timing: CUDA events of the library that launches; a sample is the mean over enough back-to-back calls to
+last >= 1 ms (the harness's rule), ``--reps`` samples after warm-up; median and IQR in microseconds.
+Writes bench.json (every sample set) and bench_table.txt to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+ROWS = [  # name, x shape, W shape, stride, padding
+    ("N256 C3 32x32 K32 3x3 s1 p1", (256, 3, 32, 32), (32, 3, 3, 3), 1, 1),
+    ("N256 C1 28x28 K32 5x5 s1 p2", (256, 1, 28, 28), (32, 1, 5, 5), 1, 2),
+    ("N64 C3 224x224 K64 7x7 s2 p3", (64, 3, 224, 224), (64, 3, 7, 7), 2, 3),
+]
+
+
+def _quantiles(samples):
+    q = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
+    return statistics.median(samples), q[2] - q[0]
+
+
+def time_eager(fn, sync, event_pair, reps):
+    """Median and IQR (us per call) of ``reps`` samples, each >= 1 ms of back-to-back calls."""
+    for _ in range(5):
+        fn()
+    sync()
+    start, stop, elapsed = event_pair()
+    start()
+    fn()
+    first = stop()
+    inner = max(1, int(np.ceil(1.0 / max(first, 1e-4))))
+    samples = []
+    for _ in range(reps):
+        sync()
+        start()
+        for _ in range(inner):
+            fn()
+        samples.append(stop() * 1e3 / inner)
+    return _quantiles(samples) + (samples,)
+
+
+def cupy_events():
+    import cupy
+
+    ev0, ev1 = cupy.cuda.Event(), cupy.cuda.Event()
+
+    def start():
+        ev0.record()
+
+    def stop():
+        ev1.record()
+        ev1.synchronize()
+        return cupy.cuda.get_elapsed_time(ev0, ev1)  # ms
+
+    return start, stop, None
+
+
+def torch_events():
+    import torch
+
+    ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def start():
+        ev0.record()
+
+    def stop():
+        ev1.record()
+        ev1.synchronize()
+        return ev0.elapsed_time(ev1)
+
+    return start, stop, None
+
+
+def cupy_graph_time(fn, reps, calls=20):
+    """GPU time per call (us, median, IQR) of ``calls`` calls captured in one CUDA graph."""
+    import cupy
+
+    s = cupy.cuda.Stream(non_blocking=True)
+    with s:
+        fn()
+        s.synchronize()
+        s.begin_capture()
+        for _ in range(calls):
+            fn()
+        g = s.end_capture()
+    g.upload(s)
+    ev0, ev1 = cupy.cuda.Event(), cupy.cuda.Event()
+    samples = []
+    for i in range(reps + 3):
+        ev0.record(s)
+        g.launch(s)
+        ev1.record(s)
+        ev1.synchronize()
+        if i >= 3:
+            samples.append(cupy.cuda.get_elapsed_time(ev0, ev1) * 1e3 / calls)
+    return _quantiles(samples) + (samples,)
+
+
+def torch_graph_time(fn, reps, calls=20):
+    import torch
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(calls):
+            fn()
+    ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    samples = []
+    for i in range(reps + 3):
+        ev0.record()
+        g.replay()
+        ev1.record()
+        ev1.synchronize()
+        if i >= 3:
+            samples.append(ev0.elapsed_time(ev1) * 1e3 / calls)
+    return _quantiles(samples) + (samples,)
+
+
+def bench_row(name, x_shape, w_shape, stride, padding, reps, sweep, log):
+    import cupy
+    import torch
+
+    from custom_impl.gpu import conv, conv_smallc
+    from custom_impl.gpu.gemm import _num_sms
+
+    rng = np.random.default_rng(0)
+    dims = conv._dims(x_shape, w_shape, stride, padding)
+    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    W = (rng.standard_normal(w_shape) / np.sqrt(C * R * S)).astype(np.float32)
+    dy = rng.standard_normal((N, K, P, Q)).astype(np.float32)
+    gx, gW, gdy = cupy.asarray(x), cupy.asarray(W), cupy.asarray(dy)
+    dW, db = cupy.empty(W.shape, np.float32), cupy.empty((K,), np.float32)
+    sms = _num_sms()
+    plans = {v: conv_smallc.weights_plan(dims, sms, v) for v in ("v1", "v2")}
+    try:
+        n_conv = conv.conv2d_workspace_size(x_shape, w_shape, stride, padding)
+    except Exception as err:  # noqa: BLE001 - conv.py is edited by others; the bias gradient needs <= 64*K
+        log(f"   conv2d_workspace_size failed ({type(err).__name__}: {err}); using 64*K for conv.py's part")
+        n_conv = 64 * K
+    n_ws = max([n_conv] + [p.grid * K * C * R * S for p in plans.values() if p is not None])
+    extra = []
+    if sweep and plans["v2"] is not None:
+        base = plans["v2"]
+        for pb in sorted({1, 2, 4, 7, base.pb}):
+            for mult in (1, 2):
+                if (base.kc // 4) * C * R * pb > conv_smallc.V2_THREADS or pb > P:
+                    continue
+                p = conv_smallc.plan_v2(dims, base.kc, pb, None, sms)
+                p = p._replace(grid=max(1, min(N * -(-P // pb), p.grid * mult)))
+                if p.smem <= conv_smallc.V2_SMEM_BYTES and p != base:
+                    extra.append(p)
+        n_ws = max([n_ws] + [p.grid * K * C * R * S for p in extra])
+    ws = cupy.empty((n_ws,), np.float32)
+    log(f"== {name}: dims {dims}, SMs {sms}")
+    for v, p in plans.items():
+        log(f"   {v} plan: {p}")
+
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    tx, tW, tdy = (torch.from_numpy(a).cuda() for a in (x, W, dy))
+    cb = torch.ops.aten.convolution_backward
+    st, pd = [sh, sw], [ph, pw]
+
+    def torch_row():
+        return cb(tdy, tx, tW, [K], st, pd, [1, 1], False, [0, 0], 1, [False, True, True])
+
+    def torch_dw():
+        return cb(tdy, tx, tW, None, st, pd, [1, 1], False, [0, 0], 1, [False, True, False])
+
+    # parity against float64 (the harness's oracle), normwise max error
+    ref = cb(tdy.double(), tx.double(), tW.double(), None, st, pd, [1, 1], False, [0, 0], 1,
+             [False, True, False])[1].cpu().numpy()
+    scale = np.abs(ref).max()
+    parity = {}
+    for v in ("v1", "v2"):
+        if plans[v] is None:
+            continue
+        conv_smallc.backward_weights(gdy, gx, dW, dims, ws, version=v)
+        parity[v] = float(np.abs(cupy.asnumpy(dW) - ref).max() / scale)
+    parity["cudnn"] = float(np.abs(torch_dw()[1].double().cpu().numpy() - ref).max() / scale)
+    a = cupy.asnumpy(conv_smallc.backward_weights(gdy, gx, dW, dims, ws, version="v2"))
+    b = cupy.asnumpy(conv_smallc.backward_weights(gdy, gx, dW, dims, ws, version="v2"))
+    parity["v2_deterministic"] = bool(np.array_equal(a, b))
+    log(f"   parity (max|dW - ref64| / max|ref64|): {parity}")
+
+    results = []
+    csync = cupy.cuda.Device().synchronize
+    tsync = torch.cuda.synchronize
+    orig = conv_smallc.backward_weights
+
+    def record(kind, variant, m, extra_info=""):
+        med, iqr, samples = m
+        results.append(dict(row=name, kind=kind, variant=variant, median_us=med, iqr_us=iqr, samples_us=samples,
+                            info=extra_info))
+        log(f"   {kind:9s} {variant:16s} {med:9.1f} us  (IQR {iqr:6.1f})  {extra_info}")
+
+    for v in ("v1", "v2"):
+        if plans[v] is None:
+            continue
+        conv_smallc.backward_weights = functools.partial(orig, version=v)
+        try:
+            record("row", f"ours {v}", time_eager(
+                lambda: conv.conv2d_backward(gdy, gx, gW, stride, padding, need_dx=False, dW=dW, db=db, workspace=ws,
+                                             weights_version="smallc"), csync, cupy_events, reps))
+        except Exception as err:  # noqa: BLE001
+            log(f"   row ours {v}: failed ({type(err).__name__}: {err})")
+        finally:
+            conv_smallc.backward_weights = orig
+    record("row", "cuDNN", time_eager(torch_row, tsync, torch_events, reps))
+    for v in ("v1", "v2"):
+        if plans[v] is not None:
+            fn = functools.partial(orig, gdy, gx, dW, dims, ws, version=v)
+            record("dW", f"ours {v}", time_eager(fn, csync, cupy_events, reps))
+            try:
+                record("dW graph", f"ours {v}", cupy_graph_time(fn, reps))
+            except Exception as err:  # noqa: BLE001
+                log(f"   dW graph ours {v}: failed ({type(err).__name__}: {err})")
+    record("dW", "cuDNN", time_eager(torch_dw, tsync, torch_events, reps))
+    try:
+        record("dW graph", "cuDNN", torch_graph_time(torch_dw, reps))
+    except Exception as err:  # noqa: BLE001
+        log(f"   dW graph cuDNN: failed ({type(err).__name__}: {err})")
+    for p in extra:
+        fn = functools.partial(orig, gdy, gx, dW, dims, ws, version="v2", plan=p)
+        fn()
+        err = float(np.abs(cupy.asnumpy(dW) - ref).max() / scale)
+        try:
+            record("sweep", f"v2 pb{p.pb} g{p.grid}", cupy_graph_time(fn, max(10, reps // 3)),
+                   f"thr {p.threads} smem {p.smem} err {err:.1e}")
+        except Exception as e:  # noqa: BLE001
+            log(f"   sweep {p}: failed ({type(e).__name__}: {e})")
+    return dict(row=name, dims=dims, plans={k: (None if p is None else p._asdict()) for k, p in plans.items()},
+                parity=parity, results=results)
+
+
+def table(rows):
+    lines = []
+    for r in rows:
+        by = {(x["kind"], x["variant"]): x["median_us"] for x in r["results"]}
+        lines.append(f"{r['row']}  (parity v1 {r['parity'].get('v1', float('nan')):.1e}, "
+                     f"v2 {r['parity'].get('v2', float('nan')):.1e}, cuDNN {r['parity']['cudnn']:.1e}; "
+                     f"v2 deterministic {r['parity']['v2_deterministic']})")
+        lines.append(f"  {'what':10s} {'v1 us':>9s} {'v2 us':>9s} {'cuDNN us':>9s} {'ratio v1':>9s} {'ratio v2':>9s}")
+        for kind in ("row", "dW", "dW graph"):
+            v1, v2, ref = (by.get((kind, k), float("nan")) for k in ("ours v1", "ours v2", "cuDNN"))
+            lines.append(f"  {kind:10s} {v1:9.1f} {v2:9.1f} {ref:9.1f} {ref / v1:9.2f} {ref / v2:9.2f}")
+        sweep = [x for x in r["results"] if x["kind"] == "sweep"]
+        if sweep:
+            lines.append("  v2 plan sweep (graph us): "
+                         + ", ".join(f"{x['variant']} {x['median_us']:.1f}" for x in sweep))
+    return "\n".join(lines)
+
+
+def _compile_one(job):
+    family, name, defines = job
+    t0 = time.time()
+    from custom_impl.gpu._compile import function
+
+    function(family, name, **defines)
+    return f"{family} {name} {defines}: {time.time() - t0:.1f} s"
+
+
+def warm(log):
+    """NVRTC-compile (~1 s each) the conv_smallc modules of tests/test_gpu_conv_smallc.py and of ROWS, and
+    conv.cu (bias gradient), in parallel: the test run and the timings then load them from CuPy's cache."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import test_gpu_conv_smallc as t
+
+    shapes = [(c[1], c[6], c[7][1]) for c in t.CASES + t.LAYERS]
+    shapes += [(x[1], w[3], (st if isinstance(st, int) else st[1])) for _, x, w, st, _ in ROWS]
+    jobs = {("conv_smallc", "conv_smallc_backward_weights_v2", (("SC_S", S), ("SC_SW", sw))) for C, S, sw in shapes}
+    jobs |= {("conv_smallc", "conv_smallc_backward_data", (("SC_C", C), ("SC_S", S), ("SC_SW", sw)))
+             for C, S, sw in shapes}
+    jobs.add(("conv", "conv_bias_grad_partial", ()))
+    jobs = [(f, n, dict(d)) for f, n, d in sorted(jobs)]
+    t0 = time.time()
+    with ProcessPoolExecutor(max_workers=min(16, len(jobs)), mp_context=mp.get_context("spawn")) as ex:
+        for line in ex.map(_compile_one, jobs):
+            log("   compiled " + line)
+    log(f"warm: {len(jobs)} modules in {time.time() - t0:.1f} s")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=".")
+    ap.add_argument("--reps", type=int, default=50)
+    ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument("--rows", default="0,1,2", help="indices into ROWS")
+    ap.add_argument("--warm", action="store_true", help="only compile the modules (see warm)")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    logf = open(os.path.join(args.out, "warm.log" if args.warm else "bench.log"), "w")
+
+    def log(msg):
+        print(msg, flush=True)
+        logf.write(msg + "\n")
+        logf.flush()
+
+    if args.warm:
+        warm(log)
+        return
+    import cupy
+    import torch
+
+    log(f"device: {cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()}, torch {torch.__version__}, "
+        f"cuDNN {torch.backends.cudnn.version()}, cupy {cupy.__version__}")
+    rows = []
+    t0 = time.time()
+    for i in (int(v) for v in args.rows.split(",")):
+        try:
+            rows.append(bench_row(*ROWS[i], args.reps, not args.no_sweep and i < 2, log))
+        except Exception:  # noqa: BLE001 - one row's failure must not cost the others
+            import traceback
+
+            log(f"   row {ROWS[i][0]} failed:\n{traceback.format_exc()}")
+        log(f"   ({time.time() - t0:.1f} s so far)")
+        with open(os.path.join(args.out, "bench.json"), "w") as fh:
+            json.dump(rows, fh, indent=1)
+    text = table(rows)
+    with open(os.path.join(args.out, "bench_table.txt"), "w") as fh:
+        fh.write(text + "\n")
+    log(text)
+
+
+if __name__ == "__main__":
+    main()
