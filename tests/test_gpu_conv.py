@@ -313,11 +313,108 @@ def test_auto_choice_with_winograd_candidates():
     dx = conv.conv2d_backward_data(gdy, gW, x.shape, 1, 1, workspace=ws)
     dims = conv._dims(x.shape, W.shape, 1, 1)
     assert conv._choices[("forward", 0, dims, False)] in ("v2", "winograd")
-    assert conv._choices[("data", 0, dims)] in ("v3", "winograd")
+    assert conv._choices[("data", 0, dims)] in ("v3", "winograd", "patch")
     assert conv.winograd_ok(x.shape, W.shape, 1, 1, "backward_weights")
     dW_ref = back(dy.astype(np.float64))[1]
     _, dW, _ = conv.conv2d_backward(gdy, gx, gW, 1, 1, need_dx=False, need_db=False, workspace=ws)
-    assert conv._choices[("weights", 0, dims)] in ("v2", "winograd")
+    assert conv._choices[("weights", 0, dims)] in ("v2", "winograd", "patch")
     for got, ref, what in ((y, y_ref, "y"), (dx, dx_ref, "dx"), (dW, dW_ref, "dW")):
         err = np.abs(cupy.asnumpy(got) - ref).max() / np.abs(ref).max()
         assert err <= 1e-4, f"{what}: auto ({conv._choices}) off by {err:.3g}"
+
+
+# conv_patch ("patch"), stride 1 only: (N, C, H, W, K, R, S, padding)
+PATCH_CASES = [
+    (1, 32, 14, 14, 64, 5, 5, (2, 2)),    # LeNet conv2 at batch 1
+    (5, 33, 12, 12, 64, 5, 5, (0, 0)),    # unpadded; C = 33: a second channel group with one channel
+    (3, 9, 13, 11, 70, 5, 5, (2, 2)),     # K = 70: two k groups (dW), a ragged one; two channel tiles (dx)
+    (2, 17, 9, 17, 9, 3, 3, (1, 1)),      # 3x3, odd sizes, four channel tiles of which one is 1 wide
+    (7, 8, 6, 5, 3, 7, 7, (3, 3)),        # 7x7 on a 6x5 input: most taps in the padding
+    (2, 12, 10, 7, 5, 3, 5, (0, 2)),      # R != S, unpadded rows
+    (2, 10, 11, 9, 6, 4, 6, (3, 1)),      # even kernel sizes, row padding > R - 1
+    (1, 3, 5, 21, 4, 1, 4, (0, 1)),       # few channels, R = 1, a wide row: runs when asked (no candidate)
+    (33, 16, 8, 8, 32, 3, 3, (1, 1)),     # N = 33: several items per split (dW)
+]
+PATCH_IDS = ["N{}C{}H{}W{}K{}R{}S{}p{}{}".format(*c[:7], *c[7]) for c in PATCH_CASES]
+
+
+@pytest.mark.parametrize("phase", ["weights", "data"])
+@pytest.mark.parametrize("case", PATCH_CASES, ids=PATCH_IDS)
+def test_conv2d_backward_patch(case, phase):
+    """conv_patch's dW / dx through conv.py's entry points, with the workspace sized by
+    conv2d_workspace_size and NaN-filled (a kernel that reads unwritten partials or a stale stage fails),
+    against float64 with the module's tolerance: dW sums L = N*P*Q products (in item order per block,
+    then the splits in order), dx L = K*R*S; both plain float32 sums, so the same sqrt(L) bound. A second
+    call must give the same bits (no atomics, fixed partition)."""
+    import cupy
+
+    from custom_impl.gpu.conv import conv2d_backward, conv2d_backward_data, conv2d_workspace_size
+
+    N, C, H, Wd, K, R, S, padding = case
+    rng = np.random.default_rng(sum(case[:7]) + 5)
+    x, W = _rand(rng, N, C, H, Wd), _rand(rng, K, C, R, S)
+    y_ref, back = conv_ref(x.astype(np.float64), W.astype(np.float64), (1, 1), padding)
+    _, back_abs = conv_ref(np.abs(x.astype(np.float64)), np.abs(W.astype(np.float64)), (1, 1), padding)
+    dy = _rand(rng, *y_ref.shape)
+    dx_ref, dW_ref, _ = back(dy.astype(np.float64))
+    dx_abs, dW_abs, _ = back_abs(np.abs(dy.astype(np.float64)))
+    ws = cupy.full((max(1, conv2d_workspace_size(x.shape, W.shape, 1, padding)),), np.nan, np.float32)
+    gdy, gx, gW = cupy.asarray(dy), cupy.asarray(x), cupy.asarray(W)
+    P, Q = y_ref.shape[2:]
+    if phase == "weights":
+        outs = []
+        for _ in range(2):
+            dW = cupy.full(W.shape, np.nan, np.float32)
+            conv2d_backward(gdy, gx, gW, 1, padding, need_dx=False, dW=dW, need_db=False, workspace=ws,
+                            weights_version="patch")
+            outs.append(cupy.asnumpy(dW))
+        _assert_close(outs[0], dW_ref, dW_abs, N * P * Q, f"dW patch {case}")
+    else:
+        outs = []
+        for _ in range(2):
+            dx = cupy.full(x.shape, np.nan, np.float32)
+            assert conv2d_backward_data(gdy, gW, x.shape, 1, padding, dx=dx, workspace=ws, version="patch") is dx
+            outs.append(cupy.asnumpy(dx))
+        _assert_close(outs[0], dx_ref, dx_abs, K * R * S, f"dx patch {case}")
+    assert np.array_equal(outs[0], outs[1]), f"{phase} patch is not deterministic"
+
+
+def test_conv2d_backward_patch_auto_and_errors():
+    """LeNet's 5x5 layer has "patch" among its timed candidates for both passes and "auto" is float64-close
+    whichever it picks; shapes the patch kernels cannot run raise a ValueError naming the problem and the
+    way out, and a too-small workspace is refused."""
+    import cupy
+
+    from custom_impl.gpu import conv, conv_patch
+
+    N, C, H, Wd, K = 6, 32, 14, 14, 64
+    rng = np.random.default_rng(41)
+    x, W = _rand(rng, N, C, H, Wd), _rand(rng, K, C, 5, 5)
+    y_ref, back = conv_ref(x.astype(np.float64), W.astype(np.float64), (1, 1), (2, 2))
+    _, back_abs = conv_ref(np.abs(x.astype(np.float64)), np.abs(W.astype(np.float64)), (1, 1), (2, 2))
+    dy = _rand(rng, *y_ref.shape)
+    dims = conv._dims(x.shape, W.shape, 1, 2)
+    assert conv.patch_ok(dims, "backward_weights") and conv.patch_ok(dims, "backward_data")
+    gdy, gx, gW = cupy.asarray(dy), cupy.asarray(x), cupy.asarray(W)
+    ws = cupy.full((conv.conv2d_workspace_size(x.shape, W.shape, 1, 2),), np.nan, np.float32)
+    dx, dW, _ = conv.conv2d_backward(gdy, gx, gW, 1, 2, workspace=ws, need_db=False)
+    assert conv._choices[("data", 0, dims)] in ("v3", "patch")
+    assert conv._choices[("weights", 0, dims)] in ("v2", "patch")
+    dx_ref, dW_ref, _ = back(dy.astype(np.float64))
+    dx_abs, dW_abs, _ = back_abs(np.abs(dy.astype(np.float64)))
+    _assert_close(cupy.asnumpy(dx), dx_ref, dx_abs, K * 25, f"dx auto ({conv._choices[('data', 0, dims)]})")
+    _assert_close(cupy.asnumpy(dW), dW_ref, dW_abs, N * 14 * 14, f"dW auto ({conv._choices[('weights', 0, dims)]})")
+
+    strided = conv._dims((2, 8, 9, 9), (4, 8, 3, 3), 2, 1)
+    assert not conv.patch_ok(strided, "backward_weights") and conv_patch.weights_plan(strided) is None
+    gx2, gW2 = cupy.ones((2, 8, 9, 9), np.float32), cupy.ones((4, 8, 3, 3), np.float32)
+    gdy2 = cupy.ones((2, 4, 5, 5), np.float32)
+    with pytest.raises(ValueError, match=r"stride \(2, 2\) is not \(1, 1\).*'v2'"):
+        conv.conv2d_backward(gdy2, gx2, gW2, 2, 1, need_dx=False, need_db=False, weights_version="patch")
+    with pytest.raises(ValueError, match=r"stride \(2, 2\) is not \(1, 1\).*'v3'"):
+        conv.conv2d_backward_data(gdy2, gW2, gx2.shape, 2, 1, version="patch")
+    wide = cupy.ones((1, 8, 9, 9), np.float32), cupy.ones((4, 8, 3, 9), np.float32)
+    with pytest.raises(ValueError, match="kernel width S=9"):
+        conv.conv2d_backward_data(cupy.ones((1, 4, 9, 3), np.float32), wide[1], wide[0].shape, 1, 1, version="patch")
+    with pytest.raises(ValueError, match="conv2d_workspace_size"):
+        conv.conv2d_backward_data(gdy, gW, x.shape, 1, 2, workspace=ws[:7], version="patch")

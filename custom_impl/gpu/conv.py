@@ -25,6 +25,9 @@ Kernel versions (docs/kernels.md keeps their history):
   Backward-weights: v2, or for few channels conv_smallc's row-correlation kernel ("smallc"), chosen the
   same way (``choose_backward_weights``). Forward v2 splits the reduction C*R*S over blocks when the
   output alone cannot fill the GPU (small batches; partials in the workspace, added in a fixed order).
+  "patch" (both backward passes, ``conv_patch.py``): for multi-tap kernels (3..7 wide, stride 1) a block
+  stages an x patch (dW) or a dy patch (dx) in shared memory once and reuses it for all R*S taps as row
+  correlations instead of gathering im2col elements per tap; a timed candidate where ``patch_ok``.
 
 Parameter gradients are written (``=``), never accumulated. With ``out``/``dx``/``dW``/``db`` and
 ``workspace`` (``conv2d_workspace_size`` float32 elements) given, nothing is allocated; everything runs on
@@ -41,7 +44,7 @@ import functools
 
 import numpy as np
 
-from . import conv_smallc, winograd
+from . import conv_patch, conv_smallc, winograd
 from ._compile import blocks, check_array, checked_workspace, pair
 from ._compile import i32 as _i32
 from .gemm import CONFIG_BY_NAME, _num_sms, _ptr, _vec_ok, choose_config, kernel, split_chunk, splitk_reduce
@@ -116,7 +119,9 @@ def conv2d_workspace_size(x_shape, w_shape, stride, padding) -> int:
         need_smallc = conv_smallc.workspace_size(x_shape, w_shape, stride, padding, sms)
     need_wino = max([winograd.workspace_size(x_shape, w_shape, stride, padding, ph, sms)
                      for ph in WINOGRAD_PHASES if winograd_ok(x_shape, w_shape, stride, padding, ph, sms)] + [0])
-    return max(need_w, need_f, need_smallc, need_bias, need_d, need_wino)
+    # conv_patch wherever it can run (also when called by name, not only where it is a timed candidate)
+    need_patch = conv_patch.workspace_size(x_shape, w_shape, stride, padding, sms)
+    return max(need_w, need_f, need_smallc, need_bias, need_d, need_wino, need_patch)
 
 
 WINOGRAD_MIN_CHANNELS = 16      # below this the 16 small GEMMs have too short a reduction to pay
@@ -132,6 +137,21 @@ def winograd_ok(x_shape, w_shape, stride, padding, phase: str, sms: int | None =
     if min(C, K) < WINOGRAD_MIN_CHANNELS or not winograd.fits(x_shape, w_shape, stride, padding):
         return False
     return winograd.workspace_size(x_shape, w_shape, stride, padding, phase, sms) <= WINOGRAD_MAX_WORKSPACE
+
+
+PATCH_MIN_CHANNELS = 8  # below this conv_smallc is the few-channel candidate; a patch kernel's 8-wide tiles idle
+
+
+def patch_ok(dims, phase: str, sms: int = 132) -> bool:
+    """Whether conv_patch's kernel for ``phase`` ("backward_weights" / "backward_data") is a timed candidate
+    for this layer: stride 1, a 3..7 tap kernel (R and S: with fewer taps a staged patch is reused too little
+    to beat the implicit GEMM), >= PATCH_MIN_CHANNELS input channels, and a launch plan that fits."""
+    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
+    if (sh, sw) != (1, 1) or not (3 <= R <= 7 and 3 <= S <= conv_patch.MAX_S) or C < PATCH_MIN_CHANNELS:
+        return False
+    if phase == "backward_weights":
+        return conv_patch.weights_plan(dims, sms) is not None
+    return conv_patch.data_plan(dims) is not None
 
 
 def _sms_or_default() -> int:
@@ -223,7 +243,7 @@ def conv2d_backward(dy, x, W, stride, padding, need_dx=True, dx=None, dW=None, d
     ``workspace``: at least ``conv2d_workspace_size(...)`` float32 elements, or None to use the shared
     per-device split-K buffer of gemm.py. need_db=False skips db (a layer without bias). ``version``
     picks the backward-data kernel ("v1" the direct baseline for both passes), ``weights_version`` the
-    backward-weights one ("auto", "v2", "smallc", "winograd").
+    backward-weights one ("auto", "v2", "smallc", "winograd", "patch").
     """
     import cupy
 
@@ -278,8 +298,11 @@ def backward_weights(dy, x, dW, dims, workspace=None, version="auto", sms=132):
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
     if version == "winograd":
         return winograd.backward_weights(dy, x, dW, (ph, pw), workspace)
+    if version == "patch":
+        return conv_patch.backward_weights(dy, x, dW, dims, workspace)
     if version != "v2":
-        raise ValueError(f"conv backward_weights: version={version!r}; use 'auto', 'v2', 'smallc' or 'winograd'")
+        raise ValueError(f"conv backward_weights: version={version!r}; use 'auto', 'v2', 'smallc', 'winograd' or "
+                         f"'patch'")
     cfg, k_chunk, splits = _weights_plan((N, C, H, Wd), (K, C, R, S), (sh, sw), (ph, pw), sms)
     CRS = C * R * S
     kern = kernel("conv", "conv_v2_backward_weights", cfg)
@@ -387,6 +410,8 @@ def choose_backward_data(dy, W, dx, dims, sms=132, workspace=None) -> str:
             names.append("v5")
         if winograd_ok((N, C, H, Wd), (K, C, R, S), (sh, sw), (ph, pw), "backward_data"):
             names.append("winograd")
+        if patch_ok(dims, "backward_data", sms):
+            names.append("patch")
         return {v: functools.partial(backward_data, dy, W, dx, dims, v, sms, workspace=workspace) for v in names}
 
     return _timed_choice(("data", _device_id(), dims), candidates, "v3")
@@ -400,6 +425,8 @@ def choose_backward_weights(dy, x, dW, dims, workspace=None, sms=132) -> str:
         names = ["v2"] + (["smallc"] if conv_smallc.weights_plan(dims, sms) is not None else [])
         if winograd_ok((N, C, H, Wd), (K, C, R, S), (sh, sw), (ph, pw), "backward_weights", sms):
             names.append("winograd")
+        if patch_ok(dims, "backward_weights", sms):
+            names.append("patch")
         return {v: functools.partial(backward_weights, dy, x, dW, dims, workspace, v, sms) for v in names}
 
     return _timed_choice(("weights", _device_id(), dims), candidates, "v2")
@@ -420,6 +447,8 @@ def backward_data(dy, W, dx, dims, version="v3", sms=132, config=None, workspace
         return conv_smallc.backward_data(dy, W, dx, dims)
     if version == "winograd":
         return winograd.backward_data(dy, W, dx, (ph, pw), workspace)
+    if version == "patch":
+        return conv_patch.backward_data(dy, W, dx, dims, workspace)
     if version == "v4":
         if not smallc_fits(C, K, R, S):
             raise ValueError(f"conv backward_data v4: needs C <= {SMALLC_MAX} and W within 48 KB; got C={C}, "
@@ -436,8 +465,8 @@ def backward_data(dy, W, dx, dims, version="v3", sms=132, config=None, workspace
              shared_mem=cfg.smem_bytes)
         return dx
     if version != "v3":
-        raise ValueError(f"conv backward_data: version={version!r}; use 'auto', 'v1', 'v2', 'v3', 'v4', 'v5' or "
-                         f"'winograd'")
+        raise ValueError(f"conv backward_data: version={version!r}; use 'auto', 'v1', 'v2', 'v3', 'v4', 'v5', "
+                         f"'winograd' or 'patch'")
     cfg, k_chunk, splits = _data_plan(dims, sms)
     if config is not None:
         cfg = CONFIG_BY_NAME[config] if isinstance(config, str) else config

@@ -1,0 +1,246 @@
+"""conv2d backward passes for multi-tap kernels (R x S, stride 1) in ``kernels/conv_patch.cu``.
+
+Legend: N batch, C in-channels, K out-channels, H,W in, P,Q out, R,S kernel; padding (ph, pw); stride 1;
+NCHW, cross-correlation, W (K, C, R, S); ``dims`` is conv.py's 13-tuple (N, C, H, W, K, R, S, P, Q, sh, sw,
+ph, pw).
+
+    backward-weights:  dW[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] x[n, c, p-ph+r, q-pw+s]
+    backward-data:     dx[n,c,h,w] = sum_{k,r,s} W[k,c,r,s] dy[n, k, h+ph-r, w+pw-s]
+
+Why separate kernels: conv.py's implicit GEMMs gather one im2col element per tap with index arithmetic
+(20-30% on top of the GEMM), and for LeNet's 5x5 layer (C=32, K=64) M = K or C fills half of their 128-row
+tiles. Here a block stages an input patch (an x strip for dW, a dy strip for dx) in shared memory once and
+every thread reuses it for all R*S taps as row correlations: 4 output columns x S taps share a window of
+S+3 values, loaded as float4s.
+
+  ``backward_weights`` ("patch" in conv.py): block (split z, group of cb channels, group of 64 k); thread =
+      8 k x one (c, r) x all S taps; the blocks of a split sum their range of (image, row strip) items and
+      write a partial dW into ``workspace``; gemm's ordered split-K reduce adds them (deterministic).
+  ``backward_data`` ("patch"): W is first copied to (K, R, S, C) in ``workspace``; block (image, strip of
+      rows, group of 8*CT channels); thread = 8 channels x 4 columns of one row; chunks of kc k staged.
+
+S is compile-time (one module per kernel width, compiled on first use). Outputs are written (``=``). With
+``dW`` / ``dx`` and ``workspace`` given nothing is allocated and nothing synchronises the host (CUDA-graph
+capturable).
+
+Example::
+
+    dims = conv._dims(x.shape, W.shape, 1, 2)
+    if weights_plan(dims) is not None:
+        backward_weights(dy, x, dW, dims, workspace)   # dW (K, C, R, S)
+    if data_plan(dims) is not None:
+        backward_data(dy, W, dx, dims, workspace)      # dx (N, C, H, W)
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+from ._compile import blocks, check_array, checked_workspace, function
+from ._compile import i32 as _i32
+
+FAMILY = "conv_patch"
+MAX_S = 7                 # kernel width: 8*S (dW) sums per thread; S = 8 spills under the register cap
+U = 4                     # output columns per inner step (conv_patch.cu's PT_U)
+KB = 64                   # dW: k per block (PT_KB)
+WT_TASKS = 40             # dW: (c, r) tasks per block at most: 8 * 40 = 320 threads (PT_WT_THREADS)
+WT_THREADS = 320
+DX_THREADS = 256          # PT_DX_THREADS
+SMEM_BYTES = 48 * 1024    # dynamic shared memory without the opt-in: two stages
+STAGE_FLOATS = SMEM_BYTES // 8
+ROW_FLOATS = 32           # dW: output positions (rows x padded Q) staged per item, about
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _row4(n: int) -> int:
+    """n rounded up to a multiple of 4 and then to 4 (mod 8): float4 rows on which the 8 rows a warp reads
+    at one column fall in distinct bank quads."""
+    n = _ceil(n, 4) * 4
+    return n if n % 8 == 4 else n + 4
+
+
+def _window(S: int) -> int:
+    """Floats a thread loads per step: the U+S-1 window rounded up to whole float4s (PT_XV)."""
+    return _ceil(U + S - 1, 4) * 4
+
+
+class WeightsPlan(NamedTuple):
+    cb: int          # channels per block
+    pb: int          # output rows per item
+    ldq: int         # staged dy row (floats)
+    ldx: int         # staged x row (floats)
+    chunk: int       # items (image, row strip) per block
+    threads: int
+    smem: int        # bytes, two stages
+    grid: tuple      # (splits, channel groups, k groups)
+
+
+class DataPlan(NamedTuple):
+    ct_shift: int    # CT = 2**ct_shift tiles of 8 channels per block
+    wch: int         # column chunks of 4 per row
+    hb: int          # rows per block
+    kc: int          # k per stage
+    ldd: int         # staged dy row (floats)
+    threads: int
+    smem: int        # bytes, two stages
+    grid: tuple      # (N * row strips, channel groups)
+
+
+def _unsupported(dims) -> str | None:
+    """Why the kernels cannot run ``dims`` at all (None if they can, shared memory permitting)."""
+    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
+    if (sh, sw) != (1, 1):
+        return f"stride {(sh, sw)} is not (1, 1)"
+    if not 1 <= S <= MAX_S:
+        return f"kernel width S={S} is not within 1..{MAX_S}"
+    return None
+
+
+def weights_plan(dims, sms: int = 132) -> WeightsPlan | None:
+    """Launch plan of conv_patch_backward_weights for ``dims``, or None if it cannot run."""
+    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = (int(v) for v in dims)
+    if _unsupported(dims) is not None or R > WT_TASKS:
+        return None
+    Qp = _ceil(Q, U) * U
+    ldq = _row4(Qp)
+    ldx = _row4(Qp + _window(S) - U)
+    pb = max(1, min(P, ROW_FLOATS // Qp))
+    pb = _ceil(P, _ceil(P, pb))  # balanced strips
+    cb = max(1, min(C, WT_TASKS // R))
+
+    def stage(cb, pb):
+        return pb * KB * ldq + cb * (pb + R - 1) * ldx
+
+    while stage(cb, pb) > STAGE_FLOATS and (pb > 1 or cb > 1):
+        if pb > 1:
+            pb -= 1
+        else:
+            cb -= 1
+    if stage(cb, pb) > STAGE_FLOATS:
+        return None
+    threads = 8 * _ceil(cb * R, 4) * 4
+    items = N * _ceil(P, pb)
+    per_split = _ceil(C, cb) * _ceil(K, KB)
+    splits = max(1, min(items, _ceil(2 * sms, per_split)))  # one wave of 2 blocks per SM
+    chunk = _ceil(items, splits)
+    splits = _ceil(items, chunk)
+    return WeightsPlan(cb, pb, ldq, ldx, chunk, threads, 8 * stage(cb, pb), (splits, _ceil(C, cb), _ceil(K, KB)))
+
+
+def data_plan(dims) -> DataPlan | None:
+    """Launch plan of conv_patch_backward_data for ``dims``, or None if it cannot run."""
+    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = (int(v) for v in dims)
+    if _unsupported(dims) is not None:
+        return None
+    ct_shift = 2 if C > 16 else 1 if C > 8 else 0
+    wch = _ceil(Wd, U)
+    while ct_shift > 0 and (wch << ct_shift) > DX_THREADS:
+        ct_shift -= 1
+    per_row = wch << ct_shift
+    if per_row > DX_THREADS:
+        return None
+    hb = max(1, min(H, DX_THREADS // per_row))
+    hb = _ceil(H, _ceil(H, hb))  # balanced strips
+    ldd = _row4((wch - 1) * U + _window(S))
+    cb = 8 << ct_shift
+    per_k = (hb + R - 1) * ldd + R * S * cb
+    kc = min(K, STAGE_FLOATS // per_k)
+    if kc < 1:
+        return None
+    kc = _ceil(K, _ceil(K, kc))  # balanced chunks
+    grid = (N * _ceil(H, hb), _ceil(C, cb))
+    return DataPlan(ct_shift, wch, hb, kc, ldd, per_row * hb, 8 * kc * per_k, grid)
+
+
+def workspace_size(x_shape, w_shape, stride, padding, sms: int | None = None) -> int:
+    """float32 elements of workspace the two kernels need (the larger): backward_weights' partial dW
+    (splits x K*C*R*S, 0 when unsplit) and backward_data's W^T copy (K*C*R*S); 0 for a layer neither runs."""
+    from .conv import _dims
+
+    if sms is None:
+        from .gemm import _num_sms
+
+        sms = _num_sms()
+    dims = _dims(tuple(x_shape), tuple(w_shape), stride, padding)
+    K, C, R, S = w_shape
+    plan = weights_plan(dims, sms)
+    need_w = 0 if plan is None or plan.grid[0] == 1 else plan.grid[0] * K * C * R * S
+    need_d = 0 if data_plan(dims) is None else K * C * R * S
+    return max(need_w, need_d)
+
+
+def _unfit_message(what: str, dims) -> str:
+    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
+    why = _unsupported(dims) or (f"the rows of a {H}x{Wd} input with a {R}x{S} kernel are too wide for one "
+                                 f"block ({WT_THREADS if what == 'backward_weights' else DX_THREADS} threads, "
+                                 f"one stage in {SMEM_BYTES // 2048} KB of shared memory)")
+    return (f"conv_patch.{what}: {why} (x {(N, C, H, Wd)}, W {(K, C, R, S)}, stride {(sh, sw)}, padding "
+            f"{(ph, pw)}); these kernels take stride 1, kernels up to {MAX_S} wide and rows that fit shared "
+            f"memory: use conv.py's other versions for this layer ('v2' / 'v3', or 'auto')")
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(name: str, device_id: int, S: int):
+    return function(FAMILY, name, PT_S=S)
+
+
+def _get(name: str, S: int):
+    import cupy
+
+    return _kernel(name, cupy.cuda.Device().id, int(S))
+
+
+def _check(dims, arrays, what):
+    N, C, H, Wd, K, R, S, P, Q = dims[:9]
+    shapes = {"dy": (N, K, P, Q), "x": (N, C, H, Wd), "dx": (N, C, H, Wd), "W": (K, C, R, S), "dW": (K, C, R, S)}
+    for name, a in arrays.items():
+        check_array(a, f"conv_patch.{what}: {name}", shape=shapes[name])
+
+
+def backward_weights(dy, x, dW, dims, workspace=None):
+    """dW (K, C, R, S) = sum over n, p, q of dy (N, K, P, Q) times x (N, C, H, W) windows; returns dW.
+
+    ``workspace``: float32, at least ``workspace_size(...)`` elements (the partial dW of each split), or
+    None for gemm.py's shared per-device split buffer. Raises ValueError for a layer it cannot run."""
+    from .gemm import _num_sms, splitk_reduce
+
+    dims = tuple(int(v) for v in dims)
+    plan = None if _unsupported(dims) else weights_plan(dims, _num_sms())
+    if plan is None:
+        raise ValueError(_unfit_message("backward_weights", dims))
+    _check(dims, {"dy": dy, "x": x, "dW": dW}, "backward_weights")
+    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
+    splits = plan.grid[0]
+    n = K * C * R * S
+    out = dW if splits == 1 else checked_workspace(workspace, splits * n, "conv_patch.backward_weights",
+                                                   "conv2d_workspace_size")
+    _get("conv_patch_backward_weights", S)(
+        plan.grid, (plan.threads,),
+        (dy, x, out) + _i32(*dims) + _i32(plan.cb, plan.pb, plan.ldq, plan.ldx, plan.chunk), shared_mem=plan.smem)
+    if splits > 1:
+        splitk_reduce(out, dW, None, K, C * R * S, splits, 0, 0)
+    return dW
+
+
+def backward_data(dy, W, dx, dims, workspace=None):
+    """dx (N, C, H, W) from dy (N, K, P, Q) and W (K, C, R, S); returns dx.
+
+    ``workspace``: float32, at least K*C*R*S elements (W copied to (K, R, S, C)), or None for gemm.py's
+    shared per-device split buffer. Raises ValueError for a layer it cannot run."""
+    dims = tuple(int(v) for v in dims)
+    plan = data_plan(dims)
+    if plan is None:
+        raise ValueError(_unfit_message("backward_data", dims))
+    _check(dims, {"dy": dy, "W": W, "dx": dx}, "backward_data")
+    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
+    n = K * C * R * S
+    wt = checked_workspace(workspace, n, "conv_patch.backward_data", "conv2d_workspace_size")
+    _get("conv_patch_transpose_w", S)((min(blocks(n, 256), 132 * 8),), (256,),
+                                      (W, wt) + _i32(K, C, R * S))
+    _get("conv_patch_backward_data", S)(
+        plan.grid, (plan.threads,),
+        (dy, wt, dx) + _i32(*dims) + _i32(plan.ct_shift, plan.wch, plan.hb, plan.kc, plan.ldd), shared_mem=plan.smem)
+    return dx
