@@ -37,13 +37,10 @@ G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np
 AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
 
 
-def winograd_ref(x, W, padding, bt=BT, g=G, at=AT):
-    """F(2x2, 3x3) in float64 NumPy with the given transform matrices: (N, K, P, Q). With the absolute
-    matrices and |x|, |W| it is S_abs, the bound on every intermediate magnitude (module docstring)."""
-    ph, pw = (padding, padding) if np.isscalar(padding) else padding
+def _patches(x, padding, tP, tQ):
+    """The 4x4 input patch of every 2x2 output tile, zeros outside x: (N, C, tP, tQ, 4, 4)."""
+    ph, pw = padding
     N, C, H, Wd = x.shape
-    P, Q = H + 2 * ph - 2, Wd + 2 * pw - 2
-    tP, tQ = -(-P // 2), -(-Q // 2)
     xp = np.zeros((N, C, 2 * tP + 2, 2 * tQ + 2))
     rows, cols = min(H, 2 * tP + 2 - ph), min(Wd, 2 * tQ + 2 - pw)
     xp[:, :, ph: ph + rows, pw: pw + cols] = x[:, :, :rows, :cols]
@@ -51,7 +48,17 @@ def winograd_ref(x, W, padding, bt=BT, g=G, at=AT):
     for u in range(4):
         for v in range(4):
             d[..., u, v] = xp[:, :, u: u + 2 * tP: 2, v: v + 2 * tQ: 2]
-    V = np.einsum("iu,nctsuv,jv->ijncts", bt, d, bt)
+    return d
+
+
+def winograd_ref(x, W, padding, bt=BT, g=G, at=AT):
+    """F(2x2, 3x3) in float64 NumPy with the given transform matrices: (N, K, P, Q). With the absolute
+    matrices and |x|, |W| it is S_abs, the bound on every intermediate magnitude (module docstring)."""
+    ph, pw = _pad2(padding)
+    N, C, H, Wd = x.shape
+    P, Q = H + 2 * ph - 2, Wd + 2 * pw - 2
+    tP, tQ = -(-P // 2), -(-Q // 2)
+    V = np.einsum("iu,nctsuv,jv->ijncts", bt, _patches(x, (ph, pw), tP, tQ), bt)
     U = np.einsum("ir,kcrs,js->ijkc", g, W, g)
     M = np.einsum("ijkc,ijncts->ijnkts", U, V)
     Y = np.einsum("ai,ijnkts,bj->nktasb", at, M, at).reshape(N, -1, 2 * tP, 2 * tQ)
@@ -66,17 +73,10 @@ def wgrad_ref(dy, x, padding, bt=BT, g=G, at=AT):
     """dW (K, C, 3, 3) by F(3x3, 2x2) in float64 with the given matrices: the 4x4 x patches of the forward's
     tiles (Bt d B) against the 2x2 dy tiles (A e A^T, A = At^T), summed over tiles, then G^T . G.
     With absolute matrices and |dy|, |x| it is S_abs, the bound on every intermediate magnitude."""
-    ph, pw = _pad2(padding)
-    N, C, H, Wd = x.shape
+    N = x.shape[0]
     P, Q = dy.shape[2:]
     tP, tQ = -(-P // 2), -(-Q // 2)
-    xp = np.zeros((N, C, 2 * tP + 2, 2 * tQ + 2))
-    rows, cols = min(H, 2 * tP + 2 - ph), min(Wd, 2 * tQ + 2 - pw)
-    xp[:, :, ph: ph + rows, pw: pw + cols] = x[:, :, :rows, :cols]
-    d = np.empty((N, C, tP, tQ, 4, 4))
-    for u in range(4):
-        for v in range(4):
-            d[..., u, v] = xp[:, :, u: u + 2 * tP: 2, v: v + 2 * tQ: 2]
+    d = _patches(x, _pad2(padding), tP, tQ)
     e = np.zeros((N, dy.shape[1], 2 * tP, 2 * tQ))
     e[:, :, :P, :Q] = dy
     e = e.reshape(N, -1, tP, 2, tQ, 2).transpose(0, 1, 2, 4, 3, 5)       # (N, K, tP, tQ, 2, 2)

@@ -191,16 +191,7 @@ def weights_plan(M: int, N: int, Tp: int, sms: int = 132):
 
 @functools.lru_cache(maxsize=4096)
 def _weights_plan(M, N, Tp, sms):
-    best = None
-    for cfg in CANDIDATES:
-        rows = 16 * -(-M // cfg.bm) * cfg.bm
-        s = 1
-        while s <= MAX_WEIGHT_SPLITS and (s == 1 or Tp // s >= MIN_WEIGHT_CHUNK):
-            t = estimate_seconds(cfg, rows, N, Tp, s, sms, launch_s=0.0)
-            if best is None or t < best[0]:
-                best = (t, cfg, s)
-            s *= 2
-    _, cfg, s = best
+    cfg, s = _best_plan(M, N, Tp, sms, MAX_WEIGHT_SPLITS)
     t_chunk, splits = split_chunk(Tp, s, cfg.bk)
     return cfg, t_chunk, splits
 
@@ -264,13 +255,23 @@ def choose_config(M: int, N: int, Kr: int, sms: int = 132):
 
 @functools.lru_cache(maxsize=4096)
 def _choose_config(M, N, Kr, sms):
+    return _best_plan(M, N, Kr, sms, 1)[0]
+
+
+def _best_plan(M, N, Kr, sms, max_splits):
+    """(TileConfig, splits) of ``CANDIDATES`` x power-of-two splits (<= max_splits, each split >=
+    MIN_WEIGHT_CHUNK long) with the lowest ``estimate_seconds`` for the 16 GEMMs costed as one GEMM of
+    16 * ceil(M / BM) * BM rows."""
     best = None
     for cfg in CANDIDATES:
         rows = 16 * -(-M // cfg.bm) * cfg.bm
-        t = estimate_seconds(cfg, rows, N, Kr, 1, sms, launch_s=0.0)
-        if best is None or t < best[0]:
-            best = (t, cfg)
-    return best[1]
+        s = 1
+        while s <= max_splits and (s == 1 or Kr // s >= MIN_WEIGHT_CHUNK):
+            t = estimate_seconds(cfg, rows, N, Kr, s, sms, launch_s=0.0)
+            if best is None or t < best[0]:
+                best = (t, cfg, s)
+            s *= 2
+    return best[1], best[2]
 
 
 def _run(ps: _Pass, inp, Wt, b, out, ws, flip: bool, config=None) -> None:

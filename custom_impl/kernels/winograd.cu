@@ -18,6 +18,21 @@
 //           At = [1 1 1 0; 0 1 -1 -1]. Offsets into x, y, V and Mo are 64-bit. No atomics.
 #include "gemm_tiles.cuh"
 
+// Tile t = (n*tP + tp)*tQ + tq of the 2x2 output tiles.
+struct WinoTile {
+    int n, tp, tq;
+};
+__device__ __forceinline__ WinoTile wino_tile(int t, int tP, int tQ) {
+    const int nt = t / tQ;
+    return WinoTile{nt / tP, nt % tP, t - nt * tQ};
+}
+
+// The 16 transform-domain values of one padding column t >= T (the GEMMs read them: they must be zero).
+__device__ __forceinline__ void wino_zero16(float* p, long long xi_stride) {
+#pragma unroll
+    for (int xi = 0; xi < 16; ++xi) p[xi * xi_stride] = 0.f;
+}
+
 
 // ---- filter transform ----------------------------------------------------------------------------------
 // One thread per (o, i) of U's padded (O, Ip) matrix; O*Ip <= 2^31 (checked by the wrapper).
@@ -79,14 +94,11 @@ extern "C" __global__ void winograd_input(const float* __restrict__ x, float* __
     float* const v_out = V + (long long)c * Tp + t;         // + xi * CT
     const int T = N * tP * tQ;
     if (t >= T) {  // row padding up to Tp: the GEMM reads it (float4 loads), so it must be finite
-#pragma unroll
-        for (int xi = 0; xi < 16; ++xi) v_out[xi * CT] = 0.f;
+        wino_zero16(v_out, CT);
         return;
     }
-    const int tq = t % tQ;
-    const int nt = t / tQ;
-    const int tp = nt % tP;
-    const int n = nt / tP;
+    const WinoTile tile = wino_tile(t, tP, tQ);
+    const int n = tile.n, tp = tile.tp, tq = tile.tq;
     const int h0 = 2 * tp - ph;   // top-left of the 4x4 patch in image coordinates (may be < 0)
     const int w0 = 2 * tq - pw;
     const float* const plane = x + ((long long)n * C + c) * H * W;
@@ -163,10 +175,8 @@ extern "C" __global__ void winograd_output(const float* __restrict__ Mo, const f
         f[1][b4] = m[1][b4] - m[2][b4] - m[3][b4];
     }
     const float bias = b ? b[k] : 0.f;
-    const int tq = t % tQ;
-    const int nt = t / tQ;
-    const int tp = nt % tP;
-    const int n = nt / tP;
+    const WinoTile tile = wino_tile(t, tP, tQ);
+    const int n = tile.n, tp = tile.tp, tq = tile.tq;
     float* const plane = y + ((long long)n * K + k) * P * Q;
 #pragma unroll
     for (int a = 0; a < 2; ++a) {
@@ -201,14 +211,11 @@ extern "C" __global__ void winograd_dy(const float* __restrict__ dy, float* __re
     float* const y_out = Y + (long long)k * Tp + t;         // + xi * KT
     const int T = N * tP * tQ;
     if (t >= T) {  // padding up to Tp: inside the GEMM's reduction, so it must be zero
-#pragma unroll
-        for (int xi = 0; xi < 16; ++xi) y_out[xi * KT] = 0.f;
+        wino_zero16(y_out, KT);
         return;
     }
-    const int tq = t % tQ;
-    const int nt = t / tQ;
-    const int tp = nt % tP;
-    const int n = nt / tP;
+    const WinoTile tile = wino_tile(t, tP, tQ);
+    const int n = tile.n, tp = tile.tp, tq = tile.tq;
     const int p0 = 2 * tp, q0 = 2 * tq;
     const float* const plane = dy + ((long long)n * K + k) * P * Q;
     float e[2][2];
