@@ -21,14 +21,15 @@ def dense_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None) -> np.ndar
     return y
 
 
-def dense_backward(dy: np.ndarray, x: np.ndarray, W: np.ndarray, need_dx: bool = True):
+def dense_backward(dy: np.ndarray, x: np.ndarray, W: np.ndarray, need_dx: bool = True,
+                   dW: np.ndarray | None = None, db: np.ndarray | None = None):
     """Gradients of y = x W^T + b.  dy (N, U), x (N, F), W (U, F).
 
     dW = dy^T x (U, F);  db = sum_n dy (U,);  dx = dy W (N, F), or None when ``need_dx`` is False.
-    Returns (dx, dW, db).
+    ``dW``, ``db``: optional arrays to write the gradients into. Returns (dx, dW, db).
     """
-    dW = dy.T @ x                    # (U, F)
-    db = dy.sum(axis=0)              # (U,)
+    dW = np.matmul(dy.T, x, out=dW)  # (U, F)
+    db = np.sum(dy, axis=0, out=db)  # (U,)
     dx = dense_backward_data(dy, W) if need_dx else None
     return dx, dW, db
 
@@ -39,7 +40,8 @@ def dense_backward_data(dy: np.ndarray, W: np.ndarray) -> np.ndarray:
 
 
 class Dense(Layer):
-    """A dense layer: params "weight" (U, F), "bias" (U,); forward saves x for backward."""
+    """A dense layer: params "weight" (U, F), "bias" (U,); forward saves x for backward; backward writes
+    the gradients into ``grads`` (views the model gives it)."""
 
     def forward(self, x: np.ndarray, train: bool) -> np.ndarray:
         self.saved = x if train else None
@@ -47,7 +49,7 @@ class Dense(Layer):
 
     def backward(self, dy: np.ndarray):
         x = self.saved
-        dx, dW, db = dense_backward(dy, x, self.params["weight"], self.need_dx)
-        self.grads = {"weight": dW, "bias": db} if "bias" in self.params else {"weight": dW}
+        dx, _, _ = dense_backward(dy, x, self.params["weight"], self.need_dx, self.grads["weight"],
+                                  self.grads.get("bias"))
         self.saved = None
         return dx

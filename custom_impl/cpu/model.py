@@ -1,27 +1,47 @@
 """Our CPU model: the layers of ``custom_impl.cpu`` driven from ``spec.layers``, behind the model contract.
 
 Parameter gradients are written (=) by each layer's backward, never accumulated.
+
+Memory: every parameter, every gradient and the SGD velocity live in one flat float32 buffer each
+(``_flat_w``, ``_flat_g``); each layer's ``params`` / ``grads`` are views into them, its backward writes the
+gradients in place, and one SGD pass updates everything (``sgd.FlatSGD``).
+
+Fusion: a ReLU next to a max pooling (either order) runs inside the pooling layer, after the maximum:
+max and ReLU commute (both only compare and select), so the forward is the same, and it runs on the
+pooled tensor (a quarter of the size for 2x2 windows). Backward is the same too: a window whose maximum
+is <= 0 gets no gradient either way; otherwise the gradient goes to the first maximum either way. (Up to
+the sign of zero: PyTorch's order can leave -0.0 where ours leaves 0.0.)
+
+Image tensors between layers are (N, C, H, W) arrays in whatever memory order the producing layer found
+cheapest (a convolution's output is a view of its GEMM result, channels outermost); every layer accepts
+any strides (see ``conv``).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..base import CustomModel
+from ._parallel import parallel_copyto
 from .activation import Activation
 from .conv import Conv2d
 from .dense import Dense
 from .layer import Layer
 from .loss import LOSSES
 from .pool import Pool2d
-from .sgd import SGD
+from .sgd import FlatSGD
 
 
 class Flatten(Layer):
-    """(N, C, H, W) -> (N, C*H*W) in C order, as torch.nn.Flatten; backward reshapes back."""
+    """(N, C, H, W) -> (N, C*H*W) in C order, as torch.nn.Flatten (a copy when x is a channels-first view);
+    backward reshapes back."""
 
     def forward(self, x: np.ndarray, train: bool) -> np.ndarray:
         self.saved = x.shape if train else None
-        return x.reshape(x.shape[0], -1)
+        if x.flags.c_contiguous:
+            return x.reshape(x.shape[0], -1)
+        y = np.empty(x.shape, dtype=x.dtype)                    # (N, C, H, W) in C order
+        parallel_copyto(y, x, axis=1)    # along C: a convolution's or pooling's output keeps C outermost
+        return y.reshape(x.shape[0], -1)
 
     def backward(self, dy: np.ndarray):
         shape, self.saved = self.saved, None
@@ -49,12 +69,36 @@ class CPUModel(CustomModel):
         # A layer needs dx only if some layer before it has parameters (the input needs no gradient).
         self.layers = []
         seen_params = False
-        for layer in self.spec.layers:
-            self.layers.append(LAYERS[layer.type](layer, need_dx=seen_params))
-            seen_params = seen_params or layer.has_params
+        specs = self.spec.layers
+        i = 0
+        while i < len(specs):
+            pair = {specs[i].type, specs[i + 1].type} if i + 1 < len(specs) else set()
+            if pair == {"relu", "maxpool2d"}:    # fused: the pooling applies the ReLU (module docstring)
+                pool_spec = specs[i] if specs[i].type == "maxpool2d" else specs[i + 1]
+                self.layers.append(Pool2d(pool_spec, need_dx=seen_params, relu=True))
+                i += 2
+                continue
+            self.layers.append(LAYERS[specs[i].type](specs[i], need_dx=seen_params))
+            seen_params = seen_params or specs[i].has_params
+            i += 1
         self._loss_fn = LOSSES[self.spec.loss]
-        self._sgd_state = SGD()
+        self._sgd_state = FlatSGD()
+        self._flat_views()
         self._write_params(params)
+
+    def _flat_views(self):
+        """One flat buffer for all parameters and one for all gradients; layers hold views into them."""
+        shapes = [(layer, pname, shape)
+                  for layer in self.layers for pname, shape in layer.layer.param_shapes().items()]
+        total = sum(int(np.prod(shape)) for _, _, shape in shapes)
+        self._flat_w = np.zeros(total, dtype=np.float32)
+        self._flat_g = np.zeros(total, dtype=np.float32)
+        offset = 0
+        for layer, pname, shape in shapes:
+            size = int(np.prod(shape))
+            layer.params[pname] = self._flat_w[offset:offset + size].reshape(shape)
+            layer.grads[pname] = self._flat_g[offset:offset + size].reshape(shape)
+            offset += size
 
     def _asarray(self, x):
         return np.ascontiguousarray(x, dtype=np.float32)
@@ -92,11 +136,11 @@ class CPUModel(CustomModel):
 
     def _write_params(self, params):
         for layer in self.layers:
-            for pname in layer.params:
-                layer.params[pname] = np.array(params[f"{layer.layer.index}.{pname}"], dtype=np.float32)
+            for pname, view in layer.params.items():
+                np.copyto(view, np.asarray(params[f"{layer.layer.index}.{pname}"], dtype=np.float32))
 
     def _sgd(self, lr, momentum):
-        self._sgd_state.step(self._read_params(), self._read_grads(), lr, momentum)
+        self._sgd_state.step(self._flat_w, self._flat_g, lr, momentum)
 
     def to_numpy(self, a):
         return np.asarray(a)

@@ -6,8 +6,14 @@ P = (H - R) // sh + 1, Q = (W - S) // sw + 1 (rows/columns past the last window 
 Both directions run one vectorised step per window offset (R*S of them, e.g. 4 for 2x2): the view
 x[:, :, r::sh, s::sw] cut to (P, Q) holds offset (r, s) of every window at once, so nothing loops over
 samples or pixels, and the backward adds (+=) offset by offset, which sums overlapping windows correctly.
-Max pooling (the zoo's CNNs) splits the batch over threads (``_parallel``): each sample gets the same
+
+Inputs are (N, C, H, W) arrays of any strides (the convolutions hand over channels-first views); outputs
+and gradients are allocated in the input's memory order. Max pooling (the zoo's CNNs) splits the work over
+threads (``_parallel``) along N or C, whichever is outermost in memory; each element gets the same
 operations in the same order, so the results are bit-identical for any thread count.
+
+``relu=True`` (max pooling only) fuses a ReLU after the maximum: y = max(maxpool(x), 0), which equals
+maxpool(relu(x)); backward masks dy with y > 0 before routing it (see ``model``'s docstring).
 """
 from __future__ import annotations
 
@@ -32,10 +38,40 @@ def _pq(x_shape, kernel, stride):
     return ((x_shape[2] - kernel[0]) // stride[0] + 1, (x_shape[3] - kernel[1]) // stride[1] + 1)
 
 
-def maxpool2d_forward(x: np.ndarray, kernel, stride) -> np.ndarray:
+def _split_axis(x: np.ndarray) -> int:
+    """0 (N) or 1 (C), whichever is outermost in x's memory: chunks along it are the largest blocks."""
+    return 0 if abs(x.strides[0]) >= abs(x.strides[1]) else 1
+
+
+def _memory_order(x: np.ndarray) -> tuple[int, ...]:
+    """x's axes from outermost to innermost in memory (ties keep the axis order)."""
+    return tuple(sorted(range(x.ndim), key=lambda a: -abs(x.strides[a])))
+
+
+def _like(x: np.ndarray, shape, order: tuple[int, ...] | None = None, dtype=None) -> np.ndarray:
+    """An empty array of ``shape`` (N, C, *, *) whose axes lie in memory in the same order as x's
+    (``order``, if given), of x's dtype unless ``dtype`` is given."""
+    order = _memory_order(x) if order is None else order
+    buf = np.empty([shape[a] for a in order], dtype=x.dtype if dtype is None else dtype)
+    return buf.transpose(np.argsort(order))
+
+
+def _chunked(axis: int, fn, *arrays):
+    """fn over the same chunk (along ``axis``, 0 or 1) of every array, threaded by the first one's size."""
+    n = arrays[0].shape[axis]
+
+    def part(a, b):
+        ix = (slice(None),) * axis + (slice(a, b),)
+        fn(*(arr[ix] for arr in arrays))
+
+    parallel_chunks(n, part, items_per_chunk(n, arrays[0].nbytes))
+
+
+def maxpool2d_forward(x: np.ndarray, kernel, stride, out: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
     """y[n, c, p, q] = max_{r,s} x[n, c, p*sh + r, q*sw + s].  x (N, C, H, W) -> y (N, C, P, Q).
 
-    Backward needs x and y (it finds the maximum's position again by comparing them).
+    Backward needs x and y (it finds the maximum's position again by comparing them). ``out``: optional
+    (N, C, P, Q) array to write y into; ``relu``: y = max(y, 0) as well.
 
     >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
     >>> maxpool2d_forward(x, (2, 2), (2, 2))[0, 0]
@@ -44,46 +80,63 @@ def maxpool2d_forward(x: np.ndarray, kernel, stride) -> np.ndarray:
     """
     r, s = kernel
     pq = _pq(x.shape, kernel, stride)
-    y = np.empty((*x.shape[:2], *pq), dtype=x.dtype)            # (N, C, P, Q)
+    y = _like(x, (*x.shape[:2], *pq)) if out is None else out           # (N, C, P, Q)
 
-    def samples(n0, n1):
-        xn, yn = x[n0:n1], y[n0:n1]
+    def part(xn, yn):
         np.copyto(yn, _offset_view(xn, 0, 0, stride, pq))
         for i in range(r):
             for j in range(s):
                 if i or j:
                     np.maximum(yn, _offset_view(xn, i, j, stride, pq), out=yn)
+        if relu:
+            np.maximum(yn, 0, out=yn)
 
-    parallel_chunks(x.shape[0], samples, items_per_chunk(x.shape[0], x.nbytes))
+    _chunked(_split_axis(x), part, x, y)
     return y
 
 
-def maxpool2d_backward(dy: np.ndarray, x: np.ndarray, y: np.ndarray, kernel, stride) -> np.ndarray:
+def maxpool2d_backward(dy: np.ndarray, x: np.ndarray, y: np.ndarray, kernel, stride, out: np.ndarray | None = None,
+                       relu: bool = False) -> np.ndarray:
     """dx[n, c, h, w] = sum of dy over the windows whose maximum sits at (h, w).  dy, y (N, C, P, Q), x (N, C, H, W).
 
     Within a window the gradient goes to the first maximum in raster order (PyTorch's choice on ties):
-    offsets are visited in that order and ``taken`` marks windows already served.
+    offsets are visited in that order and ``taken`` marks windows already served. ``relu``: y came from
+    ``maxpool2d_forward(..., relu=True)``; dy is first masked with y > 0. ``out``: optional array for dx.
+    Every temporary is laid out in y's memory order, and dy is copied into it first when its own order
+    differs (e.g. after a flatten), so the per-offset passes never mix layouts.
     """
     r, s = kernel
     pq = dy.shape[2:]
     tiled = _tiles(x.shape, kernel, stride)
-    dx = np.empty(x.shape, dtype=dy.dtype) if tiled else np.zeros(x.shape, dtype=dy.dtype)   # (N, C, H, W)
+    dx = _like(x, x.shape) if out is None else out                       # (N, C, H, W)
+    order = _memory_order(y)
+    reorder = _memory_order(dy) != order
 
-    def samples(n0, n1):
-        xn, yn, dyn, dxn = x[n0:n1], y[n0:n1], dy[n0:n1], dx[n0:n1]
-        taken = np.zeros(yn.shape, dtype=bool)                   # (n1 - n0, C, P, Q)
+    def part(xn, yn, dyn, dxn):
+        if relu or reorder:    # dy (masked) in y's memory order
+            d = _like(yn, yn.shape, order)
+            if relu:
+                np.multiply(dyn, yn > 0, out=d)
+            else:
+                np.copyto(d, dyn)
+            dyn = d
+        if not tiled:    # overlapping or partial windows: sums over windows, from zero
+            dxn[...] = 0
+        taken = _like(yn, yn.shape, order, dtype=bool)                   # (chunk of N or C, C or N, P, Q)
+        taken.fill(False)
+        hit = _like(yn, yn.shape, order, dtype=bool)
         for i in range(r):
             for j in range(s):
-                hit = _offset_view(xn, i, j, stride, pq) == yn   # (n1 - n0, C, P, Q)
+                np.equal(_offset_view(xn, i, j, stride, pq), yn, out=hit)
                 if i or j:
-                    hit &= ~taken
+                    np.greater(hit, taken, out=hit)                      # hit and not taken
                 taken |= hit
                 if tiled:    # every input element lies in exactly one window: write, no zero fill, no add
                     np.multiply(dyn, hit, out=_offset_view(dxn, i, j, stride, pq))
                 else:
                     _offset_view(dxn, i, j, stride, pq)[...] += dyn * hit
 
-    parallel_chunks(x.shape[0], samples, items_per_chunk(x.shape[0], x.nbytes))
+    _chunked(_split_axis(x), part, x, y, dy, dx)
     return dx
 
 
@@ -91,7 +144,8 @@ def avgpool2d_forward(x: np.ndarray, kernel, stride) -> np.ndarray:
     """y[n, c, p, q] = (1 / (R S)) sum_{r,s} x[n, c, p*sh + r, q*sw + s].  x (N, C, H, W) -> (N, C, P, Q)."""
     r, s = kernel
     pq = _pq(x.shape, kernel, stride)
-    y = _offset_view(x, 0, 0, stride, pq).copy()                # (N, C, P, Q)
+    y = _like(x, (*x.shape[:2], *pq))                                    # (N, C, P, Q)
+    np.copyto(y, _offset_view(x, 0, 0, stride, pq))
     for i in range(r):
         for j in range(s):
             if i or j:
@@ -106,7 +160,9 @@ def avgpool2d_backward(dy: np.ndarray, x_shape, kernel, stride) -> np.ndarray:
     pq = dy.shape[2:]
     share = dy * (1.0 / (r * s))                                 # (N, C, P, Q)
     tiled = _tiles(x_shape, kernel, stride)
-    dx = np.empty(x_shape, dtype=dy.dtype) if tiled else np.zeros(x_shape, dtype=dy.dtype)   # (N, C, H, W)
+    dx = _like(dy, x_shape)                                      # (N, C, H, W), in dy's memory order
+    if not tiled:
+        dx[...] = 0
     for i in range(r):
         for j in range(s):
             if tiled:
@@ -117,12 +173,31 @@ def avgpool2d_backward(dy: np.ndarray, x_shape, kernel, stride) -> np.ndarray:
 
 
 class Pool2d(Layer):
-    """maxpool2d / avgpool2d layer; saves (x, y) for max, (x.shape, None) for average."""
+    """maxpool2d / avgpool2d layer; saves (x, y) for max, (x.shape, None) for average.
+
+    ``relu``: a max pooling with a fused ReLU (the model builds it for relu + maxpool2d pairs). Max pooling
+    keeps its output and gradient arrays between steps while the shapes stay the same (fresh large
+    arrays cost page faults on every step).
+    """
+
+    def __init__(self, layer, need_dx: bool = True, relu: bool = False):
+        super().__init__(layer, need_dx)
+        self.relu = relu
+        self._buffers: dict[str, tuple] = {}
+
+    def _buffer(self, name: str, like: np.ndarray, shape) -> np.ndarray:
+        """A kept array of ``shape`` in ``like``'s memory order, dtype; made again when any of them changes."""
+        key = (tuple(shape), _memory_order(like), like.dtype)
+        held = self._buffers.get(name)
+        if held is None or held[0] != key:
+            held = self._buffers[name] = (key, _like(like, shape, key[1]))
+        return held[1]
 
     def forward(self, x: np.ndarray, train: bool) -> np.ndarray:
         L = self.layer
         if L.type == "maxpool2d":
-            y = maxpool2d_forward(x, L.kernel_size, L.stride)
+            out = self._buffer("y", x, (*x.shape[:2], *_pq(x.shape, L.kernel_size, L.stride))) if train else None
+            y = maxpool2d_forward(x, L.kernel_size, L.stride, out=out, relu=self.relu)
             self.saved = (x, y) if train else None
         else:
             y = avgpool2d_forward(x, L.kernel_size, L.stride)
@@ -136,5 +211,6 @@ class Pool2d(Layer):
             return None
         L = self.layer
         if L.type == "maxpool2d":
-            return maxpool2d_backward(dy, a, b, L.kernel_size, L.stride)
+            return maxpool2d_backward(dy, a, b, L.kernel_size, L.stride, out=self._buffer("dx", a, a.shape),
+                                      relu=self.relu)
         return avgpool2d_backward(dy, a, L.kernel_size, L.stride)
