@@ -19,8 +19,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from custom_impl.gpu.conv import _dims  # noqa: E402
-from custom_impl.gpu.conv_smallc import (KT, REDUCE_V2_THREADS, TW, U, V2_SMEM_BYTES, V2_THREADS,  # noqa: E402
-                                         plan_v2, weights_plan)
+from custom_impl.gpu.conv_smallc import (FK, FU, FWD_THREADS, KT, REDUCE_V2_THREADS, TW, U,  # noqa: E402
+                                         V2_SMEM_BYTES, V2_THREADS, plan_v2, weights_plan)
 from test_gpu_conv import conv_ref  # noqa: E402
 
 
@@ -351,6 +351,53 @@ def emulate_backward_data(dy, Wt, dims):
     return dx.reshape(N, C, H, W)
 
 
+def emulate_forward(x, Wt, b, dims, vec):
+    """conv_smallc_forward: every thread of the grid (blocks of FWD_THREADS, grid.y = k groups of FK), its
+    FK x FU outputs from the x window it loads per (c, r) and W from the block's shared-memory slice."""
+    N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw = dims
+    y = np.full(N * K * P * Q, np.nan)
+    xf = x.ravel()
+    wf = Wt.ravel()
+    CRS = C * R * S
+    Qb = -(-Q // FU)
+    threads = N * P * Qb
+    nx = -(-threads // FWD_THREADS) * FWD_THREADS
+    XV = (FU - 1) * sw + S
+    for ky in range(-(-K // FK)):
+        k0 = ky * FK
+        kn = min(FK, K - k0)
+        w_s = np.array([wf[k0 * CRS + i] if i < kn * CRS else 0.0 for i in range(FK * CRS)])
+        for j in range(nx):
+            if j >= threads:
+                continue
+            qb, t = j % Qb, j // Qb
+            p, n = t % P, t // P
+            q0 = qb * FU
+            iw0 = q0 * sw - pw
+            acc = np.zeros((FK, FU))
+            for c in range(C):
+                for r in range(R):
+                    ih = p * sh - ph + r
+                    if not 0 <= ih < H:
+                        continue
+                    xv = np.array([xf[((n * C + c) * H + ih) * W + iw0 + i] if 0 <= iw0 + i < W else 0.0
+                                   for i in range(XV)])
+                    for kk in range(FK):
+                        for s_ in range(S):
+                            acc[kk] += w_s[kk * CRS + (c * R + r) * S + s_] * xv[np.arange(FU) * sw + s_]
+            full = vec and q0 + FU <= Q
+            for kk in range(kn):
+                bias = 0.0 if b is None else b[k0 + kk]
+                for u in range(FU):
+                    if full or q0 + u < Q:
+                        assert q0 + u < Q, "float4 store past the row"
+                        off = ((n * K + k0 + kk) * P + p) * Q + q0 + u
+                        assert np.isnan(y[off]), "output written twice"
+                        y[off] = acc[kk, u] + bias
+    assert np.isfinite(y).all(), f"{np.isnan(y).sum()} y elements never written"
+    return y.reshape(N, K, P, Q)
+
+
 CASES = [  # (N, C, H, W, K, R, S, stride, padding)
     (1, 1, 5, 7, 1, 1, 1, (1, 1), (0, 0)),
     (3, 2, 9, 11, 5, 2, 3, (1, 1), (1, 0)),
@@ -393,6 +440,14 @@ def main(quick=False):
         _, back = conv_ref(x, Wt, stride, padding)
         dy = rng.standard_normal((N, K, dims[7], dims[8]))
         dx_ref, dW_ref, _ = back(dy)
+        b = rng.standard_normal(K)
+        y_ref = conv_ref(x, Wt, stride, padding)[0] + b[:, None, None]
+        for vec, bias in ((False, b), (dims[8] % 4 == 0, None)):
+            y = emulate_forward(x, Wt, bias, dims, vec)
+            ref = y_ref if bias is not None else y_ref - b[:, None, None]
+            err_y = np.abs(y - ref).max() / np.abs(ref).max()
+            assert err_y < 1e-12, (case, vec, err_y)
+            worst = max(worst, err_y)
         dx = emulate_backward_data(dy, Wt, dims)
         err_x = np.abs(dx - dx_ref).max() / max(np.abs(dx_ref).max(), 1e-30)
         scale = np.abs(dW_ref).max()

@@ -7,6 +7,10 @@ terms grows like sqrt(L) for random data. dx sums L = K*R*S products, dW L = N*P
 workspace) are NaN-filled before each call so that an unwritten element fails; a second call must give
 bit-identical results (no atomics: the partial sums are added in a fixed order).
 
+The forward kernel (a float32 sum of C*R*S products per output, L = C*R*S + 1 with the bias) is checked
+on the same cases with and without bias, with a NaN-filled output, an output 4 bytes off 16-byte alignment
+(scalar stores instead of float4: bit-identical), and through conv.conv2d_forward's "smallc" version.
+
 Backward-weights runs through both kernels ("v1", "v2" = the default), and v2 also through plans other than
 its own choice (several k-chunks, 1-row and tall bands, 1..5 blocks) and with a dy that is not 16-byte
 aligned (4-byte instead of 16-byte copies: bit-identical results expected, the arithmetic is the same).
@@ -74,6 +78,62 @@ def _setup(case):
     dx_ref, dW_ref, _ = back(dy64)
     dx_abs, dW_abs, _ = back_abs(np.abs(dy64))
     return dims, x, W, dy, (dx_ref, dx_abs), (dW_ref, dW_abs)
+
+
+@pytest.mark.parametrize("case", CASES + LAYERS, ids=_case_id)
+def test_forward(case):
+    import cupy
+
+    from custom_impl.gpu import conv_smallc
+
+    dims, x, W, _, _, _ = _setup(case)
+    N, C, H, Wd, K, R, S, P, Q = dims[:9]
+    stride, padding = case[7], case[8]
+    rng = np.random.default_rng(sum(case[:7]) + 11)
+    b = _rand(rng, K)
+    x64, W64 = x.astype(np.float64), W.astype(np.float64)
+    y_ref = conv_ref(x64, W64, stride, padding)[0]
+    y_abs = conv_ref(np.abs(x64), np.abs(W64), stride, padding)[0]
+    assert conv_smallc.forward_fits(dims)
+    gx, gW, gb = cupy.asarray(x), cupy.asarray(W), cupy.asarray(b)
+    y = cupy.full((N, K, P, Q), np.nan, np.float32)
+    assert conv_smallc.forward(gx, gW, gb, y, dims) is y
+    _assert_close(cupy.asnumpy(y), y_ref + b[:, None, None], y_abs + np.abs(b)[:, None, None], C * R * S + 1,
+                  f"smallc forward {case}")
+    y2 = cupy.full((N, K, P, Q), np.nan, np.float32)
+    conv_smallc.forward(gx, gW, None, y2, dims)
+    _assert_close(cupy.asnumpy(y2), y_ref, y_abs, C * R * S, f"smallc forward no bias {case}")
+    # 4 bytes past a 16-byte boundary: scalar stores, the same arithmetic
+    odd = cupy.full((y.size + 1,), np.nan, np.float32)[1:].reshape(y.shape)
+    conv_smallc.forward(gx, gW, gb, odd, dims)
+    assert np.array_equal(cupy.asnumpy(odd), cupy.asnumpy(y)), "forward depends on the output's alignment"
+
+
+def test_forward_through_conv_and_rejections():
+    """conv2d_forward(version="smallc") is the same kernel; "auto" times it against v2 and caches the pick
+    (either agrees with float64); a layer with too many channels is refused with the fix named."""
+    import cupy
+
+    from custom_impl.gpu import conv, conv_smallc
+
+    case = (5, 1, 28, 28, 32, 5, 5, (1, 1), (2, 2))
+    dims, x, W, _, _, _ = _setup(case)
+    gx, gW = cupy.asarray(x), cupy.asarray(W)
+    gb = cupy.asarray(_rand(np.random.default_rng(3), 32))
+    direct = conv_smallc.forward(gx, gW, gb, cupy.empty((5, 32, 28, 28), np.float32), dims)
+    named = conv.conv2d_forward(gx, gW, gb, 1, 2, version="smallc")
+    assert np.array_equal(cupy.asnumpy(direct), cupy.asnumpy(named))
+    auto = conv.conv2d_forward(gx, gW, gb, 1, 2)
+    assert conv._choices[("forward", 0, dims, False)] in ("v2", "smallc")
+    ref = conv_ref(x.astype(np.float64), W.astype(np.float64), (1, 1), (2, 2))[0] + cupy.asnumpy(gb)[:, None, None]
+    assert np.abs(cupy.asnumpy(auto) - ref).max() / np.abs(ref).max() <= 1e-5  # float32 sums of 26 terms
+    wide = (2, 9, 8, 8, 4, 3, 3, 8, 8, 1, 1, 1, 1)                          # C = 9 > MAX_C
+    assert not conv_smallc.forward_fits(wide)
+    with pytest.raises(ValueError, match="C <= 8"):
+        conv_smallc.forward(cupy.ones((2, 9, 8, 8), np.float32), cupy.ones((4, 9, 3, 3), np.float32), None,
+                            cupy.empty((2, 4, 8, 8), np.float32), wide)
+    with pytest.raises(ValueError, match="shape"):
+        conv_smallc.forward(gx, gW, gb, cupy.empty((5, 32, 28, 27), np.float32), dims)
 
 
 @pytest.mark.parametrize("case", CASES + LAYERS, ids=_case_id)

@@ -166,8 +166,9 @@ def conv2d_forward(x, W, b, stride, padding, out=None, workspace=None, version="
                    splits=None):
     """y = conv2d(x, W) + b: x (N, C, H, W), W (K, C, R, S), b (K,) or None -> y (N, K, P, Q).
 
-    version: "v1" (direct baseline), "v2" (implicit GEMM), "winograd" (3x3 stride 1, ``winograd.py``) or
-    "auto" (the default): v2, or Winograd where ``winograd_ok`` and it timed faster (cached per shape).
+    version: "v1" (direct baseline), "v2" (implicit GEMM), "winograd" (3x3 stride 1, ``winograd.py``),
+    "smallc" (few input channels, ``conv_smallc.forward``) or "auto" (the default): v2, or Winograd /
+    smallc where they can run and timed faster (cached per shape).
     v2 splits the reduction (C*R*S) over blocks when the output alone cannot fill the GPU (small N):
     partials go to ``workspace`` (``conv2d_workspace_size`` elements; default: the shared per-device
     buffer) and a second kernel adds them in a fixed order. ``config``/``splits`` override v2's choice.
@@ -192,8 +193,10 @@ def conv2d_forward(x, W, b, stride, padding, out=None, workspace=None, version="
         version = "v2" if config is not None or splits is not None else choose_forward(x, W, b, out, dims, workspace)
     if version == "winograd":
         return winograd.forward(x, W, b, out, (ph, pw), workspace)
+    if version == "smallc":
+        return conv_smallc.forward(x, W, b, out, dims)
     if version != "v2":
-        raise ValueError(f"conv2d_forward: version={version!r}; use 'auto', 'v1', 'v2' or 'winograd'")
+        raise ValueError(f"conv2d_forward: version={version!r}; use 'auto', 'v1', 'v2', 'winograd' or 'smallc'")
     cols, CRS = N * P * Q, C * R * S
     cfg, k_chunk, n_splits = _forward_plan(x.shape, W.shape, stride, padding, _num_sms())
     if config is not None:
@@ -385,14 +388,17 @@ def _timed_choice(key, candidates, default: str) -> str:
 
 
 def choose_forward(x, W, b, out, dims, workspace=None) -> str:
-    """"v2" or "winograd" (3x3 stride 1, ``winograd_ok``) for this shape, the faster when first timed
-    (cached per device, shape and bias presence)."""
+    """"v2", "winograd" (3x3 stride 1, ``winograd_ok``) or "smallc" (few input channels,
+    ``conv_smallc.forward_fits``) for this shape, the fastest when first timed (cached per device, shape
+    and bias presence)."""
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
 
     def candidates():
         names = ["v2"]
         if winograd_ok((N, C, H, Wd), (K, C, R, S), (sh, sw), (ph, pw), "forward"):
             names.append("winograd")
+        if conv_smallc.forward_fits(dims):
+            names.append("smallc")
         return {v: functools.partial(conv2d_forward, x, W, b, (sh, sw), (ph, pw), out, workspace, v) for v in names}
 
     return _timed_choice(("forward", _device_id(), dims, b is None), candidates, "v2")

@@ -28,6 +28,10 @@ index math dominates, so these layers ran at 0.16-0.33 of cuDNN. The kernels her
       on the C=1/3 layers). Measured on the H100 (dev/conv_smallc_bench.py, GPU time per call from a CUDA
       graph, dW alone): N256 C3 32x32 K32 3x3 33.5 us (v1 81.9, cuDNN 61.3); N256 C1 28x28 K32 5x5
       24.2 us (v1 49.4, cuDNN 54.2); ResNet stem N64 557 us (v1 862, cuDNN 807).
+  ``conv_smallc_forward`` (session 3): one thread computes FU = 8 consecutive q of one output row for
+      FK = 8 consecutive k; per (c, r) it loads the 7*sw+S x values those outputs need into registers once
+      and does 8*S*8 FMAs with W from shared memory (broadcast reads). conv.py's implicit GEMM reduces over
+      only C*R*S = 9..49 there with M = K rows of a 128-row tile (LeNet conv1 forward, N1024: 194 us).
   ``conv_smallc_backward_data``: per stride phase (as conv.py's v3/v4), one thread computes 4 consecutive
       pixels of a phase row for all C channels; per (k, tap row) it loads the St+3 dy values those pixels
       need once and does 4*St*C FMAs with W from shared memory (broadcast reads).
@@ -317,6 +321,36 @@ def backward_weights(dy, x, dW, dims, workspace=None, version="auto", plan=None)
         red = _get("conv_smallc_reduce", SC_S=S, SC_SW=sw)
         red((blocks(n, 32),), (256,), (ws, dW, np.int32(n), np.int32(plan.grid)))
     return dW
+
+
+FWD_THREADS = 256
+FK, FU = 8, 8               # k and output columns per forward thread (conv_smallc.cu's SC_FK, SC_FU)
+
+
+def forward_fits(dims) -> bool:
+    """Whether ``forward`` can run this layer: C <= MAX_C, S <= MAX_S (compile-time window), the k groups
+    within grid.y and the output row count within int32."""
+    N, C, H, Wd, K, R, S, P, Q = (int(v) for v in dims[:9])
+    return (1 <= C <= MAX_C and 1 <= S <= MAX_S and _ceil(K, FK) <= 65535
+            and N * P * _ceil(Q, FU) < 2**31 - FWD_THREADS)
+
+
+def forward(x, W, b, y, dims):
+    """y (N, K, P, Q) = conv2d(x (N, C, H, W), W (K, C, R, S)) + b (K,) or None; returns y."""
+    dims = tuple(int(v) for v in dims)
+    _check(dims, {"x": x, "W": W}, "forward")
+    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
+    check_array(y, "conv_smallc.forward: y", shape=(N, K, P, Q))
+    if b is not None:
+        check_array(b, "conv_smallc.forward: b", shape=(K,))
+    if not forward_fits(dims):
+        raise ValueError(f"conv_smallc.forward: needs C <= {MAX_C} and S <= {MAX_S}; got C={C}, W {(K, C, R, S)}. "
+                         f"Use conv.conv2d_forward (version 'auto' or 'v2') for this layer")
+    vec = int(Q % 4 == 0 and y.data.ptr % 16 == 0)
+    kern = _get("conv_smallc_forward", SC_S=S, SC_SW=sw)
+    kern((blocks(N * P * _ceil(Q, FU), FWD_THREADS), _ceil(K, FK)), (FWD_THREADS,),
+         (x, W, np.uint64(0) if b is None else b, y) + _i32(*dims) + _i32(vec), shared_mem=4 * FK * C * R * S)
+    return y
 
 
 def backward_data(dy, W, dx, dims):
