@@ -338,27 +338,37 @@ def _make_plan(a, b, out, trans_a, trans_b, act, accumulate, M, N, K, config=Non
     else:  # the partials' flags are finished per call by _launch, which knows the workspace
         tail = dims + (np.int32(0), np.int32(0), flags | 1 << 3)
     grid = (blocks(N, cfg.bn), blocks(M, cfg.bm), splits)
-    return (kern, grid, (cfg.threads,), cfg.smem_bytes, tail, splits, M, N, beta, act_code)
+    reduce = None
+    if splits > 1:  # the ordered reduce's launch, made with the plan
+        reduce = (kernel("gemm", "gemm_splitk_reduce"),) + _reduce_args(M, N, splits, int(beta), int(act_code))
+    return (kern, grid, (cfg.threads,), cfg.smem_bytes, tail, splits, M * N, reduce)
 
 
 def _launch(plan, a, b, out, bias, workspace=None) -> None:
     """Launch a plan: one kernel, or with split-K the partials into ``workspace`` (default: the shared
     per-device buffer; flag bit 2 set where it allows float4 stores) and the ordered reduce."""
-    kern, grid, block, smem, tail, splits, M, N, beta, act_code = plan
+    kern, grid, block, smem, tail, splits, MN, reduce = plan
     if splits == 1:
         kern(grid, block, (a, b, out, _ptr(bias)) + tail, shared_mem=smem)
         return
-    ws = workspace if workspace is not None else split_workspace(splits * M * N)
-    if ws.size < splits * M * N:
-        raise ValueError(f"gemm: workspace has {ws.size} elements, split-K needs {splits * M * N}")
-    flags = np.int32(tail[-1] | int(_vec_ok(ws, N)) << 2)
+    need = splits * MN
+    ws = workspace if workspace is not None else split_workspace(need)
+    if ws.size < need:
+        raise ValueError(f"gemm: workspace has {ws.size} elements, split-K needs {need}")
+    flags = np.int32(tail[-1] | int(_vec_ok(ws, tail[1])) << 2)   # tail[1]: N as np.int32
     kern(grid, block, (a, b, ws, np.uint64(0)) + tail[:-1] + (flags,), shared_mem=smem)
-    splitk_reduce(ws, out, bias, M, N, splits, beta, act_code)
+    red, red_grid, red_tail = reduce
+    red(red_grid, (256,), (ws, out, _ptr(bias)) + red_tail)
+
+
+@functools.lru_cache(maxsize=4096)
+def _reduce_args(M: int, N: int, splits: int, beta: int, act_code: int):
+    """(grid, scalar arguments) of gemm_splitk_reduce for these sizes, made once per shape."""
+    return (min(blocks(M * N, 256), 132 * 16),), tuple(np.int32(v) for v in (M, N, splits, beta, act_code))
 
 
 def splitk_reduce(ws, out, bias, M: int, N: int, splits: int, beta, act_code) -> None:
     """out = act(sum over z of ws[z] (in order) + bias + beta*out); ws (splits, M, N) flat."""
-    kern = kernel("gemm", "gemm_splitk_reduce")
-    n = M * N
-    kern((min(blocks(n, 256), 132 * 16),), (256,),
-         (ws, out, _ptr(bias), np.int32(M), np.int32(N), np.int32(splits), np.int32(beta), np.int32(act_code)))
+    red_grid, red_tail = _reduce_args(int(M), int(N), int(splits), int(beta), int(act_code))
+    red = kernel("gemm", "gemm_splitk_reduce")
+    red(red_grid, (256,), (ws, out, _ptr(bias)) + red_tail)
