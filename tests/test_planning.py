@@ -144,3 +144,33 @@ def test_winograd_weights_workspace_parts():
     assert n == 16 * 17 * Tp + 16 * 45 * Tp + -(-splits * 16 * 45 * 17 // 4) * 4
     with pytest.raises(ValueError, match="phase"):
         winograd.workspace_size(x_shape, w_shape, 1, 1, "weights")
+
+
+@pytest.mark.parametrize("x_shape,w_shape,stride,padding,forward,data,weights", [
+    # LeNet conv1: few channels -> conv_smallc's forward / backward kernels join v2 / v3
+    ((256, 1, 28, 28), (32, 1, 5, 5), 1, 2, {"v2", "smallc"}, {"v3", "v5"}, {"v2", "smallc"}),
+    # LeNet conv2: 5x5, 32 channels -> conv_patch for both backward passes
+    ((256, 32, 14, 14), (64, 32, 5, 5), 1, 2, {"v2"}, {"v3", "patch"}, {"v2", "patch"}),
+    # 3x3, 256 channels -> Winograd in all three phases, conv_patch in the backward ones
+    ((64, 256, 28, 28), (256, 256, 3, 3), 1, 1, {"v2", "winograd"}, {"v3", "winograd", "patch"},
+     {"v2", "winograd", "patch"}),
+    # stride 2: neither Winograd nor conv_patch
+    ((64, 128, 28, 28), (256, 128, 3, 3), 2, 1, {"v2"}, {"v3"}, {"v2"}),
+])
+def test_timed_candidates(monkeypatch, x_shape, w_shape, stride, padding, forward, data, weights):
+    """Which kernels each phase's timed choice weighs for a layer: the eligibility rules (plain Python)
+    behind choose_forward / choose_backward_data / choose_backward_weights, with the timing replaced by
+    returning the candidates' names (no GPU needed; the arrays are never touched)."""
+    seen = {}
+
+    def fake_choice(key, candidates, default):
+        seen[key[0]] = set(candidates())
+        return default
+
+    monkeypatch.setattr(conv, "_timed_choice", fake_choice)
+    monkeypatch.setattr(conv, "_device_id", lambda: 0)
+    dims = conv._dims(x_shape, w_shape, stride, padding)
+    conv.choose_forward(None, None, None, None, dims)
+    conv.choose_backward_data(None, None, None, dims, 132)
+    conv.choose_backward_weights(None, None, None, dims, None, 132)
+    assert seen == {"forward": forward, "data": data, "weights": weights}
