@@ -24,6 +24,25 @@ from custom_impl.gpu.conv_smallc import (FK, FU, FWD_THREADS, KT, REDUCE_V2_THRE
 from test_gpu_conv import conv_ref  # noqa: E402
 
 
+def emulate_reduce(ws, n_out, grid, warps):
+    """conv_smallc_reduce / _reduce_v2: block bi sums elements bi*32 + lane of the grid partials; warp w adds
+    partials z in [grid*w/warps, grid*(w+1)/warps) in order, then the warps' sums are added in order."""
+    out = np.full(n_out, np.nan)
+    for bi in range(-(-n_out // 32)):
+        part = np.zeros((warps, 32))
+        for warp in range(warps):
+            z0, z1 = grid * warp // warps, grid * (warp + 1) // warps
+            for lane in range(32):
+                i = bi * 32 + lane
+                if i < n_out:
+                    part[warp, lane] = sum(ws[z * n_out + i] for z in range(z0, z1))
+        for lane in range(32):
+            i = bi * 32 + lane
+            if i < n_out:
+                out[i] = part[:, lane].sum()
+    return out
+
+
 def emulate_backward_weights(dy, x, dims, sms):
     N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw = dims
     plan = weights_plan(dims, sms, "v1")
@@ -105,20 +124,7 @@ def emulate_backward_weights(dy, x, dims, sms):
     n_out = K * CRS
     if grid == 1:
         return ws[:n_out].reshape(K, C, R, S), plan
-    dW = np.full(n_out, np.nan)
-    for bi in range(-(-n_out // 32)):   # conv_smallc_reduce
-        part = np.zeros((8, 32))
-        for warp in range(8):
-            z0, z1 = grid * warp // 8, grid * (warp + 1) // 8
-            for lane in range(32):
-                i = bi * 32 + lane
-                if i < n_out:
-                    part[warp, lane] = sum(ws[z * n_out + i] for z in range(z0, z1))
-        for lane in range(32):
-            i = bi * 32 + lane
-            if i < n_out:
-                dW[i] = part[:, lane].sum()
-    return dW.reshape(K, C, R, S), plan
+    return emulate_reduce(ws, n_out, grid, 8).reshape(K, C, R, S), plan   # conv_smallc_reduce: 8 warps
 
 
 def emulate_backward_weights_v2(dy, x, dims, sms, plan=None, vec=None):
@@ -277,21 +283,7 @@ def emulate_backward_weights_v2(dy, x, dims, sms, plan=None, vec=None):
     n_out = K * CRS
     if gridx == 1:
         return ws[:n_out].reshape(K, C, R, S), plan
-    dW = np.full(n_out, np.nan)   # conv_smallc_reduce_v2
-    nw = REDUCE_V2_THREADS // 32
-    for bi in range(-(-n_out // 32)):
-        part = np.zeros((nw, 32))
-        for warp in range(nw):
-            z0, z1 = gridx * warp // nw, gridx * (warp + 1) // nw
-            for lane in range(32):
-                i = bi * 32 + lane
-                if i < n_out:
-                    part[warp, lane] = sum(ws[z * n_out + i] for z in range(z0, z1))
-        for lane in range(32):
-            i = bi * 32 + lane
-            if i < n_out:
-                dW[i] = part[:, lane].sum()
-    return dW.reshape(K, C, R, S), plan
+    return emulate_reduce(ws, n_out, gridx, REDUCE_V2_THREADS // 32).reshape(K, C, R, S), plan  # _reduce_v2
 
 
 def emulate_backward_data(dy, Wt, dims):

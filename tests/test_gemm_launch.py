@@ -109,3 +109,31 @@ def test_unaligned_workspace_turns_off_vector_stores_of_the_partials(launches):
         gemm.gemm(a, b, out, trans_b=True, config="32x32x8_4x4", splits=8, workspace=buf)
         flags = launches[0][5][-1][1]
         assert flags >> 3 & 1 == 1 and (flags >> 2 & 1) == vec
+
+
+def test_kernel_function_memoises_and_opts_in_once(monkeypatch):
+    """_compile.kernel_function (conv_smallc's and conv_patch's kernel lookup): one function object per
+    (family, name, defines, device), and the > 48 KB shared-memory opt-in set to the largest size asked."""
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy())
+    from custom_impl.gpu import _compile, conv_patch, conv_smallc
+
+    made = []
+
+    def fake_function(family, name, **defines):
+        fn = types.SimpleNamespace(family=family, name=name, defines=defines, max_dynamic_shared_size_bytes=0)
+        made.append(fn)
+        return fn
+
+    monkeypatch.setattr(_compile, "function", fake_function)
+    monkeypatch.setattr(_compile, "_opted_in", {})
+    _compile._kernel_function.cache_clear()
+    a = conv_smallc._get("conv_smallc_forward", SC_S=5, SC_SW=1)
+    assert conv_smallc._get("conv_smallc_forward", SC_SW=1, SC_S=5) is a and len(made) == 1
+    assert (a.family, a.defines, a.max_dynamic_shared_size_bytes) == ("conv_smallc", {"SC_S": 5, "SC_SW": 1}, 0)
+    big = conv_smallc._get("conv_smallc_backward_weights_v2", 96 * 1024, SC_S=3, SC_SW=1)
+    assert big.max_dynamic_shared_size_bytes == 96 * 1024
+    conv_smallc._get("conv_smallc_backward_weights_v2", 60 * 1024, SC_S=3, SC_SW=1)   # smaller: kept at 96 KB
+    assert big.max_dynamic_shared_size_bytes == 96 * 1024
+    p = conv_patch._get("conv_patch_backward_data", 5)
+    assert (p.family, p.defines) == ("conv_patch", {"PT_S": 5}) and len(made) == 3
+    _compile._kernel_function.cache_clear()

@@ -58,6 +58,30 @@ def function(family: str, name: str, **defines):
     return module(family, **defines).get_function(name)
 
 
+STATIC_SMEM_BYTES = 48 * 1024  # dynamic shared memory a launch may use without the per-function opt-in
+
+
+def kernel_function(family: str, name: str, smem: int = 0, **defines):
+    """``function(family, name, **defines)`` for the current device, memoised, and opted into ``smem`` bytes
+    of dynamic shared memory where that exceeds STATIC_SMEM_BYTES (the largest size asked for so far)."""
+    import cupy
+
+    fn = _kernel_function(family, name, cupy.cuda.Device().id, tuple(sorted(defines.items())))
+    if smem > STATIC_SMEM_BYTES and _opted_in.get(id(fn), 0) < smem:
+        # NOTE: a function attribute: the memoised object keeps it, so once per function and size.
+        fn.max_dynamic_shared_size_bytes = smem
+        _opted_in[id(fn)] = smem
+    return fn
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_function(family: str, name: str, device_id: int, defines: tuple):
+    return function(family, name, **dict(defines))
+
+
+_opted_in: dict[int, int] = {}
+
+
 def check_array(a, name: str, shape=None, ndim=None):
     """Raise ValueError unless ``a`` is a C-contiguous float32 CuPy array of the given shape / ndim."""
     import cupy

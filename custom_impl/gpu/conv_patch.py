@@ -33,10 +33,9 @@ Example::
 """
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
-from ._compile import blocks, check_array, checked_workspace, function
+from ._compile import blocks, check_array, checked_workspace, kernel_function
 from ._compile import i32 as _i32
 
 FAMILY = "conv_patch"
@@ -182,15 +181,8 @@ def _unfit_message(what: str, dims) -> str:
             f"memory: use conv.py's other versions for this layer ('v2' / 'v3', or 'auto')")
 
 
-@functools.lru_cache(maxsize=None)
-def _kernel(name: str, device_id: int, S: int):
-    return function(FAMILY, name, PT_S=S)
-
-
 def _get(name: str, S: int):
-    import cupy
-
-    return _kernel(name, cupy.cuda.Device().id, int(S))
+    return kernel_function(FAMILY, name, PT_S=int(S))
 
 
 def _check(dims, arrays, what):

@@ -56,7 +56,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._compile import blocks, check_array, checked_workspace, function
+from ._compile import blocks, check_array, checked_workspace, kernel_function
 from ._compile import i32 as _i32
 
 MAX_C = 8                   # channels held in registers by backward-data (acc[C][4])
@@ -249,24 +249,8 @@ def _unfit_message(what, dims) -> str:
             f"conv2d_backward for this layer")
 
 
-@functools.lru_cache(maxsize=None)
-def _kernel(name: str, device_id: int, defines: tuple):
-    return function(FAMILY, name, **dict(defines))
-
-
 def _get(name: str, smem: int = 0, **defines):
-    import cupy
-
-    fn = _kernel(name, cupy.cuda.Device().id, tuple(sorted(defines.items())))
-    if smem > SMEM_BYTES and _opted_in.get(id(fn), 0) < smem:
-        # NOTE: above 48 KB a kernel's dynamic shared memory must be opted into (a function attribute; the
-        # memoised function object keeps it, so once per function and size).
-        fn.max_dynamic_shared_size_bytes = smem
-        _opted_in[id(fn)] = smem
-    return fn
-
-
-_opted_in: dict[int, int] = {}
+    return kernel_function(FAMILY, name, smem, **defines)
 
 
 def _check(dims, arrays, what):
