@@ -44,8 +44,8 @@ def main() -> int:
     dx = cupy.empty((64, 128), np.float32)
     cfg, _ = gemm.choose_config(64, 10, 128, 132)
     kern = gemm.kernel("gemm", "gemm_v2_nt", cfg)
-    args = (x, W, y, np.uint64(0), np.int32(64), np.int32(10), np.int32(128), np.int32(128), np.int32(0),
-            np.int32(0), np.int32(0))
+    args = (x, W, y, np.uint64(0), np.uint64(0), np.uint64(0), np.int32(64), np.int32(10), np.int32(128),
+            np.int32(128), np.int32(0), np.int32(0), np.int32(0))
     rows = [
         ("raw RawKernel launch", lambda: kern((1, 1, 1), (cfg.threads,), args, shared_mem=cfg.smem_bytes)),
         ("check_array", lambda: check_array(x, "x", ndim=2)),

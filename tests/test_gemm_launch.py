@@ -3,8 +3,10 @@ that are shapes and addresses) and recording kernels replace the real ones, so t
 (kernel, tile config, grid, block, shared memory, scalar flags) can be compared on any machine.
 
 The property: a call served from the eager launch-plan cache launches exactly what the same call with
-the chosen config and split spelled out (the uncached path) launches; and a caller's workspace that is
-not 16-byte aligned turns the partials' float4 stores off (flag bit 2).
+the chosen config, split and reduce spelled out (the uncached path) launches: one launch where split-K
+sums its partials in the same launch (workspace and per-tile counters passed), else the GEMM and the
+ordered reduce over the same workspace; and a caller's workspace
+that is not 16-byte aligned turns the partials' float4 stores and the float4 reduce off (flag bits 2, 5).
 """
 from __future__ import annotations
 
@@ -35,9 +37,12 @@ class FakeArray:
 def _fake_cupy():
     cupy = types.ModuleType("cupy")
     cupy.ndarray = FakeArray
-    cupy.empty = lambda shape, dtype=np.float32: FakeArray(shape if isinstance(shape, tuple) else (shape,))
+    cupy.empty = lambda shape, dtype=np.float32: FakeArray(shape if isinstance(shape, tuple) else (shape,), dtype=dtype)
+    cupy.zeros = cupy.empty
     device = types.SimpleNamespace(id=0, attributes={"MultiProcessorCount": 132})
-    cupy.cuda = types.SimpleNamespace(Device=lambda *a: device, runtime=types.SimpleNamespace(getDevice=lambda: 0))
+    legacy_stream = types.SimpleNamespace(ptr=0)   # the legacy default stream: never capturing
+    cupy.cuda = types.SimpleNamespace(Device=lambda *a: device, runtime=types.SimpleNamespace(getDevice=lambda: 0),
+                                      get_current_stream=lambda: legacy_stream)
     return cupy
 
 
@@ -60,9 +65,17 @@ def launches(monkeypatch):
     monkeypatch.setattr(gemm, "_kernel", fake_kernel)
     monkeypatch.setattr(gemm, "_launch_plans", {})
     monkeypatch.setattr(gemm, "_split_buffers", {})
+    monkeypatch.setattr(gemm, "_counter_buffers", {})
+    monkeypatch.setattr(gemm, "_tuned", {})
+    # the autotuner's timing, faked: the candidate proposed last is the fastest (so the tuned choice is
+    # not simply the cost model's first), each 1 ms per TUNE_CALLS calls apart
+    monkeypatch.setattr(gemm, "_time_launches", lambda calls: [float(len(calls) - i) for i in range(len(calls))])
     gemm._sms_of.cache_clear()
+    from custom_impl.gpu import dense
+    dense._bias_grad_plan.cache_clear()
     yield record
     gemm._sms_of.cache_clear()
+    dense._bias_grad_plan.cache_clear()
 
 
 CASES = [  # M, N, K, trans_a, trans_b, bias, act, accumulate
@@ -90,12 +103,44 @@ def test_cached_plan_launches_what_the_explicit_call_launches(launches, case):
     gemm.gemm(a, b, out, **kw)          # served from the cache
     cached = list(launches)
     launches.clear()
-    cfg, splits = gemm.choose_config(M, N, K)
+    cands = gemm.tune_candidates(M, N, K)
+    cfg, splits, serial = cands[-1]          # the fake timing's fastest (the model's first if it is alone)
+    assert list(gemm._tuned.values()) == ([cands[-1]] if len(cands) > 1 else [])
     ws = gemm.split_workspace(splits * M * N)
-    gemm.gemm(a, b, out, config=cfg, splits=splits, workspace=ws if splits > 1 else None, **kw)
+    gemm.gemm(a, b, out, config=cfg, splits=splits, workspace=ws if splits > 1 else None,
+              reduce="serial" if serial else "launch", **kw)
     explicit = list(launches)
+    tuning, first = first[:len(first) - len(cached)], first[len(first) - len(cached):]
     assert first == cached == explicit
-    assert len(explicit) == (2 if splits > 1 else 1)
+    # the tuner's launches (one warm-up per candidate) wrote a scratch output, never the caller's out
+    assert len(tuning) >= len(cands) if len(cands) > 1 else not tuning
+    assert all(("array", out.data.ptr) not in r[5] for r in tuning if r[1].startswith("gemm_v2"))
+    # serial split-K sums the partials inside the same launch; otherwise gemm_splitk_reduce follows
+    assert len(explicit) == (2 if splits > 1 and not serial else 1)
+    args = explicit[0][5]
+    flags = args[-1][1]
+    assert (flags >> 3 & 1) == (splits > 1) and (flags >> 4 & 1) == serial
+    if splits > 1 and serial:   # the workspace and this device's tile counters, one per output tile at least
+        counters = gemm.split_counters(1)
+        assert args[4] == ("uint64", ws.data.ptr) and args[5] == ("uint64", counters.data.ptr)
+        grid = explicit[0][3]
+        assert grid[2] == splits and counters.size >= grid[0] * grid[1] and counters.dtype == np.int32
+    elif splits > 1:            # the reduce reads the same workspace the partials went to
+        assert args[4] == ("uint64", ws.data.ptr) and args[5] == ("uint64", 0)
+        assert explicit[1][1] == "gemm_splitk_reduce" and explicit[1][5][0] == ("uint64", ws.data.ptr)
+    else:
+        assert args[4] == args[5] == ("uint64", 0)
+
+
+@pytest.mark.parametrize("reduce", ["serial", "launch"])
+def test_explicit_split_launches_as_asked(launches, reduce):
+    from custom_impl.gpu import gemm
+
+    a, b, out = FakeArray((64, 784)), FakeArray((128, 784)), FakeArray((64, 128))
+    gemm.gemm(a, b, out, trans_b=True, config="32x32x8_4x4", splits=8, reduce=reduce)
+    assert [r[1] for r in launches] == (["gemm_v2_nt"] if reduce == "serial" else ["gemm_v2_nt", "gemm_splitk_reduce"])
+    with pytest.raises(ValueError, match="reduce"):
+        gemm.gemm(a, b, out, trans_b=True, splits=8, reduce="atomic")
 
 
 def test_unaligned_workspace_turns_off_vector_stores_of_the_partials(launches):
@@ -108,7 +153,7 @@ def test_unaligned_workspace_turns_off_vector_stores_of_the_partials(launches):
         launches.clear()
         gemm.gemm(a, b, out, trans_b=True, config="32x32x8_4x4", splits=8, workspace=buf)
         flags = launches[0][5][-1][1]
-        assert flags >> 3 & 1 == 1 and (flags >> 2 & 1) == vec
+        assert flags >> 3 & 1 == 1 and (flags >> 2 & 1) == vec and (flags >> 5 & 1) == vec
 
 
 def test_kernel_function_memoises_and_opts_in_once(monkeypatch):
@@ -137,3 +182,60 @@ def test_kernel_function_memoises_and_opts_in_once(monkeypatch):
     p = conv_patch._get("conv_patch_backward_data", 5)
     assert (p.family, p.defines) == ("conv_patch", {"PT_S": 5}) and len(made) == 3
     _compile._kernel_function.cache_clear()
+
+
+@pytest.mark.parametrize("N,F,U", [(64, 784, 128), (1024, 1024, 10), (33, 513, 1000)])
+def test_dense_calls_served_from_cached_launches_launch_the_same(launches, N, F, U):
+    """dense_forward / dense_backward skip their argument checks when every GEMM they make has a cached
+    launch (an earlier call with these shapes passed the checks); they must launch exactly what the
+    checked path launches, and a W of the wrong shape must still be refused."""
+    from custom_impl.gpu import dense, gemm
+
+    x, W, b, y = FakeArray((N, F)), FakeArray((U, F)), FakeArray((U,)), FakeArray((N, U))
+    dy, dx, dW, db = FakeArray((N, U)), FakeArray((N, F)), FakeArray((U, F)), FakeArray((U,))
+    calls = [lambda: dense.dense_forward(x, W, b, act="relu", out=y),
+             lambda: dense.dense_backward(dy, x, W, dx=dx, dW=dW, db=db),
+             lambda: dense.dense_backward(dy, x, W, need_dx=False, dW=dW, db=db)]
+    for call in calls:
+        call()                      # tunes and caches
+        gemm._launch_plans.clear()  # (the tuned choices stay)
+        launches.clear()
+        call()                      # checked path (plans from the tuned choices)
+        checked = list(launches)
+        launches.clear()
+        call()                      # served from cached launches
+        assert launches == checked and len(checked) >= 1
+    with pytest.raises(ValueError, match="W"):
+        dense.dense_backward(dy, x, FakeArray((U, F + 1)), need_dx=False, dW=dW, db=db)
+    with pytest.raises(ValueError, match="db"):
+        dense.dense_backward(dy, x, W, need_dx=False, dW=dW, db=FakeArray((U + 1,)))
+
+
+def test_tuner_weighs_a_second_launch_at_the_launch_cost_in_force(launches, monkeypatch):
+    """Eagerly (20 us per launch) a GEMM + reduce pair whose GPU time is 1 us lower than a serial split
+    loses to it (both are host-bound; the pair costs two launches); in a graph (1 us) it wins."""
+    from custom_impl.gpu import gemm
+
+    M, N, K = 64, 128, 784
+    cands = gemm.tune_candidates(M, N, K)
+    pair = next(i for i, c in enumerate(cands) if c[1] > 1 and not c[2])
+    serial = next(i for i, c in enumerate(cands) if c[1] > 1 and c[2])
+    gpu_us = [60.0] * len(cands)
+    gpu_us[pair], gpu_us[serial] = 9.0, 10.0
+    monkeypatch.setattr(gemm, "_time_launches", lambda calls: [t * gemm.TUNE_CALLS * 1e-3 for t in gpu_us])
+    a, b, out = FakeArray((M, K)), FakeArray((N, K)), FakeArray((M, N))
+    gemm.gemm(a, b, out, trans_b=True)
+    with gemm.launch_cost(gemm.GRAPH_LAUNCH_S):
+        gemm.gemm(a, b, out, trans_b=True)
+    eager, graphed = (v for k, v in sorted(gemm._tuned.items(), key=lambda kv: -kv[0][-2]))
+    assert eager == cands[serial] and graphed == cands[pair]
+
+
+def test_tuner_is_off_with_autotune_false(launches, monkeypatch):
+    from custom_impl.gpu import gemm
+
+    monkeypatch.setattr(gemm, "AUTOTUNE", False)
+    a, b, out = FakeArray((64, 784)), FakeArray((128, 784)), FakeArray((64, 128))
+    gemm.gemm(a, b, out, trans_b=True)
+    cfg, splits, serial = gemm.tune_candidates(64, 128, 784)[0]
+    assert gemm._tuned == {} and launches[-1][2] == cfg.name and launches[-1][3][2] == splits

@@ -104,13 +104,15 @@ def test_gemm_every_config(config, ta, tb):
     _run_gemm(128, 64, 96, ta, tb, config=config, splits=1, seed=6)  # aligned: float4 path
 
 
+@pytest.mark.parametrize("reduce", ["serial", "launch"])
 @pytest.mark.parametrize("splits", [2, 3, 7])
 @pytest.mark.parametrize("ta,tb", TRANS)
-def test_gemm_split_k(splits, ta, tb):
-    _run_gemm(33, 70, 1001, ta, tb, bias=True, act="relu", config="32x64x8_4x8", splits=splits, seed=7)
-    _run_gemm(20, 24, 1000, ta, tb, accumulate=True, config="64x64x8_8x8", splits=splits, seed=8)
+def test_gemm_split_k(splits, ta, tb, reduce):
+    kw = dict(splits=splits, reduce=reduce)
+    _run_gemm(33, 70, 1001, ta, tb, bias=True, act="relu", config="32x64x8_4x8", seed=7, **kw)
+    _run_gemm(20, 24, 1000, ta, tb, accumulate=True, config="64x64x8_8x8", seed=8, **kw)
     # BK=16 with > 48 KB of dynamic shared memory, K chunks that are multiples of 16 with a ragged tail
-    _run_gemm(261, 140, 1001, ta, tb, bias=True, config="256x128x16_16x8", splits=splits, seed=9)
+    _run_gemm(261, 140, 1001, ta, tb, bias=True, config="256x128x16_16x8", seed=9, **kw)
 
 
 def test_gemm_split_k_deterministic():
@@ -123,6 +125,50 @@ def test_gemm_split_k_deterministic():
     first = cupy.asnumpy(gemm(a, b, splits=16))
     for _ in range(3):
         assert np.array_equal(cupy.asnumpy(gemm(a, b, splits=16)), first)
+
+
+@pytest.mark.parametrize("config,splits,bias,act,accumulate,N", [
+    ("32x32x8_4x4", 8, True, "relu", False, 128),       # float4 reduce (N % 4 == 0)
+    ("32x64x8_4x8", 5, False, "none", True, 70),        # scalar reduce, accumulate
+    ("256x128x16_16x8", 3, True, "sigmoid", False, 260),
+])
+def test_serial_split_k_sums_as_the_reduce_kernel_does(config, splits, bias, act, accumulate, N):
+    """The last block of each tile sums the partials inside the GEMM's launch; it must give bitwise what
+    the separate ordered reduce kernel (gemm.splitk_reduce) gives from the same partials, and leave every
+    tile counter at zero for the next launch."""
+    import cupy
+
+    from custom_impl.gpu import gemm
+
+    rng = np.random.default_rng(11)
+    M, K = 67, 1500
+    a, b = cupy.asarray(_rand(rng, M, K)), cupy.asarray(_rand(rng, K, N))
+    bv = cupy.asarray(_rand(rng, N)) if bias else None
+    c0 = _rand(rng, M, N)
+    ws = cupy.full((splits * M * N,), np.nan, dtype=np.float32)
+    out = cupy.asarray(c0)
+    gemm.gemm(a, b, out, bias=bv, act=act, accumulate=accumulate, config=config, splits=splits, workspace=ws)
+    assert np.all(np.isfinite(cupy.asnumpy(ws))), "a split's partial was not written"
+    again = cupy.asarray(c0)
+    gemm.splitk_reduce(ws, again, bv, M, N, splits, int(accumulate), gemm.ACTS[act])
+    assert np.array_equal(cupy.asnumpy(out), cupy.asnumpy(again))
+    assert int(cupy.count_nonzero(gemm.split_counters(1))) == 0
+
+
+def test_autotuned_choice_is_timed_once_and_cached(monkeypatch):
+    """The first default call of a shape times gemm.tune_candidates on the GPU and caches the fastest;
+    the second call reuses it (no timing); results are right either way (float64 reference)."""
+    from custom_impl.gpu import gemm
+
+    monkeypatch.setattr(gemm, "_tuned", {})
+    timed = []
+    real = gemm._time_launches
+    monkeypatch.setattr(gemm, "_time_launches", lambda calls: timed.append(len(calls)) or real(calls))
+    _run_gemm(64, 130, 1001, False, True, bias=True, act="relu", seed=12)
+    assert len(timed) == 1 and timed[0] == len(gemm.tune_candidates(64, 130, 1001)) > 1
+    assert len(gemm._tuned) == 1
+    _run_gemm(64, 130, 1001, False, True, bias=True, act="relu", seed=13)
+    assert len(timed) == 1
 
 
 def test_gemm_graph_capture():

@@ -15,10 +15,11 @@ from custom_impl.gpu import conv, conv_smallc, gemm, winograd
 
 def test_launch_cost_context_restores_and_changes_plans():
     before = gemm._LAUNCH_S
-    # (64, 128, 784): measured on the H100 (dev/overhead.py) 94 us unsplit, 16 us with 8 splits in a graph
-    eager = gemm.choose_config(64, 128, 784)
+    # (64, 10, 128) with a separate reduce launch (conv's split-K): measured on the H100 (dev/overhead.py,
+    # session 4) 20.9 us eagerly unsplit vs 34.0 split in two; in a graph 20.0 unsplit vs 12.1 split in two
+    eager = gemm.choose_config(64, 10, 128)
     with gemm.launch_cost(gemm.GRAPH_LAUNCH_S):
-        graphed = gemm.choose_config(64, 128, 784)
+        graphed = gemm.choose_config(64, 10, 128)
         with pytest.raises(RuntimeError):
             with gemm.launch_cost(5e-6):
                 assert gemm._LAUNCH_S == 5e-6
@@ -34,6 +35,34 @@ def test_eager_calls_do_not_split_gemms_shorter_than_a_launch(M, N, K):
     cfg, splits = gemm.choose_config(M, N, K, launch_s=20e-6)
     assert splits == 1
     assert gemm.estimate_seconds(cfg, M, N, K, 1, launch_s=20e-6) == pytest.approx(20e-6)
+
+
+@pytest.mark.parametrize("M,N,K", [(64, 10, 128), (64, 128, 784), (33, 1000, 513), (1024, 10, 1024),
+                                   (1024, 1024, 1024), (4096, 4096, 4096), (1024, 128, 3136)])
+def test_gemm_plans_weigh_serial_against_a_reduce_launch(M, N, K):
+    """gemm plans with reduce="auto": every (config, splits) costed with the partials summed in the same
+    launch (serial: no second launch, a tail of L2 round trips in one block per tile) and with a second
+    reduce launch; the plan is the cheapest of all. Eagerly (~20 us of host time per launch) small split
+    GEMMs go serial; in a graph (~1 us per launch) the separate reduce wins where the tail is longer."""
+    for launch_s in (20e-6, gemm.GRAPH_LAUNCH_S):
+        cfg, splits, serial = gemm.choose_config(M, N, K, launch_s=launch_s, reduce="auto")
+        assert splits > 1 or not serial
+        best = min(gemm.estimate_seconds(c, M, N, K, s, launch_s=launch_s, reduce=mode)
+                   for c in gemm.CONFIGS for s in (1, 2, 4, 8, 16, 32) if s == 1 or K // s >= 64
+                   for mode in ("launch", "serial"))
+        got = gemm.estimate_seconds(cfg, M, N, K, splits, launch_s=launch_s, reduce="serial" if serial else "launch")
+        assert got == pytest.approx(best)
+    with pytest.raises(ValueError, match="reduce"):
+        gemm.choose_config(M, N, K, reduce="atomic")
+
+
+def test_small_eager_split_gemms_sum_in_one_launch():
+    """(64, 128, 784) splits 8 ways either way; eagerly the reduce launch would cost ~20 us of host time,
+    more than the serial tail (~2 L2 round trips of ~0.5 us per pass), so it goes serial."""
+    cfg, splits, serial = gemm.choose_config(64, 128, 784, launch_s=20e-6, reduce="auto")
+    assert splits >= 4 and serial
+    tail = gemm._serial_tail_seconds(cfg, 128, splits)
+    assert gemm._FENCE_S < tail < 20e-6
 
 
 def test_big_gemm_takes_a_bk16_tile_and_no_split():

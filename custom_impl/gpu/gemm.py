@@ -12,10 +12,15 @@ Kernel versions (docs/kernels.md keeps their history):
   v2  ``gemm_v2_{nn,nt,tn,tt}``: warp-tiled register-blocked GEMM, double-buffered shared memory, float4
       global loads where aligned, fused epilogue; a tile config and split-K factor chosen per shape
       (``choose_config``); split-K partial sums are added in a fixed order (deterministic).
+  v2 serial split-K (session 4): the split-K partials are summed inside the same launch, by the last
+      block of each output tile to finish (a per-tile arrival counter), in the order z = 0, 1, ... as the
+      separate ``gemm_splitk_reduce`` launch did, so results are bitwise the same with one launch fewer.
 
 Everything runs on CuPy's current stream; with ``out=`` given (and ``workspace=`` when split-K is used, or
-the per-device split-K buffer already grown by a warm-up call) nothing is allocated and the host is never
-synchronised, so calls can be captured into a CUDA graph.
+the per-device split-K buffer already grown by a warm-up call; the per-tile counters of serial split-K are
+a per-device buffer grown the same way) nothing is allocated and the host is never synchronised, so calls
+can be captured into a CUDA graph. Split-K calls share those buffers, so they must be ordered on one stream
+(as captured graphs and eager calls on the current stream are).
 
 Example::
 
@@ -46,6 +51,7 @@ class TileConfig:
     tm: int
     tn: int
     rate: float  # expected fraction of the 128x128 tile's per-SM FMA rate (smaller tiles reuse less)
+    pipe: int = 0  # 1: fragments double-buffered in registers across the k-tile barrier (GEMM_PIPE)
 
     @property
     def threads(self) -> int:
@@ -66,11 +72,14 @@ class TileConfig:
 
     @property
     def defines(self) -> dict:
-        return dict(GEMM_BM=self.bm, GEMM_BN=self.bn, GEMM_BK=self.bk, GEMM_TM=self.tm, GEMM_TN=self.tn)
+        d = dict(GEMM_BM=self.bm, GEMM_BN=self.bn, GEMM_BK=self.bk, GEMM_TM=self.tm, GEMM_TN=self.tn)
+        if self.pipe:
+            d["GEMM_PIPE"] = self.pipe
+        return d
 
     @property
     def name(self) -> str:
-        return f"{self.bm}x{self.bn}x{self.bk}_{self.tm}x{self.tn}"
+        return f"{self.bm}x{self.bn}x{self.bk}_{self.tm}x{self.tn}" + (f"_p{self.pipe}" if self.pipe else "")
 
 
 CONFIGS = (
@@ -91,15 +100,25 @@ CONFIGS = (
 # slower than the ones above (H100 run 4: 42.8 TFLOP/s at 4096^3).
 EXTRA_CONFIGS = (
     TileConfig(128, 256, 16, 8, 16, 1.03),
+    # session 4: fragments double-buffered in registers across the k-tile barrier (GEMM_PIPE). H100 at
+    # 4096^3: 39.9 vs 36.9 TFLOP/s for 128x128x8, but 40.5 vs 43.3 at 256x128x16 (240 registers) and 42.4
+    # vs 42.8 at 128x128x16 (spills under the 128-register cap), so only the BK=8 one is kept, by name.
+    TileConfig(128, 128, 8, 8, 8, 1.00, pipe=1),
 )
 CONFIG_BY_NAME = {c.name: c for c in CONFIGS + EXTRA_CONFIGS}
 
-# Cost model constants (H100, strict FP32): cuBLAS-level FMA rate per SM, memory bandwidth, and the cost
-# of split-K's second launch. Eager calls from Python cost ~17 us each on the host (measured, 1x1x1 GEMM),
+# Cost model constants (H100, strict FP32): cuBLAS-level FMA rate per SM, memory bandwidth, the L2 read
+# rate of one block summing its tile's split-K partials, and the cost of a second (reduce) launch. Eager calls from Python cost ~17 us each on the host (measured, 1x1x1 GEMM),
 # which hides kernels shorter than that, so eagerly a second launch pays only when it saves > ~20 us;
 # inside a replayed CUDA graph a launch costs ~1 us (``set_launch_cost(1e-6)`` before capturing).
 _FMA_PER_SM_S = 51e12 / 2 / 132
 _BYTES_S = 3.0e12
+_SM_BYTES_S = 120e9  # one block's float4 __ldcg loads from L2 (assumed: ~64 B/clk/SM at ~1.8 GHz, halved)
+# Serial split-K's tail is bound by L2 round trips: the summing block issues the loads of 2 splits x E
+# vectors per thread, waits, adds, and goes on. H100, session 4 (dev/overhead.py, the first serial kernel
+# with one dependent round per element): ~0.5 us per round, and the fence and counter ~0.5 us.
+_L2_ROUND_S = 0.5e-6
+_FENCE_S = 0.5e-6
 _LAUNCH_S = 20e-6
 GRAPH_LAUNCH_S = 1e-6  # one more kernel inside a replayed CUDA graph (shared/GPU.md: ~1.0 us)
 
@@ -118,7 +137,7 @@ def _sms_of(device_id: int) -> int:
 
 
 def estimate_seconds(cfg: TileConfig, M: int, N: int, K: int, splits: int, sms: int = 132,
-                     launch_s: float | None = None) -> float:
+                     launch_s: float | None = None, reduce: str = "launch") -> float:
     """Rough time of one GEMM: waves of blocks at the config's rate, plus split-K's extra traffic/launch.
 
     An SM needs ~8 resident warps for its full FMA rate; a partial wave (few blocks per SM) runs each
@@ -126,6 +145,10 @@ def estimate_seconds(cfg: TileConfig, M: int, N: int, K: int, splits: int, sms: 
     Python take max(GPU time, launches x host cost), so eagerly (``launch_s`` ~20 us of host time each)
     a second launch only pays when the GPU time it saves exceeds that; inside a replayed CUDA graph
     (~1 us each) it is added to the GPU time.
+
+    reduce: how split-K partials are summed: "launch" (a second kernel, conv's split-K) or "serial" (in
+    the GEMM's own launch by the last block of each tile: no second launch, but that block reads the
+    tile's ``splits`` partials alone, after every other block of the tile has finished).
     """
     launch_s = _LAUNCH_S if launch_s is None else launch_s
     tiles = math.ceil(M / cfg.bm) * math.ceil(N / cfg.bn)
@@ -135,34 +158,74 @@ def estimate_seconds(cfg: TileConfig, M: int, N: int, K: int, splits: int, sms: 
     resident = min(cfg.blocks_per_sm, math.ceil(total / sms))
     sm_rate = cfg.rate * _FMA_PER_SM_S * min(1.0, resident * cfg.threads / 32 / 8)
     block_fma = cfg.bm * cfg.bn * max(k_chunk, cfg.bk)
-    launches = 2 if splits > 1 else 1
+    launches = 2 if splits > 1 and reduce == "launch" else 1
     gpu = waves * resident * block_fma / sm_rate + launches * GRAPH_LAUNCH_S
     if splits > 1:  # partials written and read back
         gpu += 2 * 4 * splits * M * N / _BYTES_S
+        if reduce == "serial":  # the tile's last block sums its splits x BM x BN partials, then writes
+            gpu += _serial_tail_seconds(cfg, N, splits)
     return max(gpu, launches * launch_s)
 
 
+def _serial_tail_seconds(cfg: TileConfig, N: int, splits: int) -> float:
+    """The serial reduce of one tile (kernel splitk_tile_reduce): rounds of 2 splits x E vectors per
+    thread (float4 when N % 4 == 0: E = 2; else scalars, E = 4), plus the bytes at one SM's L2 rate."""
+    vec, per_thread = (4, 2) if N % 4 == 0 else (1, 4)
+    passes = math.ceil(cfg.bm * cfg.bn / vec / (per_thread * cfg.threads))
+    rounds = passes * math.ceil(splits / 2)
+    return _FENCE_S + rounds * _L2_ROUND_S + 4 * (splits + 1) * cfg.bm * cfg.bn / _SM_BYTES_S
+
+
 def choose_config(M: int, N: int, K: int, sms: int = 132, max_splits: int = 32, launch_s: float | None = None,
-                  candidates: tuple | None = None):
+                  candidates: tuple | None = None, reduce: str = "launch"):
     """(TileConfig, splits) with the lowest ``estimate_seconds``; splits keep >= 64 k per block.
 
     launch_s: the cost of the extra split-K launch (default: the current ``launch_cost``, 20 us eagerly).
     candidates: the TileConfigs to choose from (default: all of ``CONFIGS``).
+    reduce: "launch" or "serial", as in ``estimate_seconds``; "auto" weighs both for every split and
+    returns (TileConfig, splits, serial) (``gemm`` plans with "auto").
+    Ties (eager calls whose GPU time hides under the host's launch cost) go to the lowest GPU time.
     """
-    return _choose_config(M, N, K, sms, max_splits, _LAUNCH_S if launch_s is None else launch_s, candidates)
+    if reduce not in ("launch", "serial", "auto"):
+        raise ValueError(f"choose_config: reduce={reduce!r}; use 'launch', 'serial' or 'auto'")
+    best = _choose_config(M, N, K, sms, max_splits, _LAUNCH_S if launch_s is None else launch_s, candidates,
+                          reduce)
+    return best if reduce == "auto" else best[:2]
 
 
 @functools.lru_cache(maxsize=4096)
-def _choose_config(M, N, K, sms, max_splits, launch_s, candidates):
-    best = None
+def _choose_config(M, N, K, sms, max_splits, launch_s, candidates, reduce):
+    return _ranked_plans(M, N, K, sms, max_splits, launch_s, candidates, reduce)[0]
+
+
+@functools.lru_cache(maxsize=4096)
+def _ranked_plans(M, N, K, sms, max_splits, launch_s, candidates, reduce):
+    """Every (TileConfig, splits, serial) the choice weighs, cheapest first by (estimate, GPU estimate)."""
+    ranked = []
+    modes = ("launch", "serial") if reduce == "auto" else (reduce,)
     for cfg in candidates or CONFIGS:
         s = 1
         while s <= max_splits and (s == 1 or K // s >= 64):
-            t = estimate_seconds(cfg, M, N, K, s, sms, launch_s)
-            if best is None or t < best[0]:
-                best = (t, cfg, s)
+            for mode in modes if s > 1 else modes[:1]:
+                t = (estimate_seconds(cfg, M, N, K, s, sms, launch_s, mode),
+                     estimate_seconds(cfg, M, N, K, s, sms, 0.0, mode))
+                ranked.append((t, len(ranked), (cfg, s, mode == "serial")))
             s *= 2
-    return best[1], best[2]
+    return tuple(plan for _, _, plan in sorted(ranked))
+
+
+def tune_candidates(M: int, N: int, K: int, sms: int = 132, count: int = 6) -> list:
+    """The plans (TileConfig, splits, serial) the autotuner times for one GEMM shape: the ``count`` the
+    cost model ranks first, plus the model's best unsplit plan and its best of each reduce mode where
+    those are not among them (the model is least sure about big unsplit tiles at tiny K and about the
+    serial reduce's tail)."""
+    ranked = _ranked_plans(M, N, K, sms, 32, _LAUNCH_S, None, "auto")
+    picked = list(ranked[:count])
+    for want in (lambda p: p[1] == 1, lambda p: p[1] > 1 and p[2], lambda p: p[1] > 1 and not p[2]):
+        best = next((p for p in ranked if want(p)), None)
+        if best is not None and best not in picked:
+            picked.append(best)
+    return picked
 
 
 def set_launch_cost(seconds: float) -> None:
@@ -210,6 +273,21 @@ def split_workspace(n: int):
     bufs = _split_buffers.setdefault(dev, [])
     if not bufs or bufs[-1].size < n:
         bufs.append(cupy.empty(max(n, 1 << 20), dtype=np.float32))
+    return bufs[-1]
+
+
+_counter_buffers: dict = {}
+
+
+def split_counters(n: int):
+    """An int32 device buffer of at least ``n`` zeros, per device, grow-only: the per-tile arrival counters
+    of serial split-K (each launch leaves them zero again). Never freed, like ``split_workspace``."""
+    import cupy
+
+    dev = cupy.cuda.Device().id
+    bufs = _counter_buffers.setdefault(dev, [])
+    if not bufs or bufs[-1].size < n:
+        bufs.append(cupy.zeros(max(n, 4096), dtype=np.int32))
     return bufs[-1]
 
 
@@ -262,19 +340,22 @@ def _check_operands(a, b, out, trans_a, trans_b, bias, act, accumulate):
 
 
 def gemm(a, b, out=None, *, trans_a=False, trans_b=False, bias=None, act="none", accumulate=False,
-         version="v2", config=None, splits=None, workspace=None):
+         version="v2", config=None, splits=None, workspace=None, reduce=None):
     """out = act(op(a) @ op(b) + bias (+ out if accumulate)); returns out.
 
     a: (M, K) or (K, M) if trans_a; b: (K, N) or (N, K) if trans_b; bias: (N,) or None; out: (M, N).
     version "v1" runs the baseline kernel; "v2" (default) the tiled one with ``config`` (a TileConfig or
     its name) and ``splits`` chosen by ``choose_config`` unless given. ``workspace``: float32 buffer of
     at least splits*M*N elements for split-K partials (default: the shared per-device buffer).
+    ``reduce``: how split-K partials are summed, "serial" (in the same launch) or "launch" (a second
+    kernel); default: the planner's choice, or "serial" when ``config`` or ``splits`` is given.
     """
-    fast = version == "v2" and config is None and splits is None and workspace is None and out is not None
+    fast = (version == "v2" and config is None and splits is None and workspace is None and reduce is None
+            and out is not None)
     key = _plan_key(a, b, out, bias, trans_a, trans_b, act, accumulate) if fast else None
-    plan = _launch_plans.get(key) if key is not None else None
-    if plan is not None:
-        _launch(plan, a, b, out, bias)
+    launch = _launch_plans.get(key) if key is not None else None
+    if launch is not None:
+        run_launch(launch, a, b, out, bias)
         return out
     M, N, K, out = _check_operands(a, b, out, trans_a, trans_b, bias, act, accumulate)
     if M == 0 or N == 0:
@@ -287,18 +368,114 @@ def gemm(a, b, out=None, *, trans_a=False, trans_b=False, bias=None, act="none",
         return out
     if version != "v2":
         raise ValueError(f"gemm: version={version!r}; use 'v1' or 'v2'")
-    plan = _make_plan(a, b, out, trans_a, trans_b, act, accumulate, M, N, K, config, splits)
+    if reduce not in (None, "serial", "launch"):
+        raise ValueError(f"gemm: reduce={reduce!r}; use 'serial' or 'launch'")
+    if config is None and splits is None:
+        config, splits, serial = _tuned_choice(a, b, out, bias, trans_a, trans_b, act, accumulate, M, N, K)
+        reduce = reduce or ("serial" if serial else "launch")
+    plan = _make_plan(a, b, out, trans_a, trans_b, act, accumulate, M, N, K, config, splits, reduce)
+    launch = _launch_args(plan, out, workspace)
     if key is not None:
-        _launch_plans[key] = plan
-    _launch(plan, a, b, out, bias, workspace)
+        _launch_plans[key] = launch
+    run_launch(launch, a, b, out, bias)
     return out
 
 
-# Launch plans of eager calls (the common case: shapes repeat call after call). A plan holds everything
-# ``gemm`` derives from the shapes, alignment and options (config, split, grid, kernel, scalar arguments),
-# so a repeated call skips the checks and the choice: ~10 us of Python per call down to the launch itself
-# (shared/GPU.md: a launch from Python costs ~8 us). Keyed on everything the checks looked at, so a call
-# that would fail them never hits a plan.
+def launch_cached(a, b, out, bias=None, trans_a=False, trans_b=False, act="none", accumulate=False) -> bool:
+    """Launch ``gemm(a, b, out, ...)`` from the eager launch cache and return True, or return False (nothing
+    launched) when no earlier call with these shapes, alignments and options made it. For wrappers (dense
+    layers) whose own argument checks a cached launch has already passed: a hit skips them."""
+    key = _plan_key(a, b, out, bias, trans_a, trans_b, act, accumulate)
+    launch = _launch_plans.get(key) if key is not None else None
+    if launch is None:
+        return False
+    run_launch(launch, a, b, out, bias)
+    return True
+
+
+def run_launch(launch, a, b, out, bias) -> None:
+    """Run a launch made by ``_launch_args``: the GEMM kernel, then the separate split-K reduce if any."""
+    kern, grid, block, smem, tail, red = launch
+    kern(grid, block, (a, b, out, _ptr(bias)) + tail, shared_mem=smem)
+    if red is not None:
+        red_kern, red_grid, ws_ptr, red_tail = red
+        red_kern(red_grid, (256,), (ws_ptr, out, _ptr(bias)) + red_tail)
+
+
+# Autotuning: the first call of a GEMM shape (per transposes, epilogue and operand alignment) times the
+# plans ``tune_candidates`` proposes on its own operands and keeps the fastest, so a wrong guess of the cost
+# model (it has missed by 2-4x at tiny K with big tiles, H100 session 4) costs one timing, not every call.
+# Each candidate is timed over TUNE_CALLS back-to-back launches queued behind gemm_gpu_sleep: GPU time,
+# not the host's launch cost; a candidate is then worth max(GPU time, its launches x the launch cost in
+# force), ties to the lower GPU time, as in ``estimate_seconds`` (eagerly a second launch costs ~20 us of
+# host time, in a graph ~1 us), so the choice is cached per launch cost too. Nothing is timed inside a CUDA-graph capture (the model's first choice is
+# used, uncached); ``AUTOTUNE = False`` turns it off (the model's choice everywhere).
+AUTOTUNE = True
+TUNE_CALLS = 5
+TUNE_SLEEP_US = 300
+_tuned: dict = {}
+
+
+def _tuned_choice(a, b, out, bias, trans_a, trans_b, act, accumulate, M, N, K):
+    """(TileConfig, splits, serial) for this call: cached, else timed (see above), else the model's."""
+    import cupy
+
+    key = (M, N, K, trans_a, trans_b, act, bias is None, accumulate, a.data.ptr & 15, b.data.ptr & 15,
+           out.data.ptr & 15, _LAUNCH_S, cupy.cuda.runtime.getDevice())
+    hit = _tuned.get(key)
+    if hit is not None:
+        return hit
+    cands = tune_candidates(M, N, K, _num_sms())
+    if len(cands) == 1 or not AUTOTUNE:
+        return cands[0]
+    stream = cupy.cuda.get_current_stream()
+    if stream.ptr and cupy.cuda.runtime.streamIsCapturing(stream.ptr):
+        return cands[0]
+    scratch = cupy.empty((M, N), dtype=np.float32)  # timing never writes the caller's out (accumulate)
+    launches = []
+    for cfg, splits, serial in cands:
+        plan = _make_plan(a, b, scratch, trans_a, trans_b, act, accumulate, M, N, K, cfg, splits,
+                          "serial" if serial else "launch")
+        launches.append(_launch_args(plan, scratch))
+        run_launch(launches[-1], a, b, scratch, bias)  # compiles, grows the split-K buffers
+    times = _time_launches([lambda la=la: run_launch(la, a, b, scratch, bias) for la in launches])
+
+    def worth(i):
+        gpu = times[i] * 1e-3 / TUNE_CALLS
+        _, splits, serial = cands[i]
+        return max(gpu, (2 if splits > 1 and not serial else 1) * _LAUNCH_S), gpu
+
+    best = cands[min(range(len(cands)), key=worth)]
+    _tuned[key] = best
+    return best
+
+
+def _time_launches(calls) -> list:
+    """GPU milliseconds of TUNE_CALLS back-to-back runs of each call, each batch queued behind a
+    TUNE_SLEEP_US-long kernel so the host's launch cost is hidden."""
+    import cupy
+
+    stream = cupy.cuda.get_current_stream()
+    sleep = kernel("gemm", "gemm_gpu_sleep")
+    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    times = []
+    for call in calls:
+        sleep((1,), (1,), (np.int32(TUNE_SLEEP_US),))
+        start.record(stream)
+        for _ in range(TUNE_CALLS):
+            call()
+        end.record(stream)
+        end.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(start, end))
+    return times
+
+
+# Launches of eager calls (the common case: shapes repeat call after call). A cached launch holds everything
+# ``gemm`` derives from the shapes, alignment and options (config, split, grid, kernel, workspace, scalar
+# arguments), so a repeated call skips the checks and the choice: ~10 us of Python per call down to the
+# launch itself (shared/GPU.md: a launch from Python costs ~8 us). Keyed on everything the checks looked
+# at, so a call that would fail them never hits a cached launch. Split-K's default workspace and counters
+# are held by the cached launch: both buffers are never freed and were sized for this call.
 _launch_plans: dict = {}
 _F32 = np.dtype(np.float32)
 
@@ -319,46 +496,54 @@ def _plan_key(a, b, out, bias, trans_a, trans_b, act, accumulate):
         return None
 
 
-def _make_plan(a, b, out, trans_a, trans_b, act, accumulate, M, N, K, config=None, splits=None):
-    """Everything a launch derives from the shapes, alignment and options: kernel, grid, block, shared
-    memory, scalar arguments. ``config`` (a TileConfig or its name) and ``splits`` default to
-    ``choose_config``'s."""
-    if config is None or splits is None:
-        auto_cfg, auto_splits = choose_config(M, N, K, _num_sms())
+def _make_plan(a, b, out, trans_a, trans_b, act, accumulate, M, N, K, config=None, splits=None, reduce=None):
+    """Everything a launch derives from the shapes, alignment and options: (kernel, grid, block, shared
+    memory, scalar arguments, flags, splits, M*N). ``config`` (a TileConfig or its name), ``splits`` and
+    ``reduce`` default to ``choose_config``'s (reduce="auto"); ``reduce`` to "serial" when either is given."""
+    if config is None and splits is None:
+        config, splits, serial = choose_config(M, N, K, _num_sms(), reduce="auto")
+        reduce = reduce or ("serial" if serial else "launch")
+    elif config is None or splits is None:
+        auto_cfg, auto_splits, _ = choose_config(M, N, K, _num_sms(), reduce="auto")
         config = auto_cfg if config is None else config
         splits = auto_splits if splits is None else splits
+    reduce = reduce or "serial"
     cfg = CONFIG_BY_NAME[config] if isinstance(config, str) else config
     k_chunk, splits = split_chunk(K, splits, cfg.bk)
     kern = kernel("gemm", "gemm_v2_" + ("t" if trans_a else "n") + ("t" if trans_b else "n"), cfg)
     flags = int(_vec_ok(a, M if trans_a else K)) | int(_vec_ok(b, K if trans_b else N)) << 1
-    beta, act_code = np.int32(1 if accumulate else 0), np.int32(ACTS[act])
-    dims = (np.int32(M), np.int32(N), np.int32(K), np.int32(k_chunk))
     if splits == 1:  # flag bit 2: float4 stores into out
-        tail = dims + (beta, act_code, np.int32(flags | int(_vec_ok(out, N)) << 2))
-    else:  # the partials' flags are finished per call by _launch, which knows the workspace
-        tail = dims + (np.int32(0), np.int32(0), flags | 1 << 3)
+        flags |= int(_vec_ok(out, N)) << 2
+    else:  # bit 3: split-K, bit 4: serial; bits 2 and 5 (float4 partials / reduce) follow the workspace
+        flags |= 1 << 3 | (reduce == "serial") << 4
+    scalars = (np.int32(M), np.int32(N), np.int32(K), np.int32(k_chunk), np.int32(1 if accumulate else 0),
+               np.int32(ACTS[act]))
     grid = (blocks(N, cfg.bn), blocks(M, cfg.bm), splits)
-    reduce = None
-    if splits > 1:  # the ordered reduce's launch, made with the plan
-        reduce = (kernel("gemm", "gemm_splitk_reduce"),) + _reduce_args(M, N, splits, int(beta), int(act_code))
-    return (kern, grid, (cfg.threads,), cfg.smem_bytes, tail, splits, M * N, reduce)
+    return kern, grid, (cfg.threads,), cfg.smem_bytes, scalars, flags, splits, M * N
 
 
-def _launch(plan, a, b, out, bias, workspace=None) -> None:
-    """Launch a plan: one kernel, or with split-K the partials into ``workspace`` (default: the shared
-    per-device buffer; flag bit 2 set where it allows float4 stores) and the ordered reduce."""
-    kern, grid, block, smem, tail, splits, MN, reduce = plan
+def _launch_args(plan, out, workspace=None):
+    """(kernel, grid, block, shared memory, arguments after (a, b, out, bias), separate reduce or None) of
+    a plan (``run_launch`` runs it): with split-K the partials go to ``workspace`` (default: the shared
+    per-device buffer), serial split-K's per-tile counters to the shared ones; flag bit 2 (float4 partial
+    stores) follows the workspace's alignment, bit 5 (float4 serial reduce) also out's."""
+    kern, grid, block, smem, scalars, flags, splits, MN = plan
     if splits == 1:
-        kern(grid, block, (a, b, out, _ptr(bias)) + tail, shared_mem=smem)
-        return
+        return kern, grid, block, smem, (np.uint64(0), np.uint64(0)) + scalars + (np.int32(flags),), None
     need = splits * MN
     ws = workspace if workspace is not None else split_workspace(need)
     if ws.size < need:
         raise ValueError(f"gemm: workspace has {ws.size} elements, split-K needs {need}")
-    flags = np.int32(tail[-1] | int(_vec_ok(ws, tail[1])) << 2)   # tail[1]: N as np.int32
-    kern(grid, block, (a, b, ws, np.uint64(0)) + tail[:-1] + (flags,), shared_mem=smem)
-    red, red_grid, red_tail = reduce
-    red(red_grid, (256,), (ws, out, _ptr(bias)) + red_tail)
+    M, N = int(scalars[0]), int(scalars[1])
+    ws_vec = _vec_ok(ws, N)
+    flags |= int(ws_vec) << 2 | int(ws_vec and _vec_ok(out, N)) << 5
+    if flags >> 4 & 1:
+        counters, red = _ptr(split_counters(grid[0] * grid[1])), None
+    else:
+        counters = np.uint64(0)
+        red = (kernel("gemm", "gemm_splitk_reduce"), *_reduce_args(M, N, splits, int(scalars[4]), int(scalars[5])))
+        red = (red[0], red[1], _ptr(ws), red[2])
+    return kern, grid, block, smem, (_ptr(ws), counters) + scalars + (np.int32(flags),), red
 
 
 @functools.lru_cache(maxsize=4096)

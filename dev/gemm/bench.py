@@ -119,7 +119,8 @@ def gemm_rows(args, rng):
 
     if "gemm4096" in args.only:
         dense_three(4096, 4096, 4096, "gemm4096", ["auto", "128x128x8_8x8", "128x256x8_8x16", "256x128x8_16x8",
-                                                   "128x128x16_8x8", "256x128x16_16x8", "128x256x16_8x16"])
+                                                   "128x128x16_8x8", "256x128x16_16x8", "128x256x16_8x16",
+                                                   "128x128x8_8x8_p1"])
         dense_three(1, 1, 1, "overhead", ["auto"])
     if "dense" in args.only:
         for M, N, K in SQUARE_DENSE:
