@@ -359,8 +359,18 @@ def _device_id() -> int:
 def _timed_choice(key, candidates, default: str) -> str:
     """The kernel version for ``key``: the cached one, else the fastest of ``candidates()`` (a callable
     returning {name: call}, asked only on a cache miss, so a repeated call pays one dict lookup), timed
-    once with CUDA events (3 calls each after one warm-up) and cached. A single candidate is cached
-    untimed. Inside a CUDA-graph capture an uncached key gets ``default`` (nothing can be timed there)."""
+    once and cached per launch-cost regime (``gemm.launch_cost``: the graph's, keyed ``key + ("graph",)``,
+    or an eager one). Eagerly (host launch cost ~20 us) a candidate is worth what 5 back-to-back eager
+    calls take, its extra launches' host time included; under the graph launch cost, the GPU time of 5
+    calls queued behind a sleep kernel (what a replayed graph sees). Each is the least of 2 interleaved
+    rounds, after 2 warm-up calls (until session 4: one round of 3 eager calls, for both regimes; small
+    layers' eager rows then varied up to 1.7x from one H100 run to the next). A single candidate is
+    cached untimed. Inside a CUDA-graph capture an uncached key gets ``default`` (nothing can be timed there)."""
+    from . import gemm
+
+    graph = gemm._LAUNCH_S <= gemm.GRAPH_LAUNCH_S
+    if graph:
+        key = key + ("graph",)
     chosen = _choices.get(key)
     if chosen is not None:
         return chosen
@@ -373,17 +383,12 @@ def _timed_choice(key, candidates, default: str) -> str:
     stream = cupy.cuda.get_current_stream()
     if stream.ptr and cupy.cuda.runtime.streamIsCapturing(stream.ptr):
         return default
-    times = {}
-    for name, call in calls.items():
+    for call in calls.values():
         call()
-        start, end = cupy.cuda.Event(), cupy.cuda.Event()
-        start.record(stream)
-        for _ in range(3):
-            call()
-        end.record(stream)
-        end.synchronize()
-        times[name] = cupy.cuda.get_elapsed_time(start, end)
-    _choices[key] = min(times, key=times.get)
+        call()
+    names = list(calls)
+    times = gemm.time_calls([calls[n] for n in names], reps=5, behind_sleep=graph)
+    _choices[key] = names[min(range(len(names)), key=times.__getitem__)]
     return _choices[key]
 
 

@@ -184,7 +184,8 @@ def choose_config(M: int, N: int, K: int, sms: int = 132, max_splits: int = 32, 
     candidates: the TileConfigs to choose from (default: all of ``CONFIGS``).
     reduce: "launch" or "serial", as in ``estimate_seconds``; "auto" weighs both for every split and
     returns (TileConfig, splits, serial) (``gemm`` plans with "auto").
-    Ties (eager calls whose GPU time hides under the host's launch cost) go to the lowest GPU time.
+    Ties (eager calls whose GPU time hides under the host's launch cost) go to the lowest GPU time
+    with "serial" / "auto", to the first candidate with "launch".
     """
     if reduce not in ("launch", "serial", "auto"):
         raise ValueError(f"choose_config: reduce={reduce!r}; use 'launch', 'serial' or 'auto'")
@@ -207,9 +208,13 @@ def _ranked_plans(M, N, K, sms, max_splits, launch_s, candidates, reduce):
         s = 1
         while s <= max_splits and (s == 1 or K // s >= 64):
             for mode in modes if s > 1 else modes[:1]:
-                t = (estimate_seconds(cfg, M, N, K, s, sms, launch_s, mode),
-                     estimate_seconds(cfg, M, N, K, s, sms, 0.0, mode))
-                ranked.append((t, len(ranked), (cfg, s, mode == "serial")))
+                t = estimate_seconds(cfg, M, N, K, s, sms, launch_s, mode)
+                # ties (eager plans under the host's launch floor): the lower GPU time first for gemm's
+                # own plans, which the tuner then times; conv's ("launch") keep the first candidate in
+                # CONFIGS order, as before session 4 (its eager conv rows measured up to 1.7x slower
+                # with the GPU-time tie-break on the H100: the model's small-plan times are optimistic)
+                gpu = estimate_seconds(cfg, M, N, K, s, sms, 0.0, mode) if reduce != "launch" else 0.0
+                ranked.append(((t, gpu), len(ranked), (cfg, s, mode == "serial")))
             s *= 2
     return tuple(plan for _, _, plan in sorted(ranked))
 
@@ -451,23 +456,34 @@ def _tuned_choice(a, b, out, bias, trans_a, trans_b, act, accumulate, M, N, K):
 
 
 def _time_launches(calls) -> list:
-    """GPU milliseconds of TUNE_CALLS back-to-back runs of each call, each batch queued behind a
-    TUNE_SLEEP_US-long kernel so the host's launch cost is hidden."""
+    """GPU milliseconds of TUNE_CALLS back-to-back runs of each call (``time_calls`` behind a sleep)."""
+    return time_calls(calls, TUNE_CALLS, behind_sleep=True)
+
+
+def time_calls(calls, reps: int = TUNE_CALLS, behind_sleep: bool = True, rounds: int = 2) -> list:
+    """Milliseconds of ``reps`` back-to-back runs of each call, the least of ``rounds`` rounds (the rounds
+    interleave the calls, so a slow moment of the host or GPU does not single one out). ``behind_sleep``:
+    each batch is queued behind a TUNE_SLEEP_US-long kernel, so the events measure GPU time only (what a
+    replayed CUDA graph sees); without it they measure what eager calls cost, host launch time included
+    where it exceeds the GPU's (the first launch starts on an idle stream)."""
     import cupy
 
     stream = cupy.cuda.get_current_stream()
     sleep = kernel("gemm", "gemm_gpu_sleep")
     start, end = cupy.cuda.Event(), cupy.cuda.Event()
-    times = []
-    for call in calls:
-        sleep((1,), (1,), (np.int32(TUNE_SLEEP_US),))
-        start.record(stream)
-        for _ in range(TUNE_CALLS):
-            call()
-        end.record(stream)
-        end.synchronize()
-        times.append(cupy.cuda.get_elapsed_time(start, end))
-    return times
+    best = [math.inf] * len(calls)
+    for _ in range(rounds):
+        for i, call in enumerate(calls):
+            stream.synchronize()
+            if behind_sleep:
+                sleep((1,), (1,), (np.int32(TUNE_SLEEP_US),))
+            start.record(stream)
+            for _ in range(reps):
+                call()
+            end.record(stream)
+            end.synchronize()
+            best[i] = min(best[i], cupy.cuda.get_elapsed_time(start, end))
+    return best
 
 
 # Launches of eager calls (the common case: shapes repeat call after call). A cached launch holds everything

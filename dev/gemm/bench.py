@@ -107,7 +107,7 @@ def gemm_rows(args, rng):
             check(y, torch.matmul(tx, tW.t()), K, f"fwd {M}x{N}x{K} {v}")
             add(group, f"fwd {M}x{N}x{K}", flops, lambda: gemm(x, W, y, trans_b=True, **kw),
                 lambda: torch.matmul(tx, tW.t(), out=ty), v)
-        if group in ("gemm4096", "overhead"):
+        if group in ("gemm4096", "overhead", "waves"):
             return
         gemm(dy, W, dx)
         check(dx, torch.matmul(tdy, tW), N, f"bwd-data {M}x{N}x{K}")
@@ -121,6 +121,12 @@ def gemm_rows(args, rng):
         dense_three(4096, 4096, 4096, "gemm4096", ["auto", "128x128x8_8x8", "128x256x8_8x16", "256x128x8_16x8",
                                                    "128x128x16_8x8", "256x128x16_16x8", "128x256x16_8x16",
                                                    "128x128x8_8x8_p1"])
+    if "waves" in args.only:
+        # wave quantization at 4096^3 with 256x128 tiles: 512 tiles on 132 SMs (one block each) is 3.88 waves;
+        # N = 4224 gives 528 tiles, exactly 4 waves, N = 3072 gives 384 (2.91): equal times for 4096 and
+        # 4224 mean the last wave of 4096 runs a quarter of the time on 116 of 132 SMs
+        for n in (3072, 4096, 4224):
+            dense_three(4096, n, 4096, "waves", ["256x128x16_16x8"])
         dense_three(1, 1, 1, "overhead", ["auto"])
     if "dense" in args.only:
         for M, N, K in SQUARE_DENSE:
