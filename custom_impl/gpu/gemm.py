@@ -115,8 +115,10 @@ _FMA_PER_SM_S = 51e12 / 2 / 132
 _BYTES_S = 3.0e12
 _SM_BYTES_S = 120e9  # one block's float4 __ldcg loads from L2 (assumed: ~64 B/clk/SM at ~1.8 GHz, halved)
 # Serial split-K's tail is bound by L2 round trips: the summing block issues the loads of 2 splits x E
-# vectors per thread, waits, adds, and goes on. H100, session 4 (dev/overhead.py, the first serial kernel
-# with one dependent round per element): ~0.5 us per round, and the fence and counter ~0.5 us.
+# vectors per thread, waits, adds, and goes on. Assumed ~0.5 us per round and ~0.5 us for the fence and
+# counter: the first serial kernel (one dependent round per element, 16 rounds at (64, 10, 128) split in
+# two) ran 2-9 us slower in a graph than the same GEMM without the tail would (dev/overhead.py, H100,
+# session 4). Rough; the autotuner times the real candidates anyway.
 _L2_ROUND_S = 0.5e-6
 _FENCE_S = 0.5e-6
 _LAUNCH_S = 20e-6
