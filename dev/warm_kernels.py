@@ -3,7 +3,7 @@
     python3 dev/warm_kernels.py [--jobs 16]
 
 A fresh GPU machine compiles every tile configuration's module with NVRTC on first use, one after another
-(~10-20 s each for gemm.cu; the gemm and conv families have 14 + 6 configured modules). Here each module
+(~10-20 s each for gemm.cu; the gemm and conv families have one module per tile configuration). Here each module
 is compiled in its own process, so a 16-core host fills the cache in about the time of the slowest one;
 later processes (pytest, the harness) load the compiled modules from ~/.cupy/kernel_cache.
 """

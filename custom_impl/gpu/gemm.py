@@ -51,7 +51,6 @@ class TileConfig:
     tm: int
     tn: int
     rate: float  # expected fraction of the 128x128 tile's per-SM FMA rate (smaller tiles reuse less)
-    pipe: int = 0  # 1: fragments double-buffered in registers across the k-tile barrier (GEMM_PIPE)
 
     @property
     def threads(self) -> int:
@@ -72,14 +71,11 @@ class TileConfig:
 
     @property
     def defines(self) -> dict:
-        d = dict(GEMM_BM=self.bm, GEMM_BN=self.bn, GEMM_BK=self.bk, GEMM_TM=self.tm, GEMM_TN=self.tn)
-        if self.pipe:
-            d["GEMM_PIPE"] = self.pipe
-        return d
+        return dict(GEMM_BM=self.bm, GEMM_BN=self.bn, GEMM_BK=self.bk, GEMM_TM=self.tm, GEMM_TN=self.tn)
 
     @property
     def name(self) -> str:
-        return f"{self.bm}x{self.bn}x{self.bk}_{self.tm}x{self.tn}" + (f"_p{self.pipe}" if self.pipe else "")
+        return f"{self.bm}x{self.bn}x{self.bk}_{self.tm}x{self.tn}"
 
 
 CONFIGS = (
@@ -100,11 +96,9 @@ CONFIGS = (
 # slower than the ones above (H100 run 4: 42.8 TFLOP/s at 4096^3).
 EXTRA_CONFIGS = (
     TileConfig(128, 256, 16, 8, 16, 1.03),
-    # session 4: fragments double-buffered in registers across the k-tile barrier (GEMM_PIPE). H100 at
-    # 4096^3: 39.9 vs 36.9 TFLOP/s for 128x128x8, but 40.5 vs 43.3 at 256x128x16 (240 registers) and 42.4
-    # vs 42.8 at 128x128x16 (spills under the 128-register cap), so only the BK=8 one is kept, by name.
-    TileConfig(128, 128, 8, 8, 8, 1.00, pipe=1),
 )
+# Measured and dropped in session 4 (H100, 4096^3, one run: 256x128x16 at 44.4 TFLOP/s): k tiles of 32,
+# 256x128x32 41.3 and 128x256x32 42.9 TFLOP/s (249-255 registers, 100 KB of shared memory).
 CONFIG_BY_NAME = {c.name: c for c in CONFIGS + EXTRA_CONFIGS}
 
 # Cost model constants (H100, strict FP32): cuBLAS-level FMA rate per SM, memory bandwidth, the L2 read

@@ -38,9 +38,6 @@
 #ifndef GEMM_TN
 #define GEMM_TN 8
 #endif
-#ifndef GEMM_PIPE
-#define GEMM_PIPE 0   // 1: fragments double-buffered in registers across the k-tile barrier (gemm_tile)
-#endif
 #define GEMM_NT ((GEMM_BM / GEMM_TM) * (GEMM_BN / GEMM_TN))
 // Two blocks per SM for the 256-thread tiles caps registers at 128 per thread; smaller tiles uncapped.
 #define GEMM_MIN_BLOCKS ((GEMM_NT >= 256 && GEMM_TM * GEMM_TN <= 64) ? 2 : 1)
@@ -218,62 +215,6 @@ __device__ __forceinline__ void gemm_tile(LA& la, LB& lb, EP& ep, int m0, int n0
         for (int j = 0; j < TN; ++j) acc[i][j] = 0.f;
 
     const int ntiles = (k_end - k_begin + BK - 1) / BK;
-#if GEMM_PIPE
-    // Fragments double-buffered in registers across the barrier (session 4): the barrier of k tile t sits
-    // before its last k step, so the next tile's first fragments are read from shared memory while that
-    // step's FFMAs run, instead of every warp waiting out the barrier and then the first LDS latency.
-    if (ntiles > 0) {
-        la.load(k_begin);
-        lb.load(k_begin);
-        la.store(As);
-        lb.store(Bs);
-    }
-    __syncthreads();
-    float fa[2][TM], fb[2][TN];
-    auto load_frag = [&](float (&a)[TM], float (&b)[TN], const float* a_s, const float* b_s) {
-#pragma unroll
-        for (int i = 0; i < TM / 4; ++i) {
-            float4 t4 = *reinterpret_cast<const float4*>(a_s + row_base + i * 32);
-            a[i * 4 + 0] = t4.x; a[i * 4 + 1] = t4.y; a[i * 4 + 2] = t4.z; a[i * 4 + 3] = t4.w;
-        }
-#pragma unroll
-        for (int j = 0; j < TN / 4; ++j) {
-            float4 t4 = *reinterpret_cast<const float4*>(b_s + col_base + j * 16);
-            b[j * 4 + 0] = t4.x; b[j * 4 + 1] = t4.y; b[j * 4 + 2] = t4.z; b[j * 4 + 3] = t4.w;
-        }
-    };
-    if (ntiles > 0) load_frag(fa[0], fb[0], As, Bs);
-    for (int t = 0; t < ntiles; ++t) {
-        const int cur = t & 1;
-        const bool more = t + 1 < ntiles;
-        if (more) {
-            la.load(k_begin + (t + 1) * BK);
-            lb.load(k_begin + (t + 1) * BK);
-        }
-        const float* a_s = As + cur * (BK * LDA);
-        const float* b_s = Bs + cur * (BK * LDB);
-#pragma unroll
-        for (int k = 0; k < BK; ++k) {
-            if (k == BK - 1) {
-                // NOTE: the other buffer's last reader was the fragment load of tile t-1's step BK-2,
-                // before tile t-1's barrier, which every thread has passed.
-                if (more) {
-                    la.store(As + (cur ^ 1) * (BK * LDA));
-                    lb.store(Bs + (cur ^ 1) * (BK * LDB));
-                }
-                __syncthreads();
-                if (more) load_frag(fa[(k + 1) & 1], fb[(k + 1) & 1], As + (cur ^ 1) * (BK * LDA),
-                                    Bs + (cur ^ 1) * (BK * LDB));
-            } else {
-                load_frag(fa[(k + 1) & 1], fb[(k + 1) & 1], a_s + (k + 1) * LDA, b_s + (k + 1) * LDB);
-            }
-#pragma unroll
-            for (int i = 0; i < TM; ++i)
-#pragma unroll
-                for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(fa[k & 1][i], fb[k & 1][j], acc[i][j]);
-        }
-    }
-#else
     if (ntiles > 0) {
         la.load(k_begin);
         lb.load(k_begin);
@@ -317,7 +258,6 @@ __device__ __forceinline__ void gemm_tile(LA& la, LB& lb, EP& ep, int m0, int n0
         }
         __syncthreads();
     }
-#endif
 
 #pragma unroll
     for (int i = 0; i < TM / 4; ++i)
