@@ -405,12 +405,12 @@ def run_launch(launch, a, b, out, bias) -> None:
 
 # Autotuning: the first call of a GEMM shape (per transposes, epilogue and operand alignment) times the
 # plans ``tune_candidates`` proposes on its own operands and keeps the fastest, so a wrong guess of the cost
-# model (it has missed by 2-4x at tiny K with big tiles, H100 session 4) costs one timing, not every call.
-# Each candidate is timed over TUNE_CALLS back-to-back launches queued behind gemm_gpu_sleep: GPU time,
-# not the host's launch cost; a candidate is then worth max(GPU time, its launches x the launch cost in
-# force), ties to the lower GPU time, as in ``estimate_seconds`` (eagerly a second launch costs ~20 us of
-# host time, in a graph ~1 us), so the choice is cached per launch cost too. Nothing is timed inside a CUDA-graph capture (the model's first choice is
-# used, uncached); ``AUTOTUNE = False`` turns it off (the model's choice everywhere).
+# model (up to 7x at tiny K on the 256x128 tile, H100 session 4) costs one timing, not every call. Each
+# candidate is timed over TUNE_CALLS back-to-back launches queued behind gemm_gpu_sleep: GPU time, not the
+# host's launch cost; a candidate is then worth max(GPU time, its launches x the launch cost in force),
+# ties to the lower GPU time, as in ``estimate_seconds`` (eagerly a second launch costs ~20 us of host
+# time, in a graph ~1 us), so the choice is cached per launch cost too. Nothing is timed inside a
+# CUDA-graph capture (the model's first choice is used, uncached); ``AUTOTUNE = False`` turns it off.
 AUTOTUNE = True
 TUNE_CALLS = 5
 TUNE_SLEEP_US = 300
