@@ -24,7 +24,7 @@ import functools
 import numpy as np
 
 from ._compile import blocks, check_array
-from .gemm import gemm, kernel, launch_cached, run_launch
+from .gemm import cached_launch, gemm, kernel, launch_cached, run_launch
 
 
 def dense_forward(x, W, b=None, act="none", out=None):
@@ -72,14 +72,11 @@ def _cached_backward(dy, x, W, need_dx, dx, dW, db):
     """dense_backward from cached launches only, when every GEMM of it was planned by an earlier call with
     these shapes (so their checks passed: dy, x, W, dx, dW are C-contiguous float32 of fitting shapes);
     None, with nothing launched, otherwise."""
-    from .gemm import _launch_plans, _plan_key
-
-    keys = [_plan_key(dy, x, dW, None, True, False, "none", False)]
+    launches = [cached_launch(dy, x, dW, None, True, False)]
     operands = [(dy, x, dW)]
     if need_dx:   # dx first, as the checked path launches
-        keys.insert(0, _plan_key(dy, W, dx, None, False, False, "none", False))
+        launches.insert(0, cached_launch(dy, W, dx))
         operands.insert(0, (dy, W, dx))
-    launches = [_launch_plans.get(k) if k is not None else None for k in keys]
     if any(la is None for la in launches) or (db is not None and db.shape != (dy.shape[1],)) \
             or type(W) is not type(dW) or W.shape != dW.shape:
         return None

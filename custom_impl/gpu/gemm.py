@@ -382,12 +382,17 @@ def gemm(a, b, out=None, *, trans_a=False, trans_b=False, bias=None, act="none",
     return out
 
 
-def launch_cached(a, b, out, bias=None, trans_a=False, trans_b=False, act="none", accumulate=False) -> bool:
-    """Launch ``gemm(a, b, out, ...)`` from the eager launch cache and return True, or return False (nothing
-    launched) when no earlier call with these shapes, alignments and options made it. For wrappers (dense
-    layers) whose own argument checks a cached launch has already passed: a hit skips them."""
+def cached_launch(a, b, out, bias=None, trans_a=False, trans_b=False, act="none", accumulate=False):
+    """The eager launch an earlier ``gemm(a, b, out, ...)`` with these shapes, alignments and options made
+    (run it with ``run_launch``), or None. For wrappers (dense layers) whose own argument checks such a
+    call has already passed: a hit lets them skip the checks."""
     key = _plan_key(a, b, out, bias, trans_a, trans_b, act, accumulate)
-    launch = _launch_plans.get(key) if key is not None else None
+    return _launch_plans.get(key) if key is not None else None
+
+
+def launch_cached(a, b, out, bias=None, trans_a=False, trans_b=False, act="none", accumulate=False) -> bool:
+    """Run ``gemm(a, b, out, ...)``'s cached launch and return True, or return False (nothing launched)."""
+    launch = cached_launch(a, b, out, bias, trans_a, trans_b, act, accumulate)
     if launch is None:
         return False
     run_launch(launch, a, b, out, bias)
@@ -510,12 +515,9 @@ def _plan_key(a, b, out, bias, trans_a, trans_b, act, accumulate):
 
 def _make_plan(a, b, out, trans_a, trans_b, act, accumulate, M, N, K, config=None, splits=None, reduce=None):
     """Everything a launch derives from the shapes, alignment and options: (kernel, grid, block, shared
-    memory, scalar arguments, flags, splits, M*N). ``config`` (a TileConfig or its name), ``splits`` and
-    ``reduce`` default to ``choose_config``'s (reduce="auto"); ``reduce`` to "serial" when either is given."""
-    if config is None and splits is None:
-        config, splits, serial = choose_config(M, N, K, _num_sms(), reduce="auto")
-        reduce = reduce or ("serial" if serial else "launch")
-    elif config is None or splits is None:
+    memory, scalar arguments, flags, splits, M*N). A missing ``config`` (a TileConfig or its name) or
+    ``splits`` is ``choose_config``'s; ``reduce`` defaults to "serial" (``gemm`` passes the tuned one)."""
+    if config is None or splits is None:
         auto_cfg, auto_splits, _ = choose_config(M, N, K, _num_sms(), reduce="auto")
         config = auto_cfg if config is None else config
         splits = auto_splits if splits is None else splits
@@ -553,8 +555,8 @@ def _launch_args(plan, out, workspace=None):
         counters, red = _ptr(split_counters(grid[0] * grid[1])), None
     else:
         counters = np.uint64(0)
-        red = (kernel("gemm", "gemm_splitk_reduce"), *_reduce_args(M, N, splits, int(scalars[4]), int(scalars[5])))
-        red = (red[0], red[1], _ptr(ws), red[2])
+        red_grid, red_tail = _reduce_args(M, N, splits, int(scalars[4]), int(scalars[5]))
+        red = (kernel("gemm", "gemm_splitk_reduce"), red_grid, _ptr(ws), red_tail)
     return kern, grid, block, smem, (_ptr(ws), counters) + scalars + (np.int32(flags),), red
 
 

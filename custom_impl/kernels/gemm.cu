@@ -54,6 +54,16 @@ extern "C" __global__ void gemm_v1(const float* __restrict__ A, const float* __r
 // V = 1: scalars) are dealt E at a time to each thread, and the loads of two z for those E are issued
 // before any is used: L2 round trips, not bandwidth, bound this tail (a dependent load per element would
 // cost ~0.5 us each).
+template <int V>
+__device__ __forceinline__ void ldcg_vec(const float* p, float (&v)[V]) {  // V floats from L2 (float4 or 1)
+    if constexpr (V == 4) {
+        const float4 t = __ldcg(reinterpret_cast<const float4*>(p));
+        v[0] = t.x; v[1] = t.y; v[2] = t.z; v[3] = t.w;
+    } else {
+        v[0] = __ldcg(p);
+    }
+}
+
 template <int V, int BM, int BN, int NT>
 __device__ __forceinline__ void splitk_tile_reduce(const float* W, float* C, const float* bias, int M, int N,
                                                    int m0, int n0, int splits, int beta, int act) {
@@ -80,15 +90,8 @@ __device__ __forceinline__ void splitk_tile_reduce(const float* W, float* C, con
 #pragma unroll
             for (int e = 0; e < E; ++e) {
                 if (!ok[e]) continue;
-                if (V == 4) {
-                    const float4 a = __ldcg(reinterpret_cast<const float4*>(W + z * MN + idx[e]));
-                    const float4 b = __ldcg(reinterpret_cast<const float4*>(W + (z + 1) * MN + idx[e]));
-                    p0[e][0] = a.x; p0[e][1 % V] = a.y; p0[e][2 % V] = a.z; p0[e][3 % V] = a.w;
-                    p1[e][0] = b.x; p1[e][1 % V] = b.y; p1[e][2 % V] = b.z; p1[e][3 % V] = b.w;
-                } else {
-                    p0[e][0] = __ldcg(W + z * MN + idx[e]);
-                    p1[e][0] = __ldcg(W + (z + 1) * MN + idx[e]);
-                }
+                ldcg_vec<V>(W + z * MN + idx[e], p0[e]);
+                ldcg_vec<V>(W + (z + 1) * MN + idx[e], p1[e]);
             }
 #pragma unroll
             for (int e = 0; e < E; ++e)
@@ -103,12 +106,10 @@ __device__ __forceinline__ void splitk_tile_reduce(const float* W, float* C, con
 #pragma unroll
             for (int e = 0; e < E; ++e) {
                 if (!ok[e]) continue;
-                if (V == 4) {
-                    const float4 a = __ldcg(reinterpret_cast<const float4*>(W + z * MN + idx[e]));
-                    s[e][0] += a.x; s[e][1 % V] += a.y; s[e][2 % V] += a.z; s[e][3 % V] += a.w;
-                } else {
-                    s[e][0] += __ldcg(W + z * MN + idx[e]);
-                }
+                float p[V];
+                ldcg_vec<V>(W + z * MN + idx[e], p);
+#pragma unroll
+                for (int f = 0; f < V; ++f) s[e][f] += p[f];
             }
         }
 #pragma unroll
@@ -123,8 +124,8 @@ __device__ __forceinline__ void splitk_tile_reduce(const float* W, float* C, con
                 if (beta) o[f] += C[idx[e] + f];
                 o[f] = apply_act(o[f], act);
             }
-            if (V == 4) {
-                *reinterpret_cast<float4*>(C + idx[e]) = make_float4(o[0], o[1 % V], o[2 % V], o[3 % V]);
+            if constexpr (V == 4) {
+                *reinterpret_cast<float4*>(C + idx[e]) = make_float4(o[0], o[1], o[2], o[3]);
             } else {
                 C[idx[e]] = o[0];
             }
