@@ -7,10 +7,20 @@
 //                      k in [z*k_chunk, (z+1)*k_chunk) to W + z*M*N; then either gemm_splitk_reduce is
 //                      launched, or (serial split-K, flag bit 4) the last block of a tile to finish (a
 //                      per-tile arrival counter) sums that tile's partials in the order z = 0, 1, ... and
-//                      writes C: one launch, the same sums as gemm_splitk_reduce.
+//                      writes C: one launch, the same sums as gemm_splitk_reduce. Blocks whose tile lies
+//                      inside aligned operands (and whose k range is whole k tiles) run the loaders
+//                      without bounds tests; edge blocks the checked ones (same sums, same order).
 //   gemm_splitk_reduce C = act(sum_z W[z] + bias + beta*C), summing z in order (deterministic); used by
 //                      conv.py's and conv_patch.py's split-K weight gradients.
 #include "gemm_tiles.cuh"
+
+// GEMM_INTERIOR=0 compiles only the bounds-checked loaders (the kernel before session 5), for measuring
+// what the interior fast path gains (dev/gemm/variants.py). Tiles held to 128 registers for two blocks per SM
+// (GEMM_MIN_BLOCKS 2) keep the checked loaders only: with a second copy of the main loop ptxas spilled there
+// (48-168 bytes in the nn/tn/tt kernels of the 128x128 tiles).
+#ifndef GEMM_INTERIOR
+#define GEMM_INTERIOR (GEMM_MIN_BLOCKS == 1)
+#endif
 
 
 extern "C" __global__ void gemm_v1(const float* __restrict__ A, const float* __restrict__ B,
@@ -149,21 +159,34 @@ __device__ __forceinline__ void gemm_v2_body(const float* A, const float* B, flo
     const int k_begin = blockIdx.z * k_chunk;
     const int k_end = min(K, k_begin + k_chunk);
     const bool split = (flags >> 3) & 1;
-    // A: trans_a -> stored (K, M): mn-vector; else stored (M, K): k-vector.
-    using LA = typename pick_type<TA, MNVecLoader<BM, BK, NT>, KVecLoader<BM, BK, NT>>::type;
-    // B: trans_b -> stored (N, K): k-vector; else stored (K, N): mn-vector.
-    using LB = typename pick_type<TB, KVecLoader<BN, BK, NT>, MNVecLoader<BN, BK, NT>>::type;
-    LA la;
-    la.p = A; la.ld = TA ? M : K; la.mn_size = M; la.k_end = k_end; la.mn0 = m0; la.tid = tid;
-    la.vec = flags & 1;
-    LB lb;
-    lb.p = B; lb.ld = TB ? K : N; lb.mn_size = N; lb.k_end = k_end; lb.mn0 = n0; lb.tid = tid;
-    lb.vec = (flags >> 1) & 1;
     GemmEpilogue ep;
     ep.C = split ? W + (size_t)blockIdx.z * M * N : C;
     ep.bias = bias; ep.M = M; ep.N = N; ep.beta = beta; ep.act = act;
     ep.vec = (flags >> 2) & 1; ep.partial = split;
-    gemm_tile<BM, BN, BK, GEMM_TM, GEMM_TN>(la, lb, ep, m0, n0, k_begin, k_end);
+    // Interior tiles of vectorisable operands take loaders without bounds tests (CHECKED = false): the
+    // tile lies inside both matrices and its k range is whole k tiles.
+    auto run = [&](auto checked) {
+        constexpr bool CH = decltype(checked)::value;
+        // A: trans_a -> stored (K, M): mn-vector; else stored (M, K): k-vector.
+        using LA = typename pick_type<TA, MNVecLoader<BM, BK, NT, CH>, KVecLoader<BM, BK, NT, CH>>::type;
+        // B: trans_b -> stored (N, K): k-vector; else stored (K, N): mn-vector.
+        using LB = typename pick_type<TB, KVecLoader<BN, BK, NT, CH>, MNVecLoader<BN, BK, NT, CH>>::type;
+        LA la;
+        la.p = A; la.ld = TA ? M : K; la.mn_size = M; la.k_end = k_end; la.mn0 = m0; la.tid = tid;
+        la.vec = flags & 1;
+        LB lb;
+        lb.p = B; lb.ld = TB ? K : N; lb.mn_size = N; lb.k_end = k_end; lb.mn0 = n0; lb.tid = tid;
+        lb.vec = (flags >> 1) & 1;
+        gemm_tile<BM, BN, BK, GEMM_TM, GEMM_TN>(la, lb, ep, m0, n0, k_begin, k_end);
+    };
+#if GEMM_INTERIOR
+    const bool interior = (flags & 1) && ((flags >> 1) & 1) && m0 + BM <= M && n0 + BN <= N &&
+                          k_end > k_begin && (k_end - k_begin) % BK == 0;
+    if (interior)
+        run(bool_constant<false>{});
+    else
+#endif
+        run(bool_constant<true>{});
     if (!split || !((flags >> 4) & 1)) return;
 
     // Serial split-K: publish this block's partial, count it in; the last of the tile's gridDim.z blocks

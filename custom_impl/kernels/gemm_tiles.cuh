@@ -16,6 +16,10 @@
 //     load(k0)    fetch the tile starting at reduction index k0 into registers (zeros outside the matrix)
 //     store(S)    write those registers into shared memory S[BK][BMN + PAD]
 // and an epilogue struct with store4(m, n, v[4]) that writes C[m, n..n+3] with its own bounds checks.
+// The plain-matrix loaders below come in two builds: CHECKED (bounds tests per vector, scalar fallback) and
+// unchecked, for tiles wholly inside aligned operands; gemm.cu picks per block. The checks cost ~6% of the
+// 4096^3 GEMM on the H100 (branch structure, address and predicate math in every k tile: session 5,
+// docs/kernels.md).
 // Two mappings of a loader's 4-float vectors onto the tile exist:
 //   "k-vector":  4 consecutive k at one mn (operand contiguous along k: A (M,K), B^T stored (N,K));
 //   "mn-vector": 4 consecutive mn at one k (operand contiguous along mn: A^T stored (K,M), B (K,N)).
@@ -49,7 +53,9 @@
 
 // Operand element (mn, k) at p[mn * ld + k]; vectors of 4 consecutive k. `vec`: ld % 4 == 0 and p is
 // 16-byte aligned, so an in-range vector starting at a multiple of 4 can be one float4 load.
-template <int BMN, int BK, int NT>
+// CHECKED = false: the caller guarantees vec and a tile wholly inside the matrix (gemm.cu's interior test), so every
+// vector is one unconditional float4 load (no bounds tests, no branches in the main loop).
+template <int BMN, int BK, int NT, bool CHECKED = true>
 struct KVecLoader {
     static constexpr int LOADS = BMN * BK / (4 * NT);
     static_assert(LOADS >= 1 && (BMN * BK) % (4 * NT) == 0, "tile not divisible among threads");
@@ -59,22 +65,30 @@ struct KVecLoader {
     float4 r[LOADS];
 
     __device__ __forceinline__ void load(int k0) {
+        if constexpr (!CHECKED) {
+            static_assert(NT % (BK / 4) == 0, "a thread's vectors must share one k offset");
+            const float* q = p + (size_t)(mn0 + tid / (BK / 4)) * ld + k0 + (tid % (BK / 4)) * 4;
 #pragma unroll
-        for (int i = 0; i < LOADS; ++i) {
-            int v = tid + i * NT;
-            int row = v / (BK / 4);          // mn within the tile
-            int kv = (v % (BK / 4)) * 4;     // first k within the tile
-            int gm = mn0 + row;
-            int gk = k0 + kv;
-            if (vec && gm < mn_size && gk + 3 < k_end) {
-                r[i] = *reinterpret_cast<const float4*>(p + (size_t)gm * ld + gk);
-            } else {
-                const float* q = p + (size_t)gm * ld;
-                bool ok = gm < mn_size;
-                r[i].x = (ok && gk + 0 < k_end) ? q[gk + 0] : 0.f;
-                r[i].y = (ok && gk + 1 < k_end) ? q[gk + 1] : 0.f;
-                r[i].z = (ok && gk + 2 < k_end) ? q[gk + 2] : 0.f;
-                r[i].w = (ok && gk + 3 < k_end) ? q[gk + 3] : 0.f;
+            for (int i = 0; i < LOADS; ++i)
+                r[i] = *reinterpret_cast<const float4*>(q + (size_t)(i * (NT / (BK / 4))) * ld);
+        } else {
+#pragma unroll
+            for (int i = 0; i < LOADS; ++i) {
+                int v = tid + i * NT;
+                int row = v / (BK / 4);          // mn within the tile
+                int kv = (v % (BK / 4)) * 4;     // first k within the tile
+                int gm = mn0 + row;
+                int gk = k0 + kv;
+                if (vec && gm < mn_size && gk + 3 < k_end) {
+                    r[i] = *reinterpret_cast<const float4*>(p + (size_t)gm * ld + gk);
+                } else {
+                    const float* q = p + (size_t)gm * ld;
+                    bool ok = gm < mn_size;
+                    r[i].x = (ok && gk + 0 < k_end) ? q[gk + 0] : 0.f;
+                    r[i].y = (ok && gk + 1 < k_end) ? q[gk + 1] : 0.f;
+                    r[i].z = (ok && gk + 2 < k_end) ? q[gk + 2] : 0.f;
+                    r[i].w = (ok && gk + 3 < k_end) ? q[gk + 3] : 0.f;
+                }
             }
         }
     }
@@ -94,7 +108,8 @@ struct KVecLoader {
 };
 
 // Operand element (mn, k) at p[k * ld + mn]; vectors of 4 consecutive mn. `vec`: ld % 4 == 0, aligned.
-template <int BMN, int BK, int NT>
+// CHECKED = false: as for KVecLoader.
+template <int BMN, int BK, int NT, bool CHECKED = true>
 struct MNVecLoader {
     static constexpr int LOADS = BMN * BK / (4 * NT);
     static_assert(LOADS >= 1 && (BMN * BK) % (4 * NT) == 0, "tile not divisible among threads");
@@ -104,22 +119,30 @@ struct MNVecLoader {
     float4 r[LOADS];
 
     __device__ __forceinline__ void load(int k0) {
+        if constexpr (!CHECKED) {
+            static_assert(NT % (BMN / 4) == 0, "a thread's vectors must share one mn offset");
+            const float* q = p + (size_t)(k0 + tid / (BMN / 4)) * ld + mn0 + (tid % (BMN / 4)) * 4;
 #pragma unroll
-        for (int i = 0; i < LOADS; ++i) {
-            int v = tid + i * NT;
-            int kr = v / (BMN / 4);          // k within the tile
-            int mv = (v % (BMN / 4)) * 4;    // first mn within the tile
-            int gk = k0 + kr;
-            int gm = mn0 + mv;
-            if (vec && gk < k_end && gm + 3 < mn_size) {
-                r[i] = *reinterpret_cast<const float4*>(p + (size_t)gk * ld + gm);
-            } else {
-                const float* q = p + (size_t)gk * ld;
-                bool ok = gk < k_end;
-                r[i].x = (ok && gm + 0 < mn_size) ? q[gm + 0] : 0.f;
-                r[i].y = (ok && gm + 1 < mn_size) ? q[gm + 1] : 0.f;
-                r[i].z = (ok && gm + 2 < mn_size) ? q[gm + 2] : 0.f;
-                r[i].w = (ok && gm + 3 < mn_size) ? q[gm + 3] : 0.f;
+            for (int i = 0; i < LOADS; ++i)
+                r[i] = *reinterpret_cast<const float4*>(q + (size_t)(i * (NT / (BMN / 4))) * ld);
+        } else {
+#pragma unroll
+            for (int i = 0; i < LOADS; ++i) {
+                int v = tid + i * NT;
+                int kr = v / (BMN / 4);          // k within the tile
+                int mv = (v % (BMN / 4)) * 4;    // first mn within the tile
+                int gk = k0 + kr;
+                int gm = mn0 + mv;
+                if (vec && gk < k_end && gm + 3 < mn_size) {
+                    r[i] = *reinterpret_cast<const float4*>(p + (size_t)gk * ld + gm);
+                } else {
+                    const float* q = p + (size_t)gk * ld;
+                    bool ok = gk < k_end;
+                    r[i].x = (ok && gm + 0 < mn_size) ? q[gm + 0] : 0.f;
+                    r[i].y = (ok && gm + 1 < mn_size) ? q[gm + 1] : 0.f;
+                    r[i].z = (ok && gm + 2 < mn_size) ? q[gm + 2] : 0.f;
+                    r[i].w = (ok && gm + 3 < mn_size) ? q[gm + 3] : 0.f;
+                }
             }
         }
     }
@@ -138,6 +161,7 @@ struct MNVecLoader {
 // std::conditional without <type_traits> (NVRTC has no standard library headers).
 template <bool C, class T, class F> struct pick_type { using type = T; };
 template <class T, class F> struct pick_type<false, T, F> { using type = F; };
+template <bool V> struct bool_constant { static constexpr bool value = V; };
 
 // ---- activation of the fused epilogues ----------------------------------------------------------------
 // act: 0 none, 1 relu, 2 sigmoid, 3 tanh (same codes in gemm.py / conv.py).
@@ -173,8 +197,8 @@ struct GemmEpilogue {
             *reinterpret_cast<float4*>(C + (size_t)m * N + n) = make_float4(o[0], o[1], o[2], o[3]);
         } else {
 #pragma unroll
-            for (int f = 0; f < 4; ++f)
-                if (n + f < N) C[(size_t)m * N + n + f] = o[f];
+                for (int f = 0; f < 4; ++f)
+                    if (n + f < N) C[(size_t)m * N + n + f] = o[f];
         }
     }
 };
