@@ -1,12 +1,10 @@
 """How stable the timed kernel choice of small eager conv layers is (the rows behind conv_suite_min's swings).
 
-    python3 dev/conv_choice_probe.py [--profile]
+    python3 dev/conv_choice_probe.py
 
 For the small layers of the harness's conv suite, backward_weights phase, eagerly: each candidate's time per
 call (wall clock around 50 eager calls ending in a sync, 7 repeats) and its host time alone (no sync), then
 conv.choose_backward_weights made afresh 6 times (its cache cleared) to see whether the choice flips.
-``--profile`` instead runs 300 eager calls of each layer's row (the harness's call) under cProfile and prints
-where the host time goes: kernel launches per call and the functions with the most own time.
 """
 from __future__ import annotations
 
@@ -66,33 +64,6 @@ def _warm(shape) -> str:
     return f"{shape}: {list(calls)}"
 
 
-def _profile() -> None:
-    import cProfile
-    import pstats
-
-    import cupy
-
-    for shape in SHAPES:
-        calls, _ = _candidates(shape)
-        row = calls["auto (row)"]
-        for _ in range(5):
-            row()
-        cupy.cuda.Device().synchronize()
-        prof = cProfile.Profile()
-        prof.enable()
-        for _ in range(300):
-            row()
-        prof.disable()
-        cupy.cuda.Device().synchronize()
-        stats = pstats.Stats(prof)
-        total = stats.total_tt / 300
-        print(f"\n=== {shape}: {total * 1e6:.1f} us of profiled host time per call (cProfile inflates Python)")
-        rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:14]
-        for (fname, line, func), (cc, nc, tt, ct, _) in rows:
-            print(f"  {nc / 300:5.1f}/call  own {tt / 300 * 1e6:6.1f} us  cum {ct / 300 * 1e6:6.1f} us  "
-                  f"{os.path.basename(fname)}:{line} {func}")
-
-
 def main() -> int:
     ctx = __import__("multiprocessing").get_context("spawn")
     t0 = time.perf_counter()
@@ -100,9 +71,6 @@ def main() -> int:
         for line in pool.map(_warm, SHAPES):
             print("warm", line, flush=True)
     print(f"compiled in {time.perf_counter() - t0:.0f} s", flush=True)
-    if "--profile" in sys.argv[1:]:
-        _profile()
-        return 0
     import cupy
 
     from custom_impl.gpu import conv
