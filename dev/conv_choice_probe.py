@@ -41,16 +41,11 @@ def _setup(shape):
 
 
 def _candidates(shape):
-    from custom_impl.gpu import conv, conv_smallc
+    from custom_impl.gpu import conv
 
     x, w, dy, dW, db, ws, dims, st, pad = _setup(shape)
-    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
     sms = conv._num_sms()
-    names = ["v2"] + (["smallc"] if conv_smallc.weights_plan(dims, sms) is not None else [])
-    if conv.winograd_ok((N, C, H, Wd), (K, C, R, S), (sh, sw), (ph, pw), "backward_weights", sms):
-        names.append("winograd")
-    if conv.patch_ok(dims, "backward_weights", sms):
-        names.append("patch")
+    names = conv.weights_candidates(dims, sms)
     calls = {v: (lambda v=v: conv.conv2d_backward(dy, x, w, st, pad, need_dx=False, dW=dW, db=db, workspace=ws,
                                                   weights_version=v)) for v in names}
     calls["auto (row)"] = lambda: conv.conv2d_backward(dy, x, w, st, pad, need_dx=False, dW=dW, db=db, workspace=ws)

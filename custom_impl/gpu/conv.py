@@ -428,17 +428,24 @@ def choose_backward_data(dy, W, dx, dims, sms=132, workspace=None) -> str:
     return _timed_choice(("data", _device_id(), dims), candidates, "v3")
 
 
+def weights_candidates(dims, sms=132) -> list:
+    """The backward-weights versions that can run this layer: "v2", and "smallc", "winograd", "patch" where
+    they fit (what ``choose_backward_weights`` times)."""
+    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
+    names = ["v2"] + (["smallc"] if conv_smallc.weights_plan(dims, sms) is not None else [])
+    if winograd_ok((N, C, H, Wd), (K, C, R, S), (sh, sw), (ph, pw), "backward_weights", sms):
+        names.append("winograd")
+    if patch_ok(dims, "backward_weights", sms):
+        names.append("patch")
+    return names
+
+
 def choose_backward_weights(dy, x, dW, dims, workspace=None, sms=132) -> str:
     """"v2", "smallc" (few channels) or "winograd" (3x3 stride 1, ``winograd_ok``) for this shape, chosen
     like ``choose_backward_data``; "v2" inside a capture for an uncached shape."""
     def candidates():
-        N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
-        names = ["v2"] + (["smallc"] if conv_smallc.weights_plan(dims, sms) is not None else [])
-        if winograd_ok((N, C, H, Wd), (K, C, R, S), (sh, sw), (ph, pw), "backward_weights", sms):
-            names.append("winograd")
-        if patch_ok(dims, "backward_weights", sms):
-            names.append("patch")
-        return {v: functools.partial(backward_weights, dy, x, dW, dims, workspace, v, sms) for v in names}
+        return {v: functools.partial(backward_weights, dy, x, dW, dims, workspace, v, sms)
+                for v in weights_candidates(dims, sms)}
 
     return _timed_choice(("weights", _device_id(), dims), candidates, "v2")
 
