@@ -47,8 +47,10 @@ import numpy as np
 from . import conv_patch, conv_smallc, winograd
 from ._compile import blocks, check_array, checked_workspace, pair
 from ._compile import i32 as _i32
-from .gemm import CONFIG_BY_NAME, _num_sms, _ptr, _vec_ok, choose_config, kernel, split_chunk, splitk_reduce
+from .gemm import (CONFIG_BY_NAME, _num_sms, _ptr, _vec_ok, choose_config, kernel, split_chunk, split_counters,
+                   splitk_reduce)
 
+_NULL = np.uint64(0)  # a null device pointer argument
 _GRID_STRIDE_BLOCKS = 132 * 32  # v1 kernels loop over their outputs with a grid-stride loop
 # Tile configs the conv kernels were verified with on the H100 (the 8x16 / 16x8 tiles compile for conv
 # and are covered by test_conv2d_forward_every_config, which has not run on a GPU yet).
@@ -226,16 +228,24 @@ def _bias_splits(N: int, K: int, PQ: int, sms: int = 132) -> tuple[int, int]:
     return nchunk, -(-N // nchunk)
 
 
-def bias_grad(dy, db, workspace=None):
+def bias_grad(dy, db, workspace=None, serial=True):
     """db[k] = sum of dy[:, k] over n, p, q (deterministic); dy (N, K, P, Q) -> db (K,). Partial sums
-    per (k, chunk of images) go to ``workspace`` (K*splits floats; default: the shared split buffer)."""
+    per (k, chunk of images) go to ``workspace`` (K*splits floats; default: the shared split buffer).
+    ``serial``: the last block of each channel sums its partials in the same launch (gemm's per-device
+    arrival counters); else a second kernel does. Both add them in the same order: the same bits."""
     N, K, P, Q = dy.shape
     nchunk, splits = _bias_splits(N, K, P * Q, _sms_or_default())
-    part = db if splits == 1 else checked_workspace(workspace, K * splits, "conv bias_grad",
-                                                    "conv2d_workspace_size")
-    kernel("conv", "conv_bias_grad_partial")((K, splits), (256,), (dy, part) + _i32(N, K, P * Q, nchunk))
-    if splits > 1:
-        kernel("conv", "conv_bias_grad_finish")((blocks(K, 128),), (128,), (part, db) + _i32(K, splits))
+    scalars = _i32(N, K, P * Q, nchunk)
+    part_kern = kernel("conv", "conv_bias_grad_partial")
+    if splits == 1:
+        part_kern((K, 1), (256,), (dy, db, _NULL, _NULL) + scalars)
+        return db
+    part = checked_workspace(workspace, K * splits, "conv bias_grad", "conv2d_workspace_size")
+    if serial:
+        part_kern((K, splits), (256,), (dy, part, db, split_counters(K)) + scalars)
+        return db
+    part_kern((K, splits), (256,), (dy, part, _NULL, _NULL) + scalars)
+    kernel("conv", "conv_bias_grad_finish")((blocks(K, 128),), (128,), (part, db) + _i32(K, splits))
     return db
 
 
