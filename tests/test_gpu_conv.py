@@ -242,10 +242,12 @@ def test_conv2d_backward_weights_versions(case, weights_version):
 def test_conv_bias_grad_split_over_images(shape):
     """db = sum of dy over n, p, q, with the images split over blocks (a ragged last chunk for the first
     shape) and the partials added in a fixed order: equal to float64 within the summation bound, the
-    same bits on every call, nothing read from the NaN-filled workspace that was not written first."""
+    same bits on every call and whether the last block or a second kernel adds the partials, nothing read
+    from the NaN-filled workspace that was not written first."""
     import cupy
 
     from custom_impl.gpu.conv import _bias_splits, bias_grad
+    from custom_impl.gpu.gemm import split_counters
 
     rng = np.random.default_rng(sum(shape))
     dy = _rand(rng, *shape)
@@ -259,6 +261,10 @@ def test_conv_bias_grad_split_over_images(shape):
     _assert_close(cupy.asnumpy(db), ref, ref_abs, N * P * Q, f"db {shape} ({_bias_splits(N, K, P * Q)})")
     again = cupy.asnumpy(bias_grad(gdy, cupy.empty((K,), np.float32), ws))
     assert np.array_equal(again, cupy.asnumpy(db))
+    # the partials summed by a second kernel instead of the last block of each channel: the same order
+    two_launches = cupy.asnumpy(bias_grad(gdy, cupy.empty((K,), np.float32), ws, serial=False))
+    assert np.array_equal(two_launches, cupy.asnumpy(db))
+    assert int(cupy.count_nonzero(split_counters(1))) == 0, "the arrival counters were not left zeroed"
 
 
 @pytest.mark.parametrize("case", [(1, 32, 14, 14, 64, 5, 5, 2), (2, 9, 11, 13, 70, 3, 3, 1)], ids=["N1C32K64", "N2C9K70"])

@@ -29,6 +29,21 @@ def test_launch_cost_context_restores_and_changes_plans():
     assert graphed[1] > eager[1] >= 1
 
 
+def test_conv_plans_are_memoised_per_launch_cost_regime():
+    """conv's memoised plans are the plans computed afresh, in either launch-cost regime (LeNet's conv2 at
+    batch 16 splits differently eagerly and in a graph), and a list stride or padding is planned the same."""
+    shapes = ((16, 32, 14, 14), (64, 32, 5, 5), (1, 1), (2, 2))
+    for plan in (conv._weights_plan, conv._forward_plan):
+        eager = plan(*shapes)
+        with gemm.launch_cost(gemm.GRAPH_LAUNCH_S):
+            graph = plan(*shapes)
+            assert graph == plan.__wrapped__(*shapes)
+        assert eager == plan.__wrapped__(*shapes) == plan(shapes[0], shapes[1], [1, 1], [2, 2])
+        assert graph != eager
+    with pytest.raises(ValueError, match="does not fit"):
+        conv._dims((1, 1, 2, 2), (1, 1, 5, 5), 1, 0)
+
+
 @pytest.mark.parametrize("M,N,K", [(64, 10, 128), (8192, 10, 128), (33, 16, 64)])
 def test_eager_calls_do_not_split_gemms_shorter_than_a_launch(M, N, K):
     """Eagerly a split costs a second ~20 us host launch; these GEMMs run in < 20 us unsplit."""

@@ -119,6 +119,13 @@ def i32(*vals) -> tuple:
     return tuple(np.int32(v) for v in vals)
 
 
+@functools.lru_cache(maxsize=8192)
+def i32_memo(vals: tuple) -> tuple:
+    """``i32(*vals)`` memoised: the scalar arguments of launches whose shapes repeat call after call (a
+    dozen np.int32 conversions cost several microseconds of host time per launch)."""
+    return i32(*vals)
+
+
 def checked_workspace(workspace, n: int, what: str, sizing: str):
     """``workspace`` (a 1-D float32 CuPy array of >= n elements) or, when None, gemm.py's shared grow-only
     per-device buffer. ``sizing`` names the function that gives the size, for the error."""

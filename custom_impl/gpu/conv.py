@@ -47,8 +47,11 @@ import numpy as np
 from . import conv_patch, conv_smallc, winograd
 from ._compile import blocks, check_array, checked_workspace, pair
 from ._compile import i32 as _i32
-from .gemm import CONFIG_BY_NAME, _num_sms, _ptr, _vec_ok, choose_config, kernel, split_chunk, splitk_reduce
+from ._compile import i32_memo
+from .gemm import (CONFIG_BY_NAME, _num_sms, _ptr, _vec_ok, choose_config, kernel, split_chunk, split_counters,
+                   splitk_reduce)
 
+_NULL = np.uint64(0)  # a null device pointer argument
 _GRID_STRIDE_BLOCKS = 132 * 32  # v1 kernels loop over their outputs with a grid-stride loop
 # Tile configs the conv kernels were verified with on the H100 (the 8x16 / 16x8 tiles compile for conv
 # and are covered by test_conv2d_forward_every_config, which has not run on a GPU yet).
@@ -74,6 +77,19 @@ def conv2d_output_shape(x_shape, w_shape, stride, padding):
 
 
 def _dims(x_shape, w_shape, stride, padding):
+    """(N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw) of a convolution (memoised: eager calls repeat shapes)."""
+    try:
+        return _dims_cached(tuple(x_shape), tuple(w_shape), stride, padding)
+    except TypeError:   # an unhashable stride or padding (a list): computed, not cached
+        return _dims_of(x_shape, w_shape, stride, padding)
+
+
+@functools.lru_cache(maxsize=4096)
+def _dims_cached(x_shape, w_shape, stride, padding):
+    return _dims_of(x_shape, w_shape, stride, padding)
+
+
+def _dims_of(x_shape, w_shape, stride, padding):
     N, C, H, W = x_shape
     K, _, R, S = w_shape
     _, _, P, Q = conv2d_output_shape(x_shape, w_shape, stride, padding)
@@ -82,6 +98,23 @@ def _dims(x_shape, w_shape, stride, padding):
     return N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw
 
 
+def _memo_per_regime(fn):
+    """``fn`` memoised per (positional) arguments and gemm's launch-cost regime, on which its choice of tile
+    and splits depends; a call with unhashable arguments (a list for a stride) is computed, not memoised."""
+    memo = functools.lru_cache(maxsize=4096)(lambda launch_s, *args: fn(*args))
+
+    @functools.wraps(fn)
+    def wrapper(*args):
+        from . import gemm
+
+        try:
+            return memo(gemm._LAUNCH_S, *args)
+        except TypeError:
+            return fn(*args)
+    return wrapper
+
+
+@_memo_per_regime
 def _weights_plan(x_shape, w_shape, stride, padding, sms=132):
     """(config, k_chunk, splits) of the backward-weights implicit GEMM: M=K, cols=C*R*S, over N*P*Q."""
     N, C, H, W, K, R, S, P, Q, *_ = _dims(x_shape, w_shape, stride, padding)
@@ -90,6 +123,7 @@ def _weights_plan(x_shape, w_shape, stride, padding, sms=132):
     return cfg, k_chunk, splits
 
 
+@_memo_per_regime
 def _forward_plan(x_shape, w_shape, stride, padding, sms=132):
     """(config, k_chunk, splits) of the forward implicit GEMM: M=K, cols=N*P*Q over C*R*S. Split-K only
     pays where the tiles alone cannot fill the GPU (small batches) and the reduction is long."""
@@ -207,11 +241,11 @@ def conv2d_forward(x, W, b, stride, padding, out=None, workspace=None, version="
     flags = int(_vec_ok(W, CRS))
     grid = (blocks(cols, cfg.bn), blocks(K, cfg.bm), n_splits)
     if n_splits == 1:
-        kern(grid, (cfg.threads,), (x, W, _ptr(b), out, np.uint64(0)) + _i32(*dims) + _i32(k_chunk, flags),
+        kern(grid, (cfg.threads,), (x, W, _ptr(b), out, np.uint64(0)) + i32_memo(dims + (k_chunk, flags)),
              shared_mem=cfg.smem_bytes)
         return out
     ws = checked_workspace(workspace, n_splits * K * cols, "conv2d_forward", "conv2d_workspace_size")
-    kern(grid, (cfg.threads,), (x, W, _ptr(b), out, ws) + _i32(*dims) + _i32(k_chunk, flags | 2),
+    kern(grid, (cfg.threads,), (x, W, _ptr(b), out, ws) + i32_memo(dims + (k_chunk, flags | 2)),
          shared_mem=cfg.smem_bytes)
     kernel("conv", "conv_splitk_reduce_nchw")((min(blocks(out.size, 256), 132 * 16),), (256,),
                                                  (ws, out, _ptr(b)) + _i32(N, K, P * Q, n_splits))
@@ -226,16 +260,32 @@ def _bias_splits(N: int, K: int, PQ: int, sms: int = 132) -> tuple[int, int]:
     return nchunk, -(-N // nchunk)
 
 
-def bias_grad(dy, db, workspace=None):
+@functools.lru_cache(maxsize=4096)
+def _bias_launch(shape: tuple, sms: int) -> tuple:
+    """(splits, scalar arguments, finish grid, finish scalars) of ``bias_grad`` for dy of this shape."""
+    N, K, P, Q = shape
+    nchunk, splits = _bias_splits(N, K, P * Q, sms)
+    return splits, _i32(N, K, P * Q, nchunk), (blocks(K, 128),), _i32(K, splits)
+
+
+def bias_grad(dy, db, workspace=None, serial=True, sms=None):
     """db[k] = sum of dy[:, k] over n, p, q (deterministic); dy (N, K, P, Q) -> db (K,). Partial sums
-    per (k, chunk of images) go to ``workspace`` (K*splits floats; default: the shared split buffer)."""
-    N, K, P, Q = dy.shape
-    nchunk, splits = _bias_splits(N, K, P * Q, _sms_or_default())
-    part = db if splits == 1 else checked_workspace(workspace, K * splits, "conv bias_grad",
-                                                    "conv2d_workspace_size")
-    kernel("conv", "conv_bias_grad_partial")((K, splits), (256,), (dy, part) + _i32(N, K, P * Q, nchunk))
-    if splits > 1:
-        kernel("conv", "conv_bias_grad_finish")((blocks(K, 128),), (128,), (part, db) + _i32(K, splits))
+    per (k, chunk of images) go to ``workspace`` (K*splits floats; default: the shared split buffer).
+    ``serial``: the last block of each channel sums its partials in the same launch (gemm's per-device
+    arrival counters); else a second kernel does. Both add them in the same order: the same bits.
+    ``sms``: the device's SM count (default: asked of the device)."""
+    K = dy.shape[1]
+    splits, scalars, finish_grid, finish_scalars = _bias_launch(dy.shape, sms or _sms_or_default())
+    part_kern = kernel("conv", "conv_bias_grad_partial")
+    if splits == 1:
+        part_kern((K, 1), (256,), (dy, db, _NULL, _NULL) + scalars)
+        return db
+    part = checked_workspace(workspace, K * splits, "conv bias_grad", "conv2d_workspace_size")
+    if serial:
+        part_kern((K, splits), (256,), (dy, part, db, split_counters(K)) + scalars)
+        return db
+    part_kern((K, splits), (256,), (dy, part, _NULL, _NULL) + scalars)
+    kernel("conv", "conv_bias_grad_finish")(finish_grid, (128,), (part, db) + finish_scalars)
     return db
 
 
@@ -267,12 +317,13 @@ def conv2d_backward(dy, x, W, stride, padding, need_dx=True, dx=None, dW=None, d
             check_array(dx, "dx", shape=x.shape)
     else:
         dx = None
+    sms = _num_sms()
     if need_db:
         if db is None:
             db = cupy.empty((K,), dtype=np.float32)
         else:
             check_array(db, "db", shape=(K,))
-        bias_grad(dy, db, workspace)
+        bias_grad(dy, db, workspace, sms=sms)
     else:
         db = None
 
@@ -283,21 +334,22 @@ def conv2d_backward(dy, x, W, stride, padding, need_dx=True, dx=None, dW=None, d
         kernel("conv", "conv_v1_backward_weights")(grid(dW.size), (256,), (dy, x, dW) + _i32(*dims))
         return dx, dW, db
 
-    sms = _num_sms()
     if need_dx:
         backward_data(dy, W, dx, dims, version, sms, workspace=workspace)
-    backward_weights(dy, x, dW, dims, workspace, weights_version, sms)
+    # NOTE: check=False: dy, x and dW were checked above against dims
+    backward_weights(dy, x, dW, dims, workspace, weights_version, sms, check=False)
     return dx, dW, db
 
 
-def backward_weights(dy, x, dW, dims, workspace=None, version="auto", sms=132):
+def backward_weights(dy, x, dW, dims, workspace=None, version="auto", sms=132, check=True):
     """dW from dy (N, K, P, Q) and x (N, C, H, W) with the v2 implicit GEMM (split-K), for few channels
     conv_smallc's row-correlation kernel ("smallc"), or for 3x3 stride 1 Winograd F(3x3, 2x2)
-    ("winograd"); "auto" picks by a cached timing (``choose_backward_weights``)."""
+    ("winograd"); "auto" picks by a cached timing (``choose_backward_weights``). ``check=False``: the
+    caller has checked dy, x and dW against dims (conv_smallc then skips its own checks)."""
     if version == "auto":
         version = choose_backward_weights(dy, x, dW, dims, workspace, sms)
     if version == "smallc":
-        return conv_smallc.backward_weights(dy, x, dW, dims, workspace)
+        return conv_smallc.backward_weights(dy, x, dW, dims, workspace, sms=sms, check=check)
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
     if version == "winograd":
         return winograd.backward_weights(dy, x, dW, (ph, pw), workspace)
@@ -311,11 +363,11 @@ def backward_weights(dy, x, dW, dims, workspace=None, version="auto", sms=132):
     kern = kernel("conv", "conv_v2_backward_weights", cfg)
     grid = (blocks(CRS, cfg.bn), blocks(K, cfg.bm), splits)
     if splits == 1:
-        kern(grid, (cfg.threads,), (dy, x, dW) + _i32(*dims) + _i32(k_chunk, _vec_ok(dW, CRS)),
+        kern(grid, (cfg.threads,), (dy, x, dW) + i32_memo(dims + (k_chunk, _vec_ok(dW, CRS))),
              shared_mem=cfg.smem_bytes)
         return dW
     workspace = checked_workspace(workspace, splits * K * CRS, "conv2d_backward", "conv2d_workspace_size")
-    kern(grid, (cfg.threads,), (dy, x, workspace) + _i32(*dims) + _i32(k_chunk, _vec_ok(workspace, CRS)),
+    kern(grid, (cfg.threads,), (dy, x, workspace) + i32_memo(dims + (k_chunk, _vec_ok(workspace, CRS))),
          shared_mem=cfg.smem_bytes)
     splitk_reduce(workspace, dW, None, K, CRS, splits, 0, 0)
     return dW

@@ -268,20 +268,23 @@ def _scalars(dims: tuple, plan, vec: int = 0) -> tuple:
     return _i32(*dims) + _i32(plan.kc, plan.xld, plan.gstride)
 
 
-def backward_weights(dy, x, dW, dims, workspace=None, version="auto", plan=None):
+def backward_weights(dy, x, dW, dims, workspace=None, version="auto", plan=None, sms=None, check=True):
     """dW (K, C, R, S) = sum over n, p, q of dy (N, K, P, Q) times x (N, C, H, W) windows; returns dW.
 
     ``workspace``: float32, at least ``workspace_size(..., version=version)`` elements, or None for
     gemm.py's shared per-device split buffer. ``version``: "auto" (v2 where it can run, else v1), "v1" or
     "v2". ``plan``: a ``WeightsPlan`` / ``WeightsPlanV2`` instead of ``weights_plan``'s (for tuning runs;
-    the workspace must then hold its grid * K*C*R*S partials)."""
+    the workspace must then hold its grid * K*C*R*S partials). ``sms``: the device's SM count (default:
+    asked of the device). ``check=False``: the caller has checked dy, x and dW against dims (a tuple of
+    ints), as conv.conv2d_backward does."""
     from .gemm import _num_sms
 
-    dims = tuple(int(v) for v in dims)
-    _check(dims, {"dy": dy, "x": x, "dW": dW}, "backward_weights")
+    if check:
+        dims = tuple(int(v) for v in dims)
+        _check(dims, {"dy": dy, "x": x, "dW": dW}, "backward_weights")
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
     if plan is None:
-        plan = _weights_plan(dims, _num_sms(), version)
+        plan = _weights_plan(dims, sms or _num_sms(), version)
     if plan is None:
         raise ValueError(_unfit_message("backward_weights", dims))
     n = K * C * R * S

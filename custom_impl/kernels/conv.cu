@@ -106,11 +106,15 @@ extern "C" __global__ void conv_v1_backward_weights(const float* __restrict__ dy
 // ---- bias gradient ------------------------------------------------------------------------------------
 // db[k] = sum over n, p, q of dy[n, k, p, q], deterministic (fixed partition and order, no atomics):
 //   conv_bias_grad_partial  block (k, s) sums the images n in [s*nchunk, (s+1)*nchunk) of channel k and
-//                           writes out[k * gridDim.y + s] (= db[k] itself when gridDim.y == 1).
+//                           writes out[k * gridDim.y + s] (= db[k] itself when gridDim.y == 1). With
+//                           `counters` (K zeroed ints, left zeroed) the last block of channel k to finish
+//                           also sums the channel's partials in s order into db[k] (as
+//                           conv_bias_grad_finish: the same bits), so no second launch is needed.
 //   conv_bias_grad_finish   db[k] = sum over s in order of part[k * S + s].
 // Splitting over n keeps every SM busy when K is small (K = 32 blocks alone used 32 of 132 SMs and read
 // up to 3 MB each). blockDim.x == 256.
 extern "C" __global__ void conv_bias_grad_partial(const float* __restrict__ dy, float* __restrict__ out,
+                                                  float* __restrict__ db, int* __restrict__ counters,
                                                   int N, int K, int PQ, int nchunk) {
     __shared__ float part[256];
     const int k = blockIdx.x;
@@ -135,7 +139,28 @@ extern "C" __global__ void conv_bias_grad_partial(const float* __restrict__ dy, 
         if (threadIdx.x < half) part[threadIdx.x] += part[threadIdx.x + half];
         __syncthreads();
     }
-    if (threadIdx.x == 0) out[(long long)k * gridDim.y + blockIdx.y] = part[0];
+    if (threadIdx.x != 0) return;
+    out[(long long)k * gridDim.y + blockIdx.y] = part[0];
+    if (counters == nullptr || gridDim.y == 1) return;
+    // Serial finish (threadFenceReduction pattern: the partial is visible device-wide before it is counted;
+    // the last block reads the others' partials from L2, __ldcg, since its L1 does not see their writes).
+    __threadfence();
+    if (atomicAdd(counters + k, 1) != (int)gridDim.y - 1) return;
+    __threadfence();
+    const float* pk = out + (long long)k * gridDim.y;
+    const int S = gridDim.y;
+    float v = 0.f;
+    int s = 0;
+    for (; s + 8 <= S; s += 8) {   // 8 loads in flight, then the adds in s order
+        float t[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) t[j] = __ldcg(pk + s + j);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v += t[j];
+    }
+    for (; s < S; ++s) v += __ldcg(pk + s);
+    db[k] = v;
+    counters[k] = 0;   // ready for the next launch (stream order)
 }
 
 extern "C" __global__ void conv_bias_grad_finish(const float* __restrict__ part, float* __restrict__ db,
