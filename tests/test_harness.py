@@ -278,6 +278,33 @@ def test_targets_on_cpu_writes_gpu_rows_as_not_measured(tmp_path, monkeypatch):
     assert len(read(tmp_path / "results.csv")) == 4
 
 
+def test_targets_on_gpu_measure_the_cpu_rows_first(tmp_path, monkeypatch):
+    # The CPU rows run before any GPU work in the process (on the H100 host our NumPy steps ran 1.3-2x
+    # slower after the GPU rows), and the GPU rows get what is left of the one time limit.
+    from harness import env as envmod
+    from harness import targets
+    from harness.suites import parse_suite as ps
+
+    suite = ps({"settings": {"time_limit_s": 300},
+                "models": [{"models": ["thesis-2-3-1"], "batches": [64], "phases": ["train_step"],
+                            "variants": ["numpy"], "devices": ["cpu"]}]}, "targets")
+    monkeypatch.setattr("harness.suites.load_suite", lambda name: suite)
+    calls = []
+
+    def fake_run_suite(s, dev, results, peak_tflops=None, quiet=False, settings_override=None):
+        calls.append((dev, settings_override["time_limit_s"]))
+
+    monkeypatch.setattr("harness.runner.run_suite", fake_run_suite)
+    monkeypatch.setattr(envmod, "collect", lambda device=None: {})
+    monkeypatch.setattr(envmod, "device_name", lambda device: "Test GPU 80GB")
+    monkeypatch.setattr(envmod, "peak_fp32_tflops", lambda name: 66.9)
+    monkeypatch.setattr(envmod, "write", lambda path, rec: None)
+    monkeypatch.setattr("harness.results.read_rows", lambda path: [])
+    targets.run_targets(str(tmp_path), "gpu", quiet=True)
+    assert [dev for dev, _ in calls] == ["cpu", "gpu"]
+    assert calls[0][1] <= 300 and calls[1][1] <= calls[0][1]
+
+
 def test_targets_evaluate_from_rows():
     from harness.targets import evaluate
 
