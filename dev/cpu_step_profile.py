@@ -9,7 +9,8 @@ each runs in a fresh process, since OpenBLAS reads its thread count when NumPy l
 ours and of PyTorch's CPU step (torch's own threads), then our per-layer forward / backward times (medians of
 ``--steps`` steps run layer by layer with a perf_counter around each call). ``--gpu-first``: each process first
 makes CUDA contexts in CuPy and PyTorch and runs a few GPU train steps of both, as a ``harness targets``
-process has before its CPU rows.
+process has before its CPU rows (run ``python3 dev/warm_kernels.py`` first on a fresh machine: compiling the
+kernels inside each process took longer than the 150 s one probe had).
 """
 from __future__ import annotations
 
