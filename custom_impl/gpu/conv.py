@@ -48,9 +48,10 @@ from . import conv_patch, conv_smallc, winograd
 from ._compile import blocks, check_array, checked_workspace, pair
 from ._compile import i32 as _i32
 from ._compile import i32_memo
-from .gemm import (_NULL, CONFIG_BY_NAME, _num_sms, _ptr, _vec_ok, choose_config, kernel, split_chunk,
-                   split_counters, splitk_reduce)
+from .gemm import (CONFIG_BY_NAME, _num_sms, _ptr, _vec_ok, choose_config, kernel, split_chunk, split_counters,
+                   splitk_reduce)
 
+_NULL = np.uint64(0)  # a null device pointer argument
 _GRID_STRIDE_BLOCKS = 132 * 32  # v1 kernels loop over their outputs with a grid-stride loop
 # Tile configs the conv kernels were verified with on the H100 (the 8x16 / 16x8 tiles compile for conv
 # and are covered by test_conv2d_forward_every_config, which has not run on a GPU yet).
@@ -75,28 +76,20 @@ def conv2d_output_shape(x_shape, w_shape, stride, padding):
     return N, K, P, Q
 
 
-def _memo(per_regime: bool = False):
-    """Decorator: ``fn`` memoised per positional arguments (eager calls repeat shapes) and, ``per_regime``,
-    per gemm launch-cost regime, on which a plan's tile and splits depend. A call with an unhashable
-    argument (a list for a stride) is computed, not memoised."""
-    def wrap(fn):
-        memo = functools.lru_cache(maxsize=4096)(lambda launch_s, *args: fn(*args))
-
-        @functools.wraps(fn)
-        def wrapper(*args):
-            from . import gemm
-
-            try:
-                return memo(gemm._LAUNCH_S if per_regime else None, *args)
-            except TypeError:
-                return fn(*args)
-        return wrapper
-    return wrap
-
-
-@_memo()
 def _dims(x_shape, w_shape, stride, padding):
-    """(N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw) of a convolution."""
+    """(N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw) of a convolution (memoised: eager calls repeat shapes)."""
+    try:
+        return _dims_cached(tuple(x_shape), tuple(w_shape), stride, padding)
+    except TypeError:   # an unhashable stride or padding (a list): computed, not cached
+        return _dims_of(x_shape, w_shape, stride, padding)
+
+
+@functools.lru_cache(maxsize=4096)
+def _dims_cached(x_shape, w_shape, stride, padding):
+    return _dims_of(x_shape, w_shape, stride, padding)
+
+
+def _dims_of(x_shape, w_shape, stride, padding):
     N, C, H, W = x_shape
     K, _, R, S = w_shape
     _, _, P, Q = conv2d_output_shape(x_shape, w_shape, stride, padding)
@@ -105,7 +98,23 @@ def _dims(x_shape, w_shape, stride, padding):
     return N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw
 
 
-@_memo(per_regime=True)
+def _memo_per_regime(fn):
+    """``fn`` memoised per (positional) arguments and gemm's launch-cost regime, on which its choice of tile
+    and splits depends; a call with unhashable arguments (a list for a stride) is computed, not memoised."""
+    memo = functools.lru_cache(maxsize=4096)(lambda launch_s, *args: fn(*args))
+
+    @functools.wraps(fn)
+    def wrapper(*args):
+        from . import gemm
+
+        try:
+            return memo(gemm._LAUNCH_S, *args)
+        except TypeError:
+            return fn(*args)
+    return wrapper
+
+
+@_memo_per_regime
 def _weights_plan(x_shape, w_shape, stride, padding, sms=132):
     """(config, k_chunk, splits) of the backward-weights implicit GEMM: M=K, cols=C*R*S, over N*P*Q."""
     N, C, H, W, K, R, S, P, Q, *_ = _dims(x_shape, w_shape, stride, padding)
@@ -114,7 +123,7 @@ def _weights_plan(x_shape, w_shape, stride, padding, sms=132):
     return cfg, k_chunk, splits
 
 
-@_memo(per_regime=True)
+@_memo_per_regime
 def _forward_plan(x_shape, w_shape, stride, padding, sms=132):
     """(config, k_chunk, splits) of the forward implicit GEMM: M=K, cols=N*P*Q over C*R*S. Split-K only
     pays where the tiles alone cannot fill the GPU (small batches) and the reduction is long."""
@@ -232,7 +241,7 @@ def conv2d_forward(x, W, b, stride, padding, out=None, workspace=None, version="
     flags = int(_vec_ok(W, CRS))
     grid = (blocks(cols, cfg.bn), blocks(K, cfg.bm), n_splits)
     if n_splits == 1:
-        kern(grid, (cfg.threads,), (x, W, _ptr(b), out, _NULL) + i32_memo(dims + (k_chunk, flags)),
+        kern(grid, (cfg.threads,), (x, W, _ptr(b), out, np.uint64(0)) + i32_memo(dims + (k_chunk, flags)),
              shared_mem=cfg.smem_bytes)
         return out
     ws = checked_workspace(workspace, n_splits * K * cols, "conv2d_forward", "conv2d_workspace_size")
@@ -536,13 +545,13 @@ def backward_data(dy, W, dx, dims, version="v3", sms=132, config=None, workspace
     kern = kernel("conv", "conv_v3_backward_data", cfg)
     if splits == 1:
         kern((blocks(cols, cfg.bn), blocks(C, cfg.bm), sh * sw), (cfg.threads,),
-             (dy, W, dx) + _i32(*dims) + (_NULL, np.int32(0)), shared_mem=cfg.smem_bytes)
+             (dy, W, dx) + _i32(*dims) + (np.uint64(0), np.int32(0)), shared_mem=cfg.smem_bytes)
         return dx
     ws = checked_workspace(workspace, splits * C * cols, "conv backward_data", "conv2d_workspace_size")
     kern((blocks(cols, cfg.bn), blocks(C, cfg.bm), splits), (cfg.threads,),
          (dy, W, dx) + _i32(*dims) + (ws, np.int32(k_chunk)), shared_mem=cfg.smem_bytes)
     kernel("conv", "conv_splitk_reduce_nchw")((min(blocks(dx.size, 256), 132 * 16),), (256,),
-                                              (ws, dx, _NULL) + _i32(N, C, H * Wd, splits))
+                                              (ws, dx, np.uint64(0)) + _i32(N, C, H * Wd, splits))
     return dx
 
 

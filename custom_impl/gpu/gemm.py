@@ -35,7 +35,7 @@ import math
 
 import numpy as np
 
-from ._compile import blocks, check_array, function, i32
+from ._compile import blocks, check_array, function
 
 ACTS = {"none": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
 TILE_PAD = 4  # gemm_tiles.cuh's TILE_PAD: floats of padding per shared-memory row
@@ -260,35 +260,36 @@ def split_chunk(K: int, splits: int, bk: int) -> tuple[int, int]:
 
 
 _split_buffers: dict = {}
-_counter_buffers: dict = {}
-
-
-def _grow_only(store: dict, n: int, make):
-    """The newest buffer of ``store`` for the current device if it holds >= n elements, else a new one,
-    ``make(n)``, appended. Buffers once handed out are never freed (kept in the list), so CUDA graphs that
-    captured them stay valid; they are shared by all calls on the device, which is safe because those are
-    ordered on one stream."""
-    import cupy
-
-    bufs = store.setdefault(cupy.cuda.Device().id, [])
-    if not bufs or bufs[-1].size < n:
-        bufs.append(make(n))
-    return bufs[-1]
 
 
 def split_workspace(n: int):
-    """A float32 device buffer of at least ``n`` elements for split-K partials, per device, grow-only."""
+    """A float32 device buffer of at least ``n`` elements for split-K partials, per device, grow-only.
+
+    NOTE: a buffer once handed out is never freed (kept in the list), so CUDA graphs that captured it stay
+    valid; it is shared by all calls on the device, which is safe because they are ordered on one stream.
+    """
     import cupy
 
-    return _grow_only(_split_buffers, n, lambda n: cupy.empty(max(n, 1 << 20), dtype=np.float32))
+    dev = cupy.cuda.Device().id
+    bufs = _split_buffers.setdefault(dev, [])
+    if not bufs or bufs[-1].size < n:
+        bufs.append(cupy.empty(max(n, 1 << 20), dtype=np.float32))
+    return bufs[-1]
+
+
+_counter_buffers: dict = {}
 
 
 def split_counters(n: int):
     """An int32 device buffer of at least ``n`` zeros, per device, grow-only: the per-tile arrival counters
-    of serial split-K (each launch leaves them zero again)."""
+    of serial split-K (each launch leaves them zero again). Never freed, like ``split_workspace``."""
     import cupy
 
-    return _grow_only(_counter_buffers, n, lambda n: cupy.zeros(max(n, 4096), dtype=np.int32))
+    dev = cupy.cuda.Device().id
+    bufs = _counter_buffers.setdefault(dev, [])
+    if not bufs or bufs[-1].size < n:
+        bufs.append(cupy.zeros(max(n, 4096), dtype=np.int32))
+    return bufs[-1]
 
 
 def kernel(family: str, name: str, cfg: TileConfig | None = None):
@@ -308,11 +309,8 @@ def _kernel(family, name, cfg, device_id):
     return fn
 
 
-_NULL = np.uint64(0)  # a null device pointer argument
-
-
 def _ptr(a) -> np.uint64:
-    return _NULL if a is None else np.uint64(a.data.ptr)
+    return np.uint64(0) if a is None else np.uint64(a.data.ptr)
 
 
 def _vec_ok(a, ld: int) -> bool:
@@ -545,7 +543,7 @@ def _launch_args(plan, out, workspace=None):
     stores) follows the workspace's alignment, bit 5 (float4 serial reduce) also out's."""
     kern, grid, block, smem, scalars, flags, splits, MN = plan
     if splits == 1:
-        return kern, grid, block, smem, (_NULL, _NULL) + scalars + (np.int32(flags),), None
+        return kern, grid, block, smem, (np.uint64(0), np.uint64(0)) + scalars + (np.int32(flags),), None
     need = splits * MN
     ws = workspace if workspace is not None else split_workspace(need)
     if ws.size < need:
@@ -556,7 +554,7 @@ def _launch_args(plan, out, workspace=None):
     if flags >> 4 & 1:
         counters, red = _ptr(split_counters(grid[0] * grid[1])), None
     else:
-        counters = _NULL
+        counters = np.uint64(0)
         red_grid, red_tail = _reduce_args(M, N, splits, int(scalars[4]), int(scalars[5]))
         red = (kernel("gemm", "gemm_splitk_reduce"), red_grid, _ptr(ws), red_tail)
     return kern, grid, block, smem, (_ptr(ws), counters) + scalars + (np.int32(flags),), red
@@ -565,7 +563,7 @@ def _launch_args(plan, out, workspace=None):
 @functools.lru_cache(maxsize=4096)
 def _reduce_args(M: int, N: int, splits: int, beta: int, act_code: int):
     """(grid, scalar arguments) of gemm_splitk_reduce for these sizes, made once per shape."""
-    return (min(blocks(M * N, 256), 132 * 16),), i32(M, N, splits, beta, act_code)
+    return (min(blocks(M * N, 256), 132 * 16),), tuple(np.int32(v) for v in (M, N, splits, beta, act_code))
 
 
 def splitk_reduce(ws, out, bias, M: int, N: int, splits: int, beta, act_code) -> None:

@@ -197,8 +197,8 @@ struct GemmEpilogue {
             *reinterpret_cast<float4*>(C + (size_t)m * N + n) = make_float4(o[0], o[1], o[2], o[3]);
         } else {
 #pragma unroll
-            for (int f = 0; f < 4; ++f)
-                if (n + f < N) C[(size_t)m * N + n + f] = o[f];
+                for (int f = 0; f < 4; ++f)
+                    if (n + f < N) C[(size_t)m * N + n + f] = o[f];
         }
     }
 };
