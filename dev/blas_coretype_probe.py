@@ -15,6 +15,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "dev"))
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")   # as the harness sets it
 
 import numpy as np  # noqa: E402
@@ -40,19 +41,13 @@ def main() -> int:
     print(f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}: {arch}; SGEMM 2048^3 {2 * 2048**3 / dt / 1e9:.0f} "
           f"GFLOP/s", flush=True)
     import custom_impl
+    from cpu_step_profile import step_times
 
     for name, batch in (("mlp-deep", 64), ("mlp-deep", 256), ("lenet-mnist", 64), ("cnn-cifar", 256)):
         m = custom_impl.build(name, seed=0)
         x = rng.standard_normal((batch, *m.spec.input_shape)).astype(np.float32)
         y = rng.integers(0, m.spec.num_classes, size=batch)
-        for _ in range(3):
-            m.train_step(x, y, 0.01, 0.9)
-        ts = []
-        for _ in range(10):
-            t = time.perf_counter()
-            m.train_step(x, y, 0.01, 0.9)
-            ts.append(time.perf_counter() - t)
-        print(f"  {name} batch {batch}: {np.median(ts) * 1e3:.2f} ms", flush=True)
+        print(f"  {name} batch {batch}: {np.median(step_times(m, x, y, 10)) * 1e3:.2f} ms", flush=True)
     return 0
 
 
