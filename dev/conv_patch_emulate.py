@@ -322,7 +322,7 @@ def check(case, sms_values=(1, 132)):
 
     from custom_impl.gpu import conv_patch, gemm
     from custom_impl.gpu.conv import _dims, conv2d_workspace_size
-    from test_gpu_conv import conv_ref
+    from conv_reference import conv_ref
 
     N, C, H, W, K, R, S, padding = case
     rng = np.random.default_rng(sum(case[:7]))

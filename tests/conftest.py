@@ -12,8 +12,10 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)  # run from a checkout without installing (the GPU machine has no pip)
+TESTS = os.path.dirname(os.path.abspath(__file__))
+for _path in (ROOT, TESTS):  # the checkout without installing (the GPU machine has no pip); tests/helpers.py
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 
 @functools.lru_cache(maxsize=1)

@@ -18,7 +18,7 @@ from harness import cli, results, runner
 from harness.results import COLUMNS, ROW_KEY
 from harness.suites import SuiteError, load_suite, parse_suite
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DOCUMENTED = ("impl", "variant", "device", "workload", "kind", "batch", "phase", "precision", "median_ms", "iqr_ms",
               "repeats", "flops", "tflops", "parity_rel_err", "parity_ok", "status", "min_ms", "samples_per_s",
               "pct_peak", "peak_mem_bytes", "noisy")

@@ -16,7 +16,7 @@ import pytest
 
 import modelspec
 from helpers import compare_models, random_batch
-from test_parity import ODD
+from odd_specs import ODD
 
 pytestmark = pytest.mark.gpu
 

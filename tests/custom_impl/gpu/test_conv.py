@@ -12,51 +12,7 @@ import pytest
 
 pytestmark = pytest.mark.gpu
 
-EPS32 = float(np.finfo(np.float32).eps)
-
-
-def _rand(rng, *shape):
-    return rng.standard_normal(shape).astype(np.float32)
-
-
-def _windows(xp, r, s, P, Q, sh, sw):
-    """xp[:, :, r + p*sh, s + q*sw] for all p < P, q < Q: (N, C, P, Q)."""
-    return xp[:, :, r: r + sh * (P - 1) + 1: sh, s: s + sw * (Q - 1) + 1: sw]
-
-
-def conv_ref(x, W, stride, padding):
-    """float64 forward, and the functions giving dx, dW for a dy, by loops over the kernel taps."""
-    (sh, sw), (ph, pw) = stride, padding
-    N, C, H, Wd = x.shape
-    K, _, R, S = W.shape
-    P = (H + 2 * ph - R) // sh + 1
-    Q = (Wd + 2 * pw - S) // sw + 1
-    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    y = np.zeros((N, K, P, Q))
-    for r in range(R):
-        for s in range(S):
-            y += np.einsum("ncpq,kc->nkpq", _windows(xp, r, s, P, Q, sh, sw), W[:, :, r, s])
-
-    def backward(dy):
-        dxp = np.zeros_like(xp)
-        dW = np.zeros_like(W)
-        for r in range(R):
-            for s in range(S):
-                dxp[:, :, r: r + sh * (P - 1) + 1: sh, s: s + sw * (Q - 1) + 1: sw] += np.einsum(
-                    "nkpq,kc->ncpq", dy, W[:, :, r, s])
-                dW[:, :, r, s] = np.einsum("nkpq,ncpq->kc", dy, _windows(xp, r, s, P, Q, sh, sw))
-        return dxp[:, :, ph: ph + H, pw: pw + Wd], dW, dy.sum(axis=(0, 2, 3))
-
-    return y, backward
-
-
-def _assert_close(out, ref, ref_abs, L, what):
-    out = np.asarray(out, dtype=np.float64)
-    assert out.shape == ref.shape, f"{what}: shape {out.shape} != {ref.shape}"
-    assert np.all(np.isfinite(out)), f"{what}: {np.sum(~np.isfinite(out))} non-finite (unwritten?) elements"
-    tol = 4.0 * np.sqrt(max(L, 1)) * EPS32 * ref_abs + 4.0 * EPS32 * np.abs(ref) + 1e-30
-    err = np.abs(out - ref)
-    assert not (err > tol).any(), f"{what}: {(err > tol).sum()} of {err.size} off; worst err {err.max():.3g}"
+from conv_reference import EPS32, _assert_close, _rand, conv_ref  # noqa: F401
 
 
 # (N, C, H, W, K, R, S, stride, padding)

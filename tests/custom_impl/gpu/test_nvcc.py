@@ -16,7 +16,7 @@ import warnings
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 KERNEL_FILES = sorted(glob.glob(os.path.join(ROOT, "custom_impl", "kernels", "*.cu")))
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from test_gpu_conv import _assert_close, _rand, conv_ref
+from conv_reference import _assert_close, _rand, conv_ref
 
 pytestmark = pytest.mark.gpu
 

@@ -14,7 +14,7 @@ import pytest
 
 from custom_impl.gpu import conv, conv_patch, gemm
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 SHAPES = [  # (x_shape, w_shape, padding)
     ((256, 32, 14, 14), (64, 32, 5, 5), 2),   # LeNet conv2
