@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # One visit to the GPU machine, run from the repository root (nothing to install there):
-#   bash dev/h100_visit.sh tests [PATH...]  # the gpu-marked tests (all, or those files) + the parity table
-#                                    # (all of them took ~7-8 min in session 2: pass PATHs to split the visit)
-#   bash dev/h100_visit.sh run       # the default GPU suite and its report -> reports/gpu-<card>/
-#   bash dev/h100_visit.sh targets   # the issue-5 targets -> reports/targets-<card>/
-#   bash dev/h100_visit.sh perf [BENCH-ARGS...]  # kernel timings (dev/gemm/bench.py --no-tests ...) and
-#                                    # the per-layer train-step profile (dev/profile_step.py)
+#   bash lab/gpu_visit.sh tests [PATH...]  # the gpu-marked tests (all, or those files) + the parity table
+#                                          # (all of them take several minutes: pass PATHs to split a visit)
+#   bash lab/gpu_visit.sh run              # the default GPU suite and its report -> reports/gpu-<card>/
+#   bash lab/gpu_visit.sh targets          # the performance targets -> reports/targets-<card>/
+#   bash lab/gpu_visit.sh perf [BENCH-ARGS...]  # kernel timings (lab/gemm/bench.py ...) and the
+#                                          # per-layer train-step profile (lab/step/profile_step.py)
+# Every mode first compiles the kernel modules in parallel into CuPy's on-disk cache
+# (custom_impl.gpu.runtime.precompile), so no timed command pays for compiling.
 # Logs and results go to $OUT (the device tool brings them back); a short summary is printed last.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 out=${OUT:-out}; mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv | tee "$out/nvidia_smi.txt"
+python3 -c "from custom_impl.gpu import runtime; runtime.precompile(progress=print)" >"$out/precompile.log" 2>&1
+echo "precompile exit: $? ($(tail -1 "$out/precompile.log"))"
 case "${1:-tests}" in
   tests)
     shift
@@ -24,11 +28,11 @@ case "${1:-tests}" in
     ;;
   perf)
     shift
-    timeout "${TIMEOUT_S:-300}" python3 dev/gemm/bench.py --no-tests --out "$out/bench" "$@" >"$out/bench.log" 2>&1
+    timeout "${TIMEOUT_S:-300}" python3 lab/gemm/bench.py --no-tests --out "$out/bench" "$@" >"$out/bench.log" 2>&1
     echo "bench exit: $?"
-    timeout 150 python3 dev/profile_step.py --out "$out/profile" >"$out/profile.log" 2>&1
+    timeout 150 python3 lab/step/profile_step.py --out "$out/profile" >"$out/profile.log" 2>&1
     echo "profile exit: $?"
-    cat "$out/profile.log" | tail -60
+    tail -60 "$out/profile.log"
     grep -A40 "=== summary" "$out/bench.log"
     ;;
   run|targets)

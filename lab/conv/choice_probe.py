@@ -1,10 +1,11 @@
-"""How stable the timed kernel choice of small eager conv layers is (the rows behind conv_suite_min's swings).
+"""How stable the timed algorithm choice of small eager conv layers is (the rows behind conv_suite_min's swings).
 
-    python3 dev/conv_choice_probe.py
+    python3 lab/conv/choice_probe.py
 
-For the small layers of the harness's conv suite, backward_weights phase, eagerly: each candidate's time per
-call (wall clock around 50 eager calls ending in a sync, 7 repeats) and its host time alone (no sync), then
-conv.choose_backward_weights made afresh 6 times (its cache cleared) to see whether the choice flips.
+For the small layers of the harness's conv suite, backward_weights phase, eagerly: each candidate algorithm's
+time per call (``weights_algo=`` each of ``conv.candidates(dims, "backward_weights")``; wall clock around 50
+eager calls ending in a sync, 7 repeats) and its host time alone (no sync), then the "auto" choice made
+afresh 6 times (the runtime's tuned-choice cache cleared before each) to see whether the choice flips.
 """
 from __future__ import annotations
 
@@ -13,15 +14,16 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)  # the repository root: custom_impl
 
 import numpy as np  # noqa: E402
 
 SHAPES = [(256, 1, 28, 28, 32, 5, 5, 1, 2), (33, 17, 29, 31, 45, 3, 3, 1, 1), (256, 3, 32, 32, 32, 3, 3, 1, 1)]
 
 
-def _setup(shape):
+def setup_layer(shape):
+    """Random x, W, dy, outputs and workspace of one layer (N, C, H, W, K, R, S, stride, pad), as a harness row."""
     import cupy
 
     from custom_impl.gpu import conv
@@ -30,9 +32,8 @@ def _setup(shape):
     rng = np.random.default_rng(0)
     x = cupy.asarray(rng.standard_normal((N, C, H, W), dtype=np.float32))
     w = cupy.asarray(rng.standard_normal((K, C, R, S), dtype=np.float32))
-    dims = conv._dims(x.shape, w.shape, (st, st), (pad, pad))
-    P, Q = dims[7], dims[8]
-    dy = cupy.asarray(rng.standard_normal((N, K, P, Q), dtype=np.float32))
+    dims = conv.conv_dims(x.shape, w.shape, (st, st), (pad, pad))
+    dy = cupy.asarray(rng.standard_normal((N, K, dims.P, dims.Q), dtype=np.float32))
     dW = cupy.empty(w.shape, np.float32)
     db = cupy.empty((K,), np.float32)
     size = conv.conv2d_workspace_size(x.shape, w.shape, (st, st), (pad, pad))
@@ -43,17 +44,16 @@ def _setup(shape):
 def _candidates(shape):
     from custom_impl.gpu import conv
 
-    x, w, dy, dW, db, ws, dims, st, pad = _setup(shape)
-    sms = conv._num_sms()
-    names = conv.weights_candidates(dims, sms)
+    x, w, dy, dW, db, ws, dims, st, pad = setup_layer(shape)
+    names = conv.candidates(dims, "backward_weights")
     calls = {v: (lambda v=v: conv.conv2d_backward(dy, x, w, st, pad, need_dx=False, dW=dW, db=db, workspace=ws,
-                                                  weights_version=v)) for v in names}
+                                                  weights_algo=v)) for v in names}
     calls["auto (row)"] = lambda: conv.conv2d_backward(dy, x, w, st, pad, need_dx=False, dW=dW, db=db, workspace=ws)
-    return calls, (dy, x, dW, dims, ws, sms)
+    return calls
 
 
 def _warm(shape) -> str:
-    calls, _ = _candidates(shape)
+    calls = _candidates(shape)
     for c in calls.values():
         c()
     return f"{shape}: {list(calls)}"
@@ -68,10 +68,10 @@ def main() -> int:
     print(f"compiled in {time.perf_counter() - t0:.0f} s", flush=True)
     import cupy
 
-    from custom_impl.gpu import conv
+    from custom_impl.gpu import runtime
 
     for shape in SHAPES:
-        calls, (dy, x, dW, dims, ws, sms) = _candidates(shape)
+        calls = _candidates(shape)
         print(f"\n=== N,C,H,W,K,R,S,stride,pad = {shape}, backward_weights + bias grad, eager")
         for name, c in calls.items():
             for _ in range(3):
@@ -90,9 +90,10 @@ def main() -> int:
                   f"{max(walls)*1e6:6.1f})  host {np.median(hosts)*1e6:7.1f} us", flush=True)
         picks = []
         for _ in range(6):
-            conv._choices.clear()
-            picks.append(conv.choose_backward_weights(dy, x, dW, dims, ws, sms))
-        print(f"  fresh choices: {picks}")
+            runtime.clear_tuned()
+            calls["auto (row)"]()
+            picks.append(sorted(str(v) for v in runtime.tuned_choices().values()))
+        print(f"  fresh choices (every choice the auto call tuned): {picks}")
     return 0
 
 

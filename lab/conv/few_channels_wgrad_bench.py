@@ -1,20 +1,21 @@
-"""One visit to the GPU machine for conv_smallc's backward-weights: v1 against v2 against cuDNN, on the
+"""Few-channel conv backward-weights on the GPU: its two launch shapes ("rows", "bands") against cuDNN, on the
 harness conv suite's few-channel rows (and the ResNet stem), with a short table printed last.
 
-    python3 dev/conv_smallc_bench.py --out "$OUT" [--reps 50] [--no-sweep]
-    python3 dev/conv_smallc_bench.py --warm   # first: compile every module the GPU tests and this script
-                                              # use, in parallel processes (CuPy's disk cache keeps them)
+    python3 lab/conv/few_channels_wgrad_bench.py --out "$OUT" [--reps 50] [--no-sweep]
+    python3 lab/conv/few_channels_wgrad_bench.py --warm   # first: compile every kernel module of the default
+                                                          # path in parallel (runtime.precompile)
 
 Per row (FP32; PyTorch with cudnn.benchmark on and TF32 off, as the harness):
-- parity: dW of v1 and v2 against PyTorch's float64 weight gradient (normwise max error), and v2 twice
-  (bit-identical: deterministic);
-- "row": what the harness times for a backward_weights row, dW and db through ``conv2d_backward`` with
-  weights_version="smallc" (conv_smallc's version forced by patching its default), against
-  ``aten.convolution_backward`` with output mask (dx, dW, db) = (F, T, T); eager calls;
-- "dW": ``conv_smallc.backward_weights`` alone, eager, against ``convolution_backward`` for dW alone;
+- parity: dW of each launch shape against PyTorch's float64 weight gradient (normwise max error), and
+  "bands" twice (bit-identical: deterministic);
+- "row": what the harness times for a backward_weights row, dW and db through ``conv.conv2d_backward`` with
+  weights_algo="few_channels" (its launch shape chosen by its rule), against ``aten.convolution_backward``
+  with output mask (dx, dW, db) = (F, T, T); eager calls;
+- "dW": ``conv.few_channels.backward_weights`` alone with ``launch=`` each shape, eager, against
+  ``convolution_backward`` for dW alone;
 - "dW graph": the same replayed from a CUDA graph of 20 calls: the GPU time per call without the host's
   launch cost (both sides);
-- with --sweep (default on): v2 with a few other plans (band height pb, grid), graph-timed.
+- with --sweep (default on): "bands" with a few other plans (band height pb, grid), graph-timed.
 Timing: CUDA events of the library that launches; a sample is the mean over enough back-to-back calls to
 last >= 1 ms (the harness's rule), ``--reps`` samples after warm-up; median and IQR in microseconds.
 Writes bench.json (every sample set) and bench_table.txt to --out.
@@ -31,8 +32,10 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)  # the repository root: custom_impl
+
+LAUNCHES = ("rows", "bands")
 
 ROWS = [  # name, x shape, W shape, stride, padding
     ("N256 C3 32x32 K32 3x3 s1 p1", (256, 3, 32, 32), (32, 3, 3, 3), 1, 1),
@@ -153,35 +156,31 @@ def bench_row(name, x_shape, w_shape, stride, padding, reps, sweep, log):
     import cupy
     import torch
 
-    from custom_impl.gpu import conv, conv_smallc
-    from custom_impl.gpu.gemm import _num_sms
+    from custom_impl.gpu import conv, runtime
+    from custom_impl.gpu.conv import few_channels
 
     rng = np.random.default_rng(0)
-    dims = conv._dims(x_shape, w_shape, stride, padding)
+    dims = tuple(conv.conv_dims(x_shape, w_shape, stride, padding))
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
     x = rng.standard_normal(x_shape).astype(np.float32)
     W = (rng.standard_normal(w_shape) / np.sqrt(C * R * S)).astype(np.float32)
     dy = rng.standard_normal((N, K, P, Q)).astype(np.float32)
     gx, gW, gdy = cupy.asarray(x), cupy.asarray(W), cupy.asarray(dy)
     dW, db = cupy.empty(W.shape, np.float32), cupy.empty((K,), np.float32)
-    sms = _num_sms()
-    plans = {v: conv_smallc.weights_plan(dims, sms, v) for v in ("v1", "v2")}
-    try:
-        n_conv = conv.conv2d_workspace_size(x_shape, w_shape, stride, padding)
-    except Exception as err:  # noqa: BLE001 - conv.py is edited by others; the bias gradient needs <= 64*K
-        log(f"   conv2d_workspace_size failed ({type(err).__name__}: {err}); using 64*K for conv.py's part")
-        n_conv = 64 * K
+    sms = runtime.sm_count()
+    plans = {v: few_channels.weights_plan(dims, sms, v) for v in LAUNCHES}
+    n_conv = conv.conv2d_workspace_size(x_shape, w_shape, stride, padding)
     n_ws = max([n_conv] + [p.grid * K * C * R * S for p in plans.values() if p is not None])
     extra = []
-    if sweep and plans["v2"] is not None:
-        base = plans["v2"]
+    if sweep and plans["bands"] is not None:
+        base = plans["bands"]
         for pb in sorted({1, 2, 4, 7, base.pb}):
             for mult in (1, 2):
-                if (base.kc // 4) * C * R * pb > conv_smallc.V2_THREADS or pb > P:
+                if (base.kc // 4) * C * R * pb > few_channels.BANDS_THREADS or pb > P:
                     continue
-                p = conv_smallc.plan_v2(dims, base.kc, pb, None, sms)
+                p = few_channels.bands_plan(dims, base.kc, pb, None, sms)
                 p = p._replace(grid=max(1, min(N * -(-P // pb), p.grid * mult)))
-                if p.smem <= conv_smallc.V2_SMEM_BYTES and p != base:
+                if p.smem <= few_channels.BANDS_SMEM_BYTES and p != base:
                     extra.append(p)
         n_ws = max([n_ws] + [p.grid * K * C * R * S for p in extra])
     ws = cupy.empty((n_ws,), np.float32)
@@ -207,21 +206,22 @@ def bench_row(name, x_shape, w_shape, stride, padding, reps, sweep, log):
              [False, True, False])[1].cpu().numpy()
     scale = np.abs(ref).max()
     parity = {}
-    for v in ("v1", "v2"):
+    for v in LAUNCHES:
         if plans[v] is None:
             continue
-        conv_smallc.backward_weights(gdy, gx, dW, dims, ws, version=v)
+        few_channels.backward_weights(gdy, gx, dW, dims, ws, launch=v)
         parity[v] = float(np.abs(cupy.asnumpy(dW) - ref).max() / scale)
     parity["cudnn"] = float(np.abs(torch_dw()[1].double().cpu().numpy() - ref).max() / scale)
-    a = cupy.asnumpy(conv_smallc.backward_weights(gdy, gx, dW, dims, ws, version="v2"))
-    b = cupy.asnumpy(conv_smallc.backward_weights(gdy, gx, dW, dims, ws, version="v2"))
-    parity["v2_deterministic"] = bool(np.array_equal(a, b))
+    if plans["bands"] is not None:
+        a = cupy.asnumpy(few_channels.backward_weights(gdy, gx, dW, dims, ws, launch="bands"))
+        b = cupy.asnumpy(few_channels.backward_weights(gdy, gx, dW, dims, ws, launch="bands"))
+        parity["bands_deterministic"] = bool(np.array_equal(a, b))
     log(f"   parity (max|dW - ref64| / max|ref64|): {parity}")
 
     results = []
     csync = cupy.cuda.Device().synchronize
     tsync = torch.cuda.synchronize
-    orig = conv_smallc.backward_weights
+    orig = few_channels.backward_weights
 
     def record(kind, variant, m, extra_info=""):
         med, iqr, samples = m
@@ -229,22 +229,16 @@ def bench_row(name, x_shape, w_shape, stride, padding, reps, sweep, log):
                             info=extra_info))
         log(f"   {kind:9s} {variant:16s} {med:9.1f} us  (IQR {iqr:6.1f})  {extra_info}")
 
-    for v in ("v1", "v2"):
-        if plans[v] is None:
-            continue
-        conv_smallc.backward_weights = functools.partial(orig, version=v)
-        try:
-            record("row", f"ours {v}", time_eager(
-                lambda: conv.conv2d_backward(gdy, gx, gW, stride, padding, need_dx=False, dW=dW, db=db, workspace=ws,
-                                             weights_version="smallc"), csync, cupy_events, reps))
-        except Exception as err:  # noqa: BLE001
-            log(f"   row ours {v}: failed ({type(err).__name__}: {err})")
-        finally:
-            conv_smallc.backward_weights = orig
+    try:
+        record("row", "ours", time_eager(
+            lambda: conv.conv2d_backward(gdy, gx, gW, stride, padding, need_dx=False, dW=dW, db=db, workspace=ws,
+                                         weights_algo="few_channels"), csync, cupy_events, reps))
+    except Exception as err:  # noqa: BLE001
+        log(f"   row ours: failed ({type(err).__name__}: {err})")
     record("row", "cuDNN", time_eager(torch_row, tsync, torch_events, reps))
-    for v in ("v1", "v2"):
+    for v in LAUNCHES:
         if plans[v] is not None:
-            fn = functools.partial(orig, gdy, gx, dW, dims, ws, version=v)
+            fn = functools.partial(orig, gdy, gx, dW, dims, ws, launch=v)
             record("dW", f"ours {v}", time_eager(fn, csync, cupy_events, reps))
             try:
                 record("dW graph", f"ours {v}", cupy_graph_time(fn, reps))
@@ -256,11 +250,11 @@ def bench_row(name, x_shape, w_shape, stride, padding, reps, sweep, log):
     except Exception as err:  # noqa: BLE001
         log(f"   dW graph cuDNN: failed ({type(err).__name__}: {err})")
     for p in extra:
-        fn = functools.partial(orig, gdy, gx, dW, dims, ws, version="v2", plan=p)
+        fn = functools.partial(orig, gdy, gx, dW, dims, ws, launch="bands", plan=p)
         fn()
         err = float(np.abs(cupy.asnumpy(dW) - ref).max() / scale)
         try:
-            record("sweep", f"v2 pb{p.pb} g{p.grid}", cupy_graph_time(fn, max(10, reps // 3)),
+            record("sweep", f"bands pb{p.pb} g{p.grid}", cupy_graph_time(fn, max(10, reps // 3)),
                    f"thr {p.threads} smem {p.smem} err {err:.1e}")
         except Exception as e:  # noqa: BLE001
             log(f"   sweep {p}: failed ({type(e).__name__}: {e})")
@@ -272,50 +266,31 @@ def table(rows):
     lines = []
     for r in rows:
         by = {(x["kind"], x["variant"]): x["median_us"] for x in r["results"]}
-        lines.append(f"{r['row']}  (parity v1 {r['parity'].get('v1', float('nan')):.1e}, "
-                     f"v2 {r['parity'].get('v2', float('nan')):.1e}, cuDNN {r['parity']['cudnn']:.1e}; "
-                     f"v2 deterministic {r['parity']['v2_deterministic']})")
-        lines.append(f"  {'what':10s} {'v1 us':>9s} {'v2 us':>9s} {'cuDNN us':>9s} {'ratio v1':>9s} {'ratio v2':>9s}")
-        for kind in ("row", "dW", "dW graph"):
-            v1, v2, ref = (by.get((kind, k), float("nan")) for k in ("ours v1", "ours v2", "cuDNN"))
-            lines.append(f"  {kind:10s} {v1:9.1f} {v2:9.1f} {ref:9.1f} {ref / v1:9.2f} {ref / v2:9.2f}")
+        par = r["parity"]
+        lines.append(f"{r['row']}  (parity rows {par.get('rows', float('nan')):.1e}, "
+                     f"bands {par.get('bands', float('nan')):.1e}, cuDNN {par['cudnn']:.1e}; "
+                     f"bands deterministic {par.get('bands_deterministic')})")
+        row_ours, row_ref = by.get(("row", "ours"), float("nan")), by.get(("row", "cuDNN"), float("nan"))
+        lines.append(f"  row (dW + db, few_channels): ours {row_ours:.1f} us, cuDNN {row_ref:.1f} us, "
+                     f"ratio {row_ref / row_ours:.2f}")
+        lines.append(f"  {'what':10s} {'rows us':>9s} {'bands us':>9s} {'cuDNN us':>9s} {'r. rows':>9s} {'r. bands':>9s}")
+        for kind in ("dW", "dW graph"):
+            a, b, ref = (by.get((kind, k), float("nan")) for k in ("ours rows", "ours bands", "cuDNN"))
+            lines.append(f"  {kind:10s} {a:9.1f} {b:9.1f} {ref:9.1f} {ref / a:9.2f} {ref / b:9.2f}")
         sweep = [x for x in r["results"] if x["kind"] == "sweep"]
         if sweep:
-            lines.append("  v2 plan sweep (graph us): "
+            lines.append("  bands plan sweep (graph us): "
                          + ", ".join(f"{x['variant']} {x['median_us']:.1f}" for x in sweep))
     return "\n".join(lines)
 
 
-def _compile_one(job):
-    family, name, defines = job
-    t0 = time.time()
-    from custom_impl.gpu._compile import function
-
-    function(family, name, **defines)
-    return f"{family} {name} {defines}: {time.time() - t0:.1f} s"
-
-
 def warm(log):
-    """NVRTC-compile (~1 s each) the conv_smallc modules of tests/test_gpu_conv_smallc.py and of ROWS, and
-    conv.cu (bias gradient), in parallel: the test run and the timings then load them from CuPy's cache."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+    """Compile every kernel module the default path can choose, in parallel (CuPy's disk cache keeps them)."""
+    from custom_impl.gpu import runtime
 
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    import test_gpu_conv_smallc as t
-
-    shapes = [(c[1], c[6], c[7][1]) for c in t.CASES + t.LAYERS]
-    shapes += [(x[1], w[3], (st if isinstance(st, int) else st[1])) for _, x, w, st, _ in ROWS]
-    jobs = {("conv_smallc", "conv_smallc_backward_weights_v2", (("SC_S", S), ("SC_SW", sw))) for C, S, sw in shapes}
-    jobs |= {("conv_smallc", "conv_smallc_backward_data", (("SC_C", C), ("SC_S", S), ("SC_SW", sw)))
-             for C, S, sw in shapes}
-    jobs.add(("conv", "conv_bias_grad_partial", ()))
-    jobs = [(f, n, dict(d)) for f, n, d in sorted(jobs)]
     t0 = time.time()
-    with ProcessPoolExecutor(max_workers=min(16, len(jobs)), mp_context=mp.get_context("spawn")) as ex:
-        for line in ex.map(_compile_one, jobs):
-            log("   compiled " + line)
-    log(f"warm: {len(jobs)} modules in {time.time() - t0:.1f} s")
+    done = runtime.precompile(progress=log)
+    log(f"warm: {len(done)} modules in {time.time() - t0:.1f} s")
 
 
 def main():

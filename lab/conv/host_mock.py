@@ -2,10 +2,12 @@
 row) with CuPy replaced by a stub whose kernel launches do nothing, so what is timed is our Python per eager
 call on top of the launches themselves (each real CuPy launch costs ~8-25 us more on the GPU machine).
 
-    python3 dev/conv_host_mock.py                                       # the small layers of the conv suite
-    python3 dev/conv_host_mock.py --profile [N,C,H,W,K,R,S,stride,pad]  # cProfile's top functions for one
+    python3 lab/conv/host_mock.py                                       # the small layers of the conv suite
+    python3 lab/conv/host_mock.py --profile [N,C,H,W,K,R,S,stride,pad]  # cProfile's top functions for one
 
-Run it on a machine without CuPy (the stub is installed as ``cupy`` before our modules import it).
+Run it on a machine without CuPy (the stub is installed as ``cupy`` before our modules import it). The stub
+covers what custom_impl/gpu reads of CuPy (arrays' shape, dtype, contiguity and address; ``RawModule``,
+whose kernels do nothing; the device, stream and capture queries); a new CuPy call there needs a line here.
 """
 from __future__ import annotations
 
@@ -19,11 +21,11 @@ import types
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)  # the repository root: custom_impl
 
-SHAPES = {(256, 1, 28, 28, 32, 5, 5, 1, 2): "smallc", (33, 17, 29, 31, 45, 3, 3, 1, 1): "v2",
-          (256, 3, 32, 32, 32, 3, 3, 1, 1): "smallc"}   # the versions the H100 chose (conv_choice_probe.py)
+SHAPES = {(256, 1, 28, 28, 32, 5, 5, 1, 2): "few_channels", (33, 17, 29, 31, 45, 3, 3, 1, 1): "implicit_gemm",
+          (256, 3, 32, 32, 32, 3, 3, 1, 1): "few_channels"}   # the algorithms an H100 chose (lab/conv/choice_probe.py)
 _addresses = itertools.count(1 << 20, 1 << 20)
 
 
@@ -53,35 +55,36 @@ def _install_stub() -> None:
     stub.ndarray = _Array
     stub.empty = stub.zeros = lambda shape, dtype=np.float32: _Array(shape, dtype)
     stub.full = lambda shape, value, dtype=np.float32: _Array(shape, dtype)
+    stub.empty_like = lambda a, dtype=None: _Array(a.shape, dtype or a.dtype)
+    stub.ascontiguousarray = lambda a: a
+    stub.RawModule = lambda code=None, options=(), **kw: types.SimpleNamespace(get_function=lambda name: _Kernel())
     device = types.SimpleNamespace(id=0, attributes={"MultiProcessorCount": 132}, synchronize=lambda: None)
     stub.cuda = types.SimpleNamespace(Device=lambda i=0: device,
                                       get_current_stream=lambda: types.SimpleNamespace(ptr=0),
                                       runtime=types.SimpleNamespace(streamIsCapturing=lambda p: 0, getDevice=lambda: 0))
     sys.modules["cupy"] = stub
-    from custom_impl.gpu import _compile
-
-    _compile._module = lambda family, device_id, defines: types.SimpleNamespace(get_function=lambda name: _Kernel())
 
 
-def _row(shape, version):
-    """The harness's backward_weights call for this layer, with outputs and workspace allocated once."""
+def _row(shape, algo):
+    """The harness's backward_weights call for this layer with weights algorithm ``algo`` (the choice an
+    "auto" call would have timed and cached), outputs and workspace allocated once."""
     from custom_impl.gpu import conv
 
     N, C, H, W, K, R, S, st, pad = shape
     x, w = _Array((N, C, H, W)), _Array((K, C, R, S))
-    dims = conv._dims(x.shape, w.shape, (st, st), (pad, pad))
-    dy, dW, db = _Array((N, K, dims[7], dims[8])), _Array(w.shape), _Array((K,))
+    dims = conv.conv_dims(x.shape, w.shape, (st, st), (pad, pad))
+    dy, dW, db = _Array((N, K, dims.P, dims.Q)), _Array(w.shape), _Array((K,))
     size = conv.conv2d_workspace_size(x.shape, w.shape, (st, st), (pad, pad))
     ws = _Array((size,)) if size else None
-    conv._choices[("weights", 0, dims)] = version   # the timed choice, already made
-    return lambda: conv.conv2d_backward(dy, x, w, (st, st), (pad, pad), need_dx=False, dW=dW, db=db, workspace=ws)
+    return lambda: conv.conv2d_backward(dy, x, w, (st, st), (pad, pad), need_dx=False, dW=dW, db=db, workspace=ws,
+                                        weights_algo=algo)
 
 
 def main(argv) -> int:
     _install_stub()
     if argv[:1] == ["--profile"]:
         shape = tuple(int(v) for v in argv[1].split(",")) if len(argv) > 1 else next(iter(SHAPES))
-        call = _row(shape, SHAPES.get(shape, "v2"))
+        call = _row(shape, SHAPES.get(shape, "implicit_gemm"))
         prof = cProfile.Profile()
         prof.enable()
         for _ in range(5000):
@@ -89,8 +92,8 @@ def main(argv) -> int:
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(18)
         return 0
-    for shape, version in SHAPES.items():
-        call = _row(shape, version)
+    for shape, algo in SHAPES.items():
+        call = _row(shape, algo)
         for _ in range(200):
             call()
         _Kernel.launches, n, best = 0, 4000, float("inf")
@@ -99,7 +102,7 @@ def main(argv) -> int:
             for _ in range(n):
                 call()
             best = min(best, (time.perf_counter() - t) / n)
-        print(f"{shape} {version}: {best * 1e6:.1f} us of host time per call, "
+        print(f"{shape} {algo}: {best * 1e6:.1f} us of host time per call, "
               f"{_Kernel.launches / (7 * n):.0f} launches (stubbed)")
     return 0
 

@@ -1,8 +1,8 @@
 """Where the host time of an eager small conv weight-gradient call goes, on the GPU machine (real CuPy).
 
-    python3 dev/conv_host_pieces.py
+    python3 lab/conv/host_pieces.py
 
-For the small layers of conv_choice_probe.py (backward_weights + bias grad, the rows behind conv_suite_min),
+For the small layers of lab/conv/choice_probe.py (backward_weights + bias grad, the rows behind conv_suite_min),
 per eager ``conv.conv2d_backward(need_dx=False)`` call, host time only (perf_counter over many calls, no
 sync inside the loop):
 
@@ -13,7 +13,8 @@ sync inside the loop):
   same grid, block and arguments), and the same with the array arguments passed as raw pointers;
 - ``bare launch``: one launch of a one-thread kernel with 1 and with 16 scalar arguments.
 
-Kernel lookups are wrapped by patching ``_compile.function`` (every family's lookup goes through it).
+Kernel lookups are wrapped by replacing ``custom_impl.gpu.runtime.kernel`` before the first conv call (every
+family looks its kernels up through it; launches cached by an earlier call would escape the wrapper).
 """
 from __future__ import annotations
 
@@ -21,9 +22,8 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "dev"))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)  # the repository root: custom_impl, lab
 
 import numpy as np  # noqa: E402
 
@@ -51,17 +51,14 @@ class _Recorder:
 
 
 def _patch_lookups():
-    from custom_impl.gpu import _compile, gemm
+    from custom_impl.gpu import runtime
 
-    real = _compile.function
+    real = runtime.kernel
 
-    def wrapped(family, name, **defines):
-        return _Recorder(real(family, name, **defines))
+    def wrapped(family, name, defines=None, smem=0):
+        return _Recorder(real(family, name, defines, smem))
 
-    _compile.function = wrapped
-    gemm.function = wrapped
-    _compile._kernel_function.cache_clear()
-    gemm._kernel.cache_clear()
+    runtime.kernel = wrapped
 
 
 def per_call_us(fn, n: int = 2000) -> float:
@@ -91,8 +88,8 @@ extern "C" __global__ void bare16(float* p, int a0, int a1, int a2, int a3, int 
 def main() -> int:
     import cupy
 
-    from conv_choice_probe import SHAPES, _setup
     from custom_impl.gpu import conv
+    from lab.conv.choice_probe import SHAPES, setup_layer
 
     _patch_lookups()
     mod = cupy.RawModule(code=BARE)
@@ -107,7 +104,7 @@ def main() -> int:
     print(f"cupy.cuda.get_current_stream()         {per_call_us(cupy.cuda.get_current_stream):7.2f} us")
     print(f"cupy.cuda.Device().id                  {per_call_us(lambda: cupy.cuda.Device().id):7.2f} us")
     for shape in SHAPES:
-        x, w, dy, dW, db, ws, dims, st, pad = _setup(shape)
+        x, w, dy, dW, db, ws, dims, st, pad = setup_layer(shape)
 
         def call():
             conv.conv2d_backward(dy, x, w, st, pad, need_dx=False, dW=dW, db=db, workspace=ws)

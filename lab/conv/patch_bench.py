@@ -1,11 +1,12 @@
-"""Timings of the conv_patch backward passes against conv.py's implicit GEMMs (dW v2, dx v3), the timed
-"auto" choice, and cuDNN (PyTorch, strict FP32: TF32 off, cudnn.benchmark on), on LeNet's 5x5 layer.
+"""Timings of the "patch" conv backward passes against the implicit-GEMM ones (dW and dx), the timed "auto"
+choice, and cuDNN (PyTorch, strict FP32: TF32 off, cudnn.benchmark on), on LeNet's 5x5 layer.
 
-    python3 dev/conv_patch_bench.py --out DIR [--reps 50]
+    python3 lab/conv/patch_bench.py --out DIR [--reps 50]
 
 Each figure: the median (and IQR) of --reps single calls timed with CUDA events after 10 warm-up calls; dW
 alone (no db) on both sides. Every output is also compared with PyTorch's float64 result (max |a - b| /
-max |b|). Writes DIR/conv_patch_bench.csv and prints a table last.
+max |b|). Then the dW split count: the patch plan made for other SM counts (``runtime.sm_count`` replaced
+for the call), timed on this card. Writes DIR/conv_patch_bench.csv and prints a table last.
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)  # the repository root: custom_impl
 
 SHAPES = [  # (N, C, H, W, K, R, S, padding)
     (256, 32, 14, 14, 64, 5, 5, 2),
@@ -51,7 +52,7 @@ def main():
     import cupy
     import torch
 
-    from custom_impl.gpu import conv
+    from custom_impl.gpu import conv, runtime
 
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -74,8 +75,8 @@ def main():
     for shape in SHAPES:
         N, C, H, Wd, K, R, S, pad = shape
         rng = np.random.default_rng(1)
-        dims = conv._dims((N, C, H, Wd), (K, C, R, S), 1, pad)
-        P, Q = dims[7], dims[8]
+        dims = conv.conv_dims((N, C, H, Wd), (K, C, R, S), 1, pad)
+        P, Q = dims.P, dims.Q
         x = cupy.asarray(rng.standard_normal((N, C, H, Wd), dtype=np.float32))
         W = cupy.asarray(rng.standard_normal((K, C, R, S), dtype=np.float32) * 0.05)
         dy = cupy.asarray(rng.standard_normal((N, K, P, Q), dtype=np.float32))
@@ -83,7 +84,6 @@ def main():
         dW = cupy.empty(W.shape, np.float32)
         dx = cupy.empty(x.shape, np.float32)
         tx, tW, tdy = (torch.as_tensor(a, device="cuda") for a in (x, W, dy))
-        sms = conv._num_sms()
 
         def cudnn(mask, t=(tdy, tx, tW)):
             return torch.ops.aten.convolution_backward(t[0], t[1], t[2], None, [1, 1], [pad, pad], [1, 1], False,
@@ -95,17 +95,18 @@ def main():
         flop = 2.0 * N * K * C * R * S * P * Q
         for phase in ("dW", "dx"):
             if phase == "dW":
-                runs = {v: (lambda v=v: conv.backward_weights(dy, x, dW, dims, ws, v, sms)) for v in ("v2", "patch")}
-                runs["auto"] = lambda: conv.backward_weights(dy, x, dW, dims, ws, "auto", sms)
-                out, ref_out, mask, key = dW, ref_dW, [False, True, False], ("weights", 0, dims)
+                runs = {a: (lambda a=a: conv.conv2d_backward(dy, x, W, 1, pad, need_dx=False, dW=dW, need_db=False,
+                                                             workspace=ws, weights_algo=a))
+                        for a in ("implicit_gemm", "patch", "auto")}
+                out, ref_out, mask = dW, ref_dW, [False, True, False]
                 pick = 1
             else:
-                runs = {v: (lambda v=v: conv.backward_data(dy, W, dx, dims, v, sms, workspace=ws))
-                        for v in ("v3", "patch")}
-                runs["auto"] = lambda: conv.backward_data(dy, W, dx, dims, "auto", sms, workspace=ws)
-                out, ref_out, mask, key = dx, ref_dx, [True, False, False], ("data", 0, dims)
+                runs = {a: (lambda a=a: conv.conv2d_backward_data(dy, W, x.shape, 1, pad, dx=dx, workspace=ws, algo=a))
+                        for a in ("implicit_gemm", "patch", "auto")}
+                out, ref_out, mask = dx, ref_dx, [True, False, False]
                 pick = 0
             res = {}
+            runtime.clear_tuned()  # so that the "auto" call below times its candidates and its choice shows
             for name, call in runs.items():
                 call()
                 cupy.cuda.Device().synchronize()
@@ -117,38 +118,37 @@ def main():
             err = float(np.abs(got.double().cpu().numpy() - ref_out).max() / np.abs(ref_out).max())
             med, iqr = _time(lambda: cudnn(mask), *theirs, args.reps)
             res["cudnn"] = (med, iqr, err)
-            chosen = conv._choices.get((key[0], cupy.cuda.Device().id, dims), "?")
-            old = "v2" if phase == "dW" else "v3"
+            chosen = "/".join(sorted({str(v) for v in runtime.tuned_choices().values()})) or "?"
             row = dict(card=card, shape=f"N{N} C{C} {H}x{Wd} K{K} {R}x{S} pad{pad}", phase=phase, auto_pick=chosen,
                        gflop=flop / 1e9)
-            for name, (med, iqr, err) in res.items():
-                label = "old_" + old if name == old else name
+            for label, (med, iqr, err) in res.items():
                 row[f"{label}_ms"] = round(float(med), 4)
                 row[f"{label}_iqr_ms"] = round(float(iqr), 4)
                 row[f"{label}_relerr"] = f"{err:.2e}"
             rows.append(row)
             print(row, flush=True)
     # sensitivity of the dW split count (plan made for sms * 2 blocks) on the first shape
-    from custom_impl.gpu import conv_patch, gemm
+    from custom_impl.gpu.conv import patch
 
     N, C, H, Wd, K, R, S, pad = SHAPES[0]
-    dims = conv._dims((N, C, H, Wd), (K, C, R, S), 1, pad)
+    dims = conv.conv_dims((N, C, H, Wd), (K, C, R, S), 1, pad)
     rng = np.random.default_rng(2)
     x = cupy.asarray(rng.standard_normal((N, C, H, Wd), dtype=np.float32))
-    dy = cupy.asarray(rng.standard_normal((N, K, dims[7], dims[8]), dtype=np.float32))
+    dy = cupy.asarray(rng.standard_normal((N, K, dims.P, dims.Q), dtype=np.float32))
     dW = cupy.empty((K, C, R, S), np.float32)
-    real = gemm._num_sms
+    real = runtime.sm_count
     sweep = []
     try:
         for fake_sms in (33, 66, 132, 264, 528):
-            gemm._num_sms = lambda s=fake_sms: s
-            plan = conv_patch.weights_plan(dims, fake_sms)
+            # NOTE: patch.backward_weights plans for runtime.sm_count() at each call; replaced here for the sweep
+            runtime.sm_count = lambda s=fake_sms: s
+            plan = patch.weights_plan(dims, fake_sms)
             ws = cupy.zeros((plan.grid[0] * K * C * R * S + 1,), np.float32)
-            med, iqr = _time(lambda: conv_patch.backward_weights(dy, x, dW, dims, ws), *ours, args.reps)
+            med, iqr = _time(lambda: patch.backward_weights(dy, x, dW, dims, ws), *ours, args.reps)
             sweep.append(f"  plan for {fake_sms:3d} SMs: grid {plan.grid}, {plan.chunk} items/block: "
                          f"{med:.3f} ms (IQR {iqr:.3f})")
     finally:
-        gemm._num_sms = real
+        runtime.sm_count = real
     path = os.path.join(args.out, "conv_patch_bench.csv")
     with open(path, "w", newline="") as fh:
         keys = sorted({k for r in rows for k in r}, key=lambda k: list(rows[0]).index(k) if k in rows[0] else 99)
@@ -158,13 +158,12 @@ def main():
     print(f"\ndW patch, {SHAPES[0]}: split-count sweep")
     print("\n".join(sweep))
     print(f"\n=== {card}: median ms of {args.reps} calls (CUDA events), ratio = cuDNN / ours; FP32, TF32 off")
-    print(f"{'shape':34} {'pass':4} {'old':>12} {'patch':>8} {'auto':>14} {'cuDNN':>8} {'r_old':>6} {'r_patch':>7} "
-          f"{'r_auto':>6} {'TF/s patch':>10} {'err patch':>9} {'err cuDNN':>9}")
+    print(f"{'shape':34} {'pass':4} {'impl.GEMM':>9} {'patch':>8} {'auto':>22} {'cuDNN':>8} {'r_igemm':>7} "
+          f"{'r_patch':>7} {'r_auto':>6} {'TF/s patch':>10} {'err patch':>9} {'err cuDNN':>9}")
     for r in rows:
-        old = "old_v2" if r["phase"] == "dW" else "old_v3"
-        cud = r["cudnn_ms"]
-        print(f"{r['shape']:34} {r['phase']:4} {r[old + '_ms']:8.3f} ({old[4:]}) {r['patch_ms']:8.3f} "
-              f"{r['auto_ms']:8.3f} ({r['auto_pick'][:5]}) {cud:8.3f} {cud / r[old + '_ms']:6.2f} "
+        cud, ig = r["cudnn_ms"], r["implicit_gemm_ms"]
+        print(f"{r['shape']:34} {r['phase']:4} {ig:9.3f} {r['patch_ms']:8.3f} "
+              f"{r['auto_ms']:8.3f} ({r['auto_pick'][:11]:>11}) {cud:8.3f} {cud / ig:7.2f} "
               f"{cud / r['patch_ms']:7.2f} {cud / r['auto_ms']:6.2f} {r['gflop'] / r['patch_ms']:10.1f} "
               f"{r['patch_relerr']:>9} {r['cudnn_relerr']:>9}")
 

@@ -1,7 +1,7 @@
 """Which OpenBLAS kernel set NumPy runs on this CPU, and what the CPU train steps do under another one.
 
-    python3 dev/blas_coretype_probe.py                      # as NumPy picks
-    OPENBLAS_CORETYPE=SkylakeX python3 dev/blas_coretype_probe.py
+    python3 lab/cpu/blas_coretype_probe.py                      # as NumPy picks
+    OPENBLAS_CORETYPE=SkylakeX python3 lab/cpu/blas_coretype_probe.py
 
 NumPy's OpenBLAS (DYNAMIC_ARCH) picks its kernels from the CPU model at load time, or takes
 ``OPENBLAS_CORETYPE``. Prints the architecture it runs (threadpoolctl), an SGEMM 2048^3 rate, and our
@@ -13,9 +13,8 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "dev"))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)  # the repository root: custom_impl, lab.common
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")   # as the harness sets it
 
 import numpy as np  # noqa: E402
@@ -41,7 +40,7 @@ def main() -> int:
     print(f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}: {arch}; SGEMM 2048^3 {2 * 2048**3 / dt / 1e9:.0f} "
           f"GFLOP/s", flush=True)
     import custom_impl
-    from cpu_step_profile import step_times
+    from lab.common.timing import step_times
 
     for name, batch in (("mlp-deep", 64), ("mlp-deep", 256), ("lenet-mnist", 64), ("cnn-cifar", 256)):
         m = custom_impl.build(name, seed=0)

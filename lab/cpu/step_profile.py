@@ -1,16 +1,17 @@
 """Our NumPy train step on the CPU, layer by layer, next to PyTorch's CPU step, under several thread settings.
 
-    python3 dev/cpu_step_profile.py [--models lenet-mnist,cnn-cifar] [--batches 64,256]
+    python3 lab/cpu/step_profile.py [--models lenet-mnist,cnn-cifar] [--batches 64,256]
                                     [--settings "16,16;8,16;16,8"] [--steps 10] [--gpu-first]
 
 A setting is "COPY_THREADS,BLAS_THREADS": ``CUSTOM_CPU_THREADS`` (our copy threads) and ``OPENBLAS_NUM_THREADS``;
 each runs in a fresh process, since OpenBLAS reads its thread count when NumPy loads, with
 ``OPENBLAS_THREAD_TIMEOUT=4`` as the harness sets it. Per model and batch it prints the median step time of
-ours and of PyTorch's CPU step (torch's own threads), then our per-layer forward / backward times (medians of
-``--steps`` steps run layer by layer with a perf_counter around each call). ``--gpu-first``: each process first
-makes CUDA contexts in CuPy and PyTorch and runs a few GPU train steps of both, as a ``harness targets``
-process has before its CPU rows (run ``python3 dev/warm_kernels.py`` first on a fresh machine: compiling the
-kernels inside each process took longer than the 150 s one probe had).
+ours and of PyTorch's CPU step (torch's own threads), then per-layer forward / backward times of the CPU layer
+ops (``lab/common/layers.py``; medians of ``--steps`` rounds with a perf_counter around each call; the model's
+step may use faster internal paths, such as im2col columns saved by forward). ``--gpu-first``: each process
+first makes CUDA contexts in CuPy and PyTorch and runs a few GPU train steps of both, as a ``harness targets``
+process may have before its CPU rows; the kernels are compiled up front, in parallel
+(``runtime.precompile``), so no process spends its time compiling.
 """
 from __future__ import annotations
 
@@ -20,19 +21,7 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def step_times(model, x, y, steps: int, warmup: int = 3) -> list:
-    """Seconds of each of ``steps`` train steps (lr 0.01, momentum 0.9) after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        model.train_step(x, y, 0.01, 0.9)
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        model.train_step(x, y, 0.01, 0.9)
-        times.append(time.perf_counter() - t)
-    return times
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _gpu_first() -> None:
@@ -42,21 +31,27 @@ def _gpu_first() -> None:
     import reference_impl
 
     rng = np.random.default_rng(2)
+    from custom_impl.gpu import runtime
+
+    runtime.precompile(progress=print)
     for impl in (custom_impl, reference_impl):
         m = impl.build("lenet-mnist", device="gpu", seed=0)
         x = rng.standard_normal((64, *m.spec.input_shape)).astype(np.float32)
         y = rng.integers(0, m.spec.num_classes, size=64)
+        xb, yb = m.device_batch(x, y)
         for _ in range(5):
-            m.train_step(x, y, 0.01, 0.9)
+            m.train_step(xb, yb, 0.01, 0.9)
     print("  (GPU contexts made, 5 GPU steps of each run first)", flush=True)
 
 
 def _child(models, batches, steps, gpu_first) -> None:
-    sys.path.insert(0, ROOT)
+    sys.path.insert(0, ROOT)  # the repository root: custom_impl, reference_impl, lab.common
     import numpy as np
 
     import custom_impl
     import reference_impl
+    from lab.common.layers import layer_calls
+    from lab.common.timing import step_times
 
     if gpu_first:
         _gpu_first()
@@ -69,24 +64,12 @@ def _child(models, batches, steps, gpu_first) -> None:
             y = rng.integers(0, ours.spec.num_classes, size=batch)
             times = {"ours": step_times(ours, x, y, steps), "torch": step_times(ref, x, y, steps)}
             layers: dict[str, list] = {}
-
-            def timed(key, fn):
-                t = time.perf_counter()
-                out = fn()
-                layers.setdefault(key, []).append(time.perf_counter() - t)
-                return out
-
+            calls = layer_calls(ours.spec, batch, "cpu")
             for _ in range(steps):
-                h = x
-                for i, layer in enumerate(ours.layers):
-                    h = timed(f"{i}:{layer.layer.type} fwd", lambda: layer.forward(h, True))
-                _, d = timed("loss", lambda: ours._loss(h, y))
-                for i in reversed(range(len(ours.layers))):
-                    layer = ours.layers[i]
-                    d = timed(f"{i}:{layer.layer.type} bwd", lambda: layer.backward(d))
-                    if d is None:
-                        break
-                timed("sgd", lambda: ours._sgd(0.01, 0.9))
+                for label, phase, call in calls:
+                    t = time.perf_counter()
+                    call()
+                    layers.setdefault(f"{label} {phase[:3]}", []).append(time.perf_counter() - t)
             med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
             print(f"  {name} batch {batch}: ours {med['ours']:.2f} ms, torch {med['torch']:.2f} ms, "
                   f"torch/ours {med['torch'] / med['ours']:.2f}", flush=True)

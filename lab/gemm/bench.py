@@ -1,8 +1,12 @@
 """One visit to the GPU machine for the GEMM / dense / conv kernels: tests, then timings against
 cuBLAS / cuDNN (strict FP32: TF32 off on both), a short table printed last.
 
-    python3 dev/gemm/bench.py --out "$OUT"                 # tests + all timings
-    python3 dev/gemm/bench.py --out "$OUT" --no-tests --only gemm4096,dense,conv
+    python3 lab/gemm/bench.py --out "$OUT"                 # tests + all timings
+    python3 lab/gemm/bench.py --out "$OUT" --no-tests --only gemm4096,dense,conv
+
+Rows: GEMMs in the three dense layouts (the "auto" path, one split, fixed tile configs at 4096^3) and conv
+layers of the harness's gpu suite, each phase by its "auto" choice and by every algorithm
+``conv.candidates`` lists for that layer (``algo=`` / ``weights_algo=``).
 
 Timing: CUDA events around a batch of back-to-back calls on one stream (cupy's current stream = torch's
 current stream: both are the legacy default stream here), after warm-up; the figure is the median over
@@ -20,7 +24,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, ROOT)  # the repository root: custom_impl, lab.common
 
 import numpy as np  # noqa: E402
 
@@ -66,6 +70,8 @@ def gemm_rows(args, rng):
     import torch
 
     from custom_impl.gpu.gemm import gemm
+    from lab.common.configs import tile_config
+    from lab.common.kernels import lab_kernel
 
     rows = []
 
@@ -95,18 +101,18 @@ def gemm_rows(args, rng):
         ty, tdx, tdW = torch.empty(M, N, device="cuda"), torch.empty(M, K, device="cuda"), torch.empty(N, K, device="cuda")
         flops = 2.0 * M * N * K
         for v in variants:
-            if v == "auto":
-                kw = {}
-            elif v == "v1":
-                kw = dict(version="v1")
-            elif v == "nosplit":
-                kw = dict(splits=1)
+            if v == "naive":  # lab/gemm/gemm_naive.cu: the baseline kernel, not in the product
+                naive = lab_kernel("gemm/gemm_naive.cu", "gemm_naive")
+                args = (x, W, y, np.uint64(0)) + tuple(np.int32(i) for i in (M, N, K, 0, 1, 0, 0))
+                fwd = (lambda naive=naive, args=args:
+                       naive(((N + 15) // 16, (M + 15) // 16), (16, 16), args))
             else:
-                kw = dict(config=v, splits=1)
-            gemm(x, W, y, trans_b=True, **kw)
+                kw = ({} if v == "auto" else dict(splits=1) if v == "nosplit"
+                      else dict(config=tile_config(v), splits=1))
+                fwd = (lambda kw=kw: gemm(x, W, y, trans_b=True, **kw))
+            fwd()
             check(y, torch.matmul(tx, tW.t()), K, f"fwd {M}x{N}x{K} {v}")
-            add(group, f"fwd {M}x{N}x{K}", flops, lambda: gemm(x, W, y, trans_b=True, **kw),
-                lambda: torch.matmul(tx, tW.t(), out=ty), v)
+            add(group, f"fwd {M}x{N}x{K}", flops, fwd, lambda: torch.matmul(tx, tW.t(), out=ty), v)
         if group in ("gemm4096", "overhead", "waves"):
             return
         gemm(dy, W, dx)
@@ -118,8 +124,7 @@ def gemm_rows(args, rng):
             lambda: torch.matmul(tdy.t(), tx, out=tdW))
 
     if "gemm4096" in args.only:
-        dense_three(4096, 4096, 4096, "gemm4096", ["auto", "128x128x8_8x8", "128x256x8_8x16", "256x128x8_16x8",
-                                                   "128x128x16_8x8", "256x128x16_16x8", "128x256x16_8x16"])
+        dense_three(4096, 4096, 4096, "gemm4096", args.gemm4096_variants.split(","))
     if "waves" in args.only:
         # wave quantization at 4096^3 with 256x128 tiles: 512 tiles on 132 SMs (one block each) is 3.88 waves;
         # N = 4224 gives 528 tiles, exactly 4 waves, N = 3072 gives 384 (2.91): equal times for 4096 and
@@ -141,26 +146,26 @@ def conv_rows(args, rng):
     import cupy
     import torch
 
-    from custom_impl.gpu.conv import _dims, backward_data, conv2d_backward, conv2d_forward, conv2d_workspace_size
+    from custom_impl.gpu import conv
 
     rows = []
     for (N, C, H, W, K, R, S, st, pd) in CONV:
         x = cupy.asarray(rng.standard_normal((N, C, H, W), dtype=np.float32))
         w = cupy.asarray(rng.standard_normal((K, C, R, S), dtype=np.float32) * 0.1)
         b = cupy.asarray(rng.standard_normal((K,), dtype=np.float32))
-        y = conv2d_forward(x, w, b, st, pd)
+        y = conv.conv2d_forward(x, w, b, st, pd)
         dy = cupy.asarray(rng.standard_normal(y.shape, dtype=np.float32))
         dx, dW, db = cupy.empty_like(x), cupy.empty_like(w), cupy.empty_like(b)
-        ws = cupy.empty((max(1, conv2d_workspace_size(x.shape, w.shape, st, pd)),), np.float32)
+        ws = cupy.empty((max(1, conv.conv2d_workspace_size(x.shape, w.shape, st, pd)),), np.float32)
         tx, tw, tb, tdy = (torch.as_tensor(a, device="cuda") for a in (x, w, b, dy))
         P, Q = y.shape[2:]
         flops = 2.0 * N * K * P * Q * C * R * S
         name = f"N{N} C{C} {H}x{W} K{K} {R}x{S} s{st} p{pd}"
-        dims = _dims(x.shape, w.shape, st, pd)
+        dims = conv.conv_dims(x.shape, w.shape, st, pd)
         ty = torch.nn.functional.conv2d(tx, tw, tb, st, pd)
         tdx, tdW, _ = torch.ops.aten.convolution_backward(tdy, tx, tw, None, [st, st], [pd, pd], [1, 1], False,
                                                           [0, 0], 1, [True, True, False])
-        conv2d_backward(dy, x, w, st, pd, dx=dx, dW=dW, db=db, workspace=ws)
+        conv.conv2d_backward(dy, x, w, st, pd, dx=dx, dW=dW, db=db, workspace=ws)
         for what, ours, ref in (("fwd", y, ty), ("dx", dx, tdx), ("dW", dW, tdW)):
             err = float(cupy.abs(ours - cupy.asarray(ref)).max())
             scale = float(cupy.abs(cupy.asarray(ref)).max())
@@ -178,37 +183,30 @@ def conv_rows(args, rng):
                 e_ref = float((ref.double() - exact).abs().max())
                 print(f"    vs float64: ours {e_ours:.3g}, cuDNN {e_ref:.3g}")
 
-        phases = [
-            ("fwd", lambda: conv2d_forward(x, w, b, st, pd, out=y),
-             lambda: torch.nn.functional.conv2d(tx, tw, tb, st, pd)),
-            ("bwd-data", lambda: backward_data(dy, w, dx, dims, "v3"),
-             lambda: torch.ops.aten.convolution_backward(tdy, tx, tw, None, [st, st], [pd, pd], [1, 1], False,
-                                                         [0, 0], 1, [True, False, False])),
-            ("bwd-weights", lambda: conv2d_backward(dy, x, w, st, pd, need_dx=False, dW=dW, need_db=False,
-                                                    workspace=ws, weights_version="v2"),
-             lambda: torch.ops.aten.convolution_backward(tdy, tx, tw, None, [st, st], [pd, pd], [1, 1], False,
-                                                         [0, 0], 1, [False, True, False])),
-        ]
-        if C <= 8 and K * C * R * S <= 12288:  # the few-channel kernels (conv_smallc.py)
-            phases.append(("bwd-data", lambda: backward_data(dy, w, dx, dims, "v5"), phases[1][2], "v5"))
-            phases.append(("bwd-weights", lambda: conv2d_backward(dy, x, w, st, pd, need_dx=False, dW=dW,
-                                                                  need_db=False, workspace=ws,
-                                                                  weights_version="smallc"),
-                           phases[2][2], "smallc"))
-        if args.conv_configs and C > 8:
-            for cname in args.conv_configs.split(","):
-                phases.append(("fwd", lambda cname=cname: conv2d_forward(x, w, b, st, pd, out=y, config=cname,
-                                                                       workspace=ws),
-                               phases[0][2], cname))
-        for phase, ours_fn, ref_fn, *variant in phases:
-            variant = variant[0] if variant else "auto"
-            t_ours, sp_o = time_call(ours_fn)
-            t_ref, sp_r = time_call(ref_fn)
-            rows.append(dict(group="conv", row=f"{phase} {name}", variant=variant, ours_us=t_ours * 1e6,
-                             ref_us=t_ref * 1e6, ours_tflops=flops / t_ours / 1e12, ref_tflops=flops / t_ref / 1e12,
-                             ratio=t_ref / t_ours, spread=max(sp_o, sp_r)))
-            print(f"  conv {phase:12s} {name:44s} {variant:5s} ours {t_ours*1e6:9.1f} us ref {t_ref*1e6:9.1f} us "
-                  f"ratio {t_ref/t_ours:5.2f}", flush=True)
+        def cudnn(mask):
+            return lambda: torch.ops.aten.convolution_backward(tdy, tx, tw, None, [st, st], [pd, pd], [1, 1], False,
+                                                               [0, 0], 1, mask)
+
+        refs = {"forward": lambda: torch.nn.functional.conv2d(tx, tw, tb, st, pd),
+                "backward_data": cudnn([True, False, False]), "backward_weights": cudnn([False, True, False])}
+
+        def ours(phase, algo):
+            if phase == "forward":
+                return lambda: conv.conv2d_forward(x, w, b, st, pd, out=y, workspace=ws, algo=algo)
+            if phase == "backward_data":
+                return lambda: conv.conv2d_backward_data(dy, w, x.shape, st, pd, dx=dx, workspace=ws, algo=algo)
+            return lambda: conv.conv2d_backward(dy, x, w, st, pd, need_dx=False, dW=dW, need_db=False, workspace=ws,
+                                                weights_algo=algo)
+
+        for phase, label in (("forward", "fwd"), ("backward_data", "bwd-data"), ("backward_weights", "bwd-weights")):
+            for algo in ["auto"] + list(conv.candidates(dims, phase)):
+                t_ours, sp_o = time_call(ours(phase, algo))
+                t_ref, sp_r = time_call(refs[phase])
+                rows.append(dict(group="conv", row=f"{label} {name}", variant=algo, ours_us=t_ours * 1e6,
+                                 ref_us=t_ref * 1e6, ours_tflops=flops / t_ours / 1e12,
+                                 ref_tflops=flops / t_ref / 1e12, ratio=t_ref / t_ours, spread=max(sp_o, sp_r)))
+                print(f"  conv {label:12s} {name:44s} {algo:14s} ours {t_ours*1e6:9.1f} us ref {t_ref*1e6:9.1f} us "
+                      f"ratio {t_ref/t_ours:5.2f}", flush=True)
     return rows
 
 
@@ -218,7 +216,10 @@ def main(argv=None):
     ap.add_argument("--no-tests", action="store_true")
     ap.add_argument("-k", default=None, help="pytest -k expression selecting the tests to run")
     ap.add_argument("--only", default="gemm4096,dense,conv")
-    ap.add_argument("--conv-configs", default="", help="comma-separated tile configs to time conv forward with")
+    ap.add_argument("--gemm4096-variants", default="auto,128x128x8_8x8,128x256x8_8x16,256x128x8_16x8,"
+                    "128x128x16_8x8,256x128x16_16x8,128x256x16_8x16",
+                    help="comma-separated: auto, nosplit, a tile config BMxBNxBK_TMxTN (one split), or naive "
+                         "(lab/gemm/gemm_naive.cu)")
     args = ap.parse_args(argv)
     args.only = set(args.only.split(","))
     os.makedirs(args.out, exist_ok=True)
@@ -228,7 +229,7 @@ def main(argv=None):
         log = os.path.join(args.out, "pytest_gemm_conv.log")
         with open(log, "w") as fh:
             rc = subprocess.call([sys.executable, "-m", "pytest", "-q", "-x", "--tb=short",
-                                  "tests/test_gpu_gemm.py", "tests/test_gpu_conv.py"] + (["-k", args.k] if args.k else []),
+                                  "tests/custom_impl/gpu/test_gemm.py", "tests/custom_impl/gpu/test_conv.py"] + (["-k", args.k] if args.k else []),
                                  cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
         with open(log) as fh:
             lines = fh.read().splitlines()

@@ -1,4 +1,4 @@
-"""One GEMM for Nsight Compute: ``ncu -k regex:gemm_v2 -c 1 ... python3 dev/gemm/ncu_one.py [M N K CONFIG]``.
+"""One GEMM for Nsight Compute: ``ncu -k regex:gemm -s 1 -c 1 ... python3 lab/gemm/ncu_one.py [M N K CONFIG]``.
 
 Runs op(a) @ op(b) (dense forward layout, X @ W^T) three times with the given tile config (default: the
 one choose_config picks); ncu then reports stall reasons, issue efficiency and shared-memory traffic of
@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # repo root
 
 
 def main(argv) -> int:

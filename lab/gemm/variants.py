@@ -1,10 +1,11 @@
 """Compile-time variants of the tiled GEMM kernel timed against cuBLAS at one shape, on the GPU machine.
 
-    python3 dev/gemm/variants.py [--shape 4096 4096 4096] [--rounds 7] [--calls 10]
+    python3 lab/gemm/variants.py [--shape 4096 4096 4096] [--rounds 7] [--calls 10]
 
-Each variant is gemm.cu's gemm_v2_nt (the dense forward layout, X @ W^T) compiled with a tile config and
-extra defines (GEMM_INTERIOR: see gemm.cu; session 5 also timed a serpentine FFMA order, k loops unrolled
-by 8 and a grouped block order this way, all slower: docs/kernels.md).
+Each variant is the product's tiled GEMM kernel for the dense forward layout (X @ W^T: ``gemm.KERNELS[False, True]``)
+compiled through ``runtime.kernel`` with a tile config and extra defines (GEMM_INTERIOR: see gemm.cu; a
+serpentine FFMA order, k loops unrolled by 8 and a grouped block order were timed this way too, all slower:
+docs/kernels.md).
 All modules are compiled first in parallel processes (CuPy's on-disk cache), then timed in interleaved
 rounds (each round times every variant and torch once: clock drift hits all alike); each variant's result
 is checked against torch's at this shape and at an edge shape with partial tiles.
@@ -18,7 +19,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, ROOT)  # the repository root: custom_impl, lab.common
 
 import numpy as np  # noqa: E402
 
@@ -33,10 +34,11 @@ VARIANTS = {  # name: (tile config, extra defines); "default" = the build gemm.p
 
 
 def _function(cfg_name: str, defines: dict):
-    from custom_impl.gpu import _compile, gemm
+    from custom_impl.gpu import gemm, runtime
+    from lab.common.configs import tile_config
 
-    cfg = gemm.CONFIG_BY_NAME[cfg_name]
-    return cfg, _compile.kernel_function("gemm", "gemm_v2_nt", smem=cfg.smem_bytes, **cfg.defines, **defines)
+    cfg = tile_config(cfg_name)
+    return cfg, runtime.kernel("gemm", gemm.KERNELS[False, True], defines={**cfg.defines, **defines}, smem=cfg.smem_bytes)
 
 
 def _compile_one(name: str) -> tuple[str, float, str]:

@@ -2,15 +2,15 @@
 
 Run from the repository root on the GPU machine (nothing to install there):
 
-    python3 dev/gpu_check.py --out "$OUT"                     # tests + timings
-    python3 dev/gpu_check.py --out "$OUT" --no-tests          # timings only
-    python3 dev/gpu_check.py --out "$OUT" --tests tests/test_gpu_ops.py --no-timings
+    python3 lab/step/gpu_check.py --out "$OUT"                     # tests + timings
+    python3 lab/step/gpu_check.py --out "$OUT" --no-tests          # timings only
+    python3 lab/step/gpu_check.py --out "$OUT" --tests tests/custom_impl/gpu/test_ops.py --no-timings
 
 Writes the full pytest log (pytest_gpu.log), the JUnit XML and the timings (timings.csv) to --out.
 Timings (CUDA events on the current stream, after warm-up; median over repeats of the mean step time
 over ``--steps`` back-to-back steps; inputs already on the device): ours with CUDA-graph replay, ours
 eager, PyTorch eager, PyTorch CUDA graph. These are a quick look only; the harness does the real
-benchmarks.
+benchmarks, and lab/step/profile_step.py splits a step per layer.
 """
 from __future__ import annotations
 
@@ -21,11 +21,10 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)  # the repository root: custom_impl, modelspec, reference_impl
 
-DEFAULT_TESTS = ["tests/test_gpu_ops.py", "tests/test_gpu_model.py", "tests/test_no_vendor.py",
-                 "tests/test_parity.py"]
+DEFAULT_TESTS = ["tests/custom_impl/gpu", "tests/test_no_vendor.py", "tests/test_parity.py"]
 
 
 def run_tests(paths, out, timeout):
@@ -81,7 +80,7 @@ def run_timings(models, batches, out, steps, repeats):
     import numpy as np
     import torch
 
-    import custom_impl.gpu.model as gm
+    import custom_impl
     import modelspec
     import reference_impl
 
@@ -92,14 +91,14 @@ def run_timings(models, batches, out, steps, repeats):
             rng = np.random.default_rng(n)
             x = rng.standard_normal((n, *spec.input_shape)).astype(np.float32)
             y = rng.integers(0, spec.num_classes, n).astype(np.int64)
-            xc, yc = cupy.asarray(x), cupy.asarray(y)
-            xt, yt = torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()
             variants = {}
             for use_graph in (True, False):
-                m = gm.build(spec, seed=0, use_graph=use_graph)
+                m = custom_impl.build(spec, device="gpu", seed=0, use_graph=use_graph)
+                xc, yc = m.device_batch(x, y)
                 variants["ours-graph" if use_graph else "ours-eager"] = (
-                    lambda m=m: m.train_step(xc, yc, 0.01, 0.9), _cupy_events)
+                    lambda m=m, xc=xc, yc=yc: m.train_step(xc, yc, 0.01, 0.9), _cupy_events)
             ref = reference_impl.build(spec, device="gpu", seed=0)
+            xt, yt = ref.device_batch(x, y)
             variants["torch-eager"] = (lambda: ref.train_step(xt, yt, 0.01, 0.9), _torch_events)
             ref2 = reference_impl.build(spec, device="gpu", seed=0)
             variants["torch-graph"] = (lambda: ref2.train_step_graphed(xt, yt, 0.01, 0.9), _torch_events)
@@ -124,142 +123,6 @@ def run_timings(models, batches, out, steps, repeats):
     return rows
 
 
-def diagnose_maxpool(name, batch, seed=0):
-    """Compare our max-pool routing with torch's: on our own pool input (the tie rule: must be 0
-    mismatches) and on torch's pool input (near-ties flipped by float32 differences upstream)."""
-    import cupy
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-
-    import custom_impl
-    import modelspec
-    import reference_impl
-    from tests.helpers import random_batch
-
-    spec = modelspec.load(name)
-    x, y = random_batch(spec, batch, seed=seed)
-    ours = custom_impl.build(spec, device="gpu", seed=0)
-    ref = reference_impl.build(spec, device="gpu", seed=0)
-    ours.loss_and_grads(x, y)
-    plan = ours._plan(batch)
-    xt = torch.from_numpy(x).cuda()
-    lines = []
-    for i, step in enumerate(ours.steps):
-        if step.kind != "pool" or step.layer.type != "maxpool2d":
-            continue
-        (R, S), (sh, sw) = step.layer.kernel_size, step.layer.stride
-        xin = plan.acts[i]
-        n, c, h, w = xin.shape
-        am = cupy.asnumpy(plan.saved[i]).astype(np.int64)
-        p_idx = np.arange(am.shape[2])[None, None, :, None]
-        q_idx = np.arange(am.shape[3])[None, None, None, :]
-        ours_flat = (p_idx * sh + am // S) * w + (q_idx * sw + am % S)
-        with torch.no_grad():
-            t_own = torch.as_tensor(cupy.asnumpy(xin)).cuda()
-            _, idx_own = F.max_pool2d(t_own, (R, S), (sh, sw), return_indices=True)
-            t_ref = ref.net[:step.layer.index](xt)
-            _, idx_ref = F.max_pool2d(t_ref, (R, S), (sh, sw), return_indices=True)
-        # NOTE: with relu fused into the pool (step.relu) our argmax is over the pre-relu input, so windows
-        # whose max is <= 0 route differently from torch's all-zero ties by design (no gradient either way):
-        # compare only windows with a positive maximum.
-        live = cupy.asnumpy(plan.acts[i + 1]) > 0 if getattr(step, "relu", False) else np.ones(am.shape, bool)
-        if getattr(step, "relu", False):
-            t_own = torch.relu(t_own)
-            with torch.no_grad():
-                _, idx_own = F.max_pool2d(t_own, (R, S), (sh, sw), return_indices=True)
-        own_mis = int(((idx_own.cpu().numpy() != ours_flat) & live).sum())
-        ref_mis = (idx_ref.cpu().numpy() != ours_flat) & live
-        xr = t_ref.cpu().numpy().reshape(n, c, h * w)
-        gaps = []
-        for nn_, cc, pp, qq in zip(*np.nonzero(ref_mis)):
-            a = xr[nn_, cc, ours_flat[nn_, cc, pp, qq]]
-            b = xr[nn_, cc, idx_ref.cpu().numpy()[nn_, cc, pp, qq]]
-            gaps.append(abs(float(a) - float(b)) / max(abs(float(b)), 1e-30))
-        diff = float(np.abs(t_own.cpu().numpy() - t_ref.cpu().numpy()).max())
-        lines.append(f"{name} N={batch} layer {step.layer.index}: {am.size} windows; routing vs torch on OUR input: "
-                     f"{own_mis} mismatches; on torch's input: {int(ref_mis.sum())} mismatches, relative gaps "
-                     f"{['%.1e' % g for g in gaps[:6]]}; max |our input - torch input| {diff:.2e}")
-    return lines
-
-
-def truth(name, batch, seed=0):
-    """Gradient errors of ours (GPU) and of the reference (GPU, cuDNN) against float64 (torch on the CPU)."""
-    import numpy as np
-    import torch
-
-    import custom_impl
-    import modelspec
-    import reference_impl
-    from tests.helpers import random_batch
-
-    spec = modelspec.load(name)
-    x, y = random_batch(spec, batch, seed=seed)
-    _, g_ours = custom_impl.build(spec, device="gpu", seed=0).loss_and_grads(x, y)
-    _, g_ref = reference_impl.build(spec, device="gpu", seed=0).loss_and_grads(x, y)
-    _, g_cpu = custom_impl.build(spec, device="cpu", seed=0).loss_and_grads(x, y)
-    r64 = reference_impl.build(spec, device="cpu", seed=0)
-    r64.net.double()
-    xt = torch.from_numpy(x.astype(np.float64))
-    loss = r64._loss(r64.net(xt), r64._labels(y, batch).to(torch.float64) if spec.loss != "softmax_cross_entropy"
-                     else r64._labels(y, batch))
-    loss.backward()
-    lines = []
-    for k, p in r64.params.items():
-        g64 = p.grad.numpy()
-        scale = float(np.abs(g64).max())
-        errs = {nm: float(np.abs(g[k].astype(np.float64) - g64).max()) / scale
-                for nm, g in (("ours-gpu", g_ours), ("cudnn", g_ref), ("ours-cpu", g_cpu))}
-        lines.append(f"  {name} N={batch} {k:10s} max|g - g64| / max|g64|: " +
-                     "  ".join(f"{nm} {e:.2e}" for nm, e in errs.items()))
-    return lines
-
-
-def breakdown(name, batch, reps=20):
-    """Per-step GPU time (us) of our forward and backward: each step's launches captured ``reps`` times
-    in one CUDA graph and the replay timed with events, so launch overhead (~1 us a kernel) is all that
-    is left of the host."""
-    import cupy
-
-    import custom_impl
-    import modelspec
-    from tests.helpers import random_batch
-
-    spec = modelspec.load(name)
-    x, y = random_batch(spec, batch)
-    m = custom_impl.build(spec, device="gpu", seed=0)
-    m.loss_and_grads(x, y)
-    plan = m._plan(batch)
-    ev = [cupy.cuda.Event() for _ in range(2)]
-    stream = cupy.cuda.Stream(non_blocking=True)
-    out = []
-    for i, step in enumerate(m.steps):
-        for phase in ("fwd", "bwd"):
-            if step.kind == "flatten" or (phase == "bwd" and step.weight is None and not step.needs_dx):
-                continue
-
-            def run():
-                if phase == "fwd":
-                    step.forward(m, plan.acts[i], plan.acts[i + 1], plan.saved[i], plan.ws)
-                else:
-                    step.backward(m, plan.dacts[i + 1], plan.acts[i], plan.acts[i + 1], plan.saved[i],
-                                  plan.dacts[i], plan.ws)
-            run()
-            with stream:
-                stream.begin_capture()
-                for _ in range(reps):
-                    run()
-                graph = stream.end_capture()
-            graph.launch(stream)
-            ev[0].record(stream)
-            graph.launch(stream)
-            ev[1].record(stream)
-            ev[1].synchronize()
-            out.append((f"{step!r} {phase}", cupy.cuda.get_elapsed_time(ev[0], ev[1]) * 1000 / reps))
-    total = sum(us for _, us in out)
-    return [f"  {us:9.1f} us  {what}" for what, us in out] + [f"  {total:9.1f} us  total"]
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "gpu_check_out"))
@@ -271,9 +134,6 @@ def main(argv=None):
     ap.add_argument("--batches", nargs="*", type=int, default=[1, 64, 1024])
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--diagnose", nargs="*", default=[], help="MODEL:N pairs: max-pool routing vs torch")
-    ap.add_argument("--truth", nargs="*", default=[], help="MODEL:N pairs: gradients vs float64")
-    ap.add_argument("--breakdown", nargs="*", default=[], help="MODEL:N pairs: per-step eager GPU time")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
 
@@ -311,26 +171,6 @@ def main(argv=None):
 
             summary.append(f"timings failed: {type(err).__name__}: {err}")
             summary.append(traceback.format_exc()[-1500:])
-    for item in args.diagnose:
-        name, n = item.split(":")
-        try:
-            summary.extend(diagnose_maxpool(name, int(n)))
-        except Exception as err:
-            summary.append(f"diagnose {item} failed: {type(err).__name__}: {err}")
-    for item in args.truth:
-        name, n = item.split(":")
-        try:
-            summary.append(f"gradients vs float64 (torch CPU double), {name} N={n}:")
-            summary.extend(truth(name, int(n)))
-        except Exception as err:
-            summary.append(f"truth {item} failed: {type(err).__name__}: {err}")
-    for item in args.breakdown:
-        name, n = item.split(":")
-        try:
-            summary.append(f"per-step GPU time, {name} N={n} (graph replays of 20 launches each):")
-            summary.extend(breakdown(name, int(n)))
-        except Exception as err:
-            summary.append(f"breakdown {item} failed: {type(err).__name__}: {err}")
     text = "\n".join(summary)
     with open(os.path.join(args.out, "summary.txt"), "w") as fh:
         fh.write(text + "\n")

@@ -1,119 +1,83 @@
-"""Where a custom GPU train step spends its time: each step's forward and backward timed on its own.
+"""Where a custom GPU train step spends its time: each layer's forward and backward timed on its own.
 
-    python3 dev/profile_step.py --models lenet-mnist,cnn-cifar --batches 1,1024 [--out DIR]
+    python3 lab/step/profile_step.py --models lenet-mnist,cnn-cifar --batches 1,1024 [--out DIR]
 
-For each model and batch size it builds our GPU model, runs two train steps (eager, then captured, so
-every plan, split-K workspace and cached kernel choice is the one the graph uses), then for every step
-of the network captures a CUDA graph of ``--reps`` back-to-back calls of that step's forward (and, where
-the train step runs it, its backward) and times its replays with CUDA events. The sum of the parts is
-printed next to the whole graphed train step and PyTorch's CUDA-graph step, so the gap can be placed.
+For each model and batch size: the whole train step of our GPU model (its own CUDA graph, after three
+steps: eager, capture, replay) and its forward_backward alone, timed with CUDA events as the harness times
+a row; PyTorch's CUDA-graph step (``train_step_graphed``) beside it; then every layer's forward and backward
+through the public layer ops (``lab/common/layers.py``), each captured ``--reps`` times in one CUDA graph
+and the replays timed. The sum of the layer parts is printed next to the whole step, so the gap (loss,
+SGD update, and what the model fuses or caches beyond the layer ops) can be placed.
 
-Per-part times include ~1 us of graph overhead per kernel, as the whole step does. Loss and SGD are one
-part each. Output: a table on stdout and ``DIR/profile_step.csv``.
+Per-part times include ~1 us of graph overhead per kernel, as the whole step does. Output: a table on
+stdout and ``DIR/profile_step.csv``.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import os
+import statistics
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)  # the repository root: custom_impl, modelspec, reference_impl, lab.common
 
 import numpy as np  # noqa: E402
 
+from lab.common.layers import layer_calls  # noqa: E402
+from lab.common.timing import graph_time_ms  # noqa: E402
 
-def graph_time_ms(fn, reps: int = 20, samples: int = 7) -> float:
-    """Median ms per call of ``fn`` captured ``reps`` times in one CUDA graph and replayed."""
-    import cupy
+LR, MOMENTUM = 0.01, 0.9
 
-    stream = cupy.cuda.Stream(non_blocking=True)
-    with stream:
-        fn()  # outside the capture: anything lazily compiled or chosen happens here
-        stream.synchronize()
-        stream.begin_capture()
-        try:
-            for _ in range(reps):
-                fn()
-        finally:
-            graph = stream.end_capture()
-        graph.launch(stream)
-        stream.synchronize()
-        start, end = cupy.cuda.Event(), cupy.cuda.Event()
-        times = []
-        for _ in range(samples):
-            start.record(stream)
-            graph.launch(stream)
-            end.record(stream)
-            end.synchronize()
-            times.append(cupy.cuda.get_elapsed_time(start, end) / reps)
-    return float(np.median(times))
+
+def event_ms(fn, events, elapsed, sync, calls: int = 15) -> float:
+    """Median ms of ``calls`` single calls of ``fn``, each between two events made by ``events()``."""
+    for _ in range(3):
+        fn()
+    sync()
+    start, end = events(), events()
+    times = []
+    for _ in range(calls):
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(elapsed(start, end))
+    return statistics.median(times)
 
 
 def profile(name: str, batch: int, reps: int) -> list[dict]:
     import cupy
     import torch
 
+    import custom_impl
     import modelspec
     import reference_impl
-    from custom_impl.gpu import model as gmodel
-    from custom_impl.gpu.loss import loss_forward_backward
 
     spec = modelspec.load(name)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, *spec.input_shape)).astype(np.float32)
     y = rng.integers(0, spec.num_classes, size=batch)
-    m = gmodel.build(spec, seed=0)
-    xg = cupy.asarray(x)
-    for _ in range(3):
-        m.train_step(xg, y, lr=0.01, momentum=0.9)
-    cupy.cuda.Device().synchronize()
-    start, end = cupy.cuda.Event(), cupy.cuda.Event()
-    times = []
-    for _ in range(15):  # as the harness times it: the call, input copies included
-        start.record()
-        m.train_step(xg, y, lr=0.01, momentum=0.9)
-        end.record()
-        end.synchronize()
-        times.append(cupy.cuda.get_elapsed_time(start, end))
-    whole = float(np.median(times))
+
+    m = custom_impl.build(spec, device="gpu", seed=0)
+    xb, yb = m.device_batch(x, y)
+    ours = (cupy.cuda.Event, cupy.cuda.get_elapsed_time, cupy.cuda.Device().synchronize)
+    whole = event_ms(lambda: m.train_step(xb, yb, LR, MOMENTUM), *ours)
+    fwd_bwd = event_ms(lambda: m.forward_backward(xb, yb), *ours)
 
     ref = reference_impl.build(spec, device="gpu", seed=0)
-    tx = torch.as_tensor(x, device="cuda")
-    ty = torch.as_tensor(y, device="cuda")
-    for _ in range(3):
-        ref.train_step_graphed(tx, ty, lr=0.01, momentum=0.9)
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(15):
-        start.record()
-        ref.train_step_graphed(tx, ty, lr=0.01, momentum=0.9)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    torch_graph = float(np.median(times))
+    tx, ty = ref.device_batch(x, y)
+    torch_graph = event_ms(lambda: ref.train_step_graphed(tx, ty, LR, MOMENTUM),
+                           lambda: torch.cuda.Event(enable_timing=True), lambda a, b: a.elapsed_time(b),
+                           torch.cuda.synchronize)
 
     rows = []
-    with m._launch_cost():
-        plan = m._plan(batch)
-        for i, step in enumerate(m.steps):
-            label = f"{i}:{step.kind}"
-            t = graph_time_ms(lambda: step.forward(m, plan.acts[i], plan.acts[i + 1], plan.saved[i], plan.ws), reps)
-            rows.append(dict(model=name, batch=batch, part=label, phase="forward", ms=t))
-            if step.weight is None and not step.needs_dx:
-                continue
-            t = graph_time_ms(lambda: step.backward(m, plan.dacts[i + 1], plan.acts[i], plan.acts[i + 1],
-                                                    plan.saved[i], plan.dacts[i], plan.ws), reps)
-            rows.append(dict(model=name, batch=batch, part=label, phase="backward", ms=t))
-        t = graph_time_ms(lambda: loss_forward_backward(spec.loss, plan.acts[-1], plan.labels, dz=plan.dacts[-1],
-                                                        loss=plan.loss, per_sample=plan.per_sample), reps)
-        rows.append(dict(model=name, batch=batch, part="loss", phase="fwd+bwd", ms=t))
-        t = graph_time_ms(lambda: m._sgd(0.01, 0.9), reps)
-        rows.append(dict(model=name, batch=batch, part="sgd", phase="update", ms=t))
+    for label, phase, call in layer_calls(spec, batch, "gpu"):
+        rows.append(dict(model=name, batch=batch, part=label, phase=phase, ms=graph_time_ms(call, reps)))
     parts = sum(r["ms"] for r in rows)
-    rows.append(dict(model=name, batch=batch, part="SUM OF PARTS", phase="", ms=parts))
+    rows.append(dict(model=name, batch=batch, part="SUM OF LAYER PARTS", phase="", ms=parts))
+    rows.append(dict(model=name, batch=batch, part="forward_backward", phase="", ms=fwd_bwd))
     rows.append(dict(model=name, batch=batch, part="whole step (graph)", phase="", ms=whole))
     rows.append(dict(model=name, batch=batch, part="torch step (graph)", phase="", ms=torch_graph))
     return rows

@@ -1,0 +1,71 @@
+"""Timers shared by the lab scripts: CUDA-graph replay time, host time per call, CPU train-step times.
+
+The harness has the real timer (``harness.timer.measure``: warm-up, CUDA events, median and IQR); these
+are the small variants the lab's probes need beside it.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+
+def graph_time_ms(fn, reps: int = 20, samples: int = 7) -> float:
+    """Median ms per call of ``fn`` captured ``reps`` times in one CUDA graph and replayed ``samples`` times.
+
+    ``fn`` runs once outside the capture first, so anything compiled, tuned or allocated lazily happens
+    there. What is left of the host is the graph's ~1 us per kernel.
+    """
+    import cupy
+
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        fn()
+        stream.synchronize()
+        stream.begin_capture()
+        try:
+            for _ in range(reps):
+                fn()
+        finally:
+            graph = stream.end_capture()
+        graph.launch(stream)
+        stream.synchronize()
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        times = []
+        for _ in range(samples):
+            start.record(stream)
+            graph.launch(stream)
+            end.record(stream)
+            end.synchronize()
+            times.append(cupy.cuda.get_elapsed_time(start, end) / reps)
+    return statistics.median(times)
+
+
+def host_us(fn, sync, reps: int = 20, samples: int = 60) -> float:
+    """Median host time per call (us) of ``fn`` over ``samples`` samples of ``reps`` back-to-back calls.
+
+    ``sync`` (e.g. ``cupy.cuda.runtime.deviceSynchronize``) runs between samples, outside the timing, so
+    queued GPU work never blocks the host inside a sample as long as ``reps`` is small.
+    """
+    for _ in range(3):
+        fn()
+    sync()
+    times = []
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        times.append((time.perf_counter() - t0) / reps * 1e6)
+        sync()
+    return statistics.median(times)
+
+
+def step_times(model, x, y, steps: int, warmup: int = 3, lr: float = 0.01, momentum: float = 0.9) -> list:
+    """Seconds of each of ``steps`` train steps of a CPU model after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        model.train_step(x, y, lr, momentum)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        model.train_step(x, y, lr, momentum)
+        times.append(time.perf_counter() - t)
+    return times
