@@ -42,10 +42,10 @@ def setup_layer(shape):
 
 
 def _candidates(shape):
-    from custom_impl.gpu import conv
+    from custom_impl.gpu import conv, runtime
 
     x, w, dy, dW, db, ws, dims, st, pad = setup_layer(shape)
-    names = conv.candidates(dims, "backward_weights")
+    names = conv.candidates(dims, "backward_weights", runtime.sm_count())
     calls = {v: (lambda v=v: conv.conv2d_backward(dy, x, w, st, pad, need_dx=False, dW=dW, db=db, workspace=ws,
                                                   weights_algo=v)) for v in names}
     calls["auto (row)"] = lambda: conv.conv2d_backward(dy, x, w, st, pad, need_dx=False, dW=dW, db=db, workspace=ws)

@@ -146,9 +146,10 @@ def conv_rows(args, rng):
     import cupy
     import torch
 
-    from custom_impl.gpu import conv
+    from custom_impl.gpu import conv, runtime
 
     rows = []
+    sms = runtime.sm_count()
     for (N, C, H, W, K, R, S, st, pd) in CONV:
         x = cupy.asarray(rng.standard_normal((N, C, H, W), dtype=np.float32))
         w = cupy.asarray(rng.standard_normal((K, C, R, S), dtype=np.float32) * 0.1)
@@ -199,7 +200,7 @@ def conv_rows(args, rng):
                                                 weights_algo=algo)
 
         for phase, label in (("forward", "fwd"), ("backward_data", "bwd-data"), ("backward_weights", "bwd-weights")):
-            for algo in ["auto"] + list(conv.candidates(dims, phase)):
+            for algo in ["auto"] + list(conv.candidates(dims, phase, sms)):
                 t_ours, sp_o = time_call(ours(phase, algo))
                 t_ref, sp_r = time_call(refs[phase])
                 rows.append(dict(group="conv", row=f"{label} {name}", variant=algo, ours_us=t_ours * 1e6,
