@@ -69,7 +69,8 @@ def _child(models, batches, steps, gpu_first) -> None:
                 for label, phase, call in calls:
                     t = time.perf_counter()
                     call()
-                    layers.setdefault(f"{label} {phase[:3]}", []).append(time.perf_counter() - t)
+                    key = f"{label} {'fwd' if phase == 'forward' else 'bwd'}"
+                    layers.setdefault(key, []).append(time.perf_counter() - t)
             med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
             print(f"  {name} batch {batch}: ours {med['ours']:.2f} ms, torch {med['torch']:.2f} ms, "
                   f"torch/ours {med['torch'] / med['ours']:.2f}", flush=True)
