@@ -1,12 +1,17 @@
-"""The environment record (env.json): what machine, libraries and precision settings a run used."""
+"""The environment record (env.json): what machine, libraries and precision settings a run used.
+
+``write`` replaces env.json atomically (a kill leaves the old record or the new one); ``read`` is the
+strict reader (a JSON object, UTF-8), raising ``io.DamagedFile`` with the fix.
+"""
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
 import re
 import subprocess
+
+from .io import read_json_object, write_json
 
 # Dense FP32 (FFMA) peaks in TFLOP/s by device-name substring, from the datasheets. The first match wins.
 PEAK_FP32_TFLOPS = (
@@ -167,6 +172,11 @@ def collect(device: str | None = None) -> dict:
 
 
 def write(path: str, rec: dict) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(rec, fh, indent=2, sort_keys=True, default=str)
-        fh.write("\n")
+    """Write the record to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
+    write_json(path, rec)
+
+
+def read(path: str) -> dict:
+    """The record in ``path``; io.DamagedFile naming the file, the line and the fix when it is not one."""
+    return read_json_object(path, "env.json", "delete it: `harness run` with the same --out writes it again "
+                                              "(finished rows are kept)")

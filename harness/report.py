@@ -12,6 +12,11 @@ tables, a red cross in plots, a hatched cell in heatmaps.
 Which variants are compared ("ours / reference" speedups): ours is ``cuda-graph`` for GPU train steps and
 inference, else ``cuda`` / ``numpy``; the reference is ``torch-eager`` for models and ``torch`` for layers.
 Speedup = reference time / our time (> 1: ours is faster).
+
+Inputs are read with the strict readers (``results.read_results``, ``env.read``): a damaged file is
+refused naming the file, the line and the fix (a torn last row, left by a run still writing or killed, is
+left out with a warning); inputs are never modified. Every output is written atomically (temporary file
+in the same folder, fsync, rename), so a kill leaves the previous file or the new one.
 """
 from __future__ import annotations
 
@@ -19,8 +24,13 @@ import datetime
 import json
 import math
 import os
+import sys
 
 import numpy as np
+
+from . import env as envmod
+from .io import DamagedFile, atomic_write, read_json_object, write_text
+from .results import COLUMNS, read_results
 
 FAIL_MARK = "\u2020"   # dagger: parity failed
 
@@ -41,35 +51,71 @@ def _bool(v):
     return True if s == "true" else False if s == "false" else None
 
 
+def _number(path: str, where: str, v, what: str):
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        raise ReportError(f"{path}: {where}: {what} must be a finite number >= 0, got {v!r}; is it a "
+                          "pytest-benchmark --benchmark-json file?")
+    return v
+
+
 def benchmark_json_rows(path: str) -> list[dict]:
     """Rows (results.csv columns) from a pytest-benchmark JSON file; stats are seconds, rows are ms."""
-    with open(path, encoding="utf-8") as fh:
-        try:
-            data = json.load(fh)
-        except json.JSONDecodeError as err:
-            raise ReportError(f"{path}: not valid JSON ({err}); pass a pytest-benchmark --benchmark-json file") from None
-    if not isinstance(data, dict) or "benchmarks" not in data:
+    try:
+        data = read_json_object(path, "pytest-benchmark JSON", "pass a pytest-benchmark --benchmark-json file")
+    except DamagedFile as err:
+        raise ReportError(str(err)) from None
+    if not isinstance(data.get("benchmarks"), list):
         raise ReportError(f"{path}: no 'benchmarks' list; is it a pytest-benchmark --benchmark-json file?")
     rows = []
-    for b in data["benchmarks"]:
+    for i, b in enumerate(data["benchmarks"]):
+        where = f"benchmarks[{i}]"
+        if not isinstance(b, dict) or not isinstance(b.get("stats", {}), dict) or not isinstance(
+                b.get("extra_info", {}), dict):
+            raise ReportError(f"{path}: {where} must be an object with 'stats' and 'extra_info' objects; is it a "
+                              "pytest-benchmark --benchmark-json file?")
         st, ex = b.get("stats", {}), dict(b.get("extra_info", {}))
-        med = st.get("median")
+        med = _number(path, where, st.get("median"), "stats.median")
+        iqr = _number(path, where, st.get("iqr"), "stats.iqr")
+        lo = _number(path, where, st.get("min"), "stats.min")
         row = {"impl": ex.get("impl", ""), "variant": ex.get("variant", b.get("name", "")),
                "device": ex.get("device", ""), "workload": ex.get("workload", b.get("group") or b.get("name")),
                "kind": ex.get("kind", ""), "batch": ex.get("batch", ""), "phase": ex.get("phase", ""),
                "precision": ex.get("precision", "fp32"), "shape": ex.get("shape", ""),
                "median_ms": None if med is None else 1e3 * med,
-               "iqr_ms": None if st.get("iqr") is None else 1e3 * st["iqr"],
-               "min_ms": None if st.get("min") is None else 1e3 * st["min"],
-               "repeats": st.get("rounds"), "flops": ex.get("flops"),
+               "iqr_ms": None if iqr is None else 1e3 * iqr,
+               "min_ms": None if lo is None else 1e3 * lo,
+               "repeats": st.get("rounds"), "flops": _number(path, where, ex.get("flops"), "extra_info.flops"),
                "parity_rel_err": ex.get("parity_rel_err"), "parity_ok": ex.get("parity_ok"),
                "device_name": ex.get("device_name", ""), "status": ex.get("status", "ok"), "reason": ""}
         if row["flops"] and med:
             row["tflops"] = row["flops"] / med / 1e12
         if med and row["batch"]:
-            row["samples_per_s"] = float(row["batch"]) / med
+            try:
+                row["samples_per_s"] = float(row["batch"]) / med
+            except (TypeError, ValueError):
+                raise ReportError(f"{path}: {where}: extra_info.batch must be a number, got {row['batch']!r}") from None
         rows.append(row)
     return rows
+
+
+def _results_frame(csv_path: str):
+    """results.csv as a DataFrame of strings, through the strict reader."""
+    import pandas as pd
+
+    try:
+        res = read_results(csv_path)
+    except DamagedFile as err:
+        raise ReportError(str(err)) from None
+    if res.empty:
+        raise ReportError(f"{csv_path} is empty (a run killed before its first row?); rerun `harness run` with "
+                          "the same --out, or remove the file")
+    if res.torn_line is not None:
+        print(f"harness: {csv_path}: line {res.torn_line} is an incomplete last row (a run still writing, or "
+              "killed); it is left out. `harness run` with the same --out drops it and measures that row again",
+              file=sys.stderr)
+    return pd.DataFrame(res.rows, columns=list(COLUMNS), dtype=str)
 
 
 def load(inputs: list[str]):
@@ -81,12 +127,13 @@ def load(inputs: list[str]):
         label = os.path.basename(os.path.normpath(path)) or path
         if os.path.isdir(path):
             csv_path = os.path.join(path, "results.csv")
-            jsons = sorted(f for f in os.listdir(path) if f.endswith(".json") and f != "env.json")
-            if not os.path.isfile(csv_path) and not jsons:
+            jsons = sorted(f for f in os.listdir(path) if f.endswith(".json") and f != "env.json"
+                           and not f.startswith("."))
+            if not os.path.lexists(csv_path) and not jsons:
                 raise ReportError(f"{path}: no results.csv (nor a pytest-benchmark .json) in this folder; "
                                   "pass a folder written by `harness run`")
-            if os.path.isfile(csv_path):
-                df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+            if os.path.lexists(csv_path):
+                df = _results_frame(csv_path)
                 df["source"] = label
                 frames.append(df)
             for j in jsons:
@@ -98,9 +145,11 @@ def load(inputs: list[str]):
                 df["source"] = f"{label}/{j[:-5]}"
                 frames.append(df)
             env_path = os.path.join(path, "env.json")
-            if os.path.isfile(env_path):
-                with open(env_path, encoding="utf-8") as fh:
-                    envs[label] = json.load(fh)
+            if os.path.lexists(env_path):
+                try:
+                    envs[label] = envmod.read(env_path)
+                except DamagedFile as err:
+                    raise ReportError(str(err)) from None
         elif os.path.isfile(path) and path.endswith(".json"):
             df = pd.DataFrame(benchmark_json_rows(path))
             df["source"] = label[:-5]
@@ -191,10 +240,8 @@ def _write_tables(name: str, header: list[str], rows: list[list[str]], out_dir: 
     tex += [" & ".join(_latex_escape(c) for c in r) + " \\\\" for r in rows]
     tex += ["\\bottomrule", "\\end{tabular}", ""]
     paths = {"md": os.path.join(out_dir, f"{name}.md"), "tex": os.path.join(out_dir, f"{name}.tex")}
-    with open(paths["md"], "w", encoding="utf-8") as fh:
-        fh.write(md_text)
-    with open(paths["tex"], "w", encoding="utf-8") as fh:
-        fh.write("\n".join(tex))
+    write_text(paths["md"], md_text)
+    write_text(paths["tex"], "\n".join(tex))
     return {"text": md_text, **paths}
 
 
@@ -250,7 +297,8 @@ def _plt():
 
 
 def _save(fig, path: str) -> None:
-    fig.savefig(path, dpi=110, metadata={"Software": None}, bbox_inches="tight")
+    with atomic_write(path, binary=True) as fh:
+        fig.savefig(fh, format="png", dpi=110, metadata={"Software": None}, bbox_inches="tight")
 
 
 def _line_colours(plt, d, columns: list[str]) -> dict:
@@ -448,14 +496,19 @@ def _pdf_date():
 
 def render(inputs: list[str], out_dir: str | None = None, peak_tflops: float | None = None) -> dict:
     """Write every table, plot and report.pdf for ``inputs``; returns {name: path}."""
+    df, envs = load(inputs)    # first: a refused input costs no matplotlib import
     from matplotlib.backends.backend_pdf import PdfPages
 
     plt = _plt()
-    df, envs = load(inputs)
     if out_dir is None:
         out_dir = inputs[0] if len(inputs) == 1 and os.path.isdir(inputs[0]) else os.path.join(
             "reports", "compare-" + "-vs-".join(os.path.basename(os.path.normpath(i)) for i in inputs))[:200]
-    os.makedirs(out_dir, exist_ok=True)
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise ReportError(f"--out {out_dir}: is a file, not a folder; choose another --out")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as err:
+        raise ReportError(f"--out {out_dir}: cannot create the folder ({err.strerror}); choose another --out") from None
     pairs = paired(df)
     files: dict = {}
     tabs = tables(df, pairs, out_dir)
@@ -496,7 +549,7 @@ def render(inputs: list[str], out_dir: str | None = None, peak_tflops: float | N
     pdf_path = os.path.join(out_dir, "report.pdf")
     meta = {"Title": "cudnn-parity benchmark report", "Author": "harness", "Creator": "harness report",
             "CreationDate": _pdf_date()}
-    with PdfPages(pdf_path, metadata=meta) as pdf:
+    with atomic_write(pdf_path, binary=True) as fh, PdfPages(fh, metadata=meta) as pdf:
         pages = _text_pages("Benchmark report", "\n".join(summary) + "\n" + (env_text or "(no env.json)"))
         for key in ("models", "layers", "not_ok"):
             if key in tabs:

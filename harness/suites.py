@@ -22,13 +22,19 @@ A suite file (``harness/suites/<name>.toml``, or any path) has::
     mode = "max"                    # max | avg
     shapes = [[64, 32, 32, 32, 2, 2, 2]]
 
-Anything unknown or malformed raises ``SuiteError`` naming the file, the section, the field and the fix.
+Anything unknown or malformed raises ``SuiteError`` naming the file, the section, the field and the fix:
+every setting is checked for type, finiteness and range (``check_setting``, also for command-line
+overrides; ``check_peak_tflops``), the suite name must be a plain folder name (it names the output
+folder), and two different specs with one name in a suite are refused. ``Suite.select_models`` keeps
+the models a ``--models`` option names and refuses names the suite does not list.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
+import re
 import tomllib
 from importlib import resources
 from typing import Any
@@ -85,6 +91,72 @@ class SuiteError(ValueError):
     """A suite that cannot be run; the message names the file, the place and the fix."""
 
 
+# What each setting accepts: (type, minimum, maximum, what it means). Numbers must be finite.
+SETTING_RULES: dict[str, tuple[str, float, float, str]] = {
+    "warmup": ("int", 0, 10**6, "untimed calls per row"),
+    "budget_s": ("float", 0, 86400, "seconds of sampling per row"),
+    "min_repeats": ("int", 1, 10**6, "timed samples at least"),
+    "max_repeats": ("int", 1, 10**6, "timed samples at most"),
+    "min_sample_ms": ("float", 0, 3.6e6, "milliseconds a sample lasts at least"),
+    "noise_threshold": ("float", 0, 1e6, "iqr/median above which a row is noisy"),
+    "cold_l2": ("bool", 0, 0, "flush L2 before every sample"),
+    "time_limit_s": ("float", 0, 1e9, "seconds before no new row is started (0: no limit)"),
+    "seed": ("int", 0, 2**32 - 1, "the random seed"),
+    "lr": ("float", 0, 3.4e38, "the SGD learning rate (float32)"),
+    "momentum": ("float", 0, 1, "the SGD momentum"),
+}
+SUITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+
+
+def check_setting(key: str, value, where: str) -> Any:
+    """``value`` checked for ``key`` (type, finiteness, range); SuiteError with the fix otherwise.
+
+    ``where`` names what the user wrote, e.g. "suites/x.toml: [settings]" or "--budget-s".
+    >>> check_setting("budget_s", 0.5, "--budget-s")
+    0.5
+    """
+    kind, lo, hi, meaning = SETTING_RULES[key]
+    example = str(DEFAULT_SETTINGS[key]).lower()
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise SuiteError(f"{where}: {key!r} ({meaning}) must be true or false, got {value!r}; e.g. {key} = {example}")
+        return value
+    is_num = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "int":
+        ok = is_num and (isinstance(value, int) or (math.isfinite(value) and value == int(value)))
+        what = "a whole number"
+    else:
+        ok = is_num
+        what = "a number"
+    if not ok or not math.isfinite(value):
+        raise SuiteError(f"{where}: {key!r} ({meaning}) must be {what} from {lo:g} to {hi:g}, got {value!r}; "
+                         f"e.g. {key} = {example}")
+    if not lo <= value <= hi:
+        raise SuiteError(f"{where}: {key!r} ({meaning}) must be from {lo:g} to {hi:g}, got {value!r}; "
+                         f"e.g. {key} = {example}")
+    return int(value) if kind == "int" else value
+
+
+def check_settings(settings: dict, where: str) -> dict:
+    """Every setting checked (``check_setting``) and min_repeats <= max_repeats; returns the checked dict."""
+    out = {k: check_setting(k, v, where) if k in SETTING_RULES else v for k, v in settings.items()}
+    lo, hi = out.get("min_repeats", 1), out.get("max_repeats", 1)
+    if lo > hi:
+        raise SuiteError(f"{where}: min_repeats ({lo}) is larger than max_repeats ({hi}); raise max_repeats or "
+                         "lower min_repeats")
+    return out
+
+
+def check_peak_tflops(value, where: str = "--peak-tflops"):
+    """A device's FP32 peak: None, or a finite number > 0 (TFLOP/s)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise SuiteError(f"{where}: the FP32 peak must be a positive number of TFLOP/s, got {value!r}; e.g. "
+                         f"{where} 66.9 (H100 SXM), or leave it out")
+    return float(value)
+
+
 def _suggest(word, choices) -> str:
     close = difflib.get_close_matches(str(word), list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -92,7 +164,8 @@ def _suggest(word, choices) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-    """One row to measure (before it is measured)."""
+    """One row to measure (before it is measured). Model jobs carry ("spec", name or path) and
+    ("spec_hash", ModelSpec.digest()) in ``params``."""
 
     kind: str          # model | dense | conv2d | pool
     workload: str      # model name or shape name
@@ -105,6 +178,11 @@ class Job:
 
     def p(self) -> dict:
         return dict(self.params)
+
+    @property
+    def spec_hash(self) -> str:
+        """The digest of the model spec measured (results.csv's spec_hash); "" for layer rows."""
+        return str(dict(self.params).get("spec_hash", ""))
 
 
 @dataclasses.dataclass
@@ -130,6 +208,32 @@ class Suite:
         # NOTE: opt-in variants (torch.compile: tens of seconds of compilation per row) go last, so that a
         # time limit cuts them rather than the rows the targets and the report rely on.
         return sorted(out, key=lambda j: j.variant in OPT_IN)
+
+    def model_names(self) -> list[str]:
+        """Every entry of the suite's [[models]] sections (zoo names or spec paths), in file order."""
+        return list(dict.fromkeys(m for kind, sec in self.sections if kind == "models" for m in sec["models"]))
+
+    def select_models(self, names: list[str]) -> None:
+        """Keep only ``names`` (zoo names, spec paths or spec names) in the [[models]] sections.
+
+        Sections left without a model are dropped; layer sections stay. Raises SuiteError when a name
+        matches no model of the suite (nothing would be measured for it).
+        """
+        have = self.model_names()
+        spec_names = {m: (modelspec.load(m).name if m.endswith((".toml", ".json")) else m) for m in have}
+        missing = [n for n in names if n not in have and n not in spec_names.values()]
+        if missing:
+            raise SuiteError(f"--models {','.join(missing)}: not in suite {self.name!r}, whose [[models]] sections "
+                             f"list {', '.join(have) or 'no models'}; pick from those, or use a suite that lists "
+                             "them (e.g. --suite cpu)")
+        kept = []
+        for kind, sec in self.sections:
+            if kind == "models":
+                sec = dict(sec, models=[m for m in sec["models"] if m in names or spec_names[m] in names])
+                if not sec["models"]:
+                    continue
+            kept.append((kind, sec))
+        self.sections = kept
 
 
 def suite_names() -> list[str]:
@@ -169,9 +273,15 @@ def parse_suite(data: dict, path: str = "<suite>") -> Suite:
         if key not in allowed_top:
             raise SuiteError(f"{path}: unknown top-level key {key!r}{_suggest(key, allowed_top)}; "
                              f"allowed: {', '.join(sorted(allowed_top))}")
-    name = data.get("name", os.path.basename(path).removesuffix(".toml"))
+    default_name = re.sub(r"[^A-Za-z0-9._-]+", "-", os.path.basename(path).removesuffix(".toml")).strip(".-")
+    name = data.get("name", default_name or "suite")
     if not isinstance(name, str) or not name:
         raise SuiteError(f"{path}: 'name' must be a non-empty string, got {name!r}")
+    if not SUITE_NAME.match(name) or ".." in name:
+        # NOTE: the name becomes a folder under reports/; a path in it could write anywhere.
+        raise SuiteError(f"{path}: 'name' {name!r} must be letters, digits, '.', '_' or '-' (no '/', no '..', not "
+                         "starting with '.'): it names the output folder reports/<name>-<device>; e.g. name = "
+                         "\"my-suite\"")
     desc = data.get("description", "")
     settings = dict(DEFAULT_SETTINGS)
     given = data.get("settings", {})
@@ -181,14 +291,8 @@ def parse_suite(data: dict, path: str = "<suite>") -> Suite:
         if key not in DEFAULT_SETTINGS:
             raise SuiteError(f"{path}: [settings]: unknown key {key!r}{_suggest(key, DEFAULT_SETTINGS)}; "
                              f"allowed: {', '.join(DEFAULT_SETTINGS)}")
-        default = DEFAULT_SETTINGS[key]
-        ok = isinstance(value, bool) if isinstance(default, bool) else (
-            isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0)
-        if not ok:
-            raise SuiteError(f"{path}: [settings]: {key!r} must be "
-                             f"{'true or false' if isinstance(default, bool) else 'a non-negative number'}, "
-                             f"got {value!r}; e.g. {key} = {str(default).lower()}")
         settings[key] = value
+    settings = check_settings(settings, f"{path}: [settings]")
     sections = []
     count = 0
     for kind in SECTIONS:
@@ -204,6 +308,7 @@ def parse_suite(data: dict, path: str = "<suite>") -> Suite:
     if count == 0:
         raise SuiteError(f"{path}: the suite measures nothing; add at least one [[models]], [[dense]], "
                          "[[conv2d]] or [[pool]] section")
+    _check_spec_names(path, sections)
     return Suite(name=name, description=str(desc), path=path, settings=settings, sections=sections)
 
 
@@ -238,6 +343,21 @@ def _check_models(where: str, names) -> list[str]:
         except (modelspec.SpecError, OSError) as err:
             raise SuiteError(f"{where}: {err}") from None
     return names
+
+
+def _check_spec_names(path: str, sections) -> None:
+    """Two different specs with one name would share result rows and a row of every table: refuse them."""
+    by_name: dict[str, tuple[str, str]] = {}
+    for kind, sec in sections:
+        if kind != "models":
+            continue
+        for entry in sec["models"]:
+            spec = modelspec.load(entry)
+            digest = spec.digest()
+            other = by_name.setdefault(spec.name, (entry, digest))
+            if other[1] != digest:
+                raise SuiteError(f"{path}: {other[0]!r} and {entry!r} are two different specs named {spec.name!r}; "
+                                 "their rows and table lines would be confused: give one of them another 'name'")
 
 
 def _check_section(kind: str, sec, where: str) -> dict:
@@ -357,11 +477,13 @@ def _expand(kind: str, sec: dict, device: str):
     wanted = sec.get("variants")
     if kind == "models":
         for name in sec["models"]:
-            workload = modelspec.load(name).name if name.endswith((".toml", ".json")) else name
+            spec = modelspec.load(name)
+            workload = spec.name if name.endswith((".toml", ".json")) else name
+            params = (("spec", name), ("spec_hash", spec.digest()))
             for b in sec["batches"]:
                 for phase in sec["phases"]:
                     for impl, v in variants_for("model", device, phase, wanted):
-                        yield Job("model", workload, b, phase, impl, v, device, (("spec", name),))
+                        yield Job("model", workload, b, phase, impl, v, device, params)
         return
     for d in sec["shapes"]:
         params = dict(d)

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import json
 import math
+import os
 from typing import Any, Mapping
 
 import numpy as np
@@ -23,6 +26,28 @@ ACTIVATIONS = ("relu", "sigmoid", "tanh")
 PHASES = ("forward", "forward_backward", "train_step")
 
 TOP_KEYS = ("name", "input_shape", "num_classes", "loss", "layers")
+
+# Specs whose parameters need more bytes than this (float32) are refused at validation, before anything is
+# allocated. Override with the environment variable MODELSPEC_MAX_PARAM_BYTES or by setting this attribute.
+MAX_PARAM_BYTES = 8 * 2**30
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_TINY = float(np.finfo(np.float32).smallest_subnormal)
+
+
+def max_param_bytes() -> int:
+    """The limit in force: MODELSPEC_MAX_PARAM_BYTES from the environment, else ``MAX_PARAM_BYTES``."""
+    env = os.environ.get("MODELSPEC_MAX_PARAM_BYTES")
+    if env:
+        try:
+            return int(float(env))
+        except ValueError:
+            raise SpecError(f"MODELSPEC_MAX_PARAM_BYTES={env!r} is not a number of bytes; e.g. "
+                            "MODELSPEC_MAX_PARAM_BYTES=17179869184 (16 GiB)") from None
+    return int(MAX_PARAM_BYTES)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB ({n:,} bytes)"
 # Allowed keys per layer type, with defaults (None = required).
 LAYER_KEYS: dict[str, dict[str, Any]] = {
     "dense": {"units": None, "bias": True},
@@ -170,6 +195,9 @@ class ModelSpec:
         name = d["name"]
         if not isinstance(name, str) or not name.strip():
             raise SpecError(f"'name' must be a non-empty string, got {name!r}")
+        if not name.isprintable():
+            raise SpecError(f"'name' must be printable text on one line (no newline, tab or control characters), "
+                            f"got {name!r}; e.g. name = \"my-mlp\"")
         shape = d["input_shape"]
         if not isinstance(shape, (list, tuple)) or len(shape) not in (1, 3):
             raise SpecError(f"'input_shape' must be [features] or [channels, height, width], got {shape!r}")
@@ -192,8 +220,20 @@ class ModelSpec:
             layers.append(layer)
             cur = layer.out_shape
         _check_head(layers, num_classes, loss)
+        _check_size(name, input_shape, layers)
         return cls(name=name, input_shape=input_shape, num_classes=num_classes, loss=loss,
                    layers=tuple(layers), raw_layers=tuple(dict(e) for e in raw))
+
+    def digest(self) -> str:
+        """A short hash of the spec's content (its canonical JSON): two specs with the same name but other
+        layers get different digests. 12 hex digits of SHA-256.
+
+        >>> len(ModelSpec.from_dict({"name": "t", "input_shape": [2], "num_classes": 2, "loss": "softmax_cross_entropy",
+        ...     "layers": [{"type": "dense", "units": 2}]}).digest())
+        12
+        """
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
     def to_dict(self) -> dict:
         """The spec as a plain dict that ``from_dict`` accepts (normalised: pairs written out)."""
@@ -314,17 +354,63 @@ class ModelSpec:
         for key, shape in want.items():
             if key not in params:
                 raise ValueError(f"model {self.name!r}: missing parameter {key!r} of shape {shape}")
-            got = tuple(getattr(params[key], "shape", np.shape(params[key])))
+            value = params[key]
+            dtype = getattr(value, "dtype", None)
+            if dtype is None:
+                try:
+                    dtype = np.asarray(value).dtype
+                except (TypeError, ValueError) as err:
+                    raise ValueError(f"model {self.name!r}: parameter {key!r} is not an array of numbers ({err})") from None
+            kind = getattr(dtype, "kind", None)
+            if kind is None:   # torch dtypes have no .kind
+                kind = "c" if getattr(dtype, "is_complex", False) else (
+                    "f" if getattr(dtype, "is_floating_point", False) else "i")
+            if kind not in "fiu":
+                what = {"c": "complex", "O": "object", "b": "boolean", "U": "text", "S": "bytes"}.get(kind, str(dtype))
+                raise ValueError(f"model {self.name!r}: parameter {key!r} has {what} dtype {dtype}; parameters are "
+                                 "real numbers stored as float32: pass e.g. np.asarray(a, dtype=np.float32)"
+                                 + (" (taking the real part with a.real only if the imaginary part is meant to be "
+                                    "dropped)" if kind == "c" else ""))
+            got = tuple(getattr(value, "shape", np.shape(value)))
             if got != shape:
                 raise ValueError(f"model {self.name!r}: parameter {key!r} must have shape {shape}, got {got}")
 
     @staticmethod
     def check_lr(lr, momentum) -> None:
+        """Raise ValueError unless lr and momentum are finite, >= 0 and representable in float32.
+
+        The models compute in float32: a value above ~3.4e38 would become inf (and the weights inf/NaN),
+        a positive value below ~1.4e-45 would become 0.
+        """
         for nm, v in (("lr", lr), ("momentum", momentum)):
             if not isinstance(v, (int, float, np.floating, np.integer)) or isinstance(v, bool) or not math.isfinite(v):
                 raise ValueError(f"{nm} must be a finite number, got {v!r}")
             if v < 0:
                 raise ValueError(f"{nm} must be >= 0, got {v}")
+            if abs(float(v)) > FLOAT32_MAX:
+                raise ValueError(f"{nm} = {v!r} does not fit in float32 (largest {FLOAT32_MAX:.4g}), which the models "
+                                 f"compute in; use a value below that (usual learning rates are 1e-4 to 1)")
+            if 0 < float(v) < FLOAT32_TINY:
+                raise ValueError(f"{nm} = {v!r} rounds to 0 in float32 (smallest {FLOAT32_TINY:.3g}); use 0 or a "
+                                 "larger value")
+
+
+def _check_size(name: str, input_shape: tuple[int, ...], layers: list[Layer]) -> None:
+    """Refuse specs whose float32 parameters (or one sample's activations) exceed ``max_param_bytes()``."""
+    limit = max_param_bytes()
+    need = 4 * sum(math.prod(s) for layer in layers for s in layer.param_shapes().values())
+    if need > limit:
+        big = max(layers, key=lambda l: sum(math.prod(s) for s in l.param_shapes().values()))
+        raise SpecError(f"model {name!r}: its parameters need {_gib(need)} as float32 (layer {big.index} "
+                        f"({big.type}) alone {_gib(4 * sum(math.prod(s) for s in big.param_shapes().values()))}), "
+                        f"more than the limit of {_gib(limit)}; use fewer units / channels, or raise the limit "
+                        "with MODELSPEC_MAX_PARAM_BYTES")
+    for layer in layers:
+        act = 4 * math.prod(layer.out_shape)
+        if act > limit:
+            raise SpecError(f"{_where(layer.index, layer.type)}: one sample's output {layer.out_shape} needs "
+                            f"{_gib(act)} as float32, more than the limit of {_gib(limit)}; use fewer units / "
+                            "channels or a smaller input, or raise the limit with MODELSPEC_MAX_PARAM_BYTES")
 
 
 def _build_layer(i: int, entry, cur: tuple[int, ...]) -> Layer:
