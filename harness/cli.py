@@ -9,7 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
+import subprocess
 import sys
+import time
 
 EXIT_USAGE = 2
 
@@ -19,21 +23,98 @@ class CliError(Exception):
 
 
 def _device(requested: str) -> str:
+    """The device a command runs on: ``requested``, or for "auto" the GPU when CuPy can use one.
+
+    "auto" on a machine with an NVIDIA GPU that CuPy cannot use (CuPy not installed, or built for
+    another CUDA) is an error naming the install command, not a silent CPU run.
+    """
     from . import env
 
     ok, why = env.gpu_available()
-    if requested == "auto":
-        return "gpu" if ok else "cpu"
+    if requested == "auto" and not ok:
+        found = nvidia_gpu()
+        if found is None:
+            return "cpu"
+        name, cuda = found
+        raise CliError(f"this machine has an NVIDIA GPU ({name}{f', driver for CUDA {cuda}' if cuda else ''}) "
+                       f"but CuPy cannot use it: {why}. {install_hint(cuda)}; or pass --device cpu to run on "
+                       "the CPU instead")
     if requested == "gpu" and not ok:
         raise CliError(f"--device gpu: no usable GPU here ({why}); run on a machine with CuPy and an NVIDIA GPU, "
                        "or use --device cpu")
-    if requested == "gpu":
+    if requested in ("auto", "gpu"):
         import torch
 
         if not torch.cuda.is_available():
-            raise CliError(f"--device gpu: torch {torch.__version__} sees no CUDA device (a CPU build?); the "
-                           "reference needs a CUDA build of torch, or use --device cpu")
+            raise CliError(f"--device {requested}: CuPy sees a GPU but torch {torch.__version__} sees no CUDA "
+                           "device (a CPU build?); the reference needs a CUDA build of torch "
+                           "(https://pytorch.org/get-started/locally/), or pass --device cpu")
+        return "gpu"
     return requested
+
+
+def nvidia_gpu() -> tuple[str, str | None] | None:
+    """``(GPU name, the driver's CUDA version or None)`` when this machine has an NVIDIA GPU, else None.
+
+    Read from ``nvidia-smi``; without it, from ``/proc/driver/nvidia/gpus`` (no CUDA version then).
+    """
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            names = subprocess.run([smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                                   text=True, timeout=30)
+            if names.returncode == 0 and names.stdout.strip():
+                header = subprocess.run([smi], capture_output=True, text=True, timeout=30).stdout
+                m = re.search(r"CUDA Version:\s*([0-9]+\.[0-9]+)", header)
+                return names.stdout.strip().splitlines()[0].strip(), m.group(1) if m else None
+        except (OSError, subprocess.SubprocessError):
+            pass
+    try:
+        if os.listdir("/proc/driver/nvidia/gpus"):
+            return "NVIDIA GPU", None
+    except OSError:
+        pass
+    return None
+
+
+def install_hint(cuda: str | None) -> str:
+    """The command that installs CuPy for a driver supporting CUDA ``cuda`` ("13.0"; None: unknown)."""
+    major = int(cuda.split(".")[0]) if cuda else None
+    if major is None:
+        return ('install CuPy for the CUDA version that `nvidia-smi` shows: from the repository root, '
+                'python3 -m pip install -e ".[gpu-cuda12]" (CUDA 12.x) or -e ".[gpu-cuda13]" (CUDA 13.x)')
+    if major < 12:
+        return (f"the NVIDIA driver supports CUDA {cuda} only and CuPy 13 needs CUDA 12 or newer: update the "
+                'driver, then from the repository root run python3 -m pip install -e ".[gpu-cuda12]"')
+    extra = "gpu-cuda13" if major >= 13 else "gpu-cuda12"
+    return f'install CuPy for it: from the repository root, python3 -m pip install -e ".[{extra}]"'
+
+
+def precompile_kernels(device: str, quiet: bool = False) -> float:
+    """Compile every kernel module a GPU run can choose, in parallel, before anything is timed; returns
+    the seconds it took (0 on the CPU). Modules already in CuPy's kernel cache load in a moment."""
+    if device != "gpu":
+        return 0.0
+    from custom_impl.gpu import runtime
+
+    modules = runtime.kernel_modules()
+    jobs = max(1, min(len(modules), os.cpu_count() or 1))
+    print(f"harness: compiling kernel modules ({len(modules)}) in {jobs} processes (kept in CuPy's kernel "
+          "cache for later runs on this machine) ...", file=sys.stderr, flush=True)
+    start = time.monotonic()
+
+    def progress(line: str) -> None:
+        if not quiet:
+            print(f"  {line}", file=sys.stderr, flush=True)
+
+    try:
+        runtime.precompile(jobs=jobs, progress=progress)
+    except RuntimeError as err:
+        raise CliError(f"compiling the GPU kernels failed: {err}") from None
+    took = time.monotonic() - start
+    print(f"harness: kernel modules ready after {took:.1f} s (not counted against any time limit)",
+          file=sys.stderr, flush=True)
+    return took
 
 
 def _load_suite(name: str, models: str | None):
@@ -126,7 +207,8 @@ def cmd_run(args) -> int:
     except Exception:
         pass
     print(f"harness: running suite {suite.name!r} ({len(jobs)} rows) on {device} ({rec['device_name']}) -> {out}",
-          file=sys.stderr)
+          file=sys.stderr, flush=True)
+    precompile_kernels(device, quiet=args.quiet)
     try:
         counts = run_suite(suite, device, os.path.join(out, "results.csv"), peak_tflops=rec["peak_fp32_tflops"],
                            jobs=jobs, settings_override=override, quiet=args.quiet)
@@ -167,6 +249,7 @@ def cmd_parity(args) -> int:
     from .parity import parity_table
 
     device = _device(args.device)
+    precompile_kernels(device)
     ok, text = parity_table(device, models=args.models)
     print(text)
     return 0 if ok else 1
@@ -187,70 +270,93 @@ def cmd_targets(args) -> int:
     device = _device(args.device)
     out = args.out or default_out("targets", device)
     try:
-        ok, text = run_targets(out, device, peak_tflops=args.peak_tflops, quiet=args.quiet)
+        ok, text = run_targets(out, device, peak_tflops=args.peak_tflops, quiet=args.quiet,
+                               before_gpu=lambda: precompile_kernels(device, quiet=args.quiet))
     except ResultsError as err:
         raise CliError(str(err)) from None
     print(text)
     return 0
 
 
+DEVICE_HELP = {
+    "run": "where to run: auto (default) is the GPU when CuPy and a CUDA build of torch see one, else the "
+           "CPU, and an error naming the install command when the machine has an NVIDIA GPU that CuPy "
+           "cannot use; cpu or gpu to choose",
+    "parity": "where to compare: auto (default: the GPU when CuPy sees one, else the CPU), cpu or gpu",
+    "env": "auto (default): include the GPU's details when CuPy sees one; cpu: leave them out; gpu: an error "
+           "unless a GPU is usable",
+    "targets": "auto (default: the GPU when CuPy sees one; the CPU target's rows always run on the CPU), cpu "
+               "(the GPU targets are then written as not measured) or gpu",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from .suites import DEVICES
+    from .suites import DEVICES, suite_names
 
     p = argparse.ArgumentParser(prog="harness", description=(
         "Benchmark our NumPy/CUDA implementation against PyTorch (CPU, cuBLAS/cuDNN), check parity, "
-        "and write results.csv, env.json, plots, tables and a PDF report."))
+        "and write results.csv, env.json, plots, tables and a PDF report."),
+        epilog="Run 'python -m harness COMMAND --help' for a command's options.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     devs = ("auto",) + DEVICES
 
     r = sub.add_parser("run", help="run a suite (no arguments: the default suite of this machine's device)",
                        description="Run a suite and write DIR/results.csv, DIR/env.json and the report. "
-                                   "Rerunning the same command resumes: finished rows are skipped.")
-    r.add_argument("--suite", help="suite name (quick, cpu, gpu, thesis, targets) or path to a .toml file; "
+                                   "Rerunning the same command resumes: finished rows are skipped. On a GPU the "
+                                   "kernel modules are compiled first, in parallel, with a line per module; "
+                                   "that time is not counted against the suite's time limit.")
+    r.add_argument("--suite", help=f"suite name ({', '.join(suite_names())}) or path to a .toml file; "
                                    "default: gpu on a GPU machine, cpu otherwise")
-    r.add_argument("--device", default="auto", choices=devs, help="auto (GPU when CuPy sees one), cpu or gpu")
+    r.add_argument("--device", default="auto", choices=devs, help=DEVICE_HELP["run"])
     r.add_argument("--out", metavar="DIR", help="output folder (default: reports/<suite>-<device name>)")
     r.add_argument("--models", help="comma-separated zoo models: run only these of the suite's model sections")
-    r.add_argument("--peak-tflops", type=float, help="FP32 peak for the %% of peak column (default: known GPUs; "
-                                                     "none on CPUs)")
+    r.add_argument("--peak-tflops", type=float, metavar="TFLOPS",
+                   help="FP32 peak for the %% of peak column (default: known GPUs; none on CPUs)")
     r.add_argument("--cold-l2", action="store_true", help="flush L2 before every timed sample (GPU)")
-    r.add_argument("--budget-s", type=float, help="override the suite's per-row timing budget (seconds)")
-    r.add_argument("--time-limit-s", type=float, help="stop starting new rows after this many seconds (0: none; "
-                                                      "default: the suite's); rerun to resume")
+    r.add_argument("--budget-s", type=float, metavar="S", help="override the suite's per-row timing budget "
+                                                               "(seconds)")
+    r.add_argument("--time-limit-s", type=float, metavar="S",
+                   help="stop starting new rows after this many seconds of measuring (0: none; default: the "
+                        "suite's); rerun the same command to resume")
     r.add_argument("--no-report", action="store_true", help="write results only, no plots/PDF")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--quiet", action="store_true", help="no progress bar and no line per compiled kernel module")
     r.set_defaults(func=cmd_run)
 
     rp = sub.add_parser("report", help="plots, tables and PDF from results folders (or pytest-benchmark JSON)",
                         description="Render the report from saved results only (nothing is run). Each DIR holds "
                                     "a results.csv (and env.json) or is a pytest-benchmark --benchmark-json file; "
                                     "several DIRs are compared side by side.")
-    rp.add_argument("dirs", nargs="+", metavar="DIR")
+    rp.add_argument("dirs", nargs="+", metavar="DIR", help="a results folder or a pytest-benchmark JSON file")
     rp.add_argument("--out", metavar="DIR", help="where to write the report (default: the first DIR, or "
                                                  "reports/compare-... for several)")
-    rp.add_argument("--peak-tflops", type=float, help="FP32 peak used when the results do not name one")
+    rp.add_argument("--peak-tflops", type=float, metavar="TFLOPS",
+                    help="FP32 peak used when the results do not name one")
     rp.set_defaults(func=cmd_report)
 
     pa = sub.add_parser("parity", help="parity table: every zoo model and layer kind, both impls vs float64",
-                        description="Compare ours and PyTorch with the reference computed in float64 (same device, inputs, parameters) "
-                                    "for every zoo model (inference, forward_backward, train_step) and every "
-                                    "layer kind and phase; exit code 1 if any row fails.")
-    pa.add_argument("--device", default="auto", choices=devs)
+                        description="Compare ours and PyTorch with the reference computed in float64 (same device, "
+                                    "inputs, parameters) for every zoo model (inference, forward_backward, "
+                                    "train_step) and every layer kind and phase; exit code 1 if any row fails.")
+    pa.add_argument("--device", default="auto", choices=devs, help=DEVICE_HELP["parity"])
     pa.add_argument("--models", help="comma-separated zoo models (default: all)")
     pa.set_defaults(func=cmd_parity)
 
-    e = sub.add_parser("env", help="print the environment record as JSON")
-    e.add_argument("--device", default="auto", choices=devs)
+    e = sub.add_parser("env", help="print the environment record as JSON",
+                       description="Print, as JSON, the record written to env.json beside every results.csv: "
+                                   "host, CPU, GPU and driver, library versions and precision flags. Runs "
+                                   "nothing.")
+    e.add_argument("--device", default="auto", choices=devs, help=DEVICE_HELP["env"])
     e.set_defaults(func=cmd_env)
 
-    t = sub.add_parser("targets", help="measure the issue-5 performance targets and write DIR/targets.csv",
+    t = sub.add_parser("targets", help="measure the performance targets and write DIR/targets.csv",
                        description="Run exactly the rows the performance targets need, write DIR/targets.csv "
                                    "(target, measured, goal, met), the rows in DIR/results.csv, and print the "
                                    "table. On a CPU-only machine the GPU targets are written as not measured.")
     t.add_argument("--out", metavar="DIR", help="output folder (default: reports/targets-<device name>)")
-    t.add_argument("--device", default="auto", choices=devs)
-    t.add_argument("--peak-tflops", type=float)
-    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--device", default="auto", choices=devs, help=DEVICE_HELP["targets"])
+    t.add_argument("--peak-tflops", type=float, metavar="TFLOPS",
+                   help="FP32 peak for the %% of peak column (default: known GPUs; none on CPUs)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar and no line per compiled kernel module")
     t.set_defaults(func=cmd_targets)
     return p
 

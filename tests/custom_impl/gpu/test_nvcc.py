@@ -1,9 +1,8 @@
 """Every kernel file compiles for sm_90 with nvcc (CPU only; skipped only when nvcc is absent).
 
-Fails on a compile error; reports, per kernel, registers, shared memory and spills (printed with -s or
-in the failure output, and written to the test report through ``record_property``). Spills are reported
-as a warning (shown in pytest's summary), not a failure: a spill is a performance matter, not a wrong
-result.
+Fails on a compile error. Per kernel, ptxas's registers, shared memory and spills are recorded, not
+printed: shown with ``-s``, in a failure's output, and in the test report through ``record_property``
+(``--junitxml``). A spill is not a failure: it is a performance matter, not a wrong result.
 """
 from __future__ import annotations
 
@@ -12,7 +11,6 @@ import os
 import re
 import shutil
 import subprocess
-import warnings
 
 import pytest
 
@@ -72,6 +70,5 @@ def test_kernel_file_compiles_for_sm90(path, tmp_path, record_property):
                       f"stack {r['stack']:4d} B  spills {r['spill_stores']}/{r['spill_loads']} B" for r in rows)
     print(f"\n{os.path.basename(path)}:\n{table}")
     record_property("ptxas", table)
-    spills = [r for r in rows if r["spill_stores"] or r["spill_loads"]]
-    if spills:
-        warnings.warn(f"{os.path.basename(path)}: register spills in {', '.join(r['kernel'] for r in spills)}:\n{table}")
+    spills = [r["kernel"] for r in rows if r["spill_stores"] or r["spill_loads"]]
+    record_property("spills", ", ".join(spills))
