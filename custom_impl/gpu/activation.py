@@ -3,17 +3,22 @@
 Elementwise on float32 arrays of any shape. Forward: y = act(x). Backward takes the saved forward
 OUTPUT y (that is all it needs): relu' = [y > 0], sigmoid' = y(1 - y), tanh' = 1 - y^2, dx = dy * act'.
 ``out`` / ``dx`` may be given (then nothing is allocated; ``dx`` may be ``dy`` itself, in place).
+``ActivationStep`` is the GPU model's activation layer.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ._compile import blocks, check_array, function
+from . import runtime
+from .runtime import blocks, check_array
+from .step import Step
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
 THREADS = 256
 MAX_BLOCKS = 132 * 32  # grid-stride loops: enough blocks to fill an H100 many times over
-KERNEL_VERSION = "activation v1 (grid-stride, scalar)"
+KERNELS = "relu/sigmoid/tanh _forward and _backward: grid-stride loops, scalar loads"
+
+runtime.register_family("activation")
 
 
 def _check_act(act: str) -> str:
@@ -24,7 +29,7 @@ def _check_act(act: str) -> str:
 
 def _launch(name, n, args):
     grid = min(blocks(n, THREADS), MAX_BLOCKS)
-    function("activation", name)((grid,), (THREADS,), (*args, np.int64(n)))
+    runtime.kernel("activation", name)((grid,), (THREADS,), (*args, np.int64(n)))
 
 
 def activation_forward(x, act: str, out=None):
@@ -48,3 +53,19 @@ def activation_backward(dy, y, act: str, dx=None):
     dx = cupy.empty_like(dy) if dx is None else check_array(dx, "dx", shape=y.shape)
     _launch(f"{act}_backward", y.size, (dy, y, dx))
     return dx
+
+
+class ActivationStep(Step):
+    """y = act(x) elementwise; backward dx = dy * act'(y) from the saved output y."""
+
+    kind = "activation"
+
+    def __init__(self, layer):
+        super().__init__(layer, act=None)
+        self.fn = layer.type
+
+    def forward(self, model, x, y, saved, ws):
+        activation_forward(x, self.fn, out=y)
+
+    def backward(self, model, dy, x, y, saved, dx, ws):
+        activation_backward(dy, y, self.fn, dx=dx)

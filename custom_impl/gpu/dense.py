@@ -11,6 +11,7 @@ Parameter gradients are written (``=``), never accumulated. ``dy`` is the gradie
 layer's output before any fused activation: backward of a fused act is the caller's (activation layers).
 All arrays are C-contiguous float32 CuPy arrays; with ``out``/``dx``/``dW``/``db`` given nothing is
 allocated (see ``gemm.py`` on split-K workspace) and everything runs on CuPy's current stream.
+``DenseStep`` is the GPU model's dense layer (with a following activation fused into the epilogue).
 
 Example::
 
@@ -23,8 +24,13 @@ import functools
 
 import numpy as np
 
-from ._compile import blocks, check_array
-from .gemm import cached_launch, gemm, kernel, launch_cached, run_launch
+from . import runtime
+from .activation import activation_backward
+from .gemm import cached_launch, gemm, launch_cached, run_launch
+from .runtime import blocks, check_array
+from .step import Step
+
+runtime.register_family("dense")
 
 
 def dense_forward(x, W, b=None, act="none", out=None):
@@ -115,4 +121,36 @@ def _bias_grad_launch(dy, out) -> None:
 @functools.lru_cache(maxsize=1024)
 def _bias_grad_plan(shape, device_id):
     N, U = shape
-    return kernel("dense", "dense_bias_grad"), (blocks(U, 32),), (np.int32(N), np.int32(U))
+    return runtime.kernel("dense", "dense_bias_grad"), (blocks(U, 32),), (np.int32(N), np.int32(U))
+
+
+def dense_backward_data(dy, W, dx=None):
+    """dx = dy @ W: dy (N, U), W (U, F) -> dx (N, F) (the input gradient alone)."""
+    if dx is not None and launch_cached(dy, W, dx):
+        return dx   # a call with these shapes passed the checks below before
+    check_array(dy, "dy", ndim=2)
+    check_array(W, "W", ndim=2)
+    if dy.shape[1] != W.shape[0]:
+        raise ValueError(f"dense_backward_data: dy {dy.shape} and W {W.shape} do not fit dy (N, U), W (U, F)")
+    return gemm(dy, W, dx)
+
+
+class DenseStep(Step):
+    """y = act(x W^T + b) with the activation fused in the GEMM epilogue; x (N, F), W (U, F), y (N, U).
+
+    backward: dz = dy * act'(y) (from the saved output, in place into dy), then dx = dz W,
+    dW = dz^T x, db = sum_n dz (written).
+    """
+
+    kind = "dense"
+
+    def forward(self, model, x, y, saved, ws):
+        b = model.params[self.bias] if self.bias else None
+        dense_forward(x, model.params[self.weight], b, act=self.act or "none", out=y)
+
+    def backward(self, model, dy, x, y, saved, dx, ws):
+        if self.act:
+            activation_backward(dy, y, self.act, dx=dy)  # NOTE: in place: dy is not read again
+        dense_backward(dy, x, model.params[self.weight], need_dx=self.needs_dx, dx=dx,
+                       dW=model.grads[self.weight], db=model.grads[self.bias] if self.bias else None,
+                       need_db=self.bias is not None)

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._compile import blocks, check_array, function
+from . import runtime
+from .runtime import blocks, check_array
 
 LOSSES = ("softmax_cross_entropy", "sigmoid_binary_cross_entropy")
 WARPS_PER_BLOCK = 8
 MEAN_THREADS = 256  # must equal MEAN_THREADS in loss.cu
-KERNEL_VERSION = "softmax_xent v1 (warp per row) / sigmoid_bce v1 / mean_reduce v1 (one block, tree)"
+KERNELS = "softmax_xent (a warp per row) / sigmoid_bce / mean_reduce (one block, fixed-order tree)"
+
+runtime.register_family("loss")
 
 
 def _buffers(z, labels, per_sample, dz, loss):
@@ -35,7 +38,7 @@ def _buffers(z, labels, per_sample, dz, loss):
 
 
 def _mean(per_sample, loss, n):
-    function("loss", "mean_reduce")((1,), (MEAN_THREADS,), (per_sample, loss, np.int32(n)))
+    runtime.kernel("loss", "mean_reduce")((1,), (MEAN_THREADS,), (per_sample, loss, np.int32(n)))
 
 
 def softmax_cross_entropy(z, labels, dz=None, loss=None, per_sample=None):
@@ -47,7 +50,7 @@ def softmax_cross_entropy(z, labels, dz=None, loss=None, per_sample=None):
     n, per_sample, dz, loss = _buffers(z, labels, per_sample, dz, loss)
     k = z.shape[1]
     grid = blocks(n, WARPS_PER_BLOCK)
-    function("loss", "softmax_xent")((grid,), (WARPS_PER_BLOCK * 32,),
+    runtime.kernel("loss", "softmax_xent")((grid,), (WARPS_PER_BLOCK * 32,),
                                      (z, labels, per_sample, dz, np.int32(n), np.int32(k)))
     _mean(per_sample, loss, n)
     return loss.reshape(()), dz
@@ -61,7 +64,7 @@ def sigmoid_binary_cross_entropy(z, labels, dz=None, loss=None, per_sample=None)
     if z.ndim != 2 or z.shape[1] != 1:
         raise ValueError(f"logits: binary cross-entropy expects shape (N, 1), got {tuple(z.shape)}")
     n, per_sample, dz, loss = _buffers(z, labels, per_sample, dz, loss)
-    function("loss", "sigmoid_bce")((blocks(n, 256),), (256,), (z, labels, per_sample, dz, np.int32(n)))
+    runtime.kernel("loss", "sigmoid_bce")((blocks(n, 256),), (256,), (z, labels, per_sample, dz, np.int32(n)))
     _mean(per_sample, loss, n)
     return loss.reshape(()), dz
 

@@ -4,9 +4,10 @@ Legend: N batch, C in-channels, K out-channels, H,W in, P,Q out, R,S kernel, F f
 
 ``build(spec, seed)`` returns a ``GPUModel`` (the model contract of docs/DESIGN.md, via
 ``custom_impl.base.CustomModel``). The network is driven from ``spec.layers``: each layer becomes one
-step with a ``forward`` and a ``backward`` written side by side; a dense layer directly followed by an
-activation becomes one step whose activation runs in the GEMM epilogue, and a relu directly followed by
-max pooling one pooling step with the relu fused (``fuse_pool``).
+step (``step.Step``; each layer family's module defines its step class beside its ops) with a
+``forward`` and a ``backward`` written side by side; a dense layer directly followed by an activation
+becomes one step whose activation runs in the GEMM epilogue, and a relu directly followed by max pooling
+one pooling step with the relu fused (``fuse_pool``).
 
 Memory: parameters, gradients and SGD velocities each live in ONE flat float32 buffer (P,) and every
 ``"{i}.weight"`` / ``"{i}.bias"`` is a view into it, so SGD is one launch. Everything a batch size N
@@ -41,10 +42,14 @@ import os
 import numpy as np
 
 from ..base import CustomModel
-from .activation import activation_backward, activation_forward
+from .activation import ActivationStep
+from .conv import ConvStep
+from .dense import DenseStep
 from .loss import loss_forward_backward
-from .pool import avgpool2d_backward, avgpool2d_forward, maxpool2d_backward, maxpool2d_forward
+from .pool import PoolStep
+from .runtime import GRAPH_LAUNCH_S, launch_cost_regime
 from .sgd import sgd_update
+from .step import FlattenStep, Step
 
 ALIGN = 64  # elements (256 bytes): every parameter view starts aligned for vector loads in our kernels
 MAX_GRAPHS = 16  # captured graphs kept (train steps per (N, lr, momentum), forwards per N); oldest dropped
@@ -69,169 +74,8 @@ def build(spec, seed: int = 0, **options) -> "GPUModel":
     return GPUModel(spec, seed=seed, **options)
 
 
-# ---------------------------------------------------------------------------------------------- steps
-class _Step:
-    """One layer (or a dense + activation pair) of the network: forward and backward side by side.
-
-    ``in_shape`` / ``out_shape`` are per sample. ``params`` names this step's parameters (weight, bias).
-    ``alloc(plan, n)`` returns what forward saves for backward beyond its input and output (the step's
-    ``saved`` buffers, per batch size). ``needs_dx`` is False for every step before (and including) the
-    first layer with parameters: nothing upstream needs a gradient there.
-    """
-
-    kind = "?"
-    in_place_ok = False
-
-    def __init__(self, layer, act=None):
-        self.layer = layer
-        self.act = act
-        self.in_shape = tuple(layer.in_shape)
-        self.out_shape = tuple(layer.out_shape)
-        self.weight = f"{layer.index}.weight" if layer.has_params else None
-        self.bias = f"{layer.index}.bias" if layer.has_params and layer.bias else None
-        self.needs_dx = True
-
-    def alloc(self, n):
-        return None
-
-    def workspace_size(self, n) -> int:
-        return 0
-
-    def forward(self, model, x, y, saved, ws):
-        raise NotImplementedError
-
-    def backward(self, model, dy, x, y, saved, dx, ws):
-        raise NotImplementedError
-
-    def __repr__(self):
-        if not self.act:
-            name = self.kind
-        else:
-            name = f"{self.act}+{self.kind}" if self.kind == "pool" else f"{self.kind}+{self.act}"
-        return f"<{name} layer {self.layer.index} {self.in_shape}->{self.out_shape}>"
-
-
-class _Dense(_Step):
-    """y = act(x W^T + b) with the activation fused in the GEMM epilogue; x (N, F), W (U, F), y (N, U).
-
-    backward: dz = dy * act'(y) (from the saved output, in place into dy), then dx = dz W,
-    dW = dz^T x, db = sum_n dz (written).
-    """
-
-    kind = "dense"
-
-    def forward(self, model, x, y, saved, ws):
-        from .dense import dense_forward
-
-        b = model.params[self.bias] if self.bias else None
-        dense_forward(x, model.params[self.weight], b, act=self.act or "none", out=y)
-
-    def backward(self, model, dy, x, y, saved, dx, ws):
-        from .dense import dense_backward
-
-        if self.act:
-            activation_backward(dy, y, self.act, dx=dy)  # NOTE: in place: dy is not read again
-        dense_backward(dy, x, model.params[self.weight], need_dx=self.needs_dx, dx=dx,
-                       dW=model.grads[self.weight], db=model.grads[self.bias] if self.bias else None,
-                       need_db=self.bias is not None)
-
-
-class _Conv(_Step):
-    """y = conv2d(x, W) + b; x (N, C, H, W), W (K, C, R, S), y (N, K, P, Q) (implicit GEMM kernels)."""
-
-    kind = "conv2d"
-
-    def _geometry(self):
-        return tuple(self.layer.stride), tuple(self.layer.padding)
-
-    def workspace_size(self, n) -> int:
-        from .conv import conv2d_workspace_size
-
-        w_shape = (self.layer.out_channels, self.in_shape[0], *self.layer.kernel_size)
-        return int(conv2d_workspace_size((n, *self.in_shape), w_shape, *self._geometry()))
-
-    def forward(self, model, x, y, saved, ws):
-        from .conv import conv2d_forward
-
-        stride, padding = self._geometry()
-        b = model.params[self.bias] if self.bias else None
-        conv2d_forward(x, model.params[self.weight], b, stride, padding, out=y, workspace=ws)
-
-    def backward(self, model, dy, x, y, saved, dx, ws):
-        from .conv import conv2d_backward
-
-        stride, padding = self._geometry()
-        conv2d_backward(dy, x, model.params[self.weight], stride, padding, need_dx=self.needs_dx, dx=dx,
-                        dW=model.grads[self.weight], db=model.grads[self.bias] if self.bias else None,
-                        workspace=ws, need_db=self.bias is not None)
-
-
-class _Activation(_Step):
-    """y = act(x) elementwise; backward dx = dy * act'(y) from the saved output y."""
-
-    kind = "activation"
-
-    def __init__(self, layer):
-        super().__init__(layer, act=None)
-        self.fn = layer.type
-
-    def forward(self, model, x, y, saved, ws):
-        activation_forward(x, self.fn, out=y)
-
-    def backward(self, model, dy, x, y, saved, dx, ws):
-        activation_backward(dy, y, self.fn, dx=dx)
-
-
-class _Pool(_Step):
-    """Max / average pooling (N, C, H, W) -> (N, C, P, Q); max saves ``argmax`` (N, C, P, Q) int32.
-
-    ``relu=True``: the spec's relu followed by maxpool2d as one step, y = relu(max x) (= max relu(x));
-    backward routes dy to the window's maximum only where y > 0, which is relu' there. This saves the
-    relu's full-size output and both of its passes.
-    """
-
-    kind = "pool"
-
-    def __init__(self, layer, relu=False):
-        super().__init__(layer, act="relu" if relu else None)
-        self.relu = relu
-
-    def alloc(self, n):
-        import cupy
-
-        if self.layer.type == "maxpool2d":
-            return cupy.empty((n, *self.out_shape), dtype=np.int32)  # argmax (N, C, P, Q)
-        return None
-
-    def forward(self, model, x, y, saved, ws):
-        k, s = self.layer.kernel_size, self.layer.stride
-        if self.layer.type == "maxpool2d":
-            maxpool2d_forward(x, k, s, out=y, argmax=saved, relu=self.relu)
-        else:
-            avgpool2d_forward(x, k, s, out=y)
-
-    def backward(self, model, dy, x, y, saved, dx, ws):
-        k, s = self.layer.kernel_size, self.layer.stride
-        if self.layer.type == "maxpool2d":
-            maxpool2d_backward(dy, saved, x.shape, k, s, dx=dx, y=y, relu=self.relu)
-        else:
-            avgpool2d_backward(dy, x.shape, k, s, dx=dx)
-
-
-class _Flatten(_Step):
-    """(N, C, H, W) -> (N, C*H*W): a view, no kernel; its output and gradient buffers alias its input's."""
-
-    kind = "flatten"
-
-    def forward(self, model, x, y, saved, ws):
-        pass
-
-    def backward(self, model, dy, x, y, saved, dx, ws):
-        pass
-
-
-def _make_steps(spec, fuse_pool: bool = True) -> list[_Step]:
-    steps: list[_Step] = []
+def _make_steps(spec, fuse_pool: bool = True) -> list[Step]:
+    steps: list[Step] = []
     layers = spec.layers
     i = 0
     while i < len(layers):
@@ -239,22 +83,22 @@ def _make_steps(spec, fuse_pool: bool = True) -> list[_Step]:
         nxt = layers[i + 1] if i + 1 < len(layers) else None
         if layer.type == "dense":
             if nxt is not None and nxt.type in ("relu", "sigmoid", "tanh"):
-                steps.append(_Dense(layer, act=nxt.type))  # fused pair: the activation is the epilogue
+                steps.append(DenseStep(layer, act=nxt.type))  # fused pair: the activation is the epilogue
                 i += 2
                 continue
-            steps.append(_Dense(layer))
+            steps.append(DenseStep(layer))
         elif layer.type == "conv2d":
-            steps.append(_Conv(layer))
+            steps.append(ConvStep(layer))
         elif layer.type == "relu" and fuse_pool and nxt is not None and nxt.type == "maxpool2d":
-            steps.append(_Pool(nxt, relu=True))  # fused pair: relu commutes with max
+            steps.append(PoolStep(nxt, relu=True))  # fused pair: relu commutes with max
             i += 2
             continue
         elif layer.type in ("relu", "sigmoid", "tanh"):
-            steps.append(_Activation(layer))
+            steps.append(ActivationStep(layer))
         elif layer.type in ("maxpool2d", "avgpool2d"):
-            steps.append(_Pool(layer))
+            steps.append(PoolStep(layer))
         elif layer.type == "flatten":
-            steps.append(_Flatten(layer))
+            steps.append(FlattenStep(layer))
         else:  # modelspec validates types; this guards a new layer type added there but not here
             raise ValueError(f"layer {layer.index} ({layer.type}): not supported by the GPU implementation")
         i += 1
@@ -434,9 +278,7 @@ class GPUModel(CustomModel):
         split-K pays for small batches. Plans, workspace sizes, eager warm-up steps and captures all run
         under it, so they agree; it holds with graphs off too (use_graph=False), so both modes choose the
         same kernels and compute bit-identical results."""
-        from .gemm import GRAPH_LAUNCH_S, launch_cost
-
-        return launch_cost(GRAPH_LAUNCH_S)
+        return launch_cost_regime(GRAPH_LAUNCH_S)
 
     def _forward(self, x, train: bool):
         with self._launch_cost():

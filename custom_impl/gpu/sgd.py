@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._compile import blocks, check_array, function
+from . import runtime
+from .runtime import blocks, check_array
 
 THREADS = 256
 MAX_BLOCKS = 132 * 16
-KERNEL_VERSION = "sgd_momentum v1 / sgd_plain v1 (grid-stride, scalar)"
+KERNELS = "sgd_momentum / sgd_plain (grid-stride loops, scalar)"
+
+runtime.register_family("sgd")
 
 
 def sgd_update(w, g, v, lr: float, momentum: float) -> None:
@@ -23,7 +26,7 @@ def sgd_update(w, g, v, lr: float, momentum: float) -> None:
     n = w.size
     grid = min(blocks(n, THREADS), MAX_BLOCKS)
     if float(momentum) != 0.0:
-        function("sgd", "sgd_momentum")((grid,), (THREADS,),
+        runtime.kernel("sgd", "sgd_momentum")((grid,), (THREADS,),
                                         (w, g, v, np.int64(n), np.float32(lr), np.float32(momentum)))
     else:
-        function("sgd", "sgd_plain")((grid,), (THREADS,), (w, g, np.int64(n), np.float32(lr)))
+        runtime.kernel("sgd", "sgd_plain")((grid,), (THREADS,), (w, g, np.int64(n), np.float32(lr)))

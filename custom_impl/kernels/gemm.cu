@@ -1,8 +1,7 @@
 // GEMM family: C[M,N] = act(op(A) @ op(B) + bias[None, :] + beta * C), op = identity or transpose.
 // A is stored (M,K) (or (K,M) when trans_a), B is stored (K,N) (or (N,K) when trans_b), C is (M,N),
 // all row-major float32. act: 0 none, 1 relu, 2 sigmoid, 3 tanh. beta: 0 (C is not read) or 1.
-//   gemm_v1            one output per thread, 16x16 shared tiles; the obviously-correct baseline.
-//   gemm_v2_{nn,nt,tn,tt}   register-blocked warp-tiled GEMM from gemm_tiles.cuh (tile config from the
+//   gemm_{nn,nt,tn,tt}  register-blocked warp-tiled GEMM from gemm_tiles.cuh (tile config from the
 //                      GEMM_* defines), optional split-K over gridDim.z: block z writes its raw sum over
 //                      k in [z*k_chunk, (z+1)*k_chunk) to W + z*M*N; then either gemm_splitk_reduce is
 //                      launched, or (serial split-K, flag bit 4) the last block of a tile to finish (a
@@ -10,53 +9,18 @@
 //                      writes C: one launch, the same sums as gemm_splitk_reduce. Blocks whose tile lies
 //                      inside aligned operands (and whose k range is whole k tiles) run the loaders
 //                      without bounds tests; edge blocks the checked ones (same sums, same order).
-//   gemm_splitk_reduce C = act(sum_z W[z] + bias + beta*C), summing z in order (deterministic); used by
-//                      conv.py's and conv_patch.py's split-K weight gradients.
+//   gemm_splitk_reduce C = act(sum_z W[z] + bias + beta*C), summing z in order (deterministic); also used
+//                      by the conv families' split-K weight gradients.
 #include "gemm_tiles.cuh"
 
-// GEMM_INTERIOR=0 compiles only the bounds-checked loaders (the kernel before session 5), for measuring
-// what the interior fast path gains (dev/gemm/variants.py). Tiles held to 128 registers for two blocks per SM
+// GEMM_INTERIOR=0 compiles only the bounds-checked loaders, for measuring what the interior fast path
+// gains (lab/gemm). Tiles held to 128 registers for two blocks per SM
 // (GEMM_MIN_BLOCKS 2) keep the checked loaders only: with a second copy of the main loop ptxas spilled there
 // (48-168 bytes in the nn/tn/tt kernels of the 128x128 tiles).
 #ifndef GEMM_INTERIOR
 #define GEMM_INTERIOR (GEMM_MIN_BLOCKS == 1)
 #endif
 
-
-extern "C" __global__ void gemm_v1(const float* __restrict__ A, const float* __restrict__ B,
-                                   float* __restrict__ C, const float* __restrict__ bias,
-                                   int M, int N, int K, int trans_a, int trans_b, int beta, int act) {
-    __shared__ float As[16][17];  // [m][k], +1 column against bank conflicts
-    __shared__ float Bs[16][17];  // [k][n]
-    const int tx = threadIdx.x;   // n within the tile
-    const int ty = threadIdx.y;   // m within the tile
-    const int m = blockIdx.y * 16 + ty;
-    const int n = blockIdx.x * 16 + tx;
-    float acc = 0.f;
-    for (int k0 = 0; k0 < K; k0 += 16) {
-        // A tile element (ty, tx) = op(A)[blockIdx.y*16 + ty, k0 + tx]
-        int am = blockIdx.y * 16 + ty;
-        int ak = k0 + tx;
-        float av = 0.f;
-        if (am < M && ak < K) av = trans_a ? A[(size_t)ak * M + am] : A[(size_t)am * K + ak];
-        As[ty][tx] = av;
-        // B tile element (ty, tx) = op(B)[k0 + ty, blockIdx.x*16 + tx]
-        int bk = k0 + ty;
-        int bn = blockIdx.x * 16 + tx;
-        float bv = 0.f;
-        if (bk < K && bn < N) bv = trans_b ? B[(size_t)bn * K + bk] : B[(size_t)bk * N + bn];
-        Bs[ty][tx] = bv;
-        __syncthreads();
-        for (int k = 0; k < 16; ++k) acc = fmaf(As[ty][k], Bs[k][tx], acc);
-        __syncthreads();  // before the next tile overwrites As/Bs
-    }
-    if (m < M && n < N) {
-        float v = acc;
-        if (bias) v += bias[n];
-        if (beta) v += C[(size_t)m * N + n];
-        C[(size_t)m * N + n] = apply_act(v, act);
-    }
-}
 
 // Serial split-K's reduce of one BM x BN tile (the last block of the tile to finish runs it):
 // C[m, n] = act(sum over z = 0, 1, ... of W[z][m, n] + bias[n] + beta * C[m, n]), the order of
@@ -149,7 +113,7 @@ __device__ __forceinline__ void splitk_tile_reduce(const float* W, float* C, con
 // tile and is left zeroed; without bit 4 gemm_splitk_reduce is launched after), bit 5: the serial reduce
 // may use float4 (N % 4 == 0, W and C 16-byte aligned).
 template <bool TA, bool TB>
-__device__ __forceinline__ void gemm_v2_body(const float* A, const float* B, float* C, const float* bias,
+__device__ __forceinline__ void gemm_body(const float* A, const float* B, float* C, const float* bias,
                                              float* W, int* counters, int M, int N, int K, int k_chunk,
                                              int beta, int act, int flags) {
     constexpr int BM = GEMM_BM, BN = GEMM_BN, BK = GEMM_BK, NT = GEMM_NT;
@@ -207,17 +171,17 @@ __device__ __forceinline__ void gemm_v2_body(const float* A, const float* B, flo
     if (tid == 0) counters[tile] = 0;  // ready for the next launch (stream order: nothing else reads it now)
 }
 
-#define GEMM_V2_ENTRY(name, TA, TB)                                                                     \
+#define GEMM_ENTRY(name, TA, TB)                                                                     \
     extern "C" __global__ void __launch_bounds__(GEMM_NT, GEMM_MIN_BLOCKS)                              \
     name(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,               \
          const float* __restrict__ bias, float* __restrict__ W, int* __restrict__ counters, int M, int N, \
          int K, int k_chunk, int beta, int act, int flags) {                                            \
-        gemm_v2_body<TA, TB>(A, B, C, bias, W, counters, M, N, K, k_chunk, beta, act, flags);            \
+        gemm_body<TA, TB>(A, B, C, bias, W, counters, M, N, K, k_chunk, beta, act, flags);            \
     }
-GEMM_V2_ENTRY(gemm_v2_nn, false, false)
-GEMM_V2_ENTRY(gemm_v2_nt, false, true)
-GEMM_V2_ENTRY(gemm_v2_tn, true, false)
-GEMM_V2_ENTRY(gemm_v2_tt, true, true)
+GEMM_ENTRY(gemm_nn, false, false)
+GEMM_ENTRY(gemm_nt, false, true)
+GEMM_ENTRY(gemm_tn, true, false)
+GEMM_ENTRY(gemm_tt, true, true)
 
 // W: (splits, M, N) partial sums; one thread per output element.
 extern "C" __global__ void gemm_splitk_reduce(const float* __restrict__ W, float* __restrict__ C,
@@ -232,10 +196,4 @@ extern "C" __global__ void gemm_splitk_reduce(const float* __restrict__ W, float
         if (beta) v += C[idx];
         C[idx] = apply_act(v, act);
     }
-}
-
-// Keeps the GPU busy for about `us` microseconds (one thread): gemm.py's autotuner launches it before timing a
-// candidate, so the candidate's launches queue up behind it and the events measure GPU time, not host time.
-extern "C" __global__ void gemm_gpu_sleep(int us) {
-    for (int i = 0; i < us; ++i) __nanosleep(1000);
 }

@@ -18,14 +18,13 @@
 // and an epilogue struct with store4(m, n, v[4]) that writes C[m, n..n+3] with its own bounds checks.
 // The plain-matrix loaders below come in two builds: CHECKED (bounds tests per vector, scalar fallback) and
 // unchecked, for tiles wholly inside aligned operands; gemm.cu picks per block. The checks cost ~6% of the
-// 4096^3 GEMM on the H100 (branch structure, address and predicate math in every k tile: session 5,
-// docs/kernels.md).
+// 4096^3 GEMM on the H100 (branch structure, address and predicate math in every k tile; docs/kernels.md).
 // Two mappings of a loader's 4-float vectors onto the tile exist:
 //   "k-vector":  4 consecutive k at one mn (operand contiguous along k: A (M,K), B^T stored (N,K));
 //   "mn-vector": 4 consecutive mn at one k (operand contiguous along mn: A^T stored (K,M), B (K,N)).
 #pragma once
 
-// Tile configuration of the including file's GEMM-shaped kernels, set per compiled module by gemm.py's
+// Tile configuration of the including file's GEMM-shaped kernels, set per compiled module by tiles.py's
 // TileConfig.defines (-DGEMM_BM=... etc.); these defaults are the 128x128x8 tile with 8x8 per thread.
 #ifndef GEMM_BM
 #define GEMM_BM 128
@@ -164,7 +163,7 @@ template <class T, class F> struct pick_type<false, T, F> { using type = F; };
 template <bool V> struct bool_constant { static constexpr bool value = V; };
 
 // ---- activation of the fused epilogues ----------------------------------------------------------------
-// act: 0 none, 1 relu, 2 sigmoid, 3 tanh (same codes in gemm.py / conv.py).
+// act: 0 none, 1 relu, 2 sigmoid, 3 tanh (same codes as gemm.py's ACTS).
 __device__ __forceinline__ float apply_act(float v, int act) {
     if (act == 1) return v > 0.f ? v : 0.f;
     if (act == 2) return 1.f / (1.f + expf(-v));
@@ -217,7 +216,7 @@ __device__ __forceinline__ void gemm_tile(LA& la, LB& lb, EP& ep, int m0, int n0
     constexpr int LDA = BM + TILE_PAD;
     constexpr int LDB = BN + TILE_PAD;
     // Dynamic shared memory (the launch passes gemm_smem_bytes = 2*BK*(LDA + LDB)*4, TileConfig.smem_bytes
-    // in gemm.py), so tiles above the 48 KB static limit (e.g. 256x128 with BK=16) can be compiled.
+    // in tiles.py), so tiles above the 48 KB static limit (e.g. 256x128 with BK=16) can be compiled.
     extern __shared__ __align__(16) float gemm_smem[];
     float* const As = gemm_smem;                  // [buffer][k][m]: buffer b at As + b * BK * LDA
     float* const Bs = gemm_smem + 2 * BK * LDA;   // [buffer][k][n]: buffer b at Bs + b * BK * LDB

@@ -10,8 +10,8 @@
 // max(relu(x)) = relu(max(x)), so forward pools x itself and writes relu(max); backward routes dy only
 // where the pooled output y > 0 (relu'(x) at the window's maximum). Ties behave as unfused: a window whose
 // max is <= 0 gets no gradient either way.
-// Backward comes in two forms: `*_backward` gathers (any stride, windows may overlap), v3
-// `*_backward_tiled` is for stride >= window (no overlap, all zoo models): one thread per window writes
+// Backward comes in two algorithms: "gather", `*_backward` (any stride, windows may overlap), and "tiled",
+// `*_backward_tiled`, for stride >= window (no overlap, all zoo models): one thread per window writes
 // its stride-sized tile of dx (dy at the max / dy/(R*S) inside the window, 0 in the gap), with no
 // per-pixel range arithmetic; measured on an H100, lenet-mnist N=1024 (32x28x28, 2x2): gather 246 us,
 // ~4x under HBM bandwidth because of index divisions.
@@ -208,7 +208,7 @@ extern "C" __global__ void avgpool2d_backward_i32(
     avgpool2d_backward_body<unsigned int>(dy, dx, NC, H, W, P, Q, R, S, sh, sw);
 }
 
-// ---- v3: tiled backward for stride >= window ------------------------------------------------------------
+// ---- tiled backward for stride >= window ---------------------------------------------------------------
 // Window (p, q) owns the tile rows [p*sh, p*sh + sh) x cols [q*sw, q*sw + sw) of dx (the last row / column
 // of windows also owns the remainder up to H / W): the tiles partition the plane and, with stride >= window,
 // each window lies inside its tile, so every dx element is written exactly once. In a warp, neighbouring q

@@ -71,29 +71,26 @@ SHAPES = [(1, 1, 1), (7, 33, 5), (33, 7, 129), (1000, 37, 64), (130, 257, 515), 
 TRANS = [(False, False), (False, True), (True, False), (True, True)]
 
 
-@pytest.mark.parametrize("version", ["v1", "v2"])
 @pytest.mark.parametrize("ta,tb", TRANS)
 @pytest.mark.parametrize("M,N,K", SHAPES)
-def test_gemm_shapes_transposes(M, N, K, ta, tb, version):
-    _run_gemm(M, N, K, ta, tb, version=version)
+def test_gemm_shapes_transposes(M, N, K, ta, tb):
+    _run_gemm(M, N, K, ta, tb)
 
 
 @pytest.mark.parametrize("act", list(ACTS))
-@pytest.mark.parametrize("version", ["v1", "v2"])
-def test_gemm_bias_act(act, version):
-    _run_gemm(77, 45, 99, False, True, bias=True, act=act, version=version, seed=3)
+def test_gemm_bias_act(act):
+    _run_gemm(77, 45, 99, False, True, bias=True, act=act, seed=3)
 
 
-@pytest.mark.parametrize("version", ["v1", "v2"])
 @pytest.mark.parametrize("ta,tb", TRANS)
-def test_gemm_accumulate(ta, tb, version):
-    _run_gemm(37, 66, 130, ta, tb, accumulate=True, version=version, seed=4)
+def test_gemm_accumulate(ta, tb):
+    _run_gemm(37, 66, 130, ta, tb, accumulate=True, seed=4)
 
 
 def _config_names():
-    from custom_impl.gpu.gemm import CONFIGS, EXTRA_CONFIGS
+    from custom_impl.gpu.tiles import CONFIGS
 
-    return [c.name for c in CONFIGS + EXTRA_CONFIGS]
+    return [c.name for c in CONFIGS]
 
 
 @pytest.mark.parametrize("config", _config_names())
@@ -110,7 +107,7 @@ def test_gemm_interior_and_edge_tiles(config, ta, tb):
     """Aligned operands of two tiles and a bit in M and N, K whole k tiles: the interior blocks run the
     loaders without bounds tests, the edge blocks the checked ones, in one launch; then split-K whose k
     chunks are whole k tiles (interior path per split)."""
-    from custom_impl.gpu.gemm import CONFIG_BY_NAME
+    from custom_impl.gpu.tiles import CONFIG_BY_NAME
 
     cfg = CONFIG_BY_NAME[config]
     M, N, K = 2 * cfg.bm + 4, 2 * cfg.bn + 12, 10 * cfg.bk
@@ -125,18 +122,18 @@ def test_interior_path_sums_as_the_checked_path_does(ta, tb):
     (GEMM_INTERIOR=0) gives, on a launch with interior and edge tiles."""
     import cupy
 
-    from custom_impl.gpu import _compile, gemm
+    from custom_impl.gpu import runtime, tiles
 
-    cfg = gemm.CONFIG_BY_NAME["256x128x16_16x8"]
+    cfg = tiles.CONFIG_BY_NAME["256x128x16_16x8"]
     M, N, K = 2 * cfg.bm + 8, 3 * cfg.bn - 4, 12 * cfg.bk   # interior and edge tiles in M and N
     rng = np.random.default_rng(14)
     a = cupy.asarray(_rand(rng, *((K, M) if ta else (M, K))))
     b = cupy.asarray(_rand(rng, *((N, K) if tb else (K, N))))
     bias = cupy.asarray(_rand(rng, N))
-    name = f"gemm_v2_{'t' if ta else 'n'}{'t' if tb else 'n'}"
+    name = f"gemm_{'t' if ta else 'n'}{'t' if tb else 'n'}"
     outs = []
-    for fn in (gemm.kernel("gemm", name, cfg),
-               _compile.kernel_function("gemm", name, smem=cfg.smem_bytes, GEMM_INTERIOR=0, **cfg.defines)):
+    for fn in (runtime.kernel("gemm", name, cfg.defines, cfg.smem_bytes),
+               runtime.kernel("gemm", name, dict(cfg.defines, GEMM_INTERIOR=0), cfg.smem_bytes)):
         out = cupy.full((M, N), np.nan, dtype=np.float32)
         zero = np.uint64(0)
         fn(((N + cfg.bn - 1) // cfg.bn, (M + cfg.bm - 1) // cfg.bm, 1), (cfg.threads,),
@@ -181,7 +178,7 @@ def test_serial_split_k_sums_as_the_reduce_kernel_does(config, splits, bias, act
     tile counter at zero for the next launch."""
     import cupy
 
-    from custom_impl.gpu import gemm
+    from custom_impl.gpu import gemm, runtime
 
     rng = np.random.default_rng(11)
     M, K = 67, 1500
@@ -195,21 +192,22 @@ def test_serial_split_k_sums_as_the_reduce_kernel_does(config, splits, bias, act
     again = cupy.asarray(c0)
     gemm.splitk_reduce(ws, again, bv, M, N, splits, int(accumulate), gemm.ACTS[act])
     assert np.array_equal(cupy.asnumpy(out), cupy.asnumpy(again))
-    assert int(cupy.count_nonzero(gemm.split_counters(1))) == 0
+    assert int(cupy.count_nonzero(runtime.counters(1))) == 0
 
 
 def test_autotuned_choice_is_timed_once_and_cached(monkeypatch):
-    """The first default call of a shape times gemm.tune_candidates on the GPU and caches the fastest;
-    the second call reuses it (no timing); results are right either way (float64 reference)."""
-    from custom_impl.gpu import gemm
+    """The first default call of a shape times tiles.tune_candidates on the GPU (runtime.autotune) and
+    caches the fastest; the second call reuses it (no timing); results are right either way (float64
+    reference)."""
+    from custom_impl.gpu import runtime, tiles
 
-    monkeypatch.setattr(gemm, "_tuned", {})
+    monkeypatch.setattr(runtime, "_tuned", {})
     timed = []
-    real = gemm._time_launches
-    monkeypatch.setattr(gemm, "_time_launches", lambda calls: timed.append(len(calls)) or real(calls))
+    real = runtime.time_calls
+    monkeypatch.setattr(runtime, "time_calls", lambda calls, *a, **kw: timed.append(len(calls)) or real(calls, *a, **kw))
     _run_gemm(64, 130, 1001, False, True, bias=True, act="relu", seed=12)
-    assert len(timed) == 1 and timed[0] == len(gemm.tune_candidates(64, 130, 1001)) > 1
-    assert len(gemm._tuned) == 1
+    assert len(timed) == 1 and timed[0] == len(tiles.tune_candidates(64, 130, 1001, runtime.sm_count())) > 1
+    assert len(runtime.tuned_choices()) == 1
     _run_gemm(64, 130, 1001, False, True, bias=True, act="relu", seed=13)
     assert len(timed) == 1
 

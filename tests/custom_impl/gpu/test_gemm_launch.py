@@ -1,6 +1,7 @@
 """What ``custom_impl.gpu.gemm.gemm`` launches, checked without a GPU: a stand-in ``cupy`` module (arrays
-that are shapes and addresses) and recording kernels replace the real ones, so the launch arguments
-(kernel, tile config, grid, block, shared memory, scalar flags) can be compared on any machine.
+that are shapes and addresses) and recording kernels (from a stand-in for the runtime's module compiler)
+replace the real ones, so the launch arguments (kernel, tile config, grid, block, shared memory, scalar
+flags) can be compared on any machine.
 
 The property: a call served from the eager launch-plan cache launches exactly what the same call with
 the chosen config, split and reduce spelled out (the uncached path) launches: one launch where split-K
@@ -46,35 +47,64 @@ def _fake_cupy():
     return cupy
 
 
-@pytest.fixture
-def launches(monkeypatch):
-    """gemm with the stand-in cupy; returns the list every kernel launch is appended to."""
+def _tile_name(defines):
+    """The TileConfig name a module's GEMM_* defines stand for, or None (a module without them)."""
+    if "GEMM_BM" not in defines:
+        return None
+    return "{GEMM_BM}x{GEMM_BN}x{GEMM_BK}_{GEMM_TM}x{GEMM_TN}".format(**dict(defines))
+
+
+def _fake_modules(monkeypatch, made=None):
+    """runtime with the stand-in cupy and a stand-in module compiler whose kernels append each launch to
+    the returned list (and each function made to ``made``)."""
     monkeypatch.setitem(sys.modules, "cupy", _fake_cupy())
-    from custom_impl.gpu import gemm
+    from custom_impl.gpu import runtime
 
     record = []
 
-    def fake_kernel(family, name, cfg, device_id):
-        def launch(grid, block, args, shared_mem=0):
-            norm = tuple(("array", a.data.ptr) if isinstance(a, FakeArray) else (type(a).__name__, int(a))
-                         for a in args)
-            record.append((family, name, None if cfg is None else cfg.name, tuple(grid), tuple(block), norm,
-                           shared_mem))
-        return launch
+    class FakeModule:
+        def __init__(self, family, defines):
+            self.family, self.defines = family, dict(defines)
 
-    monkeypatch.setattr(gemm, "_kernel", fake_kernel)
+        def get_function(self, name):
+            family, cfg = self.family, _tile_name(self.defines)
+
+            def launch(grid, block, args, shared_mem=0):
+                norm = tuple(("array", a.data.ptr) if isinstance(a, FakeArray) else (type(a).__name__, int(a))
+                             for a in args)
+                record.append((family, name, cfg, tuple(grid), tuple(block), norm, shared_mem))
+
+            fn = types.SimpleNamespace(family=family, name=name, defines=self.defines,
+                                       max_dynamic_shared_size_bytes=0, __call__=launch)
+            if made is not None:
+                made.append(fn)
+            return launch if made is None else fn
+
+    monkeypatch.setattr(runtime, "_module", lambda family, device_id, defines: FakeModule(family, defines))
+    monkeypatch.setattr(runtime, "_kernels", {})
+    monkeypatch.setattr(runtime, "_opted_in", {})
+    return record
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """gemm with the stand-in cupy; returns the list every kernel launch is appended to."""
+    record = _fake_modules(monkeypatch)
+    from custom_impl.gpu import gemm, runtime
+
     monkeypatch.setattr(gemm, "_launch_plans", {})
-    monkeypatch.setattr(gemm, "_split_buffers", {})
-    monkeypatch.setattr(gemm, "_counter_buffers", {})
-    monkeypatch.setattr(gemm, "_tuned", {})
+    monkeypatch.setattr(runtime, "_workspaces", {})
+    monkeypatch.setattr(runtime, "_counter_buffers", {})
+    monkeypatch.setattr(runtime, "_tuned", {})
     # the autotuner's timing, faked: the candidate proposed last is the fastest (so the tuned choice is
-    # not simply the cost model's first), each 1 ms per TUNE_CALLS calls apart
-    monkeypatch.setattr(gemm, "_time_launches", lambda calls: [float(len(calls) - i) for i in range(len(calls))])
-    gemm._sms_of.cache_clear()
+    # not simply the cost model's first), each 1 ms per TUNE_REPS calls apart
+    monkeypatch.setattr(runtime, "time_calls",
+                        lambda calls, *args, **kw: [float(len(calls) - i) for i in range(len(calls))])
+    runtime._sms_of.cache_clear()
     from custom_impl.gpu import dense
     dense._bias_grad_plan.cache_clear()
     yield record
-    gemm._sms_of.cache_clear()
+    runtime._sms_of.cache_clear()
     dense._bias_grad_plan.cache_clear()
 
 
@@ -89,7 +119,7 @@ CASES = [  # M, N, K, trans_a, trans_b, bias, act, accumulate
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:3])))
 def test_cached_plan_launches_what_the_explicit_call_launches(launches, case):
-    from custom_impl.gpu import gemm
+    from custom_impl.gpu import gemm, runtime, tiles
 
     M, N, K, ta, tb, has_bias, act, acc = case
     a = FakeArray((K, M) if ta else (M, K))
@@ -103,10 +133,10 @@ def test_cached_plan_launches_what_the_explicit_call_launches(launches, case):
     gemm.gemm(a, b, out, **kw)          # served from the cache
     cached = list(launches)
     launches.clear()
-    cands = gemm.tune_candidates(M, N, K)
+    cands = tiles.tune_candidates(M, N, K)
     cfg, splits, serial = cands[-1]          # the fake timing's fastest (the model's first if it is alone)
-    assert list(gemm._tuned.values()) == ([cands[-1]] if len(cands) > 1 else [])
-    ws = gemm.split_workspace(splits * M * N)
+    assert list(runtime.tuned_choices().values()) == ([cands[-1]] if len(cands) > 1 else [])
+    ws = runtime.workspace(splits * M * N)
     gemm.gemm(a, b, out, config=cfg, splits=splits, workspace=ws if splits > 1 else None,
               reduce="serial" if serial else "launch", **kw)
     explicit = list(launches)
@@ -114,14 +144,14 @@ def test_cached_plan_launches_what_the_explicit_call_launches(launches, case):
     assert first == cached == explicit
     # the tuner's launches (one warm-up per candidate) wrote a scratch output, never the caller's out
     assert len(tuning) >= len(cands) if len(cands) > 1 else not tuning
-    assert all(("array", out.data.ptr) not in r[5] for r in tuning if r[1].startswith("gemm_v2"))
+    assert all(("array", out.data.ptr) not in r[5] for r in tuning if r[1] in gemm.KERNELS.values())
     # serial split-K sums the partials inside the same launch; otherwise gemm_splitk_reduce follows
     assert len(explicit) == (2 if splits > 1 and not serial else 1)
     args = explicit[0][5]
     flags = args[-1][1]
     assert (flags >> 3 & 1) == (splits > 1) and (flags >> 4 & 1) == serial
     if splits > 1 and serial:   # the workspace and this device's tile counters, one per output tile at least
-        counters = gemm.split_counters(1)
+        counters = runtime.counters(1)
         assert args[4] == ("uint64", ws.data.ptr) and args[5] == ("uint64", counters.data.ptr)
         grid = explicit[0][3]
         assert grid[2] == splits and counters.size >= grid[0] * grid[1] and counters.dtype == np.int32
@@ -138,7 +168,7 @@ def test_explicit_split_launches_as_asked(launches, reduce):
 
     a, b, out = FakeArray((64, 784)), FakeArray((128, 784)), FakeArray((64, 128))
     gemm.gemm(a, b, out, trans_b=True, config="32x32x8_4x4", splits=8, reduce=reduce)
-    assert [r[1] for r in launches] == (["gemm_v2_nt"] if reduce == "serial" else ["gemm_v2_nt", "gemm_splitk_reduce"])
+    assert [r[1] for r in launches] == (["gemm_nt"] if reduce == "serial" else ["gemm_nt", "gemm_splitk_reduce"])
     with pytest.raises(ValueError, match="reduce"):
         gemm.gemm(a, b, out, trans_b=True, splits=8, reduce="atomic")
 
@@ -156,32 +186,25 @@ def test_unaligned_workspace_turns_off_vector_stores_of_the_partials(launches):
         assert flags >> 3 & 1 == 1 and (flags >> 2 & 1) == vec and (flags >> 5 & 1) == vec
 
 
-def test_kernel_function_memoises_and_opts_in_once(monkeypatch):
-    """_compile.kernel_function (conv_smallc's and conv_patch's kernel lookup): one function object per
-    (family, name, defines, device), and the > 48 KB shared-memory opt-in set to the largest size asked."""
-    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy())
-    from custom_impl.gpu import _compile, conv_patch, conv_smallc
-
+def test_kernel_memoises_and_opts_in_once(monkeypatch):
+    """runtime.kernel (the one kernel lookup): one function object per (family, name, defines, device)
+    whatever the order of the defines, and the > 48 KB shared-memory opt-in set to the largest size asked."""
     made = []
+    _fake_modules(monkeypatch, made)
+    from custom_impl.gpu import runtime
 
-    def fake_function(family, name, **defines):
-        fn = types.SimpleNamespace(family=family, name=name, defines=defines, max_dynamic_shared_size_bytes=0)
-        made.append(fn)
-        return fn
-
-    monkeypatch.setattr(_compile, "function", fake_function)
-    monkeypatch.setattr(_compile, "_opted_in", {})
-    _compile._kernel_function.cache_clear()
-    a = conv_smallc._get("conv_smallc_forward", SC_S=5, SC_SW=1)
-    assert conv_smallc._get("conv_smallc_forward", SC_SW=1, SC_S=5) is a and len(made) == 1
-    assert (a.family, a.defines, a.max_dynamic_shared_size_bytes) == ("conv_smallc", {"SC_S": 5, "SC_SW": 1}, 0)
-    big = conv_smallc._get("conv_smallc_backward_weights_v2", 96 * 1024, SC_S=3, SC_SW=1)
+    a = runtime.kernel("conv_few_channels", "k_forward", {"SC_S": 5, "SC_SW": 1})
+    assert runtime.kernel("conv_few_channels", "k_forward", {"SC_SW": 1, "SC_S": 5}) is a and len(made) == 1
+    assert (a.family, a.defines, a.max_dynamic_shared_size_bytes) == ("conv_few_channels",
+                                                                       {"SC_S": "5", "SC_SW": "1"}, 0)
+    big = runtime.kernel("conv_few_channels", "k_weights", {"SC_S": 3, "SC_SW": 1}, smem=96 * 1024)
     assert big.max_dynamic_shared_size_bytes == 96 * 1024
-    conv_smallc._get("conv_smallc_backward_weights_v2", 60 * 1024, SC_S=3, SC_SW=1)   # smaller: kept at 96 KB
+    runtime.kernel("conv_few_channels", "k_weights", {"SC_S": 3, "SC_SW": 1}, smem=60 * 1024)  # smaller: kept
     assert big.max_dynamic_shared_size_bytes == 96 * 1024
-    p = conv_patch._get("conv_patch_backward_data", 5)
-    assert (p.family, p.defines) == ("conv_patch", {"PT_S": 5}) and len(made) == 3
-    _compile._kernel_function.cache_clear()
+    small = runtime.kernel("conv_few_channels", "k_small", smem=40 * 1024)   # under 48 KB: no opt-in
+    assert small.max_dynamic_shared_size_bytes == 0
+    p = runtime.kernel("conv_patch", "k_data", {"PT_S": 5})
+    assert (p.family, p.defines) == ("conv_patch", {"PT_S": "5"}) and len(made) == 4
 
 
 @pytest.mark.parametrize("N,F,U", [(64, 784, 128), (1024, 1024, 10), (33, 513, 1000)])
@@ -214,28 +237,30 @@ def test_dense_calls_served_from_cached_launches_launch_the_same(launches, N, F,
 def test_tuner_weighs_a_second_launch_at_the_launch_cost_in_force(launches, monkeypatch):
     """Eagerly (20 us per launch) a GEMM + reduce pair whose GPU time is 1 us lower than a serial split
     loses to it (both are host-bound; the pair costs two launches); in a graph (1 us) it wins."""
-    from custom_impl.gpu import gemm
+    from custom_impl.gpu import gemm, runtime, tiles
 
     M, N, K = 64, 128, 784
-    cands = gemm.tune_candidates(M, N, K)
+    cands = tiles.tune_candidates(M, N, K)
     pair = next(i for i, c in enumerate(cands) if c[1] > 1 and not c[2])
     serial = next(i for i, c in enumerate(cands) if c[1] > 1 and c[2])
     gpu_us = [60.0] * len(cands)
     gpu_us[pair], gpu_us[serial] = 9.0, 10.0
-    monkeypatch.setattr(gemm, "_time_launches", lambda calls: [t * gemm.TUNE_CALLS * 1e-3 for t in gpu_us])
+    monkeypatch.setattr(runtime, "time_calls",
+                        lambda calls, *args, **kw: [t * runtime.TUNE_REPS * 1e-3 for t in gpu_us])
     a, b, out = FakeArray((M, K)), FakeArray((N, K)), FakeArray((M, N))
     gemm.gemm(a, b, out, trans_b=True)
-    with gemm.launch_cost(gemm.GRAPH_LAUNCH_S):
+    with runtime.launch_cost_regime(runtime.GRAPH_LAUNCH_S):
         gemm.gemm(a, b, out, trans_b=True)
-    eager, graphed = (v for k, v in sorted(gemm._tuned.items(), key=lambda kv: -kv[0][-2]))
+    # the runtime's cache key is (device, launch cost, key): the eager choice first
+    eager, graphed = (v for k, v in sorted(runtime.tuned_choices().items(), key=lambda kv: -kv[0][1]))
     assert eager == cands[serial] and graphed == cands[pair]
 
 
 def test_tuner_is_off_with_autotune_false(launches, monkeypatch):
-    from custom_impl.gpu import gemm
+    from custom_impl.gpu import gemm, runtime, tiles
 
-    monkeypatch.setattr(gemm, "AUTOTUNE", False)
+    monkeypatch.setattr(runtime, "AUTOTUNE", False)
     a, b, out = FakeArray((64, 784)), FakeArray((128, 784)), FakeArray((64, 128))
     gemm.gemm(a, b, out, trans_b=True)
-    cfg, splits, serial = gemm.tune_candidates(64, 128, 784)[0]
-    assert gemm._tuned == {} and launches[-1][2] == cfg.name and launches[-1][3][2] == splits
+    cfg, splits, serial = tiles.tune_candidates(64, 128, 784)[0]
+    assert runtime.tuned_choices() == {} and launches[-1][2] == cfg.name and launches[-1][3][2] == splits

@@ -3,7 +3,7 @@
 tests/test_parity.py already runs every zoo model and every odd shape custom-gpu vs reference-gpu, and
 the zoo custom-gpu vs custom-cpu. This file adds what that leaves out, through the same helper
 (tests/helpers.py, with its tolerances and their reasons):
-- the odd shapes (issue 3, section 3) custom-gpu vs custom-cpu;
+- the odd shapes (tests/odd_specs.py) custom-gpu vs custom-cpu;
 - every zoo model at batch 1 and 33 against the reference on the GPU;
 - the CUDA-graph train step: replay equals eager steps, changing lr / batch size re-captures, the
   switch (``use_graph=False``, ``CUSTOM_GPU_GRAPH=0``), device (CuPy) inputs and labels, and results

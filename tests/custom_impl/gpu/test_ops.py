@@ -89,17 +89,17 @@ POOL_CASES = [
 ]
 
 
-# (kind, fused relu, 64-bit indexing, backward version): every kernel entry point (version None picks the
+# (kind, fused relu, 64-bit indexing, backward algo): every kernel entry point (algo "auto" picks the
 # tiled backward for the cases with stride >= window, the gather one for overlapping windows)
-POOL_VARIANTS = [("max", False, False, None), ("max", False, True, None), ("max", False, False, "gather"),
-                 ("max", True, False, None), ("max", True, True, "gather"),
-                 ("avg", False, False, None), ("avg", False, True, None), ("avg", False, False, "gather")]
+POOL_VARIANTS = [("max", False, False, "auto"), ("max", False, True, "auto"), ("max", False, False, "gather"),
+                 ("max", True, False, "auto"), ("max", True, True, "gather"),
+                 ("avg", False, False, "auto"), ("avg", False, True, "auto"), ("avg", False, False, "gather")]
 
 
-@pytest.mark.parametrize("kind,relu,index64,version", POOL_VARIANTS,
+@pytest.mark.parametrize("kind,relu,index64,algo", POOL_VARIANTS,
                          ids=["-".join(str(v) for v in p) for p in POOL_VARIANTS])
 @pytest.mark.parametrize("n,c,h,w,kernel,stride", POOL_CASES)
-def test_pool_forward_backward(kind, relu, index64, version, n, c, h, w, kernel, stride):
+def test_pool_forward_backward(kind, relu, index64, algo, n, c, h, w, kernel, stride):
     from custom_impl.gpu import pool
 
     cp = _cp()
@@ -116,13 +116,13 @@ def test_pool_forward_backward(kind, relu, index64, version, n, c, h, w, kernel,
         yd, am = pool.maxpool2d_forward(xd, kernel, stride, out=yd, argmax=_poisoned(y_ref.shape, np.int32),
                                         relu=relu, index64=index64)
         pool.maxpool2d_backward(dyd, am, x.shape, kernel, stride, dx=dxd, y=yd, relu=relu, index64=index64,
-                                version=version)
+                                algo=algo)
         _close(yd, y_ref, 0, 0, "maxpool forward (a selection: exact)")
         # each dx is a sum of <= ceil(R/sh)*ceil(S/sw) routed dy values: one rounding per term
         _close(dxd, dx_ref, 1e-6, 1e-7, "maxpool backward")
     else:
         pool.avgpool2d_forward(xd, kernel, stride, out=yd, index64=index64)
-        pool.avgpool2d_backward(dyd, x.shape, kernel, stride, dx=dxd, index64=index64, version=version)
+        pool.avgpool2d_backward(dyd, x.shape, kernel, stride, dx=dxd, index64=index64, algo=algo)
         _close(yd, y_ref, 1e-6, 1e-6, "avgpool forward (float32 sum of R*S <= 35 terms)")
         _close(dxd, dx_ref, 1e-6, 1e-6, "avgpool backward (float32 sum of covering dy/(R*S))")
 
@@ -324,7 +324,7 @@ def test_wrappers_reject_bad_arrays():
     with pytest.raises(ValueError, match="shape"):
         pool.avgpool2d_forward(x.astype(np.float32), (2, 2), (2, 2), out=cp.empty((2, 3, 3, 3), np.float32))
     with pytest.raises(ValueError, match="stride >= window"):
-        pool.avgpool2d_backward(cp.empty((2, 3, 3, 3), np.float32), (2, 3, 8, 8), (3, 3), (2, 2), version="tiled")
+        pool.avgpool2d_backward(cp.empty((2, 3, 3, 3), np.float32), (2, 3, 8, 8), (3, 3), (2, 2), algo="tiled")
     with pytest.raises(ValueError, match="needs y"):
         y, am = pool.maxpool2d_forward(x.astype(np.float32), (2, 2), (2, 2), relu=True)
         pool.maxpool2d_backward(y, am, x.shape, (2, 2), (2, 2), relu=True)
