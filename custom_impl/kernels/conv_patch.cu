@@ -1,5 +1,5 @@
 // conv2d backward passes of multi-tap kernels (R x S, stride 1) that stage an input patch in shared memory
-// once and reuse it for all R*S taps, where conv.cu's implicit GEMMs re-gather one im2col element per tap
+// once and reuse it for all R*S taps, where conv_implicit_gemm.cu's GEMMs re-gather one im2col element per tap
 // (their loaders' index math costs 20-30% on top of the GEMM, and M = K or C = 32..64 wastes half a tile).
 // Legend: N batch, C in-channels, K out-channels, H,W in, P,Q out, R,S kernel, (ph,pw) padding; stride 1,
 // so P = H + 2ph - R + 1, Q = W + 2pw - S + 1.
@@ -10,7 +10,7 @@
 // w+S-1-s in the staged dy row), so a thread that owns PT_U = 4 consecutive columns and all S taps loads
 // the PT_U+S-1 window values once (float4s) and does 4*S FMAs per value loaded per channel it owns.
 //
-// Compile-time: PT_S = S (one module per kernel width, custom_impl/gpu/conv_patch.py picks it). The kernels
+// Compile-time: PT_S = S (one module per kernel width, custom_impl/gpu/conv/patch.py picks it). The kernels
 // check the runtime shape against it and do nothing on a mismatch (the wrapper never launches one).
 // Shared memory is filled with cp.async (4 bytes each, zero-fill outside the tensors), double-buffered: the
 // next stage is in flight while the current one is multiplied. Every shared-memory row is a multiple of 4

@@ -1,4 +1,5 @@
-"""Our GPU conv2d (custom_impl/gpu/conv.py) against a NumPy float64 reference: forward, dx, dW, db.
+"""Our GPU conv2d (the custom_impl/gpu/conv package) against a NumPy float64 reference: forward, dx, dW, db,
+through each algorithm by name and through "auto".
 
 Tolerance: every output is a float32 sum of L products (forward L = C*R*S, dx L = K*R*S, dW L = N*P*Q,
 db L = N*P*Q); rounding grows like sqrt(L) for random data and is bounded by L * eps32 * sum |terms|,
@@ -32,9 +33,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("version", ["v1", "v2", "v3", "auto"])
+@pytest.mark.parametrize("algo", ["implicit_gemm", "auto"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "N{}C{}H{}W{}K{}R{}S{}s{}{}p{}{}".format(*c[:7], *c[7], *c[8]))
-def test_conv2d(case, version):
+def test_conv2d(case, algo):
     import cupy
 
     from custom_impl.gpu.conv import conv2d_backward, conv2d_forward, conv2d_workspace_size
@@ -49,11 +50,10 @@ def test_conv2d(case, version):
     y_abs += np.abs(b)[:, None, None]
     gx, gW, gb = cupy.asarray(x), cupy.asarray(W), cupy.asarray(b)
     y = cupy.full(y_ref.shape, np.nan, np.float32)
-    fwd_version = "v1" if version == "v1" else "v2"  # forward has no v3
-    assert conv2d_forward(gx, gW, gb, stride, padding, out=y, version=fwd_version) is y
+    assert conv2d_forward(gx, gW, gb, stride, padding, out=y, algo=algo) is y
     _assert_close(cupy.asnumpy(y), y_ref, y_abs, C * R * S, f"y {case}")
 
-    y_nob = conv2d_forward(gx, gW, None, stride, padding, version=fwd_version)
+    y_nob = conv2d_forward(gx, gW, None, stride, padding, algo=algo)
     _assert_close(cupy.asnumpy(y_nob), y_ref - b[:, None, None], y_abs, C * R * S, f"y without bias {case}")
 
     dy = _rand(rng, *y_ref.shape)
@@ -64,9 +64,8 @@ def test_conv2d(case, version):
     db = cupy.full((K,), np.nan, np.float32)
     ws_size = conv2d_workspace_size(x.shape, W.shape, stride, padding)
     ws = cupy.full((max(ws_size, 1),), np.nan, np.float32)
-    weights_version = {"v1": "auto", "v2": "v2", "v3": "v2"}.get(version, "auto")  # v1 runs v1 for both
     res = conv2d_backward(cupy.asarray(dy), gx, gW, stride, padding, dx=dx, dW=dW, db=db, workspace=ws,
-                          version=version, weights_version=weights_version)
+                          algo=algo, weights_algo=algo)
     assert res[0] is dx and res[1] is dW and res[2] is db
     P, Q = y_ref.shape[2:]
     _assert_close(cupy.asnumpy(dx), dx_ref, dx_abs, K * R * S, f"dx {case}")
@@ -79,14 +78,15 @@ def test_conv2d(case, version):
 def test_conv2d_forward_every_config(config):
     import cupy
 
-    from custom_impl.gpu.conv import conv2d_forward
+    from custom_impl.gpu.conv import conv_dims, implicit_gemm
 
     rng = np.random.default_rng(11)
     x, W, b = _rand(rng, 3, 6, 13, 17), _rand(rng, 70, 6, 3, 5), _rand(rng, 70)
     y_ref, _ = conv_ref(x.astype(np.float64), W.astype(np.float64), (2, 1), (1, 2))
     y_abs, _ = conv_ref(np.abs(x.astype(np.float64)), np.abs(W.astype(np.float64)), (2, 1), (1, 2))
     y = cupy.full(y_ref.shape, np.nan, np.float32)
-    conv2d_forward(cupy.asarray(x), cupy.asarray(W), cupy.asarray(b), (2, 1), (1, 2), out=y, config=config)
+    dims = conv_dims(x.shape, W.shape, (2, 1), (1, 2))
+    implicit_gemm.forward(cupy.asarray(x), cupy.asarray(W), cupy.asarray(b), y, dims, config=config)
     _assert_close(cupy.asnumpy(y), y_ref + b[:, None, None], y_abs + np.abs(b)[:, None, None], 6 * 15,
                   f"y {config}")
 
@@ -99,7 +99,7 @@ def test_conv2d_forward_split_k(case, splits):
     sums in the workspace, added in a fixed order with the bias by a second kernel; deterministic."""
     import cupy
 
-    from custom_impl.gpu.conv import conv2d_forward
+    from custom_impl.gpu.conv import conv_dims, implicit_gemm
 
     N, C, H, Wd, K, R, S, stride, padding = case
     rng = np.random.default_rng(13 + splits)
@@ -108,14 +108,19 @@ def test_conv2d_forward_split_k(case, splits):
     y_abs, _ = conv_ref(np.abs(x.astype(np.float64)), np.abs(W.astype(np.float64)), stride, padding)
     ws = cupy.full((splits * K * y_ref[0, 0].size * N + 3,), np.nan, np.float32)
     y = cupy.full(y_ref.shape, np.nan, np.float32)
-    args = (cupy.asarray(x), cupy.asarray(W), cupy.asarray(b), stride, padding)
-    conv2d_forward(*args, out=y, workspace=ws, config="32x32x8_4x4", splits=splits)
+    dims = conv_dims(x.shape, W.shape, stride, padding)
+    args = (cupy.asarray(x), cupy.asarray(W), cupy.asarray(b))
+
+    def forward(out, workspace):
+        return implicit_gemm.forward(*args, out, dims, workspace, config="32x32x8_4x4", splits=splits)
+
+    forward(y, ws)
     _assert_close(cupy.asnumpy(y), y_ref + b[:, None, None], y_abs + np.abs(b)[:, None, None], C * R * S,
                   f"y split {splits}")
-    again = conv2d_forward(*args, workspace=ws, config="32x32x8_4x4", splits=splits)
+    again = forward(cupy.empty_like(y), ws)
     assert np.array_equal(cupy.asnumpy(again), cupy.asnumpy(y)), "split-K forward is not deterministic"
     with pytest.raises(ValueError, match="workspace"):
-        conv2d_forward(*args, workspace=ws[:5], config="32x32x8_4x4", splits=splits)
+        forward(cupy.empty_like(y), ws[:5])
 
 
 def test_conv2d_backward_weights_deterministic():
@@ -141,17 +146,22 @@ def test_conv2d_rejects_bad_shapes():
         conv2d_forward(cupy.ones((1, 3, 8, 8), np.float32), cupy.ones((4, 2, 3, 3), np.float32), None, 1, 0)
     with pytest.raises(ValueError, match="does not fit"):
         conv2d_forward(cupy.ones((1, 3, 2, 2), np.float32), cupy.ones((4, 3, 5, 5), np.float32), None, 1, 0)
+    with pytest.raises(ValueError, match="algo='v2'; use one of 'auto', 'implicit_gemm'"):
+        conv2d_forward(cupy.ones((1, 3, 8, 8), np.float32), cupy.ones((4, 3, 3, 3), np.float32), None, 1, 0,
+                       algo="v2")
 
 
 SMALLC = [c for c in CASES if c[1] <= 8] + [(3, 8, 13, 17, 5, 3, 5, (2, 1), (1, 2))]
 
 
-@pytest.mark.parametrize("data_version", ["v2", "v3", "v4", "v5", "auto"])
+@pytest.mark.parametrize("algo", ["implicit_gemm", "few_channels", "auto"])
 @pytest.mark.parametrize("case", SMALLC, ids=lambda c: "N{}C{}H{}W{}K{}R{}S{}s{}{}p{}{}".format(*c[:7], *c[7], *c[8]))
-def test_conv2d_backward_data_versions(case, data_version):
+def test_conv2d_backward_data_algos(case, algo):
+    """conv2d_backward_data through each backward-data algorithm that can run few channels, by name and by
+    "auto" (timed once and cached)."""
     import cupy
 
-    from custom_impl.gpu.conv import _dims, backward_data
+    from custom_impl.gpu.conv import conv2d_backward_data
 
     N, C, H, Wd, K, R, S, stride, padding = case
     rng = np.random.default_rng(sum(case[:7]) + 1)
@@ -160,20 +170,15 @@ def test_conv2d_backward_data_versions(case, data_version):
     _, back_abs = conv_ref(np.abs(x.astype(np.float64)), np.abs(W.astype(np.float64)), stride, padding)
     dy = _rand(rng, *y_ref.shape)
     dx = cupy.full(x.shape, np.nan, np.float32)
-    if data_version == "auto":  # the public dx-only entry point, default: v3 or v4, timed once and cached
-        from custom_impl.gpu.conv import conv2d_backward_data
-
-        assert conv2d_backward_data(cupy.asarray(dy), cupy.asarray(W), x.shape, stride, padding, dx=dx) is dx
-    else:
-        backward_data(cupy.asarray(dy), cupy.asarray(W), dx, _dims(x.shape, W.shape, stride, padding), data_version)
+    assert conv2d_backward_data(cupy.asarray(dy), cupy.asarray(W), x.shape, stride, padding, dx=dx, algo=algo) is dx
     _assert_close(cupy.asnumpy(dx), back(dy.astype(np.float64))[0], back_abs(np.abs(dy.astype(np.float64)))[0],
-                  K * R * S, f"dx {data_version} {case}")
+                  K * R * S, f"dx {algo} {case}")
 
 
-@pytest.mark.parametrize("weights_version", ["v2", "smallc", "auto"])
+@pytest.mark.parametrize("weights_algo", ["implicit_gemm", "few_channels", "auto"])
 @pytest.mark.parametrize("case", SMALLC, ids=lambda c: "N{}C{}H{}W{}K{}R{}S{}s{}{}p{}{}".format(*c[:7], *c[7], *c[8]))
-def test_conv2d_backward_weights_versions(case, weights_version):
-    """conv2d_backward's dW through each backward-weights kernel (few channels: both can run), with the
+def test_conv2d_backward_weights_algos(case, weights_algo):
+    """conv2d_backward's dW through each backward-weights algorithm (few channels: both can run), with the
     workspace sized by conv2d_workspace_size and NaN-filled so a kernel that reads unwritten partials fails."""
     import cupy
 
@@ -188,10 +193,10 @@ def test_conv2d_backward_weights_versions(case, weights_version):
     ws = cupy.full((max(1, conv2d_workspace_size(x.shape, W.shape, stride, padding)),), np.nan, np.float32)
     dW = cupy.full(W.shape, np.nan, np.float32)
     conv2d_backward(cupy.asarray(dy), cupy.asarray(x), cupy.asarray(W), stride, padding, need_dx=False, dW=dW,
-                    need_db=False, workspace=ws, weights_version=weights_version)
+                    need_db=False, workspace=ws, weights_algo=weights_algo)
     P, Q = y_ref.shape[2:]
     _assert_close(cupy.asnumpy(dW), back(dy.astype(np.float64))[1], back_abs(np.abs(dy.astype(np.float64)))[1],
-                  N * P * Q, f"dW {weights_version} {case}")
+                  N * P * Q, f"dW {weights_algo} {case}")
 
 
 @pytest.mark.parametrize("shape", [(64, 3, 31, 33), (5, 2, 1, 1), (600, 7, 7, 7), (1, 4, 101, 103)])
@@ -202,8 +207,8 @@ def test_conv_bias_grad_split_over_images(shape):
     from the NaN-filled workspace that was not written first."""
     import cupy
 
-    from custom_impl.gpu.conv import _bias_splits, bias_grad
-    from custom_impl.gpu.gemm import split_counters
+    from custom_impl.gpu import runtime
+    from custom_impl.gpu.conv.implicit_gemm import bias_grad, bias_splits
 
     rng = np.random.default_rng(sum(shape))
     dy = _rand(rng, *shape)
@@ -214,13 +219,13 @@ def test_conv_bias_grad_split_over_images(shape):
     db = cupy.full((K,), np.nan, np.float32)
     gdy = cupy.asarray(dy)
     assert bias_grad(gdy, db, ws) is db
-    _assert_close(cupy.asnumpy(db), ref, ref_abs, N * P * Q, f"db {shape} ({_bias_splits(N, K, P * Q)})")
+    _assert_close(cupy.asnumpy(db), ref, ref_abs, N * P * Q, f"db {shape} ({bias_splits(N, K, P * Q)})")
     again = cupy.asnumpy(bias_grad(gdy, cupy.empty((K,), np.float32), ws))
     assert np.array_equal(again, cupy.asnumpy(db))
     # the partials summed by a second kernel instead of the last block of each channel: the same order
     two_launches = cupy.asnumpy(bias_grad(gdy, cupy.empty((K,), np.float32), ws, serial=False))
     assert np.array_equal(two_launches, cupy.asnumpy(db))
-    assert int(cupy.count_nonzero(split_counters(1))) == 0, "the arrival counters were not left zeroed"
+    assert int(cupy.count_nonzero(runtime.counters(1))) == 0, "the arrival counters were not left zeroed"
 
 
 @pytest.mark.parametrize("case", [(1, 32, 14, 14, 64, 5, 5, 2), (2, 9, 11, 13, 70, 3, 3, 1)], ids=["N1C32K64", "N2C9K70"])
@@ -230,8 +235,9 @@ def test_conv2d_backward_data_split_k(case):
     deterministic."""
     import cupy
 
-    from custom_impl.gpu import gemm
-    from custom_impl.gpu.conv import _data_plan, _dims, conv2d_backward_data, conv2d_workspace_size
+    from custom_impl.gpu import runtime
+    from custom_impl.gpu.conv import conv2d_backward_data, conv2d_workspace_size, conv_dims
+    from custom_impl.gpu.conv.implicit_gemm import data_plan
 
     N, C, H, Wd, K, R, S, pad = case
     rng = np.random.default_rng(sum(case))
@@ -239,26 +245,27 @@ def test_conv2d_backward_data_split_k(case):
     y_ref, back = conv_ref(x.astype(np.float64), W.astype(np.float64), (1, 1), (pad, pad))
     _, back_abs = conv_ref(np.abs(x.astype(np.float64)), np.abs(W.astype(np.float64)), (1, 1), (pad, pad))
     dy = _rand(rng, *y_ref.shape)
-    with gemm.launch_cost(gemm.GRAPH_LAUNCH_S):
-        assert _data_plan(_dims(x.shape, W.shape, 1, pad))[2] > 1, "this case should split"
+    with runtime.launch_cost_regime(runtime.GRAPH_LAUNCH_S):
+        assert data_plan(conv_dims(x.shape, W.shape, 1, pad))[2] > 1, "this case should split"
         ws = cupy.full((conv2d_workspace_size(x.shape, W.shape, 1, pad),), np.nan, np.float32)
         dx = cupy.full(x.shape, np.nan, np.float32)
         gdy, gW = cupy.asarray(dy), cupy.asarray(W)
-        conv2d_backward_data(gdy, gW, x.shape, 1, pad, dx=dx, workspace=ws, version="v3")
-        again = conv2d_backward_data(gdy, gW, x.shape, 1, pad, workspace=ws, version="v3")
+        conv2d_backward_data(gdy, gW, x.shape, 1, pad, dx=dx, workspace=ws, algo="implicit_gemm")
+        again = conv2d_backward_data(gdy, gW, x.shape, 1, pad, workspace=ws, algo="implicit_gemm")
     _assert_close(cupy.asnumpy(dx), back(dy.astype(np.float64))[0], back_abs(np.abs(dy.astype(np.float64)))[0],
                   K * R * S, f"dx split {case}")
     assert np.array_equal(cupy.asnumpy(again), cupy.asnumpy(dx))
 
 
 def test_auto_choice_with_winograd_candidates():
-    """version="auto" on a 3x3 stride-1 layer with >= 16 channels times v2 / v3 against Winograd once,
-    caches the choice, and whichever it picks agrees with float64 within the harness's layer tolerance
-    (max |a - b| / max |b| <= 1e-4: Winograd's transforms add rounding beyond a direct sum's bound, see
-    tests/test_gpu_winograd.py, but far below this)."""
+    """algo="auto" on a 3x3 stride-1 layer with >= 16 channels times the implicit GEMMs against Winograd (and
+    patch) once, caches the choice, and whichever it picks agrees with float64 within the harness's layer
+    tolerance (max |a - b| / max |b| <= 1e-4: Winograd's transforms add rounding beyond a direct sum's
+    bound, see test_conv_winograd.py, but far below this)."""
     import cupy
 
-    from custom_impl.gpu import conv
+    from custom_impl.gpu import conv, runtime
+    from custom_impl.gpu.conv import select
 
     N, C, H, Wd, K = 8, 32, 14, 15, 48
     rng = np.random.default_rng(31)
@@ -267,25 +274,24 @@ def test_auto_choice_with_winograd_candidates():
     y_ref = y_ref + b[:, None, None]
     dy = _rand(rng, *y_ref.shape)
     dx_ref = back(dy.astype(np.float64))[0]
-    assert conv.winograd_ok(x.shape, W.shape, 1, 1, "forward") and conv.winograd_ok(x.shape, W.shape, 1, 1,
-                                                                                     "backward_data")
+    dims = conv.conv_dims(x.shape, W.shape, 1, 1)
+    assert select.winograd_ok(dims, "forward") and select.winograd_ok(dims, "backward_data")
     ws = cupy.full((conv.conv2d_workspace_size(x.shape, W.shape, 1, 1),), np.nan, np.float32)
     gx, gW, gb, gdy = (cupy.asarray(a) for a in (x, W, b, dy))
     y = conv.conv2d_forward(gx, gW, gb, 1, 1, workspace=ws)
     dx = conv.conv2d_backward_data(gdy, gW, x.shape, 1, 1, workspace=ws)
-    dims = conv._dims(x.shape, W.shape, 1, 1)
-    assert conv._choices[("forward", 0, dims, False)] in ("v2", "winograd")
-    assert conv._choices[("data", 0, dims)] in ("v3", "winograd", "patch")
-    assert conv.winograd_ok(x.shape, W.shape, 1, 1, "backward_weights")
+    assert runtime.tuned(("conv", "forward", dims, False)) in ("implicit_gemm", "winograd")
+    assert runtime.tuned(("conv", "backward_data", dims)) in ("implicit_gemm", "winograd", "patch")
+    assert select.winograd_ok(dims, "backward_weights")
     dW_ref = back(dy.astype(np.float64))[1]
     _, dW, _ = conv.conv2d_backward(gdy, gx, gW, 1, 1, need_dx=False, need_db=False, workspace=ws)
-    assert conv._choices[("weights", 0, dims)] in ("v2", "winograd", "patch")
+    assert runtime.tuned(("conv", "backward_weights", dims)) in ("implicit_gemm", "winograd", "patch")
     for got, ref, what in ((y, y_ref, "y"), (dx, dx_ref, "dx"), (dW, dW_ref, "dW")):
         err = np.abs(cupy.asnumpy(got) - ref).max() / np.abs(ref).max()
-        assert err <= 1e-4, f"{what}: auto ({conv._choices}) off by {err:.3g}"
+        assert err <= 1e-4, f"{what}: auto ({runtime.tuned_choices()}) off by {err:.3g}"
 
 
-# conv_patch ("patch"), stride 1 only: (N, C, H, W, K, R, S, padding)
+# "patch", stride 1 only: (N, C, H, W, K, R, S, padding)
 PATCH_CASES = [
     (1, 32, 14, 14, 64, 5, 5, (2, 2)),    # LeNet conv2 at batch 1
     (5, 33, 12, 12, 64, 5, 5, (0, 0)),    # unpadded; C = 33: a second channel group with one channel
@@ -303,7 +309,7 @@ PATCH_IDS = ["N{}C{}H{}W{}K{}R{}S{}p{}{}".format(*c[:7], *c[7]) for c in PATCH_C
 @pytest.mark.parametrize("phase", ["weights", "data"])
 @pytest.mark.parametrize("case", PATCH_CASES, ids=PATCH_IDS)
 def test_conv2d_backward_patch(case, phase):
-    """conv_patch's dW / dx through conv.py's entry points, with the workspace sized by
+    """The patch kernels' dW / dx through the public entry points, with the workspace sized by
     conv2d_workspace_size and NaN-filled (a kernel that reads unwritten partials or a stale stage fails),
     against float64 with the module's tolerance: dW sums L = N*P*Q products (in item order per block,
     then the splits in order), dx L = K*R*S; both plain float32 sums, so the same sqrt(L) bound. A second
@@ -328,14 +334,14 @@ def test_conv2d_backward_patch(case, phase):
         for _ in range(2):
             dW = cupy.full(W.shape, np.nan, np.float32)
             conv2d_backward(gdy, gx, gW, 1, padding, need_dx=False, dW=dW, need_db=False, workspace=ws,
-                            weights_version="patch")
+                            weights_algo="patch")
             outs.append(cupy.asnumpy(dW))
         _assert_close(outs[0], dW_ref, dW_abs, N * P * Q, f"dW patch {case}")
     else:
         outs = []
         for _ in range(2):
             dx = cupy.full(x.shape, np.nan, np.float32)
-            assert conv2d_backward_data(gdy, gW, x.shape, 1, padding, dx=dx, workspace=ws, version="patch") is dx
+            assert conv2d_backward_data(gdy, gW, x.shape, 1, padding, dx=dx, workspace=ws, algo="patch") is dx
             outs.append(cupy.asnumpy(dx))
         _assert_close(outs[0], dx_ref, dx_abs, K * R * S, f"dx patch {case}")
     assert np.array_equal(outs[0], outs[1]), f"{phase} patch is not deterministic"
@@ -347,7 +353,8 @@ def test_conv2d_backward_patch_auto_and_errors():
     way out, and a too-small workspace is refused."""
     import cupy
 
-    from custom_impl.gpu import conv, conv_patch
+    from custom_impl.gpu import conv, runtime
+    from custom_impl.gpu.conv import patch, select
 
     N, C, H, Wd, K = 6, 32, 14, 14, 64
     rng = np.random.default_rng(41)
@@ -355,28 +362,29 @@ def test_conv2d_backward_patch_auto_and_errors():
     y_ref, back = conv_ref(x.astype(np.float64), W.astype(np.float64), (1, 1), (2, 2))
     _, back_abs = conv_ref(np.abs(x.astype(np.float64)), np.abs(W.astype(np.float64)), (1, 1), (2, 2))
     dy = _rand(rng, *y_ref.shape)
-    dims = conv._dims(x.shape, W.shape, 1, 2)
-    assert conv.patch_ok(dims, "backward_weights") and conv.patch_ok(dims, "backward_data")
+    dims = conv.conv_dims(x.shape, W.shape, 1, 2)
+    assert select.patch_ok(dims, "backward_weights") and select.patch_ok(dims, "backward_data")
     gdy, gx, gW = cupy.asarray(dy), cupy.asarray(x), cupy.asarray(W)
     ws = cupy.full((conv.conv2d_workspace_size(x.shape, W.shape, 1, 2),), np.nan, np.float32)
     dx, dW, _ = conv.conv2d_backward(gdy, gx, gW, 1, 2, workspace=ws, need_db=False)
-    assert conv._choices[("data", 0, dims)] in ("v3", "patch")
-    assert conv._choices[("weights", 0, dims)] in ("v2", "patch")
+    data_algo = runtime.tuned(("conv", "backward_data", dims))
+    weights_algo = runtime.tuned(("conv", "backward_weights", dims))
+    assert data_algo in ("implicit_gemm", "patch") and weights_algo in ("implicit_gemm", "patch")
     dx_ref, dW_ref, _ = back(dy.astype(np.float64))
     dx_abs, dW_abs, _ = back_abs(np.abs(dy.astype(np.float64)))
-    _assert_close(cupy.asnumpy(dx), dx_ref, dx_abs, K * 25, f"dx auto ({conv._choices[('data', 0, dims)]})")
-    _assert_close(cupy.asnumpy(dW), dW_ref, dW_abs, N * 14 * 14, f"dW auto ({conv._choices[('weights', 0, dims)]})")
+    _assert_close(cupy.asnumpy(dx), dx_ref, dx_abs, K * 25, f"dx auto ({data_algo})")
+    _assert_close(cupy.asnumpy(dW), dW_ref, dW_abs, N * 14 * 14, f"dW auto ({weights_algo})")
 
-    strided = conv._dims((2, 8, 9, 9), (4, 8, 3, 3), 2, 1)
-    assert not conv.patch_ok(strided, "backward_weights") and conv_patch.weights_plan(strided) is None
+    strided = conv.conv_dims((2, 8, 9, 9), (4, 8, 3, 3), 2, 1)
+    assert not select.patch_ok(strided, "backward_weights") and patch.weights_plan(strided) is None
     gx2, gW2 = cupy.ones((2, 8, 9, 9), np.float32), cupy.ones((4, 8, 3, 3), np.float32)
     gdy2 = cupy.ones((2, 4, 5, 5), np.float32)
-    with pytest.raises(ValueError, match=r"stride \(2, 2\) is not \(1, 1\).*'v2'"):
-        conv.conv2d_backward(gdy2, gx2, gW2, 2, 1, need_dx=False, need_db=False, weights_version="patch")
-    with pytest.raises(ValueError, match=r"stride \(2, 2\) is not \(1, 1\).*'v3'"):
-        conv.conv2d_backward_data(gdy2, gW2, gx2.shape, 2, 1, version="patch")
+    with pytest.raises(ValueError, match=r"stride \(2, 2\) is not \(1, 1\).*'implicit_gemm'"):
+        conv.conv2d_backward(gdy2, gx2, gW2, 2, 1, need_dx=False, need_db=False, weights_algo="patch")
+    with pytest.raises(ValueError, match=r"stride \(2, 2\) is not \(1, 1\).*'implicit_gemm'"):
+        conv.conv2d_backward_data(gdy2, gW2, gx2.shape, 2, 1, algo="patch")
     wide = cupy.ones((1, 8, 9, 9), np.float32), cupy.ones((4, 8, 3, 9), np.float32)
     with pytest.raises(ValueError, match="kernel width S=9"):
-        conv.conv2d_backward_data(cupy.ones((1, 4, 9, 3), np.float32), wide[1], wide[0].shape, 1, 1, version="patch")
+        conv.conv2d_backward_data(cupy.ones((1, 4, 9, 3), np.float32), wide[1], wide[0].shape, 1, 1, algo="patch")
     with pytest.raises(ValueError, match="conv2d_workspace_size"):
-        conv.conv2d_backward_data(gdy, gW, x.shape, 1, 2, workspace=ws[:7], version="patch")
+        conv.conv2d_backward_data(gdy, gW, x.shape, 1, 2, workspace=ws[:7], algo="patch")

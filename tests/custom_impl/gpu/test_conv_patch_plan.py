@@ -1,8 +1,9 @@
-"""conv_patch (multi-tap stride-1 backward passes) without a GPU: its launch plans stay within the kernels'
-limits, conv.py offers it as a candidate only where meant and sizes the workspace for it, and the NumPy
-replay of kernels/conv_patch.cu (dev/conv_patch_emulate.py, through the real wrappers behind a stand-in
-CuPy) matches float64 on small shapes. The replay is exact arithmetic on the same index math, so its
-tolerance is float64 rounding (1e-12 relative), not the float32 bound of the GPU tests.
+"""The "patch" conv algorithm (multi-tap stride-1 backward passes, custom_impl/gpu/conv/patch.py) without a
+GPU: its launch plans stay within the kernels' limits, select.py offers it as a candidate only where meant and
+the workspace is sized for it, and the NumPy replay of kernels/conv_patch.cu (lab/conv/patch_emulate.py,
+through the real wrappers behind a stand-in CuPy) matches float64 on small shapes. The replay is exact
+arithmetic on the same index math, so its tolerance is float64 rounding (1e-12 relative), not the float32
+bound of the GPU tests.
 """
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import sys
 
 import pytest
 
-from custom_impl.gpu import conv, conv_patch, gemm
+from custom_impl.gpu import gemm, runtime
+from custom_impl.gpu.conv import conv2d_workspace_size, conv_dims, select
+from custom_impl.gpu.conv import patch as conv_patch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -30,13 +33,13 @@ SHAPES = [  # (x_shape, w_shape, padding)
 
 @pytest.mark.parametrize("x_shape,w_shape,padding", SHAPES)
 def test_patch_plans_stay_within_the_kernels_limits(x_shape, w_shape, padding):
-    dims = conv._dims(x_shape, w_shape, 1, padding)
+    dims = conv_dims(x_shape, w_shape, 1, padding)
     N, C, H, Wd, K, R, S, P, Q = dims[:9]
     wp = conv_patch.weights_plan(dims, 132)
     if wp is not None:
         assert wp.smem <= conv_patch.SMEM_BYTES and wp.threads <= conv_patch.WT_THREADS and wp.threads % 32 == 0
         assert wp.cb * R <= conv_patch.WT_TASKS and wp.ldq % 8 == 4 and wp.ldx % 8 == 4
-        assert wp.ldq >= Q and wp.ldx >= -(-Q // 4) * 4 + conv_patch._window(S) - 4
+        assert wp.ldq >= Q and wp.ldx >= -(-Q // 4) * 4 + conv_patch.window(S) - 4
         items = N * -(-P // wp.pb)
         splits = wp.grid[0]
         assert (splits - 1) * wp.chunk < items <= splits * wp.chunk  # every item in one split, none empty
@@ -44,39 +47,37 @@ def test_patch_plans_stay_within_the_kernels_limits(x_shape, w_shape, padding):
     dp = conv_patch.data_plan(dims)
     if dp is not None:
         assert dp.smem <= conv_patch.SMEM_BYTES and dp.threads <= conv_patch.DX_THREADS
-        assert dp.wch * 4 >= Wd and dp.ldd % 8 == 4 and dp.ldd >= (dp.wch - 1) * 4 + conv_patch._window(S)
+        assert dp.wch * 4 >= Wd and dp.ldd % 8 == 4 and dp.ldd >= (dp.wch - 1) * 4 + conv_patch.window(S)
         assert dp.grid == (N * -(-H // dp.hb), -(-C // (8 << dp.ct_shift)))
-    need = conv.conv2d_workspace_size(x_shape, w_shape, 1, padding)
+    need = conv2d_workspace_size(x_shape, w_shape, 1, padding)
     assert need >= conv_patch.workspace_size(x_shape, w_shape, 1, padding, 132)
 
 
 def test_patch_candidacy():
-    lenet = conv._dims((256, 32, 14, 14), (64, 32, 5, 5), 1, 2)
-    assert conv.patch_ok(lenet, "backward_weights") and conv.patch_ok(lenet, "backward_data")
-    assert not conv.patch_ok(conv._dims((256, 32, 14, 14), (64, 32, 5, 5), 2, 2), "backward_data")   # stride 2
-    assert not conv.patch_ok(conv._dims((64, 256, 56, 56), (64, 256, 1, 1), 1, 0), "backward_weights")  # 1x1
-    assert not conv.patch_ok(conv._dims((256, 3, 32, 32), (32, 3, 5, 5), 1, 2), "backward_data")     # C < 8
-    assert not conv.patch_ok(conv._dims((8, 16, 20, 20), (16, 16, 9, 9), 1, 4), "backward_weights")  # S > 7
-    assert conv_patch.weights_plan(conv._dims((8, 16, 20, 20), (16, 16, 9, 9), 1, 4)) is None
+    lenet = conv_dims((256, 32, 14, 14), (64, 32, 5, 5), 1, 2)
+    assert select.patch_ok(lenet, "backward_weights") and select.patch_ok(lenet, "backward_data")
+    assert not select.patch_ok(conv_dims((256, 32, 14, 14), (64, 32, 5, 5), 2, 2), "backward_data")   # stride 2
+    assert not select.patch_ok(conv_dims((64, 256, 56, 56), (64, 256, 1, 1), 1, 0), "backward_weights")  # 1x1
+    assert not select.patch_ok(conv_dims((256, 3, 32, 32), (32, 3, 5, 5), 1, 2), "backward_data")     # C < 8
+    assert not select.patch_ok(conv_dims((8, 16, 20, 20), (16, 16, 9, 9), 1, 4), "backward_weights")  # S > 7
+    assert conv_patch.weights_plan(conv_dims((8, 16, 20, 20), (16, 16, 9, 9), 1, 4)) is None
     with pytest.raises(ValueError, match="stride"):
-        conv_patch.backward_weights(None, None, None, conv._dims((2, 8, 9, 9), (4, 8, 3, 3), 2, 1))
+        conv_patch.backward_weights(None, None, None, conv_dims((2, 8, 9, 9), (4, 8, 3, 3), 2, 1))
 
 
 @pytest.fixture
 def emulator(monkeypatch):
-    """dev/conv_patch_emulate.py with its stand-in CuPy installed for this test only."""
-    spec = importlib.util.spec_from_file_location("conv_patch_emulate", os.path.join(ROOT, "dev",
-                                                                                     "conv_patch_emulate.py"))
+    """lab/conv/patch_emulate.py with its stand-in CuPy and kernels installed for this test only (the
+    emulator's ``check`` swaps the runtime's sm_count itself and restores it)."""
+    spec = importlib.util.spec_from_file_location("patch_emulate", os.path.join(ROOT, "lab", "conv",
+                                                                                "patch_emulate.py"))
     emu = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(emu)
     monkeypatch.setitem(sys.modules, "cupy", emu.fake_cupy())
-    monkeypatch.setattr(conv_patch, "_get", lambda name, S: (
-        lambda grid, block, args, shared_mem=0: emu.KERNELS[name](int(S), grid, block, args, shared_mem)))
+    monkeypatch.setattr(conv_patch, "kernel", emu.kernel)
     monkeypatch.setattr(gemm, "splitk_reduce", emu.gemm_splitk_reduce)
-    monkeypatch.setattr(gemm, "_split_buffers", {})
-    gemm._sms_of.cache_clear()
+    monkeypatch.setattr(runtime, "sm_count", runtime.sm_count)   # restored even if a check fails midway
     yield emu
-    gemm._sms_of.cache_clear()
 
 
 @pytest.mark.parametrize("case", [(2, 3, 9, 11, 5, 3, 3, (1, 1)), (1, 9, 7, 6, 70, 5, 5, (2, 2)),

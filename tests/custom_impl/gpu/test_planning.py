@@ -10,46 +10,55 @@ from __future__ import annotations
 
 import pytest
 
-from custom_impl.gpu import conv, conv_smallc, gemm, winograd
+from custom_impl.gpu import runtime, tiles
+from custom_impl.gpu.conv import conv2d_workspace_size, conv_dims, few_channels, implicit_gemm, select, winograd
 
 
 def test_launch_cost_context_restores_and_changes_plans():
-    before = gemm._LAUNCH_S
-    # (64, 10, 128) with a separate reduce launch (conv's split-K): measured on the H100 (dev/overhead.py,
-    # session 4) 20.9 us eagerly unsplit vs 34.0 split in two; in a graph 20.0 unsplit vs 12.1 split in two
-    eager = gemm.choose_config(64, 10, 128)
-    with gemm.launch_cost(gemm.GRAPH_LAUNCH_S):
-        graphed = gemm.choose_config(64, 10, 128)
+    before = runtime.launch_cost()
+    # (64, 10, 128) with a separate reduce launch (conv's split-K): measured on the H100 (lab/gemm's
+    # overhead probe) 20.9 us eagerly unsplit vs 34.0 split in two; in a graph 20.0 unsplit vs 12.1 split in two
+    eager = tiles.choose_config(64, 10, 128)
+    with runtime.launch_cost_regime(runtime.GRAPH_LAUNCH_S):
+        graphed = tiles.choose_config(64, 10, 128)
         with pytest.raises(RuntimeError):
-            with gemm.launch_cost(5e-6):
-                assert gemm._LAUNCH_S == 5e-6
+            with runtime.launch_cost_regime(5e-6):
+                assert runtime.launch_cost() == 5e-6
                 raise RuntimeError("inside")
-        assert gemm._LAUNCH_S == gemm.GRAPH_LAUNCH_S
-    assert gemm._LAUNCH_S == before
+        assert runtime.launch_cost() == runtime.GRAPH_LAUNCH_S
+    assert runtime.launch_cost() == before
     assert graphed[1] > eager[1] >= 1
 
 
 def test_conv_plans_are_memoised_per_launch_cost_regime():
     """conv's memoised plans are the plans computed afresh, in either launch-cost regime (LeNet's conv2 at
     batch 16 splits differently eagerly and in a graph), and a list stride or padding is planned the same."""
-    shapes = ((16, 32, 14, 14), (64, 32, 5, 5), (1, 1), (2, 2))
-    for plan in (conv._weights_plan, conv._forward_plan):
-        eager = plan(*shapes)
-        with gemm.launch_cost(gemm.GRAPH_LAUNCH_S):
-            graph = plan(*shapes)
-            assert graph == plan.__wrapped__(*shapes)
-        assert eager == plan.__wrapped__(*shapes) == plan(shapes[0], shapes[1], [1, 1], [2, 2])
+    dims = conv_dims((16, 32, 14, 14), (64, 32, 5, 5), (1, 1), (2, 2))
+    for plan in (implicit_gemm.weights_plan, implicit_gemm.forward_plan):
+        eager = plan(dims)
+        with runtime.launch_cost_regime(runtime.GRAPH_LAUNCH_S):
+            graph = plan(dims)
+            assert graph == plan.__wrapped__(dims)
+        assert eager == plan.__wrapped__(dims) == plan(conv_dims((16, 32, 14, 14), (64, 32, 5, 5), [1, 1], [2, 2]))
         assert graph != eager
     with pytest.raises(ValueError, match="does not fit"):
-        conv._dims((1, 1, 2, 2), (1, 1, 5, 5), 1, 0)
+        conv_dims((1, 1, 2, 2), (1, 1, 5, 5), 1, 0)
+
+
+def test_conv_dims_is_a_memoised_named_tuple():
+    dims = conv_dims((7, 3, 13, 17), (5, 3, 3, 5), (2, 1), (1, 2))
+    assert dims == (7, 3, 13, 17, 5, 3, 5, 7, 17, 2, 1, 1, 2)
+    assert (dims.P, dims.Q, dims.sh, dims.pw) == (7, 17, 2, 2)
+    assert conv_dims((7, 3, 13, 17), (5, 3, 3, 5), (2, 1), (1, 2)) is dims
+    assert conv_dims([7, 3, 13, 17], [5, 3, 3, 5], [2, 1], [1, 2]) == dims   # lists: computed, not cached
 
 
 @pytest.mark.parametrize("M,N,K", [(64, 10, 128), (8192, 10, 128), (33, 16, 64)])
 def test_eager_calls_do_not_split_gemms_shorter_than_a_launch(M, N, K):
     """Eagerly a split costs a second ~20 us host launch; these GEMMs run in < 20 us unsplit."""
-    cfg, splits = gemm.choose_config(M, N, K, launch_s=20e-6)
+    cfg, splits = tiles.choose_config(M, N, K, launch_s=20e-6)
     assert splits == 1
-    assert gemm.estimate_seconds(cfg, M, N, K, 1, launch_s=20e-6) == pytest.approx(20e-6)
+    assert tiles.estimate_seconds(cfg, M, N, K, 1, launch_s=20e-6) == pytest.approx(20e-6)
 
 
 @pytest.mark.parametrize("M,N,K", [(64, 10, 128), (64, 128, 784), (33, 1000, 513), (1024, 10, 1024),
@@ -59,43 +68,43 @@ def test_gemm_plans_weigh_serial_against_a_reduce_launch(M, N, K):
     launch (serial: no second launch, a tail of L2 round trips in one block per tile) and with a second
     reduce launch; the plan is the cheapest of all. Eagerly (~20 us of host time per launch) small split
     GEMMs go serial; in a graph (~1 us per launch) the separate reduce wins where the tail is longer."""
-    for launch_s in (20e-6, gemm.GRAPH_LAUNCH_S):
-        cfg, splits, serial = gemm.choose_config(M, N, K, launch_s=launch_s, reduce="auto")
+    for launch_s in (20e-6, runtime.GRAPH_LAUNCH_S):
+        cfg, splits, serial = tiles.choose_config(M, N, K, launch_s=launch_s, reduce="auto")
         assert splits > 1 or not serial
-        best = min(gemm.estimate_seconds(c, M, N, K, s, launch_s=launch_s, reduce=mode)
-                   for c in gemm.CONFIGS for s in (1, 2, 4, 8, 16, 32) if s == 1 or K // s >= 64
+        best = min(tiles.estimate_seconds(c, M, N, K, s, launch_s=launch_s, reduce=mode)
+                   for c in tiles.CONFIGS for s in (1, 2, 4, 8, 16, 32) if s == 1 or K // s >= 64
                    for mode in ("launch", "serial"))
-        got = gemm.estimate_seconds(cfg, M, N, K, splits, launch_s=launch_s, reduce="serial" if serial else "launch")
+        got = tiles.estimate_seconds(cfg, M, N, K, splits, launch_s=launch_s, reduce="serial" if serial else "launch")
         assert got == pytest.approx(best)
     with pytest.raises(ValueError, match="reduce"):
-        gemm.choose_config(M, N, K, reduce="atomic")
+        tiles.choose_config(M, N, K, reduce="atomic")
 
 
 def test_small_eager_split_gemms_sum_in_one_launch():
     """(64, 128, 784) splits 8 ways either way; eagerly the reduce launch would cost ~20 us of host time,
     more than the serial tail (~2 L2 round trips of ~0.5 us per pass), so it goes serial."""
-    cfg, splits, serial = gemm.choose_config(64, 128, 784, launch_s=20e-6, reduce="auto")
+    cfg, splits, serial = tiles.choose_config(64, 128, 784, launch_s=20e-6, reduce="auto")
     assert splits >= 4 and serial
-    tail = gemm._serial_tail_seconds(cfg, 128, splits)
-    assert gemm._FENCE_S < tail < 20e-6
+    tail = tiles.serial_tail_seconds(cfg, 128, splits)
+    assert tiles.FENCE_S < tail < 20e-6
 
 
 def test_big_gemm_takes_a_bk16_tile_and_no_split():
-    cfg, splits = gemm.choose_config(4096, 4096, 4096)
+    cfg, splits = tiles.choose_config(4096, 4096, 4096)
     assert (cfg.bk, splits) == (16, 1)
-    assert cfg.smem_bytes == 2 * 16 * (cfg.bm + cfg.bn + 2 * gemm.TILE_PAD) * 4
-    assert cfg.name in gemm.CONFIG_BY_NAME
+    assert cfg.smem_bytes == 2 * 16 * (cfg.bm + cfg.bn + 2 * tiles.TILE_PAD) * 4
+    assert cfg.name in tiles.CONFIG_BY_NAME
 
 
 def test_conv_configs_stay_8_wide_in_k():
-    """The 16-deep k tiles measured 0.3-0.8x of the 8-deep ones inside the conv loaders (H100, run 4)."""
-    assert all(c.bk == 8 for c in conv.CONV_CONFIGS)
+    """The 16-deep k tiles measured 0.3-0.8x of the 8-deep ones inside the conv loaders (H100)."""
+    assert all(c.bk == 8 for c in implicit_gemm.CONFIGS)
 
 
 @pytest.mark.parametrize("N,K,PQ", [(256, 32, 784), (64, 64, 12544), (1, 32, 784), (1024, 64, 196), (600, 7, 49),
                                     (5, 2, 1)])
 def test_bias_splits_cover_every_image_once(N, K, PQ):
-    nchunk, splits = conv._bias_splits(N, K, PQ)
+    nchunk, splits = implicit_gemm.bias_splits(N, K, PQ)
     assert nchunk >= 1 and splits >= 1
     assert (splits - 1) * nchunk < N <= splits * nchunk  # every image in exactly one chunk, none empty
     if splits > 1:
@@ -103,10 +112,10 @@ def test_bias_splits_cover_every_image_once(N, K, PQ):
 
 
 def test_backward_data_splits_only_stride_1_and_only_small_batches():
-    with gemm.launch_cost(gemm.GRAPH_LAUNCH_S):
-        small = conv._data_plan(conv._dims((1, 32, 14, 14), (64, 32, 5, 5), 1, 2))
-        strided = conv._data_plan(conv._dims((1, 32, 14, 14), (64, 32, 5, 5), 2, 2))
-        big = conv._data_plan(conv._dims((256, 64, 56, 56), (64, 64, 3, 3), 1, 1))
+    with runtime.launch_cost_regime(runtime.GRAPH_LAUNCH_S):
+        small = implicit_gemm.data_plan(conv_dims((1, 32, 14, 14), (64, 32, 5, 5), 1, 2))
+        strided = implicit_gemm.data_plan(conv_dims((1, 32, 14, 14), (64, 32, 5, 5), 2, 2))
+        big = implicit_gemm.data_plan(conv_dims((256, 64, 56, 56), (64, 64, 3, 3), 1, 1))
     assert small[2] > 1 and small[1] % small[0].bk == 0
     assert strided[2] == 1
     assert big[2] == 1
@@ -114,55 +123,116 @@ def test_backward_data_splits_only_stride_1_and_only_small_batches():
 
 @pytest.mark.parametrize("x_shape,w_shape,stride,padding", [
     ((1, 32, 14, 14), (64, 32, 5, 5), 1, 2),      # small batch: forward / backward-data split-K
-    ((64, 3, 224, 224), (64, 3, 7, 7), 2, 3),     # few channels: conv_smallc backward-weights partials
+    ((64, 3, 224, 224), (64, 3, 7, 7), 2, 3),     # few channels: few_channels backward-weights partials
     ((64, 256, 28, 28), (256, 256, 3, 3), 1, 1),  # Winograd candidate
     ((33, 17, 29, 31), (45, 17, 3, 3), 1, 1),
 ])
 def test_workspace_covers_every_candidate(x_shape, w_shape, stride, padding):
-    for cost in (20e-6, gemm.GRAPH_LAUNCH_S):
-        with gemm.launch_cost(cost):
-            need = conv.conv2d_workspace_size(x_shape, w_shape, stride, padding)
-            dims = conv._dims(x_shape, w_shape, stride, padding)
+    for cost in (20e-6, runtime.GRAPH_LAUNCH_S):
+        with runtime.launch_cost_regime(cost):
+            need = conv2d_workspace_size(x_shape, w_shape, stride, padding)
+            dims = conv_dims(x_shape, w_shape, stride, padding)
             N, C, H, W, K, R, S, P, Q = dims[:9]
-            _, _, f_splits = conv._forward_plan(x_shape, w_shape, stride, padding)
-            _, _, w_splits = conv._weights_plan(x_shape, w_shape, stride, padding)
-            _, _, d_splits = conv._data_plan(dims)
+            _, _, f_splits = implicit_gemm.forward_plan(dims)
+            _, _, w_splits = implicit_gemm.weights_plan(dims)
+            _, _, d_splits = implicit_gemm.data_plan(dims)
             assert need >= (f_splits > 1) * f_splits * K * N * P * Q
             assert need >= (w_splits > 1) * w_splits * K * C * R * S
             assert need >= (d_splits > 1) * d_splits * N * C * H * W
-            assert need >= K * conv._bias_splits(N, K, P * Q)[1]
-            if conv_smallc.weights_plan(dims, 132) is not None:
-                assert need >= conv_smallc.workspace_size(x_shape, w_shape, stride, padding, 132)
-            for phase in ("forward", "backward_data", "backward_weights"):
-                if conv.winograd_ok(x_shape, w_shape, stride, padding, phase):
+            assert need >= K * implicit_gemm.bias_splits(N, K, P * Q)[1]
+            if few_channels.weights_plan(dims, 132) is not None:
+                assert need >= few_channels.workspace_size(x_shape, w_shape, stride, padding, 132)
+            for phase in select.PHASES:
+                if select.winograd_ok(dims, phase):
                     assert need >= winograd.workspace_size(x_shape, w_shape, stride, padding, phase)
 
 
 def test_winograd_candidates():
-    assert conv.winograd_ok((64, 256, 28, 28), (256, 256, 3, 3), 1, 1, "forward")
-    assert conv.winograd_ok((256, 64, 56, 56), (64, 64, 3, 3), 1, 1, "backward_data")
-    assert conv.winograd_ok((64, 256, 28, 28), (256, 256, 3, 3), 1, 1, "backward_weights")
-    assert not conv.winograd_ok((256, 3, 32, 32), (32, 3, 3, 3), 1, 1, "forward")          # < 16 channels
-    assert not conv.winograd_ok((64, 128, 28, 28), (256, 128, 3, 3), 2, 1, "forward")      # stride 2
-    assert not conv.winograd_ok((256, 32, 14, 14), (64, 32, 5, 5), 1, 2, "forward")        # 5x5
-    assert not conv.winograd_ok((8192, 32, 16, 16), (64, 32, 3, 3), 1, 1, "forward")       # > 2 GB workspace
+    def ok(x_shape, w_shape, stride, padding, phase):
+        return select.winograd_ok(conv_dims(x_shape, w_shape, stride, padding), phase)
+
+    assert ok((64, 256, 28, 28), (256, 256, 3, 3), 1, 1, "forward")
+    assert ok((256, 64, 56, 56), (64, 64, 3, 3), 1, 1, "backward_data")
+    assert ok((64, 256, 28, 28), (256, 256, 3, 3), 1, 1, "backward_weights")
+    assert not ok((256, 3, 32, 32), (32, 3, 3, 3), 1, 1, "forward")          # < 16 channels
+    assert not ok((64, 128, 28, 28), (256, 128, 3, 3), 2, 1, "forward")      # stride 2
+    assert not ok((256, 32, 14, 14), (64, 32, 5, 5), 1, 2, "forward")        # 5x5
+    assert not ok((8192, 32, 16, 16), (64, 32, 3, 3), 1, 1, "forward")       # > 2 GB workspace
 
 
-def test_kernel_choice_is_looked_up_before_any_planning(monkeypatch):
+def test_conv_choice_is_looked_up_before_any_planning(monkeypatch):
     """A repeated eager call pays one dict lookup: the candidates (eligibility checks, partials) are only
-    built on a cache miss, and a shape with one candidate is cached without timing (no GPU needed)."""
-    monkeypatch.setattr(conv, "_choices", {})
+    built on a cache miss, and a shape with one candidate is cached without timing. The stand-in device
+    and the autotuner's own cache are the runtime's (no GPU needed)."""
+    import sys
+    import types
+
+    fake = types.ModuleType("cupy")
+    fake.cuda = types.SimpleNamespace(Device=lambda: types.SimpleNamespace(id=0),
+                                      get_current_stream=lambda: types.SimpleNamespace(ptr=0))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(runtime, "_tuned", {})
+    monkeypatch.setattr(select, "candidates", lambda dims, phase, sms=132: ["implicit_gemm"])
     built = []
+    dims = conv_dims((1, 1, 2, 2), (1, 1, 1, 1), 1, 0)
 
-    def candidates():
-        built.append(1)
-        return {"v3": lambda: None}
+    def run(name):
+        built.append(name)
 
-    assert conv._timed_choice(("data", 0, (1,)), candidates, "v3") == "v3"
-    assert conv._timed_choice(("data", 0, (1,)), candidates, "v3") == "v3"
-    assert len(built) == 1
-    conv._choices[("data", 0, (2,))] = "winograd"
-    assert conv._timed_choice(("data", 0, (2,)), lambda: pytest.fail("built on a hit"), "v3") == "winograd"
+    assert select.choose("backward_data", dims, run) == "implicit_gemm"
+    assert select.choose("backward_data", dims, lambda name: pytest.fail("built on a hit")) == "implicit_gemm"
+    assert built == []   # a single candidate is cached untimed: never run
+
+
+@pytest.mark.parametrize("x_shape,w_shape,stride,padding,forward,data,weights", [
+    # LeNet conv1: few channels -> the few-channel kernels join the implicit GEMMs in every phase
+    ((256, 1, 28, 28), (32, 1, 5, 5), 1, 2, {"implicit_gemm", "few_channels"}, {"implicit_gemm", "few_channels"},
+     {"implicit_gemm", "few_channels"}),
+    # LeNet conv2: 5x5, 32 channels -> patch for both backward passes
+    ((256, 32, 14, 14), (64, 32, 5, 5), 1, 2, {"implicit_gemm"}, {"implicit_gemm", "patch"},
+     {"implicit_gemm", "patch"}),
+    # 3x3, 256 channels -> Winograd in all three phases, patch in the backward ones
+    ((64, 256, 28, 28), (256, 256, 3, 3), 1, 1, {"implicit_gemm", "winograd"},
+     {"implicit_gemm", "winograd", "patch"}, {"implicit_gemm", "winograd", "patch"}),
+    # stride 2: neither Winograd nor patch
+    ((64, 128, 28, 28), (256, 128, 3, 3), 2, 1, {"implicit_gemm"}, {"implicit_gemm"}, {"implicit_gemm"}),
+])
+def test_candidates(x_shape, w_shape, stride, padding, forward, data, weights):
+    """Which algorithms each phase's "auto" weighs for a layer: the eligibility rules of select.py (plain
+    Python, no GPU), each phase's names among that phase's algorithms, "implicit_gemm" first."""
+    dims = conv_dims(x_shape, w_shape, stride, padding)
+    got = {phase: select.candidates(dims, phase, 132) for phase in select.PHASES}
+    assert {phase: set(names) for phase, names in got.items()} == {
+        "forward": forward, "backward_data": data, "backward_weights": weights}
+    for phase, names in got.items():
+        assert names[0] == "implicit_gemm" and set(names) <= set(select.ALGOS[phase])
+    with pytest.raises(ValueError, match="phase"):
+        select.candidates(dims, "weights")
+
+
+def test_algo_names():
+    from custom_impl.gpu import conv
+
+    assert conv.FORWARD_ALGOS == ("implicit_gemm", "winograd", "few_channels")
+    assert conv.DATA_ALGOS == ("implicit_gemm", "few_channels", "winograd", "patch")
+    assert conv.WEIGHTS_ALGOS == ("implicit_gemm", "few_channels", "winograd", "patch")
+    select.check_algo("auto", "forward", "conv2d_forward")
+    with pytest.raises(ValueError, match="algo='patch'; use one of 'auto', 'implicit_gemm'"):
+        select.check_algo("patch", "forward", "conv2d_forward")
+    with pytest.raises(ValueError, match="algo='v3'"):
+        select.check_algo("v3", "backward_data", "conv2d_backward_data")
+
+
+def test_few_channels_weights_launch_rule():
+    """Backward-weights of few channels: "bands" wherever it has a plan, else "rows" (C=8, a 7x5 kernel
+    and 200 output columns: the bands' two staging buffers exceed 96 KB, the rows' one fits 48 KB)."""
+    usual = conv_dims((256, 3, 32, 32), (32, 3, 3, 3), 1, 1)
+    assert isinstance(few_channels.weights_plan(usual, 132), few_channels.BandsPlan)
+    wide = conv_dims((2, 8, 10, 204), (4, 8, 7, 5), 1, 0)
+    assert few_channels.weights_plan(wide, 132, "bands") is None
+    assert isinstance(few_channels.weights_plan(wide, 132), few_channels.RowsPlan)
+    with pytest.raises(ValueError, match="launch"):
+        few_channels.weights_plan(usual, 132, "v2")
 
 
 @pytest.mark.parametrize("K,C,Tp", [(256, 256, 12544), (128, 128, 8192), (45, 17, 7920), (16, 16, 16), (64, 3, 65536)])
@@ -190,31 +260,71 @@ def test_winograd_weights_workspace_parts():
         winograd.workspace_size(x_shape, w_shape, 1, 1, "weights")
 
 
-@pytest.mark.parametrize("x_shape,w_shape,stride,padding,forward,data,weights", [
-    # LeNet conv1: few channels -> conv_smallc's forward / backward kernels join v2 / v3
-    ((256, 1, 28, 28), (32, 1, 5, 5), 1, 2, {"v2", "smallc"}, {"v3", "v5"}, {"v2", "smallc"}),
-    # LeNet conv2: 5x5, 32 channels -> conv_patch for both backward passes
-    ((256, 32, 14, 14), (64, 32, 5, 5), 1, 2, {"v2"}, {"v3", "patch"}, {"v2", "patch"}),
-    # 3x3, 256 channels -> Winograd in all three phases, conv_patch in the backward ones
-    ((64, 256, 28, 28), (256, 256, 3, 3), 1, 1, {"v2", "winograd"}, {"v3", "winograd", "patch"},
-     {"v2", "winograd", "patch"}),
-    # stride 2: neither Winograd nor conv_patch
-    ((64, 128, 28, 28), (256, 128, 3, 3), 2, 1, {"v2"}, {"v3"}, {"v2"}),
-])
-def test_timed_candidates(monkeypatch, x_shape, w_shape, stride, padding, forward, data, weights):
-    """Which kernels each phase's timed choice weighs for a layer: the eligibility rules (plain Python)
-    behind choose_forward / choose_backward_data / choose_backward_weights, with the timing replaced by
-    returning the candidates' names (no GPU needed; the arrays are never touched)."""
+def test_auto_times_exactly_the_candidates(monkeypatch):
+    """select.choose hands runtime.autotune one call per candidate (built from ``run``), keyed by phase,
+    shape and the extra key, with "implicit_gemm" as the default for a CUDA-graph capture."""
     seen = {}
 
-    def fake_choice(key, candidates, default):
-        seen[key[0]] = set(candidates())
+    def fake_autotune(key, candidates, default):
+        calls = candidates()
+        for call in calls.values():
+            call()
+        seen[key] = (list(calls), default)
         return default
 
-    monkeypatch.setattr(conv, "_timed_choice", fake_choice)
-    monkeypatch.setattr(conv, "_device_id", lambda: 0)
-    dims = conv._dims(x_shape, w_shape, stride, padding)
-    conv.choose_forward(None, None, None, None, dims)
-    conv.choose_backward_data(None, None, None, dims, 132)
-    conv.choose_backward_weights(None, None, None, dims, None, 132)
-    assert seen == {"forward": forward, "data": data, "weights": weights}
+    monkeypatch.setattr(runtime, "autotune", fake_autotune)
+    dims = conv_dims((64, 256, 28, 28), (256, 256, 3, 3), 1, 1)
+    ran = []
+    assert select.choose("backward_weights", dims, ran.append, 132) == "implicit_gemm"
+    assert select.choose("forward", dims, ran.append, 132, key=(True,)) == "implicit_gemm"
+    assert seen == {("conv", "backward_weights", dims): (["implicit_gemm", "winograd", "patch"], "implicit_gemm"),
+                    ("conv", "forward", dims, True): (["implicit_gemm", "winograd"], "implicit_gemm")}
+    assert ran == ["implicit_gemm", "winograd", "patch", "implicit_gemm", "winograd"]
+
+
+def _lab_module(name):
+    import importlib.util
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(root, "lab", "conv", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_few_channels_kernels_replayed_on_the_cpu(capsys):
+    """lab/conv/few_channels_emulate.py: the few-channel kernels' index math replayed in NumPy with the
+    product's launch plans (both backward-weights launch shapes, the reduces, forward, backward-data) on
+    small shapes; it asserts float64 agreement (exact arithmetic on the same index math: 1e-12 relative)."""
+    _lab_module("few_channels_emulate").main(quick=True)
+    assert "all cases ok" in capsys.readouterr().out
+
+
+def test_winograd_kernels_replayed_on_the_cpu(capsys):
+    """lab/conv/winograd_emulate.py: the Winograd kernels' transforms and workspace layout replayed in
+    NumPy with the product's passes, against a direct float64 convolution (it asserts the agreement)."""
+    _lab_module("winograd_emulate").main()
+    assert "match the direct convolution" in capsys.readouterr().out
+
+
+def test_every_conv_kernel_asked_for_exists():
+    """Every kernel name the conv modules launch (a string "conv_..." passed to their ``kernel``) is an
+    ``extern "C" __global__`` entry point of the module's FAMILY file; and the kernels the product no
+    longer carries (the direct, gathered and per-pixel variants, in lab/conv) are gone from it."""
+    import os
+    import re
+
+    from custom_impl.gpu.conv import few_channels, patch
+
+    for mod in (implicit_gemm, winograd, few_channels, patch):
+        with open(mod.__file__, encoding="utf-8") as fh:
+            asked = set(re.findall(r'kernel\(\s*"(conv_\w+)"', fh.read()))
+        assert asked, mod.__name__
+        with open(runtime.kernel_path(mod.FAMILY), encoding="utf-8") as fh:
+            code = fh.read()
+        defined = set(re.findall(r'extern\s+"C"\s+__global__\s+(?:void\s+)?(?:__launch_bounds__\([^)]*\)\s*)?'
+                                 r'(?:void\s+)?(\w+)\s*\(', code))
+        assert asked <= defined, (mod.__name__, sorted(asked - defined))
+        assert not [n for n in defined if re.search(r"_v[0-9]|direct|gather|pixel", n)], sorted(defined)
+    assert os.path.exists(runtime.kernel_path("conv_implicit_gemm"))

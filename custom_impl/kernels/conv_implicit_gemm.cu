@@ -1,107 +1,24 @@
-// conv2d family (NCHW, cross-correlation as in PyTorch): forward, backward-data, backward-weights, bias grad.
+// conv2d as implicit GEMMs (NCHW, cross-correlation as in PyTorch): forward, backward-data, backward-weights,
+// bias gradient.
 // Legend: N batch, C in-channels, K out-channels, H,W in, P,Q out, R,S kernel, (sh,sw) stride,
 // (ph,pw) padding; P = (H + 2ph - R)/sh + 1, Q = (W + 2pw - S)/sw + 1.
 //   y[n,k,p,q]  = b[k] + sum_{c,r,s} W[k,c,r,s] x[n, c, p*sh-ph+r, q*sw-pw+s]
 //   dx[n,c,h,w] = sum_{k,r,s: (h+ph-r) = p*sh, (w+pw-s) = q*sw} W[k,c,r,s] dy[n,k,p,q]
 //   dW[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] x[n, c, p*sh-ph+r, q*sw-pw+s];   db[k] = sum_{n,p,q} dy[n,k,p,q]
 //
-//   conv_v1_{forward,backward_data,backward_weights}  direct loops, one output element per thread
-//                                     (the obviously-correct baseline).
-//   conv_v2_*  implicit GEMMs on the gemm_tiles.cuh machinery (tile config from GEMM_* defines), no
-//              im2col buffer: operand tiles are gathered straight from x / dy / W with index arithmetic.
-//     forward:           M = K, cols = N*P*Q, reduction = C*R*S    (A = W as (K, CRS); B = im2col(x))
-//     backward_data:     M = C, cols = N*H*W, reduction = K*R*S    (A = W^T; B = gathered dy, zero where
-//                        the stride skips)
-//     backward_weights:  M = K, cols = C*R*S, reduction = N*P*Q    (A = dy as (K, NPQ); B = im2col(x)^T),
-//                        split-K over the reduction: block z writes a partial (K, CRS) sum to
-//                        dW + z*K*CRS and gemm_splitk_reduce adds them in order (deterministic).
-//   conv_bias_grad_*   db[k]: blocks over (k, chunk of n), fixed-order tree and chunk sums (deterministic).
+// Implicit GEMMs on the gemm_tiles.cuh machinery (tile config from GEMM_* defines), no im2col buffer:
+// operand tiles are gathered straight from x / dy / W with index arithmetic.
+//   conv_implicit_gemm_fwd    M = K, cols = N*P*Q, reduction = C*R*S    (A = W as (K, CRS); B = im2col(x));
+//                             split-K partials finished by conv_splitk_reduce_nchw
+//   conv_implicit_gemm_dgrad  one GEMM per stride phase (grid.z): M = C, cols = the phase's pixels,
+//                             reduction = K * the phase's taps (see its section)
+//   conv_implicit_gemm_wgrad  M = K, cols = C*R*S, reduction = N*P*Q    (A = dy as (K, NPQ); B = im2col(x)^T),
+//                             split-K over the reduction: block z writes a partial (K, CRS) sum to
+//                             dW + z*K*CRS and gemm_splitk_reduce adds them in order (deterministic).
+//   conv_bias_grad_*          db[k]: blocks over (k, chunk of n), fixed-order tree and chunk sums (deterministic).
 #include "gemm_tiles.cuh"
 
 #define OUT_OF_IMAGE (-(1 << 29))   // a row/column origin that fails every bounds check
-
-// ---- v1: direct ---------------------------------------------------------------------------------------
-
-extern "C" __global__ void conv_v1_forward(const float* __restrict__ x, const float* __restrict__ Wt,
-                                           const float* __restrict__ b, float* __restrict__ y,
-                                           int N, int C, int H, int W, int K, int R, int S, int P, int Q,
-                                           int sh, int sw, int ph, int pw) {
-    const long long total = (long long)N * K * P * Q;
-    for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-         idx += (long long)gridDim.x * blockDim.x) {
-        int q = idx % Q;
-        int p = (idx / Q) % P;
-        int k = (idx / ((long long)P * Q)) % K;
-        int n = idx / ((long long)K * P * Q);
-        float acc = b ? b[k] : 0.f;
-        for (int c = 0; c < C; ++c)
-            for (int r = 0; r < R; ++r) {
-                int ih = p * sh - ph + r;
-                if (ih < 0 || ih >= H) continue;
-                for (int s = 0; s < S; ++s) {
-                    int iw = q * sw - pw + s;
-                    if (iw < 0 || iw >= W) continue;
-                    acc = fmaf(Wt[((k * C + c) * R + r) * S + s], x[(((size_t)n * C + c) * H + ih) * W + iw], acc);
-                }
-            }
-        y[idx] = acc;
-    }
-}
-
-extern "C" __global__ void conv_v1_backward_data(const float* __restrict__ dy, const float* __restrict__ Wt,
-                                                 float* __restrict__ dx,
-                                                 int N, int C, int H, int W, int K, int R, int S, int P,
-                                                 int Q, int sh, int sw, int ph, int pw) {
-    const long long total = (long long)N * C * H * W;
-    for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-         idx += (long long)gridDim.x * blockDim.x) {
-        int w = idx % W;
-        int h = (idx / W) % H;
-        int c = (idx / ((long long)H * W)) % C;
-        int n = idx / ((long long)C * H * W);
-        float acc = 0.f;
-        for (int k = 0; k < K; ++k)
-            for (int r = 0; r < R; ++r) {
-                int th = h + ph - r;  // = p*sh
-                if (th < 0 || th % sh) continue;
-                int p = th / sh;
-                if (p >= P) continue;
-                for (int s = 0; s < S; ++s) {
-                    int tw = w + pw - s;  // = q*sw
-                    if (tw < 0 || tw % sw) continue;
-                    int q = tw / sw;
-                    if (q >= Q) continue;
-                    acc = fmaf(Wt[((k * C + c) * R + r) * S + s], dy[(((size_t)n * K + k) * P + p) * Q + q], acc);
-                }
-            }
-        dx[idx] = acc;
-    }
-}
-
-extern "C" __global__ void conv_v1_backward_weights(const float* __restrict__ dy, const float* __restrict__ x,
-                                                    float* __restrict__ dW,
-                                                    int N, int C, int H, int W, int K, int R, int S, int P,
-                                                    int Q, int sh, int sw, int ph, int pw) {
-    const int total = K * C * R * S;
-    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += gridDim.x * blockDim.x) {
-        int s = idx % S;
-        int r = (idx / S) % R;
-        int c = (idx / (R * S)) % C;
-        int k = idx / (C * R * S);
-        float acc = 0.f;
-        for (int n = 0; n < N; ++n)
-            for (int p = 0; p < P; ++p) {
-                int ih = p * sh - ph + r;
-                if (ih < 0 || ih >= H) continue;
-                for (int q = 0; q < Q; ++q) {
-                    int iw = q * sw - pw + s;
-                    if (iw < 0 || iw >= W) continue;
-                    acc = fmaf(dy[(((size_t)n * K + k) * P + p) * Q + q], x[(((size_t)n * C + c) * H + ih) * W + iw], acc);
-                }
-            }
-        dW[idx] = acc;
-    }
-}
 
 // ---- bias gradient ------------------------------------------------------------------------------------
 // db[k] = sum over n, p, q of dy[n, k, p, q], deterministic (fixed partition and order, no atomics):
@@ -172,7 +89,7 @@ extern "C" __global__ void conv_bias_grad_finish(const float* __restrict__ part,
     db[k] = v;
 }
 
-// ---- v2: implicit GEMM loaders and epilogues -----------------------------------------------------------
+// ---- implicit GEMM loaders and epilogues --------------------------------------------------------------
 
 struct ConvDims {
     int N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw;
@@ -280,7 +197,7 @@ struct ConvForwardEpilogue {
 // flags bit 0: W vectorisable (CRS % 4 == 0, aligned); bit 1: split-K partials into ws (gridDim.z slabs of
 // (K, N*P*Q), reduction range [z*k_chunk, (z+1)*k_chunk)), finished by conv_splitk_reduce_nchw.
 extern "C" __global__ void __launch_bounds__(GEMM_NT, GEMM_MIN_BLOCKS)
-conv_v2_forward(const float* __restrict__ x, const float* __restrict__ Wt, const float* __restrict__ b,
+conv_implicit_gemm_fwd(const float* __restrict__ x, const float* __restrict__ Wt, const float* __restrict__ b,
                 float* __restrict__ y, float* __restrict__ ws, int N, int C, int H, int W, int K, int R, int S,
                 int P, int Q, int sh, int sw, int ph, int pw, int k_chunk, int flags) {
     constexpr int BM = GEMM_BM, BN = GEMM_BN, BK = GEMM_BK, NT = GEMM_NT;
@@ -323,143 +240,6 @@ extern "C" __global__ void conv_splitk_reduce_nchw(const float* __restrict__ ws,
         for (int z = 0; z < splits; ++z) v += src[(long long)z * K * cols];
         y[idx] = v + (b ? b[k] : 0.f);
     }
-}
-
-// Backward-data A operand: A[m = c, kk = (k,r,s)] = W[k, c, r, s]; mn-vector mapping (4 consecutive c).
-template <int BMN, int BK, int NT>
-struct WeightTLoader {
-    static constexpr int LOADS = BMN * BK / (4 * NT);
-    static_assert(LOADS >= 1 && (BMN * BK) % (4 * NT) == 0, "tile not divisible among threads");
-    const float* Wt;
-    int C, RS, k_end, mn0, tid;
-    float4 r[LOADS];
-    __device__ __forceinline__ void load(int k0) {
-#pragma unroll
-        for (int i = 0; i < LOADS; ++i) {
-            int v = tid + i * NT;
-            int kk = k0 + v / (BMN / 4);
-            int c = mn0 + (v % (BMN / 4)) * 4;
-            int k = kk / RS;
-            int rs = kk - k * RS;
-            bool kok = kk < k_end;
-            const float* q = Wt + ((long long)k * C) * RS + rs;  // + c*RS
-            float o[4];
-#pragma unroll
-            for (int e = 0; e < 4; ++e) o[e] = (kok && c + e < C) ? q[(long long)(c + e) * RS] : 0.f;
-            r[i] = make_float4(o[0], o[1], o[2], o[3]);
-        }
-    }
-    __device__ __forceinline__ void store(float* Sm) const {
-        constexpr int LDS = BMN + TILE_PAD;
-#pragma unroll
-        for (int i = 0; i < LOADS; ++i) {
-            int v = tid + i * NT;
-            *reinterpret_cast<float4*>(Sm + (v / (BMN / 4)) * LDS + (v % (BMN / 4)) * 4) = r[i];
-        }
-    }
-};
-
-// Backward-data B operand: B[kk = (k,r,s), j = (n,h,w)] = dy[n, k, (h+ph-r)/sh, (w+pw-s)/sw] where both
-// divisions are exact and in range, else 0. mn-vector mapping; per-column offsets computed once.
-template <int BMN, int BK, int NT>
-struct GradColsLoader {
-    static constexpr int LOADS = BMN * BK / (4 * NT);
-    const float* dy;
-    int P, Q, RS, S, sh, sw, k_end, tid;
-    long long base[LOADS][4];  // n*K*P*Q
-    int hp[LOADS][4];          // h + ph, or OUT_OF_IMAGE
-    int wp[LOADS][4];          // w + pw
-    float4 r[LOADS];
-
-    __device__ __forceinline__ void init(const ConvDims& d, int j0, int cols) {
-        P = d.P; Q = d.Q; RS = d.R * d.S; S = d.S; sh = d.sh; sw = d.sw;
-        const int HW = d.H * d.W;
-#pragma unroll
-        for (int i = 0; i < LOADS; ++i) {
-            int v = tid + i * NT;
-            int mv = (v % (BMN / 4)) * 4;
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                int j = j0 + mv + e;
-                int n = j / HW;
-                int hw = j - n * HW;
-                int h = hw / d.W;
-                int w = hw - h * d.W;
-                base[i][e] = (long long)n * d.K * d.P * d.Q;
-                hp[i][e] = j < cols ? h + d.ph : OUT_OF_IMAGE;
-                wp[i][e] = w + d.pw;
-            }
-        }
-    }
-    __device__ __forceinline__ void load(int k0) {
-#pragma unroll
-        for (int i = 0; i < LOADS; ++i) {
-            int v = tid + i * NT;
-            int kk = k0 + v / (BMN / 4);
-            int k = kk / RS;
-            int rs = kk - k * RS;
-            int rr = rs / S;
-            int ss = rs - rr * S;
-            bool kok = kk < k_end;
-            float o[4];
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                int th = hp[i][e] - rr;  // p * sh when valid
-                int tw = wp[i][e] - ss;  // q * sw when valid
-                int p = th / sh;
-                int q = tw / sw;
-                bool ok = kok && th >= 0 && tw >= 0 && p * sh == th && q * sw == tw && p < P && q < Q;
-                o[e] = ok ? dy[base[i][e] + ((long long)k * P + p) * Q + q] : 0.f;
-            }
-            r[i] = make_float4(o[0], o[1], o[2], o[3]);
-        }
-    }
-    __device__ __forceinline__ void store(float* Sm) const {
-        constexpr int LDS = BMN + TILE_PAD;
-#pragma unroll
-        for (int i = 0; i < LOADS; ++i) {
-            int v = tid + i * NT;
-            *reinterpret_cast<float4*>(Sm + (v / (BMN / 4)) * LDS + (v % (BMN / 4)) * 4) = r[i];
-        }
-    }
-};
-
-// Backward-data output: C[m = c, j = (n,h,w)] -> dx[n, c, h, w].
-struct ConvGradEpilogue {
-    float* dx;
-    int C, HW, cols;
-    __device__ __forceinline__ void store4(int m, int j, const float (&v)[4]) const {
-        if (m >= C) return;
-#pragma unroll
-        for (int f = 0; f < 4; ++f) {
-            int jj = j + f;
-            if (jj < cols) {
-                int n = jj / HW;
-                int hw = jj - n * HW;
-                dx[((long long)n * C + m) * HW + hw] = v[f];
-            }
-        }
-    }
-};
-
-extern "C" __global__ void __launch_bounds__(GEMM_NT, GEMM_MIN_BLOCKS)
-conv_v2_backward_data(const float* __restrict__ dy, const float* __restrict__ Wt, float* __restrict__ dx,
-                      int N, int C, int H, int W, int K, int R, int S, int P, int Q,
-                      int sh, int sw, int ph, int pw) {
-    constexpr int BM = GEMM_BM, BN = GEMM_BN, BK = GEMM_BK, NT = GEMM_NT;
-    const ConvDims d{N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw};
-    const int KRS = K * R * S;
-    const int cols = N * H * W;
-    const int m0 = blockIdx.y * BM;
-    const int n0 = blockIdx.x * BN;
-    WeightTLoader<BM, BK, NT> la;
-    la.Wt = Wt; la.C = C; la.RS = R * S; la.k_end = KRS; la.mn0 = m0; la.tid = threadIdx.x;
-    GradColsLoader<BN, BK, NT> lb;
-    lb.tid = threadIdx.x;
-    lb.init(d, n0, cols);
-    lb.dy = dy; lb.k_end = KRS;
-    ConvGradEpilogue ep{dx, C, H * W, cols};
-    gemm_tile<BM, BN, BK, GEMM_TM, GEMM_TN>(la, lb, ep, m0, n0, 0, KRS);
 }
 
 // Backward-weights A operand: A[m = k, j = (n,p,q)] = dy[n, k, p, q]; k-vector mapping (4 consecutive j
@@ -571,7 +351,7 @@ struct Im2colRowsLoader {
 
 // out: dW (K, CRS) when gridDim.z == 1, else the split-K workspace (gridDim.z, K, CRS) of partial sums.
 extern "C" __global__ void __launch_bounds__(GEMM_NT, GEMM_MIN_BLOCKS)
-conv_v2_backward_weights(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ out,
+conv_implicit_gemm_wgrad(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ out,
                          int N, int C, int H, int W, int K, int R, int S, int P, int Q,
                          int sh, int sw, int ph, int pw, int k_chunk, int flags) {
     constexpr int BM = GEMM_BM, BN = GEMM_BN, BK = GEMM_BK, NT = GEMM_NT;
@@ -595,7 +375,7 @@ conv_v2_backward_weights(const float* __restrict__ dy, const float* __restrict__
     gemm_tile<BM, BN, BK, GEMM_TM, GEMM_TN>(la, lb, ep, m0, n0, k_begin, k_end);
 }
 
-// ---- v3 backward-data: one implicit GEMM per stride phase ----------------------------------------------
+// ---- backward-data: one implicit GEMM per stride phase -------------------------------------------------
 // Pixels h with (h + ph) % sh == th only receive taps r = th + r'*sh (and likewise w, s), so grid.z runs
 // over the sh*sw phases (th, tw) and each phase is a dense GEMM with no skipped (zero) taps:
 //   M = C, cols = N*Hh*Wh (the phase's pixels h = h0 + h'*sh, w = w0 + w'*sw), reduction = K*Rt*St,
@@ -749,7 +529,7 @@ struct ConvPhaseGradEpilogue {
 };
 
 extern "C" __global__ void __launch_bounds__(GEMM_NT, GEMM_MIN_BLOCKS)
-conv_v3_backward_data(const float* __restrict__ dy, const float* __restrict__ Wt, float* __restrict__ dx,
+conv_implicit_gemm_dgrad(const float* __restrict__ dy, const float* __restrict__ Wt, float* __restrict__ dx,
                       int N, int C, int H, int W, int K, int R, int S, int P, int Q,
                       int sh, int sw, int ph, int pw, float* __restrict__ ws, int k_chunk) {
     constexpr int BM = GEMM_BM, BN = GEMM_BN, BK = GEMM_BK, NT = GEMM_NT;
@@ -774,60 +554,4 @@ conv_v3_backward_data(const float* __restrict__ dy, const float* __restrict__ Wt
     float* slab = split ? ws + (long long)blockIdx.z * C * cols : nullptr;
     ConvPhaseGradEpilogue ep{dx, slab, C, H, W, f.Hh * f.Wh, f.Wh, f.h0, f.w0, sh, sw, cols};
     gemm_tile<BM, BN, BK, GEMM_TM, GEMM_TN>(la, lb, ep, m0, n0, k_begin, k_end);
-}
-
-// ---- v4 backward-data for few input channels (C <= 8): direct, per stride phase -------------------------
-// The implicit GEMM of v2/v3 has M = C, so with C = 1 or 3 almost all of its 32+-row tile is padding.
-// Here one thread owns one pixel (n, h, w) of one phase (grid.z, as in v3) and all C of its channels in
-// registers; W sits in shared memory (dynamic, K*C*R*S floats). Every thread of a block has the same
-// tap set, so the loops do not diverge and each W read is a broadcast; dy reads are coalesced along w'.
-#define SMALLC_MAX 8
-extern "C" __global__ void __launch_bounds__(256)
-conv_v4_backward_data_smallc(const float* __restrict__ dy, const float* __restrict__ Wt, float* __restrict__ dx,
-                             int N, int C, int H, int W, int K, int R, int S, int P, int Q,
-                             int sh, int sw, int ph, int pw) {
-    extern __shared__ float w_s[];  // (K, C, R, S)
-    const int wsize = K * C * R * S;
-    for (int i = threadIdx.x; i < wsize; i += blockDim.x) w_s[i] = Wt[i];
-    __syncthreads();
-
-    const ConvDims d{N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw};
-    const ConvPhase f = conv_phase(d, blockIdx.z);
-    const int HWh = f.Hh * f.Wh;
-    const long long j = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= (long long)N * HWh) return;  // no barrier below
-    const int n = j / HWh;
-    const int hw = j - (long long)n * HWh;
-    const int hh = hw / f.Wh;
-    const int ww = hw - hh * f.Wh;
-    const int hq = (f.h0 + ph - f.th) / sh + hh;  // p = hq - r'
-    const int wq = (f.w0 + pw - f.tw) / sw + ww;  // q = wq - s'
-    const int RS = R * S;
-
-    float acc[SMALLC_MAX];
-#pragma unroll
-    for (int c = 0; c < SMALLC_MAX; ++c) acc[c] = 0.f;
-    for (int k = 0; k < K; ++k) {
-        const float* dyk = dy + ((long long)n * K + k) * P * Q;
-        const float* wk = w_s + k * C * RS;
-        for (int rp = 0; rp < f.Rt; ++rp) {
-            const int p = hq - rp;
-            if ((unsigned)p >= (unsigned)P) continue;
-            const int r = f.th + rp * sh;
-            for (int sp = 0; sp < f.St; ++sp) {
-                const int q = wq - sp;
-                if ((unsigned)q >= (unsigned)Q) continue;
-                const int tap = r * S + f.tw + sp * sw;
-                const float g = dyk[p * Q + q];
-#pragma unroll
-                for (int c = 0; c < SMALLC_MAX; ++c)
-                    if (c < C) acc[c] = fmaf(wk[c * RS + tap], g, acc[c]);
-            }
-        }
-    }
-    const int h = f.h0 + hh * sh;
-    const int w = f.w0 + ww * sw;
-#pragma unroll
-    for (int c = 0; c < SMALLC_MAX; ++c)
-        if (c < C) dx[(((long long)n * C + c) * H + h) * W + w] = acc[c];
 }

@@ -1,18 +1,18 @@
 // Winograd F(2x2, 3x3) convolution, stride 1, 3x3 kernels: forward and (through a flipped filter)
-// backward-data. Launched by custom_impl/gpu/winograd.py, which also documents the algorithm.
+// backward-data. Launched by custom_impl/gpu/conv/winograd.py, which also documents the algorithm.
 // Legend: N batch, C in-channels, K out-channels, H,W in, P,Q out (P = H + 2ph - 2), (ph,pw) padding.
 // Tiles: 2x2 output tiles, tP = ceil(P/2), tQ = ceil(Q/2), T = N*tP*tQ, tile t = (n*tP + tp)*tQ + tq;
 // Tp = T rounded up to a multiple of 4 (the row length of V and Mo: float4-aligned rows for the GEMM).
 // xi = 4*i + j in 0..15 indexes the 4x4 transformed tile.
 //
-//   winograd_filter  U[xi][o][i] = (G g G^T)[xi], g = W[o, i] (3x3), U (16, O, Ip), Ip = I rounded up to 4,
+//   conv_winograd_filter  U[xi][o][i] = (G g G^T)[xi], g = W[o, i] (3x3), U (16, O, Ip), Ip = I rounded up to 4,
 //                    zeros at i >= I. Forward: O = K, I = C, g = W[k, c]. flip (backward-data):
 //                    O = C, I = K, g[r][s] = W[k, c, 2-r, 2-s] (K/C swapped, rotated 180 degrees).
-//   winograd_input   V[xi][c][t] = (Bt d B)[xi], d = x[n, c, 2tp-ph .. +3, 2tq-pw .. +3] (zeros outside
+//   conv_winograd_input   V[xi][c][t] = (Bt d B)[xi], d = x[n, c, 2tp-ph .. +3, 2tq-pw .. +3] (zeros outside
 //                    the image); V (16, C, Tp), zeros at t >= T. One thread per (c, t), t fastest.
-//   winograd_gemm    Mo[xi] = U[xi] (O x I) @ V[xi] (I x Tp), grid.z = xi: 16 independent GEMMs on
+//   conv_winograd_gemm    Mo[xi] = U[xi] (O x I) @ V[xi] (I x Tp), grid.z = xi: 16 independent GEMMs on
 //                    gemm_tiles.cuh (tile config from the GEMM_* defines, as gemm.cu). Mo (16, O, Tp).
-//   winograd_output  y[n, k, 2tp+i, 2tq+j] = (At Mo[:, k, t] A)[i][j] + b[k] for 2tp+i < P, 2tq+j < Q.
+//   conv_winograd_output  y[n, k, 2tp+i, 2tq+j] = (At Mo[:, k, t] A)[i][j] + b[k] for 2tp+i < P, 2tq+j < Q.
 //                    One thread per (k, t), t fastest.
 // Matrices: Bt = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1],
 //           At = [1 1 1 0; 0 1 -1 -1]. Offsets into x, y, V and Mo are 64-bit. No atomics.
@@ -36,7 +36,7 @@ __device__ __forceinline__ void wino_zero16(float* p, long long xi_stride) {
 
 // ---- filter transform ----------------------------------------------------------------------------------
 // One thread per (o, i) of U's padded (O, Ip) matrix; O*Ip <= 2^31 (checked by the wrapper).
-extern "C" __global__ void winograd_filter(const float* __restrict__ Wt, float* __restrict__ U,
+extern "C" __global__ void conv_winograd_filter(const float* __restrict__ Wt, float* __restrict__ U,
                                            int K, int C, int flip) {
     const int O = flip ? C : K;
     const int I = flip ? K : C;
@@ -84,7 +84,7 @@ extern "C" __global__ void winograd_filter(const float* __restrict__ Wt, float* 
 
 // ---- input transform -----------------------------------------------------------------------------------
 // grid (ceil(Tp / blockDim.x), C): c = blockIdx.y, t along x (coalesced V stores; x reads at stride 2).
-extern "C" __global__ void winograd_input(const float* __restrict__ x, float* __restrict__ V,
+extern "C" __global__ void conv_winograd_input(const float* __restrict__ x, float* __restrict__ V,
                                           int N, int C, int H, int W, int ph, int pw, int tP, int tQ,
                                           int Tp) {
     const int c = blockIdx.y;
@@ -135,7 +135,7 @@ extern "C" __global__ void winograd_input(const float* __restrict__ x, float* __
 // Mo[z] (M x N) = U[z] (M x Kr, row stride ldu) @ V[z] (Kr x N), z = blockIdx.z in 0..15; N = Tp.
 // flags bit 0: U float4-loadable (ldu % 4 == 0, aligned), bit 1: V (N % 4 == 0, aligned), bit 2: Mo.
 extern "C" __global__ void __launch_bounds__(GEMM_NT, GEMM_MIN_BLOCKS)
-winograd_gemm(const float* __restrict__ U, const float* __restrict__ V, float* __restrict__ Mo,
+conv_winograd_gemm(const float* __restrict__ U, const float* __restrict__ V, float* __restrict__ Mo,
               int M, int N, int Kr, int ldu, int flags) {
     constexpr int BM = GEMM_BM, BN = GEMM_BN, BK = GEMM_BK, NT = GEMM_NT;
     const size_t z = blockIdx.z;
@@ -155,7 +155,7 @@ winograd_gemm(const float* __restrict__ U, const float* __restrict__ V, float* _
 
 // ---- output transform ----------------------------------------------------------------------------------
 // grid (ceil(T / blockDim.x), K): k = blockIdx.y, t along x (coalesced Mo loads). b may be null.
-extern "C" __global__ void winograd_output(const float* __restrict__ Mo, const float* __restrict__ b,
+extern "C" __global__ void conv_winograd_output(const float* __restrict__ Mo, const float* __restrict__ b,
                                            float* __restrict__ y, int N, int K, int P, int Q, int tP,
                                            int tQ, int Tp) {
     const int k = blockIdx.y;
@@ -195,14 +195,14 @@ extern "C" __global__ void winograd_output(const float* __restrict__ Mo, const f
 // the 2x2 dy tile e = dy[n, k, 2tp..+1, 2tq..+1] (zeros past P, Q). Per tile, with A = At^T (4x2):
 //     dW[k,c] += G^T [ (A e A^T) (.) (Bt d B) ] G          ((.) elementwise on the 4x4 transform domain)
 // so the sum over tiles is 16 GEMMs on the transformed tiles, reducing over t:
-//   winograd_input      V[xi][c][t]  = (Bt d B)[xi]        (the forward's kernel, unchanged)
-//   winograd_dy         Y[xi][k][t]  = (A e A^T)[xi]       Y (16, K, Tp), zeros at t >= T
-//   winograd_wgrad_gemm Mw[s][xi] (K x C) = Y[xi] (K x Tp) @ V[xi]^T over t in split s's range
-//   winograd_wgrad_output dW[k,c] = G^T (sum_s Mw[s][:, k, c]) G    (the splits summed in a fixed order)
+//   conv_winograd_input      V[xi][c][t]  = (Bt d B)[xi]        (the forward's kernel, unchanged)
+//   conv_winograd_dy         Y[xi][k][t]  = (A e A^T)[xi]       Y (16, K, Tp), zeros at t >= T
+//   conv_winograd_wgrad_gemm Mw[s][xi] (K x C) = Y[xi] (K x Tp) @ V[xi]^T over t in split s's range
+//   conv_winograd_wgrad_output dW[k,c] = G^T (sum_s Mw[s][:, k, c]) G    (the splits summed in a fixed order)
 
 // ---- dy transform ----------------------------------------------------------------------------------------
 // grid (ceil(Tp / blockDim.x), K): k = blockIdx.y, t along x (coalesced Y stores).
-extern "C" __global__ void winograd_dy(const float* __restrict__ dy, float* __restrict__ Y,
+extern "C" __global__ void conv_winograd_dy(const float* __restrict__ dy, float* __restrict__ Y,
                                        int N, int K, int P, int Q, int tP, int tQ, int Tp) {
     const int k = blockIdx.y;
     const int t = blockIdx.x * blockDim.x + threadIdx.x;
@@ -248,7 +248,7 @@ extern "C" __global__ void winograd_dy(const float* __restrict__ dy, float* __re
 // contiguous along the reduction t (rows of length Tp). flags bit 0: Y and V float4-loadable (Tp % 4 == 0,
 // both 16-byte aligned), bit 1: Mw float4-storable (C % 4 == 0, aligned).
 extern "C" __global__ void __launch_bounds__(GEMM_NT, GEMM_MIN_BLOCKS)
-winograd_wgrad_gemm(const float* __restrict__ Y, const float* __restrict__ V, float* __restrict__ Mw,
+conv_winograd_wgrad_gemm(const float* __restrict__ Y, const float* __restrict__ V, float* __restrict__ Mw,
                     int K, int C, int Tp, int t_chunk, int flags) {
     constexpr int BM = GEMM_BM, BN = GEMM_BN, BK = GEMM_BK, NT = GEMM_NT;
     const int xi = blockIdx.z & 15;
@@ -272,7 +272,7 @@ winograd_wgrad_gemm(const float* __restrict__ Y, const float* __restrict__ V, fl
 // ---- weight output transform ------------------------------------------------------------------------------
 // One thread per (k, c), c fastest (coalesced Mw loads); K * C < 2^31 (checked by the wrapper).
 // G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1] (3x4).
-extern "C" __global__ void winograd_wgrad_output(const float* __restrict__ Mw, float* __restrict__ dW,
+extern "C" __global__ void conv_winograd_wgrad_output(const float* __restrict__ Mw, float* __restrict__ dW,
                                                  int K, int C, int splits) {
     const int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= K * C) return;

@@ -1,4 +1,4 @@
-"""Winograd F(2x2, 3x3) convolution (custom_impl/gpu/winograd.py) against a NumPy float64 direct convolution.
+"""Winograd F(2x2, 3x3) convolution (custom_impl/gpu/conv/winograd.py) against a NumPy float64 direct convolution.
 
 Tolerance. The GPU computes y = At [sum_c U[:, k, c] * V[:, c, t]] A with U = G g G^T and V = Bt d B rounded
 to float32, then a float32 sum over the 16*C products of each output tile, then the output transform. Every
@@ -9,7 +9,7 @@ bounded by the same pipeline run on absolute values:
 
 so |y - ref| <~ (C + 10) * eps32 * S_abs (C terms in each dot product; <= 4 roundings in the filter
 transform, 2 in the input transform, 4 in the output transform), and for random data the errors add like
-sqrt of their number. We therefore use ``_assert_close`` of tests/test_gpu_conv.py (tol = 4*sqrt(L)*eps32*
+sqrt of their number. We therefore use ``_assert_close`` of tests/conv_reference.py (tol = 4*sqrt(L)*eps32*
 ref_abs + 4*eps32*|ref|) with ref_abs = S_abs and L = 16*C + 10 (the 16*C products each output depends on,
 plus the transform depth). S_abs is computed here exactly instead of scaling the direct sum of absolute
 terms by the coefficient sums (Bt rows 2, G rows 1.5, At rows 3: 4 * 2.25 * 9 = 81): the Winograd products
@@ -123,7 +123,7 @@ def _data(case, seed_offset=0):
 def test_forward(case, bias):
     import cupy
 
-    from custom_impl.gpu import winograd
+    from custom_impl.gpu.conv import winograd
 
     N, C, H, Wd, K, pad = case
     x, W, b, _ = _data(case)
@@ -148,7 +148,7 @@ def test_forward(case, bias):
 def test_backward_data(case):
     import cupy
 
-    from custom_impl.gpu import winograd
+    from custom_impl.gpu.conv import winograd
 
     N, C, H, Wd, K, pad = case
     x, W, _, rng = _data(case, 1)
@@ -174,7 +174,7 @@ def test_every_gemm_config(config):
     """Each tile config the chooser may pick, on a shape with partial M, N and reduction tiles."""
     import cupy
 
-    from custom_impl.gpu import winograd
+    from custom_impl.gpu.conv import winograd
 
     case = (3, 37, 13, 17, 70, 1)
     x, W, b, rng = _data(case, 2)
@@ -199,7 +199,7 @@ def test_default_workspace_and_unaligned_workspace():
     boundary (the GEMM then takes its scalar loads): both equal to the aligned run."""
     import cupy
 
-    from custom_impl.gpu import winograd
+    from custom_impl.gpu.conv import winograd
 
     case = (2, 12, 9, 9, 20, 1)
     x, W, b, _ = _data(case, 3)
@@ -215,7 +215,7 @@ def test_cuda_graph_capture():
     """With y and workspace given, forward + backward_data are capturable and replay to the eager result."""
     import cupy
 
-    from custom_impl.gpu import winograd
+    from custom_impl.gpu.conv import winograd
 
     case = (3, 16, 14, 14, 24, 1)
     x, W, b, rng = _data(case, 4)
@@ -257,7 +257,7 @@ def _wgrad_case(case, seed_offset):
 def test_backward_weights(case):
     import cupy
 
-    from custom_impl.gpu import winograd
+    from custom_impl.gpu.conv import winograd
 
     N, C, H, Wd, K, pad = case
     x, dy, dW_ref, dW_abs, L = _wgrad_case(case, 5)
@@ -279,7 +279,7 @@ def test_backward_weights_splits_and_configs(config, splits):
     M (K = 70) and N (C = 37) tiles; the result must not depend on the split beyond rounding."""
     import cupy
 
-    from custom_impl.gpu import winograd
+    from custom_impl.gpu.conv import winograd
 
     for case in ((3, 37, 13, 17, 70, 1), (1, 37, 9, 10, 70, (0, 2))):
         x, dy, dW_ref, dW_abs, L = _wgrad_case(case, 6)
@@ -293,7 +293,7 @@ def test_backward_weights_large_reduction():
     (scalar loads) and the shared default workspace give the same bits."""
     import cupy
 
-    from custom_impl.gpu import winograd
+    from custom_impl.gpu.conv import winograd
 
     case = (16, 20, 16, 16, 24, 1)
     x, dy, dW_ref, dW_abs, L = _wgrad_case(case, 7)
@@ -309,7 +309,7 @@ def test_backward_weights_large_reduction():
 def test_backward_weights_rejections():
     import cupy
 
-    from custom_impl.gpu import winograd
+    from custom_impl.gpu.conv import winograd
 
     x = cupy.ones((2, 8, 10, 10), np.float32)
     dy = cupy.ones((2, 4, 10, 10), np.float32)
@@ -327,7 +327,7 @@ def test_backward_weights_rejections():
 
 
 def test_fits():
-    from custom_impl.gpu import winograd
+    from custom_impl.gpu.conv import winograd
 
     x = (2, 8, 10, 10)
     assert winograd.fits(x, (4, 8, 3, 3), 1, 1)
@@ -346,7 +346,7 @@ def test_fits():
 def test_rejections():
     import cupy
 
-    from custom_impl.gpu import winograd
+    from custom_impl.gpu.conv import winograd
 
     x = cupy.ones((2, 8, 10, 10), np.float32)
     W = cupy.ones((4, 8, 3, 3), np.float32)

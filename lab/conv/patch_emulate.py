@@ -1,7 +1,8 @@
-"""NumPy emulation of kernels/conv_patch.cu, run through the real wrappers (custom_impl/gpu/conv_patch.py and
-conv.py) behind a stand-in CuPy, against a float64 reference. Runs on the CPU, no CuPy:
+"""NumPy emulation of kernels/conv_patch.cu, run through the real wrappers (custom_impl/gpu/conv/patch.py and
+the conv package's public functions) behind a stand-in CuPy, against a float64 reference. Runs on the CPU,
+no CuPy:
 
-    python3 dev/conv_patch_emulate.py [--quick] [--gpu-tests]
+    python3 lab/conv/patch_emulate.py [--quick] [--gpu-tests]
 
 Each launch is replayed from its grid, block, arguments and shared-memory size, block by block and thread
 by thread, as the kernel source does it: the cp.async staging loops with their stepped digits (every element
@@ -10,7 +11,8 @@ a thread copies, zero-filled where the kernel passes ok = false), then each thre
 kernel's. A stage buffer is NaN-filled before it is staged and outputs / workspaces come NaN-filled from the
 callers, so reading something not staged for this stage, or leaving an element unwritten, shows up as NaN;
 float4 reads assert alignment and bounds; shared memory may not exceed the launch's size.
-``--gpu-tests`` also runs tests/test_gpu_conv.py's patch tests (the functions themselves) on the stand-in.
+``--gpu-tests`` also runs tests/custom_impl/gpu/test_conv.py's patch tests (the functions themselves) on the
+stand-in. tests/custom_impl/gpu/test_conv_patch_plan.py runs ``check`` on small cases in the CPU suite.
 What this cannot see: races between threads (the barriers and cp.async waits are assumed right), timing.
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ import types
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
@@ -241,7 +243,7 @@ def conv_patch_backward_data(PT_S, grid, block, args, shared_mem):
 
 
 def gemm_splitk_reduce(ws, out, bias, M, N, splits, beta, act):
-    """gemm.splitk_reduce: out = sum over z in order of ws[z] (bias None, beta 0, act 0 here)."""
+    """custom_impl.gpu.gemm.splitk_reduce: out = sum over z in order of ws[z] (bias None, beta 0, act 0 here)."""
     assert bias is None and int(beta) == 0 and int(act) == 0
     n = M * N
     part = ws.ravel()[: splits * n].reshape(splits, n)
@@ -286,18 +288,21 @@ def fake_cupy():
     return cp
 
 
+def kernel(name, S):
+    """Stands in for custom_impl.gpu.conv.patch.kernel: the emulated kernel ``name`` for kernel width S."""
+    kern = KERNELS[name]
+    return lambda grid, block, args, shared_mem=0: kern(int(S), grid, block, args, shared_mem)
+
+
 def install():
-    """Put the stand-in CuPy in sys.modules and route conv_patch's launches and gemm's split-K reduce here."""
+    """Put the stand-in CuPy in sys.modules and route the patch kernels' launches and gemm's split-K reduce
+    here (tests do the same with monkeypatch, undone after each test)."""
     sys.modules["cupy"] = fake_cupy()
-    from custom_impl.gpu import conv_patch, gemm
+    from custom_impl.gpu import gemm
+    from custom_impl.gpu.conv import patch
 
-    def get(name, S):
-        kern = KERNELS[name]
-        return lambda grid, block, args, shared_mem=0: kern(int(S), grid, block, args, shared_mem)
-
-    conv_patch._get = get
+    patch.kernel = kernel
     gemm.splitk_reduce = gemm_splitk_reduce
-    gemm._split_buffers.clear()
 
 
 # ---- checks -----------------------------------------------------------------------------------------------
@@ -317,57 +322,64 @@ QUICK = CASES[:3]
 
 
 def check(case, sms_values=(1, 132)):
-    """dx and dW of one case through conv_patch's wrappers (stand-in CuPy installed) vs float64."""
+    """dx and dW of one case through the patch wrappers (stand-in CuPy installed) vs float64, for each SM
+    count in ``sms_values`` (the launch plans depend on it; the runtime's sm_count is replaced meanwhile)."""
     import cupy
 
-    from custom_impl.gpu import conv_patch, gemm
-    from custom_impl.gpu.conv import _dims, conv2d_workspace_size
+    from custom_impl.gpu import runtime
+    from custom_impl.gpu.conv import conv2d_workspace_size, conv_dims, patch
     from conv_reference import conv_ref
 
     N, C, H, W, K, R, S, padding = case
     rng = np.random.default_rng(sum(case[:7]))
-    dims = _dims((N, C, H, W), (K, C, R, S), 1, padding)
+    dims = conv_dims((N, C, H, W), (K, C, R, S), 1, padding)
     x = rng.standard_normal((N, C, H, W))
     Wt = rng.standard_normal((K, C, R, S))
     _, back = conv_ref(x, Wt, (1, 1), padding)
     dy = rng.standard_normal((N, K, dims[7], dims[8]))
     dx_ref, dW_ref, _ = back(dy)
     worst = 0.0
-    for sms in sms_values:
-        gemm._sms_of.cache_clear()
-        cupy.cuda.Device().attributes["MultiProcessorCount"] = sms
-        ws = cupy.full((max(1, conv2d_workspace_size(x.shape, Wt.shape, 1, padding)),), np.nan)
-        dx = cupy.full(x.shape, np.nan)
-        dW = cupy.full(Wt.shape, np.nan)
-        gdy, gx, gW = cupy.asarray(dy), cupy.asarray(x), cupy.asarray(Wt)
-        assert conv_patch.backward_data(gdy, gW, dx, dims, ws) is dx
-        assert conv_patch.backward_weights(gdy, gx, dW, dims, ws) is dW
-        for got, ref, what in ((dx, dx_ref, "dx"), (dW, dW_ref, "dW")):
-            got = cupy.asnumpy(got)
-            assert np.isfinite(got).all(), f"{what} {case} sms={sms}: {np.isnan(got).sum()} NaN (unwritten/unstaged)"
-            err = np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30)
-            assert err < 1e-12, (what, case, sms, err)
-            worst = max(worst, err)
-    cupy.cuda.Device().attributes["MultiProcessorCount"] = 132
-    gemm._sms_of.cache_clear()
-    return worst, conv_patch.weights_plan(dims), conv_patch.data_plan(dims)
+    real_sm_count = runtime.sm_count
+    try:
+        for sms in sms_values:
+            runtime.sm_count = lambda sms=sms: sms
+            ws = cupy.full((max(1, conv2d_workspace_size(x.shape, Wt.shape, 1, padding)),), np.nan)
+            dx = cupy.full(x.shape, np.nan)
+            dW = cupy.full(Wt.shape, np.nan)
+            gdy, gx, gW = cupy.asarray(dy), cupy.asarray(x), cupy.asarray(Wt)
+            assert patch.backward_data(gdy, gW, dx, dims, ws) is dx
+            assert patch.backward_weights(gdy, gx, dW, dims, ws) is dW
+            for got, ref, what in ((dx, dx_ref, "dx"), (dW, dW_ref, "dW")):
+                got = cupy.asnumpy(got)
+                assert np.isfinite(got).all(), \
+                    f"{what} {case} sms={sms}: {np.isnan(got).sum()} NaN (unwritten/unstaged)"
+                err = np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30)
+                assert err < 1e-12, (what, case, sms, err)
+                worst = max(worst, err)
+    finally:
+        runtime.sm_count = real_sm_count
+    return worst, patch.weights_plan(dims), patch.data_plan(dims)
 
 
 def run_gpu_tests():
-    """tests/test_gpu_conv.py's patch tests, the functions themselves, on the stand-in (the auto test with
-    the choice pre-cached as "patch": the v2 / v3 kernels are not emulated here)."""
-    import test_gpu_conv as T
+    """tests/custom_impl/gpu/test_conv.py's patch tests, the functions themselves, on the stand-in (the auto
+    test with "auto" left out: the implicit-GEMM kernels are not emulated here, so the runtime's autotuner
+    is told to pick "patch")."""
+    import importlib.util
 
-    from custom_impl.gpu import conv
+    from custom_impl.gpu import runtime
 
+    spec = importlib.util.spec_from_file_location(
+        "test_conv", os.path.join(ROOT, "tests", "custom_impl", "gpu", "test_conv.py"))
+    T = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(T)
     for case in T.PATCH_CASES:
         for phase in ("weights", "data"):
             T.test_conv2d_backward_patch(case, phase)
             print(f"ok test_conv2d_backward_patch[{phase}-{case}]", flush=True)
-    dims = conv._dims((6, 32, 14, 14), (64, 32, 5, 5), 1, 2)
-    conv._choices[("data", 0, dims)] = conv._choices[("weights", 0, dims)] = "patch"
+    runtime.autotune = lambda key, candidates, default: "patch"
     T.test_conv2d_backward_patch_auto_and_errors()
-    print("ok test_conv2d_backward_patch_auto_and_errors (choice pre-cached as patch)")
+    print("ok test_conv2d_backward_patch_auto_and_errors (auto told to pick patch)")
 
 
 def main(argv):

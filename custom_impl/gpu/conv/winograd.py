@@ -1,5 +1,5 @@
-"""Winograd F(2x2, 3x3) convolution on the GPU (``kernels/winograd.cu``): 3x3 kernels, stride 1, forward,
-backward-data and (as F(3x3, 2x2)) backward-weights.
+"""Winograd F(2x2, 3x3) convolution on the GPU (``kernels/conv_winograd.cu``): the algorithm "winograd" of
+every phase, for 3x3 kernels, stride 1: forward, backward-data and (as F(3x3, 2x2)) backward-weights.
 
 Legend: N batch, C in-channels, K out-channels, H,W in, P,Q out; padding (ph, pw) in 0..2; P = H + 2ph - 2,
 Q = W + 2pw - 2. NCHW, cross-correlation (PyTorch), W (K, C, 3, 3).
@@ -8,7 +8,7 @@ Q = W + 2pw - 2. NCHW, cross-correlation (PyTorch), W (K, C, 3, 3).
     backward-data:  dx          = the forward of dy (N, K, P, Q) with padding (2-ph, 2-pw) and the filter
                                   W'[c,k,r,s] = W[k,c,2-r,2-s] (K and C swapped, rotated 180 degrees)
 
-Algorithm (F(2x2, 3x3); Bt 4x4, G 4x3, At 2x4 with entries 0, +-1, +-1/2; see winograd.cu). The output is
+Algorithm (F(2x2, 3x3); Bt 4x4, G 4x3, At 2x4 with entries 0, +-1, +-1/2; see conv_winograd.cu). The output is
 cut into 2x2 tiles: tP = ceil(P/2), tQ = ceil(Q/2), T = N*tP*tQ tiles, tile t = (n*tP + tp)*tQ + tq, and
 each tile needs the 4x4 input patch starting at (2tp - ph, 2tq - pw). With xi in 0..15 (the 4x4 tile
 flattened), four kernels run in order on CuPy's current stream:
@@ -20,7 +20,7 @@ flattened), four kernels run in order on CuPy's current stream:
 
 The row lengths are padded to multiples of 4 (zeros in the padding) so that every GEMM operand row is
 float4-aligned. The GEMM is gemm_tiles.cuh's ``gemm_tile`` (KVecLoader for U, MNVecLoader for V, the plain
-row-major epilogue) with a tile config chosen from ``CANDIDATES`` by gemm.py's cost model.
+row-major epilogue) with a tile config chosen from ``CANDIDATES`` by the tiles.py cost model.
 
 Cost, for N64 C256 28x28 K256 pad 1 (T = 12544; backward-data of the same layer is the same with C, K
 swapped): the GEMMs do 2*16*K*C*T = 26.3 GFLOP where the direct convolution does 2*9*K*C*N*P*Q = 59.2
@@ -30,7 +30,7 @@ of V read (from L2 for the second of the K/BM = 2 row tiles where it is still th
 written; output transform 205.5 MB of Mo read + 51.4 MB of y written: ~0.93 GB, ~0.31 ms at 3.0 TB/s,
 against ~0.6 ms for the GEMMs at ~42 TFLOP/s. Measured (H100 80GB HBM3, per kernel): GEMMs 664 us (39.6
 TFLOP/s), input transform 100 us, output 90 us, filter 9 us; forward 899 us with the BK=16 tile, vs 1817 us
-for conv.py's implicit GEMM and 662 us for cuDNN. For N256 C64 56x56 K64 the transforms (385 + 353 us, at
+for the implicit GEMM and 662 us for cuDNN. For N256 C64 56x56 K64 the transforms (385 + 353 us, at
 ~2.7 TB/s) cost nearly as much as the GEMMs (848 us). Unfused on purpose: four simple kernels, the GEMM reused
 unchanged; the price is V and Mo round-tripping through HBM (8x the bytes of x and y). Fusing the input
 transform into the GEMM's B loader and the output transform into its epilogue would remove that traffic.
@@ -50,7 +50,7 @@ GEMM splits t (``weights_plan``) to fill the SMs.
 
 Workspace: U, V and Mo, ``workspace_size(...)`` float32 elements (each part a multiple of 4 elements). With
 the output and ``workspace`` given nothing is allocated and the host is never synchronised (CUDA-graph
-capturable); ``workspace=None`` takes gemm.py's shared grow-only per-device buffer (``split_workspace``),
+capturable); ``workspace=None`` takes the runtime's shared grow-only per-device buffer (``runtime.workspace``),
 which allocates the first time it has to grow. Results are deterministic (no atomics).
 
 Example::
@@ -66,21 +66,40 @@ import functools
 
 import numpy as np
 
-from ._compile import blocks, check_array, checked_workspace, pair
-from .gemm import CONFIG_BY_NAME, _num_sms, _ptr, _vec_ok, estimate_seconds, kernel, split_chunk
+from .. import runtime
+from ..runtime import blocks, check_array, checked_workspace, pair, ptr, vec_ok
+from ..tiles import CONFIG_BY_NAME, estimate_seconds, split_chunk
 
-FAMILY = "winograd"
+FAMILY = "conv_winograd"
 THREADS = 256       # threads per block of the transform kernels
 MAX_PAD = 2         # backward-data runs the forward with padding 2 - pad, which must be >= 0
 INT32_MAX = 2**31 - 1
 GRID_Y_MAX = 65535  # the transforms put the channel on grid.y
-# The GEMM tile configs compiled and tested here (``config=``): conv.py's CONV_CONFIGS plus gemm.py's BK=16
+# The GEMM tile configs compiled and tested here (``config=``): implicit_gemm.CONFIGS plus the tiles' BK=16
 # 128x128 tile. NOTE: the chooser leaves the BK=16 tile out: in winograd_gemm it measured 3-5% slower than
 # 128x128x8 (H100 80GB HBM3: 697 vs 664 us at N64 C256 28x28 K256, 347 vs 336 at N128 C256 14x14 K256,
-# 131 vs 127 at N128 C128 16x16 K128), although gemm.py rates it 1.10 vs 1.00 for square GEMMs.
+# 131 vs 127 at N128 C128 16x16 K128), although the tiles' model rates it 1.10 vs 1.00 for square GEMMs.
 CONFIGS = tuple(CONFIG_BY_NAME[n] for n in ("128x128x16_8x8", "128x128x8_8x8", "128x64x8_8x8", "64x128x8_8x8",
                                             "64x64x8_8x8", "32x64x8_4x8", "32x32x8_4x4"))
 CANDIDATES = CONFIGS[1:]
+
+
+def kernel(name: str, cfg):
+    """The compiled kernel ``name`` from the module of GEMM tile config ``cfg`` (all four kernels of a pass
+    come from one module: one compile per tile config); memoised per device."""
+    import cupy
+
+    return _kernel(name, cfg, cupy.cuda.Device().id)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(name, cfg, device_id):
+    return runtime.kernel(FAMILY, name, cfg.defines, cfg.smem_bytes)
+
+
+def modules() -> list:
+    """(family, defines) of every module of this family the default path can load (the chooser's tiles)."""
+    return [(FAMILY, dict(cfg.defines)) for cfg in CANDIDATES]
 
 
 def _ceil4(v: int) -> int:
@@ -136,15 +155,15 @@ def fits(x_shape, w_shape, stride, padding) -> bool:
     return _limits_message(N, C, K, P, Q) is None and _limits_message(N, K, C, H, Wd) is None
 
 
-def _checked_problem(x_shape, w_shape, stride, padding, what):
+def checked_problem(x_shape, w_shape, stride, padding, what):
     prob = _problem(x_shape, w_shape, stride, padding)
     if isinstance(prob, str):
         raise ValueError(f"winograd.{what}: {prob}. Check winograd.fits(...) first and use "
-                         f"conv.conv2d_forward / conv2d_backward_data for this layer")
+                         f"another algorithm for this layer ('implicit_gemm', or 'auto')")
     N, C, H, Wd, K, P, Q, ph, pw = prob
     msg = _limits_message(N, C, K, P, Q) or _limits_message(N, K, C, H, Wd)
     if msg is not None:
-        raise ValueError(f"winograd.{what}: {msg}; split the batch or use conv.py's implicit GEMMs")
+        raise ValueError(f"winograd.{what}: {msg}; split the batch or use the implicit GEMMs (algo 'implicit_gemm')")
     return prob
 
 
@@ -167,12 +186,12 @@ class _Pass:
         return self.n_u + self.n_v + self.n_m
 
 
-def _forward_pass(prob) -> _Pass:
+def forward_pass(prob) -> _Pass:
     N, C, H, Wd, K, P, Q, ph, pw = prob
     return _Pass(N, C, H, Wd, K, P, Q, ph, pw)
 
 
-def _backward_pass(prob) -> _Pass:
+def backward_pass(prob) -> _Pass:
     N, C, H, Wd, K, P, Q, ph, pw = prob
     return _Pass(N, K, P, Q, C, H, Wd, MAX_PAD - ph, MAX_PAD - pw)
 
@@ -183,7 +202,7 @@ MIN_WEIGHT_CHUNK = 256     # ... each at least this long (shorter ones spend mor
 
 def weights_plan(M: int, N: int, Tp: int, sms: int = 132):
     """(TileConfig, t_chunk, splits) of the 16 weight-gradient GEMMs M (= K) x N (= C) over Tp tiles: the
-    ``CANDIDATES`` config and power-of-two split count with the lowest gemm.py ``estimate_seconds``, the 16
+    ``CANDIDATES`` config and power-of-two split count with the lowest tiles.py ``estimate_seconds``, the 16
     GEMMs costed as one of 16 * ceil(M / BM) * BM rows (one launch, as ``choose_config``). The output
     transform always runs, so a split costs only its partials' traffic (counted by the estimate)."""
     return _weights_plan(int(M), int(N), int(Tp), int(sms))
@@ -196,7 +215,7 @@ def _weights_plan(M, N, Tp, sms):
     return cfg, t_chunk, splits
 
 
-class _WeightsPass:
+class WeightsPass:
     """The backward-weights plan: tiles over dy's P x Q, V (16, C, Tp), Y (16, K, Tp), Mw (splits, 16, K, C)."""
 
     def __init__(self, prob, sms: int, config=None, splits=None):
@@ -226,13 +245,13 @@ def workspace_size(x_shape, w_shape, stride, padding, phase: str = "forward", sm
     """float32 elements of workspace that ``forward`` (phase "forward"), ``backward_data`` ("backward_data")
     or ``backward_weights`` ("backward_weights": its split count depends on ``sms``, the device's SM count,
     default the current device's, or 132 without CuPy) needs for this convolution."""
-    prob = _checked_problem(x_shape, w_shape, stride, padding, "workspace_size")
+    prob = checked_problem(x_shape, w_shape, stride, padding, "workspace_size")
     if phase == "forward":
-        return _forward_pass(prob).size
+        return forward_pass(prob).size
     if phase == "backward_data":
-        return _backward_pass(prob).size
+        return backward_pass(prob).size
     if phase == "backward_weights":
-        return _WeightsPass(prob, _sms(sms)).size
+        return WeightsPass(prob, _sms(sms)).size
     raise ValueError(f"winograd.workspace_size: phase={phase!r}; use 'forward', 'backward_data' or "
                      f"'backward_weights'")
 
@@ -241,13 +260,13 @@ def _sms(sms: int | None) -> int:
     if sms is not None:
         return int(sms)
     try:
-        return _num_sms()
+        return runtime.sm_count()
     except ImportError:   # planning on a machine without CuPy
         return 132
 
 
 def choose_config(M: int, N: int, Kr: int, sms: int = 132):
-    """The TileConfig of ``CANDIDATES`` with the lowest gemm.py ``estimate_seconds`` for the 16 GEMMs
+    """The TileConfig of ``CANDIDATES`` with the lowest tiles.py ``estimate_seconds`` for the 16 GEMMs
     M x N over Kr. NOTE: the 16 GEMMs are one launch (grid.z), so each config is costed as one GEMM of
     16 * ceil(M / BM) * BM rows: the same number of blocks, the padding rows of M counted as work."""
     return _choose_config(int(M), int(N), int(Kr), int(sms))
@@ -281,20 +300,20 @@ def _run(ps: _Pass, inp, Wt, b, out, ws, flip: bool, config=None) -> None:
     V = ws[ps.n_u: ps.n_u + ps.n_v]
     Mo = ws[ps.n_u + ps.n_v: ps.size]
     K, C = (ps.C_in, ps.C_out) if flip else (ps.C_out, ps.C_in)   # W is (K, C, 3, 3) either way
-    cfg = config or choose_config(ps.C_out, ps.Tp, ps.C_in, _num_sms())
+    cfg = config or choose_config(ps.C_out, ps.Tp, ps.C_in, runtime.sm_count())
     cfg = CONFIG_BY_NAME[cfg] if isinstance(cfg, str) else cfg
     # NOTE: all four kernels come from the module compiled for cfg: one compile per tile config.
-    kernel(FAMILY, "winograd_filter", cfg)((blocks(ps.C_out * ps.Ip, THREADS),), (THREADS,),
+    kernel("conv_winograd_filter", cfg)((blocks(ps.C_out * ps.Ip, THREADS),), (THREADS,),
                                            (Wt, U, i32(K), i32(C), i32(int(flip))))
-    kernel(FAMILY, "winograd_input", cfg)((blocks(ps.Tp, THREADS), ps.C_in), (THREADS,),
+    kernel("conv_winograd_input", cfg)((blocks(ps.Tp, THREADS), ps.C_in), (THREADS,),
                                           (inp, V) + tuple(i32(v) for v in (ps.N, ps.C_in, ps.Hi, ps.Wi, ps.ph,
                                                                              ps.pw, ps.tP, ps.tQ, ps.Tp)))
-    flags = int(_vec_ok(U, ps.Ip)) | int(_vec_ok(V, ps.Tp)) << 1 | int(_vec_ok(Mo, ps.Tp)) << 2
-    kernel(FAMILY, "winograd_gemm", cfg)((blocks(ps.Tp, cfg.bn), blocks(ps.C_out, cfg.bm), 16), (cfg.threads,),
+    flags = int(vec_ok(U, ps.Ip)) | int(vec_ok(V, ps.Tp)) << 1 | int(vec_ok(Mo, ps.Tp)) << 2
+    kernel("conv_winograd_gemm", cfg)((blocks(ps.Tp, cfg.bn), blocks(ps.C_out, cfg.bm), 16), (cfg.threads,),
                                          (U, V, Mo, i32(ps.C_out), i32(ps.Tp), i32(ps.C_in), i32(ps.Ip), i32(flags)),
                                          shared_mem=cfg.smem_bytes)
-    kernel(FAMILY, "winograd_output", cfg)((blocks(ps.T, THREADS), ps.C_out), (THREADS,),
-                                           (Mo, _ptr(b), out) + tuple(i32(v) for v in (ps.N, ps.C_out, ps.Ho,
+    kernel("conv_winograd_output", cfg)((blocks(ps.T, THREADS), ps.C_out), (THREADS,),
+                                           (Mo, ptr(b), out) + tuple(i32(v) for v in (ps.N, ps.C_out, ps.Ho,
                                                                                         ps.Wo, ps.tP, ps.tQ, ps.Tp)))
 
 
@@ -302,13 +321,13 @@ def forward(x, W, b, y, padding, workspace=None, config=None):
     """y = conv2d(x, W) + b with stride 1: x (N, C, H, W), W (K, C, 3, 3), b (K,) or None, y (N, K, P, Q)
     or None (allocated); padding an int or (ph, pw), each 0..2. Returns y.
 
-    ``workspace``: float32, at least ``workspace_size(..., phase="forward")`` elements, or None for gemm.py's
+    ``workspace``: float32, at least ``workspace_size(..., phase="forward")`` elements, or None for the runtime's
     shared per-device buffer. ``config``: a GEMM TileConfig (or its name) instead of the chosen one."""
     import cupy
 
     check_array(x, "winograd.forward: x", ndim=4)
     check_array(W, "winograd.forward: W", ndim=4)
-    prob = _checked_problem(x.shape, W.shape, 1, padding, "forward")
+    prob = checked_problem(x.shape, W.shape, 1, padding, "forward")
     N, C, H, Wd, K, P, Q, ph, pw = prob
     if b is not None:
         check_array(b, "winograd.forward: b", shape=(K,))
@@ -316,7 +335,7 @@ def forward(x, W, b, y, padding, workspace=None, config=None):
         y = cupy.empty((N, K, P, Q), dtype=np.float32)
     else:
         check_array(y, "winograd.forward: y", shape=(N, K, P, Q))
-    ps = _forward_pass(prob)
+    ps = forward_pass(prob)
     ws = checked_workspace(workspace, ps.size, "winograd.forward", "winograd.workspace_size(..., phase='forward')")
     _run(ps, x, W, b, y, ws, flip=False, config=config)
     return y
@@ -343,11 +362,11 @@ def backward_data(dy, W, dx, padding, workspace=None, config=None):
     if dx is not None:
         check_array(dx, "winograd.backward_data: dx", ndim=4)
         x_shape = tuple(dx.shape)
-    prob = _checked_problem(x_shape, W.shape, 1, (ph, pw), "backward_data")
+    prob = checked_problem(x_shape, W.shape, 1, (ph, pw), "backward_data")
     check_array(dy, "winograd.backward_data: dy", shape=(N, K, prob[5], prob[6]))
     if dx is None:
         dx = cupy.empty(x_shape, dtype=np.float32)
-    ps = _backward_pass(prob)
+    ps = backward_pass(prob)
     ws = checked_workspace(workspace, ps.size, "winograd.backward_data",
                            "winograd.workspace_size(..., phase='backward_data')")
     _run(ps, dy, W, None, dx, ws, flip=True, config=config)
@@ -368,21 +387,21 @@ def backward_weights(dy, x, dW, padding, workspace=None, config=None, splits=Non
     N, C = x.shape[:2]
     K = dy.shape[1]
     w_shape = (K, C, 3, 3)
-    prob = _checked_problem(x.shape, w_shape, 1, padding, "backward_weights")
+    prob = checked_problem(x.shape, w_shape, 1, padding, "backward_weights")
     check_array(dy, "winograd.backward_weights: dy", shape=(N, K, prob[5], prob[6]))
     if dW is None:
         dW = cupy.empty(w_shape, dtype=np.float32)
     else:
         check_array(dW, "winograd.backward_weights: dW", shape=w_shape)
-    sms = _num_sms()
-    wp = _WeightsPass(prob, sms, config, splits)
+    sms = runtime.sm_count()
+    wp = WeightsPass(prob, sms, config, splits)
     ws = checked_workspace(workspace, wp.size, "winograd.backward_weights",
                            "winograd.workspace_size(..., phase='backward_weights')")
     _run_weights(wp, dy, x, dW, ws)
     return dW
 
 
-def _run_weights(wp: _WeightsPass, dy, x, dW, ws) -> None:
+def _run_weights(wp: WeightsPass, dy, x, dW, ws) -> None:
     i32 = np.int32
     g, cfg = wp.geo, wp.cfg
     V = ws[:wp.n_v]
@@ -390,15 +409,15 @@ def _run_weights(wp: _WeightsPass, dy, x, dW, ws) -> None:
     Mw = ws[wp.n_v + wp.n_y: wp.size]
     K, C = wp.K, wp.C
     # NOTE: all four kernels come from the module compiled for cfg: one compile per tile config.
-    kernel(FAMILY, "winograd_input", cfg)((blocks(g.Tp, THREADS), C), (THREADS,),
+    kernel("conv_winograd_input", cfg)((blocks(g.Tp, THREADS), C), (THREADS,),
                                           (x, V) + tuple(i32(v) for v in (g.N, C, g.Hi, g.Wi, g.ph, g.pw,
                                                                            g.tP, g.tQ, g.Tp)))
-    kernel(FAMILY, "winograd_dy", cfg)((blocks(g.Tp, THREADS), K), (THREADS,),
+    kernel("conv_winograd_dy", cfg)((blocks(g.Tp, THREADS), K), (THREADS,),
                                        (dy, Yt) + tuple(i32(v) for v in (g.N, K, g.Ho, g.Wo, g.tP, g.tQ, g.Tp)))
-    flags = int(_vec_ok(V, g.Tp) and _vec_ok(Yt, g.Tp)) | int(_vec_ok(Mw, C)) << 1
-    kernel(FAMILY, "winograd_wgrad_gemm", cfg)((blocks(C, cfg.bn), blocks(K, cfg.bm), 16 * wp.splits),
+    flags = int(vec_ok(V, g.Tp) and vec_ok(Yt, g.Tp)) | int(vec_ok(Mw, C)) << 1
+    kernel("conv_winograd_wgrad_gemm", cfg)((blocks(C, cfg.bn), blocks(K, cfg.bm), 16 * wp.splits),
                                                (cfg.threads,),
                                                (Yt, V, Mw, i32(K), i32(C), i32(g.Tp), i32(wp.t_chunk), i32(flags)),
                                                shared_mem=cfg.smem_bytes)
-    kernel(FAMILY, "winograd_wgrad_output", cfg)((blocks(K * C, THREADS),), (THREADS,),
+    kernel("conv_winograd_wgrad_output", cfg)((blocks(K * C, THREADS),), (THREADS,),
                                                  (Mw, dW, i32(K), i32(C), i32(wp.splits)))

@@ -1,15 +1,15 @@
-"""NumPy emulation of kernels/winograd.cu's index math and transforms, on tiny shapes, against a direct
-float64 convolution (tests/test_gpu_conv.py's ``conv_ref``), forward, backward-data and backward-weights.
+"""NumPy emulation of kernels/conv_winograd.cu's index math and transforms, on tiny shapes, against a direct
+float64 convolution (tests/conv_reference.py's ``conv_ref``), forward, backward-data and backward-weights.
 
 Each kernel is replayed over all of its threads at once (NumPy arrays of thread indices), on flat buffers
-with the launch plan and workspace layout of custom_impl/gpu/winograd.py (``_Pass``): the workspace and the
+with the launch plan and workspace layout of custom_impl/gpu/conv/winograd.py (its passes): the workspace and the
 outputs start NaN-filled, so an element read before it is written, or never written, shows up as NaN. The
-GEMM reads U with row stride Ip and reduction end I, V and Mo with row length Tp, as winograd_gemm does.
+GEMM reads U with row stride Ip and reduction end I, V and Mo with row length Tp, as conv_winograd_gemm does.
 
 Then the same in float32 (transforms rounded to float32, the GEMM in float32) against the tolerance of
-tests/test_gpu_winograd.py, to see how much margin that tolerance leaves. Runs on the CPU, no CuPy:
+tests/custom_impl/gpu/test_conv_winograd.py, to see how much margin that tolerance leaves. Runs on the CPU, no CuPy:
 
-    python3 dev/winograd_emulate.py
+    python3 lab/conv/winograd_emulate.py
 """
 from __future__ import annotations
 
@@ -19,17 +19,18 @@ import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "custom_impl", "gpu"))
 
-from custom_impl.gpu.winograd import _WeightsPass, _backward_pass, _checked_problem, _forward_pass  # noqa: E402
-from test_gpu_conv import EPS32, conv_ref  # noqa: E402
-from test_gpu_winograd import wgrad_abs, winograd_abs  # noqa: E402
+from conv_reference import EPS32, conv_ref  # noqa: E402
+from custom_impl.gpu.conv.winograd import WeightsPass, backward_pass, checked_problem, forward_pass  # noqa: E402
+from test_conv_winograd import wgrad_abs, winograd_abs  # noqa: E402
 
 
 def emulate_input(ws, off_v, ps, inp, dt):
-    """winograd_input: grid (ceil(Tp/256), C_in), thread (c, t): V (16, C_in, Tp) at ws[off_v:], zero rows
+    """conv_winograd_input: grid (ceil(Tp/256), C_in), thread (c, t): V (16, C_in, Tp) at ws[off_v:], zero rows
     past T."""
     xflat = inp.astype(dt).ravel()
     CT = ps.C_in * ps.Tp
@@ -64,7 +65,7 @@ def emulate_pass(ps, inp, Wt, b, flip, dt):
     wflat = Wt.astype(dt).ravel()
     half = dt(0.5)
 
-    # winograd_filter: idx over O*Ip
+    # conv_winograd_filter: idx over O*Ip
     O, I, Ip = ps.C_out, ps.C_in, ps.Ip
     idx = np.arange(O * Ip)
     o, i = idx // Ip, idx % Ip
@@ -92,14 +93,14 @@ def emulate_pass(ps, inp, Wt, b, flip, dt):
     emulate_input(ws, off_v, ps, inp, dt)
     CT = ps.C_in * ps.Tp
 
-    # winograd_gemm: Mo[z] (O x Tp) = U[z][:, :I] (row stride Ip) @ V[z] (I x Tp)
+    # conv_winograd_gemm: Mo[z] (O x Tp) = U[z][:, :I] (row stride Ip) @ V[z] (I x Tp)
     for z in range(16):
         Uz = ws[z * OI: (z + 1) * OI].reshape(O, Ip)[:, :I]
         Vz = ws[off_v + z * CT: off_v + (z + 1) * CT].reshape(I, ps.Tp)
         assert not np.isnan(Uz).any() and not np.isnan(Vz).any(), "GEMM reads an unwritten U / V element"
         ws[off_m + z * O * ps.Tp: off_m + (z + 1) * O * ps.Tp] = (Uz @ Vz).ravel()
 
-    # winograd_output: grid (ceil(T/256), C_out), thread (k, t)
+    # conv_winograd_output: grid (ceil(T/256), C_out), thread (k, t)
     out = np.full((ps.N, ps.C_out, ps.Ho, ps.Wo), np.nan, dt)
     oflat = out.reshape(-1)
     KTp = ps.C_out * ps.Tp
@@ -124,8 +125,8 @@ def emulate_pass(ps, inp, Wt, b, flip, dt):
 
 
 def emulate_weights(wp, dy, x, dt):
-    """The four backward-weights kernels (winograd_input, winograd_dy, winograd_wgrad_gemm split over t,
-    winograd_wgrad_output) on the flat workspace layout of ``_WeightsPass``: dW (K, C, 3, 3) in dt."""
+    """The four backward-weights kernels (conv_winograd_input, conv_winograd_dy, conv_winograd_wgrad_gemm split over t,
+    conv_winograd_wgrad_output) on the flat workspace layout of ``WeightsPass``: dW (K, C, 3, 3) in dt."""
     g = wp.geo
     K, C, Tp, T = wp.K, wp.C, g.Tp, g.T
     ws = np.full(wp.size, np.nan, dt)
@@ -140,7 +141,7 @@ def emulate_weights(wp, dy, x, dt):
     emulate_input(ws, 0, g, x, dt)    # V at the workspace's start
     CT = C * Tp
 
-    # winograd_dy: grid (ceil(Tp/256), K), thread (k, t)
+    # conv_winograd_dy: grid (ceil(Tp/256), K), thread (k, t)
     dyflat = dy.astype(dt).ravel()
     KT = K * Tp
     P, Q = g.Ho, g.Wo
@@ -159,7 +160,7 @@ def emulate_weights(wp, dy, x, dt):
             for j in range(4):
                 ws[off_y + (a * 4 + j) * KT + k * Tp + t] = vals[j]
 
-    # winograd_wgrad_gemm: z = s*16 + xi, Mw[z] (K x C) = Y[xi][:, range] @ V[xi][:, range]^T
+    # conv_winograd_wgrad_gemm: z = s*16 + xi, Mw[z] (K x C) = Y[xi][:, range] @ V[xi][:, range]^T
     for s in range(wp.splits):
         lo, hi = s * wp.t_chunk, min(Tp, (s + 1) * wp.t_chunk)
         assert lo < hi, "an empty split"
@@ -170,7 +171,7 @@ def emulate_weights(wp, dy, x, dt):
             z = s * 16 + xi
             ws[off_m + z * K * C: off_m + (z + 1) * K * C] = (Yz @ Vz.T).ravel()
 
-    # winograd_wgrad_output: thread idx = k*C + c, the splits summed in order
+    # conv_winograd_wgrad_output: thread idx = k*C + c, the splits summed in order
     KC = K * C
     idx = np.arange(KC)
     m = np.stack([ws[off_m + xi * KC + idx] for xi in range(16)])
@@ -208,8 +209,8 @@ def main():
         y_ref += b[:, None, None]
         dy = rng.standard_normal(y_ref.shape).astype(np.float32)
         dx_ref = back(dy.astype(np.float64))[0]
-        prob = _checked_problem(x.shape, W.shape, 1, (ph, pw), "emulate")
-        fp, bp = _forward_pass(prob), _backward_pass(prob)
+        prob = checked_problem(x.shape, W.shape, 1, (ph, pw), "emulate")
+        fp, bp = forward_pass(prob), backward_pass(prob)
         y = emulate_pass(fp, x, W, b, False, np.float64)
         dx = emulate_pass(bp, dy, W, None, True, np.float64)
         ey, edx = np.abs(y - y_ref).max(), np.abs(dx - dx_ref).max()
@@ -230,7 +231,7 @@ def main():
         dW_abs = wgrad_abs(dy.astype(np.float64), x64, (ph, pw))
         edw = 0.0
         for splits in (None, 1, 3):
-            wp = _WeightsPass(prob, 132, splits=splits)
+            wp = WeightsPass(prob, 132, splits=splits)
             dW = emulate_weights(wp, dy, x, np.float64)
             edw = max(edw, np.abs(dW - dW_ref).max())
             assert edw < 1e-12 * max(1, np.abs(dW_ref).max()), (splits, edw)

@@ -1,11 +1,12 @@
-"""NumPy emulation of the index math of kernels/conv_smallc.cu, on tiny shapes, against a float64 reference.
+"""NumPy emulation of the index math of kernels/conv_few_channels.cu, on tiny shapes, against a float64
+reference.
 
 Each kernel is replayed block by block and thread by thread (the inner FMA loops vectorised over the
-thread's own registers), with the launch plan of custom_impl/gpu/conv_smallc.py. Shared memory and the
+thread's own registers), with the launch plan of custom_impl/gpu/conv/few_channels.py. Shared memory and the
 workspace start NaN-filled and outputs NaN-filled, so a read of something never staged or an element never
 written shows up as NaN. Runs on the CPU, no CuPy:
 
-    python3 dev/conv_smallc_emulate.py [--quick]
+    python3 lab/conv/few_channels_emulate.py [--quick]
 """
 from __future__ import annotations
 
@@ -14,18 +15,20 @@ import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from custom_impl.gpu.conv import _dims  # noqa: E402
-from custom_impl.gpu.conv_smallc import (FK, FU, FWD_THREADS, KT, REDUCE_V2_THREADS, TW, U,  # noqa: E402
-                                         V2_SMEM_BYTES, V2_THREADS, plan_v2, weights_plan)
-from test_gpu_conv import conv_ref  # noqa: E402
+from conv_reference import conv_ref  # noqa: E402
+from custom_impl.gpu.conv import conv_dims as _dims  # noqa: E402
+from custom_impl.gpu.conv.few_channels import (BANDS_SMEM_BYTES, BANDS_THREADS, FK, FU,  # noqa: E402
+                                               FWD_THREADS, KT, REDUCE_BANDS_THREADS, TW, U, bands_plan,
+                                               weights_plan)
 
 
 def emulate_reduce(ws, n_out, grid, warps):
-    """conv_smallc_reduce / _reduce_v2: block bi sums elements bi*32 + lane of the grid partials; warp w adds
+    """conv_few_channels_reduce_rows / _reduce_bands: block bi sums elements bi*32 + lane of the grid
+    partials; warp w adds
     partials z in [grid*w/warps, grid*(w+1)/warps) in order, then the warps' sums are added in order."""
     out = np.full(n_out, np.nan)
     for bi in range(-(-n_out // 32)):
@@ -45,7 +48,7 @@ def emulate_reduce(ws, n_out, grid, warps):
 
 def emulate_backward_weights(dy, x, dims, sms):
     N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw = dims
-    plan = weights_plan(dims, sms, "v1")
+    plan = weights_plan(dims, sms, "rows")
     assert plan is not None
     kc, xld, gstride, G, threads, smem_bytes, grid = plan
     assert smem_bytes <= 48 * 1024 and threads <= 384
@@ -124,22 +127,22 @@ def emulate_backward_weights(dy, x, dims, sms):
     n_out = K * CRS
     if grid == 1:
         return ws[:n_out].reshape(K, C, R, S), plan
-    return emulate_reduce(ws, n_out, grid, 8).reshape(K, C, R, S), plan   # conv_smallc_reduce: 8 warps
+    return emulate_reduce(ws, n_out, grid, 8).reshape(K, C, R, S), plan   # conv_few_channels_reduce_rows: 8 warps
 
 
-def emulate_backward_weights_v2(dy, x, dims, sms, plan=None, vec=None):
-    """conv_smallc_backward_weights_v2 + conv_smallc_reduce_v2, thread by thread. Each thread's staging walk
+def emulate_backward_weights_bands(dy, x, dims, sms, plan=None, vec=None):
+    """conv_few_channels_wgrad_bands + conv_few_channels_reduce_bands, thread by thread. Each thread's staging walk
     is replayed with the kernel's incremental (row, unit) stepping; a buffer is NaN-filled before it is
     staged (stale data of two items ago must never be read), every element may be staged once, and the
     FMAs use the kernel's sliding x window. Returns (dW, plan)."""
     N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw = dims
     if plan is None:
-        plan = weights_plan(dims, sms, "v2")
+        plan = weights_plan(dims, sms, "bands")
     assert plan is not None
     kc, pb, qs, xld, stage, T, smem_bytes, gridx, kchunks = plan
     if vec is None:
         vec = Q % 4 == 0  # the wrapper also asks for a 16-byte aligned dy
-    assert T <= V2_THREADS and smem_bytes <= V2_SMEM_BYTES and kc % KT == 0
+    assert T <= BANDS_THREADS and smem_bytes <= BANDS_SMEM_BYTES and kc % KT == 0
     assert stage % 4 == 0 and qs % 4 == 0 and (qs // 4) % 2 == 1 and xld % 2 == 1
     CR, CRS = C * R, C * R * S
     assert T == (kc // KT) * CR * pb
@@ -283,7 +286,7 @@ def emulate_backward_weights_v2(dy, x, dims, sms, plan=None, vec=None):
     n_out = K * CRS
     if gridx == 1:
         return ws[:n_out].reshape(K, C, R, S), plan
-    return emulate_reduce(ws, n_out, gridx, REDUCE_V2_THREADS // 32).reshape(K, C, R, S), plan  # _reduce_v2
+    return emulate_reduce(ws, n_out, gridx, REDUCE_BANDS_THREADS // 32).reshape(K, C, R, S), plan  # _reduce_bands
 
 
 def emulate_backward_data(dy, Wt, dims):
@@ -344,7 +347,7 @@ def emulate_backward_data(dy, Wt, dims):
 
 
 def emulate_forward(x, Wt, b, dims, vec):
-    """conv_smallc_forward: every thread of the grid (blocks of FWD_THREADS, grid.y = k groups of FK), its
+    """conv_few_channels_fwd: every thread of the grid (blocks of FWD_THREADS, grid.y = k groups of FK), its
     FK x FU outputs from the x window it loads per (c, r) and W from the block's shared-memory slice."""
     N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw = dims
     y = np.full(N * K * P * Q, np.nan)
@@ -405,18 +408,18 @@ CASES = [  # (N, C, H, W, K, R, S, stride, padding)
     (3, 3, 8, 8, 32, 3, 3, (1, 1), (1, 1)),       # CIFAR conv1-like: Q % 4 == 0 (16-byte dy copies)
     (5, 1, 7, 7, 32, 5, 5, (1, 1), (2, 2)),       # LeNet conv1-like, Q = 7
     (2, 1, 9, 8, 7, 2, 1, (1, 3), (0, 0)),        # S < sw (no x columns kept between steps)
-    (2, 8, 6, 7, 40, 7, 3, (1, 1), (3, 1)),       # (K/4)*C*R = 560 > 512 threads: v2 splits k (grid.y = 2)
+    (2, 8, 6, 7, 40, 7, 3, (1, 1), (3, 1)),       # (K/4)*C*R = 560 > 512 threads: the bands split k (grid.y = 2)
 ]
 
 
-def _v2_variants(dims):
+def _bands_variants(dims):
     """Plans besides weights_plan's: one k per chunk group (many chunks), 1-row and tall bands, 1-3 blocks."""
     N, C, H, W, K, R, S, P, Q = dims[:9]
     out = []
     for kc, pb, grid in ((4, 1, 3), (4, min(P, 3), 2), (-(-K // 4) * 4, P, 1), (8, 2, 5)):
-        if (kc // 4) * C * R * pb <= V2_THREADS:
-            plan = plan_v2(dims, kc, pb, grid)
-            if plan.smem <= V2_SMEM_BYTES:
+        if (kc // 4) * C * R * pb <= BANDS_THREADS:
+            plan = bands_plan(dims, kc, pb, grid)
+            if plan.smem <= BANDS_SMEM_BYTES:
                 out.append(plan)
     return out
 
@@ -448,18 +451,19 @@ def main(quick=False):
             err_w = np.abs(dW - dW_ref).max() / scale
             assert err_w < 1e-12, (case, sms, err_w)
             worst = max(worst, err_w)
-        runs = [(weights_plan(dims, sms, "v2"), vec) for sms in (1, 132) for vec in (True, False)]
-        runs += [(p, vec) for p in ([] if quick else _v2_variants(dims)) for vec in (True, False)]
+        runs = [(weights_plan(dims, sms, "bands"), vec) for sms in (1, 132) for vec in (True, False)]
+        runs += [(p, vec) for p in ([] if quick else _bands_variants(dims)) for vec in (True, False)]
         for plan2, vec in runs:
             if vec and dims[8] % 4:
                 continue
-            dW2, plan2 = emulate_backward_weights_v2(dy, x, dims, None, plan=plan2, vec=vec)
+            dW2, plan2 = emulate_backward_weights_bands(dy, x, dims, None, plan=plan2, vec=vec)
             err_w2 = np.abs(dW2 - dW_ref).max() / scale
             assert err_w2 < 1e-12, (case, plan2, vec, err_w2)
             worst = max(worst, err_w2)
         assert err_x < 1e-12, (case, err_x)
         worst = max(worst, err_x)
-        print(f"ok {case}  v1 plan(sms=132)={tuple(plan)}  v2 {len(runs)} plans, e.g. {tuple(weights_plan(dims))}  "
+        print(f"ok {case}  rows plan(sms=132)={tuple(plan)}  bands {len(runs)} plans, "
+              f"e.g. {tuple(weights_plan(dims))}  "
               f"rel err dx {err_x:.1e} dW {err_w:.1e}")
     print(f"all cases ok; worst relative error {worst:.1e}")
 

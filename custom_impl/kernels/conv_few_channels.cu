@@ -1,15 +1,16 @@
-// conv2d backward kernels for layers with few input channels (C <= 8): the first layer of a CNN (C = 1 or 3).
+// conv2d kernels for layers with few input channels (C <= 8): the first layer of a CNN (C = 1 or 3);
+// forward, backward-data and backward-weights (two launch shapes: rows and bands of rows).
 // Legend: N batch, C in-channels, K out-channels, H,W in, P,Q out, R,S kernel, (sh,sw) stride, (ph,pw) padding.
 //   dx[n,c,h,w] = sum_{k,r,s: h+ph-r = p*sh, w+pw-s = q*sw} W[k,c,r,s] dy[n,k,p,q]
 //   dW[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] x[n, c, p*sh-ph+r, q*sw-pw+s]      (zero outside the image)
-// The implicit GEMMs of conv.cu have M = C (backward-data) or N = C*R*S (backward-weights), so with C = 1..3
-// their tiles are mostly padding; these kernels are direct and register-blocked instead.
+// The implicit GEMMs of conv_implicit_gemm.cu have M = C (backward-data) or N = C*R*S (backward-weights),
+// so with C = 1..3 their tiles are mostly padding; these kernels are direct and register-blocked instead.
 //
-// Compile-time shape (one module per value set, chosen by custom_impl/gpu/conv_smallc.py):
+// Compile-time shape (one module per value set, chosen by custom_impl/gpu/conv/few_channels.py):
 //   SC_S  = S, the kernel width;  SC_SW = sw, the stride along w;  SC_C = C (backward-data only).
 // The kernels check the runtime dims against them and do nothing on a mismatch (the outputs stay unwritten).
 //
-//   conv_smallc_backward_weights  row correlations: for fixed (n, p) and (c, r) the sum over q is a 1-D
+//   conv_few_channels_wgrad_rows  row correlations: for fixed (n, p) and (c, r) the sum over q is a 1-D
 //       correlation of the dy row dy[n,k,p,:] with the x row ih = p*sh-ph+r. A block is split into G groups
 //       of T threads; a group stages one output row (its dy row for a chunk of kc k's and the C*R x rows,
 //       zero-padded) in shared memory, and each thread owns one task (4 consecutive k, one (c,r)) with
@@ -17,17 +18,18 @@
 //       16*S FMAs). Accumulators persist over all rows of the group; at the end of a k-chunk the G groups
 //       are added in group order in shared memory and the block writes its partial (K, C*R*S) sums to
 //       ws[blockIdx.x] (every element, zeros included).
-//   conv_smallc_reduce            dW = sum over the blocks' partials, in a fixed order (deterministic).
-//   conv_smallc_backward_weights_v2  the same row correlations over bands of PB output rows, pipelined: a
+//   conv_few_channels_reduce_rows  dW = sum over the blocks' partials, in a fixed order (deterministic).
+//   conv_few_channels_wgrad_bands  the same row correlations over bands of PB output rows, pipelined: a
 //       block owns one chunk of kc k's (blockIdx.y) and a contiguous range of work items (n, band of PB rows
 //       of p); cp.async copies the next item's dy band (kc x PB rows, 16-byte chunks when Q % 4 == 0 and dy
 //       is aligned) and its x rows (C x ((PB-1)*sh+R) rows, zero-filled outside the image) into the other of
 //       two shared buffers while the block computes the current one. Thread = task (4 k, one (c, r), one
 //       row pp of the band) with 4*S sums in registers over all items; the staging loops step their
 //       (row, column) indices incrementally (no division per element). At the end the PB rows' sums are
-//       added in pp order and the block writes its partial (kc, C*R*S) to ws[blockIdx.x] (v1's layout).
-//   conv_smallc_reduce_v2         conv_smallc_reduce with blockDim.x/32 warps splitting the partials.
-//   conv_smallc_backward_data     per stride phase (grid.z, as conv.cu's v3/v4): one thread computes 4
+//       added in pp order and the block writes its partial (kc, C*R*S) to ws[blockIdx.x] (the rows kernel's layout).
+//   conv_few_channels_reduce_bands  conv_few_channels_reduce_rows with blockDim.x/32 warps splitting the
+//       partials.
+//   conv_few_channels_dgrad     per stride phase (grid.z, as conv_implicit_gemm_dgrad): one thread computes 4
 //       consecutive pixels of one phase row for all C channels (acc[C][4]); per (k, tap row) it loads the
 //       St+3 dy values the 4 pixels need once into registers and does 4*St*C FMAs with W from shared memory
 //       (broadcast reads: all threads of a block share the phase and k).
@@ -54,7 +56,7 @@
 // floats. Group layout: ds (kc, Qp) dy rows, Qp = Q rounded up to 4, then xs (C*R, xld) x rows holding
 // x[n, c, p*sh-ph+r, col-pw] for col < (Q-1)*sw+S (zero elsewhere, in the padding and past the end).
 extern "C" __global__ void __launch_bounds__(384, 2)
-conv_smallc_backward_weights(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ ws,
+conv_few_channels_wgrad_rows(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ ws,
                              int N, int C, int H, int W, int K, int R, int S, int P, int Q,
                              int sh, int sw, int ph, int pw, int kc, int xld, int gstride) {
     extern __shared__ float4 smem4[];
@@ -166,7 +168,7 @@ conv_smallc_backward_weights(const float* __restrict__ dy, const float* __restri
 // its 8 warps split z into 8 contiguous ranges, each summed in order; the 8 sums are then added in warp
 // order. The order depends only on splits: deterministic.
 extern "C" __global__ void __launch_bounds__(256)
-conv_smallc_reduce(const float* __restrict__ ws, float* __restrict__ out, int n, int splits) {
+conv_few_channels_reduce_rows(const float* __restrict__ ws, float* __restrict__ out, int n, int splits) {
     __shared__ float part[8][32];
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
@@ -186,7 +188,7 @@ conv_smallc_reduce(const float* __restrict__ ws, float* __restrict__ out, int n,
     }
 }
 
-// ---- backward-weights v2 ------------------------------------------------------------------------------
+// ---- backward-weights over bands of rows ------------------------------------------------------------
 // cp.async (sm_80+): global -> shared copies that bypass the registers and complete asynchronously; a thread
 // waits for its own groups with cp.async.wait_group, and a barrier then makes every thread's copies visible.
 __device__ __forceinline__ unsigned sc_smem_addr(const void* p) {
@@ -219,7 +221,7 @@ __device__ __forceinline__ void sc_cp_async_wait0() { asm volatile("cp.async.wai
 // (zeros outside the image), XR = (pb-1)*sh + R. Rows of pp >= P - p0 (past the image) are not staged and
 // not read.
 extern "C" __global__ void __launch_bounds__(512)
-conv_smallc_backward_weights_v2(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ ws,
+conv_few_channels_wgrad_bands(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ ws,
                                 int N, int C, int H, int W, int K, int R, int S, int P, int Q,
                                 int sh, int sw, int ph, int pw, int kc, int pb, int qs, int xld, int stage,
                                 int vec) {
@@ -385,11 +387,12 @@ conv_smallc_backward_weights_v2(const float* __restrict__ dy, const float* __res
     }
 }
 
-// dW[i] = sum over z < splits of ws[z*n + i]: conv_smallc_reduce with W = blockDim.x/32 warps (<= 32), warp w
+// dW[i] = sum over z < splits of ws[z*n + i]: conv_few_channels_reduce_rows with W = blockDim.x/32 warps
+// (<= 32), warp w
 // summing z in [splits*w/W, splits*(w+1)/W) in order, then the W sums added in warp order (deterministic
 // for a given blockDim).
 extern "C" __global__ void __launch_bounds__(1024)
-conv_smallc_reduce_v2(const float* __restrict__ ws, float* __restrict__ out, int n, int splits) {
+conv_few_channels_reduce_bands(const float* __restrict__ ws, float* __restrict__ out, int n, int splits) {
     __shared__ float part[32][33];
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
@@ -419,7 +422,7 @@ conv_smallc_reduce_v2(const float* __restrict__ ws, float* __restrict__ out, int
 // writes zeros. Thread j -> (n, hh, wb) with wb fastest; it owns pixels ww = 4*wb + i, i < 4.
 // Shared memory (dynamic): W, K*C*R*S floats.
 extern "C" __global__ void __launch_bounds__(256)
-conv_smallc_backward_data(const float* __restrict__ dy, const float* __restrict__ Wt, float* __restrict__ dx,
+conv_few_channels_dgrad(const float* __restrict__ dy, const float* __restrict__ Wt, float* __restrict__ dx,
                           int N, int C, int H, int W, int K, int R, int S, int P, int Q,
                           int sh, int sw, int ph, int pw) {
     extern __shared__ float4 smem4[];
@@ -496,7 +499,7 @@ conv_smallc_backward_data(const float* __restrict__ dy, const float* __restrict_
 }
 
 // ---- forward ------------------------------------------------------------------------------------------------
-// y[n,k,p,q] = b[k] + sum_{c,r,s} W[k,c,r,s] x[n, c, p*sh-ph+r, q*sw-pw+s] for few input channels. conv.cu's
+// y[n,k,p,q] = b[k] + sum_{c,r,s} W[k,c,r,s] x[n, c, p*sh-ph+r, q*sw-pw+s] for few input channels. The
 // implicit GEMM reduces over C*R*S = 9..49 here (a handful of k tiles) with M = K = 32..64 rows of a 128-row
 // tile, so most of its work is padding and per-element gather index math (LeNet conv1, N1024: 194 us for
 // 1.3 GFLOP). Here one thread computes SC_FU consecutive q of one output row (n, p) for SC_FK consecutive k:
@@ -509,7 +512,7 @@ conv_smallc_backward_data(const float* __restrict__ dy, const float* __restrict_
 #define SC_FXV ((SC_FU - 1) * SC_SW + SC_S)      // x values per (c, r) a forward thread needs
 
 extern "C" __global__ void __launch_bounds__(256)
-conv_smallc_forward(const float* __restrict__ x, const float* __restrict__ Wt, const float* __restrict__ b,
+conv_few_channels_fwd(const float* __restrict__ x, const float* __restrict__ Wt, const float* __restrict__ b,
                     float* __restrict__ y, int N, int C, int H, int W, int K, int R, int S, int P, int Q,
                     int sh, int sw, int ph, int pw, int flags) {
     extern __shared__ float4 smem4[];

@@ -1,22 +1,22 @@
-"""conv2d backward passes for multi-tap kernels (R x S, stride 1) in ``kernels/conv_patch.cu``.
+"""conv2d backward passes for multi-tap kernels (R x S, stride 1) in ``kernels/conv_patch.cu``: the
+algorithm "patch" of backward-data and backward-weights.
 
 Legend: N batch, C in-channels, K out-channels, H,W in, P,Q out, R,S kernel; padding (ph, pw); stride 1;
-NCHW, cross-correlation, W (K, C, R, S); ``dims`` is conv.py's 13-tuple (N, C, H, W, K, R, S, P, Q, sh, sw,
-ph, pw).
+NCHW, cross-correlation, W (K, C, R, S); ``dims`` a ``ConvDims`` (geometry.py).
 
     backward-weights:  dW[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] x[n, c, p-ph+r, q-pw+s]
     backward-data:     dx[n,c,h,w] = sum_{k,r,s} W[k,c,r,s] dy[n, k, h+ph-r, w+pw-s]
 
-Why separate kernels: conv.py's implicit GEMMs gather one im2col element per tap with index arithmetic
-(20-30% on top of the GEMM), and for LeNet's 5x5 layer (C=32, K=64) M = K or C fills half of their 128-row
-tiles. Here a block stages an input patch (an x strip for dW, a dy strip for dx) in shared memory once and
+Why separate kernels: the implicit GEMMs (implicit_gemm.py) gather one im2col element per tap with index
+arithmetic (20-30% on top of the GEMM), and for LeNet's 5x5 layer (C=32, K=64) M = K or C fills half of
+their 128-row tiles. Here a block stages an input patch (an x strip for dW, a dy strip for dx) in shared memory once and
 every thread reuses it for all R*S taps as row correlations: 4 output columns x S taps share a window of
 S+3 values, loaded as float4s.
 
-  ``backward_weights`` ("patch" in conv.py): block (split z, group of cb channels, group of 64 k); thread =
+  ``backward_weights``: block (split z, group of cb channels, group of 64 k); thread =
       8 k x one (c, r) x all S taps; the blocks of a split sum their range of (image, row strip) items and
       write a partial dW into ``workspace``; gemm's ordered split-K reduce adds them (deterministic).
-  ``backward_data`` ("patch"): W is first copied to (K, R, S, C) in ``workspace``; block (image, strip of
+  ``backward_data``: W is first copied to (K, R, S, C) in ``workspace``; block (image, strip of
       rows, group of 8*CT channels); thread = 8 channels x 4 columns of one row; chunks of kc k staged.
 
 S is compile-time (one module per kernel width, compiled on first use). Outputs are written (``=``). With
@@ -25,7 +25,7 @@ capturable).
 
 Example::
 
-    dims = conv._dims(x.shape, W.shape, 1, 2)
+    dims = conv_dims(x.shape, W.shape, 1, 2)
     if weights_plan(dims) is not None:
         backward_weights(dy, x, dW, dims, workspace)   # dW (K, C, R, S)
     if data_plan(dims) is not None:
@@ -35,8 +35,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ._compile import blocks, check_array, checked_workspace, kernel_function
-from ._compile import i32 as _i32
+from .. import gemm, runtime
+from ..runtime import blocks, check_array, checked_workspace
+from ..runtime import i32 as _i32
+from .geometry import conv_dims
 
 FAMILY = "conv_patch"
 MAX_S = 7                 # kernel width: 8*S (dW) sums per thread; S = 8 spills under the register cap
@@ -61,7 +63,7 @@ def _row4(n: int) -> int:
     return n if n % 8 == 4 else n + 4
 
 
-def _window(S: int) -> int:
+def window(S: int) -> int:
     """Floats a thread loads per step: the U+S-1 window rounded up to whole float4s (PT_XV)."""
     return _ceil(U + S - 1, 4) * 4
 
@@ -105,7 +107,7 @@ def weights_plan(dims, sms: int = 132) -> WeightsPlan | None:
         return None
     Qp = _ceil(Q, U) * U
     ldq = _row4(Qp)
-    ldx = _row4(Qp + _window(S) - U)
+    ldx = _row4(Qp + window(S) - U)
     pb = max(1, min(P, ROW_FLOATS // Qp))
     pb = _ceil(P, _ceil(P, pb))  # balanced strips
     cb = max(1, min(C, WT_TASKS // R))
@@ -143,7 +145,7 @@ def data_plan(dims) -> DataPlan | None:
         return None
     hb = max(1, min(H, DX_THREADS // per_row))
     hb = _ceil(H, _ceil(H, hb))  # balanced strips
-    ldd = _row4((wch - 1) * U + _window(S))
+    ldd = _row4((wch - 1) * U + window(S))
     cb = 8 << ct_shift
     per_k = (hb + R - 1) * ldd + R * S * cb
     kc = min(K, STAGE_FLOATS // per_k)
@@ -157,13 +159,9 @@ def data_plan(dims) -> DataPlan | None:
 def workspace_size(x_shape, w_shape, stride, padding, sms: int | None = None) -> int:
     """float32 elements of workspace the two kernels need (the larger): backward_weights' partial dW
     (splits x K*C*R*S, 0 when unsplit) and backward_data's W^T copy (K*C*R*S); 0 for a layer neither runs."""
-    from .conv import _dims
-
     if sms is None:
-        from .gemm import _num_sms
-
-        sms = _num_sms()
-    dims = _dims(tuple(x_shape), tuple(w_shape), stride, padding)
+        sms = runtime.sm_count()
+    dims = conv_dims(tuple(x_shape), tuple(w_shape), stride, padding)
     K, C, R, S = w_shape
     plan = weights_plan(dims, sms)
     need_w = 0 if plan is None or plan.grid[0] == 1 else plan.grid[0] * K * C * R * S
@@ -176,52 +174,51 @@ def _unfit_message(what: str, dims) -> str:
     why = _unsupported(dims) or (f"the rows of a {H}x{Wd} input with a {R}x{S} kernel are too wide for one "
                                  f"block ({WT_THREADS if what == 'backward_weights' else DX_THREADS} threads, "
                                  f"one stage in {SMEM_BYTES // 2048} KB of shared memory)")
-    return (f"conv_patch.{what}: {why} (x {(N, C, H, Wd)}, W {(K, C, R, S)}, stride {(sh, sw)}, padding "
+    return (f"conv.patch.{what}: {why} (x {(N, C, H, Wd)}, W {(K, C, R, S)}, stride {(sh, sw)}, padding "
             f"{(ph, pw)}); these kernels take stride 1, kernels up to {MAX_S} wide and rows that fit shared "
-            f"memory: use conv.py's other versions for this layer ('v2' / 'v3', or 'auto')")
+            f"memory: use another algorithm for this layer ('implicit_gemm', or 'auto')")
 
 
-def _get(name: str, S: int):
-    return kernel_function(FAMILY, name, PT_S=int(S))
+def kernel(name: str, S: int):
+    """The compiled kernel ``name`` for kernel width ``S`` (one module per width, compiled on first use)."""
+    return runtime.kernel(FAMILY, name, {"PT_S": int(S)})
 
 
 def _check(dims, arrays, what):
     N, C, H, Wd, K, R, S, P, Q = dims[:9]
     shapes = {"dy": (N, K, P, Q), "x": (N, C, H, Wd), "dx": (N, C, H, Wd), "W": (K, C, R, S), "dW": (K, C, R, S)}
     for name, a in arrays.items():
-        check_array(a, f"conv_patch.{what}: {name}", shape=shapes[name])
+        check_array(a, f"conv.patch.{what}: {name}", shape=shapes[name])
 
 
 def backward_weights(dy, x, dW, dims, workspace=None):
     """dW (K, C, R, S) = sum over n, p, q of dy (N, K, P, Q) times x (N, C, H, W) windows; returns dW.
 
     ``workspace``: float32, at least ``workspace_size(...)`` elements (the partial dW of each split), or
-    None for gemm.py's shared per-device split buffer. Raises ValueError for a layer it cannot run."""
-    from .gemm import _num_sms, splitk_reduce
-
+    None for the runtime's shared workspace. Raises ValueError for a layer it cannot run."""
     dims = tuple(int(v) for v in dims)
-    plan = None if _unsupported(dims) else weights_plan(dims, _num_sms())
+    plan = None if _unsupported(dims) else weights_plan(dims, runtime.sm_count())
     if plan is None:
         raise ValueError(_unfit_message("backward_weights", dims))
     _check(dims, {"dy": dy, "x": x, "dW": dW}, "backward_weights")
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
     splits = plan.grid[0]
     n = K * C * R * S
-    out = dW if splits == 1 else checked_workspace(workspace, splits * n, "conv_patch.backward_weights",
+    out = dW if splits == 1 else checked_workspace(workspace, splits * n, "conv.patch.backward_weights",
                                                    "conv2d_workspace_size")
-    _get("conv_patch_backward_weights", S)(
+    kernel("conv_patch_backward_weights", S)(
         plan.grid, (plan.threads,),
         (dy, x, out) + _i32(*dims) + _i32(plan.cb, plan.pb, plan.ldq, plan.ldx, plan.chunk), shared_mem=plan.smem)
     if splits > 1:
-        splitk_reduce(out, dW, None, K, C * R * S, splits, 0, 0)
+        gemm.splitk_reduce(out, dW, None, K, C * R * S, splits, 0, 0)
     return dW
 
 
 def backward_data(dy, W, dx, dims, workspace=None):
     """dx (N, C, H, W) from dy (N, K, P, Q) and W (K, C, R, S); returns dx.
 
-    ``workspace``: float32, at least K*C*R*S elements (W copied to (K, R, S, C)), or None for gemm.py's
-    shared per-device split buffer. Raises ValueError for a layer it cannot run."""
+    ``workspace``: float32, at least K*C*R*S elements (W copied to (K, R, S, C)), or None for the
+    runtime's shared workspace. Raises ValueError for a layer it cannot run."""
     dims = tuple(int(v) for v in dims)
     plan = data_plan(dims)
     if plan is None:
@@ -229,10 +226,10 @@ def backward_data(dy, W, dx, dims, workspace=None):
     _check(dims, {"dy": dy, "W": W, "dx": dx}, "backward_data")
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
     n = K * C * R * S
-    wt = checked_workspace(workspace, n, "conv_patch.backward_data", "conv2d_workspace_size")
-    _get("conv_patch_transpose_w", S)((min(blocks(n, 256), 132 * 8),), (256,),
+    wt = checked_workspace(workspace, n, "conv.patch.backward_data", "conv2d_workspace_size")
+    kernel("conv_patch_transpose_w", S)((min(blocks(n, 256), 132 * 8),), (256,),
                                       (W, wt) + _i32(K, C, R * S))
-    _get("conv_patch_backward_data", S)(
+    kernel("conv_patch_backward_data", S)(
         plan.grid, (plan.threads,),
         (dy, wt, dx) + _i32(*dims) + _i32(plan.ct_shift, plan.wch, plan.hb, plan.kc, plan.ldd), shared_mem=plan.smem)
     return dx

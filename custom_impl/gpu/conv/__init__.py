@@ -1,0 +1,224 @@
+"""2-D convolution on the GPU in our own kernels: the public conv ops and the conv layer step.
+
+Legend: N batch, C in-channels, K out-channels, H,W in, P,Q out, R,S kernel; stride (sh, sw), padding
+(ph, pw); P = (H + 2ph - R) // sh + 1, Q = (W + 2pw - S) // sw + 1. NCHW, cross-correlation (PyTorch).
+
+    forward:           y[n,k,p,q]  = b[k] + sum_{c,r,s} W[k,c,r,s] x[n, c, p*sh-ph+r, q*sw-pw+s]
+    backward-data:     dx[n,c,h,w] = sum over (k,r,s) with h+ph-r = p*sh, w+pw-s = q*sw of W[k,c,r,s] dy[n,k,p,q]
+    backward-weights:  dW[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] x[n, c, p*sh-ph+r, q*sw-pw+s]
+                       db[k]       = sum_{n,p,q} dy[n,k,p,q]
+
+Algorithms, one module per family (``algo=`` / ``weights_algo=``; "auto", the default, picks per shape
+in select.py, the one place that decides which algorithms can run a layer and chooses among them by
+timing; docs/kernels.md tells what each measured):
+  "implicit_gemm" (implicit_gemm.py)  every phase, every shape: implicit GEMMs on the tiled-GEMM machinery,
+                                       backward-data one GEMM per stride phase, split-K for small batches.
+  "winograd"      (winograd.py)       3x3, stride 1, >= 16 channels: F(2x2, 3x3) / F(3x3, 2x2).
+  "few_channels"  (few_channels.py)   C <= 8 (a CNN's first layer): direct register-blocked kernels.
+  "patch"         (patch.py)          backward passes of 3..7-tap stride-1 kernels, >= 8 channels: an input
+                                       patch staged in shared memory once and reused for every tap.
+FORWARD_ALGOS / DATA_ALGOS / WEIGHTS_ALGOS name them per phase; ``candidates(dims, phase)`` says which can
+run a layer (what "auto" times). ``conv_dims`` gives a layer's ``ConvDims``.
+
+Parameter gradients are written (``=``), never accumulated. With ``out``/``dx``/``dW``/``db`` and
+``workspace`` (``conv2d_workspace_size`` float32 elements) given, nothing is allocated; everything runs on
+CuPy's current stream without host synchronisation (CUDA-graph capturable; an uncached "auto" choice is
+timed outside a capture only: inside one it takes "implicit_gemm").
+
+Example::
+
+    y = conv2d_forward(x, W, b, stride=(1, 1), padding=(1, 1))
+    dx, dW, db = conv2d_backward(dy, x, W, (1, 1), (1, 1))
+    y = conv2d_forward(x, W, b, 1, 1, algo="winograd")       # one algorithm by name
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import runtime
+from ..runtime import check_array
+from ..step import Step
+from . import few_channels, implicit_gemm, patch, select, winograd
+from .geometry import ConvDims, conv2d_output_shape, conv_dims, planning_sms
+from .select import DATA_ALGOS, FORWARD_ALGOS, WEIGHTS_ALGOS, candidates
+
+__all__ = ["conv2d_forward", "conv2d_backward", "conv2d_backward_data", "conv2d_workspace_size",
+           "conv2d_output_shape", "conv_dims", "ConvDims", "FORWARD_ALGOS", "DATA_ALGOS", "WEIGHTS_ALGOS",
+           "candidates", "ConvStep"]
+
+
+def conv2d_workspace_size(x_shape, w_shape, stride, padding) -> int:
+    """float32 elements of workspace the forward+backward of this convolution needs (0 if none), whichever
+    algorithm runs them.
+
+    The plans depend on the launch cost in force (``runtime.launch_cost_regime``): size the workspace
+    under the same setting as the calls that use it."""
+    return select.workspace_size(conv_dims(x_shape, w_shape, stride, padding), planning_sms())
+
+
+def _forward(algo, x, W, b, out, dims, workspace, sms):
+    if algo == "implicit_gemm":
+        return implicit_gemm.forward(x, W, b, out, dims, workspace, sms)
+    if algo == "winograd":
+        return winograd.forward(x, W, b, out, (dims.ph, dims.pw), workspace)
+    return few_channels.forward(x, W, b, out, dims)
+
+
+def conv2d_forward(x, W, b, stride, padding, out=None, workspace=None, algo="auto"):
+    """y = conv2d(x, W) + b: x (N, C, H, W), W (K, C, R, S), b (K,) or None -> y (N, K, P, Q).
+
+    ``algo``: one of FORWARD_ALGOS, or "auto" (the default): the fastest of ``candidates(dims, "forward")``
+    when first timed (cached per device, launch-cost regime, shape and bias presence). ``workspace``:
+    split-K partials (small batches) and Winograd's transforms, ``conv2d_workspace_size`` elements, or None
+    for the runtime's shared buffer.
+    """
+    import cupy
+
+    check_array(x, "x", ndim=4)
+    check_array(W, "W", ndim=4)
+    dims = conv_dims(x.shape, W.shape, stride, padding)
+    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
+    if b is not None:
+        check_array(b, "b", shape=(K,))
+    if out is None:
+        out = cupy.empty((N, K, P, Q), dtype=np.float32)
+    else:
+        check_array(out, "out", shape=(N, K, P, Q))
+    select.check_algo(algo, "forward", "conv2d_forward")
+    sms = runtime.sm_count()
+    if algo == "auto":
+        def run(name):
+            return _forward(name, x, W, b, out, dims, workspace, sms)
+
+        algo = select.choose("forward", dims, run, sms, key=(b is None,))
+    return _forward(algo, x, W, b, out, dims, workspace, sms)
+
+
+def _backward_data(algo, dy, W, dx, dims, workspace, sms):
+    if algo == "implicit_gemm":
+        return implicit_gemm.backward_data(dy, W, dx, dims, workspace, sms)
+    if algo == "few_channels":
+        return few_channels.backward_data(dy, W, dx, dims)
+    if algo == "winograd":
+        return winograd.backward_data(dy, W, dx, (dims.ph, dims.pw), workspace)
+    return patch.backward_data(dy, W, dx, dims, workspace)
+
+
+def _backward_weights(algo, dy, x, dW, dims, workspace, sms, check=True):
+    if algo == "implicit_gemm":
+        return implicit_gemm.backward_weights(dy, x, dW, dims, workspace, sms)
+    if algo == "few_channels":
+        return few_channels.backward_weights(dy, x, dW, dims, workspace, sms=sms, check=check)
+    if algo == "winograd":
+        return winograd.backward_weights(dy, x, dW, (dims.ph, dims.pw), workspace)
+    return patch.backward_weights(dy, x, dW, dims, workspace)
+
+
+def _data(algo, dy, W, dx, dims, workspace, sms):
+    """dx by ``algo`` ("auto": chosen by select.choose)."""
+    if algo == "auto":
+        def run(name):
+            return _backward_data(name, dy, W, dx, dims, workspace, sms)
+
+        algo = select.choose("backward_data", dims, run, sms)
+    return _backward_data(algo, dy, W, dx, dims, workspace, sms)
+
+
+def conv2d_backward(dy, x, W, stride, padding, need_dx=True, dx=None, dW=None, db=None, workspace=None,
+                    need_db=True, algo="auto", weights_algo="auto"):
+    """(dx or None, dW, db or None) for dy (N, K, P, Q), x (N, C, H, W), W (K, C, R, S).
+
+    ``workspace``: at least ``conv2d_workspace_size(...)`` float32 elements, or None for the runtime's
+    shared buffer. need_db=False skips db (a layer without bias). ``algo`` picks the backward-data
+    algorithm (DATA_ALGOS or "auto"), ``weights_algo`` the backward-weights one (WEIGHTS_ALGOS or "auto");
+    "auto" times ``candidates`` once per shape and caches the fastest.
+    """
+    import cupy
+
+    check_array(dy, "dy", ndim=4)
+    check_array(x, "x", ndim=4)
+    check_array(W, "W", ndim=4)
+    dims = conv_dims(x.shape, W.shape, stride, padding)
+    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
+    check_array(dy, "dy", shape=(N, K, P, Q))
+    select.check_algo(algo, "backward_data", "conv2d_backward")
+    select.check_algo(weights_algo, "backward_weights", "conv2d_backward")
+    if dW is None:
+        dW = cupy.empty(W.shape, dtype=np.float32)
+    else:
+        check_array(dW, "dW", shape=W.shape)
+    if need_dx:
+        if dx is None:
+            dx = cupy.empty(x.shape, dtype=np.float32)
+        else:
+            check_array(dx, "dx", shape=x.shape)
+    else:
+        dx = None
+    sms = runtime.sm_count()
+    if need_db:
+        if db is None:
+            db = cupy.empty((K,), dtype=np.float32)
+        else:
+            check_array(db, "db", shape=(K,))
+        implicit_gemm.bias_grad(dy, db, workspace, sms=sms)
+    else:
+        db = None
+    if need_dx:
+        _data(algo, dy, W, dx, dims, workspace, sms)
+    if weights_algo == "auto":
+        def run(name):
+            return _backward_weights(name, dy, x, dW, dims, workspace, sms)
+
+        weights_algo = select.choose("backward_weights", dims, run, sms)
+    # NOTE: check=False: dy, x and dW were checked above against dims
+    _backward_weights(weights_algo, dy, x, dW, dims, workspace, sms, check=False)
+    return dx, dW, db
+
+
+def conv2d_backward_data(dy, W, x_shape, stride, padding, dx=None, workspace=None, algo="auto"):
+    """dx alone (what ``conv2d_backward`` computes with need_dx=True): dy (N, K, P, Q), W (K, C, R, S)
+    -> dx (x_shape = (N, C, H, W)). ``algo``: one of DATA_ALGOS or "auto". ``workspace``: at least
+    ``conv2d_workspace_size(...)`` float32 elements, or None for the runtime's shared buffer."""
+    import cupy
+
+    check_array(dy, "dy", ndim=4)
+    check_array(W, "W", ndim=4)
+    dims = conv_dims(tuple(x_shape), W.shape, stride, padding)
+    N, C, H, Wd, K, R, S, P, Q = dims[:9]
+    check_array(dy, "dy", shape=(N, K, P, Q))
+    select.check_algo(algo, "backward_data", "conv2d_backward_data")
+    if dx is None:
+        dx = cupy.empty(tuple(x_shape), dtype=np.float32)
+    else:
+        check_array(dx, "dx", shape=tuple(x_shape))
+    return _data(algo, dy, W, dx, dims, workspace, runtime.sm_count())
+
+
+class ConvStep(Step):
+    """y = conv2d(x, W) + b; x (N, C, H, W), W (K, C, R, S), y (N, K, P, Q); each phase's algorithm
+    chosen by "auto" (select.py). Saves nothing beyond its input; backward writes dW, db (and dx)."""
+
+    kind = "conv2d"
+
+    def _geometry(self):
+        return tuple(self.layer.stride), tuple(self.layer.padding)
+
+    def workspace_size(self, n) -> int:
+        w_shape = (self.layer.out_channels, self.in_shape[0], *self.layer.kernel_size)
+        return int(conv2d_workspace_size((n, *self.in_shape), w_shape, *self._geometry()))
+
+    def forward(self, model, x, y, saved, ws):
+        stride, padding = self._geometry()
+        b = model.params[self.bias] if self.bias else None
+        conv2d_forward(x, model.params[self.weight], b, stride, padding, out=y, workspace=ws)
+
+    def backward(self, model, dy, x, y, saved, dx, ws):
+        stride, padding = self._geometry()
+        conv2d_backward(dy, x, model.params[self.weight], stride, padding, need_dx=self.needs_dx, dx=dx,
+                        dW=model.grads[self.weight], db=model.grads[self.bias] if self.bias else None,
+                        workspace=ws, need_db=self.bias is not None)
+
+
+runtime.register_modules(implicit_gemm.modules)
+runtime.register_modules(winograd.modules)
+runtime.register_modules(select.zoo_kernel_modules)

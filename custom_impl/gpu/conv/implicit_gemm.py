@@ -1,0 +1,232 @@
+"""conv2d as implicit GEMMs on the tiled-GEMM machinery (``kernels/conv_implicit_gemm.cu`` on
+``kernels/gemm_tiles.cuh``): the algorithm "implicit_gemm" of every phase, and the bias gradient.
+
+Legend: N batch, C in-channels, K out-channels, H,W in, P,Q out, R,S kernel; stride (sh, sw), padding
+(ph, pw); ``dims`` a ``ConvDims`` (geometry.py). NCHW, cross-correlation (PyTorch).
+
+    forward:           y[n,k,p,q]  = b[k] + sum_{c,r,s} W[k,c,r,s] x[n, c, p*sh-ph+r, q*sw-pw+s]
+    backward-data:     dx[n,c,h,w] = sum over (k,r,s) with h+ph-r = p*sh, w+pw-s = q*sw of W[k,c,r,s] dy[n,k,p,q]
+    backward-weights:  dW[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] x[n, c, p*sh-ph+r, q*sw-pw+s]
+                       db[k]       = sum_{n,p,q} dy[n,k,p,q]
+
+No im2col buffer: the GEMM loaders gather operand tiles straight from x / dy / W with index arithmetic.
+  ``forward`` (conv_implicit_gemm_fwd): M = K x cols = N*P*Q over C*R*S. Splits the reduction over blocks
+      when the output alone cannot fill the GPU (small batches): partials in the workspace, added in a
+      fixed order with the bias by conv_splitk_reduce_nchw.
+  ``backward_data`` (conv_implicit_gemm_dgrad): one dense GEMM per stride phase (grid.z over the sh*sw
+      phases), M = C x cols = N*(H/sh)*(W/sw) over K*(R/sh)*(S/sw), so no skipped (zero) taps are visited.
+      With stride 1 (one phase) it splits the reduction for small batches, as the forward does.
+  ``backward_weights`` (conv_implicit_gemm_wgrad): M = K x cols = C*R*S over N*P*Q with split-K (partials
+      in the workspace, added in a fixed order by gemm's split-K reduce).
+  ``bias_grad``: db over (k, chunk of images) blocks, partials added in a fixed order.
+Tile configs and splits come from the performance model (tiles.py) under the launch cost in force, so
+eager calls and CUDA-graph captures may plan differently; plans are memoised per launch-cost regime.
+
+Outputs are written (``=``). With the outputs and ``workspace`` given nothing is allocated and nothing
+synchronises the host (CUDA-graph capturable); ``workspace=None`` takes the runtime's shared buffer.
+
+Example::
+
+    dims = conv_dims(x.shape, W.shape, 1, 1)
+    forward(x, W, b, y, dims)                    # y (N, K, P, Q)
+    backward_data(dy, W, dx, dims)               # dx (N, C, H, W)
+    backward_weights(dy, x, dW, dims)            # dW (K, C, R, S)
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from .. import runtime
+from ..gemm import splitk_reduce
+from ..runtime import blocks, checked_workspace, i32, i32_memo, ptr, vec_ok
+from ..tiles import CONFIG_BY_NAME, choose_config, split_chunk
+from .geometry import planning_sms
+
+FAMILY = "conv_implicit_gemm"
+# Tile configs the conv kernels were verified with on the H100 (the 8x16 / 16x8 tiles compile for conv
+# and are covered by test_conv2d_forward_every_config).
+CONFIGS = tuple(CONFIG_BY_NAME[n] for n in ("128x128x8_8x8", "128x64x8_8x8", "64x128x8_8x8", "64x64x8_8x8",
+                                            "32x64x8_4x8", "32x32x8_4x4"))
+
+
+def kernel(name: str, cfg=None):
+    """The compiled kernel ``name`` of this family, from the module of tile config ``cfg`` (None: the
+    module without tile defines, for the bias and reduce kernels); memoised per device."""
+    import cupy
+
+    return _kernel(name, cfg, cupy.cuda.Device().id)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(name, cfg, device_id):
+    if cfg is None:
+        return runtime.kernel(FAMILY, name)
+    return runtime.kernel(FAMILY, name, cfg.defines, cfg.smem_bytes)
+
+
+def modules() -> list:
+    """(family, defines) of every module of this family the default path can load."""
+    return [(FAMILY, {})] + [(FAMILY, dict(cfg.defines)) for cfg in CONFIGS]
+
+
+def _memo_per_regime(fn):
+    """``fn`` memoised per (positional) arguments and the runtime's launch cost in force, on which its
+    choice of tile and splits depends."""
+    memo = functools.lru_cache(maxsize=4096)(lambda launch_s, *args: fn(*args))
+
+    @functools.wraps(fn)
+    def wrapper(*args):
+        return memo(runtime.launch_cost(), *args)
+    return wrapper
+
+
+@_memo_per_regime
+def weights_plan(dims, sms=132):
+    """(config, k_chunk, splits) of the backward-weights implicit GEMM: M=K, cols=C*R*S, over N*P*Q."""
+    N, C, H, W, K, R, S, P, Q, *_ = dims
+    cfg, splits = choose_config(K, C * R * S, N * P * Q, sms, max_splits=256, candidates=CONFIGS)
+    k_chunk, splits = split_chunk(N * P * Q, splits, cfg.bk)
+    return cfg, k_chunk, splits
+
+
+@_memo_per_regime
+def forward_plan(dims, sms=132):
+    """(config, k_chunk, splits) of the forward implicit GEMM: M=K, cols=N*P*Q over C*R*S. Split-K only
+    pays where the tiles alone cannot fill the GPU (small batches) and the reduction is long."""
+    N, C, H, W, K, R, S, P, Q, *_ = dims
+    cfg, splits = choose_config(K, N * P * Q, C * R * S, sms, max_splits=32, candidates=CONFIGS)
+    k_chunk, splits = split_chunk(C * R * S, splits, cfg.bk)
+    return cfg, k_chunk, splits
+
+
+def data_plan(dims, sms=132):
+    """(config, k_chunk, splits) of backward-data. Split-K (stride 1 only, where there is one phase)
+    when the pixels alone cannot fill the GPU (small batches) and the reduction K*R*S is long."""
+    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
+    cols = N * -(-H // sh) * -(-Wd // sw)  # the largest phase
+    red = K * -(-R // sh) * -(-S // sw)
+    if sh * sw > 1:
+        return choose_config(C, cols * sh * sw, red, sms, max_splits=1, candidates=CONFIGS)[0], 0, 1
+    cfg, splits = choose_config(C, cols, red, sms, max_splits=32, candidates=CONFIGS)
+    k_chunk, splits = split_chunk(red, splits, cfg.bk)
+    return cfg, k_chunk, splits
+
+
+def bias_splits(N: int, K: int, PQ: int, sms: int = 132) -> tuple[int, int]:
+    """(nchunk, splits) of the bias gradient: images per block and blocks per channel, so that K*splits
+    fills ~4 blocks per SM while each block still sums >= ~8K elements."""
+    want = min(N, max(1, -(-4 * sms // K)), max(1, N * PQ // 8192))
+    nchunk = -(-N // want)
+    return nchunk, -(-N // nchunk)
+
+
+def workspace_size(dims, sms: int = 132) -> int:
+    """float32 elements of workspace the implicit GEMMs and the bias gradient of this layer need (the
+    largest of their split-K partials), under the launch cost in force."""
+    N, C, H, W, K, R, S, P, Q = dims[:9]
+    _, _, w_splits = weights_plan(dims, sms)
+    _, _, f_splits = forward_plan(dims, sms)
+    _, _, d_splits = data_plan(dims, sms)
+    need_w = 0 if w_splits == 1 else w_splits * K * C * R * S
+    need_f = 0 if f_splits == 1 else f_splits * K * N * P * Q
+    need_d = 0 if d_splits == 1 else d_splits * N * C * H * W
+    need_bias = K * bias_splits(N, K, P * Q, sms)[1]
+    return max(need_w, need_f, need_d, need_bias)
+
+
+def forward(x, W, b, out, dims, workspace=None, sms=132, config=None, splits=None):
+    """y = conv2d(x, W) + b into ``out`` (N, K, P, Q); x, W, b (or None) and out checked by the caller.
+    ``config`` (a TileConfig or its name) / ``splits`` override the plan's (for tuning runs and tests)."""
+    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
+    cols, CRS = N * P * Q, C * R * S
+    cfg, k_chunk, n_splits = forward_plan(dims, sms)
+    if config is not None:
+        cfg = CONFIG_BY_NAME[config] if isinstance(config, str) else config
+    if config is not None or splits is not None:
+        k_chunk, n_splits = split_chunk(CRS, n_splits if splits is None else splits, cfg.bk)
+    kern = kernel("conv_implicit_gemm_fwd", cfg)
+    flags = int(vec_ok(W, CRS))
+    grid = (blocks(cols, cfg.bn), blocks(K, cfg.bm), n_splits)
+    if n_splits == 1:
+        kern(grid, (cfg.threads,), (x, W, ptr(b), out, np.uint64(0)) + i32_memo(dims + (k_chunk, flags)),
+             shared_mem=cfg.smem_bytes)
+        return out
+    ws = checked_workspace(workspace, n_splits * K * cols, "conv2d_forward", "conv2d_workspace_size")
+    kern(grid, (cfg.threads,), (x, W, ptr(b), out, ws) + i32_memo(dims + (k_chunk, flags | 2)),
+         shared_mem=cfg.smem_bytes)
+    kernel("conv_splitk_reduce_nchw")((min(blocks(out.size, 256), 132 * 16),), (256,),
+                                      (ws, out, ptr(b)) + i32(N, K, P * Q, n_splits))
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _bias_launch(shape: tuple, sms: int) -> tuple:
+    """(splits, scalar arguments, finish grid, finish scalars) of ``bias_grad`` for dy of this shape."""
+    N, K, P, Q = shape
+    nchunk, splits = bias_splits(N, K, P * Q, sms)
+    return splits, i32(N, K, P * Q, nchunk), (blocks(K, 128),), i32(K, splits)
+
+
+def bias_grad(dy, db, workspace=None, serial=True, sms=None):
+    """db[k] = sum of dy[:, k] over n, p, q (deterministic); dy (N, K, P, Q) -> db (K,). Partial sums
+    per (k, chunk of images) go to ``workspace`` (K*splits floats; default: the shared workspace).
+    ``serial``: the last block of each channel sums its partials in the same launch (the runtime's
+    arrival counters); else a second kernel does. Both add them in the same order: the same bits.
+    ``sms``: the device's SM count (default: asked of the device)."""
+    K = dy.shape[1]
+    splits, scalars, finish_grid, finish_scalars = _bias_launch(dy.shape, sms or planning_sms())
+    part_kern = kernel("conv_bias_grad_partial")
+    if splits == 1:
+        part_kern((K, 1), (256,), (dy, db, runtime.NULL, runtime.NULL) + scalars)
+        return db
+    part = checked_workspace(workspace, K * splits, "conv bias_grad", "conv2d_workspace_size")
+    if serial:
+        part_kern((K, splits), (256,), (dy, part, db, runtime.counters(K)) + scalars)
+        return db
+    part_kern((K, splits), (256,), (dy, part, runtime.NULL, runtime.NULL) + scalars)
+    kernel("conv_bias_grad_finish")(finish_grid, (128,), (part, db) + finish_scalars)
+    return db
+
+
+def backward_weights(dy, x, dW, dims, workspace=None, sms=132):
+    """dW (K, C, R, S) from dy (N, K, P, Q) and x (N, C, H, W), checked by the caller; split-K partials
+    in ``workspace`` (default: the shared workspace)."""
+    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
+    cfg, k_chunk, splits = weights_plan(dims, sms)
+    CRS = C * R * S
+    kern = kernel("conv_implicit_gemm_wgrad", cfg)
+    grid = (blocks(CRS, cfg.bn), blocks(K, cfg.bm), splits)
+    if splits == 1:
+        kern(grid, (cfg.threads,), (dy, x, dW) + i32_memo(dims + (k_chunk, vec_ok(dW, CRS))),
+             shared_mem=cfg.smem_bytes)
+        return dW
+    workspace = checked_workspace(workspace, splits * K * CRS, "conv2d_backward", "conv2d_workspace_size")
+    kern(grid, (cfg.threads,), (dy, x, workspace) + i32_memo(dims + (k_chunk, vec_ok(workspace, CRS))),
+         shared_mem=cfg.smem_bytes)
+    splitk_reduce(workspace, dW, None, K, CRS, splits, 0, 0)
+    return dW
+
+
+def backward_data(dy, W, dx, dims, workspace=None, sms=132, config=None):
+    """dx (N, C, H, W) from dy (N, K, P, Q) and W (K, C, R, S), checked by the caller: one GEMM per
+    stride phase; with stride 1 the reduction splits for small batches (partials in ``workspace``,
+    default: the shared workspace). ``config``: a TileConfig (or its name) instead of the plan's."""
+    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
+    cfg, k_chunk, splits = data_plan(dims, sms)
+    if config is not None:
+        cfg = CONFIG_BY_NAME[config] if isinstance(config, str) else config
+        k_chunk, splits = split_chunk(K * R * S, splits, cfg.bk) if splits > 1 else (0, 1)
+    cols = N * -(-H // sh) * -(-Wd // sw)  # the largest phase
+    kern = kernel("conv_implicit_gemm_dgrad", cfg)
+    if splits == 1:
+        kern((blocks(cols, cfg.bn), blocks(C, cfg.bm), sh * sw), (cfg.threads,),
+             (dy, W, dx) + i32(*dims) + (np.uint64(0), np.int32(0)), shared_mem=cfg.smem_bytes)
+        return dx
+    ws = checked_workspace(workspace, splits * C * cols, "conv backward_data", "conv2d_workspace_size")
+    kern((blocks(cols, cfg.bn), blocks(C, cfg.bm), splits), (cfg.threads,),
+         (dy, W, dx) + i32(*dims) + (ws, np.int32(k_chunk)), shared_mem=cfg.smem_bytes)
+    kernel("conv_splitk_reduce_nchw")((min(blocks(dx.size, 256), 132 * 16),), (256,),
+                                      (ws, dx, np.uint64(0)) + i32(N, C, H * Wd, splits))
+    return dx
