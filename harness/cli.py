@@ -97,18 +97,19 @@ def precompile_kernels(device: str, quiet: bool = False) -> float:
         return 0.0
     from custom_impl.gpu import runtime
 
-    modules = runtime.kernel_modules()
-    jobs = max(1, min(len(modules), os.cpu_count() or 1))
-    print(f"harness: compiling kernel modules ({len(modules)}) in {jobs} processes (kept in CuPy's kernel "
-          "cache for later runs on this machine) ...", file=sys.stderr, flush=True)
     start = time.monotonic()
 
     def progress(line: str) -> None:
-        if not quiet:
-            print(f"  {line}", file=sys.stderr, flush=True)
+        # the runtime's first line says what it compiles ("compiling 23 kernel modules in 16 processes"),
+        # then one line per module done ("compiled 7/23 gemm 256x128x16_16x8 in 14.2 s")
+        if line.startswith("compiled "):
+            if not quiet:
+                print(f"  {line}", file=sys.stderr, flush=True)
+        else:
+            print(f"harness: {line}{' ...' if line.startswith('compiling ') else ''}", file=sys.stderr, flush=True)
 
     try:
-        runtime.precompile(jobs=jobs, progress=progress)
+        runtime.precompile(progress=progress)
     except RuntimeError as err:
         raise CliError(f"compiling the GPU kernels failed: {err}") from None
     took = time.monotonic() - start
