@@ -1,5 +1,24 @@
 """The model contract, implemented once for every backend of our own implementation.
 
+The contract (the same on ``reference_impl``'s models; arrays "device arrays": NumPy on the CPU, CuPy on
+the GPU):
+
+=============================================  ============================================================
+``forward(x)``                                 logits (N, spec.output_dim), a device array
+``loss_and_grads(x, y)``                       ``(loss float, {name: float32 NumPy gradient})``
+``device_batch(x, y)``                         ``(xb, yb)``: x float32 (N, *input_shape) and y int64 (N,)
+                                               as fresh device arrays, validated (labels range-checked on
+                                               the host); timed calls on them copy nothing from the host
+``forward_backward(x, y)``                     forward, loss, backward; the mean loss as a 0-d device array
+                                               (no sync); the gradients stay on the device
+``gradients()``                                ``{name: device array}``: the gradients of the last
+                                               ``forward_backward`` / ``train_step`` (overwritten by the next)
+``train_step(x, y, lr, momentum=0.0)``         one SGD step; the loss before it, 0-d device array (no sync)
+``get_params()`` / ``set_params(params)``      float32 NumPy copies in / out
+``to_numpy(a)``                                a device array -> NumPy
+``spec``, ``impl`` ("custom"), ``device``      attributes
+=============================================  ============================================================
+
 ``CustomModel`` does everything that does not touch arrays: it loads the spec, validates inputs, labels,
 learning rates and parameter dicts (``ValueError`` naming the problem, through ``modelspec``'s
 ``check_*`` functions), and sequences forward -> loss -> backward -> SGD. A backend (``custom_impl.cpu``,
@@ -64,12 +83,43 @@ class CustomModel:
 
     def loss_and_grads(self, x, y) -> tuple[float, dict[str, np.ndarray]]:
         """Mean loss over the batch and ``{name: gradient}`` (NumPy float32) for every parameter."""
+        loss = self.forward_backward(x, y)
+        grads = {name: np.array(self.to_numpy(g), dtype=np.float32) for name, g in self._read_grads().items()}
+        return float(self.to_numpy(loss)), grads
+
+    def device_batch(self, x, y):
+        """``(xb, yb)``: x as a float32 C-contiguous device array (N, *input_shape) and y as int64 device
+        labels (N,), both validated (labels range-checked on the host) and freshly allocated (not the
+        model's internal buffers), for ``forward``, ``forward_backward`` and ``train_step``: calls on them
+        copy nothing from the host (the GPU model copies them device-to-device into its own buffers).
+
+        >>> import custom_impl
+        >>> m = custom_impl.build("thesis-2-3-1")
+        >>> xb, yb = m.device_batch([[0.5, -1.0]], [1])
+        >>> xb.dtype, yb.dtype
+        (dtype('float32'), dtype('int64'))
+        """
+        xb = self._checked_input(x)
+        yb = self._checked_labels(y, xb.shape[0])
+        return xb.copy(), yb.copy()
+
+    def forward_backward(self, x, y):
+        """Forward, loss and backward: the mean loss as a 0-d device array (no host sync).
+
+        The gradients are written into the model's device buffers and stay there (no host copy); read them
+        with ``gradients()``. x, y as for ``train_step`` (``device_batch``'s arrays cost no host copy).
+        """
         x = self._checked_input(x)
         y = self._checked_labels(y, x.shape[0])
         loss, dlogits = self._loss(self._forward(x, train=True), y)
         self._backward(dlogits)
-        grads = {name: np.array(self.to_numpy(g), dtype=np.float32) for name, g in self._read_grads().items()}
-        return float(self.to_numpy(loss)), grads
+        return loss
+
+    def gradients(self) -> dict:
+        """``{name: device array}`` of every parameter's gradient from the last ``forward_backward`` /
+        ``train_step``, in ``spec.param_shapes()`` order: the model's own buffers (the next step overwrites
+        them; copy what you keep)."""
+        return dict(self._read_grads())
 
     def train_step(self, x, y, lr: float, momentum: float = 0.0):
         """One SGD step; returns the loss before the step as a 0-d backend array (no host sync).
@@ -80,10 +130,7 @@ class CustomModel:
         The velocity is kept between calls; lr and momentum may change from call to call.
         """
         self.spec.check_lr(lr, momentum)
-        x = self._checked_input(x)
-        y = self._checked_labels(y, x.shape[0])
-        loss, dlogits = self._loss(self._forward(x, train=True), y)
-        self._backward(dlogits)
+        loss = self.forward_backward(x, y)
         self._sgd(float(lr), float(momentum))
         return loss
 

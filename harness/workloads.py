@@ -5,13 +5,17 @@ Two families:
   ``reference_impl.build``) and one of three phases: ``inference`` (forward), ``forward_backward``
   (forward, loss, backward; gradients stay on the device) and ``train_step`` (plus SGD with momentum).
 - layers (``kind = "dense" | "conv2d" | "pool"``): one layer shape and one phase: ``forward``,
-  ``backward_data`` (dx only) or ``backward_weights`` (dW and db only), timed through our layer
-  functions (``custom_impl.cpu`` / ``custom_impl.gpu``) and PyTorch's (``torch.nn.functional`` and the
-  ``aten`` backward ops that cuDNN/cuBLAS serve on the GPU).
+  ``backward_data`` (dx only) or ``backward_weights`` (dW and db only), timed through our layer ops
+  (``custom_impl.layer_ops(device)``: one signature per op on both devices) and PyTorch's
+  (``torch.nn.functional`` and the ``aten`` backward ops that cuDNN/cuBLAS serve on the GPU).
+
+Only the public contract of ``custom_impl`` and ``reference_impl`` is used: ``build``, ``layer_ops``, and the
+models' ``device_batch``, ``forward``, ``forward_backward``, ``gradients``, ``train_step`` (reference:
+``train_step_graphed``, ``compiled``).
 
 Parity (before a row is timed): every row's outputs, ours and PyTorch's alike, are compared with the
 reference computation run in float64 (the oracle: PyTorch's op, or a float64 copy of the reference
-network) on the same device, same input and same parameters; both implementations are judged by the same
+network, ``reference_impl.build(..., dtype="float64")``) on the same device, same input and same parameters; both implementations are judged by the same
 truth, so an inaccurate cuDNN algorithm cannot make a correct kernel of ours look wrong. The error is normwise:
 ``max|a - b| / max|b|`` over every output of the phase (for train_step: over the parameter updates).
 """
@@ -160,14 +164,14 @@ def _model_data(spec, batch: int, seed: int):
     return x, y
 
 
-def _build(impl: str, spec, device: str, seed: int):
+def _build(impl: str, spec, device: str, seed: int, **options):
     if impl == "custom":
         import custom_impl
 
-        return custom_impl.build(spec, device=device, seed=seed)
+        return custom_impl.build(spec, device=device, seed=seed, **options)
     import reference_impl
 
-    return reference_impl.build(spec, device=device, seed=seed)
+    return reference_impl.build(spec, device=device, seed=seed, **options)
 
 
 def _model_outputs(model, phase: str, x, y, lr: float, momentum: float, step=None) -> list:
@@ -224,41 +228,9 @@ def parity_tolerance(phase: str, baseline, conv_on_gpu: bool = False) -> float:
 
 def _float64_outputs(spec, phase: str, x, y, lr: float, momentum: float, device: str, seed: int) -> list:
     """The same outputs as ``_model_outputs`` from a float64 copy of the reference network (the oracle)."""
-    import copy
-
-    torch = _torch()
-    ref = _build("reference", spec, device, seed)
-    net = copy.deepcopy(ref.net).double()
-    dev = torch_device(device)
-    x64 = torch.from_numpy(x).to(dev, torch.float64)
-    y_t = ref._labels(y, x.shape[0])
-    y_t = y_t.double() if y_t.is_floating_point() else y_t
-    names = list(spec.param_shapes())
-    params = dict(net.named_parameters())
-    if phase == "inference":
-        with torch.no_grad():
-            return [net(x64).cpu().numpy()]
-    if phase == "forward_backward":
-        loss = ref._loss(net(x64), y_t)
-        loss.backward()
-        return [np.float64(loss.item())] + [params[k].grad.cpu().numpy() for k in names]
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = ref._loss(net(x64), y_t)
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    before = {k: p.detach().cpu().numpy().copy() for k, p in params.items()}
-    step()
-    with torch.no_grad():
-        for k, p in params.items():   # back to the initial values, as _model_outputs does
-            p.copy_(torch.from_numpy(before[k]))
-    loss = step()
-    return _Updates([np.float64(loss)] + [params[k].detach().cpu().numpy() - before[k] for k in names],
-                    [before[k] for k in names])
+    oracle = _build("reference", spec, device, seed, dtype="float64")
+    xb, yb = oracle.device_batch(x, y)
+    return _model_outputs(oracle, phase, xb, yb, lr, momentum)
 
 
 class ModelCase:
@@ -297,7 +269,7 @@ class ModelCase:
         if job.variant not in ("torch-graph", "cuda-graph", "torch-compile"):
             self._checked = (job, m, None)
             return _model_outputs(m, job.phase, self.x, self.y, self.lr, self.momentum)
-        xb, yb = self._inputs(m, job)
+        xb, yb = m.device_batch(self.x, self.y)   # on the device: timed calls copy nothing from the host
         fn = self._timed_fn(m, job, xb, yb)
         # NOTE: the timed call reuses this model and callable (torch.compile compiles once, graphs are
         # captured once); the parameters have moved by the parity steps, which timing does not care about.
@@ -307,88 +279,32 @@ class ModelCase:
             return [np.array(m.to_numpy(fn()))]
         if job.phase == "forward_backward":   # torch-compile only
             loss = fn()
-            return [np.float64(float(loss))] + [m.params[k].grad.detach().cpu().numpy()
-                                                for k in self.spec.param_shapes()]
+            grads = m.gradients()
+            return [np.float64(float(loss))] + [m.to_numpy(grads[k]) for k in self.spec.param_shapes()]
         return _model_outputs(m, job.phase, self.x, self.y, self.lr, self.momentum, step=fn)
 
     def _fresh(self, job: Job):
-        if job.impl == "custom" and job.variant == "cuda":
-            import custom_impl
-
-            try:
-                from custom_impl.gpu import model as gpu_model
-
-                return gpu_model.build(self.spec, seed=self.seed, use_graph=False)
-            except (ImportError, TypeError, AttributeError):
-                import os
-
-                os.environ["CUSTOM_GPU_GRAPH"] = "0"
-                try:
-                    return custom_impl.build(self.spec, device="gpu", seed=self.seed)
-                finally:
-                    os.environ.pop("CUSTOM_GPU_GRAPH", None)
+        if job.impl == "custom" and job.variant == "cuda":   # our GPU model with CUDA graphs off
+            return _build("custom", self.spec, job.device, self.seed, use_graph=False)
         return _build(job.impl, self.spec, job.device, self.seed)
-
-    def _inputs(self, m, job: Job):
-        """Inputs already on the device, so the timed call does not include the host-to-device copy."""
-        if job.impl == "reference":
-            torch = _torch()
-            dev = torch_device(job.device)
-            yb = torch.from_numpy(self.y).to(dev)
-            if self.spec.loss == "sigmoid_binary_cross_entropy":
-                yb = yb.clone()
-            return torch.from_numpy(self.x).to(dev), yb
-        if job.device == "gpu":
-            import cupy
-
-            # NOTE: device labels: NumPy labels would be uploaded with a synchronous copy on every call
-            # (custom_impl.gpu checks device labels for shape and dtype only, without a host sync).
-            return cupy.asarray(self.x), cupy.asarray(self.y)
-        return self.x, self.y
 
     def _timed_fn(self, m, job: Job, xb, yb) -> Callable[[], object]:
         phase, lr, mom = job.phase, self.lr, self.momentum
         if job.variant == "torch-compile":
-            return self._compiled(m, phase, xb, yb)
+            import reference_impl
+
+            try:
+                fn = m.compiled(phase)
+            except reference_impl.Unsupported as err:
+                raise Unsupported(str(err)) from None
+            return lambda: fn(xb, yb, lr, mom)
         if phase == "inference":
             return lambda: m.forward(xb)
         if phase == "forward_backward":
-            return _forward_backward_fn(m, xb, yb)
+            return lambda: m.forward_backward(xb, yb)
         if job.variant == "torch-graph":
             return lambda: m.train_step_graphed(xb, yb, lr, mom)
         return lambda: m.train_step(xb, yb, lr, mom)
-
-    def _compiled(self, m, phase, xb, yb):
-        torch = _torch()
-        try:
-            # NOTE: every zoo network is an nn.Sequential, so all rows share Sequential.forward's code object;
-            # without a reset, dynamo's per-code recompile limit would silently fall back to eager after a
-            # few rows. Each row compiles (and times) its own module.
-            torch._dynamo.reset()
-            cnet = torch.compile(m.net, dynamic=False)
-        except Exception as err:
-            raise Unsupported(f"torch.compile: {type(err).__name__}: {err}") from None
-        yl = m._labels(yb, xb.shape[0])
-        if phase == "inference":
-            def fn():
-                with torch.no_grad():
-                    return cnet(xb)
-            return fn
-
-        def fb():
-            m.optimizer.zero_grad(set_to_none=True)
-            loss = m._loss(cnet(xb), yl)
-            loss.backward()
-            return loss.detach()
-        if phase == "forward_backward":
-            return fb
-
-        def step():
-            m._set_hyper(self.lr, self.momentum)
-            loss = fb()
-            m.optimizer.step()
-            return loss
-        return step
 
     def prepare(self, job: Job) -> Prepared:
         """The timed call of ``job``; reuses the model (and callable) of the last parity check of it."""
@@ -398,7 +314,7 @@ class ModelCase:
         else:
             m, ready = self._fresh(job), None
         self._checked = None
-        xb, yb, fn = ready if ready is not None else (*self._inputs(m, job), None)
+        xb, yb, fn = ready if ready is not None else (*m.device_batch(self.x, self.y), None)
         fn = fn or self._timed_fn(m, job, xb, yb)
         if job.device == "gpu":
             clock = "cupy" if job.impl == "custom" else "torch"
@@ -406,34 +322,6 @@ class ModelCase:
         else:
             clock, peak = "cpu", (lambda: None)
         return Prepared(fn=fn, clock=clock, outputs=lambda: [], flops=self.flops(job.phase), peak_mem=peak)
-
-
-def _forward_backward_fn(m, xb, yb) -> Callable[[], object]:
-    """Forward, loss and backward with the gradients left on the device.
-
-    Uses the documented hooks of each implementation (custom_impl.base: ``_forward``/``_loss``/
-    ``_backward``; reference_impl.model: ``net``/``_loss``); ``loss_and_grads`` would add a device-to-host
-    copy of every gradient to the timing.
-    """
-    if getattr(m, "impl", "") == "reference":
-        yl = m._labels(yb, xb.shape[0])
-
-        def fb_ref():
-            m.optimizer.zero_grad(set_to_none=True)
-            loss = m._loss(m.net(xb), yl)
-            loss.backward()
-            return loss.detach()
-        return fb_ref
-    if all(hasattr(m, h) for h in ("_forward", "_loss", "_backward", "_checked_input", "_checked_labels")):
-        xc = m._checked_input(xb)
-        yc = m._checked_labels(yb, xb.shape[0])
-
-        def fb_custom():
-            loss, dlogits = m._loss(m._forward(xc, train=True), yc)
-            m._backward(dlogits)
-            return loss
-        return fb_custom
-    return lambda: m.loss_and_grads(xb, yb)
 
 
 # ============================================================================ layers
@@ -543,117 +431,69 @@ def _torch_layer_fn(job: Job, data: dict, dev: str, dtype) -> Callable[[], tuple
     return lambda: (ab(dy, x, ks, st, [0, 0], False, True, None),)
 
 
-def _cpu_layer_fn(job: Job, data: dict) -> Callable[[], tuple]:
-    """Our NumPy layer functions (custom_impl.cpu)."""
-    p = job.p()
-    ph = job.phase
-    if job.kind == "dense":
-        from custom_impl.cpu import dense
+def _custom_layer_fn(job: Job, data: dict) -> Callable[[], tuple]:
+    """Our layer ops (``custom_impl.layer_ops(job.device)``), with every output buffer allocated once,
+    outside the timing: NumPy on the CPU, CuPy on the GPU."""
+    import custom_impl
 
-        x, W, b, dy = data["x"], data["W"], data["b"], data["dy"]
-        if ph == "forward":
-            return lambda: (dense.dense_forward(x, W, b),)
-        if ph == "backward_data":
-            return lambda: (dense.dense_backward_data(dy, W),)
-
-        def bw():
-            _, dW, db = dense.dense_backward(dy, x, W, need_dx=False)
-            return (dW, db)
-        return bw
-    if job.kind == "conv2d":
-        from custom_impl.cpu import conv
-
-        x, W, b, dy = data["x"], data["W"], data["b"], data["dy"]
-        st, pad = (p["stride"],) * 2, (p["padding"],) * 2
-        if ph == "forward":
-            return lambda: (conv.conv2d_forward(x, W, b, st, pad)[0],)
-        if ph == "backward_weights":
-            _, cols = conv.conv2d_forward(x, W, b, st, pad)   # (C*R*S, N*P*Q), saved by forward
-
-            def bw():
-                _, dW, db = conv.conv2d_backward(dy, cols, x.shape, W, st, pad, need_dx=False)
-                return (dW, db)
-            return bw
-        return lambda: (conv.conv2d_backward_data(dy, W, x.shape, st, pad),)
-    from custom_impl.cpu import pool
-
-    x, dy = data["x"], data["dy"]
-    ks, st = (p["R"], p["S"]), (p["stride"],) * 2
-    if p["mode"] == "max":
-        if ph == "forward":
-            return lambda: (pool.maxpool2d_forward(x, ks, st),)
-        y = pool.maxpool2d_forward(x, ks, st)   # backward finds each window's maximum by comparing x with y
-        return lambda: (pool.maxpool2d_backward(dy, x, y, ks, st),)
-    if ph == "forward":
-        return lambda: (pool.avgpool2d_forward(x, ks, st),)
-    return lambda: (pool.avgpool2d_backward(dy, x.shape, ks, st),)
-
-
-def _gpu_layer_fn(job: Job, data: dict) -> Callable[[], tuple]:
-    """Our CUDA kernels (custom_impl.gpu), with every output buffer allocated once, outside the timing."""
-    import cupy
-
-    p = job.p()
-    ph = job.phase
-    d = {k: cupy.asarray(v) for k, v in data.items()}
-    if job.kind == "dense":
-        try:
-            from custom_impl.gpu import dense, gemm
-        except ImportError as err:
-            raise Unsupported(f"custom_impl.gpu.dense is not available ({err})") from None
-        x, W, b, dy = d["x"], d["W"], d["b"], d["dy"]
-        if ph == "forward":
-            y = cupy.empty((p["M"], p["N"]), dtype=cupy.float32)         # (M, N)
-            return lambda: (dense.dense_forward(x, W, b, out=y),)
-        if ph == "backward_data":
-            dx = cupy.empty((p["M"], p["K"]), dtype=cupy.float32)        # (M, K) = dy (M, N) @ W (N, K)
-            return lambda: (gemm.gemm(dy, W, out=dx),)
-        dW = cupy.empty((p["N"], p["K"]), dtype=cupy.float32)            # (N, K)
-        db = cupy.empty((p["N"],), dtype=cupy.float32)
-
-        def bw():
-            _, gW, gb = dense.dense_backward(dy, x, W, need_dx=False, dW=dW, db=db)
-            return (gW, gb)
-        return bw
-    if job.kind == "conv2d":
-        try:
-            from custom_impl.gpu import conv
-        except ImportError as err:
-            raise Unsupported(f"custom_impl.gpu.conv is not available ({err})") from None
-        x, W, b, dy = d["x"], d["W"], d["b"], d["dy"]
-        st, pad = (p["stride"],) * 2, (p["padding"],) * 2
-        ws_size = conv.conv2d_workspace_size(x.shape, W.shape, st, pad) if hasattr(conv, "conv2d_workspace_size") else 0
-        ws = cupy.empty((max(1, int(ws_size)),), dtype=cupy.float32) if ws_size else None
-        y = cupy.empty(dy.shape, dtype=cupy.float32)                     # (N, K, P, Q)
-        if ph == "forward":
-            return lambda: (conv.conv2d_forward(x, W, b, st, pad, out=y, workspace=ws),)
-        dx = cupy.empty(x.shape, dtype=cupy.float32)                     # (N, C, H, W)
-        dW = cupy.empty(W.shape, dtype=cupy.float32)                     # (K, C, R, S)
-        db = cupy.empty((p["K"],), dtype=cupy.float32)
-        if ph == "backward_data":
-            return lambda: (conv.conv2d_backward_data(dy, W, x.shape, st, pad, dx=dx, workspace=ws),)
-
-        def bw():
-            _, gW, gb = conv.conv2d_backward(dy, x, W, st, pad, need_dx=False, dW=dW, db=db, workspace=ws)
-            return (gW, gb)
-        return bw
     try:
-        from custom_impl.gpu import pool
+        ops = custom_impl.layer_ops(job.device)
     except ImportError as err:
-        raise Unsupported(f"custom_impl.gpu.pool is not available ({err})") from None
+        raise Unsupported(f"custom_impl's {job.device} layer ops are not available ({err})") from None
+    if job.device == "gpu":
+        import cupy as xp
+
+        d = {k: xp.asarray(v) for k, v in data.items()}
+    else:
+        xp, d = np, data
+    p = job.p()
+    ph = job.phase
+    if job.kind == "dense":
+        x, W, b, dy = d["x"], d["W"], d["b"], d["dy"]
+        if ph == "forward":
+            y = xp.empty((p["M"], p["N"]), dtype=xp.float32)             # (M, N)
+            return lambda: (ops.dense_forward(x, W, b, out=y),)
+        if ph == "backward_data":
+            dx = xp.empty((p["M"], p["K"]), dtype=xp.float32)            # (M, K) = dy (M, N) @ W (N, K)
+            return lambda: (ops.dense_backward_data(dy, W, dx=dx),)
+        dW = xp.empty((p["N"], p["K"]), dtype=xp.float32)                # (N, K)
+        db = xp.empty((p["N"],), dtype=xp.float32)
+
+        def dense_weights():
+            _, gW, gb = ops.dense_backward(dy, x, W, need_dx=False, dW=dW, db=db)
+            return (gW, gb)
+        return dense_weights
+    if job.kind == "conv2d":
+        x, W, b, dy = d["x"], d["W"], d["b"], d["dy"]
+        st, pad = (p["stride"],) * 2, (p["padding"],) * 2
+        ws_size = ops.conv2d_workspace_size(x.shape, W.shape, st, pad)
+        ws = xp.empty((int(ws_size),), dtype=xp.float32) if ws_size else None
+        if ph == "forward":
+            y = xp.empty(dy.shape, dtype=xp.float32)                     # (N, K, P, Q)
+            return lambda: (ops.conv2d_forward(x, W, b, st, pad, out=y, workspace=ws),)
+        if ph == "backward_data":
+            dx = xp.empty(x.shape, dtype=xp.float32)                     # (N, C, H, W)
+            return lambda: (ops.conv2d_backward_data(dy, W, x.shape, st, pad, dx=dx, workspace=ws),)
+        dW = xp.empty(W.shape, dtype=xp.float32)                         # (K, C, R, S)
+        db = xp.empty((p["K"],), dtype=xp.float32)
+
+        def conv_weights():
+            _, gW, gb = ops.conv2d_backward(dy, x, W, st, pad, need_dx=False, dW=dW, db=db, workspace=ws)
+            return (gW, gb)
+        return conv_weights
     x, dy = d["x"], d["dy"]
     ks, st = (p["R"], p["S"]), (p["stride"],) * 2
-    y = cupy.empty(dy.shape, dtype=cupy.float32)                         # (N, C, P, Q)
-    dx = cupy.empty(x.shape, dtype=cupy.float32)                         # (N, C, H, W)
+    y = xp.empty(dy.shape, dtype=xp.float32)                             # (N, C, P, Q)
+    dx = xp.empty(x.shape, dtype=xp.float32)                             # (N, C, H, W)
     if p["mode"] == "max":
-        am = cupy.empty(dy.shape, dtype=cupy.int32)
+        am = xp.empty(dy.shape, dtype=xp.int32)                          # (N, C, P, Q) flat index h*W + w
         if ph == "forward":
-            return lambda: (pool.maxpool2d_forward(x, ks, st, out=y, argmax=am)[0],)
-        pool.maxpool2d_forward(x, ks, st, out=y, argmax=am)
-        return lambda: (pool.maxpool2d_backward(dy, am, x.shape, ks, st, dx=dx),)
+            return lambda: (ops.maxpool2d_forward(x, ks, st, out=y, argmax=am)[0],)
+        ops.maxpool2d_forward(x, ks, st, out=y, argmax=am)
+        return lambda: (ops.maxpool2d_backward(dy, am, x.shape, ks, st, dx=dx),)
     if ph == "forward":
-        return lambda: (pool.avgpool2d_forward(x, ks, st, out=y),)
-    return lambda: (pool.avgpool2d_backward(dy, x.shape, ks, st, dx=dx),)
+        return lambda: (ops.avgpool2d_forward(x, ks, st, out=y),)
+    return lambda: (ops.avgpool2d_backward(dy, x.shape, ks, st, dx=dx),)
 
 
 def _to_numpy(a) -> np.ndarray:
@@ -678,9 +518,7 @@ class LayerCase:
         if job.impl == "reference":
             torch = _torch()
             return _torch_layer_fn(job, self.data, dev, torch.float32), ("torch" if job.device == "gpu" else "cpu")
-        if job.device == "gpu":
-            return _gpu_layer_fn(job, self.data), "cupy"
-        return _cpu_layer_fn(job, self.data), "cpu"
+        return _custom_layer_fn(job, self.data), ("cupy" if job.device == "gpu" else "cpu")
 
     def parity(self, job: Job, fn: Callable[[], tuple]) -> tuple[str, float]:
         """(parity_against, rel_err) of ``fn``'s outputs against PyTorch's op in float64 (the oracle)."""

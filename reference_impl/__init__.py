@@ -13,11 +13,11 @@ from __future__ import annotations
 import modelspec
 import torch
 
-from .model import ReferenceModel
+from .model import DTYPES, ReferenceModel, Unsupported
 
 DEVICES = ("cpu", "gpu")
 
-__all__ = ["DEVICES", "ReferenceModel", "build", "precision_flags"]
+__all__ = ["DEVICES", "DTYPES", "ReferenceModel", "Unsupported", "build", "precision_flags"]
 
 
 def _set_precision(torch_device: str) -> None:
@@ -46,12 +46,19 @@ def precision_flags() -> dict:
     return flags
 
 
-def build(spec, device: str = "cpu", seed: int = 0) -> ReferenceModel:
+def build(spec, device: str = "cpu", seed: int = 0, dtype: str = "float32") -> ReferenceModel:
     """Build the PyTorch model for ``spec`` (ModelSpec, dict, zoo name or .toml/.json path) on ``device``.
 
     Parameters come from ``spec.init_params(seed)``, identical to ``custom_impl.build(spec, seed=seed)``.
     device "cpu": PyTorch on the CPU; "gpu": PyTorch on CUDA (cuBLAS/cuDNN), TF32 off, cudnn.benchmark on.
+    dtype "float32" (the reference) or "float64" (an oracle: the same network and parameters in float64;
+    every method then takes and returns float64).
+
+    >>> build("mlp-mnist", dtype="float64").get_params()["0.weight"].dtype
+    dtype('float64')
     """
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(repr(d) for d in DTYPES)}")
     spec = modelspec.load(spec)
     if device == "cpu":
         torch_device = "cpu"
@@ -64,4 +71,4 @@ def build(spec, device: str = "cpu", seed: int = 0) -> ReferenceModel:
     else:
         raise ValueError(f"unknown device {device!r}; choose one of {', '.join(repr(d) for d in DEVICES)}")
     _set_precision(torch_device)
-    return ReferenceModel(spec, device=device, torch_device=torch_device, seed=seed)
+    return ReferenceModel(spec, device=device, torch_device=torch_device, seed=seed, dtype=dtype)

@@ -3,6 +3,10 @@
 Module i of the ``nn.Sequential`` is layer i of the spec, so torch's own parameter names are the spec's
 ("0.weight", "0.bias", ...). Losses: F.cross_entropy on (N, K) logits, F.binary_cross_entropy_with_logits on
 (N, 1) logits. SGD: torch.optim.SGD, whose lr and momentum are set on every call.
+
+The model runs in float32 (the reference timed against ours) or, built with ``dtype="float64"``, in float64
+(the oracle the harness judges both float32 implementations by); every method then takes and returns that
+precision.
 """
 from __future__ import annotations
 
@@ -12,6 +16,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+PHASES = ("inference", "forward_backward", "train_step")
+
+
+class Unsupported(Exception):
+    """This model cannot run what was asked here (``compiled``: torch.compile failed); the message says why."""
 
 
 def _module(layer) -> nn.Module:
@@ -33,18 +44,21 @@ def _module(layer) -> nn.Module:
 class ReferenceModel:
     """``reference_impl.build(spec, device)``: the spec's network in PyTorch, FP32.
 
-    ``device`` is "cpu" or "gpu" (the contract's names); ``torch_device`` is "cpu" or "cuda".
+    ``device`` is "cpu" or "gpu" (the contract's names); ``torch_device`` is "cpu" or "cuda"; ``dtype``
+    "float32" or "float64" (module docstring).
     """
 
     impl = "reference"
 
-    def __init__(self, spec, device: str, torch_device: str, seed: int = 0):
+    def __init__(self, spec, device: str, torch_device: str, seed: int = 0, dtype: str = "float32"):
         self.spec = spec
         self.device = device
         self.torch_device = torch.device(torch_device)
+        self.dtype = DTYPES[dtype]
+        self._np_dtype = np.dtype(dtype)
         with torch.device("meta"):   # no throw-away random init; parameters come from the spec below
             net = nn.Sequential(*[_module(layer) for layer in spec.layers])
-        self.net = net.to_empty(device=self.torch_device)
+        self.net = net.to_empty(device=self.torch_device).to(self.dtype)
         self.params = dict(self.net.named_parameters())
         self._write(self._validated(spec.init_params(seed)))
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=0.0, momentum=0.0)
@@ -57,14 +71,85 @@ class ReferenceModel:
             return self.net(self._input(x))
 
     def loss_and_grads(self, x, y) -> tuple[float, dict[str, np.ndarray]]:
-        """Mean loss and ``{name: gradient}`` as float32 NumPy arrays."""
+        """Mean loss and ``{name: gradient}`` as NumPy arrays of the model's dtype (float32 by default)."""
+        loss = self.forward_backward(x, y)
+        grads = {name: g.detach().cpu().numpy().copy() for name, g in self.gradients().items()}
+        return float(loss.item()), grads
+
+    def device_batch(self, x, y) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) as tensors on the model's device, validated: x (N, *input_shape) of the model's dtype,
+        y int64 class indices (N,) (0/1 for a binary loss), range-checked on the host.
+
+        Pass them to ``forward``, ``forward_backward``, ``train_step`` (and ``compiled``'s callables), so a
+        timed call copies nothing from the host. On the CPU, x may share memory with a NumPy x.
+        """
+        xb = self._input(x)
+        if isinstance(y, torch.Tensor):
+            y = y.detach().cpu().numpy()
+        yb = torch.from_numpy(self.spec.check_labels(y, xb.shape[0])).to(self.torch_device)
+        return xb, yb
+
+    def forward_backward(self, x, y) -> torch.Tensor:
+        """Forward, loss and backward; returns the mean loss as a 0-d tensor (no sync). The gradients stay
+        on the device, in the parameters' ``.grad`` (set afresh: ``zero_grad(set_to_none=True)`` first);
+        read them with ``gradients()``."""
         x = self._input(x)
         y = self._labels(y, x.shape[0])
         self.optimizer.zero_grad(set_to_none=True)
         loss = self._loss(self.net(x), y)
         loss.backward()
-        grads = {name: p.grad.detach().cpu().numpy().copy() for name, p in self.params.items()}
-        return float(loss.item()), grads
+        return loss.detach()
+
+    def gradients(self) -> dict[str, torch.Tensor]:
+        """``{name: gradient}`` as device tensors, of the last ``forward_backward`` / ``train_step``
+        (torch's ``.grad``: the next step replaces them). Raises RuntimeError before any backward."""
+        grads = {name: p.grad for name, p in self.params.items()}
+        if any(g is None for g in grads.values()):
+            raise RuntimeError(f"model {self.spec.name!r}: no gradients yet; run forward_backward or train_step")
+        return grads
+
+    def compiled(self, phase: str):
+        """A callable ``fn(xb, yb, lr, momentum)`` running ``phase`` through ``torch.compile`` of the network.
+
+        phase "inference" (logits, no grad; y, lr, momentum ignored), "forward_backward" (loss, gradients
+        left in ``.grad``) or "train_step" (plus the SGD step with lr and momentum). xb, yb are taken as
+        ``device_batch`` returns them, without further checks, so that a timed call is the compiled work
+        alone. Each call of ``compiled`` compiles afresh (``torch._dynamo.reset()`` first); compilation
+        itself happens on the first call of fn. Raises ``Unsupported`` with the reason when torch.compile
+        refuses the network.
+        """
+        if phase not in PHASES:
+            raise ValueError(f"unknown phase {phase!r}; choose one of {', '.join(PHASES)}")
+        try:
+            # NOTE: every zoo network is an nn.Sequential, so all models share Sequential.forward's code
+            # object; without a reset, dynamo's per-code recompile limit would silently fall back to eager
+            # after a few models. Each call compiles its own module.
+            torch._dynamo.reset()
+            cnet = torch.compile(self.net, dynamic=False)
+        except Exception as err:
+            raise Unsupported(f"torch.compile: {type(err).__name__}: {err}") from None
+        if phase == "inference":
+            def infer(xb, yb=None, lr=None, momentum=None):
+                with torch.no_grad():
+                    return cnet(xb)
+            return infer
+
+        targets = self._loss_targets
+
+        def forward_backward(xb, yb, lr=None, momentum=None):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self._loss(cnet(xb), targets(yb))
+            loss.backward()
+            return loss.detach()
+        if phase == "forward_backward":
+            return forward_backward
+
+        def step(xb, yb, lr, momentum):
+            self._set_hyper(lr, momentum)
+            loss = forward_backward(xb, yb)
+            self.optimizer.step()
+            return loss
+        return step
 
     def train_step(self, x, y, lr: float, momentum: float = 0.0) -> torch.Tensor:
         """One torch.optim.SGD step; returns the loss before the step as a 0-d tensor (no .item(), no sync)."""
@@ -103,7 +188,7 @@ class ReferenceModel:
         return static_loss
 
     def get_params(self) -> dict[str, np.ndarray]:
-        """A copy of the parameters as float32 NumPy arrays."""
+        """A copy of the parameters as NumPy arrays of the model's dtype (float32 by default)."""
         return {name: p.detach().cpu().numpy().copy() for name, p in self.params.items()}
 
     def set_params(self, params: Mapping[str, Any]) -> None:
@@ -124,8 +209,8 @@ class ReferenceModel:
         clean = {}
         for name in self.spec.param_shapes():
             a = params[name]
-            t = a.detach().to("cpu", torch.float32) if isinstance(a, torch.Tensor) else \
-                torch.from_numpy(np.array(a, dtype=np.float32))
+            t = a.detach().to("cpu", self.dtype) if isinstance(a, torch.Tensor) else \
+                torch.from_numpy(np.array(a, dtype=self._np_dtype))
             if not bool(torch.isfinite(t).all()):
                 raise ValueError(f"model {self.spec.name!r}: parameter {name!r} holds NaN or infinite values")
             clean[name] = t
@@ -141,8 +226,8 @@ class ReferenceModel:
             x = np.asarray(x)
         self.spec.check_input(x)
         if isinstance(x, torch.Tensor):
-            return x.to(self.torch_device, torch.float32).contiguous()
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.torch_device)
+            return x.to(self.torch_device, self.dtype).contiguous()
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=self._np_dtype)).to(self.torch_device)
 
     def _labels(self, y, batch: int) -> torch.Tensor:
         if isinstance(y, torch.Tensor) and y.device.type != "cpu":
@@ -159,8 +244,12 @@ class ReferenceModel:
             if isinstance(y, torch.Tensor):
                 y = y.numpy()
             y = torch.from_numpy(self.spec.check_labels(y, batch)).to(self.torch_device)
+        return self._loss_targets(y)
+
+    def _loss_targets(self, y: torch.Tensor) -> torch.Tensor:
+        """Validated int64 labels (N,) on the device -> what the loss takes (float (N, 1) for a binary loss)."""
         if self.spec.loss == "sigmoid_binary_cross_entropy":
-            return y.to(torch.float32).reshape(batch, 1)
+            return y.to(self.dtype).reshape(y.shape[0], 1)
         return y
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

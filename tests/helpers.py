@@ -61,7 +61,7 @@ STEP_LOSS_TOL = (1e-4, 1e-4)
 MAXPOOL_TRAJECTORY_TOL = {"params": (1e-2, 2e-2), "step_loss": (1e-3, 1e-3)}
 UPDATE_NORM_RTOL = {"default": 1e-4, "maxpool": 5e-2}
 
-# cuDNN's own error: with cudnn.benchmark on (issue 3 asks for it) cuDNN times several algorithms and may
+# cuDNN's own error: with cudnn.benchmark on (the reference runs with it) cuDNN times several algorithms and may
 # pick, for the weight gradient, one that is far less accurate than a direct float32 sum (FFT / Winograd
 # style). Measured on an H100 against float64 (dev/gpu_check.py --truth): lenet-mnist conv weight
 # gradients off by 1.1e-3 to 2.2e-3 of their scale for cuDNN, 2.5e-7 to 3.7e-7 for ours; the algorithm is

@@ -195,15 +195,16 @@ def _y_view(y2: np.ndarray, npq, inner: bool) -> np.ndarray:
     return y2.reshape(k, p, q, n).transpose(3, 0, 1, 2) if inner else y2.reshape(k, n, p, q).transpose(1, 0, 2, 3)
 
 
-def conv2d_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride=(1, 1), padding=(0, 0),
-                   buffers: dict | None = None):
-    """y[n, k, p, q] = b[k] + sum_{c,r,s} W[k, c, r, s] * xp[n, c, p*sh + r, q*sw + s].
+def conv2d_forward_cols(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride=(1, 1), padding=(0, 0),
+                        buffers: dict | None = None):
+    """y[n, k, p, q] = b[k] + sum_{c,r,s} W[k, c, r, s] * xp[n, c, p*sh + r, q*sw + s], and the columns.
 
     x (N, C, H, W) of any strides, W (K, C, R, S), b (K,) or None -> (y (N, K, P, Q), cols for backward).
     y is a view of the (K, L) GEMM result (module docstring); ``buffers``: arrays kept between calls.
+    The layer's fast path: ``conv2d_backward_cols`` takes the columns instead of redoing the im2col.
 
-    >>> y, _ = conv2d_forward(np.ones((2, 3, 7, 9), np.float32), np.ones((4, 3, 3, 5), np.float32), None,
-    ...                       stride=(2, 1), padding=(1, 2))
+    >>> y, _ = conv2d_forward_cols(np.ones((2, 3, 7, 9), np.float32), np.ones((4, 3, 3, 5), np.float32), None,
+    ...                            stride=(2, 1), padding=(1, 2))
     >>> y.shape
     (2, 4, 4, 9)
     """
@@ -225,9 +226,9 @@ def conv2d_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride=(1
     return _y_view(y2, (n, p, q), inner), cols
 
 
-def conv2d_backward(dy: np.ndarray, cols: np.ndarray, x_shape, W: np.ndarray, stride=(1, 1), padding=(0, 0),
-                    need_dx: bool = True, buffers: dict | None = None):
-    """Gradients of conv2d_forward. dy (N, K, P, Q) of any strides, cols from forward, W (K, C, R, S).
+def conv2d_backward_cols(dy: np.ndarray, cols: np.ndarray, x_shape, W: np.ndarray, stride=(1, 1),
+                         padding=(0, 0), need_dx: bool = True, buffers: dict | None = None):
+    """Gradients of conv2d_forward_cols. dy (N, K, P, Q) of any strides, cols from it, W (K, C, R, S).
 
     dW[k, c, r, s] = sum_{n,p,q} dy[n, k, p, q] xp[n, c, p*sh + r, q*sw + s];  db[k] = sum_{n,p,q} dy[n, k, p, q];
     dx = col2im(W2^T dY2) (N, C, H, W), or None when ``need_dx`` is False. Returns (dx, dW, db); dW and db
@@ -247,11 +248,69 @@ def conv2d_backward(dy: np.ndarray, cols: np.ndarray, x_shape, W: np.ndarray, st
     return dx, dW, db
 
 
-def conv2d_backward_data(dy: np.ndarray, W: np.ndarray, x_shape, stride=(1, 1), padding=(0, 0),
-                         buffers: dict | None = None) -> np.ndarray:
-    """dx alone (no dW, db, no saved columns needed): dx = col2im(W2^T dY2).  dy (N, K, P, Q) -> (N, C, H, W)."""
-    dy2 = _dy_matrix(dy, batch_inner(*dy.shape[2:]), buffers)                          # (K, N*P*Q)
-    return _backward_data(dy2, W, x_shape, stride, padding, dy.shape[2:], buffers)
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if np.isscalar(v) else (int(v[0]), int(v[1]))
+
+
+def _written(dst: np.ndarray | None, src: np.ndarray) -> np.ndarray:
+    """``src`` copied into the caller's buffer ``dst``, or ``src`` itself when there is none."""
+    if dst is None:
+        return src
+    np.copyto(dst, src)
+    return dst
+
+
+def conv2d_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride, padding,
+                   out: np.ndarray | None = None, workspace=None) -> np.ndarray:
+    """y[n, k, p, q] = b[k] + sum_{c,r,s} W[k, c, r, s] * xp[n, c, p*sh + r, q*sw + s] (the layer op).
+
+    x (N, C, H, W), W (K, C, R, S), b (K,) or None, stride and padding ints or pairs -> y (N, K, P, Q).
+    ``out``: optional (N, K, P, Q) array written and returned (else y is a channels-first view of the
+    GEMM result). ``workspace`` is accepted for the GPU's signature and unused.
+
+    >>> conv2d_forward(np.ones((2, 3, 7, 9), np.float32), np.ones((4, 3, 3, 5), np.float32), None,
+    ...                stride=(2, 1), padding=(1, 2)).shape
+    (2, 4, 4, 9)
+    """
+    y, _ = conv2d_forward_cols(x, W, b, _pair(stride), _pair(padding))
+    return _written(out, y)
+
+
+def conv2d_backward(dy: np.ndarray, x: np.ndarray, W: np.ndarray, stride, padding, need_dx: bool = True,
+                    dx: np.ndarray | None = None, dW: np.ndarray | None = None, db: np.ndarray | None = None,
+                    workspace=None, need_db: bool = True):
+    """Gradients of ``conv2d_forward`` from its input x (the layer op; the columns are rebuilt from x).
+
+    dy (N, K, P, Q), x (N, C, H, W), W (K, C, R, S) -> (dx (N, C, H, W) or None without ``need_dx``,
+    dW (K, C, R, S), db (K,) or None without ``need_db``). ``dx``, ``dW``, ``db``: optional arrays
+    written and returned; ``workspace`` unused on the CPU.
+    """
+    stride, padding = _pair(stride), _pair(padding)
+    k, c, r, s = W.shape
+    p, q = dy.shape[2:]
+    crs = c * r * s
+    cols = np.empty((crs + bool(need_db), x.shape[0] * p * q), dtype=x.dtype)   # (C*R*S [+ 1], L)
+    im2col(x, cols, (r, s), stride, padding, batch_inner(p, q))
+    if need_db:
+        cols[crs] = 1
+    gx, gW, gb = conv2d_backward_cols(dy, cols, x.shape, W, stride, padding, need_dx)
+    return (_written(dx, gx) if need_dx else None, _written(dW, gW), _written(db, gb) if need_db else None)
+
+
+def conv2d_backward_data(dy: np.ndarray, W: np.ndarray, x_shape, stride, padding, dx: np.ndarray | None = None,
+                         workspace=None) -> np.ndarray:
+    """dx alone (no dW, db, no columns of x needed): dx = col2im(W2^T dY2).  dy (N, K, P, Q) -> (N, C, H, W).
+
+    ``dx``: optional array written and returned (else a view of the padded gradient); ``workspace`` unused.
+    """
+    stride, padding = _pair(stride), _pair(padding)
+    dy2 = _dy_matrix(dy, batch_inner(*dy.shape[2:]))                                   # (K, N*P*Q)
+    return _written(dx, _backward_data(dy2, W, tuple(x_shape), stride, padding, dy.shape[2:], None))
+
+
+def conv2d_workspace_size(x_shape, w_shape, stride, padding) -> int:
+    """Floats of workspace the GPU op would use; the CPU needs none: 0."""
+    return 0
 
 
 def _backward_data(dy2, W, x_shape, stride, padding, pq, buffers):
@@ -273,16 +332,16 @@ class Conv2d(Layer):
 
     def forward(self, x: np.ndarray, train: bool) -> np.ndarray:
         L = self.layer
-        y, cols = conv2d_forward(x, self.params["weight"], self.params.get("bias"), L.stride, L.padding,
-                                 self._buffers)
+        y, cols = conv2d_forward_cols(x, self.params["weight"], self.params.get("bias"), L.stride, L.padding,
+                                      self._buffers)
         self.saved = (cols, x.shape) if train else None
         return y
 
     def backward(self, dy: np.ndarray):
         cols, x_shape = self.saved
         L = self.layer
-        dx, dW, db = conv2d_backward(dy, cols, x_shape, self.params["weight"], L.stride, L.padding, self.need_dx,
-                                     self._buffers)
+        dx, dW, db = conv2d_backward_cols(dy, cols, x_shape, self.params["weight"], L.stride, L.padding,
+                                          self.need_dx, self._buffers)
         np.copyto(self.grads["weight"], dW)
         if "bias" in self.grads:
             np.copyto(self.grads["bias"], db)

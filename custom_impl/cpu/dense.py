@@ -6,37 +6,44 @@ from __future__ import annotations
 
 import numpy as np
 
+from .activation import activation_forward
 from .layer import Layer
 
 
-def dense_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-    """y = x W^T + b.  x (N, F), W (U, F), b (U,) or None -> y (N, U).
+def dense_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None, act: str = "none",
+                  out: np.ndarray | None = None) -> np.ndarray:
+    """y = act(x W^T + b).  x (N, F), W (U, F), b (U,) or None -> y (N, U).
 
-    >>> dense_forward(np.ones((2, 3), np.float32), np.ones((4, 3), np.float32), None).shape
+    ``act``: "none", "relu", "sigmoid" or "tanh"; ``out``: optional (N, U) float32 array written and returned.
+
+    >>> dense_forward(np.ones((2, 3), np.float32), np.ones((4, 3), np.float32)).shape
     (2, 4)
     """
-    y = x @ W.T                      # (N, U)
+    y = np.matmul(x, W.T, out=out)   # (N, U)
     if b is not None:
         y += b
+    if act != "none":
+        activation_forward(y, act, out=y)
     return y
 
 
 def dense_backward(dy: np.ndarray, x: np.ndarray, W: np.ndarray, need_dx: bool = True,
-                   dW: np.ndarray | None = None, db: np.ndarray | None = None):
+                   dx: np.ndarray | None = None, dW: np.ndarray | None = None, db: np.ndarray | None = None,
+                   need_db: bool = True):
     """Gradients of y = x W^T + b.  dy (N, U), x (N, F), W (U, F).
 
-    dW = dy^T x (U, F);  db = sum_n dy (U,);  dx = dy W (N, F), or None when ``need_dx`` is False.
-    ``dW``, ``db``: optional arrays to write the gradients into. Returns (dx, dW, db).
+    dW = dy^T x (U, F);  db = sum_n dy (U,), or None without ``need_db``;  dx = dy W (N, F), or None
+    without ``need_dx``. ``dx``, ``dW``, ``db``: optional arrays written and returned. Returns (dx, dW, db).
     """
-    dW = np.matmul(dy.T, x, out=dW)  # (U, F)
-    db = np.sum(dy, axis=0, out=db)  # (U,)
-    dx = dense_backward_data(dy, W) if need_dx else None
+    dW = np.matmul(dy.T, x, out=dW)                          # (U, F)
+    db = np.sum(dy, axis=0, out=db) if need_db else None     # (U,)
+    dx = dense_backward_data(dy, W, dx) if need_dx else None
     return dx, dW, db
 
 
-def dense_backward_data(dy: np.ndarray, W: np.ndarray) -> np.ndarray:
+def dense_backward_data(dy: np.ndarray, W: np.ndarray, dx: np.ndarray | None = None) -> np.ndarray:
     """dx = dy W alone (what ``dense_backward`` computes with need_dx).  dy (N, U), W (U, F) -> dx (N, F)."""
-    return dy @ W                    # (N, F)
+    return np.matmul(dy, W, out=dx)  # (N, F)
 
 
 class Dense(Layer):
@@ -49,7 +56,7 @@ class Dense(Layer):
 
     def backward(self, dy: np.ndarray):
         x = self.saved
-        dx, _, _ = dense_backward(dy, x, self.params["weight"], self.need_dx, self.grads["weight"],
-                                  self.grads.get("bias"))
+        dx, _, _ = dense_backward(dy, x, self.params["weight"], self.need_dx, dW=self.grads["weight"],
+                                  db=self.grads.get("bias"), need_db="bias" in self.grads)
         self.saved = None
         return dx

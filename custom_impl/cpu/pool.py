@@ -12,8 +12,13 @@ and gradients are allocated in the input's memory order. Max pooling (the zoo's 
 threads (``_parallel``) along N or C, whichever is outermost in memory; each element gets the same
 operations in the same order, so the results are bit-identical for any thread count.
 
-``relu=True`` (max pooling only) fuses a ReLU after the maximum: y = max(maxpool(x), 0), which equals
-maxpool(relu(x)); backward masks dy with y > 0 before routing it (see ``model``'s docstring).
+Two max-pooling pairs:
+- ``maxpool2d_forward`` / ``maxpool2d_backward``, the layer ops (``custom_impl.cpu.ops``): forward also
+  returns the argmax (int32 flat index h*W + w of each window's first maximum), backward routes dy by it.
+- ``maxpool2d_values`` / ``maxpool2d_backward_by_compare``, what the CPU model runs: forward computes the
+  maxima only, backward finds each maximum's position again by comparing x with y (no index pass in the
+  forward). ``relu=True`` fuses a ReLU after the maximum: y = max(maxpool(x), 0), which equals
+  maxpool(relu(x)); backward masks dy with y > 0 before routing it (see ``model``'s docstring).
 """
 from __future__ import annotations
 
@@ -21,6 +26,10 @@ import numpy as np
 
 from ._parallel import items_per_chunk, parallel_chunks
 from .layer import Layer
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if np.isscalar(v) else (int(v[0]), int(v[1]))
 
 
 def _offset_view(a: np.ndarray, i: int, j: int, stride, pq) -> np.ndarray:
@@ -67,14 +76,15 @@ def _chunked(axis: int, fn, *arrays):
     parallel_chunks(n, part, items_per_chunk(n, arrays[0].nbytes))
 
 
-def maxpool2d_forward(x: np.ndarray, kernel, stride, out: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
-    """y[n, c, p, q] = max_{r,s} x[n, c, p*sh + r, q*sw + s].  x (N, C, H, W) -> y (N, C, P, Q).
+def maxpool2d_values(x: np.ndarray, kernel, stride, out: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
+    """y[n, c, p, q] = max_{r,s} x[n, c, p*sh + r, q*sw + s], without the argmax (the layer's fast path).
 
-    Backward needs x and y (it finds the maximum's position again by comparing them). ``out``: optional
-    (N, C, P, Q) array to write y into; ``relu``: y = max(y, 0) as well.
+    x (N, C, H, W) -> y (N, C, P, Q). ``maxpool2d_backward_by_compare`` then finds each maximum's position
+    again by comparing x with y. ``out``: optional (N, C, P, Q) array to write y into; ``relu``: y = max(y, 0)
+    as well.
 
     >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
-    >>> maxpool2d_forward(x, (2, 2), (2, 2))[0, 0]
+    >>> maxpool2d_values(x, (2, 2), (2, 2))[0, 0]
     array([[ 5.,  7.],
            [13., 15.]], dtype=float32)
     """
@@ -95,13 +105,14 @@ def maxpool2d_forward(x: np.ndarray, kernel, stride, out: np.ndarray | None = No
     return y
 
 
-def maxpool2d_backward(dy: np.ndarray, x: np.ndarray, y: np.ndarray, kernel, stride, out: np.ndarray | None = None,
-                       relu: bool = False) -> np.ndarray:
+def maxpool2d_backward_by_compare(dy: np.ndarray, x: np.ndarray, y: np.ndarray, kernel, stride,
+                                  out: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
     """dx[n, c, h, w] = sum of dy over the windows whose maximum sits at (h, w).  dy, y (N, C, P, Q), x (N, C, H, W).
 
+    The backward of ``maxpool2d_values``: the maximum's position is found by comparing x with y.
     Within a window the gradient goes to the first maximum in raster order (PyTorch's choice on ties):
     offsets are visited in that order and ``taken`` marks windows already served. ``relu``: y came from
-    ``maxpool2d_forward(..., relu=True)``; dy is first masked with y > 0. ``out``: optional array for dx.
+    ``maxpool2d_values(..., relu=True)``; dy is first masked with y > 0. ``out``: optional array for dx.
     Every temporary is laid out in y's memory order, and dy is copied into it first when its own order
     differs (e.g. after a flatten), so the per-offset passes never mix layouts.
     """
@@ -140,11 +151,93 @@ def maxpool2d_backward(dy: np.ndarray, x: np.ndarray, y: np.ndarray, kernel, str
     return dx
 
 
-def avgpool2d_forward(x: np.ndarray, kernel, stride) -> np.ndarray:
-    """y[n, c, p, q] = (1 / (R S)) sum_{r,s} x[n, c, p*sh + r, q*sw + s].  x (N, C, H, W) -> (N, C, P, Q)."""
+def maxpool2d_forward(x: np.ndarray, kernel_size, stride, out: np.ndarray | None = None,
+                      argmax: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The layer op: y[n, c, p, q] = max_{r,s} x[n, c, p*sh + r, q*sw + s] and where it sits.
+
+    x (N, C, H, W) -> (y (N, C, P, Q), argmax (N, C, P, Q) int32), argmax the flat index h*W + w of the
+    window's first maximum in raster order within its (H, W) plane (PyTorch's indices; a NaN wins and stays,
+    as in the GPU kernel). ``out`` / ``argmax``: optional arrays written and returned.
+
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> maxpool2d_forward(x, 2, 2)[1][0, 0]
+    array([[ 5,  7],
+           [13, 15]], dtype=int32)
+    """
+    kernel, stride = _pair(kernel_size), _pair(stride)
+    (r, s), (sh, sw) = kernel, stride
+    w = x.shape[3]
+    pq = _pq(x.shape, kernel, stride)
+    y = _like(x, (*x.shape[:2], *pq)) if out is None else out           # (N, C, P, Q)
+    am = _like(y, y.shape, dtype=np.int32) if argmax is None else argmax  # (N, C, P, Q)
+    nan = bool(np.isnan(x).any())
+    # top-left corner of window (p, q) as a flat index: p*sh*W + q*sw  (P, Q)
+    corner = (np.arange(pq[0], dtype=np.int32)[:, None] * (sh * w) + np.arange(pq[1], dtype=np.int32) * sw)
+
+    def part(xn, yn, amn):
+        np.copyto(yn, _offset_view(xn, 0, 0, stride, pq))
+        for i in range(r):
+            for j in range(s):
+                if i or j:
+                    np.maximum(yn, _offset_view(xn, i, j, stride, pq), out=yn)   # NaN propagates
+        # NOTE: offsets in reverse raster order, each overwriting where it holds the maximum: the first
+        # maximum (or the first NaN) is written last and stays.
+        hit = np.empty(yn.shape, dtype=bool)
+        for i in reversed(range(r)):
+            for j in reversed(range(s)):
+                v = _offset_view(xn, i, j, stride, pq)
+                np.equal(v, yn, out=hit)
+                if nan:
+                    hit |= np.isnan(v)
+                np.copyto(amn, i * w + j, where=hit)
+        amn += corner
+
+    _chunked(_split_axis(x), part, x, y, am)
+    return y, am
+
+
+def maxpool2d_backward(dy: np.ndarray, argmax: np.ndarray, x_shape, kernel_size, stride,
+                       dx: np.ndarray | None = None) -> np.ndarray:
+    """The layer op: dx[n, c, h, w] = sum of dy[n, c, p, q] over the windows (p, q) whose argmax is h*W + w.
+
+    dy, argmax (N, C, P, Q) (argmax from ``maxpool2d_forward``) -> dx (N, C, H, W), written (=);
+    ``dx``: optional array written and returned.
+    """
+    kernel, stride = _pair(kernel_size), _pair(stride)
+    x_shape = tuple(int(v) for v in x_shape)
+    (r, s), (sh, sw) = kernel, stride
+    w = x_shape[3]
+    pq = tuple(dy.shape[2:])
+    tiled = _tiles(x_shape, kernel, stride)
+    dx = _like(dy, x_shape) if dx is None else dx                       # (N, C, H, W)
+    corner = (np.arange(pq[0], dtype=np.int32)[:, None] * (sh * w) + np.arange(pq[1], dtype=np.int32) * sw)
+
+    def part(dyn, amn, dxn):
+        offset = amn - corner                                           # i*W + j within the window
+        hit = np.empty(offset.shape, dtype=bool)
+        if not tiled:    # overlapping or partial windows: sums over windows, from zero
+            dxn[...] = 0
+        for i in range(r):
+            for j in range(s):
+                np.equal(offset, i * w + j, out=hit)
+                if tiled:    # every input element lies in exactly one window: write, no zero fill, no add
+                    np.multiply(dyn, hit, out=_offset_view(dxn, i, j, stride, pq))
+                else:
+                    _offset_view(dxn, i, j, stride, pq)[...] += dyn * hit
+
+    _chunked(_split_axis(dy), part, dy, argmax, dx)
+    return dx
+
+
+def avgpool2d_forward(x: np.ndarray, kernel_size, stride, out: np.ndarray | None = None) -> np.ndarray:
+    """y[n, c, p, q] = (1 / (R S)) sum_{r,s} x[n, c, p*sh + r, q*sw + s].  x (N, C, H, W) -> (N, C, P, Q).
+
+    ``out``: optional (N, C, P, Q) array written and returned.
+    """
+    kernel, stride = _pair(kernel_size), _pair(stride)
     r, s = kernel
     pq = _pq(x.shape, kernel, stride)
-    y = _like(x, (*x.shape[:2], *pq))                                    # (N, C, P, Q)
+    y = _like(x, (*x.shape[:2], *pq)) if out is None else out           # (N, C, P, Q)
     np.copyto(y, _offset_view(x, 0, 0, stride, pq))
     for i in range(r):
         for j in range(s):
@@ -154,13 +247,18 @@ def avgpool2d_forward(x: np.ndarray, kernel, stride) -> np.ndarray:
     return y
 
 
-def avgpool2d_backward(dy: np.ndarray, x_shape, kernel, stride) -> np.ndarray:
-    """dx[n, c, h, w] = sum over the windows covering (h, w) of dy / (R S).  dy (N, C, P, Q) -> (N, C, H, W)."""
+def avgpool2d_backward(dy: np.ndarray, x_shape, kernel_size, stride, dx: np.ndarray | None = None) -> np.ndarray:
+    """dx[n, c, h, w] = sum over the windows covering (h, w) of dy / (R S).  dy (N, C, P, Q) -> (N, C, H, W).
+
+    ``dx``: optional (N, C, H, W) array written and returned.
+    """
+    kernel, stride = _pair(kernel_size), _pair(stride)
+    x_shape = tuple(int(v) for v in x_shape)
     r, s = kernel
     pq = dy.shape[2:]
     share = dy * (1.0 / (r * s))                                 # (N, C, P, Q)
     tiled = _tiles(x_shape, kernel, stride)
-    dx = _like(dy, x_shape)                                      # (N, C, H, W), in dy's memory order
+    dx = _like(dy, x_shape) if dx is None else dx                # (N, C, H, W), in dy's memory order
     if not tiled:
         dx[...] = 0
     for i in range(r):
@@ -197,7 +295,7 @@ class Pool2d(Layer):
         L = self.layer
         if L.type == "maxpool2d":
             out = self._buffer("y", x, (*x.shape[:2], *_pq(x.shape, L.kernel_size, L.stride))) if train else None
-            y = maxpool2d_forward(x, L.kernel_size, L.stride, out=out, relu=self.relu)
+            y = maxpool2d_values(x, L.kernel_size, L.stride, out=out, relu=self.relu)
             self.saved = (x, y) if train else None
         else:
             y = avgpool2d_forward(x, L.kernel_size, L.stride)
@@ -211,6 +309,6 @@ class Pool2d(Layer):
             return None
         L = self.layer
         if L.type == "maxpool2d":
-            return maxpool2d_backward(dy, a, b, L.kernel_size, L.stride, out=self._buffer("dx", a, a.shape),
-                                      relu=self.relu)
+            return maxpool2d_backward_by_compare(dy, a, b, L.kernel_size, L.stride,
+                                                 out=self._buffer("dx", a, a.shape), relu=self.relu)
         return avgpool2d_backward(dy, a, L.kernel_size, L.stride)

@@ -77,16 +77,16 @@ def test_conv_backward_finite_differences(stride, padding, kernel, hw):
     x = rng.normal(size=(3, 2, *hw))
     W = rng.normal(size=(5, 2, *kernel))
     b = rng.normal(size=5)
-    y, cols = conv.conv2d_forward(x, W, b, stride, padding)
+    y, cols = conv.conv2d_forward_cols(x, W, b, stride, padding)
 
     def dx_of(dy):
-        return conv.conv2d_backward(dy, cols, x.shape, W, stride, padding)[0]
+        return conv.conv2d_backward_cols(dy, cols, x.shape, W, stride, padding)[0]
 
     def dW_of(dy):
-        return conv.conv2d_backward(dy, cols, x.shape, W, stride, padding)[1]
+        return conv.conv2d_backward_cols(dy, cols, x.shape, W, stride, padding)[1]
 
-    _fd_check(lambda x_: conv.conv2d_forward(x_, W, b, stride, padding)[0], [x], dx_of)
-    _fd_check(lambda W_: conv.conv2d_forward(x, W_, b, stride, padding)[0], [W], dW_of)
+    _fd_check(lambda x_: conv.conv2d_forward_cols(x_, W, b, stride, padding)[0], [x], dx_of)
+    _fd_check(lambda W_: conv.conv2d_forward_cols(x, W_, b, stride, padding)[0], [W], dW_of)
 
 
 @pytest.mark.parametrize("kernel,stride", [((2, 2), (2, 2)), ((3, 3), (1, 1)), ((3, 2), (2, 1)), ((3, 3), (3, 3))])
@@ -94,9 +94,9 @@ def test_pool_backward_finite_differences(kernel, stride):
     """Overlapping, rectangular, partly covering (9 rows, 2x2 windows) and exactly tiling (3x3 on 9x9)
     windows; random inputs have no ties, so max is differentiable there."""
     x = np.random.default_rng(2).normal(size=(2, 3, 9, 9))
-    y = pool.maxpool2d_forward(x, kernel, stride)
-    _fd_check(lambda x_: pool.maxpool2d_forward(x_, kernel, stride), [x],
-              lambda dy: pool.maxpool2d_backward(dy, x, y, kernel, stride))
+    y = pool.maxpool2d_values(x, kernel, stride)
+    _fd_check(lambda x_: pool.maxpool2d_values(x_, kernel, stride), [x],
+              lambda dy: pool.maxpool2d_backward_by_compare(dy, x, y, kernel, stride))
     _fd_check(lambda x_: pool.avgpool2d_forward(x_, kernel, stride), [x],
               lambda dy: pool.avgpool2d_backward(dy, x.shape, kernel, stride))
 
@@ -107,8 +107,8 @@ def test_maxpool_ties_go_to_first_like_torch():
     x = np.maximum(rng.normal(size=(2, 3, 8, 7)), 0).astype(np.float32)
     x[0, 0, :4, :4] = 1.0   # an explicit tie block
     dy = rng.normal(size=(2, 3, 3, 3)).astype(np.float32)
-    y = pool.maxpool2d_forward(x, (3, 2), (2, 2))
-    dx = pool.maxpool2d_backward(dy, x, y, (3, 2), (2, 2))
+    y = pool.maxpool2d_values(x, (3, 2), (2, 2))
+    dx = pool.maxpool2d_backward_by_compare(dy, x, y, (3, 2), (2, 2))
     xt = torch.tensor(x, requires_grad=True)
     torch.nn.functional.max_pool2d(xt, (3, 2), (2, 2)).backward(torch.tensor(dy))
     np.testing.assert_array_equal(dx, xt.grad.numpy())   # pure routing: bitwise equal
@@ -119,7 +119,7 @@ def test_dense_activation_loss_finite_differences():
     x, W, b = rng.normal(size=(5, 7)), rng.normal(size=(3, 7)), rng.normal(size=3)
     _fd_check(lambda x_: dense.dense_forward(x_, W, b), [x], lambda dy: dense.dense_backward(dy, x, W)[0])
     _fd_check(lambda W_: dense.dense_forward(x, W_, b), [W], lambda dy: dense.dense_backward(dy, x, W)[1])
-    for fwd, bwd in (activation.Activation.FUNCS.values()):
+    for fwd, bwd in (activation.FUNCS.values()):
         _fd_check(fwd, [x], lambda dy, f=fwd, g=bwd: g(dy, f(x)))
     z, labels = rng.normal(size=(6, 4)) * 3, rng.integers(0, 4, size=6)
     _fd_check(lambda z_: loss.softmax_cross_entropy(z_, labels)[0], [z],
@@ -189,9 +189,9 @@ def test_conv_matches_torch_and_backward_data_alone(hw):
     rng = np.random.default_rng(5)
     x, W = rng.normal(size=(3, 4, *hw)).astype(np.float32), rng.normal(size=(6, 4, 3, 5)).astype(np.float32)
     b = rng.normal(size=6).astype(np.float32)
-    y, cols = conv.conv2d_forward(x, W, b, (2, 1), (1, 2))
+    y, cols = conv.conv2d_forward_cols(x, W, b, (2, 1), (1, 2))
     dy = rng.normal(size=y.shape).astype(np.float32)
-    dx, dW, db = conv.conv2d_backward(dy, cols, x.shape, W, (2, 1), (1, 2))
+    dx, dW, db = conv.conv2d_backward_cols(dy, cols, x.shape, W, (2, 1), (1, 2))
     np.testing.assert_array_equal(conv.conv2d_backward_data(dy, W, x.shape, (2, 1), (1, 2)), dx)  # same ops
     xt, Wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, W, b))
     yt = torch.nn.functional.conv2d(xt, Wt, bt, (2, 1), (1, 2))

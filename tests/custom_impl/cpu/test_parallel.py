@@ -40,9 +40,9 @@ def _with_threads(monkeypatch, threads, fn):
 
 def _conv_all(x, W, b, stride, padding):
     """Forward (y, cols) and backward (dx, dW, db) of one conv layer, dy fixed by a seed."""
-    y, cols = conv.conv2d_forward(x, W, b, stride, padding)
+    y, cols = conv.conv2d_forward_cols(x, W, b, stride, padding)
     dy = np.random.default_rng(7).normal(size=y.shape).astype(np.float32)
-    dx, dW, db = conv.conv2d_backward(dy, cols, x.shape, W, stride, padding)
+    dx, dW, db = conv.conv2d_backward_cols(dy, cols, x.shape, W, stride, padding)
     return {"y": y, "cols": cols, "dx": dx, "dW": dW, "db": db}
 
 
@@ -100,9 +100,9 @@ def test_maxpool_threads_bitwise(monkeypatch, submissions, shape, kernel, stride
     monkeypatch.setattr(_parallel, "MIN_CHUNK_BYTES", 4096)
 
     def run():
-        y = pool.maxpool2d_forward(x, kernel, stride)
+        y = pool.maxpool2d_values(x, kernel, stride)
         dy = np.random.default_rng(4).normal(size=y.shape).astype(np.float32)
-        return {"y": y, "dx": pool.maxpool2d_backward(dy, x, y, kernel, stride)}
+        return {"y": y, "dx": pool.maxpool2d_backward_by_compare(dy, x, y, kernel, stride)}
 
     serial = _with_threads(monkeypatch, 1, run)
     threaded = _with_threads(monkeypatch, 4, run)
@@ -198,10 +198,10 @@ def test_conv_any_input_layout_and_kept_buffers_bitwise(monkeypatch, n, c, hw, k
     monkeypatch.setattr(_parallel, "MIN_CHUNK_BYTES", 4096)
 
     def run(x, dy_order, buffers, seed):
-        y, cols = conv.conv2d_forward(x, W, b, stride, padding, buffers)
+        y, cols = conv.conv2d_forward_cols(x, W, b, stride, padding, buffers)
         out = {"y": np.array(y), "cols": np.array(cols)}
         dy = _in_order(np.random.default_rng(seed).normal(size=y.shape).astype(np.float32), dy_order)
-        dx, dW, db = conv.conv2d_backward(dy, cols, x.shape, W, stride, padding, True, buffers)
+        dx, dW, db = conv.conv2d_backward_cols(dy, cols, x.shape, W, stride, padding, True, buffers)
         out.update(dx=np.array(dx), dW=np.array(dW), db=np.array(db))
         return out
 
@@ -225,13 +225,13 @@ def test_maxpool_relu_fused_layouts_threads_bitwise(monkeypatch, submissions, sh
     rng = np.random.default_rng(12)
     # rounded values make ties, among positive values and (after the ReLU) among zeros
     x = np.round(rng.normal(size=shape), 1).astype(np.float32)
-    y_shape = pool.maxpool2d_forward(x, kernel, stride).shape
+    y_shape = pool.maxpool2d_values(x, kernel, stride).shape
     dy = rng.normal(size=y_shape).astype(np.float32)
     # unfused reference: relu, pool, pool backward, relu backward (one thread, contiguous)
     monkeypatch.setenv(_parallel.ENV_VAR, "1")
     xr = np.maximum(x, 0)
-    y_ref = pool.maxpool2d_forward(xr, kernel, stride)
-    dx_ref = pool.maxpool2d_backward(dy, xr, y_ref, kernel, stride) * (xr > 0)
+    y_ref = pool.maxpool2d_values(xr, kernel, stride)
+    dx_ref = pool.maxpool2d_backward_by_compare(dy, xr, y_ref, kernel, stride) * (xr > 0)
     monkeypatch.setattr(_parallel, "MIN_CHUNK_BYTES", 4096)
     for threads in (1, 4):
         for x_name, x_order in LAYOUTS.items():
@@ -240,8 +240,8 @@ def test_maxpool_relu_fused_layouts_threads_bitwise(monkeypatch, submissions, sh
 
                 def run():
                     xv = _in_order(x, x_order)
-                    y = pool.maxpool2d_forward(xv, kernel, stride, relu=True)
-                    dx = pool.maxpool2d_backward(_in_order(dy, dy_order), xv, y, kernel, stride, relu=True)
+                    y = pool.maxpool2d_values(xv, kernel, stride, relu=True)
+                    dx = pool.maxpool2d_backward_by_compare(_in_order(dy, dy_order), xv, y, kernel, stride, relu=True)
                     return {"y": np.array(y), "dx": np.array(dx)}
 
                 got = _with_threads(monkeypatch, threads, run)
