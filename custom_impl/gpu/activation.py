@@ -32,26 +32,26 @@ def _launch(name, n, args):
     runtime.kernel("activation", name)((grid,), (THREADS,), (*args, np.int64(n)))
 
 
-def activation_forward(x, act: str, out=None):
-    """y = act(x) elementwise; relu(x) = max(x, 0), sigmoid(x) = 1/(1 + e^-x), tanh. Same shape as x."""
+def activation_forward(x, kind: str, out=None):
+    """y = kind(x) elementwise; relu(x) = max(x, 0), sigmoid(x) = 1/(1 + e^-x), tanh. Same shape as x."""
     import cupy
 
-    _check_act(act)
+    _check_act(kind)
     check_array(x, "x")
     y = cupy.empty_like(x) if out is None else check_array(out, "out", shape=x.shape)
-    _launch(f"{act}_forward", x.size, (x, y))
+    _launch(f"{kind}_forward", x.size, (x, y))
     return y
 
 
-def activation_backward(dy, y, act: str, dx=None):
-    """dx = dy * act'(x), computed from the forward output y (see the module docstring). Same shape."""
+def activation_backward(dy, y, kind: str, dx=None):
+    """dx = dy * kind'(x), computed from the forward output y (see the module docstring). Same shape."""
     import cupy
 
-    _check_act(act)
+    _check_act(kind)
     check_array(y, "y")
     check_array(dy, "dy", shape=y.shape)
     dx = cupy.empty_like(dy) if dx is None else check_array(dx, "dx", shape=y.shape)
-    _launch(f"{act}_backward", y.size, (dy, y, dx))
+    _launch(f"{kind}_backward", y.size, (dy, y, dx))
     return dx
 
 
