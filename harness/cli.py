@@ -134,15 +134,24 @@ def _load_suite(name: str, models: str | None):
                 modelspec.load(m)
             except (modelspec.SpecError, OSError) as err:
                 raise CliError(f"--models: {err}") from None
-        kept = []
-        for kind, sec in suite.sections:
-            if kind == "models":
-                sec = dict(sec, models=[m for m in sec["models"] if m in wanted])
-                if not sec["models"]:
-                    continue
-            kept.append((kind, sec))
-        suite.sections = kept
+        try:
+            suite.select_models(wanted)
+        except SuiteError as err:
+            raise CliError(str(err)) from None
     return suite
+
+
+def _checked_numbers(args) -> None:
+    """The CLI's numbers (--budget-s, --time-limit-s, --peak-tflops) checked as the suite settings are."""
+    from .suites import SuiteError, check_peak_tflops, check_setting
+
+    try:
+        for key, flag in (("budget_s", "--budget-s"), ("time_limit_s", "--time-limit-s")):
+            if getattr(args, key, None) is not None:
+                check_setting(key, getattr(args, key), flag)
+        check_peak_tflops(getattr(args, "peak_tflops", None))
+    except SuiteError as err:
+        raise CliError(str(err)) from None
 
 
 def default_out(suite_name: str, device: str) -> str:
@@ -188,6 +197,9 @@ def cmd_run(args) -> int:
     if not jobs:
         raise CliError(f"suite {suite.name!r} has nothing to run on {device} (every section is limited to other "
                        "devices); pick another --suite or --device")
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise CliError(f"--out {out}: is a file, not a folder; choose another --out")
+    _checked_numbers(args)
     os.makedirs(out, exist_ok=True)
     override = {}
     if args.cold_l2:
@@ -236,6 +248,7 @@ def cmd_run(args) -> int:
 def cmd_report(args) -> int:
     from .report import ReportError, render
 
+    _checked_numbers(args)
     try:
         files = render(args.dirs, out_dir=args.out, peak_tflops=args.peak_tflops)
     except ReportError as err:
@@ -268,6 +281,7 @@ def cmd_targets(args) -> int:
     from .results import ResultsError
     from .targets import run_targets
 
+    _checked_numbers(args)
     device = _device(args.device)
     out = args.out or default_out("targets", device)
     try:

@@ -39,7 +39,7 @@ def base_row(job: Job, device_name: str, settings: dict) -> Row:
     return Row(impl=job.impl, variant=job.variant, device=job.device, workload=job.workload, kind=job.kind,
                batch=job.batch, phase=job.phase, precision="fp32",
                shape="" if job.kind == "model" else shape_text(job), cold_l2=bool(settings.get("cold_l2")),
-               device_name=device_name)
+               device_name=device_name, spec_hash=job.spec_hash)
 
 
 def run_job(job: Job, cases: _Cases, settings: dict, device_name: str, peak_tflops: float | None) -> Row:

@@ -201,7 +201,9 @@ def format_table(lines: list[dict]) -> str:
 
 
 def write_csv(path: str, lines: list[dict]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
+    from .io import atomic_write
+
+    with atomic_write(path, newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["target", "measured", "goal", "met", "rows", "note"])
         w.writeheader()
         w.writerows(lines)
