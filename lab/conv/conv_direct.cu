@@ -8,7 +8,7 @@
 // tile defines, e.g.
 //   nvcc -arch=sm_90 -cubin -I custom_impl/kernels -DKERNEL_HEADERS_DIGEST=x \
 //        -o /tmp/x.cubin lab/conv/conv_direct.cu
-#include "conv_implicit_gemm.cu"
+#include "../../custom_impl/kernels/conv_implicit_gemm.cu"  // also found through -I custom_impl/kernels
 
 extern "C" __global__ void conv_direct_fwd(const float* __restrict__ x, const float* __restrict__ Wt,
                                            const float* __restrict__ b, float* __restrict__ y,

@@ -9,7 +9,7 @@
 // tile defines, e.g.
 //   nvcc -arch=sm_90 -cubin -I custom_impl/kernels -DKERNEL_HEADERS_DIGEST=x \
 //        -o /tmp/x.cubin lab/conv/conv_few_channels_dgrad_pixel.cu
-#include "conv_implicit_gemm.cu"
+#include "../../custom_impl/kernels/conv_implicit_gemm.cu"  // also found through -I custom_impl/kernels
 
 // The implicit GEMMs have M = C, so with C = 1 or 3 almost all of their 32+-row tiles is padding.
 // Here one thread owns one pixel (n, h, w) of one phase (grid.z, as conv_implicit_gemm_dgrad) and all C of

@@ -8,7 +8,7 @@
 // tile defines, e.g.
 //   nvcc -arch=sm_90 -cubin -I custom_impl/kernels -DKERNEL_HEADERS_DIGEST=x \
 //        -o /tmp/x.cubin lab/conv/conv_gather_dgrad.cu
-#include "conv_implicit_gemm.cu"
+#include "../../custom_impl/kernels/conv_implicit_gemm.cu"  // also found through -I custom_impl/kernels
 
 // Backward-data A operand: A[m = c, kk = (k,r,s)] = W[k, c, r, s]; mn-vector mapping (4 consecutive c).
 template <int BMN, int BK, int NT>

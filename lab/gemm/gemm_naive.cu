@@ -4,7 +4,7 @@
 // C[M,N] = act(op(A) @ op(B) + bias + beta * C), same arguments and layouts as gemm.cu's header says.
 // Compile from the repository root with -I custom_impl/kernels (apply_act comes from gemm_tiles.cuh);
 // launch with block (16, 16), grid (ceil(N/16), ceil(M/16)).
-#include "gemm_tiles.cuh"
+#include "../../custom_impl/kernels/gemm_tiles.cuh"  // also found through -I custom_impl/kernels
 
 extern "C" __global__ void gemm_naive(const float* __restrict__ A, const float* __restrict__ B,
                                       float* __restrict__ C, const float* __restrict__ bias,
