@@ -69,6 +69,7 @@ import numpy as np
 from .. import runtime
 from ..runtime import blocks, check_array, checked_workspace, pair, ptr, vec_ok
 from ..tiles import CONFIG_BY_NAME, estimate_seconds, split_chunk
+from .geometry import planning_sms
 
 FAMILY = "conv_winograd"
 THREADS = 256       # threads per block of the transform kernels
@@ -257,12 +258,7 @@ def workspace_size(x_shape, w_shape, stride, padding, phase: str = "forward", sm
 
 
 def _sms(sms: int | None) -> int:
-    if sms is not None:
-        return int(sms)
-    try:
-        return runtime.sm_count()
-    except ImportError:   # planning on a machine without CuPy
-        return 132
+    return planning_sms() if sms is None else int(sms)
 
 
 def choose_config(M: int, N: int, Kr: int, sms: int = 132):
