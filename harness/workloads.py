@@ -486,7 +486,7 @@ def _custom_layer_fn(job: Job, data: dict) -> Callable[[], tuple]:
     y = xp.empty(dy.shape, dtype=xp.float32)                             # (N, C, P, Q)
     dx = xp.empty(x.shape, dtype=xp.float32)                             # (N, C, H, W)
     if p["mode"] == "max":
-        am = xp.empty(dy.shape, dtype=xp.int32)                          # (N, C, P, Q) flat index h*W + w
+        am = xp.empty(dy.shape, dtype=xp.int32)                          # (N, C, P, Q) window position r*S + s
         if ph == "forward":
             return lambda: (ops.maxpool2d_forward(x, ks, st, out=y, argmax=am)[0],)
         ops.maxpool2d_forward(x, ks, st, out=y, argmax=am)
