@@ -76,6 +76,13 @@ def run_job(job: Job, cases: _Cases, settings: dict, device_name: str, peak_tflo
         row.status = "ok" if row.parity_ok is not False else "parity_fail"
         if row.parity_ok is False:
             row.reason = f"parity: rel err {err:.3g} > {tol:g} against {against}"
+        if prep.finite() is False:
+            # NOTE: checked once, after timing (the timed steps kept training the model): a copy of the
+            # parameters per row, nothing inside the timed loop.
+            row.status = "diverged"
+            row.reason = (f"the parameters became NaN/inf during the timed steps at "
+                          f"lr={settings.get('lr', 0.01):g}, momentum={settings.get('momentum', 0.9):g}; "
+                          "lower the suite's lr (the timings of a diverged step are not comparable)")
     except KeyboardInterrupt:
         raise
     except Unsupported as err:

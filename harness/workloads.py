@@ -74,6 +74,8 @@ class Prepared:
     shape: str = ""
     peak_mem: Callable[[], int | None] = lambda: None
     cleanup: Callable[[], None] = lambda: None
+    # after timing: False when the state the timed calls changed (a train step's parameters) holds NaN/inf
+    finite: Callable[[], bool | None] = lambda: None
 
 
 def rel_err(got: list, want: list, norm: str = "max") -> float:
@@ -321,7 +323,10 @@ class ModelCase:
             peak = _cupy_peak() if job.impl == "custom" else _torch_peak_reset()
         else:
             clock, peak = "cpu", (lambda: None)
-        return Prepared(fn=fn, clock=clock, outputs=lambda: [], flops=self.flops(job.phase), peak_mem=peak)
+        finite = ((lambda: all(bool(np.isfinite(v).all()) for v in m.get_params().values()))
+                  if job.phase == "train_step" else (lambda: None))
+        return Prepared(fn=fn, clock=clock, outputs=lambda: [], flops=self.flops(job.phase), peak_mem=peak,
+                        finite=finite)
 
 
 # ============================================================================ layers

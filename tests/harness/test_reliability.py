@@ -504,3 +504,17 @@ def test_kill_report_leaves_whole_artefacts(work, tmp_path):
     assert proc.returncode == 0, proc.stderr
     _valid_or_absent(out)
     assert os.path.isfile(out / "report.pdf")
+
+
+def test_a_train_step_row_whose_parameters_blow_up_is_diverged_not_ok(work, tmp_path):
+    """lr 3e38 is a valid float32 learning rate, but the timed momentum steps of thesis-2-3-1 overflow its
+    weights: the row is 'diverged' with the lr in its reason, not 'ok'; the inference rows stay 'ok'."""
+    suite = _suite_with(work, tmp_path, settings="lr = 3e38\nmomentum = 0.9")
+    out = tmp_path / "out"
+    proc = harness(*run_args(suite, out))
+    assert proc.returncode == 0, proc.stderr
+    rows = read_results(str(out / "results.csv")).rows
+    steps = [r for r in rows if r["kind"] == "model" and r["phase"] == "train_step"]
+    assert steps and all(r["status"] == "diverged" for r in steps), [(r["impl"], r["status"]) for r in steps]
+    assert all("lr=3e+38" in r["reason"] for r in steps), steps[0]["reason"]
+    assert all(r["status"] == "ok" for r in rows if r["phase"] == "inference")
