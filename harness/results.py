@@ -354,10 +354,10 @@ def samples_by_row(folder: str) -> dict[str, "np.ndarray"]:
     """{row_id: the row's samples in seconds (a NumPy array)} for ``folder``; {} without samples.csv."""
     import numpy as np
 
-    res = read_results(os.path.join(folder, "results.csv"))
     path = samples_path(os.path.join(folder, "results.csv"))
     if not os.path.lexists(path):
         return {}
+    res = read_results(os.path.join(folder, "results.csv"))
     sf = read_samples_file(path)
     _check_counts(sf, res.rows)
     ids = {row_id(d) for d in res.rows}
