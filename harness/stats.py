@@ -52,7 +52,8 @@ def as_samples(samples, what: str = "samples") -> np.ndarray:
         raise ValueError(f"{what}: no samples")
     bad = ~np.isfinite(a) | (a <= 0)
     if bad.any():
-        raise ValueError(f"{what}: sample {int(np.argmax(bad))} is {a[bad][0]!r}; timings must be finite and > 0")
+        raise ValueError(f"{what}: sample {int(np.argmax(bad))} is {float(a[bad][0])!r}; timings must be finite "
+                         "and > 0")
     return a
 
 
