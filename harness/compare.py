@@ -418,7 +418,8 @@ def markdown(a: Run, b: Run, lines: list[Line], groups: list[Group], threshold: 
            "| kind | impl | rows | geomean B/A | 95% CI | faster | slower | same |",
            "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: |"]
     for g in groups:
-        out.append(f"| {g.kind or '-'} | {_impl_name(g.impl)} | {g.rows} | {g.geomean:.4f} | {_ci_text(g.low, g.high)} | "
+        out.append(f"| {g.kind or '-'} | {_impl_name(g.impl)} | {g.rows} | {g.geomean:.4f} | "
+                   f"{_ci_text(g.low, g.high)} | "
                    f"{g.counts['faster']} | {g.counts['slower']} | {g.counts['same']} |")
     out += ["", "## Rows", "",
             "| kind | impl | row | A ms | B ms | B/A | 95% CI | noise A % | noise B % | verdict | note |",
@@ -504,9 +505,9 @@ def csv_text(lines: list[Line]) -> str:
     w.writerow(CSV_COLUMNS)
     for ln in lines:
         r = ln.row
-        w.writerow([r.get("kind", ""), r.get("impl", ""), r.get("variant", ""), r.get("device", ""), r.get("workload", ""),
-                    r.get("batch", ""), r.get("phase", ""), r.get("precision", ""), r.get("spec_hash", ""),
-                    r.get("shape", ""), ln.a.get("median_ms", "") if ln.a else "", ln.b.get("median_ms", "") if ln.b else "",
+        w.writerow([*(r.get(c, "") for c in ("kind", "impl", "variant", "device", "workload", "batch", "phase",
+                                              "precision", "spec_hash", "shape")),
+                    ln.a.get("median_ms", "") if ln.a else "", ln.b.get("median_ms", "") if ln.b else "",
                     _f(ln.ratio, 6), _f(ln.low, 6), _f(ln.high, 6), _f(ln.noise_a, 4), _f(ln.noise_b, 4), ln.verdict,
                     ln.note])
     return buf.getvalue()
@@ -674,4 +675,5 @@ def run_compare(a_path: str, b_path: str, *, threshold: float = 0.05, fail_on_re
     return 1 if (fail_on_regression and slower) else 0
 
 
-__all__ = ["CompareError", "Run", "read_benchmark_json", "read_run", "compare_runs", "decide", "noise_of", "run_compare"]
+__all__ = ["CompareError", "Run", "read_benchmark_json", "read_run", "compare_runs", "decide", "noise_of",
+           "run_compare"]
