@@ -7,6 +7,7 @@ import traceback
 
 from . import env as envmod
 from .results import ResultsWriter, Row
+from .stats import available as stats_available
 from .stats import median_ci
 from .suites import Job, Suite
 from .timer import measure
@@ -44,11 +45,12 @@ def base_row(job: Job, device_name: str, settings: dict) -> Row:
 
 
 def run_job(job: Job, cases: _Cases, settings: dict, device_name: str, peak_tflops: float | None,
-            monitor=None) -> tuple[Row, list[float]]:
+            monitor=None, with_ci: bool = True) -> tuple[Row, list[float]]:
     """Measure one job: (its row, its timed samples in seconds per call).
 
     Never raises except KeyboardInterrupt (failures become the row's status, with no samples).
     ``monitor``: an ``nvml.GpuMonitor`` read around the timed samples of GPU rows (None: not read).
+    ``with_ci``: compute the bootstrap interval of the median (needs SciPy).
     """
     row = base_row(job, device_name, settings)
     samples_s: list[float] = []
@@ -79,7 +81,7 @@ def run_job(job: Job, cases: _Cases, settings: dict, device_name: str, peak_tflo
             for column, value in monitor.finish_row().items():
                 setattr(row, column, value)
         samples_s = [v / 1e3 for v in m.samples_ms]
-        if min(samples_s) > 0:     # a clock tick coarser than the call can read 0
+        if with_ci and min(samples_s) > 0:     # a clock tick coarser than the call can read 0
             row.ci_low_s, row.ci_high_s = median_ci(samples_s, seed=0)
         row.median_ms, row.iqr_ms, row.min_ms = m.median_ms, m.iqr_ms, m.min_ms
         row.repeats, row.inner_loops = m.repeats, m.inner_loops
@@ -129,6 +131,10 @@ def run_suite(suite: Suite, device: str, results_path: str, *, peak_tflops: floa
         peak_tflops = envmod.peak_fp32_tflops(dname)
     counts: dict[str, int] = {"skipped": 0}
     cases = _Cases(settings)
+    with_ci = stats_available()
+    if not with_ci:
+        print("harness: SciPy is not installed, so the rows get no confidence interval (their samples are kept "
+              "in samples.csv); install it: python3 -m pip install 'scipy>=1.10'", file=sys.stderr)
     monitor = None
     if device == "gpu":
         from .nvml import GpuMonitor
@@ -154,7 +160,7 @@ def run_suite(suite: Suite, device: str, results_path: str, *, peak_tflops: floa
                       "Rerun the same command to measure them (finished rows are kept).", file=sys.stderr)
                 break
             bar.set_postfix_str(f"{job.workload} b={job.batch} {job.phase} {job.impl}/{job.variant}"[:70], refresh=tty)
-            row, samples_s = run_job(job, cases, settings, dname, peak_tflops, monitor)
+            row, samples_s = run_job(job, cases, settings, dname, peak_tflops, monitor, with_ci)
             writer.write(row, samples_s)
             counts[row.status] = counts.get(row.status, 0) + 1
             bar.update(1)

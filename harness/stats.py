@@ -45,6 +45,13 @@ IQR_PER_SIGMA = 1.349
 _BATCH_ELEMENTS = 4_000_000
 
 
+def available() -> bool:
+    """True when SciPy (the bootstrap) is installed; callers that must not fail without it check first."""
+    import importlib.util
+
+    return importlib.util.find_spec("scipy") is not None
+
+
 def as_samples(samples, what: str = "samples") -> np.ndarray:
     """``samples`` as a 1-D float64 array of finite times > 0; ValueError naming the problem otherwise."""
     a = np.asarray(samples, dtype=np.float64).ravel()

@@ -115,9 +115,10 @@ def _ci(terms: list, reduce: str, samples: dict | None) -> tuple[float, float] |
     None when a row behind it has no samples (or fewer than two)."""
     import numpy as np
 
+    from .stats import available as stats_available
     from .stats import statistic_ci
 
-    if not samples or not terms:
+    if not samples or not terms or not stats_available():
         return None
     sets, layout = [], []
     for refs, ours in terms:
