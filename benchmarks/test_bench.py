@@ -8,7 +8,8 @@ compares the variants of one shape side by side.
 GPU-correct timing: each timed round is ``fn(); synchronize the device`` (every stream), so the time
 includes the work ``fn`` queued, not only the launch; the harness's CUDA-event timer's median is
 recorded next to it in ``extra_info["event_median_ms"]``. ``extra_info`` also has the FLOPs, TFLOP/s,
-parity error and the row metadata that ``python -m harness report bench.json`` reads.
+parity error and the row metadata that ``python -m harness report bench.json`` and ``python -m harness
+compare a.json b.json`` read.
 
 Run (not part of CI's test run):
     python -m pytest benchmarks/ --benchmark-json=bench.json          # CPU params; GPU ones skip
@@ -85,7 +86,8 @@ def test_bench(benchmark, job):
     benchmark.group = f"{job.device} {job.workload} {job.phase}"
     benchmark.extra_info.update(
         impl=job.impl, variant=job.variant, device=job.device, workload=job.workload, kind=job.kind,
-        batch=job.batch, phase=job.phase, precision="fp32", shape=prep.shape, flops=prep.flops,
+        batch=job.batch, phase=job.phase, precision="fp32", spec_hash=job.spec_hash, shape=prep.shape,
+        flops=prep.flops,
         parity_against=against, parity_rel_err=err, parity_ok=bool(err <= tol),
         event_median_ms=event.median_ms, timer=prep.clock)
     benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=1)

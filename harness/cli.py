@@ -1,4 +1,4 @@
-"""The command line: ``python -m harness {run,report,parity,env,targets}``.
+"""The command line: ``python -m harness {run,report,compare,parity,env,targets}``.
 
 Bad input (unknown suite, model or device, a malformed suite file, a results.csv that cannot be
 resumed) prints ``harness: error: <what is wrong and how to fix it>`` on stderr and exits with code 2;
@@ -259,6 +259,16 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .compare import CompareError, run_compare
+
+    try:
+        return run_compare(args.a, args.b, threshold=args.threshold, fail_on_regression=args.fail_on_regression,
+                           out=args.out)
+    except CompareError as err:
+        raise CliError(str(err)) from None
+
+
 def cmd_parity(args) -> int:
     from .parity import parity_table
 
@@ -347,6 +357,22 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--peak-tflops", type=float, metavar="TFLOPS",
                     help="FP32 peak used when the results do not name one")
     rp.set_defaults(func=cmd_report)
+
+    c = sub.add_parser("compare", help="row by row: is run B faster, slower or the same as run A, beyond the noise",
+                       description="Compare two runs row by row (results folders or pytest-benchmark JSON files): "
+                                   "the time ratio B/A with its 95%% bootstrap interval and a verdict (faster, "
+                                   "slower, same: a change must exceed both runs' noise and --threshold, and its "
+                                   "interval must exclude 1), geomeans per kind, rows in one run only; writes "
+                                   "compare.md/.tex/.csv/.png/.pdf. Exit code 0: done; 1: with "
+                                   "--fail-on-regression, a row of ours got slower; 2: bad input.")
+    c.add_argument("a", metavar="A", help="the baseline: a results folder or a pytest-benchmark JSON file")
+    c.add_argument("b", metavar="B", help="the run compared with it (same kinds of input)")
+    c.add_argument("--threshold", type=float, default=0.05, metavar="FRAC",
+                   help="smallest relative change reported as faster or slower (default 0.05 = 5%%)")
+    c.add_argument("--fail-on-regression", action="store_true",
+                   help="exit with code 1 when a row of ours is slower in B (to gate a change)")
+    c.add_argument("--out", metavar="DIR", help="where to write the comparison (default: reports/compare-<A>-vs-<B>)")
+    c.set_defaults(func=cmd_compare)
 
     pa = sub.add_parser("parity", help="parity table: every zoo model and layer kind, both impls vs float64",
                         description="Compare ours and PyTorch with the reference computed in float64 (same device, "

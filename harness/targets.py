@@ -5,8 +5,11 @@ time, so > 1 means ours is faster), strict FP32 on both sides, over rows that pa
 come from the ``targets`` suite (harness/suites/targets.toml) and are written to ``DIR/results.csv``
 (resumable like any run); ``DIR/targets.csv`` has one line per target:
 
-    target, measured, goal, met, rows, note
+    target, measured, goal, met, rows, note, ci_low, ci_high
 
+``ci_low``/``ci_high``: the bootstrap 95% confidence interval of ``measured`` from the timed samples of
+every row behind it (samples.csv; harness/stats.py), each row's samples resampled independently; empty
+when a row has fewer than two samples or the folder has no samples.csv.
 ``met`` is true only when the figure reaches the goal *and* every row of ours behind it was measured and
 passed parity (a row of ours with status parity_fail / error / oom / unsupported is left out of the
 figure and named in ``note``). A PyTorch row that was timed but failed parity against float64 (cuDNN's
@@ -24,6 +27,7 @@ import time
 from typing import Callable
 
 from . import env as envmod
+from .results import row_id
 
 TRAIN_BEST_MAX_BATCH = 1024
 
@@ -91,42 +95,82 @@ def _describe(r: dict | None, what: str) -> str:
     return f"{r['impl']}/{r['variant']} {r['workload']} b={r['batch']} {r['phase']}: {r['status']}"
 
 
-def _layer_ratios(rows: _Rows, kind: str) -> tuple[list[float], list[str], int]:
+def _layer_ratios(rows: _Rows, kind: str, terms: list | None = None) -> tuple[list[float], list[str], int]:
     ratios, bad, n = [], [], 0
     for ours in rows.pick(kind=kind, impl="custom", device="gpu"):
         ref = rows.one(kind=kind, impl="reference", device="gpu", workload=ours["workload"], phase=ours["phase"])
         n += 1
         if _ok(ours) and _timed(ref):
             ratios.append(_f(ref, "median_ms") / _f(ours, "median_ms"))
+            if terms is not None:
+                terms.append(([ref], ours))
         else:
             bad.append(_describe(ours if not _ok(ours) else ref, "row"))
     return ratios, bad, n
 
 
-def evaluate(rows_list: list[dict], gpu_reason: str | None) -> list[dict]:
-    """targets.csv lines from the rows of a targets run."""
+def _ci(terms: list, reduce: str, samples: dict | None) -> tuple[float, float] | None:
+    """Bootstrap CI of a target from its terms [([reference rows], our row)], each term being
+    min(median of the reference rows) / median of ours; ``reduce``: "one", "geomean" or "min" over terms.
+    None when a row behind it has no samples (or fewer than two)."""
+    import numpy as np
+
+    from .stats import available as stats_available
+    from .stats import statistic_ci
+
+    if not samples or not terms or not stats_available():
+        return None
+    sets, layout = [], []
+    for refs, ours in terms:
+        idx = []
+        for r in [*refs, ours]:
+            a = samples.get(row_id(r))
+            if a is None or len(a) < 2 or float(np.min(a)) <= 0:
+                return None
+            idx.append(len(sets))
+            sets.append(a)
+        layout.append(idx)
+
+    def fn(m):
+        values = np.stack([np.min(m[idx[:-1]], axis=0) / m[idx[-1]] for idx in layout])
+        if reduce == "geomean":
+            return np.exp(np.mean(np.log(values), axis=0))
+        return np.min(values, axis=0)
+
+    _, low, high = statistic_ci(sets, fn)
+    return low, high
+
+
+def evaluate(rows_list: list[dict], gpu_reason: str | None, samples: dict | None = None) -> list[dict]:
+    """targets.csv lines from the rows of a targets run; ``samples`` ({row_id: seconds}) gives the CIs."""
     rows = _Rows(rows_list)
     out = []
     for t in TARGETS:
-        line = {"target": t.name, "measured": "", "goal": f"{t.goal:g}", "met": "", "rows": 0, "note": t.measure}
+        line = {"target": t.name, "measured": "", "goal": f"{t.goal:g}", "met": "", "rows": 0, "note": t.measure,
+                "ci_low": "", "ci_high": ""}
         if t.device == "gpu" and gpu_reason:
             line["note"] = f"not measured: no GPU ({gpu_reason})"
             out.append(line)
             continue
         bad: list[str] = []
         value = math.nan
+        terms: list = []     # ([reference rows], our row) behind the figure, for its confidence interval
+        reduce = "geomean"
         if t.name == "dense_gemm_4096":
             ours = rows.one(kind="dense", impl="custom", device="gpu", workload="dense_M4096_N4096_K4096",
                             phase="forward")
             ref = rows.one(kind="dense", impl="reference", device="gpu", workload="dense_M4096_N4096_K4096",
                            phase="forward")
             line["rows"] = 2
+            reduce = "one"
             if _ok(ours) and _timed(ref):
                 value = _f(ref, "median_ms") / _f(ours, "median_ms")
+                terms.append(([ref], ours))
             else:
                 bad = [_describe(r, w) for r, w, good in ((ours, "ours", _ok), (ref, "cuBLAS", _timed)) if not good(r)]
         elif t.name in ("dense_suite_geomean", "conv_suite_geomean", "conv_suite_min"):
-            ratios, bad, line["rows"] = _layer_ratios(rows, t.kind)
+            ratios, bad, line["rows"] = _layer_ratios(rows, t.kind, terms)
+            reduce = "min" if t.name.endswith("min") else "geomean"
             if ratios:
                 value = min(ratios) if t.name.endswith("min") else _geomean(ratios)
         elif t.name.startswith("train_step"):
@@ -142,9 +186,11 @@ def evaluate(rows_list: list[dict], gpu_reason: str | None) -> list[dict]:
                 line["rows"] += 1
                 if _ok(ours) and all(_timed(r) for r in refs):
                     ratios.append(min(_f(r, "median_ms") for r in refs) / _f(ours, "median_ms"))
+                    terms.append((refs, ours))
                 else:
                     bad += [_describe(ours, "row")] if not _ok(ours) else []
                     bad += [_describe(r, "row") for r in refs if not _timed(r)]
+            reduce = "min" if t.name == "train_step_vs_best_torch" else "geomean"
             if ratios:
                 value = min(ratios) if t.name == "train_step_vs_best_torch" else _geomean(ratios)
         else:  # cpu_train_step_geomean
@@ -157,6 +203,7 @@ def evaluate(rows_list: list[dict], gpu_reason: str | None) -> list[dict]:
                 line["rows"] += 1
                 if _ok(ours) and _timed(ref):
                     ratios.append(_f(ref, "median_ms") / _f(ours, "median_ms"))
+                    terms.append(([ref], ours))
                 else:
                     bad += [_describe(r, "row") for r, good in ((ours, _ok), (ref, _timed)) if not good(r)]
             if ratios:
@@ -166,6 +213,9 @@ def evaluate(rows_list: list[dict], gpu_reason: str | None) -> list[dict]:
             line["note"] = "not measured: " + ("; ".join(bad[:5]) if bad else "no rows")
         else:
             line["measured"] = f"{value:.4g}"
+            ci = _ci(terms, reduce, samples)
+            if ci is not None and not math.isnan(ci[0]):
+                line["ci_low"], line["ci_high"] = f"{ci[0]:.4g}", f"{ci[1]:.4g}"
             line["met"] = str(bool(value >= t.goal and not bad))
             notes = []
             if bad:
@@ -193,9 +243,11 @@ def _reference_parity_failures(rows: _Rows, t: Target) -> int:
 
 
 def format_table(lines: list[dict]) -> str:
-    head = ["target", "measured", "goal", "met", "rows", "note"]
-    body = [[str(line[h]) for h in head] for line in lines]
-    widths = [max(len(h), *(len(b[i]) for b in body)) if i < 5 else 0 for i, h in enumerate(head)]
+    head = ["target", "measured", "95% CI", "goal", "met", "rows", "note"]
+    body = [[str(line[h]) if h != "95% CI" else
+             (f"{line['ci_low']}-{line['ci_high']}" if line.get("ci_low", "") != "" else "") for h in head]
+            for line in lines]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if i < len(head) - 1 else 0 for i, h in enumerate(head)]
     fmt = lambda cells: "  ".join(c.ljust(w) if w else c for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([fmt(head)] + [fmt(b) for b in body])
 
@@ -204,7 +256,7 @@ def write_csv(path: str, lines: list[dict]) -> None:
     from .io import atomic_write
 
     with atomic_write(path, newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["target", "measured", "goal", "met", "rows", "note"])
+        w = csv.DictWriter(fh, fieldnames=["target", "measured", "goal", "met", "rows", "note", "ci_low", "ci_high"])
         w.writeheader()
         w.writerows(lines)
 
@@ -216,7 +268,8 @@ def run_targets(out: str, device: str, *, peak_tflops: float | None = None, quie
     ``before_gpu`` (compiling the kernel modules, say) is called between the CPU rows and the GPU rows;
     its time is not counted against the suite's time limit.
     """
-    from .results import read_rows
+    from .io import DamagedFile
+    from .results import ResultsError, read_rows, samples_by_row
     from .runner import run_suite
     from .suites import load_suite
 
@@ -259,7 +312,11 @@ def run_targets(out: str, device: str, *, peak_tflops: float | None = None, quie
     except Exception:
         pass
     envmod.write(os.path.join(out, "env.json"), rec)
-    lines = evaluate(read_rows(results), gpu_reason)
+    try:
+        samples = samples_by_row(out)
+    except DamagedFile as err:
+        raise ResultsError(str(err)) from None
+    lines = evaluate(read_rows(results), gpu_reason, samples)
     write_csv(os.path.join(out, "targets.csv"), lines)
     measured = [line for line in lines if line["measured"] != ""]
     return all(line["met"] == "True" for line in measured) and len(measured) == len(lines), format_table(lines)

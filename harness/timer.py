@@ -148,8 +148,11 @@ def make_clock(clock: str, flush_bytes: int = 256 << 20) -> _Clock:
 
 def measure(fn: Callable[[], object], clock: str = "cpu", *, warmup: int = 2, budget_s: float = 0.5,
             min_repeats: int = 5, max_repeats: int = 200, min_sample_ms: float = 1.0,
-            cold_l2: bool = False, flush_bytes: int = 256 << 20, max_inner: int = 1000) -> Measurement:
+            cold_l2: bool = False, flush_bytes: int = 256 << 20, max_inner: int = 1000,
+            on_sample: Callable[[], object] | None = None) -> Measurement:
     """Time ``fn()``; returns per-call sample times (ms).
+
+    ``on_sample`` (reading the GPU's clocks, say) is called after each sample, outside the timed region.
 
     >>> m = measure(lambda: sum(range(1000)), budget_s=0.01)
     >>> m.repeats >= 5
@@ -173,4 +176,6 @@ def measure(fn: Callable[[], object], clock: str = "cpu", *, warmup: int = 2, bu
         for _ in range(inner):
             fn()
         samples.append(c.stop_ms() / inner)
+        if on_sample is not None:
+            on_sample()
     return Measurement(samples_ms=samples, inner_loops=inner)

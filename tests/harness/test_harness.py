@@ -75,6 +75,22 @@ def test_quick_suite_rows_columns_and_parity(quick_run):
     assert env["cpu_cores"] >= 1 and "numpy" in env and "precision_flags" in env
 
 
+def test_quick_suite_keeps_samples_and_confidence_intervals(quick_run):
+    rows = read(quick_run / "results.csv")
+    df = results.read_samples(str(quick_run))
+    assert len(df) == sum(int(r["repeats"]) for r in rows)          # every timed sample of every row
+    for r in rows:
+        mine = df[df["row_id"] == results.row_id(r)]["seconds"]
+        med = float(r["median_ms"]) / 1e3
+        # samples and median_ms are both stored to 6 significant digits (each off by up to 5e-6 relative)
+        assert abs(float(mine.median()) - med) <= 1e-5 * med, r
+        assert float(r["ci_low_s"]) <= med * (1 + 1e-5) and med * (1 - 1e-5) <= float(r["ci_high_s"]), r
+        assert r["throttled"] == r["sm_clock_mhz"] == r["power_w"] == ""    # CPU rows: no GPU readings
+    env = json.loads((quick_run / "env.json").read_text())
+    assert len(env["machine_id"]) == 12 and env["cpu"]["logical_cores"] >= 1 and "threads" in env
+    assert env["packages"]["numpy"] and "OPENBLAS_NUM_THREADS" in env["threads"]["env"]
+
+
 def test_report_pdf_pages_images_and_latex(quick_run, tmp_path, monkeypatch):
     from harness.report import render
 
