@@ -395,6 +395,7 @@ def render_frame(df, envs: dict, out_dir: str, peak_tflops: float | None = None,
     matplotlib.use("Agg")
     from matplotlib.backends.backend_pdf import PdfPages
 
+    os.makedirs(out_dir, exist_ok=True)
     df = roofline.add_intensity(df)
     pairs = speedups.pair(df)
     head = speedups.headline(pairs)
