@@ -70,7 +70,7 @@ def _batch_axis(ax, batches, width_in: float = 1.6) -> None:
     """Log2 batch axis with ticks only at the batches measured; labels thinned where ticks crowd.
 
     ``width_in``: the axis length in inches. Two neighbouring labels need half their widths plus a gap
-    (~0.065 in per digit at 8 pt); of two ticks closer than that only the larger batch is labelled (the
+    (~0.07 in per digit at 8 pt); of two ticks closer than that only the larger batch is labelled (the
     tick stays).
     """
     from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
@@ -81,7 +81,7 @@ def _batch_axis(ax, batches, width_in: float = 1.6) -> None:
     per_octave = width_in / (span + 1.0)
     shown, last = [], None
     for b in reversed(batches):
-        need = 0.065 * (len(str(b)) + len(str(last or ""))) / 2 + 0.1
+        need = 0.07 * (len(str(b)) + len(str(last or ""))) / 2 + 0.05
         if last is None or math.log2(last / b) * per_octave >= need:
             shown.append(b)
             last = b
@@ -93,6 +93,25 @@ def _batch_axis(ax, batches, width_in: float = 1.6) -> None:
     else:
         ax.set_xlim(batches[0] / 1.4, batches[-1] * 1.4)
     ax.set_xlabel("batch size")
+
+
+def _time_axis(ax, label: str) -> None:
+    """Log time axis labelled in plain numbers (0.1, 1, 10, 1,000), minor ticks labelled when it spans
+    less than a decade (else nothing but the decades)."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    def plain(y, _):
+        return f"{y:,.0f}" if y >= 1 else f"{y:.6g}"
+
+    def some(y, _):      # minor ticks: label 2x and 5x only
+        mantissa = y / 10 ** math.floor(math.log10(y) + 1e-9)
+        return plain(y, _) if round(mantissa, 6) in (2.0, 5.0) else ""
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(plain))
+    lo, hi = ax.get_ylim()
+    ax.yaxis.set_minor_formatter(FuncFormatter(some) if hi / lo < 10 else NullFormatter())
+    ax.set_ylabel(label)
 
 
 def _legend_below(fig, handles, labels, ncol: int) -> None:
@@ -155,10 +174,9 @@ def time_vs_batch(df, device: str, phase: str) -> Plot | None:
                 if not f.empty:
                     hf, = ax.plot(f["batch"], f["median_ms"], "x", color=BLACK, ms=7, mew=1.5, ls="none")
                     handles.setdefault("parity failed", hf)
-            ax.set_yscale("log")
-            _batch_axis(ax, g["batch"], FULL / cols - 0.55)
+            _time_axis(ax, "time per call (ms)")
+            _batch_axis(ax, g["batch"], FULL / cols - 0.65)
             ax.set_title(model)
-            ax.set_ylabel("time per call (ms)")
         for ax in list(axes.flat)[len(models):]:
             ax.axis("off")
         fig.suptitle(f"{phase_label(phase).capitalize()}: time per call vs batch, {device_label(device)} "
@@ -520,9 +538,8 @@ def cpu_vs_gpu(df) -> Plot | None:
                 h, = ax.plot(s["batch"], s["median_ms"], color=colour, ls=ls, marker=marker,
                              markerfacecolor=colour if dev == "gpu" else "white")
                 handles.setdefault(label, h)
-            ax.set_yscale("log")
-            _batch_axis(ax, g["batch"], FULL / cols - 0.55)
-            ax.set_ylabel("train step time (ms)")
+            _time_axis(ax, "train step time (ms)")
+            _batch_axis(ax, g["batch"], FULL / cols - 0.65)
             ax.set_title(model)
         for ax in list(axes.flat)[len(models):]:
             ax.axis("off")
