@@ -126,8 +126,11 @@ def _device_name(env: dict, device: str) -> str:
 
 
 def machine_label(env: dict | None, device: str, device_name: str = "") -> str:
-    """A short readable name: ``NVIDIA H100 80GB HBM3`` or ``AMD EPYC, 2 cores`` (+ the host when known)."""
+    """A short readable name: ``NVIDIA H100 80GB HBM3`` or ``AMD EPYC, 2 cores`` (+ the host when known);
+    "" when nothing about the machine was recorded."""
     env = env or {}
+    if not env and not device_name:
+        return ""                   # a pytest-benchmark file without env.json: nothing recorded
     name = device_name or _device_name(env, device)
     name = re.sub(r"\((R|TM)\)", "", name).replace("  ", " ").strip()
     parts = [name]

@@ -133,8 +133,8 @@ def _grid(n: int, cols: int):
 
 
 def machines_text(df, device: str) -> str:
-    names = list(dict.fromkeys(df[df["device"] == device]["machine_label"]))
-    return "; ".join(names) if names else device_label(device)
+    names = [n for n in dict.fromkeys(df[df["device"] == device]["machine_label"]) if n]
+    return "; ".join(names) if names else "machine not recorded"
 
 
 # ============================================================================ time vs batch

@@ -423,7 +423,7 @@ def render_frame(df, envs: dict, out_dir: str, peak_tflops: float | None = None,
         files.update(_save_plot(plot, out_dir))
 
     title = "cudnn-parity benchmark report"
-    machines = "; ".join(dict.fromkeys(df["machine_label"]))
+    machines = "; ".join(m for m in dict.fromkeys(df["machine_label"]) if m) or "not recorded"
     # NOTE: not report.tex: compiled in place, it would overwrite report.pdf
     tex_path = os.path.join(out_dir, "report_latex.tex")
     write_text(tex_path, latex.report_tex(title, machines, [(t, s) for s, t, _ in groups],

@@ -138,6 +138,7 @@ MARK_TEXT = (f"{FAIL_MARK}: a parity failure in ours or in the reference (timed 
 
 def _where(pairs, device: str) -> str:
     labels = list(dict.fromkeys(pairs[pairs["device"] == device]["machine_label"])) if "machine_label" in pairs else []
+    labels = [lb for lb in labels if lb and lb != device_label(device)]
     return f"{device_label(device)}, " + "; ".join(labels) if labels else device_label(device)
 
 
