@@ -395,6 +395,10 @@ def render_frame(df, envs: dict, out_dir: str, peak_tflops: float | None = None,
     matplotlib.use("Agg")
     from matplotlib.backends.backend_pdf import PdfPages
 
+    try:
+        import jinja2  # noqa: F401  (pandas' Styler.to_latex needs it; torch installs it too)
+    except ImportError:
+        raise ReportError("the LaTeX tables need jinja2 (pandas' Styler): pip install jinja2") from None
     os.makedirs(out_dir, exist_ok=True)
     df = roofline.add_intensity(df)
     pairs = speedups.pair(df)
