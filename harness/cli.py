@@ -355,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", metavar="DIR", help="where to write the report (default: the first DIR, or "
                                                  "reports/compare-... for several)")
     rp.add_argument("--peak-tflops", type=float, metavar="TFLOPS",
-                    help="FP32 peak used when the results do not name one")
+                    help="FP32 peak for the roofline's compute roof, instead of the one env.json records "
+                         "(applies to the device each run was made for)")
     rp.set_defaults(func=cmd_report)
 
     c = sub.add_parser("compare", help="row by row: is run B faster, slower or the same as run A, beyond the noise",

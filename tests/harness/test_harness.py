@@ -127,7 +127,7 @@ def test_report_marks_parity_failures(quick_run, tmp_path):
         w.writerows(rows)
     files = render([str(d)])
     assert "\u2020" in open(files["models.md"], encoding="utf-8").read()
-    assert "$^\\dagger$" in open(files["models.tex"], encoding="utf-8").read()
+    assert "\\textdagger{}" in open(files["models.tex"], encoding="utf-8").read()
 
 
 def test_report_reads_benchmark_json(tmp_path):
@@ -410,7 +410,7 @@ def test_report_two_runs_side_by_side(quick_run, tmp_path):
     shutil.copytree(quick_run, other)
     files = render([str(quick_run), str(other)], out_dir=str(tmp_path / "cmp"))
     assert any(k.startswith("speedup_models_cpu_second-run") for k in files)
-    assert "(second-run)" in open(files["models.md"], encoding="utf-8").read()
+    assert "[second-run]" in open(files["models.md"], encoding="utf-8").read()
 
 
 def test_gpu_clocks_bracket_calls_with_device_syncs(monkeypatch):
