@@ -11,7 +11,9 @@ tables, a red cross in plots, a hatched cell in heatmaps.
 
 Which variants are compared ("ours / reference" speedups): ours is ``cuda-graph`` for GPU train steps and
 inference, else ``cuda`` / ``numpy``; the reference is ``torch-eager`` for models and ``torch`` for layers.
-Speedup = reference time / our time (> 1: ours is faster).
+Speedup = reference time / our time (> 1: ours is faster). The models table also names the fastest
+framework variant of each row (PyTorch eager / CUDA graph / torch.compile or JAX jit, whichever was
+measured) and ours against it.
 
 Inputs are read with the strict readers (``results.read_results``, ``env.read``): a damaged file is
 refused naming the file, the line and the fix (a torn last row, left by a run still writing or killed, is
@@ -257,7 +259,7 @@ def tables(df, pairs, out_dir: str) -> dict:
     if not pairs.empty and (pairs["kind"] == "model").any():
         m = pairs[pairs["kind"] == "model"].sort_values(["source", "device", "workload", "phase", "batch"])
         header = ["device (source)" if multi else "device", "model", "phase", "batch", "ours", "ours ms",
-                  "PyTorch eager ms", "speedup", "best PyTorch", "vs best"]
+                  "PyTorch eager ms", "speedup", "best framework", "vs best"]
         rows = []
         for _, r in m.iterrows():
             rows.append([f"{r['device']} ({r['source']})" if multi else r["device"], r["workload"], r["phase"],

@@ -76,6 +76,7 @@ def run_job(job: Job, cases: _Cases, settings: dict, device_name: str, peak_tflo
         row.status = "ok" if row.parity_ok is not False else "parity_fail"
         if row.parity_ok is False:
             row.reason = f"parity: rel err {err:.3g} > {tol:g} against {against}"
+        row.reason = "; ".join(part for part in (row.reason, prep.note()) if part)
     except KeyboardInterrupt:
         raise
     except Unsupported as err:
