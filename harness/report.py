@@ -11,8 +11,8 @@ tables, a red cross in plots, a hatched cell in heatmaps.
 
 Which variants are compared ("ours / reference" speedups): ours is ``cuda-graph`` for GPU train steps and
 inference, else ``cuda`` / ``numpy``; the reference is ``torch-eager`` for models and ``torch`` for layers.
-Speedup = reference time / our time (> 1: ours is faster). The models table also names the fastest
-framework variant of each row (PyTorch eager / CUDA graph / torch.compile or JAX jit, whichever was
+Speedup = reference time / our time (> 1: ours is faster). The models and layers tables also name the
+fastest framework variant of each row (PyTorch eager / CUDA graph / torch.compile or JAX jit, whichever was
 measured) and ours against it.
 
 Inputs are read with the strict readers (``results.read_results``, ``env.read``): a damaged file is
@@ -272,12 +272,14 @@ def tables(df, pairs, out_dir: str) -> dict:
     if not lay.empty:
         lay = lay.sort_values(["source", "device", "kind", "workload", "phase"])
         header = ["device (source)" if multi else "device", "layer shape", "phase", "ours ms", "ref ms", "speedup",
-                  "ours TFLOP/s", "ref TFLOP/s"]
+                  "ours TFLOP/s", "ref TFLOP/s", "best framework", "vs best"]
         rows = []
         for _, r in lay.iterrows():
             rows.append([f"{r['device']} ({r['source']})" if multi else r["device"], r["shape"] or r["workload"], r["phase"],
                          _mark(_fmt(r["ours_ms"]), r["failed"], r["noisy"]), _fmt(r["ref_ms"]),
-                         _fmt(r["speedup"], ".2f"), _fmt(r["ours_tflops"]), _fmt(r["ref_tflops"])])
+                         _fmt(r["speedup"], ".2f"), _fmt(r["ours_tflops"]), _fmt(r["ref_tflops"]),
+                         f"{_fmt(r['best_ref_ms'])} ({r['best_ref_variant']})",
+                         _fmt(r["best_ref_ms"] / r["ours_ms"] if r["ours_ms"] > 0 else float("nan"), ".2f")])
         res["layers"] = _write_tables("layers", header, rows, out_dir, "Layer shapes: " + caption_note)
     bad = df[~df["status"].isin(["ok"])]
     if not bad.empty:

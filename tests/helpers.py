@@ -166,7 +166,8 @@ def compare_models(spec, batch: int, device: str = "cpu", steps: int = 20, lr: f
     if has_maxpool:
         tols.update(MAXPOOL_TRAJECTORY_TOL)
     # NOTE: JAX on the GPU reaches cuDNN through XLA, which also picks convolution algorithms by timing them
-    if any(side in (("reference", "gpu"), ("jax", "gpu")) for side in ((a[0], a[1] or device), (b[0], b[1] or device))) \
+    sides = ((a[0], a[1] or device), (b[0], b[1] or device))
+    if any(side in (("reference", "gpu"), ("jax", "gpu")) for side in sides) \
             and any(layer.type == "conv2d" for layer in spec.layers):
         tols.update(CUDNN_WGRAD_TOL)
     tols.update(tol or {})

@@ -15,7 +15,9 @@ import pytest
 from harness import cli, runner
 from harness.suites import load_suite, parse_suite
 
-pytest.importorskip("jax", reason="JAX is not installed: pip install -e \".[jax]\" (the test extra installs it)")
+# NOTE: through reference_impl.jax_model, which sets how JAX shares the GPU before any JAX backend starts
+pytest.importorskip("reference_impl.jax_model",
+                    reason="JAX is not installed: pip install -e \".[jax]\" (the test extra installs it)")
 
 TINY = {
     "name": "tiny-jax",
@@ -165,3 +167,26 @@ def test_jax_rows_on_the_gpu(tmp_path):
     for r in jax_rows:
         assert r["status"] == "ok" and r["parity_ok"] == "True", r
         assert int(r["peak_mem_bytes"]) > 0 and "jit compile" in r["reason"], r
+
+
+def test_report_tables_name_the_fastest_framework(tmp_path):
+    from harness.report import render
+    from harness.results import Row, write_all
+
+    def row(impl, variant, kind, workload, phase, ms, shape=""):
+        return Row(impl=impl, variant=variant, device="cpu", workload=workload, kind=kind, batch=8, phase=phase,
+                   shape=shape, median_ms=ms, iqr_ms=0.0, repeats=5, parity_ok=True, parity_rel_err=1e-7,
+                   device_name="test cpu")
+
+    rows = [row("custom", "numpy", "model", "mlp-mnist", "train_step", 0.4),
+            row("reference", "torch-eager", "model", "mlp-mnist", "train_step", 0.9),
+            row("reference", "jax-jit", "model", "mlp-mnist", "train_step", 0.2),
+            row("custom", "numpy", "dense", "dense_M8_N4_K16", "forward", 0.02, "M=8 N=4 K=16"),
+            row("reference", "torch", "dense", "dense_M8_N4_K16", "forward", 0.01, "M=8 N=4 K=16"),
+            row("reference", "jax-jit", "dense", "dense_M8_N4_K16", "forward", 0.03, "M=8 N=4 K=16")]
+    write_all(str(tmp_path / "results.csv"), rows)
+    files = render([str(tmp_path)], out_dir=str(tmp_path / "rep"))
+    models = open(files["models.md"], encoding="utf-8").read()
+    layers = open(files["layers.md"], encoding="utf-8").read()
+    assert "best framework" in models and "0.2 (jax-jit) | 0.50 |" in models, models
+    assert "best framework" in layers and "0.01 (torch) | 0.50 |" in layers, layers

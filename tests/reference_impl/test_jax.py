@@ -29,7 +29,9 @@ from helpers import compare_models, random_batch
 from odd_specs import FLAT, RELU, _conv, _spec
 from test_errors import BAD_LR, BAD_PARAMS, BAD_X, BAD_Y, X_MLP, Y_MLP, _good_params
 
-pytest.importorskip("jax", reason="JAX is not installed: pip install -e \".[jax]\" (the test extra installs it)")
+# NOTE: through reference_impl.jax_model, which sets how JAX shares the GPU before any JAX backend starts
+pytest.importorskip("reference_impl.jax_model",
+                    reason="JAX is not installed: pip install -e \".[jax]\" (the test extra installs it)")
 
 # Batch per zoo model, as in tests/test_parity.py: small odd batches for the big models, 33 for the rest.
 ZOO_BATCH = {"cnn-cifar": 3, "lenet-mnist": 5, "mlp-deep": 7, "mlp-mnist": 33, "digits-cnn": 33,
