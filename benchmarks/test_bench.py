@@ -5,9 +5,10 @@ Parameters are the jobs of a harness suite (``BENCH_SUITE_CPU``, default ``quick
 cleanly without a GPU). One benchmark group per (workload, phase, device), so pytest-benchmark's table
 compares the variants of one shape side by side.
 
-GPU-correct timing: each timed round is ``fn(); synchronize the device`` (every stream), so the time
-includes the work ``fn`` queued, not only the launch; the harness's CUDA-event timer's median is
-recorded next to it in ``extra_info["event_median_ms"]``. ``extra_info`` also has the FLOPs, TFLOP/s,
+GPU-correct timing: each timed round is ``fn(); synchronize the device`` (every stream; for JAX rows, wait
+until fn's outputs are ready), so the time includes the work ``fn`` queued, not only the launch; the
+harness's timer's median (CUDA events; JAX's clock for JAX rows) is recorded next to it in
+``extra_info["event_median_ms"]``. ``extra_info`` also has the FLOPs, TFLOP/s,
 parity error and the row metadata that ``python -m harness report bench.json`` and ``python -m harness
 compare a.json b.json`` read.
 
@@ -45,15 +46,20 @@ def _jobs():
 
 
 def _sync(clock: str):
+    """Wait for the work a call queued: ``sync(out)`` with the call's output (JAX waits on it)."""
+    if clock == "jax":
+        import jax
+
+        return jax.block_until_ready
     if clock == "cupy":
         import cupy
 
-        return cupy.cuda.runtime.deviceSynchronize
+        return lambda out: cupy.cuda.runtime.deviceSynchronize()
     if clock == "torch":
         import torch
 
-        return torch.cuda.synchronize
-    return lambda: None
+        return lambda out: torch.cuda.synchronize()
+    return lambda out: None
 
 
 @pytest.mark.parametrize("job", _jobs())
@@ -72,8 +78,7 @@ def test_bench(benchmark, job):
     fn, sync = prep.fn, _sync(prep.clock)
 
     def call():
-        fn()
-        sync()
+        sync(fn())
 
     for _ in range(3):   # warm-up: compilation, autotuning, graph capture
         call()

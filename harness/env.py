@@ -97,6 +97,20 @@ def _version(mod: str) -> str | None:
         return None
 
 
+def jax_versions() -> dict:
+    """Versions of JAX, jaxlib and JAX's CUDA plugin where installed, read from the package metadata
+    (importing JAX would take a second and could start its GPU backend): ``{"jax": "0.11.2", ...}``."""
+    import importlib.metadata as md
+
+    out = {}
+    for dist in ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda13-pjrt", "jax-cuda12-plugin", "jax-cuda12-pjrt"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
 def _nvidia_smi() -> dict:
     q = "name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit,temperature.gpu"
     try:
@@ -285,6 +299,8 @@ def collect(device: str | None = None) -> dict:
         "pandas": _version("pandas"),
         "matplotlib": _version("matplotlib"),
     }
+    # JAX's settings (precision, memory sharing) join precision_flags when a run used it (reference_impl)
+    rec["jax_versions"] = jax_versions()
     ok, why = gpu_available()
     rec["gpu_available"] = ok
     if not ok:

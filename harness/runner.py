@@ -102,6 +102,7 @@ def run_job(job: Job, cases: _Cases, settings: dict, device_name: str, peak_tflo
             row.reason = (f"the parameters became NaN/inf during the timed steps at "
                           f"lr={settings.get('lr', 0.01):g}, momentum={settings.get('momentum', 0.9):g}; "
                           "lower the suite's lr (the timings of a diverged step are not comparable)")
+        row.reason = "; ".join(part for part in (row.reason, prep.note()) if part)
     except KeyboardInterrupt:
         raise
     except Unsupported as err:

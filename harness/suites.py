@@ -10,7 +10,7 @@ A suite file (``harness/suites/<name>.toml``, or any path) has::
     models = ["mlp-mnist"]
     batches = [1, 64]
     phases = ["inference", "forward_backward", "train_step"]
-    variants = ["numpy", "torch-eager"]   # optional; default: every variant of the device but torch-compile
+    variants = ["numpy", "torch-eager"]   # optional; default: every variant of the device but OPT_IN's
     devices = ["cpu"]                     # optional; the section is skipped on other devices
     [[dense]]                       # DeepBench-style GEMM shapes [M, N, K]: x (M, K), W (N, K) -> y (M, N)
     shapes = [[64, 128, 784]]
@@ -48,16 +48,21 @@ POOL_PHASES = ("forward", "backward_data")
 SECTIONS = ("models", "dense", "conv2d", "pool")
 
 # (kind, device) -> {impl: variants}. Graph variants exist for some phases only (GRAPH_PHASES).
+# jax-jit: the reference in JAX (XLA), every phase one jitted function (reference_impl.build(framework="jax")).
 VARIANTS = {
-    ("model", "cpu"): {"custom": ("numpy",), "reference": ("torch-eager", "torch-compile")},
-    ("model", "gpu"): {"custom": ("cuda", "cuda-graph"), "reference": ("torch-eager", "torch-graph", "torch-compile")},
-    ("layer", "cpu"): {"custom": ("numpy",), "reference": ("torch",)},
-    ("layer", "gpu"): {"custom": ("cuda",), "reference": ("torch",)},
+    ("model", "cpu"): {"custom": ("numpy",), "reference": ("torch-eager", "torch-compile", "jax-jit")},
+    ("model", "gpu"): {"custom": ("cuda", "cuda-graph"),
+                       "reference": ("torch-eager", "torch-graph", "torch-compile", "jax-jit")},
+    ("layer", "cpu"): {"custom": ("numpy",), "reference": ("torch", "jax-jit")},
+    ("layer", "gpu"): {"custom": ("cuda",), "reference": ("torch", "jax-jit")},
 }
 # Graph variants: PyTorch's CUDA-graph helper covers the train step; ours graphs the train step and the
 # inference forward (forward_backward is timed through the eager hooks, so it has no graph variant).
 GRAPH_PHASES = {"cuda-graph": ("inference", "train_step"), "torch-graph": ("train_step",)}
-OPT_IN = ("torch-compile",)   # slow to compile: only when a suite names it
+# Only when a suite names them: torch.compile takes tens of seconds per row; jax-jit needs JAX installed
+# and compiles each row for a second or so (its rows are "unsupported", with the install command, without JAX).
+OPT_IN = ("torch-compile", "jax-jit")
+RUN_LAST = ("torch-compile",)   # see Suite.jobs
 ALL_VARIANTS = sorted({v for d in VARIANTS.values() for vs in d.values() for v in vs})
 
 DEFAULT_SETTINGS: dict[str, Any] = {
@@ -205,9 +210,10 @@ class Suite:
                 if k not in seen:
                     seen.add(k)
                     out.append(job)
-        # NOTE: opt-in variants (torch.compile: tens of seconds of compilation per row) go last, so that a
-        # time limit cuts them rather than the rows the targets and the report rely on.
-        return sorted(out, key=lambda j: j.variant in OPT_IN)
+        # NOTE: torch.compile rows (tens of seconds of compilation each) go last, so that a time limit cuts
+        # them rather than the rows the targets and the report rely on. jax-jit rows stay beside the other
+        # rows of their model and batch, which share the data and the float64 parity baseline.
+        return sorted(out, key=lambda j: j.variant in RUN_LAST)
 
     def model_names(self) -> list[str]:
         """Every entry of the suite's [[models]] sections (zoo names or spec paths), in file order."""

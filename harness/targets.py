@@ -16,6 +16,11 @@ figure and named in ``note``). A PyTorch row that was timed but failed parity ag
 autotuned weight-gradient algorithms, see harness/workloads.py) still counts: the comparison is against
 what PyTorch delivers; ``note`` says how many such rows there were. On a machine without a GPU the GPU targets are written with an empty ``measured``, empty
 ``met`` and ``note = "not measured: no GPU (...)"``.
+
+``train_step_vs_best_framework`` compares ours with the fastest framework of each row (PyTorch eager,
+PyTorch CUDA graph, torch.compile where the suite measured it, JAX jit; a JAX row, like a PyTorch one,
+counts when timed); its ``note`` names the framework that was fastest where the ratio is worst, and
+``DIR/train_step_vs_best_framework.csv`` names it for every model and batch (column ``fastest``).
 """
 from __future__ import annotations
 
@@ -50,6 +55,9 @@ TARGETS = (
     Target("conv_suite_min", "gpu", "conv2d", 0.50, "worst conv2d row of that suite"),
     Target("train_step_vs_best_torch", "gpu", "model", 1.0,
            "worst over zoo models x batch 1..1024 of min(PyTorch eager, PyTorch CUDA graph) / ours (CUDA graph)"),
+    Target("train_step_vs_best_framework", "gpu", "model", 1.0,
+           "worst over zoo models x batch 1..1024 of the best framework's step (min of PyTorch eager, PyTorch "
+           "CUDA graph, torch.compile where measured, JAX jit) / ours (CUDA graph)"),
     Target("train_step_vs_eager_geomean", "gpu", "model", 3.0,
            "geomean over zoo models x batch 1..8192 of PyTorch eager / ours (CUDA graph)"),
     Target("cpu_train_step_geomean", "cpu", "model", 0.8,
@@ -107,6 +115,65 @@ def _layer_ratios(rows: _Rows, kind: str, terms: list | None = None) -> tuple[li
         else:
             bad.append(_describe(ours if not _ok(ours) else ref, "row"))
     return ratios, bad, n
+
+
+# The frameworks of train_step_vs_best_framework: (variant, required). torch.compile counts where it was
+# measured (timed); the others must be timed in every row.
+BEST_FRAMEWORK_VARIANTS = (("torch-eager", True), ("torch-graph", True), ("torch-compile", False),
+                           ("jax-jit", True))
+BEST_FRAMEWORK_COLUMNS = ("workload", "batch", "ours_ms", "best_ms", "fastest", "ratio", "frameworks")
+
+
+def best_framework_rows(rows_list: list[dict]) -> tuple[list[dict], list[str], int]:
+    """Per (zoo model, batch <= 1024) GPU train step: ours (cuda-graph) against the fastest framework.
+
+    Returns (lines with BEST_FRAMEWORK_COLUMNS, ``fastest`` naming the winning variant, for the rows where
+    ours and every required framework were timed; descriptions of the rows left out; rows considered).
+    """
+    rows = _Rows(rows_list)
+    lines, bad, n = [], [], 0
+    for ours in rows.pick(kind="model", impl="custom", variant="cuda-graph", device="gpu", phase="train_step"):
+        if int(ours["batch"]) > TRAIN_BEST_MAX_BATCH:
+            continue
+        n += 1
+        key = dict(kind="model", impl="reference", device="gpu", phase="train_step", workload=ours["workload"],
+                   batch=ours["batch"])
+        timed, missing = {}, []
+        for variant, required in BEST_FRAMEWORK_VARIANTS:
+            r = rows.one(variant=variant, **key)
+            if _timed(r):
+                timed[variant] = _f(r, "median_ms")
+            elif required:
+                missing.append(_describe(r, f"reference/{variant} {ours['workload']} b={ours['batch']}"))
+        if not _ok(ours) or missing:
+            bad += ([_describe(ours, "row")] if not _ok(ours) else []) + missing
+            continue
+        fastest = min(timed, key=timed.get)
+        lines.append({"workload": ours["workload"], "batch": ours["batch"], "ours_ms": f"{_f(ours, 'median_ms'):.6g}",
+                      "best_ms": f"{timed[fastest]:.6g}", "fastest": fastest,
+                      "ratio": f"{timed[fastest] / _f(ours, 'median_ms'):.4g}", "frameworks": " ".join(timed)})
+    return lines, bad, n
+
+
+def write_best_framework_csv(path: str, lines: list[dict]) -> None:
+    """``train_step_vs_best_framework.csv``: one line per model and batch, naming the fastest framework."""
+    from .io import atomic_write
+
+    with atomic_write(path, newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=BEST_FRAMEWORK_COLUMNS)
+        w.writeheader()
+        w.writerows(lines)
+
+
+def _best_framework_note(lines: list[dict]) -> str:
+    worst = min(lines, key=lambda line: float(line["ratio"]))
+    counts: dict[str, int] = {}
+    for line in lines:
+        counts[line["fastest"]] = counts.get(line["fastest"], 0) + 1
+    tally = ", ".join(f"{v} {c}" for v, c in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return (f"worst at {worst['workload']} b={worst['batch']}, where {worst['fastest']} was fastest "
+            f"({worst['best_ms']} ms against ours {worst['ours_ms']} ms); fastest framework per row: {tally} "
+            "(train_step_vs_best_framework.csv)")
 
 
 def _ci(terms: list, reduce: str, samples: dict | None) -> tuple[float, float] | None:
@@ -173,6 +240,10 @@ def evaluate(rows_list: list[dict], gpu_reason: str | None, samples: dict | None
             reduce = "min" if t.name.endswith("min") else "geomean"
             if ratios:
                 value = min(ratios) if t.name.endswith("min") else _geomean(ratios)
+        elif t.name == "train_step_vs_best_framework":
+            per_row, bad, line["rows"] = best_framework_rows(rows_list)
+            if per_row:
+                value = min(float(r["ratio"]) for r in per_row)
         elif t.name.startswith("train_step"):
             ratios = []
             for ours in rows.pick(kind="model", impl="custom", variant="cuda-graph", device="gpu", phase="train_step"):
@@ -224,9 +295,11 @@ def evaluate(rows_list: list[dict], gpu_reason: str | None, samples: dict | None
                 notes.append(f"short of the goal by {100 * (1 - value / t.goal):.1f}%: {t.measure}")
             else:
                 notes.append(t.measure)
+            if t.name == "train_step_vs_best_framework":
+                notes.append(_best_framework_note(best_framework_rows(rows_list)[0]))
             ref_fail = _reference_parity_failures(rows, t)
             if ref_fail:
-                notes.append(f"{ref_fail} PyTorch row(s) behind it failed parity against float64 (timed and counted)")
+                notes.append(f"{ref_fail} reference row(s) behind it failed parity against float64 (timed and counted)")
             line["note"] = "; ".join(notes)
         out.append(line)
     return out
@@ -312,11 +385,14 @@ def run_targets(out: str, device: str, *, peak_tflops: float | None = None, quie
     except Exception:
         pass
     envmod.write(os.path.join(out, "env.json"), rec)
+    rows = read_rows(results)
     try:
         samples = samples_by_row(out)
     except DamagedFile as err:
         raise ResultsError(str(err)) from None
-    lines = evaluate(read_rows(results), gpu_reason, samples)
+    lines = evaluate(rows, gpu_reason, samples)
     write_csv(os.path.join(out, "targets.csv"), lines)
+    if gpu_reason is None:
+        write_best_framework_csv(os.path.join(out, "train_step_vs_best_framework.csv"), best_framework_rows(rows)[0])
     measured = [line for line in lines if line["measured"] != ""]
     return all(line["met"] == "True" for line in measured) and len(measured) == len(lines), format_table(lines)

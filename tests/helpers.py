@@ -76,9 +76,12 @@ DEFAULT_TOL = {"logits": FORWARD_TOL, "loss": FORWARD_TOL, "grads": GRAD_TOL, "p
 
 # ---------------------------------------------------------------------------------------------- building
 def build_model(impl: str, spec, device: str = "cpu", seed: int = 0):
-    """``custom_impl.build`` or ``reference_impl.build`` (imported only when asked for)."""
-    if impl not in ("custom", "reference"):
-        raise ValueError(f"impl must be 'custom' or 'reference', got {impl!r}")
+    """``custom_impl.build`` or ``reference_impl.build`` (imported only when asked for); impl "jax" is the
+    reference in JAX (``reference_impl.build(..., framework="jax")``)."""
+    if impl not in ("custom", "reference", "jax"):
+        raise ValueError(f"impl must be 'custom', 'reference' or 'jax', got {impl!r}")
+    if impl == "jax":
+        return importlib.import_module("reference_impl").build(spec, device=device, seed=seed, framework="jax")
     module = importlib.import_module(f"{impl}_impl")
     return module.build(spec, device=device, seed=seed)
 
@@ -162,7 +165,9 @@ def compare_models(spec, batch: int, device: str = "cpu", steps: int = 20, lr: f
     tols = dict(DEFAULT_TOL)
     if has_maxpool:
         tols.update(MAXPOOL_TRAJECTORY_TOL)
-    if any(side == ("reference", "gpu") for side in ((a[0], a[1] or device), (b[0], b[1] or device))) \
+    # NOTE: JAX on the GPU reaches cuDNN through XLA, which also picks convolution algorithms by timing them
+    sides = ((a[0], a[1] or device), (b[0], b[1] or device))
+    if any(side in (("reference", "gpu"), ("jax", "gpu")) for side in sides) \
             and any(layer.type == "conv2d" for layer in spec.layers):
         tols.update(CUDNN_WGRAD_TOL)
     tols.update(tol or {})
