@@ -229,11 +229,13 @@ def _plain_family(family: str) -> list:
 def kernel_modules() -> list:
     """Every kernel module the default path can choose: [(family, defines dict), ...], without repeats.
 
-    Loads ``custom_impl.gpu.ops`` first, so every family module has registered its modules.
+    Loads ``custom_impl.gpu.ops`` and ``custom_impl.gpu.model`` first, so every family module has registered
+    its modules.
     """
     # NOTE: loaded by name when called, not imported: the family modules import this module, and the
     # runtime must not depend on them (they plug their module lists in through register_modules).
-    importlib.import_module(__package__ + ".ops")
+    for name in (".ops", ".model"):   # the layer ops, and the model's own families (loss, SGD)
+        importlib.import_module(__package__ + name)
 
     seen, out = set(), []
     for fn in _module_lists:
