@@ -496,6 +496,13 @@ def _pdf_date():
 
 def render(inputs: list[str], out_dir: str | None = None, peak_tflops: float | None = None) -> dict:
     """Write every table, plot and report.pdf for ``inputs``; returns {name: path}."""
+    from . import train_report                      # training curves (train.csv): harness/train_report.py
+
+    if train_report.train_only(inputs):
+        try:
+            return train_report.render(inputs, out_dir)
+        except train_report.TrainReportError as err:
+            raise ReportError(str(err)) from None
     df, envs = load(inputs)    # first: a refused input costs no matplotlib import
     from matplotlib.backends.backend_pdf import PdfPages
 
@@ -542,6 +549,11 @@ def render(inputs: list[str], out_dir: str | None = None, peak_tflops: float | N
         _save(fig, path)
         files[f"{name}.png"] = path
 
+    try:
+        train_files, train_pages = train_report.section(inputs, out_dir)
+    except train_report.TrainReportError as err:
+        raise ReportError(str(err)) from None
+    files.update(train_files)
     env_text = "\n\n".join(f"[{src}]\n" + json.dumps(e, indent=1, sort_keys=True, default=str) for src, e in envs.items())
     summary = [f"inputs: {', '.join(inputs)}", f"rows: {len(df)}",
                "status: " + ", ".join(f"{k}={v}" for k, v in df["status"].value_counts().sort_index().items()),
@@ -558,6 +570,9 @@ def render(inputs: list[str], out_dir: str | None = None, peak_tflops: float | N
             pdf.savefig(fig)
             plt.close(fig)
         for _, fig in figs:
+            pdf.savefig(fig, bbox_inches="tight")
+            plt.close(fig)
+        for fig in train_pages:
             pdf.savefig(fig, bbox_inches="tight")
             plt.close(fig)
     files["pdf"] = pdf_path
