@@ -62,16 +62,18 @@ DEFAULT_MOMENTUM = 0.9
 MAX_EPOCHS = 100_000
 
 # Per dataset: the models that fit it, and settings that reach the target in the given epochs with
-# momentum 0.9 (measured on the CPU: digits-mlp 97-98% in 20 epochs; mlp-mnist / lenet-mnist on
-# synthetic-mnist 97% / 95% after one epoch of 20,000 / two of 3,000 samples; cnn-cifar on synthetic-cifar
-# 96% after three epochs of 3,000). The real MNIST / CIFAR-10 figures are the usual ones for these nets.
+# momentum 0.9. Measured on the CPU: digits-mlp 97-98% and digits-cnn 96-98% after 20 epochs (3 seeds);
+# on synthetic-mnist:60000 mlp-mnist 98.6% after one epoch (batch 64, lr 0.01) and 98.2% (batch 1024,
+# lr 0.1); on synthetic-mnist:20000 lenet-mnist 97.0% / 97.7% after one / two epochs; cnn-cifar on
+# synthetic-cifar:3000 95.6% after three epochs (batch 32, lr 0.02). The real MNIST / CIFAR-10 targets are
+# the usual figures for these nets.
 DATASET_DEFAULTS = {
     "digits": dict(models=("digits-mlp", "digits-cnn"), epochs=20, batch=32, lr=0.05, target=0.95),
     "mnist": dict(models=("mlp-mnist", "lenet-mnist"), epochs=5, batch=64, lr=0.02, target=0.97),
     "fashion-mnist": dict(models=("mlp-mnist", "lenet-mnist"), epochs=10, batch=64, lr=0.02, target=0.85),
     "cifar10": dict(models=("cnn-cifar",), epochs=10, batch=64, lr=0.01, target=0.60),
-    "synthetic-mnist": dict(models=("mlp-mnist", "lenet-mnist"), epochs=5, batch=64, lr=0.01, target=0.95),
-    "synthetic-cifar": dict(models=("cnn-cifar",), epochs=5, batch=64, lr=0.01, target=0.90),
+    "synthetic-mnist": dict(models=("mlp-mnist", "lenet-mnist"), epochs=5, batch=64, lr=0.01, target=0.98),
+    "synthetic-cifar": dict(models=("cnn-cifar",), epochs=5, batch=64, lr=0.01, target=0.95),
 }
 
 TRAIN_COLUMNS = ("model", "dataset", "impl", "variant", "device", "batch", "seed", "precision", "lr", "momentum",
