@@ -38,12 +38,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import inspect
-import io as _stringio
 import math
 import os
 import sys
 import time
 import traceback
+from io import StringIO
 
 import numpy as np
 
@@ -256,7 +256,6 @@ def plan_runs(*, datasets: list[str], device: str, models: list[str] | None = No
         mom = check_number("momentum", DEFAULT_MOMENTUM if momentum is None else momentum, "float", 0, 1, "0.9")
         target = check_number("target accuracy", d["target"] if target_acc is None else target_acc, "float", 0, 1,
                               "0.95", lo_open=True)
-        n_train = ds.n if ds.n is not None else None
         names = list(models) if models else list(d["models"])
         for name in names:
             spec = modelspec.load(name)
@@ -268,8 +267,8 @@ def plan_runs(*, datasets: list[str], device: str, models: list[str] | None = No
             used_models.add(name)
             for b in (batches or [d["batch"]]):
                 b = check_number("batch", b, "int", 1, 2**31 - 1, "64")
-                if n_train is not None and b > n_train:
-                    raise TrainError(f"batch {b} is larger than the {n_train} training samples of {ds.name}; "
+                if ds.n is not None and b > ds.n:
+                    raise TrainError(f"batch {b} is larger than the {ds.n} training samples of {ds.name}; "
                                      "use a smaller batch or more samples")
                 for seed in seeds:
                     for v in variants:
@@ -465,7 +464,7 @@ class TrainWriter:
         return run.key() in self.finished
 
     def write_run(self, rows: list[TrainRow]) -> None:
-        buf = _stringio.StringIO()
+        buf = StringIO()
         w = csv.DictWriter(buf, fieldnames=TRAIN_COLUMNS)
         for r in rows:
             w.writerow(r.to_csv())
