@@ -371,6 +371,13 @@ def _figures(df, pairs, envs, peak_tflops) -> list:
 
 def render(inputs: list[str], out_dir: str | None = None, peak_tflops: float | None = None) -> dict:
     """Write every table, plot, report_latex.tex and report.pdf for ``inputs``; returns {name: path}."""
+    from . import train_report                      # training curves (train.csv): harness/train_report.py
+
+    if train_report.train_only(inputs):
+        try:
+            return train_report.render(inputs, out_dir)
+        except train_report.TrainReportError as err:
+            raise ReportError(str(err)) from None
     df, envs = load(inputs)    # first: a refused input costs no matplotlib import
     labels = source_labels(inputs)
     targets, target_notes = find_targets(inputs, labels, envs)
@@ -393,6 +400,7 @@ def render_frame(df, envs: dict, out_dir: str, peak_tflops: float | None = None,
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot
     from matplotlib.backends.backend_pdf import PdfPages
 
     try:
@@ -434,6 +442,13 @@ def render_frame(df, envs: dict, out_dir: str, peak_tflops: float | None = None,
                                           [(p.name, p.caption) for p in figs]))
     files["report_latex.tex"] = tex_path
 
+    from . import train_report                      # training curves (train.csv): harness/train_report.py
+
+    try:
+        train_files, train_pages = train_report.section(inputs or [], out_dir) if inputs else ({}, [])
+    except train_report.TrainReportError as err:
+        raise ReportError(str(err)) from None
+    files.update(train_files)
     pdf_path = os.path.join(out_dir, "report.pdf")
     meta = {"Title": title, "Author": "harness", "Creator": "harness report", "CreationDate": _pdf_date()}
     counts = df["status"].value_counts().sort_index()
@@ -460,5 +475,9 @@ def render_frame(df, envs: dict, out_dir: str, peak_tflops: float | None = None,
         for i, plot in enumerate(figs, 1):
             doc.plot_page(plot, i)
         doc.close_page()
+        for fig in train_pages:   # training tables and curves, on pages of the document's size
+            fig.set_size_inches(*pdfdoc.PAGE)
+            pdf.savefig(fig)
+            matplotlib.pyplot.close(fig)
     files["pdf"] = pdf_path
     return files

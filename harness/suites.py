@@ -21,6 +21,10 @@ A suite file (``harness/suites/<name>.toml``, or any path) has::
     [[pool]]                        # [N, C, H, W, R, S, stride]
     mode = "max"                    # max | avg
     shapes = [[64, 32, 32, 32, 2, 2, 2]]
+    [[train]]                       # end-to-end training (``harness train``; ``harness run`` runs it last)
+    datasets = ["digits"]           # digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR, synthetic-mnist[:N], ...
+    models = ["digits-mlp"]         # optional: default, the dataset's models; the rest optional too:
+    batches = [32]                  # batches, variants, seeds, epochs, lr, momentum, target_acc, devices
 
 Anything unknown or malformed raises ``SuiteError`` naming the file, the section, the field and the fix:
 every setting is checked for type, finiteness and range (``check_setting``, also for command-line
@@ -197,6 +201,7 @@ class Suite:
     path: str
     settings: dict
     sections: list[tuple[str, dict]]
+    train: list[dict] = dataclasses.field(default_factory=list)   # [[train]] sections (harness/train.py)
 
     def jobs(self, device: str) -> list[Job]:
         """Every row of the suite on ``device``, in file order (models first within a section)."""
@@ -274,7 +279,7 @@ def load_suite(name_or_path: str) -> Suite:
 
 def parse_suite(data: dict, path: str = "<suite>") -> Suite:
     """Validate a suite dict (as read from TOML); raises SuiteError."""
-    allowed_top = {"name", "description", "settings", *SECTIONS}
+    allowed_top = {"name", "description", "settings", "train", *SECTIONS}
     for key in data:
         if key not in allowed_top:
             raise SuiteError(f"{path}: unknown top-level key {key!r}{_suggest(key, allowed_top)}; "
@@ -311,11 +316,17 @@ def parse_suite(data: dict, path: str = "<suite>") -> Suite:
             where = f"{path}: [[{kind}]] #{i + 1}"
             sections.append((kind, _check_section(kind, sec, where)))
             count += 1
-    if count == 0:
+    train = data.get("train", [])
+    if isinstance(train, dict):
+        train = [train]
+    if not isinstance(train, list):
+        raise SuiteError(f"{path}: 'train' must be a list of tables written [[train]], got {train!r}")
+    train = [_check_train_section(sec, f"{path}: [[train]] #{i + 1}") for i, sec in enumerate(train)]
+    if count == 0 and not train:
         raise SuiteError(f"{path}: the suite measures nothing; add at least one [[models]], [[dense]], "
-                         "[[conv2d]] or [[pool]] section")
+                         "[[conv2d]], [[pool]] or [[train]] section")
     _check_spec_names(path, sections)
-    return Suite(name=name, description=str(desc), path=path, settings=settings, sections=sections)
+    return Suite(name=name, description=str(desc), path=path, settings=settings, sections=sections, train=train)
 
 
 def _int_list(where: str, field: str, value, minimum: int = 1) -> list[int]:
@@ -425,6 +436,60 @@ def _check_section(kind: str, sec, where: str) -> dict:
                 checked.append(d)
     if not checked:
         raise SuiteError(f"{where}: no shapes; give shapes = [[{', '.join(fields)}], ...] or zoo_models + zoo_batches")
+    return out
+
+
+TRAIN_KEYS = ("datasets", "models", "batches", "variants", "seeds", "epochs", "lr", "momentum", "target_acc",
+              "devices")
+# number keys of a [[train]] section: (type, lowest, highest, lowest excluded, example)
+_TRAIN_NUMBERS = {"epochs": ("int", 1, 100_000, False, "10"), "lr": ("float", 0, 3.4e38, True, "0.01"),
+                  "momentum": ("float", 0, 1, False, "0.9"), "target_acc": ("float", 0, 1, True, "0.95")}
+
+
+def _check_train_section(sec, where: str) -> dict:
+    """A [[train]] section: datasets (required), models, batches, variants, seeds, devices, and the numbers
+    epochs, lr, momentum, target_acc; what is left out takes the dataset's defaults (harness/train.py)."""
+    from . import data as datamod
+
+    if not isinstance(sec, dict):
+        raise SuiteError(f"{where}: must be a table, got {sec!r}")
+    for key in sec:
+        if key not in TRAIN_KEYS:
+            raise SuiteError(f"{where}: unknown key {key!r}{_suggest(key, TRAIN_KEYS)}; allowed: {', '.join(TRAIN_KEYS)}")
+    if "datasets" not in sec:
+        raise SuiteError(f"{where}: missing 'datasets'; e.g. datasets = [\"digits\", \"synthetic-mnist:60000\"]")
+    names = sec["datasets"]
+    if isinstance(names, str):
+        names = [names]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise SuiteError(f"{where}: 'datasets' must be a non-empty list of dataset names, got {sec['datasets']!r}")
+    for n in names:
+        try:
+            datamod.parse_dataset(n)
+        except ValueError as err:
+            raise SuiteError(f"{where}: {err}") from None
+    out: dict[str, Any] = {"datasets": list(names)}
+    if "models" in sec:
+        out["models"] = _check_models(where, sec["models"])
+    if "batches" in sec:
+        out["batches"] = _int_list(where, "batches", sec["batches"])
+    if "seeds" in sec:
+        out["seeds"] = _int_list(where, "seeds", sec["seeds"], minimum=0)
+    if "variants" in sec:
+        out["variants"] = _str_list(where, "variants", sec["variants"], ALL_VARIANTS)
+    if "devices" in sec:
+        out["devices"] = _str_list(where, "devices", sec["devices"], DEVICES)
+    for key, (kind, lo, hi, lo_open, example) in _TRAIN_NUMBERS.items():
+        if key not in sec:
+            continue
+        v = sec[key]
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        ok = ok and (kind == "float" or float(v).is_integer()) and lo <= v <= hi and not (lo_open and v == lo)
+        if not ok:
+            bound = f"{'above' if lo_open else 'from'} {lo:g} {'up ' if lo_open else ''}to {hi:g}"
+            raise SuiteError(f"{where}: {key!r} must be {'a whole number' if kind == 'int' else 'a number'} {bound}, "
+                             f"got {v!r}; e.g. {key} = {example}")
+        out[key] = int(v) if kind == "int" else float(v)
     return out
 
 
