@@ -102,6 +102,22 @@ class FolderLock:
 
 
 # ============================================================================ atomic writes
+def lock_folder_of(path: str, error: type) -> "FolderLock":
+    """Create the folder of the file ``path`` and take its writer lock; a folder that cannot be made or
+    written, or that another live process is writing, raises ``error`` naming the fix."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise error(f"{folder} is a file, not a folder; choose another --out") from None
+    try:
+        return FolderLock(folder).acquire()
+    except FolderBusy as err:
+        raise error(str(err)) from None
+    except OSError as err:
+        raise error(f"{folder}: cannot write there ({err.strerror}); choose another --out") from None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -31,7 +31,7 @@ import re
 import sys
 from typing import Iterable
 
-from .io import DamagedFile, FolderBusy, FolderLock, atomic_write, read_bytes, read_csv_records
+from .io import DamagedFile, atomic_write, lock_folder_of, read_bytes, read_csv_records
 
 STATUSES = ("ok", "parity_fail", "diverged", "oom", "unsupported", "error", "not_measured")
 
@@ -376,17 +376,7 @@ class ResultsWriter:
         self.path = path
         self.samples_path = samples_path(path)
         self.finished: set[tuple] = set()
-        folder = os.path.dirname(os.path.abspath(path))
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise ResultsError(f"{folder} is a file, not a folder; choose another --out") from None
-        try:
-            self._lock = FolderLock(folder).acquire()
-        except FolderBusy as err:
-            raise ResultsError(str(err)) from None
-        except OSError as err:
-            raise ResultsError(f"{folder}: cannot write there ({err.strerror}); choose another --out") from None
+        self._lock = lock_folder_of(path, ResultsError)
         self._fh = self._sfh = None
         try:
             fresh, fresh_samples = self._recover()

@@ -50,7 +50,7 @@ import numpy as np
 import modelspec
 
 from . import data as datamod
-from .io import DamagedFile, FolderBusy, FolderLock, read_bytes, read_csv_records
+from .io import DamagedFile, lock_folder_of, read_bytes, read_csv_records
 from .suites import OPT_IN, VARIANTS
 
 TRAIN_CSV = "train.csv"
@@ -418,17 +418,7 @@ class TrainWriter:
 
     def __init__(self, path: str):
         self.path = path
-        folder = os.path.dirname(os.path.abspath(path))
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise TrainError(f"{folder} is a file, not a folder; choose another --out") from None
-        try:
-            self._lock = FolderLock(folder).acquire()
-        except FolderBusy as err:
-            raise TrainError(str(err)) from None
-        except OSError as err:
-            raise TrainError(f"{folder}: cannot write there ({err.strerror}); choose another --out") from None
+        self._lock = lock_folder_of(path, TrainError)
         try:
             self.finished = self._recover()
             fresh = not os.path.exists(path) or os.path.getsize(path) == 0
