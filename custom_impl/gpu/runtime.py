@@ -6,7 +6,7 @@ Every GPU module of ``custom_impl`` gets its kernels, workspaces and tuned choic
   set of ``#define``s) is asked for on a device, and memoised; ``kernel(family, name, defines, smem)`` is
   the one way to get a compiled kernel (it also opts the kernel into more than 48 KB of dynamic shared
   memory). A module with a prebuilt cubin for the device in the package (``kernels/prebuilt/<arch>/``,
-  named by a digest of its source, headers, options and defines) is loaded from it instead of compiled.
+  named by a digest of its source, the headers it includes, options and defines) is loaded from it instead of compiled.
   ``precompile()`` compiles every other module the default path can choose, in parallel processes, into
   CuPy's on-disk cache; ``kernel_modules()`` lists them.
 - Device buffers. ``workspace(n)`` (float32) and ``counters(n)`` (int32 zeros) are grow-only per-device
@@ -71,15 +71,36 @@ def define_key(defines) -> tuple:
     return tuple(sorted((str(k), str(v)) for k, v in defines.items()))
 
 
+def included_headers(family: str) -> list:
+    """The ``kernels/*.cuh`` headers that ``kernels/<family>.cu`` includes with ``#include "..."``, directly
+    or through other headers, sorted by name."""
+    import re
+
+    pattern = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.MULTILINE)
+    found, todo = set(), [kernel_path(family)]
+    while todo:
+        with open(todo.pop(), "r", encoding="utf-8") as fh:
+            names = pattern.findall(fh.read())
+        for name in names:
+            path = os.path.join(KERNEL_DIR, name)
+            if name not in found and os.path.isfile(path):
+                found.add(name)
+                todo.append(path)
+    return sorted(found)
+
+
 def module_digest(family: str, defines: tuple) -> str:
-    """What a compiled module depends on, as 16 hex digits: the family's source, every header, the compile
-    options and the ``#define``s (``defines`` as from ``define_key``). Names a prebuilt cubin."""
+    """What a compiled module depends on, as 16 hex digits: the family's source, the headers it includes,
+    the compile options and the ``#define``s (``defines`` as from ``define_key``). Names a prebuilt cubin;
+    a header that a module does not include does not change its digest."""
     import hashlib
 
     digest = hashlib.sha1()
     with open(kernel_path(family), "rb") as fh:
         digest.update(fh.read())
-    digest.update(headers_digest().encode())
+    for name in included_headers(family):
+        with open(os.path.join(KERNEL_DIR, name), "rb") as fh:
+            digest.update(name.encode() + b"\0" + fh.read())
     digest.update(repr((NVRTC_OPTIONS, defines)).encode())
     return digest.hexdigest()[:16]
 

@@ -2,8 +2,8 @@
 
 - Every module the default path can choose has a current prebuilt cubin for sm_90 (H100 / H200), and the
   prebuilt folder holds nothing else; ``python -m custom_impl.gpu.prebuild`` fixes either.
-- A module's digest changes with its source, any header, and its defines, so an edited kernel is never
-  served a stale cubin.
+- A module's digest changes with its source, the headers it includes (directly or nested), and its
+  defines, so an edited kernel is never served a stale cubin; a header it does not include leaves it alone.
 - The runtime loads a prebuilt cubin when one matches the device, compiles from source when none does,
   when loading fails, or when ``CUSTOM_IMPL_PREBUILT=0``.
 """
@@ -51,8 +51,16 @@ def test_module_digest_follows_source_headers_and_defines(tmp_path, monkeypatch)
         runtime.headers_digest.cache_clear()
         after_header = runtime.module_digest("fam", runtime.define_key({"A": 1}))
         assert after_header != base
+        (kernels / "other.cuh").write_text("// a header fam.cu does not include\n")
+        assert runtime.module_digest("fam", runtime.define_key({"A": 1})) == after_header
+        (kernels / "h.cuh").write_text('#include "deep.cuh"\n')
+        (kernels / "deep.cuh").write_text("// v1\n")
+        via_nested = runtime.module_digest("fam", runtime.define_key({"A": 1}))
+        (kernels / "deep.cuh").write_text("// v2\n")
+        assert runtime.included_headers("fam") == ["deep.cuh", "h.cuh"]
+        assert runtime.module_digest("fam", runtime.define_key({"A": 1})) != via_nested   # nested includes count
         (kernels / "fam.cu").write_text('#include "h.cuh"\nextern "C" __global__ void k2() {}\n')
-        assert runtime.module_digest("fam", runtime.define_key({"A": 1})) != after_header
+        assert runtime.module_digest("fam", runtime.define_key({"A": 1})) != via_nested
     finally:
         runtime.headers_digest.cache_clear()
 
