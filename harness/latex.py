@@ -22,7 +22,7 @@ _ESCAPES = (("\\", "\0"), ("{", r"\{"), ("}", r"\}"), ("\0", r"\textbackslash{}"
             ("&", r"\&"), ("#", r"\#"), ("$", r"\$"), ("^", r"\^{}"), ("~", r"\textasciitilde{}"),
             ("->", r"$\rightarrow$"), ("<", r"\textless{}"), (">", r"\textgreater{}"),
             ("\u2020", r"\textdagger{}"), ("\u00d7", r"$\times$"), ("\u2013", "--"), ("\u2265", r"$\geq$"),
-            ("\u00b5", r"\textmu{}"))
+            ("\u00b5", r"\textmu{}"), ("\u00b1", r"$\pm$"), ("\u0394", r"$\Delta$"))
 
 
 def escape(text: str) -> str:

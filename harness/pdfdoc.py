@@ -157,16 +157,10 @@ class Doc:
         self._rule(MARGIN_X, x_end, self.y, 0.9)
         if grouped:
             self.y += step
-            j = 0
-            while j < len(cols):
-                k = j
-                while k + 1 < len(cols) and cols[k + 1].group == cols[j].group:
-                    k += 1
-                if cols[j].group:
-                    x0, x1 = xs[j], xs[k] + widths[k]
-                    self._text((x0 + x1) / 2, self.y, cols[j].group, BODY, ha="center", bold=True)
-                    self._rule(x0 + 0.03, x1 - 0.03, self.y + 0.04, 0.5)
-                j = k + 1
+            for j, k in group_spans(cols):
+                x0, x1 = xs[j], xs[k] + widths[k]
+                self._text((x0 + x1) / 2, self.y, cols[j].group, BODY, ha="center", bold=True)
+                self._rule(x0 + 0.03, x1 - 0.03, self.y + 0.04, 0.5)
             self.y += 0.04
         self.y += step
         for c, x, w in zip(cols, xs, widths):
@@ -200,6 +194,19 @@ class Doc:
         self.close_page()
 
 
+def group_spans(cols: list[Col]) -> list[tuple[int, int]]:
+    """(first, last) column index of each run of adjacent columns sharing a non-empty group header."""
+    spans, j = [], 0
+    while j < len(cols):
+        k = j
+        while k + 1 < len(cols) and cols[k + 1].group == cols[j].group:
+            k += 1
+        if cols[j].group:
+            spans.append((j, k))
+        j = k + 1
+    return spans
+
+
 def _natural(t: Table, c: Col) -> float:
     cells = [t.cell(r, c) for r in t.rows]
     return max([text_width(c.header, BODY, True)] + [text_width(s, BODY) for s in cells])
@@ -215,17 +222,11 @@ def _widths(t: Table, cols: list[Col]) -> list[float]:
         for i in paras:
             nat[i] = min(nat[i], room / len(paras))
     # group headers need room too
-    j = 0
-    while j < len(cols):
-        k = j
-        while k + 1 < len(cols) and cols[k + 1].group == cols[j].group:
-            k += 1
-        if cols[j].group:
-            need = text_width(cols[j].group, BODY, True) - (sum(nat[j:k + 1]) + PAD * (k - j))
-            if need > 0:
-                for i in range(j, k + 1):
-                    nat[i] += need / (k - j + 1)
-        j = k + 1
+    for j, k in group_spans(cols):
+        need = text_width(cols[j].group, BODY, True) - (sum(nat[j:k + 1]) + PAD * (k - j))
+        if need > 0:
+            for i in range(j, k + 1):
+                nat[i] += need / (k - j + 1)
     return nat
 
 

@@ -31,7 +31,7 @@ import re
 import sys
 from typing import Iterable
 
-from .io import DamagedFile, atomic_write, lock_folder_of, read_bytes, read_csv_records
+from .io import DamagedFile, LockedWriter, atomic_write, lock_folder_of, read_bytes, read_csv_records, truncate_file
 
 STATUSES = ("ok", "parity_fail", "diverged", "oom", "unsupported", "error", "not_measured")
 
@@ -365,7 +365,7 @@ def samples_by_row(folder: str) -> dict[str, "np.ndarray"]:
 
 
 # ============================================================================ the writer
-class ResultsWriter:
+class ResultsWriter(LockedWriter):
     """Append-only writer of results.csv and samples.csv with resume; the only writer of its folder while open.
 
     >>> with ResultsWriter("/tmp/x/results.csv") as w:   # doctest: +SKIP
@@ -442,11 +442,11 @@ class ResultsWriter:
             # tail (no line end, or inside an open quote) is cut.
             print(f"harness: {self.path}: dropping the incomplete last row (line {old.torn_line}) left by a "
                   "killed run", file=sys.stderr)
-            _truncate(self.path, old.keep_bytes)
+            truncate_file(self.path, old.keep_bytes)
         if cut is not None:
             print(f"harness: {self.samples_path}: dropping the samples of the row a killed run was measuring",
                   file=sys.stderr)
-            _truncate(self.samples_path, cut)
+            truncate_file(self.samples_path, cut)
         if sf is None and rows:
             print(f"harness: {self.samples_path} is missing: the {len(rows)} rows already in results.csv keep "
                   "their confidence intervals but have no samples; new rows get theirs", file=sys.stderr)
@@ -479,25 +479,8 @@ class ResultsWriter:
         self._sync(self._fh)
         self.finished.add(row.key())
 
-    def close(self) -> None:
-        try:
-            for fh in (self._sfh, self._fh):
-                if fh is not None:
-                    fh.close()
-        finally:
-            self._lock.release()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-def _truncate(path: str, size: int) -> None:
-    with open(path, "r+b") as fh:
-        fh.truncate(size)
-        os.fsync(fh.fileno())
+    def _files(self) -> tuple:
+        return (self._sfh, self._fh)
 
 
 def read_rows(path: str) -> list[dict]:

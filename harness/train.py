@@ -50,7 +50,7 @@ import numpy as np
 import modelspec
 
 from . import data as datamod
-from .io import DamagedFile, lock_folder_of, read_bytes, read_csv_records
+from .io import DamagedFile, LockedWriter, lock_folder_of, read_bytes, read_csv_records, truncate_file
 from .suites import OPT_IN, VARIANTS
 
 TRAIN_CSV = "train.csv"
@@ -409,7 +409,7 @@ def read_train(path: str) -> TrainFile:
     return TrainFile(path, rows, parsed.torn_line, parsed.keep_bytes)
 
 
-class TrainWriter:
+class TrainWriter(LockedWriter):
     """Appends whole runs to ``train.csv``; the only writer of its folder while open (``io.FolderLock``).
 
     A run's rows are written together, in one write, and fsynced, so a kill loses at most the run in
@@ -441,9 +441,7 @@ class TrainWriter:
             # NOTE: safe: every record before the torn one parsed and checked; only the incomplete tail goes.
             print(f"harness: {self.path}: dropping the incomplete last line (line {old.torn_line}) left by a killed "
                   "run", file=sys.stderr)
-            with open(self.path, "r+b") as fh:
-                fh.truncate(old.keep_bytes)
-                os.fsync(fh.fileno())
+            truncate_file(self.path, old.keep_bytes)
         return {tuple(d[c] for c in RUN_KEY) for d in old.rows}
 
     def _sync(self) -> None:
@@ -462,17 +460,8 @@ class TrainWriter:
         self._sync()
         self.finished.add(rows[0].run.key())
 
-    def close(self) -> None:
-        try:
-            self._fh.close()
-        finally:
-            self._lock.release()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+    def _files(self) -> tuple:
+        return (self._fh,)
 
 
 # ================================================================================ data on the device
