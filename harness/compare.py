@@ -39,6 +39,8 @@ import sys
 import numpy as np
 
 from . import stats
+from .labels import side_label
+from .latex import escape as _tex
 from .io import DamagedFile, atomic_write, read_json_object, write_text
 from .results import ROW_KEY, Row, read_results, row_id, samples_by_row
 
@@ -270,7 +272,7 @@ class Line:
 @dataclasses.dataclass
 class Group:
     kind: str
-    impl: str
+    side: str        # whose code on which device (labels.side_label): ours GPU, PyTorch CPU, JAX GPU
     rows: int
     counts: dict
     geomean: float
@@ -293,7 +295,7 @@ def _samples(run: Run, row: dict):
 
 
 def compare_runs(a: Run, b: Run, threshold: float) -> tuple[list[Line], list[Group]]:
-    """Every row of both runs with its verdict, and the geomean per (kind, implementation)."""
+    """Every row of both runs with its verdict, and the geomean per (kind, side: whose code on which device)."""
     use_hash = any(r.get("spec_hash") for r in a.rows) and any(r.get("spec_hash") for r in b.rows)
 
     def index(run: Run) -> dict:
@@ -347,9 +349,9 @@ def compare_runs(a: Run, b: Run, threshold: float) -> tuple[list[Line], list[Gro
     lines.sort(key=_order)
     groups = []
     decided = [ln for ln in lines if ln.verdict in VERDICTS]
-    for kind, impl in sorted({(ln.row.get("kind", ""), ln.row.get("impl", "")) for ln in decided},
-                             key=lambda ki: (_kind_rank(ki[0]), ki[1])):
-        mine = [ln for ln in decided if (ln.row.get("kind", ""), ln.row.get("impl", "")) == (kind, impl)]
+    for kind, side in sorted({(ln.row.get("kind", ""), _side(ln.row)) for ln in decided},
+                             key=lambda ks: (_kind_rank(ks[0]), ks[1])):
+        mine = [ln for ln in decided if (ln.row.get("kind", ""), _side(ln.row)) == (kind, side)]
         counts = {v: sum(ln.verdict == v for ln in mine) for v in VERDICTS}
         pairs = [(_samples(b, ln.b), _samples(a, ln.a)) for ln in mine]
         if all(p[0] is not None and p[1] is not None for p in pairs):
@@ -357,7 +359,7 @@ def compare_runs(a: Run, b: Run, threshold: float) -> tuple[list[Line], list[Gro
             g = stats.geomean(ln.ratio for ln in mine)     # the figure itself from the rows' medians
         else:
             g, low, high = stats.geomean(ln.ratio for ln in mine), math.nan, math.nan
-        groups.append(Group(kind, impl, len(mine), counts, g, low, high))
+        groups.append(Group(kind, side, len(mine), counts, g, low, high))
     return lines, groups
 
 
@@ -371,13 +373,13 @@ def _order(line: Line):
         batch = int(r.get("batch", 0))
     except ValueError:
         batch = 0
-    return (_kind_rank(r.get("kind", "")), r.get("workload", ""), batch, r.get("phase", ""), r.get("impl", ""),
-            r.get("variant", ""))
+    return (_kind_rank(r.get("kind", "")), r.get("device", ""), r.get("workload", ""), batch, r.get("phase", ""),
+            r.get("impl", ""), r.get("variant", ""))
 
 
 # ============================================================================ rendering
-def _impl_name(impl: str) -> str:
-    return {"custom": "ours", "reference": "PyTorch"}.get(impl, impl or "-")
+def _side(row: dict) -> str:
+    return side_label(row.get("impl", ""), row.get("variant", ""), row.get("device", ""))
 
 
 def row_label(row: dict) -> str:
@@ -415,29 +417,24 @@ def markdown(a: Run, b: Run, lines: list[Line], groups: list[Group], threshold: 
            f"- verdict `same` when |ratio - 1| <= max({threshold:g}, noise A, noise B) or the interval holds 1",
            "- rows: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n), "",
            "## Geomean of the ratio per kind", "",
-           "| kind | impl | rows | geomean B/A | 95% CI | faster | slower | same |",
+           "| kind | side | rows | geomean B/A | 95% CI | faster | slower | same |",
            "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: |"]
     for g in groups:
-        out.append(f"| {g.kind or '-'} | {_impl_name(g.impl)} | {g.rows} | {g.geomean:.4f} | "
+        out.append(f"| {g.kind or '-'} | {g.side} | {g.rows} | {g.geomean:.4f} | "
                    f"{_ci_text(g.low, g.high)} | "
                    f"{g.counts['faster']} | {g.counts['slower']} | {g.counts['same']} |")
     out += ["", "## Rows", "",
-            "| kind | impl | row | A ms | B ms | B/A | 95% CI | noise A % | noise B % | verdict | note |",
+            "| kind | side | row | A ms | B ms | B/A | 95% CI | noise A % | noise B % | verdict | note |",
             "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | --- | --- |"]
     for ln in lines:
         r = ln.row
         ma = _f(_median(ln.a)) if ln.a is not None else ""
         mb = _f(_median(ln.b)) if ln.b is not None else ""
-        out.append(f"| {r.get('kind') or '-'} | {_impl_name(r.get('impl', ''))} | {row_label(r).replace('|', '/')} | "
+        out.append(f"| {r.get('kind') or '-'} | {_side(r)} | {row_label(r).replace('|', '/')} | "
                    f"{ma} | {mb} | {_f(ln.ratio)} | {_ci_text(ln.low, ln.high)} | {_pct(ln.noise_a)} | "
                    f"{_pct(ln.noise_b)} | {ln.verdict} | {ln.note.replace('|', '/')} |")
     return "\n".join(out) + "\n"
 
-
-def _tex(s: str) -> str:
-    rep = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-           "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-    return "".join(rep.get(ch, ch) for ch in str(s))
 
 
 def _texnum(v: float, digits: int = 4, max_decimals: int = 6) -> str:
@@ -464,9 +461,9 @@ def latex(a: Run, b: Run, lines: list[Line], groups: list[Group], threshold: flo
            "faster), its 95\\% bootstrap confidence interval, and how many rows are faster, slower or the same.}",
            "\\label{tab:compare-summary}",
            "\\begin{tabular}{llrS[table-format=2.4]S[table-format=2.4]S[table-format=2.4]rrr}", "\\toprule",
-           "kind & impl & rows & {geomean} & {CI low} & {CI high} & faster & slower & same \\\\", "\\midrule"]
+           "kind & side & rows & {geomean} & {CI low} & {CI high} & faster & slower & same \\\\", "\\midrule"]
     for g in groups:
-        out.append(f"{_tex(g.kind or '-')} & {_tex(_impl_name(g.impl))} & {g.rows} & {_texfix(g.geomean, 4)} & "
+        out.append(f"{_tex(g.kind or '-')} & {_tex(g.side)} & {g.rows} & {_texfix(g.geomean, 4)} & "
                    f"{_texfix(g.low, 4)} & {_texfix(g.high, 4)} & {g.counts['faster']} & {g.counts['slower']} & "
                    f"{g.counts['same']} \\\\")
     out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
@@ -583,7 +580,7 @@ def plot(a: Run, b: Run, lines: list[Line], groups: list[Group], threshold: floa
         ax.grid(axis="x" if vertical else "y", color="#CCCCCC", linewidth=0.5)
 
     def title(kind):
-        parts = [f"{_impl_name(g.impl)} {g.geomean:.3f}" + (f" [{g.low:.3f}, {g.high:.3f}]" if not math.isnan(g.low)
+        parts = [f"{g.side} {g.geomean:.3f}" + (f" [{g.low:.3f}, {g.high:.3f}]" if not math.isnan(g.low)
                                                               else "") for g in groups if g.kind == kind]
         return f"{kind or 'rows'}, geomean B/A: " + "; ".join(parts)
 

@@ -71,6 +71,7 @@ _VARIANTS = {
     ("reference", "torch-graph"): "PyTorch CUDA graph",
     ("reference", "torch-compile"): "PyTorch compile",
     ("reference", "torch"): "PyTorch",
+    ("reference", "jax-jit"): "JAX jit",
 }
 _PHASES = {
     "inference": "inference",
@@ -85,7 +86,7 @@ KIND_LABELS = {"model": "models", "dense": "dense layers", "conv2d": "conv2d lay
 
 
 def variant_label(impl: str, variant: str, device: str = "") -> str:
-    """``custom/numpy`` -> ``ours (NumPy)``; an unknown reference variant keeps its name (``jax-jit``)."""
+    """``custom/numpy`` -> ``ours (NumPy)``; an unknown reference variant keeps its name (``tf-xla``)."""
     if (impl, variant) == ("reference", "torch"):
         return {"gpu": "PyTorch (cuBLAS/cuDNN)", "cpu": "PyTorch CPU"}.get(device, "PyTorch")
     if (impl, variant) in _VARIANTS:
@@ -93,6 +94,21 @@ def variant_label(impl: str, variant: str, device: str = "") -> str:
     if impl == "custom":
         return f"ours ({variant})"
     return variant if impl in ("reference", "") else f"{impl} {variant}"
+
+
+def side_label(impl: str, variant: str = "", device: str = "") -> str:
+    """Whose code a row times, and where: ``ours GPU``, ``PyTorch CPU``, ``JAX GPU``.
+
+    >>> side_label("reference", "jax-jit", "gpu")
+    'JAX GPU'
+    """
+    if impl == "custom":
+        who = "ours"
+    elif impl == "reference":
+        who = "JAX" if variant.startswith("jax") else "PyTorch"
+    else:
+        who = impl or "-"
+    return f"{who} {device_label(device)}".strip()
 
 
 def phase_label(phase: str) -> str:

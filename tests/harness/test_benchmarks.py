@@ -42,4 +42,4 @@ def test_one_cpu_benchmark_json_and_report(tmp_path):
     cmp = subprocess.run([sys.executable, "-m", "harness", "compare", str(out), str(out), "--fail-on-regression",
                           "--out", str(tmp_path / "cmp")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert cmp.returncode == 0, cmp.stderr
-    assert "| dense | ours | 1 | 1.0000 |" in cmp.stdout and "| dense | PyTorch | 1 | 1.0000 |" in cmp.stdout
+    assert "| dense | ours CPU | 1 | 1.0000 |" in cmp.stdout and "| dense | PyTorch CPU | 1 | 1.0000 |" in cmp.stdout

@@ -44,13 +44,13 @@ def make_run(folder, seed, scale=None, rows=ROWS, repeats=REPEATS, skip=()):
     ``scale(impl, kind) -> factor`` multiplies a row's true time (1.2: 20% slower)."""
     rng = np.random.default_rng(seed)
     with ResultsWriter(os.path.join(folder, "results.csv")) as w:
-        for impl, variant, kind, workload, batch, phase, sec in rows:
+        for impl, variant, kind, workload, batch, phase, sec, *device in rows:   # device: "cpu" unless given
             if workload in skip:
                 continue
             f = scale(impl, kind) if scale else 1.0
             s = sec * f * rng.lognormal(0.0, NOISE, repeats)
             q1, med, q3 = np.percentile(s * 1e3, [25, 50, 75])
-            row = Row(impl=impl, variant=variant, device="cpu", workload=workload, kind=kind, batch=batch,
+            row = Row(impl=impl, variant=variant, device=device[0] if device else "cpu", workload=workload, kind=kind, batch=batch,
                       phase=phase, median_ms=float(med), iqr_ms=float(q3 - q1), min_ms=float(s.min() * 1e3),
                       repeats=repeats, inner_loops=1, status="ok", parity_ok=True,
                       shape="" if kind == "model" else workload, spec_hash="abc123" if kind == "model" else "")
@@ -130,9 +130,25 @@ def test_a_20_percent_slowdown_is_slower(runs):
         assert ln.verdict == ("slower" if impl == "custom" else "same"), (impl, kind, phase, ln)
         if impl == "custom":
             assert ln.low <= 1.2 <= ln.high and ln.low > 1.1       # the interval holds the true ratio
-    ours = [g for g in groups if g.impl == "custom"]
+    ours = [g for g in groups if g.side == "ours CPU"]
     assert {g.kind for g in ours} == {"model", "dense", "conv2d"}
     assert all(g.low <= 1.2 <= g.high and g.counts["slower"] == g.rows for g in ours)
+
+
+def test_groups_and_rows_name_the_framework_and_the_device(tmp_path):
+    """The same variant on two devices is two rows and two groups; JAX rows are JAX's, not PyTorch's."""
+    rows = [("custom", "cuda-graph", "model", "lenet-mnist", 64, "train_step", 4.0e-4, "gpu"),
+            ("reference", "torch-eager", "model", "lenet-mnist", 64, "train_step", 2.4e-3, "gpu"),
+            ("reference", "torch-eager", "model", "lenet-mnist", 64, "train_step", 9.4e-3, "cpu"),
+            ("reference", "jax-jit", "model", "lenet-mnist", 64, "train_step", 5.5e-4, "gpu")]
+    a = make_run(tmp_path / "a", seed=11, rows=rows)
+    b = make_run(tmp_path / "b", seed=12, rows=rows, scale=lambda impl, kind: 1.3 if impl == "reference" else 1.0)
+    lines, groups = compare.compare_runs(compare.read_run(str(a)), compare.read_run(str(b)), 0.05)
+    assert len(lines) == 4 and {ln.verdict for ln in lines} == {"same", "slower"}
+    assert {g.side: g.rows for g in groups} == {"ours GPU": 1, "PyTorch GPU": 1, "PyTorch CPU": 1, "JAX GPU": 1}
+    text = compare.markdown(compare.read_run(str(a)), compare.read_run(str(b)), lines, groups, 0.05)
+    assert "| model | JAX GPU | lenet-mnist b=64 train_step jax-jit |" in text
+    assert "| model | PyTorch CPU | lenet-mnist b=64 train_step torch-eager |" in text
 
 
 def test_faster_rows_and_rows_in_one_run_only(runs):
@@ -152,7 +168,7 @@ def test_exit_codes_and_outputs(runs, tmp_path):
     out = tmp_path / "cmp"
     same = harness("compare", runs["a"], runs["a_again"], "--fail-on-regression", "--out", out)
     assert same.returncode == 0, same.stderr
-    assert "| conv2d | ours | 1 |" in same.stdout
+    assert "| conv2d | ours CPU | 1 |" in same.stdout
     for name in ("compare.md", "compare.tex", "compare.csv", "compare.png", "compare.pdf"):
         assert (out / name).stat().st_size > 0
     slow = harness("compare", runs["a"], runs["ours_slower"], "--fail-on-regression", "--out", tmp_path / "c1")
