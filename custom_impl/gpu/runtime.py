@@ -180,7 +180,7 @@ def _compile_one(job: tuple) -> tuple:
     return label, time.perf_counter() - t0, None
 
 
-def precompile(jobs: int | None = None, progress=None) -> list:
+def precompile(jobs: int | None = None, progress=None, families=None) -> list:
     """Compile every module of ``kernel_modules()`` into CuPy's on-disk kernel cache, in parallel.
 
     A fresh machine otherwise compiles each module on first use, one after another (~10-20 s each for the
@@ -188,6 +188,8 @@ def precompile(jobs: int | None = None, progress=None) -> list:
     module compiles in its own worker process (spawned; ``jobs`` of them, default the CPU count capped
     at 16). ``progress(line)``, if given, is called once before ("compiling 23 kernel modules in 16
     processes") and once per module done ("compiled 7/23 gemm 256x128x16_16x8 in 14.2 s").
+
+    ``families`` (an iterable of family names, or None for all) limits it to those families' modules.
 
     Returns [(module label, seconds), ...] in completion order; raises RuntimeError naming the module
     when one fails to compile.
@@ -197,7 +199,8 @@ def precompile(jobs: int | None = None, progress=None) -> list:
     import concurrent.futures as cf
     import multiprocessing
 
-    todo = sorted(kernel_modules(), key=lambda job: not job[1])  # tile-config modules (the slow ones) first
+    todo = [job for job in kernel_modules() if families is None or job[0] in set(families)]
+    todo = sorted(todo, key=lambda job: not job[1])  # tile-config modules (the slow ones) first
     jobs = max(1, min(16, os.cpu_count() or 1) if jobs is None else int(jobs))
     jobs = min(jobs, max(1, len(todo)))
     if progress is not None:
