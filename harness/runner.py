@@ -6,11 +6,12 @@ import time
 import traceback
 
 from . import env as envmod
+from .parity import judge
 from .results import ResultsWriter, Row
 from .suites import Job, Suite
 from .timer import measure
 from .workloads import (LayerCase, ModelCase, Unsupported, free_device_memory, is_oom, layer_tolerance,
-                        set_strict_fp32, shape_text)
+                        precision_context, set_strict_fp32, shape_text)
 
 
 class _Cases:
@@ -37,7 +38,7 @@ class _Cases:
 
 def base_row(job: Job, device_name: str, settings: dict) -> Row:
     return Row(impl=job.impl, variant=job.variant, device=job.device, workload=job.workload, kind=job.kind,
-               batch=job.batch, phase=job.phase, precision="fp32",
+               batch=job.batch, phase=job.phase, precision=job.precision,
                shape="" if job.kind == "model" else shape_text(job), cold_l2=bool(settings.get("cold_l2")),
                device_name=device_name, spec_hash=job.spec_hash)
 
@@ -46,54 +47,67 @@ def run_job(job: Job, cases: _Cases, settings: dict, device_name: str, peak_tflo
     """Measure one job; never raises except KeyboardInterrupt (failures become the row's status)."""
     row = base_row(job, device_name, settings)
     try:
-        case = cases.get(job)
-        if job.kind == "model":
-            row.flops = case.flops(job.phase)
-            against, err, tol = case.parity(job)      # first: the timed call reuses the checked model
-            prep = case.prepare(job)
-        else:
-            prep = case.prepare(job)
-            against, err = case.parity(job, prep.fn)
-            tol = layer_tolerance(job)
-        row.flops = prep.flops
-        row.parity_against = against
-        row.parity_rel_err = err
-        row.parity_ok = bool(err <= tol)
-        row.parity_tol = tol
-        m = measure(prep.fn, prep.clock, warmup=int(settings["warmup"]), budget_s=float(settings["budget_s"]),
-                    min_repeats=int(settings["min_repeats"]), max_repeats=int(settings["max_repeats"]),
-                    min_sample_ms=float(settings["min_sample_ms"]),
-                    cold_l2=bool(settings["cold_l2"]) and job.device == "gpu")
-        row.median_ms, row.iqr_ms, row.min_ms = m.median_ms, m.iqr_ms, m.min_ms
-        row.repeats, row.inner_loops = m.repeats, m.inner_loops
-        row.noisy = m.noisy(float(settings["noise_threshold"]))
-        row.samples_per_s = job.batch / (m.median_ms / 1e3) if m.median_ms > 0 else None
-        if row.flops and m.median_ms > 0:
-            row.tflops = row.flops / (m.median_ms / 1e3) / 1e12
-            if peak_tflops:
-                row.pct_peak = 100.0 * row.tflops / peak_tflops
-        row.peak_mem_bytes = prep.peak_mem()
-        row.status = "ok" if row.parity_ok is not False else "parity_fail"
-        if row.parity_ok is False:
-            row.reason = f"parity: rel err {err:.3g} > {tol:g} against {against}"
+        with precision_context(job):
+            _measure_row(job, row, cases, settings, peak_tflops)
     except KeyboardInterrupt:
         raise
     except Unsupported as err:
         row.status, row.reason = "unsupported", str(err)
     except Exception as err:  # noqa: BLE001 - a failing row must not stop the sweep
-        if is_oom(err):
-            row.status, row.reason = "oom", f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
-            cases.key = cases.case = None
-            free_device_memory(collect=True)
-        elif job.variant == "torch-compile":
-            row.status = "unsupported"
-            row.reason = f"torch.compile failed: {type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
-        else:
-            row.status = "error"
-            last = traceback.extract_tb(err.__traceback__)[-1]
-            row.reason = (f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''} "
-                          f"(at {last.filename.rsplit('/', 1)[-1]}:{last.lineno})")
+        _failed(job, row, cases, err)
     return row
+
+
+def _measure_row(job: Job, row: Row, cases: _Cases, settings: dict, peak_tflops: float | None) -> None:
+    """Parity, then timing, into ``row`` (raises what run_job turns into the row's status)."""
+    case = cases.get(job)
+    if job.kind == "model":
+        row.flops = case.flops(job.phase)
+        against, err, tol = case.parity(job)      # first: the timed call reuses the checked model
+        prep = case.prepare(job)
+    else:
+        prep = case.prepare(job)
+        against, err = case.parity(job, prep.fn)
+        tol = layer_tolerance(job)
+    # rows of ours at tf32 / bf16 are also held to 2x PyTorch's error at that precision (parity.judge)
+    ok, bar, why = judge(err, tol, job.precision, case.torch_error(job))
+    row.flops = prep.flops
+    row.parity_against = against
+    row.parity_rel_err = err
+    row.parity_ok = ok
+    row.parity_tol = bar
+    m = measure(prep.fn, prep.clock, warmup=int(settings["warmup"]), budget_s=float(settings["budget_s"]),
+                min_repeats=int(settings["min_repeats"]), max_repeats=int(settings["max_repeats"]),
+                min_sample_ms=float(settings["min_sample_ms"]),
+                cold_l2=bool(settings["cold_l2"]) and job.device == "gpu")
+    row.median_ms, row.iqr_ms, row.min_ms = m.median_ms, m.iqr_ms, m.min_ms
+    row.repeats, row.inner_loops = m.repeats, m.inner_loops
+    row.noisy = m.noisy(float(settings["noise_threshold"]))
+    row.samples_per_s = job.batch / (m.median_ms / 1e3) if m.median_ms > 0 else None
+    if row.flops and m.median_ms > 0:
+        row.tflops = row.flops / (m.median_ms / 1e3) / 1e12
+        if peak_tflops:
+            row.pct_peak = 100.0 * row.tflops / peak_tflops
+    row.peak_mem_bytes = prep.peak_mem()
+    row.status = "ok" if row.parity_ok is not False else "parity_fail"
+    if row.parity_ok is False:
+        row.reason = f"parity: {why} against {against}"
+
+
+def _failed(job: Job, row: Row, cases: _Cases, err: Exception) -> None:
+    """The row's status and reason for an exception raised while measuring it."""
+    if is_oom(err):
+        row.status, row.reason = "oom", f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+        cases.key = cases.case = None
+        free_device_memory(collect=True)
+    elif job.variant == "torch-compile":
+        row.status = "unsupported"
+        row.reason = f"torch.compile failed: {type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+    else:
+        row.status = "error"
+        last = traceback.extract_tb(err.__traceback__)[-1]
+        row.reason = (f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''} "
+                      f"(at {last.filename.rsplit('/', 1)[-1]}:{last.lineno})")
 
 
 def run_suite(suite: Suite, device: str, results_path: str, *, peak_tflops: float | None = None,

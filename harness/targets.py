@@ -1,7 +1,8 @@
 """``harness targets``: the project's performance targets, measured and checked.
 
 Every target is a ratio of the two implementations measured in the same run (reference time / our
-time, so > 1 means ours is faster), strict FP32 on both sides, over rows that passed parity. The rows
+time, so > 1 means ours is faster), both sides at the target's precision (strict FP32, or TF32 / BF16
+against cuBLAS / cuDNN at the same precision), over rows that passed parity. The rows
 come from the ``targets`` suite (harness/suites/targets.toml) and are written to ``DIR/results.csv``
 (resumable like any run); ``DIR/targets.csv`` has one line per target:
 
@@ -35,6 +36,7 @@ class Target:
     kind: str      # the results.csv kind of the rows behind it: dense, conv2d or model (train_step)
     goal: float
     measure: str
+    precision: str = "fp32"   # the results.csv precision of the rows behind it (both sides)
 
 
 TARGETS = (
@@ -50,7 +52,20 @@ TARGETS = (
            "geomean over zoo models x batch 1..8192 of PyTorch eager / ours (CUDA graph)"),
     Target("cpu_train_step_geomean", "cpu", "model", 0.8,
            "zoo models at batch >= 64 on the CPU: PyTorch CPU / our NumPy"),
+    Target("gemm_tf32_4096", "gpu", "dense", 0.75,
+           "dense forward X*W^T at M=N=K=4096, TF32: cuBLAS TF32 time / ours (tensor cores)", "tf32"),
+    Target("gemm_bf16_4096", "gpu", "dense", 0.60,
+           "dense forward X*W^T at M=N=K=4096, BF16: cuBLAS BF16 time / ours (tensor cores)", "bf16"),
+    Target("conv_tf32_suite_geomean", "gpu", "conv2d", 0.60,
+           "geomean of cuDNN TF32 / ours over the conv2d suite, all three phases", "tf32"),
+    Target("conv_bf16_suite_geomean", "gpu", "conv2d", 0.50,
+           "geomean of cuDNN BF16 / ours over the conv2d suite, all three phases", "bf16"),
+    Target("train_step_bf16_vs_best_torch", "gpu", "model", 1.0,
+           "worst over zoo models x batch 1..1024 of min(PyTorch BF16 autocast eager, CUDA graph) / ours "
+           "(bf16, CUDA graph)", "bf16"),
 )
+_GEMM_4096 = ("dense_gemm_4096", "gemm_tf32_4096", "gemm_bf16_4096")
+_BEST_TORCH = ("train_step_vs_best_torch", "train_step_bf16_vs_best_torch")
 
 
 def _geomean(xs: list[float]) -> float:
@@ -66,7 +81,8 @@ def _f(d: dict, k: str) -> float:
 
 class _Rows:
     def __init__(self, rows: list[dict]):
-        self.rows = rows
+        # NOTE: a row without a precision (written before the column was filled) is strict FP32
+        self.rows = [r if r.get("precision") else dict(r, precision="fp32") for r in rows]
 
     def pick(self, **match) -> list[dict]:
         return [r for r in self.rows if all(str(r.get(k)) == str(v) for k, v in match.items())]
@@ -91,10 +107,11 @@ def _describe(r: dict | None, what: str) -> str:
     return f"{r['impl']}/{r['variant']} {r['workload']} b={r['batch']} {r['phase']}: {r['status']}"
 
 
-def _layer_ratios(rows: _Rows, kind: str) -> tuple[list[float], list[str], int]:
+def _layer_ratios(rows: _Rows, kind: str, precision: str = "fp32") -> tuple[list[float], list[str], int]:
     ratios, bad, n = [], [], 0
-    for ours in rows.pick(kind=kind, impl="custom", device="gpu"):
-        ref = rows.one(kind=kind, impl="reference", device="gpu", workload=ours["workload"], phase=ours["phase"])
+    for ours in rows.pick(kind=kind, impl="custom", device="gpu", precision=precision):
+        ref = rows.one(kind=kind, impl="reference", device="gpu", workload=ours["workload"], phase=ours["phase"],
+                       precision=precision)
         n += 1
         if _ok(ours) and _timed(ref):
             ratios.append(_f(ref, "median_ms") / _f(ours, "median_ms"))
@@ -115,28 +132,30 @@ def evaluate(rows_list: list[dict], gpu_reason: str | None) -> list[dict]:
             continue
         bad: list[str] = []
         value = math.nan
-        if t.name == "dense_gemm_4096":
+        if t.name in _GEMM_4096:
             ours = rows.one(kind="dense", impl="custom", device="gpu", workload="dense_M4096_N4096_K4096",
-                            phase="forward")
+                            phase="forward", precision=t.precision)
             ref = rows.one(kind="dense", impl="reference", device="gpu", workload="dense_M4096_N4096_K4096",
-                           phase="forward")
+                           phase="forward", precision=t.precision)
             line["rows"] = 2
             if _ok(ours) and _timed(ref):
                 value = _f(ref, "median_ms") / _f(ours, "median_ms")
             else:
                 bad = [_describe(r, w) for r, w, good in ((ours, "ours", _ok), (ref, "cuBLAS", _timed)) if not good(r)]
-        elif t.name in ("dense_suite_geomean", "conv_suite_geomean", "conv_suite_min"):
-            ratios, bad, line["rows"] = _layer_ratios(rows, t.kind)
+        elif t.name in ("dense_suite_geomean", "conv_suite_geomean", "conv_suite_min", "conv_tf32_suite_geomean",
+                        "conv_bf16_suite_geomean"):
+            ratios, bad, line["rows"] = _layer_ratios(rows, t.kind, t.precision)
             if ratios:
                 value = min(ratios) if t.name.endswith("min") else _geomean(ratios)
         elif t.name.startswith("train_step"):
             ratios = []
-            for ours in rows.pick(kind="model", impl="custom", variant="cuda-graph", device="gpu", phase="train_step"):
+            for ours in rows.pick(kind="model", impl="custom", variant="cuda-graph", device="gpu", phase="train_step",
+                                  precision=t.precision):
                 b = int(ours["batch"])
-                if t.name == "train_step_vs_best_torch" and b > TRAIN_BEST_MAX_BATCH:
+                if t.name in _BEST_TORCH and b > TRAIN_BEST_MAX_BATCH:
                     continue
                 key = dict(kind="model", impl="reference", device="gpu", phase="train_step",
-                           workload=ours["workload"], batch=ours["batch"])
+                           workload=ours["workload"], batch=ours["batch"], precision=t.precision)
                 eager, graph = rows.one(variant="torch-eager", **key), rows.one(variant="torch-graph", **key)
                 refs = [eager] if t.name == "train_step_vs_eager_geomean" else [eager, graph]
                 line["rows"] += 1
@@ -146,10 +165,11 @@ def evaluate(rows_list: list[dict], gpu_reason: str | None) -> list[dict]:
                     bad += [_describe(ours, "row")] if not _ok(ours) else []
                     bad += [_describe(r, "row") for r in refs if not _timed(r)]
             if ratios:
-                value = min(ratios) if t.name == "train_step_vs_best_torch" else _geomean(ratios)
+                value = min(ratios) if t.name in _BEST_TORCH else _geomean(ratios)
         else:  # cpu_train_step_geomean
             ratios = []
-            for ours in rows.pick(kind="model", impl="custom", variant="numpy", device="cpu", phase="train_step"):
+            for ours in rows.pick(kind="model", impl="custom", variant="numpy", device="cpu", phase="train_step",
+                                  precision="fp32"):
                 if int(ours["batch"]) < 64:
                     continue
                 ref = rows.one(kind="model", impl="reference", variant="torch-eager", device="cpu",
@@ -184,10 +204,10 @@ def evaluate(rows_list: list[dict], gpu_reason: str | None) -> list[dict]:
 
 def _reference_parity_failures(rows: _Rows, t: Target) -> int:
     """How many reference rows of the target's kind/device were timed but failed parity."""
-    picked = rows.pick(kind=t.kind, impl="reference", device=t.device, status="parity_fail")
+    picked = rows.pick(kind=t.kind, impl="reference", device=t.device, status="parity_fail", precision=t.precision)
     if t.kind == "model":
         picked = [r for r in picked if r.get("phase") == "train_step"]
-    if t.name == "dense_gemm_4096":
+    if t.name in _GEMM_4096:
         picked = [r for r in picked if r.get("workload") == "dense_M4096_N4096_K4096" and r.get("phase") == "forward"]
     return len(picked)
 
@@ -256,6 +276,7 @@ def run_targets(out: str, device: str, *, peak_tflops: float | None = None, quie
         import reference_impl
 
         rec["precision_flags"] = reference_impl.precision_flags()
+        rec["precision_modes"] = {p: reference_impl.precision_flags(p) for p in ("fp32", "tf32", "bf16")}
     except Exception:
         pass
     envmod.write(os.path.join(out, "env.json"), rec)
