@@ -471,15 +471,11 @@ def _torch_layer_fn(job: Job, data: dict, dev: str, dtype) -> Callable[[], tuple
 
 def _custom_layer_fn(job: Job, data: dict) -> Callable[[], tuple]:
     """Our layer ops (``custom_impl.layer_ops(job.device)``), with every output buffer allocated once,
-    outside the timing: NumPy on the CPU, CuPy on the GPU. tf32 / bf16: the dense ops on the tensor cores
-    (``precision=``); our convolutions have no tensor-core kernels, so their tf32 / bf16 rows are
-    ``Unsupported`` (not FP32 timings under another name)."""
+    outside the timing: NumPy on the CPU, CuPy on the GPU. tf32 / bf16: the dense and conv ops on the
+    tensor cores (``precision=``)."""
     import custom_impl
 
     prec = {} if job.precision == "fp32" else {"precision": job.precision}
-    if job.kind != "dense" and prec:
-        raise Unsupported(f"our {job.kind} kernels have no {job.precision} (tensor-core) version: a "
-                          f"{job.precision} model runs its conv layers in FP32")
 
     try:
         ops = custom_impl.layer_ops(job.device)
@@ -511,19 +507,19 @@ def _custom_layer_fn(job: Job, data: dict) -> Callable[[], tuple]:
     if job.kind == "conv2d":
         x, W, b, dy = d["x"], d["W"], d["b"], d["dy"]
         st, pad = (p["stride"],) * 2, (p["padding"],) * 2
-        ws_size = ops.conv2d_workspace_size(x.shape, W.shape, st, pad)
+        ws_size = ops.conv2d_workspace_size(x.shape, W.shape, st, pad, **prec)
         ws = xp.empty((int(ws_size),), dtype=xp.float32) if ws_size else None
         if ph == "forward":
             y = xp.empty(dy.shape, dtype=xp.float32)                     # (N, K, P, Q)
-            return lambda: (ops.conv2d_forward(x, W, b, st, pad, out=y, workspace=ws),)
+            return lambda: (ops.conv2d_forward(x, W, b, st, pad, out=y, workspace=ws, **prec),)
         if ph == "backward_data":
             dx = xp.empty(x.shape, dtype=xp.float32)                     # (N, C, H, W)
-            return lambda: (ops.conv2d_backward_data(dy, W, x.shape, st, pad, dx=dx, workspace=ws),)
+            return lambda: (ops.conv2d_backward_data(dy, W, x.shape, st, pad, dx=dx, workspace=ws, **prec),)
         dW = xp.empty(W.shape, dtype=xp.float32)                         # (K, C, R, S)
         db = xp.empty((p["K"],), dtype=xp.float32)
 
         def conv_weights():
-            _, gW, gb = ops.conv2d_backward(dy, x, W, st, pad, need_dx=False, dW=dW, db=db, workspace=ws)
+            _, gW, gb = ops.conv2d_backward(dy, x, W, st, pad, need_dx=False, dW=dW, db=db, workspace=ws, **prec)
             return (gW, gb)
         return conv_weights
     x, dy = d["x"], d["dy"]

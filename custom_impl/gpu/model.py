@@ -201,6 +201,8 @@ class GPUModel(CustomModel):
 
         self._ndarray = cupy.ndarray
         self.steps = _make_steps(self.spec, self.fuse_pool)
+        for step in self.steps:
+            step.precision = self.precision   # what its products run in (workspace sizes depend on it)
         shapes = self.spec.param_shapes()
         offsets, total = {}, 0
         for name, shape in shapes.items():

@@ -7,36 +7,6 @@
 //                          adds the partials in order (deterministic) with bias, beta and act.
 #include "gemm_tc_tiles.cuh"
 
-// Writes C[m, n] and C[m, n+1] (row-major, ld = N) with bias / beta / act, or the raw partial sums.
-struct TcGemmEpilogue {
-    float* C;
-    const float* bias;
-    int M, N, beta, act;
-    bool vec2;     // N even and C 8-byte aligned: a float2 store per pair
-    bool partial;  // split-K partial: raw sums, no bias / beta / act
-
-    __device__ __forceinline__ void store2(int m, int n, float v0, float v1) const {
-        if (m >= M || n >= N) return;
-        float o[2] = {v0, v1};
-        float* row = C + (size_t)m * N;
-        if (!partial) {
-#pragma unroll
-            for (int f = 0; f < 2; ++f) {
-                if (n + f >= N) continue;
-                if (bias) o[f] += bias[n + f];
-                if (beta) o[f] += row[n + f];
-                o[f] = apply_act(o[f], act);
-            }
-        }
-        if (vec2 && n + 1 < N) {
-            *reinterpret_cast<float2*>(row + n) = make_float2(o[0], o[1]);
-        } else {
-            row[n] = o[0];
-            if (n + 1 < N) row[n + 1] = o[1];
-        }
-    }
-};
-
 // flags bit 0: A vectorisable (16-byte copies), bit 1: B vectorisable, bit 2: float2 stores into C (or into
 // W for split-K), bit 3: split-K (block z's raw partial into W + z*M*N).
 template <bool TA, bool TB>

@@ -268,6 +268,66 @@ __device__ __forceinline__ void tc_load_b2(unsigned (&b0)[2], unsigned (&b1)[2],
 #endif
 }
 
+// Writes C[m, n] and C[m, n+1] (row-major, ld = N) with bias / beta / act, or the raw partial sums.
+struct TcGemmEpilogue {
+    float* C;
+    const float* bias;
+    int M, N, beta, act;
+    bool vec2;     // N even and C 8-byte aligned: a float2 store per pair
+    bool partial;  // split-K partial: raw sums, no bias / beta / act
+
+    __device__ __forceinline__ void store2(int m, int n, float v0, float v1) const {
+        if (m >= M || n >= N) return;
+        float o[2] = {v0, v1};
+        float* row = C + (size_t)m * N;
+        if (!partial) {
+#pragma unroll
+            for (int f = 0; f < 2; ++f) {
+                if (n + f >= N) continue;
+                if (bias) o[f] += bias[n + f];
+                if (beta) o[f] += row[n + f];
+                o[f] = apply_act(o[f], act);
+            }
+        }
+        if (vec2 && n + 1 < N) {
+            *reinterpret_cast<float2*>(row + n) = make_float2(o[0], o[1]);
+        } else {
+            row[n] = o[0];
+            if (n + 1 < N) row[n + 1] = o[1];
+        }
+    }
+};
+
+// ---- gather loader (implicit GEMMs) ---------------------------------------------------------------------
+// Element (mn, k) of the operand is *F::at(mn, k) (a pointer), or zero where F::at returns nullptr: any
+// gathered operand (an im2col view of a tensor). Chunks as in TcMatrixLoader; every element one 4-byte
+// zero-filling copy (the elements of a chunk are not contiguous in general).
+template <int BMN, int BK, int NT, bool KMAJ, class F>
+struct TcGatherLoader {
+    using Sm = TcSmem<BMN, BK, KMAJ>;
+    static constexpr int CHUNKS = BMN * BK / 4;
+    static constexpr int PER = CHUNKS / NT;
+    static_assert(PER >= 1 && CHUNKS % NT == 0, "tile not divisible among threads");
+    F f;
+    int mn0, tid;
+
+    __device__ __forceinline__ void issue(float* S, int k0) const {
+#pragma unroll
+        for (int i = 0; i < PER; ++i) {
+            const int c = tid + i * NT;
+            const int mn = KMAJ ? c / (BK / 4) : (c % (BMN / 4)) * 4;
+            const int kk = KMAJ ? (c % (BK / 4)) * 4 : c / (BMN / 4);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int emn = KMAJ ? mn : mn + e;
+                const int ek = KMAJ ? kk + e : kk;
+                const float* src = f.at(mn0 + emn, k0 + ek);
+                tc_cp4(S + Sm::at(emn, ek), src ? src : f.base(), src != nullptr);
+            }
+        }
+    }
+};
+
 // ---- the main loop -----------------------------------------------------------------------------------
 // Computes this block's BM x BN tile over k in [k_begin, k_end) (k_begin a multiple of BK) and hands
 // every pair of accumulators to ep.store2(m, n, v0, v1) with global m, n (the epilogue checks bounds).
