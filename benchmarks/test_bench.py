@@ -5,10 +5,12 @@ Parameters are the jobs of a harness suite (``BENCH_SUITE_CPU``, default ``quick
 cleanly without a GPU). One benchmark group per (workload, phase, device), so pytest-benchmark's table
 compares the variants of one shape side by side.
 
-GPU-correct timing: each timed round is ``fn(); synchronize the device`` (every stream), so the time
-includes the work ``fn`` queued, not only the launch; the harness's CUDA-event timer's median is
-recorded next to it in ``extra_info["event_median_ms"]``. ``extra_info`` also has the FLOPs, TFLOP/s,
-parity error and the row metadata that ``python -m harness report bench.json`` reads.
+GPU-correct timing: each timed round is ``fn(); synchronize the device`` (every stream; for JAX rows, wait
+until fn's outputs are ready), so the time includes the work ``fn`` queued, not only the launch; the
+harness's timer's median (CUDA events; JAX's clock for JAX rows) is recorded next to it in
+``extra_info["event_median_ms"]``. ``extra_info`` also has the FLOPs, TFLOP/s,
+parity error and the row metadata that ``python -m harness report bench.json`` and ``python -m harness
+compare a.json b.json`` read.
 
 Run (not part of CI's test run):
     python -m pytest benchmarks/ --benchmark-json=bench.json          # CPU params; GPU ones skip
@@ -44,15 +46,20 @@ def _jobs():
 
 
 def _sync(clock: str):
+    """Wait for the work a call queued: ``sync(out)`` with the call's output (JAX waits on it)."""
+    if clock == "jax":
+        import jax
+
+        return jax.block_until_ready
     if clock == "cupy":
         import cupy
 
-        return cupy.cuda.runtime.deviceSynchronize
+        return lambda out: cupy.cuda.runtime.deviceSynchronize()
     if clock == "torch":
         import torch
 
-        return torch.cuda.synchronize
-    return lambda: None
+        return lambda out: torch.cuda.synchronize()
+    return lambda out: None
 
 
 @pytest.mark.parametrize("job", _jobs())
@@ -71,8 +78,7 @@ def test_bench(benchmark, job):
     fn, sync = prep.fn, _sync(prep.clock)
 
     def call():
-        fn()
-        sync()
+        sync(fn())
 
     for _ in range(3):   # warm-up: compilation, autotuning, graph capture
         call()
@@ -85,7 +91,8 @@ def test_bench(benchmark, job):
     benchmark.group = f"{job.device} {job.workload} {job.phase}"
     benchmark.extra_info.update(
         impl=job.impl, variant=job.variant, device=job.device, workload=job.workload, kind=job.kind,
-        batch=job.batch, phase=job.phase, precision="fp32", shape=prep.shape, flops=prep.flops,
+        batch=job.batch, phase=job.phase, precision="fp32", spec_hash=job.spec_hash, shape=prep.shape,
+        flops=prep.flops,
         parity_against=against, parity_rel_err=err, parity_ok=bool(err <= tol),
         event_median_ms=event.median_ms, timer=prep.clock)
     benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=1)

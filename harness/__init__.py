@@ -2,8 +2,11 @@
 
 Run it as ``python -m harness`` (or the ``harness`` console script); ``python -m harness --help``.
 Modules: ``suites`` (TOML suites -> jobs), ``workloads`` (inputs, timed call, parity), ``timer``
-(measuring), ``results`` (the record and results.csv), ``env`` (env.json), ``report`` (plots, tables,
-PDF from saved CSVs), ``targets`` (the performance targets), ``cli`` (the command line).
+(measuring), ``results`` (the record: results.csv and samples.csv), ``stats`` (bootstrap confidence
+intervals), ``env`` (env.json), ``nvml`` (the GPU's clocks, power and throttling per row), ``report``
+(renders from saved CSVs through ``speedups``, ``tables``, ``latex``, ``plots``, ``roofline``, ``pdfdoc``,
+``labels``), ``compare`` (two runs row by row), ``targets`` (the performance targets), ``cli`` (the
+command line).
 """
 import os as _os
 

@@ -1,4 +1,4 @@
-"""The command line: ``python -m harness {run,report,parity,env,targets}``.
+"""The command line: ``python -m harness {run,report,compare,parity,env,targets,train}``.
 
 Bad input (unknown suite, model or device, a malformed suite file, a results.csv that cannot be
 resumed) prints ``harness: error: <what is wrong and how to fix it>`` on stderr and exits with code 2;
@@ -213,7 +213,8 @@ def cmd_run(args) -> int:
         _set_precisions(suite, args.precision, device)
     out = args.out or default_out(suite.name, device)
     jobs = suite.jobs(device)
-    if not jobs:
+    train_runs = _train_runs_of_suite(suite, device, args.models)
+    if not jobs and not train_runs:
         raise CliError(f"suite {suite.name!r} has nothing to run on {device} (every section is limited to other "
                        "devices); pick another --suite or --device")
     if os.path.lexists(out) and not os.path.isdir(out):
@@ -259,6 +260,8 @@ def cmd_run(args) -> int:
         pass
     env.write(os.path.join(out, "env.json"), rec)
     print("harness: rows " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())), file=sys.stderr)
+    if train_runs:
+        _run_training(train_runs, out, device, args.quiet)
     if not args.no_report:
         from .report import render
 
@@ -279,6 +282,16 @@ def cmd_report(args) -> int:
         if isinstance(v, str):
             print(f"{k}: {v}")
     return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import CompareError, run_compare
+
+    try:
+        return run_compare(args.a, args.b, threshold=args.threshold, fail_on_regression=args.fail_on_regression,
+                           out=args.out)
+    except CompareError as err:
+        raise CliError(str(err)) from None
 
 
 def cmd_parity(args) -> int:
@@ -312,6 +325,101 @@ def cmd_targets(args) -> int:
     except ResultsError as err:
         raise CliError(str(err)) from None
     print(text)
+    return 0
+
+
+def _train_runs_of_suite(suite, device: str, models: str | None):
+    """The runs of ``suite``'s [[train]] sections on ``device`` (``harness/train.py``)."""
+    from .train import TrainError, plan_suite
+
+    wanted = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    try:
+        return plan_suite(suite, device, wanted)
+    except TrainError as err:
+        raise CliError(str(err)) from None
+
+
+def _run_training(runs, out: str, device: str, quiet: bool) -> dict:
+    from .train import TrainError, run_training
+
+    print(f"harness: training {len(runs)} runs on {device} -> {os.path.join(out, 'train.csv')}", file=sys.stderr,
+          flush=True)
+    try:
+        counts = run_training(runs, out, device, quiet=quiet)
+    except TrainError as err:
+        raise CliError(str(err)) from None
+    print("harness: training runs " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())), file=sys.stderr)
+    return counts
+
+
+def _csv_list(flag: str, text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise CliError(f"{flag}: empty list; give comma-separated values")
+    return items
+
+
+def cmd_train(args) -> int:
+    from . import env
+    from .train import TrainError, check_number, plan_runs, precision_default
+
+    device = _device(args.device)
+    try:
+        numbers = {
+            "epochs": None if args.epochs is None else check_number("--epochs", args.epochs, "int", 1, 100_000, "10"),
+            "lr": None if args.lr is None else check_number("--lr", args.lr, "float", 0, 3.4e38, "0.01", lo_open=True),
+            "momentum": None if args.momentum is None else check_number("--momentum", args.momentum, "float", 0, 1,
+                                                                        "0.9"),
+            "target_acc": None if args.target_acc is None else check_number("--target-acc", args.target_acc, "float",
+                                                                            0, 1, "0.95", lo_open=True),
+        }
+        batches = [check_number("--batch", b, "int", 1, 2**31 - 1, "64")
+                   for b in _csv_list("--batch", args.batch) or []] or None
+        seeds = [check_number("--seeds", v, "int", 0, 2**32 - 1, "0,1,2")
+                 for v in _csv_list("--seeds", args.seeds) or []] or None
+        variants = _csv_list("--variants", args.variants)
+        models = _csv_list("--models", args.models)
+        precision = getattr(args, "precision", None)
+        if precision is not None and precision == precision_default():
+            precision = None        # the default: build() is called without it
+        if args.suite:
+            if args.data:
+                raise CliError("give --suite (its [[train]] sections) or --data, not both")
+            suite = _load_suite(args.suite, None)
+            runs = _train_runs_of_suite(suite, device, args.models)
+            if not runs:
+                raise CliError(f"suite {suite.name!r} has no [[train]] section for {device}"
+                               f"{' and --models ' + args.models if args.models else ''}; pick another --suite or "
+                               "give --data")
+            overrides = {k: v for k, v in dict(numbers, batch=batches, seed=seeds).items() if v is not None}
+            if overrides or variants or precision:
+                raise CliError(f"--suite takes its settings from its [[train]] sections; drop "
+                               f"{', '.join('--' + k.replace('_', '-') for k in overrides) or '--variants'} or use "
+                               "--data instead of --suite")
+            out = args.out or default_out(suite.name, device)
+        else:
+            datasets = _csv_list("--data", args.data) or ["digits"]
+            runs = plan_runs(datasets=datasets, device=device, models=models, batches=batches, variants=variants,
+                             seeds=seeds, precision=precision, **numbers)
+            out = args.out or default_out("train", device)
+    except TrainError as err:
+        raise CliError(str(err)) from None
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise CliError(f"--out {out}: is a file, not a folder; choose another --out")
+    os.makedirs(out, exist_ok=True)
+    if not os.path.exists(os.path.join(out, "env.json")):
+        rec = env.collect(device)
+        rec.update(run_device=device, device_name=env.device_name(device), train_runs=len(runs))
+        env.write(os.path.join(out, "env.json"), rec)
+    precompile_kernels(device, quiet=args.quiet)
+    _run_training(runs, out, device, args.quiet)
+    if not args.no_report:
+        from .report import render
+
+        files = render([out], out_dir=out)
+        print(f"harness: report written: {files.get('pdf')}", file=sys.stderr)
     return 0
 
 
@@ -370,8 +478,25 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", metavar="DIR", help="where to write the report (default: the first DIR, or "
                                                  "reports/compare-... for several)")
     rp.add_argument("--peak-tflops", type=float, metavar="TFLOPS",
-                    help="FP32 peak used when the results do not name one")
+                    help="FP32 peak for the roofline's compute roof, instead of the one env.json records "
+                         "(applies to the device each run was made for)")
     rp.set_defaults(func=cmd_report)
+
+    c = sub.add_parser("compare", help="row by row: is run B faster, slower or the same as run A, beyond the noise",
+                       description="Compare two runs row by row (results folders or pytest-benchmark JSON files): "
+                                   "the time ratio B/A with its 95%% bootstrap interval and a verdict (faster, "
+                                   "slower, same: a change must exceed both runs' noise and --threshold, and its "
+                                   "interval must exclude 1), geomeans per kind, rows in one run only; writes "
+                                   "compare.md/.tex/.csv/.png/.pdf. Exit code 0: done; 1: with "
+                                   "--fail-on-regression, a row of ours got slower; 2: bad input.")
+    c.add_argument("a", metavar="A", help="the baseline: a results folder or a pytest-benchmark JSON file")
+    c.add_argument("b", metavar="B", help="the run compared with it (same kinds of input)")
+    c.add_argument("--threshold", type=float, default=0.05, metavar="FRAC",
+                   help="smallest relative change reported as faster or slower (default 0.05 = 5%%)")
+    c.add_argument("--fail-on-regression", action="store_true",
+                   help="exit with code 1 when a row of ours is slower in B (to gate a change)")
+    c.add_argument("--out", metavar="DIR", help="where to write the comparison (default: reports/compare-<A>-vs-<B>)")
+    c.set_defaults(func=cmd_compare)
 
     pa = sub.add_parser("parity", help="parity table: every zoo model and layer kind, both impls vs float64",
                         description="Compare ours and PyTorch with the reference computed in float64 (same device, "
@@ -398,6 +523,43 @@ def build_parser() -> argparse.ArgumentParser:
                    help="FP32 peak for the %% of peak column (default: known GPUs; none on CPUs)")
     t.add_argument("--quiet", action="store_true", help="no progress bar and no line per compiled kernel module")
     t.set_defaults(func=cmd_targets)
+
+    tr = sub.add_parser("train", help="train both implementations end to end: curves, time to accuracy, train.csv",
+                        description="Train models x datasets x batch sizes x implementation variants x seeds with "
+                                    "SGD and write DIR/train.csv (one row per run and epoch: loss, test accuracy, "
+                                    "wall time), plots, the time-to-accuracy table and report.pdf. Every variant of "
+                                    "a seed starts from the same weights and sees the same batches. Rerunning the "
+                                    "same command resumes: finished runs are skipped.")
+    tr.add_argument("--data", metavar="LIST", help="comma-separated datasets (default digits): digits, mnist:DIR, "
+                                                   "fashion-mnist:DIR, cifar10:DIR, synthetic-mnist[:N], "
+                                                   "synthetic-cifar[:N] (N training samples, default 60000)")
+    tr.add_argument("--models", metavar="LIST", help="comma-separated zoo models or spec files (default: the "
+                                                     "dataset's: digits-mlp, digits-cnn for digits; mlp-mnist, "
+                                                     "lenet-mnist for MNIST shapes; cnn-cifar for CIFAR shapes)")
+    tr.add_argument("--variants", metavar="LIST", help="comma-separated variants (default: all but torch-compile): "
+                                                       "numpy, torch-eager, torch-compile on the CPU; cuda, "
+                                                       "cuda-graph, torch-eager, torch-graph, torch-compile on the GPU")
+    tr.add_argument("--seeds", metavar="LIST", help="comma-separated seeds, each a run (default 0,1,2): initial "
+                                                    "weights and data order")
+    tr.add_argument("--batch", metavar="LIST", help="comma-separated batch sizes (default: the dataset's, 32 for "
+                                                    "digits, 64 otherwise)")
+    tr.add_argument("--epochs", metavar="N", help="epochs per run (default: the dataset's, e.g. 20 for digits)")
+    tr.add_argument("--lr", metavar="X", help="SGD learning rate (default: the dataset's, e.g. 0.05 for digits)")
+    tr.add_argument("--momentum", metavar="X", help="SGD momentum (default 0.9)")
+    tr.add_argument("--target-acc", metavar="X", help="test accuracy, as a fraction, for the time-to-accuracy "
+                                                      "table (default: the dataset's, e.g. 0.95 for digits)")
+    from .train import precision_default
+
+    if precision_default() is not None:
+        tr.add_argument("--precision", default=precision_default(),
+                        help=f"the precision both implementations compute in (default {precision_default()})")
+    tr.add_argument("--suite", help="run the [[train]] sections of this suite instead of --data/--models...")
+    tr.add_argument("--device", default="auto", choices=devs, help=DEVICE_HELP["run"])
+    tr.add_argument("--out", metavar="DIR", help="output folder (default: reports/train-<device name>, or "
+                                                 "reports/<suite>-<device name> with --suite)")
+    tr.add_argument("--no-report", action="store_true", help="write train.csv only, no plots/PDF")
+    tr.add_argument("--quiet", action="store_true", help="no progress bars")
+    tr.set_defaults(func=cmd_train)
     return p
 
 

@@ -102,6 +102,53 @@ class FolderLock:
 
 
 # ============================================================================ atomic writes
+def lock_folder_of(path: str, error: type) -> "FolderLock":
+    """Create the folder of the file ``path`` and take its writer lock; a folder that cannot be made or
+    written, or that another live process is writing, raises ``error`` naming the fix."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise error(f"{folder} is a file, not a folder; choose another --out") from None
+    try:
+        return FolderLock(folder).acquire()
+    except FolderBusy as err:
+        raise error(str(err)) from None
+    except OSError as err:
+        raise error(f"{folder}: cannot write there ({err.strerror}); choose another --out") from None
+
+
+def truncate_file(path: str, size: int) -> None:
+    """Cut ``path`` to ``size`` bytes and fsync it (dropping a torn last record a killed writer left)."""
+    with open(path, "r+b") as fh:
+        fh.truncate(size)
+        os.fsync(fh.fileno())
+
+
+class LockedWriter:
+    """Base of the appending writers that hold their folder's lock (``lock_folder_of``): ``close()`` closes
+    the files ``_files()`` names, then releases the lock; usable as a ``with`` block."""
+
+    _lock: FolderLock
+
+    def _files(self) -> tuple:
+        return ()
+
+    def close(self) -> None:
+        try:
+            for fh in self._files():
+                if fh is not None:
+                    fh.close()
+        finally:
+            self._lock.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

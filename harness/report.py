@@ -1,17 +1,24 @@
-"""Rendering: plots, Markdown and LaTeX tables and one multi-page PDF, from saved results only.
+"""Rendering: tables, plots, report_latex.tex and report.pdf, from saved results only.
 
-Nothing here runs a kernel: the inputs are ``results.csv`` (+ ``env.json``) folders and pytest-benchmark
-``--benchmark-json`` files. Several inputs are shown side by side (a CPU run and a GPU run, two GPUs).
+Nothing here runs a kernel: the inputs are ``results.csv`` (+ ``env.json``, + ``targets.csv``) folders and
+pytest-benchmark ``--benchmark-json`` files. Several inputs are shown side by side (a CPU run and a GPU
+run, two GPUs); each input keeps its own lines and cells, named by its folder, and its machine is named
+by more than its marketing name (``labels.machine_key``).
 
-Outputs (in the report folder): ``report.pdf``; ``time_vs_batch_<device>_<phase>.png``,
-``speedup_models_<device>.png``, ``speedup_layers_<device>.png``, ``tflops_<device>.png``,
-``cpu_vs_gpu.png`` (when both devices are present); ``models.md/.tex``, ``layers.md/.tex``
-(booktabs, ready for ``\\input``). Rows whose parity check failed are marked everywhere: a dagger in
-tables, a red cross in plots, a hatched cell in heatmaps.
+Outputs (in the report folder), documented in docs/harness.md ("The report"):
 
-Which variants are compared ("ours / reference" speedups): ours is ``cuda-graph`` for GPU train steps and
-inference, else ``cuda`` / ``numpy``; the reference is ``torch-eager`` for models and ``torch`` for layers.
-Speedup = reference time / our time (> 1: ours is faster).
+- tables, each as Markdown and LaTeX (``harness.tables``, ``harness.latex``): ``targets``, ``headline``,
+  ``environment``, ``models``, ``layers``, ``not_ok`` (``.md`` / ``.tex``);
+- plots, each as PNG and vector PDF (``harness.plots``): ``time_vs_batch_<device>_<phase>``,
+  ``speedup_models_<device>`` (vs the best reference variant: the headline),
+  ``speedup_models_<device>_vs_eager``, ``speedup_layers_<device>``, ``roofline_<device>``,
+  ``parity_<device>``, ``cpu_vs_gpu``;
+- ``report_latex.tex``, which ``\\input``s the tables, includes the plots and compiles with pdflatex
+  (not named report.tex: compiled in place, that would overwrite report.pdf);
+- ``report.pdf`` (``harness.pdfdoc``): summary page, environment, tables, one captioned page per plot.
+
+Every speedup names its baseline (``harness.speedups``): the headline is against the fastest reference
+variant measured for each row; against PyTorch eager is the secondary view.
 
 Inputs are read with the strict readers (``results.read_results``, ``env.read``): a damaged file is
 refused naming the file, the line and the fix (a torn last row, left by a run still writing or killed, is
@@ -21,7 +28,6 @@ in the same folder, fsync, rename), so a kill leaves the previous file or the ne
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import os
 import sys
@@ -29,10 +35,10 @@ import sys
 import numpy as np
 
 from . import env as envmod
-from .io import DamagedFile, atomic_write, read_json_object, write_text
+from . import latex, pdfdoc, plots, roofline, speedups, tables
+from .io import DamagedFile, atomic_write, read_bytes, read_csv_records, read_json_object, write_text
+from .labels import machine_key, machine_label
 from .results import COLUMNS, read_results
-
-FAIL_MARK = "\u2020"   # dagger: parity failed
 
 
 class ReportError(ValueError):
@@ -40,7 +46,7 @@ class ReportError(ValueError):
 
 
 NUMERIC = ("batch", "median_ms", "iqr_ms", "min_ms", "repeats", "inner_loops", "samples_per_s", "flops", "tflops",
-           "pct_peak", "peak_mem_bytes", "parity_rel_err")
+           "pct_peak", "peak_mem_bytes", "parity_rel_err", "parity_tol", "ci_low_s", "ci_high_s")
 
 
 # ============================================================================ loading
@@ -123,8 +129,7 @@ def load(inputs: list[str]):
     import pandas as pd
 
     frames, envs = [], {}
-    for path in inputs:
-        label = os.path.basename(os.path.normpath(path)) or path
+    for path, label in zip(inputs, source_labels(inputs)):
         if os.path.isdir(path):
             csv_path = os.path.join(path, "results.csv")
             jsons = sorted(f for f in os.listdir(path) if f.endswith(".json") and f != "env.json"
@@ -134,7 +139,7 @@ def load(inputs: list[str]):
                                   "pass a folder written by `harness run`")
             if os.path.lexists(csv_path):
                 df = _results_frame(csv_path)
-                df["source"] = label
+                df["source"] = df["env_source"] = label
                 frames.append(df)
             for j in jsons:
                 try:
@@ -143,6 +148,7 @@ def load(inputs: list[str]):
                     continue
                 df = pd.DataFrame(rows)
                 df["source"] = f"{label}/{j[:-5]}"
+                df["env_source"] = label
                 frames.append(df)
             env_path = os.path.join(path, "env.json")
             if os.path.lexists(env_path):
@@ -152,7 +158,8 @@ def load(inputs: list[str]):
                     raise ReportError(str(err)) from None
         elif os.path.isfile(path) and path.endswith(".json"):
             df = pd.DataFrame(benchmark_json_rows(path))
-            df["source"] = label[:-5]
+            df["source"] = label
+            df["env_source"] = ""
             frames.append(df)
         else:
             raise ReportError(f"{path}: not a results folder nor a pytest-benchmark .json file")
@@ -172,203 +179,155 @@ def load(inputs: list[str]):
             df[c] = ""
         df[c] = df[c].fillna("").astype(str)
     df["failed"] = df["parity_ok"].map(lambda v: v is False)
-    # NOTE: rows of another precision than strict FP32 are separate workloads everywhere ("mlp-mnist [bf16]"),
-    # so ours at bf16 is paired, plotted and tabled only with PyTorch at bf16
-    prec = df["precision"].fillna("").astype(str) if "precision" in df.columns else None
-    if prec is not None:
-        other = ~prec.isin(["", "fp32"])
-        df.loc[other, "workload"] = df.loc[other, "workload"] + " [" + prec[other] + "]"
+    # NOTE: rows of another precision than strict FP32 are separate workloads everywhere ("mlp-mnist [bf16]",
+    # labels.split_precision), so ours at bf16 is paired, plotted and tabled only with PyTorch at bf16
+    if "precision" not in df.columns:
+        df["precision"] = "fp32"
+    df["precision"] = df["precision"].fillna("").astype(str).replace("", "fp32")
+    other = df["precision"] != "fp32"
+    df.loc[other, "workload"] = df.loc[other, "workload"] + " [" + df.loc[other, "precision"] + "]"
+    # bootstrap CIs of the median (seconds in results.csv) when the results carry them
+    df["ci_low_ms"] = df["ci_low_s"] * 1e3
+    df["ci_high_ms"] = df["ci_high_s"] * 1e3
+    _add_machines(df, envs)
     return df, envs
 
 
-# ============================================================================ pairing ours vs reference
-def ours_variant(device: str, phase: str, kind: str) -> str:
-    if device == "gpu":
-        return "cuda-graph" if (kind == "model" and phase in ("train_step", "inference")) else "cuda"
-    return "numpy"
+def source_labels(inputs: list[str]) -> list[str]:
+    """A distinct name per input: the folder's name, with its parent (or a number) when two inputs share it.
+
+    >>> source_labels(["a/cpu-x", "b/cpu-x", "c/gpu"])
+    ['a/cpu-x', 'b/cpu-x', 'gpu']
+    """
+    def base(p, parent=False):
+        norm = os.path.normpath(p)
+        name = os.path.basename(norm) or p
+        name = name[:-5] if name.endswith(".json") and os.path.isfile(p) else name
+        up = os.path.basename(os.path.dirname(os.path.abspath(norm)))
+        return f"{up}/{name}" if parent and up else name
+
+    names = [base(p) for p in inputs]
+    out = [base(p, parent=True) if names.count(n) > 1 else n for p, n in zip(inputs, names)]
+    seen: dict = {}
+    for i, n in enumerate(out):
+        seen[n] = seen.get(n, 0) + 1
+        if seen[n] > 1:
+            out[i] = f"{n} ({seen[n]})"
+    return out
 
 
-def ref_variant(kind: str) -> str:
-    return "torch-eager" if kind == "model" else "torch"
+def _add_machines(df, envs: dict) -> None:
+    """``machine`` (identity: env.json's machine_id, else name + host + cores) and ``machine_label`` per row."""
+    keys, labels = [], []
+    cache: dict = {}
+    for src, dev, name in zip(df["env_source"], df["device"], df["device_name"]):
+        k = (src, dev, name)
+        if k not in cache:
+            env = envs.get(k[0])
+            cache[k] = (machine_key(env, dev, name if not env else ""), machine_label(env, dev, name if not env else ""))
+        keys.append(cache[k][0])
+        labels.append(cache[k][1])
+    df["machine"] = keys
+    df["machine_label"] = labels
 
 
-def paired(df):
-    """One row per (source, device, kind, workload, batch, phase) with ours/ref times and the speedup."""
-    import pandas as pd
 
-    ok = df[df["status"].isin(["ok", "parity_fail"])]
-    out = []
-    keys = ["source", "device", "kind", "workload", "batch", "phase"]
-    for key, g in ok.groupby(keys, sort=False):
-        d = dict(zip(keys, key))
-        ov = ours_variant(d["device"], d["phase"], d["kind"])
-        rv = ref_variant(d["kind"])
-        o = g[(g["impl"] == "custom") & (g["variant"] == ov)]
-        r = g[(g["impl"] == "reference") & (g["variant"] == rv)]
-        if o.empty or r.empty:
+
+# ============================================================================ targets.csv
+TARGET_COLUMNS = ("target", "measured", "goal", "met", "rows", "note")
+
+
+def read_targets(path: str) -> list[dict]:
+    """The lines of a targets.csv as dicts of strings (``ci_low``/``ci_high`` when it has them).
+
+    Raises ReportError naming the file and the fix when it is damaged or lacks a column.
+    """
+    try:
+        parsed = read_csv_records(path, read_bytes(path, "targets.csv"))
+    except DamagedFile as err:
+        raise ReportError(str(err)) from None
+    fix = "rerun `harness targets` with the same --out (the measured rows are kept), or move the file away"
+    if parsed.header is None:
+        raise ReportError(f"{path} is empty or holds only a torn line; {fix}")
+    _, header = parsed.header
+    missing = [c for c in TARGET_COLUMNS if c not in header]
+    if missing:
+        raise ReportError(f"{path}: the header lacks {', '.join(missing)}; {fix}")
+    if parsed.torn_line is not None:
+        raise ReportError(f"{path}, line {parsed.torn_line}: an incomplete last line; {fix}")
+    lines = []
+    for n, fields in parsed.records:
+        if len(fields) != len(header):
+            raise ReportError(f"{path}, line {n}: {len(fields)} fields, the header has {len(header)}; {fix}")
+        d = dict(zip(header, fields))
+        for c in ("measured", "goal", "ci_low", "ci_high"):
+            if d.get(c, ""):
+                try:
+                    float(d[c])
+                except ValueError:
+                    raise ReportError(f"{path}, line {n}: column {c!r} must be a number or empty, got {d[c]!r}; "
+                                      f"{fix}") from None
+        lines.append(d)
+    return lines
+
+
+def _same_machine(a: dict, b: dict) -> bool:
+    """Whether two env records describe one machine, judged on what both of them record."""
+    if a.get("machine_id") and b.get("machine_id"):
+        return a["machine_id"] == b["machine_id"]
+    dev = a.get("run_device", "cpu")
+    if dev != b.get("run_device", "cpu"):
+        return False
+    fields = ["cpu_cores", "hostname"] + (["device_name"] if dev == "gpu" else ["cpu_model"])
+    compared = [f for f in fields if a.get(f) and b.get(f)]
+    return bool(compared) and all(a[f] == b[f] for f in compared) and bool(
+        {"device_name", "cpu_model"} & set(compared))
+
+
+def find_targets(inputs: list[str], labels: list[str], envs: dict) -> tuple[dict, list[str]]:
+    """{source: targets lines} from each input folder's targets.csv, or else from a sibling
+    ``targets-*`` folder measured on the same machine (judged from both env.json files); and notes saying
+    where sibling tables came from."""
+    found, notes = {}, []
+    for path, label in zip(inputs, labels):
+        if not os.path.isdir(path):
             continue
-        refs = g[(g["impl"] == "reference") & g["median_ms"].notna()]
-        best = refs.loc[refs["median_ms"].idxmin()]
-        d.update(best_ref_ms=best["median_ms"], best_ref_variant=best["variant"])
-        o, r = o.iloc[0], r.iloc[0]
-        d.update(ours_variant=ov, ref_variant=rv, ours_ms=o["median_ms"], ref_ms=r["median_ms"],
-                 speedup=r["median_ms"] / o["median_ms"] if o["median_ms"] > 0 else np.nan,
-                 ours_tflops=o["tflops"], ref_tflops=r["tflops"], ours_rel_err=o["parity_rel_err"],
-                 failed=bool(o["failed"] or r["failed"]), noisy=bool(o["noisy"] or r["noisy"]),
-                 shape=o.get("shape", ""))
-        out.append(d)
-    return pd.DataFrame(out)
+        own = os.path.join(path, "targets.csv")
+        if os.path.lexists(own):
+            found[label] = read_targets(own)
+            continue
+        parent = os.path.dirname(os.path.abspath(path))
+        try:
+            siblings = sorted(d for d in os.listdir(parent) if d.startswith("targets-"))
+        except OSError:
+            continue
+        for sib in siblings:
+            folder = os.path.join(parent, sib)
+            csv_path, env_path = os.path.join(folder, "targets.csv"), os.path.join(folder, "env.json")
+            if os.path.samefile(folder, path) or not os.path.isfile(csv_path) or not os.path.isfile(env_path):
+                continue
+            try:
+                other = envmod.read(env_path)
+            except DamagedFile:
+                continue
+            if label in envs and _same_machine(envs[label], other):
+                try:
+                    found[f"{sib}"] = read_targets(csv_path)
+                except ReportError as err:
+                    print(f"harness: {err} (left out of the summary)", file=sys.stderr)
+                    continue
+                notes.append(f"The targets come from the sibling folder {sib}, measured on the same machine "
+                             f"({other.get('timestamp_utc', 'date unknown')}).")
+                break
+    return found, notes
 
 
-# ============================================================================ tables
-def _fmt(v, spec=".3g") -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return format(v, spec)
-
-
-def _latex_escape(s: str) -> str:
-    for a, b in (("\\", "\0"), ("{", r"\{"), ("}", r"\}"), ("\0", r"\textbackslash{}"), ("_", r"\_"),
-                 ("%", r"\%"), ("&", r"\&"), ("#", r"\#"), ("$", r"\$"), ("^", r"\^{}"),
-                 ("~", r"$^{\sim}$"), (FAIL_MARK, r"$^\dagger$")):
-        s = s.replace(a, b)
-    return s
-
-
-def _write_tables(name: str, header: list[str], rows: list[list[str]], out_dir: str, caption: str) -> dict:
-    md = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    md += ["| " + " | ".join(r) + " |" for r in rows]
-    md_text = f"{caption}\n\n" + "\n".join(md) + "\n"
-    align = "l" * 3 + "r" * (len(header) - 3)
-    tex = ["% generated by `python -m harness report`; needs \\usepackage{booktabs}",
-           f"% {caption}", f"\\begin{{tabular}}{{{align}}}", "\\toprule",
-           " & ".join(_latex_escape(h) for h in header) + " \\\\", "\\midrule"]
-    tex += [" & ".join(_latex_escape(c) for c in r) + " \\\\" for r in rows]
-    tex += ["\\bottomrule", "\\end{tabular}", ""]
-    paths = {"md": os.path.join(out_dir, f"{name}.md"), "tex": os.path.join(out_dir, f"{name}.tex")}
-    write_text(paths["md"], md_text)
-    write_text(paths["tex"], "\n".join(tex))
-    return {"text": md_text, **paths}
-
-
-def _mark(v: str, failed: bool, noisy: bool = False) -> str:
-    return v + (FAIL_MARK if failed else "") + ("~" if noisy else "")
-
-
-def tables(df, pairs, out_dir: str) -> dict:
-    caption_note = (f"Times are medians in ms; speedup = reference / ours (> 1: ours faster); "
-                    f"{FAIL_MARK} parity failed; ~ noisy (IQR/median above threshold).")
-    res = {}
-    multi = df["source"].nunique() > 1
-    if not pairs.empty and (pairs["kind"] == "model").any():
-        m = pairs[pairs["kind"] == "model"].sort_values(["source", "device", "workload", "phase", "batch"])
-        header = ["device (source)" if multi else "device", "model", "phase", "batch", "ours", "ours ms",
-                  "PyTorch eager ms", "speedup", "best PyTorch", "vs best"]
-        rows = []
-        for _, r in m.iterrows():
-            rows.append([f"{r['device']} ({r['source']})" if multi else r["device"], r["workload"], r["phase"],
-                         str(int(r["batch"])), r["ours_variant"], _mark(_fmt(r["ours_ms"]), r["failed"], r["noisy"]),
-                         _fmt(r["ref_ms"]), _fmt(r["speedup"], ".2f"),
-                         f"{_fmt(r['best_ref_ms'])} ({r['best_ref_variant']})",
-                         _fmt(r["best_ref_ms"] / r["ours_ms"] if r["ours_ms"] > 0 else float("nan"), ".2f")])
-        res["models"] = _write_tables("models", header, rows, out_dir, "Models: " + caption_note)
-    lay = pairs[pairs["kind"] != "model"] if not pairs.empty else pairs
-    if not lay.empty:
-        lay = lay.sort_values(["source", "device", "kind", "workload", "phase"])
-        header = ["device (source)" if multi else "device", "layer shape", "phase", "ours ms", "ref ms", "speedup",
-                  "ours TFLOP/s", "ref TFLOP/s"]
-        rows = []
-        for _, r in lay.iterrows():
-            rows.append([f"{r['device']} ({r['source']})" if multi else r["device"], r["shape"] or r["workload"], r["phase"],
-                         _mark(_fmt(r["ours_ms"]), r["failed"], r["noisy"]), _fmt(r["ref_ms"]),
-                         _fmt(r["speedup"], ".2f"), _fmt(r["ours_tflops"]), _fmt(r["ref_tflops"])])
-        res["layers"] = _write_tables("layers", header, rows, out_dir, "Layer shapes: " + caption_note)
-    bad = df[~df["status"].isin(["ok"])]
-    if not bad.empty:
-        header = ["impl/variant", "workload", "phase", "batch", "status", "reason"]
-        rows = [[f"{r['impl']}/{r['variant']}", r["workload"], r["phase"], _fmt(r["batch"], ".0f"), r["status"],
-                 r["reason"][:90]] for _, r in bad.iterrows()]
-        res["not_ok"] = _write_tables("not_ok", header, rows, out_dir, "Rows that are not ok")
-    return res
-
-
-# ============================================================================ plots
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str) -> None:
-    with atomic_write(path, binary=True) as fh:
-        fig.savefig(fh, format="png", dpi=110, metadata={"Software": None}, bbox_inches="tight")
-
-
-def _line_colours(plt, d, columns: list[str]) -> dict:
-    """One colour per line key across every panel of a figure, so a colour means the same everywhere."""
-    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    return {k: palette[i % len(palette)] for i, k in enumerate(sorted(d.groupby(columns).groups))}
-
-
-def plot_time_vs_batch(df, device: str, phase: str):
-    plt = _plt()
-    d = df[(df["kind"] == "model") & (df["device"] == device) & (df["phase"] == phase) & df["median_ms"].notna()]
-    models = sorted(d["workload"].unique())
-    if not models:
-        return None
-    n = len(models)
-    cols = min(4, n)
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.7 * rows), squeeze=False)
-    multi = df["source"].nunique() > 1
-    colour = _line_colours(plt, d, ["source", "impl", "variant"])
-    for ax, model in zip(axes.flat, models):
-        g = d[d["workload"] == model]
-        for (src, impl, var), s in g.groupby(["source", "impl", "variant"]):
-            s = s.sort_values("batch")
-            label = f"{impl}/{var}" + (f" [{src}]" if multi else "")
-            ls = "-" if impl == "custom" else "--"
-            ax.plot(s["batch"], s["median_ms"], ls, marker="o", ms=3, label=label, color=colour[(src, impl, var)])
-            f = s[s["failed"]]
-            if not f.empty:
-                ax.plot(f["batch"], f["median_ms"], "x", color="red", ms=8, mew=2)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_title(model, fontsize=9)
-        ax.set_xlabel("batch", fontsize=8)
-        ax.set_ylabel("ms", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=6)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    fig.suptitle(f"{phase} time vs batch on {device} (log-log; red x: parity failed)", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def _heatmap(ax, mat, row_labels, col_labels, failed, title):
-    plt = _plt()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        logm = np.log2(mat)
-    lim = max(1.0, float(np.nanmax(np.abs(logm))) if np.isfinite(logm).any() else 1.0)
-    im = ax.imshow(logm, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
-    ax.set_xticks(range(len(col_labels)))
-    ax.set_xticklabels(col_labels, fontsize=6, rotation=45, ha="right")
-    ax.set_yticks(range(len(row_labels)))
-    ax.set_yticklabels(row_labels, fontsize=6)
-    for i in range(mat.shape[0]):
-        for j in range(mat.shape[1]):
-            if np.isfinite(mat[i, j]):
-                ax.text(j, i, f"{mat[i, j]:.2g}" + (FAIL_MARK if failed[i, j] else ""), ha="center", va="center",
-                        fontsize=5)
-            if failed[i, j]:
-                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="xx", edgecolor="red"))
-    ax.set_title(title, fontsize=8)
-    return im
+# ============================================================================ rendering
+def _pdf_date():
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch is not None:
+        return datetime.datetime.fromtimestamp(int(epoch), tz=datetime.timezone.utc)
+    return datetime.datetime.now(datetime.timezone.utc)
 
 
 def _slug(text: str) -> str:
@@ -377,194 +336,155 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:40] or "x"
 
 
-def plot_speedup_models(pairs, device: str, source: str = ""):
-    plt = _plt()
-    p = pairs[(pairs["kind"] == "model") & (pairs["device"] == device)] if not pairs.empty else pairs
-    if p.empty:
-        return None
-    phases = [ph for ph in ("inference", "forward_backward", "train_step") if ph in set(p["phase"])]
-    fig, axes = plt.subplots(1, len(phases), figsize=(4.2 * len(phases), 3.6), squeeze=False)
-    fig.subplots_adjust(wspace=0.45)   # room for the model names of each panel
-    im = None
-    for ax, ph in zip(axes.flat, phases):
-        g = p[p["phase"] == ph]
-        models = sorted(g["workload"].unique())
-        batches = sorted(g["batch"].unique())
-        mat = np.full((len(models), len(batches)), np.nan)
-        fail = np.zeros_like(mat, dtype=bool)
-        for _, r in g.iterrows():
-            i, j = models.index(r["workload"]), batches.index(r["batch"])
-            mat[i, j], fail[i, j] = r["speedup"], r["failed"]
-        im = _heatmap(ax, mat, models, [str(int(b)) for b in batches], fail, ph)
-        ax.set_xlabel("batch", fontsize=7)
-    fig.colorbar(im, ax=list(axes.flat), label="log2(reference / ours)", shrink=0.8)
-    fig.suptitle(f"speedup ours vs PyTorch on {device}{' [' + source + ']' if source else ''} "
-                 "(>0 blue: ours faster)", fontsize=10)
-    return fig
+def _save_plot(plot, out_dir: str) -> dict:
+    from matplotlib.figure import Figure
+
+    paths = {}
+    with plots.rc():
+        fig = Figure(figsize=plot.size, layout="constrained")
+        plot.draw(fig)
+        for ext, kw in (("png", {"dpi": 200, "metadata": {"Software": None}}),
+                        ("pdf", {"metadata": {"CreationDate": None, "Creator": "harness report"}})):
+            path = os.path.join(out_dir, f"{plot.name}.{ext}")
+            with atomic_write(path, binary=True) as fh:
+                fig.savefig(fh, format=ext, **kw)
+            paths[f"{plot.name}.{ext}"] = path
+    return paths
 
 
-def plot_speedup_layers(pairs, device: str, source: str = ""):
-    plt = _plt()
-    p = pairs[(pairs["kind"] != "model") & (pairs["device"] == device)] if not pairs.empty else pairs
-    if p.empty:
-        return None
-    shapes = list(dict.fromkeys(p.sort_values(["kind", "workload"])["workload"]))
-    phases = [ph for ph in ("forward", "backward_data", "backward_weights") if ph in set(p["phase"])]
-    mat = np.full((len(shapes), len(phases)), np.nan)
-    fail = np.zeros_like(mat, dtype=bool)
-    for _, r in p.iterrows():
-        i, j = shapes.index(r["workload"]), phases.index(r["phase"])
-        mat[i, j], fail[i, j] = r["speedup"], r["failed"]
-    fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.22 * len(shapes)))
-    im = _heatmap(ax, mat, shapes, phases, fail,
-                  f"layer speedup ours vs PyTorch on {device}{' [' + source + ']' if source else ''}")
-    fig.colorbar(im, ax=ax, label="log2(reference / ours)")
-    fig.tight_layout()
-    return fig
-
-
-def plot_tflops(df, device: str, peak: float | None):
-    plt = _plt()
-    d = df[(df["device"] == device) & df["tflops"].notna() & (df["flops"] > 0)]
-    if d.empty:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for (impl, kind), g in d.groupby(["impl", "kind"]):
-        ax.scatter(g["flops"], g["tflops"], s=12, marker="o" if impl == "custom" else "^", label=f"{impl} {kind}",
-                   alpha=0.75)
-    f = d[d["failed"]]
-    if not f.empty:
-        ax.scatter(f["flops"], f["tflops"], s=40, marker="x", color="red", label="parity failed")
-    if peak:
-        ax.axhline(peak, color="k", ls=":", lw=1)
-        ax.text(d["flops"].min(), peak, f" FP32 peak {peak:g} TFLOP/s", va="bottom", fontsize=7)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("FLOPs per call")
-    ax.set_ylabel("achieved TFLOP/s")
-    ax.set_title(f"achieved TFLOP/s on {device}" + ("" if peak else " (no FP32 peak known for this device)"),
-                 fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def plot_cpu_vs_gpu(df):
-    plt = _plt()
-    d = df[(df["kind"] == "model") & (df["phase"] == "train_step") & df["median_ms"].notna()]
-    if set(d["device"]) < {"cpu", "gpu"}:
-        return None
-    models = sorted(set(d[d["device"] == "cpu"]["workload"]) & set(d[d["device"] == "gpu"]["workload"]))
-    if not models:
-        return None
-    cols = min(4, len(models))
-    rows = -(-len(models) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.7 * rows), squeeze=False)
-    colour = _line_colours(plt, d, ["device", "impl", "variant"])
-    for ax, model in zip(axes.flat, models):
-        g = d[d["workload"] == model]
-        for (dev, impl, var), s in g.groupby(["device", "impl", "variant"]):
-            s = s.sort_values("batch")
-            ax.plot(s["batch"], s["median_ms"], "-" if dev == "gpu" else ":", marker="o", ms=3,
-                    label=f"{dev} {impl}/{var}", color=colour[(dev, impl, var)])
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_title(model, fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=5)
-    for ax in list(axes.flat)[len(models):]:
-        ax.axis("off")
-    fig.suptitle("train step: CPU vs GPU (ms, log-log)", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def _text_pages(title: str, text: str, lines_per_page: int = 70):
-    plt = _plt()
-    lines = text.splitlines() or [""]
+def _figures(df, pairs, envs, peak_tflops) -> list:
     figs = []
-    for start in range(0, len(lines), lines_per_page):
-        fig = plt.figure(figsize=(8.27, 11.69))
-        fig.text(0.04, 0.97, title + (" (cont.)" if start else ""), fontsize=11, weight="bold", va="top")
-        fig.text(0.04, 0.94, "\n".join(lines[start:start + lines_per_page]), family="monospace", fontsize=5.5,
-                 va="top")
-        figs.append(fig)
-    return figs
-
-
-def _pdf_date():
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    if epoch is not None:
-        return datetime.datetime.fromtimestamp(int(epoch), tz=datetime.timezone.utc)
-    return datetime.datetime.now(datetime.timezone.utc)
+    devices = [d for d in ("gpu", "cpu") if d in set(df["device"])]
+    for dev in devices:
+        for ph in ("train_step", "forward_backward", "inference"):
+            figs.append(plots.time_vs_batch(df, dev, ph))
+        sources = sorted(set(df[df["device"] == dev]["source"]))
+        for src in sources:
+            tag = dev if len(sources) == 1 else f"{dev}_{_slug(src)}"
+            shown = src if len(sources) > 1 else ""
+            sp = pairs[pairs["source"] == src] if not pairs.empty else pairs
+            figs.append(plots.speedup_models(sp, dev, shown, tag, view="best"))
+            figs.append(plots.speedup_models(sp, dev, shown, tag, view="eager"))
+            figs.append(plots.speedup_layers(sp, dev, shown, tag))
+            env_src = df[df["source"] == src]["env_source"].iloc[0]
+            env = envs.get(env_src, {})
+            run_dev = env.get("run_device", dev)
+            roof = roofline.roofs(env, dev, peak_tflops if run_dev == dev else None)
+            figs.append(plots.roofline(sp, dev, roof, shown, tag))
+        figs.append(plots.parity_error(df, dev))
+    figs.append(plots.cpu_vs_gpu(df))
+    return [f for f in figs if f is not None]
 
 
 def render(inputs: list[str], out_dir: str | None = None, peak_tflops: float | None = None) -> dict:
-    """Write every table, plot and report.pdf for ``inputs``; returns {name: path}."""
-    df, envs = load(inputs)    # first: a refused input costs no matplotlib import
-    from matplotlib.backends.backend_pdf import PdfPages
+    """Write every table, plot, report_latex.tex and report.pdf for ``inputs``; returns {name: path}."""
+    from . import train_report                      # training curves (train.csv): harness/train_report.py
 
-    plt = _plt()
+    if train_report.train_only(inputs):
+        try:
+            return train_report.render(inputs, out_dir)
+        except train_report.TrainReportError as err:
+            raise ReportError(str(err)) from None
+    df, envs = load(inputs)    # first: a refused input costs no matplotlib import
+    labels = source_labels(inputs)
+    targets, target_notes = find_targets(inputs, labels, envs)
     if out_dir is None:
         out_dir = inputs[0] if len(inputs) == 1 and os.path.isdir(inputs[0]) else os.path.join(
-            "reports", "compare-" + "-vs-".join(os.path.basename(os.path.normpath(i)) for i in inputs))[:200]
+            "reports", "compare-" + "-vs-".join(_slug(lb) for lb in labels))[:200]
     if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
         raise ReportError(f"--out {out_dir}: is a file, not a folder; choose another --out")
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as err:
         raise ReportError(f"--out {out_dir}: cannot create the folder ({err.strerror}); choose another --out") from None
-    pairs = paired(df)
+    return render_frame(df, envs, out_dir, peak_tflops=peak_tflops, targets=targets, notes=target_notes,
+                        inputs=inputs)
+
+
+def render_frame(df, envs: dict, out_dir: str, peak_tflops: float | None = None, targets: dict | None = None,
+                 notes: list[str] | None = None, inputs: list[str] | None = None) -> dict:
+    """Render from a loaded frame (``load``'s columns): tables, plots, report_latex.tex, report.pdf."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    try:
+        import jinja2  # noqa: F401  (pandas' Styler.to_latex needs it; torch installs it too)
+    except ImportError:
+        raise ReportError("the LaTeX tables need jinja2 (pandas' Styler): pip install jinja2") from None
+    os.makedirs(out_dir, exist_ok=True)
+    df = roofline.add_intensity(df)
+    pairs = speedups.pair(df)
+    head = speedups.headline(pairs)
+    multi = df["source"].nunique() > 1
+    has_ci = bool(df["ci_low_ms"].notna().any())
+    devices_of = {src: [d for d in ("gpu", "cpu") if d in set(g["device"])]
+                  for src, g in df.groupby("env_source") if src}
+
+    groups = [("targets", "Performance targets", tables.targets_table(targets or {})),
+              ("headline", "Headline speedups", tables.headline_table(head, multi)),
+              ("environment", "Environment", tables.env_table(envs, devices_of)),
+              ("models", "Models", tables.model_tables(pairs, multi, has_ci)),
+              ("layers", "Layers", tables.layer_tables(pairs, multi, has_ci)),
+              ("not_ok", "Rows that are not ok", tables.not_ok_table(df, multi))]
+    groups = [(f, title, ts) for f, title, ts in groups if ts]
     files: dict = {}
-    tabs = tables(df, pairs, out_dir)
-    for k, v in tabs.items():
-        files[f"{k}.md"], files[f"{k}.tex"] = v["md"], v["tex"]
+    for stem, title, ts in groups:
+        md_path, tex_path = os.path.join(out_dir, f"{stem}.md"), os.path.join(out_dir, f"{stem}.tex")
+        write_text(md_path, f"# {title}\n\n" + "\n".join(tables.markdown(t) for t in ts))
+        write_text(tex_path, latex.file_text(ts))
+        files[f"{stem}.md"], files[f"{stem}.tex"] = md_path, tex_path
 
-    peaks, peaks_by_device = {}, {}
-    for src, e in envs.items():
-        if e.get("peak_fp32_tflops"):
-            peaks[src] = e["peak_fp32_tflops"]
-            peaks_by_device[e.get("run_device", "gpu")] = e["peak_fp32_tflops"]
-    figs = []
-    devices = [d for d in ("gpu", "cpu") if d in set(df["device"])]
-    for dev in devices:
-        # time vs batch: every source of this device in one plot (two GPUs side by side)
-        for ph in ("train_step", "forward_backward", "inference"):
-            figs.append((f"time_vs_batch_{dev}_{ph}", plot_time_vs_batch(df, dev, ph)))
-        # heatmaps and TFLOP/s: one per source (a heatmap cell holds one run)
-        sources = sorted(set(df[df["device"] == dev]["source"]))
-        for src in sources:
-            tag = dev if len(sources) == 1 else f"{dev}_{_slug(src)}"
-            sp = pairs[pairs["source"] == src] if not pairs.empty else pairs
-            figs.append((f"speedup_models_{tag}", plot_speedup_models(sp, dev, src if len(sources) > 1 else "")))
-            figs.append((f"speedup_layers_{tag}", plot_speedup_layers(sp, dev, src if len(sources) > 1 else "")))
-            peak = peak_tflops or peaks.get(src) or (peaks_by_device.get(dev) if len(sources) == 1 else None)
-            figs.append((f"tflops_{tag}", plot_tflops(df[df["source"] == src], dev, peak)))
-    figs.append(("cpu_vs_gpu", plot_cpu_vs_gpu(df)))
-    figs = [(n, f) for n, f in figs if f is not None]
-    for name, fig in figs:
-        path = os.path.join(out_dir, f"{name}.png")
-        _save(fig, path)
-        files[f"{name}.png"] = path
+    figs = _figures(df, pairs, envs, peak_tflops)
+    for plot in figs:
+        files.update(_save_plot(plot, out_dir))
 
-    env_text = "\n\n".join(f"[{src}]\n" + json.dumps(e, indent=1, sort_keys=True, default=str) for src, e in envs.items())
-    summary = [f"inputs: {', '.join(inputs)}", f"rows: {len(df)}",
-               "status: " + ", ".join(f"{k}={v}" for k, v in df["status"].value_counts().sort_index().items()),
-               f"parity failures: {int(df['failed'].sum())}", ""]
+    title = "cudnn-parity benchmark report"
+    machines = "; ".join(m for m in dict.fromkeys(df["machine_label"]) if m) or "not recorded"
+    # NOTE: not report.tex: compiled in place, it would overwrite report.pdf
+    tex_path = os.path.join(out_dir, "report_latex.tex")
+    write_text(tex_path, latex.report_tex(title, machines, [(t, s) for s, t, _ in groups],
+                                          [(p.name, p.caption) for p in figs]))
+    files["report_latex.tex"] = tex_path
+
+    from . import train_report                      # training curves (train.csv): harness/train_report.py
+
+    try:
+        train_files, train_pages = train_report.section(inputs or [], out_dir) if inputs else ({}, [])
+    except train_report.TrainReportError as err:
+        raise ReportError(str(err)) from None
+    files.update(train_files)
     pdf_path = os.path.join(out_dir, "report.pdf")
-    meta = {"Title": "cudnn-parity benchmark report", "Author": "harness", "Creator": "harness report",
-            "CreationDate": _pdf_date()}
-    with atomic_write(pdf_path, binary=True) as fh, PdfPages(fh, metadata=meta) as pdf:
-        pages = _text_pages("Benchmark report", "\n".join(summary) + "\n" + (env_text or "(no env.json)"))
-        for key in ("models", "layers", "not_ok"):
-            if key in tabs:
-                pages += _text_pages(f"Table: {key}", tabs[key]["text"])
-        for fig in pages:
+    meta = {"Title": title, "Author": "harness", "Creator": "harness report", "CreationDate": _pdf_date()}
+    counts = df["status"].value_counts().sort_index()
+    summary = (f"Results: {', '.join(inputs or sorted(set(df['source'])))}. Machines: {machines}. "
+               f"{len(df)} rows ({', '.join(f'{v} {k}' for k, v in counts.items())}); "
+               f"{int(df['failed'].sum())} parity failure(s). Speedup = reference time / our time (> 1: ours "
+               "faster); the headline baseline is, for each row, the fastest reference variant measured for it.")
+    with plots.rc(), atomic_write(pdf_path, binary=True) as fh, PdfPages(fh, metadata=meta) as pdf:
+        doc = pdfdoc.Doc(pdf, title)
+        doc.new_page()
+        doc.heading(title, 15)
+        doc.paragraph(summary)
+        for note in notes or []:
+            doc.paragraph(note)
+        number = 0
+        for stem, section, ts in groups:
+            if stem in ("models", "layers"):
+                doc.new_page()
+            if stem not in ("targets", "headline"):
+                doc.heading(section, 12)
+            for t in ts:
+                number += 1
+                doc.table(t, number)
+        for i, plot in enumerate(figs, 1):
+            doc.plot_page(plot, i)
+        doc.close_page()
+        for fig in train_pages:   # training tables and curves, on pages of the document's size
+            fig.set_size_inches(*pdfdoc.PAGE)
             pdf.savefig(fig)
-            plt.close(fig)
-        for _, fig in figs:
-            pdf.savefig(fig, bbox_inches="tight")
-            plt.close(fig)
+            matplotlib.pyplot.close(fig)
     files["pdf"] = pdf_path
     return files

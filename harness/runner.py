@@ -8,6 +8,8 @@ import traceback
 from . import env as envmod
 from .parity import judge
 from .results import ResultsWriter, Row
+from .stats import available as stats_available
+from .stats import median_ci
 from .suites import Job, Suite
 from .timer import measure
 from .workloads import (LayerCase, ModelCase, Unsupported, free_device_memory, is_oom, layer_tolerance,
@@ -43,23 +45,35 @@ def base_row(job: Job, device_name: str, settings: dict) -> Row:
                device_name=device_name, spec_hash=job.spec_hash)
 
 
-def run_job(job: Job, cases: _Cases, settings: dict, device_name: str, peak_tflops: float | None) -> Row:
-    """Measure one job; never raises except KeyboardInterrupt (failures become the row's status)."""
+def run_job(job: Job, cases: _Cases, settings: dict, device_name: str, peak_tflops: float | None,
+            monitor=None, with_ci: bool = True) -> tuple[Row, list[float]]:
+    """Measure one job: (its row, its timed samples in seconds per call).
+
+    Never raises except KeyboardInterrupt (failures become the row's status, with no samples).
+    ``monitor``: an ``nvml.GpuMonitor`` read around the timed samples of GPU rows (None: not read).
+    ``with_ci``: compute the bootstrap interval of the median (needs SciPy).
+    """
     row = base_row(job, device_name, settings)
+    samples_s: list[float] = []
+    monitor = monitor if job.device == "gpu" and monitor is not None and monitor.available else None
     try:
         with precision_context(job):
-            _measure_row(job, row, cases, settings, peak_tflops)
+            samples_s = _measure_row(job, row, cases, settings, peak_tflops, monitor, with_ci)
     except KeyboardInterrupt:
         raise
     except Unsupported as err:
         row.status, row.reason = "unsupported", str(err)
     except Exception as err:  # noqa: BLE001 - a failing row must not stop the sweep
         _failed(job, row, cases, err)
-    return row
+    if row.status not in ("ok", "parity_fail"):
+        samples_s = []
+    return row, samples_s
 
 
-def _measure_row(job: Job, row: Row, cases: _Cases, settings: dict, peak_tflops: float | None) -> None:
-    """Parity, then timing, into ``row`` (raises what run_job turns into the row's status)."""
+def _measure_row(job: Job, row: Row, cases: _Cases, settings: dict, peak_tflops: float | None,
+                 monitor, with_ci: bool) -> list[float]:
+    """Parity, then timing, into ``row``; returns the timed samples in seconds per call (raises what
+    run_job turns into the row's status)."""
     case = cases.get(job)
     if job.kind == "model":
         row.flops = case.flops(job.phase)
@@ -76,10 +90,19 @@ def _measure_row(job: Job, row: Row, cases: _Cases, settings: dict, peak_tflops:
     row.parity_rel_err = err
     row.parity_ok = ok
     row.parity_tol = bar
+    if monitor is not None:
+        monitor.start_row()
     m = measure(prep.fn, prep.clock, warmup=int(settings["warmup"]), budget_s=float(settings["budget_s"]),
                 min_repeats=int(settings["min_repeats"]), max_repeats=int(settings["max_repeats"]),
                 min_sample_ms=float(settings["min_sample_ms"]),
-                cold_l2=bool(settings["cold_l2"]) and job.device == "gpu")
+                cold_l2=bool(settings["cold_l2"]) and job.device == "gpu",
+                on_sample=monitor.sample if monitor is not None else None)
+    if monitor is not None:
+        for column, value in monitor.finish_row().items():
+            setattr(row, column, value)
+    samples_s = [v / 1e3 for v in m.samples_ms]
+    if with_ci and min(samples_s) > 0:     # a clock tick coarser than the call can read 0
+        row.ci_low_s, row.ci_high_s = median_ci(samples_s, seed=0)
     row.median_ms, row.iqr_ms, row.min_ms = m.median_ms, m.iqr_ms, m.min_ms
     row.repeats, row.inner_loops = m.repeats, m.inner_loops
     row.noisy = m.noisy(float(settings["noise_threshold"]))
@@ -92,6 +115,15 @@ def _measure_row(job: Job, row: Row, cases: _Cases, settings: dict, peak_tflops:
     row.status = "ok" if row.parity_ok is not False else "parity_fail"
     if row.parity_ok is False:
         row.reason = f"parity: {why} against {against}"
+    if prep.finite() is False:
+        # NOTE: checked once, after timing (the timed steps kept training the model): a copy of the
+        # parameters per row, nothing inside the timed loop.
+        row.status = "diverged"
+        row.reason = (f"the parameters became NaN/inf during the timed steps at "
+                      f"lr={settings.get('lr', 0.01):g}, momentum={settings.get('momentum', 0.9):g}; "
+                      "lower the suite's lr (the timings of a diverged step are not comparable)")
+    row.reason = "; ".join(part for part in (row.reason, prep.note()) if part)
+    return samples_s
 
 
 def _failed(job: Job, row: Row, cases: _Cases, err: Exception) -> None:
@@ -124,6 +156,18 @@ def run_suite(suite: Suite, device: str, results_path: str, *, peak_tflops: floa
         peak_tflops = envmod.peak_fp32_tflops(dname)
     counts: dict[str, int] = {"skipped": 0}
     cases = _Cases(settings)
+    with_ci = stats_available()
+    if not with_ci:
+        print("harness: SciPy is not installed, so the rows get no confidence interval (their samples are kept "
+              "in samples.csv); install it: python3 -m pip install 'scipy>=1.10'", file=sys.stderr)
+    monitor = None
+    if device == "gpu":
+        from .nvml import GpuMonitor
+
+        monitor = GpuMonitor()
+        if not monitor.available:
+            print(f"harness: GPU clocks, power and throttling are not recorded per row: {monitor.reason}",
+                  file=sys.stderr)
     with ResultsWriter(results_path) as writer:
         todo = [j for j in jobs if not writer.done(base_row(j, dname, settings))]
         counts["skipped"] = len(jobs) - len(todo)
@@ -141,12 +185,14 @@ def run_suite(suite: Suite, device: str, results_path: str, *, peak_tflops: floa
                       "Rerun the same command to measure them (finished rows are kept).", file=sys.stderr)
                 break
             bar.set_postfix_str(f"{job.workload} b={job.batch} {job.phase} {job.impl}/{job.variant}"[:70], refresh=tty)
-            row = run_job(job, cases, settings, dname, peak_tflops)
-            writer.write(row)
+            row, samples_s = run_job(job, cases, settings, dname, peak_tflops, monitor, with_ci)
+            writer.write(row, samples_s)
             counts[row.status] = counts.get(row.status, 0) + 1
             bar.update(1)
             if i == 0:
                 bar.refresh()       # the first row shows at once, not after the bar's refresh interval
         bar.close()
+    if monitor is not None:
+        monitor.close()
     free_device_memory()
     return counts

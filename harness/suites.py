@@ -10,7 +10,7 @@ A suite file (``harness/suites/<name>.toml``, or any path) has::
     models = ["mlp-mnist"]
     batches = [1, 64]
     phases = ["inference", "forward_backward", "train_step"]
-    variants = ["numpy", "torch-eager"]   # optional; default: every variant of the device but torch-compile
+    variants = ["numpy", "torch-eager"]   # optional; default: every variant of the device but OPT_IN's
     devices = ["cpu"]                     # optional; the section is skipped on other devices
     precisions = ["fp32", "bf16"]         # optional, default ["fp32"]; tf32 / bf16 rows exist on the GPU only
     [[dense]]                       # DeepBench-style GEMM shapes [M, N, K]: x (M, K), W (N, K) -> y (M, N)
@@ -22,6 +22,10 @@ A suite file (``harness/suites/<name>.toml``, or any path) has::
     [[pool]]                        # [N, C, H, W, R, S, stride]
     mode = "max"                    # max | avg
     shapes = [[64, 32, 32, 32, 2, 2, 2]]
+    [[train]]                       # end-to-end training (``harness train``; ``harness run`` runs it last)
+    datasets = ["digits"]           # digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR, synthetic-mnist[:N], ...
+    models = ["digits-mlp"]         # optional: default, the dataset's models; the rest optional too:
+    batches = [32]                  # batches, variants, seeds, epochs, lr, momentum, target_acc, devices
 
 Anything unknown or malformed raises ``SuiteError`` naming the file, the section, the field and the fix:
 every setting is checked for type, finiteness and range (``check_setting``, also for command-line
@@ -52,16 +56,23 @@ POOL_PHASES = ("forward", "backward_data")
 SECTIONS = ("models", "dense", "conv2d", "pool")
 
 # (kind, device) -> {impl: variants}. Graph variants exist for some phases only (GRAPH_PHASES).
+# jax-jit: the reference in JAX (XLA), every phase one jitted function (reference_impl.build(framework="jax")).
 VARIANTS = {
-    ("model", "cpu"): {"custom": ("numpy",), "reference": ("torch-eager", "torch-compile")},
-    ("model", "gpu"): {"custom": ("cuda", "cuda-graph"), "reference": ("torch-eager", "torch-graph", "torch-compile")},
-    ("layer", "cpu"): {"custom": ("numpy",), "reference": ("torch",)},
-    ("layer", "gpu"): {"custom": ("cuda",), "reference": ("torch",)},
+    ("model", "cpu"): {"custom": ("numpy",), "reference": ("torch-eager", "torch-compile", "jax-jit")},
+    ("model", "gpu"): {"custom": ("cuda", "cuda-graph"),
+                       "reference": ("torch-eager", "torch-graph", "torch-compile", "jax-jit")},
+    ("layer", "cpu"): {"custom": ("numpy",), "reference": ("torch", "jax-jit")},
+    ("layer", "gpu"): {"custom": ("cuda",), "reference": ("torch", "jax-jit")},
 }
 # Graph variants: PyTorch's CUDA-graph helper covers the train step; ours graphs the train step and the
 # inference forward (forward_backward is timed through the eager hooks, so it has no graph variant).
 GRAPH_PHASES = {"cuda-graph": ("inference", "train_step"), "torch-graph": ("train_step",)}
-OPT_IN = ("torch-compile",)   # slow to compile: only when a suite names it
+# Only when a suite names them: torch.compile takes tens of seconds per row; jax-jit needs JAX installed
+# and compiles each row for a second or so (its rows are "unsupported", with the install command, without JAX).
+OPT_IN = ("torch-compile", "jax-jit")
+RUN_LAST = ("torch-compile",)   # see Suite.jobs
+# Variants that compute in strict FP32 only: at tf32 / bf16 they make no rows (JAX runs Precision.HIGHEST).
+FP32_ONLY = ("jax-jit",)
 ALL_VARIANTS = sorted({v for d in VARIANTS.values() for vs in d.values() for v in vs})
 
 DEFAULT_SETTINGS: dict[str, Any] = {
@@ -197,6 +208,7 @@ class Suite:
     path: str
     settings: dict
     sections: list[tuple[str, dict]]
+    train: list[dict] = dataclasses.field(default_factory=list)   # [[train]] sections (harness/train.py)
 
     def jobs(self, device: str) -> list[Job]:
         """Every row of the suite on ``device``, in file order (models first within a section)."""
@@ -210,9 +222,10 @@ class Suite:
                 if k not in seen:
                     seen.add(k)
                     out.append(job)
-        # NOTE: opt-in variants (torch.compile: tens of seconds of compilation per row) go last, so that a
-        # time limit cuts them rather than the rows the targets and the report rely on.
-        return sorted(out, key=lambda j: j.variant in OPT_IN)
+        # NOTE: torch.compile rows (tens of seconds of compilation each) go last, so that a time limit cuts
+        # them rather than the rows the targets and the report rely on. jax-jit rows stay beside the other
+        # rows of their model and batch, which share the data and the float64 parity baseline.
+        return sorted(out, key=lambda j: j.variant in RUN_LAST)
 
     def set_precisions(self, precisions: list[str], where: str = "--precision") -> None:
         """Run every section that takes precisions (models, dense, conv2d) at ``precisions`` instead of its
@@ -280,7 +293,7 @@ def load_suite(name_or_path: str) -> Suite:
 
 def parse_suite(data: dict, path: str = "<suite>") -> Suite:
     """Validate a suite dict (as read from TOML); raises SuiteError."""
-    allowed_top = {"name", "description", "settings", *SECTIONS}
+    allowed_top = {"name", "description", "settings", "train", *SECTIONS}
     for key in data:
         if key not in allowed_top:
             raise SuiteError(f"{path}: unknown top-level key {key!r}{_suggest(key, allowed_top)}; "
@@ -317,11 +330,17 @@ def parse_suite(data: dict, path: str = "<suite>") -> Suite:
             where = f"{path}: [[{kind}]] #{i + 1}"
             sections.append((kind, _check_section(kind, sec, where)))
             count += 1
-    if count == 0:
+    train = data.get("train", [])
+    if isinstance(train, dict):
+        train = [train]
+    if not isinstance(train, list):
+        raise SuiteError(f"{path}: 'train' must be a list of tables written [[train]], got {train!r}")
+    train = [_check_train_section(sec, f"{path}: [[train]] #{i + 1}") for i, sec in enumerate(train)]
+    if count == 0 and not train:
         raise SuiteError(f"{path}: the suite measures nothing; add at least one [[models]], [[dense]], "
-                         "[[conv2d]] or [[pool]] section")
+                         "[[conv2d]], [[pool]] or [[train]] section")
     _check_spec_names(path, sections)
-    return Suite(name=name, description=str(desc), path=path, settings=settings, sections=sections)
+    return Suite(name=name, description=str(desc), path=path, settings=settings, sections=sections, train=train)
 
 
 def _int_list(where: str, field: str, value, minimum: int = 1) -> list[int]:
@@ -436,6 +455,60 @@ def _check_section(kind: str, sec, where: str) -> dict:
     return out
 
 
+TRAIN_KEYS = ("datasets", "models", "batches", "variants", "seeds", "epochs", "lr", "momentum", "target_acc",
+              "devices")
+# number keys of a [[train]] section: (type, lowest, highest, lowest excluded, example)
+_TRAIN_NUMBERS = {"epochs": ("int", 1, 100_000, False, "10"), "lr": ("float", 0, 3.4e38, True, "0.01"),
+                  "momentum": ("float", 0, 1, False, "0.9"), "target_acc": ("float", 0, 1, True, "0.95")}
+
+
+def _check_train_section(sec, where: str) -> dict:
+    """A [[train]] section: datasets (required), models, batches, variants, seeds, devices, and the numbers
+    epochs, lr, momentum, target_acc; what is left out takes the dataset's defaults (harness/train.py)."""
+    from . import data as datamod
+
+    if not isinstance(sec, dict):
+        raise SuiteError(f"{where}: must be a table, got {sec!r}")
+    for key in sec:
+        if key not in TRAIN_KEYS:
+            raise SuiteError(f"{where}: unknown key {key!r}{_suggest(key, TRAIN_KEYS)}; allowed: {', '.join(TRAIN_KEYS)}")
+    if "datasets" not in sec:
+        raise SuiteError(f"{where}: missing 'datasets'; e.g. datasets = [\"digits\", \"synthetic-mnist:60000\"]")
+    names = sec["datasets"]
+    if isinstance(names, str):
+        names = [names]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise SuiteError(f"{where}: 'datasets' must be a non-empty list of dataset names, got {sec['datasets']!r}")
+    for n in names:
+        try:
+            datamod.parse_dataset(n)
+        except ValueError as err:
+            raise SuiteError(f"{where}: {err}") from None
+    out: dict[str, Any] = {"datasets": list(names)}
+    if "models" in sec:
+        out["models"] = _check_models(where, sec["models"])
+    if "batches" in sec:
+        out["batches"] = _int_list(where, "batches", sec["batches"])
+    if "seeds" in sec:
+        out["seeds"] = _int_list(where, "seeds", sec["seeds"], minimum=0)
+    if "variants" in sec:
+        out["variants"] = _str_list(where, "variants", sec["variants"], ALL_VARIANTS)
+    if "devices" in sec:
+        out["devices"] = _str_list(where, "devices", sec["devices"], DEVICES)
+    for key, (kind, lo, hi, lo_open, example) in _TRAIN_NUMBERS.items():
+        if key not in sec:
+            continue
+        v = sec[key]
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        ok = ok and (kind == "float" or float(v).is_integer()) and lo <= v <= hi and not (lo_open and v == lo)
+        if not ok:
+            bound = f"{'above' if lo_open else 'from'} {lo:g} {'up ' if lo_open else ''}to {hi:g}"
+            raise SuiteError(f"{where}: {key!r} must be {'a whole number' if kind == 'int' else 'a number'} {bound}, "
+                             f"got {v!r}; e.g. {key} = {example}")
+        out[key] = int(v) if kind == "int" else float(v)
+    return out
+
+
 def zoo_layer_shapes(kind: str, models: list[str], batches: list[int], mode: str | None = None) -> list[dict]:
     """The dense / conv2d / pool layer shapes of zoo models at the given batch sizes."""
     out = []
@@ -471,8 +544,9 @@ def shape_name(kind: str, d: dict, mode: str | None = None) -> str:
     return f"{mode}pool_N{d['N']}_C{d['C']}_H{d['H']}_W{d['W']}_R{d['R']}_S{d['S']}_st{d['stride']}"
 
 
-def variants_for(kind: str, device: str, phase: str, wanted: list[str] | None) -> list[tuple[str, str]]:
-    """(impl, variant) pairs measured for a row of this kind/device/phase."""
+def variants_for(kind: str, device: str, phase: str, wanted: list[str] | None,
+                 precision: str = "fp32") -> list[tuple[str, str]]:
+    """(impl, variant) pairs measured for a row of this kind/device/phase/precision."""
     table = VARIANTS[("model" if kind == "model" else "layer", device)]
     out = []
     for impl, vs in table.items():
@@ -482,6 +556,8 @@ def variants_for(kind: str, device: str, phase: str, wanted: list[str] | None) -
             if wanted is not None and v not in wanted:
                 continue
             if v in GRAPH_PHASES and phase not in GRAPH_PHASES[v]:
+                continue
+            if v in FP32_ONLY and precision != "fp32":
                 continue
             out.append((impl, v))
     return out
@@ -499,7 +575,7 @@ def _expand(kind: str, sec: dict, device: str):
             for prec in precisions:
                 for b in sec["batches"]:
                     for phase in sec["phases"]:
-                        for impl, v in variants_for("model", device, phase, wanted):
+                        for impl, v in variants_for("model", device, phase, wanted, prec):
                             yield Job("model", workload, b, phase, impl, v, device, params, prec)
         return
     for d in sec["shapes"]:
@@ -510,5 +586,5 @@ def _expand(kind: str, sec: dict, device: str):
         batch = d["M"] if kind == "dense" else d["N"]
         for prec in precisions:
             for phase in sec["phases"]:
-                for impl, v in variants_for(kind, device, phase, wanted):
+                for impl, v in variants_for(kind, device, phase, wanted, prec):
                     yield Job(kind, name, batch, phase, impl, v, device, tuple(sorted(params.items())), prec)

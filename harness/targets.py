@@ -6,14 +6,22 @@ against cuBLAS / cuDNN at the same precision), over rows that passed parity. The
 come from the ``targets`` suite (harness/suites/targets.toml) and are written to ``DIR/results.csv``
 (resumable like any run); ``DIR/targets.csv`` has one line per target:
 
-    target, measured, goal, met, rows, note
+    target, measured, goal, met, rows, note, ci_low, ci_high
 
+``ci_low``/``ci_high``: the bootstrap 95% confidence interval of ``measured`` from the timed samples of
+every row behind it (samples.csv; harness/stats.py), each row's samples resampled independently; empty
+when a row has fewer than two samples or the folder has no samples.csv.
 ``met`` is true only when the figure reaches the goal *and* every row of ours behind it was measured and
 passed parity (a row of ours with status parity_fail / error / oom / unsupported is left out of the
 figure and named in ``note``). A PyTorch row that was timed but failed parity against float64 (cuDNN's
 autotuned weight-gradient algorithms, see harness/workloads.py) still counts: the comparison is against
 what PyTorch delivers; ``note`` says how many such rows there were. On a machine without a GPU the GPU targets are written with an empty ``measured``, empty
 ``met`` and ``note = "not measured: no GPU (...)"``.
+
+``train_step_vs_best_framework`` compares ours with the fastest framework of each FP32 row (PyTorch eager,
+PyTorch CUDA graph, torch.compile where the suite measured it, JAX jit; a JAX row, like a PyTorch one,
+counts when timed); its ``note`` names the framework that was fastest where the ratio is worst, and
+``DIR/train_step_vs_best_framework.csv`` names it for every model and batch (column ``fastest``).
 """
 from __future__ import annotations
 
@@ -25,6 +33,7 @@ import time
 from typing import Callable
 
 from . import env as envmod
+from .results import row_id
 
 TRAIN_BEST_MAX_BATCH = 1024
 
@@ -48,6 +57,9 @@ TARGETS = (
     Target("conv_suite_min", "gpu", "conv2d", 0.50, "worst conv2d row of that suite"),
     Target("train_step_vs_best_torch", "gpu", "model", 1.0,
            "worst over zoo models x batch 1..1024 of min(PyTorch eager, PyTorch CUDA graph) / ours (CUDA graph)"),
+    Target("train_step_vs_best_framework", "gpu", "model", 1.0,
+           "worst over zoo models x batch 1..1024 of the best framework's step (min of PyTorch eager, PyTorch "
+           "CUDA graph, torch.compile where measured, JAX jit) / ours (CUDA graph)"),
     Target("train_step_vs_eager_geomean", "gpu", "model", 3.0,
            "geomean over zoo models x batch 1..8192 of PyTorch eager / ours (CUDA graph)"),
     Target("cpu_train_step_geomean", "cpu", "model", 0.8,
@@ -107,7 +119,8 @@ def _describe(r: dict | None, what: str) -> str:
     return f"{r['impl']}/{r['variant']} {r['workload']} b={r['batch']} {r['phase']}: {r['status']}"
 
 
-def _layer_ratios(rows: _Rows, kind: str, precision: str = "fp32") -> tuple[list[float], list[str], int]:
+def _layer_ratios(rows: _Rows, kind: str, precision: str = "fp32",
+                  terms: list | None = None) -> tuple[list[float], list[str], int]:
     ratios, bad, n = [], [], 0
     for ours in rows.pick(kind=kind, impl="custom", device="gpu", precision=precision):
         ref = rows.one(kind=kind, impl="reference", device="gpu", workload=ours["workload"], phase=ours["phase"],
@@ -115,38 +128,143 @@ def _layer_ratios(rows: _Rows, kind: str, precision: str = "fp32") -> tuple[list
         n += 1
         if _ok(ours) and _timed(ref):
             ratios.append(_f(ref, "median_ms") / _f(ours, "median_ms"))
+            if terms is not None:
+                terms.append(([ref], ours))
         else:
             bad.append(_describe(ours if not _ok(ours) else ref, "row"))
     return ratios, bad, n
 
 
-def evaluate(rows_list: list[dict], gpu_reason: str | None) -> list[dict]:
-    """targets.csv lines from the rows of a targets run."""
+# The frameworks of train_step_vs_best_framework: (variant, required). torch.compile counts where it was
+# measured (timed); the others must be timed in every row.
+BEST_FRAMEWORK_VARIANTS = (("torch-eager", True), ("torch-graph", True), ("torch-compile", False),
+                           ("jax-jit", True))
+BEST_FRAMEWORK_COLUMNS = ("workload", "batch", "ours_ms", "best_ms", "fastest", "ratio", "frameworks")
+
+
+def best_framework_rows(rows_list: list[dict]) -> tuple[list[dict], list[str], int]:
+    """Per (zoo model, batch <= 1024) GPU train step: ours (cuda-graph) against the fastest framework.
+
+    Returns (lines with BEST_FRAMEWORK_COLUMNS, ``fastest`` naming the winning variant, for the rows where
+    ours and every required framework were timed; descriptions of the rows left out; rows considered).
+    """
+    rows = _Rows(rows_list)
+    lines, bad, n = [], [], 0
+    # NOTE: strict FP32 rows only: JAX (one of the frameworks) computes in FP32 only
+    for ours in rows.pick(kind="model", impl="custom", variant="cuda-graph", device="gpu", phase="train_step",
+                          precision="fp32"):
+        if int(ours["batch"]) > TRAIN_BEST_MAX_BATCH:
+            continue
+        n += 1
+        key = dict(kind="model", impl="reference", device="gpu", phase="train_step", workload=ours["workload"],
+                   batch=ours["batch"], precision="fp32")
+        timed, missing = {}, []
+        for variant, required in BEST_FRAMEWORK_VARIANTS:
+            r = rows.one(variant=variant, **key)
+            if _timed(r):
+                timed[variant] = _f(r, "median_ms")
+            elif required:
+                missing.append(_describe(r, f"reference/{variant} {ours['workload']} b={ours['batch']}"))
+        if not _ok(ours) or missing:
+            bad += ([_describe(ours, "row")] if not _ok(ours) else []) + missing
+            continue
+        fastest = min(timed, key=timed.get)
+        lines.append({"workload": ours["workload"], "batch": ours["batch"], "ours_ms": f"{_f(ours, 'median_ms'):.6g}",
+                      "best_ms": f"{timed[fastest]:.6g}", "fastest": fastest,
+                      "ratio": f"{timed[fastest] / _f(ours, 'median_ms'):.4g}", "frameworks": " ".join(timed)})
+    return lines, bad, n
+
+
+def write_best_framework_csv(path: str, lines: list[dict]) -> None:
+    """``train_step_vs_best_framework.csv``: one line per model and batch, naming the fastest framework."""
+    from .io import atomic_write
+
+    with atomic_write(path, newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=BEST_FRAMEWORK_COLUMNS)
+        w.writeheader()
+        w.writerows(lines)
+
+
+def _best_framework_note(lines: list[dict]) -> str:
+    worst = min(lines, key=lambda line: float(line["ratio"]))
+    counts: dict[str, int] = {}
+    for line in lines:
+        counts[line["fastest"]] = counts.get(line["fastest"], 0) + 1
+    tally = ", ".join(f"{v} {c}" for v, c in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return (f"worst at {worst['workload']} b={worst['batch']}, where {worst['fastest']} was fastest "
+            f"({worst['best_ms']} ms against ours {worst['ours_ms']} ms); fastest framework per row: {tally} "
+            "(train_step_vs_best_framework.csv)")
+
+
+def _ci(terms: list, reduce: str, samples: dict | None) -> tuple[float, float] | None:
+    """Bootstrap CI of a target from its terms [([reference rows], our row)], each term being
+    min(median of the reference rows) / median of ours; ``reduce``: "one", "geomean" or "min" over terms.
+    None when a row behind it has no samples (or fewer than two)."""
+    import numpy as np
+
+    from .stats import available as stats_available
+    from .stats import statistic_ci
+
+    if not samples or not terms or not stats_available():
+        return None
+    sets, layout = [], []
+    for refs, ours in terms:
+        idx = []
+        for r in [*refs, ours]:
+            a = samples.get(row_id(r))
+            if a is None or len(a) < 2 or float(np.min(a)) <= 0:
+                return None
+            idx.append(len(sets))
+            sets.append(a)
+        layout.append(idx)
+
+    def fn(m):
+        values = np.stack([np.min(m[idx[:-1]], axis=0) / m[idx[-1]] for idx in layout])
+        if reduce == "geomean":
+            return np.exp(np.mean(np.log(values), axis=0))
+        return np.min(values, axis=0)
+
+    _, low, high = statistic_ci(sets, fn)
+    return low, high
+
+
+def evaluate(rows_list: list[dict], gpu_reason: str | None, samples: dict | None = None) -> list[dict]:
+    """targets.csv lines from the rows of a targets run; ``samples`` ({row_id: seconds}) gives the CIs."""
     rows = _Rows(rows_list)
     out = []
     for t in TARGETS:
-        line = {"target": t.name, "measured": "", "goal": f"{t.goal:g}", "met": "", "rows": 0, "note": t.measure}
+        line = {"target": t.name, "measured": "", "goal": f"{t.goal:g}", "met": "", "rows": 0, "note": t.measure,
+                "ci_low": "", "ci_high": ""}
         if t.device == "gpu" and gpu_reason:
             line["note"] = f"not measured: no GPU ({gpu_reason})"
             out.append(line)
             continue
         bad: list[str] = []
         value = math.nan
+        terms: list = []     # ([reference rows], our row) behind the figure, for its confidence interval
+        reduce = "geomean"
         if t.name in _GEMM_4096:
             ours = rows.one(kind="dense", impl="custom", device="gpu", workload="dense_M4096_N4096_K4096",
                             phase="forward", precision=t.precision)
             ref = rows.one(kind="dense", impl="reference", device="gpu", workload="dense_M4096_N4096_K4096",
                            phase="forward", precision=t.precision)
             line["rows"] = 2
+            reduce = "one"
             if _ok(ours) and _timed(ref):
                 value = _f(ref, "median_ms") / _f(ours, "median_ms")
+                terms.append(([ref], ours))
             else:
                 bad = [_describe(r, w) for r, w, good in ((ours, "ours", _ok), (ref, "cuBLAS", _timed)) if not good(r)]
         elif t.name in ("dense_suite_geomean", "conv_suite_geomean", "conv_suite_min", "conv_tf32_suite_geomean",
                         "conv_bf16_suite_geomean"):
-            ratios, bad, line["rows"] = _layer_ratios(rows, t.kind, t.precision)
+            ratios, bad, line["rows"] = _layer_ratios(rows, t.kind, t.precision, terms)
+            reduce = "min" if t.name.endswith("min") else "geomean"
             if ratios:
                 value = min(ratios) if t.name.endswith("min") else _geomean(ratios)
+        elif t.name == "train_step_vs_best_framework":
+            per_row, bad, line["rows"] = best_framework_rows(rows_list)
+            if per_row:
+                value = min(float(r["ratio"]) for r in per_row)
         elif t.name.startswith("train_step"):
             ratios = []
             for ours in rows.pick(kind="model", impl="custom", variant="cuda-graph", device="gpu", phase="train_step",
@@ -161,9 +279,11 @@ def evaluate(rows_list: list[dict], gpu_reason: str | None) -> list[dict]:
                 line["rows"] += 1
                 if _ok(ours) and all(_timed(r) for r in refs):
                     ratios.append(min(_f(r, "median_ms") for r in refs) / _f(ours, "median_ms"))
+                    terms.append((refs, ours))
                 else:
                     bad += [_describe(ours, "row")] if not _ok(ours) else []
                     bad += [_describe(r, "row") for r in refs if not _timed(r)]
+            reduce = "min" if t.name in _BEST_TORCH else "geomean"
             if ratios:
                 value = min(ratios) if t.name in _BEST_TORCH else _geomean(ratios)
         else:  # cpu_train_step_geomean
@@ -173,10 +293,11 @@ def evaluate(rows_list: list[dict], gpu_reason: str | None) -> list[dict]:
                 if int(ours["batch"]) < 64:
                     continue
                 ref = rows.one(kind="model", impl="reference", variant="torch-eager", device="cpu",
-                               phase="train_step", workload=ours["workload"], batch=ours["batch"])
+                               phase="train_step", workload=ours["workload"], batch=ours["batch"], precision="fp32")
                 line["rows"] += 1
                 if _ok(ours) and _timed(ref):
                     ratios.append(_f(ref, "median_ms") / _f(ours, "median_ms"))
+                    terms.append(([ref], ours))
                 else:
                     bad += [_describe(r, "row") for r, good in ((ours, _ok), (ref, _timed)) if not good(r)]
             if ratios:
@@ -186,6 +307,9 @@ def evaluate(rows_list: list[dict], gpu_reason: str | None) -> list[dict]:
             line["note"] = "not measured: " + ("; ".join(bad[:5]) if bad else "no rows")
         else:
             line["measured"] = f"{value:.4g}"
+            ci = _ci(terms, reduce, samples)
+            if ci is not None and not math.isnan(ci[0]):
+                line["ci_low"], line["ci_high"] = f"{ci[0]:.4g}", f"{ci[1]:.4g}"
             line["met"] = str(bool(value >= t.goal and not bad))
             notes = []
             if bad:
@@ -194,9 +318,11 @@ def evaluate(rows_list: list[dict], gpu_reason: str | None) -> list[dict]:
                 notes.append(f"short of the goal by {100 * (1 - value / t.goal):.1f}%: {t.measure}")
             else:
                 notes.append(t.measure)
+            if t.name == "train_step_vs_best_framework":
+                notes.append(_best_framework_note(best_framework_rows(rows_list)[0]))
             ref_fail = _reference_parity_failures(rows, t)
             if ref_fail:
-                notes.append(f"{ref_fail} PyTorch row(s) behind it failed parity against float64 (timed and counted)")
+                notes.append(f"{ref_fail} reference row(s) behind it failed parity against float64 (timed and counted)")
             line["note"] = "; ".join(notes)
         out.append(line)
     return out
@@ -213,9 +339,11 @@ def _reference_parity_failures(rows: _Rows, t: Target) -> int:
 
 
 def format_table(lines: list[dict]) -> str:
-    head = ["target", "measured", "goal", "met", "rows", "note"]
-    body = [[str(line[h]) for h in head] for line in lines]
-    widths = [max(len(h), *(len(b[i]) for b in body)) if i < 5 else 0 for i, h in enumerate(head)]
+    head = ["target", "measured", "95% CI", "goal", "met", "rows", "note"]
+    body = [[str(line[h]) if h != "95% CI" else
+             (f"{line['ci_low']}-{line['ci_high']}" if line.get("ci_low", "") != "" else "") for h in head]
+            for line in lines]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if i < len(head) - 1 else 0 for i, h in enumerate(head)]
     fmt = lambda cells: "  ".join(c.ljust(w) if w else c for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([fmt(head)] + [fmt(b) for b in body])
 
@@ -224,7 +352,7 @@ def write_csv(path: str, lines: list[dict]) -> None:
     from .io import atomic_write
 
     with atomic_write(path, newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["target", "measured", "goal", "met", "rows", "note"])
+        w = csv.DictWriter(fh, fieldnames=["target", "measured", "goal", "met", "rows", "note", "ci_low", "ci_high"])
         w.writeheader()
         w.writerows(lines)
 
@@ -236,7 +364,8 @@ def run_targets(out: str, device: str, *, peak_tflops: float | None = None, quie
     ``before_gpu`` (compiling the kernel modules, say) is called between the CPU rows and the GPU rows;
     its time is not counted against the suite's time limit.
     """
-    from .results import read_rows
+    from .io import DamagedFile
+    from .results import ResultsError, read_rows, samples_by_row
     from .runner import run_suite
     from .suites import load_suite
 
@@ -280,7 +409,14 @@ def run_targets(out: str, device: str, *, peak_tflops: float | None = None, quie
     except Exception:
         pass
     envmod.write(os.path.join(out, "env.json"), rec)
-    lines = evaluate(read_rows(results), gpu_reason)
+    rows = read_rows(results)
+    try:
+        samples = samples_by_row(out)
+    except DamagedFile as err:
+        raise ResultsError(str(err)) from None
+    lines = evaluate(rows, gpu_reason, samples)
     write_csv(os.path.join(out, "targets.csv"), lines)
+    if gpu_reason is None:
+        write_best_framework_csv(os.path.join(out, "train_step_vs_best_framework.csv"), best_framework_rows(rows)[0])
     measured = [line for line in lines if line["measured"] != ""]
     return all(line["met"] == "True" for line in measured) and len(measured) == len(lines), format_table(lines)

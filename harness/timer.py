@@ -14,6 +14,10 @@ Clocks:
   synchronize before ``end`` makes the sample include work that ``fn`` queued on *any* stream (our CUDA
   graphs replay on their own non-blocking stream, which an event on the default stream would not wait
   for); its host cost (~10 us) is paid once per sample, which holds many calls when calls are short.
+- ``"jax"``: JAX dispatches asynchronously and its work runs on XLA's own streams, so a sample is
+  ``wait for everything earlier; perf_counter; calls; wait until every output of those calls is ready
+  (jax.block_until_ready); perf_counter``, on the CPU and the GPU alike (the outputs of one call are
+  ready when its whole compiled computation has run).
 - ``cold_l2``: before every sample a buffer larger than the L2 cache is overwritten (untimed), and each
   sample holds one call, so every call starts with a cold L2.
 """
@@ -24,7 +28,7 @@ import statistics
 import time
 from typing import Callable
 
-CLOCKS = ("cpu", "cupy", "torch")
+CLOCKS = ("cpu", "cupy", "torch", "jax")
 
 
 @dataclasses.dataclass
@@ -74,6 +78,10 @@ class _Clock:
 
     def flush_l2(self) -> None:
         pass
+
+    def wrap(self, fn: Callable[[], object]) -> Callable[[], object]:
+        """The call to time (a clock that must see the calls' outputs keeps them)."""
+        return fn
 
 
 class _CupyClock(_Clock):
@@ -136,6 +144,49 @@ class _TorchClock(_Clock):
         self.sync()
 
 
+class _JaxClock(_Clock):
+    """Host clock around JAX's asynchronous calls: a sample ends when every output of its calls is ready."""
+
+    def __init__(self, flush_bytes: int):
+        import jax
+
+        self.jax = jax
+        self.pending: list = []
+        self._flush_bytes = flush_bytes
+        self._flush = None
+
+    def wrap(self, fn: Callable[[], object]) -> Callable[[], object]:
+        def call():
+            out = fn()
+            self.pending.append(out)
+            return out
+        return call
+
+    def sync(self) -> None:
+        if self.pending:
+            self.jax.block_until_ready(self.pending)
+            self.pending.clear()
+
+    def start(self) -> None:
+        self.sync()
+        self._t0 = time.perf_counter()
+
+    def stop_ms(self) -> float:
+        self.sync()
+        return (time.perf_counter() - self._t0) * 1e3
+
+    def flush_l2(self) -> None:
+        # NOTE: the L2 is the card's, whichever library writes: CuPy overwrites the buffer (GPU runs have it)
+        try:
+            import cupy
+        except ImportError:
+            return
+        if self._flush is None:
+            self._flush = cupy.empty(self._flush_bytes // 4, dtype=cupy.float32)
+        self._flush.fill(1.0)
+        cupy.cuda.runtime.deviceSynchronize()
+
+
 def make_clock(clock: str, flush_bytes: int = 256 << 20) -> _Clock:
     if clock == "cpu":
         return _Clock()
@@ -143,19 +194,25 @@ def make_clock(clock: str, flush_bytes: int = 256 << 20) -> _Clock:
         return _CupyClock(flush_bytes)
     if clock == "torch":
         return _TorchClock(flush_bytes)
+    if clock == "jax":
+        return _JaxClock(flush_bytes)
     raise ValueError(f"unknown clock {clock!r}; choose one of {', '.join(CLOCKS)}")
 
 
 def measure(fn: Callable[[], object], clock: str = "cpu", *, warmup: int = 2, budget_s: float = 0.5,
             min_repeats: int = 5, max_repeats: int = 200, min_sample_ms: float = 1.0,
-            cold_l2: bool = False, flush_bytes: int = 256 << 20, max_inner: int = 1000) -> Measurement:
+            cold_l2: bool = False, flush_bytes: int = 256 << 20, max_inner: int = 1000,
+            on_sample: Callable[[], object] | None = None) -> Measurement:
     """Time ``fn()``; returns per-call sample times (ms).
+
+    ``on_sample`` (reading the GPU's clocks, say) is called after each sample, outside the timed region.
 
     >>> m = measure(lambda: sum(range(1000)), budget_s=0.01)
     >>> m.repeats >= 5
     True
     """
     c = make_clock(clock, flush_bytes)
+    fn = c.wrap(fn)
     for _ in range(max(1, warmup)):
         fn()
     c.sync()
@@ -173,4 +230,6 @@ def measure(fn: Callable[[], object], clock: str = "cpu", *, warmup: int = 2, bu
         for _ in range(inner):
             fn()
         samples.append(c.stop_ms() / inner)
+        if on_sample is not None:
+            on_sample()
     return Measurement(samples_ms=samples, inner_loops=inner)

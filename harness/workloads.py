@@ -9,6 +9,8 @@ Two families:
   (``custom_impl.layer_ops(device)``: one signature per op on both devices) and PyTorch's
   (``torch.nn.functional`` and the ``aten`` backward ops that cuDNN/cuBLAS serve on the GPU).
 
+The ``jax-jit`` rows (the reference in JAX/XLA, models and layers) are built in ``harness/workloads_jax.py``.
+
 Only the public contract of ``custom_impl`` and ``reference_impl`` is used: ``build``, ``layer_ops``, and the
 models' ``device_batch``, ``forward``, ``forward_backward``, ``gradients``, ``train_step`` (reference:
 ``train_step_graphed``, ``compiled``).
@@ -90,6 +92,9 @@ class Prepared:
     shape: str = ""
     peak_mem: Callable[[], int | None] = lambda: None
     cleanup: Callable[[], None] = lambda: None
+    # after timing: False when the state the timed calls changed (a train step's parameters) holds NaN/inf
+    finite: Callable[[], bool | None] = lambda: None
+    note: Callable[[], str] = lambda: ""   # written to the row's reason (jax-jit: the compile time, not timed)
 
 
 def rel_err(got: list, want: list, norm: str = "max") -> float:
@@ -304,7 +309,7 @@ class ModelCase:
 
     def _variant_outputs(self, job: Job) -> list:
         m = self._fresh(job)
-        if job.variant not in ("torch-graph", "cuda-graph", "torch-compile"):
+        if job.variant not in ("torch-graph", "cuda-graph", "torch-compile", "jax-jit"):
             self._checked = (job, m, None)
             return _model_outputs(m, job.phase, self.x, self.y, self.lr, self.momentum)
         xb, yb = m.device_batch(self.x, self.y)   # on the device: timed calls copy nothing from the host
@@ -315,7 +320,7 @@ class ModelCase:
         if job.phase == "inference":
             fn()   # a graph variant runs its first call eagerly; compare a replayed (or compiled) call
             return [np.array(m.to_numpy(fn()))]
-        if job.phase == "forward_backward":   # torch-compile only
+        if job.phase == "forward_backward":   # torch-compile and jax-jit
             loss = fn()
             grads = m.gradients()
             return [np.float64(float(loss))] + [m.to_numpy(grads[k]) for k in self.spec.param_shapes()]
@@ -324,10 +329,20 @@ class ModelCase:
     def _fresh(self, job: Job):
         if job.impl == "custom" and job.variant == "cuda":   # our GPU model with CUDA graphs off
             return _build("custom", self.spec, job.device, self.seed, use_graph=False, precision=job.precision)
+        if job.variant == "jax-jit":
+            from . import workloads_jax
+
+            try:
+                return workloads_jax.build_model(self.spec, job.device, self.seed, job.precision)
+            except workloads_jax.JaxUnavailable as err:
+                raise Unsupported(str(err)) from None
         return _build(job.impl, self.spec, job.device, self.seed, precision=job.precision)
 
     def _timed_fn(self, m, job: Job, xb, yb) -> Callable[[], object]:
         phase, lr, mom = job.phase, self.lr, self.momentum
+        if job.variant == "jax-jit":   # every phase one compiled XLA function, no per-call checks
+            fn = m.compiled(phase)
+            return lambda: fn(xb, yb, lr, mom)
         if job.variant == "torch-compile":
             import reference_impl
 
@@ -354,12 +369,22 @@ class ModelCase:
         self._checked = None
         xb, yb, fn = ready if ready is not None else (*m.device_batch(self.x, self.y), None)
         fn = fn or self._timed_fn(m, job, xb, yb)
+        if job.variant == "jax-jit":
+            from . import workloads_jax
+
+            phase, batch = job.phase, self.batch
+            return Prepared(fn=fn, clock="jax", outputs=lambda: [], flops=self.flops(phase),
+                            peak_mem=lambda: workloads_jax.model_peak(m, phase, batch, job.device),
+                            note=lambda: workloads_jax.model_note(m, phase, batch))
         if job.device == "gpu":
             clock = "cupy" if job.impl == "custom" else "torch"
             peak = _cupy_peak() if job.impl == "custom" else _torch_peak_reset()
         else:
             clock, peak = "cpu", (lambda: None)
-        return Prepared(fn=fn, clock=clock, outputs=lambda: [], flops=self.flops(job.phase), peak_mem=peak)
+        finite = ((lambda: all(bool(np.isfinite(v).all()) for v in m.get_params().values()))
+                  if job.phase == "train_step" else (lambda: None))
+        return Prepared(fn=fn, clock=clock, outputs=lambda: [], flops=self.flops(job.phase), peak_mem=peak,
+                        finite=finite)
 
 
 # ============================================================================ layers
@@ -527,7 +552,7 @@ def _custom_layer_fn(job: Job, data: dict) -> Callable[[], tuple]:
     y = xp.empty(dy.shape, dtype=xp.float32)                             # (N, C, P, Q)
     dx = xp.empty(x.shape, dtype=xp.float32)                             # (N, C, H, W)
     if p["mode"] == "max":
-        am = xp.empty(dy.shape, dtype=xp.int32)                          # (N, C, P, Q) flat index h*W + w
+        am = xp.empty(dy.shape, dtype=xp.int32)                          # (N, C, P, Q) window position r*S + s
         if ph == "forward":
             return lambda: (ops.maxpool2d_forward(x, ks, st, out=y, argmax=am)[0],)
         ops.maxpool2d_forward(x, ks, st, out=y, argmax=am)
@@ -592,6 +617,15 @@ class LayerCase:
         return "float64", rel_err(got, self._reference64(job))
 
     def prepare(self, job: Job) -> Prepared:
+        if job.variant == "jax-jit":
+            from . import workloads_jax
+
+            try:
+                fn, note, peak = workloads_jax.layer_fn(job, self.data)
+            except workloads_jax.JaxUnavailable as err:
+                raise Unsupported(str(err)) from None
+            return Prepared(fn=fn, clock="jax", outputs=fn, flops=_layer_flops(job), shape=shape_text(job),
+                            peak_mem=peak, note=lambda: note)
         fn, clock = self._fn(job)
         if job.device == "gpu":
             peak = _cupy_peak() if job.impl == "custom" else _torch_peak_reset()

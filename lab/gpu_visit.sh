@@ -3,19 +3,45 @@
 #   bash lab/gpu_visit.sh tests [PATH...]  # the gpu-marked tests (all, or those files) + the parity table
 #                                          # (all of them take several minutes: pass PATHs to split a visit)
 #   bash lab/gpu_visit.sh run              # the default GPU suite and its report -> reports/gpu-<card>/
+#   bash lab/gpu_visit.sh first-run        # the main job exactly as a new user runs it (`python3 -m harness
+#                                          # run`, nothing compiled before): seconds to its first row and
+#                                          # to completion, its log, and the folder it wrote
 #   bash lab/gpu_visit.sh targets          # the performance targets -> reports/targets-<card>/
 #   bash lab/gpu_visit.sh perf [BENCH-ARGS...]  # kernel timings (lab/gemm/bench.py ...) and the
 #                                          # per-layer train-step profile (lab/step/profile_step.py)
-# Every mode first compiles the kernel modules in parallel into CuPy's on-disk cache
+# Every mode but first-run first compiles the kernel modules in parallel into CuPy's on-disk cache
 # (custom_impl.gpu.runtime.precompile), so no timed command pays for compiling.
 # Logs and results go to $OUT (the device tool brings them back); a short summary is printed last.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 out=${OUT:-out}; mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv | tee "$out/nvidia_smi.txt"
-python3 -c "from custom_impl.gpu import runtime; runtime.precompile(progress=print)" >"$out/precompile.log" 2>&1
-echo "precompile exit: $? ($(tail -1 "$out/precompile.log"))"
+if [ "${1:-tests}" != first-run ]; then
+  python3 -c "from custom_impl.gpu import runtime; runtime.precompile(progress=print)" >"$out/precompile.log" 2>&1
+  echo "precompile exit: $? ($(tail -1 "$out/precompile.log"))"
+fi
 case "${1:-tests}" in
+  first-run)
+    t0=$(date +%s%N)
+    timeout "${TIMEOUT_S:-560}" python3 -m harness run >"$out/first_run.log" 2>&1 &
+    pid=$!
+    first=""
+    while kill -0 "$pid" 2>/dev/null; do
+      if [ -z "$first" ]; then
+        for f in reports/*/results.csv; do
+          if [ -f "$f" ] && [ "$(wc -l <"$f")" -ge 2 ] && [ "$f" -nt "$out/nvidia_smi.txt" ]; then
+            first=$(( ($(date +%s%N) - t0) / 1000000 )); echo "first row after ${first} ms ($f)"; break
+          fi
+        done
+      fi
+      sleep 0.5
+    done
+    wait "$pid"; rc=$?
+    echo "harness run exit: $rc after $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+    tar czf "$out/first_run.tgz" $(ls -d reports/*/ | grep -v targets) 2>/dev/null
+    grep -v "it/s\]" "$out/first_run.log" | head -12
+    tail -5 "$out/first_run.log"
+    ;;
   tests)
     shift
     timeout "${TIMEOUT_S:-540}" python3 -m pytest -m gpu -q -p no:cacheprovider --junitxml="$out/gpu_junit.xml" "$@" \

@@ -80,6 +80,21 @@ class Flops:
 
 
 @dataclasses.dataclass(frozen=True)
+class Traffic:
+    """Bytes one layer reads and writes for a batch, per pass (same fields as ``Flops``).
+
+    The counting model is compulsory traffic: every tensor a pass reads or writes crosses memory once
+    (perfect reuse inside the layer, none between layers). It is what a roofline needs for arithmetic
+    intensity = FLOPs / bytes; a real kernel may move more (tiles re-read, im2col buffers) or, fused
+    with its neighbours, less.
+    """
+
+    forward: int = 0
+    backward_data: int = 0
+    backward_weights: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class Layer:
     """One normalised layer. Spatial fields are (h, w) pairs; shapes are per sample."""
 
@@ -138,6 +153,31 @@ class Layer:
             # are not FLOPs in the usual sense; this keeps the totals dominated by GEMM work).
             return Flops(forward=in_elems, backward_data=in_elems)
         return Flops()  # flatten moves nothing
+
+    def bytes_moved(self, batch: int, itemsize: int = 4) -> Traffic:
+        """Bytes read + written by this layer at batch size ``batch`` (``Traffic``'s counting model).
+
+        With X the input, Y the output, Wt the weights and b the bias, in elements times ``itemsize``:
+        dense / conv2d forward X + Wt + b + Y, backward_data dY + Wt + dX, backward_weights X + dY + dWt + db;
+        pools forward X + Y, backward_data dY + dX (the max pool's saved argmax is an implementation choice and
+        is not counted); activations forward X + Y, backward_data Y (or X) + dY + dX; flatten is a view (0).
+
+        >>> Layer(0, "dense", (784,), (128,), units=128, bias=True).bytes_moved(64).forward
+        635392
+        """
+        n = int(batch)
+        x = n * math.prod(self.in_shape)
+        y = n * math.prod(self.out_shape)
+        if self.type in ("dense", "conv2d"):
+            w = sum(math.prod(s) for name, s in self.param_shapes().items() if name == "weight")
+            b = sum(math.prod(s) for name, s in self.param_shapes().items() if name == "bias")
+            return Traffic(forward=itemsize * (x + w + b + y), backward_data=itemsize * (y + w + x),
+                           backward_weights=itemsize * (x + y + w + b))
+        if self.type in ("maxpool2d", "avgpool2d"):
+            return Traffic(forward=itemsize * (x + y), backward_data=itemsize * (y + x))
+        if self.type in ACTIVATIONS:
+            return Traffic(forward=itemsize * (x + y), backward_data=itemsize * (y + y + x))
+        return Traffic()
 
 
 def _where(i: int, t: str) -> str:
@@ -305,6 +345,31 @@ class ModelSpec:
         total += 5 * batch * self.output_dim
         if phase == "train_step":
             total += 4 * self.num_params()
+        return total
+
+    # ---------------------------------------------------------------- bytes moved
+    def layer_bytes(self, batch: int, itemsize: int = 4) -> list[Traffic]:
+        return [layer.bytes_moved(batch, itemsize) for layer in self.layers]
+
+    def bytes_moved(self, batch: int, phase: str = "forward", itemsize: int = 4) -> int:
+        """Bytes read + written by one pass at batch size ``batch``, summed over the layers like ``flops``.
+
+        forward: sum of layer forwards. forward_backward: plus every layer's backward_weights and the
+        backward_data of every layer but the first, plus the loss (read the logits and the int64 labels,
+        write the logits' gradient). train_step: plus SGD with momentum, 5 accesses per parameter (read
+        w, g, v; write w, v). Arithmetic intensity = ``flops(batch, phase) / bytes_moved(batch, phase)``.
+        """
+        if phase not in PHASES:
+            raise ValueError(f"unknown phase {phase!r}; choose one of {', '.join(PHASES)}")
+        per = self.layer_bytes(batch, itemsize)
+        total = sum(t.forward for t in per)
+        if phase == "forward":
+            return total
+        total += sum(t.backward_weights for t in per)
+        total += sum(t.backward_data for t in per[1:])
+        total += 2 * itemsize * batch * self.output_dim + 8 * batch
+        if phase == "train_step":
+            total += 5 * itemsize * self.num_params()
         return total
 
     # ---------------------------------------------------------------- input checks (shared by both implementations)

@@ -1,4 +1,5 @@
-"""The reference implementation: the networks of ``modelspec`` as torch.nn modules (cuBLAS/cuDNN on the GPU).
+"""The reference implementation: the networks of ``modelspec`` as torch.nn modules (cuBLAS/cuDNN on the GPU),
+or, with ``framework="jax"``, as jitted JAX functions (XLA, which calls cuBLAS/cuDNN on the GPU).
 
 Precision per model (``build(..., precision=...)``):
 - "fp32" (the default): strict FP32: TF32 switched off for matmul and cuDNN, float32 matmul precision
@@ -12,6 +13,8 @@ Precision per model (``build(..., precision=...)``):
   TF32 off for what stays in FP32.
 ``precision_flags()`` reports the flags as they are set now and ``precision_flags(p)`` as they are set
 inside a model of precision p (read back inside ``precision_scope(p)``), for the harness to record.
+JAX (``framework="jax"``) runs "fp32" only: every matrix product and convolution at
+``lax.Precision.HIGHEST``.
 
 >>> import reference_impl
 >>> model = reference_impl.build("mlp-mnist", device="cpu", seed=0)
@@ -20,15 +23,19 @@ inside a model of precision p (read back inside ``precision_scope(p)``), for the
 """
 from __future__ import annotations
 
+import sys
+
 import modelspec
 import torch
 
 from .model import AUTOCAST_DTYPE, DTYPES, PRECISIONS, ReferenceModel, Unsupported, precision_scope
 
 DEVICES = ("cpu", "gpu")
+FRAMEWORKS = ("torch", "jax")
+JAX_INSTALL = 'pip install -e ".[jax]"'
 
-__all__ = ["AUTOCAST_DTYPE", "DEVICES", "DTYPES", "PRECISIONS", "ReferenceModel", "Unsupported", "build",
-           "precision_flags", "precision_scope"]
+__all__ = ["AUTOCAST_DTYPE", "DEVICES", "DTYPES", "FRAMEWORKS", "JAX_INSTALL", "PRECISIONS", "ReferenceModel",
+           "Unsupported", "build", "jax_unavailable", "precision_flags", "precision_scope"]
 
 
 def _set_precision(torch_device: str) -> None:
@@ -64,22 +71,52 @@ def precision_flags(precision: str | None = None) -> dict:
         value = getattr(obj, "fp32_precision", None)
         if value is not None:
             flags[name] = str(value)
+    jax_model = sys.modules.get(f"{__name__}.jax_model")
+    if jax_model is not None:   # JAX's settings once a JAX model was built in this process
+        flags.update({f"jax: {k}": v for k, v in jax_model.precision_flags().items()})
     return flags
 
 
-def build(spec, device: str = "cpu", seed: int = 0, dtype: str = "float32",
-          precision: str = "fp32") -> ReferenceModel:
-    """Build the PyTorch model for ``spec`` (ModelSpec, dict, zoo name or .toml/.json path) on ``device``.
+def jax_unavailable(device: str = "cpu") -> str | None:
+    """None when ``build(..., framework="jax")`` can run on ``device``, else why not, with the fix.
+
+    Importing JAX here sets up how it shares the GPU (``reference_impl/jax_model.py``); on the GPU this
+    starts JAX's CUDA backend.
+
+    >>> jax_unavailable("cpu") is None or "pip install" in jax_unavailable("cpu")
+    True
+    """
+    try:
+        from . import jax_model
+    except ImportError as err:
+        return (f"framework 'jax': JAX is not installed ({err}); install it from the repository root: "
+                f"{JAX_INSTALL} (on a GPU machine also JAX's CUDA plugin, e.g. `pip install -U \"jax[cuda13]\"`)")
+    try:
+        jax_model.device_of(device)
+    except RuntimeError as err:
+        return str(err)
+    return None
+
+
+def build(spec, device: str = "cpu", seed: int = 0, dtype: str = "float32", framework: str = "torch",
+          precision: str = "fp32"):
+    """Build the reference model for ``spec`` (ModelSpec, dict, zoo name or .toml/.json path) on ``device``.
 
     Parameters come from ``spec.init_params(seed)``, identical to ``custom_impl.build(spec, seed=seed)``.
-    device "cpu": PyTorch on the CPU; "gpu": PyTorch on CUDA (cuBLAS/cuDNN), TF32 off, cudnn.benchmark on.
-    dtype "float32" (the reference) or "float64" (an oracle: the same network and parameters in float64;
-    every method then takes and returns float64). ``precision``: "fp32" (default), "tf32" or "bf16" (GPU
-    only, float32 models only; module docstring); the model's ``precision`` attribute says which.
+    framework "torch" (default): a ``ReferenceModel``; device "cpu": PyTorch on the CPU; "gpu": PyTorch on
+    CUDA (cuBLAS/cuDNN), TF32 off, cudnn.benchmark on. dtype "float32" (the reference) or "float64" (an
+    oracle: the same network and parameters in float64; every method then takes and returns float64).
+    ``precision``: "fp32" (default), "tf32" or "bf16" (GPU only, float32 torch models only; module
+    docstring); the model's ``precision`` attribute says which.
+    framework "jax": a ``jax_model.JaxModel``, the same contract with every phase one ``jax.jit``-compiled
+    XLA function (float32 and precision "fp32" only; needs JAX: ``pip install -e ".[jax]"``).
 
     >>> build("mlp-mnist", dtype="float64").get_params()["0.weight"].dtype
     dtype('float64')
     """
+    if framework not in FRAMEWORKS:
+        raise ValueError(f"unknown framework {framework!r}; choose one of "
+                         f"{', '.join(repr(f) for f in FRAMEWORKS)}")
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(repr(d) for d in DTYPES)}")
     if precision not in PRECISIONS:
@@ -87,7 +124,22 @@ def build(spec, device: str = "cpu", seed: int = 0, dtype: str = "float32",
     if precision != "fp32" and dtype != "float32":
         raise ValueError(f"precision {precision!r} is a mode of float32 models; dtype={dtype!r} takes "
                          "precision='fp32' (the float64 oracle is exact float64)")
+    if framework == "jax" and dtype != "float32":
+        raise ValueError(f"framework 'jax' computes in float32 only, got dtype {dtype!r}; the float64 oracle is "
+                         "the PyTorch model: build(spec, device, dtype='float64') with framework='torch'")
+    if framework == "jax" and precision != "fp32":
+        raise ValueError(f"framework 'jax' runs precision 'fp32' only (lax.Precision.HIGHEST), got {precision!r}; "
+                         "tf32 / bf16 references are the PyTorch model: framework='torch'")
     spec = modelspec.load(spec)
+    if framework == "jax":
+        if device not in DEVICES:
+            raise ValueError(f"unknown device {device!r}; choose one of {', '.join(repr(d) for d in DEVICES)}")
+        why = jax_unavailable(device)
+        if why is not None:
+            raise RuntimeError(why)
+        from . import jax_model
+
+        return jax_model.build(spec, device, seed)
     if device == "cpu":
         torch_device = "cpu"
     elif device == "gpu":

@@ -79,6 +79,7 @@ class ReferenceModel:
     """
 
     impl = "reference"
+    framework = "torch"
 
     def __init__(self, spec, device: str, torch_device: str, seed: int = 0, dtype: str = "float32",
                  precision: str = "fp32"):

@@ -7,7 +7,8 @@ folder outside the checkout, and checks there that:
 - every kernel source ``custom_impl/kernels/*.cu`` of the checkout is installed, and every header those
   files ``#include "..."`` (followed through headers that include headers) is installed beside them;
 - the zoo specs and the harness suites are installed (``modelspec.load`` and ``harness.suites`` open them);
-- ``custom_impl.gpu.runtime`` imported from the installed copy has its ``KERNEL_DIR`` inside it;
+- ``custom_impl.gpu.runtime`` imported from the installed copy has its ``KERNEL_DIR`` inside it, and finds a
+  prebuilt sm_90 cubin there for every module the default path can choose;
 - where nvcc is present, the smallest kernel file that includes a header compiles with nvcc from the
   installed location, with ``-I`` pointing at the installed kernels folder only.
 
@@ -167,3 +168,14 @@ def test_kernels_compile_with_nvcc_from_the_installed_copy(installed, tmp_path):
     cmd = [_nvcc(), "-arch=sm_90", "-std=c++17", "-cubin", f"-I{got}", "-o", str(tmp_path / "h.cubin"), str(stub)]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"the installed headers {headers} do not compile:\n{proc.stderr[-3000:]}"
+
+
+def test_prebuilt_cubins_are_installed_for_every_default_module(installed):
+    """The wheel carries a prebuilt sm_90 cubin for every module the default path can choose, found by the
+    installed runtime (digests are of file contents, so they hold wherever the package lives)."""
+    out = _run_installed(installed, (
+        "import custom_impl.gpu.prebuild as pb\n"
+        "print(len(pb.planned('sm_90')), len(pb.missing('sm_90')), pb.__file__)\n"))
+    planned, missing, where = out.split()
+    assert where.startswith(installed), f"{where}: imported from the checkout, not from the installed copy"
+    assert int(planned) > 0 and int(missing) == 0, f"{missing} of {planned} prebuilt cubins are not installed"

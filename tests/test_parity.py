@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 import modelspec
+import helpers
 from helpers import compare_models
 
 # Batch per zoo model: the big ones (their CPU train step takes tens of ms) get a small odd batch so the
@@ -34,6 +35,35 @@ def test_odd_shapes_cpu(spec, batch):
 def test_no_momentum_and_other_seed_cpu():
     # momentum 0 is plain SGD (no velocity buffer to get wrong); another seed checks init is shared by seed
     compare_models("digits-cnn", batch=7, device="cpu", momentum=0.0, lr=0.05, seed=3)
+
+
+class _OffByOne:
+    """A model whose train step uses a learning rate 1% high or a momentum 0.01 low: the smallest SGD bugs
+    the trajectory checks must still catch."""
+
+    def __init__(self, model, lr_scale: float = 1.0, momentum_shift: float = 0.0):
+        self._model, self._lr_scale, self._momentum_shift = model, lr_scale, momentum_shift
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def train_step(self, x, y, lr, momentum):
+        return self._model.train_step(x, y, lr * self._lr_scale, momentum - self._momentum_shift)
+
+
+@pytest.mark.parametrize("bug", [{"lr_scale": 1.01}, {"momentum_shift": 0.01}], ids=["lr+1%", "momentum-0.01"])
+@pytest.mark.parametrize("name", ["mlp-deep", "lenet-mnist"])
+def test_trajectory_checks_catch_small_sgd_bugs(monkeypatch, name, bug):
+    """The loosest trajectory tolerances (ReLU and max-pool near-ties) still fail a 1% SGD bug."""
+    real_build = helpers.build_model
+
+    def build(impl, spec, device="cpu", seed=0):
+        model = real_build(impl, spec, device, seed)
+        return _OffByOne(model, **bug) if impl == "custom" else model
+
+    monkeypatch.setattr(helpers, "build_model", build)
+    with pytest.raises(AssertionError, match="after 20 steps|loss of train step"):
+        compare_models(name, batch=ZOO_BATCH[name], device="cpu")
 
 
 # ------------------------------------------------------------------------------------------------ GPU

@@ -23,7 +23,8 @@ R,S kernel or pooling window.
     activation_forward(x, kind, out=None) -> y
     activation_backward(dy, y, kind, dx=None) -> dx
 
-argmax holds the flat index h*W + w, within its input plane, of each window's first maximum in raster order.
+argmax holds the position r*S + s, within its window, of each window's first maximum in raster order
+(the same meaning on the GPU).
 The CPU model itself runs faster internal paths of the same modules (the convolution keeps the columns
 of its forward for the backward: ``conv.conv2d_forward_cols``; max pooling finds the maximum again by
 comparing x with y: ``pool.maxpool2d_values`` / ``pool.maxpool2d_backward_by_compare``).
@@ -32,7 +33,7 @@ comparing x with y: ``pool.maxpool2d_values`` / ``pool.maxpool2d_backward_by_com
 >>> from custom_impl.cpu import ops
 >>> y, argmax = ops.maxpool2d_forward(np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4), 2, 2)
 >>> y[0, 0].tolist(), argmax[0, 0].tolist()
-([[5.0, 7.0], [13.0, 15.0]], [[5, 7], [13, 15]])
+([[5.0, 7.0], [13.0, 15.0]], [[3, 3], [3, 3]])
 """
 from __future__ import annotations
 

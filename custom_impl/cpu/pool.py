@@ -14,7 +14,8 @@ operations in the same order, so the results are bit-identical for any thread co
 
 Two max-pooling pairs:
 - ``maxpool2d_forward`` / ``maxpool2d_backward``, the layer ops (``custom_impl.cpu.ops``): forward also
-  returns the argmax (int32 flat index h*W + w of each window's first maximum), backward routes dy by it.
+  returns the argmax (int32 window position r*S + s of each window's first maximum, as the GPU op),
+  backward routes dy by it.
 - ``maxpool2d_values`` / ``maxpool2d_backward_by_compare``, what the CPU model runs: forward computes the
   maxima only, backward finds each maximum's position again by comparing x with y (no index pass in the
   forward). ``relu=True`` fuses a ReLU after the maximum: y = max(maxpool(x), 0), which equals
@@ -155,24 +156,21 @@ def maxpool2d_forward(x: np.ndarray, kernel_size, stride, out: np.ndarray | None
                       argmax: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The layer op: y[n, c, p, q] = max_{r,s} x[n, c, p*sh + r, q*sw + s] and where it sits.
 
-    x (N, C, H, W) -> (y (N, C, P, Q), argmax (N, C, P, Q) int32), argmax the flat index h*W + w of the
-    window's first maximum in raster order within its (H, W) plane (PyTorch's indices; a NaN wins and stays,
-    as in the GPU kernel). ``out`` / ``argmax``: optional arrays written and returned.
+    x (N, C, H, W) -> (y (N, C, P, Q), argmax (N, C, P, Q) int32), argmax the position r*S + s, within its
+    window, of the window's first maximum in raster order (the same meaning as the GPU op; a NaN wins and
+    stays, as in the GPU kernel and PyTorch). ``out`` / ``argmax``: optional arrays written and returned.
 
     >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
     >>> maxpool2d_forward(x, 2, 2)[1][0, 0]
-    array([[ 5,  7],
-           [13, 15]], dtype=int32)
+    array([[3, 3],
+           [3, 3]], dtype=int32)
     """
     kernel, stride = _pair(kernel_size), _pair(stride)
-    (r, s), (sh, sw) = kernel, stride
-    w = x.shape[3]
+    r, s = kernel
     pq = _pq(x.shape, kernel, stride)
     y = _like(x, (*x.shape[:2], *pq)) if out is None else out           # (N, C, P, Q)
     am = _like(y, y.shape, dtype=np.int32) if argmax is None else argmax  # (N, C, P, Q)
     nan = bool(np.isnan(x).any())
-    # top-left corner of window (p, q) as a flat index: p*sh*W + q*sw  (P, Q)
-    corner = (np.arange(pq[0], dtype=np.int32)[:, None] * (sh * w) + np.arange(pq[1], dtype=np.int32) * sw)
 
     def part(xn, yn, amn):
         np.copyto(yn, _offset_view(xn, 0, 0, stride, pq))
@@ -189,8 +187,7 @@ def maxpool2d_forward(x: np.ndarray, kernel_size, stride, out: np.ndarray | None
                 np.equal(v, yn, out=hit)
                 if nan:
                     hit |= np.isnan(v)
-                np.copyto(amn, i * w + j, where=hit)
-        amn += corner
+                np.copyto(amn, i * s + j, where=hit)
 
     _chunked(_split_axis(x), part, x, y, am)
     return y, am
@@ -198,28 +195,25 @@ def maxpool2d_forward(x: np.ndarray, kernel_size, stride, out: np.ndarray | None
 
 def maxpool2d_backward(dy: np.ndarray, argmax: np.ndarray, x_shape, kernel_size, stride,
                        dx: np.ndarray | None = None) -> np.ndarray:
-    """The layer op: dx[n, c, h, w] = sum of dy[n, c, p, q] over the windows (p, q) whose argmax is h*W + w.
+    """The layer op: dx[n, c, p*sh + r, q*sw + s] += dy[n, c, p, q] where argmax[n, c, p, q] = r*S + s.
 
     dy, argmax (N, C, P, Q) (argmax from ``maxpool2d_forward``) -> dx (N, C, H, W), written (=);
     ``dx``: optional array written and returned.
     """
     kernel, stride = _pair(kernel_size), _pair(stride)
     x_shape = tuple(int(v) for v in x_shape)
-    (r, s), (sh, sw) = kernel, stride
-    w = x_shape[3]
+    r, s = kernel
     pq = tuple(dy.shape[2:])
     tiled = _tiles(x_shape, kernel, stride)
     dx = _like(dy, x_shape) if dx is None else dx                       # (N, C, H, W)
-    corner = (np.arange(pq[0], dtype=np.int32)[:, None] * (sh * w) + np.arange(pq[1], dtype=np.int32) * sw)
 
     def part(dyn, amn, dxn):
-        offset = amn - corner                                           # i*W + j within the window
-        hit = np.empty(offset.shape, dtype=bool)
+        hit = np.empty(amn.shape, dtype=bool)
         if not tiled:    # overlapping or partial windows: sums over windows, from zero
             dxn[...] = 0
         for i in range(r):
             for j in range(s):
-                np.equal(offset, i * w + j, out=hit)
+                np.equal(amn, i * s + j, out=hit)
                 if tiled:    # every input element lies in exactly one window: write, no zero fill, no add
                     np.multiply(dyn, hit, out=_offset_view(dxn, i, j, stride, pq))
                 else:

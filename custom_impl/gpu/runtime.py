@@ -5,8 +5,10 @@ Every GPU module of ``custom_impl`` gets its kernels, workspaces and tuned choic
 - Compiling. ``kernels/<family>.cu`` is compiled with ``cupy.RawModule`` the first time a family (with a
   set of ``#define``s) is asked for on a device, and memoised; ``kernel(family, name, defines, smem)`` is
   the one way to get a compiled kernel (it also opts the kernel into more than 48 KB of dynamic shared
-  memory). ``precompile()`` compiles every module the default path can choose, in parallel processes,
-  into CuPy's on-disk cache; ``kernel_modules()`` lists them.
+  memory). A module with a prebuilt cubin for the device in the package (``kernels/prebuilt/<arch>/``,
+  named by a digest of its source, the headers it includes, options and defines) is loaded from it instead of compiled.
+  ``precompile()`` compiles every other module the default path can choose, in parallel processes, into
+  CuPy's on-disk cache; ``kernel_modules()`` lists them.
 - Device buffers. ``workspace(n)`` (float32) and ``counters(n)`` (int32 zeros) are grow-only per-device
   buffers shared by every op (split-K partials, transformed operands, arrival counters). Ops on one stream
   are ordered, so sharing them is safe; a buffer handed out is never freed, so CUDA graphs that captured
@@ -35,6 +37,7 @@ import numpy as np
 KERNEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels")
 # NOTE: no fast-math: parity with cuDNN in strict FP32 is the point of the project.
 NVRTC_OPTIONS = ("-std=c++17",)
+PREBUILT_DIR = os.path.join(KERNEL_DIR, "prebuilt")  # cubins shipped in the package, per architecture
 STATIC_SMEM_BYTES = 48 * 1024  # dynamic shared memory a launch may use without the per-function opt-in
 
 
@@ -61,15 +64,107 @@ def headers_digest() -> str:
     return digest.hexdigest()[:16]
 
 
-def _define_key(defines) -> tuple:
+def define_key(defines) -> tuple:
     """``defines`` (a dict, or None) as a sorted tuple of (name, str(value)) pairs: one key per module."""
     if not defines:
         return ()
     return tuple(sorted((str(k), str(v)) for k, v in defines.items()))
 
 
-@functools.lru_cache(maxsize=None)
-def _module(family: str, device_id: int, defines: tuple):
+def included_headers(family: str) -> list:
+    """The ``kernels/*.cuh`` headers that ``kernels/<family>.cu`` includes with ``#include "..."``, directly
+    or through other headers, sorted by name."""
+    import re
+
+    pattern = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.MULTILINE)
+    found, todo = set(), [kernel_path(family)]
+    while todo:
+        with open(todo.pop(), "r", encoding="utf-8") as fh:
+            names = pattern.findall(fh.read())
+        for name in names:
+            path = os.path.join(KERNEL_DIR, name)
+            if name not in found and os.path.isfile(path):
+                found.add(name)
+                todo.append(path)
+    return sorted(found)
+
+
+def module_digest(family: str, defines: tuple) -> str:
+    """What a compiled module depends on, as 16 hex digits: the family's source, the headers it includes,
+    the compile options and the ``#define``s (``defines`` as from ``define_key``). Names a prebuilt cubin;
+    a header that a module does not include does not change its digest."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    with open(kernel_path(family), "rb") as fh:
+        digest.update(fh.read())
+    for name in included_headers(family):
+        with open(os.path.join(KERNEL_DIR, name), "rb") as fh:
+            digest.update(name.encode() + b"\0" + fh.read())
+    digest.update(repr((NVRTC_OPTIONS, defines)).encode())
+    return digest.hexdigest()[:16]
+
+
+def prebuilt_path(family: str, defines: tuple, arch: str) -> str:
+    """Where the package keeps the prebuilt cubin of a module for ``arch`` ("sm_90"):
+    ``kernels/prebuilt/<arch>/<family>-<module_digest>.cubin.xz``. A source edit changes the digest, so a
+    stale cubin is never loaded; it is simply not found."""
+    return os.path.join(PREBUILT_DIR, arch, f"{family}-{module_digest(family, defines)}.cubin.xz")
+
+
+def prebuilt_enabled() -> bool:
+    """False when the environment sets ``CUSTOM_IMPL_PREBUILT=0`` (always compile from source)."""
+    return os.environ.get("CUSTOM_IMPL_PREBUILT", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _device_arch(device_id: int) -> str:
+    import cupy
+
+    return "sm_" + str(cupy.cuda.Device(device_id).compute_capability)
+
+
+def _unpacked_cubin(packed: str) -> str:
+    """The cubin of ``packed`` (.cubin.xz) unpacked once into a per-user cache folder; returns its path.
+
+    Written to a temporary name and renamed, so concurrent processes never load a half-written file.
+    """
+    import lzma
+    import tempfile
+
+    cache = os.environ.get("CUSTOM_IMPL_CUBIN_CACHE") or os.path.join(
+        tempfile.gettempdir(), f"custom-impl-cubin-{os.getuid() if hasattr(os, 'getuid') else 'user'}")
+    os.makedirs(cache, exist_ok=True)
+    target = os.path.join(cache, os.path.basename(packed)[: -len(".xz")])
+    if not os.path.exists(target):
+        with open(packed, "rb") as fh:
+            data = lzma.decompress(fh.read())
+        fd, tmp = tempfile.mkstemp(dir=cache, suffix=".part")
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, target)
+    return target
+
+
+def _prebuilt_module(family: str, device_id: int, defines: tuple):
+    """The module loaded from the package's prebuilt cubin for this device, or None when there is none
+    (another architecture, an edited source, ``CUSTOM_IMPL_PREBUILT=0``) or it does not load (a driver
+    older than the toolkit that built it): then the caller compiles from source."""
+    import cupy
+
+    if not prebuilt_enabled():
+        return None
+    path = prebuilt_path(family, defines, _device_arch(device_id))
+    if not os.path.exists(path):
+        return None
+    try:
+        mod = cupy.RawModule(path=_unpacked_cubin(path))
+        mod.compile()  # NOTE: for a path module this loads the cubin, so a load failure shows here
+    except Exception:  # any failure to unpack or load: compiling from source is always correct
+        return None
+    return mod
+
+
+def _source_module(family: str, defines: tuple):
     import cupy
 
     with open(kernel_path(family), "r", encoding="utf-8") as fh:
@@ -80,6 +175,20 @@ def _module(family: str, device_id: int, defines: tuple):
     return cupy.RawModule(code=code, options=options)
 
 
+@functools.lru_cache(maxsize=None)
+def _module(family: str, device_id: int, defines: tuple):
+    mod = _prebuilt_module(family, device_id, defines)
+    return mod if mod is not None else _source_module(family, defines)
+
+
+def nvcc_command(family: str, defines: tuple, arch: str, output: str) -> list:
+    """The nvcc command line that builds a module's cubin for ``arch`` with the options NVRTC gets."""
+    cmd = ["nvcc", "-cubin", f"-arch={arch}", *NVRTC_OPTIONS, f"-I{KERNEL_DIR}",
+           f"-DKERNEL_HEADERS_DIGEST={headers_digest()}"]
+    cmd += [f"-D{k}={v}" for k, v in defines]
+    return cmd + ["-o", output, kernel_path(family)]
+
+
 def module(family: str, **defines):
     """The compiled ``cupy.RawModule`` of ``kernels/<family>.cu`` with these ``#define``s, for the current
     device (memoised per family, defines and device).
@@ -88,7 +197,7 @@ def module(family: str, **defines):
     """
     import cupy
 
-    return _module(family, cupy.cuda.Device().id, _define_key(defines))
+    return _module(family, cupy.cuda.Device().id, define_key(defines))
 
 
 _kernels: dict = {}    # (family, name, define key, device) -> compiled kernel
@@ -106,7 +215,7 @@ def kernel(family: str, name: str, defines=None, smem: int = 0):
     """
     import cupy
 
-    key = (family, name, _define_key(defines), cupy.cuda.Device().id)
+    key = (family, name, define_key(defines), cupy.cuda.Device().id)
     fn = _kernels.get(key)
     if fn is None:
         fn = _kernels[key] = _module(family, key[3], key[2]).get_function(name)
@@ -139,18 +248,21 @@ def _plain_family(family: str) -> list:
 
 
 def kernel_modules() -> list:
-    """Every kernel module the default path can choose: [(family, defines dict), ...], without repeats.
+    """Every kernel module the default path can choose, at every precision (the FP32 families and the
+    tensor-core ones of tf32 / bf16): [(family, defines dict), ...], without repeats.
 
-    Loads ``custom_impl.gpu.ops`` first, so every family module has registered its modules.
+    Loads ``custom_impl.gpu.ops`` and ``custom_impl.gpu.model`` first, so every family module has registered
+    its modules.
     """
     # NOTE: loaded by name when called, not imported: the family modules import this module, and the
     # runtime must not depend on them (they plug their module lists in through register_modules).
-    importlib.import_module(__package__ + ".ops")
+    for name in (".ops", ".model"):   # the layer ops, and the model's own families (loss, SGD)
+        importlib.import_module(__package__ + name)
 
     seen, out = set(), []
     for fn in _module_lists:
         for family, defines in fn():
-            key = (family, _define_key(defines))
+            key = (family, define_key(defines))
             if key not in seen:
                 seen.add(key)
                 out.append((family, dict(defines)))
@@ -181,31 +293,47 @@ def _compile_one(job: tuple) -> tuple:
 
 
 def precompile(jobs: int | None = None, progress=None, families=None) -> list:
-    """Compile every module of ``kernel_modules()`` into CuPy's on-disk kernel cache, in parallel.
+    """Compile every module of ``kernel_modules()`` that has no prebuilt cubin for this device into CuPy's
+    on-disk kernel cache, in parallel.
 
-    A fresh machine otherwise compiles each module on first use, one after another (~10-20 s each for the
-    GEMM-tiled families, one module per tile config); later processes load them from the cache. Each
+    The package ships cubins for the common architectures (``kernels/prebuilt/``, built by
+    ``python -m custom_impl.gpu.prebuild``); modules found there load in milliseconds and are not
+    compiled. The rest would otherwise compile on first use, one after another (~10-110 s each for the
+    GEMM-tiled families, one module per tile config); later processes load them from CuPy's cache. Each
     module compiles in its own worker process (spawned; ``jobs`` of them, default the CPU count capped
-    at 16). ``progress(line)``, if given, is called once before ("compiling 23 kernel modules in 16
-    processes") and once per module done ("compiled 7/23 gemm 256x128x16_16x8 in 14.2 s").
+    at 16). ``progress(line)``, if given, is called once before ("35 kernel modules: 35 prebuilt for
+    sm_90, compiling 0" or "compiling 23 kernel modules in 16 processes") and once per module done
+    ("compiled 7/23 gemm 256x128x16_16x8 in 14.2 s").
 
     ``families`` (an iterable of family names, or None for all) limits it to those families' modules.
 
-    Returns [(module label, seconds), ...] in completion order; raises RuntimeError naming the module
-    when one fails to compile.
+    Returns [(module label, seconds), ...] of the modules compiled, in completion order; raises
+    RuntimeError naming the module when one fails to compile.
 
     >>> precompile(progress=print)                                          # doctest: +SKIP
     """
     import concurrent.futures as cf
     import multiprocessing
 
-    todo = [job for job in kernel_modules() if families is None or job[0] in set(families)]
-    todo = sorted(todo, key=lambda job: not job[1])  # tile-config modules (the slow ones) first
+    import cupy
+
+    wanted = None if families is None else set(families)
+    modules = [m for m in kernel_modules() if wanted is None or m[0] in wanted]
+    arch = _device_arch(cupy.cuda.Device().id)
+    have = [m for m in modules if prebuilt_enabled() and os.path.exists(prebuilt_path(m[0], define_key(m[1]), arch))]
+    todo = [m for m in modules if m not in have]
+    todo.sort(key=lambda job: not job[1])  # tile-config modules (the slow ones) first
     jobs = max(1, min(16, os.cpu_count() or 1) if jobs is None else int(jobs))
     jobs = min(jobs, max(1, len(todo)))
     if progress is not None:
-        progress(f"compiling {len(todo)} kernel modules in {jobs} processes")
+        if have:
+            progress(f"{len(modules)} kernel modules: {len(have)} prebuilt for {arch}, compiling {len(todo)}"
+                     + (f" in {jobs} processes" if todo else ""))
+        else:
+            progress(f"compiling {len(todo)} kernel modules in {jobs} processes")
     done, failed = [], []
+    if not todo:
+        return done
     ctx = multiprocessing.get_context("spawn")
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
         futures = [pool.submit(_compile_one, job) for job in todo]

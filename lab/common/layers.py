@@ -69,7 +69,7 @@ def layer_calls(spec, batch: int, device: str, seed: int = 0) -> list[tuple[str,
             continue
         if kind == "maxpool2d":
             k, st = layer.kernel_size, layer.stride
-            argmax = empty(y.shape, np.int32)           # (N, C, P, Q): flat index h*W+w of each window's max
+            argmax = empty(y.shape, np.int32)           # (N, C, P, Q): window position r*S+s of each max
             fwd = (lambda x=x, y=y, a=argmax, k=k, st=st: ops.maxpool2d_forward(x, k, st, out=y, argmax=a))
             fwd()
             bwd = (lambda dy=dy, a=argmax, xs=x.shape, k=k, st=st, dx=dx:

@@ -37,4 +37,9 @@ def test_one_cpu_benchmark_json_and_report(tmp_path):
     rep = subprocess.run([sys.executable, "-m", "harness", "report", str(out), "--out", str(tmp_path / "rep")],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert rep.returncode == 0, rep.stderr
-    assert "M=7 N=10 K=33" in (tmp_path / "rep" / "layers.md").read_text()
+    assert "dense 33->10, M=7" in (tmp_path / "rep" / "layers.md").read_text()   # the shape in words
+    # harness compare reads the same file: against itself every row is the same, exit code 0
+    cmp = subprocess.run([sys.executable, "-m", "harness", "compare", str(out), str(out), "--fail-on-regression",
+                          "--out", str(tmp_path / "cmp")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert cmp.returncode == 0, cmp.stderr
+    assert "| dense | ours | 1 | 1.0000 |" in cmp.stdout and "| dense | PyTorch | 1 | 1.0000 |" in cmp.stdout

@@ -22,7 +22,7 @@ import pytest
 from harness import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-VERBS = ("run", "report", "parity", "env", "targets")
+VERBS = ("run", "report", "compare", "parity", "env", "targets", "train")
 NO_CUPY = (False, "CuPy cannot be imported (ModuleNotFoundError: No module named 'cupy')")
 
 

@@ -1,4 +1,5 @@
-"""harness.data: the digits split, IDX and CIFAR-10 readers (files written in tmp_path), train/accuracy."""
+"""harness.data: the digits split, IDX and CIFAR-10 readers and folders (files written in tmp_path), dataset names,
+the synthetic sets, train/accuracy and divergence."""
 from __future__ import annotations
 
 import gzip
@@ -7,7 +8,9 @@ import struct
 import numpy as np
 import pytest
 
-from harness.data import accuracy, load_cifar10_batch, load_digits_split, load_mnist_idx, predict, train
+from harness.data import (SYNTHETIC_SHAPES, DatasetSpec, Diverged, accuracy, load_cifar10_batch, load_cifar10_folder,
+                          load_dataset, load_digits_split, load_mnist_folder, load_mnist_idx, mnist_files, parse_dataset,
+                          predict, synthetic_set, synthetic_teacher, synthetic_test_size, train)
 
 
 def write_idx(path, array: np.ndarray, compress: bool = False, magic: bytes | None = None) -> None:
@@ -180,3 +183,163 @@ def test_train_and_accuracy_with_any_model():
     assert np.array_equal(predict(_Counter(binary=True), x), y)
     with pytest.raises(ValueError, match=r"same, non-zero number of samples"):
         train(m, x, y[:-1], 1, 8, 0.1)
+
+
+# --- dataset folders: MNIST / Fashion-MNIST (IDX) and CIFAR-10 (binary batches) ------------------------
+
+def _mnist_folder(folder, n_train=9, n_test=5, compress=False, size=28, seed=5):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, size=(n, size, size), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=n, dtype=np.uint8)
+        ext = ".gz" if compress else ""
+        write_idx(folder / f"{split}-images-idx3-ubyte{ext}", images, compress)
+        write_idx(folder / f"{split}-labels-idx1-ubyte{ext}", labels, compress)
+        arrays[split] = (images, labels)
+    return arrays
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_mnist_folder_round_trip(tmp_path, compress):
+    arrays = _mnist_folder(tmp_path / "m", compress=compress)
+    xtr, ytr, xte, yte = load_mnist_folder(tmp_path / "m")
+    assert xtr.shape == (9, 1, 28, 28) and xte.shape == (5, 1, 28, 28)
+    assert np.array_equal(ytr, arrays["train"][1]) and np.array_equal(yte, arrays["t10k"][1])
+    assert np.array_equal(xte[:, 0], arrays["t10k"][0].astype(np.float32) / 255.0)
+
+
+def test_mnist_folder_names_what_is_missing_or_wrong(tmp_path):
+    _mnist_folder(tmp_path / "m")
+    (tmp_path / "m" / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(FileNotFoundError, match=r"missing t10k-labels-idx1-ubyte\[\.gz\]"):
+        load_mnist_folder(tmp_path / "m")
+    with pytest.raises(FileNotFoundError, match=r"no such folder"):
+        mnist_files(tmp_path / "nope")
+    _mnist_folder(tmp_path / "small", size=20)
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte: images are 20x20, expected 28x28"):
+        load_mnist_folder(tmp_path / "small")
+    _mnist_folder(tmp_path / "bad")
+    path = tmp_path / "bad" / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-3])                       # a truncated file
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte: header says dims \(9, 28, 28\)"):
+        load_mnist_folder(tmp_path / "bad")
+
+
+def _cifar_folder(folder, per_batch=2):
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = []
+    for i, name in enumerate([f"data_batch_{k}.bin" for k in range(1, 6)] + ["test_batch.bin"]):
+        data, y, _ = _cifar_bytes(per_batch + (i == 5), seed=10 + i)
+        (folder / name).write_bytes(data)
+        labels.append(y)
+    return labels
+
+
+def test_cifar10_folder_and_its_subfolder(tmp_path):
+    labels = _cifar_folder(tmp_path / "c" / "cifar-10-batches-bin")
+    for where in (tmp_path / "c", tmp_path / "c" / "cifar-10-batches-bin"):
+        xtr, ytr, xte, yte = load_cifar10_folder(where)
+        assert xtr.shape == (10, 3, 32, 32) and xte.shape == (3, 3, 32, 32)
+        assert np.array_equal(ytr, np.concatenate(labels[:5])) and np.array_equal(yte, labels[5])
+    (tmp_path / "c" / "cifar-10-batches-bin" / "data_batch_3.bin").unlink()
+    with pytest.raises(FileNotFoundError, match=r"missing .*data_batch_3\.bin"):
+        load_cifar10_folder(tmp_path / "c")
+
+
+def test_cifar10_folder_with_a_damaged_batch_names_the_file(tmp_path):
+    _cifar_folder(tmp_path / "c")
+    path = tmp_path / "c" / "data_batch_2.bin"
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(ValueError, match=r"data_batch_2\.bin: size 6145 bytes is not a positive multiple"):
+        load_cifar10_folder(tmp_path / "c")
+
+
+# --- dataset names ----------------------------------------------------------------------------------------
+
+def test_parse_dataset_forms(tmp_path):
+    _mnist_folder(tmp_path / "m")
+    assert parse_dataset("digits") == DatasetSpec("digits")
+    assert parse_dataset(f"fashion-mnist:{tmp_path / 'm'}").folder == str(tmp_path / "m")
+    assert parse_dataset(f"mnist:{tmp_path / 'm'}").name == "mnist"       # results never carry the path
+    assert parse_dataset("synthetic-cifar").n == 60_000
+    assert parse_dataset("synthetic-mnist:1_000").name == "synthetic-mnist:1000"
+    assert parse_dataset("synthetic-cifar:7").sample_shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("mnits", "unknown dataset 'mnits' (did you mean 'mnist'?)"),
+    ("mnist", "write mnist:DIR"),
+    ("digits:5", "digits takes no argument"),
+    ("synthetic-mnist:0", "N (training samples) must be a whole number from 1"),
+    ("synthetic-mnist:1e5", "must be a whole number"),
+    ("cifar10:/no/such/folder", "no such folder"),
+    ("", "non-empty name"),
+])
+def test_parse_dataset_refuses_clearly(text, needle):
+    with pytest.raises(ValueError) as err:
+        parse_dataset(text)
+    assert needle in str(err.value)
+
+
+# --- the synthetic sets -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["synthetic-mnist", "synthetic-cifar"])
+def test_synthetic_set_is_deterministic_by_seed_and_balanced(kind):
+    x, y = synthetic_set(kind, 3000, seed=0)
+    again_x, again_y = synthetic_set(kind, 3000, seed=0)
+    assert np.array_equal(x, again_x) and np.array_equal(y, again_y)          # the same seed: the same bits
+    other_x, other_y = synthetic_set(kind, 3000, seed=1)
+    assert not np.array_equal(x, other_x) and not np.array_equal(y, other_y)
+    assert x.shape == (3000, *SYNTHETIC_SHAPES[kind]) and x.dtype == np.float32 and y.dtype == np.int64
+    assert x.min() >= 0.0 and x.max() <= 1.0 and 0.4 < x.mean() < 0.6 and x.std() > 0.2
+    share = np.bincount(y, minlength=10) / len(y)
+    # balanced by the teacher's offsets to within a few percent; 3000 draws add a binomial sd of 0.55
+    # points per class: every class holds 7-13% of the samples
+    assert share.min() > 0.07 and share.max() < 0.13, share
+    # odd sizes across chunk boundaries: the first samples do not depend on how many are drawn after them
+    small_x, small_y = synthetic_set(kind, 7, seed=0)
+    assert small_x.shape[0] == 7 and np.array_equal(small_y, y[:7]) and np.array_equal(small_x, x[:7])
+
+
+def test_synthetic_labels_follow_the_teacher():
+    """The label of every sample is the teacher's class of its (recovered) latent code: a least-squares
+    read-out of z from the pixels, pushed through the teacher, gives back almost every label."""
+    x, y = synthetic_set("synthetic-mnist", 2000, seed=0)
+    t = synthetic_teacher(SYNTHETIC_SHAPES["synthetic-mnist"], 0)
+    u = (x.reshape(len(x), -1) - 0.5) / 0.3                        # z @ basis + noise, where not clipped
+    z, *_ = np.linalg.lstsq(t.basis.T.astype(np.float64), u.T.astype(np.float64), rcond=None)
+    labels = (np.tanh(z.T @ t.w1 + t.b1) @ t.w2 - t.offsets).argmax(axis=1)
+    # clipping (7% of pixels) and pixel noise blur the read-out a little; the margin keeps codes off the
+    # decision boundaries, so nearly all labels come back (measured 99.6%)
+    assert np.mean(labels == y) > 0.97
+
+
+def test_load_dataset_synthetic_splits_train_and_test():
+    xtr, ytr, xte, yte = load_dataset(parse_dataset("synthetic-mnist:1200"))
+    assert xtr.shape == (1200, 1, 28, 28) and xte.shape == (synthetic_test_size(1200), 1, 28, 28) == (500, 1, 28, 28)
+    assert len(ytr) == 1200 and len(yte) == 500
+
+
+# --- divergence -----------------------------------------------------------------------------------------------
+
+class _Exploding(_Counter):
+    """Its loss is finite for ``good`` steps, then NaN (weights gone)."""
+
+    def __init__(self, good):
+        super().__init__()
+        self.good = good
+
+    def train_step(self, x, y, lr, momentum=0.0):
+        super().train_step(x, y, lr, momentum)
+        return np.float32(1.0) if len(self.seen) <= self.good else np.float32("nan")
+
+
+def test_train_stops_at_the_epoch_whose_loss_is_not_finite():
+    x = np.random.default_rng(0).random((20, 3)).astype(np.float32)
+    y = (x[:, 0] > 0.5).astype(np.int64)
+    m = _Exploding(good=7)                            # 3 steps an epoch: epochs 1-2 fine, step 8 of epoch 3 NaN
+    with pytest.raises(Diverged, match=r"training diverged in epoch 3: the mean training loss is nan \(not finite\).*\(lr = 50\)"):
+        train(m, x, y, epochs=5, batch_size=8, lr=50, momentum=0.9)
+    assert len(m.seen) == 9                           # the run stopped at the end of epoch 3

@@ -200,7 +200,7 @@ def test_targets_at_tf32_and_bf16_use_their_own_rows():
 
 
 def test_report_keeps_precisions_apart(tmp_path):
-    from harness import report, results
+    from harness import report, results, speedups
 
     rows = []
     for prec, ours, ref in (("fp32", 2.0, 1.0), ("bf16", 1.0, 4.0)):
@@ -210,5 +210,49 @@ def test_report_keeps_precisions_apart(tmp_path):
                                     parity_ok=True))
     results.write_all(str(tmp_path / "results.csv"), rows)
     df, _ = report.load([str(tmp_path)])
-    pairs = report.paired(df).set_index("workload")["speedup"].to_dict()
-    assert pairs == {"dense_M8_N8_K8": 0.5, "dense_M8_N8_K8 [bf16]": 4.0}
+    pairs = speedups.pair(df)
+    assert pairs.set_index("workload")["speedup_best"].to_dict() == {"dense_M8_N8_K8": 0.5,
+                                                                     "dense_M8_N8_K8 [bf16]": 4.0}
+    head = speedups.headline(pairs).set_index("precision")
+    assert head["geomean_best"].to_dict() == {"fp32": 0.5, "bf16": 4.0}
+
+
+def test_jax_reference_is_fp32_only():
+    with pytest.raises(ValueError, match="framework 'jax' runs precision 'fp32' only"):
+        reference_impl.build("mlp-mnist", framework="jax", precision="bf16")
+    s = _suite(precisions=["fp32", "bf16"], phases=["train_step"], variants=["cuda-graph", "torch-eager", "jax-jit"])
+    got = {(j.variant, j.precision) for j in s.jobs("gpu") if j.kind == "model"}
+    assert ("jax-jit", "fp32") in got and ("jax-jit", "bf16") not in got
+    assert ("torch-eager", "bf16") in got and ("cuda-graph", "bf16") in got
+
+
+def test_jax_rows_at_another_precision_are_unsupported():
+    from harness import workloads_jax
+
+    with pytest.raises(workloads_jax.JaxUnavailable, match="strict FP32 only"):
+        workloads_jax.check_available("gpu", "tf32")
+
+
+def test_train_checks_its_precision():
+    from harness import train
+
+    runs = train.plan_runs(datasets=["digits"], device="cpu", models=["digits-mlp"], seeds=[0], precision="fp32")
+    assert {r.precision for r in runs} == {"fp32"}
+    with pytest.raises(train.TrainError, match="precision 'bf16' needs the GPU's tensor cores"):
+        train.plan_runs(datasets=["digits"], device="cpu", models=["digits-mlp"], seeds=[0], precision="bf16")
+    with pytest.raises(train.TrainError, match="unknown precision 'fp8'"):
+        train.plan_runs(datasets=["digits"], device="gpu", models=["digits-mlp"], seeds=[0], precision="fp8")
+
+
+def test_report_labels_keep_the_precision_tag():
+    from harness import labels, tables
+
+    assert labels.workload_label("dense_M64_N128_K784 [tf32]") == "dense 784->128, M=64 [tf32]"
+    assert labels.workload_label("mlp-mnist [bf16]") == "mlp-mnist [bf16]"
+    assert labels.parse_workload("dense_M64_N128_K784 [tf32]") is None     # no FP32 roofline point
+    env = {"precision_flags": reference_impl.precision_flags(),
+           "precision_modes": {"fp32": reference_impl.precision_flags("fp32"),
+                               "bf16": reference_impl.precision_flags("bf16")}}
+    rows = dict(tables.env_rows(env, ["gpu"]))
+    assert rows["precision ({} rows)".format("bf16")].endswith("autocast cuda bfloat16")
+    assert "precision (fp32 rows)" not in rows

@@ -6,8 +6,9 @@ of the folder was changed or lost (SHA-256 of every file before and after). The 
 (one module fixture) to keep the file fast on 2 cores.
 
 Then: two runs into one --out at once (zero duplicate keys), SIGKILL of ``harness run`` at several moments
-followed by a resume (every finished row kept, no duplicates, the uninterrupted row count), and SIGKILL of
-``harness report`` (each artefact valid or absent, inputs unchanged).
+followed by a resume (every finished row kept, no duplicates, the uninterrupted row count, every row's
+samples in samples.csv and no others), and SIGKILL of ``harness report`` (each artefact valid or absent,
+inputs unchanged).
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ import numpy as np
 import pytest
 
 from harness.io import FolderLock
-from harness.results import COLUMNS, ROW_KEY, key_of, read_results
+from harness.results import (COLUMNS, PRE_SAMPLES_COLUMNS, ROW_KEY, key_of, read_results, read_samples,
+                             read_samples_file, row_id)
 from harness.suites import SuiteError, load_suite
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -187,6 +189,33 @@ def case_not_utf8_run(w, d):
     return run_args(w["suite"], out), out
 
 
+def case_older_layout_run(w, d):
+    """A results.csv written before samples.csv and the confidence interval: read, never appended to."""
+    out = _copy(w, d / "out")
+    os.remove(out / "samples.csv")
+    old = [line.split(b",")[:len(PRE_SAMPLES_COLUMNS)] for line in (out / "results.csv").read_bytes().split(b"\r\n")]
+    (out / "results.csv").write_bytes(b"\r\n".join(b",".join(f) for f in old[:3]) + b"\r\n")
+    return run_args(w["suite"], out), out
+
+
+def case_samples_damaged_run(w, d):
+    out = _copy(w, d / "out")
+    _edit_lines(out / "samples.csv", lambda ls: ls[:3] + [ls[3].replace(b",", b";", 1)] + ls[4:])
+    return run_args(w["suite"], out), out
+
+
+def case_samples_orphan_in_the_middle(w, d):
+    """Samples of a row results.csv lacks, followed by a finished row's: not what a kill leaves."""
+    out = _copy(w, d / "out")
+
+    def insert(ls):
+        k = next(i for i in range(2, len(ls)) if ls[i].split(b",")[0] != ls[1].split(b",")[0])  # after row 1
+        return ls[:k] + [b"0123456789abcdef,0,0.001"] + ls[k:]
+
+    _edit_lines(out / "samples.csv", insert)
+    return run_args(w["suite"], out), out
+
+
 def case_bad_type(w, d):
     out = _copy(w, d / "out")
     i = COLUMNS.index("median_ms")
@@ -274,7 +303,12 @@ CASES = [
     ("env_garbage", case_env_garbage, 2, "env.json, line 1: not valid JSON", None),
     ("env_empty", case_env_empty, 2, "env.json is empty", None),
     ("results_empty", case_results_empty, 2, "results.csv is empty", None),
-    ("extra_field", case_extra_field, 2, "results.csv, line 3: 30 fields, the header has 29", None),
+    ("extra_field", case_extra_field, 2, f"results.csv, line 3: {len(COLUMNS) + 1} fields, the header has "
+                                         f"{len(COLUMNS)}", None),
+    ("older_layout_run", case_older_layout_run, 2, "written by an earlier version of the harness", None),
+    ("samples_damaged_run", case_samples_damaged_run, 2, "samples.csv, line 4: 2 fields", None),
+    ("samples_orphan_in_the_middle", case_samples_orphan_in_the_middle, 2,
+     "samples of a finished row after those of a row results.csv does not have", None),
     ("not_utf8_report", case_not_utf8, 2, "results.csv, line 4: not UTF-8", None),
     ("not_utf8_run", case_not_utf8_run, 2, "results.csv, line 4: not UTF-8", None),
     ("bad_type", case_bad_type, 2, "line 3: column 'median_ms' must be a number", None),
@@ -437,6 +471,8 @@ def _valid_or_absent(folder):
         data = open(p, "rb").read()
         if name == "results.csv":
             read_results(p)
+        elif name == "samples.csv":
+            read_samples_file(p)
         elif name == "env.json":
             import json
 
@@ -478,6 +514,7 @@ def test_kill_run_at_several_moments_then_resume(work, tmp_path):
             for r in rows:
                 assert kept.setdefault(key_of(r), r) == r      # a finished row is never changed
             assert set(kept) <= set(keys(rows))               # ... nor lost
+            _samples_match_rows(out, rows, killed=True)
     assert mid_run >= 1   # at least one kill landed while rows were still being measured
     proc = harness(*run_args(work["suite"], out))
     assert proc.returncode == 0, proc.stderr
@@ -486,6 +523,44 @@ def test_kill_run_at_several_moments_then_resume(work, tmp_path):
     assert set(keys(rows)) == set(keys(work["rows"]))
     assert all(kept[key_of(r)] == r for r in rows if key_of(r) in kept)
     assert set(ROW_KEY) <= set(COLUMNS)
+    _samples_match_rows(out, rows, killed=False)
+
+
+def _samples_match_rows(folder, rows, killed):
+    """Every timed row has exactly its ``repeats`` samples; samples of rows not in results.csv are only the
+    row a kill interrupted (the last block, and only right after a kill)."""
+    sf = read_samples_file(str(folder / "samples.csv"))
+    blocks = {rid: values for rid, _, _, values in sf.blocks}
+    ids = {row_id(r) for r in rows}
+    for r in rows:
+        if r["status"] in ("ok", "parity_fail"):
+            assert len(blocks.get(row_id(r), [])) == int(r["repeats"]), r
+    orphans = [i for i, b in enumerate(sf.blocks) if b[0] not in ids]
+    assert orphans in ([], [len(sf.blocks) - 1]) if killed else orphans == []
+    df = read_samples(str(folder))
+    assert len(df) == sum(int(r["repeats"]) for r in rows if r["repeats"])
+
+
+def test_resume_cuts_the_samples_of_the_killed_row(work, tmp_path):
+    out = shutil.copytree(work["base"], tmp_path / "out")
+    results, samples = (out / "results.csv").read_bytes(), (out / "samples.csv").read_bytes()
+    lines = results.split(b"\r\n")
+    # the last row was in flight: its samples are written, its results line is not (and one sample is torn)
+    last = dict(zip(COLUMNS, lines[-2].decode().split(",")))
+    (out / "results.csv").write_bytes(b"\r\n".join(lines[:-2]) + b"\r\n")
+    rid = row_id(last).encode()
+    kept = b"".join(line + b"\n" for line in samples.split(b"\n") if line and not line.startswith(rid))
+    assert samples.startswith(kept) and len(kept) < len(samples)    # that row's samples are the last lines
+    (out / "samples.csv").write_bytes(samples + rid + b",99,0.00")
+    proc = subprocess.run([sys.executable, "-m", "harness", *run_args(work["suite"], out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "dropping the samples of the row a killed run was measuring" in proc.stderr
+    rows = read_results(str(out / "results.csv")).rows
+    assert (out / "results.csv").read_bytes().startswith(b"\r\n".join(lines[:-2]))
+    assert (out / "samples.csv").read_bytes().startswith(kept)           # finished rows' samples untouched
+    assert len(rows) == len(work["rows"])
+    _samples_match_rows(out, rows, killed=False)
 
 
 def test_kill_report_leaves_whole_artefacts(work, tmp_path):
@@ -504,3 +579,17 @@ def test_kill_report_leaves_whole_artefacts(work, tmp_path):
     assert proc.returncode == 0, proc.stderr
     _valid_or_absent(out)
     assert os.path.isfile(out / "report.pdf")
+
+
+def test_a_train_step_row_whose_parameters_blow_up_is_diverged_not_ok(work, tmp_path):
+    """lr 3e38 is a valid float32 learning rate, but the timed momentum steps of thesis-2-3-1 overflow its
+    weights: the row is 'diverged' with the lr in its reason, not 'ok'; the inference rows stay 'ok'."""
+    suite = _suite_with(work, tmp_path, settings="lr = 3e38\nmomentum = 0.9")
+    out = tmp_path / "out"
+    proc = harness(*run_args(suite, out))
+    assert proc.returncode == 0, proc.stderr
+    rows = read_results(str(out / "results.csv")).rows
+    steps = [r for r in rows if r["kind"] == "model" and r["phase"] == "train_step"]
+    assert steps and all(r["status"] == "diverged" for r in steps), [(r["impl"], r["status"]) for r in steps]
+    assert all("lr=3e+38" in r["reason"] for r in steps), steps[0]["reason"]
+    assert all(r["status"] == "ok" for r in rows if r["phase"] == "inference")

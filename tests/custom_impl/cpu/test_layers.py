@@ -217,4 +217,8 @@ def test_reference_graphed_step_equals_eager(name):
         assert abs(le - lg) <= 1e-5 * abs(le)
     pe, pg = eager.get_params(), graphed.get_params()
     for key in pe:
-        _close(pg[key], pe[key], 1e-4, 1e-5, f"{name} {key} graphed vs eager")
+        # cudnn.benchmark may pick a different algorithm for each model (seen: lenet's conv2 weight
+        # gradient); float32 reassociation over its 2,112-term sums then differs by ~1e-6 relative per
+        # step, which 5 momentum steps carry into the weights: 2.3e-5 absolute seen on an H100, against
+        # weights of ~1e-2..1e-1. atol 1e-4 keeps 4x margin and still catches a wrong step (>= lr * |grad|).
+        _close(pg[key], pe[key], 1e-4, 1e-4, f"{name} {key} graphed vs eager")

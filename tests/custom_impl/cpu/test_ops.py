@@ -156,7 +156,12 @@ def test_pooling(shape, kernel, stride):
     y, am = ops.maxpool2d_forward(x, kernel, stride, out=y_out, argmax=am_out)
     assert y is y_out and am is am_out and am.dtype == np.int32
     _close(y, yt.detach(), "maxpool2d_forward")
-    np.testing.assert_array_equal(am, idx.numpy())   # PyTorch's indices: h*W + w within the plane
+    # PyTorch's indices are h*W + w within the plane; ours the position r*S + s within the window
+    (kr, ks), (sh, sw) = (kernel, kernel) if np.isscalar(kernel) else kernel, (stride, stride) if np.isscalar(stride) else stride
+    p, q = np.meshgrid(np.arange(yt.shape[2]), np.arange(yt.shape[3]), indexing="ij")
+    h, w = np.divmod(idx.numpy(), shape[3])
+    np.testing.assert_array_equal(am, (h - p * sh) * ks + (w - q * sw))
+    assert am.min() >= 0 and am.max() < kr * ks
     yt.backward(torch.from_numpy(dy.astype(np.float64)))
     dx = np.full(x.shape, np.nan, np.float32)
     assert ops.maxpool2d_backward(dy, am, x.shape, kernel, stride, dx=dx) is dx
@@ -177,7 +182,7 @@ def test_maxpool_ties_and_nan_keep_the_first_maximum():
     # rule of custom_impl/kernels/pool.cu: strict '>' in raster order; a NaN wins and stays
     x = np.array([[[[1, 3, 3, 0], [3, 2, 0, 0], [np.nan, 1, 5, np.nan], [2, np.nan, 5, 5]]]], np.float32)
     y, am = ops.maxpool2d_forward(x, 2, 2)
-    assert am[0, 0].tolist() == [[1, 2], [8, 11]]
+    assert am[0, 0].tolist() == [[1, 0], [0, 1]]   # window positions r*S + s
     assert y[0, 0, 0].tolist() == [3, 3] and np.isnan(y[0, 0, 1]).all()
 
 
