@@ -1,7 +1,7 @@
 """Our own implementation of the networks in ``modelspec``: NumPy on the CPU, CUDA kernels via CuPy on the GPU.
 
 Two entry points:
-- ``build(spec, device, seed, use_graph=None, fuse_pool=True)``: a model with the contract of
+- ``build(spec, device, seed, precision="fp32", use_graph=None, fuse_pool=True)``: a model with the contract of
   ``custom_impl.base.CustomModel`` (the same as ``reference_impl``'s models).
 - ``layer_ops(device)``: the module of layer functions of a device (``custom_impl.cpu.ops`` or
   ``custom_impl.gpu.ops``), one signature per op on both devices.
@@ -22,8 +22,12 @@ import modelspec
 from .base import CustomModel
 
 DEVICES = ("cpu", "gpu")
+# fp32: strict FP32 everywhere; tf32 / bf16 (GPU only): dense and conv products on the tensor cores with
+# TF32 / BF16 operands and FP32 accumulation, FP32 storage, loss and SGD (docs/model-contract.md)
+PRECISIONS = ("fp32", "tf32", "bf16")
+DEVICE_PRECISIONS = {"cpu": ("fp32",), "gpu": PRECISIONS}
 
-__all__ = ["CustomModel", "DEVICES", "build", "layer_ops"]
+__all__ = ["CustomModel", "DEVICES", "DEVICE_PRECISIONS", "PRECISIONS", "build", "check_precision", "layer_ops"]
 
 _GPU_INSTALL = ("install CuPy for your CUDA version from the repository root: "
                 "`pip install .[gpu-cuda12]` (CUDA 12) or `pip install .[gpu-cuda13]` (CUDA 13)")
@@ -34,12 +38,34 @@ def _check_device(device: str) -> None:
         raise ValueError(f"unknown device {device!r}; choose one of {', '.join(repr(d) for d in DEVICES)}")
 
 
-def build(spec, device: str = "cpu", seed: int = 0, use_graph: bool | None = None,
+def check_precision(precision, device: str) -> None:
+    """Raise ValueError unless ``precision`` is one of PRECISIONS and runs on ``device``.
+
+    >>> check_precision("tf32", "cpu")
+    Traceback (most recent call last):
+    ...
+    ValueError: precision 'tf32' needs device 'gpu' (tensor cores); device 'cpu' runs 'fp32' only: use precision='fp32', or device='gpu'
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of "
+                         f"{', '.join(repr(p) for p in PRECISIONS)}")
+    allowed = DEVICE_PRECISIONS[device]
+    if precision not in allowed:
+        raise ValueError(f"precision {precision!r} needs device 'gpu' (tensor cores); device {device!r} runs "
+                         f"{', '.join(repr(p) for p in allowed)} only: use precision='fp32', or device='gpu'")
+
+
+def build(spec, device: str = "cpu", seed: int = 0, precision: str = "fp32", use_graph: bool | None = None,
           fuse_pool: bool = True) -> CustomModel:
     """Build our model for ``spec`` (a ModelSpec, dict, zoo name or .toml/.json path) on ``device``.
 
     Parameters start from ``spec.init_params(seed)``, so a reference model built with the same seed is
     identical. device "cpu": NumPy; "gpu": our CUDA kernels (needs CuPy and a CUDA device).
+
+    ``precision``: "fp32" (strict FP32, the default and the only one on the CPU), "tf32" or "bf16" (GPU:
+    dense and conv products on the tensor cores with TF32 / BF16 operands, FP32 accumulation, FP32
+    parameters, activations, loss and SGD); the model's ``precision`` attribute says which. Anything else
+    raises ValueError naming the allowed values.
 
     GPU options (a ValueError for device "cpu", whose model has neither choice):
     - ``use_graph``: replay train steps and inference as CUDA graphs (True), or launch every kernel
@@ -53,6 +79,7 @@ def build(spec, device: str = "cpu", seed: int = 0, use_graph: bool | None = Non
     """
     spec = modelspec.load(spec)
     _check_device(device)
+    check_precision(precision, device)
     if device == "cpu":
         given = ([f"use_graph={use_graph!r}"] if use_graph is not None else []) + \
                 ([f"fuse_pool={fuse_pool!r}"] if fuse_pool is not True else [])
@@ -62,7 +89,7 @@ def build(spec, device: str = "cpu", seed: int = 0, use_graph: bool | None = Non
                              f"{' and '.join(g.split('=')[0] for g in given)}, or use device='gpu'")
         from .cpu.model import CPUModel
         return CPUModel(spec, seed=seed)
-    return _build_gpu(spec, seed, use_graph=use_graph, fuse_pool=fuse_pool)
+    return _build_gpu(spec, seed, precision=precision, use_graph=use_graph, fuse_pool=fuse_pool)
 
 
 def layer_ops(device: str):

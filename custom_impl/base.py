@@ -16,7 +16,8 @@ the GPU):
 ``train_step(x, y, lr, momentum=0.0)``         one SGD step; the loss before it, 0-d device array (no sync)
 ``get_params()`` / ``set_params(params)``      float32 NumPy copies in / out
 ``to_numpy(a)``                                a device array -> NumPy
-``spec``, ``impl`` ("custom"), ``device``      attributes
+``spec``, ``impl`` ("custom"), ``device``,     attributes
+``precision`` ("fp32", "tf32", "bf16")
 =============================================  ============================================================
 
 ``CustomModel`` does everything that does not touch arrays: it loads the spec, validates inputs, labels,
@@ -71,6 +72,7 @@ class CustomModel:
 
     impl = "custom"
     device = "?"
+    precision = "fp32"   # what the dense and conv products run in (the GPU model may be built with another)
 
     def __init__(self, spec, seed: int = 0):
         self.spec = modelspec.load(spec)
@@ -201,4 +203,5 @@ class CustomModel:
 
     def __repr__(self) -> str:
         n = self.spec.num_params()
-        return f"<{type(self).__name__} {self.spec.name!r} device={self.device!r} params={n:,}>"
+        return (f"<{type(self).__name__} {self.spec.name!r} device={self.device!r} precision={self.precision!r} "
+                f"params={n:,}>")

@@ -141,6 +141,23 @@ def _load_suite(name: str, models: str | None):
     return suite
 
 
+def _set_precisions(suite, text: str, device: str) -> None:
+    """``--precision fp32,bf16``: run the suite's model, dense and conv2d sections at these precisions."""
+    from .suites import DEVICE_PRECISIONS, PRECISIONS, SuiteError
+
+    wanted = [p.strip() for p in text.split(",") if p.strip()]
+    if not wanted:
+        raise CliError(f"--precision: give one or more of {', '.join(PRECISIONS)}, comma-separated")
+    try:
+        suite.set_precisions(wanted)
+    except SuiteError as err:
+        raise CliError(str(err)) from None
+    other = [p for p in wanted if p not in DEVICE_PRECISIONS[device]]
+    if other:
+        raise CliError(f"--precision {','.join(other)}: needs the GPU's tensor cores; on the {device} only "
+                       f"{', '.join(DEVICE_PRECISIONS[device])} runs: drop it, or run with --device gpu")
+
+
 def _checked_numbers(args) -> None:
     """The CLI's numbers (--budget-s, --time-limit-s, --peak-tflops) checked as the suite settings are."""
     from .suites import SuiteError, check_peak_tflops, check_setting
@@ -192,6 +209,8 @@ def cmd_run(args) -> int:
     device = _device(args.device)
     suite_name = args.suite or ("gpu" if device == "gpu" else "cpu")
     suite = _load_suite(suite_name, args.models)
+    if args.precision is not None:
+        _set_precisions(suite, args.precision, device)
     out = args.out or default_out(suite.name, device)
     jobs = suite.jobs(device)
     train_runs = _train_runs_of_suite(suite, device, args.models)
@@ -218,6 +237,9 @@ def cmd_run(args) -> int:
         import reference_impl
 
         rec["precision_flags"] = reference_impl.precision_flags()
+        # the flags (and autocast) each precision of the run sets on the PyTorch side, read back
+        rec["precision_modes"] = {p: reference_impl.precision_flags(p)
+                                  for p in sorted({j.precision for j in jobs})}
     except Exception:
         pass
     print(f"harness: running suite {suite.name!r} ({len(jobs)} rows) on {device} ({rec['device_name']}) -> {out}",
@@ -441,6 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--time-limit-s", type=float, metavar="S",
                    help="stop starting new rows after this many seconds of measuring (0: none; default: the "
                         "suite's); rerun the same command to resume")
+    r.add_argument("--precision", metavar="P[,P...]",
+                   help="run the suite's model, dense and conv2d sections at these precisions (fp32, tf32, bf16; "
+                        "tf32 and bf16 on the GPU only) instead of each section's own 'precisions' list")
     r.add_argument("--no-report", action="store_true", help="write results only, no plots/PDF")
     r.add_argument("--quiet", action="store_true", help="no progress bar and no line per compiled kernel module")
     r.set_defaults(func=cmd_run)

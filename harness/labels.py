@@ -9,6 +9,8 @@ tables and plots show these instead:
 'ours (NumPy)'
 >>> phase_label("backward_weights")
 'backward (weights)'
+>>> workload_label("dense_M64_N128_K784 [bf16]")
+'dense 784->128, M=64 [bf16]'
 
 A machine is identified by more than its marketing name: two hosts both called "Intel(R) Xeon(R)
 Processor" are two machines (``machine_key``).
@@ -21,6 +23,19 @@ import re
 _DENSE = re.compile(r"dense_M(\d+)_N(\d+)_K(\d+)\Z")
 _CONV = re.compile(r"conv_N(\d+)_C(\d+)_H(\d+)_W(\d+)_K(\d+)_R(\d+)_S(\d+)_st(\d+)_pad(\d+)\Z")
 _POOL = re.compile(r"(max|avg)pool_N(\d+)_C(\d+)_H(\d+)_W(\d+)_R(\d+)_S(\d+)_st(\d+)\Z")
+# The report names rows of another precision than strict FP32 "<workload> [tf32]" / "<workload> [bf16]"
+_PRECISION_TAG = re.compile(r"(.+) \[(tf32|bf16)\]\Z")
+
+
+def split_precision(workload: str) -> tuple[str, str]:
+    """(workload id, precision) of a report workload name: "mlp-mnist [bf16]" -> ("mlp-mnist", "bf16");
+    an untagged name is strict FP32.
+
+    >>> split_precision("mlp-mnist [bf16]"), split_precision("mlp-mnist")
+    (('mlp-mnist', 'bf16'), ('mlp-mnist', 'fp32'))
+    """
+    m = _PRECISION_TAG.match(workload)
+    return (m.group(1), m.group(2)) if m else (workload, "fp32")
 
 
 def parse_workload(workload: str) -> dict | None:
@@ -44,7 +59,11 @@ def parse_workload(workload: str) -> dict | None:
 
 
 def workload_label(workload: str, with_batch: bool = True) -> str:
-    """A layer id in words (kernel, channels in -> out, spatial size, batch); model names are kept."""
+    """A layer id in words (kernel, channels in -> out, spatial size, batch); model names are kept; a
+    precision tag (" [bf16]") stays at the end."""
+    base, precision = split_precision(workload)
+    if precision != "fp32":
+        return f"{workload_label(base, with_batch)} [{precision}]"
     p = parse_workload(workload)
     if p is None:
         return workload

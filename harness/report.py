@@ -179,6 +179,13 @@ def load(inputs: list[str]):
             df[c] = ""
         df[c] = df[c].fillna("").astype(str)
     df["failed"] = df["parity_ok"].map(lambda v: v is False)
+    # NOTE: rows of another precision than strict FP32 are separate workloads everywhere ("mlp-mnist [bf16]",
+    # labels.split_precision), so ours at bf16 is paired, plotted and tabled only with PyTorch at bf16
+    if "precision" not in df.columns:
+        df["precision"] = "fp32"
+    df["precision"] = df["precision"].fillna("").astype(str).replace("", "fp32")
+    other = df["precision"] != "fp32"
+    df.loc[other, "workload"] = df.loc[other, "workload"] + " [" + df.loc[other, "precision"] + "]"
     # bootstrap CIs of the median (seconds in results.csv) when the results carry them
     df["ci_low_ms"] = df["ci_low_s"] * 1e3
     df["ci_high_ms"] = df["ci_high_s"] * 1e3

@@ -10,6 +10,8 @@ Where each roof comes from (said on the plot):
 - FP32 compute peak: ``--peak-tflops`` when given, else the ``peak_fp32_tflops`` the run recorded in
   env.json (for known GPUs the datasheet figure of ``harness/env.py``). CPUs have none unless the run
   was given ``--peak-tflops``.
+- Rows of tf32 / bf16 (workloads the report names "<workload> [bf16]") get no point: the compute roof is
+  the FP32 peak, and their spec is not looked up.
 - Memory bandwidth: ``peak_mem_gbs`` when env.json records one, else the datasheet figure of the GPU
   below (HBM / GDDR). CPUs: none known, so no memory roof is drawn (the plot says so).
 """

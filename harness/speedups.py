@@ -56,7 +56,8 @@ def _ratio(num: float, den: float) -> float:
 def pair(df):
     """One row per (source, device, kind, workload, batch, phase) that has ours and a reference.
 
-    Columns: the key, ``machine``, ``shape``, ``ours_variant``, ``ours_ms`` (+ ``ours_lo``/``ours_hi``),
+    Columns: the key, ``machine``, ``shape``, ``precision`` (fp32, tf32, bf16: the report names the
+    workloads of tf32 / bf16 rows "<workload> [bf16]", so both sides of a pair share one), ``ours_variant``, ``ours_ms`` (+ ``ours_lo``/``ours_hi``),
     ``ours_tflops``, ``best_variant``, ``best_impl``, ``best_ms`` (+ lo/hi), ``speedup_best`` (+ lo/hi),
     ``eager_ms``, ``speedup_eager`` (+ lo/hi), ``ref_variants`` (every reference variant measured, by
     name), ``failed`` (a parity failure in ours or in a reference taking part), ``noisy``.
@@ -83,7 +84,8 @@ def pair(df):
         eager = eager.iloc[0] if not eager.empty else None
         o_ms, o_lo, o_hi = ours["median_ms"], _ci(ours, "ci_low_ms"), _ci(ours, "ci_high_ms")
         b_ms, b_lo, b_hi = best["median_ms"], _ci(best, "ci_low_ms"), _ci(best, "ci_high_ms")
-        d.update(machine=ours.get("machine", ""), machine_label=ours.get("machine_label", ""), shape=ours.get("shape", ""), ours_variant=ours["variant"],
+        d.update(machine=ours.get("machine", ""), machine_label=ours.get("machine_label", ""), shape=ours.get("shape", ""),
+                 precision=str(ours.get("precision", "") or "fp32"), ours_variant=ours["variant"],
                  ours_ms=o_ms, ours_lo=o_lo, ours_hi=o_hi, ours_tflops=ours["tflops"],
                  ours_rel_err=ours["parity_rel_err"],
                  best_variant=best["variant"], best_impl=best["impl"], best_ms=b_ms, best_lo=b_lo, best_hi=b_hi,
@@ -126,16 +128,20 @@ def geomean(xs) -> float:
 
 
 def headline(pairs):
-    """Geomean, min and max of the speedup vs best reference per (source, device, kind, phase), and the
-    geomean vs eager: the numbers a summary quotes, with the row count behind each."""
+    """Geomean, min and max of the speedup vs best reference per (source, device, kind, precision, phase),
+    and the geomean vs eager: the numbers a summary quotes, with the row count behind each."""
     import pandas as pd
 
     if pairs.empty:
         return pd.DataFrame()
+    if "precision" not in pairs:
+        pairs = pairs.assign(precision="fp32")
     out = []
-    for (src, dev, kind, phase), g in pairs.groupby(["source", "device", "kind", "phase"], sort=False):
+    for (src, dev, kind, prec, phase), g in pairs.groupby(["source", "device", "kind", "precision", "phase"],
+                                                          sort=False):
         out.append({"source": src, "machine": g["machine"].iloc[0],
-                    "machine_label": g["machine_label"].iloc[0], "device": dev, "kind": kind, "phase": phase,
+                    "machine_label": g["machine_label"].iloc[0], "device": dev, "kind": kind, "precision": prec,
+                    "phase": phase,
                     "rows": len(g), "geomean_best": geomean(g["speedup_best"]),
                     "min_best": float(g["speedup_best"].min()), "max_best": float(g["speedup_best"].max()),
                     "geomean_eager": geomean(g["speedup_eager"]),

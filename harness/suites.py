@@ -12,6 +12,7 @@ A suite file (``harness/suites/<name>.toml``, or any path) has::
     phases = ["inference", "forward_backward", "train_step"]
     variants = ["numpy", "torch-eager"]   # optional; default: every variant of the device but OPT_IN's
     devices = ["cpu"]                     # optional; the section is skipped on other devices
+    precisions = ["fp32", "bf16"]         # optional, default ["fp32"]; tf32 / bf16 rows exist on the GPU only
     [[dense]]                       # DeepBench-style GEMM shapes [M, N, K]: x (M, K), W (N, K) -> y (M, N)
     shapes = [[64, 128, 784]]
     zoo_models = ["mlp-mnist"]      # plus every dense layer of these models ...
@@ -46,6 +47,9 @@ from typing import Any
 import modelspec
 
 DEVICES = ("cpu", "gpu")
+# custom_impl.PRECISIONS / reference_impl.PRECISIONS (a test keeps them equal); on the CPU only fp32 runs
+PRECISIONS = ("fp32", "tf32", "bf16")
+DEVICE_PRECISIONS = {"cpu": ("fp32",), "gpu": PRECISIONS}
 MODEL_PHASES = ("inference", "forward_backward", "train_step")
 LAYER_PHASES = ("forward", "backward_data", "backward_weights")
 POOL_PHASES = ("forward", "backward_data")
@@ -67,6 +71,8 @@ GRAPH_PHASES = {"cuda-graph": ("inference", "train_step"), "torch-graph": ("trai
 # and compiles each row for a second or so (its rows are "unsupported", with the install command, without JAX).
 OPT_IN = ("torch-compile", "jax-jit")
 RUN_LAST = ("torch-compile",)   # see Suite.jobs
+# Variants that compute in strict FP32 only: at tf32 / bf16 they make no rows (JAX runs Precision.HIGHEST).
+FP32_ONLY = ("jax-jit",)
 ALL_VARIANTS = sorted({v for d in VARIANTS.values() for vs in d.values() for v in vs})
 
 DEFAULT_SETTINGS: dict[str, Any] = {
@@ -84,9 +90,9 @@ DEFAULT_SETTINGS: dict[str, Any] = {
 }
 
 SECTION_KEYS = {
-    "models": {"models", "batches", "phases", "variants", "devices"},
-    "dense": {"shapes", "zoo_models", "zoo_batches", "phases", "variants", "devices"},
-    "conv2d": {"shapes", "zoo_models", "zoo_batches", "phases", "variants", "devices"},
+    "models": {"models", "batches", "phases", "variants", "devices", "precisions"},
+    "dense": {"shapes", "zoo_models", "zoo_batches", "phases", "variants", "devices", "precisions"},
+    "conv2d": {"shapes", "zoo_models", "zoo_batches", "phases", "variants", "devices", "precisions"},
     "pool": {"shapes", "zoo_models", "zoo_batches", "phases", "variants", "devices", "mode"},
 }
 SHAPE_FIELDS = {
@@ -184,6 +190,7 @@ class Job:
     variant: str
     device: str
     params: tuple = ()  # the layer shape as (field, value) pairs, or () for models
+    precision: str = "fp32"   # fp32 | tf32 | bf16 (PRECISIONS)
 
     def p(self) -> dict:
         return dict(self.params)
@@ -211,7 +218,7 @@ class Suite:
             if device not in sec.get("devices", DEVICES):
                 continue
             for job in _expand(kind, sec, device):
-                k = (job.kind, job.workload, job.batch, job.phase, job.impl, job.variant)
+                k = (job.kind, job.workload, job.batch, job.phase, job.impl, job.variant, job.precision)
                 if k not in seen:
                     seen.add(k)
                     out.append(job)
@@ -219,6 +226,13 @@ class Suite:
         # them rather than the rows the targets and the report rely on. jax-jit rows stay beside the other
         # rows of their model and batch, which share the data and the float64 parity baseline.
         return sorted(out, key=lambda j: j.variant in RUN_LAST)
+
+    def set_precisions(self, precisions: list[str], where: str = "--precision") -> None:
+        """Run every section that takes precisions (models, dense, conv2d) at ``precisions`` instead of its
+        own list (pool sections are FP32 only); SuiteError for an unknown name."""
+        checked = _str_list(where, "precisions", list(precisions), PRECISIONS)
+        self.sections = [(kind, dict(sec, precisions=checked) if kind != "pool" else sec)
+                         for kind, sec in self.sections]
 
     def model_names(self) -> list[str]:
         """Every entry of the suite's [[models]] sections (zoo names or spec paths), in file order."""
@@ -389,6 +403,8 @@ def _check_section(kind: str, sec, where: str) -> dict:
         out["devices"] = _str_list(where, "devices", sec["devices"], DEVICES)
     if "variants" in sec:
         out["variants"] = _str_list(where, "variants", sec["variants"], ALL_VARIANTS)
+    if kind != "pool":
+        out["precisions"] = _str_list(where, "precisions", sec.get("precisions", ["fp32"]), PRECISIONS)
     if kind == "models":
         for req in ("models", "batches"):
             if req not in sec:
@@ -528,8 +544,9 @@ def shape_name(kind: str, d: dict, mode: str | None = None) -> str:
     return f"{mode}pool_N{d['N']}_C{d['C']}_H{d['H']}_W{d['W']}_R{d['R']}_S{d['S']}_st{d['stride']}"
 
 
-def variants_for(kind: str, device: str, phase: str, wanted: list[str] | None) -> list[tuple[str, str]]:
-    """(impl, variant) pairs measured for a row of this kind/device/phase."""
+def variants_for(kind: str, device: str, phase: str, wanted: list[str] | None,
+                 precision: str = "fp32") -> list[tuple[str, str]]:
+    """(impl, variant) pairs measured for a row of this kind/device/phase/precision."""
     table = VARIANTS[("model" if kind == "model" else "layer", device)]
     out = []
     for impl, vs in table.items():
@@ -540,21 +557,26 @@ def variants_for(kind: str, device: str, phase: str, wanted: list[str] | None) -
                 continue
             if v in GRAPH_PHASES and phase not in GRAPH_PHASES[v]:
                 continue
+            if v in FP32_ONLY and precision != "fp32":
+                continue
             out.append((impl, v))
     return out
 
 
 def _expand(kind: str, sec: dict, device: str):
     wanted = sec.get("variants")
+    # NOTE: tf32 / bf16 need the GPU's tensor cores: on the CPU a section's other precisions make no rows
+    precisions = [p for p in sec.get("precisions", ["fp32"]) if p in DEVICE_PRECISIONS[device]]
     if kind == "models":
         for name in sec["models"]:
             spec = modelspec.load(name)
             workload = spec.name if name.endswith((".toml", ".json")) else name
             params = (("spec", name), ("spec_hash", spec.digest()))
-            for b in sec["batches"]:
-                for phase in sec["phases"]:
-                    for impl, v in variants_for("model", device, phase, wanted):
-                        yield Job("model", workload, b, phase, impl, v, device, params)
+            for prec in precisions:
+                for b in sec["batches"]:
+                    for phase in sec["phases"]:
+                        for impl, v in variants_for("model", device, phase, wanted, prec):
+                            yield Job("model", workload, b, phase, impl, v, device, params, prec)
         return
     for d in sec["shapes"]:
         params = dict(d)
@@ -562,6 +584,7 @@ def _expand(kind: str, sec: dict, device: str):
             params["mode"] = sec["mode"]
         name = shape_name(kind, d, sec.get("mode"))
         batch = d["M"] if kind == "dense" else d["N"]
-        for phase in sec["phases"]:
-            for impl, v in variants_for(kind, device, phase, wanted):
-                yield Job(kind, name, batch, phase, impl, v, device, tuple(sorted(params.items())))
+        for prec in precisions:
+            for phase in sec["phases"]:
+                for impl, v in variants_for(kind, device, phase, wanted, prec):
+                    yield Job(kind, name, batch, phase, impl, v, device, tuple(sorted(params.items())), prec)

@@ -263,20 +263,22 @@ def headline_table(head, multi: bool) -> list[Table]:
     rows = []
     for _, h in head.iterrows():
         rows.append({"source": h["source"], "machine": h["machine_label"], "device": device_label(h["device"]),
-                     "what": KIND_LABELS.get(h["kind"], h["kind"]), "phase": phase_label(h["phase"]),
+                     "what": KIND_LABELS.get(h["kind"], h["kind"]), "precision": h.get("precision", "fp32"),
+                     "phase": phase_label(h["phase"]),
                      "rows": h["rows"], "gm": h["geomean_best"], "min": h["min_best"], "max": h["max_best"],
                      "gm_eager": h["geomean_eager"] if h["kind"] == "model" else float("nan"),
                      "failed": h["failed"]})
     cols = ([Col("source", "results")] if multi else []) + [
-        Col("machine", "machine"), Col("what", "workloads"), Col("phase", "phase"), Col("rows", "rows", "int"),
-        Col("gm", "geomean", "num", "vs best reference"), Col("min", "min", "num", "vs best reference"),
+        Col("machine", "machine"), Col("what", "workloads"), Col("precision", "precision"), Col("phase", "phase"),
+        Col("rows", "rows", "int"), Col("gm", "geomean", "num", "vs best reference"), Col("min", "min", "num", "vs best reference"),
         Col("max", "max", "num", "vs best reference"), Col("gm_eager", "geomean", "num", "vs eager"),
         Col("failed", FAIL_MARK, "int")]
     refs = sorted({v for s in head["ref_variants"] for v in s.split(",") if v})
     names = ", ".join(variant_label(*v.split("/", 1)) for v in refs)
     caption = ("Headline speedups of ours (> 1: ours faster). Baseline: for each row the fastest reference "
                f"variant measured for it (here from: {names}); its time / our time, then the geometric mean, "
-               "minimum and maximum over the rows of each group. vs eager: the geometric mean against PyTorch "
+               "minimum and maximum over the rows of each group (both sides at the group's precision: fp32 "
+               "strict FP32, tf32 TF32, bf16 BF16 autocast on PyTorch's side). vs eager: the geometric mean against PyTorch "
                f"eager instead (models only), a secondary view. {FAIL_MARK}: rows with a parity failure "
                "(counted).")
     return [drop_constant(Table("headline", "headline", "Headline speedups", caption, cols, rows))]
@@ -332,6 +334,8 @@ def _precision(flags: dict) -> str:
         text += f", matmul precision {flags['torch.float32_matmul_precision']}"
     if "torch.backends.cudnn.benchmark" in flags:
         text += f", cudnn.benchmark {flags['torch.backends.cudnn.benchmark']}"
+    if flags.get("autocast") not in (None, "", "off"):
+        text += f", autocast {flags['autocast']}"
     return text
 
 
@@ -372,6 +376,10 @@ def env_rows(env: dict, devices: list[str]) -> list[tuple[str, str]]:
     prec = _precision(e.get("precision_flags"))
     if prec:
         rows.append(("precision", prec))
+    modes = e.get("precision_modes") if isinstance(e.get("precision_modes"), dict) else {}
+    for p, flags in modes.items():     # what the PyTorch side ran under at tf32 / bf16 (fp32: the line above)
+        if p != "fp32" and _precision(flags):
+            rows.append((f"precision ({p} rows)", _precision(flags)))
     commit = git.get("commit") or e.get("git_commit")
     if commit:
         dirty = git.get("dirty", e.get("git_dirty"))

@@ -1,7 +1,8 @@
 """``harness targets``: the project's performance targets, measured and checked.
 
 Every target is a ratio of the two implementations measured in the same run (reference time / our
-time, so > 1 means ours is faster), strict FP32 on both sides, over rows that passed parity. The rows
+time, so > 1 means ours is faster), both sides at the target's precision (strict FP32, or TF32 / BF16
+against cuBLAS / cuDNN at the same precision), over rows that passed parity. The rows
 come from the ``targets`` suite (harness/suites/targets.toml) and are written to ``DIR/results.csv``
 (resumable like any run); ``DIR/targets.csv`` has one line per target:
 
@@ -17,7 +18,7 @@ autotuned weight-gradient algorithms, see harness/workloads.py) still counts: th
 what PyTorch delivers; ``note`` says how many such rows there were. On a machine without a GPU the GPU targets are written with an empty ``measured``, empty
 ``met`` and ``note = "not measured: no GPU (...)"``.
 
-``train_step_vs_best_framework`` compares ours with the fastest framework of each row (PyTorch eager,
+``train_step_vs_best_framework`` compares ours with the fastest framework of each FP32 row (PyTorch eager,
 PyTorch CUDA graph, torch.compile where the suite measured it, JAX jit; a JAX row, like a PyTorch one,
 counts when timed); its ``note`` names the framework that was fastest where the ratio is worst, and
 ``DIR/train_step_vs_best_framework.csv`` names it for every model and batch (column ``fastest``).
@@ -44,6 +45,7 @@ class Target:
     kind: str      # the results.csv kind of the rows behind it: dense, conv2d or model (train_step)
     goal: float
     measure: str
+    precision: str = "fp32"   # the results.csv precision of the rows behind it (both sides)
 
 
 TARGETS = (
@@ -62,7 +64,20 @@ TARGETS = (
            "geomean over zoo models x batch 1..8192 of PyTorch eager / ours (CUDA graph)"),
     Target("cpu_train_step_geomean", "cpu", "model", 0.8,
            "zoo models at batch >= 64 on the CPU: PyTorch CPU / our NumPy"),
+    Target("gemm_tf32_4096", "gpu", "dense", 0.75,
+           "dense forward X*W^T at M=N=K=4096, TF32: cuBLAS TF32 time / ours (tensor cores)", "tf32"),
+    Target("gemm_bf16_4096", "gpu", "dense", 0.60,
+           "dense forward X*W^T at M=N=K=4096, BF16: cuBLAS BF16 time / ours (tensor cores)", "bf16"),
+    Target("conv_tf32_suite_geomean", "gpu", "conv2d", 0.60,
+           "geomean of cuDNN TF32 / ours over the conv2d suite, all three phases", "tf32"),
+    Target("conv_bf16_suite_geomean", "gpu", "conv2d", 0.50,
+           "geomean of cuDNN BF16 / ours over the conv2d suite, all three phases", "bf16"),
+    Target("train_step_bf16_vs_best_torch", "gpu", "model", 1.0,
+           "worst over zoo models x batch 1..1024 of min(PyTorch BF16 autocast eager, CUDA graph) / ours "
+           "(bf16, CUDA graph)", "bf16"),
 )
+_GEMM_4096 = ("dense_gemm_4096", "gemm_tf32_4096", "gemm_bf16_4096")
+_BEST_TORCH = ("train_step_vs_best_torch", "train_step_bf16_vs_best_torch")
 
 
 def _geomean(xs: list[float]) -> float:
@@ -78,7 +93,8 @@ def _f(d: dict, k: str) -> float:
 
 class _Rows:
     def __init__(self, rows: list[dict]):
-        self.rows = rows
+        # NOTE: a row without a precision (written before the column was filled) is strict FP32
+        self.rows = [r if r.get("precision") else dict(r, precision="fp32") for r in rows]
 
     def pick(self, **match) -> list[dict]:
         return [r for r in self.rows if all(str(r.get(k)) == str(v) for k, v in match.items())]
@@ -103,10 +119,12 @@ def _describe(r: dict | None, what: str) -> str:
     return f"{r['impl']}/{r['variant']} {r['workload']} b={r['batch']} {r['phase']}: {r['status']}"
 
 
-def _layer_ratios(rows: _Rows, kind: str, terms: list | None = None) -> tuple[list[float], list[str], int]:
+def _layer_ratios(rows: _Rows, kind: str, precision: str = "fp32",
+                  terms: list | None = None) -> tuple[list[float], list[str], int]:
     ratios, bad, n = [], [], 0
-    for ours in rows.pick(kind=kind, impl="custom", device="gpu"):
-        ref = rows.one(kind=kind, impl="reference", device="gpu", workload=ours["workload"], phase=ours["phase"])
+    for ours in rows.pick(kind=kind, impl="custom", device="gpu", precision=precision):
+        ref = rows.one(kind=kind, impl="reference", device="gpu", workload=ours["workload"], phase=ours["phase"],
+                       precision=precision)
         n += 1
         if _ok(ours) and _timed(ref):
             ratios.append(_f(ref, "median_ms") / _f(ours, "median_ms"))
@@ -132,12 +150,14 @@ def best_framework_rows(rows_list: list[dict]) -> tuple[list[dict], list[str], i
     """
     rows = _Rows(rows_list)
     lines, bad, n = [], [], 0
-    for ours in rows.pick(kind="model", impl="custom", variant="cuda-graph", device="gpu", phase="train_step"):
+    # NOTE: strict FP32 rows only: JAX (one of the frameworks) computes in FP32 only
+    for ours in rows.pick(kind="model", impl="custom", variant="cuda-graph", device="gpu", phase="train_step",
+                          precision="fp32"):
         if int(ours["batch"]) > TRAIN_BEST_MAX_BATCH:
             continue
         n += 1
         key = dict(kind="model", impl="reference", device="gpu", phase="train_step", workload=ours["workload"],
-                   batch=ours["batch"])
+                   batch=ours["batch"], precision="fp32")
         timed, missing = {}, []
         for variant, required in BEST_FRAMEWORK_VARIANTS:
             r = rows.one(variant=variant, **key)
@@ -223,11 +243,11 @@ def evaluate(rows_list: list[dict], gpu_reason: str | None, samples: dict | None
         value = math.nan
         terms: list = []     # ([reference rows], our row) behind the figure, for its confidence interval
         reduce = "geomean"
-        if t.name == "dense_gemm_4096":
+        if t.name in _GEMM_4096:
             ours = rows.one(kind="dense", impl="custom", device="gpu", workload="dense_M4096_N4096_K4096",
-                            phase="forward")
+                            phase="forward", precision=t.precision)
             ref = rows.one(kind="dense", impl="reference", device="gpu", workload="dense_M4096_N4096_K4096",
-                           phase="forward")
+                           phase="forward", precision=t.precision)
             line["rows"] = 2
             reduce = "one"
             if _ok(ours) and _timed(ref):
@@ -235,8 +255,9 @@ def evaluate(rows_list: list[dict], gpu_reason: str | None, samples: dict | None
                 terms.append(([ref], ours))
             else:
                 bad = [_describe(r, w) for r, w, good in ((ours, "ours", _ok), (ref, "cuBLAS", _timed)) if not good(r)]
-        elif t.name in ("dense_suite_geomean", "conv_suite_geomean", "conv_suite_min"):
-            ratios, bad, line["rows"] = _layer_ratios(rows, t.kind, terms)
+        elif t.name in ("dense_suite_geomean", "conv_suite_geomean", "conv_suite_min", "conv_tf32_suite_geomean",
+                        "conv_bf16_suite_geomean"):
+            ratios, bad, line["rows"] = _layer_ratios(rows, t.kind, t.precision, terms)
             reduce = "min" if t.name.endswith("min") else "geomean"
             if ratios:
                 value = min(ratios) if t.name.endswith("min") else _geomean(ratios)
@@ -246,12 +267,13 @@ def evaluate(rows_list: list[dict], gpu_reason: str | None, samples: dict | None
                 value = min(float(r["ratio"]) for r in per_row)
         elif t.name.startswith("train_step"):
             ratios = []
-            for ours in rows.pick(kind="model", impl="custom", variant="cuda-graph", device="gpu", phase="train_step"):
+            for ours in rows.pick(kind="model", impl="custom", variant="cuda-graph", device="gpu", phase="train_step",
+                                  precision=t.precision):
                 b = int(ours["batch"])
-                if t.name == "train_step_vs_best_torch" and b > TRAIN_BEST_MAX_BATCH:
+                if t.name in _BEST_TORCH and b > TRAIN_BEST_MAX_BATCH:
                     continue
                 key = dict(kind="model", impl="reference", device="gpu", phase="train_step",
-                           workload=ours["workload"], batch=ours["batch"])
+                           workload=ours["workload"], batch=ours["batch"], precision=t.precision)
                 eager, graph = rows.one(variant="torch-eager", **key), rows.one(variant="torch-graph", **key)
                 refs = [eager] if t.name == "train_step_vs_eager_geomean" else [eager, graph]
                 line["rows"] += 1
@@ -261,16 +283,17 @@ def evaluate(rows_list: list[dict], gpu_reason: str | None, samples: dict | None
                 else:
                     bad += [_describe(ours, "row")] if not _ok(ours) else []
                     bad += [_describe(r, "row") for r in refs if not _timed(r)]
-            reduce = "min" if t.name == "train_step_vs_best_torch" else "geomean"
+            reduce = "min" if t.name in _BEST_TORCH else "geomean"
             if ratios:
-                value = min(ratios) if t.name == "train_step_vs_best_torch" else _geomean(ratios)
+                value = min(ratios) if t.name in _BEST_TORCH else _geomean(ratios)
         else:  # cpu_train_step_geomean
             ratios = []
-            for ours in rows.pick(kind="model", impl="custom", variant="numpy", device="cpu", phase="train_step"):
+            for ours in rows.pick(kind="model", impl="custom", variant="numpy", device="cpu", phase="train_step",
+                                  precision="fp32"):
                 if int(ours["batch"]) < 64:
                     continue
                 ref = rows.one(kind="model", impl="reference", variant="torch-eager", device="cpu",
-                               phase="train_step", workload=ours["workload"], batch=ours["batch"])
+                               phase="train_step", workload=ours["workload"], batch=ours["batch"], precision="fp32")
                 line["rows"] += 1
                 if _ok(ours) and _timed(ref):
                     ratios.append(_f(ref, "median_ms") / _f(ours, "median_ms"))
@@ -307,10 +330,10 @@ def evaluate(rows_list: list[dict], gpu_reason: str | None, samples: dict | None
 
 def _reference_parity_failures(rows: _Rows, t: Target) -> int:
     """How many reference rows of the target's kind/device were timed but failed parity."""
-    picked = rows.pick(kind=t.kind, impl="reference", device=t.device, status="parity_fail")
+    picked = rows.pick(kind=t.kind, impl="reference", device=t.device, status="parity_fail", precision=t.precision)
     if t.kind == "model":
         picked = [r for r in picked if r.get("phase") == "train_step"]
-    if t.name == "dense_gemm_4096":
+    if t.name in _GEMM_4096:
         picked = [r for r in picked if r.get("workload") == "dense_M4096_N4096_K4096" and r.get("phase") == "forward"]
     return len(picked)
 
@@ -382,6 +405,7 @@ def run_targets(out: str, device: str, *, peak_tflops: float | None = None, quie
         import reference_impl
 
         rec["precision_flags"] = reference_impl.precision_flags()
+        rec["precision_modes"] = {p: reference_impl.precision_flags(p) for p in ("fp32", "tf32", "bf16")}
     except Exception:
         pass
     envmod.write(os.path.join(out, "env.json"), rec)

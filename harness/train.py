@@ -236,6 +236,14 @@ def plan_runs(*, datasets: list[str], device: str, models: list[str] | None = No
     variants = list(variants or default_variants)
     for v in variants:
         _impl_of(v, device)
+    if precision is not None:
+        from .suites import DEVICE_PRECISIONS, PRECISIONS
+
+        if precision not in PRECISIONS:
+            raise TrainError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if precision not in DEVICE_PRECISIONS[device]:
+            raise TrainError(f"precision {precision!r} needs the GPU's tensor cores; on the {device} only "
+                             f"{', '.join(DEVICE_PRECISIONS[device])} runs")
     seeds = list(DEFAULT_SEEDS if seeds is None else seeds)
     if not seeds:
         raise TrainError("no seed given; e.g. --seeds 0,1,2")

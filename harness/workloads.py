@@ -23,6 +23,7 @@ truth, so an inaccurate cuDNN algorithm cannot make a correct kernel of ours loo
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Callable
@@ -31,6 +32,7 @@ import numpy as np
 
 import modelspec
 
+from .parity import precision_tolerance
 from .suites import Job
 
 # Tolerances (normwise relative error of a float32 result against the float64 oracle):
@@ -56,9 +58,23 @@ CUDNN_WGRAD_RTOL = 3e-3
 
 
 def layer_tolerance(job: Job) -> float:
+    """The parity tolerance of a layer row: the FP32 one, plus the operands' rounding at tf32 / bf16
+    (``parity.precision_tolerance``)."""
     if job.device == "gpu" and job.kind == "conv2d" and job.phase == "backward_weights":
-        return CUDNN_WGRAD_RTOL
-    return LAYER_RTOL
+        base = CUDNN_WGRAD_RTOL
+    else:
+        base = LAYER_RTOL
+    return precision_tolerance(job.precision, base)
+
+
+def precision_context(job: Job):
+    """The PyTorch flags a layer row runs under: ``reference_impl.precision_scope("tf32")`` for tf32 layer
+    rows (models scope themselves), nothing otherwise (bf16 layer rows run on bfloat16 tensors)."""
+    if job.kind == "model" or job.precision != "tf32":
+        return contextlib.nullcontext()
+    import reference_impl
+
+    return reference_impl.precision_scope("tf32")
 
 
 class Unsupported(Exception):
@@ -250,6 +266,7 @@ class ModelCase:
         self.momentum = float(settings.get("momentum", 0.9))
         self.x, self.y = _model_data(self.spec, batch, self.seed)
         self._baseline: dict[tuple, list] = {}
+        self._torch_err: dict[tuple, float] = {}
 
     def flops(self, phase: str) -> int:
         return self.spec.flops(self.batch, "forward" if phase == "inference" else phase)
@@ -264,10 +281,31 @@ class ModelCase:
     def parity(self, job: Job) -> tuple[str, float, float]:
         """(parity_against, rel_err, tolerance) of this row's outputs against the float64 oracle."""
         got = self._variant_outputs(job)
+        return "float64", self._error(job.phase, got), self.tolerance(job)
+
+    def tolerance(self, job: Job) -> float:
+        """The row's bar: ``parity_tolerance``, plus the operands' rounding at tf32 / bf16."""
         base = self.baseline(job.phase)
         conv_gpu = job.device == "gpu" and any(layer.type == "conv2d" for layer in self.spec.layers)
-        norm = "max" if job.phase == "inference" else "fro"   # see MODEL_GRAD_RTOL
-        return "float64", rel_err(got, base, norm), parity_tolerance(job.phase, base, conv_gpu)
+        layers = sum(1 for layer in self.spec.layers if layer.has_params)
+        return precision_tolerance(job.precision, parity_tolerance(job.phase, base, conv_gpu), layers, model=True)
+
+    def _error(self, phase: str, got: list) -> float:
+        norm = "max" if phase == "inference" else "fro"   # see MODEL_GRAD_RTOL
+        return rel_err(got, self.baseline(phase), norm)
+
+    def torch_error(self, job: Job) -> float | None:
+        """PyTorch's error against the oracle at the row's precision, same inputs (its eager model, run once
+        untimed, cached): what a row of ours at tf32 / bf16 is judged against (``parity.judge``); None for
+        fp32 rows and PyTorch's own."""
+        if job.impl != "custom" or job.precision == "fp32":
+            return None
+        key = (job.phase, job.precision)
+        if key not in self._torch_err:
+            m = _build("reference", self.spec, job.device, self.seed, precision=job.precision)
+            got = _model_outputs(m, job.phase, self.x, self.y, self.lr, self.momentum)
+            self._torch_err[key] = self._error(job.phase, got)
+        return self._torch_err[key]
 
     def _variant_outputs(self, job: Job) -> list:
         m = self._fresh(job)
@@ -290,15 +328,15 @@ class ModelCase:
 
     def _fresh(self, job: Job):
         if job.impl == "custom" and job.variant == "cuda":   # our GPU model with CUDA graphs off
-            return _build("custom", self.spec, job.device, self.seed, use_graph=False)
+            return _build("custom", self.spec, job.device, self.seed, use_graph=False, precision=job.precision)
         if job.variant == "jax-jit":
             from . import workloads_jax
 
             try:
-                return workloads_jax.build_model(self.spec, job.device, self.seed)
+                return workloads_jax.build_model(self.spec, job.device, self.seed, job.precision)
             except workloads_jax.JaxUnavailable as err:
                 raise Unsupported(str(err)) from None
-        return _build(job.impl, self.spec, job.device, self.seed)
+        return _build(job.impl, self.spec, job.device, self.seed, precision=job.precision)
 
     def _timed_fn(self, m, job: Job, xb, yb) -> Callable[[], object]:
         phase, lr, mom = job.phase, self.lr, self.momentum
@@ -458,8 +496,11 @@ def _torch_layer_fn(job: Job, data: dict, dev: str, dtype) -> Callable[[], tuple
 
 def _custom_layer_fn(job: Job, data: dict) -> Callable[[], tuple]:
     """Our layer ops (``custom_impl.layer_ops(job.device)``), with every output buffer allocated once,
-    outside the timing: NumPy on the CPU, CuPy on the GPU."""
+    outside the timing: NumPy on the CPU, CuPy on the GPU. tf32 / bf16: the dense and conv ops on the
+    tensor cores (``precision=``)."""
     import custom_impl
+
+    prec = {} if job.precision == "fp32" else {"precision": job.precision}
 
     try:
         ops = custom_impl.layer_ops(job.device)
@@ -477,33 +518,33 @@ def _custom_layer_fn(job: Job, data: dict) -> Callable[[], tuple]:
         x, W, b, dy = d["x"], d["W"], d["b"], d["dy"]
         if ph == "forward":
             y = xp.empty((p["M"], p["N"]), dtype=xp.float32)             # (M, N)
-            return lambda: (ops.dense_forward(x, W, b, out=y),)
+            return lambda: (ops.dense_forward(x, W, b, out=y, **prec),)
         if ph == "backward_data":
             dx = xp.empty((p["M"], p["K"]), dtype=xp.float32)            # (M, K) = dy (M, N) @ W (N, K)
-            return lambda: (ops.dense_backward_data(dy, W, dx=dx),)
+            return lambda: (ops.dense_backward_data(dy, W, dx=dx, **prec),)
         dW = xp.empty((p["N"], p["K"]), dtype=xp.float32)                # (N, K)
         db = xp.empty((p["N"],), dtype=xp.float32)
 
         def dense_weights():
-            _, gW, gb = ops.dense_backward(dy, x, W, need_dx=False, dW=dW, db=db)
+            _, gW, gb = ops.dense_backward(dy, x, W, need_dx=False, dW=dW, db=db, **prec)
             return (gW, gb)
         return dense_weights
     if job.kind == "conv2d":
         x, W, b, dy = d["x"], d["W"], d["b"], d["dy"]
         st, pad = (p["stride"],) * 2, (p["padding"],) * 2
-        ws_size = ops.conv2d_workspace_size(x.shape, W.shape, st, pad)
+        ws_size = ops.conv2d_workspace_size(x.shape, W.shape, st, pad, **prec)
         ws = xp.empty((int(ws_size),), dtype=xp.float32) if ws_size else None
         if ph == "forward":
             y = xp.empty(dy.shape, dtype=xp.float32)                     # (N, K, P, Q)
-            return lambda: (ops.conv2d_forward(x, W, b, st, pad, out=y, workspace=ws),)
+            return lambda: (ops.conv2d_forward(x, W, b, st, pad, out=y, workspace=ws, **prec),)
         if ph == "backward_data":
             dx = xp.empty(x.shape, dtype=xp.float32)                     # (N, C, H, W)
-            return lambda: (ops.conv2d_backward_data(dy, W, x.shape, st, pad, dx=dx, workspace=ws),)
+            return lambda: (ops.conv2d_backward_data(dy, W, x.shape, st, pad, dx=dx, workspace=ws, **prec),)
         dW = xp.empty(W.shape, dtype=xp.float32)                         # (K, C, R, S)
         db = xp.empty((p["K"],), dtype=xp.float32)
 
         def conv_weights():
-            _, gW, gb = ops.conv2d_backward(dy, x, W, st, pad, need_dx=False, dW=dW, db=db, workspace=ws)
+            _, gW, gb = ops.conv2d_backward(dy, x, W, st, pad, need_dx=False, dW=dW, db=db, workspace=ws, **prec)
             return (gW, gb)
         return conv_weights
     x, dy = d["x"], d["dy"]
@@ -523,7 +564,7 @@ def _custom_layer_fn(job: Job, data: dict) -> Callable[[], tuple]:
 
 def _to_numpy(a) -> np.ndarray:
     if hasattr(a, "detach"):
-        return a.detach().cpu().numpy()
+        return a.detach().float().cpu().numpy() if str(a.dtype) == "torch.bfloat16" else a.detach().cpu().numpy()
     if hasattr(a, "get"):
         return a.get()
     return np.asarray(a)
@@ -537,22 +578,43 @@ class LayerCase:
         self.seed = int(settings.get("seed", 0))
         self.data = _layer_host_data(job, self.seed)
         self._ref64 = None
+        self._torch_err: dict[str, float] = {}
+
+    def _torch_fn(self, job: Job) -> Callable[[], tuple]:
+        """PyTorch's op at the row's precision: float32 tensors (fp32; tf32 under ``precision_context``), or
+        bfloat16 tensors for bf16: what autocast runs the op on (for the backward ops, which autocast does
+        not cover, the dtypes its forward leaves them: bf16 inputs and gradients)."""
+        torch = _torch()
+        dtype = torch.bfloat16 if job.precision == "bf16" else torch.float32
+        return _torch_layer_fn(job, self.data, torch_device(job.device), dtype)
 
     def _fn(self, job: Job) -> tuple[Callable[[], tuple], str]:
-        dev = torch_device(job.device)
         if job.impl == "reference":
-            torch = _torch()
-            return _torch_layer_fn(job, self.data, dev, torch.float32), ("torch" if job.device == "gpu" else "cpu")
+            return self._torch_fn(job), ("torch" if job.device == "gpu" else "cpu")
         return _custom_layer_fn(job, self.data), ("cupy" if job.device == "gpu" else "cpu")
 
-    def parity(self, job: Job, fn: Callable[[], tuple]) -> tuple[str, float]:
-        """(parity_against, rel_err) of ``fn``'s outputs against PyTorch's op in float64 (the oracle)."""
-        got = [_to_numpy(a) for a in fn()]
+    def torch_error(self, job: Job) -> float | None:
+        """PyTorch's error against the oracle at the row's precision on the same inputs (run once, untimed,
+        cached), for rows of ours at tf32 / bf16 (``parity.judge``); None otherwise."""
+        if job.impl != "custom" or job.precision == "fp32":
+            return None
+        if job.precision not in self._torch_err:
+            with precision_context(job):
+                got = [_to_numpy(a) for a in self._torch_fn(job)()]
+            self._torch_err[job.precision] = rel_err(got, self._reference64(job))
+        return self._torch_err[job.precision]
+
+    def _reference64(self, job: Job) -> list:
         if self._ref64 is None:
             torch = _torch()
             f64 = _torch_layer_fn(job, self.data, torch_device(job.device), torch.float64)
             self._ref64 = [_to_numpy(a) for a in f64()]
-        return "float64", rel_err(got, self._ref64)
+        return self._ref64
+
+    def parity(self, job: Job, fn: Callable[[], tuple]) -> tuple[str, float]:
+        """(parity_against, rel_err) of ``fn``'s outputs against PyTorch's op in float64 (the oracle)."""
+        got = [_to_numpy(a) for a in fn()]
+        return "float64", rel_err(got, self._reference64(job))
 
     def prepare(self, job: Job) -> Prepared:
         if job.variant == "jax-jit":

@@ -22,8 +22,12 @@ class JaxUnavailable(Exception):
     """JAX cannot run here (not installed, or no GPU for it); the message names the fix."""
 
 
-def check_available(device: str) -> None:
-    """Raise JaxUnavailable with the reason (and the install command) unless JAX can run on ``device``."""
+def check_available(device: str, precision: str = "fp32") -> None:
+    """Raise JaxUnavailable with the reason (and the install command) unless JAX can run on ``device``
+    at ``precision`` (JAX rows are strict FP32 only: ``lax.Precision.HIGHEST``)."""
+    if precision != "fp32":
+        raise JaxUnavailable(f"jax-jit computes in strict FP32 only (lax.Precision.HIGHEST), not {precision!r}; "
+                             "the tf32 / bf16 references are the PyTorch variants")
     import reference_impl
 
     why = reference_impl.jax_unavailable(device)
@@ -31,9 +35,9 @@ def check_available(device: str) -> None:
         raise JaxUnavailable(why)
 
 
-def build_model(spec, device: str, seed: int):
-    """The JAX reference model (raises JaxUnavailable without JAX)."""
-    check_available(device)
+def build_model(spec, device: str, seed: int, precision: str = "fp32"):
+    """The JAX reference model (raises JaxUnavailable without JAX, or at a precision other than fp32)."""
+    check_available(device, precision)
     import reference_impl
 
     return reference_impl.build(spec, device=device, seed=seed, framework="jax")
@@ -66,7 +70,7 @@ def layer_fn(job, data: dict) -> tuple[Callable[[], tuple], str, Callable[[], in
     """``(fn, note, peak)`` of one layer phase: fn runs the compiled phase on device-resident inputs and
     returns its outputs (the order of the PyTorch rows: (y,), (dx,), (dW, db)); note names the compile
     time; peak the GPU bytes (None on the CPU)."""
-    check_available(job.device)
+    check_available(job.device, job.precision)
     import jax
 
     from reference_impl import jax_model as jm

@@ -212,6 +212,7 @@ class JaxModel:
 
     impl = "reference"
     framework = "jax"
+    precision = "fp32"    # strict FP32 only (lax.Precision.HIGHEST)
 
     def __init__(self, spec, device: str, seed: int = 0):
         self.spec = spec

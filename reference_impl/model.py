@@ -6,10 +6,12 @@ Module i of the ``nn.Sequential`` is layer i of the spec, so torch's own paramet
 
 The model runs in float32 (the reference timed against ours) or, built with ``dtype="float64"``, in float64
 (the oracle the harness judges both float32 implementations by); every method then takes and returns that
-precision.
+precision. A float32 model on the GPU has a ``precision``: "fp32" (strict), "tf32" (TF32 flags on while its
+methods run: ``precision_scope``) or "bf16" (``torch.autocast`` to bfloat16 around its forward and loss).
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Mapping
 
 import numpy as np
@@ -19,6 +21,32 @@ from torch import nn
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 PHASES = ("inference", "forward_backward", "train_step")
+PRECISIONS = ("fp32", "tf32", "bf16")
+AUTOCAST_DTYPE = {"bf16": torch.bfloat16}   # precisions that run as torch.autocast(device_type="cuda", dtype=...)
+
+
+@contextlib.contextmanager
+def precision_scope(precision: str):
+    """Set the TF32 flags that define ``precision`` for the ``with`` block, and restore the previous ones.
+
+    "tf32": ``torch.backends.cuda.matmul.allow_tf32`` and ``torch.backends.cudnn.allow_tf32`` on, float32
+    matmul precision "high"; "fp32" and "bf16": both off, "highest" (bf16 runs its matmuls and convolutions
+    in bfloat16 through autocast, which this scope does not enter; what stays float32 stays strict).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(map(repr, PRECISIONS))}")
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.get_float32_matmul_precision())
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved[0]
+        torch.backends.cudnn.allow_tf32 = saved[1]
+        torch.set_float32_matmul_precision(saved[2])
 
 
 class Unsupported(Exception):
@@ -45,14 +73,18 @@ class ReferenceModel:
     """``reference_impl.build(spec, device)``: the spec's network in PyTorch, FP32.
 
     ``device`` is "cpu" or "gpu" (the contract's names); ``torch_device`` is "cpu" or "cuda"; ``dtype``
-    "float32" or "float64" (module docstring).
+    "float32" or "float64"; ``precision`` "fp32", "tf32" or "bf16" (module docstring; checked by ``build``).
+    Every public method of a tf32 / bf16 model runs inside ``precision_scope(precision)``; a bf16 model's
+    forward and loss also inside ``torch.autocast`` (cache off: a CUDA-graph capture must not keep casts).
     """
 
     impl = "reference"
     framework = "torch"
 
-    def __init__(self, spec, device: str, torch_device: str, seed: int = 0, dtype: str = "float32"):
+    def __init__(self, spec, device: str, torch_device: str, seed: int = 0, dtype: str = "float32",
+                 precision: str = "fp32"):
         self.spec = spec
+        self.precision = precision
         self.device = device
         self.torch_device = torch.device(torch_device)
         self.dtype = DTYPES[dtype]
@@ -67,8 +99,9 @@ class ReferenceModel:
 
     # ------------------------------------------------------------------ the contract
     def forward(self, x) -> torch.Tensor:
-        """Logits (N, spec.output_dim) as a torch tensor on the model's device; x NumPy or torch."""
-        with torch.no_grad():
+        """Logits (N, spec.output_dim) as a torch tensor on the model's device; x NumPy or torch. A bf16 model
+        returns them as autocast leaves them (bfloat16); ``to_numpy`` gives float32."""
+        with self._scope(), torch.no_grad(), self._autocast():
             return self.net(self._input(x))
 
     def loss_and_grads(self, x, y) -> tuple[float, dict[str, np.ndarray]]:
@@ -96,9 +129,10 @@ class ReferenceModel:
         read them with ``gradients()``."""
         x = self._input(x)
         y = self._labels(y, x.shape[0])
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = self._loss(self.net(x), y)
-        loss.backward()
+        with self._scope():
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self._forward_loss(self.net, x, y)
+            loss.backward()
         return loss.detach()
 
     def gradients(self) -> dict[str, torch.Tensor]:
@@ -131,16 +165,17 @@ class ReferenceModel:
             raise Unsupported(f"torch.compile: {type(err).__name__}: {err}") from None
         if phase == "inference":
             def infer(xb, yb=None, lr=None, momentum=None):
-                with torch.no_grad():
+                with self._scope(), torch.no_grad(), self._autocast():
                     return cnet(xb)
             return infer
 
         targets = self._loss_targets
 
         def forward_backward(xb, yb, lr=None, momentum=None):
-            self.optimizer.zero_grad(set_to_none=True)
-            loss = self._loss(cnet(xb), targets(yb))
-            loss.backward()
+            with self._scope():
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = self._forward_loss(cnet, xb, targets(yb))
+                loss.backward()
             return loss.detach()
         if phase == "forward_backward":
             return forward_backward
@@ -148,7 +183,8 @@ class ReferenceModel:
         def step(xb, yb, lr, momentum):
             self._set_hyper(lr, momentum)
             loss = forward_backward(xb, yb)
-            self.optimizer.step()
+            with self._scope():
+                self.optimizer.step()
             return loss
         return step
 
@@ -181,7 +217,8 @@ class ReferenceModel:
         key = (tuple(x.shape), y.dtype, float(lr), float(momentum))
         if self._graph is None or self._graph[0] != key:
             self._graph = None
-            self._capture(key, x, y, lr, momentum)
+            with self._scope():   # the captured kernels are chosen under the model's precision
+                self._capture(key, x, y, lr, momentum)
         _, graph, static_x, static_y, static_loss = self._graph
         static_x.copy_(x)
         static_y.copy_(y)
@@ -201,6 +238,8 @@ class ReferenceModel:
 
     def to_numpy(self, a) -> np.ndarray:
         if isinstance(a, torch.Tensor):
+            if a.dtype == torch.bfloat16:   # a bf16 model's autocast logits; NumPy has no bfloat16
+                a = a.float()
             return a.detach().cpu().numpy()
         return np.asarray(a)
 
@@ -253,6 +292,23 @@ class ReferenceModel:
             return y.to(self.dtype).reshape(y.shape[0], 1)
         return y
 
+    def _scope(self):
+        """``precision_scope`` of a tf32 / bf16 model; nothing for fp32 (its strict flags are the process's,
+        set by ``build``), so an fp32 call costs what it did without precisions."""
+        return contextlib.nullcontext() if self.precision == "fp32" else precision_scope(self.precision)
+
+    def _autocast(self):
+        dtype = AUTOCAST_DTYPE.get(self.precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.torch_device.type, dtype=dtype, cache_enabled=False)
+
+    def _forward_loss(self, net, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss of ``net`` on (x, y), autocast for bf16 (the forward and the loss only; autocast keeps the
+        loss in float32)."""
+        with self._autocast():
+            return self._loss(net(x), y)
+
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.spec.loss == "softmax_cross_entropy":
             return F.cross_entropy(logits, y)
@@ -260,10 +316,11 @@ class ReferenceModel:
 
     def _eager_step(self, x: torch.Tensor, y: torch.Tensor, lr: float, momentum: float) -> torch.Tensor:
         self._set_hyper(lr, momentum)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = self._loss(self.net(x), y)
-        loss.backward()
-        self.optimizer.step()
+        with self._scope():
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self._forward_loss(self.net, x, y)
+            loss.backward()
+            self.optimizer.step()
         return loss.detach()
 
     def _set_hyper(self, lr: float, momentum: float) -> None:
@@ -281,12 +338,12 @@ class ReferenceModel:
         with torch.cuda.stream(side):
             for _ in range(3):
                 self.optimizer.zero_grad(set_to_none=True)
-                self._loss(self.net(static_x), static_y).backward()
+                self._forward_loss(self.net, static_x, static_y).backward()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         self.optimizer.zero_grad(set_to_none=True)
         with torch.cuda.graph(graph):   # recorded, not run: the parameters change only on replay
-            static_loss = self._loss(self.net(static_x), static_y)
+            static_loss = self._forward_loss(self.net, static_x, static_y)
             static_loss.backward()
             self.optimizer.step()
         self._graph = (key, graph, static_x, static_y, static_loss.detach())

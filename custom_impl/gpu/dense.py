@@ -7,9 +7,11 @@ Legend: N batch, F in-features, U units. PyTorch layouts: W (U, F), b (U,).
                dW = dy.T @ x                  (U, N) @ (N, F) -> (U, F)
                db = sum_n dy[n, :]            (U,), fixed-order reduction (deterministic)
 
-Parameter gradients are written (``=``), never accumulated. ``dy`` is the gradient with respect to the
-layer's output before any fused activation: backward of a fused act is the caller's (activation layers).
-All arrays are C-contiguous float32 CuPy arrays; with ``out``/``dx``/``dW``/``db`` given nothing is
+Parameter gradients are written (``=``), never accumulated. ``precision``: "fp32" (the default: strict FP32
+on the FP32 GEMM of ``gemm.py``), or "tf32" / "bf16": the three GEMMs on the tensor cores with TF32 or
+BF16 products and FP32 accumulation (``gemm_tc.py``); the bias gradient is an FP32 sum in every precision.
+``dy`` is the gradient with respect to the layer's output before any fused activation: backward of a
+fused act is the caller's (activation layers). All arrays are C-contiguous float32 CuPy arrays; with ``out``/``dx``/``dW``/``db`` given nothing is
 allocated (see ``gemm.py`` on split-K workspace) and everything runs on CuPy's current stream.
 ``DenseStep`` is the GPU model's dense layer (with a following activation fused into the epilogue).
 
@@ -26,6 +28,7 @@ import numpy as np
 
 from . import runtime
 from .activation import activation_backward
+from . import gemm_tc
 from .gemm import cached_launch, gemm, launch_cached, run_launch
 from .runtime import blocks, check_array
 from .step import Step
@@ -33,28 +36,47 @@ from .step import Step
 runtime.register_family("dense")
 
 
-def dense_forward(x, W, b=None, act="none", out=None):
+PRECISIONS = ("fp32",) + gemm_tc.PRECISIONS
+
+
+def check_precision(precision: str, what: str) -> None:
+    """Raise ValueError unless ``precision`` is one of PRECISIONS; ``what`` names the caller."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"{what}: unknown precision {precision!r}; use one of "
+                         f"{', '.join(repr(p) for p in PRECISIONS)}")
+
+
+def _matmul(a, b, out, precision, **options):
+    """``gemm`` (fp32) or ``gemm_tc.gemm_tc`` (tf32, bf16) of the same operands and options."""
+    if precision == "fp32":
+        return gemm(a, b, out, **options)
+    return gemm_tc.gemm_tc(a, b, out, precision=precision, **options)
+
+
+def dense_forward(x, W, b=None, act="none", out=None, precision="fp32"):
     """y = act(x @ W.T + b): x (N, F), W (U, F), b (U,) or None -> y (N, U)."""
-    if out is not None and launch_cached(x, W, out, b, False, True, act):
+    if out is not None and precision == "fp32" and launch_cached(x, W, out, b, False, True, act):
         return out   # a call with these shapes and options passed the checks below before
+    check_precision(precision, "dense_forward")
     check_array(x, "x", ndim=2)
     check_array(W, "W", ndim=2)
     if x.shape[1] != W.shape[1]:
         raise ValueError(f"dense_forward: x has {x.shape[1]} features but W {W.shape} expects "
                          f"{W.shape[1]}; W is stored (units, features)")
-    return gemm(x, W, out, trans_b=True, bias=b, act=act)
+    return _matmul(x, W, out, precision, trans_b=True, bias=b, act=act)
 
 
-def dense_backward(dy, x, W, need_dx=True, dx=None, dW=None, db=None, need_db=True):
+def dense_backward(dy, x, W, need_dx=True, dx=None, dW=None, db=None, need_db=True, precision="fp32"):
     """(dx or None, dW, db or None) for dy (N, U), x (N, F), W (U, F).
 
     dx = dy @ W (skipped when need_dx is False), dW = dy.T @ x, db = column sums of dy (skipped when
     need_db is False, e.g. a layer without bias).
     """
     if dW is not None and (db is not None or not need_db) and (dx is not None or not need_dx):
-        fast = _cached_backward(dy, x, W, need_dx, dx, dW, db if need_db else None)
+        fast = _cached_backward(dy, x, W, need_dx, dx, dW, db if need_db else None, precision)
         if fast is not None:
             return fast
+    check_precision(precision, "dense_backward")
     check_array(dy, "dy", ndim=2)
     check_array(x, "x", ndim=2)
     check_array(W, "W", ndim=2)
@@ -63,10 +85,10 @@ def dense_backward(dy, x, W, need_dx=True, dx=None, dW=None, db=None, need_db=Tr
         raise ValueError(f"dense_backward: dy {dy.shape}, x {x.shape} and W {W.shape} do not fit "
                          f"dy (N, U), x (N, F), W (U, F)")
     if need_dx:
-        dx = gemm(dy, W, dx)                       # (N, U) @ (U, F)
+        dx = _matmul(dy, W, dx, precision)                      # (N, U) @ (U, F)
     else:
         dx = None
-    dW = gemm(dy, x, dW, trans_a=True)             # (U, N) @ (N, F)
+    dW = _matmul(dy, x, dW, precision, trans_a=True)            # (U, N) @ (N, F)
     if need_db:
         db = bias_grad(dy, db)
     else:
@@ -74,14 +96,21 @@ def dense_backward(dy, x, W, need_dx=True, dx=None, dW=None, db=None, need_db=Tr
     return dx, dW, db
 
 
-def _cached_backward(dy, x, W, need_dx, dx, dW, db):
+def _cached_backward(dy, x, W, need_dx, dx, dW, db, precision="fp32"):
     """dense_backward from cached launches only, when every GEMM of it was planned by an earlier call with
     these shapes (so their checks passed: dy, x, W, dx, dW are C-contiguous float32 of fitting shapes);
     None, with nothing launched, otherwise."""
-    launches = [cached_launch(dy, x, dW, None, True, False)]
+    if precision == "fp32":
+        cached, run = cached_launch, run_launch
+    elif precision in gemm_tc.PRECISIONS:
+        cached = functools.partial(_cached_tc, precision=precision)
+        run = gemm_tc.run_launch
+    else:
+        return None   # the checked path names the unknown precision
+    launches = [cached(dy, x, dW, None, True, False)]
     operands = [(dy, x, dW)]
     if need_dx:   # dx first, as the checked path launches
-        launches.insert(0, cached_launch(dy, W, dx))
+        launches.insert(0, cached(dy, W, dx))
         operands.insert(0, (dy, W, dx))
     if any(la is None for la in launches) or (db is not None and db.shape != (dy.shape[1],)) \
             or type(W) is not type(dW) or W.shape != dW.shape:
@@ -89,10 +118,14 @@ def _cached_backward(dy, x, W, need_dx, dx, dW, db):
     if db is not None:
         check_array(db, "db")
     for launch, (a, b, out) in zip(launches, operands):
-        run_launch(launch, a, b, out, None)
+        run(launch, a, b, out, None)
     if db is not None:
         _bias_grad_launch(dy, db)
     return (dx if need_dx else None), dW, db
+
+
+def _cached_tc(a, b, out, bias=None, trans_a=False, trans_b=False, precision="tf32"):
+    return gemm_tc.cached_launch(a, b, out, bias, trans_a, trans_b, precision=precision)
 
 
 def bias_grad(dy, out=None):
@@ -124,15 +157,16 @@ def _bias_grad_plan(shape, device_id):
     return runtime.kernel("dense", "dense_bias_grad"), (blocks(U, 32),), (np.int32(N), np.int32(U))
 
 
-def dense_backward_data(dy, W, dx=None):
+def dense_backward_data(dy, W, dx=None, precision="fp32"):
     """dx = dy @ W: dy (N, U), W (U, F) -> dx (N, F) (the input gradient alone)."""
-    if dx is not None and launch_cached(dy, W, dx):
+    if dx is not None and precision == "fp32" and launch_cached(dy, W, dx):
         return dx   # a call with these shapes passed the checks below before
+    check_precision(precision, "dense_backward_data")
     check_array(dy, "dy", ndim=2)
     check_array(W, "W", ndim=2)
     if dy.shape[1] != W.shape[0]:
         raise ValueError(f"dense_backward_data: dy {dy.shape} and W {W.shape} do not fit dy (N, U), W (U, F)")
-    return gemm(dy, W, dx)
+    return _matmul(dy, W, dx, precision)
 
 
 class DenseStep(Step):
@@ -146,11 +180,11 @@ class DenseStep(Step):
 
     def forward(self, model, x, y, saved, ws):
         b = model.params[self.bias] if self.bias else None
-        dense_forward(x, model.params[self.weight], b, act=self.act or "none", out=y)
+        dense_forward(x, model.params[self.weight], b, act=self.act or "none", out=y, precision=model.precision)
 
     def backward(self, model, dy, x, y, saved, dx, ws):
         if self.act:
             activation_backward(dy, y, self.act, dx=dy)  # NOTE: in place: dy is not read again
         dense_backward(dy, x, model.params[self.weight], need_dx=self.needs_dx, dx=dx,
                        dW=model.grads[self.weight], db=model.grads[self.bias] if self.bias else None,
-                       need_db=self.bias is not None)
+                       need_db=self.bias is not None, precision=model.precision)

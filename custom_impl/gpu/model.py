@@ -67,6 +67,7 @@ def build(spec, seed: int = 0, **options) -> "GPUModel":
 
     options: ``use_graph`` (bool, default from CUSTOM_GPU_GRAPH, else True): replay train steps as CUDA
     graphs. ``fuse_pool`` (default True): run a relu followed by maxpool2d as one fused pooling step.
+    ``precision`` ("fp32" default, "tf32", "bf16"): what the dense and conv steps' products run in.
 
     >>> m = build(modelspec.load("mlp-mnist"), seed=0)                 # doctest: +SKIP
     >>> loss = m.train_step(x, y, lr=0.1, momentum=0.9)                # 0-d cupy array, no host sync
@@ -177,7 +178,12 @@ class GPUModel(CustomModel):
 
     device = "gpu"
 
-    def __init__(self, spec, seed: int = 0, use_graph: bool | None = None, fuse_pool: bool = True):
+    def __init__(self, spec, seed: int = 0, use_graph: bool | None = None, fuse_pool: bool = True,
+                 precision: str = "fp32"):
+        from .dense import check_precision
+
+        check_precision(precision, "GPUModel")
+        self.precision = precision
         self.use_graph = _graph_default() if use_graph is None else bool(use_graph)
         self.fuse_pool = bool(fuse_pool)
         self._plans: dict[int, _Plan] = {}
@@ -195,6 +201,8 @@ class GPUModel(CustomModel):
 
         self._ndarray = cupy.ndarray
         self.steps = _make_steps(self.spec, self.fuse_pool)
+        for step in self.steps:
+            step.precision = self.precision   # what its products run in (workspace sizes depend on it)
         shapes = self.spec.param_shapes()
         offsets, total = {}, 0
         for name, shape in shapes.items():

@@ -248,7 +248,8 @@ def _plain_family(family: str) -> list:
 
 
 def kernel_modules() -> list:
-    """Every kernel module the default path can choose: [(family, defines dict), ...], without repeats.
+    """Every kernel module the default path can choose, at every precision (the FP32 families and the
+    tensor-core ones of tf32 / bf16): [(family, defines dict), ...], without repeats.
 
     Loads ``custom_impl.gpu.ops`` and ``custom_impl.gpu.model`` first, so every family module has registered
     its modules.
@@ -291,7 +292,7 @@ def _compile_one(job: tuple) -> tuple:
     return label, time.perf_counter() - t0, None
 
 
-def precompile(jobs: int | None = None, progress=None) -> list:
+def precompile(jobs: int | None = None, progress=None, families=None) -> list:
     """Compile every module of ``kernel_modules()`` that has no prebuilt cubin for this device into CuPy's
     on-disk kernel cache, in parallel.
 
@@ -304,6 +305,8 @@ def precompile(jobs: int | None = None, progress=None) -> list:
     sm_90, compiling 0" or "compiling 23 kernel modules in 16 processes") and once per module done
     ("compiled 7/23 gemm 256x128x16_16x8 in 14.2 s").
 
+    ``families`` (an iterable of family names, or None for all) limits it to those families' modules.
+
     Returns [(module label, seconds), ...] of the modules compiled, in completion order; raises
     RuntimeError naming the module when one fails to compile.
 
@@ -314,7 +317,8 @@ def precompile(jobs: int | None = None, progress=None) -> list:
 
     import cupy
 
-    modules = kernel_modules()
+    wanted = None if families is None else set(families)
+    modules = [m for m in kernel_modules() if wanted is None or m[0] in wanted]
     arch = _device_arch(cupy.cuda.Device().id)
     have = [m for m in modules if prebuilt_enabled() and os.path.exists(prebuilt_path(m[0], define_key(m[1]), arch))]
     todo = [m for m in modules if m not in have]

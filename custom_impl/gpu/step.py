@@ -28,6 +28,7 @@ class Step:
     """
 
     kind = "?"
+    precision = "fp32"   # what the step's products run in: the model's precision (set by the model)
 
     def __init__(self, layer, act=None):
         self.layer = layer

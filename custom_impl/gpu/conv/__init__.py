@@ -17,6 +17,9 @@ timing; docs/kernels.md tells what each measured):
   "few_channels"  (few_channels.py)   C <= 8 (a CNN's first layer): direct register-blocked kernels.
   "patch"         (patch.py)          backward passes of 3..7-tap stride-1 kernels, >= 8 channels: an input
                                        patch staged in shared memory once and reused for every tap.
+At ``precision="tf32"`` or ``"bf16"`` every phase runs ``implicit_gemm_tc.py`` instead: the implicit GEMMs on
+the tensor cores (TF32 / BF16 products, FP32 accumulation); ``algo`` must then be "auto" or
+"implicit_gemm" (the other families are FP32 only), and the bias gradient stays an FP32 sum.
 FORWARD_ALGOS / DATA_ALGOS / WEIGHTS_ALGOS name them per phase; ``candidates(dims, phase)`` says which can
 run a layer (what "auto" times). ``conv_dims`` gives a layer's ``ConvDims``.
 
@@ -38,7 +41,8 @@ import numpy as np
 from .. import runtime
 from ..runtime import check_array
 from ..step import Step
-from . import few_channels, implicit_gemm, patch, select, winograd
+from .. import gemm_tc
+from . import few_channels, implicit_gemm, implicit_gemm_tc, patch, select, winograd
 from .geometry import ConvDims, conv2d_output_shape, conv_dims, planning_sms
 from .select import DATA_ALGOS, FORWARD_ALGOS, WEIGHTS_ALGOS, candidates
 
@@ -47,13 +51,29 @@ __all__ = ["conv2d_forward", "conv2d_backward", "conv2d_backward_data", "conv2d_
            "candidates", "ConvStep"]
 
 
-def conv2d_workspace_size(x_shape, w_shape, stride, padding) -> int:
+def conv2d_workspace_size(x_shape, w_shape, stride, padding, precision="fp32") -> int:
     """float32 elements of workspace the forward+backward of this convolution needs (0 if none), whichever
-    algorithm runs them.
+    algorithm runs them (at ``precision``: "fp32", or the tensor-core "tf32" / "bf16").
 
     The plans depend on the launch cost in force (``runtime.launch_cost_regime``): size the workspace
     under the same setting as the calls that use it."""
-    return select.workspace_size(conv_dims(x_shape, w_shape, stride, padding), planning_sms())
+    dims = conv_dims(x_shape, w_shape, stride, padding)
+    if precision == "fp32":
+        return select.workspace_size(dims, planning_sms())
+    _check_precision(precision, "auto", "conv2d_workspace_size")
+    return implicit_gemm_tc.workspace_size(dims, precision, planning_sms())
+
+
+def _check_precision(precision, algo, what) -> bool:
+    """True for a tensor-core precision (after checking ``algo`` fits it), False for "fp32"."""
+    if precision == "fp32":
+        return False
+    if precision not in gemm_tc.PRECISIONS:
+        raise ValueError(f"{what}: unknown precision {precision!r}; use 'fp32', 'tf32' or 'bf16'")
+    if algo not in ("auto", "implicit_gemm"):
+        raise ValueError(f"{what}: algo={algo!r} runs in FP32 only; at precision={precision!r} use 'auto' or "
+                         "'implicit_gemm' (the tensor-core implicit GEMM)")
+    return True
 
 
 def _forward(algo, x, W, b, out, dims, workspace, sms):
@@ -64,7 +84,7 @@ def _forward(algo, x, W, b, out, dims, workspace, sms):
     return few_channels.forward(x, W, b, out, dims)
 
 
-def conv2d_forward(x, W, b, stride, padding, out=None, workspace=None, algo="auto"):
+def conv2d_forward(x, W, b, stride, padding, out=None, workspace=None, algo="auto", precision="fp32"):
     """y = conv2d(x, W) + b: x (N, C, H, W), W (K, C, R, S), b (K,) or None -> y (N, K, P, Q).
 
     ``algo``: one of FORWARD_ALGOS, or "auto" (the default): the fastest of ``candidates(dims, "forward")``
@@ -86,6 +106,8 @@ def conv2d_forward(x, W, b, stride, padding, out=None, workspace=None, algo="aut
         check_array(out, "out", shape=(N, K, P, Q))
     select.check_algo(algo, "forward", "conv2d_forward")
     sms = runtime.sm_count()
+    if _check_precision(precision, algo, "conv2d_forward"):
+        return implicit_gemm_tc.forward(x, W, b, out, dims, precision, workspace, sms)
     if algo == "auto":
         def run(name):
             return _forward(name, x, W, b, out, dims, workspace, sms)
@@ -114,8 +136,10 @@ def _backward_weights(algo, dy, x, dW, dims, workspace, sms, check=True):
     return patch.backward_weights(dy, x, dW, dims, workspace)
 
 
-def _data(algo, dy, W, dx, dims, workspace, sms):
-    """dx by ``algo`` ("auto": chosen by select.choose)."""
+def _data(algo, dy, W, dx, dims, workspace, sms, precision="fp32"):
+    """dx by ``algo`` ("auto": chosen by select.choose), or on the tensor cores at tf32 / bf16."""
+    if precision != "fp32":
+        return implicit_gemm_tc.backward_data(dy, W, dx, dims, precision, workspace, sms)
     if algo == "auto":
         def run(name):
             return _backward_data(name, dy, W, dx, dims, workspace, sms)
@@ -125,7 +149,7 @@ def _data(algo, dy, W, dx, dims, workspace, sms):
 
 
 def conv2d_backward(dy, x, W, stride, padding, need_dx=True, dx=None, dW=None, db=None, workspace=None,
-                    need_db=True, algo="auto", weights_algo="auto"):
+                    need_db=True, algo="auto", weights_algo="auto", precision="fp32"):
     """(dx or None, dW, db or None) for dy (N, K, P, Q), x (N, C, H, W), W (K, C, R, S).
 
     ``workspace``: at least ``conv2d_workspace_size(...)`` float32 elements, or None for the runtime's
@@ -143,6 +167,8 @@ def conv2d_backward(dy, x, W, stride, padding, need_dx=True, dx=None, dW=None, d
     check_array(dy, "dy", shape=(N, K, P, Q))
     select.check_algo(algo, "backward_data", "conv2d_backward")
     select.check_algo(weights_algo, "backward_weights", "conv2d_backward")
+    tc = _check_precision(precision, algo, "conv2d_backward") | _check_precision(precision, weights_algo,
+                                                                                 "conv2d_backward")
     if dW is None:
         dW = cupy.empty(W.shape, dtype=np.float32)
     else:
@@ -164,7 +190,10 @@ def conv2d_backward(dy, x, W, stride, padding, need_dx=True, dx=None, dW=None, d
     else:
         db = None
     if need_dx:
-        _data(algo, dy, W, dx, dims, workspace, sms)
+        _data(algo, dy, W, dx, dims, workspace, sms, precision)
+    if tc:
+        implicit_gemm_tc.backward_weights(dy, x, dW, dims, precision, workspace, sms)
+        return dx, dW, db
     if weights_algo == "auto":
         def run(name):
             return _backward_weights(name, dy, x, dW, dims, workspace, sms)
@@ -175,7 +204,7 @@ def conv2d_backward(dy, x, W, stride, padding, need_dx=True, dx=None, dW=None, d
     return dx, dW, db
 
 
-def conv2d_backward_data(dy, W, x_shape, stride, padding, dx=None, workspace=None, algo="auto"):
+def conv2d_backward_data(dy, W, x_shape, stride, padding, dx=None, workspace=None, algo="auto", precision="fp32"):
     """dx alone (what ``conv2d_backward`` computes with need_dx=True): dy (N, K, P, Q), W (K, C, R, S)
     -> dx (x_shape = (N, C, H, W)). ``algo``: one of DATA_ALGOS or "auto". ``workspace``: at least
     ``conv2d_workspace_size(...)`` float32 elements, or None for the runtime's shared buffer."""
@@ -187,38 +216,43 @@ def conv2d_backward_data(dy, W, x_shape, stride, padding, dx=None, workspace=Non
     N, C, H, Wd, K, R, S, P, Q = dims[:9]
     check_array(dy, "dy", shape=(N, K, P, Q))
     select.check_algo(algo, "backward_data", "conv2d_backward_data")
+    _check_precision(precision, algo, "conv2d_backward_data")
     if dx is None:
         dx = cupy.empty(tuple(x_shape), dtype=np.float32)
     else:
         check_array(dx, "dx", shape=tuple(x_shape))
-    return _data(algo, dy, W, dx, dims, workspace, runtime.sm_count())
+    return _data(algo, dy, W, dx, dims, workspace, runtime.sm_count(), precision)
 
 
 class ConvStep(Step):
     """y = conv2d(x, W) + b; x (N, C, H, W), W (K, C, R, S), y (N, K, P, Q); each phase's algorithm
-    chosen by "auto" (select.py). Saves nothing beyond its input; backward writes dW, db (and dx)."""
+    chosen by "auto" (select.py), or the tensor-core implicit GEMM in a tf32 / bf16 model (``precision``,
+    set by the model). Saves nothing beyond its input; backward writes dW, db (and dx)."""
 
     kind = "conv2d"
+    precision = "fp32"
 
     def _geometry(self):
         return tuple(self.layer.stride), tuple(self.layer.padding)
 
     def workspace_size(self, n) -> int:
         w_shape = (self.layer.out_channels, self.in_shape[0], *self.layer.kernel_size)
-        return int(conv2d_workspace_size((n, *self.in_shape), w_shape, *self._geometry()))
+        return int(conv2d_workspace_size((n, *self.in_shape), w_shape, *self._geometry(), self.precision))
 
     def forward(self, model, x, y, saved, ws):
         stride, padding = self._geometry()
         b = model.params[self.bias] if self.bias else None
-        conv2d_forward(x, model.params[self.weight], b, stride, padding, out=y, workspace=ws)
+        conv2d_forward(x, model.params[self.weight], b, stride, padding, out=y, workspace=ws,
+                       precision=model.precision)
 
     def backward(self, model, dy, x, y, saved, dx, ws):
         stride, padding = self._geometry()
         conv2d_backward(dy, x, model.params[self.weight], stride, padding, need_dx=self.needs_dx, dx=dx,
                         dW=model.grads[self.weight], db=model.grads[self.bias] if self.bias else None,
-                        workspace=ws, need_db=self.bias is not None)
+                        workspace=ws, need_db=self.bias is not None, precision=model.precision)
 
 
 runtime.register_modules(implicit_gemm.modules)
+runtime.register_modules(implicit_gemm_tc.modules)
 runtime.register_modules(winograd.modules)
 runtime.register_modules(select.zoo_kernel_modules)

@@ -1,0 +1,328 @@
+"""General matrix multiply on the tensor cores in our own kernels (``kernels/gemm_tc.cu``, ``gemm_tc_tiles.cuh``).
+
+    out[M, N] = act(op(a) @ op(b) + bias[None, :])            (accumulate=False)
+    out[M, N] = out + op(a) @ op(b)  (then + bias, then act)   (accumulate=True)
+
+As ``gemm.gemm`` (same operands, transposes, epilogues), with the products on the tensor cores:
+``precision="tf32"`` rounds both operands to TF32 (10 mantissa bits, round to nearest, ties away) and
+multiplies with ``mma.sync.m16n8k8``; ``precision="bf16"`` rounds them to BF16 (7 mantissa bits, round to
+nearest even) and multiplies with ``mma.sync.m16n8k16``. Storage stays float32 everywhere (the operands are
+rounded in registers as they leave shared memory) and every sum is accumulated in FP32, so the result is
+the FP32-accumulated product of the rounded operands. Kernels ``gemm_tc_{nn,nt,tn,tt}``: cp.async
+multi-stage pipelines, padded shared memory, ldmatrix for TF32 operands stored contiguous along k
+(docs/kernels.md). Split-K partials go to a workspace and are summed in order by gemm.cu's
+``gemm_splitk_reduce`` (deterministic: the same bits run to run).
+
+Plans: a tile config (``TcConfig``, a few per precision) and a split-K factor per shape, ranked by a rough
+model (``ranked_plans``) and chosen by timing its best few with ``runtime.autotune`` (once per shape,
+transposes, epilogue, alignment, precision and launch-cost regime). With ``out=`` given (and
+``workspace=`` for split-K, or the runtime's shared buffer grown by an earlier call) nothing is allocated
+and the host is never synchronised: calls can be captured in a CUDA graph.
+
+Example::
+
+    y = gemm_tc(x, W, trans_b=True, bias=b, act="relu", precision="bf16")   # relu(x @ W.T + b)
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import numpy as np
+
+from . import runtime
+from .gemm import ACTS, splitk_reduce
+from .runtime import GRAPH_LAUNCH_S, NULL, blocks, check_array, launch_cost, ptr, sm_count, vec_ok
+
+PRECISIONS = ("tf32", "bf16")
+FAMILY = "gemm_tc"
+KERNELS = {(ta, tb): "gemm_tc_" + ("t" if ta else "n") + ("t" if tb else "n")
+           for ta in (False, True) for tb in (False, True)}  # (trans_a, trans_b) -> kernel name
+PREC_CODE = {"tf32": 0, "bf16": 1}
+
+
+def check_precision(precision: str, what: str) -> None:
+    """Raise ValueError unless ``precision`` is one of PRECISIONS; ``what`` names the caller."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"{what}: precision={precision!r} is not a tensor-core precision; use one of "
+                         f"{', '.join(repr(p) for p in PRECISIONS)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TcConfig:
+    """One block computes BM x BN outputs, BK of the reduction per pipeline stage; a warp owns WM x WN."""
+
+    bm: int
+    bn: int
+    bk: int
+    wm: int
+    wn: int
+    stages: int
+    precision: str
+    rate: float   # expected fraction of the big tiles' per-SM rate (smaller tiles reuse less)
+
+    @property
+    def threads(self) -> int:
+        return (self.bm // self.wm) * (self.bn // self.wn) * 32
+
+    def smem_bytes(self, trans_a: bool = False, trans_b: bool = False) -> int:
+        """Dynamic shared memory of one block for these transposes (gemm_tc_tiles.cuh's TcSmem): TC_STAGES
+        stages of both operand tiles, each laid out along its contiguous dimension with its padding."""
+        return self.stages * (tile_floats(self.bm, self.bk, not trans_a, self.precision)
+                              + tile_floats(self.bn, self.bk, trans_b, self.precision)) * 4
+
+    @property
+    def blocks_per_sm(self) -> int:
+        # ~225-240 registers per thread (ptxas, sm_90): 64 K registers hold 2 blocks of 128 threads, 1 of 256;
+        # shared memory (<= 110 KB per block of 128 threads) allows the same
+        return 2 if self.threads <= 128 else 1
+
+    @property
+    def defines(self) -> dict:
+        return dict(TC_BM=self.bm, TC_BN=self.bn, TC_BK=self.bk, TC_WM=self.wm, TC_WN=self.wn,
+                    TC_STAGES=self.stages, TC_PREC=PREC_CODE[self.precision])
+
+    @property
+    def name(self) -> str:
+        return f"{self.precision}_{self.bm}x{self.bn}x{self.bk}_{self.wm}x{self.wn}_s{self.stages}"
+
+
+def tile_floats(bmn: int, bk: int, kmajor: bool, precision: str) -> int:
+    """Floats of one stage of one operand tile in shared memory (gemm_tc_tiles.cuh's TcSmem::FLOATS)."""
+    if kmajor:
+        return bmn * (bk + (4 if precision == "tf32" else 8))
+    return bk * (bmn + (8 if precision == "tf32" else 4))
+
+
+# A few tile configs per precision (the autotuner times them per shape): the 128x256 and 128x128 tiles for
+# large outputs, 64x64 for small ones (more blocks to fill 132 SMs). Warps of 64x64 hold 128 FP32
+# accumulators per thread; BK = 32 is 4 TF32 or 2 BF16 k-steps per barrier.
+CONFIGS = tuple(TcConfig(bm, bn, 32, wm, wn, 3, p, rate)
+                for p in PRECISIONS
+                for bm, bn, wm, wn, rate in ((128, 256, 64, 64, 1.0), (128, 128, 64, 64, 0.95),
+                                             (64, 64, 32, 32, 0.6)))
+CONFIG_BY_NAME = {c.name: c for c in CONFIGS}
+
+
+def configs(precision: str) -> tuple:
+    return tuple(c for c in CONFIGS if c.precision == precision)
+
+
+def _modules() -> list:
+    """The gemm_tc modules the default path can compile: one per tile config."""
+    return [(FAMILY, cfg.defines) for cfg in CONFIGS]
+
+
+runtime.register_modules(_modules)
+
+# Model constants (H100 SXM): the tensor-core FMA rate per SM that mma.sync reaches on large tiles (assumed
+# ~60% of the datasheet dense peak, TF32 495 / BF16 989 TFLOP/s: mma.sync issues from every warp and cannot
+# reach wgmma's rate), and the bandwidth that split-K partials round-trip at.
+_FMA_PER_SM_S = {"tf32": 0.6 * 495e12 / 2 / 132, "bf16": 0.6 * 989e12 / 2 / 132}
+_BYTES_S = 3.0e12
+
+
+def estimate_seconds(cfg: TcConfig, M: int, N: int, K: int, splits: int, sms: int = 132,
+                     launch_s: float | None = None) -> float:
+    """Rough time of one GEMM: waves of blocks at the config's rate, plus split-K's partials and reduce
+    launch; max(GPU time, launches x launch cost) as in ``tiles.estimate_seconds``."""
+    launch_s = launch_cost() if launch_s is None else launch_s
+    tiles = math.ceil(M / cfg.bm) * math.ceil(N / cfg.bn)
+    k_chunk = math.ceil(math.ceil(K / splits) / cfg.bk) * cfg.bk
+    total = tiles * splits
+    waves = math.ceil(total / (sms * cfg.blocks_per_sm))
+    resident = min(cfg.blocks_per_sm, math.ceil(total / sms))
+    # an SM needs ~8 warps to keep its tensor cores busy
+    sm_rate = cfg.rate * _FMA_PER_SM_S[cfg.precision] * min(1.0, resident * cfg.threads / 32 / 8)
+    # the pipeline fills (stages - 1) tiles before the first mma: short reductions pay it
+    steps = max(k_chunk, cfg.bk) + (cfg.stages - 1) * cfg.bk
+    launches = 2 if splits > 1 else 1
+    gpu = waves * resident * cfg.bm * cfg.bn * steps / sm_rate + launches * GRAPH_LAUNCH_S
+    if splits > 1:
+        gpu += 2 * 4 * splits * M * N / _BYTES_S
+    return max(gpu, launches * launch_s)
+
+
+@functools.lru_cache(maxsize=4096)
+def ranked_plans(M: int, N: int, K: int, precision: str, sms: int = 132, launch_s: float = 20e-6) -> tuple:
+    """Every (TcConfig, splits) weighed for a shape, cheapest first (estimate, then GPU estimate). Splits
+    are powers of two up to 32 that keep >= 4 k tiles per block."""
+    ranked = []
+    for cfg in configs(precision):
+        s = 1
+        while s <= 32 and (s == 1 or math.ceil(K / s) >= 4 * cfg.bk):
+            key = (estimate_seconds(cfg, M, N, K, s, sms, launch_s), estimate_seconds(cfg, M, N, K, s, sms, 0.0))
+            ranked.append((key, len(ranked), (cfg, s)))
+            s *= 2
+    return tuple(plan for _, _, plan in sorted(ranked))
+
+
+def tune_candidates(M: int, N: int, K: int, precision: str, sms: int = 132, count: int = 4) -> list:
+    """The plans the autotuner times: the model's ``count`` best, plus its best unsplit plan and its best
+    plan of every tile config where those are not among them."""
+    ranked = ranked_plans(M, N, K, precision, sms, launch_cost())
+    picked = list(ranked[:count])
+    wants = [lambda p: p[1] == 1] + [functools.partial(lambda c, p: p[0] == c, c) for c in configs(precision)]
+    for want in wants:
+        best = next((p for p in ranked if want(p)), None)
+        if best is not None and best not in picked:
+            picked.append(best)
+    return picked
+
+
+def split_chunk(K: int, splits: int, bk: int) -> tuple[int, int]:
+    """(k_chunk, splits): the reduction range of one split (a multiple of bk) and the splits it needs."""
+    if splits <= 1:
+        return max(K, 1), 1
+    k_chunk = math.ceil(math.ceil(K / splits) / bk) * bk
+    return k_chunk, math.ceil(K / k_chunk)
+
+
+def _check_operands(a, b, out, trans_a, trans_b, bias, act, accumulate):
+    import cupy
+
+    check_array(a, "a", ndim=2)
+    check_array(b, "b", ndim=2)
+    M, K = (a.shape[1], a.shape[0]) if trans_a else a.shape
+    Kb, N = (b.shape[1], b.shape[0]) if trans_b else b.shape
+    if K != Kb:
+        raise ValueError(f"gemm_tc: op(a) is {M}x{K} but op(b) is {Kb}x{N}; the inner sizes must match "
+                         f"(check trans_a={trans_a}, trans_b={trans_b})")
+    if bias is not None:
+        check_array(bias, "bias", shape=(N,))
+    if act not in ACTS:
+        raise ValueError(f"gemm_tc: act={act!r} is not one of {sorted(ACTS)}")
+    if out is None:
+        if accumulate:
+            raise ValueError("gemm_tc: accumulate=True needs out= (the array to add into)")
+        out = cupy.empty((M, N), dtype=np.float32)
+    else:
+        check_array(out, "out", shape=(M, N))
+    return M, N, K, out
+
+
+def gemm_tc(a, b, out=None, *, precision="tf32", trans_a=False, trans_b=False, bias=None, act="none",
+            accumulate=False, config=None, splits=None, workspace=None):
+    """out = act(op(a) @ op(b) + bias (+ out if accumulate)) with TF32 or BF16 products; returns out.
+
+    a: (M, K) or (K, M) if trans_a; b: (K, N) or (N, K) if trans_b; bias: (N,) or None; out: (M, N); all
+    float32. ``config`` (a TcConfig or its name, of this precision) and ``splits`` are chosen per shape
+    unless given. ``workspace``: float32 buffer of >= splits*M*N elements for split-K partials (default:
+    ``runtime.workspace``).
+    """
+    fast = config is None and splits is None and workspace is None and out is not None
+    key = _plan_key(a, b, out, bias, trans_a, trans_b, act, accumulate, precision) if fast else None
+    launch = _launches.get(key) if key is not None else None
+    if launch is not None:
+        run_launch(launch, a, b, out, bias)
+        return out
+    check_precision(precision, "gemm_tc")
+    M, N, K, out = _check_operands(a, b, out, trans_a, trans_b, bias, act, accumulate)
+    if M == 0 or N == 0:
+        return out
+    if config is not None:
+        cfg = CONFIG_BY_NAME[config] if isinstance(config, str) else config
+        if cfg.precision != precision:
+            raise ValueError(f"gemm_tc: config {cfg.name} is for {cfg.precision}, not {precision}")
+        plan = (cfg, 1 if splits is None else int(splits))
+    elif splits is not None:
+        plan = (ranked_plans(M, N, K, precision, sm_count(), launch_cost())[0][0], int(splits))
+    else:
+        plan = _tuned_plan(a, b, out, bias, trans_a, trans_b, act, accumulate, precision, M, N, K)
+    launch = _launch_args(a, b, out, trans_a, trans_b, act, accumulate, M, N, K, plan, workspace)
+    if key is not None:
+        _launches[key] = launch
+    run_launch(launch, a, b, out, bias)
+    return out
+
+
+def run_launch(launch, a, b, out, bias) -> None:
+    """Run a launch made by ``_launch_args``: the tensor-core kernel, then the split-K reduce if any."""
+    kern, grid, block, smem, tail, red = launch
+    kern(grid, block, (a, b, out, ptr(bias)) + tail, shared_mem=smem)
+    if red is not None:
+        ws, M, N, splits, beta, act_code = red
+        splitk_reduce(ws, out, bias, M, N, splits, beta, act_code)
+
+
+def cached_launch(a, b, out, bias=None, trans_a=False, trans_b=False, act="none", accumulate=False,
+                  precision="tf32"):
+    """The eager launch an earlier ``gemm_tc(a, b, out, ...)`` with these shapes, alignments and options
+    made (run it with ``run_launch``), or None."""
+    key = _plan_key(a, b, out, bias, trans_a, trans_b, act, accumulate, precision)
+    return _launches.get(key) if key is not None else None
+
+
+_launches: dict = {}
+_F32 = np.dtype(np.float32)
+
+
+def _plan_key(a, b, out, bias, trans_a, trans_b, act, accumulate, precision):
+    """The launch key of a call, or None when an operand is not a C-contiguous float32 CuPy array."""
+    import cupy
+
+    try:
+        arrays = (a, b, out) if bias is None else (a, b, out, bias)
+        for x in arrays:
+            if type(x) is not cupy.ndarray or x.dtype != _F32 or not x.flags.c_contiguous:
+                return None
+        return (precision, a.shape, b.shape, out.shape, None if bias is None else bias.shape, trans_a, trans_b,
+                act, accumulate, a.data.ptr & 15, b.data.ptr & 15, out.data.ptr & 15, launch_cost(),
+                cupy.cuda.runtime.getDevice())
+    except AttributeError:
+        return None
+
+
+def _tuned_plan(a, b, out, bias, trans_a, trans_b, act, accumulate, precision, M, N, K):
+    """(TcConfig, splits) for this call: cached, else the fastest of ``tune_candidates`` timed on the
+    caller's operands (into a scratch output), else (inside a graph capture) the model's first."""
+    key = ("gemm_tc", precision, M, N, K, trans_a, trans_b, act, bias is None, accumulate, a.data.ptr & 15,
+           b.data.ptr & 15, out.data.ptr & 15)
+    hit = runtime.tuned(key)
+    if hit is not None:
+        return hit
+    cands = tune_candidates(M, N, K, precision, sm_count())
+    if len(cands) == 1:
+        return cands[0]
+
+    def candidates():
+        import cupy
+
+        scratch = cupy.empty((M, N), dtype=np.float32)  # timing never writes the caller's out (accumulate)
+        calls = {}
+        for plan in cands:
+            launch = _launch_args(a, b, scratch, trans_a, trans_b, act, accumulate, M, N, K, plan)
+            calls[plan] = functools.partial(run_launch, launch, a, b, scratch, bias)
+        return calls
+
+    cost = launch_cost()
+
+    def worth(plan, ms):
+        gpu = ms * 1e-3 / runtime.TUNE_REPS
+        return max(gpu, (2 if plan[1] > 1 else 1) * cost), gpu
+
+    return runtime.autotune(key, candidates, cands[0], warmups=1, behind_sleep=True, score=worth)
+
+
+def _launch_args(a, b, out, trans_a, trans_b, act, accumulate, M, N, K, plan, workspace=None):
+    """(kernel, grid, block, shared memory, arguments after (a, b, out, bias), split-K reduce or None)."""
+    cfg, splits = plan
+    k_chunk, splits = split_chunk(K, splits, cfg.bk)
+    smem = cfg.smem_bytes(trans_a, trans_b)
+    kern = runtime.kernel(FAMILY, KERNELS[trans_a, trans_b], cfg.defines, smem)
+    flags = int(vec_ok(a, M if trans_a else K)) | int(vec_ok(b, K if trans_b else N)) << 1
+    scalars = (np.int32(M), np.int32(N), np.int32(K), np.int32(k_chunk), np.int32(1 if accumulate else 0),
+               np.int32(ACTS[act]))
+    grid = (blocks(N, cfg.bn), blocks(M, cfg.bm), splits)
+    even = N % 2 == 0
+    if splits == 1:
+        flags |= int(even and out.data.ptr % 8 == 0) << 2
+        return kern, grid, (cfg.threads,), smem, (NULL,) + scalars + (np.int32(flags),), None
+    need = splits * M * N
+    ws = workspace if workspace is not None else runtime.workspace(need)
+    if ws.size < need:
+        raise ValueError(f"gemm_tc: workspace has {ws.size} elements, split-K needs {need}")
+    flags |= 1 << 3 | int(even and ws.data.ptr % 8 == 0) << 2
+    red = (ptr(ws), M, N, splits, 1 if accumulate else 0, ACTS[act])
+    return kern, grid, (cfg.threads,), smem, (ptr(ws),) + scalars + (np.int32(flags),), red

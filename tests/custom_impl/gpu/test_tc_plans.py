@@ -1,0 +1,66 @@
+"""The tensor-core plans without a GPU (CPU tests): configs fit the card, plans stay within their precision,
+split-K chunks cover the reduction, and the runtime precompiles every tensor-core module."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+
+from custom_impl.gpu import gemm_tc, runtime
+from custom_impl.gpu.conv import conv_dims, implicit_gemm_tc
+
+MAX_SMEM = 227 * 1024   # dynamic shared memory one block may opt into on sm_90
+
+
+@pytest.mark.parametrize("cfg", gemm_tc.CONFIGS, ids=lambda c: c.name)
+def test_configs_fit_an_sm90_block(cfg):
+    assert cfg.threads in (128, 256) and cfg.bm % cfg.wm == 0 and cfg.bn % cfg.wn == 0
+    assert cfg.wn % 16 == 0 and cfg.wm % 16 == 0 and cfg.bk % 16 == 0   # gemm_tc_tiles.cuh's static_asserts
+    for ta, tb in itertools.product((False, True), repeat=2):
+        assert cfg.smem_bytes(ta, tb) <= MAX_SMEM, (cfg.name, ta, tb)
+    # every operand tile divides evenly into 4-float chunks per thread (TcMatrixLoader / TcGatherLoader)
+    assert (cfg.bm * cfg.bk // 4) % cfg.threads == 0 and (cfg.bn * cfg.bk // 4) % cfg.threads == 0
+
+
+def test_tile_floats_mirror_the_header_padding():
+    # TF32 k-major rows BK + 4 (LD/4 odd for ldmatrix), BF16 BK + 8; mn-major TF32 BMN + 8, BF16 BMN + 4
+    assert gemm_tc.tile_floats(128, 32, True, "tf32") == 128 * 36
+    assert gemm_tc.tile_floats(128, 32, True, "bf16") == 128 * 40
+    assert gemm_tc.tile_floats(128, 32, False, "tf32") == 32 * 136
+    assert gemm_tc.tile_floats(128, 32, False, "bf16") == 32 * 132
+    assert (36 // 4) % 2 == 1
+
+
+@pytest.mark.parametrize("precision", gemm_tc.PRECISIONS)
+@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (64, 128, 784), (4096, 4096, 4096), (10, 1024, 8192), (7, 33, 5)])
+def test_ranked_plans(M, N, K, precision):
+    plans = gemm_tc.ranked_plans(M, N, K, precision, 132, runtime.GRAPH_LAUNCH_S)
+    assert plans and all(cfg.precision == precision for cfg, _ in plans)
+    for cfg, splits in plans:
+        k_chunk, n = gemm_tc.split_chunk(K, splits, cfg.bk)
+        assert k_chunk * n >= K and (n == 1 or k_chunk % cfg.bk == 0) and n <= splits
+        assert splits == 1 or math.ceil(K / splits) >= 4 * cfg.bk
+    cands = gemm_tc.tune_candidates(M, N, K, precision)
+    assert any(s == 1 for _, s in cands) and len(set(cands)) == len(cands)
+
+
+def test_conv_plans_and_workspace():
+    dims = conv_dims((33, 17, 29, 31), (45, 17, 3, 3), 1, 1)
+    with runtime.launch_cost_regime(runtime.GRAPH_LAUNCH_S):
+        for precision in gemm_tc.PRECISIONS:
+            plans = implicit_gemm_tc.plans(tuple(dims), precision, 132, runtime.launch_cost())
+            assert set(plans) == {"forward", "backward_data", "backward_weights"}
+            need = implicit_gemm_tc.workspace_size(dims, precision, 132)
+            cfg, _, splits = plans["backward_weights"]
+            assert splits > 1 and need >= splits * 45 * 17 * 9
+    strided = conv_dims((3, 5, 11, 13), (7, 5, 3, 3), 2, 1)
+    assert implicit_gemm_tc.plans(tuple(strided), "bf16", 132, 1e-6)["backward_data"][2] == 1   # phases, no split
+
+
+def test_tensor_core_modules_are_precompiled():
+    mods = runtime.kernel_modules()
+    for family in ("gemm_tc", "conv_implicit_gemm_tc"):
+        got = [d for f, d in mods if f == family]
+        assert sorted(map(sorted, (d.items() for d in got))) == \
+            sorted(map(sorted, (c.defines.items() for c in gemm_tc.CONFIGS))), family
