@@ -295,7 +295,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_parity(args) -> int:
-    from .parity import parity_table
+    from .parity_check import parity_table
 
     device = _device(args.device)
     precompile_kernels(device)
