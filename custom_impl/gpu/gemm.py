@@ -48,7 +48,9 @@ def _gemm_modules() -> list:
 runtime.register_modules(_gemm_modules)
 
 
-def _check_operands(a, b, out, trans_a, trans_b, bias, act, accumulate):
+def check_operands(a, b, out, trans_a, trans_b, bias, act, accumulate, who="gemm"):
+    """(M, N, K, out) for op(a) @ op(b) (+ bias, act): shapes, dtypes and options checked, ``out`` made when
+    None; ``who`` names the caller in the errors."""
     import cupy
 
     check_array(a, "a", ndim=2)
@@ -56,15 +58,15 @@ def _check_operands(a, b, out, trans_a, trans_b, bias, act, accumulate):
     M, K = (a.shape[1], a.shape[0]) if trans_a else a.shape
     Kb, N = (b.shape[1], b.shape[0]) if trans_b else b.shape
     if K != Kb:
-        raise ValueError(f"gemm: op(a) is {M}x{K} but op(b) is {Kb}x{N}; the inner sizes must match "
+        raise ValueError(f"{who}: op(a) is {M}x{K} but op(b) is {Kb}x{N}; the inner sizes must match "
                          f"(check trans_a={trans_a}, trans_b={trans_b})")
     if bias is not None:
         check_array(bias, "bias", shape=(N,))
     if act not in ACTS:
-        raise ValueError(f"gemm: act={act!r} is not one of {sorted(ACTS)}")
+        raise ValueError(f"{who}: act={act!r} is not one of {sorted(ACTS)}")
     if out is None:
         if accumulate:
-            raise ValueError("gemm: accumulate=True needs out= (the array to add into)")
+            raise ValueError(f"{who}: accumulate=True needs out= (the array to add into)")
         out = cupy.empty((M, N), dtype=np.float32)
     else:
         check_array(out, "out", shape=(M, N))
@@ -88,7 +90,7 @@ def gemm(a, b, out=None, *, trans_a=False, trans_b=False, bias=None, act="none",
     if launch is not None:
         run_launch(launch, a, b, out, bias)
         return out
-    M, N, K, out = _check_operands(a, b, out, trans_a, trans_b, bias, act, accumulate)
+    M, N, K, out = check_operands(a, b, out, trans_a, trans_b, bias, act, accumulate)
     if M == 0 or N == 0:
         return out
     if reduce not in (None, "serial", "launch"):

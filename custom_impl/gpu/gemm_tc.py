@@ -32,8 +32,9 @@ import math
 import numpy as np
 
 from . import runtime
-from .gemm import ACTS, splitk_reduce
-from .runtime import GRAPH_LAUNCH_S, NULL, blocks, check_array, launch_cost, ptr, sm_count, vec_ok
+from .gemm import ACTS, check_operands, splitk_reduce
+from .runtime import GRAPH_LAUNCH_S, NULL, blocks, launch_cost, ptr, sm_count, vec_ok
+from .tiles import pick_candidates, split_chunk
 
 PRECISIONS = ("tf32", "bf16")
 FAMILY = "gemm_tc"
@@ -162,44 +163,8 @@ def tune_candidates(M: int, N: int, K: int, precision: str, sms: int = 132, coun
     """The plans the autotuner times: the model's ``count`` best, plus its best unsplit plan and its best
     plan of every tile config where those are not among them."""
     ranked = ranked_plans(M, N, K, precision, sms, launch_cost())
-    picked = list(ranked[:count])
     wants = [lambda p: p[1] == 1] + [functools.partial(lambda c, p: p[0] == c, c) for c in configs(precision)]
-    for want in wants:
-        best = next((p for p in ranked if want(p)), None)
-        if best is not None and best not in picked:
-            picked.append(best)
-    return picked
-
-
-def split_chunk(K: int, splits: int, bk: int) -> tuple[int, int]:
-    """(k_chunk, splits): the reduction range of one split (a multiple of bk) and the splits it needs."""
-    if splits <= 1:
-        return max(K, 1), 1
-    k_chunk = math.ceil(math.ceil(K / splits) / bk) * bk
-    return k_chunk, math.ceil(K / k_chunk)
-
-
-def _check_operands(a, b, out, trans_a, trans_b, bias, act, accumulate):
-    import cupy
-
-    check_array(a, "a", ndim=2)
-    check_array(b, "b", ndim=2)
-    M, K = (a.shape[1], a.shape[0]) if trans_a else a.shape
-    Kb, N = (b.shape[1], b.shape[0]) if trans_b else b.shape
-    if K != Kb:
-        raise ValueError(f"gemm_tc: op(a) is {M}x{K} but op(b) is {Kb}x{N}; the inner sizes must match "
-                         f"(check trans_a={trans_a}, trans_b={trans_b})")
-    if bias is not None:
-        check_array(bias, "bias", shape=(N,))
-    if act not in ACTS:
-        raise ValueError(f"gemm_tc: act={act!r} is not one of {sorted(ACTS)}")
-    if out is None:
-        if accumulate:
-            raise ValueError("gemm_tc: accumulate=True needs out= (the array to add into)")
-        out = cupy.empty((M, N), dtype=np.float32)
-    else:
-        check_array(out, "out", shape=(M, N))
-    return M, N, K, out
+    return pick_candidates(ranked, count, wants)
 
 
 def gemm_tc(a, b, out=None, *, precision="tf32", trans_a=False, trans_b=False, bias=None, act="none",
@@ -218,7 +183,7 @@ def gemm_tc(a, b, out=None, *, precision="tf32", trans_a=False, trans_b=False, b
         run_launch(launch, a, b, out, bias)
         return out
     check_precision(precision, "gemm_tc")
-    M, N, K, out = _check_operands(a, b, out, trans_a, trans_b, bias, act, accumulate)
+    M, N, K, out = check_operands(a, b, out, trans_a, trans_b, bias, act, accumulate, "gemm_tc")
     if M == 0 or N == 0:
         return out
     if config is not None:

@@ -181,8 +181,15 @@ def tune_candidates(M: int, N: int, K: int, sms: int = 132, count: int = 6) -> l
     those are not among them (the model is least sure about big unsplit tiles at tiny K and about the
     serial reduce's tail)."""
     ranked = ranked_plans(M, N, K, sms, 32, launch_cost(), None, "auto")
+    return pick_candidates(ranked, count, (lambda p: p[1] == 1, lambda p: p[1] > 1 and p[2],
+                                           lambda p: p[1] > 1 and not p[2]))
+
+
+def pick_candidates(ranked: list, count: int, wants) -> list:
+    """The first ``count`` of ``ranked`` plans, plus the best plan each predicate in ``wants`` accepts where
+    it is not among them (the cost model's blind spots get timed too)."""
     picked = list(ranked[:count])
-    for want in (lambda p: p[1] == 1, lambda p: p[1] > 1 and p[2], lambda p: p[1] > 1 and not p[2]):
+    for want in wants:
         best = next((p for p in ranked if want(p)), None)
         if best is not None and best not in picked:
             picked.append(best)
