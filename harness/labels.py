@@ -21,7 +21,8 @@ import re
 
 # ============================================================================ workloads
 _DENSE = re.compile(r"dense_M(\d+)_N(\d+)_K(\d+)\Z")
-_CONV = re.compile(r"conv_N(\d+)_C(\d+)_H(\d+)_W(\d+)_K(\d+)_R(\d+)_S(\d+)_st(\d+)_pad(\d+)\Z")
+# a conv's stride and padding are one number when both axes agree, "HxW" when they differ (st2x1_pad10x5)
+_CONV = re.compile(r"conv_N(\d+)_C(\d+)_H(\d+)_W(\d+)_K(\d+)_R(\d+)_S(\d+)_st(\d+)(?:x(\d+))?_pad(\d+)(?:x(\d+))?\Z")
 _POOL = re.compile(r"(max|avg)pool_N(\d+)_C(\d+)_H(\d+)_W(\d+)_R(\d+)_S(\d+)_st(\d+)\Z")
 # The report names rows of another precision than strict FP32 "<workload> [tf32]" / "<workload> [bf16]"
 _PRECISION_TAG = re.compile(r"(.+) \[(tf32|bf16)\]\Z")
@@ -38,19 +39,36 @@ def split_precision(workload: str) -> tuple[str, str]:
     return (m.group(1), m.group(2)) if m else (workload, "fp32")
 
 
+def pair_text(pair: tuple[int, int]) -> str:
+    """A conv's (height, width) stride or padding as workload ids and labels write it: one number when
+    both axes agree.
+
+    >>> pair_text((2, 2)), pair_text((10, 5))
+    ('2', '10x5')
+    """
+    a, b = pair
+    return str(a) if a == b else f"{a}x{b}"
+
+
 def parse_workload(workload: str) -> dict | None:
-    """The layer shape behind a layer workload id, or None (a model name, or an id of another form).
+    """The layer shape behind a layer workload id, or None (a model name, or an id of another form). A
+    conv's stride and padding come back as (height, width) pairs.
 
     >>> parse_workload("dense_M64_N128_K784")
     {'kind': 'dense', 'M': 64, 'N': 128, 'K': 784}
+    >>> parse_workload("conv_N16_C1_H161_W700_K32_R41_S11_st2_pad20x5")["padding"]
+    (20, 5)
     """
     m = _DENSE.match(workload)
     if m:
         return {"kind": "dense", **dict(zip("MNK", map(int, m.groups())))}
     m = _CONV.match(workload)
     if m:
-        keys = ("N", "C", "H", "W", "K", "R", "S", "stride", "padding")
-        return {"kind": "conv2d", **dict(zip(keys, map(int, m.groups())))}
+        g = m.groups()
+        d = dict(zip(("N", "C", "H", "W", "K", "R", "S"), map(int, g[:7])))
+        sh, sw, ph, pw = (int(v) if v is not None else None for v in g[7:])
+        return {"kind": "conv2d", **d, "stride": (sh, sh if sw is None else sw),
+                "padding": (ph, ph if pw is None else pw)}
     m = _POOL.match(workload)
     if m:
         keys = ("N", "C", "H", "W", "R", "S", "stride")
@@ -71,10 +89,10 @@ def workload_label(workload: str, with_batch: bool = True) -> str:
         text = f"dense {p['K']}->{p['N']}"
         return text + (f", M={p['M']}" if with_batch else "")
     if p["kind"] == "conv2d":
-        kernel = f"{p['R']}x{p['S']}" + (f"/{p['stride']}" if p["stride"] != 1 else "")
+        kernel = f"{p['R']}x{p['S']}" + (f"/{pair_text(p['stride'])}" if p["stride"] != (1, 1) else "")
         text = f"conv {kernel} {p['C']}->{p['K']}, {p['H']}x{p['W']}"
-        if p["padding"] != p["R"] // 2:
-            text += f" pad {p['padding']}"
+        if p["padding"] != (p["R"] // 2, p["S"] // 2):
+            text += f" pad {pair_text(p['padding'])}"
         return text + (f", N={p['N']}" if with_batch else "")
     window = f"{p['R']}x{p['S']}" + (f"/{p['stride']}" if p["stride"] != p["R"] else "")
     text = f"{p['mode']}pool {window}, {p['C']}ch {p['H']}x{p['W']}"

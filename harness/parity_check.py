@@ -14,8 +14,10 @@ PARITY_BATCH = 7   # odd on purpose: no tile or vector width divides it
 LAYER_SHAPES = (
     ("dense", {"M": 7, "N": 10, "K": 33}),
     ("dense", {"M": 33, "N": 65, "K": 130}),
-    ("conv2d", {"N": 3, "C": 5, "H": 11, "W": 13, "K": 7, "R": 3, "S": 3, "stride": 2, "padding": 1}),
-    ("conv2d", {"N": 2, "C": 1, "H": 28, "W": 28, "K": 6, "R": 5, "S": 5, "stride": 1, "padding": 2}),
+    ("conv2d", {"N": 3, "C": 5, "H": 11, "W": 13, "K": 7, "R": 3, "S": 3, "stride": (2, 2), "padding": (1, 1)}),
+    ("conv2d", {"N": 2, "C": 1, "H": 28, "W": 28, "K": 6, "R": 5, "S": 5, "stride": (1, 1), "padding": (2, 2)}),
+    # a spectrogram-style layer: one channel, a wide non-square kernel, stride and padding differing per axis
+    ("conv2d", {"N": 3, "C": 1, "H": 21, "W": 37, "K": 5, "R": 5, "S": 9, "stride": (2, 1), "padding": (2, 0)}),
     ("pool", {"N": 3, "C": 4, "H": 9, "W": 11, "R": 3, "S": 3, "stride": 2, "mode": "max"}),
     ("pool", {"N": 3, "C": 4, "H": 8, "W": 8, "R": 2, "S": 2, "stride": 2, "mode": "avg"}),
 )

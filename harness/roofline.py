@@ -46,15 +46,15 @@ def datasheet_mem_gbs(device_name: str) -> float | None:
 
 
 def layer_for(p: dict) -> "modelspec.Layer":
-    """The one-layer spec the harness measures for a parsed layer workload (as ``harness.workloads`` builds it)."""
+    """The one-layer spec of a parsed layer workload (``labels.parse_workload``, or a job's shape with its
+    kind): its output shape and FLOPs, for the roofline and for every layer row's FLOP count."""
     if p["kind"] == "dense":
         return modelspec.Layer(0, "dense", (p["K"],), (p["N"],), units=p["N"], bias=True)
     if p["kind"] == "conv2d":
-        hp, wp = p["H"] + 2 * p["padding"], p["W"] + 2 * p["padding"]
-        out = (p["K"], (hp - p["R"]) // p["stride"] + 1, (wp - p["S"]) // p["stride"] + 1)
+        (sh, sw), (ph, pw) = p["stride"], p["padding"]
+        out = (p["K"], (p["H"] + 2 * ph - p["R"]) // sh + 1, (p["W"] + 2 * pw - p["S"]) // sw + 1)
         return modelspec.Layer(0, "conv2d", (p["C"], p["H"], p["W"]), out, out_channels=p["K"],
-                               kernel_size=(p["R"], p["S"]), stride=(p["stride"],) * 2,
-                               padding=(p["padding"],) * 2, bias=True)
+                               kernel_size=(p["R"], p["S"]), stride=(sh, sw), padding=(ph, pw), bias=True)
     out = (p["C"], (p["H"] - p["R"]) // p["stride"] + 1, (p["W"] - p["S"]) // p["stride"] + 1)
     return modelspec.Layer(0, f"{p['mode']}pool2d", (p["C"], p["H"], p["W"]), out,
                            kernel_size=(p["R"], p["S"]), stride=(p["stride"],) * 2, padding=(0, 0))

@@ -15,10 +15,12 @@ A suite file (``harness/suites/<name>.toml``, or any path) has::
     precisions = ["fp32", "bf16"]         # optional, default ["fp32"]; tf32 / bf16 rows exist on the GPU only
     [[dense]]                       # DeepBench-style GEMM shapes [M, N, K]: x (M, K), W (N, K) -> y (M, N)
     shapes = [[64, 128, 784]]
+    batches = [16, 64]              # optional: every shape at these batch sizes (M here, N in conv / pool)
     zoo_models = ["mlp-mnist"]      # plus every dense layer of these models ...
     zoo_batches = [64, 1024]        # ... at these batch sizes
-    [[conv2d]]                      # [N, C, H, W, K, R, S, stride, padding]
-    shapes = [[64, 3, 32, 32, 32, 3, 3, 1, 1]]
+    [[conv2d]]                      # [N, C, H, W, K, R, S, stride, padding], or with a stride / padding
+    shapes = [[64, 3, 32, 32, 32, 3, 3, 1, 1],   # per axis [N, C, H, W, K, R, S, stride_h, stride_w,
+              [16, 1, 161, 700, 32, 41, 11, 2, 2, 20, 5]]   # padding_h, padding_w]
     [[pool]]                        # [N, C, H, W, R, S, stride]
     mode = "max"                    # max | avg
     shapes = [[64, 32, 32, 32, 2, 2, 2]]
@@ -45,6 +47,8 @@ from importlib import resources
 from typing import Any
 
 import modelspec
+
+from .labels import pair_text
 
 DEVICES = ("cpu", "gpu")
 # custom_impl.PRECISIONS / reference_impl.PRECISIONS (a test keeps them equal); on the CPU only fp32 runs
@@ -91,15 +95,17 @@ DEFAULT_SETTINGS: dict[str, Any] = {
 
 SECTION_KEYS = {
     "models": {"models", "batches", "phases", "variants", "devices", "precisions"},
-    "dense": {"shapes", "zoo_models", "zoo_batches", "phases", "variants", "devices", "precisions"},
-    "conv2d": {"shapes", "zoo_models", "zoo_batches", "phases", "variants", "devices", "precisions"},
-    "pool": {"shapes", "zoo_models", "zoo_batches", "phases", "variants", "devices", "mode"},
+    "dense": {"shapes", "batches", "zoo_models", "zoo_batches", "phases", "variants", "devices", "precisions"},
+    "conv2d": {"shapes", "batches", "zoo_models", "zoo_batches", "phases", "variants", "devices", "precisions"},
+    "pool": {"shapes", "batches", "zoo_models", "zoo_batches", "phases", "variants", "devices", "mode"},
 }
 SHAPE_FIELDS = {
     "dense": ("M", "N", "K"),
     "conv2d": ("N", "C", "H", "W", "K", "R", "S", "stride", "padding"),
     "pool": ("N", "C", "H", "W", "R", "S", "stride"),
 }
+# the 11-number form of a conv2d shape, for a stride or padding that differs between height and width
+CONV_PAIR_FIELDS = ("N", "C", "H", "W", "K", "R", "S", "stride_h", "stride_w", "padding_h", "padding_w")
 
 
 class SuiteError(ValueError):
@@ -424,23 +430,13 @@ def _check_section(kind: str, sec, where: str) -> dict:
     shapes = sec.get("shapes", [])
     if not isinstance(shapes, list):
         raise SuiteError(f"{where}: 'shapes' must be a list of [{', '.join(fields)}] lists, got {shapes!r}")
-    checked = []
-    for j, s in enumerate(shapes):
-        if (not isinstance(s, list) or len(s) != len(fields)
-                or not all(isinstance(v, int) and not isinstance(v, bool) for v in s)):
-            raise SuiteError(f"{where}: shape #{j + 1} {s!r} must be a list of {len(fields)} integers "
-                             f"[{', '.join(fields)}]")
-        d = dict(zip(fields, s))
-        for f, v in d.items():
-            if v < (0 if f == "padding" else 1):
-                raise SuiteError(f"{where}: shape #{j + 1} {s!r}: {f} must be {'>= 0' if f == 'padding' else '>= 1'}, got {v}")
-        if kind == "conv2d":
-            if d["R"] > d["H"] + 2 * d["padding"] or d["S"] > d["W"] + 2 * d["padding"]:
-                raise SuiteError(f"{where}: shape #{j + 1} {s!r}: kernel {d['R']}x{d['S']} is larger than the "
-                                 f"padded input; use a smaller kernel or more padding")
-        if kind == "pool" and (d["R"] > d["H"] or d["S"] > d["W"]):
-            raise SuiteError(f"{where}: shape #{j + 1} {s!r}: window {d['R']}x{d['S']} is larger than the input")
-        checked.append(d)
+    checked = [_check_shape(kind, s, f"{where}: shape #{j + 1} {s!r}") for j, s in enumerate(shapes)]
+    if "batches" in sec:
+        # every shape at each of these batch sizes: N of a conv / pool shape, M of a dense one
+        first = "M" if kind == "dense" else "N"
+        batches = _int_list(where, "batches", sec["batches"])
+        checked = list({tuple(sorted({**d, first: b}.items())): {**d, first: b}
+                        for b in batches for d in checked}.values())
     out["shapes"] = checked
     if "zoo_models" in sec or "zoo_batches" in sec:
         if "zoo_models" not in sec or "zoo_batches" not in sec:
@@ -520,10 +516,8 @@ def zoo_layer_shapes(kind: str, models: list[str], batches: list[int], mode: str
                     d = {"M": b, "N": layer.units, "K": layer.in_shape[0]}
                 elif kind == "conv2d" and layer.type == "conv2d":
                     c, h, w = layer.in_shape
-                    if layer.stride[0] != layer.stride[1] or layer.padding[0] != layer.padding[1]:
-                        continue
                     d = {"N": b, "C": c, "H": h, "W": w, "K": layer.out_channels, "R": layer.kernel_size[0],
-                         "S": layer.kernel_size[1], "stride": layer.stride[0], "padding": layer.padding[0]}
+                         "S": layer.kernel_size[1], "stride": tuple(layer.stride), "padding": tuple(layer.padding)}
                 elif kind == "pool" and layer.type == f"{mode}pool2d" and layer.stride[0] == layer.stride[1]:
                     c, h, w = layer.in_shape
                     d = {"N": b, "C": c, "H": h, "W": w, "R": layer.kernel_size[0], "S": layer.kernel_size[1],
@@ -540,8 +534,35 @@ def shape_name(kind: str, d: dict, mode: str | None = None) -> str:
         return f"dense_M{d['M']}_N{d['N']}_K{d['K']}"
     if kind == "conv2d":
         return (f"conv_N{d['N']}_C{d['C']}_H{d['H']}_W{d['W']}_K{d['K']}_R{d['R']}_S{d['S']}"
-                f"_st{d['stride']}_pad{d['padding']}")
+                f"_st{pair_text(d['stride'])}_pad{pair_text(d['padding'])}")
     return f"{mode}pool_N{d['N']}_C{d['C']}_H{d['H']}_W{d['W']}_R{d['R']}_S{d['S']}_st{d['stride']}"
+
+
+def _check_shape(kind: str, s, where: str) -> dict:
+    """One entry of a layer section's ``shapes`` as a dict of SHAPE_FIELDS; a conv's stride and padding as
+    (height, width) pairs, from the 9-number form (one stride, one padding) or the 11-number form
+    (CONV_PAIR_FIELDS)."""
+    fields = SHAPE_FIELDS[kind]
+    lengths = (len(fields), len(CONV_PAIR_FIELDS)) if kind == "conv2d" else (len(fields),)
+    if (not isinstance(s, list) or len(s) not in lengths
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in s)):
+        forms = " or ".join(f"[{', '.join(f)}]" for f in ((fields, CONV_PAIR_FIELDS) if kind == "conv2d" else (fields,)))
+        raise SuiteError(f"{where} must be a list of {' or '.join(map(str, lengths))} integers {forms}")
+    names = CONV_PAIR_FIELDS if len(s) == len(CONV_PAIR_FIELDS) else fields
+    for f, v in zip(names, s):
+        if v < (0 if f.startswith("padding") else 1):
+            raise SuiteError(f"{where}: {f} must be {'>= 0' if f.startswith('padding') else '>= 1'}, got {v}")
+    if kind == "conv2d":
+        d = dict(zip(fields[:7], s[:7]))
+        d["stride"], d["padding"] = ((s[7], s[8]), (s[9], s[10])) if len(s) == 11 else ((s[7],) * 2, (s[8],) * 2)
+        if d["R"] > d["H"] + 2 * d["padding"][0] or d["S"] > d["W"] + 2 * d["padding"][1]:
+            raise SuiteError(f"{where}: kernel {d['R']}x{d['S']} is larger than the padded input; use a smaller "
+                             "kernel or more padding")
+        return d
+    d = dict(zip(fields, s))
+    if kind == "pool" and (d["R"] > d["H"] or d["S"] > d["W"]):
+        raise SuiteError(f"{where}: window {d['R']}x{d['S']} is larger than the input")
+    return d
 
 
 def variants_for(kind: str, device: str, phase: str, wanted: list[str] | None,

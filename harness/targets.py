@@ -3,8 +3,10 @@
 Every target is a ratio of the two implementations measured in the same run (reference time / our
 time, so > 1 means ours is faster), both sides at the target's precision (strict FP32, or TF32 / BF16
 against cuBLAS / cuDNN at the same precision), over rows that passed parity. The rows
-come from the ``targets`` suite (harness/suites/targets.toml) and are written to ``DIR/results.csv``
-(resumable like any run); ``DIR/targets.csv`` has one line per target:
+come from the ``targets`` suite (harness/suites/targets.toml) and, on the GPU, the ``networks`` suite
+(harness/suites/networks.toml: every conv and dense layer of ResNet-50, VGG-16, GoogLeNet and
+DeepSpeech 2), and are written to ``DIR/results.csv`` (resumable like any run); ``DIR/targets.csv`` has
+one line per target:
 
     target, measured, goal, met, rows, note, ci_low, ci_high
 
@@ -49,20 +51,26 @@ class Target:
 
 
 TARGETS = (
-    Target("dense_gemm_4096", "gpu", "dense", 0.90, "dense forward X*W^T at M=N=K=4096: cuBLAS time / our time"),
-    Target("dense_suite_geomean", "gpu", "dense", 0.85,
+    Target("dense_gemm_4096", "gpu", "dense", 0.97, "dense forward X*W^T at M=N=K=4096: cuBLAS time / our time"),
+    Target("dense_suite_geomean", "gpu", "dense", 1.10,
            "geomean of cuBLAS / ours over the dense suite, all three phases"),
-    Target("conv_suite_geomean", "gpu", "conv2d", 0.80,
+    Target("conv_suite_geomean", "gpu", "conv2d", 1.10,
            "geomean of cuDNN / ours over the conv2d suite, all three phases"),
-    Target("conv_suite_min", "gpu", "conv2d", 0.50, "worst conv2d row of that suite"),
+    Target("conv_suite_min", "gpu", "conv2d", 0.80, "worst conv2d row of that suite"),
+    Target("networks_conv_geomean", "gpu", "conv2d", 0.95,
+           "geomean of cuDNN / ours over every conv layer of the networks suite (ResNet-50, VGG-16, GoogLeNet, "
+           "DeepSpeech 2; batch 16 and 64), all three phases"),
+    Target("networks_conv_min", "gpu", "conv2d", 0.50, "worst conv row of the networks suite"),
+    Target("networks_conv_phase_min_geomean", "gpu", "conv2d", 0.90,
+           "the worst of the networks suite's three per-phase geomeans (forward, backward-data, backward-weights)"),
     Target("train_step_vs_best_torch", "gpu", "model", 1.0,
-           "worst over zoo models x batch 1..1024 of min(PyTorch eager, PyTorch CUDA graph) / ours (CUDA graph)"),
+           "worst over zoo models x batch 1..8192 of min(PyTorch eager, PyTorch CUDA graph) / ours (CUDA graph)"),
     Target("train_step_vs_best_framework", "gpu", "model", 1.0,
            "worst over zoo models x batch 1..1024 of the best framework's step (min of PyTorch eager, PyTorch "
            "CUDA graph, torch.compile where measured, JAX jit) / ours (CUDA graph)"),
     Target("train_step_vs_eager_geomean", "gpu", "model", 3.0,
            "geomean over zoo models x batch 1..8192 of PyTorch eager / ours (CUDA graph)"),
-    Target("cpu_train_step_geomean", "cpu", "model", 0.8,
+    Target("cpu_train_step_geomean", "cpu", "model", 1.0,
            "zoo models at batch >= 64 on the CPU: PyTorch CPU / our NumPy"),
     Target("gemm_tf32_4096", "gpu", "dense", 0.75,
            "dense forward X*W^T at M=N=K=4096, TF32: cuBLAS TF32 time / ours (tensor cores)", "tf32"),
@@ -78,6 +86,26 @@ TARGETS = (
 )
 _GEMM_4096 = ("dense_gemm_4096", "gemm_tf32_4096", "gemm_bf16_4096")
 _BEST_TORCH = ("train_step_vs_best_torch", "train_step_bf16_vs_best_torch")
+_SUITE_LAYERS = ("dense_suite_geomean", "conv_suite_geomean", "conv_suite_min", "conv_tf32_suite_geomean",
+                 "conv_bf16_suite_geomean")
+_NETWORKS = ("networks_conv_geomean", "networks_conv_min", "networks_conv_phase_min_geomean")
+# The batch up to which a train-step target reads the rows (the suite measures 1..8192; the BF16 rows stop at
+# 1024, where the targets suite stops measuring them)
+_MAX_BATCH = {"train_step_bf16_vs_best_torch": TRAIN_BEST_MAX_BATCH}
+
+
+def networks_workloads() -> set[str]:
+    """The conv workloads of the networks suite (harness/suites/networks.toml)."""
+    from .suites import load_suite
+
+    return {j.workload for j in load_suite("networks").jobs("gpu") if j.kind == "conv2d"}
+
+
+def targets_suite_workloads() -> set[str]:
+    """The layer workloads of the targets suite (harness/suites/targets.toml)."""
+    from .suites import load_suite
+
+    return {j.workload for j in load_suite("targets").jobs("gpu") if j.kind != "model"}
 
 
 def _geomean(xs: list[float]) -> float:
@@ -119,10 +147,14 @@ def _describe(r: dict | None, what: str) -> str:
     return f"{r['impl']}/{r['variant']} {r['workload']} b={r['batch']} {r['phase']}: {r['status']}"
 
 
-def _layer_ratios(rows: _Rows, kind: str, precision: str = "fp32",
-                  terms: list | None = None) -> tuple[list[float], list[str], int]:
+def _layer_ratios(rows: _Rows, kind: str, precision: str = "fp32", terms: list | None = None,
+                  keep: Callable[[dict], bool] = lambda r: True) -> tuple[list[float], list[str], int]:
+    """cuBLAS or cuDNN time / ours of every GPU layer row of ``kind`` at ``precision`` that ``keep`` takes;
+    (ratios, rows left out, rows considered); ``terms`` gathers ([reference row], our row) for the CI."""
     ratios, bad, n = [], [], 0
     for ours in rows.pick(kind=kind, impl="custom", device="gpu", precision=precision):
+        if not keep(ours):
+            continue
         ref = rows.one(kind=kind, impl="reference", device="gpu", workload=ours["workload"], phase=ours["phase"],
                        precision=precision)
         n += 1
@@ -228,9 +260,17 @@ def _ci(terms: list, reduce: str, samples: dict | None) -> tuple[float, float] |
     return low, high
 
 
-def evaluate(rows_list: list[dict], gpu_reason: str | None, samples: dict | None = None) -> list[dict]:
-    """targets.csv lines from the rows of a targets run; ``samples`` ({row_id: seconds}) gives the CIs."""
+def evaluate(rows_list: list[dict], gpu_reason: str | None, samples: dict | None = None,
+             networks: set[str] | None = None) -> list[dict]:
+    """targets.csv lines from the rows of a targets run; ``samples`` ({row_id: seconds}) gives the CIs.
+
+    ``networks``: the conv workloads of the networks suite (default: ``networks_workloads()``); the
+    networks targets read those rows, the conv-suite targets every other conv row and those the targets
+    suite lists itself (a layer both suites list counts in both)."""
     rows = _Rows(rows_list)
+    if networks is None:
+        networks = networks_workloads()
+    only_networks = networks - targets_suite_workloads()
     out = []
     for t in TARGETS:
         line = {"target": t.name, "measured": "", "goal": f"{t.goal:g}", "met": "", "rows": 0, "note": t.measure,
@@ -241,6 +281,12 @@ def evaluate(rows_list: list[dict], gpu_reason: str | None, samples: dict | None
             continue
         bad: list[str] = []
         value = math.nan
+        if t.name in _NETWORKS:
+            keep = lambda r: r["workload"] in networks          # noqa: E731
+        elif t.name in _SUITE_LAYERS:
+            keep = lambda r: r["workload"] not in only_networks  # noqa: E731
+        else:
+            keep = lambda r: True                                 # noqa: E731
         terms: list = []     # ([reference rows], our row) behind the figure, for its confidence interval
         reduce = "geomean"
         if t.name in _GEMM_4096:
@@ -255,9 +301,28 @@ def evaluate(rows_list: list[dict], gpu_reason: str | None, samples: dict | None
                 terms.append(([ref], ours))
             else:
                 bad = [_describe(r, w) for r, w, good in ((ours, "ours", _ok), (ref, "cuBLAS", _timed)) if not good(r)]
-        elif t.name in ("dense_suite_geomean", "conv_suite_geomean", "conv_suite_min", "conv_tf32_suite_geomean",
-                        "conv_bf16_suite_geomean"):
-            ratios, bad, line["rows"] = _layer_ratios(rows, t.kind, t.precision, terms)
+        elif t.name in _SUITE_LAYERS:
+            ratios, bad, line["rows"] = _layer_ratios(rows, t.kind, t.precision, terms, keep)
+            reduce = "min" if t.name.endswith("min") else "geomean"
+            if ratios:
+                value = min(ratios) if t.name.endswith("min") else _geomean(ratios)
+        elif t.name == "networks_conv_phase_min_geomean":
+            # NOTE: no confidence interval: the bootstrap reduces over terms by one geomean or one min
+            by_phase = {}
+            for phase in ("forward", "backward_data", "backward_weights"):
+                ratios, phase_bad, n = _layer_ratios(rows, t.kind, t.precision,
+                                                     keep=lambda r, phase=phase: keep(r) and r["phase"] == phase)
+                bad += phase_bad
+                line["rows"] += n
+                if ratios:
+                    by_phase[phase] = _geomean(ratios)
+            if len(by_phase) == 3:
+                value = min(by_phase.values())
+                line["_phases"] = by_phase
+            elif line["rows"]:
+                bad.append(f"no measured row in phase(s) {', '.join(sorted({'forward', 'backward_data', 'backward_weights'} - set(by_phase)))}")
+        elif t.name in _NETWORKS:
+            ratios, bad, line["rows"] = _layer_ratios(rows, t.kind, t.precision, terms, keep)
             reduce = "min" if t.name.endswith("min") else "geomean"
             if ratios:
                 value = min(ratios) if t.name.endswith("min") else _geomean(ratios)
@@ -269,8 +334,7 @@ def evaluate(rows_list: list[dict], gpu_reason: str | None, samples: dict | None
             ratios = []
             for ours in rows.pick(kind="model", impl="custom", variant="cuda-graph", device="gpu", phase="train_step",
                                   precision=t.precision):
-                b = int(ours["batch"])
-                if t.name in _BEST_TORCH and b > TRAIN_BEST_MAX_BATCH:
+                if int(ours["batch"]) > _MAX_BATCH.get(t.name, math.inf):
                     continue
                 key = dict(kind="model", impl="reference", device="gpu", phase="train_step",
                            workload=ours["workload"], batch=ours["batch"], precision=t.precision)
@@ -307,7 +371,7 @@ def evaluate(rows_list: list[dict], gpu_reason: str | None, samples: dict | None
             line["note"] = "not measured: " + ("; ".join(bad[:5]) if bad else "no rows")
         else:
             line["measured"] = f"{value:.4g}"
-            ci = _ci(terms, reduce, samples)
+            ci = _ci(terms, reduce, samples) if terms else None
             if ci is not None and not math.isnan(ci[0]):
                 line["ci_low"], line["ci_high"] = f"{ci[0]:.4g}", f"{ci[1]:.4g}"
             line["met"] = str(bool(value >= t.goal and not bad))
@@ -320,7 +384,9 @@ def evaluate(rows_list: list[dict], gpu_reason: str | None, samples: dict | None
                 notes.append(t.measure)
             if t.name == "train_step_vs_best_framework":
                 notes.append(_best_framework_note(best_framework_rows(rows_list)[0]))
-            ref_fail = _reference_parity_failures(rows, t)
+            if "_phases" in line:
+                notes.append("per phase: " + ", ".join(f"{k} {v:.3g}" for k, v in line.pop("_phases").items()))
+            ref_fail = _reference_parity_failures(rows, t, keep)
             if ref_fail:
                 notes.append(f"{ref_fail} reference row(s) behind it failed parity against float64 (timed and counted)")
             line["note"] = "; ".join(notes)
@@ -328,9 +394,10 @@ def evaluate(rows_list: list[dict], gpu_reason: str | None, samples: dict | None
     return out
 
 
-def _reference_parity_failures(rows: _Rows, t: Target) -> int:
-    """How many reference rows of the target's kind/device were timed but failed parity."""
+def _reference_parity_failures(rows: _Rows, t: Target, keep: Callable[[dict], bool]) -> int:
+    """How many reference rows of the target's kind/device (those ``keep`` takes) were timed but failed parity."""
     picked = rows.pick(kind=t.kind, impl="reference", device=t.device, status="parity_fail", precision=t.precision)
+    picked = [r for r in picked if keep(r)]
     if t.kind == "model":
         picked = [r for r in picked if r.get("phase") == "train_step"]
     if t.name in _GEMM_4096:
@@ -397,10 +464,13 @@ def run_targets(out: str, device: str, *, peak_tflops: float | None = None, quie
             t0 = time.monotonic()
             before_gpu()
             start += time.monotonic() - t0      # compile time is not measuring time
-        override = {}
-        if limit > 0:
-            override["time_limit_s"] = max(1e-3, limit - (time.monotonic() - start))
-        run_suite(suite, dev, results, peak_tflops=peak_tflops, quiet=quiet, settings_override=override)
+        # NOTE: on the GPU the networks suite's rows follow the targets suite's (they take longer; a time
+        # limit cuts them first, and a rerun resumes them)
+        for s in [suite] + ([load_suite("networks")] if dev == "gpu" else []):
+            override = {}
+            if limit > 0:
+                override["time_limit_s"] = max(1e-3, limit - (time.monotonic() - start))
+            run_suite(s, dev, results, peak_tflops=peak_tflops, quiet=quiet, settings_override=override)
     try:
         import reference_impl
 

@@ -32,7 +32,9 @@ import numpy as np
 
 import modelspec
 
+from .labels import pair_text
 from .parity import precision_tolerance
+from .roofline import layer_for
 from .suites import Job
 
 # Tolerances (normwise relative error of a float32 result against the float64 oracle):
@@ -390,18 +392,7 @@ class ModelCase:
 # ============================================================================ layers
 def _layer_flops(job: Job) -> int:
     p = job.p()
-    if job.kind == "dense":
-        layer = modelspec.Layer(0, "dense", (p["K"],), (p["N"],), units=p["N"], bias=True)
-    elif job.kind == "conv2d":
-        hp, wp = p["H"] + 2 * p["padding"], p["W"] + 2 * p["padding"]
-        out = (p["K"], (hp - p["R"]) // p["stride"] + 1, (wp - p["S"]) // p["stride"] + 1)
-        layer = modelspec.Layer(0, "conv2d", (p["C"], p["H"], p["W"]), out, out_channels=p["K"],
-                                kernel_size=(p["R"], p["S"]), stride=(p["stride"],) * 2,
-                                padding=(p["padding"],) * 2, bias=True)
-    else:
-        out = (p["C"], (p["H"] - p["R"]) // p["stride"] + 1, (p["W"] - p["S"]) // p["stride"] + 1)
-        layer = modelspec.Layer(0, f"{p['mode']}pool2d", (p["C"], p["H"], p["W"]), out,
-                                kernel_size=(p["R"], p["S"]), stride=(p["stride"],) * 2, padding=(0, 0))
+    layer = layer_for({"kind": job.kind, **p})
     f = layer.flops(job.batch if job.kind != "dense" else p["M"])
     return int(getattr(f, job.phase))
 
@@ -412,7 +403,7 @@ def shape_text(job: Job) -> str:
         return f"M={p['M']} N={p['N']} K={p['K']}"
     if job.kind == "conv2d":
         return (f"N={p['N']} C={p['C']} H={p['H']} W={p['W']} K={p['K']} R={p['R']} S={p['S']} "
-                f"stride={p['stride']} pad={p['padding']}")
+                f"stride={pair_text(p['stride'])} pad={pair_text(p['padding'])}")
     return f"{p['mode']} N={p['N']} C={p['C']} H={p['H']} W={p['W']} R={p['R']} S={p['S']} stride={p['stride']}"
 
 
@@ -444,8 +435,8 @@ def _draw_layer_data(job: Job, seed: int) -> dict:
         return {"x": r(m, k), "W": r(n, k) / np.float32(math.sqrt(k)), "b": r(n), "dy": r(m, n)}
     n, c, h, w = p["N"], p["C"], p["H"], p["W"]
     if job.kind == "conv2d":
-        k, rr, ss, st, pad = p["K"], p["R"], p["S"], p["stride"], p["padding"]
-        pp, qq = (h + 2 * pad - rr) // st + 1, (w + 2 * pad - ss) // st + 1
+        k, rr, ss, (sh, sw), (ph, pw) = p["K"], p["R"], p["S"], p["stride"], p["padding"]
+        pp, qq = (h + 2 * ph - rr) // sh + 1, (w + 2 * pw - ss) // sw + 1
         return {"x": r(n, c, h, w), "W": r(k, c, rr, ss) / np.float32(math.sqrt(c * rr * ss)), "b": r(k),
                 "dy": r(n, k, pp, qq)}
     pp, qq = (h - p["R"]) // p["stride"] + 1, (w - p["S"]) // p["stride"] + 1
@@ -469,7 +460,7 @@ def _torch_layer_fn(job: Job, data: dict, dev: str, dtype) -> Callable[[], tuple
         return lambda: (torch.mm(dy.t(), x), dy.sum(0))
     if job.kind == "conv2d":
         x, W, b, dy = t["x"], t["W"], t["b"], t["dy"]
-        st, pad = [p["stride"]] * 2, [p["padding"]] * 2
+        st, pad = list(p["stride"]), list(p["padding"])
         if ph == "forward":
             return lambda: (F.conv2d(x, W, b, st, pad),)
         cb = torch.ops.aten.convolution_backward
@@ -531,7 +522,7 @@ def _custom_layer_fn(job: Job, data: dict) -> Callable[[], tuple]:
         return dense_weights
     if job.kind == "conv2d":
         x, W, b, dy = d["x"], d["W"], d["b"], d["dy"]
-        st, pad = (p["stride"],) * 2, (p["padding"],) * 2
+        st, pad = p["stride"], p["padding"]
         ws_size = ops.conv2d_workspace_size(x.shape, W.shape, st, pad, **prec)
         ws = xp.empty((int(ws_size),), dtype=xp.float32) if ws_size else None
         if ph == "forward":

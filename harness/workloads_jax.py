@@ -89,7 +89,7 @@ def layer_fn(job, data: dict) -> tuple[Callable[[], tuple], str, Callable[[], in
             f, args = (lambda dy, x, W, b: jax.vjp(lambda W_, b_: jm.dense(x, W_, b_), W, b)[1](dy)), (dy, x, W, b)
     elif job.kind == "conv2d":
         x, W, b, dy = d["x"], d["W"], d["b"], d["dy"]
-        st, pad = (p["stride"],) * 2, (p["padding"],) * 2
+        st, pad = p["stride"], p["padding"]
         if ph == "forward":
             f, args = (lambda x, W, b: (jm.conv2d(x, W, b, st, pad),)), (x, W, b)
         elif ph == "backward_data":

@@ -204,6 +204,10 @@ BAD_SUITES = [
     ("[[dense]]\nshape = [[1, 2, 3]]\n", "shapes"),
     ("[[dense]]\nshapes = [[1, 2, 3]]\nvariants = [\"cublas\"]\n", "variant"),
     ("colour = 1\n", "unknown top-level key"),
+    ("[[conv2d]]\nshapes = [[1, 1, 9, 9, 4, 3, 3, 1, 1, 0]]\n", "stride_h, stride_w, padding_h, padding_w"),
+    ("[[conv2d]]\nshapes = [[1, 1, 9, 9, 4, 3, 3, 1, 1, 1, -1]]\n", "padding_w must be >= 0"),
+    ("[[conv2d]]\nshapes = [[1, 1, 9, 4, 4, 3, 7, 1, 1, 1, 1]]\n", "kernel 3x7 is larger than the padded input"),
+    ("[[dense]]\nshapes = [[1, 2, 3]]\nbatches = [0]\n", "'batches' must be a non-empty list of integers >= 1"),
 ]
 
 
@@ -284,6 +288,44 @@ def test_suites_parse_and_expand():
     assert {j.kind for j in s.jobs("cpu")} == {"pool"}
 
 
+def test_conv_shapes_with_a_stride_and_padding_per_axis_and_batches():
+    from harness.labels import parse_workload, workload_label
+    from harness.workloads import shape_text
+
+    s = parse_suite({"conv2d": [{"shapes": [[5, 1, 21, 37, 4, 5, 9, 2, 1, 2, 0], [5, 2, 9, 9, 3, 3, 3, 1, 1]],
+                                 "batches": [3, 7]}]})
+    jobs = s.jobs("cpu")
+    names = list(dict.fromkeys(j.workload for j in jobs))
+    # every shape at each batch (N replaced), batch by batch; square geometry keeps its one-number name
+    assert names == ["conv_N3_C1_H21_W37_K4_R5_S9_st2x1_pad2x0", "conv_N3_C2_H9_W9_K3_R3_S3_st1_pad1",
+                     "conv_N7_C1_H21_W37_K4_R5_S9_st2x1_pad2x0", "conv_N7_C2_H9_W9_K3_R3_S3_st1_pad1"]
+    p = parse_workload(names[0])
+    assert p["stride"] == (2, 1) and p["padding"] == (2, 0) and p["N"] == 3
+    assert workload_label(names[0]) == "conv 5x9/2x1 1->4, 21x37 pad 2x0, N=3"
+    assert workload_label(names[1]) == "conv 3x3 2->3, 9x9, N=3"
+    assert shape_text(jobs[0]).endswith("stride=2x1 pad=2x0")
+    # the rows measure that geometry: (21 + 4 - 5) // 2 + 1 = 11 rows, (37 - 9) // 1 + 1 = 29 columns of output
+    job = jobs[0]
+    assert dict(job.params)["stride"] == (2, 1)
+    from harness.roofline import layer_for
+
+    assert layer_for({"kind": "conv2d", **job.p()}).out_shape == (4, 11, 29)
+
+
+def test_networks_suite_covers_the_layer_classes_it_is_for():
+    jobs = load_suite("networks").jobs("gpu")
+    conv = {j.workload: j.p() for j in jobs if j.kind == "conv2d"}
+    assert {j.batch for j in jobs if j.kind == "conv2d"} == {16, 64}
+    assert {j.phase for j in jobs} == {"forward", "backward_data", "backward_weights"}
+    assert {j.impl for j in jobs} == {"custom", "reference"} and not load_suite("networks").jobs("cpu")
+    strided = [p for p in conv.values() if p["stride"] != (1, 1)]
+    one_by_one = [p for p in conv.values() if p["R"] == p["S"] == 1]
+    non_square = [p for p in conv.values() if p["R"] != p["S"]]
+    many_small = [p for p in conv.values() if p["C"] >= 256 and p["H"] <= 14]
+    assert len(strided) >= 10 and len(one_by_one) >= 20 and len(non_square) >= 6 and len(many_small) >= 10
+    assert any(p["stride"] == (2, 1) for p in conv.values())             # DeepSpeech 2's per-axis stride
+
+
 def test_targets_on_cpu_writes_gpu_rows_as_not_measured(tmp_path, monkeypatch):
     from harness import targets
     from harness.suites import parse_suite as ps
@@ -326,8 +368,9 @@ def test_targets_on_gpu_measure_the_cpu_rows_first(tmp_path, monkeypatch):
     monkeypatch.setattr(envmod, "write", lambda path, rec: None)
     monkeypatch.setattr("harness.results.read_rows", lambda path: [])
     targets.run_targets(str(tmp_path), "gpu", quiet=True)
-    assert [dev for dev, _ in calls] == ["cpu", "gpu"]
-    assert calls[0][1] <= 300 and calls[1][1] <= calls[0][1]
+    # the targets suite on the CPU, then on the GPU, then the networks suite (GPU only) in what is left
+    assert [dev for dev, _ in calls] == ["cpu", "gpu", "gpu"]
+    assert calls[0][1] <= 300 and calls[2][1] <= calls[1][1] <= calls[0][1]
 
 
 def test_targets_evaluate_from_rows():
@@ -339,7 +382,7 @@ def test_targets_evaluate_from_rows():
                 "parity_ok": str(ok)}
 
     rows = [row("custom", "cuda", "dense", "dense_M4096_N4096_K4096", 4096, "forward", 2.0),
-            row("reference", "torch", "dense", "dense_M4096_N4096_K4096", 4096, "forward", 1.9),
+            row("reference", "torch", "dense", "dense_M4096_N4096_K4096", 4096, "forward", 1.96),
             row("custom", "cuda", "conv2d", "c1", 8, "forward", 1.0),
             row("reference", "torch", "conv2d", "c1", 8, "forward", 0.4),
             row("custom", "cuda", "conv2d", "c2", 8, "forward", 1.0, ok=False),
@@ -348,12 +391,40 @@ def test_targets_evaluate_from_rows():
             row("reference", "torch-eager", "model", "m", 64, "train_step", 0.7),
             row("reference", "torch-graph", "model", "m", 64, "train_step", 0.05)]
     t = {x["target"]: x for x in evaluate(rows, None)}
-    assert t["dense_gemm_4096"]["measured"] == "0.95" and t["dense_gemm_4096"]["met"] == "True"
+    assert t["dense_gemm_4096"]["measured"] == "0.98" and t["dense_gemm_4096"]["met"] == "True"
     assert t["conv_suite_min"]["measured"] == "0.4" and t["conv_suite_min"]["met"] == "False"
     assert "left out" in t["conv_suite_geomean"]["note"]                # the parity failure is named
     assert t["train_step_vs_best_torch"]["measured"] == "0.5" and t["train_step_vs_best_torch"]["met"] == "False"
     assert t["train_step_vs_eager_geomean"]["measured"] == "7" and t["train_step_vs_eager_geomean"]["met"] == "True"
     assert t["cpu_train_step_geomean"]["measured"] == ""
+
+
+def test_networks_targets_read_the_networks_rows_only():
+    from harness.targets import evaluate
+
+    def row(impl, workload, phase, ms):
+        return {"impl": impl, "variant": "cuda" if impl == "custom" else "torch", "device": "gpu", "kind": "conv2d",
+                "workload": workload, "batch": "16", "phase": phase, "median_ms": str(ms), "status": "ok",
+                "parity_ok": "True"}
+
+    # cuDNN / ours: the networks layer n1 at 2.0 / 1.5 / 0.5 by phase, n2 at 1.0 in every phase; the suite
+    # layer s1 (not a networks layer) at 0.25
+    rows = []
+    for phase, ratio in (("forward", 2.0), ("backward_data", 1.5), ("backward_weights", 0.5)):
+        rows += [row("custom", "n1", phase, 1.0), row("reference", "n1", phase, ratio),
+                 row("custom", "n2", phase, 1.0), row("reference", "n2", phase, 1.0),
+                 row("custom", "s1", phase, 4.0), row("reference", "s1", phase, 1.0)]
+    t = {x["target"]: x for x in evaluate(rows, None, networks={"n1", "n2"})}
+    assert t["networks_conv_min"]["measured"] == "0.5" and t["networks_conv_min"]["rows"] == 6
+    assert float(t["networks_conv_geomean"]["measured"]) == pytest.approx(1.5 ** (1 / 6), rel=1e-3)  # 4 digits written
+    phase_min = t["networks_conv_phase_min_geomean"]
+    assert float(phase_min["measured"]) == pytest.approx(0.5 ** 0.5, rel=1e-3) and phase_min["met"] == "False"
+    assert "backward_weights 0.707" in phase_min["note"]
+    assert t["conv_suite_min"]["measured"] == "0.25" and t["conv_suite_min"]["rows"] == 3   # s1 only
+    # a networks row of ours that failed parity is left out and named; the target is then not met
+    rows[0] = dict(rows[0], status="parity_fail", parity_ok="False")
+    t = {x["target"]: x for x in evaluate(rows, None, networks={"n1", "n2"})}
+    assert t["networks_conv_geomean"]["met"] == "False" and "left out" in t["networks_conv_geomean"]["note"]
 
 
 def test_timer_statistics_and_noise_flag():
