@@ -76,6 +76,7 @@ class Row:
     power_w: float | None = None        # GPU rows: mean board power while the row was timed
     throttled: bool | None = None       # GPU rows: a power or thermal clock limit was active (empty: unknown)
     throttle_reasons: str = ""          # which ones, e.g. "sw_power_cap;hw_thermal"
+    algorithm: str = ""          # conv rows of ours: the algorithm that ran (on the GPU the one "auto" chose)
 
     def key(self) -> tuple:
         return tuple(str(getattr(self, f)) for f in ROW_KEY)
@@ -96,11 +97,14 @@ class Row:
 COLUMNS = tuple(f.name for f in dataclasses.fields(Row))
 ROW_KEY = ("impl", "variant", "device", "workload", "kind", "batch", "phase", "precision", "spec_hash")
 # Earlier layouts of results.csv: readable (the columns they lack are empty), not resumable.
+# "no-algorithm": written before the algorithm column existed;
 # "no-samples": written before samples.csv, the confidence interval and the NVML columns existed;
 # "no-spec-hash": written before spec_hash existed as well.
+PRE_ALGORITHM_COLUMNS = COLUMNS[:COLUMNS.index("algorithm")]
 PRE_SAMPLES_COLUMNS = COLUMNS[:COLUMNS.index("spec_hash") + 1]
 LEGACY_COLUMNS = tuple(c for c in PRE_SAMPLES_COLUMNS if c != "spec_hash")
-LAYOUTS = {COLUMNS: "current", PRE_SAMPLES_COLUMNS: "no-samples", LEGACY_COLUMNS: "no-spec-hash"}
+LAYOUTS = {COLUMNS: "current", PRE_ALGORITHM_COLUMNS: "no-algorithm", PRE_SAMPLES_COLUMNS: "no-samples",
+           LEGACY_COLUMNS: "no-spec-hash"}
 SAMPLE_COLUMNS = ("row_id", "sample", "seconds")
 _TYPES = {f.name: str(f.type) for f in dataclasses.fields(Row)}
 
@@ -410,6 +414,16 @@ class ResultsWriter(LockedWriter):
                 old = read_results(self.path)
             except DamagedFile as err:
                 raise ResultsError(str(err)) from None
+            if not old.empty and old.layout == "no-algorithm":
+                # NOTE: lossless: every finished row keeps its values (the strings read), the new column is
+                # empty in them; written atomically, so a crash leaves the old file or the new one
+                with atomic_write(self.path, newline="") as fh:
+                    w = csv.DictWriter(fh, fieldnames=COLUMNS)
+                    w.writeheader()
+                    w.writerows(old.rows)
+                print(f"harness: {self.path}: added the algorithm column (empty in the {len(old.rows)} rows "
+                      "written before it) to resume the run", file=sys.stderr)
+                old = read_results(self.path)
             if not old.empty and old.layout != "current":
                 what = ("without the spec_hash column, so its rows cannot be matched to the specs measured now"
                         if old.legacy else "by an earlier version of the harness (no samples.csv, confidence "

@@ -112,6 +112,7 @@ def _measure_row(job: Job, row: Row, cases: _Cases, settings: dict, peak_tflops:
         if peak_tflops:
             row.pct_peak = 100.0 * row.tflops / peak_tflops
     row.peak_mem_bytes = prep.peak_mem()
+    row.algorithm = prep.algorithm()
     row.status = "ok" if row.parity_ok is not False else "parity_fail"
     if row.parity_ok is False:
         row.reason = f"parity: {why} against {against}"

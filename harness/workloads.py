@@ -97,6 +97,7 @@ class Prepared:
     # after timing: False when the state the timed calls changed (a train step's parameters) holds NaN/inf
     finite: Callable[[], bool | None] = lambda: None
     note: Callable[[], str] = lambda: ""   # written to the row's reason (jax-jit: the compile time, not timed)
+    algorithm: Callable[[], str] = lambda: ""   # after timing: the algorithm that ran (conv rows of ours)
 
 
 def rel_err(got: list, want: list, norm: str = "max") -> float:
@@ -584,6 +585,20 @@ class LayerCase:
             return self._torch_fn(job), ("torch" if job.device == "gpu" else "cpu")
         return _custom_layer_fn(job, self.data), ("cupy" if job.device == "gpu" else "cpu")
 
+    @staticmethod
+    def _algorithm(job: Job) -> Callable[[], str]:
+        """What a conv row of ours ran, asked after timing (``conv2d_algorithm`` of the device's ops: the
+        autotuner's choice on the GPU); "" for other rows."""
+        if job.impl != "custom" or job.kind != "conv2d":
+            return lambda: ""
+        import custom_impl
+
+        p = job.p()
+        x_shape, w_shape = (p["N"], p["C"], p["H"], p["W"]), (p["K"], p["C"], p["R"], p["S"])
+        prec = {} if job.precision == "fp32" else {"precision": job.precision}
+        ops = custom_impl.layer_ops(job.device)
+        return lambda: ops.conv2d_algorithm(job.phase, x_shape, w_shape, p["stride"], p["padding"], **prec) or ""
+
     def torch_error(self, job: Job) -> float | None:
         """PyTorch's error against the oracle at the row's precision on the same inputs (run once, untimed,
         cached), for rows of ours at tf32 / bf16 (``parity.judge``); None otherwise."""
@@ -623,4 +638,4 @@ class LayerCase:
         else:
             peak = lambda: None  # noqa: E731
         return Prepared(fn=fn, clock=clock, outputs=fn, flops=_layer_flops(job), shape=shape_text(job),
-                        peak_mem=peak)
+                        peak_mem=peak, algorithm=self._algorithm(job))

@@ -308,6 +308,12 @@ def conv2d_backward_data(dy: np.ndarray, W: np.ndarray, x_shape, stride, padding
     return _written(dx, _backward_data(dy2, W, tuple(x_shape), stride, padding, dy.shape[2:], None))
 
 
+def conv2d_algorithm(phase, x_shape, w_shape, stride, padding, precision="fp32") -> str:
+    """The algorithm that runs this layer and phase: on the CPU always "im2col" (one GEMM over the
+    columns; the shared signature of ``custom_impl.gpu.ops.conv2d_algorithm``)."""
+    return "im2col"
+
+
 def conv2d_workspace_size(x_shape, w_shape, stride, padding) -> int:
     """Floats of workspace the GPU op would use; the CPU needs none: 0."""
     return 0

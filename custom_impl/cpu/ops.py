@@ -16,6 +16,7 @@ R,S kernel or pooling window.
                     need_db=True) -> (dx|None, dW, db|None)
     conv2d_backward_data(dy, W, x_shape, stride, padding, dx=None, workspace=None) -> dx
     conv2d_workspace_size(x_shape, w_shape, stride, padding) -> int             0 on the CPU
+    conv2d_algorithm(phase, x_shape, w_shape, stride, padding) -> str         "im2col" on the CPU
     maxpool2d_forward(x, kernel_size, stride, out=None, argmax=None) -> (y, argmax)
     maxpool2d_backward(dy, argmax, x_shape, kernel_size, stride, dx=None) -> dx
     avgpool2d_forward(x, kernel_size, stride, out=None) -> y
@@ -38,11 +39,12 @@ comparing x with y: ``pool.maxpool2d_values`` / ``pool.maxpool2d_backward_by_com
 from __future__ import annotations
 
 from .activation import activation_backward, activation_forward
-from .conv import conv2d_backward, conv2d_backward_data, conv2d_forward, conv2d_workspace_size
+from .conv import (conv2d_algorithm, conv2d_backward, conv2d_backward_data, conv2d_forward,
+                   conv2d_workspace_size)
 from .dense import dense_backward, dense_backward_data, dense_forward
 from .pool import avgpool2d_backward, avgpool2d_forward, maxpool2d_backward, maxpool2d_forward
 
 __all__ = ["dense_forward", "dense_backward", "dense_backward_data",
-           "conv2d_forward", "conv2d_backward", "conv2d_backward_data", "conv2d_workspace_size",
+           "conv2d_forward", "conv2d_backward", "conv2d_backward_data", "conv2d_workspace_size", "conv2d_algorithm",
            "maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
            "activation_forward", "activation_backward"]

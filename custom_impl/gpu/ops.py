@@ -13,6 +13,7 @@ runtime's shared one). Every launch goes to CuPy's current stream. Parameter gra
                     need_db=True) -> (dx|None, dW, db|None)
     conv2d_backward_data(dy, W, x_shape, stride, padding, dx=None, workspace=None) -> dx
     conv2d_workspace_size(x_shape, w_shape, stride, padding) -> int
+    conv2d_algorithm(phase, x_shape, w_shape, stride, padding, precision="fp32") -> str | None
     maxpool2d_forward(x, kernel_size, stride, out=None, argmax=None) -> (y, argmax)   argmax (N,C,P,Q)
     maxpool2d_backward(dy, argmax, x_shape, kernel_size, stride, dx=None) -> dx
     avgpool2d_forward(x, kernel_size, stride, out=None) -> y
@@ -28,13 +29,14 @@ see their modules).
 from __future__ import annotations
 
 from .activation import activation_backward, activation_forward
-from .conv import conv2d_backward, conv2d_backward_data, conv2d_forward, conv2d_workspace_size
+from .conv import (conv2d_algorithm, conv2d_backward, conv2d_backward_data, conv2d_forward,
+                   conv2d_workspace_size)
 from .dense import dense_backward, dense_backward_data, dense_forward
 from .pool import avgpool2d_backward, avgpool2d_forward, maxpool2d_backward, maxpool2d_forward
 
 __all__ = [
     "dense_forward", "dense_backward", "dense_backward_data",
-    "conv2d_forward", "conv2d_backward", "conv2d_backward_data", "conv2d_workspace_size",
+    "conv2d_forward", "conv2d_backward", "conv2d_backward_data", "conv2d_workspace_size", "conv2d_algorithm",
     "maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
     "activation_forward", "activation_backward",
 ]

@@ -564,3 +564,27 @@ def test_default_folder_never_resumes_another_machines_run(tmp_path, monkeypatch
     with open(os.path.join(base, "env.json"), "w") as fh:
         json.dump({"hostname": platform.node() + "-elsewhere"}, fh)
     assert cli.default_out("quick", "cpu") == base + "-2"          # another machine's: a new folder
+
+
+def test_conv_rows_name_their_algorithm_and_an_older_run_is_resumed_with_the_column(tmp_path, capsys):
+    suite = tmp_path / "conv.toml"
+    suite.write_text('name = "conv"\n[settings]\nwarmup = 1\nbudget_s = 0.005\nmin_repeats = 2\nmax_repeats = 3\n'
+                     '[[conv2d]]\nshapes = [[2, 3, 9, 11, 4, 3, 5, 2, 1, 1, 2]]\n'
+                     'phases = ["forward", "backward_data", "backward_weights"]\n')
+    out = tmp_path / "out"
+    args = ["run", "--suite", str(suite), "--device", "cpu", "--out", str(out), "--quiet", "--no-report"]
+    assert cli.main(args) == 0
+    rows = read(out / "results.csv")
+    assert {(r["impl"], r["algorithm"]) for r in rows} == {("custom", "im2col"), ("reference", "")}
+    # the same run as a harness without the column wrote it, cut after its first two rows (a kill)
+    lines = (out / "results.csv").read_bytes().split(b"\r\n")
+    (out / "results.csv").write_bytes(b"\r\n".join(line.rsplit(b",", 1)[0] for line in lines[:3]) + b"\r\n")
+    assert tuple(read(out / "results.csv")[0]) == COLUMNS[:-1]
+    assert cli.main(args) == 0
+    assert "added the algorithm column" in capsys.readouterr().err
+    again = read(out / "results.csv")
+    assert tuple(again[0]) == COLUMNS and len(again) == len(rows)
+    assert [{k: v for k, v in r.items() if k != "algorithm"} for r in again[:2]] == \
+        [{k: v for k, v in r.items() if k != "algorithm"} for r in rows[:2]]     # kept as they were
+    assert [r["algorithm"] for r in again[:2]] == ["", ""]
+    assert {r["algorithm"] for r in again[2:] if r["impl"] == "custom"} == {"im2col"}

@@ -46,7 +46,7 @@ from . import few_channels, implicit_gemm, implicit_gemm_tc, patch, select, wino
 from .geometry import ConvDims, conv2d_output_shape, conv_dims, planning_sms
 from .select import DATA_ALGOS, FORWARD_ALGOS, WEIGHTS_ALGOS, candidates
 
-__all__ = ["conv2d_forward", "conv2d_backward", "conv2d_backward_data", "conv2d_workspace_size",
+__all__ = ["conv2d_forward", "conv2d_backward", "conv2d_backward_data", "conv2d_workspace_size", "conv2d_algorithm",
            "conv2d_output_shape", "conv_dims", "ConvDims", "FORWARD_ALGOS", "DATA_ALGOS", "WEIGHTS_ALGOS",
            "candidates", "ConvStep"]
 
@@ -62,6 +62,19 @@ def conv2d_workspace_size(x_shape, w_shape, stride, padding, precision="fp32") -
         return select.workspace_size(dims, planning_sms())
     _check_precision(precision, "auto", "conv2d_workspace_size")
     return implicit_gemm_tc.workspace_size(dims, precision, planning_sms())
+
+
+def conv2d_algorithm(phase, x_shape, w_shape, stride, padding, precision="fp32", bias=True) -> str | None:
+    """The algorithm "auto" runs for this layer in ``phase`` ("forward", "backward_data",
+    "backward_weights"): "implicit_gemm_tc" at tf32 / bf16; at fp32 the autotuner's cached choice for
+    this device and launch-cost regime, or None before the layer's first "auto" call there. ``bias``:
+    whether the forward has one (its choice is cached per bias presence)."""
+    if phase not in select.PHASES:
+        raise ValueError(f"conv2d_algorithm: phase={phase!r}; use one of {select.PHASES}")
+    if precision != "fp32":
+        return "implicit_gemm_tc"
+    dims = conv_dims(tuple(x_shape), tuple(w_shape), stride, padding)
+    return runtime.tuned(("conv", phase, dims) + ((not bias,) if phase == "forward" else ()))
 
 
 def _check_precision(precision, algo, what) -> bool:
