@@ -308,7 +308,7 @@ def conv2d_backward_data(dy: np.ndarray, W: np.ndarray, x_shape, stride, padding
     return _written(dx, _backward_data(dy2, W, tuple(x_shape), stride, padding, dy.shape[2:], None))
 
 
-def conv2d_algorithm(phase, x_shape, w_shape, stride, padding, precision="fp32") -> str:
+def conv2d_algorithm(phase, x_shape, w_shape, stride, padding) -> str:
     """The algorithm that runs this layer and phase: on the CPU always "im2col" (one GEMM over the
     columns; the shared signature of ``custom_impl.gpu.ops.conv2d_algorithm``)."""
     return "im2col"

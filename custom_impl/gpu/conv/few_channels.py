@@ -65,6 +65,12 @@ from .geometry import conv_dims
 
 MAX_C = 8                   # channels held in registers by backward-data (acc[C][4])
 MAX_S = 8                   # kernel width: backward-weights keeps 4*S sums per thread
+# Backward-data keeps only 4*C sums and ceil(S/sw) + 3 dy values per thread, so it takes wider kernels (speech
+# convs over spectrograms: 5x20, 41x11); 32 taps need 114 registers at C = 8 (ptxas, sm_90), no spills.
+# W sits in shared memory: up to DATA_SMEM_BYTES (opted in above 48 KB; DeepSpeech 2's 41x11, K = 32 takes
+# 57 KB, 3 blocks per H100 SM).
+DATA_MAX_S = 32
+DATA_SMEM_BYTES = 64 * 1024
 SMEM_BYTES = 48 * 1024      # dynamic shared memory without the opt-in
 ROWS_THREADS = 384          # conv_few_channels_wgrad_rows' __launch_bounds__(384, 2)
 DATA_THREADS = 256
@@ -214,6 +220,12 @@ def _weights_plan(dims: tuple, sms: int, launch: str):
     return _rows_plan(dims, sms)
 
 
+def data_fits(C, K, R, S) -> bool:
+    """Whether ``backward_data`` can run: C <= MAX_C, S <= DATA_MAX_S, W (K*C*R*S floats) within
+    DATA_SMEM_BYTES of shared memory."""
+    return 1 <= C <= MAX_C and 1 <= S <= DATA_MAX_S and 4 * K * C * R * S <= DATA_SMEM_BYTES
+
+
 def fits(C, K, R, S, *, x_shape=None, stride=1, padding=0) -> bool:
     """Whether both kernels can run: C <= 8, S <= 8, W (K*C*R*S floats) within 48 KB of shared memory
     (backward-data); with ``x_shape`` (N, C, H, W) also that backward-weights' rows fit shared memory."""
@@ -347,10 +359,12 @@ def backward_data(dy, W, dx, dims):
     dims = tuple(int(v) for v in dims)
     _check(dims, {"dy": dy, "W": W, "dx": dx}, "backward_data")
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
-    if not fits(C, K, R, S):
-        raise ValueError(_unfit_message("backward_data", dims))
+    if not data_fits(C, K, R, S):
+        raise ValueError(f"conv.few_channels.backward_data: needs C <= {MAX_C}, S <= {DATA_MAX_S} and W "
+                         f"(K*C*R*S floats) within {DATA_SMEM_BYTES // 1024} KB; got W ({K}, {C}, {R}, {S}). Check "
+                         "data_fits(...) first and use another algorithm for this layer ('implicit_gemm', or 'auto')")
     cols = N * _ceil(H, sh) * _ceil(_ceil(Wd, sw), TW)  # threads of the largest phase
-    kern = kernel("conv_few_channels_dgrad", SC_C=C, SC_S=S, SC_SW=sw)
-    kern((blocks(cols, DATA_THREADS), 1, sh * sw), (DATA_THREADS,), (dy, W, dx) + _i32(*dims),
-         shared_mem=4 * K * C * R * S)
+    smem = 4 * K * C * R * S
+    kern = kernel("conv_few_channels_dgrad", smem, SC_C=C, SC_S=S, SC_SW=sw)
+    kern((blocks(cols, DATA_THREADS), 1, sh * sw), (DATA_THREADS,), (dy, W, dx) + _i32(*dims), shared_mem=smem)
     return dx

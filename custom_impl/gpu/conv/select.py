@@ -7,8 +7,9 @@ Legend: ``dims`` a ``ConvDims`` (N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw; geom
 Candidates per phase (``candidates``), in this order (a tie goes to the first):
   forward           "implicit_gemm" always; "winograd" where ``winograd_ok``; "few_channels" where the
                     few-channels forward fits (C <= 8, S <= 8).
-  backward_data     "implicit_gemm" always; "few_channels" (C <= 8, S <= 8, W within 48 KB of shared
-                    memory); "winograd" where ``winograd_ok``; "patch" where ``patch_ok``.
+  backward_data     "implicit_gemm" always; "few_channels" (C <= 8, S <= 32, W within 64 KB of shared
+                    memory: ``few_channels.data_fits``); "winograd" where ``winograd_ok``; "patch" where
+                    ``patch_ok``.
   backward_weights  "implicit_gemm" always; "few_channels" where its launch plan exists; "winograd" where
                     ``winograd_ok``; "patch" where ``patch_ok``.
 "auto" (``choose``) takes the cached choice for (phase, dims[, bias presence]), else times every candidate
@@ -76,7 +77,7 @@ def candidates(dims, phase: str, sms: int = 132) -> list:
         if few_channels.forward_fits(dims):
             names.append("few_channels")
     elif phase == "backward_data":
-        if few_channels.fits(C, K, R, S):
+        if few_channels.data_fits(C, K, R, S):
             names.append("few_channels")
         if winograd_ok(dims, phase):
             names.append("winograd")
@@ -135,7 +136,7 @@ def kernel_modules(dims) -> list:
         mods += winograd.modules()
     if few_channels.forward_fits(dims) or few_channels.weights_plan(dims) is not None:
         mods.append((few_channels.FAMILY, {"SC_S": S, "SC_SW": sw}))
-    if few_channels.fits(C, K, R, S):
+    if few_channels.data_fits(C, K, R, S):
         mods.append((few_channels.FAMILY, {"SC_C": C, "SC_S": S, "SC_SW": sw}))
     if patch_ok(dims, "backward_data") or patch_ok(dims, "backward_weights"):
         mods.append((patch.FAMILY, {"PT_S": S}))

@@ -28,6 +28,7 @@ PLAN = {
                        "need_db=True)",
     "conv2d_backward_data": "(dy, W, x_shape, stride, padding, dx=None, workspace=None)",
     "conv2d_workspace_size": "(x_shape, w_shape, stride, padding)",
+    "conv2d_algorithm": "(phase, x_shape, w_shape, stride, padding)",
     "maxpool2d_forward": "(x, kernel_size, stride, out=None, argmax=None)",
     "maxpool2d_backward": "(dy, argmax, x_shape, kernel_size, stride, dx=None)",
     "avgpool2d_forward": "(x, kernel_size, stride, out=None)",

@@ -59,6 +59,16 @@ LAYERS = [
 ]
 
 
+# Kernels wider than backward-weights takes (S > 8): backward-data only (few_channels.data_fits)
+WIDE = [
+    (2, 1, 41, 90, 32, 5, 20, (2, 2), (0, 0)),     # DeepBench's speech conv 1, smaller spectrogram
+    (2, 1, 45, 60, 32, 41, 11, (2, 2), (20, 5)),   # DeepSpeech 2 conv1: W is 57 KB (shared memory opt-in)
+    (3, 2, 17, 40, 7, 3, 13, (2, 1), (1, 6)),      # stride differs per axis
+    (2, 8, 9, 40, 6, 3, 32, (1, 1), (1, 0)),       # S = DATA_MAX_S, C = MAX_C
+    (1, 3, 11, 29, 5, 2, 9, (3, 3), (0, 0)),       # stride 3: phases with no taps along h
+]
+
+
 def _case_id(c):
     return "N{}C{}H{}W{}K{}R{}S{}s{}{}p{}{}".format(*c[:7], *c[7], *c[8])
 
@@ -158,6 +168,21 @@ def test_backward_data(case):
     assert np.array_equal(outs[0], outs[1]), f"dx {case}: two calls differ (not deterministic)"
 
 
+@pytest.mark.parametrize("case", WIDE, ids=_case_id)
+def test_backward_data_wide_kernels(case):
+    import cupy
+
+    from custom_impl.gpu.conv.few_channels import backward_data, data_fits, fits
+
+    dims, x, W, dy, (dx_ref, dx_abs), _ = _setup(case)
+    N, C, H, Wd, K, R, S = dims[:7]
+    assert data_fits(C, K, R, S) and not fits(C, K, R, S)
+    gdy, gW = cupy.asarray(dy), cupy.asarray(W)
+    dx = cupy.full(x.shape, np.nan, np.float32)
+    assert backward_data(gdy, gW, dx, dims) is dx
+    _assert_close(cupy.asnumpy(dx), dx_ref, dx_abs, K * R * S, f"dx {case}")
+
+
 @pytest.mark.parametrize("launch", ["rows", "bands"])
 @pytest.mark.parametrize("case", CASES + LAYERS, ids=_case_id)
 def test_backward_weights(case, launch):
@@ -232,6 +257,12 @@ def test_fits():
     assert fits(8, 48, 4, 8)                        # W: exactly 12288 floats
     assert not fits(8, 8, 8, 8, x_shape=(1, 8, 16, 4000), stride=1, padding=0)  # x rows of one output row
     assert not fits(3, 8, 3, 3, x_shape=(1, 3, 2, 2), stride=1, padding=0)    # kernel larger than the input
+    from custom_impl.gpu.conv.few_channels import data_fits
+
+    assert data_fits(3, 32, 3, 9) and data_fits(1, 32, 41, 11)     # backward-data alone takes wider kernels
+    assert data_fits(8, 8, 8, 32) and not data_fits(8, 8, 8, 33)   # S <= 32
+    assert not data_fits(9, 8, 3, 3)                                # C <= 8
+    assert data_fits(4, 32, 8, 16) and not data_fits(4, 32, 8, 17)  # W: 16384 floats = 64 KB, one more is too many
 
 
 def test_rejects_bad_arguments():

@@ -196,6 +196,9 @@ def test_conv_choice_is_looked_up_before_any_planning(monkeypatch):
      {"implicit_gemm", "winograd", "patch"}, {"implicit_gemm", "winograd", "patch"}),
     # stride 2: neither Winograd nor patch
     ((64, 128, 28, 28), (256, 128, 3, 3), 2, 1, {"implicit_gemm"}, {"implicit_gemm"}, {"implicit_gemm"}),
+    # a speech conv, one channel, 5x20 stride 2: few_channels for backward-data only (S > 8 elsewhere)
+    ((16, 1, 161, 700), (32, 1, 5, 20), 2, 0, {"implicit_gemm"}, {"implicit_gemm", "few_channels"},
+     {"implicit_gemm"}),
 ])
 def test_candidates(x_shape, w_shape, stride, padding, forward, data, weights):
     """Which algorithms each phase's "auto" weighs for a layer: the eligibility rules of select.py (plain
