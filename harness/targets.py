@@ -89,6 +89,7 @@ _BEST_TORCH = ("train_step_vs_best_torch", "train_step_bf16_vs_best_torch")
 _SUITE_LAYERS = ("dense_suite_geomean", "conv_suite_geomean", "conv_suite_min", "conv_tf32_suite_geomean",
                  "conv_bf16_suite_geomean")
 _NETWORKS = ("networks_conv_geomean", "networks_conv_min", "networks_conv_phase_min_geomean")
+_LAYER_PHASES = ("forward", "backward_data", "backward_weights")
 # The batch up to which a train-step target reads the rows (the suite measures 1..8192; the BF16 rows stop at
 # 1024, where the targets suite stops measuring them)
 _MAX_BATCH = {"train_step_bf16_vs_best_torch": TRAIN_BEST_MAX_BATCH}
@@ -309,7 +310,7 @@ def evaluate(rows_list: list[dict], gpu_reason: str | None, samples: dict | None
         elif t.name == "networks_conv_phase_min_geomean":
             # NOTE: no confidence interval: the bootstrap reduces over terms by one geomean or one min
             by_phase = {}
-            for phase in ("forward", "backward_data", "backward_weights"):
+            for phase in _LAYER_PHASES:
                 ratios, phase_bad, n = _layer_ratios(rows, t.kind, t.precision,
                                                      keep=lambda r, phase=phase: keep(r) and r["phase"] == phase)
                 bad += phase_bad
@@ -320,7 +321,7 @@ def evaluate(rows_list: list[dict], gpu_reason: str | None, samples: dict | None
                 value = min(by_phase.values())
                 line["_phases"] = by_phase
             elif line["rows"]:
-                bad.append(f"no measured row in phase(s) {', '.join(sorted({'forward', 'backward_data', 'backward_weights'} - set(by_phase)))}")
+                bad.append(f"no measured row in phase(s) {', '.join(p for p in _LAYER_PHASES if p not in by_phase)}")
         elif t.name in _NETWORKS:
             ratios, bad, line["rows"] = _layer_ratios(rows, t.kind, t.precision, terms, keep)
             reduce = "min" if t.name.endswith("min") else "geomean"
@@ -366,6 +367,14 @@ def evaluate(rows_list: list[dict], gpu_reason: str | None, samples: dict | None
                     bad += [_describe(r, "row") for r, good in ((ours, _ok), (ref, _timed)) if not good(r)]
             if ratios:
                 value = _geomean(ratios)
+        if t.name in _NETWORKS:
+            # NOTE: a networks figure over part of the suite (a run cut by its time limit) is not the target's
+            have = {(r["workload"], r["phase"])
+                    for r in rows.pick(kind=t.kind, impl="custom", device="gpu", precision=t.precision)}
+            missing = [(w, ph) for w in sorted(networks) for ph in _LAYER_PHASES if (w, ph) not in have]
+            if missing:
+                bad.insert(0, f"{len(missing)} of {len(_LAYER_PHASES) * len(networks)} networks rows of ours not "
+                              f"measured yet, e.g. {missing[0][0]} {missing[0][1]} (rerun `harness targets` to resume)")
         if math.isnan(value):
             line["met"] = "False"
             line["note"] = "not measured: " + ("; ".join(bad[:5]) if bad else "no rows")
