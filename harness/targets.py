@@ -302,11 +302,6 @@ def evaluate(rows_list: list[dict], gpu_reason: str | None, samples: dict | None
                 terms.append(([ref], ours))
             else:
                 bad = [_describe(r, w) for r, w, good in ((ours, "ours", _ok), (ref, "cuBLAS", _timed)) if not good(r)]
-        elif t.name in _SUITE_LAYERS:
-            ratios, bad, line["rows"] = _layer_ratios(rows, t.kind, t.precision, terms, keep)
-            reduce = "min" if t.name.endswith("min") else "geomean"
-            if ratios:
-                value = min(ratios) if t.name.endswith("min") else _geomean(ratios)
         elif t.name == "networks_conv_phase_min_geomean":
             # NOTE: no confidence interval: the bootstrap reduces over terms by one geomean or one min
             by_phase = {}
@@ -322,7 +317,7 @@ def evaluate(rows_list: list[dict], gpu_reason: str | None, samples: dict | None
                 line["_phases"] = by_phase
             elif line["rows"]:
                 bad.append(f"no measured row in phase(s) {', '.join(p for p in _LAYER_PHASES if p not in by_phase)}")
-        elif t.name in _NETWORKS:
+        elif t.name in _SUITE_LAYERS or t.name in _NETWORKS:
             ratios, bad, line["rows"] = _layer_ratios(rows, t.kind, t.precision, terms, keep)
             reduce = "min" if t.name.endswith("min") else "geomean"
             if ratios:
