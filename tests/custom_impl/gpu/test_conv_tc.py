@@ -31,7 +31,7 @@ GEOMETRIES = [
     (1, 128, 8, 8, 128, 3, 3, (1, 1), (1, 1)),    # N = 1: few output tiles, long reductions (split-K)
     (33, 17, 29, 31, 45, 3, 3, (1, 1), (1, 1)),   # odd sizes, many tiles
     (8, 32, 14, 14, 64, 1, 1, (1, 1), (0, 0)),    # 1x1
-    (16, 64, 32, 32, 128, 3, 3, (1, 1), (1, 1)),  # the 128x256 tile for backward-weights
+    (16, 64, 32, 32, 256, 3, 3, (1, 1), (1, 1)),  # the 128x256 tile for backward-weights, in both precisions
 ]
 
 

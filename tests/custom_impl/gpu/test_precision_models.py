@@ -2,7 +2,7 @@
 the float64 oracle, with the harness's own parity rules (harness/parity.py, reasons there):
 
 - each side's error must stay under the precision's bar (``precision_tolerance``: the FP32 tolerance plus
-  16 u sqrt(L) for a model with L layers with parameters), and
+  48 u sqrt(L) for a model with L layers with parameters), and
 - ours must also stay within 2x max(PyTorch's error, u) (``judge``), u the unit roundoff of the precision.
 
 And training: the digits models reach >= 95% test accuracy in every precision, ours and PyTorch's
