@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 
-from .tables import Col, Table
+from .tables import NUMERIC, Col, Table
 
 PAGE = (8.27, 11.69)                     # A4 portrait, inches
 MARGIN_X, MARGIN_TOP, MARGIN_BOTTOM = 0.75, 0.7, 0.7
@@ -141,7 +141,7 @@ class Doc:
             while i < len(cells) and self.y + heights[i] <= PAGE[1] - MARGIN_BOTTOM - 0.05:
                 for c, x, w, lines in zip(cols, xs, widths, cells[i]):
                     for k, line in enumerate(lines):
-                        right = c.kind in ("num", "int")
+                        right = c.kind in NUMERIC
                         self._text(x + (w if right else 0), self.y + step * (k + 1) - 0.02, line, BODY,
                                    ha="right" if right else "left")
                 self.y += heights[i]
@@ -164,7 +164,7 @@ class Doc:
             self.y += 0.04
         self.y += step
         for c, x, w in zip(cols, xs, widths):
-            right = c.kind in ("num", "int")
+            right = c.kind in NUMERIC
             self._text(x + (w if right else 0), self.y, c.header, BODY, ha="right" if right else "left", bold=True)
         self._rule(MARGIN_X, x_end, self.y + 0.05, 0.5)
         self.y += 0.08
@@ -250,5 +250,5 @@ def _column_parts(t: Table) -> list[list[Col]]:
 
 
 def _cell_lines(t: Table, r: dict, c: Col, width: float) -> list[str]:
-    s = t.cell(r, c) or ("-" if c.kind in ("num", "int") else "")
+    s = t.cell(r, c) or ("-" if c.kind in NUMERIC else "")
     return wrap(s, width) if c.kind == "para" else [s]

@@ -323,7 +323,7 @@ def find_targets(inputs: list[str], labels: list[str], envs: dict) -> tuple[dict
 
 
 # ============================================================================ rendering
-def _pdf_date():
+def pdf_date():
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     if epoch is not None:
         return datetime.datetime.fromtimestamp(int(epoch), tz=datetime.timezone.utc)
@@ -336,7 +336,24 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:40] or "x"
 
 
-def _save_plot(plot, out_dir: str) -> dict:
+def write_tables(out_dir: str, groups: list) -> dict:
+    """Per group ``(file stem, title, [Table])``: ``<stem>.md`` (the title as a heading, then each table in
+    Markdown) and ``<stem>.tex`` (the tables in LaTeX, for ``\\input``); returns {file name: path}."""
+    try:
+        import jinja2  # noqa: F401  (pandas' Styler.to_latex needs it; torch installs it too)
+    except ImportError:
+        raise ReportError("the LaTeX tables need jinja2 (pandas' Styler): pip install jinja2") from None
+    files = {}
+    for stem, title, ts in groups:
+        md_path, tex_path = os.path.join(out_dir, f"{stem}.md"), os.path.join(out_dir, f"{stem}.tex")
+        write_text(md_path, f"# {title}\n\n" + "\n".join(tables.markdown(t) for t in ts))
+        write_text(tex_path, latex.file_text(ts))
+        files[f"{stem}.md"], files[f"{stem}.tex"] = md_path, tex_path
+    return files
+
+
+def save_plot(plot, out_dir: str) -> dict:
+    """``<name>.png`` and vector ``<name>.pdf`` of a ``plots.Plot`` at its size; returns {file name: path}."""
     from matplotlib.figure import Figure
 
     paths = {}
@@ -407,13 +424,8 @@ def render_frame(df, envs: dict, out_dir: str, peak_tflops: float | None = None,
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot
     from matplotlib.backends.backend_pdf import PdfPages
 
-    try:
-        import jinja2  # noqa: F401  (pandas' Styler.to_latex needs it; torch installs it too)
-    except ImportError:
-        raise ReportError("the LaTeX tables need jinja2 (pandas' Styler): pip install jinja2") from None
     os.makedirs(out_dir, exist_ok=True)
     df = roofline.add_intensity(df)
     pairs = speedups.pair(df)
@@ -430,34 +442,31 @@ def render_frame(df, envs: dict, out_dir: str, peak_tflops: float | None = None,
               ("layers", "Layers", tables.layer_tables(pairs, multi, has_ci)),
               ("not_ok", "Rows that are not ok", tables.not_ok_table(df, multi))]
     groups = [(f, title, ts) for f, title, ts in groups if ts]
-    files: dict = {}
-    for stem, title, ts in groups:
-        md_path, tex_path = os.path.join(out_dir, f"{stem}.md"), os.path.join(out_dir, f"{stem}.tex")
-        write_text(md_path, f"# {title}\n\n" + "\n".join(tables.markdown(t) for t in ts))
-        write_text(tex_path, latex.file_text(ts))
-        files[f"{stem}.md"], files[f"{stem}.tex"] = md_path, tex_path
+    files = write_tables(out_dir, groups)
 
     figs = _figures(df, pairs, envs, peak_tflops)
     for plot in figs:
-        files.update(_save_plot(plot, out_dir))
+        files.update(save_plot(plot, out_dir))
+
+    from . import train_report                      # training curves (train.csv): harness/train_report.py
+
+    try:
+        train = train_report.section(inputs or [], out_dir)
+    except train_report.TrainReportError as err:
+        raise ReportError(str(err)) from None
+    if train is not None:
+        files.update(train.files)
 
     title = "cudnn-parity benchmark report"
     machines = "; ".join(m for m in dict.fromkeys(df["machine_label"]) if m) or "not recorded"
     # NOTE: not report.tex: compiled in place, it would overwrite report.pdf
     tex_path = os.path.join(out_dir, "report_latex.tex")
-    write_text(tex_path, latex.report_tex(title, machines, [(t, s) for s, t, _ in groups],
-                                          [(p.name, p.caption) for p in figs]))
+    tex_files = [(t, s) for s, t, _ in groups] + (train.latex_files if train is not None else [])
+    tex_figures = [(p.name, p.caption) for p in figs] + (train.latex_figures if train is not None else [])
+    write_text(tex_path, latex.report_tex(title, machines, tex_files, tex_figures))
     files["report_latex.tex"] = tex_path
-
-    from . import train_report                      # training curves (train.csv): harness/train_report.py
-
-    try:
-        train_files, train_pages = train_report.section(inputs or [], out_dir) if inputs else ({}, [])
-    except train_report.TrainReportError as err:
-        raise ReportError(str(err)) from None
-    files.update(train_files)
     pdf_path = os.path.join(out_dir, "report.pdf")
-    meta = {"Title": title, "Author": "harness", "Creator": "harness report", "CreationDate": _pdf_date()}
+    meta = {"Title": title, "Author": "harness", "Creator": "harness report", "CreationDate": pdf_date()}
     counts = df["status"].value_counts().sort_index()
     summary = (f"Results: {', '.join(inputs or sorted(set(df['source'])))}. Machines: {machines}. "
                f"{len(df)} rows ({', '.join(f'{v} {k}' for k, v in counts.items())}); "
@@ -481,10 +490,9 @@ def render_frame(df, envs: dict, out_dir: str, peak_tflops: float | None = None,
                 doc.table(t, number)
         for i, plot in enumerate(figs, 1):
             doc.plot_page(plot, i)
+        if train is not None:
+            doc.heading("Training", 12)
+            train_report.add_pages(doc, train, tables_before=number, figures_before=len(figs))
         doc.close_page()
-        for fig in train_pages:   # training tables and curves, on pages of the document's size
-            fig.set_size_inches(*pdfdoc.PAGE)
-            pdf.savefig(fig)
-            matplotlib.pyplot.close(fig)
     files["pdf"] = pdf_path
     return files

@@ -5,7 +5,8 @@ report.pdf (``harness.pdfdoc``). A column whose cells are the same in every row 
 in the caption instead (``drop_constant``), so no table repeats "cpu" or "ours: numpy" 99 times.
 
 Numbers are formatted to 3 significant digits in positional notation (``fmt_num``), so a LaTeX ``S``
-column aligns them on the decimal point.
+column aligns them on the decimal point; quantities spanning many orders of magnitude (loss differences)
+in scientific notation (``sci``: 1.00e-06), which an ``S`` column aligns too.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from .speedups import baseline_text
 FAIL_MARK = "\u2020"   # dagger: parity failed
 NOISY_MARK = "~"
 LONG_ROWS = 35         # more rows than this: a longtable in LaTeX, several pages in the PDF
+NUMERIC = ("num", "int", "sci")   # column kinds set right-aligned (LaTeX: siunitx S columns)
 PHASE_SHORT = {"forward": "fwd", "backward_data": "bwd data", "backward_weights": "bwd weights"}
 
 
@@ -26,7 +28,7 @@ PHASE_SHORT = {"forward": "fwd", "backward_data": "bwd data", "backward_weights"
 class Col:
     key: str
     header: str
-    kind: str = "text"        # text | num (3 significant digits) | int | para (wrapped text)
+    kind: str = "text"        # text | num (3 significant digits) | int | sci (1.00e-06) | para (wrapped text)
     group: str = ""           # a header spanning adjacent columns of the same group
     width_cm: float = 0.0     # para columns: the paragraph width in LaTeX
 
@@ -84,6 +86,8 @@ def fmt_cell(v, kind: str) -> str:
         return ""
     if kind == "num":
         return fmt_num(v)
+    if kind == "sci":
+        return f"{float(v):.2e}" if math.isfinite(float(v)) else ""
     if kind == "int":
         try:
             return str(int(round(float(v))))
@@ -117,7 +121,7 @@ def markdown(t: Table) -> str:
 
     heads = [esc(f"{c.group} {c.header}".strip() if c.group else c.header) for c in t.cols]
     lines = [f"**Table {t.name}.** {esc(t.full_caption)}", "", "| " + " | ".join(heads) + " |",
-             "| " + " | ".join("---:" if c.kind in ("num", "int") else "---" for c in t.cols) + " |"]
+             "| " + " | ".join("---:" if c.kind in NUMERIC else "---" for c in t.cols) + " |"]
     for r in t.rows:
         lines.append("| " + " | ".join(esc(t.cell(r, c)) or "-" for c in t.cols) + " |")
     return "\n".join(lines) + "\n"

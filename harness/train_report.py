@@ -4,7 +4,9 @@ Nothing here trains or runs a kernel. Inputs are results folders holding a ``tra
 ``harness train`` or by ``harness run`` for a suite with ``[[train]]`` sections); several folders are shown
 side by side (a ``source`` each).
 
-Outputs (in the report folder, every file written atomically):
+Outputs (in the report folder, every file written atomically), made like the rest of the report's: each
+table a ``tables.Table`` written by ``report.write_tables`` (Markdown, and LaTeX through ``harness.latex``)
+and drawn on table pages of report.pdf (``harness.pdfdoc``), each figure a ``plots.Plot``:
 
 - ``train_<device>_<dataset>_b<batch>.png`` and ``.pdf``: per model, training loss and test accuracy
   against the epoch and against the cumulative training time, ours and PyTorch's on one axis (ours solid,
@@ -14,9 +16,10 @@ Outputs (in the report folder, every file written atomically):
   it), the final accuracy, samples/s, and for ours the ratio to PyTorch's fastest variant.
 - ``train_curve_gap.md/.tex``: the largest |our loss - PyTorch's loss| over the epochs, per seed (same
   weights, same batches), its worst and mean over seeds, and relative to PyTorch's loss.
-- ``train_goal.md``: the training goal (our CUDA-graph training reaches the target >= 1.3x faster than
+- ``train_goal.md/.tex``: the training goal (our CUDA-graph training reaches the target >= 1.3x faster than
   PyTorch's fastest variant on mlp-mnist and lenet-mnist at batch 64 on the GPU), where rows exist for it.
-- ``report.pdf`` (``render``) or pages appended to the main report (``section``).
+- ``report_latex.tex`` and ``report.pdf`` (``render``), or a section of the main report's (``section``,
+  ``add_pages``).
 
 Time to target = the cumulative ``train_s`` (train steps only, device-synchronised; no input pipeline and
 no evaluation) at the end of the first epoch whose test accuracy reaches the target. A ratio is given only
@@ -24,8 +27,7 @@ where every seed of both sides reached the target.
 """
 from __future__ import annotations
 
-import datetime
-import math
+import dataclasses
 import os
 import re
 
@@ -33,6 +35,10 @@ import numpy as np
 
 from . import latex
 from .io import DamagedFile, atomic_write, write_text
+from .pdfdoc import Doc
+from .plots import FULL, Plot, rc
+from .report import pdf_date, save_plot, write_tables
+from .tables import Col, Table, fmt_num
 from .train import TRAIN_COLUMNS, TRAIN_CSV, read_train
 
 GOAL_SPEEDUP = 1.3
@@ -45,8 +51,6 @@ PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F
 VARIANT_ORDER = ("cuda-graph", "cuda", "numpy", "torch-eager", "torch-graph", "torch-compile")
 GROUP = ["source", "device", "dataset", "model", "batch", "lr", "momentum", "epochs", "precision"]
 RUN = GROUP + ["impl", "variant", "seed"]
-FONTS = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 8, "xtick.labelsize": 8,
-         "ytick.labelsize": 8}
 
 
 class TrainReportError(ValueError):
@@ -139,7 +143,9 @@ def _mean_sd(values) -> tuple[float, float]:
     v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
     if v.size == 0:
         return np.nan, np.nan
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+    mean, sd = float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+    # NOTE: equal values can leave a rounding residue (1e-16) that would print as a long positional number
+    return mean, 0.0 if sd <= 1e-12 * abs(mean) else sd
 
 
 def _variant_rank(v: str) -> int:
@@ -209,7 +215,7 @@ def curve_gap(df):
     return pd.DataFrame(rows)
 
 
-def goal(tta):
+def goal(tta) -> list[dict]:
     """The goal rows: ours cuda-graph vs PyTorch's fastest, GOAL_MODELS at batch GOAL_BATCH on the GPU."""
     if tta is None or tta.empty:
         return []
@@ -225,107 +231,99 @@ def goal(tta):
             verdict = "not measured" + ("" if r["best_ref"] else ": no PyTorch variant reached the target in every seed")
             if r["reached"] < r["seeds"]:
                 verdict = f"not met: ours reached the target in {r['reached']} of {r['seeds']} seeds"
-            measured = "-"
-        out.append([r["source"], r["dataset"], r["model"], f"{r['target']:.0%}", _fmt(r["tta_mean"], ".3g"),
-                    f"{_fmt(r['best_ref_s'], '.3g')} ({r['best_ref'] or '-'})", measured, f">= {GOAL_SPEEDUP:g}x",
-                    verdict])
+            measured = ""
+        fastest = f"{fmt_num(r['best_ref_s']) or '-'} ({r['best_ref'] or '-'})"
+        out.append({"source": r["source"], "dataset": r["dataset"], "model": r["model"],
+                    "target": f"{r['target']:.0%}", "ours_s": r["tta_mean"], "fastest": fastest,
+                    "measured": measured, "goal": f">= {GOAL_SPEEDUP:g}x", "verdict": verdict})
     return out
 
 
 # ================================================================================ tables
-def _fmt(v, spec=".3g") -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "-"
-    return format(v, spec)
+def _where(r) -> dict:
+    return {"source": r["source"], "device": r["device"], "dataset": r["dataset"], "model": r["model"],
+            "batch": r["batch"]}
 
 
-def _pm(mean, sd, spec=".3g", scale=1.0) -> str:
-    if not np.isfinite(mean):
-        return "-"
-    return f"{format(mean * scale, spec)} ± {format(sd * scale, spec)}"
+def _where_cols(multi: bool) -> list[Col]:
+    return ([Col("source", "results")] if multi else []) + [
+        Col("device", "device"), Col("dataset", "dataset"), Col("model", "model"), Col("batch", "batch", "int")]
 
 
-def write_table(name: str, header: list[str], rows: list[list[str]], out_dir: str, caption: str, label: str,
-                left: int = 4) -> dict:
-    """``name``.md (caption, then a Markdown table) and ``name``.tex (a booktabs table with caption and
-    label, for ``\\input``); the first ``left`` columns left-aligned, the rest right-aligned."""
-    md = [caption, "", "| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    md += ["| " + " | ".join(r) + " |" for r in rows]
-    tex = ["% generated by `python -m harness report`; needs \\usepackage{booktabs}",
-           "\\begin{table}[htbp]", "\\centering", "\\small", f"\\caption{{{latex.escape(caption)}}}",
-           f"\\label{{{label}}}", f"\\begin{{tabular}}{{{'l' * left + 'r' * (len(header) - left)}}}", "\\toprule",
-           " & ".join(latex.escape(h) for h in header) + " \\\\", "\\midrule"]
-    tex += [" & ".join(latex.escape(c) for c in r) + " \\\\" for r in rows]
-    tex += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
-    paths = {"md": os.path.join(out_dir, f"{name}.md"), "tex": os.path.join(out_dir, f"{name}.tex")}
-    write_text(paths["md"], "\n".join(md) + "\n")
-    write_text(paths["tex"], "\n".join(tex))
-    return {"text": "\n".join(md) + "\n", **paths}
-
-
-def _where(r, multi: bool) -> list[str]:
-    dev = f"{r['device']} ({r['source']})" if multi else r["device"]
-    return [dev, r["dataset"], r["model"], str(int(r["batch"]))]
-
-
-def tables(df, out_dir: str) -> dict:
-    """Write the time-to-accuracy, curve-gap and goal tables; returns {name: {"text", "md", "tex"}}."""
-    multi = df["source"].nunique() > 1
-    res = {}
-    tta = time_to_accuracy(df)
-    header = ["device", "dataset", "model", "batch", "lr", "implementation", "reached", "time to target (s)",
-              "epochs to target", "final test acc. (%)", "samples/s", "vs fastest PyTorch"]
+def time_to_accuracy_table(tta, multi: bool) -> Table:
     rows = []
     for _, r in tta.iterrows():
-        vs = (f"{r['speedup']:.2f}x ({r['best_ref']})" if np.isfinite(r["speedup"]) else
-              ("-" if r["impl"] == "reference" else "n/a"))
+        ours = r["impl"] == "custom"
         reached = f"{r['reached']}/{r['seeds']}" + (f" ({r['diverged']} diverged)" if r["diverged"] else "")
-        rows.append(_where(r, multi) + [r["lr"], f"{'ours' if r['impl'] == 'custom' else 'PyTorch'} {r['variant']}",
-                    reached, _pm(r["tta_mean"], r["tta_sd"]), _fmt(r["epochs_mean"], ".2g"),
-                    _pm(r["acc_mean"], r["acc_sd"], ".3g", 100.0), _fmt(r["samples_per_s"], ".3g"), vs])
+        rows.append({**_where(r), "lr": r["lr"], "impl": f"{'ours' if ours else 'PyTorch'} {r['variant']}",
+                     "reached": reached, "tta": r["tta_mean"], "tta_sd": r["tta_sd"], "epochs": r["epochs_mean"],
+                     "acc": 100.0 * r["acc_mean"], "acc_sd": 100.0 * r["acc_sd"], "sps": r["samples_per_s"],
+                     "speedup": r["speedup"], "best_ref": r["best_ref"] if ours else ""})
+    cols = _where_cols(multi) + [
+        Col("lr", "lr"), Col("impl", "implementation"), Col("reached", "reached"),
+        Col("tta", "time (s)", "num", "to target"), Col("tta_sd", "sd", "num", "to target"),
+        Col("epochs", "epochs", "num", "to target"),
+        Col("acc", "mean", "num", "final acc. (%)"), Col("acc_sd", "sd", "num", "final acc. (%)"),
+        Col("sps", "samples/s", "num"),
+        Col("speedup", "ratio", "num", "vs fastest PyTorch"), Col("best_ref", "variant", "text", "vs fastest PyTorch")]
     targets = ", ".join(sorted({f"{t:.0%}" for t in tta["target"]})) if not tta.empty else "-"
     caption = (f"Time to the target test accuracy ({targets}): training time (train steps only, device-"
                "synchronised; no input pipeline, no evaluation) up to the end of the first epoch that reaches it, "
-               "mean ± standard deviation over the seeds that reached it; reached = seeds that did / seeds run. "
-               "Final test accuracy after the last epoch, mean ± sd over seeds; samples/s the median epoch. "
-               "vs fastest PyTorch = PyTorch's fastest variant's time / ours (> 1: ours faster), where every seed "
-               "of both reached the target.")
-    res["train_time_to_accuracy"] = write_table("train_time_to_accuracy", header, rows, out_dir, caption,
-                                                "tab:train-time-to-accuracy", left=6)
+               "mean and standard deviation over the seeds that reached it; reached = seeds that did / seeds run. "
+               "Final test accuracy after the last epoch (%), mean and sd over seeds; samples/s the median epoch. "
+               "vs fastest PyTorch = PyTorch's fastest variant's time / ours (> 1: ours faster), given where every "
+               "seed of both reached the target.")
+    return Table("train-time-to-accuracy", "train_time_to_accuracy", "Training: time to accuracy", caption, cols,
+                 rows)
+
+
+def curve_gap_table(gap, multi: bool) -> Table:
+    rows = [{**_where(r), "ours": r["ours"], "ref": r["ref"], "seeds": r["seeds"], "epochs": r["epochs"],
+             "max_abs": r["max_abs"], "mean_abs": r["mean_abs"], "max_rel": r["max_rel"], "at": r["worst_epoch"]}
+            for _, r in gap.iterrows()]
+    cols = _where_cols(multi) + [
+        Col("ours", "ours"), Col("ref", "PyTorch"), Col("seeds", "seeds", "int"), Col("epochs", "epochs", "int"),
+        Col("max_abs", "max \u0394 loss", "sci"), Col("mean_abs", "mean over seeds", "sci"),
+        Col("max_rel", "max relative", "sci"), Col("at", "at epoch", "int")]
+    caption = ("Gap between our training curve and PyTorch's: max \u0394 loss is the largest absolute difference "
+               "between our mean training loss and PyTorch's over the epochs, for one seed (same initial weights, "
+               "same batches in the same order), worst and mean over the seeds; relative = that difference / "
+               "PyTorch's loss. Float32 summation order makes the two drift apart slowly; its size is reported "
+               "here, not hidden.")
+    return Table("train-curve-gap", "train_curve_gap", "Training: curve gap", caption, cols, rows)
+
+
+def goal_table(rows: list[dict], multi: bool) -> Table:
+    cols = ([Col("source", "results")] if multi else []) + [
+        Col("dataset", "dataset"), Col("model", "model"), Col("target", "target"),
+        Col("ours_s", "ours cuda-graph (s)", "num"), Col("fastest", "fastest PyTorch (s)"),
+        Col("measured", "measured"), Col("goal", "goal"), Col("verdict", "verdict")]
+    caption = (f"Goal: our CUDA-graph training reaches the target accuracy at batch {GOAL_BATCH} at least "
+               f"{GOAL_SPEEDUP:g}x faster (training time) than PyTorch's fastest variant, on "
+               f"{' and '.join(GOAL_MODELS)} on the GPU.")
+    return Table("train-goal", "train_goal", "Training: goal", caption, cols, rows)
+
+
+def table_groups(df) -> list[tuple[str, str, list[Table]]]:
+    """(file stem, title, [Table]) of each training table, in the report's order: goal, time to accuracy,
+    curve gap. Every column is kept (no ``drop_constant``): a row names its run in full."""
+    multi = df["source"].nunique() > 1
+    tta = time_to_accuracy(df)
     gap = curve_gap(df)
-    if not gap.empty:
-        header = ["device", "dataset", "model", "batch", "ours", "PyTorch", "seeds", "epochs",
-                  "max Δ loss", "mean over seeds", "max relative", "at epoch"]
-        rows = [_where(r, multi) + [r["ours"], r["ref"], str(r["seeds"]), str(r["epochs"]), _fmt(r["max_abs"], ".2e"),
-                                    _fmt(r["mean_abs"], ".2e"), _fmt(r["max_rel"], ".2e"), str(r["worst_epoch"])]
-                for _, r in gap.iterrows()]
-        caption = ("Gap between our training curve and PyTorch's: max Δ loss is the largest absolute difference "
-                   "between our mean training loss and PyTorch's over the epochs, for one seed (same initial weights, same batches in the same order), "
-                   "worst and mean over the seeds; relative = that difference / PyTorch's loss. Float32 summation order makes "
-                   "the two drift apart slowly; its size is reported here, not hidden.")
-        res["train_curve_gap"] = write_table("train_curve_gap", header, rows, out_dir, caption,
-                                             "tab:train-curve-gap", left=6)
     goal_rows = goal(tta)
-    if goal_rows:
-        header = ["source", "dataset", "model", "target", "ours cuda-graph (s)", "fastest PyTorch (s)", "measured",
-                  "goal", "verdict"]
-        caption = (f"Goal: our CUDA-graph training reaches the target accuracy at batch {GOAL_BATCH} at least "
-                   f"{GOAL_SPEEDUP:g}x faster (training time) than PyTorch's fastest variant, on "
-                   f"{' and '.join(GOAL_MODELS)} on the GPU.")
-        res["train_goal"] = write_table("train_goal", header, goal_rows, out_dir, caption, "tab:train-goal", left=3)
-    return res
+    ts = ([goal_table(goal_rows, multi)] if goal_rows else []) + [time_to_accuracy_table(tta, multi)] + (
+        [curve_gap_table(gap, multi)] if not gap.empty else [])
+    return [(t.file, t.title, [t]) for t in ts]
+
+
+def tables(df, out_dir: str) -> tuple[list, dict]:
+    """Write the training tables (``<stem>.md``, ``<stem>.tex``, as every table of the report); returns
+    (``table_groups``, {file name: path})."""
+    groups = table_groups(df)
+    return groups, write_tables(out_dir, groups)
 
 
 # ================================================================================ plots
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", str(text)).strip("-")[:40] or "x"
 
@@ -346,67 +344,65 @@ def _seed_curves(g, column: str):
             by[column].max().to_numpy(), by["cum_train_s"].mean().to_numpy())
 
 
-def plot_curves(g, colours: dict):
-    """One figure for one (source, device, dataset, batch, lr, ...) group: a row per model, columns loss
-    and accuracy against epoch and against training time."""
-    plt = _plt()
+def draw_curves(fig, g, colours: dict) -> None:
+    """Into ``fig`` (a Figure or SubFigure), for one (source, device, dataset, batch, lr, ...) group: per
+    model two rows, loss and accuracy (columns) against the epoch (first row) and the training time."""
+    from matplotlib.ticker import MaxNLocator, NullFormatter
+
     models = list(dict.fromkeys(g["model"]))
-    with plt.rc_context(FONTS):
-        fig, axes = plt.subplots(len(models), 4, figsize=(13.5, 3.0 * len(models) + 0.6), squeeze=False)
-        for row, model in zip(axes, models):
-            m = g[g["model"] == model]
-            target = float(m["target_acc"].iloc[0])
-            for (impl, variant), v in sorted(m.groupby(["impl", "variant"]),
-                                             key=lambda kv: (kv[0][0] != "custom", _variant_rank(kv[0][1]))):
-                who = "ours" if impl == "custom" else "PyTorch"
-                nseeds = v["seed"].nunique()
-                style = dict(color=colours[(impl, variant)], ls="-" if impl == "custom" else "--", lw=1.4,
-                             marker="o" if impl == "custom" else "s", ms=3)
-                label = f"{who} {variant} ({nseeds} seed{'s' if nseeds != 1 else ''})"
-                for col, (metric, scale) in enumerate((("train_loss", 1.0), ("test_acc", 100.0))):
-                    c = _seed_curves(v, metric)
-                    if c is None:
-                        continue
-                    ep, mean, lo, hi, t = c
-                    for ax, x in ((row[col], ep), (row[col + 2], t)):
-                        ax.plot(x, mean * scale, label=label, **style)
-                        ax.fill_between(x, lo * scale, hi * scale, color=style["color"], alpha=0.18, lw=0)
-            for col in range(4):
-                ax = row[col]
+    axes = fig.subplots(2 * len(models), 2, squeeze=False)
+    for i, model in enumerate(models):
+        panels = axes[2 * i:2 * i + 2]          # [row: epoch | time][column: loss | accuracy]
+        m = g[g["model"] == model]
+        target = float(m["target_acc"].iloc[0])
+        for (impl, variant), v in sorted(m.groupby(["impl", "variant"]),
+                                         key=lambda kv: (kv[0][0] != "custom", _variant_rank(kv[0][1]))):
+            who = "ours" if impl == "custom" else "PyTorch"
+            nseeds = v["seed"].nunique()
+            style = dict(color=colours[(impl, variant)], ls="-" if impl == "custom" else "--", lw=1.4,
+                         marker="o" if impl == "custom" else "s", ms=3)
+            label = f"{who} {variant} ({nseeds} seed{'s' if nseeds != 1 else ''})"
+            for col, (metric, scale) in enumerate((("train_loss", 1.0), ("test_acc", 100.0))):
+                c = _seed_curves(v, metric)
+                if c is None:
+                    continue
+                ep, mean, lo, hi, t = c
+                for row, x in ((0, ep), (1, t)):
+                    ax = panels[row][col]
+                    ax.plot(x, mean * scale, label=label, **style)
+                    ax.fill_between(x, lo * scale, hi * scale, color=style["color"], alpha=0.18, lw=0)
+        for row in range(2):
+            for col in range(2):
+                ax = panels[row][col]
                 ax.grid(True, which="both", alpha=0.3)
-                ax.set_xlabel("epoch" if col < 2 else "training time (s, cumulative, device-synchronised)")
-                if col >= 2:
+                ax.set_xlabel("epoch" if row == 0 else "training time (s)")
+                if row == 1:
                     ax.set_xscale("log")    # implementations can differ by 10-100x in time
-                if col % 2 == 0:
+                    ax.xaxis.set_minor_formatter(NullFormatter())     # minor labels collide within a decade
+                else:
+                    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                if col == 0:
                     ax.set_yscale("log")
                     ax.set_ylabel("training loss (epoch mean)")
                 else:
                     ax.axhline(100.0 * target, color="0.3", lw=0.8, ls=":")
                     ax.set_ylabel("test accuracy (%)")
-                ax.set_title(f"{model}: {'loss' if col % 2 == 0 else 'accuracy'} vs "
-                             f"{'epoch' if col < 2 else 'time'}")
-            row[1].legend(loc="lower right")
-        first = g.iloc[0]
-        fig.suptitle(f"training on {first['dataset']}, {first['device']} ({first['device_name']}), batch "
-                     f"{first['batch']}, lr {first['lr']}, momentum {first['momentum']}: mean over seeds, band = "
-                     f"min..max; dotted line: target {float(first['target_acc']):.0%}", fontsize=10)
-        fig.tight_layout()
-    return fig
+                ax.set_title(f"{model}: {'loss' if col == 0 else 'accuracy'} vs {'epoch' if row == 0 else 'time'}")
+        panels[0][1].legend(loc="lower right")
 
 
-def _save(fig, base: str) -> list[str]:
-    paths = []
-    for ext, kw in (("png", {"dpi": 150}), ("pdf", {})):
-        path = f"{base}.{ext}"
-        with atomic_write(path, binary=True) as fh:
-            fig.savefig(fh, format=ext, metadata={"Creator": None} if ext == "pdf" else {"Software": None},
-                        bbox_inches="tight", **kw)
-        paths.append(path)
-    return paths
+def _caption(g, multi: bool) -> str:
+    first = g.iloc[0]
+    where = f" [{first['source']}]" if multi else ""
+    return (f"Training on {first['dataset']}, {first['device']} ({first['device_name']}){where}, batch "
+            f"{first['batch']}, lr {first['lr']}, momentum {first['momentum']}: per model, the training loss and "
+            "the test accuracy against the epoch and against the cumulative training time (train steps only, "
+            "device-synchronised); ours solid, PyTorch dashed; the line is the mean over seeds, the band their "
+            f"range (min to max); dotted: the target accuracy {float(first['target_acc']):.0%}.")
 
 
-def figures(df):
-    """[(file base name, figure)] for every group of runs, in a stable order."""
+def figures(df) -> list[Plot]:
+    """A ``Plot`` of the training curves for every group of runs, in a stable order."""
     colours = _colours(df)
     multi = df["source"].nunique() > 1
     out, used = [], set()
@@ -418,68 +414,66 @@ def figures(df):
         while name in used:
             name, n = f"{base}_{n}", n + 1
         used.add(name)
-        out.append((name, plot_curves(g, colours)))
+        size = (FULL, 4.4 * g["model"].nunique() + 0.2)
+        out.append(Plot(name, _caption(g, multi), size, lambda fig, g=g: draw_curves(fig, g, colours)))
     return out
 
 
 # ================================================================================ putting it together
-def _text_pages(title: str, text: str, lines_per_page: int = 70):
-    plt = _plt()
-    lines = text.splitlines() or [""]
-    pages = []
-    for start in range(0, len(lines), lines_per_page):
-        fig = plt.figure(figsize=(11.69, 8.27))
-        fig.text(0.03, 0.97, title + (" (cont.)" if start else ""), fontsize=11, weight="bold", va="top")
-        fig.text(0.03, 0.93, "\n".join(lines[start:start + lines_per_page]), family="monospace", fontsize=8,
-                 va="top")
-        pages.append(fig)
-    return pages
+@dataclasses.dataclass
+class Section:
+    """The training part of a report, written to its folder: what ``add_pages`` draws into report.pdf."""
+    summary: str                   # runs and rows, one sentence
+    machines: str                  # the device names of the runs
+    groups: list                   # [(file stem, title, [Table])]: ``table_groups``
+    figures: list                  # [Plot]: ``figures``
+    files: dict                    # {file name: path} of every file written
+
+    @property
+    def latex_files(self) -> list[tuple[str, str]]:
+        """(section title, .tex stem) of each table file, for ``latex.report_tex``."""
+        return [(title, stem) for stem, title, _ in self.groups]
+
+    @property
+    def latex_figures(self) -> list[tuple[str, str]]:
+        """(.pdf stem, caption) of each curve figure, for ``latex.report_tex``."""
+        return [(p.name, p.caption) for p in self.figures]
 
 
-def section(inputs: list[str], out_dir: str) -> tuple[dict, list]:
-    """Write the training tables and plots of ``inputs`` into ``out_dir``; returns ({name: path}, the PDF
-    pages as matplotlib figures: tables first, then the curves). ({}, []) when no input has a train.csv."""
+def section(inputs: list[str], out_dir: str) -> Section | None:
+    """Write the training tables and plots of ``inputs`` into ``out_dir``; None when no input has a train.csv."""
     df = load(inputs)
     if df is None:
-        return {}, []
-    files: dict = {}
-    tabs = tables(df, out_dir)
-    for k, v in tabs.items():
-        files[f"{k}.md"], files[f"{k}.tex"] = v["md"], v["tex"]
+        return None
+    groups, files = tables(df, out_dir)
     counts = df.groupby(RUN, sort=False)["status"].last().value_counts().sort_index()
-    summary = [f"training runs: {int(counts.sum())} (" + ", ".join(f"{k}={v}" for k, v in counts.items()) + ")",
-               f"rows (run x epoch): {len(df)}", ""]
-    pages = []
-    for key in ("train_goal", "train_time_to_accuracy", "train_curve_gap"):
-        if key in tabs:
-            text = ("\n".join(summary) if not pages else "") + _wrap(tabs[key]["text"])
-            pages += _text_pages(f"Training: {key.removeprefix('train_').replace('_', ' ')}", text)
-    for name, fig in figures(df):
-        for path in _save(fig, os.path.join(out_dir, name)):
-            files[os.path.basename(path)] = path
-        pages.append(fig)
-    return files, pages
+    summary = (f"Training runs: {int(counts.sum())} (" + ", ".join(f"{v} {k}" for k, v in counts.items())
+               + f"); {len(df)} rows (run x epoch) from {', '.join(dict.fromkeys(df['source']))}.")
+    figs = figures(df)
+    for plot in figs:
+        files.update(save_plot(plot, out_dir))
+    machines = "; ".join(m for m in dict.fromkeys(df["device_name"]) if m) or "not recorded"
+    return Section(summary, machines, groups, figs, files)
 
 
-def _wrap(text: str, width: int = 190) -> str:
-    import textwrap
-
-    out = []
-    for line in text.splitlines():
-        out += textwrap.wrap(line, width) if not line.startswith("|") and len(line) > width else [line]
-    return "\n".join(out)
-
-
-def _pdf_date():
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    if epoch is not None:
-        return datetime.datetime.fromtimestamp(int(epoch), tz=datetime.timezone.utc)
-    return datetime.datetime.now(datetime.timezone.utc)
+def add_pages(doc: Doc, sec: Section, tables_before: int = 0, figures_before: int = 0) -> None:
+    """The training part of report.pdf: the summary, each table as table pages, then a captioned page per
+    curve figure; tables and figures numbered on from those of the document before them."""
+    doc.paragraph(sec.summary)
+    number = tables_before
+    for _, _, ts in sec.groups:
+        for t in ts:
+            number += 1
+            doc.table(t, number)
+    for i, plot in enumerate(sec.figures, figures_before + 1):
+        doc.plot_page(plot, i)
+    doc.close_page()
 
 
 def render(inputs: list[str], out_dir: str | None = None) -> dict:
     """The training report of ``inputs`` (folders with a train.csv and nothing else to report): tables,
-    plots and ``report.pdf`` in ``out_dir`` (default: the single input, or reports/compare-...)."""
+    plots, ``report_latex.tex`` and ``report.pdf`` in ``out_dir`` (default: the single input, or
+    reports/compare-...)."""
     from matplotlib.backends.backend_pdf import PdfPages
 
     if load(inputs) is None:
@@ -491,17 +485,20 @@ def render(inputs: list[str], out_dir: str | None = None) -> dict:
     if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
         raise TrainReportError(f"--out {out_dir}: is a file, not a folder; choose another --out")
     os.makedirs(out_dir, exist_ok=True)
-    files, pages = section(inputs, out_dir)
-    plt = _plt()
+    sec = section(inputs, out_dir)
+    files = dict(sec.files)
+    title = "cudnn-parity training report"
+    # NOTE: not report.tex: compiled in place, it would overwrite report.pdf
+    tex_path = os.path.join(out_dir, "report_latex.tex")
+    write_text(tex_path, latex.report_tex(title, sec.machines, sec.latex_files, sec.latex_figures))
+    files["report_latex.tex"] = tex_path
     pdf_path = os.path.join(out_dir, "report.pdf")
-    meta = {"Title": "cudnn-parity training report", "Author": "harness", "Creator": "harness report",
-            "CreationDate": _pdf_date()}
-    with atomic_write(pdf_path, binary=True) as fh, PdfPages(fh, metadata=meta) as pdf:
-        for fig in _text_pages("Training report", f"inputs: {', '.join(inputs)}"):
-            pdf.savefig(fig)
-            plt.close(fig)
-        for fig in pages:
-            pdf.savefig(fig, bbox_inches="tight")
-            plt.close(fig)
+    meta = {"Title": title, "Author": "harness", "Creator": "harness report", "CreationDate": pdf_date()}
+    with rc(), atomic_write(pdf_path, binary=True) as fh, PdfPages(fh, metadata=meta) as pdf:
+        doc = Doc(pdf, title)
+        doc.new_page()
+        doc.heading(title, 15)
+        doc.paragraph(f"Results: {', '.join(inputs)}. Machines: {sec.machines}.")
+        add_pages(doc, sec)
     files["pdf"] = pdf_path
     return files
