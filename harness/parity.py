@@ -27,6 +27,12 @@ Every row is compared with the float64 oracle (harness/workloads.py). Per precis
   cuBLAS / cuDNN may run an op in FP32 despite the flags (algorithms without a TF32 variant, small
   problems), and holding ours to 2x an FP32 error would hold a TF32 kernel to FP32. One u is what a
   correctly rounded product sum of random data shows (sqrt(2/3) u, see above); 2x that is the bar then.
+  A model row's floor is also the **rounded-operand oracle** (``reference_impl.build(..., dtype="float64",
+  operand_rounding=...)``: exact sums of operands rounded to the precision): where a pooling window or a
+  ReLU sits within the rounding of a tie, rounding alone routes a gradient elsewhere, an error far above
+  u that a correct implementation shows as well (reference_impl/rounding.py has the measurements: on
+  digits-cnn the oracle and our TF32 kernels both show 0.0555, PyTorch, FP32 in cuDNN there, 4e-4). A
+  model row of ours passes at 2x that oracle's error even where it is above the precision's bar.
 """
 from __future__ import annotations
 
@@ -58,29 +64,41 @@ def precision_tolerance(precision: str, fp32_tol: float, layers: int = 1, model:
     return fp32_tol + LAYER_ROUNDING_FACTOR * u
 
 
-def torch_bar(precision: str, torch_err: float) -> float:
-    """The most a row of ours at ``precision`` may be off when PyTorch's error there is ``torch_err``:
-    TORCH_FACTOR x max(torch_err, u) (module docstring)."""
-    return TORCH_FACTOR * max(float(torch_err), UNIT_ROUNDOFF[precision])
+def torch_bar(precision: str, torch_err: float, rounding_err: float | None = None) -> float:
+    """The most a row of ours at ``precision`` may be off when PyTorch's error there is ``torch_err`` and
+    the rounded-operand oracle's ``rounding_err`` (None for a layer row): TORCH_FACTOR x the largest of
+    the two and u (module docstring)."""
+    floor = max(float(torch_err), UNIT_ROUNDOFF[precision], float(rounding_err or 0.0))
+    return TORCH_FACTOR * floor
 
 
-def judge(err: float, tol: float, precision: str = "fp32", torch_err: float | None = None) -> tuple[bool, float, str]:
+def judge(err: float, tol: float, precision: str = "fp32", torch_err: float | None = None,
+          rounding_err: float | None = None) -> tuple[bool, float, str]:
     """(ok, the bar applied, why it failed or "") for a row with error ``err`` against tolerance ``tol``;
-    ``torch_err`` (rows of ours at tf32 / bf16): PyTorch's error on the same inputs at that precision.
+    ``torch_err`` (rows of ours at tf32 / bf16): PyTorch's error on the same inputs at that precision;
+    ``rounding_err`` (model rows of ours at tf32 / bf16): the rounded-operand oracle's error there. The
+    bar is ``tol``, or 2x the largest of PyTorch's error, the oracle's and u where that is lower; and at
+    least 2x the oracle's, which a correct implementation shows, even where that is above ``tol``.
 
     >>> judge(3e-3, 5e-2, "bf16", torch_err=1e-3)[0]   # within 2x max(PyTorch's error, 2^-8)
     True
     >>> judge(2e-2, 5e-2, "bf16", torch_err=1e-3)[0]   # under the bar, but 20x PyTorch's error
     False
+    >>> judge(5e-2, 3e-2, "tf32", torch_err=4e-4, rounding_err=5.5e-2)[0]   # PyTorch ran FP32 there
+    True
     """
     bar = tol
     if torch_err is not None and precision != "fp32":
-        if not math.isfinite(torch_err):
-            return False, bar, f"PyTorch's {precision} error could not be measured ({torch_err})"
-        bar = min(tol, torch_bar(precision, torch_err))
+        if not math.isfinite(torch_err) or (rounding_err is not None and not math.isfinite(rounding_err)):
+            return False, bar, f"PyTorch's {precision} error could not be measured ({torch_err}, {rounding_err})"
+        bar = min(tol, torch_bar(precision, torch_err, rounding_err))
+        if rounding_err is not None:
+            bar = max(bar, TORCH_FACTOR * rounding_err)
     if err is None or not err <= bar:
-        if bar < tol:
+        if bar != tol:
             return False, bar, (f"rel err {err:.3g} > {bar:.3g} = {TORCH_FACTOR}x max(PyTorch's {precision} error "
-                                f"{torch_err:.3g}, u = {UNIT_ROUNDOFF[precision]:.3g})")
+                                f"{torch_err:.3g}, the rounded-operand oracle's "
+                                f"{'-' if rounding_err is None else f'{rounding_err:.3g}'}, "
+                                f"u = {UNIT_ROUNDOFF[precision]:.3g})")
         return False, bar, f"rel err {err:.3g} > {tol:g}"
     return True, bar, ""

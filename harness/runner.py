@@ -83,8 +83,9 @@ def _measure_row(job: Job, row: Row, cases: _Cases, settings: dict, peak_tflops:
         prep = case.prepare(job)
         against, err = case.parity(job, prep.fn)
         tol = layer_tolerance(job)
-    # rows of ours at tf32 / bf16 are also held to 2x PyTorch's error at that precision (parity.judge)
-    ok, bar, why = judge(err, tol, job.precision, case.torch_error(job))
+    # rows of ours at tf32 / bf16 are also held to 2x PyTorch's error at that precision, or 2x the
+    # rounded-operand oracle's where that is larger (parity.judge)
+    ok, bar, why = judge(err, tol, job.precision, case.torch_error(job), case.rounding_error(job))
     row.flops = prep.flops
     row.parity_against = against
     row.parity_rel_err = err

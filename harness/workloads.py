@@ -270,6 +270,7 @@ class ModelCase:
         self.x, self.y = _model_data(self.spec, batch, self.seed)
         self._baseline: dict[tuple, list] = {}
         self._torch_err: dict[tuple, float] = {}
+        self._rounding_err: dict[tuple, float] = {}
 
     def flops(self, phase: str) -> int:
         return self.spec.flops(self.batch, "forward" if phase == "inference" else phase)
@@ -296,6 +297,19 @@ class ModelCase:
     def _error(self, phase: str, got: list) -> float:
         norm = "max" if phase == "inference" else "fro"   # see MODEL_GRAD_RTOL
         return rel_err(got, self.baseline(phase), norm)
+
+    def rounding_error(self, job: Job) -> float | None:
+        """The rounded-operand oracle's error at the row's precision, same inputs (``reference_impl.build(...,
+        dtype="float64", operand_rounding=...)``, run once untimed, cached): what exact sums of operands
+        rounded to tf32 / bf16 show, the other floor of ``parity.judge``; None for fp32 rows and PyTorch's."""
+        if job.impl != "custom" or job.precision == "fp32":
+            return None
+        key = (job.phase, job.precision)
+        if key not in self._rounding_err:
+            m = _build("reference", self.spec, job.device, self.seed, dtype="float64", operand_rounding=job.precision)
+            got = _model_outputs(m, job.phase, self.x, self.y, self.lr, self.momentum)
+            self._rounding_err[key] = self._error(job.phase, got)
+        return self._rounding_err[key]
 
     def torch_error(self, job: Job) -> float | None:
         """PyTorch's error against the oracle at the row's precision, same inputs (its eager model, run once
@@ -598,6 +612,10 @@ class LayerCase:
         prec = {} if job.precision == "fp32" else {"precision": job.precision}
         ops = custom_impl.layer_ops(job.device)
         return lambda: ops.conv2d_algorithm(job.phase, x_shape, w_shape, p["stride"], p["padding"], **prec) or ""
+
+    def rounding_error(self, job: Job) -> None:
+        """A layer row has no rounded-operand floor: one product sum's rounding is ~u (``parity.judge``)."""
+        return None
 
     def torch_error(self, job: Job) -> float | None:
         """PyTorch's error against the oracle at the row's precision on the same inputs (run once, untimed,

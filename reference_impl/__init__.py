@@ -99,7 +99,7 @@ def jax_unavailable(device: str = "cpu") -> str | None:
 
 
 def build(spec, device: str = "cpu", seed: int = 0, dtype: str = "float32", framework: str = "torch",
-          precision: str = "fp32"):
+          precision: str = "fp32", operand_rounding: str | None = None):
     """Build the reference model for ``spec`` (ModelSpec, dict, zoo name or .toml/.json path) on ``device``.
 
     Parameters come from ``spec.init_params(seed)``, identical to ``custom_impl.build(spec, seed=seed)``.
@@ -108,6 +108,9 @@ def build(spec, device: str = "cpu", seed: int = 0, dtype: str = "float32", fram
     oracle: the same network and parameters in float64; every method then takes and returns float64).
     ``precision``: "fp32" (default), "tf32" or "bf16" (GPU only, float32 torch models only; module
     docstring); the model's ``precision`` attribute says which.
+    ``operand_rounding``: "tf32" or "bf16" with dtype "float64" (framework "torch"): the rounded-operand
+    oracle, whose conv and dense products read operands rounded to that precision and sum exactly
+    (``reference_impl/rounding.py``): the error a correct tensor-core implementation is expected to show.
     framework "jax": a ``jax_model.JaxModel``, the same contract with every phase one ``jax.jit``-compiled
     XLA function (float32 and precision "fp32" only; needs JAX: ``pip install -e ".[jax]"``).
 
@@ -130,6 +133,13 @@ def build(spec, device: str = "cpu", seed: int = 0, dtype: str = "float32", fram
     if framework == "jax" and precision != "fp32":
         raise ValueError(f"framework 'jax' runs precision 'fp32' only (lax.Precision.HIGHEST), got {precision!r}; "
                          "tf32 / bf16 references are the PyTorch model: framework='torch'")
+    if operand_rounding is not None:
+        from .rounding import OPERAND_ROUNDINGS
+
+        if operand_rounding not in OPERAND_ROUNDINGS or dtype != "float64" or framework != "torch":
+            raise ValueError(f"operand_rounding={operand_rounding!r}: the rounded-operand oracle takes one of "
+                             f"{', '.join(map(repr, OPERAND_ROUNDINGS))} with dtype='float64' and framework='torch' "
+                             f"(got dtype={dtype!r}, framework={framework!r})")
     spec = modelspec.load(spec)
     if framework == "jax":
         if device not in DEVICES:
@@ -155,4 +165,4 @@ def build(spec, device: str = "cpu", seed: int = 0, dtype: str = "float32", fram
                          "'fp32' only: use precision='fp32', or device='gpu'")
     _set_precision(torch_device)
     return ReferenceModel(spec, device=device, torch_device=torch_device, seed=seed, dtype=dtype,
-                          precision=precision)
+                          precision=precision, operand_rounding=operand_rounding)

@@ -82,7 +82,7 @@ class ReferenceModel:
     framework = "torch"
 
     def __init__(self, spec, device: str, torch_device: str, seed: int = 0, dtype: str = "float32",
-                 precision: str = "fp32"):
+                 precision: str = "fp32", operand_rounding: str | None = None):
         self.spec = spec
         self.precision = precision
         self.device = device
@@ -92,6 +92,11 @@ class ReferenceModel:
         with torch.device("meta"):   # no throw-away random init; parameters come from the spec below
             net = nn.Sequential(*[_module(layer) for layer in spec.layers])
         self.net = net.to_empty(device=self.torch_device).to(self.dtype)
+        self.operand_rounding = operand_rounding
+        if operand_rounding is not None:
+            from .rounding import round_operands
+
+            round_operands(self.net, operand_rounding)
         self.params = dict(self.net.named_parameters())
         self._write(self._validated(spec.init_params(seed)))
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=0.0, momentum=0.0)

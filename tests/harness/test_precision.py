@@ -128,6 +128,13 @@ def test_judge_holds_ours_to_twice_pytorch():
     assert parity.judge(5e-5, 1e-4, "fp32", torch_err=1e-9)[0]
     assert not parity.judge(math.nan, 1e-4)[0] and not parity.judge(math.inf, 1e-4)[0]
     assert not parity.judge(1e-3, 5e-2, "tf32", torch_err=math.inf)[0]
+    # a model row: PyTorch ran FP32 (4e-4), the rounded-operand oracle shows 0.0555: ours is held to 2x the
+    # oracle, even above the precision's bar (3e-2 here)
+    assert parity.judge(0.0555, 3e-2, "tf32", torch_err=4e-4, rounding_err=0.0555) == (True, pytest.approx(0.111), "")
+    ok, bar, why = parity.judge(0.12, 3e-2, "tf32", torch_err=4e-4, rounding_err=0.0555)
+    assert not ok and "rounded-operand oracle's 0.0555" in why
+    # a small oracle error changes nothing: 2x PyTorch's error stays the bar
+    assert parity.judge(1.3e-2, 5e-2, "bf16", torch_err=6e-3, rounding_err=1e-3)[1] == pytest.approx(1.2e-2)
 
 
 def _suite(**section):

@@ -3,7 +3,8 @@ the float64 oracle, with the harness's own parity rules (harness/parity.py, reas
 
 - each side's error must stay under the precision's bar (``precision_tolerance``: the FP32 tolerance plus
   48 u sqrt(L) for a model with L layers with parameters), and
-- ours must also stay within 2x max(PyTorch's error, u) (``judge``), u the unit roundoff of the precision.
+- ours must also stay within 2x max(PyTorch's error, the rounded-operand oracle's error, u) (``judge``), u
+  the unit roundoff of the precision.
 
 And training: the digits models reach >= 95% test accuracy in every precision, ours and PyTorch's
 (the settings of tests/test_digits.py).
@@ -50,7 +51,7 @@ def test_model_against_float64_and_pytorch(cases, name, phase, precision):
     torch_err = case.torch_error(ours)
     assert torch_err is not None and torch_err <= tol, (
         f"{name} {phase} {precision}: PyTorch's error {torch_err:.3g} is over the bar {tol:.3g} itself")
-    ok, bar, why = judge(err, tol, precision, torch_err)
+    ok, bar, why = judge(err, tol, precision, torch_err, case.rounding_error(ours))
     assert ok, f"{name} {phase} {precision}: ours {why} (PyTorch {torch_err:.3g}, bar {tol:.3g})"
     # the precision really changed what ran: a model with dense layers is no longer FP32-exact
     has_dense = any(layer.type == "dense" for layer in case.spec.layers)
