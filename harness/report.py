@@ -27,7 +27,6 @@ in the same folder, fsync, rename), so a kill leaves the previous file or the ne
 """
 from __future__ import annotations
 
-import datetime
 import math
 import os
 import sys
@@ -38,11 +37,8 @@ from . import env as envmod
 from . import latex, pdfdoc, plots, roofline, speedups, tables
 from .io import DamagedFile, atomic_write, read_bytes, read_csv_records, read_json_object, write_text
 from .labels import machine_key, machine_label
+from .rendering import ReportError, pdf_date, save_plot, write_tables
 from .results import COLUMNS, read_results
-
-
-class ReportError(ValueError):
-    """An input that cannot be read (the message names it and says what is expected)."""
 
 
 NUMERIC = ("batch", "median_ms", "iqr_ms", "min_ms", "repeats", "inner_loops", "samples_per_s", "flops", "tflops",
@@ -323,50 +319,10 @@ def find_targets(inputs: list[str], labels: list[str], envs: dict) -> tuple[dict
 
 
 # ============================================================================ rendering
-def pdf_date():
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    if epoch is not None:
-        return datetime.datetime.fromtimestamp(int(epoch), tz=datetime.timezone.utc)
-    return datetime.datetime.now(datetime.timezone.utc)
-
-
 def _slug(text: str) -> str:
     import re
 
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:40] or "x"
-
-
-def write_tables(out_dir: str, groups: list) -> dict:
-    """Per group ``(file stem, title, [Table])``: ``<stem>.md`` (the title as a heading, then each table in
-    Markdown) and ``<stem>.tex`` (the tables in LaTeX, for ``\\input``); returns {file name: path}."""
-    try:
-        import jinja2  # noqa: F401  (pandas' Styler.to_latex needs it; torch installs it too)
-    except ImportError:
-        raise ReportError("the LaTeX tables need jinja2 (pandas' Styler): pip install jinja2") from None
-    files = {}
-    for stem, title, ts in groups:
-        md_path, tex_path = os.path.join(out_dir, f"{stem}.md"), os.path.join(out_dir, f"{stem}.tex")
-        write_text(md_path, f"# {title}\n\n" + "\n".join(tables.markdown(t) for t in ts))
-        write_text(tex_path, latex.file_text(ts))
-        files[f"{stem}.md"], files[f"{stem}.tex"] = md_path, tex_path
-    return files
-
-
-def save_plot(plot, out_dir: str) -> dict:
-    """``<name>.png`` and vector ``<name>.pdf`` of a ``plots.Plot`` at its size; returns {file name: path}."""
-    from matplotlib.figure import Figure
-
-    paths = {}
-    with plots.rc():
-        fig = Figure(figsize=plot.size, layout="constrained")
-        plot.draw(fig)
-        for ext, kw in (("png", {"dpi": 200, "metadata": {"Software": None}}),
-                        ("pdf", {"metadata": {"CreationDate": None, "Creator": "harness report"}})):
-            path = os.path.join(out_dir, f"{plot.name}.{ext}")
-            with atomic_write(path, binary=True) as fh:
-                fig.savefig(fh, format=ext, **kw)
-            paths[f"{plot.name}.{ext}"] = path
-    return paths
 
 
 def _figures(df, pairs, envs, peak_tflops) -> list:

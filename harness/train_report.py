@@ -5,7 +5,7 @@ Nothing here trains or runs a kernel. Inputs are results folders holding a ``tra
 side by side (a ``source`` each).
 
 Outputs (in the report folder, every file written atomically), made like the rest of the report's: each
-table a ``tables.Table`` written by ``report.write_tables`` (Markdown, and LaTeX through ``harness.latex``)
+table a ``tables.Table`` written by ``rendering.write_tables`` (Markdown, and LaTeX through ``harness.latex``)
 and drawn on table pages of report.pdf (``harness.pdfdoc``), each figure a ``plots.Plot``:
 
 - ``train_<device>_<dataset>_b<batch>.png`` and ``.pdf``: per model, training loss and test accuracy
@@ -37,7 +37,7 @@ from . import latex
 from .io import DamagedFile, atomic_write, write_text
 from .pdfdoc import Doc
 from .plots import FULL, Plot, rc
-from .report import pdf_date, save_plot, write_tables
+from .rendering import pdf_date, save_plot, write_tables
 from .tables import Col, Table, fmt_num
 from .train import TRAIN_COLUMNS, TRAIN_CSV, read_train
 
