@@ -1,0 +1,145 @@
+"""Backward-data of a strided 1x1 convolution as a stride-1 one plus a scatter, against "auto" and cuDNN.
+
+A 1x1 conv with stride (sh, sw) and no padding reads x only at h = p*sh, w = q*sw, so its input gradient is
+zero elsewhere and, at those pixels, the backward-data of a 1x1 stride-1 conv over an (N, C, P, Q) input:
+
+    dxc = conv2d_backward_data(dy, W, (N, C, P, Q), stride 1, padding 0)     # one GEMM, C x N*P*Q over K
+    dx = 0;  dx[:, :, ::sh, ::sw] = dxc
+
+The implicit GEMM runs it as one GEMM per stride phase, without split-K (implicit_gemm.data_plan), and
+writes dx at stride sw along w; on the H100 (2026-12-06, the networks suite) such rows ran at 0.35-0.42 of
+cuDNN (1x1/2 256->512 at 56x56, N=64: 1.45 ms against 0.51). This probe times the decomposition (the
+stride-1 call takes every plan the product has for it, split-K included), checks it against PyTorch in
+float64, and prints a table; it changes nothing in the product.
+
+    python3 lab/conv/strided_1x1_dgrad_probe.py              # GPU: the networks suite's strided 1x1 rows
+    python3 lab/conv/strided_1x1_dgrad_probe.py --cpu-check  # CPU: the decomposition's result only
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+import custom_impl
+
+# (N, C, H, W, K, stride): ResNet-50's 1x1 stride-2 downsample shortcuts (the networks suite)
+SHAPES = [
+    (16, 256, 56, 56, 512, 2), (64, 256, 56, 56, 512, 2),
+    (16, 512, 28, 28, 1024, 2), (64, 512, 28, 28, 1024, 2),
+    (16, 1024, 14, 14, 2048, 2), (64, 1024, 14, 14, 2048, 2),
+]
+
+
+def decomposed(ops, xp, dy, W, x_shape, stride, dx=None):
+    """dx of a 1x1 conv with ``stride`` and no padding, through a stride-1 backward-data and a scatter."""
+    N, C, H, Wd = x_shape
+    sh, sw = stride
+    P, Q = dy.shape[2:]
+    dxc = ops.conv2d_backward_data(dy, W, (N, C, P, Q), 1, 0)
+    if dx is None:
+        dx = xp.empty(x_shape, dtype=xp.float32)
+    dx.fill(0)
+    dx[:, :, : P * sh : sh, : Q * sw : sw] = dxc
+    return dx
+
+
+def _reference64(dy, W, x_shape, stride):
+    dy64 = torch.from_numpy(np.asarray(dy, np.float64))
+    W64 = torch.from_numpy(np.asarray(W, np.float64))
+    return torch.nn.grad.conv2d_input(x_shape, W64, dy64, stride, 0).numpy()
+
+
+def _data(shape, seed=0):
+    N, C, H, Wd, K, s = shape
+    P, Q = (H - 1) // s + 1, (Wd - 1) // s + 1
+    rng = np.random.default_rng(seed)
+    dy = rng.standard_normal((N, K, P, Q), dtype=np.float32)
+    W = (rng.standard_normal((K, C, 1, 1), dtype=np.float32) / np.float32(np.sqrt(K)))
+    return dy, W, (N, C, H, Wd), (s, s)
+
+
+def _rel(a, b) -> float:
+    return float(np.abs(np.asarray(a, np.float64) - b).max() / np.abs(b).max())
+
+
+def cpu_check() -> None:
+    ops = custom_impl.layer_ops("cpu")
+    for shape in [(3, 5, 9, 11, 7, 2), (2, 4, 8, 8, 6, 3), (1, 3, 7, 10, 4, 2)]:
+        dy, W, x_shape, stride = _data(shape)
+        got = decomposed(ops, np, dy, W, x_shape, stride)
+        want = _reference64(dy, W, x_shape, stride)
+        err = _rel(got, want)
+        print(f"{shape}: rel err {err:.3g}")
+        assert err < 1e-5, shape     # float32 sums of K <= 7 products: ~1e-7
+
+
+def _time(fn, reps=20) -> float:
+    """Least of 3 rounds of ``reps`` back-to-back calls, ms per call (CUDA events on CuPy's stream)."""
+    import cupy
+
+    for _ in range(3):
+        fn()
+    cupy.cuda.Device().synchronize()
+    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+    best = float("inf")
+    for _ in range(3):
+        start.record()
+        for _ in range(reps):
+            fn()
+        stop.record()
+        stop.synchronize()
+        best = min(best, cupy.cuda.get_elapsed_time(start, stop) / reps)
+    return best
+
+
+def gpu_probe() -> None:
+    import cupy
+
+    ops = custom_impl.layer_ops("gpu")
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
+    print("| shape (N, C, HxW, K, stride) | auto ms (algorithm) | stride-1 + scatter ms | cuDNN ms | rel err |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for shape in SHAPES:
+        dy, W, x_shape, stride = _data(shape)
+        gdy, gW = cupy.asarray(dy), cupy.asarray(W)
+        dx = cupy.empty(x_shape, dtype=cupy.float32)
+        auto = _time(lambda: ops.conv2d_backward_data(gdy, gW, x_shape, stride, 0, dx=dx))
+        algo = ops.conv2d_algorithm("backward_data", x_shape, W.shape, stride, 0)
+        dec = _time(lambda: decomposed(ops, cupy, gdy, gW, x_shape, stride, dx))
+        got = cupy.asnumpy(decomposed(ops, cupy, gdy, gW, x_shape, stride))
+        err = _rel(got, _reference64(dy, W, x_shape, stride))
+        tdy, tW = torch.from_numpy(dy).cuda(), torch.from_numpy(W).cuda()
+        ref = _time_torch(lambda: torch.nn.grad.conv2d_input(x_shape, tW, tdy, stride, 0))
+        N, C, H, Wd, K, s = shape
+        print(f"| {N}, {C}, {H}x{Wd}, {K}, {s} | {auto:.3f} ({algo}) | {dec:.3f} | {ref:.3f} | {err:.2g} |")
+
+
+def _time_torch(fn, reps=20) -> float:
+    """Like ``_time``, with CUDA events on PyTorch's stream."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    best = float("inf")
+    for _ in range(3):
+        start.record()
+        for _ in range(reps):
+            fn()
+        stop.record()
+        stop.synchronize()
+        best = min(best, start.elapsed_time(stop) / reps)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cpu-check", action="store_true", help="check the decomposition on the CPU, time nothing")
+    args = ap.parse_args()
+    cpu_check() if args.cpu_check else gpu_probe()
+
+
+if __name__ == "__main__":
+    main()
