@@ -514,9 +514,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_env)
 
     t = sub.add_parser("targets", help="measure the performance targets and write DIR/targets.csv",
-                       description="Run exactly the rows the performance targets need, write DIR/targets.csv "
-                                   "(target, measured, goal, met), the rows in DIR/results.csv, and print the "
-                                   "table. On a CPU-only machine the GPU targets are written as not measured.")
+                       description="Run exactly the rows the performance targets need (the targets suite, then "
+                                   "on the GPU the networks suite), write DIR/targets.csv (target, measured, goal, "
+                                   "met), the rows in DIR/results.csv, and print the table. A run stopped by the "
+                                   "suite's time limit resumes when run again. On a CPU-only machine the GPU "
+                                   "targets are written as not measured.")
     t.add_argument("--out", metavar="DIR", help="output folder (default: reports/targets-<device name>)")
     t.add_argument("--device", default="auto", choices=devs, help=DEVICE_HELP["targets"])
     t.add_argument("--peak-tflops", type=float, metavar="TFLOPS",
