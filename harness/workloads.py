@@ -269,8 +269,7 @@ class ModelCase:
         self.momentum = float(settings.get("momentum", 0.9))
         self.x, self.y = _model_data(self.spec, batch, self.seed)
         self._baseline: dict[tuple, list] = {}
-        self._torch_err: dict[tuple, float] = {}
-        self._rounding_err: dict[tuple, float] = {}
+        self._reference_err: dict[tuple, float] = {}   # (which, phase, precision) -> error (_reference_error)
 
     def flops(self, phase: str) -> int:
         return self.spec.flops(self.batch, "forward" if phase == "inference" else phase)
@@ -302,27 +301,25 @@ class ModelCase:
         """The rounded-operand oracle's error at the row's precision, same inputs (``reference_impl.build(...,
         dtype="float64", operand_rounding=...)``, run once untimed, cached): what exact sums of operands
         rounded to tf32 / bf16 show, the other floor of ``parity.judge``; None for fp32 rows and PyTorch's."""
-        if job.impl != "custom" or job.precision == "fp32":
-            return None
-        key = (job.phase, job.precision)
-        if key not in self._rounding_err:
-            m = _build("reference", self.spec, job.device, self.seed, dtype="float64", operand_rounding=job.precision)
-            got = _model_outputs(m, job.phase, self.x, self.y, self.lr, self.momentum)
-            self._rounding_err[key] = self._error(job.phase, got)
-        return self._rounding_err[key]
+        return self._reference_error(job, "rounded", dtype="float64", operand_rounding=job.precision)
 
     def torch_error(self, job: Job) -> float | None:
         """PyTorch's error against the oracle at the row's precision, same inputs (its eager model, run once
         untimed, cached): what a row of ours at tf32 / bf16 is judged against (``parity.judge``); None for
         fp32 rows and PyTorch's own."""
+        return self._reference_error(job, "torch", precision=job.precision)
+
+    def _reference_error(self, job: Job, which: str, **options) -> float | None:
+        """The error against the float64 oracle of the reference built with ``options``, for a row of ours at
+        tf32 / bf16 (cached per ``which``, phase and precision); None for other rows."""
         if job.impl != "custom" or job.precision == "fp32":
             return None
-        key = (job.phase, job.precision)
-        if key not in self._torch_err:
-            m = _build("reference", self.spec, job.device, self.seed, precision=job.precision)
+        key = (which, job.phase, job.precision)
+        if key not in self._reference_err:
+            m = _build("reference", self.spec, job.device, self.seed, **options)
             got = _model_outputs(m, job.phase, self.x, self.y, self.lr, self.momentum)
-            self._torch_err[key] = self._error(job.phase, got)
-        return self._torch_err[key]
+            self._reference_err[key] = self._error(job.phase, got)
+        return self._reference_err[key]
 
     def _variant_outputs(self, job: Job) -> list:
         m = self._fresh(job)
