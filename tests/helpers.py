@@ -45,8 +45,13 @@ GRAD_TOL = (1e-3, 3e-4)
 # parameters after 20 momentum steps: each step adds lr * (a velocity that sums all earlier gradients), so
 #   gradient differences accumulate over the steps and feed back through the changed weights; the
 #   parameters themselves stay close to their initial scale, so the same relative figure as the gradients
-#   applies to the *update*; relative to the parameter scale it is far smaller. 1e-4 of the scale.
-PARAM_TOL = (1e-4, 1e-4)
+#   applies to the *update*; relative to the parameter scale it is far smaller. A ReLU near-tie (below)
+#   that switches one hidden unit in one step moves that unit's row and column of the neighbouring weights
+#   by up to lr/(1-momentum) * |dy * x|: measured on an H100, JAX vs PyTorch, mlp-deep N=29 after 20 steps,
+#   24 of 1,048,576 entries of '2.weight' differed by up to 2.2e-4 of the scale (7.3e-6 of 0.0324), every
+#   other entry by < 1e-4. 5e-4 of the scale keeps a 2x margin over that; the update-norm check below
+#   (1e-3 of the whole update) stays the tight test of the optimizer.
+PARAM_TOL = (1e-4, 5e-4)
 # the loss returned by each training step: it is computed from the drifting parameters above: 1e-4.
 STEP_LOSS_TOL = (1e-4, 1e-4)
 
