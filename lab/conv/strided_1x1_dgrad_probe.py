@@ -10,7 +10,9 @@ The implicit GEMM runs it as one GEMM per stride phase, without split-K (implici
 writes dx at stride sw along w; on the H100 (2026-12-06, the networks suite) such rows ran at 0.35-0.42 of
 cuDNN (1x1/2 256->512 at 56x56, N=64: 1.45 ms against 0.51). This probe times the decomposition (the
 stride-1 call takes every plan the product has for it, split-K included), checks it against PyTorch in
-float64, and prints a table; it changes nothing in the product.
+float64, and prints a table. The decomposition is now the product's "strided_1x1" algorithm
+(custom_impl/gpu/conv/strided_1x1.py); the GPU table times it by name beside the implicit GEMM, "auto"
+and cuDNN.
 
     python3 lab/conv/strided_1x1_dgrad_probe.py              # GPU: the networks suite's strided 1x1 rows
     python3 lab/conv/strided_1x1_dgrad_probe.py --cpu-check  # CPU: the decomposition's result only
@@ -94,26 +96,29 @@ def _time(fn, reps=20) -> float:
 
 
 def gpu_probe() -> None:
+    """The product's implicit GEMM and its "strided_1x1" algorithm (the decomposition above, with a fused
+    zero-and-scatter kernel) by name, "auto" (which times both), and cuDNN."""
     import cupy
 
     ops = custom_impl.layer_ops("gpu")
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cudnn.benchmark = True
-    print("| shape (N, C, HxW, K, stride) | auto ms (algorithm) | stride-1 + scatter ms | cuDNN ms | rel err |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    print("| shape (N, C, HxW, K, stride) | implicit_gemm ms | strided_1x1 ms | auto ms (algorithm) | cuDNN ms | rel err |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for shape in SHAPES:
         dy, W, x_shape, stride = _data(shape)
         gdy, gW = cupy.asarray(dy), cupy.asarray(W)
         dx = cupy.empty(x_shape, dtype=cupy.float32)
-        auto = _time(lambda: ops.conv2d_backward_data(gdy, gW, x_shape, stride, 0, dx=dx))
-        algo = ops.conv2d_algorithm("backward_data", x_shape, W.shape, stride, 0)
-        dec = _time(lambda: decomposed(ops, cupy, gdy, gW, x_shape, stride, dx))
-        got = cupy.asnumpy(decomposed(ops, cupy, gdy, gW, x_shape, stride))
+        ms = {algo: _time(lambda: ops.conv2d_backward_data(gdy, gW, x_shape, stride, 0, dx=dx, algo=algo))
+              for algo in ("implicit_gemm", "strided_1x1", "auto")}
+        chosen = ops.conv2d_algorithm("backward_data", x_shape, W.shape, stride, 0)
+        got = cupy.asnumpy(ops.conv2d_backward_data(gdy, gW, x_shape, stride, 0, algo="strided_1x1"))
         err = _rel(got, _reference64(dy, W, x_shape, stride))
         tdy, tW = torch.from_numpy(dy).cuda(), torch.from_numpy(W).cuda()
         ref = _time(lambda: torch.nn.grad.conv2d_input(x_shape, tW, tdy, stride, 0))
         N, C, H, Wd, K, s = shape
-        print(f"| {N}, {C}, {H}x{Wd}, {K}, {s} | {auto:.3f} ({algo}) | {dec:.3f} | {ref:.3f} | {err:.2g} |")
+        print(f"| {N}, {C}, {H}x{Wd}, {K}, {s} | {ms['implicit_gemm']:.3f} | {ms['strided_1x1']:.3f} | "
+              f"{ms['auto']:.3f} ({chosen}) | {ref:.3f} | {err:.2g} |")
 
 
 def main() -> None:

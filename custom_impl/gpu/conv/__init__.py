@@ -17,6 +17,8 @@ timing; docs/kernels.md tells what each measured):
   "few_channels"  (few_channels.py)   C <= 8 (a CNN's first layer): direct register-blocked kernels.
   "patch"         (patch.py)          backward passes of 3..7-tap stride-1 kernels, >= 8 channels: an input
                                        patch staged in shared memory once and reused for every tap.
+  "strided_1x1"   (strided_1x1.py)    backward-data of a 1x1 kernel with a stride and no padding: the
+                                       stride-1 implicit GEMM into the workspace, then one scatter into dx.
 At ``precision="tf32"`` or ``"bf16"`` every phase runs ``implicit_gemm_tc.py`` instead: the implicit GEMMs on
 the tensor cores (TF32 / BF16 products, FP32 accumulation); ``algo`` must then be "auto" or
 "implicit_gemm" (the other families are FP32 only), and the bias gradient stays an FP32 sum.
@@ -42,7 +44,7 @@ from .. import runtime
 from ..runtime import check_array
 from ..step import Step
 from .. import gemm_tc
-from . import few_channels, implicit_gemm, implicit_gemm_tc, patch, select, winograd
+from . import few_channels, implicit_gemm, implicit_gemm_tc, patch, select, strided_1x1, winograd
 from .geometry import ConvDims, conv2d_output_shape, conv_dims, planning_sms
 from .select import DATA_ALGOS, FORWARD_ALGOS, WEIGHTS_ALGOS, candidates
 
@@ -136,6 +138,8 @@ def _backward_data(algo, dy, W, dx, dims, workspace, sms):
         return few_channels.backward_data(dy, W, dx, dims)
     if algo == "winograd":
         return winograd.backward_data(dy, W, dx, (dims.ph, dims.pw), workspace)
+    if algo == "strided_1x1":
+        return strided_1x1.backward_data(dy, W, dx, dims, workspace, sms)
     return patch.backward_data(dy, W, dx, dims, workspace)
 
 

@@ -9,7 +9,8 @@ Candidates per phase (``candidates``), in this order (a tie goes to the first):
                     few-channels forward fits (C <= 8, S <= 8).
   backward_data     "implicit_gemm" always; "few_channels" (C <= 8, S <= 32, W within 64 KB of shared
                     memory: ``few_channels.data_fits``); "winograd" where ``winograd_ok``; "patch" where
-                    ``patch_ok``.
+                    ``patch_ok``; "strided_1x1" for a 1x1 kernel with a stride and no padding
+                    (``strided_1x1.fits``).
   backward_weights  "implicit_gemm" always; "few_channels" where its launch plan exists; "winograd" where
                     ``winograd_ok``; "patch" where ``patch_ok``.
 "auto" (``choose``) takes the cached choice for (phase, dims[, bias presence]), else times every candidate
@@ -26,12 +27,12 @@ from __future__ import annotations
 import functools
 
 from .. import runtime
-from . import few_channels, implicit_gemm, patch, winograd
+from . import few_channels, implicit_gemm, patch, strided_1x1, winograd
 from .geometry import conv_dims
 
 PHASES = ("forward", "backward_data", "backward_weights")
 FORWARD_ALGOS = ("implicit_gemm", "winograd", "few_channels")
-DATA_ALGOS = ("implicit_gemm", "few_channels", "winograd", "patch")
+DATA_ALGOS = ("implicit_gemm", "few_channels", "winograd", "patch", "strided_1x1")
 WEIGHTS_ALGOS = ("implicit_gemm", "few_channels", "winograd", "patch")
 ALGOS = {"forward": FORWARD_ALGOS, "backward_data": DATA_ALGOS, "backward_weights": WEIGHTS_ALGOS}
 DEFAULT = "implicit_gemm"   # runs every shape; what a CUDA-graph capture gets for an untimed shape
@@ -83,6 +84,8 @@ def candidates(dims, phase: str, sms: int = 132) -> list:
             names.append("winograd")
         if patch_ok(dims, phase, sms):
             names.append("patch")
+        if strided_1x1.fits(dims):
+            names.append("strided_1x1")
     elif phase == "backward_weights":
         if few_channels.weights_plan(dims, sms) is not None:
             names.append("few_channels")
@@ -124,6 +127,7 @@ def workspace_size(dims, sms: int = 132) -> int:
     for phase in PHASES:
         if winograd_ok(dims, phase, sms):
             need = max(need, winograd.workspace_size(x_shape, w_shape, stride, padding, phase, sms))
+    need = max(need, strided_1x1.workspace_size(dims, sms))
     # patch wherever it can run (also when called by name, not only where it is a timed candidate)
     return max(need, patch.workspace_size(x_shape, w_shape, stride, padding, sms))
 
@@ -140,6 +144,8 @@ def kernel_modules(dims) -> list:
         mods.append((few_channels.FAMILY, {"SC_C": C, "SC_S": S, "SC_SW": sw}))
     if patch_ok(dims, "backward_data") or patch_ok(dims, "backward_weights"):
         mods.append((patch.FAMILY, {"PT_S": S}))
+    if strided_1x1.fits(dims):
+        mods += strided_1x1.modules()
     return mods
 
 

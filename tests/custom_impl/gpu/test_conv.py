@@ -388,3 +388,74 @@ def test_conv2d_backward_patch_auto_and_errors():
         conv.conv2d_backward_data(cupy.ones((1, 4, 9, 3), np.float32), wide[1], wide[0].shape, 1, 1, algo="patch")
     with pytest.raises(ValueError, match="conv2d_workspace_size"):
         conv.conv2d_backward_data(gdy, gW, x.shape, 1, 2, workspace=ws[:7], algo="patch")
+
+
+# "strided_1x1", 1x1 kernels with a stride and no padding: (N, C, H, W, K, stride)
+STRIDED_1X1_CASES = [
+    (3, 5, 9, 11, 7, (2, 2)),        # odd H and W: the last row and column are sampled
+    (2, 16, 14, 16, 24, (2, 2)),     # W % 4 == 0: the float4 stores
+    (1, 64, 7, 12, 96, (2, 2)),      # batch 1, K = 96: the stride-1 GEMM splits its reduction
+    (2, 6, 10, 13, 5, (3, 2)),       # different strides per axis, W % 4 != 0
+    (4, 9, 8, 9, 11, (1, 3)),        # stride 1 along h only
+    (2, 4, 12, 12, 8, (4, 4)),       # a stride larger than the kernel by 3: three zero rows in four
+]
+STRIDED_1X1_IDS = ["N{}C{}H{}W{}K{}s{}x{}".format(*c[:5], *c[5]) for c in STRIDED_1X1_CASES]
+
+
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "unaligned"])
+@pytest.mark.parametrize("case", STRIDED_1X1_CASES, ids=STRIDED_1X1_IDS)
+def test_conv2d_backward_data_strided_1x1(case, offset):
+    """dx of a strided 1x1 conv as a stride-1 backward-data plus a scatter, through the public entry point
+    with a NaN-filled workspace and dx (every element, the zeros included, must be written), against float64
+    with the module's tolerance (L = K products per element); ``offset`` 1 puts dx 4 bytes past a 16-byte
+    boundary (the scalar stores). A second call gives the same bits; "auto" weighs it against the implicit
+    GEMM and is float64-close whichever it picks."""
+    import cupy
+
+    from custom_impl.gpu import conv, runtime
+
+    N, C, H, Wd, K, stride = case
+    rng = np.random.default_rng(sum(case[:5]) + 17)
+    x, W = _rand(rng, N, C, H, Wd), _rand(rng, K, C, 1, 1)
+    y_ref, back = conv_ref(x.astype(np.float64), W.astype(np.float64), stride, (0, 0))
+    _, back_abs = conv_ref(np.abs(x.astype(np.float64)), np.abs(W.astype(np.float64)), stride, (0, 0))
+    dy = _rand(rng, *y_ref.shape)
+    dx_ref = back(dy.astype(np.float64))[0]
+    dx_abs = back_abs(np.abs(dy.astype(np.float64)))[0]
+    dims = conv.conv_dims(x.shape, W.shape, stride, 0)
+    assert "strided_1x1" in conv.candidates(dims, "backward_data")
+    ws = cupy.full((conv.conv2d_workspace_size(x.shape, W.shape, stride, 0),), np.nan, np.float32)
+    gdy, gW = cupy.asarray(dy), cupy.asarray(W)
+    outs = []
+    for _ in range(2):
+        buf = cupy.full(x.size + offset, np.nan, np.float32)
+        dx = buf[offset:].reshape(x.shape)
+        assert conv.conv2d_backward_data(gdy, gW, x.shape, stride, 0, dx=dx, workspace=ws, algo="strided_1x1") is dx
+        outs.append(cupy.asnumpy(dx))
+    _assert_close(outs[0], dx_ref, dx_abs, K, f"dx strided_1x1 {case}")
+    assert np.array_equal(outs[0], outs[1]), "strided_1x1 is not deterministic"
+    dx = conv.conv2d_backward_data(gdy, gW, x.shape, stride, 0, workspace=ws)
+    algo = runtime.tuned(("conv", "backward_data", dims))
+    assert algo in ("implicit_gemm", "strided_1x1")
+    _assert_close(cupy.asnumpy(dx), dx_ref, dx_abs, K, f"dx auto ({algo}) {case}")
+
+
+def test_conv2d_backward_data_strided_1x1_errors():
+    """Layers the scatter cannot run (padding, a 3x3 kernel, stride 1) raise a ValueError naming the layer
+    and the way out, and a workspace too small for dxc is refused; none of them is a candidate."""
+    import cupy
+
+    from custom_impl.gpu import conv
+
+    for x_shape, w_shape, stride, padding in [((2, 4, 9, 9), (3, 4, 1, 1), 2, 1),
+                                              ((2, 4, 9, 9), (3, 4, 3, 3), 2, 0),
+                                              ((2, 4, 9, 9), (3, 4, 1, 1), 1, 0)]:
+        dims = conv.conv_dims(x_shape, w_shape, stride, padding)
+        assert "strided_1x1" not in conv.candidates(dims, "backward_data")
+        dy = cupy.ones(conv.conv2d_output_shape(x_shape, w_shape, stride, padding), np.float32)
+        with pytest.raises(ValueError, match=r"strided_1x1.*no padding.*algo='auto'"):
+            conv.conv2d_backward_data(dy, cupy.ones(w_shape, np.float32), x_shape, stride, padding,
+                                      algo="strided_1x1")
+    dy, W = cupy.ones((2, 3, 5, 5), np.float32), cupy.ones((3, 4, 1, 1), np.float32)
+    with pytest.raises(ValueError, match="conv2d_workspace_size"):
+        conv.conv2d_backward_data(dy, W, (2, 4, 9, 9), 2, 0, workspace=cupy.ones(7, np.float32), algo="strided_1x1")

@@ -199,6 +199,11 @@ def test_conv_choice_is_looked_up_before_any_planning(monkeypatch):
     # a speech conv, one channel, 5x20 stride 2: few_channels for backward-data only (S > 8 elsewhere)
     ((16, 1, 161, 700), (32, 1, 5, 20), 2, 0, {"implicit_gemm"}, {"implicit_gemm", "few_channels"},
      {"implicit_gemm"}),
+    # a ResNet downsample shortcut, 1x1 stride 2, no padding: strided_1x1 for backward-data
+    ((64, 256, 56, 56), (512, 256, 1, 1), 2, 0, {"implicit_gemm"}, {"implicit_gemm", "strided_1x1"},
+     {"implicit_gemm"}),
+    # 1x1 stride 2 with padding: the scatter does not apply
+    ((4, 16, 9, 9), (8, 16, 1, 1), 2, 1, {"implicit_gemm"}, {"implicit_gemm"}, {"implicit_gemm"}),
 ])
 def test_candidates(x_shape, w_shape, stride, padding, forward, data, weights):
     """Which algorithms each phase's "auto" weighs for a layer: the eligibility rules of select.py (plain
@@ -217,7 +222,7 @@ def test_algo_names():
     from custom_impl.gpu import conv
 
     assert conv.FORWARD_ALGOS == ("implicit_gemm", "winograd", "few_channels")
-    assert conv.DATA_ALGOS == ("implicit_gemm", "few_channels", "winograd", "patch")
+    assert conv.DATA_ALGOS == ("implicit_gemm", "few_channels", "winograd", "patch", "strided_1x1")
     assert conv.WEIGHTS_ALGOS == ("implicit_gemm", "few_channels", "winograd", "patch")
     select.check_algo("auto", "forward", "conv2d_forward")
     with pytest.raises(ValueError, match="algo='patch'; use one of 'auto', 'implicit_gemm'"):
@@ -331,3 +336,20 @@ def test_every_conv_kernel_asked_for_exists():
         assert asked <= defined, (mod.__name__, sorted(asked - defined))
         assert not [n for n in defined if re.search(r"_v[0-9]|direct|gather|pixel", n)], sorted(defined)
     assert os.path.exists(runtime.kernel_path("conv_implicit_gemm"))
+
+
+@pytest.mark.parametrize("x_shape,w_shape,stride", [((64, 256, 56, 56), (512, 256, 1, 1), 2),
+                                                     ((1, 64, 7, 12), (96, 64, 1, 1), (2, 2)),
+                                                     ((3, 5, 9, 11), (7, 5, 1, 1), (3, 2))])
+def test_strided_1x1_workspace(x_shape, w_shape, stride):
+    """The strided-1x1 backward-data keeps dxc (N*C*P*Q) and the stride-1 GEMM's split-K partials after it
+    in the workspace: its size is their sum, and the layer's workspace covers it."""
+    from custom_impl.gpu.conv import implicit_gemm, strided_1x1
+
+    dims = conv_dims(x_shape, w_shape, stride, 0)
+    flat = strided_1x1.stride1_dims(dims)
+    assert flat == conv_dims((dims.N, dims.C, dims.P, dims.Q), w_shape, 1, 0)
+    want = dims.N * dims.C * dims.P * dims.Q + implicit_gemm.workspace_size(flat, 132)
+    assert strided_1x1.workspace_size(dims, 132) == want
+    assert select.workspace_size(dims, 132) >= want
+    assert strided_1x1.workspace_size(conv_dims(x_shape, w_shape, stride, 1), 132) == 0
