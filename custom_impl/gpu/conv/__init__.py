@@ -95,7 +95,8 @@ def _forward(algo, x, W, b, out, dims, workspace, sms):
     if algo == "implicit_gemm":
         return implicit_gemm.forward(x, W, b, out, dims, workspace, sms)
     if algo == "winograd":
-        return winograd.forward(x, W, b, out, (dims.ph, dims.pw), workspace)
+        return winograd.forward(x, W, b, out, (dims.ph, dims.pw), workspace,
+                                images=select.winograd_images(dims, "forward"))
     return few_channels.forward(x, W, b, out, dims)
 
 
@@ -137,7 +138,8 @@ def _backward_data(algo, dy, W, dx, dims, workspace, sms):
     if algo == "few_channels":
         return few_channels.backward_data(dy, W, dx, dims)
     if algo == "winograd":
-        return winograd.backward_data(dy, W, dx, (dims.ph, dims.pw), workspace)
+        return winograd.backward_data(dy, W, dx, (dims.ph, dims.pw), workspace,
+                                      images=select.winograd_images(dims, "backward_data"))
     if algo == "strided_1x1":
         return strided_1x1.backward_data(dy, W, dx, dims, workspace, sms)
     return patch.backward_data(dy, W, dx, dims, workspace)

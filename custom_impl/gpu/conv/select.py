@@ -5,7 +5,8 @@ Legend: ``dims`` a ``ConvDims`` (N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw; geom
 "forward", "backward_data", "backward_weights".
 
 Candidates per phase (``candidates``), in this order (a tie goes to the first):
-  forward           "implicit_gemm" always; "winograd" where ``winograd_ok``; "few_channels" where the
+  forward           "implicit_gemm" always; "winograd" where ``winograd_ok`` (in chunks of images where
+                    the whole batch would exceed its workspace cap); "few_channels" where the
                     few-channels forward fits (C <= 8, S <= 8).
   backward_data     "implicit_gemm" always; "few_channels" (C <= 8, S <= 32, W within 64 KB of shared
                     memory: ``few_channels.data_fits``); "winograd" where ``winograd_ok``; "patch" where
@@ -50,10 +51,27 @@ def _shapes(dims):
 def winograd_ok(dims, phase: str, sms: int | None = None) -> bool:
     """Whether Winograd (winograd.py) is a candidate for this layer and phase: 3x3, stride 1,
     padding <= 2, >= WINOGRAD_MIN_CHANNELS channels in and out, and a workspace within
-    WINOGRAD_MAX_WORKSPACE (``sms``: the SM count the weights plan is made for)."""
+    WINOGRAD_MAX_WORKSPACE: forward and backward-data run the batch in chunks of images to stay within it
+    (``winograd_images``), backward-weights (which sums over the batch) must fit whole (``sms``: the SM
+    count its plan is made for)."""
     if min(dims[1], dims[4]) < WINOGRAD_MIN_CHANNELS or not winograd.fits(*_shapes(dims)):
         return False
+    if phase in ("forward", "backward_data"):
+        return winograd_images(dims, phase) > 0
     return winograd.workspace_size(*_shapes(dims), phase, sms) <= WINOGRAD_MAX_WORKSPACE
+
+
+def winograd_images(dims, phase: str) -> int:
+    """Images per chunk that Winograd's ``phase`` ("forward" / "backward_data") runs this layer with: the
+    whole batch when its workspace fits WINOGRAD_MAX_WORKSPACE, else equal chunks that do (0: not even one
+    image fits). VGG-16's 3x3 layers at 112x112 and 224x224 need 2.3-6.1 GB for a batch of 64 at once."""
+    x_shape, w_shape, stride, padding = _shapes(dims)
+    return _winograd_images(x_shape, w_shape, padding, phase, WINOGRAD_MAX_WORKSPACE)
+
+
+@functools.lru_cache(maxsize=4096)
+def _winograd_images(x_shape, w_shape, padding, phase, limit):
+    return winograd.chunk_images(x_shape, w_shape, padding, phase, limit)
 
 
 def patch_ok(dims, phase: str, sms: int = 132) -> bool:
@@ -126,7 +144,8 @@ def workspace_size(dims, sms: int = 132) -> int:
         need = max(need, few_channels.workspace_size(x_shape, w_shape, stride, padding, sms))
     for phase in PHASES:
         if winograd_ok(dims, phase, sms):
-            need = max(need, winograd.workspace_size(x_shape, w_shape, stride, padding, phase, sms))
+            images = winograd_images(dims, phase) if phase != "backward_weights" else None
+            need = max(need, winograd.workspace_size(x_shape, w_shape, stride, padding, phase, sms, images))
     need = max(need, strided_1x1.workspace_size(dims, sms))
     # patch wherever it can run (also when called by name, not only where it is a timed candidate)
     return max(need, patch.workspace_size(x_shape, w_shape, stride, padding, sms))

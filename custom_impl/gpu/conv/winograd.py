@@ -186,15 +186,45 @@ class _Pass:
     def size(self) -> int:
         return self.n_u + self.n_v + self.n_m
 
+    def for_images(self, n: int) -> "_Pass":
+        """The same pass over ``n`` images (a chunk of the batch)."""
+        return _Pass(n, self.C_in, self.Hi, self.Wi, self.C_out, self.Ho, self.Wo, self.ph, self.pw)
 
-def forward_pass(prob) -> _Pass:
+
+def forward_pass(prob, images: int | None = None) -> _Pass:
+    """The forward pass of ``prob``, over chunks of ``images`` images (None: the whole batch at once)."""
     N, C, H, Wd, K, P, Q, ph, pw = prob
-    return _Pass(N, C, H, Wd, K, P, Q, ph, pw)
+    return _Pass(min(N, images or N), C, H, Wd, K, P, Q, ph, pw)
 
 
-def backward_pass(prob) -> _Pass:
+def backward_pass(prob, images: int | None = None) -> _Pass:
+    """The backward-data pass of ``prob`` (the forward of dy with the flipped filter), over chunks of
+    ``images`` images (None: the whole batch at once)."""
     N, C, H, Wd, K, P, Q, ph, pw = prob
-    return _Pass(N, K, P, Q, C, H, Wd, MAX_PAD - ph, MAX_PAD - pw)
+    return _Pass(min(N, images or N), K, P, Q, C, H, Wd, MAX_PAD - ph, MAX_PAD - pw)
+
+
+def chunk_images(x_shape, w_shape, padding, phase: str, max_elements: int) -> int:
+    """Images per chunk for ``forward`` / ``backward_data`` (``phase``) of this stride-1 3x3 convolution so
+    that the workspace stays within ``max_elements`` float32 elements: the whole batch when it fits, else
+    the batch cut into equal chunks (the last one possibly smaller) each within the bound; 0 when one
+    image alone exceeds it. The filter transform U is computed once and shared by the chunks; V and Mo
+    are per chunk, so the chunks run one after another in one workspace."""
+    if phase not in ("forward", "backward_data"):
+        raise ValueError(f"winograd.chunk_images: phase={phase!r}; use 'forward' or 'backward_data'")
+    prob = checked_problem(x_shape, w_shape, 1, padding, "chunk_images")
+    make = forward_pass if phase == "forward" else backward_pass
+    N = prob[0]
+    if make(prob).size <= max_elements:
+        return N
+    lo, hi = 0, N        # the largest n with a workspace within the bound: lo fits (or is 0), hi does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if make(prob, mid).size <= max_elements else (lo, mid)
+    if lo == 0:
+        return 0
+    chunks = -(-N // lo)
+    return -(-N // chunks)   # equal chunks: 64 images within a bound of 55 run as 32 + 32, not 55 + 9
 
 
 MAX_WEIGHT_SPLITS = 64     # split-K of the weight-gradient GEMMs: at most this many t ranges
@@ -242,15 +272,17 @@ class WeightsPass:
         return self.n_v + self.n_y + self.n_m
 
 
-def workspace_size(x_shape, w_shape, stride, padding, phase: str = "forward", sms: int | None = None) -> int:
+def workspace_size(x_shape, w_shape, stride, padding, phase: str = "forward", sms: int | None = None,
+                   images: int | None = None) -> int:
     """float32 elements of workspace that ``forward`` (phase "forward"), ``backward_data`` ("backward_data")
     or ``backward_weights`` ("backward_weights": its split count depends on ``sms``, the device's SM count,
-    default the current device's, or 132 without CuPy) needs for this convolution."""
+    default the current device's, or 132 without CuPy) needs for this convolution; ``images``: the chunk
+    size ``forward`` / ``backward_data`` run with (None: the whole batch)."""
     prob = checked_problem(x_shape, w_shape, stride, padding, "workspace_size")
     if phase == "forward":
-        return forward_pass(prob).size
+        return forward_pass(prob, images).size
     if phase == "backward_data":
-        return backward_pass(prob).size
+        return backward_pass(prob, images).size
     if phase == "backward_weights":
         return WeightsPass(prob, _sms(sms)).size
     raise ValueError(f"winograd.workspace_size: phase={phase!r}; use 'forward', 'backward_data' or "
@@ -290,17 +322,30 @@ def _best_plan(M, N, Kr, sms, max_splits):
 
 
 def _run(ps: _Pass, inp, Wt, b, out, ws, flip: bool, config=None) -> None:
-    """The four kernels of one pass: inp (N, C_in, Hi, Wi) -> out (N, C_out, Ho, Wo)."""
+    """The four kernels of one pass: inp (N, C_in, Hi, Wi) -> out (N, C_out, Ho, Wo), in chunks of ``ps.N``
+    images (the filter transform once, then input transform, GEMMs and output transform per chunk)."""
     i32 = np.int32
     U = ws[:ps.n_u]
-    V = ws[ps.n_u: ps.n_u + ps.n_v]
-    Mo = ws[ps.n_u + ps.n_v: ps.size]
     K, C = (ps.C_in, ps.C_out) if flip else (ps.C_out, ps.C_in)   # W is (K, C, 3, 3) either way
     cfg = config or choose_config(ps.C_out, ps.Tp, ps.C_in, runtime.sm_count())
     cfg = CONFIG_BY_NAME[cfg] if isinstance(cfg, str) else cfg
     # NOTE: all four kernels come from the module compiled for cfg: one compile per tile config.
     kernel("conv_winograd_filter", cfg)((blocks(ps.C_out * ps.Ip, THREADS),), (THREADS,),
                                            (Wt, U, i32(K), i32(C), i32(int(flip))))
+    N = inp.shape[0]
+    if ps.N >= N:
+        _run_chunk(ps, cfg, U, inp, b, out, ws)
+        return
+    for n0 in range(0, N, ps.N):
+        n = min(ps.N, N - n0)
+        _run_chunk(ps if n == ps.N else ps.for_images(n), cfg, U, inp[n0:n0 + n], b, out[n0:n0 + n], ws)
+
+
+def _run_chunk(ps: _Pass, cfg, U, inp, b, out, ws) -> None:
+    """Input transform, GEMMs and output transform of ``ps.N`` images, with U already in ``ws``."""
+    i32 = np.int32
+    V = ws[ps.n_u: ps.n_u + ps.n_v]
+    Mo = ws[ps.n_u + ps.n_v: ps.size]
     kernel("conv_winograd_input", cfg)((blocks(ps.Tp, THREADS), ps.C_in), (THREADS,),
                                           (inp, V) + tuple(i32(v) for v in (ps.N, ps.C_in, ps.Hi, ps.Wi, ps.ph,
                                                                              ps.pw, ps.tP, ps.tQ, ps.Tp)))
@@ -313,12 +358,14 @@ def _run(ps: _Pass, inp, Wt, b, out, ws, flip: bool, config=None) -> None:
                                                                                         ps.Wo, ps.tP, ps.tQ, ps.Tp)))
 
 
-def forward(x, W, b, y, padding, workspace=None, config=None):
+def forward(x, W, b, y, padding, workspace=None, config=None, images=None):
     """y = conv2d(x, W) + b with stride 1: x (N, C, H, W), W (K, C, 3, 3), b (K,) or None, y (N, K, P, Q)
     or None (allocated); padding an int or (ph, pw), each 0..2. Returns y.
 
-    ``workspace``: float32, at least ``workspace_size(..., phase="forward")`` elements, or None for the runtime's
-    shared per-device buffer. ``config``: a GEMM TileConfig (or its name) instead of the chosen one."""
+    ``workspace``: float32, at least ``workspace_size(..., phase="forward", images=images)`` elements, or
+    None for the runtime's shared per-device buffer. ``config``: a GEMM TileConfig (or its name) instead of
+    the chosen one. ``images``: run the batch in chunks of this many images (``chunk_images``; None: all
+    at once)."""
     import cupy
 
     check_array(x, "winograd.forward: x", ndim=4)
@@ -331,19 +378,19 @@ def forward(x, W, b, y, padding, workspace=None, config=None):
         y = cupy.empty((N, K, P, Q), dtype=np.float32)
     else:
         check_array(y, "winograd.forward: y", shape=(N, K, P, Q))
-    ps = forward_pass(prob)
+    ps = forward_pass(prob, _checked_images(images, "forward"))
     ws = checked_workspace(workspace, ps.size, "winograd.forward", "winograd.workspace_size(..., phase='forward')")
     _run(ps, x, W, b, y, ws, flip=False, config=config)
     return y
 
 
-def backward_data(dy, W, dx, padding, workspace=None, config=None):
+def backward_data(dy, W, dx, padding, workspace=None, config=None, images=None):
     """dx of a stride-1 3x3 convolution: dy (N, K, P, Q), W (K, C, 3, 3) -> dx (N, C, H, W) with
     H = P + 2 - 2ph, W = Q + 2 - 2pw (dx None: allocated). Returns dx.
 
     Runs the forward pass on dy with the flipped filter (W[k,c,2-r,2-s] as a (C, K) filter) and padding
-    (2 - ph, 2 - pw). ``workspace``: at least ``workspace_size(..., phase="backward_data")`` elements, or
-    None for the shared per-device buffer."""
+    (2 - ph, 2 - pw). ``workspace``: at least ``workspace_size(..., phase="backward_data", images=images)``
+    elements, or None for the shared per-device buffer. ``images``: as in ``forward``."""
     import cupy
 
     check_array(dy, "winograd.backward_data: dy", ndim=4)
@@ -362,11 +409,17 @@ def backward_data(dy, W, dx, padding, workspace=None, config=None):
     check_array(dy, "winograd.backward_data: dy", shape=(N, K, prob[5], prob[6]))
     if dx is None:
         dx = cupy.empty(x_shape, dtype=np.float32)
-    ps = backward_pass(prob)
+    ps = backward_pass(prob, _checked_images(images, "backward_data"))
     ws = checked_workspace(workspace, ps.size, "winograd.backward_data",
                            "winograd.workspace_size(..., phase='backward_data')")
     _run(ps, dy, W, None, dx, ws, flip=True, config=config)
     return dx
+
+
+def _checked_images(images, what: str) -> int | None:
+    if images is not None and (not isinstance(images, (int, np.integer)) or images < 1):
+        raise ValueError(f"winograd.{what}: images={images!r}; use a positive int (images per chunk) or None")
+    return images
 
 
 def backward_weights(dy, x, dW, padding, workspace=None, config=None, splits=None):

@@ -374,3 +374,69 @@ def test_rejections():
     with pytest.raises(ValueError, match="workspace"):
         winograd.backward_data(dy, W, None, 1, workspace=cupy.empty((10,), np.float32))
     assert winograd.backward_data(dy, W, None, 0).shape == (2, 8, 12, 12)
+
+
+@pytest.mark.parametrize("images", [1, 2, 3])
+def test_forward_and_backward_data_in_chunks_of_images(images):
+    """Forward and backward-data over the batch in chunks of ``images`` images (7 images: the last chunk
+    smaller but for 1), with the workspace sized for one chunk and NaN-filled: the same bits as the whole
+    batch at once (each image's tiles go through the same kernels; only the GEMM's tile config is chosen
+    per chunk size, and it changes no sum's order), and float64-close."""
+    import cupy
+
+    from custom_impl.gpu.conv import winograd
+
+    case = (7, 17, 9, 10, 19, 1)
+    N, C, H, Wd, K, pad = case
+    x, W, b, rng = _data(case, 3)
+    gx, gW, gb = cupy.asarray(x), cupy.asarray(W), cupy.asarray(b)
+    y_ref, back = conv_ref(x.astype(np.float64), W.astype(np.float64), (1, 1), _pad2(pad))
+    dy = _rand(rng, *y_ref.shape)
+    gdy = cupy.asarray(dy)
+    whole_y = winograd.forward(gx, gW, gb, None, pad, config="64x64x8_8x8")
+    whole_dx = winograd.backward_data(gdy, gW, None, pad, config="64x64x8_8x8")
+    for phase in ("forward", "backward_data"):
+        n = winograd.workspace_size(x.shape, W.shape, 1, pad, phase, images=images)
+        assert n < winograd.workspace_size(x.shape, W.shape, 1, pad, phase)
+        ws = cupy.full((n,), np.nan, np.float32)
+        if phase == "forward":
+            got = winograd.forward(gx, gW, gb, None, pad, workspace=ws, config="64x64x8_8x8", images=images)
+            assert np.array_equal(cupy.asnumpy(got), cupy.asnumpy(whole_y)), f"y in chunks of {images}"
+            err = np.abs(cupy.asnumpy(got) - (y_ref + b[:, None, None])).max()
+        else:
+            got = winograd.backward_data(gdy, gW, None, pad, workspace=ws, config="64x64x8_8x8", images=images)
+            assert np.array_equal(cupy.asnumpy(got), cupy.asnumpy(whole_dx)), f"dx in chunks of {images}"
+            err = np.abs(cupy.asnumpy(got) - back(dy.astype(np.float64))[0]).max()
+        assert err < 1e-3, f"{phase} in chunks of {images}: {err:.3g} from float64"  # sums of ~16*C terms ~1
+    with pytest.raises(ValueError, match="images=0"):
+        winograd.forward(gx, gW, gb, None, pad, images=0)
+
+
+def test_auto_runs_winograd_in_chunks_under_a_small_cap(monkeypatch):
+    """With the workspace cap lowered so that a batch of 9 no longer fits, "auto" still weighs Winograd for
+    forward and backward-data (in chunks, ``select.winograd_images``), sizes the layer's workspace for one
+    chunk, and whichever it picks is float64-close; backward-weights, which must fit whole, drops it."""
+    import cupy
+
+    from custom_impl.gpu import conv, runtime
+    from custom_impl.gpu.conv import select, winograd
+
+    case = (9, 16, 12, 11, 24, 1)
+    N, C, H, Wd, K, pad = case
+    x, W, b, rng = _data(case, 4)
+    dims = conv.conv_dims(x.shape, W.shape, 1, pad)
+    cap = winograd.workspace_size(x.shape, W.shape, 1, pad, "forward", images=4)
+    monkeypatch.setattr(select, "WINOGRAD_MAX_WORKSPACE", cap)
+    assert 1 <= select.winograd_images(dims, "forward") < N
+    assert "winograd" in conv.candidates(dims, "forward") and "winograd" in conv.candidates(dims, "backward_data")
+    assert "winograd" not in conv.candidates(dims, "backward_weights")
+    ws = cupy.full((conv.conv2d_workspace_size(x.shape, W.shape, 1, pad),), np.nan, np.float32)
+    gx, gW, gb = cupy.asarray(x), cupy.asarray(W), cupy.asarray(b)
+    y_ref, back = conv_ref(x.astype(np.float64), W.astype(np.float64), (1, 1), _pad2(pad))
+    dy = _rand(rng, *y_ref.shape)
+    for algo in ("winograd", "auto"):
+        y = conv.conv2d_forward(gx, gW, gb, 1, pad, workspace=ws, algo=algo)
+        dx = conv.conv2d_backward_data(cupy.asarray(dy), gW, x.shape, 1, pad, workspace=ws, algo=algo)
+        assert np.abs(cupy.asnumpy(y) - (y_ref + b[:, None, None])).max() < 1e-3, algo
+        assert np.abs(cupy.asnumpy(dx) - back(dy.astype(np.float64))[0]).max() < 1e-3, algo
+    assert runtime.tuned(("conv", "forward", dims, False)) in ("implicit_gemm", "winograd")

@@ -157,7 +157,52 @@ def test_winograd_candidates():
     assert not ok((256, 3, 32, 32), (32, 3, 3, 3), 1, 1, "forward")          # < 16 channels
     assert not ok((64, 128, 28, 28), (256, 128, 3, 3), 2, 1, "forward")      # stride 2
     assert not ok((256, 32, 14, 14), (64, 32, 5, 5), 1, 2, "forward")        # 5x5
-    assert not ok((8192, 32, 16, 16), (64, 32, 3, 3), 1, 1, "forward")       # > 2 GB workspace
+    # a batch whose workspace exceeds 2 GB: forward and backward-data run in chunks, backward-weights
+    # (a sum over the batch) must fit whole
+    assert ok((8192, 32, 16, 16), (64, 32, 3, 3), 1, 1, "forward")
+    assert ok((8192, 32, 16, 16), (64, 32, 3, 3), 1, 1, "backward_data")
+    assert not ok((8192, 32, 16, 16), (64, 32, 3, 3), 1, 1, "backward_weights")
+
+
+@pytest.mark.parametrize("x_shape,w_shape,padding", [((64, 128, 112, 112), (128, 128, 3, 3), 1),
+                                                     ((64, 64, 224, 224), (64, 64, 3, 3), 1),
+                                                     ((8192, 32, 16, 16), (64, 32, 3, 3), 1),
+                                                     ((7, 17, 9, 10), (19, 17, 3, 3), (1, 2))])
+@pytest.mark.parametrize("phase", ["forward", "backward_data"])
+def test_winograd_chunks(x_shape, w_shape, padding, phase):
+    """``winograd.chunk_images``: the whole batch when it fits the bound; else equal chunks, each within
+    the bound, and no fewer chunks than the bound allows (one more image per chunk would not fit, or
+    would not reduce the chunk count); 0 when a single image exceeds it."""
+    N = x_shape[0]
+    whole = winograd.workspace_size(x_shape, w_shape, 1, padding, phase)
+    assert winograd.chunk_images(x_shape, w_shape, padding, phase, whole) == N
+    one = winograd.workspace_size(x_shape, w_shape, 1, padding, phase, images=1)
+    for limit in (whole // 2, whole // 3 + 7, whole // 5):
+        n = winograd.chunk_images(x_shape, w_shape, padding, phase, limit)
+        if limit < one:     # the filter transform alone may exceed it for a small batch
+            assert n == 0
+            continue
+        assert 1 <= n < N
+        assert winograd.workspace_size(x_shape, w_shape, 1, padding, phase, images=n) <= limit
+        chunks = -(-N // n)
+        fewer = -(-N // (chunks - 1)) if chunks > 1 else N
+        assert winograd.workspace_size(x_shape, w_shape, 1, padding, phase, images=fewer) > limit
+    assert winograd.chunk_images(x_shape, w_shape, padding, phase, one - 1) == 0
+    with pytest.raises(ValueError, match="phase='backward_weights'"):
+        winograd.chunk_images(x_shape, w_shape, padding, "backward_weights", whole)
+
+
+def test_vgg_layers_take_winograd_in_chunks():
+    """VGG-16's 3x3 layers at batch 64 (112x112, 224x224) need 2.3-6.1 GB of Winograd workspace at once:
+    forward and backward-data take it in chunks within the 2 GB cap, and the layer's workspace (what a
+    model allocates) stays within the cap."""
+    for x_shape, w_shape in [((64, 64, 112, 112), (128, 64, 3, 3)), ((64, 128, 112, 112), (128, 128, 3, 3)),
+                             ((64, 64, 224, 224), (64, 64, 3, 3))]:
+        dims = conv_dims(x_shape, w_shape, 1, 1)
+        assert winograd.workspace_size(x_shape, w_shape, 1, 1, "forward") > select.WINOGRAD_MAX_WORKSPACE
+        for phase in ("forward", "backward_data"):
+            assert select.winograd_ok(dims, phase) and 1 <= select.winograd_images(dims, phase) < 64
+        assert select.workspace_size(dims, 132) <= select.WINOGRAD_MAX_WORKSPACE
 
 
 def test_conv_choice_is_looked_up_before_any_planning(monkeypatch):
