@@ -316,8 +316,10 @@ def cmd_targets(args) -> int:
     from .results import ResultsError
     from .targets import run_targets
 
+    if args.runs is not None:
+        return _targets_runs(args)
     _checked_numbers(args)
-    device = _device(args.device)
+    device = _device(args.device or "auto")
     out = args.out or default_out("targets", device)
     try:
         ok, text = run_targets(out, device, peak_tflops=args.peak_tflops, quiet=args.quiet,
@@ -325,6 +327,22 @@ def cmd_targets(args) -> int:
     except ResultsError as err:
         raise CliError(str(err)) from None
     print(text)
+    return 0
+
+
+def _targets_runs(args) -> int:
+    """``harness targets --runs DIR DIR ...``: combine saved runs (harness/targets_runs.py); measures nothing."""
+    from .targets_runs import TargetsRunsError, combine
+
+    given = [flag for flag, v in (("--device", args.device), ("--peak-tflops", args.peak_tflops)) if v is not None]
+    if given:
+        raise CliError(f"--runs combines saved runs and measures nothing: drop {' and '.join(given)}")
+    try:
+        md, files = combine(args.runs, args.out)
+    except TargetsRunsError as err:
+        raise CliError(str(err)) from None
+    print(md, end="")
+    print(f"harness: written {', '.join(files.values())}", file=sys.stderr)
     return 0
 
 
@@ -518,9 +536,18 @@ def build_parser() -> argparse.ArgumentParser:
                                    "on the GPU the networks suite), write DIR/targets.csv (target, measured, goal, "
                                    "met), the rows in DIR/results.csv, and print the table. A run stopped by the "
                                    "suite's time limit resumes when run again. On a CPU-only machine the GPU "
-                                   "targets are written as not measured.")
-    t.add_argument("--out", metavar="DIR", help="output folder (default: reports/targets-<device name>)")
-    t.add_argument("--device", default="auto", choices=devs, help=DEVICE_HELP["targets"])
+                                   "targets are written as not measured. With --runs, nothing is measured: the "
+                                   "targets of several saved runs of one card are evaluated from their rows and "
+                                   "combined (median, min, max, spread; met when the median reaches the goal and "
+                                   "every run measured the target with every row of ours ok and passing parity) "
+                                   "into DIR/targets_runs.csv, .md and .tex, and the table is printed.")
+    t.add_argument("--out", metavar="DIR", help="output folder (default: reports/targets-<device name>; with --runs "
+                                                "reports/targets-runs-<device name>)")
+    t.add_argument("--runs", nargs="+", metavar="RUN",
+                   help="combine these run folders (two or more, written by `harness targets` on one card and "
+                        "machine) instead of measuring; e.g. --runs reports/targets-x reports/targets-x-2 "
+                        "reports/targets-x-3 --out reports/targets-x-runs")
+    t.add_argument("--device", choices=devs, help=DEVICE_HELP["targets"])
     t.add_argument("--peak-tflops", type=float, metavar="TFLOPS",
                    help="FP32 peak for the %% of peak column (default: known GPUs; none on CPUs)")
     t.add_argument("--quiet", action="store_true", help="no progress bar and no line per compiled kernel module")

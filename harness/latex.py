@@ -22,12 +22,13 @@ PACKAGES = "booktabs, longtable, array, siunitx, graphicx"
 _ESCAPES = (("\\", "\0"), ("{", r"\{"), ("}", r"\}"), ("\0", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"),
             ("&", r"\&"), ("#", r"\#"), ("$", r"\$"), ("^", r"\^{}"), ("~", r"\textasciitilde{}"),
             ("->", r"$\rightarrow$"), ("<", r"\textless{}"), (">", r"\textgreater{}"),
-            ("\u2020", r"\textdagger{}"), ("\u00d7", r"$\times$"), ("\u2013", "--"), ("\u2265", r"$\geq$"),
+            ("\u2020", r"\textdagger{}"), ("\u2021", r"\textdaggerdbl{}"),
+            ("\u00d7", r"$\times$"), ("\u2013", "--"), ("\u2265", r"$\geq$"),
             ("\u00b5", r"\textmu{}"), ("\u00b1", r"$\pm$"), ("\u0394", r"$\Delta$"))
 
 
 def escape(text: str) -> str:
-    r"""Plain text -> LaTeX text (special characters, arrows, the dagger); other non-ASCII becomes '?'.
+    r"""Plain text -> LaTeX text (special characters, arrows, the daggers); other non-ASCII becomes '?'.
 
     >>> print(escape("conv 3x3 64->64, 10% x_1"))
     conv 3x3 64$\rightarrow$64, 10\% x\_1

@@ -166,11 +166,12 @@ def load(inputs: list[str]):
         if c not in df.columns:
             df[c] = np.nan
         df[c] = pd.to_numeric(df[c].replace("", np.nan), errors="coerce")
-    for c in ("parity_ok", "noisy"):
+    for c in ("parity_ok", "noisy", "throttled"):      # True / False / None (empty: not recorded)
         if c not in df.columns:
             df[c] = None
         df[c] = df[c].map(_bool)
-    for c in ("impl", "variant", "device", "workload", "kind", "phase", "status", "reason", "device_name"):
+    for c in ("impl", "variant", "device", "workload", "kind", "phase", "status", "reason", "device_name",
+              "throttle_reasons"):
         if c not in df.columns:
             df[c] = ""
         df[c] = df[c].fillna("").astype(str)
@@ -349,6 +350,16 @@ def _figures(df, pairs, envs, peak_tflops) -> list:
     return [f for f in figs if f is not None]
 
 
+def _clock_limits(df) -> str:
+    """``tables.throttle_line`` of every input, each named by its folder when there are several; empty
+    when no input recorded clock limits."""
+    lines = {src: tables.throttle_line(g) for src, g in df.groupby("source", sort=False)}
+    lines = {src: line for src, line in lines.items() if line}
+    if len(lines) == 1 and df["source"].nunique() == 1:
+        return next(iter(lines.values()))
+    return " ".join(f"[{src}] {line}" for src, line in lines.items())
+
+
 def render(inputs: list[str], out_dir: str | None = None, peak_tflops: float | None = None) -> dict:
     """Write every table, plot, report_latex.tex and report.pdf for ``inputs``; returns {name: path}."""
     from . import train_report                      # training curves (train.csv): harness/train_report.py
@@ -390,10 +401,11 @@ def render_frame(df, envs: dict, out_dir: str, peak_tflops: float | None = None,
     has_ci = bool(df["ci_low_ms"].notna().any())
     devices_of = {src: [d for d in ("gpu", "cpu") if d in set(g["device"])]
                   for src, g in df.groupby("env_source") if src}
+    throttling = {src: tables.throttle_line(g) for src, g in df.groupby("env_source") if src}
 
     groups = [("targets", "Performance targets", tables.targets_table(targets or {})),
               ("headline", "Headline speedups", tables.headline_table(head, multi)),
-              ("environment", "Environment", tables.env_table(envs, devices_of)),
+              ("environment", "Environment", tables.env_table(envs, devices_of, throttling)),
               ("models", "Models", tables.model_tables(pairs, multi, has_ci)),
               ("layers", "Layers", tables.layer_tables(pairs, multi, has_ci)),
               ("not_ok", "Rows that are not ok", tables.not_ok_table(df, multi))]
@@ -428,6 +440,9 @@ def render_frame(df, envs: dict, out_dir: str, peak_tflops: float | None = None,
                f"{len(df)} rows ({', '.join(f'{v} {k}' for k, v in counts.items())}); "
                f"{int(df['failed'].sum())} parity failure(s). Speedup = reference time / our time (> 1: ours "
                "faster); the headline baseline is, for each row, the fastest reference variant measured for it.")
+    clock_limits = _clock_limits(df)
+    if clock_limits:
+        summary += " GPU clock limits: " + clock_limits
     with plots.rc(), atomic_write(pdf_path, binary=True) as fh, PdfPages(fh, metadata=meta) as pdf:
         doc = pdfdoc.Doc(pdf, title)
         doc.new_page()

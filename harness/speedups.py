@@ -12,9 +12,10 @@ Speedup = reference time / our time (> 1: ours is faster), always against a name
 Ours is the variant the product runs by default: ``cuda-graph`` for GPU model train steps and
 inference, else ``cuda`` on the GPU, ``numpy`` on the CPU (the first of these present for the row).
 Rows that were timed (status ``ok`` or ``parity_fail``) take part; a parity failure on either side marks
-the pair. When results carry bootstrap confidence intervals of each median (``ci_low_ms``,
-``ci_high_ms``), a speedup's interval is the conservative ratio of those bounds
-(reference low / ours high .. reference high / ours low).
+the pair, and so does a GPU clock limit (NVML's ``throttled``) active while either side was timed.
+When results carry bootstrap confidence intervals of each median (``ci_low_ms``, ``ci_high_ms``), a
+speedup's interval is the conservative ratio of those bounds (reference low / ours high .. reference
+high / ours low).
 """
 from __future__ import annotations
 
@@ -60,7 +61,9 @@ def pair(df):
     workloads of tf32 / bf16 rows "<workload> [bf16]", so both sides of a pair share one), ``ours_variant``, ``ours_ms`` (+ ``ours_lo``/``ours_hi``),
     ``ours_tflops``, ``best_variant``, ``best_impl``, ``best_ms`` (+ lo/hi), ``speedup_best`` (+ lo/hi),
     ``eager_ms``, ``speedup_eager`` (+ lo/hi), ``ref_variants`` (every reference variant measured, by
-    name), ``failed`` (a parity failure in ours or in a reference taking part), ``noisy``.
+    name), ``failed`` (a parity failure in ours or in a reference taking part), ``noisy``, ``throttled``
+    (True: ours or a reference taking part ran with a clock limit active; False: none did; None: not
+    recorded, as on the CPU) and ``throttle_reasons`` (those limits, ``;``-separated).
     """
     import pandas as pd
 
@@ -95,6 +98,7 @@ def pair(df):
                  ref_variants=",".join(sorted(f"{r['impl']}/{r['variant']}" for _, r in refs.iterrows())),
                  failed=bool(ours["failed"] or best["failed"] or (eager is not None and eager["failed"])),
                  noisy=bool(ours["noisy"] or best["noisy"]))
+        d.update(_throttling([ours, best] + ([eager] if eager is not None else [])))
         if eager is not None:
             e_ms = eager["median_ms"]
             d.update(eager_ms=e_ms, speedup_eager=_ratio(e_ms, o_ms),
@@ -104,6 +108,28 @@ def pair(df):
             d.update(eager_ms=np.nan, speedup_eager=np.nan, speedup_eager_lo=np.nan, speedup_eager_hi=np.nan)
         out.append(d)
     return pd.DataFrame(out)
+
+
+def throttle_state(v) -> bool | None:
+    """A ``throttled`` cell as True, False or None (not recorded: empty, NaN, a CPU row)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and v == ""):
+        return None
+    return bool(v)
+
+
+def _reasons(values) -> str:
+    """The distinct clock-limit reasons in ``values`` (``;``-separated cells), sorted, ``;``-joined."""
+    return ";".join(sorted({x for s in values if isinstance(s, str) for x in s.split(";") if x}))
+
+
+def _throttling(rows) -> dict:
+    """``throttled`` and ``throttle_reasons`` of a pair from its rows' NVML columns (see ``pair``)."""
+    states = [throttle_state(r.get("throttled")) for r in rows]
+    hit = [r for r, s in zip(rows, states) if s is True]
+    if hit:
+        return {"throttled": True, "throttle_reasons": _reasons(r.get("throttle_reasons") for r in hit)}
+    known = all(s is False for s in states[:2])       # ours and the best reference both recorded it
+    return {"throttled": False if known else None, "throttle_reasons": ""}
 
 
 def baseline_text(pairs, device: str = "", kind: str = "model") -> str:
@@ -127,9 +153,17 @@ def geomean(xs) -> float:
     return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else np.nan
 
 
+def _throttled_count(g) -> float:
+    """Pairs of ``g`` that ran with a clock limit active; NaN when none of them recorded it (CPU rows)."""
+    states = [throttle_state(v) for v in g.get("throttled", [])]
+    return float(sum(s is True for s in states)) if any(s is not None for s in states) else np.nan
+
+
 def headline(pairs):
     """Geomean, min and max of the speedup vs best reference per (source, device, kind, precision, phase),
-    and the geomean vs eager: the numbers a summary quotes, with the row count behind each."""
+    and the geomean vs eager: the numbers a summary quotes, with the row count behind each, the parity
+    failures (``failed``) and the pairs that ran with a GPU clock limit active (``throttled``, NaN where
+    not recorded) among them."""
     import pandas as pd
 
     if pairs.empty:
@@ -146,5 +180,6 @@ def headline(pairs):
                     "min_best": float(g["speedup_best"].min()), "max_best": float(g["speedup_best"].max()),
                     "geomean_eager": geomean(g["speedup_eager"]),
                     "failed": int(g["failed"].sum()),
+                    "throttled": _throttled_count(g), "throttle_reasons": _reasons(g.get("throttle_reasons", [])),
                     "ref_variants": ",".join(sorted({v for s in g["ref_variants"] for v in s.split(",")}))})
     return pd.DataFrame(out)

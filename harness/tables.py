@@ -15,9 +15,10 @@ import math
 import re
 
 from .labels import (KIND_LABELS, device_label, machine_label, phase_label, variant_label, workload_label)
-from .speedups import baseline_text
+from .speedups import baseline_text, throttle_state
 
 FAIL_MARK = "\u2020"   # dagger: parity failed
+THROTTLE_MARK = "\u2021"   # double dagger: a GPU clock limit was active while the row was timed
 NOISY_MARK = "~"
 LONG_ROWS = 35         # more rows than this: a longtable in LaTeX, several pages in the PDF
 NUMERIC = ("num", "int", "sci")   # column kinds set right-aligned (LaTeX: siunitx S columns)
@@ -133,11 +134,71 @@ def _slug(text: str) -> str:
 
 
 def _marks(r: dict) -> str:
-    return (FAIL_MARK if r.get("failed") else "") + (NOISY_MARK if r.get("noisy") else "")
+    marks = FAIL_MARK if r.get("failed") else ""
+    marks += THROTTLE_MARK if throttle_state(r.get("throttled")) else ""
+    return marks + (NOISY_MARK if r.get("noisy") else "")
 
 
 MARK_TEXT = (f"{FAIL_MARK}: a parity failure in ours or in the reference (timed and counted); "
              f"{NOISY_MARK}: noisy (IQR/median above the suite's threshold).")
+
+
+def reason_list(values) -> str:
+    """NVML clock-limit reasons of throttled rows, each with its row count when they differ.
+
+    ``values``: the ``throttle_reasons`` cells (``;``-separated) of the rows that ran throttled.
+
+    >>> reason_list(["sw_power_cap", "sw_power_cap"]), reason_list(["sw_power_cap;hw_thermal", "hw_thermal", ""])
+    ('sw_power_cap', 'hw_thermal 2, sw_power_cap 1, not recorded 1')
+    """
+    counts: dict = {}
+    for v in values:
+        for x in (str(v).split(";") if isinstance(v, str) and v else ["not recorded"]):
+            if x:
+                counts[x] = counts.get(x, 0) + 1
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{k} {n}" for k, n in sorted(counts.items(), key=lambda kv: (kv[0] == "not recorded",
+                                                                                   -kv[1], kv[0])))
+
+
+def throttle_text(g, who: str = "ours or the reference it is compared with was") -> str:
+    """The caption's sentence on the throttle mark: empty unless a row of ``g`` (pairs, or results rows)
+    ran throttled."""
+    if "throttled" not in g:
+        return ""
+    hit = g[g["throttled"].map(lambda v: throttle_state(v) is True)]
+    if hit.empty:
+        return ""
+    return (f" {THROTTLE_MARK}: a GPU clock limit was active while {who} "
+            f"timed (NVML reasons: {reason_list(hit.get('throttle_reasons', ['']))}); that time may be longer "
+            "than the card's unthrottled one.")
+
+
+def throttle_line(df) -> str:
+    """One sentence on the GPU rows of ``df`` (results rows) that ran with a clock limit active; empty when
+    none recorded it (CPU rows, results written before the NVML columns, no nvidia-ml-py).
+
+    >>> import pandas as pd
+    >>> throttle_line(pd.DataFrame({"device": ["gpu"] * 3 + ["cpu"], "throttled": [True, False, False, None],
+    ...                             "throttle_reasons": ["sw_power_cap", "", "", ""]}))[:70]
+    '1 of 3 GPU rows ran with a clock limit active (reasons: sw_power_cap);'
+    """
+    if "throttled" not in df or df.empty:
+        return ""
+    gpu = df[df["device"] == "gpu"]
+    states = gpu["throttled"].map(throttle_state)
+    known = int(states.notna().sum())
+    if not known:
+        return ""
+    unread = len(gpu) - known
+    more = f"; {unread} more had no reading" if unread else ""
+    hit = gpu[states.map(lambda v: v is True)]
+    if hit.empty:
+        return f"None of {known} GPU rows ran with a clock limit active{more}."
+    return (f"{len(hit)} of {known} GPU rows ran with a clock limit active (reasons: "
+            f"{reason_list(hit.get('throttle_reasons', ['']))}){more}; the tables mark each figure that rests on "
+            f"such a row with {THROTTLE_MARK}.")
 
 
 def _where(pairs, device: str) -> str:
@@ -188,7 +249,7 @@ def model_tables(pairs, multi: bool, has_ci: bool) -> list[Table]:
         if has_ci:
             caption += (" CI: bootstrap 95% confidence interval of the median; a speedup's interval combines the "
                         "two medians' intervals (conservative).")
-        caption += " " + MARK_TEXT
+        caption += " " + MARK_TEXT + throttle_text(g)
         name = f"models-{_slug(src) + '-' if multi else ''}{dev}-{ph.replace('_', '-')}"
         out.append(drop_constant(Table(name, "models", f"Models: {phase_label(ph)}, {device_label(dev)}"
                                        + _source_part(src, multi), caption, cols, rows)))
@@ -235,7 +296,7 @@ def layer_tables(pairs, multi: bool, has_ci: bool) -> list[Table]:
                    "Phases: fwd forward, bwd data the input gradient, bwd weights the weight and bias gradients.")
         if has_ci:
             caption += " CI: bootstrap 95% confidence interval."
-        caption += " " + MARK_TEXT
+        caption += " " + MARK_TEXT + throttle_text(g)
         name = f"layers-{_slug(src) + '-' if multi else ''}{dev}-{kind}"
         out.append(drop_constant(Table(name, "layers", f"{KIND_LABELS.get(kind, kind).capitalize()}, "
                                        f"{device_label(dev)}" + _source_part(src, multi), caption, cols, rows)))
@@ -250,13 +311,18 @@ def not_ok_table(df, multi: bool) -> list[Table]:
              "device": device_label(r["device"]), "workload": workload_label(r["workload"], with_batch=False),
              "phase": phase_label(r["phase"]), "batch": r["batch"], "status": r["status"],
              "reason": (r["reason"] or ("outputs differ from float64 beyond the tolerance"
-                                        if r["status"] == "parity_fail" else ""))[:160]}
+                                        if r["status"] == "parity_fail" else ""))[:160],
+             "note": THROTTLE_MARK if throttle_state(r.get("throttled")) else ""}
             for _, r in bad.iterrows()]
     cols = ([Col("source", "results")] if multi else []) + [
         Col("variant", "variant"), Col("device", "device"), Col("workload", "workload"), Col("phase", "phase"),
         Col("batch", "batch", "int"), Col("status", "status"), Col("reason", "reason", "para")]
     caption = ("Rows that are not ok: parity_fail rows were timed and appear in the other tables with "
                f"{FAIL_MARK}; other statuses (oom, unsupported, error, not_measured) have no time.")
+    marked = throttle_text(bad, "the row was")
+    if marked:
+        cols.append(Col("note", "note"))
+        caption += marked
     return [drop_constant(Table("not-ok", "not_ok", "Rows that are not ok", caption, cols, rows))]
 
 
@@ -271,12 +337,15 @@ def headline_table(head, multi: bool) -> list[Table]:
                      "phase": phase_label(h["phase"]),
                      "rows": h["rows"], "gm": h["geomean_best"], "min": h["min_best"], "max": h["max_best"],
                      "gm_eager": h["geomean_eager"] if h["kind"] == "model" else float("nan"),
-                     "failed": h["failed"]})
+                     "failed": h["failed"], "throttled": h.get("throttled", float("nan"))})
     cols = ([Col("source", "results")] if multi else []) + [
         Col("machine", "machine"), Col("what", "workloads"), Col("precision", "precision"), Col("phase", "phase"),
         Col("rows", "rows", "int"), Col("gm", "geomean", "num", "vs best reference"), Col("min", "min", "num", "vs best reference"),
         Col("max", "max", "num", "vs best reference"), Col("gm_eager", "geomean", "num", "vs eager"),
         Col("failed", FAIL_MARK, "int")]
+    counts = [r["throttled"] for r in rows if not _missing(r["throttled"])]
+    if any(counts):
+        cols.append(Col("throttled", THROTTLE_MARK, "int"))
     refs = sorted({v for s in head["ref_variants"] for v in s.split(",") if v})
     names = ", ".join(variant_label(*v.split("/", 1)) for v in refs)
     caption = ("Headline speedups of ours (> 1: ours faster). Baseline: for each row the fastest reference "
@@ -285,6 +354,14 @@ def headline_table(head, multi: bool) -> list[Table]:
                "strict FP32, tf32 TF32, bf16 BF16 autocast on PyTorch's side). vs eager: the geometric mean against PyTorch "
                f"eager instead (models only), a secondary view. {FAIL_MARK}: rows with a parity failure "
                "(counted).")
+    if any(counts):
+        hit = head[head["throttled"].fillna(0) > 0]
+        reasons = sorted({x for cell in hit["throttle_reasons"] for x in str(cell).split(";") if x})
+        caption += (f" {THROTTLE_MARK}: rows that ran with a GPU clock limit active on either side (counted; NVML "
+                    f"reasons: {', '.join(reasons) or 'not recorded'})"
+                    + ("; empty where not recorded (CPU rows)" if len(counts) < len(rows) else "") + ".")
+    elif counts:
+        caption += " No GPU row behind these figures ran with a clock limit active (NVML)."
     return [drop_constant(Table("headline", "headline", "Headline speedups", caption, cols, rows))]
 
 
@@ -397,11 +474,20 @@ def env_rows(env: dict, devices: list[str]) -> list[tuple[str, str]]:
     return [(k, v) for k, v in rows if v not in ("", None)]
 
 
-def env_table(envs: dict, devices_of: dict) -> list[Table]:
-    """``envs``: {source: env dict}; ``devices_of``: {source: [devices in its rows]}."""
+def env_table(envs: dict, devices_of: dict, throttling: dict | None = None) -> list[Table]:
+    """``envs``: {source: env dict}; ``devices_of``: {source: [devices in its rows]}; ``throttling``:
+    {source: ``throttle_line`` of its rows} (a row "GPU clock limits" after the clocks where not empty)."""
     if not envs:
         return []
-    per = {src: dict(env_rows(e, devices_of.get(src, []))) for src, e in envs.items()}
+    per = {}
+    for src, e in envs.items():
+        rows = env_rows(e, devices_of.get(src, []))
+        line = (throttling or {}).get(src, "")
+        if line:
+            keys = [k for k, _ in rows]
+            at = next((keys.index(k) + 1 for k in ("GPU clocks / power", "GPU") if k in keys), len(rows))
+            rows.insert(at, ("GPU clock limits", line))
+        per[src] = dict(rows)
     params = list(dict.fromkeys(k for rows in per.values() for k in rows))
     srcs = list(envs)
     rows = [{"param": p, **{f"s{i}": per[s].get(p, "") for i, s in enumerate(srcs)}} for p in params]

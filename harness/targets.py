@@ -262,12 +262,14 @@ def _ci(terms: list, reduce: str, samples: dict | None) -> tuple[float, float] |
 
 
 def evaluate(rows_list: list[dict], gpu_reason: str | None, samples: dict | None = None,
-             networks: set[str] | None = None) -> list[dict]:
+             networks: set[str] | None = None, left_out: dict[str, list[str]] | None = None) -> list[dict]:
     """targets.csv lines from the rows of a targets run; ``samples`` ({row_id: seconds}) gives the CIs.
 
     ``networks``: the conv workloads of the networks suite (default: ``networks_workloads()``); the
     networks targets read those rows, the conv-suite targets every other conv row and those the targets
-    suite lists itself (a layer both suites list counts in both)."""
+    suite lists itself (a layer both suites list counts in both). ``left_out``, when given, is filled with
+    {target: descriptions of the rows behind it that were missing, not ok or failed parity} for every
+    target evaluated (an empty list: every row behind it counted; ``met`` is then the goal alone)."""
     rows = _Rows(rows_list)
     if networks is None:
         networks = networks_workloads()
@@ -370,6 +372,8 @@ def evaluate(rows_list: list[dict], gpu_reason: str | None, samples: dict | None
             if missing:
                 bad.insert(0, f"{len(missing)} of {len(_LAYER_PHASES) * len(networks)} networks rows of ours not "
                               f"measured yet, e.g. {missing[0][0]} {missing[0][1]} (rerun `harness targets` to resume)")
+        if left_out is not None:
+            left_out[t.name] = list(bad)
         if math.isnan(value):
             line["met"] = "False"
             line["note"] = "not measured: " + ("; ".join(bad[:5]) if bad else "no rows")

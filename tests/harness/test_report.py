@@ -1,12 +1,14 @@
 """``harness report`` on small result folders: every plot as PNG + PDF, LaTeX tables with captions,
 labels and S columns, no constant columns, longtables when long, A4 pages throughout, baselines named,
-readable labels, the roofline's points, two machines of one name kept apart, bad input refused.
+readable labels, the roofline's points, two machines of one name kept apart, rows that ran with a GPU
+clock limit marked and counted, bad input refused.
 
 The result folders are written by ``results.write_all`` (the harness's own CSV writer) with random,
 seeded times: the numbers are not measurements, the tests check what the report does with them.
 """
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -18,10 +20,10 @@ import numpy as np
 import pytest
 
 import modelspec
-from harness import cli, results
+from harness import cli, pdfdoc, results
 from harness.labels import machine_key, parse_workload, variant_label, workload_label
 from harness.report import load, render, render_frame, source_labels
-from harness.tables import LONG_ROWS
+from harness.tables import LONG_ROWS, THROTTLE_MARK
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 A4_PT = (595.44, 841.68)      # matplotlib's A4 (8.27 x 11.69 in)
@@ -32,6 +34,7 @@ GPU_ENV = {"run_device": "gpu", "device_name": "NVIDIA H100 80GB HBM3", "cpu_mod
            "python": "3.12.3", "numpy": "2.5.2", "torch": "2.11.0", "torch_threads": 16,
            "precision_flags": {"torch.backends.cuda.matmul.allow_tf32": False, "torch.backends.cudnn.allow_tf32": False}}
 LAYERS = ("dense_M33_N10_K64", "conv_N7_C3_H9_W9_K5_R3_S3_st1_pad1", "maxpool_N7_C3_H9_W9_R3_S3_st3")
+REASONS = ("sw_power_cap", "hw_thermal", "sw_power_cap;sw_thermal")    # NVML clock-limit reasons (harness/nvml.py)
 
 
 def _row(rng, impl, variant, device, workload, kind, batch, phase, flops, spec_hash="", scale=1.0, **kw):
@@ -48,8 +51,13 @@ def _row(rng, impl, variant, device, workload, kind, batch, phase, flops, spec_h
 
 
 def write_folder(path, device="gpu", models=("thesis-2-3-1", "mlp-mnist"), batches=(1, 7, 33),
-                 phases=("inference", "train_step"), extra_reference=None, env=None, fail=None, seed=0):
-    """A results folder as ``harness run`` leaves it (results.csv + env.json), random seeded times."""
+                 phases=("inference", "train_step"), extra_reference=None, env=None, fail=None, seed=0,
+                 throttle=None):
+    """A results folder as ``harness run`` leaves it (results.csv + env.json), random seeded times.
+
+    ``throttle``: on the GPU, the chance that a row ran with a clock limit active (NVML's ``throttled``,
+    with random ``throttle_reasons``); None leaves both columns empty, as a run without NVML does.
+    """
     from harness import roofline
 
     rng = np.random.default_rng(seed)
@@ -82,6 +90,11 @@ def write_folder(path, device="gpu", models=("thesis-2-3-1", "mlp-mnist"), batch
             for impl, var in (("custom", "cuda" if device == "gpu" else "numpy"), ("reference", "torch")):
                 rows.append(_row(rng, impl, var, device, wl, kind, n, ph, getattr(layer.flops(n), ph),
                                  shape=wl))
+    if throttle is not None and device == "gpu":
+        trng = np.random.default_rng([seed, 7])        # its own stream: the times stay those without it
+        for r in rows:
+            r.throttled = bool(trng.random() < throttle)
+            r.throttle_reasons = str(trng.choice(REASONS)) if r.throttled else ""
     os.makedirs(path, exist_ok=True)
     results.write_all(os.path.join(path, "results.csv"), rows)
     e = dict(env if env is not None else GPU_ENV)
@@ -108,17 +121,27 @@ def tex_tables(text: str) -> list[dict]:
     return out
 
 
+def md_tables(text: str) -> dict:
+    """Each table of a .md file by name: its caption, header cells and body rows (cells as strings)."""
+    out = {}
+    for m in re.finditer(r"\*\*Table (\S+)\.\*\* (.*?)\n\n((?:\|.*\|\n)+)", text):
+        lines = [[c.strip() for c in line.strip()[1:-1].split(" | ")] for line in m.group(3).splitlines()]
+        out[m.group(1)] = {"caption": m.group(2), "header": lines[0], "rows": lines[2:]}
+    return out
+
+
 def media_boxes(pdf: bytes) -> list[tuple[float, ...]]:
     return [tuple(float(x) for x in m.split()) for m in re.findall(rb"/MediaBox\s*\[([^\]]*)\]", pdf)]
 
 
 @pytest.fixture(scope="module")
 def gpu_report(tmp_path_factory):
-    """A GPU folder (with a sibling targets folder of the same machine) and its rendered report."""
+    """A GPU folder (with a sibling targets folder of the same machine; a few rows ran throttled, so the
+    LaTeX compiled carries the throttle mark) and its rendered report."""
     base = tmp_path_factory.mktemp("gpu")
     folder = write_folder(str(base / "gpu-h100"), batches=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
                           models=("thesis-2-3-1", "mlp-mnist", "digits-cnn"), extra_reference="jax-jit",
-                          fail=("mlp-mnist", 8, "train_step", "custom"))
+                          fail=("mlp-mnist", 8, "train_step", "custom"), throttle=0.05)
     tdir = base / "targets-h100"
     tdir.mkdir()
     (tdir / "targets.csv").write_text("target,measured,goal,met,rows,note,ci_low,ci_high\n"
@@ -390,6 +413,157 @@ def test_targets_from_a_sibling_folder_only_for_the_same_machine(tmp_path):
     files = render([folder], out_dir=str(tmp_path / "out"))
     assert "targets.tex" not in files                     # another machine's targets are not borrowed
     assert "headline.tex" in files
+
+
+# ============================================================================ GPU clock limits
+def _pdf_paragraphs(monkeypatch) -> list[str]:
+    """Every paragraph report.pdf is given from now on (the summary page's text among them)."""
+    seen = []
+    original = pdfdoc.Doc.paragraph
+
+    def paragraph(self, text, *args, **kw):
+        seen.append(text)
+        return original(self, text, *args, **kw)
+
+    monkeypatch.setattr(pdfdoc.Doc, "paragraph", paragraph)
+    return seen
+
+
+def _throttled(row) -> bool:
+    return row is not None and row["throttled"] is True
+
+
+def test_throttled_rows_are_marked_counted_and_summarised(tmp_path, monkeypatch):
+    gpu = write_folder(str(tmp_path / "gpu"), models=("thesis-2-3-1", "mlp-mnist"), batches=(1, 7, 33),
+                       fail=("mlp-mnist", 7, "train_step", "custom"), throttle=0.3, seed=3)
+    cpu = write_folder(str(tmp_path / "cpu"), device="cpu", models=("thesis-2-3-1",), batches=(1, 7), seed=4)
+    csv_path = os.path.join(gpu, "results.csv")
+    rows = results.read_results(csv_path).rows
+    for r in rows:                                     # the parity failure ran throttled too: not_ok marks it
+        if r["status"] == "parity_fail":
+            r["throttled"], r["throttle_reasons"] = "True", "hw_thermal"
+    with open(csv_path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=results.COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    paragraphs = _pdf_paragraphs(monkeypatch)
+    files = render([gpu, cpu], out_dir=str(tmp_path / "out"))
+    df, _ = load([gpu, cpu])
+    timed = df[df["status"].isin(("ok", "parity_fail"))]
+    hit = df[(df["device"] == "gpu") & (df["throttled"] == True)]      # noqa: E712 (object column)
+    assert 0 < len(hit) < (df["device"] == "gpu").sum()                 # some rows, not all
+
+    # per-row tables: a pair is marked when ours, the best reference or eager ran throttled
+    def side(g, impl, variant):
+        s = g[(g["impl"] == impl) & (g["variant"] == variant)]
+        return s.iloc[0] if len(s) else None
+
+    expected = {}
+    for (wl, batch, ph), g in timed[timed["device"] == "gpu"].groupby(["workload", "batch", "phase"]):
+        refs = g[g["impl"] == "reference"]
+        ours = side(g, "custom", "cuda-graph" if ph in ("train_step", "inference") else "cuda")
+        best = refs.loc[refs["median_ms"].idxmin()]
+        eager = side(g, "reference", "torch-eager" if g["kind"].iloc[0] == "model" else "torch")
+        expected[(wl, int(batch), ph)] = any(_throttled(r) for r in (ours, best, eager))
+    assert any(expected.values()) and not all(expected.values())
+    layers = md_tables(open(files["layers.md"], encoding="utf-8").read())
+    models = md_tables(open(files["models.md"], encoding="utf-8").read())
+    marked = 0
+    for name, t in {**layers, **models}.items():
+        if "-cpu-" in name:
+            assert THROTTLE_MARK not in t["caption"] and not any(THROTTLE_MARK in c for r in t["rows"] for c in r)
+            continue
+        note = t["header"].index("note") if "note" in t["header"] else None
+        mine = [THROTTLE_MARK in r[note] for r in t["rows"]] if note is not None else [False] * len(t["rows"])
+        marked += sum(mine)
+        assert any(mine) == ("\u2021: a GPU clock limit was active" in t["caption"]), name   # explained when used
+    assert marked == sum(expected.values())
+    dense = layers["layers-gpu-gpu-dense"]
+    for r in dense["rows"]:
+        short = r[dense["header"].index("phase")]
+        phase = {"fwd": "forward", "bwd data": "backward_data", "bwd weights": "backward_weights"}[short]
+        want = expected[("dense_M33_N10_K64", 33, phase)]
+        assert (THROTTLE_MARK in r[dense["header"].index("note")]) == want, r
+
+    # the caption names the reasons of the rows behind the marks, and no other
+    for name, t in layers.items():
+        if THROTTLE_MARK in t["caption"]:
+            words = re.search(r"NVML reasons: ([^)]*)\)", t["caption"]).group(1).replace(",", " ").split()
+            kind = name.rsplit("-", 1)[1]
+            seen = {x for v in hit[hit["kind"] == kind]["throttle_reasons"] for x in v.split(";")}
+            assert {w for w in words if not w.isdigit()} <= seen, name
+
+    # not_ok: the failing row carries the mark and its caption explains it
+    not_ok = md_tables(open(files["not_ok.md"], encoding="utf-8").read())["not-ok"]
+    assert THROTTLE_MARK in not_ok["caption"] and "hw_thermal" in not_ok["caption"]
+    if "note" in not_ok["header"]:
+        assert [r[not_ok["header"].index("note")] == THROTTLE_MARK for r in not_ok["rows"]] == [
+            "parity_fail" in r or "status: parity_fail" in not_ok["caption"] for r in not_ok["rows"]]
+    else:                                              # the same in every row: named in the caption
+        assert "In every row:" in not_ok["caption"] and f"note {THROTTLE_MARK}" in not_ok["caption"]
+
+    # headline: a count of throttled pairs per line, empty for the CPU lines (not recorded)
+    head = md_tables(open(files["headline.md"], encoding="utf-8").read())["headline"]
+    assert THROTTLE_MARK in head["header"] and "empty where not recorded" in head["caption"]
+    col, src_col = head["header"].index(THROTTLE_MARK), head["header"].index("results")
+    counted = 0
+    for r in head["rows"]:
+        if r[src_col] == "cpu":
+            assert r[col] == "-"
+        else:
+            counted += int(r[col])
+    assert counted == sum(expected.values())
+
+    # the summary page and the environment table: N of M GPU rows, with the reasons
+    n, m = len(hit), int((df["device"] == "gpu").sum())
+    line = f"{n} of {m} GPU rows ran with a clock limit active (reasons: "
+    assert any(line in p for p in paragraphs[:2]), paragraphs[:2]
+    env = open(files["environment.md"], encoding="utf-8").read()
+    assert line in env and env.count("GPU clock limits") == 1
+    for reason in {x for v in hit["throttle_reasons"] for x in v.split(";")}:
+        assert reason in env
+    tex = {k: open(files[k], encoding="utf-8").read() for k in ("layers.tex", "headline.tex", "environment.tex")}
+    assert all("\\textdaggerdbl{}" in v and THROTTLE_MARK not in v for v in tex.values())
+
+
+def test_rows_without_throttling_get_no_mark(tmp_path, monkeypatch):
+    calm = write_folder(str(tmp_path / "calm"), models=("thesis-2-3-1",), batches=(1, 7), throttle=0.0, seed=5)
+    plain = write_folder(str(tmp_path / "plain"), models=("thesis-2-3-1",), batches=(1, 7), seed=6)
+    for folder, recorded in ((calm, True), (plain, False)):
+        paragraphs = _pdf_paragraphs(monkeypatch)
+        files = render([folder], out_dir=str(tmp_path / f"out-{recorded}"))
+        for k in files:
+            if k.endswith((".md", ".tex")):
+                text = open(files[k], encoding="utf-8").read()
+                assert THROTTLE_MARK not in text and "textdaggerdbl" not in text, k
+                assert "was active while" not in text, k
+        head = md_tables(open(files["headline.md"], encoding="utf-8").read())["headline"]
+        env = open(files["environment.md"], encoding="utf-8").read()
+        gpu_rows = len(results.read_results(os.path.join(folder, "results.csv")).rows)
+        if recorded:       # NVML read every row and none was limited: said once, no column of zeros
+            assert "No GPU row behind these figures ran with a clock limit active" in head["caption"]
+            assert f"None of {gpu_rows} GPU rows ran with a clock limit active." in env
+            assert any(f"GPU clock limits: None of {gpu_rows} GPU rows" in p for p in paragraphs[:2])
+        else:              # no readings (no nvidia-ml-py): nothing is claimed either way
+            assert "clock limit" not in head["caption"] and "GPU clock limits" not in env
+            assert not any("clock limit" in p for p in paragraphs)
+
+
+def test_results_without_the_nvml_columns_still_render(tmp_path):
+    folder = write_folder(str(tmp_path / "old"), models=("mlp-mnist",), batches=(1, 33), throttle=0.5, seed=8)
+    csv_path = os.path.join(folder, "results.csv")
+    rows = results.read_results(csv_path).rows
+    assert any(r["throttled"] == "True" for r in rows)   # present in the rows, gone with the old header
+    with open(csv_path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=results.PRE_SAMPLES_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    assert results.read_results(csv_path).layout == "no-samples"
+    files = render([folder], out_dir=str(tmp_path / "out"))
+    assert files["pdf"] and os.path.getsize(files["pdf"]) > 0
+    for k in ("models.md", "layers.md", "headline.md", "environment.md", "models.tex"):
+        text = open(files[k], encoding="utf-8").read()
+        assert THROTTLE_MARK not in text and "clock limit" not in text, k
 
 
 # ============================================================================ bad input
