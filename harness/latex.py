@@ -85,7 +85,7 @@ def _too_wide(t: Table) -> bool:
     return len(fixed) == len(t.cols) and sum(_natural_pt(t, c) for c in fixed) + GAP_PT * len(fixed) > TEXT_WIDTH_PT
 
 
-def _shrink_to_fit(text: str) -> str:
+def shrink_to_fit(text: str) -> str:
     r"""The tabular inside ``\resizebox``: scaled down to the line width when wider, left as is otherwise."""
     start, end = text.index("\\begin{tabular}"), text.index("\\end{tabular}") + len("\\end{tabular}")
     return (text[:start] + "\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%\n"
@@ -134,7 +134,7 @@ def to_latex(t: Table) -> str:
                                position="htbp", position_float="centering", multicol_align="c")
         text = body.replace("\\centering\n", "\\centering\n\\small\\setlength{\\tabcolsep}{4pt}\n", 1)
         if _too_wide(t):
-            text = _shrink_to_fit(text)
+            text = shrink_to_fit(text)
     if grouped:
         text = _group_rules(text, t)
     return text

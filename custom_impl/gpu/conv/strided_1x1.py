@@ -13,7 +13,7 @@ A 1x1 conv with stride (sh, sw) and no padding reads x only at h = p*sh, w = q*s
 input, into the workspace, with split-K where its plan takes it; one scatter kernel then writes every
 element of dx once. Why: the implicit GEMM's own strided backward-data runs one GEMM per stride phase
 without split-K and writes dx at stride sw; on an H100 (2026-12-06, the networks suite's ResNet-50
-downsample shortcuts) it ran 1.1-2.2x slower than this decomposition (docs/kernels.md). "auto" times both.
+downsample shortcuts) it ran 1.1-2.4x slower than this decomposition (docs/kernels.md). "auto" times both.
 
 Outputs are written (``=``). With ``dx`` and ``workspace`` given nothing is allocated and nothing
 synchronises the host (CUDA-graph capturable).
