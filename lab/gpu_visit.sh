@@ -7,6 +7,9 @@
 #                                          # run`, nothing compiled before): seconds to its first row and
 #                                          # to completion, its log, and the folder it wrote
 #   bash lab/gpu_visit.sh targets          # the performance targets -> reports/targets-<card>/
+#   bash lab/gpu_visit.sh train [SET]      # the committed GPU training runs, one set per call (resumable):
+#                                          # mnist-64 (default), mnist-1024, cifar-64, cifar-1024, digits
+#                                          # -> reports/train-<set>-<card>/
 #   bash lab/gpu_visit.sh perf [BENCH-ARGS...]  # kernel timings (lab/gemm/bench.py ...) and the
 #                                          # per-layer train-step profile (lab/step/profile_step.py)
 # Every mode but first-run first compiles the kernel modules in parallel into CuPy's on-disk cache
@@ -60,6 +63,27 @@ case "${1:-tests}" in
     echo "profile exit: $?"
     tail -60 "$out/profile.log"
     grep -A40 "=== summary" "$out/bench.log"
+    ;;
+  train)
+    card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr 'A-Z ' 'a-z-' | tr -cd 'a-z0-9-')
+    set=${2:-mnist-64}
+    variants=cuda-graph,torch-graph,torch-eager
+    case "$set" in
+      mnist-64)   args="--data synthetic-mnist:60000 --models mlp-mnist,lenet-mnist --batch 64 --lr 0.01 --epochs 4" ;;
+      mnist-1024) args="--data synthetic-mnist:60000 --models mlp-mnist,lenet-mnist --batch 1024 --lr 0.05 --epochs 8" ;;
+      cifar-64)   args="--data synthetic-cifar:50000 --models cnn-cifar --batch 64 --lr 0.01 --epochs 4" ;;
+      # cnn-cifar at batch 1024 (CPU check, 8000 samples, seed 0): lr 0.05 and 0.02 oscillate, 0.01 is stable
+      cifar-1024) args="--data synthetic-cifar:50000 --models cnn-cifar --batch 1024 --lr 0.01 --epochs 12" ;;
+      digits)     args="--data digits" ;;
+      *) echo "unknown training set '$set': mnist-64, mnist-1024, cifar-64, cifar-1024 or digits"; exit 2 ;;
+    esac
+    out_dir="reports/train-$set-$card"
+    # shellcheck disable=SC2086
+    timeout "${TIMEOUT_S:-480}" python3 -m harness train $args --variants $variants --device gpu --quiet \
+      --out "$out_dir" >"$out/train.log" 2>&1
+    echo "train exit: $?"
+    tar czf "$out/train.tgz" "$out_dir"
+    tail -30 "$out/train.log"
     ;;
   run|targets)
     card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '-' | tr -cd 'A-Za-z0-9-')
