@@ -185,16 +185,13 @@ def read_run(path: str) -> Run:
             if res.empty or not res.rows:
                 raise CompareError(f"{csv_path} holds no rows (a run killed before its first row?); finish the run "
                                    "with the same --out, or compare another folder")
-            if res.torn_line is not None:
-                print(f"harness: {csv_path}: line {res.torn_line} is an incomplete last row (a run still writing, "
-                      "or killed); it is left out", file=sys.stderr)
+            res.warn_torn()
             samples = samples_by_row(path)
             describe = ""
             env_path = os.path.join(path, "env.json")
             if os.path.lexists(env_path):
                 e = envmod.read(env_path)
-                git = e.get("git") if isinstance(e.get("git"), dict) else {}
-                commit = (git.get("commit") or "")[:10] + (" (uncommitted changes)" if git.get("dirty") else "")
+                commit = envmod.commit_text(e)
                 describe = "; ".join(x for x in (
                     str(e.get("device_name") or e.get("cpu_model") or ""),
                     f"host {e.get('hostname')}" if e.get("hostname") else "",

@@ -370,3 +370,11 @@ def read(path: str) -> dict:
     """The record in ``path``; io.DamagedFile naming the file, the line and the fix when it is not one."""
     return read_json_object(path, "env.json", "delete it: `harness run` with the same --out writes it again "
                                               "(finished rows are kept)")
+
+
+def commit_text(rec: dict) -> str:
+    """The record's git commit, shortened, as reports name it: "1a2b3c4d5e", "1a2b3c4d5e (uncommitted
+    changes)" when the tree was dirty, or "" when none is recorded."""
+    git = rec.get("git") if isinstance(rec.get("git"), dict) else {}
+    commit = str(git.get("commit") or "")[:10]
+    return commit + (" (uncommitted changes)" if commit and git.get("dirty") else "")

@@ -113,10 +113,7 @@ def _results_frame(csv_path: str):
     if res.empty:
         raise ReportError(f"{csv_path} is empty (a run killed before its first row?); rerun `harness run` with "
                           "the same --out, or remove the file")
-    if res.torn_line is not None:
-        print(f"harness: {csv_path}: line {res.torn_line} is an incomplete last row (a run still writing, or "
-              "killed); it is left out. `harness run` with the same --out drops it and measures that row again",
-              file=sys.stderr)
+    res.warn_torn("`harness run` with the same --out drops it and measures that row again")
     return pd.DataFrame(res.rows, columns=list(COLUMNS), dtype=str)
 
 

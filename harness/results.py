@@ -170,6 +170,13 @@ class ResultsFile:
     empty: bool                  # no bytes at all
     layout: str = "current"      # LAYOUTS: which header it has ("current", "no-samples", "no-spec-hash")
 
+    def warn_torn(self, then: str = "") -> None:
+        """Say on stderr that an incomplete last row was left out, if there is one (``then``: a sentence
+        more, such as how a rerun treats it)."""
+        if self.torn_line is not None:
+            print(f"harness: {self.path}: line {self.torn_line} is an incomplete last row (a run still writing, or "
+                  f"killed); it is left out{'. ' + then if then else ''}", file=sys.stderr)
+
 
 def read_results(path: str) -> ResultsFile:
     """Read and check a results.csv; raises DamagedFile naming the file, the line and the fix.

@@ -41,10 +41,10 @@ import io
 import math
 import os
 import statistics
-import sys
 from typing import NoReturn
 
-from .io import DamagedFile, atomic_write, write_text
+from . import env as envmod
+from .io import DamagedFile, write_text
 from .targets import TARGETS, evaluate, networks_workloads
 
 OUT_FILES = ("targets_runs.csv", "targets_runs.md", "targets_runs.tex")
@@ -84,8 +84,7 @@ def _env_facts(env: dict) -> tuple[str, str, str, str, str | None]:
         date = datetime.datetime.fromisoformat(stamp).strftime("%Y-%m-%d %H:%M UTC")
     except ValueError:
         date = stamp or "no date"
-    git = env.get("git") if isinstance(env.get("git"), dict) else {}
-    commit = str(git.get("commit") or "")[:10] + (" (uncommitted changes)" if git.get("dirty") else "")
+    commit = envmod.commit_text(env)
     run_device = env.get("run_device")
     if run_device == "gpu" or (run_device is None and gpu):
         reason = None
@@ -96,7 +95,6 @@ def _env_facts(env: dict) -> tuple[str, str, str, str, str | None]:
 
 def read_run(path: str, label: str, networks: set[str]) -> Run:
     """Read a run folder with the strict readers and evaluate every target from its rows."""
-    from . import env as envmod
     from .results import ResultsError, read_results, samples_by_row
 
     how = "pass folders written by `harness targets --out DIR`"
@@ -120,9 +118,7 @@ def read_run(path: str, label: str, networks: set[str]) -> Run:
     if not res.rows:
         _fail(f"--runs {path}: {results} holds no rows (a run killed before its first row?); finish the run with "
               f"`python -m harness targets --out {path}`, or leave it out")
-    if res.torn_line is not None:
-        print(f"harness: {results}: line {res.torn_line} is an incomplete last row (a run still writing, or "
-              "killed); it is left out", file=sys.stderr)
+    res.warn_torn()
     device, machine, date, commit, gpu_reason = _env_facts(env)
     left_out: dict[str, list[str]] = {}
     lines = evaluate(res.rows, gpu_reason, samples, networks=networks, left_out=left_out)
@@ -225,9 +221,9 @@ def csv_text(runs: list[Run], lines: list[dict]) -> str:
 def caption(runs: list[Run]) -> str:
     one_machine = len({r.machine for r in runs}) == 1
     machine = f" (machine {runs[0].machine})" if one_machine and runs[0].machine else ""
-    each = "; ".join(f"run {i}" + (f" = {r.label}" if r.label != r.path else "") + f": {r.path}, {r.date}"
+    each = "; ".join(r.label + (f" ({r.path})" if r.label != r.path else "") + f": {r.date}"
                      + ("" if one_machine or not r.machine else f", machine {r.machine}")
-                     + (f", commit {r.commit}" if r.commit else "") for i, r in enumerate(runs, start=1))
+                     + (f", commit {r.commit}" if r.commit else "") for r in runs)
     return (f"Performance targets over {len(runs)} runs on {runs[0].device}{machine}, each a ratio reference time / "
             f"our time (> 1: ours faster), evaluated from the runs' rows with the current target definitions. "
             f"{each}. Median, min and max over the runs that measured the target; spread = max / min - 1. met: "
@@ -236,7 +232,8 @@ def caption(runs: list[Run]) -> str:
 
 
 def table(runs: list[Run], lines: list[dict]):
-    """The combined targets as a ``tables.Table`` (runs as ``run 1``, ``run 2``, ... named in the caption)."""
+    """The combined targets as a ``tables.Table``: one column per run, headed by its label (the folder's
+    name), its path, date and commit in the caption."""
     from .tables import Col, Table, drop_constant
 
     rows = []
@@ -248,7 +245,7 @@ def table(runs: list[Run], lines: list[dict]):
         row.update({f"run{i}": _num(line[r.label]) for i, r in enumerate(runs, start=1)})
         rows.append(row)
     cols = ([Col("target", "target"), Col("goal", "goal", "num")]
-            + [Col(f"run{i}", f"run {i}", "num") for i in range(1, len(runs) + 1)]
+            + [Col(f"run{i}", r.label, "num") for i, r in enumerate(runs, start=1)]
             + [Col("median", "median", "num"), Col("min", "min", "num"), Col("max", "max", "num"),
                Col("spread", "spread"), Col("met", "met"), Col("runs", "runs", "int"),
                Col("note", "note", "para", width_cm=5.0)])
@@ -310,11 +307,7 @@ def combine(paths: list[str], out: str | None = None) -> tuple[str, dict[str, st
     for name in OUT_FILES:
         path = os.path.join(out, name)
         try:
-            if name.endswith(".csv"):
-                with atomic_write(path, newline="") as fh:
-                    fh.write(texts[name])
-            else:
-                write_text(path, texts[name])
+            write_text(path, texts[name])
         except OSError as err:
             _fail(f"--out {out}: writing {name} failed ({err.strerror}); free the space or fix the permissions, "
                   "then run the command again")

@@ -26,6 +26,9 @@ Example::
 """
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import numpy as np
 
 from .. import runtime
@@ -49,13 +52,38 @@ def stride1_dims(dims) -> ConvDims:
     return ConvDims(N, C, P, Q, K, 1, 1, P, Q, 1, 1, 0, 0)
 
 
+class Plan(NamedTuple):
+    flat: ConvDims       # the stride-1 conv
+    n_dxc: int           # its output, first in the workspace
+    size: int            # workspace floats: dxc, then the stride-1 GEMM's split-K partials
+    grid: tuple          # the scatter's grid: one thread per 4 consecutive w of one row of dx
+    entry: str           # the scatter's 32- or 64-bit entry point
+    groups: object       # its thread count, as that entry point's integer type
+    scalars: tuple       # (H, W, P, Q, sh, sw) as int32
+
+
+def plan(dims, sms: int = 132) -> Plan:
+    """The launch plan of ``backward_data`` for this layer, under the launch cost in force (the stride-1
+    GEMM's split-K depends on it); memoised: a repeated eager call pays one lookup."""
+    return _plan(tuple(dims), sms, runtime.launch_cost())
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan(dims, sms, launch_s) -> Plan:
+    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
+    flat = stride1_dims(dims)
+    n_dxc = N * C * P * Q
+    groups = N * C * H * -(-Wd // 4)
+    small = groups < 2**31
+    return Plan(flat, n_dxc, n_dxc + implicit_gemm.workspace_size(flat, sms), (blocks(groups, THREADS),),
+                "conv_strided_1x1_scatter_i32" if small else "conv_strided_1x1_scatter",
+                np.uint32(groups) if small else np.int64(groups), i32(H, Wd, P, Q, sh, sw))
+
+
 def workspace_size(dims, sms: int = 132) -> int:
     """float32 elements of workspace ``backward_data`` needs: dxc (N*C*P*Q) and the stride-1 GEMM's
     split-K partials after it (0 where the layer does not fit)."""
-    if not fits(dims):
-        return 0
-    N, C, P, Q = dims.N, dims.C, dims.P, dims.Q
-    return N * C * P * Q + implicit_gemm.workspace_size(stride1_dims(dims), sms)
+    return plan(dims, sms).size if fits(dims) else 0
 
 
 def modules() -> list:
@@ -65,26 +93,17 @@ def modules() -> list:
 
 def backward_data(dy, W, dx, dims, workspace=None, sms=132):
     """dx (N, C, H, W) from dy (N, K, P, Q) and W (K, C, 1, 1), checked by the caller (``fits(dims)``)."""
-    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
     if not fits(dims):
+        N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
         raise ValueError(f"conv2d backward_data: algo 'strided_1x1' runs 1x1 kernels with a stride and no padding; "
                          f"this layer is {R}x{S}, stride {(sh, sw)}, padding {(ph, pw)}: use algo='auto' or "
                          "'implicit_gemm'")
-    n_dxc = N * C * P * Q
-    ws = checked_workspace(workspace, workspace_size(dims, sms), "conv backward_data (strided_1x1)",
-                           "conv2d_workspace_size")
-    dxc = ws[:n_dxc].reshape(N, C, P, Q)
-    implicit_gemm.backward_data(dy, W, dxc, stride1_dims(dims), ws[n_dxc:], sms)
-    groups = N * C * H * -(-Wd // 4)
-    vec = int(Wd % 4 == 0 and dx.data.ptr % 16 == 0)
-    args = (dxc, dx)
-    scalars = i32(H, Wd, P, Q, sh, sw, vec)
-    if groups < 2**31:
-        runtime.kernel(FAMILY, "conv_strided_1x1_scatter_i32")(
-            (blocks(groups, THREADS),), (THREADS,), args + (np.uint32(groups),) + scalars)
-    else:
-        runtime.kernel(FAMILY, "conv_strided_1x1_scatter")(
-            (blocks(groups, THREADS),), (THREADS,), args + (np.int64(groups),) + scalars)
+    p = plan(dims, sms)
+    ws = checked_workspace(workspace, p.size, "conv backward_data (strided_1x1)", "conv2d_workspace_size")
+    dxc = ws[:p.n_dxc].reshape(p.flat.N, p.flat.C, p.flat.H, p.flat.W)
+    implicit_gemm.backward_data(dy, W, dxc, p.flat, ws[p.n_dxc:], sms)
+    vec = np.int32(dims[3] % 4 == 0 and dx.data.ptr % 16 == 0)
+    runtime.kernel(FAMILY, p.entry)(p.grid, (THREADS,), (dxc, dx, p.groups) + p.scalars + (vec,))
     return dx
 
 
