@@ -38,6 +38,7 @@ from .geometry import ConvDims
 
 FAMILY = "conv_strided_1x1"
 THREADS = 256
+SCATTER = {True: "conv_strided_1x1_scatter_i32", False: "conv_strided_1x1_scatter"}  # by: indices fit int32
 
 
 def fits(dims) -> bool:
@@ -57,7 +58,7 @@ class Plan(NamedTuple):
     n_dxc: int           # its output, first in the workspace
     size: int            # workspace floats: dxc, then the stride-1 GEMM's split-K partials
     grid: tuple          # the scatter's grid: one thread per 4 consecutive w of one row of dx
-    entry: str           # the scatter's 32- or 64-bit entry point
+    small: bool          # the scatter's indices fit int32: its 32-bit entry point (SCATTER)
     groups: object       # its thread count, as that entry point's integer type
     scalars: tuple       # (H, W, P, Q, sh, sw) as int32
 
@@ -76,7 +77,7 @@ def _plan(dims, sms, launch_s) -> Plan:
     groups = N * C * H * -(-Wd // 4)
     small = groups < 2**31
     return Plan(flat, n_dxc, n_dxc + implicit_gemm.workspace_size(flat, sms), (blocks(groups, THREADS),),
-                "conv_strided_1x1_scatter_i32" if small else "conv_strided_1x1_scatter",
+                small,
                 np.uint32(groups) if small else np.int64(groups), i32(H, Wd, P, Q, sh, sw))
 
 
@@ -103,7 +104,7 @@ def backward_data(dy, W, dx, dims, workspace=None, sms=132):
     dxc = ws[:p.n_dxc].reshape(p.flat.N, p.flat.C, p.flat.H, p.flat.W)
     implicit_gemm.backward_data(dy, W, dxc, p.flat, ws[p.n_dxc:], sms)
     vec = np.int32(dims[3] % 4 == 0 and dx.data.ptr % 16 == 0)
-    runtime.kernel(FAMILY, p.entry)(p.grid, (THREADS,), (dxc, dx, p.groups) + p.scalars + (vec,))
+    runtime.kernel(FAMILY, SCATTER[p.small])(p.grid, (THREADS,), (dxc, dx, p.groups) + p.scalars + (vec,))
     return dx
 
 
