@@ -21,48 +21,187 @@ struct TcConvDims {
     int N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw;
 };
 
-// x[n, c, p*sh-ph+r, q*sw-pw+s] for output pixel j = (n,p,q) and tap crs = (c,r,s); nullptr outside the
-// image, for j >= j_end or crs >= crs_end.
-struct Im2colAt {
+#define TC_HD __host__ __device__ __forceinline__
+
+// ---- gathered operands ----------------------------------------------------------------------------------
+// A gathered operand element (mn, k) is one element of a tensor or zero (outside the image, past the end of
+// the reduction or of the output). A loader's sources(i, k0, src) gives the four source pointers of the
+// thread's chunk i of the tile starting at reduction index k0 (nullptr: zero); tc_gather_issue copies them
+// with 4-byte zero-filling cp.async (the elements of a chunk are not contiguous in general). The index
+// arithmetic is host-and-device code, so tests check it on the host against the plain formulas
+// (tests/custom_impl/gpu/conv_tc_gather_check.cu).
+//
+// Cost: a runtime integer division compiles to ~20 instructions, and one warp issues a tile's loads and its
+// mma.sync alone, so the divisions that split a flat index into (n, p, q) or (c, r, s) are done by
+// multiply-and-shift (TcFastDiv, divisors prepared once per thread), once per chunk rather than once per
+// element: the chunk's other three elements are reached by stepping, and a thread's output pixels (an
+// mn-major operand's columns) are the same in every chunk, so the compiler computes them once per tile.
+
+TC_HD unsigned tc_umulhi(unsigned a, unsigned b) {
+#ifdef __CUDA_ARCH__
+    return __umulhi(a, b);
+#else
+    return (unsigned)(((unsigned long long)a * b) >> 32);
+#endif
+}
+
+// n / d for 0 <= n < 2^31 and 1 <= d < 2^31 as (umulhi(n, m) + n) >> s, with s = ceil(log2 d) and
+// m = floor(2^32 (2^s - d) / d) + 1 (round-up reciprocal; hi + n < 2^32 since hi <= n < 2^31). A divisor of
+// 0 (an empty phase, never divided by) is taken as 1.
+struct TcFastDiv {
+    int d;
+    unsigned m;
+    int s;
+    TcFastDiv() = default;
+    TC_HD explicit TcFastDiv(int divisor) {
+        d = divisor > 1 ? divisor : 1;
+        s = 0;
+        while ((1ll << s) < d) ++s;
+        m = (unsigned)(((1ull << 32) * ((1ull << s) - (unsigned long long)d)) / (unsigned long long)d + 1);
+    }
+    TC_HD int quot(int n) const { return (int)((tc_umulhi((unsigned)n, m) + (unsigned)n) >> s); }
+};
+
+// Chunk i of thread tid covers 4 elements of a BMN x BK tile: (mn, k + e) if KMAJ, else (mn + e, k).
+template <int BMN, int BK, int NT, bool KMAJ>
+struct TcChunks {
+    static constexpr int CHUNKS = BMN * BK / 4;
+    static constexpr int PER = CHUNKS / NT;
+    static_assert(PER >= 1 && CHUNKS % NT == 0, "tile not divisible among threads");
+    TC_HD static int mn(int tid, int i) {
+        const int c = tid + i * NT;
+        return KMAJ ? c / (BK / 4) : (c % (BMN / 4)) * 4;
+    }
+    TC_HD static int k(int tid, int i) {
+        const int c = tid + i * NT;
+        return KMAJ ? (c % (BK / 4)) * 4 : c / (BMN / 4);
+    }
+};
+
+// An mn-major loader's columns are the same in every chunk of a thread (what its per-tile hoisting needs).
+template <int BMN, int NT>
+struct TcFixedColumns {
+    static_assert(NT % (BMN / 4) == 0, "a thread's four columns must be the same in every chunk");
+};
+
+template <int BMN, int BK, int NT, bool KMAJ, class L>
+__device__ __forceinline__ void tc_gather_issue(const L& l, float* S, int k0) {
+    using Ch = TcChunks<BMN, BK, NT, KMAJ>;
+    using Sm = TcSmem<BMN, BK, KMAJ>;
+#pragma unroll
+    for (int i = 0; i < Ch::PER; ++i) {
+        const float* src[4];
+        l.sources(i, k0, src);
+        const int mn = Ch::mn(l.tid, i), kk = Ch::k(l.tid, i);
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+            tc_cp4(S + Sm::at(KMAJ ? mn : mn + e, KMAJ ? kk + e : kk), src[e] ? src[e] : l.base(), src[e] != nullptr);
+    }
+}
+
+// Forward B: (mn = j = (n,p,q) in [j0, cols), k = crs = (c,r,s) < k_end) -> x[n, c, p*sh-ph+r, q*sw-pw+s].
+template <int BMN, int BK, int NT>
+struct TcFwdColsLoader : TcFixedColumns<BMN, NT> {
+    using Sm = TcSmem<BMN, BK, false>;
+    using Ch = TcChunks<BMN, BK, NT, false>;
     const float* x;
     TcConvDims d;
-    int j_end, crs_end;
-    __device__ __forceinline__ const float* base() const { return x; }
-    __device__ __forceinline__ const float* gather(int j, int crs) const {
-        if (j >= j_end || crs >= crs_end) return nullptr;
-        const int PQ = d.P * d.Q, RS = d.R * d.S;
-        const int n = j / PQ;
-        const int pq = j - n * PQ;
-        const int p = pq / d.Q;
-        const int q = pq - p * d.Q;
-        const int c = crs / RS;
-        const int rs = crs - c * RS;
-        const int r = rs / d.S;
+    TcFastDiv pq_div, q_div, rs_div, s_div;
+    int j0, cols, k_end, tid;
+
+    TC_HD void init(const float* x_, const TcConvDims& d_, int j0_, int cols_, int k_end_, int tid_) {
+        x = x_; d = d_; j0 = j0_; cols = cols_; k_end = k_end_; tid = tid_;
+        pq_div = TcFastDiv(d.P * d.Q); q_div = TcFastDiv(d.Q); rs_div = TcFastDiv(d.R * d.S); s_div = TcFastDiv(d.S);
+    }
+    TC_HD const float* base() const { return x; }
+    TC_HD void sources(int i, int k0, const float* (&src)[4]) const {
+        const int j = j0 + Ch::mn(tid, 0);   // TcFixedColumns: chunk 0's columns are every chunk's
+        int n = pq_div.quot(j);
+        const int pq = j - n * pq_div.d;
+        int p = q_div.quot(pq);
+        int q = pq - p * d.Q;
+        const int kk = k0 + Ch::k(tid, i);
+        const int c = rs_div.quot(kk);
+        const int rs = kk - c * rs_div.d;
+        const int r = s_div.quot(rs);
         const int s = rs - r * d.S;
-        const int ih = p * d.sh - d.ph + r;
-        const int iw = q * d.sw - d.pw + s;
-        if ((unsigned)ih >= (unsigned)d.H || (unsigned)iw >= (unsigned)d.W) return nullptr;
-        return x + (((long long)n * d.C + c) * d.H + ih) * d.W + iw;
+        const bool kok = kk < k_end;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int ih = p * d.sh - d.ph + r;
+            const int iw = q * d.sw - d.pw + s;
+            const bool ok = kok && j + e < cols && (unsigned)ih < (unsigned)d.H && (unsigned)iw < (unsigned)d.W;
+            src[e] = ok ? x + (((long long)n * d.C + c) * d.H + ih) * d.W + iw : nullptr;
+            if (++q == d.Q) { q = 0; if (++p == d.P) { p = 0; ++n; } }
+        }
     }
+    __device__ __forceinline__ void issue(float* S, int k0) const { tc_gather_issue<BMN, BK, NT, false>(*this, S, k0); }
 };
 
-struct FwdColsAt : Im2colAt {   // forward B: (mn = j, k = crs)
-    __device__ __forceinline__ const float* at(int mn, int k) const { return gather(mn, k); }
-};
-struct WgradColsAt : Im2colAt {   // backward-weights B: (mn = crs, k = j)
-    __device__ __forceinline__ const float* at(int mn, int k) const { return gather(k, mn); }
-};
-
-// backward-weights A: (mn = k, k = j = (n,p,q)) -> dy[n, k, p, q]
-struct GradRowsAt {
+// Backward-weights A: (mn = m < K, k = j = (n,p,q) < k_end) -> dy[n, m, p, q].
+template <int BMN, int BK, int NT>
+struct TcGradRowsLoader {
+    using Sm = TcSmem<BMN, BK, true>;
+    using Ch = TcChunks<BMN, BK, NT, true>;
     const float* dy;
-    int K, PQ, j_end;
-    __device__ __forceinline__ const float* base() const { return dy; }
-    __device__ __forceinline__ const float* at(int m, int j) const {
-        if (m >= K || j >= j_end) return nullptr;
-        const int n = j / PQ;
-        return dy + ((long long)n * K + m) * PQ + (j - n * PQ);
+    TcFastDiv pq_div;
+    int K, mn0, k_end, tid;
+
+    TC_HD void init(const float* dy_, const TcConvDims& d, int mn0_, int k_end_, int tid_) {
+        dy = dy_; K = d.K; mn0 = mn0_; k_end = k_end_; tid = tid_; pq_div = TcFastDiv(d.P * d.Q);
     }
+    TC_HD const float* base() const { return dy; }
+    TC_HD void sources(int i, int k0, const float* (&src)[4]) const {
+        const int m = mn0 + Ch::mn(tid, i);
+        const int j = k0 + Ch::k(tid, i);
+        int n = pq_div.quot(j);
+        int pq = j - n * pq_div.d;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            src[e] = m < K && j + e < k_end ? dy + ((long long)n * K + m) * pq_div.d + pq : nullptr;
+            if (++pq == pq_div.d) { pq = 0; ++n; }
+        }
+    }
+    __device__ __forceinline__ void issue(float* S, int k0) const { tc_gather_issue<BMN, BK, NT, true>(*this, S, k0); }
+};
+
+// Backward-weights B: (mn = crs = (c,r,s) < C*R*S, k = j = (n,p,q) < k_end) -> x[n, c, p*sh-ph+r, q*sw-pw+s].
+template <int BMN, int BK, int NT>
+struct TcWgradColsLoader {
+    using Sm = TcSmem<BMN, BK, true>;
+    using Ch = TcChunks<BMN, BK, NT, true>;
+    const float* x;
+    TcConvDims d;
+    TcFastDiv pq_div, q_div, rs_div, s_div;
+    int mn0, k_end, tid;
+
+    TC_HD void init(const float* x_, const TcConvDims& d_, int mn0_, int k_end_, int tid_) {
+        x = x_; d = d_; mn0 = mn0_; k_end = k_end_; tid = tid_;
+        pq_div = TcFastDiv(d.P * d.Q); q_div = TcFastDiv(d.Q); rs_div = TcFastDiv(d.R * d.S); s_div = TcFastDiv(d.S);
+    }
+    TC_HD const float* base() const { return x; }
+    TC_HD void sources(int i, int k0, const float* (&src)[4]) const {
+        const int crs = mn0 + Ch::mn(tid, i);
+        const int c = rs_div.quot(crs);
+        const int rs = crs - c * rs_div.d;
+        const int r = s_div.quot(rs);
+        const int s = rs - r * d.S;
+        const bool row_ok = c < d.C;
+        const int j = k0 + Ch::k(tid, i);
+        int n = pq_div.quot(j);
+        const int pq = j - n * pq_div.d;
+        int p = q_div.quot(pq);
+        int q = pq - p * d.Q;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int ih = p * d.sh - d.ph + r;
+            const int iw = q * d.sw - d.pw + s;
+            const bool ok = row_ok && j + e < k_end && (unsigned)ih < (unsigned)d.H && (unsigned)iw < (unsigned)d.W;
+            src[e] = ok ? x + (((long long)n * d.C + c) * d.H + ih) * d.W + iw : nullptr;
+            if (++q == d.Q) { q = 0; if (++p == d.P) { p = 0; ++n; } }
+        }
+    }
+    __device__ __forceinline__ void issue(float* S, int k0) const { tc_gather_issue<BMN, BK, NT, true>(*this, S, k0); }
 };
 
 // Forward output: C[m = k, j = (n,p,q)] -> y[n, k, p, q] + b[k]; or (ws set) the raw partial into ws[m, j].
@@ -70,8 +209,9 @@ struct TcConvForwardEpilogue {
     float* y;
     const float* b;
     float* ws;
-    int K, PQ, cols;
-    __device__ __forceinline__ void store2(int m, int j, float v0, float v1) const {
+    int K, cols;
+    TcFastDiv pq_div;   // by P*Q
+    TC_HD void store2(int m, int j, float v0, float v1) const {
         if (m >= K) return;
         const float v[2] = {v0, v1};
 #pragma unroll
@@ -81,8 +221,8 @@ struct TcConvForwardEpilogue {
             if (ws) {
                 ws[(long long)m * cols + jj] = v[f];
             } else {
-                const int n = jj / PQ;
-                y[((long long)n * K + m) * PQ + (jj - n * PQ)] = v[f] + (b ? b[m] : 0.f);
+                const int n = pq_div.quot(jj);
+                y[((long long)n * K + m) * pq_div.d + (jj - n * pq_div.d)] = v[f] + (b ? b[m] : 0.f);
             }
         }
     }
@@ -105,9 +245,9 @@ conv_tc_fwd(const float* __restrict__ x, const float* __restrict__ Wt, const flo
     TcMatrixLoader<BM, BK, NT, true> la;   // W as (K, CRS)
     la.p = Wt; la.ld = CRS; la.mn_size = K; la.mn0 = m0; la.k_end = k_end; la.tid = threadIdx.x;
     la.vec = flags & 1;
-    TcGatherLoader<BN, BK, NT, false, FwdColsAt> lb;
-    lb.f.x = x; lb.f.d = d; lb.f.j_end = cols; lb.f.crs_end = k_end; lb.mn0 = n0; lb.tid = threadIdx.x;
-    TcConvForwardEpilogue ep{y, b, partial ? ws + (long long)blockIdx.z * K * cols : nullptr, K, P * Q, cols};
+    TcFwdColsLoader<BN, BK, NT> lb;
+    lb.init(x, d, n0, cols, k_end, threadIdx.x);
+    TcConvForwardEpilogue ep{y, b, partial ? ws + (long long)blockIdx.z * K * cols : nullptr, K, cols, lb.pq_div};
     tc_gemm_tile<BM, BN, BK, TC_WM, TC_WN, true, false>(la, lb, ep, m0, n0, k_begin, k_end);
 }
 
@@ -125,10 +265,10 @@ conv_tc_wgrad(const float* __restrict__ dy, const float* __restrict__ x, float* 
     const int n0 = blockIdx.x * BN;
     const int k_begin = blockIdx.z * k_chunk;
     const int k_end = min(NPQ, k_begin + k_chunk);
-    TcGatherLoader<BM, BK, NT, true, GradRowsAt> la;
-    la.f.dy = dy; la.f.K = K; la.f.PQ = P * Q; la.f.j_end = k_end; la.mn0 = m0; la.tid = threadIdx.x;
-    TcGatherLoader<BN, BK, NT, true, WgradColsAt> lb;
-    lb.f.x = x; lb.f.d = d; lb.f.j_end = k_end; lb.f.crs_end = CRS; lb.mn0 = n0; lb.tid = threadIdx.x;
+    TcGradRowsLoader<BM, BK, NT> la;
+    la.init(dy, d, m0, k_end, threadIdx.x);
+    TcWgradColsLoader<BN, BK, NT> lb;
+    lb.init(x, d, n0, k_end, threadIdx.x);
     TcGemmEpilogue ep;
     ep.C = out + (size_t)blockIdx.z * K * CRS;
     ep.bias = nullptr; ep.M = K; ep.N = CRS; ep.beta = 0; ep.act = 0;
@@ -146,7 +286,7 @@ struct TcPhase {
     int th, tw, h0, w0, Hh, Wh, Rt, St;
 };
 
-__device__ __forceinline__ TcPhase tc_phase(const TcConvDims& d, int z) {
+TC_HD TcPhase tc_phase(const TcConvDims& d, int z) {
     TcPhase f;
     f.th = z / d.sw;
     f.tw = z - f.th * d.sw;
@@ -159,48 +299,81 @@ __device__ __forceinline__ TcPhase tc_phase(const TcConvDims& d, int z) {
     return f;
 }
 
-// A: (mn = c, k = kk = (k, r', s')) -> W[k, c, th + r'*sh, tw + s'*sw]
-struct WeightPhaseAt {
+// A: (mn = c < C, k = kk = (k, r', s') < k_end) -> W[k, c, th + r'*sh, tw + s'*sw].
+template <int BMN, int BK, int NT>
+struct TcWeightPhaseLoader {
+    using Sm = TcSmem<BMN, BK, false>;
+    using Ch = TcChunks<BMN, BK, NT, false>;
     const float* Wt;
     TcConvDims d;
     TcPhase f;
-    int k_end;
-    __device__ __forceinline__ const float* base() const { return Wt; }
-    __device__ __forceinline__ const float* at(int c, int kk) const {
-        if (c >= d.C || kk >= k_end) return nullptr;
-        const int RtSt = f.Rt * f.St;
-        const int k = kk / RtSt;
-        const int rem = kk - k * RtSt;
-        const int rp = rem / f.St;
-        const int sp = rem - rp * f.St;
-        return Wt + ((long long)k * d.C + c) * d.R * d.S + (f.th + rp * d.sh) * d.S + f.tw + sp * d.sw;
+    TcFastDiv tap_div, st_div;   // by Rt*St, St
+    int mn0, k_end, tid;
+
+    TC_HD void init(const float* Wt_, const TcConvDims& d_, const TcPhase& f_, int mn0_, int k_end_, int tid_) {
+        Wt = Wt_; d = d_; f = f_; mn0 = mn0_; k_end = k_end_; tid = tid_;
+        tap_div = TcFastDiv(f.Rt * f.St); st_div = TcFastDiv(f.St);
     }
+    TC_HD const float* base() const { return Wt; }
+    TC_HD void sources(int i, int k0, const float* (&src)[4]) const {
+        const int c = mn0 + Ch::mn(tid, i);
+        const int kk = k0 + Ch::k(tid, i);
+        const int k = tap_div.quot(kk);
+        const int rem = kk - k * tap_div.d;
+        const int rp = st_div.quot(rem);
+        const int sp = rem - rp * st_div.d;
+        const int RS = d.R * d.S;
+        const float* w = Wt + ((long long)k * d.C + c) * RS + (f.th + rp * d.sh) * d.S + f.tw + sp * d.sw;
+        const bool kok = kk < k_end;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) src[e] = kok && c + e < d.C ? w + (long long)e * RS : nullptr;
+    }
+    __device__ __forceinline__ void issue(float* S, int k0) const { tc_gather_issue<BMN, BK, NT, false>(*this, S, k0); }
 };
 
-// B: (mn = j = (n,h',w'), k = kk = (k, r', s')) -> dy[n, k, hq - r', wq - s']
-struct GradPhaseAt {
+// B: (mn = j = (n,h',w') < cols, k = kk = (k, r', s') < k_end) -> dy[n, k, hq - r', wq - s'] with
+// hq = (h0 + ph - th)/sh + h', wq = (w0 + pw - tw)/sw + w'.
+template <int BMN, int BK, int NT>
+struct TcGradPhaseColsLoader : TcFixedColumns<BMN, NT> {
+    using Sm = TcSmem<BMN, BK, false>;
+    using Ch = TcChunks<BMN, BK, NT, false>;
     const float* dy;
     TcConvDims d;
-    TcPhase f;
-    int cols, k_end;
-    __device__ __forceinline__ const float* base() const { return dy; }
-    __device__ __forceinline__ const float* at(int j, int kk) const {
-        if (j >= cols || kk >= k_end) return nullptr;
-        const int HWh = f.Hh * f.Wh;
-        const int n = j / HWh;
-        const int hw = j - n * HWh;
-        const int hh = hw / f.Wh;
-        const int ww = hw - hh * f.Wh;
-        const int RtSt = f.Rt * f.St;
-        const int k = kk / RtSt;
-        const int rem = kk - k * RtSt;
-        const int rp = rem / f.St;
-        const int sp = rem - rp * f.St;
-        const int p = (f.h0 + d.ph - f.th) / d.sh + hh - rp;   // exact division: h0 + ph = th (mod sh)
-        const int q = (f.w0 + d.pw - f.tw) / d.sw + ww - sp;
-        if ((unsigned)p >= (unsigned)d.P || (unsigned)q >= (unsigned)d.Q) return nullptr;
-        return dy + (((long long)n * d.K + k) * d.P + p) * d.Q + q;
+    TcFastDiv hw_div, w_div, tap_div, st_div;   // by Hh*Wh, Wh, Rt*St, St
+    int hq0, wq0, Hh, j0, cols, k_end, tid;
+
+    TC_HD void init(const float* dy_, const TcConvDims& d_, const TcPhase& f, int j0_, int cols_, int k_end_,
+                    int tid_) {
+        dy = dy_; d = d_; j0 = j0_; cols = cols_; k_end = k_end_; tid = tid_;
+        hq0 = (f.h0 + d.ph - f.th) / d.sh;   // exact: h0 + ph = th (mod sh)
+        wq0 = (f.w0 + d.pw - f.tw) / d.sw;
+        Hh = f.Hh;
+        hw_div = TcFastDiv(f.Hh * f.Wh); w_div = TcFastDiv(f.Wh); tap_div = TcFastDiv(f.Rt * f.St);
+        st_div = TcFastDiv(f.St);
     }
+    TC_HD const float* base() const { return dy; }
+    TC_HD void sources(int i, int k0, const float* (&src)[4]) const {
+        const int j = j0 + Ch::mn(tid, 0);   // TcFixedColumns: chunk 0's columns are every chunk's
+        int n = hw_div.quot(j);
+        const int hw = j - n * hw_div.d;
+        int hh = w_div.quot(hw);
+        int ww = hw - hh * w_div.d;
+        const int kk = k0 + Ch::k(tid, i);
+        const int k = tap_div.quot(kk);
+        const int rem = kk - k * tap_div.d;
+        const int rp = st_div.quot(rem);
+        const int sp = rem - rp * st_div.d;
+        const bool kok = kk < k_end;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int p = hq0 + hh - rp;
+            const int q = wq0 + ww - sp;
+            const bool ok = kok && j + e < cols && (unsigned)p < (unsigned)d.P && (unsigned)q < (unsigned)d.Q;
+            src[e] = ok ? dy + (((long long)n * d.K + k) * d.P + p) * d.Q + q : nullptr;
+            if (++ww == w_div.d) { ww = 0; if (++hh == Hh) { hh = 0; ++n; } }
+        }
+    }
+    __device__ __forceinline__ void issue(float* S, int k0) const { tc_gather_issue<BMN, BK, NT, false>(*this, S, k0); }
 };
 
 // C[m = c, j = (n,h',w')] -> dx[n, c, h0 + h'*sh, w0 + w'*sw]; or (ws set) the raw partial into ws[m, j].
@@ -210,7 +383,8 @@ struct TcPhaseGradEpilogue {
     TcConvDims d;
     TcPhase f;
     int cols;
-    __device__ __forceinline__ void store2(int m, int j, float v0, float v1) const {
+    TcFastDiv hw_div, w_div;   // by Hh*Wh, Wh
+    TC_HD void store2(int m, int j, float v0, float v1) const {
         if (m >= d.C) return;
         const float v[2] = {v0, v1};
 #pragma unroll
@@ -221,11 +395,10 @@ struct TcPhaseGradEpilogue {
                 ws[(long long)m * cols + jj] = v[e];
                 continue;
             }
-            const int HWh = f.Hh * f.Wh;
-            const int n = jj / HWh;
-            const int hw = jj - n * HWh;
-            const int hh = hw / f.Wh;
-            const int ww = hw - hh * f.Wh;
+            const int n = hw_div.quot(jj);
+            const int hw = jj - n * hw_div.d;
+            const int hh = w_div.quot(hw);
+            const int ww = hw - hh * w_div.d;
             dx[(((long long)n * d.C + m) * d.H + f.h0 + hh * d.sh) * d.W + f.w0 + ww * d.sw] = v[e];
         }
     }
@@ -248,10 +421,11 @@ conv_tc_dgrad(const float* __restrict__ dy, const float* __restrict__ Wt, float*
     const int red = K * f.Rt * f.St;
     const int k_begin = split ? blockIdx.z * k_chunk : 0;
     const int k_end = split ? min(red, k_begin + k_chunk) : red;
-    TcGatherLoader<BM, BK, NT, false, WeightPhaseAt> la;
-    la.f.Wt = Wt; la.f.d = d; la.f.f = f; la.f.k_end = k_end; la.mn0 = m0; la.tid = threadIdx.x;
-    TcGatherLoader<BN, BK, NT, false, GradPhaseAt> lb;
-    lb.f.dy = dy; lb.f.d = d; lb.f.f = f; lb.f.cols = cols; lb.f.k_end = k_end; lb.mn0 = n0; lb.tid = threadIdx.x;
-    TcPhaseGradEpilogue ep{dx, split ? ws + (long long)blockIdx.z * C * cols : nullptr, d, f, cols};
+    TcWeightPhaseLoader<BM, BK, NT> la;
+    la.init(Wt, d, f, m0, k_end, threadIdx.x);
+    TcGradPhaseColsLoader<BN, BK, NT> lb;
+    lb.init(dy, d, f, n0, cols, k_end, threadIdx.x);
+    TcPhaseGradEpilogue ep{dx, split ? ws + (long long)blockIdx.z * C * cols : nullptr, d, f, cols, lb.hw_div,
+                           lb.w_div};   // the loader's divisors: the same registers
     tc_gemm_tile<BM, BN, BK, TC_WM, TC_WN, false, false>(la, lb, ep, m0, n0, k_begin, k_end);
 }

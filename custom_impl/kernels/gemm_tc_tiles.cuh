@@ -298,36 +298,6 @@ struct TcGemmEpilogue {
     }
 };
 
-// ---- gather loader (implicit GEMMs) ---------------------------------------------------------------------
-// Element (mn, k) of the operand is *F::at(mn, k) (a pointer), or zero where F::at returns nullptr: any
-// gathered operand (an im2col view of a tensor). Chunks as in TcMatrixLoader; every element one 4-byte
-// zero-filling copy (the elements of a chunk are not contiguous in general).
-template <int BMN, int BK, int NT, bool KMAJ, class F>
-struct TcGatherLoader {
-    using Sm = TcSmem<BMN, BK, KMAJ>;
-    static constexpr int CHUNKS = BMN * BK / 4;
-    static constexpr int PER = CHUNKS / NT;
-    static_assert(PER >= 1 && CHUNKS % NT == 0, "tile not divisible among threads");
-    F f;
-    int mn0, tid;
-
-    __device__ __forceinline__ void issue(float* S, int k0) const {
-#pragma unroll
-        for (int i = 0; i < PER; ++i) {
-            const int c = tid + i * NT;
-            const int mn = KMAJ ? c / (BK / 4) : (c % (BMN / 4)) * 4;
-            const int kk = KMAJ ? (c % (BK / 4)) * 4 : c / (BMN / 4);
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int emn = KMAJ ? mn : mn + e;
-                const int ek = KMAJ ? kk + e : kk;
-                const float* src = f.at(mn0 + emn, k0 + ek);
-                tc_cp4(S + Sm::at(emn, ek), src ? src : f.base(), src != nullptr);
-            }
-        }
-    }
-};
-
 // ---- the main loop -----------------------------------------------------------------------------------
 // Computes this block's BM x BN tile over k in [k_begin, k_end) (k_begin a multiple of BK) and hands
 // every pair of accumulators to ep.store2(m, n, v0, v1) with global m, n (the epilogue checks bounds).
