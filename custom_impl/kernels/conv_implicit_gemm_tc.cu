@@ -60,6 +60,14 @@ struct TcFastDiv {
         m = (unsigned)(((1ull << 32) * ((1ull << s) - (unsigned long long)d)) / (unsigned long long)d + 1);
     }
     TC_HD int quot(int n) const { return (int)((tc_umulhi((unsigned)n, m) + (unsigned)n) >> s); }
+    // v = (a * d + b * inner.d + c), b < d / inner.d, c < inner.d: a mixed-radix index split in two
+    // multiply-shifts (this divisor is the outer extent, inner the innermost one).
+    TC_HD void split3(int v, const TcFastDiv& inner, int& a, int& b, int& c) const {
+        a = quot(v);
+        const int rem = v - a * d;
+        b = inner.quot(rem);
+        c = rem - b * inner.d;
+    }
 };
 
 // Chunk i of thread tid covers 4 elements of a BMN x BK tile: (mn, k + e) if KMAJ, else (mn + e, k).
@@ -116,15 +124,10 @@ struct TcFwdColsLoader : TcFixedColumns<BMN, NT> {
     TC_HD const float* base() const { return x; }
     TC_HD void sources(int i, int k0, const float* (&src)[4]) const {
         const int j = j0 + Ch::mn(tid, 0);   // TcFixedColumns: chunk 0's columns are every chunk's
-        int n = pq_div.quot(j);
-        const int pq = j - n * pq_div.d;
-        int p = q_div.quot(pq);
-        int q = pq - p * d.Q;
+        int n, p, q, c, r, s;
+        pq_div.split3(j, q_div, n, p, q);
         const int kk = k0 + Ch::k(tid, i);
-        const int c = rs_div.quot(kk);
-        const int rs = kk - c * rs_div.d;
-        const int r = s_div.quot(rs);
-        const int s = rs - r * d.S;
+        rs_div.split3(kk, s_div, c, r, s);
         const bool kok = kk < k_end;
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
@@ -182,16 +185,11 @@ struct TcWgradColsLoader {
     TC_HD const float* base() const { return x; }
     TC_HD void sources(int i, int k0, const float* (&src)[4]) const {
         const int crs = mn0 + Ch::mn(tid, i);
-        const int c = rs_div.quot(crs);
-        const int rs = crs - c * rs_div.d;
-        const int r = s_div.quot(rs);
-        const int s = rs - r * d.S;
+        int c, r, s, n, p, q;
+        rs_div.split3(crs, s_div, c, r, s);
         const bool row_ok = c < d.C;
         const int j = k0 + Ch::k(tid, i);
-        int n = pq_div.quot(j);
-        const int pq = j - n * pq_div.d;
-        int p = q_div.quot(pq);
-        int q = pq - p * d.Q;
+        pq_div.split3(j, q_div, n, p, q);
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int ih = p * d.sh - d.ph + r;
@@ -318,10 +316,8 @@ struct TcWeightPhaseLoader {
     TC_HD void sources(int i, int k0, const float* (&src)[4]) const {
         const int c = mn0 + Ch::mn(tid, i);
         const int kk = k0 + Ch::k(tid, i);
-        const int k = tap_div.quot(kk);
-        const int rem = kk - k * tap_div.d;
-        const int rp = st_div.quot(rem);
-        const int sp = rem - rp * st_div.d;
+        int k, rp, sp;
+        tap_div.split3(kk, st_div, k, rp, sp);
         const int RS = d.R * d.S;
         const float* w = Wt + ((long long)k * d.C + c) * RS + (f.th + rp * d.sh) * d.S + f.tw + sp * d.sw;
         const bool kok = kk < k_end;
@@ -354,15 +350,10 @@ struct TcGradPhaseColsLoader : TcFixedColumns<BMN, NT> {
     TC_HD const float* base() const { return dy; }
     TC_HD void sources(int i, int k0, const float* (&src)[4]) const {
         const int j = j0 + Ch::mn(tid, 0);   // TcFixedColumns: chunk 0's columns are every chunk's
-        int n = hw_div.quot(j);
-        const int hw = j - n * hw_div.d;
-        int hh = w_div.quot(hw);
-        int ww = hw - hh * w_div.d;
+        int n, hh, ww, k, rp, sp;
+        hw_div.split3(j, w_div, n, hh, ww);
         const int kk = k0 + Ch::k(tid, i);
-        const int k = tap_div.quot(kk);
-        const int rem = kk - k * tap_div.d;
-        const int rp = st_div.quot(rem);
-        const int sp = rem - rp * st_div.d;
+        tap_div.split3(kk, st_div, k, rp, sp);
         const bool kok = kk < k_end;
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
@@ -395,10 +386,8 @@ struct TcPhaseGradEpilogue {
                 ws[(long long)m * cols + jj] = v[e];
                 continue;
             }
-            const int n = hw_div.quot(jj);
-            const int hw = jj - n * hw_div.d;
-            const int hh = w_div.quot(hw);
-            const int ww = hw - hh * w_div.d;
+            int n, hh, ww;
+            hw_div.split3(jj, w_div, n, hh, ww);
             dx[(((long long)n * d.C + m) * d.H + f.h0 + hh * d.sh) * d.W + f.w0 + ww * d.sw] = v[e];
         }
     }
