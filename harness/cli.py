@@ -502,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="row by row: is run B faster, slower or the same as run A, beyond the noise",
                        description="Compare two runs row by row (results folders or pytest-benchmark JSON files): "
-                                   "the time ratio B/A with its 95%% bootstrap interval and a verdict (faster, "
+                                   "the time ratio B/A with its 95% bootstrap interval and a verdict (faster, "
                                    "slower, same: a change must exceed both runs' noise and --threshold, and its "
                                    "interval must exclude 1), geomeans per kind, rows in one run only; writes "
                                    "compare.md/.tex/.csv/.png/.pdf. Exit code 0: done; 1: with "

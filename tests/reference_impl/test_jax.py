@@ -278,7 +278,53 @@ def test_precision_flags_record_jax():
     assert flags["jax: jax"] and flags["jax: jaxlib"]
 
 
+@pytest.mark.parametrize("env,want", [(None, "--xla_gpu_exclude_nondeterministic_ops=true"),
+                                      ("--xla_gpu_exclude_nondeterministic_ops=false",
+                                       "--xla_gpu_exclude_nondeterministic_ops=false")])
+def test_xla_restricted_to_deterministic_algorithms_unless_the_user_chose(env, want):
+    """Importing the JAX model adds the flag to XLA_FLAGS (before any backend starts); a user's own setting
+    of it is kept, and the record names what is in effect. In a fresh process: XLA reads its flags once."""
+    import subprocess
+
+    child = dict(os.environ)
+    child.pop("XLA_FLAGS", None)
+    if env is not None:
+        child["XLA_FLAGS"] = env
+    code = ("import reference_impl.jax_model as jm, jax.numpy as jnp; float(jnp.ones(3).sum()); "
+            "print(jm.precision_flags()['XLA_FLAGS'])")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", code], env=child, cwd=root, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == want
+
+
 # ------------------------------------------------------------------------------------------------ GPU
+@pytest.mark.gpu
+def test_jax_gpu_lenet_conv2_weight_gradient_is_exact_fp32():
+    """LeNet's 5x5 conv, 32 -> 64 channels at 14x14, batch 256: XLA's default autotuning chose cuDNN's
+    non-fused Winograd weight gradient here (max-norm error 7.4e-3 against float64 on the H100); restricted
+    to deterministic algorithms (the module's default) it must be an exact FP32 algorithm. 1e-5: a float32
+    reduction over N*P*Q = 50,176 terms in any order stays within ~1e-6 of float64 in this max-norm
+    measure (2e-7 measured); a Winograd or TF32 path is >= 1e-3."""
+    import jax
+
+    from reference_impl import jax_model as jm
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((256, 32, 14, 14), dtype=np.float32)
+    w = (rng.standard_normal((64, 32, 5, 5)) / np.sqrt(800)).astype(np.float32)
+    dy = rng.standard_normal((256, 64, 14, 14), dtype=np.float32)
+    dev = jm.device_of("gpu")
+    xj, wj, dyj = (jax.device_put(a, dev) for a in (x, w, dy))
+    grad = jax.jit(lambda dy_, w_: jax.vjp(lambda w2: jm.conv2d(xj, w2, None, (1, 1), (2, 2)), w_)[1](dy_)[0])
+    got = np.asarray(grad(dyj, wj), np.float64)
+    torch = pytest.importorskip("torch")
+    want = torch.nn.grad.conv2d_weight(torch.from_numpy(x).double(), w.shape, torch.from_numpy(dy).double(),
+                                       padding=2).numpy()
+    assert np.abs(got - want).max() / np.abs(want).max() < 1e-5
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", modelspec.zoo_names())
 def test_zoo_jax_gpu_matches_pytorch_gpu_and_ours(name):
