@@ -10,6 +10,9 @@
 #   bash lab/gpu_visit.sh train [SET]      # the committed GPU training runs, one set per call (resumable):
 #                                          # mnist-64 (default), mnist-1024, cifar-64, cifar-1024, digits
 #                                          # -> reports/train-<set>-<card>/
+#   bash lab/gpu_visit.sh jax-flag         # the JAX rows (lab/step/jax_rows_suite.toml) without and with
+#                                          # --xla_gpu_exclude_nondeterministic_ops, then harness compare
+#                                          # -> reports/jax-flag-<card>/{a,b,compare}
 #   bash lab/gpu_visit.sh perf [BENCH-ARGS...]  # kernel timings (lab/gemm/bench.py ...) and the
 #                                          # per-layer train-step profile (lab/step/profile_step.py)
 # Every mode but first-run first compiles the kernel modules in parallel into CuPy's on-disk cache
@@ -84,6 +87,20 @@ case "${1:-tests}" in
     echo "train exit: $?"
     tar czf "$out/train.tgz" "$out_dir"
     tail -30 "$out/train.log"
+    ;;
+  jax-flag)
+    card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr 'A-Z ' 'a-z-' | tr -cd 'a-z0-9-')
+    dir="reports/jax-flag-$card"
+    for run in a:false b:true; do
+      name=${run%%:*}; flag=${run##*:}
+      XLA_FLAGS=--xla_gpu_exclude_nondeterministic_ops=$flag timeout "${TIMEOUT_S:-240}" python3 -m harness run \
+        --suite lab/step/jax_rows_suite.toml --device gpu --quiet --out "$dir/$name" >"$out/jax-$name.log" 2>&1
+      echo "run $name (flag $flag) exit: $? ($(tail -1 "$out/jax-$name.log"))"
+    done
+    python3 -m harness compare "$dir/a" "$dir/b" --out "$dir/compare" >"$out/jax-compare.log" 2>&1
+    echo "compare exit: $?"
+    tar czf "$out/jax-flag.tgz" "$dir"
+    grep -i -A8 "geomean" "$dir/compare/compare.md" | head -12
     ;;
   run|targets)
     card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '-' | tr -cd 'A-Za-z0-9-')
