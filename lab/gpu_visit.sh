@@ -21,6 +21,8 @@
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 out=${OUT:-out}; mkdir -p "$out"
+# the card's name as a folder suffix: lower-case, spaces to '-' (reports/train-<set>-<card>, ...)
+card_slug() { nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr 'A-Z ' 'a-z-' | tr -cd 'a-z0-9-'; }
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv | tee "$out/nvidia_smi.txt"
 if [ "${1:-tests}" != first-run ]; then
   python3 -c "from custom_impl.gpu import runtime; runtime.precompile(progress=print)" >"$out/precompile.log" 2>&1
@@ -68,7 +70,7 @@ case "${1:-tests}" in
     grep -A40 "=== summary" "$out/bench.log"
     ;;
   train)
-    card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr 'A-Z ' 'a-z-' | tr -cd 'a-z0-9-')
+    card=$(card_slug)
     set=${2:-mnist-64}
     variants=cuda-graph,torch-graph,torch-eager
     case "$set" in
@@ -89,7 +91,7 @@ case "${1:-tests}" in
     tail -30 "$out/train.log"
     ;;
   jax-flag)
-    card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr 'A-Z ' 'a-z-' | tr -cd 'a-z0-9-')
+    card=$(card_slug)
     dir="reports/jax-flag-$card"
     for run in a:false b:true; do
       name=${run%%:*}; flag=${run##*:}

@@ -46,15 +46,9 @@ the setting in effect.
 
 Deterministic convolutions: this module adds ``--xla_gpu_exclude_nondeterministic_ops=true`` to
 ``XLA_FLAGS`` (unless the environment already sets that flag either way), so XLA's autotuner chooses
-among cuDNN's deterministic algorithms only. Measured on the H100 (cuDNN 9, ``lab/conv/
-cudnn_wgrad_accuracy_probe.py``, max-norm relative error against float64): for LeNet's 5x5 conv, 32 -> 64
-channels at 14x14, XLA's default choice for the weight gradient is cuDNN's non-fused Winograd
-(``winogradWgradDelta9x9_5x5`` + a GEMM), with errors of 6.4e-3 (batch 64), 7.4e-3 (256) and 1.7e-2
-(1024), where every exact algorithm gives 2e-7 to 2e-6; with the flag XLA picks an FFT-based engine,
-error 2e-7 to 4e-7, in 0.23 / 0.31 / 0.87 ms against the Winograd engine's 0.19 / 0.33 / 0.85 ms. (PyTorch
-with ``cudnn.benchmark`` picks the same Winograd engine, also with ``cudnn.deterministic``; its rows show
-the error as it is.) The flag makes XLA's other ops deterministic too (scatter-adds included); unlike
-``--xla_gpu_deterministic_ops`` it keeps autotuning (that one slowed these weight gradients 1.2-3.4x).
+among cuDNN's deterministic algorithms only: its default choice for LeNet's 5x5 weight gradient on the
+H100 was cuDNN's non-fused Winograd, off by up to 1.7e-2 against float64 (figures and timings in
+docs/model-contract.md). Unlike ``--xla_gpu_deterministic_ops`` the flag keeps autotuning.
 """
 from __future__ import annotations
 
@@ -65,9 +59,8 @@ from typing import Any, Callable, Mapping
 
 # NOTE: before `import jax`, and before anything starts a backend: XLA reads these once, at start-up.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-# XLA's conv autotuner may choose cuDNN's non-fused Winograd weight gradient for 5x5 filters, whose FP32
-# result is far from the exact one (module docstring, "Deterministic convolutions"); restricted to
-# deterministic algorithms it chooses exact ones. A user's own setting of the flag is left alone.
+# deterministic cuDNN algorithms only (module docstring, "Deterministic convolutions"); a user's own
+# setting of the flag is left alone
 EXCLUDE_NONDETERMINISTIC = "--xla_gpu_exclude_nondeterministic_ops=true"
 if "xla_gpu_exclude_nondeterministic_ops" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f'{os.environ.get("XLA_FLAGS", "")} {EXCLUDE_NONDETERMINISTIC}'.strip()

@@ -350,10 +350,17 @@ struct TcGradPhaseColsLoader : TcFixedColumns<BMN, NT> {
     TC_HD const float* base() const { return dy; }
     TC_HD void sources(int i, int k0, const float* (&src)[4]) const {
         const int j = j0 + Ch::mn(tid, 0);   // TcFixedColumns: chunk 0's columns are every chunk's
-        int n, hh, ww, k, rp, sp;
-        hw_div.split3(j, w_div, n, hh, ww);
+        // NOTE: split3 written out: through it, ptxas spilled 24-28 bytes in this kernel's 128x128 configs
+        // (255 registers); written out, 8-16 bytes (nvcc 13.0, sm_90, -Xptxas -v)
+        int n = hw_div.quot(j);
+        const int hw = j - n * hw_div.d;
+        int hh = w_div.quot(hw);
+        int ww = hw - hh * w_div.d;
         const int kk = k0 + Ch::k(tid, i);
-        tap_div.split3(kk, st_div, k, rp, sp);
+        const int k = tap_div.quot(kk);
+        const int rem = kk - k * tap_div.d;
+        const int rp = st_div.quot(rem);
+        const int sp = rem - rp * st_div.d;
         const bool kok = kk < k_end;
 #pragma unroll
         for (int e = 0; e < 4; ++e) {

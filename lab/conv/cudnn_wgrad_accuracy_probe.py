@@ -32,6 +32,9 @@ import time
 
 import numpy as np
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)  # the repository root: harness
+
 # (N, C, H, W, K, R, S, stride, pad)
 SHAPES = [(256, 32, 14, 14, 64, 5, 5, 1, 2), (64, 32, 14, 14, 64, 5, 5, 1, 2), (1024, 32, 14, 14, 64, 5, 5, 1, 2),
           (256, 1, 28, 28, 32, 5, 5, 1, 2), (64, 64, 56, 56, 64, 3, 3, 1, 1)]
@@ -78,11 +81,6 @@ def oracle(out: str) -> None:
     np.savez(os.path.join(out, "oracle.npz"), **saved)
 
 
-def rel(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / np.abs(b).max())
-
-
 def kernel_names(fn, sync) -> list[str]:
     """Names of the GPU kernels one call of fn launches (torch.profiler / CUPTI); [] if that fails."""
     try:
@@ -99,6 +97,8 @@ def kernel_names(fn, sync) -> list[str]:
 
 
 def worker(mode: str, out: str, reps: int) -> list[dict]:
+    from harness.workloads import rel_err   # the harness's parity measure (max-norm)
+
     ref = np.load(os.path.join(out, "oracle.npz"))
     rows = []
     if mode.startswith("torch"):
@@ -164,8 +164,8 @@ def worker(mode: str, out: str, reps: int) -> list[dict]:
                 r = call()
                 jax.block_until_ready(r)
                 times.append((time.perf_counter() - t0) * 1e3)
-        row = {"mode": mode, "shape": key(shape), "dW_rel_err": rel(dW, ref[key(shape) + "_dW"]),
-               "db_rel_err": rel(db, ref[key(shape) + "_db"]), "median_ms": float(np.median(times)),
+        row = {"mode": mode, "shape": key(shape), "dW_rel_err": rel_err([dW], [ref[key(shape) + "_dW"]]),
+               "db_rel_err": rel_err([db], [ref[key(shape) + "_db"]]), "median_ms": float(np.median(times)),
                "kernels": kernel_names(call, sync)}
         if not mode.startswith("torch"):
             row["compile_s"] = compile_s
