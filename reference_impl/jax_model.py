@@ -44,11 +44,12 @@ at once, but through a synchronous cudaMalloc/cudaFree per buffer, which would d
 This only works if nothing in the process started a JAX backend earlier; ``precision_flags`` reports
 the setting in effect.
 
-Deterministic convolutions: this module adds ``--xla_gpu_exclude_nondeterministic_ops=true`` to
-``XLA_FLAGS`` (unless the environment already sets that flag either way), so XLA's autotuner chooses
-among cuDNN's deterministic algorithms only: its default choice for LeNet's 5x5 weight gradient on the
-H100 was cuDNN's non-fused Winograd, off by up to 1.7e-2 against float64 (figures and timings in
-docs/model-contract.md). Unlike ``--xla_gpu_deterministic_ops`` the flag keeps autotuning.
+Convolution algorithms: XLA's autotuner picks cuDNN's algorithms as a JAX user gets them; this module
+does not restrict it. On the H100 its choice for LeNet's 5x5 weight gradient is cuDNN's non-fused
+Winograd, off by up to 1.7e-2 against float64, and that reference row fails parity as measured. A user who
+wants only deterministic algorithms sets ``XLA_FLAGS=--xla_gpu_exclude_nondeterministic_ops=true``
+before the import; it fixes that row but slows JAX's train steps 1.07-2.4x (figures in
+docs/model-contract.md). ``precision_flags`` records the ``XLA_FLAGS`` in effect.
 """
 from __future__ import annotations
 
@@ -59,11 +60,6 @@ from typing import Any, Callable, Mapping
 
 # NOTE: before `import jax`, and before anything starts a backend: XLA reads these once, at start-up.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-# deterministic cuDNN algorithms only (module docstring, "Deterministic convolutions"); a user's own
-# setting of the flag is left alone
-EXCLUDE_NONDETERMINISTIC = "--xla_gpu_exclude_nondeterministic_ops=true"
-if "xla_gpu_exclude_nondeterministic_ops" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f'{os.environ.get("XLA_FLAGS", "")} {EXCLUDE_NONDETERMINISTIC}'.strip()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
