@@ -228,6 +228,7 @@ def cmd_run(args) -> int:
         override["budget_s"] = args.budget_s
     if args.time_limit_s is not None:
         override["time_limit_s"] = args.time_limit_s
+    earlier = env.earlier_record(out)        # before this call adds rows: a resumed run's earlier calls
     rec = env.collect(device)
     rec["suite"] = {"name": suite.name, "path": suite.path, "settings": dict(suite.settings, **override)}
     rec["run_device"] = device
@@ -258,6 +259,8 @@ def cmd_run(args) -> int:
         rec["precision_flags"] = reference_impl.precision_flags()
     except Exception:
         pass
+    for warning in env.carry_over(rec, earlier):
+        print(f"harness: warning: {warning}", file=sys.stderr)
     env.write(os.path.join(out, "env.json"), rec)
     print("harness: rows " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())), file=sys.stderr)
     if train_runs:

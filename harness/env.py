@@ -20,7 +20,7 @@ import platform
 import re
 import subprocess
 
-from .io import read_json_object, write_json
+from .io import DamagedFile, read_json_object, write_json
 
 # Dense FP32 (FFMA) peaks in TFLOP/s by device-name substring, from the datasheets. The first match wins.
 PEAK_FP32_TFLOPS = (
@@ -364,6 +364,67 @@ def collect(device: str | None = None) -> dict:
 def write(path: str, rec: dict) -> None:
     """Write the record to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
     write_json(path, rec)
+
+
+def earlier_record(folder: str) -> dict | None:
+    """The env.json a resumed run finds in ``folder`` (written by its earlier calls), or None: when the
+    folder has no results.csv rows yet (a fresh run, whatever env.json lies there), no env.json, or one
+    that cannot be read (a warning says so; the new record then stands alone)."""
+    import sys
+
+    results, path = os.path.join(folder, "results.csv"), os.path.join(folder, "env.json")
+    try:
+        with open(results, "rb") as fh:
+            if sum(1 for _ in fh) < 2:          # header only: nothing was measured before
+                return None
+    except OSError:
+        return None
+    if not os.path.exists(path):
+        return None
+    try:
+        return read(path)
+    except DamagedFile as err:
+        print(f"harness: warning: {err}; the record of this call replaces it", file=sys.stderr)
+        return None
+
+
+def carry_over(rec: dict, earlier: dict | None) -> list[str]:
+    """Fold a resumed run's earlier record into this call's ``rec`` (in place); returns warnings to print.
+
+    A run resumed over several calls is one run: its env.json must still name what the earlier calls used.
+    ``precision_flags`` keeps the earlier calls' keys that this call did not set (JAX's settings are read
+    only once a JAX model was built in the process, which a call that resumes past the JAX rows never
+    does); a key whose value changed between calls is kept as this call's value and listed under
+    ``precision_flags_changed`` (key -> [earlier, now]); ``earlier_calls`` lists when, on which host and at
+    which commit each earlier call ran.
+    """
+    if not earlier:
+        return []
+    warnings = []
+    old_flags = earlier.get("precision_flags") if isinstance(earlier.get("precision_flags"), dict) else {}
+    new_flags = rec.get("precision_flags") if isinstance(rec.get("precision_flags"), dict) else {}
+    changed = dict(earlier.get("precision_flags_changed") or {})
+    for key, value in old_flags.items():
+        if key not in new_flags:
+            new_flags[key] = value
+        elif new_flags[key] != value:
+            changed[key] = [value, new_flags[key]]
+    if new_flags:
+        rec["precision_flags"] = new_flags
+    if changed:
+        rec["precision_flags_changed"] = changed
+        warnings.append("the precision settings changed between the calls of this resumed run ("
+                        + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
+                        + "); env.json lists them under precision_flags_changed")
+    calls = list(earlier.get("earlier_calls") or [])
+    calls.append({"timestamp_utc": earlier.get("timestamp_utc"), "hostname": earlier.get("hostname"),
+                  "machine_id": earlier.get("machine_id"), "commit": commit_text(earlier)})
+    rec["earlier_calls"] = calls
+    if commit_text(earlier) and commit_text(earlier) != commit_text(rec):
+        warnings.append(f"this resumed run's earlier rows were measured at commit {commit_text(earlier)}, "
+                        f"these at {commit_text(rec) or 'an unknown commit'}; env.json lists each call "
+                        "under earlier_calls")
+    return warnings
 
 
 def read(path: str) -> dict:

@@ -461,10 +461,24 @@ def env_rows(env: dict, devices: list[str]) -> list[tuple[str, str]]:
     for p, flags in modes.items():     # what the PyTorch side ran under at tf32 / bf16 (fp32: the line above)
         if p != "fp32" and _precision(flags):
             rows.append((f"precision ({p} rows)", _precision(flags)))
+    flags = e.get("precision_flags") if isinstance(e.get("precision_flags"), dict) else {}
+    if flags.get("jax: jax"):     # JAX's settings, recorded once a JAX model ran
+        rows.append(("JAX", f"jax {flags['jax: jax']}, jaxlib {flags.get('jax: jaxlib', '?')}, precision "
+                            f"{flags.get('jax: jax.lax.Precision of every dot_general / conv_general_dilated', '?')}"
+                            f", XLA_FLAGS {flags.get('jax: XLA_FLAGS') or '(none)'}"))
     commit = git.get("commit") or e.get("git_commit")
     if commit:
         dirty = git.get("dirty", e.get("git_dirty"))
         rows.append(("git commit", str(commit)[:12] + (" (uncommitted changes)" if dirty else "")))
+    calls = [c for c in (e.get("earlier_calls") or []) if isinstance(c, dict)]
+    if calls:      # a run resumed over several calls
+        rows.append(("earlier calls of this run", "; ".join(
+            f"{str(c.get('timestamp_utc', '')).replace('T', ' ').replace('+00:00', '')} at {c.get('commit') or '?'}"
+            for c in calls)))
+    changed = e.get("precision_flags_changed") if isinstance(e.get("precision_flags_changed"), dict) else {}
+    if changed:
+        rows.append(("settings changed between calls", "; ".join(
+            f"{k}: {v[0]} -> {v[1]}" for k, v in sorted(changed.items()) if isinstance(v, list) and len(v) == 2)))
     if suite:
         keys = ("budget_s", "min_repeats", "max_repeats", "warmup", "noise_threshold", "cold_l2")
         rows.append(("suite", f"{suite.get('name', '')}: " + ", ".join(f"{k} {settings[k]}" for k in keys

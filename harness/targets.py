@@ -31,6 +31,7 @@ import csv
 import dataclasses
 import math
 import os
+import sys
 import time
 from typing import Callable
 
@@ -458,6 +459,7 @@ def run_targets(out: str, device: str, *, peak_tflops: float | None = None, quie
         ok, why = envmod.gpu_available()
         gpu_reason = "this run is --device cpu" if ok else why
     results = os.path.join(out, "results.csv")
+    earlier = envmod.earlier_record(out)     # before this call adds rows: a resumed run's earlier calls
     rec = envmod.collect("gpu" if device == "gpu" else "cpu")
     rec["suite"] = {"name": suite.name, "path": suite.path, "settings": suite.settings}
     rec["run_device"] = device
@@ -486,6 +488,8 @@ def run_targets(out: str, device: str, *, peak_tflops: float | None = None, quie
         rec["precision_modes"] = {p: reference_impl.precision_flags(p) for p in ("fp32", "tf32", "bf16")}
     except Exception:
         pass
+    for warning in envmod.carry_over(rec, earlier):
+        print(f"harness: warning: {warning}", file=sys.stderr)
     envmod.write(os.path.join(out, "env.json"), rec)
     rows = read_rows(results)
     try:

@@ -263,3 +263,18 @@ def test_report_labels_keep_the_precision_tag():
     rows = dict(tables.env_rows(env, ["gpu"]))
     assert rows["precision ({} rows)".format("bf16")].endswith("autocast cuda bfloat16")
     assert "precision (fp32 rows)" not in rows
+
+
+def test_environment_table_names_jax_settings_and_a_resumed_run():
+    from harness import tables
+
+    env = {"precision_flags": {"torch.backends.cudnn.benchmark": True, "jax: jax": "0.11.2",
+                               "jax: jaxlib": "0.11.2", "jax: XLA_FLAGS": "--xla_gpu_foo=true",
+                               "jax: jax.lax.Precision of every dot_general / conv_general_dilated": "HIGHEST"},
+           "earlier_calls": [{"timestamp_utc": "2026-12-06T22:08:46+00:00", "commit": "3483bb3512"}],
+           "precision_flags_changed": {"jax: XLA_FLAGS": ["", "--xla_gpu_foo=true"]}}
+    rows = dict(tables.env_rows(env, ["gpu"]))
+    assert rows["JAX"] == "jax 0.11.2, jaxlib 0.11.2, precision HIGHEST, XLA_FLAGS --xla_gpu_foo=true"
+    assert rows["earlier calls of this run"] == "2026-12-06 22:08:46 at 3483bb3512"
+    assert rows["settings changed between calls"] == "jax: XLA_FLAGS:  -> --xla_gpu_foo=true"
+    assert "JAX" not in dict(tables.env_rows({"precision_flags": {"a": 1}}, ["gpu"]))

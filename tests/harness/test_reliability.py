@@ -593,3 +593,58 @@ def test_a_train_step_row_whose_parameters_blow_up_is_diverged_not_ok(work, tmp_
     assert steps and all(r["status"] == "diverged" for r in steps), [(r["impl"], r["status"]) for r in steps]
     assert all("lr=3e+38" in r["reason"] for r in steps), steps[0]["reason"]
     assert all(r["status"] == "ok" for r in rows if r["phase"] == "inference")
+
+
+# ============================================================================ env.json over a resumed run
+def test_resumed_run_keeps_what_its_earlier_calls_recorded(work, tmp_path):
+    """A run finished over two calls: the second call's env.json keeps the first call's settings that it
+    never read itself (JAX's, read only once a JAX model was built), lists the first call (time, host,
+    commit) under earlier_calls, and warns that the commit changed."""
+    import json
+
+    out = _copy(work, tmp_path / "out")
+    env_path = out / "env.json"
+    first = json.loads(env_path.read_text())
+    first["precision_flags"]["jax: XLA_FLAGS"] = "--xla_gpu_exclude_nondeterministic_ops=true"
+    first["timestamp_utc"] = "2026-01-02T03:04:05+00:00"
+    first["git"] = {"commit": "0123456789abcdef", "dirty": False}
+    env_path.write_text(json.dumps(first))
+    proc = harness(*run_args(work["suite"], out))
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads(env_path.read_text())
+    assert rec["precision_flags"]["jax: XLA_FLAGS"] == "--xla_gpu_exclude_nondeterministic_ops=true"
+    assert rec["earlier_calls"][-1]["timestamp_utc"] == "2026-01-02T03:04:05+00:00"
+    assert rec["earlier_calls"][-1]["commit"] == "0123456789"
+    assert rec["timestamp_utc"] != "2026-01-02T03:04:05+00:00"
+    assert "measured at commit 0123456789" in proc.stderr
+    assert len(read_results(str(out / "results.csv")).rows) == len(work["rows"])   # nothing re-measured
+
+
+def test_fresh_run_ignores_a_stale_env_json(tmp_path):
+    """An env.json without results rows (a run killed before its first row, or results.csv deleted) is no
+    earlier call of this run."""
+    from harness import env
+
+    (tmp_path / "env.json").write_text('{"timestamp_utc": "x", "precision_flags": {"a": 1}}')
+    assert env.earlier_record(str(tmp_path)) is None
+    (tmp_path / "results.csv").write_text("impl,variant\n")
+    assert env.earlier_record(str(tmp_path)) is None
+
+
+def test_carry_over_lists_changed_settings_and_a_damaged_record_is_replaced(tmp_path, capsys):
+    from harness import env
+
+    earlier = {"timestamp_utc": "t0", "hostname": "h", "machine_id": "m", "git": {"commit": "abcdef1234567"},
+               "precision_flags": {"torch.backends.cudnn.benchmark": True, "jax: XLA_FLAGS": "a"}}
+    rec = {"git": {"commit": "abcdef1234567"}, "precision_flags": {"torch.backends.cudnn.benchmark": False}}
+    warnings = env.carry_over(rec, earlier)
+    assert rec["precision_flags"] == {"torch.backends.cudnn.benchmark": False, "jax: XLA_FLAGS": "a"}
+    assert rec["precision_flags_changed"] == {"torch.backends.cudnn.benchmark": [True, False]}
+    assert len(warnings) == 1 and "torch.backends.cudnn.benchmark: True -> False" in warnings[0]
+    assert rec["earlier_calls"] == [{"timestamp_utc": "t0", "hostname": "h", "machine_id": "m",
+                                     "commit": "abcdef1234"}]
+    assert env.carry_over(rec, None) == []
+    (tmp_path / "results.csv").write_text("impl,variant\ncustom,numpy\n")
+    (tmp_path / "env.json").write_text("{not json")
+    assert env.earlier_record(str(tmp_path)) is None
+    assert "env.json" in capsys.readouterr().err
