@@ -510,6 +510,108 @@ def parity_error(df, device: str) -> Plot | None:
     return Plot(f"parity_{device}", caption, (FULL, 2.2 * rows + 0.6), draw)
 
 
+# ============================================================================ precision ladder
+LADDER = ("fp32", "tf32", "bf16")       # strict FP32, TF32 tensor-core products, BF16 mixed precision
+LADDER_KINDS = ("model", "dense", "conv2d")
+_LADDER_PHASE = {"train_step": 0, "forward": 0, "backward_weights": 1, "forward_backward": 1, "backward_data": 2,
+                 "inference": 3}
+
+
+def _fastest(g):
+    """The fastest timed row of ``g`` per precision (a Series of rows), for one side of the ladder."""
+    return {prec: rows.loc[rows["median_ms"].idxmin()] for prec, rows in g.groupby("precision")}
+
+
+def ladder_workloads(df, device: str, most: int = 3) -> list[tuple]:
+    """The (kind, workload, batch, phase) the precision ladder draws: per kind (model, dense, conv2d), the
+    row key measured by ours and PyTorch in the most precisions (at least fp32 and one other), ties to the
+    train step / forward phase, then the most FLOPs (the largest batch for models)."""
+    d = df[(df["device"] == device) & (df["median_ms"] > 0) & df["status"].isin(["ok", "parity_fail"])
+           & df["impl"].isin(["custom", "reference"]) & (df["variant"] != "jax-jit")]
+    if d.empty or "precision" not in d:
+        return []
+    from .labels import split_precision
+
+    d = d.assign(base=d["workload"].map(lambda w: split_precision(w)[0]))
+    picked = []
+    for kind in LADDER_KINDS:
+        best, best_score = None, None
+        for (base, batch, phase), g in d[d["kind"] == kind].groupby(["base", "batch", "phase"]):
+            both = set(g[g["impl"] == "custom"]["precision"]) & set(g[g["impl"] == "reference"]["precision"])
+            if "fp32" not in both or len(both) < 2:
+                continue
+            flops = float(g["flops"].max()) if "flops" in g and g["flops"].notna().any() else 0.0
+            score = (len(both), -_LADDER_PHASE.get(phase, 9), flops, batch)
+            if best_score is None or score > best_score:
+                best, best_score = (kind, base, int(batch), phase), score
+        if best is not None:
+            picked.append(best)
+    return picked[:most]
+
+
+def precision_ladder(df, device: str) -> Plot | None:
+    """Time and parity error per precision for one workload of each kind, ours against PyTorch."""
+    picked = ladder_workloads(df, device)
+    if not picked:
+        return None
+    from .labels import split_precision
+
+    d = df[(df["device"] == device) & (df["median_ms"] > 0) & df["status"].isin(["ok", "parity_fail"])
+           & (df["variant"] != "jax-jit")]
+    d = d.assign(base=d["workload"].map(lambda w: split_precision(w)[0]))
+    cols = len(picked)
+    sides = (("custom", "ours", VERMILLION, "-", "o"), ("reference", "PyTorch", BLUE, "--", "s"))
+
+    def draw(fig):
+        axes = fig.subplots(2, cols, squeeze=False)
+        handles: dict = {}
+        for j, (kind, base, batch, phase) in enumerate(picked):
+            g = d[(d["kind"] == kind) & (d["base"] == base) & (d["batch"] == batch) & (d["phase"] == phase)]
+            t_ax, e_ax = axes[0][j], axes[1][j]
+            precs = [p for p in LADDER if p in set(g["precision"])]
+            xs = {p: i for i, p in enumerate(precs)}
+            for impl, name, colour, ls, marker in sides:
+                fastest = _fastest(g[g["impl"] == impl])
+                ps = [p for p in precs if p in fastest]
+                h, = t_ax.plot([xs[p] for p in ps], [fastest[p]["median_ms"] for p in ps], color=colour, ls=ls,
+                               marker=marker)
+                handles.setdefault(name, h)
+                err = [(xs[p], fastest[p]["parity_rel_err"]) for p in ps
+                       if fastest[p]["parity_rel_err"] == fastest[p]["parity_rel_err"] and fastest[p]["parity_rel_err"] > 0]
+                if err:
+                    e_ax.plot([x for x, _ in err], [e for _, e in err], color=colour, ls=ls, marker=marker)
+                failed = [(xs[p], fastest[p]["parity_rel_err"]) for p in ps if fastest[p]["failed"]]
+                if failed:
+                    hf, = e_ax.plot([x for x, _ in failed], [e for _, e in failed], "x", color=BLACK, ms=7, mew=1.5)
+                    handles.setdefault("parity failed", hf)
+            tol = g.groupby("precision")["parity_tol"].max()
+            tol = [(xs[p], tol[p]) for p in precs if p in tol and tol[p] == tol[p] and tol[p] > 0]
+            if tol:
+                ht, = e_ax.plot([x for x, _ in tol], [v for _, v in tol], color=BLACK, ls="none", marker="_", ms=12,
+                                mew=1.5)
+                handles.setdefault("tolerance", ht)
+            for ax in (t_ax, e_ax):
+                ax.set_xticks(range(len(precs)), [p.upper() for p in precs])
+                ax.set_xlim(-0.4, len(precs) - 0.6)
+            _time_axis(t_ax, "time per call (ms)" if j == 0 else "")
+            e_ax.set_yscale("log")
+            e_ax.set_ylabel("relative error vs float64" if j == 0 else "")
+            label = workload_label(base, with_batch=False) if kind != "model" else base
+            t_ax.set_title(f"{label}\n{phase_label(phase)}, batch {batch}", fontsize=8)
+        fig.suptitle(f"Precision ladder, {device_label(device)} ({machines_text(d, device)})")
+        _legend_below(fig, list(handles.values()), list(handles), ncol=4)
+
+    what = "; ".join(f"{base if kind == 'model' else workload_label(base, with_batch=False)} "
+                     f"({phase_label(phase)}, batch {batch})" for kind, base, batch, phase in picked)
+    caption = (f"Precision ladder on the {device_label(device)} ({machines_text(d, device)}): for one workload "
+               f"of each kind ({what}), the median time per call (top, ms, logarithmic) and the relative error "
+               "against float64 (bottom, logarithmic; bars: the tolerance of that precision) at strict FP32, "
+               "TF32 and BF16 mixed precision, ours and PyTorch at the same precision. Each point is the faster "
+               "variant of that side (for models: eager or CUDA graph). Chosen per kind: the workload measured "
+               "in the most precisions, then the train step or forward phase, then the most FLOPs.")
+    return Plot(f"precision_ladder_{device}", caption, (FULL, 4.4), draw)
+
+
 # ============================================================================ CPU vs GPU
 def cpu_vs_gpu(df) -> Plot | None:
     d = df[(df["kind"] == "model") & (df["phase"] == "train_step") & (df["median_ms"] > 0)]

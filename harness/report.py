@@ -343,6 +343,7 @@ def _figures(df, pairs, envs, peak_tflops) -> list:
             roof = roofline.roofs(env, dev, peak_tflops if run_dev == dev else None)
             figs.append(plots.roofline(sp, dev, roof, shown, tag))
         figs.append(plots.parity_error(df, dev))
+        figs.append(plots.precision_ladder(df, dev))
     figs.append(plots.cpu_vs_gpu(df))
     return [f for f in figs if f is not None]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -278,3 +279,67 @@ def test_environment_table_names_jax_settings_and_a_resumed_run():
     assert rows["earlier calls of this run"] == "2026-12-06 22:08:46 at 3483bb3512"
     assert rows["settings changed between calls"] == "jax: XLA_FLAGS:  -> --xla_gpu_foo=true"
     assert "JAX" not in dict(tables.env_rows({"precision_flags": {"a": 1}}, ["gpu"]))
+
+
+def _ladder_rows():
+    """GPU rows of a dense shape and a model at three / two precisions, ours and PyTorch, random times."""
+    from harness import results
+
+    rng = np.random.default_rng(5)
+    rows = []
+    cases = (("dense", "dense_M96_N80_K72", 96, "forward", ("fp32", "tf32", "bf16"), 96 * 80 * 72 * 2),
+             ("dense", "dense_M9_N8_K7", 9, "forward", ("fp32", "bf16"), 9 * 8 * 7 * 2),
+             ("model", "lenet-mnist", 64, "train_step", ("fp32", "bf16"), 10**9),
+             ("model", "lenet-mnist", 16, "train_step", ("fp32", "bf16"), 25 * 10**7))
+    for kind, wl, batch, phase, precs, flops in cases:
+        for prec in precs:
+            tol = {"fp32": 1e-4, "tf32": 4e-3, "bf16": 3e-2}[prec]
+            sides = (("custom", "cuda-graph"), ("reference", "torch-eager"), ("reference", "torch-graph")) \
+                if kind == "model" else (("custom", "cuda"), ("reference", "torch"))
+            for impl, variant in sides:
+                err = float(rng.uniform(0.05, 0.5) * tol)
+                rows.append(results.Row(impl=impl, variant=variant, device="gpu", workload=wl, kind=kind,
+                                        batch=batch, phase=phase, precision=prec, flops=flops,
+                                        median_ms=float(rng.uniform(0.1, 3.0)), parity_rel_err=err,
+                                        parity_tol=tol, parity_ok=True, status="ok"))
+    return rows
+
+
+def test_precision_ladder_picks_a_workload_per_kind_and_draws_the_fastest_side(tmp_path):
+    from harness import plots, report, results
+
+    rows = _ladder_rows()
+    results.write_all(str(tmp_path / "results.csv"), rows)
+    df, _ = report.load([str(tmp_path)])
+    # dense: the shape in three precisions, not the smaller one in two; model: the larger batch
+    assert plots.ladder_workloads(df, "gpu") == [("model", "lenet-mnist", 64, "train_step"),
+                                                 ("dense", "dense_M96_N80_K72", 96, "forward")]
+    plot = plots.precision_ladder(df, "gpu")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    with plots.rc():
+        fig = Figure(figsize=plot.size, layout="constrained")
+        FigureCanvasAgg(fig)
+        plot.draw(fig)
+    model_time = fig.axes[0]
+    ours, torch = (line.get_ydata() for line in model_time.get_lines()[:2])
+    want = {}
+    for impl in ("custom", "reference"):
+        want[impl] = [min(r.median_ms for r in rows if r.impl == impl and r.workload == "lenet-mnist"
+                          and r.batch == 64 and r.precision == p) for p in ("fp32", "bf16")]
+    assert list(ours) == pytest.approx(want["custom"]) and list(torch) == pytest.approx(want["reference"])
+    assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["FP32", "TF32", "BF16"]
+    assert "lenet-mnist (train step, batch 64)" in plot.caption
+
+
+def test_precision_ladder_needs_two_precisions_on_both_sides(tmp_path):
+    from harness import plots, report, results
+
+    rows = [r for r in _ladder_rows() if r.precision == "fp32" or r.impl == "custom"]   # PyTorch: FP32 only
+    results.write_all(str(tmp_path / "results.csv"), rows)
+    df, _ = report.load([str(tmp_path)])
+    assert plots.ladder_workloads(df, "gpu") == []
+    assert plots.precision_ladder(df, "gpu") is None
+    files = report.render([str(tmp_path)])
+    assert not [k for k in files if k.startswith("precision_ladder")]
