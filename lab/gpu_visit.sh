@@ -13,6 +13,8 @@
 #   bash lab/gpu_visit.sh jax-flag         # the JAX rows (lab/step/jax_rows_suite.toml) without and with
 #                                          # --xla_gpu_exclude_nondeterministic_ops, then harness compare
 #                                          # -> reports/jax-flag-<card>/{a,b,compare}
+#   bash lab/gpu_visit.sh breakdown [MODELS] [BATCHES]  # kernel by kernel, ours and PyTorch's train step
+#                                          # (lab/step/kernel_breakdown.py; default lenet-mnist at 64)
 #   bash lab/gpu_visit.sh perf [BENCH-ARGS...]  # kernel timings (lab/gemm/bench.py ...) and the
 #                                          # per-layer train-step profile (lab/step/profile_step.py)
 # Every mode but first-run first compiles the kernel modules in parallel into CuPy's on-disk cache
@@ -89,6 +91,12 @@ case "${1:-tests}" in
     echo "train exit: $?"
     tar czf "$out/train.tgz" "$out_dir"
     tail -30 "$out/train.log"
+    ;;
+  breakdown)
+    timeout "${TIMEOUT_S:-240}" python3 lab/step/kernel_breakdown.py --models "${2:-lenet-mnist}" \
+      --batches "${3:-64}" --out "$out/breakdown" >"$out/breakdown.log" 2>&1
+    echo "breakdown exit: $?"
+    grep -E "^==|kernel time per step" "$out/breakdown.log"
     ;;
   jax-flag)
     card=$(card_slug)
