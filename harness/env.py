@@ -8,7 +8,9 @@ frequency governor) and ``machine_id``, which tells apart two hosts sold under o
 the NVML snapshot (``nvml``; per-row clocks are in results.csv).
 
 ``write`` replaces env.json atomically (a kill leaves the old record or the new one); ``read`` is the
-strict reader (a JSON object, UTF-8), raising ``io.DamagedFile`` with the fix.
+strict reader (a JSON object, UTF-8), raising ``io.DamagedFile`` with the fix. A run resumed over several
+calls keeps one record: ``earlier_record`` and ``carry_over`` fold the earlier calls' settings and times
+into the new one.
 """
 from __future__ import annotations
 
@@ -375,7 +377,8 @@ def earlier_record(folder: str) -> dict | None:
     results, path = os.path.join(folder, "results.csv"), os.path.join(folder, "env.json")
     try:
         with open(results, "rb") as fh:
-            if sum(1 for _ in fh) < 2:          # header only: nothing was measured before
+            fh.readline()
+            if not fh.readline().strip():       # header only: nothing was measured before
                 return None
     except OSError:
         return None
@@ -403,7 +406,8 @@ def carry_over(rec: dict, earlier: dict | None) -> list[str]:
     warnings = []
     old_flags = earlier.get("precision_flags") if isinstance(earlier.get("precision_flags"), dict) else {}
     new_flags = rec.get("precision_flags") if isinstance(rec.get("precision_flags"), dict) else {}
-    changed = dict(earlier.get("precision_flags_changed") or {})
+    changed = dict(earlier["precision_flags_changed"]) if isinstance(earlier.get("precision_flags_changed"), dict) \
+        else {}
     for key, value in old_flags.items():
         if key not in new_flags:
             new_flags[key] = value
@@ -416,7 +420,7 @@ def carry_over(rec: dict, earlier: dict | None) -> list[str]:
         warnings.append("the precision settings changed between the calls of this resumed run ("
                         + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
                         + "); env.json lists them under precision_flags_changed")
-    calls = list(earlier.get("earlier_calls") or [])
+    calls = list(earlier["earlier_calls"]) if isinstance(earlier.get("earlier_calls"), list) else []
     calls.append({"timestamp_utc": earlier.get("timestamp_utc"), "hostname": earlier.get("hostname"),
                   "machine_id": earlier.get("machine_id"), "commit": commit_text(earlier)})
     rec["earlier_calls"] = calls
