@@ -259,9 +259,7 @@ def cmd_run(args) -> int:
         rec["precision_flags"] = reference_impl.precision_flags()
     except Exception:
         pass
-    for warning in env.carry_over(rec, earlier):
-        print(f"harness: warning: {warning}", file=sys.stderr)
-    env.write(os.path.join(out, "env.json"), rec)
+    env.write_run(out, rec, earlier)
     print("harness: rows " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())), file=sys.stderr)
     if train_runs:
         _run_training(train_runs, out, device, args.quiet)

@@ -9,8 +9,8 @@ the NVML snapshot (``nvml``; per-row clocks are in results.csv).
 
 ``write`` replaces env.json atomically (a kill leaves the old record or the new one); ``read`` is the
 strict reader (a JSON object, UTF-8), raising ``io.DamagedFile`` with the fix. A run resumed over several
-calls keeps one record: ``earlier_record`` and ``carry_over`` fold the earlier calls' settings and times
-into the new one.
+calls keeps one record: ``earlier_record`` reads the earlier calls' record before a call adds rows, and
+``write_run`` folds it into the new one (``carry_over``).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import os
 import platform
 import re
 import subprocess
+import sys
 
 from .io import DamagedFile, read_json_object, write_json
 
@@ -368,12 +369,18 @@ def write(path: str, rec: dict) -> None:
     write_json(path, rec)
 
 
+def write_run(folder: str, rec: dict, earlier: dict | None) -> None:
+    """Write a run's ``folder/env.json``: ``rec`` with a resumed run's ``earlier`` record folded in
+    (``carry_over``), its warnings printed on stderr."""
+    for warning in carry_over(rec, earlier):
+        print(f"harness: warning: {warning}", file=sys.stderr)
+    write(os.path.join(folder, "env.json"), rec)
+
+
 def earlier_record(folder: str) -> dict | None:
     """The env.json a resumed run finds in ``folder`` (written by its earlier calls), or None: when the
     folder has no results.csv rows yet (a fresh run, whatever env.json lies there), no env.json, or one
     that cannot be read (a warning says so; the new record then stands alone)."""
-    import sys
-
     results, path = os.path.join(folder, "results.csv"), os.path.join(folder, "env.json")
     try:
         with open(results, "rb") as fh:

@@ -15,7 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-from .labels import KIND_LABELS, PHASE_ORDER, device_label, phase_label, variant_label, workload_label
+from .labels import (KIND_LABELS, PHASE_ORDER, device_label, phase_label, split_precision, variant_label,
+                     workload_label)
 from .speedups import baseline_text
 
 FULL = 6.3       # inches: a thesis text width
@@ -522,17 +523,19 @@ def _fastest(g):
     return {prec: rows.loc[rows["median_ms"].idxmin()] for prec, rows in g.groupby("precision")}
 
 
+def _ladder_rows(df, device: str):
+    """The timed rows of ours and PyTorch on ``device`` (JAX runs FP32 only), with ``base``: the workload
+    without its precision tag."""
+    d = df[(df["device"] == device) & (df["median_ms"] > 0) & df["status"].isin(["ok", "parity_fail"])
+           & df["impl"].isin(["custom", "reference"]) & (df["variant"] != "jax-jit")]
+    return d.assign(base=d["workload"].map(lambda w: split_precision(w)[0]))
+
+
 def ladder_workloads(df, device: str, most: int = 3) -> list[tuple]:
     """The (kind, workload, batch, phase) the precision ladder draws: per kind (model, dense, conv2d), the
     row key measured by ours and PyTorch in the most precisions (at least fp32 and one other), ties to the
     train step / forward phase, then the most FLOPs (the largest batch for models)."""
-    d = df[(df["device"] == device) & (df["median_ms"] > 0) & df["status"].isin(["ok", "parity_fail"])
-           & df["impl"].isin(["custom", "reference"]) & (df["variant"] != "jax-jit")]
-    if d.empty or "precision" not in d:
-        return []
-    from .labels import split_precision
-
-    d = d.assign(base=d["workload"].map(lambda w: split_precision(w)[0]))
+    d = _ladder_rows(df, device)
     picked = []
     for kind in LADDER_KINDS:
         best, best_score = None, None
@@ -554,11 +557,7 @@ def precision_ladder(df, device: str) -> Plot | None:
     picked = ladder_workloads(df, device)
     if not picked:
         return None
-    from .labels import split_precision
-
-    d = df[(df["device"] == device) & (df["median_ms"] > 0) & df["status"].isin(["ok", "parity_fail"])
-           & (df["variant"] != "jax-jit")]
-    d = d.assign(base=d["workload"].map(lambda w: split_precision(w)[0]))
+    d = _ladder_rows(df, device)
     cols = len(picked)
     sides = (("custom", "ours", VERMILLION, "-", "o"), ("reference", "PyTorch", BLUE, "--", "s"))
 

@@ -31,7 +31,6 @@ import csv
 import dataclasses
 import math
 import os
-import sys
 import time
 from typing import Callable
 
@@ -488,9 +487,7 @@ def run_targets(out: str, device: str, *, peak_tflops: float | None = None, quie
         rec["precision_modes"] = {p: reference_impl.precision_flags(p) for p in ("fp32", "tf32", "bf16")}
     except Exception:
         pass
-    for warning in envmod.carry_over(rec, earlier):
-        print(f"harness: warning: {warning}", file=sys.stderr)
-    envmod.write(os.path.join(out, "env.json"), rec)
+    envmod.write_run(out, rec, earlier)
     rows = read_rows(results)
     try:
         samples = samples_by_row(out)

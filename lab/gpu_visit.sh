@@ -23,8 +23,10 @@
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 out=${OUT:-out}; mkdir -p "$out"
-# the card's name as a folder suffix: lower-case, spaces to '-' (reports/train-<set>-<card>, ...)
-card_slug() { nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr 'A-Z ' 'a-z-' | tr -cd 'a-z0-9-'; }
+# the card's name as nvidia-smi prints it, and as a folder suffix: lower-case, spaces to '-'
+# (reports/train-<set>-<card>, ...)
+card_name() { nvidia-smi --query-gpu=name --format=csv,noheader | head -1; }
+card_slug() { card_name | tr 'A-Z ' 'a-z-' | tr -cd 'a-z0-9-'; }
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv | tee "$out/nvidia_smi.txt"
 if [ "${1:-tests}" != first-run ]; then
   python3 -c "from custom_impl.gpu import runtime; runtime.precompile(progress=print)" >"$out/precompile.log" 2>&1
@@ -113,7 +115,7 @@ case "${1:-tests}" in
     grep -i -A8 "geomean" "$dir/compare/compare.md" | head -12
     ;;
   run|targets)
-    card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '-' | tr -cd 'A-Za-z0-9-')
+    card=$(card_name | tr ' ' '-' | tr -cd 'A-Za-z0-9-')
     if [ "$1" = run ]; then
       timeout "${TIMEOUT_S:-480}" python3 -m harness run --device gpu --quiet --out "reports/gpu-$card" >"$out/$1.log" 2>&1
     else

@@ -47,10 +47,8 @@ def conv_cases(models, batch):
         spec = modelspec.load(name)
         for layer in spec.layers:
             if layer.type == "conv2d":
-                c, h, w = layer.in_shape
-                k = layer.out_shape[0]
-                r, s = layer.kernel_size if isinstance(layer.kernel_size, tuple) else (layer.kernel_size,) * 2
-                out.append((name, layer.index, (batch, c, h, w), (k, c, r, s), layer.stride, layer.padding))
+                out.append((name, layer.index, (batch, *layer.in_shape), spec.param_shapes()[f"{layer.index}.weight"],
+                            tuple(layer.stride), tuple(layer.padding)))
     return out
 
 
@@ -64,7 +62,6 @@ def measure(case, rounds: int, reps: int = 3) -> dict:
     x = rng.standard_normal(x_shape, dtype=np.float32)
     W = (rng.standard_normal(w_shape) / np.sqrt(np.prod(w_shape[1:]))).astype(np.float32)
     b = rng.standard_normal(w_shape[0]).astype(np.float32)
-    stride, padding = conv._pair(stride), conv._pair(padding)
     p, q = conv.out_size(x_shape[2], x_shape[3], w_shape[2:], stride, padding)
     dy = rng.standard_normal((x_shape[0], w_shape[0], p, q), dtype=np.float32)
     need_dx = index > 0

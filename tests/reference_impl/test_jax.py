@@ -278,6 +278,22 @@ def test_precision_flags_record_jax():
     assert flags["jax: jax"] and flags["jax: jaxlib"]
 
 
+def _python_child(code: str, xla_flags: str | None, timeout: int) -> str:
+    """stdout of ``python -c code`` in a fresh process at the repository root, with ``XLA_FLAGS`` set to
+    ``xla_flags`` (None: unset); XLA reads its flags once per process."""
+    import subprocess
+
+    child = dict(os.environ)
+    child.pop("XLA_FLAGS", None)
+    if xla_flags is not None:
+        child["XLA_FLAGS"] = xla_flags
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", code], env=child, cwd=root, capture_output=True, text=True,
+                         timeout=timeout)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
 @pytest.mark.parametrize("env,want", [(None, ""),
                                       ("--xla_gpu_exclude_nondeterministic_ops=true",
                                        "--xla_gpu_exclude_nondeterministic_ops=true")])
@@ -285,19 +301,9 @@ def test_xla_algorithm_choice_left_to_xla_and_a_user_flag_recorded(env, want):
     """Importing the JAX model adds nothing to XLA_FLAGS (XLA's autotuner chooses as for any JAX user); a
     user's own flags are kept, and the record names what is in effect. In a fresh process: XLA reads its
     flags once."""
-    import subprocess
-
-    child = dict(os.environ)
-    child.pop("XLA_FLAGS", None)
-    if env is not None:
-        child["XLA_FLAGS"] = env
     code = ("import reference_impl.jax_model as jm, jax.numpy as jnp; float(jnp.ones(3).sum()); "
             "print(repr(jm.precision_flags()['XLA_FLAGS']))")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    out = subprocess.run([sys.executable, "-c", code], env=child, cwd=root, capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == repr(want)
+    assert _python_child(code, env, timeout=120).strip() == repr(want)
 
 
 # ------------------------------------------------------------------------------------------------ GPU
@@ -309,8 +315,6 @@ def test_jax_gpu_lenet_conv2_weight_gradient_exact_under_the_deterministic_flag(
     algorithm. 1e-5: a float32 reduction over N*P*Q = 50,176 terms in any order stays within ~1e-6 of
     float64 in this max-norm measure (2e-7 measured); a Winograd or TF32 path is >= 1e-3. In a fresh
     process: XLA reads its flags once."""
-    import subprocess
-
     pytest.importorskip("torch")
     code = """
 import jax, numpy as np, torch
@@ -328,12 +332,8 @@ want = torch.nn.grad.conv2d_weight(torch.from_numpy(x).double(), w.shape, torch.
                                    padding=2).numpy()
 print(rel_err([got], [want]))
 """
-    child = dict(os.environ, XLA_FLAGS="--xla_gpu_exclude_nondeterministic_ops=true")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    out = subprocess.run([sys.executable, "-c", code], env=child, cwd=root, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert float(out.stdout.strip().splitlines()[-1]) < 1e-5     # the harness's parity measure (max-norm)
+    out = _python_child(code, "--xla_gpu_exclude_nondeterministic_ops=true", timeout=300)
+    assert float(out.strip().splitlines()[-1]) < 1e-5     # the harness's parity measure (max-norm)
 
 
 @pytest.mark.gpu
