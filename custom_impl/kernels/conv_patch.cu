@@ -21,9 +21,12 @@
 //       x[n, c0..c0+cb-1, rows p0-ph .. p0+pb-1-ph+R-1, cols -pw ..] (cb x (pb+R-1) x ldx); thread (kt, c, r)
 //       owns k = k0 + kt + 8*kk (kk < 8) x one (c, r) x all S taps: 8*S sums over every item. The block
 //       writes its partial (K, C, R, S) to out + z*K*C*R*S; gemm_splitk_reduce adds the z slabs in order.
-//   conv_patch_backward_data     block (image n, strip of hb rows, channel group of 8*CT): over chunks of kc
-//       k, stages the dy patch (kc x (hb+R-1) x ldd) and W^T[k, r, s, c0..c0+8CT-1] from the (K, R, S, C)
-//       copy that conv_patch_transpose_w makes; thread (ct, wc, hl) owns 8 channels x 4 columns of row hl.
+//   conv_patch_backward_data     block (image n, strip of hb rows, channel group of 8*CT, split z): over chunks
+//       of kc k in its range [z*kz, (z+1)*kz), stages the dy patch (kc x (hb+R-1) x ldd) and
+//       W^T[k, r, s, c0..c0+8CT-1] from the (K, R, S, C) copy that conv_patch_transpose_w makes; thread
+//       (ct, wc, hl) owns 8 channels x 4 columns of row hl. With gridDim.z > 1 (small batches: too few
+//       blocks to fill the GPU) block z writes its partial dx to dx + z*N*C*H*W, and gemm_splitk_reduce
+//       adds the z slabs in order (deterministic).
 //   conv_patch_transpose_w       wt[(k*R*S + rs)*C + c] = W[(k*C + c)*R*S + rs].
 
 #ifndef PT_S
@@ -255,7 +258,7 @@ struct PtDataStage {
 extern "C" __global__ void __launch_bounds__(PT_DX_THREADS, 2)
 conv_patch_backward_data(const float* __restrict__ dy, const float* __restrict__ wt, float* __restrict__ dx,
                          int N, int C, int H, int W, int K, int R, int S, int P, int Q,
-                         int sh, int sw, int ph, int pw, int ct_shift, int wch, int hb, int kc, int ldd) {
+                         int sh, int sw, int ph, int pw, int ct_shift, int wch, int hb, int kc, int ldd, int kz) {
     extern __shared__ float4 pt_smem4[];
     float* const smem = reinterpret_cast<float*>(pt_smem4);
     if (S != PT_S || sh != 1 || sw != 1) return;  // compiled for another shape: the wrapper never does this
@@ -292,20 +295,22 @@ conv_patch_backward_data(const float* __restrict__ dy, const float* __restrict__
 #pragma unroll
         for (int u = 0; u < PT_U; ++u) acc[ci][u] = 0.f;
 
-    const int chunks = (K + kc - 1) / kc;
-    st.issue(0, smem);
+    const int k_lo = blockIdx.z * kz;  // this split's k range [k_lo, k_hi); kz is a multiple of kc
+    const int k_hi = min(K, k_lo + kz);
+    const int chunks = (k_hi - k_lo + kc - 1) / kc;
+    st.issue(k_lo, smem);
     pt_commit();
     for (int t = 0; t < chunks; ++t) {
         float* const cur = smem + (t & 1) * stage;
         if (t + 1 < chunks) {
-            st.issue((t + 1) * kc, smem + ((t + 1) & 1) * stage);
+            st.issue(k_lo + (t + 1) * kc, smem + ((t + 1) & 1) * stage);
             pt_commit();
             pt_wait<1>();
         } else {
             pt_wait<0>();
         }
         __syncthreads();  // every thread's copies of chunk t have landed
-        const int kn = min(kc, K - t * kc);
+        const int kn = min(kc, k_hi - k_lo - t * kc);
         const float* wb = cur + st.ndy + ct * 8;
         for (int kl = 0; kl < kn; ++kl) {
             for (int r = 0; r < R; ++r) {
@@ -335,11 +340,12 @@ conv_patch_backward_data(const float* __restrict__ dy, const float* __restrict__
 
     const int h = st.h0 + hl;
     if (hl >= hb || h >= H) return;
+    float* const slab = dx + (long long)blockIdx.z * N * C * H * W;
 #pragma unroll
     for (int ci = 0; ci < PT_TM; ++ci) {
         const int c = st.c0 + ct * 8 + ci;
         if (c < C) {
-            float* o = dx + (((long long)st.n * C + c) * H + h) * W;
+            float* o = slab + (((long long)st.n * C + c) * H + h) * W;
 #pragma unroll
             for (int u = 0; u < PT_U; ++u)
                 if (wc * PT_U + u < W) o[wc * PT_U + u] = acc[ci][u];

@@ -159,8 +159,8 @@ def conv_patch_transpose_w(PT_S, grid, block, args, shared_mem=0):
 
 
 def conv_patch_backward_data(PT_S, grid, block, args, shared_mem):
-    (dyf, wt, dx), ints = _ints(args, 3, 18)
-    N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw, ct_shift, wch, hb, kc, ldd = ints
+    (dyf, wt, dx), ints = _ints(args, 3, 19)
+    N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw, ct_shift, wch, hb, kc, ldd, kz = ints
     if S != PT_S or sh != 1 or sw != 1:
         return
     NT = block[0]
@@ -200,46 +200,48 @@ def conv_patch_backward_data(PT_S, grid, block, args, shared_mem):
                 ok = row < rows_left and c0 + cl < C
                 smem[base + ndy + e] = wt[(k0 * RS + row) * C + c0 + cl] if ok else 0.0
 
-    chunks = -(-K // kc)
-    for by in range(grid[1]):
-        for bx in range(grid[0]):
-            n, strip = divmod(bx, hstrips)
-            h0, c0 = strip * hb, by * CB
-            smem = np.full(shared_mem // 4, np.nan)
-            acc = np.zeros((NT, 8, U))
-            issue(n, h0, c0, 0, smem, 0)
-            for t in range(chunks):
-                cur = (t & 1) * stage
-                if t + 1 < chunks:
-                    issue(n, h0, c0, (t + 1) * kc, smem, ((t + 1) & 1) * stage)
-                kn = min(kc, K - t * kc)
-                for tid in range(NT):
-                    ct, pix = tid & (CT - 1), tid >> ct_shift
-                    hl, wc = pix // wch, pix % wch
-                    wb = cur + ndy + ct * 8
-                    for kl in range(kn):
-                        for r in range(R):
-                            drow = cur + (kl * nrows + hl + R - 1 - r) * ldd + wc * U
-                            xv = np.concatenate([_f4(smem, drow + 4 * v, cur, cur + ndy) for v in range(XV // 4)])
-                            wr = wb + (kl * RS + r * S) * CB
-                            for s in range(S):
-                                wv = np.concatenate([_f4(smem, wr + s * CB, cur + ndy, cur + stage),
-                                                     _f4(smem, wr + s * CB + 4, cur + ndy, cur + stage)])
-                                acc[tid] += np.outer(wv, xv[np.arange(U) + S - 1 - s])
+    assert kz % kc == 0 and (grid[2] - 1) * kz < K <= grid[2] * kz  # every k in one split, none empty
+    for bz, by, bx in np.ndindex(grid[2], grid[1], grid[0]):
+        k_lo = bz * kz
+        k_hi = min(K, k_lo + kz)
+        chunks = -(-(k_hi - k_lo) // kc)
+        n, strip = divmod(bx, hstrips)
+        h0, c0 = strip * hb, by * CB
+        smem = np.full(shared_mem // 4, np.nan)
+        acc = np.zeros((NT, 8, U))
+        issue(n, h0, c0, k_lo, smem, 0)
+        for t in range(chunks):
+            cur = (t & 1) * stage
+            if t + 1 < chunks:
+                issue(n, h0, c0, k_lo + (t + 1) * kc, smem, ((t + 1) & 1) * stage)
+            kn = min(kc, k_hi - k_lo - t * kc)
             for tid in range(NT):
                 ct, pix = tid & (CT - 1), tid >> ct_shift
                 hl, wc = pix // wch, pix % wch
-                h = h0 + hl
-                if hl >= hb or h >= H:
+                wb = cur + ndy + ct * 8
+                for kl in range(kn):
+                    for r in range(R):
+                        drow = cur + (kl * nrows + hl + R - 1 - r) * ldd + wc * U
+                        xv = np.concatenate([_f4(smem, drow + 4 * v, cur, cur + ndy) for v in range(XV // 4)])
+                        wr = wb + (kl * RS + r * S) * CB
+                        for s in range(S):
+                            wv = np.concatenate([_f4(smem, wr + s * CB, cur + ndy, cur + stage),
+                                                 _f4(smem, wr + s * CB + 4, cur + ndy, cur + stage)])
+                            acc[tid] += np.outer(wv, xv[np.arange(U) + S - 1 - s])
+        for tid in range(NT):
+            ct, pix = tid & (CT - 1), tid >> ct_shift
+            hl, wc = pix // wch, pix % wch
+            h = h0 + hl
+            if hl >= hb or h >= H:
+                continue
+            for ci in range(8):
+                c = c0 + ct * 8 + ci
+                if c >= C:
                     continue
-                for ci in range(8):
-                    c = c0 + ct * 8 + ci
-                    if c >= C:
-                        continue
-                    for u in range(U):
-                        w = wc * U + u
-                        if w < W:
-                            dx[((n * C + c) * H + h) * W + w] = acc[tid, ci, u]
+                for u in range(U):
+                    w = wc * U + u
+                    if w < W:
+                        dx[(((bz * N + n) * C + c) * H + h) * W + w] = acc[tid, ci, u]
 
 
 def gemm_splitk_reduce(ws, out, bias, M, N, splits, beta, act):

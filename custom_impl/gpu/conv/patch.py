@@ -17,7 +17,10 @@ S+3 values, loaded as float4s.
       8 k x one (c, r) x all S taps; the blocks of a split sum their range of (image, row strip) items and
       write a partial dW into ``workspace``; gemm's ordered split-K reduce adds them (deterministic).
   ``backward_data``: W is first copied to (K, R, S, C) in ``workspace``; block (image, strip of
-      rows, group of 8*CT channels); thread = 8 channels x 4 columns of one row; chunks of kc k staged.
+      rows, group of 8*CT channels, split); thread = 8 channels x 4 columns of one row; chunks of kc k
+      staged. A small batch leaves too few (image, strip, group) blocks to fill the GPU (LeNet's 5x5 layer
+      at batch 64: 64 blocks on 132 SMs), so the k range splits over blocks: partial dx slabs after the
+      W copy in ``workspace``, added in order by gemm's split-K reduce (deterministic).
 
 S is compile-time (one module per kernel width, compiled on first use). Outputs are written (``=``). With
 ``dW`` / ``dx`` and ``workspace`` given nothing is allocated and nothing synchronises the host (CUDA-graph
@@ -34,6 +37,8 @@ Example::
 from __future__ import annotations
 
 from typing import NamedTuple
+
+import numpy as np
 
 from .. import gemm, runtime
 from ..runtime import blocks, check_array, checked_workspace
@@ -87,7 +92,8 @@ class DataPlan(NamedTuple):
     ldd: int         # staged dy row (floats)
     threads: int
     smem: int        # bytes, two stages
-    grid: tuple      # (N * row strips, channel groups)
+    kz: int          # k per split (a multiple of kc)
+    grid: tuple      # (N * row strips, channel groups, splits)
 
 
 def _unsupported(dims) -> str | None:
@@ -131,8 +137,11 @@ def weights_plan(dims, sms: int = 132) -> WeightsPlan | None:
     return WeightsPlan(cb, pb, ldq, ldx, chunk, threads, 8 * stage(cb, pb), (splits, _ceil(C, cb), _ceil(K, KB)))
 
 
-def data_plan(dims) -> DataPlan | None:
-    """Launch plan of conv_patch_backward_data for ``dims``, or None if it cannot run."""
+def data_plan(dims, sms: int = 132) -> DataPlan | None:
+    """Launch plan of conv_patch_backward_data for ``dims`` on ``sms`` SMs, or None if it cannot run. The
+    k range splits when the (image, strip, channel group) blocks fill at most half a wave of 2 blocks per
+    SM, into as many splits as the wave holds; each split keeps >= 2 chunks of kc k, so that its double
+    buffer still overlaps."""
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = (int(v) for v in dims)
     if _unsupported(dims) is not None:
         return None
@@ -152,20 +161,35 @@ def data_plan(dims) -> DataPlan | None:
     if kc < 1:
         return None
     kc = _ceil(K, _ceil(K, kc))  # balanced chunks
-    grid = (N * _ceil(H, hb), _ceil(C, cb))
-    return DataPlan(ct_shift, wch, hb, kc, ldd, per_row * hb, 8 * kc * per_k, grid)
+    blocks_xy = N * _ceil(H, hb) * _ceil(C, cb)
+    chunks = _ceil(K, kc)
+    splits = max(1, min(chunks // 2, 2 * sms // blocks_xy))  # within one wave: a second costs more
+    per_split = _ceil(chunks, splits)
+    splits = _ceil(chunks, per_split)
+    grid = (N * _ceil(H, hb), _ceil(C, cb), splits)
+    return DataPlan(ct_shift, wch, hb, kc, ldd, per_row * hb, 8 * kc * per_k, per_split * kc, grid)
+
+
+def _data_offset(K: int, C: int, R: int, S: int) -> int:
+    """Where backward_data's partial dx slabs start in the workspace: after the W copy, 16-byte aligned."""
+    return _ceil(K * C * R * S, 4) * 4
 
 
 def workspace_size(x_shape, w_shape, stride, padding, sms: int | None = None) -> int:
     """float32 elements of workspace the two kernels need (the larger): backward_weights' partial dW
-    (splits x K*C*R*S, 0 when unsplit) and backward_data's W^T copy (K*C*R*S); 0 for a layer neither runs."""
+    (splits x K*C*R*S, 0 when unsplit) and backward_data's W^T copy (K*C*R*S) followed, when its k range
+    splits, by the partial dx slabs (splits x N*C*H*W); 0 for a layer neither runs."""
     if sms is None:
         sms = runtime.sm_count()
     dims = conv_dims(tuple(x_shape), tuple(w_shape), stride, padding)
     K, C, R, S = w_shape
     plan = weights_plan(dims, sms)
     need_w = 0 if plan is None or plan.grid[0] == 1 else plan.grid[0] * K * C * R * S
-    need_d = 0 if data_plan(dims) is None else K * C * R * S
+    dplan = data_plan(dims, sms)
+    need_d = 0
+    if dplan is not None:
+        splits = dplan.grid[2]
+        need_d = K * C * R * S if splits == 1 else _data_offset(K, C, R, S) + splits * int(np.prod(x_shape))
     return max(need_w, need_d)
 
 
@@ -217,19 +241,29 @@ def backward_weights(dy, x, dW, dims, workspace=None):
 def backward_data(dy, W, dx, dims, workspace=None):
     """dx (N, C, H, W) from dy (N, K, P, Q) and W (K, C, R, S); returns dx.
 
-    ``workspace``: float32, at least K*C*R*S elements (W copied to (K, R, S, C)), or None for the
-    runtime's shared workspace. Raises ValueError for a layer it cannot run."""
+    ``workspace``: float32, at least ``workspace_size(...)`` elements (W copied to (K, R, S, C), then the
+    partial dx of each split), or None for the runtime's shared workspace. Raises ValueError for a layer it
+    cannot run."""
     dims = tuple(int(v) for v in dims)
-    plan = data_plan(dims)
+    plan = data_plan(dims, runtime.sm_count())
     if plan is None:
         raise ValueError(_unfit_message("backward_data", dims))
     _check(dims, {"dy": dy, "W": W, "dx": dx}, "backward_data")
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
     n = K * C * R * S
-    wt = checked_workspace(workspace, n, "conv.patch.backward_data", "conv2d_workspace_size")
+    splits = plan.grid[2]
+    off = _data_offset(K, C, R, S)
+    slab = N * C * H * Wd
+    need = n if splits == 1 else off + splits * slab
+    ws = checked_workspace(workspace, need, "conv.patch.backward_data", "conv2d_workspace_size")
+    wt = ws[:n]
+    out = dx if splits == 1 else ws[off: off + splits * slab]
     kernel("conv_patch_transpose_w", S)((min(blocks(n, 256), 132 * 8),), (256,),
                                       (W, wt) + _i32(K, C, R * S))
     kernel("conv_patch_backward_data", S)(
         plan.grid, (plan.threads,),
-        (dy, wt, dx) + _i32(*dims) + _i32(plan.ct_shift, plan.wch, plan.hb, plan.kc, plan.ldd), shared_mem=plan.smem)
+        (dy, wt, out) + _i32(*dims) + _i32(plan.ct_shift, plan.wch, plan.hb, plan.kc, plan.ldd, plan.kz),
+        shared_mem=plan.smem)
+    if splits > 1:
+        gemm.splitk_reduce(out, dx, None, N * C, H * Wd, splits, 0, 0)
     return dx

@@ -48,7 +48,11 @@ def test_patch_plans_stay_within_the_kernels_limits(x_shape, w_shape, padding):
     if dp is not None:
         assert dp.smem <= conv_patch.SMEM_BYTES and dp.threads <= conv_patch.DX_THREADS
         assert dp.wch * 4 >= Wd and dp.ldd % 8 == 4 and dp.ldd >= (dp.wch - 1) * 4 + conv_patch.window(S)
-        assert dp.grid == (N * -(-H // dp.hb), -(-C // (8 << dp.ct_shift)))
+        assert dp.grid[:2] == (N * -(-H // dp.hb), -(-C // (8 << dp.ct_shift)))
+        splits = dp.grid[2]
+        assert dp.kz % dp.kc == 0 and (splits - 1) * dp.kz < K <= splits * dp.kz  # every k in one split
+        assert splits == 1 or dp.kz >= 2 * dp.kc                                   # each split double-buffers
+        assert splits * dp.grid[0] * dp.grid[1] <= 2 * 132 or splits == 1          # within one wave
     need = conv2d_workspace_size(x_shape, w_shape, 1, padding)
     assert need >= conv_patch.workspace_size(x_shape, w_shape, 1, padding, 132)
 
@@ -80,8 +84,10 @@ def emulator(monkeypatch):
     yield emu
 
 
-@pytest.mark.parametrize("case", [(2, 3, 9, 11, 5, 3, 3, (1, 1)), (1, 9, 7, 6, 70, 5, 5, (2, 2)),
-                                  (3, 4, 10, 8, 7, 3, 5, (0, 2))])
-def test_patch_kernels_replayed_on_the_cpu(emulator, case):
-    worst, _, _ = emulator.check(case)
+@pytest.mark.parametrize("case,dx_splits", [((2, 3, 9, 11, 5, 3, 3, (1, 1)), 1),
+                                             ((1, 9, 7, 6, 70, 5, 5, (2, 2)), 3),   # k range split, ragged
+                                             ((3, 4, 10, 8, 7, 3, 5, (0, 2)), 1)])
+def test_patch_kernels_replayed_on_the_cpu(emulator, case, dx_splits):
+    worst, _, data_plan = emulator.check(case)
+    assert data_plan.grid[2] == dx_splits  # on 132 SMs; check() also replays 1 SM, where nothing splits
     assert worst < 1e-12
