@@ -20,7 +20,12 @@ No im2col buffer: the GEMM loaders gather operand tiles straight from x / dy / W
       in the workspace, added in a fixed order by gemm's split-K reduce).
   ``bias_grad``: db over (k, chunk of images) blocks, partials added in a fixed order.
 Tile configs and splits come from the performance model (tiles.py) under the launch cost in force, so
-eager calls and CUDA-graph captures may plan differently; plans are memoised per launch-cost regime.
+eager calls and CUDA-graph captures may plan differently; plans are memoised per launch-cost regime. The
+forward and backward-data GEMMs are then tuned per shape: the first call times the model's best few plans
+(``forward_candidates`` / ``data_candidates``) on its own arrays and keeps the fastest (``runtime.autotune``,
+cached per device and launch-cost regime; the model's plan inside a CUDA-graph capture). The model is least
+sure at small batches: for LeNet's 5x5 layer at batch 64 it planned 2 splits of the 64x128 tile (70.6 us on
+an H200) where 8 splits ran in 60.9 us (lab/conv/small_batch_probe.py).
 
 Outputs are written (``=``). With the outputs and ``workspace`` given nothing is allocated and nothing
 synchronises the host (CUDA-graph capturable); ``workspace=None`` takes the runtime's shared buffer.
@@ -41,7 +46,7 @@ import numpy as np
 from .. import runtime
 from ..gemm import splitk_reduce
 from ..runtime import blocks, checked_workspace, i32, i32_memo, ptr, vec_ok
-from ..tiles import CONFIG_BY_NAME, choose_config, split_chunk
+from ..tiles import CONFIG_BY_NAME, choose_config, pick_candidates, ranked_plans, split_chunk
 from .geometry import planning_sms
 
 FAMILY = "conv_implicit_gemm"
@@ -114,6 +119,62 @@ def data_plan(dims, sms=132):
     return cfg, k_chunk, splits
 
 
+TUNE_COUNT = 4                 # plans the tuner times per shape: the model's best few (+ its best unsplit)
+TUNE_MAX_PARTIALS = 1 << 24    # floats of split-K partials (64 MB) a timed plan other than the model's may use
+
+
+def _gemm_sizes(dims, phase):
+    """(M, cols, reduction, max splits) of the forward / backward-data implicit GEMM (the largest phase)."""
+    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
+    if phase == "forward":
+        return K, N * P * Q, C * R * S, 32
+    cols = N * -(-H // sh) * -(-Wd // sw)
+    red = K * -(-R // sh) * -(-S // sw)
+    return (C, cols * sh * sw, red, 1) if sh * sw > 1 else (C, cols, red, 32)  # as data_plan weighs them
+
+
+@_memo_per_regime
+def _candidates(dims, phase, sms):
+    M, cols, red, max_splits = _gemm_sizes(dims, phase)
+    first = forward_plan(dims, sms) if phase == "forward" else data_plan(dims, sms)
+    plans = [first[::2]]
+    for cfg, splits, _ in ranked_plans(M, cols, red, sms, max_splits, runtime.launch_cost(), CONFIGS, "launch"):
+        splits = split_chunk(red, splits, cfg.bk)[1]
+        if (cfg, splits) not in plans and splits * M * cols <= max(TUNE_MAX_PARTIALS, first[2] * M * cols):
+            plans.append((cfg, splits))
+    return tuple(pick_candidates(plans, TUNE_COUNT, (lambda p: p[1] == 1,)))
+
+
+def forward_candidates(dims, sms=132) -> tuple:
+    """The (TileConfig, splits) plans the forward's tuning times, the model's plan (``forward_plan``) first;
+    a plan other than it needs at most TUNE_MAX_PARTIALS floats of partials (``workspace_size`` covers
+    them all)."""
+    return _candidates(dims, "forward", sms)
+
+
+def data_candidates(dims, sms=132) -> tuple:
+    """The (TileConfig, splits) plans backward-data's tuning times, ``data_plan``'s first (strided: one
+    split, configs only)."""
+    return _candidates(dims, "backward_data", sms)
+
+
+def _tuned_plan(phase, dims, sms, run):
+    """(TileConfig, splits) for this call of ``phase``: cached, else the fastest candidate timed with
+    ``run(plan)`` (one call on the caller's arrays), else (capturing, or tuning off) the model's. A plan is
+    worth max(GPU time, its launches x the launch cost in force), as in ``tiles.estimate_seconds``."""
+    plans = _candidates(dims, phase, sms)
+    if len(plans) == 1:
+        return plans[0]
+    cost = runtime.launch_cost()
+
+    def worth(plan, ms):
+        gpu = ms * 1e-3 / runtime.TUNE_REPS
+        return max(gpu, (2 if plan[1] > 1 else 1) * cost), gpu
+
+    return runtime.autotune((FAMILY, phase, dims, sms), lambda: {p: functools.partial(run, p) for p in plans},
+                            plans[0], warmups=1, behind_sleep=True, score=worth)
+
+
 def bias_splits(N: int, K: int, PQ: int, sms: int = 132) -> tuple[int, int]:
     """(nchunk, splits) of the bias gradient: images per block and blocks per channel, so that K*splits
     fills ~4 blocks per SM while each block still sums >= ~8K elements."""
@@ -124,11 +185,12 @@ def bias_splits(N: int, K: int, PQ: int, sms: int = 132) -> tuple[int, int]:
 
 def workspace_size(dims, sms: int = 132) -> int:
     """float32 elements of workspace the implicit GEMMs and the bias gradient of this layer need (the
-    largest of their split-K partials), under the launch cost in force."""
+    largest of their split-K partials, over every plan the tuning may choose), under the launch cost in
+    force."""
     N, C, H, W, K, R, S, P, Q = dims[:9]
     _, _, w_splits = weights_plan(dims, sms)
-    _, _, f_splits = forward_plan(dims, sms)
-    _, _, d_splits = data_plan(dims, sms)
+    f_splits = max(s for _, s in forward_candidates(dims, sms))
+    d_splits = max(s for _, s in data_candidates(dims, sms))
     need_w = 0 if w_splits == 1 else w_splits * K * C * R * S
     need_f = 0 if f_splits == 1 else f_splits * K * N * P * Q
     need_d = 0 if d_splits == 1 else d_splits * N * C * H * W
@@ -138,14 +200,19 @@ def workspace_size(dims, sms: int = 132) -> int:
 
 def forward(x, W, b, out, dims, workspace=None, sms=132, config=None, splits=None):
     """y = conv2d(x, W) + b into ``out`` (N, K, P, Q); x, W, b (or None) and out checked by the caller.
-    ``config`` (a TileConfig or its name) / ``splits`` override the plan's (for tuning runs and tests)."""
+    ``config`` (a TileConfig or its name) / ``splits`` override the tuned plan's (for tuning runs and
+    tests)."""
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
     cols, CRS = N * P * Q, C * R * S
-    cfg, k_chunk, n_splits = forward_plan(dims, sms)
-    if config is not None:
-        cfg = CONFIG_BY_NAME[config] if isinstance(config, str) else config
-    if config is not None or splits is not None:
-        k_chunk, n_splits = split_chunk(CRS, n_splits if splits is None else splits, cfg.bk)
+    if config is None and splits is None:
+        cfg, n_splits = _tuned_plan("forward", dims, sms,
+                                    lambda p: forward(x, W, b, out, dims, workspace, sms, p[0], p[1]))
+    else:
+        cfg, _, n_splits = forward_plan(dims, sms)
+        if config is not None:
+            cfg = CONFIG_BY_NAME[config] if isinstance(config, str) else config
+        n_splits = n_splits if splits is None else splits
+    k_chunk, n_splits = split_chunk(CRS, n_splits, cfg.bk)
     kern = kernel("conv_implicit_gemm_fwd", cfg)
     flags = int(vec_ok(W, CRS))
     grid = (blocks(cols, cfg.bn), blocks(K, cfg.bm), n_splits)
@@ -209,15 +276,21 @@ def backward_weights(dy, x, dW, dims, workspace=None, sms=132):
     return dW
 
 
-def backward_data(dy, W, dx, dims, workspace=None, sms=132, config=None):
+def backward_data(dy, W, dx, dims, workspace=None, sms=132, config=None, splits=None):
     """dx (N, C, H, W) from dy (N, K, P, Q) and W (K, C, R, S), checked by the caller: one GEMM per
     stride phase; with stride 1 the reduction splits for small batches (partials in ``workspace``,
-    default: the shared workspace). ``config``: a TileConfig (or its name) instead of the plan's."""
+    default: the shared workspace). ``config`` (a TileConfig or its name) / ``splits`` (stride 1 only)
+    override the tuned plan's."""
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
-    cfg, k_chunk, splits = data_plan(dims, sms)
-    if config is not None:
-        cfg = CONFIG_BY_NAME[config] if isinstance(config, str) else config
-        k_chunk, splits = split_chunk(K * R * S, splits, cfg.bk) if splits > 1 else (0, 1)
+    if config is None and splits is None:
+        cfg, splits = _tuned_plan("backward_data", dims, sms,
+                                  lambda p: backward_data(dy, W, dx, dims, workspace, sms, p[0], p[1]))
+    else:
+        cfg, _, planned = data_plan(dims, sms)
+        if config is not None:
+            cfg = CONFIG_BY_NAME[config] if isinstance(config, str) else config
+        splits = planned if splits is None or sh * sw > 1 else splits
+    k_chunk, splits = split_chunk(K * R * S, splits, cfg.bk) if splits > 1 else (0, 1)
     cols = N * -(-H // sh) * -(-Wd // sw)  # the largest phase
     kern = kernel("conv_implicit_gemm_dgrad", cfg)
     if splits == 1:

@@ -232,12 +232,11 @@ def test_conv_bias_grad_split_over_images(shape):
 def test_conv2d_backward_data_split_k(case):
     """Stride-1 backward-data of a small batch splits its reduction K*R*S over blocks when launches are
     cheap (inside a CUDA graph): partials in a NaN-filled workspace, added in order; float64-close and
-    deterministic."""
+    deterministic, for every plan the tuning times (each split named) and for the one it keeps."""
     import cupy
 
     from custom_impl.gpu import runtime
-    from custom_impl.gpu.conv import conv2d_backward_data, conv2d_workspace_size, conv_dims
-    from custom_impl.gpu.conv.implicit_gemm import data_plan
+    from custom_impl.gpu.conv import conv2d_backward_data, conv2d_workspace_size, conv_dims, implicit_gemm
 
     N, C, H, Wd, K, R, S, pad = case
     rng = np.random.default_rng(sum(case))
@@ -245,15 +244,23 @@ def test_conv2d_backward_data_split_k(case):
     y_ref, back = conv_ref(x.astype(np.float64), W.astype(np.float64), (1, 1), (pad, pad))
     _, back_abs = conv_ref(np.abs(x.astype(np.float64)), np.abs(W.astype(np.float64)), (1, 1), (pad, pad))
     dy = _rand(rng, *y_ref.shape)
+    dx_ref, dx_abs = back(dy.astype(np.float64))[0], back_abs(np.abs(dy.astype(np.float64)))[0]
+    dims = conv_dims(x.shape, W.shape, 1, pad)
+    gdy, gW = cupy.asarray(dy), cupy.asarray(W)
     with runtime.launch_cost_regime(runtime.GRAPH_LAUNCH_S):
-        assert data_plan(conv_dims(x.shape, W.shape, 1, pad))[2] > 1, "this case should split"
+        assert implicit_gemm.data_plan(dims)[2] > 1, "this case should split"
         ws = cupy.full((conv2d_workspace_size(x.shape, W.shape, 1, pad),), np.nan, np.float32)
+        plans = implicit_gemm.data_candidates(dims)
+        assert any(s > 1 for _, s in plans)
+        for cfg, splits in plans:
+            dx = cupy.full(x.shape, np.nan, np.float32)
+            implicit_gemm.backward_data(gdy, gW, dx, dims, ws, config=cfg, splits=splits)
+            _assert_close(cupy.asnumpy(dx), dx_ref, dx_abs, K * R * S, f"dx {cfg.name} split {splits} {case}")
         dx = cupy.full(x.shape, np.nan, np.float32)
-        gdy, gW = cupy.asarray(dy), cupy.asarray(W)
         conv2d_backward_data(gdy, gW, x.shape, 1, pad, dx=dx, workspace=ws, algo="implicit_gemm")
+        assert runtime.tuned((implicit_gemm.FAMILY, "backward_data", dims, runtime.sm_count())) in plans
         again = conv2d_backward_data(gdy, gW, x.shape, 1, pad, workspace=ws, algo="implicit_gemm")
-    _assert_close(cupy.asnumpy(dx), back(dy.astype(np.float64))[0], back_abs(np.abs(dy.astype(np.float64)))[0],
-                  K * R * S, f"dx split {case}")
+    _assert_close(cupy.asnumpy(dx), dx_ref, dx_abs, K * R * S, f"dx tuned {case}")
     assert np.array_equal(cupy.asnumpy(again), cupy.asnumpy(dx))
 
 

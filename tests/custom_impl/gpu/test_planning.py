@@ -122,6 +122,35 @@ def test_backward_data_splits_only_stride_1_and_only_small_batches():
 
 
 @pytest.mark.parametrize("x_shape,w_shape,stride,padding", [
+    ((64, 32, 14, 14), (64, 32, 5, 5), 1, 2),     # LeNet conv2 at batch 64
+    ((1, 7, 13, 17), (130, 7, 3, 3), 1, 0),
+    ((16, 128, 28, 28), (512, 128, 1, 1), 2, 0),  # strided: backward-data by stride phase, unsplit
+    ((256, 64, 56, 56), (64, 64, 3, 3), 1, 1),
+])
+def test_tuned_implicit_gemm_plans(x_shape, w_shape, stride, padding):
+    """The plans the forward / backward-data tuning times: the model's plan first, no duplicates, an
+    unsplit plan among them, no more than TUNE_COUNT + 1, strided backward-data never split, every other
+    plan within the partials cap, and the layer's workspace sized for the largest of them."""
+    dims = conv_dims(x_shape, w_shape, stride, padding)
+    N, C, H, W, K, R, S, P, Q = dims[:9]
+    for cost in (20e-6, runtime.GRAPH_LAUNCH_S):
+        with runtime.launch_cost_regime(cost):
+            need = conv2d_workspace_size(x_shape, w_shape, stride, padding)
+            for phase, plans, first, size in (
+                    ("forward", implicit_gemm.forward_candidates(dims), implicit_gemm.forward_plan(dims), K * N * P * Q),
+                    ("backward_data", implicit_gemm.data_candidates(dims), implicit_gemm.data_plan(dims), N * C * H * W)):
+                assert plans[0] == (first[0], first[2]), phase
+                assert len(set(plans)) == len(plans) <= implicit_gemm.TUNE_COUNT + 1
+                assert any(s == 1 for _, s in plans)
+                for cfg, splits in plans:
+                    assert cfg in implicit_gemm.CONFIGS
+                    assert splits == 1 or splits * size <= max(implicit_gemm.TUNE_MAX_PARTIALS, first[2] * size)
+                    assert need >= (splits > 1) * splits * size
+                if phase == "backward_data" and stride != 1:
+                    assert all(s == 1 for _, s in plans)
+
+
+@pytest.mark.parametrize("x_shape,w_shape,stride,padding", [
     ((1, 32, 14, 14), (64, 32, 5, 5), 1, 2),      # small batch: forward / backward-data split-K
     ((64, 3, 224, 224), (64, 3, 7, 7), 2, 3),     # few channels: few_channels backward-weights partials
     ((64, 256, 28, 28), (256, 256, 3, 3), 1, 1),  # Winograd candidate
