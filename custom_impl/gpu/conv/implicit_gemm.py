@@ -21,8 +21,8 @@ No im2col buffer: the GEMM loaders gather operand tiles straight from x / dy / W
   ``bias_grad``: db over (k, chunk of images) blocks, partials added in a fixed order.
 Tile configs and splits come from the performance model (tiles.py) under the launch cost in force, so
 eager calls and CUDA-graph captures may plan differently; plans are memoised per launch-cost regime. The
-forward and backward-data GEMMs are then tuned per shape: the first call times the model's best few plans
-(``forward_candidates`` / ``data_candidates``) on its own arrays and keeps the fastest (``runtime.autotune``,
+GEMM of each phase is then tuned per shape: the first call times the model's best few plans
+(``forward_candidates`` / ``data_candidates`` / ``weights_candidates``) on its own arrays and keeps the fastest (``runtime.autotune``,
 cached per device and launch-cost regime; the model's plan inside a CUDA-graph capture). The model is least
 sure at small batches: for LeNet's 5x5 layer at batch 64 it planned 2 splits of the 64x128 tile (70.6 us on
 an H200) where 8 splits ran in 60.9 us (lab/conv/small_batch_probe.py).
@@ -124,10 +124,13 @@ TUNE_MAX_PARTIALS = 1 << 24    # floats of split-K partials (64 MB) a timed plan
 
 
 def _gemm_sizes(dims, phase):
-    """(M, cols, reduction, max splits) of the forward / backward-data implicit GEMM (the largest phase)."""
+    """(M, cols, reduction, max splits) of the implicit GEMM of ``phase`` (backward-data: its largest
+    stride phase), as the plans weigh them."""
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
     if phase == "forward":
         return K, N * P * Q, C * R * S, 32
+    if phase == "backward_weights":
+        return K, C * R * S, N * P * Q, 256
     cols = N * -(-H // sh) * -(-Wd // sw)
     red = K * -(-R // sh) * -(-S // sw)
     return (C, cols * sh * sw, red, 1) if sh * sw > 1 else (C, cols, red, 32)  # as data_plan weighs them
@@ -136,7 +139,7 @@ def _gemm_sizes(dims, phase):
 @_memo_per_regime
 def _candidates(dims, phase, sms):
     M, cols, red, max_splits = _gemm_sizes(dims, phase)
-    first = forward_plan(dims, sms) if phase == "forward" else data_plan(dims, sms)
+    first = {"forward": forward_plan, "backward_data": data_plan, "backward_weights": weights_plan}[phase](dims, sms)
     plans = [first[::2]]
     for cfg, splits, _ in ranked_plans(M, cols, red, sms, max_splits, runtime.launch_cost(), CONFIGS, "launch"):
         splits = split_chunk(red, splits, cfg.bk)[1]
@@ -156,6 +159,11 @@ def data_candidates(dims, sms=132) -> tuple:
     """The (TileConfig, splits) plans backward-data's tuning times, ``data_plan``'s first (strided: one
     split, configs only)."""
     return _candidates(dims, "backward_data", sms)
+
+
+def weights_candidates(dims, sms=132) -> tuple:
+    """The (TileConfig, splits) plans backward-weights' tuning times, ``weights_plan``'s first."""
+    return _candidates(dims, "backward_weights", sms)
 
 
 def _tuned_plan(phase, dims, sms, run):
@@ -188,7 +196,7 @@ def workspace_size(dims, sms: int = 132) -> int:
     largest of their split-K partials, over every plan the tuning may choose), under the launch cost in
     force."""
     N, C, H, W, K, R, S, P, Q = dims[:9]
-    _, _, w_splits = weights_plan(dims, sms)
+    w_splits = max(s for _, s in weights_candidates(dims, sms))
     f_splits = max(s for _, s in forward_candidates(dims, sms))
     d_splits = max(s for _, s in data_candidates(dims, sms))
     need_w = 0 if w_splits == 1 else w_splits * K * C * R * S
@@ -257,11 +265,20 @@ def bias_grad(dy, db, workspace=None, serial=True, sms=None):
     return db
 
 
-def backward_weights(dy, x, dW, dims, workspace=None, sms=132):
+def backward_weights(dy, x, dW, dims, workspace=None, sms=132, config=None, splits=None):
     """dW (K, C, R, S) from dy (N, K, P, Q) and x (N, C, H, W), checked by the caller; split-K partials
-    in ``workspace`` (default: the shared workspace)."""
+    in ``workspace`` (default: the shared workspace). ``config`` (a TileConfig or its name) / ``splits``
+    override the tuned plan's."""
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
-    cfg, k_chunk, splits = weights_plan(dims, sms)
+    if config is None and splits is None:
+        cfg, splits = _tuned_plan("backward_weights", dims, sms,
+                                  lambda p: backward_weights(dy, x, dW, dims, workspace, sms, p[0], p[1]))
+    else:
+        cfg, _, planned = weights_plan(dims, sms)
+        if config is not None:
+            cfg = CONFIG_BY_NAME[config] if isinstance(config, str) else config
+        splits = planned if splits is None else splits
+    k_chunk, splits = split_chunk(N * P * Q, splits, cfg.bk)
     CRS = C * R * S
     kern = kernel("conv_implicit_gemm_wgrad", cfg)
     grid = (blocks(CRS, cfg.bn), blocks(K, cfg.bm), splits)

@@ -264,6 +264,54 @@ def test_conv2d_backward_data_split_k(case):
     assert np.array_equal(cupy.asnumpy(again), cupy.asnumpy(dx))
 
 
+def test_conv2d_tuned_forward_and_weights_plans():
+    """Every forward and backward-weights plan the implicit GEMM's tuning times (splits named), on LeNet's
+    5x5 layer at batch 3 in the graph launch regime, is float64-close; then the tuned call keeps one of
+    them and gives the same bits twice."""
+    import cupy
+
+    from custom_impl.gpu import runtime
+    from custom_impl.gpu.conv import conv2d_workspace_size, conv_dims, implicit_gemm
+
+    N, C, H, Wd, K, R, S, pad = 3, 32, 14, 14, 64, 5, 5, 2
+    rng = np.random.default_rng(21)
+    x, W, b = _rand(rng, N, C, H, Wd), _rand(rng, K, C, R, S), _rand(rng, K)
+    x64, W64 = x.astype(np.float64), W.astype(np.float64)
+    y_ref, back = conv_ref(x64, W64, (1, 1), (pad, pad))
+    y_abs, back_abs = conv_ref(np.abs(x64), np.abs(W64), (1, 1), (pad, pad))
+    y_ref += b[:, None, None]
+    y_abs += np.abs(b)[:, None, None]
+    dy = _rand(rng, *y_ref.shape)
+    dW_ref, dW_abs = back(dy.astype(np.float64))[1], back_abs(np.abs(dy.astype(np.float64)))[1]
+    dims = conv_dims(x.shape, W.shape, 1, pad)
+    gx, gW, gb, gdy = (cupy.asarray(a) for a in (x, W, b, dy))
+    with runtime.launch_cost_regime(runtime.GRAPH_LAUNCH_S):
+        ws = cupy.full((conv2d_workspace_size(x.shape, W.shape, 1, pad),), np.nan, np.float32)
+        fwd, wgt = implicit_gemm.forward_candidates(dims), implicit_gemm.weights_candidates(dims)
+        assert any(s > 1 for _, s in fwd) and any(s > 1 for _, s in wgt)
+        for cfg, splits in fwd:
+            y = cupy.full(y_ref.shape, np.nan, np.float32)
+            implicit_gemm.forward(gx, gW, gb, y, dims, ws, config=cfg, splits=splits)
+            _assert_close(cupy.asnumpy(y), y_ref, y_abs, C * R * S, f"y {cfg.name} split {splits}")
+        for cfg, splits in wgt:
+            dW = cupy.full(W.shape, np.nan, np.float32)
+            implicit_gemm.backward_weights(gdy, gx, dW, dims, ws, config=cfg, splits=splits)
+            _assert_close(cupy.asnumpy(dW), dW_ref, dW_abs, N * H * Wd, f"dW {cfg.name} split {splits}")
+        outs = []
+        for _ in range(2):
+            y = cupy.full(y_ref.shape, np.nan, np.float32)
+            dW = cupy.full(W.shape, np.nan, np.float32)
+            implicit_gemm.forward(gx, gW, gb, y, dims, ws)
+            implicit_gemm.backward_weights(gdy, gx, dW, dims, ws)
+            outs.append((cupy.asnumpy(y), cupy.asnumpy(dW)))
+        sms = runtime.sm_count()
+        assert runtime.tuned((implicit_gemm.FAMILY, "forward", dims, sms)) in fwd
+        assert runtime.tuned((implicit_gemm.FAMILY, "backward_weights", dims, sms)) in wgt
+    _assert_close(outs[0][0], y_ref, y_abs, C * R * S, "y tuned")
+    _assert_close(outs[0][1], dW_ref, dW_abs, N * H * Wd, "dW tuned")
+    assert all(np.array_equal(a, b) for a, b in zip(outs[0], outs[1]))
+
+
 def test_auto_choice_with_winograd_candidates():
     """algo="auto" on a 3x3 stride-1 layer with >= 16 channels times the implicit GEMMs against Winograd (and
     patch) once, caches the choice, and whichever it picks agrees with float64 within the harness's layer

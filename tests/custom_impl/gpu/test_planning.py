@@ -128,7 +128,7 @@ def test_backward_data_splits_only_stride_1_and_only_small_batches():
     ((256, 64, 56, 56), (64, 64, 3, 3), 1, 1),
 ])
 def test_tuned_implicit_gemm_plans(x_shape, w_shape, stride, padding):
-    """The plans the forward / backward-data tuning times: the model's plan first, no duplicates, an
+    """The plans each phase's implicit-GEMM tuning times: the model's plan first, no duplicates, an
     unsplit plan among them, no more than TUNE_COUNT + 1, strided backward-data never split, every other
     plan within the partials cap, and the layer's workspace sized for the largest of them."""
     dims = conv_dims(x_shape, w_shape, stride, padding)
@@ -138,7 +138,9 @@ def test_tuned_implicit_gemm_plans(x_shape, w_shape, stride, padding):
             need = conv2d_workspace_size(x_shape, w_shape, stride, padding)
             for phase, plans, first, size in (
                     ("forward", implicit_gemm.forward_candidates(dims), implicit_gemm.forward_plan(dims), K * N * P * Q),
-                    ("backward_data", implicit_gemm.data_candidates(dims), implicit_gemm.data_plan(dims), N * C * H * W)):
+                    ("backward_data", implicit_gemm.data_candidates(dims), implicit_gemm.data_plan(dims), N * C * H * W),
+                    ("backward_weights", implicit_gemm.weights_candidates(dims), implicit_gemm.weights_plan(dims),
+                     K * C * R * S)):
                 assert plans[0] == (first[0], first[2]), phase
                 assert len(set(plans)) == len(plans) <= implicit_gemm.TUNE_COUNT + 1
                 assert any(s == 1 for _, s in plans)
