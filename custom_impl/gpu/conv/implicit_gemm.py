@@ -139,7 +139,7 @@ def _gemm_sizes(dims, phase):
 @_memo_per_regime
 def _candidates(dims, phase, sms):
     M, cols, red, max_splits = _gemm_sizes(dims, phase)
-    first = {"forward": forward_plan, "backward_data": data_plan, "backward_weights": weights_plan}[phase](dims, sms)
+    first = _MODEL_PLANS[phase](dims, sms)
     plans = [first[::2]]
     for cfg, splits, _ in ranked_plans(M, cols, red, sms, max_splits, runtime.launch_cost(), CONFIGS, "launch"):
         splits = split_chunk(red, splits, cfg.bk)[1]
@@ -164,6 +164,20 @@ def data_candidates(dims, sms=132) -> tuple:
 def weights_candidates(dims, sms=132) -> tuple:
     """The (TileConfig, splits) plans backward-weights' tuning times, ``weights_plan``'s first."""
     return _candidates(dims, "backward_weights", sms)
+
+
+_MODEL_PLANS = {"forward": forward_plan, "backward_data": data_plan, "backward_weights": weights_plan}
+
+
+def _call_plan(phase, dims, sms, config, splits, run):
+    """(TileConfig, splits) of one call of ``phase``: the tuned plan (``_tuned_plan``), or with ``config``
+    (a TileConfig or its name) and / or ``splits`` given, the model's plan with those put in."""
+    if config is None and splits is None:
+        return _tuned_plan(phase, dims, sms, run)
+    cfg, _, planned = _MODEL_PLANS[phase](dims, sms)
+    if config is not None:
+        cfg = CONFIG_BY_NAME[config] if isinstance(config, str) else config
+    return cfg, planned if splits is None else splits
 
 
 def _tuned_plan(phase, dims, sms, run):
@@ -212,14 +226,8 @@ def forward(x, W, b, out, dims, workspace=None, sms=132, config=None, splits=Non
     tests)."""
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
     cols, CRS = N * P * Q, C * R * S
-    if config is None and splits is None:
-        cfg, n_splits = _tuned_plan("forward", dims, sms,
-                                    lambda p: forward(x, W, b, out, dims, workspace, sms, p[0], p[1]))
-    else:
-        cfg, _, n_splits = forward_plan(dims, sms)
-        if config is not None:
-            cfg = CONFIG_BY_NAME[config] if isinstance(config, str) else config
-        n_splits = n_splits if splits is None else splits
+    cfg, n_splits = _call_plan("forward", dims, sms, config, splits,
+                               lambda p: forward(x, W, b, out, dims, workspace, sms, *p))
     k_chunk, n_splits = split_chunk(CRS, n_splits, cfg.bk)
     kern = kernel("conv_implicit_gemm_fwd", cfg)
     flags = int(vec_ok(W, CRS))
@@ -270,14 +278,8 @@ def backward_weights(dy, x, dW, dims, workspace=None, sms=132, config=None, spli
     in ``workspace`` (default: the shared workspace). ``config`` (a TileConfig or its name) / ``splits``
     override the tuned plan's."""
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
-    if config is None and splits is None:
-        cfg, splits = _tuned_plan("backward_weights", dims, sms,
-                                  lambda p: backward_weights(dy, x, dW, dims, workspace, sms, p[0], p[1]))
-    else:
-        cfg, _, planned = weights_plan(dims, sms)
-        if config is not None:
-            cfg = CONFIG_BY_NAME[config] if isinstance(config, str) else config
-        splits = planned if splits is None else splits
+    cfg, splits = _call_plan("backward_weights", dims, sms, config, splits,
+                             lambda p: backward_weights(dy, x, dW, dims, workspace, sms, *p))
     k_chunk, splits = split_chunk(N * P * Q, splits, cfg.bk)
     CRS = C * R * S
     kern = kernel("conv_implicit_gemm_wgrad", cfg)
@@ -299,15 +301,9 @@ def backward_data(dy, W, dx, dims, workspace=None, sms=132, config=None, splits=
     default: the shared workspace). ``config`` (a TileConfig or its name) / ``splits`` (stride 1 only)
     override the tuned plan's."""
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
-    if config is None and splits is None:
-        cfg, splits = _tuned_plan("backward_data", dims, sms,
-                                  lambda p: backward_data(dy, W, dx, dims, workspace, sms, p[0], p[1]))
-    else:
-        cfg, _, planned = data_plan(dims, sms)
-        if config is not None:
-            cfg = CONFIG_BY_NAME[config] if isinstance(config, str) else config
-        splits = planned if splits is None or sh * sw > 1 else splits
-    k_chunk, splits = split_chunk(K * R * S, splits, cfg.bk) if splits > 1 else (0, 1)
+    cfg, splits = _call_plan("backward_data", dims, sms, config, splits,
+                             lambda p: backward_data(dy, W, dx, dims, workspace, sms, *p))
+    k_chunk, splits = split_chunk(K * R * S, splits, cfg.bk) if splits > 1 and sh * sw == 1 else (0, 1)
     cols = N * -(-H // sh) * -(-Wd // sw)  # the largest phase
     kern = kernel("conv_implicit_gemm_dgrad", cfg)
     if splits == 1:
