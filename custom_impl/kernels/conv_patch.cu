@@ -219,7 +219,8 @@ extern "C" __global__ void conv_patch_transpose_w(const float* __restrict__ Wt, 
 
 // Extra arguments: ct_shift (CT = 1 << ct_shift channel tiles of 8 per block, CB = 8*CT channels), wch
 // (column chunks of 4 per row = ceil(W/4)), hb (rows per block), kc (k per stage), ldd (staged dy row,
-// >= (wch-1)*4 + PT_XV, = 4 mod 8). Grid (N * ceil(H/hb), ceil(C/CB)); threads CT*wch*hb.
+// >= (wch-1)*4 + PT_XV, = 4 mod 8), kz (k per split, a multiple of kc). Grid (N * ceil(H/hb), ceil(C/CB),
+// ceil(K/kz)); threads CT*wch*hb.
 // Stage layout: dy patch [kl][i][j] (kc x nrows x ldd, nrows = hb+R-1) holding dy[n, k0+kl, h0+ph-(R-1)+i,
 // j+pw-(S-1)], then W^T [kl][r][s][cl] (kc x R*S x CB) holding W[k0+kl, c0+cl, r, s].
 // Output (h0+hl, w) with tap (r, s) reads dy patch row hl+R-1-r, column w+S-1-s.

@@ -38,8 +38,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
-
 from .. import gemm, runtime
 from ..runtime import blocks, check_array, checked_workspace
 from ..runtime import i32 as _i32
@@ -170,9 +168,15 @@ def data_plan(dims, sms: int = 132) -> DataPlan | None:
     return DataPlan(ct_shift, wch, hb, kc, ldd, per_row * hb, 8 * kc * per_k, per_split * kc, grid)
 
 
-def _data_offset(K: int, C: int, R: int, S: int) -> int:
-    """Where backward_data's partial dx slabs start in the workspace: after the W copy, 16-byte aligned."""
-    return _ceil(K * C * R * S, 4) * 4
+def _data_layout(dims, plan: DataPlan) -> tuple[int, int]:
+    """(offset, floats) of backward_data's workspace: the W copy at 0, then (split k range only) the partial
+    dx slabs from ``offset`` (16-byte aligned); floats = the total it needs."""
+    N, C, H, Wd, K, R, S = dims[:7]
+    n = K * C * R * S
+    if plan.grid[2] == 1:
+        return n, n
+    off = _ceil(n, 4) * 4
+    return off, off + plan.grid[2] * N * C * H * Wd
 
 
 def workspace_size(x_shape, w_shape, stride, padding, sms: int | None = None) -> int:
@@ -186,10 +190,7 @@ def workspace_size(x_shape, w_shape, stride, padding, sms: int | None = None) ->
     plan = weights_plan(dims, sms)
     need_w = 0 if plan is None or plan.grid[0] == 1 else plan.grid[0] * K * C * R * S
     dplan = data_plan(dims, sms)
-    need_d = 0
-    if dplan is not None:
-        splits = dplan.grid[2]
-        need_d = K * C * R * S if splits == 1 else _data_offset(K, C, R, S) + splits * int(np.prod(x_shape))
+    need_d = 0 if dplan is None else _data_layout(dims, dplan)[1]
     return max(need_w, need_d)
 
 
@@ -252,12 +253,10 @@ def backward_data(dy, W, dx, dims, workspace=None):
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
     n = K * C * R * S
     splits = plan.grid[2]
-    off = _data_offset(K, C, R, S)
-    slab = N * C * H * Wd
-    need = n if splits == 1 else off + splits * slab
+    off, need = _data_layout(dims, plan)
     ws = checked_workspace(workspace, need, "conv.patch.backward_data", "conv2d_workspace_size")
     wt = ws[:n]
-    out = dx if splits == 1 else ws[off: off + splits * slab]
+    out = dx if splits == 1 else ws[off:need]
     kernel("conv_patch_transpose_w", S)((min(blocks(n, 256), 132 * 8),), (256,),
                                       (W, wt) + _i32(K, C, R * S))
     kernel("conv_patch_backward_data", S)(
