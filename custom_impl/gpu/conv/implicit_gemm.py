@@ -22,10 +22,10 @@ No im2col buffer: the GEMM loaders gather operand tiles straight from x / dy / W
 Tile configs and splits come from the performance model (tiles.py) under the launch cost in force, so
 eager calls and CUDA-graph captures may plan differently; plans are memoised per launch-cost regime. The
 GEMM of each phase is then tuned per shape: the first call times the model's best few plans
-(``forward_candidates`` / ``data_candidates`` / ``weights_candidates``) on its own arrays and keeps the fastest (``runtime.autotune``,
-cached per device and launch-cost regime; the model's plan inside a CUDA-graph capture). The model is least
-sure at small batches: for LeNet's 5x5 layer at batch 64 it planned 2 splits of the 64x128 tile (70.6 us on
-an H200) where 8 splits ran in 60.9 us (lab/conv/small_batch_probe.py).
+(``forward_candidates`` / ``data_candidates`` / ``weights_candidates``) on its own arrays and keeps the
+fastest (``runtime.autotune``, cached per device and launch-cost regime; the model's plan inside a CUDA-graph
+capture). The model is least sure at small batches: for LeNet's 5x5 layer at batch 64 it planned 2 splits of
+the 64x128 tile (69.8 us on the H100) where 8 splits ran in 61.5 us (lab/conv/small_batch_probe.py).
 
 Outputs are written (``=``). With the outputs and ``workspace`` given nothing is allocated and nothing
 synchronises the host (CUDA-graph capturable); ``workspace=None`` takes the runtime's shared buffer.
@@ -138,6 +138,8 @@ def _gemm_sizes(dims, phase):
 
 @_memo_per_regime
 def _candidates(dims, phase, sms):
+    """The (TileConfig, splits) plans ``phase``'s tuning times: the model's plan, then the cost model's next
+    best within the partials cap, TUNE_COUNT in all, plus its best unsplit plan where that is not among them."""
     M, cols, red, max_splits = _gemm_sizes(dims, phase)
     first = _MODEL_PLANS[phase](dims, sms)
     plans = [first[::2]]

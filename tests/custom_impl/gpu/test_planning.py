@@ -136,11 +136,11 @@ def test_tuned_implicit_gemm_plans(x_shape, w_shape, stride, padding):
     for cost in (20e-6, runtime.GRAPH_LAUNCH_S):
         with runtime.launch_cost_regime(cost):
             need = conv2d_workspace_size(x_shape, w_shape, stride, padding)
-            for phase, plans, first, size in (
-                    ("forward", implicit_gemm.forward_candidates(dims), implicit_gemm.forward_plan(dims), K * N * P * Q),
-                    ("backward_data", implicit_gemm.data_candidates(dims), implicit_gemm.data_plan(dims), N * C * H * W),
-                    ("backward_weights", implicit_gemm.weights_candidates(dims), implicit_gemm.weights_plan(dims),
-                     K * C * R * S)):
+            phases = (("forward", implicit_gemm.forward_candidates, implicit_gemm.forward_plan, K * N * P * Q),
+                      ("backward_data", implicit_gemm.data_candidates, implicit_gemm.data_plan, N * C * H * W),
+                      ("backward_weights", implicit_gemm.weights_candidates, implicit_gemm.weights_plan, K * C * R * S))
+            for phase, candidates, model_plan, size in phases:
+                plans, first = candidates(dims), model_plan(dims)
                 assert plans[0] == (first[0], first[2]), phase
                 assert len(set(plans)) == len(plans) <= implicit_gemm.TUNE_COUNT + 1
                 assert any(s == 1 for _, s in plans)
