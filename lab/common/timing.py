@@ -40,6 +40,35 @@ def graph_time_ms(fn, reps: int = 20, samples: int = 7) -> float:
     return statistics.median(times)
 
 
+def torch_graph_time_ms(fn, reps: int = 20, samples: int = 7) -> float:
+    """``graph_time_ms`` for PyTorch work: median ms per call of ``fn`` captured ``reps`` times in one
+    torch.cuda.CUDAGraph and replayed ``samples`` times, after 3 calls on a side stream (cuDNN's benchmark
+    search, allocations) outside the capture."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(samples):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / reps)
+    return statistics.median(times)
+
+
 def host_us(fn, sync, reps: int = 20, samples: int = 60) -> float:
     """Median host time per call (us) of ``fn`` over ``samples`` samples of ``reps`` back-to-back calls.
 

@@ -6,8 +6,8 @@ implicit GEMM at every tile config and split, beside cuDNN's time for the same c
 Default layer: LeNet's conv2 (32 -> 64 channels, 14x14, 5x5, padding 2), the largest part of the
 lenet-mnist train step at batch 64. Ours are timed as CUDA-graph replays (lab/common/timing.graph_time_ms,
 under the graph launch cost, as inside the model's graphed step); cuDNN through PyTorch with
-``cudnn.benchmark`` on and TF32 off, also as graph replays (torch.cuda.CUDAGraph). Writes probe.csv and
-prints one table per batch, fastest first within each phase.
+``cudnn.benchmark`` on and TF32 off, also as graph replays (timing.torch_graph_time_ms). Writes probe.csv
+and prints one table per batch, fastest first within each phase.
 """
 from __future__ import annotations
 
@@ -21,38 +21,9 @@ sys.path.insert(0, ROOT)  # the repository root: custom_impl, lab
 
 import numpy as np  # noqa: E402
 
-from lab.common.timing import graph_time_ms  # noqa: E402
+from lab.common.timing import graph_time_ms, torch_graph_time_ms  # noqa: E402
 
 SPLITS = (1, 2, 4, 8)
-
-
-def torch_ms(fn, reps: int = 20, samples: int = 7) -> float:
-    """Median ms per call of ``fn`` (PyTorch work) captured ``reps`` times in one CUDA graph."""
-    import statistics
-
-    import torch
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(reps):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(samples):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / reps)
-    return statistics.median(times)
 
 
 def cudnn_rows(layer, batch):
@@ -70,9 +41,9 @@ def cudnn_rows(layer, batch):
     y = torch.nn.functional.conv2d(x, w, b, padding=pad)
     dy = torch.randn_like(y)
     grad = torch.nn.grad
-    return [("forward", "cudnn", torch_ms(lambda: torch.nn.functional.conv2d(x, w, b, padding=pad))),
-            ("backward_data", "cudnn", torch_ms(lambda: grad.conv2d_input(x.shape, w, dy, padding=pad))),
-            ("backward_weights", "cudnn", torch_ms(lambda: grad.conv2d_weight(x, w.shape, dy, padding=pad)))]
+    return [("forward", "cudnn", torch_graph_time_ms(lambda: torch.nn.functional.conv2d(x, w, b, padding=pad))),
+            ("backward_data", "cudnn", torch_graph_time_ms(lambda: grad.conv2d_input(x.shape, w, dy, padding=pad))),
+            ("backward_weights", "cudnn", torch_graph_time_ms(lambda: grad.conv2d_weight(x, w.shape, dy, padding=pad)))]
 
 
 def our_rows(layer, batch):
