@@ -186,6 +186,10 @@ def _tuned_plan(phase, dims, sms, run):
     """(TileConfig, splits) for this call of ``phase``: cached, else the fastest candidate timed with
     ``run(plan)`` (one call on the caller's arrays), else (capturing, or tuning off) the model's. A plan is
     worth max(GPU time, its launches x the launch cost in force), as in ``tiles.estimate_seconds``."""
+    key = (FAMILY, phase, dims, sms)
+    hit = runtime.tuned(key)    # the common case: one lookup, no candidate list or closures built
+    if hit is not None:
+        return hit
     plans = _candidates(dims, phase, sms)
     if len(plans) == 1:
         return plans[0]
@@ -195,8 +199,8 @@ def _tuned_plan(phase, dims, sms, run):
         gpu = ms * 1e-3 / runtime.TUNE_REPS
         return max(gpu, (2 if plan[1] > 1 else 1) * cost), gpu
 
-    return runtime.autotune((FAMILY, phase, dims, sms), lambda: {p: functools.partial(run, p) for p in plans},
-                            plans[0], warmups=1, behind_sleep=True, score=worth)
+    return runtime.autotune(key, lambda: {p: functools.partial(run, p) for p in plans}, plans[0], warmups=1,
+                            behind_sleep=True, score=worth)
 
 
 def bias_splits(N: int, K: int, PQ: int, sms: int = 132) -> tuple[int, int]:
