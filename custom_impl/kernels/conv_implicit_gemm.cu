@@ -37,19 +37,50 @@ extern "C" __global__ void conv_bias_grad_partial(const float* __restrict__ dy, 
     const int k = blockIdx.x;
     const int n0 = blockIdx.y * nchunk;
     const int n1 = min(N, n0 + nchunk);
-    const long long count = (long long)max(n1 - n0, 0) * PQ;
-    // (n, pq) of element i = tid + 256*t, stepped without a division per element
-    const int dn = 256 / PQ, dpq = 256 % PQ;
-    int n = n0 + threadIdx.x / PQ;
-    int pq = threadIdx.x % PQ;
-    float acc = 0.f;
-#pragma unroll 4
-    for (long long i = threadIdx.x; i < count; i += 256) {
-        acc += dy[((long long)n * K + k) * PQ + pq];
-        n += dn;
-        pq += dpq;
-        if (pq >= PQ) { pq -= PQ; ++n; }
+    // PQ a multiple of 4: every (n, k) row starts 16-byte aligned, so the rows are read as float4s (4x fewer
+    // loads in flight for the same bytes). Element i = tid + 256*t of the chunk is (n, pq) with pq < PQ/V,
+    // stepped without a division per element; two chains of adds alternate (fixed order: deterministic).
+    const int V = (PQ & 3) == 0 ? 4 : 1;
+    const int PQV = PQ / V;
+    const long long count = (long long)max(n1 - n0, 0) * PQV;
+    const int dn = 256 / PQV, dpq = 256 % PQV;
+    int n = n0 + threadIdx.x / PQV;
+    int pq = threadIdx.x % PQV;
+    float acc0 = 0.f, acc1 = 0.f;
+    if (V == 4) {
+        const float4* dy4 = reinterpret_cast<const float4*>(dy);
+        long long i = threadIdx.x;
+#pragma unroll 2
+        for (; i + 256 < count; i += 512) {
+            const float4 a = dy4[((long long)n * K + k) * PQV + pq];
+            n += dn; pq += dpq;
+            if (pq >= PQV) { pq -= PQV; ++n; }
+            const float4 b = dy4[((long long)n * K + k) * PQV + pq];
+            n += dn; pq += dpq;
+            if (pq >= PQV) { pq -= PQV; ++n; }
+            acc0 += (a.x + a.y) + (a.z + a.w);
+            acc1 += (b.x + b.y) + (b.z + b.w);
+        }
+        if (i < count) {
+            const float4 a = dy4[((long long)n * K + k) * PQV + pq];
+            acc0 += (a.x + a.y) + (a.z + a.w);
+        }
+    } else {
+        long long i = threadIdx.x;
+#pragma unroll 2
+        for (; i + 256 < count; i += 512) {
+            const float a = dy[((long long)n * K + k) * PQ + pq];
+            n += dn; pq += dpq;
+            if (pq >= PQ) { pq -= PQ; ++n; }
+            const float b = dy[((long long)n * K + k) * PQ + pq];
+            n += dn; pq += dpq;
+            if (pq >= PQ) { pq -= PQ; ++n; }
+            acc0 += a;
+            acc1 += b;
+        }
+        if (i < count) acc0 += dy[((long long)n * K + k) * PQ + pq];
     }
+    const float acc = acc0 + acc1;
     part[threadIdx.x] = acc;
     __syncthreads();
     for (int half = 128; half > 0; half >>= 1) {

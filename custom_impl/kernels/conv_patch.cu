@@ -16,10 +16,12 @@
 // next stage is in flight while the current one is multiplied. Every shared-memory row is a multiple of 4
 // floats long (float4 reads) and, where a warp reads 8 rows at once, 4 (mod 8) floats long (no bank conflict).
 //
-//   conv_patch_backward_weights  block (split z, channel group, k group of 64): for each item (n, strip of
-//       pb output rows) of its range, stages dy[n, k0..k0+63, strip, :] (rows padded to ldq) and the x patch
-//       x[n, c0..c0+cb-1, rows p0-ph .. p0+pb-1-ph+R-1, cols -pw ..] (cb x (pb+R-1) x ldx); thread (kt, c, r)
-//       owns k = k0 + kt + 8*kk (kk < 8) x one (c, r) x all S taps: 8*S sums over every item. The block
+//   conv_patch_backward_weights  block (split z, channel group, k group of PT_KB = 64 or 32, a define): for
+//       each item (n, strip of pb output rows) of its range, stages dy[n, k0..k0+PT_KB-1, strip, :] (rows
+//       padded to ldq) and the x patch x[n, c0..c0+cb-1, rows p0-ph .. p0+pb-1-ph+R-1, cols -pw ..]
+//       (cb x (pb+R-1) x ldx); thread (kt, c, r) owns k = k0 + kt + 8*kk (kk < PT_KB/8) x one (c, r) x all
+//       S taps: PT_KB/8*S sums over every item. PT_KB = 32 halves the registers (3 blocks per SM instead of
+//       2) and doubles the blocks per split, for layers with too few items to fill the GPU. The block
 //       writes its partial (K, C, R, S) to out + z*K*C*R*S; gemm_splitk_reduce adds the z slabs in order.
 //   conv_patch_backward_data     block (image n, strip of hb rows, channel group of 8*CT, split z): over chunks
 //       of kc k in its range [z*kz, (z+1)*kz), stages the dy patch (kc x (hb+R-1) x ldd) and
@@ -34,9 +36,13 @@
 #endif
 #define PT_U 4                                 // output columns per inner step
 #define PT_XV ((PT_U + PT_S - 1 + 3) / 4 * 4)  // window floats loaded per step (whole float4s)
-#define PT_KB 64                               // dW: k per block (8 lanes kt x 8 k each)
-#define PT_TM 8                                // dW: k per thread; dx: channels per thread
+#ifndef PT_KB
+#define PT_KB 64                               // dW: k per block (8 lanes kt x PT_KB/8 k each): 64 or 32
+#endif
+#define PT_WT_TM (PT_KB / 8)                   // dW: k per thread
+#define PT_TM 8                                // dx: channels per thread
 #define PT_WT_THREADS 320                      // dW: at most 40 (c, r) tasks x 8 lanes kt
+#define PT_WT_MINB (PT_KB == 64 ? 2 : 3)       // dW: blocks per SM the register budget is set for
 #define PT_DX_THREADS 256
 
 // ---- cp.async (sm_80+) ----------------------------------------------------------------------------------
@@ -59,8 +65,8 @@ __device__ __forceinline__ void pt_wait() { asm volatile("cp.async.wait_group %0
 // ---- backward-weights -------------------------------------------------------------------------------------
 // Extra arguments: cb (channels per block), pb (output rows per item), ldq (staged dy row, >= Q rounded up to
 // 4, = 4 mod 8), ldx (staged x row, >= that + PT_XV - 4, = 4 mod 8), chunk (items per block).
-// Grid (splits, ceil(C/cb), ceil(K/64)); threads 8 * (cb*R rounded up to 4). Shared memory (dynamic): two
-// stages of nd + nx floats, nd = pb*64*ldq (dy: [pp][k][q]), nx = cb*(pb+R-1)*ldx (x: [c][row][col]).
+// Grid (splits, ceil(C/cb), ceil(K/PT_KB)); threads 8 * (cb*R rounded up to 4). Shared memory (dynamic):
+// two stages of nd + nx floats, nd = pb*PT_KB*ldq (dy: [pp][k][q]), nx = cb*(pb+R-1)*ldx (x: [c][row][col]).
 // Staged element e of a stage is written at offset e (row-major), so only its source needs index math: the
 // digits of e = tid + i*blockDim are stepped (no division per element).
 struct PtWeightsStage {
@@ -68,7 +74,7 @@ struct PtWeightsStage {
     const float* x;
     int N, C, H, W, K, P, Q, ph, pw;
     int k0, c0, pb, ldq, ldx, xrows, nd, nx, strips;
-    int dj0, drow0, dsj, dsrow;           // dy: e = row*ldq + j, row = pp*64 + kl
+    int dj0, drow0, dsj, dsrow;           // dy: e = row*ldq + j, row = pp*PT_KB + kl
     int xj0, xr0, xc0, xsj, xsr, xsc;     // x:  e = (cl*xrows + xr)*ldx + j
 
     __device__ __forceinline__ void issue(int item, float* buf) const {
@@ -77,7 +83,7 @@ struct PtWeightsStage {
         int j = dj0, row = drow0;
         for (int e = threadIdx.x; e < nd; e += blockDim.x) {
             const int kl = row & (PT_KB - 1);
-            const int pp = row >> 6;
+            const int pp = row / PT_KB;  // a power of 2: a shift
             const int k = k0 + kl;
             const int p = p0 + pp;
             const bool ok = j < Q && k < K && p < P;
@@ -103,7 +109,7 @@ struct PtWeightsStage {
     }
 };
 
-extern "C" __global__ void __launch_bounds__(PT_WT_THREADS, 2)
+extern "C" __global__ void __launch_bounds__(PT_WT_THREADS, PT_WT_MINB)
 conv_patch_backward_weights(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ out,
                             int N, int C, int H, int W, int K, int R, int S, int P, int Q,
                             int sh, int sw, int ph, int pw, int cb, int pb, int ldq, int ldx, int chunk) {
@@ -130,16 +136,16 @@ conv_patch_backward_weights(const float* __restrict__ dy, const float* __restric
     st.xsj = NT % ldx;   st.xsr = (NT / ldx) % st.xrows;   st.xsc = NT / ldx / st.xrows;
     const int stage = st.nd + st.nx;  // a multiple of 4: float4 alignment of both buffers
 
-    // this thread's task: k = k0 + kt + 8*kk (kk < 8), channel c0 + cl, tap row r, every tap s
+    // this thread's task: k = k0 + kt + 8*kk (kk < PT_WT_TM), channel c0 + cl, tap row r, every tap s
     const int kt = tid & 7;
     const int cr = tid >> 3;
     const int cl = cr / R;
     const int r = cr - cl * R;
     const bool active = cr < cb * R;
 
-    float acc[PT_TM][PT_S];
+    float acc[PT_WT_TM][PT_S];
 #pragma unroll
-    for (int kk = 0; kk < PT_TM; ++kk)
+    for (int kk = 0; kk < PT_WT_TM; ++kk)
 #pragma unroll
         for (int s = 0; s < PT_S; ++s) acc[kk][s] = 0.f;
 
@@ -175,7 +181,7 @@ conv_patch_backward_weights(const float* __restrict__ dy, const float* __restric
                         xv[4 * v + 0] = t.x; xv[4 * v + 1] = t.y; xv[4 * v + 2] = t.z; xv[4 * v + 3] = t.w;
                     }
 #pragma unroll
-                    for (int kk = 0; kk < PT_TM; ++kk) {
+                    for (int kk = 0; kk < PT_WT_TM; ++kk) {
                         const float4 t = *reinterpret_cast<const float4*>(drow + kk * 8 * ldq + q0);
                         const float d[PT_U] = {t.x, t.y, t.z, t.w};  // dy[k][q0 .. q0+3], zero past Q
 #pragma unroll
@@ -194,7 +200,7 @@ conv_patch_backward_weights(const float* __restrict__ dy, const float* __restric
     const int RS = R * PT_S;
     float* o = out + (long long)blockIdx.x * K * C * RS + (long long)c * RS + r * PT_S;
 #pragma unroll
-    for (int kk = 0; kk < PT_TM; ++kk) {
+    for (int kk = 0; kk < PT_WT_TM; ++kk) {
         const int k = st.k0 + kt + 8 * kk;
         if (k < K) {
 #pragma unroll

@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-U, KB, SMEM_LIMIT = 4, 64, 48 * 1024
+U, SMEM_LIMIT = 4, 96 * 1024
 
 
 def _window(S):
@@ -50,7 +50,7 @@ def _ints(args, n_ptr, n_int):
 
 # ---- the kernels ------------------------------------------------------------------------------------------
 
-def conv_patch_backward_weights(PT_S, grid, block, args, shared_mem):
+def conv_patch_backward_weights(PT_S, grid, block, args, shared_mem, PT_KB=64):
     (dyf, xf, out), ints = _ints(args, 3, 18)
     N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw, cb, pb, ldq, ldx, chunk = ints
     if S != PT_S or sh != 1 or sw != 1:
@@ -59,6 +59,7 @@ def conv_patch_backward_weights(PT_S, grid, block, args, shared_mem):
     assert NT <= 320 and NT % 32 == 0
     XV = _window(S)
     xrows = pb + R - 1
+    KB, TM = PT_KB, PT_KB // 8
     nd, nx = pb * KB * ldq, cb * xrows * ldx
     stage = nd + nx
     assert stage % 4 == 0 and 2 * stage * 4 <= shared_mem <= SMEM_LIMIT
@@ -75,7 +76,7 @@ def conv_patch_backward_weights(PT_S, grid, block, args, shared_mem):
             dsj, dsrow = NT % ldq, NT // ldq
             for e in range(tid, nd, NT):
                 assert row == e // ldq and j == e % ldq
-                kl, pp = row & (KB - 1), row >> 6
+                kl, pp = row & (KB - 1), row // KB
                 k, p = k0 + kl, p0 + pp
                 ok = j < Q and k < K and p < P
                 buf[base + e] = dyf[((n * K + k) * P + p) * Q + j] if ok else 0.0
@@ -106,7 +107,7 @@ def conv_patch_backward_weights(PT_S, grid, block, args, shared_mem):
             for bx in range(grid[0]):
                 k0, c0 = bz * KB, by * cb
                 smem = np.full(shared_mem // 4, np.nan)
-                acc = np.zeros((NT, 8, S))
+                acc = np.zeros((NT, TM, S))
                 it0, it1 = bx * chunk, min(items, bx * chunk + chunk)
                 if it0 < it1:
                     issue(it0, smem, 0, k0, c0)
@@ -131,7 +132,7 @@ def conv_patch_backward_weights(PT_S, grid, block, args, shared_mem):
                                                      for v in range(XV // 4)])
                                 win = np.stack([xv[u: u + S] for u in range(U)])             # (U, S)
                                 d = np.stack([_f4(smem, drow + kk * 8 * ldq + q0, cur, cur + nd)
-                                              for kk in range(8)])                          # (8, U)
+                                              for kk in range(TM)])                         # (TM, U)
                                 acc[tid] += d @ win
                 for tid in range(NT):
                     kt, cr = tid & 7, tid >> 3
@@ -139,7 +140,7 @@ def conv_patch_backward_weights(PT_S, grid, block, args, shared_mem):
                     c = c0 + cl
                     if cr >= cb * R or c >= C:
                         continue
-                    for kk in range(8):
+                    for kk in range(TM):
                         k = k0 + kt + 8 * kk
                         if k < K:
                             off = bx * K * C * RS + (k * C + c) * RS + r * S
@@ -290,9 +291,12 @@ def fake_cupy():
     return cp
 
 
-def kernel(name, S):
-    """Stands in for custom_impl.gpu.conv.patch.kernel: the emulated kernel ``name`` for kernel width S."""
+def kernel(name, S, kb=64, smem=0):
+    """Stands in for custom_impl.gpu.conv.patch.kernel: the emulated kernel ``name`` for kernel width S (and
+    backward-weights' k per block ``kb``)."""
     kern = KERNELS[name]
+    if name == "conv_patch_backward_weights":
+        return lambda grid, block, args, shared_mem=0: kern(int(S), grid, block, args, shared_mem, int(kb))
     return lambda grid, block, args, shared_mem=0: kern(int(S), grid, block, args, shared_mem)
 
 
@@ -300,8 +304,10 @@ def install():
     """Put the stand-in CuPy in sys.modules and route the patch kernels' launches and gemm's split-K reduce
     here (tests do the same with monkeypatch, undone after each test)."""
     sys.modules["cupy"] = fake_cupy()
-    from custom_impl.gpu import gemm
+    from custom_impl.gpu import gemm, runtime
     from custom_impl.gpu.conv import patch
+
+    runtime.AUTOTUNE = False   # nothing can be timed here: every tuned call takes its default plan
 
     patch.kernel = kernel
     gemm.splitk_reduce = gemm_splitk_reduce
@@ -351,7 +357,12 @@ def check(case, sms_values=(1, 132)):
             gdy, gx, gW = cupy.asarray(dy), cupy.asarray(x), cupy.asarray(Wt)
             assert patch.backward_data(gdy, gW, dx, dims, ws) is dx
             assert patch.backward_weights(gdy, gx, dW, dims, ws) is dW
-            for got, ref, what in ((dx, dx_ref, "dx"), (dW, dW_ref, "dW")):
+            results = [(dx, dx_ref, "dx"), (dW, dW_ref, "dW")]
+            for plan in patch.weights_candidates(dims, sms)[1:]:   # the other plans the tuning may pick
+                other = cupy.full(Wt.shape, np.nan)
+                assert patch.backward_weights(gdy, gx, other, dims, ws, plan) is other
+                results.append((other, dW_ref, f"dW (k per block {plan.kb})"))
+            for got, ref, what in results:
                 got = cupy.asnumpy(got)
                 assert np.isfinite(got).all(), \
                     f"{what} {case} sms={sms}: {np.isnan(got).sum()} NaN (unwritten/unstaged)"

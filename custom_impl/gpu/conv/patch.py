@@ -36,6 +36,7 @@ Example::
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 from .. import gemm, runtime
@@ -46,11 +47,13 @@ from .geometry import conv_dims
 FAMILY = "conv_patch"
 MAX_S = 7                 # kernel width: 8*S (dW) sums per thread; S = 8 spills under the register cap
 U = 4                     # output columns per inner step (conv_patch.cu's PT_U)
-KB = 64                   # dW: k per block (PT_KB)
+KB = 64                   # dW: k per block (PT_KB), the default module
+KB_CHOICES = (64, 32)     # dW: the PT_KB modules (32: fewer registers, 3 blocks per SM, twice the blocks)
 WT_TASKS = 40             # dW: (c, r) tasks per block at most: 8 * 40 = 320 threads (PT_WT_THREADS)
 WT_THREADS = 320
 DX_THREADS = 256          # PT_DX_THREADS
 SMEM_BYTES = 48 * 1024    # dynamic shared memory without the opt-in: two stages
+SMEM_MAX = 96 * 1024      # dW with rows or channels given: two stages, still 2 blocks per SM (opt-in)
 STAGE_FLOATS = SMEM_BYTES // 8
 ROW_FLOATS = 32           # dW: output positions (rows x padded Q) staged per item, about
 
@@ -72,6 +75,7 @@ def window(S: int) -> int:
 
 
 class WeightsPlan(NamedTuple):
+    kb: int          # k per block (PT_KB: 64 or 32)
     cb: int          # channels per block
     pb: int          # output rows per item
     ldq: int         # staged dy row (floats)
@@ -80,6 +84,7 @@ class WeightsPlan(NamedTuple):
     threads: int
     smem: int        # bytes, two stages
     grid: tuple      # (splits, channel groups, k groups)
+
 
 
 class DataPlan(NamedTuple):
@@ -104,35 +109,78 @@ def _unsupported(dims) -> str | None:
     return None
 
 
-def weights_plan(dims, sms: int = 132) -> WeightsPlan | None:
-    """Launch plan of conv_patch_backward_weights for ``dims``, or None if it cannot run."""
+def blocks_per_sm(kb: int) -> int:
+    """Blocks per SM the backward-weights kernel's register budget is set for (its __launch_bounds__,
+    PT_WT_MINB)."""
+    return 2 if kb == 64 else 3
+
+
+def weights_plan(dims, sms: int = 132, kb: int = KB, pb: int | None = None, cb: int | None = None,
+                 splits: int | None = None) -> WeightsPlan | None:
+    """Launch plan of conv_patch_backward_weights for ``dims`` on ``sms`` SMs, or None if it cannot run.
+
+    ``kb``: k per block (a module of KB_CHOICES). ``pb`` (output rows per item) / ``cb`` (channels per
+    block) / ``splits`` (of the (image, strip) items) override the defaults: rows of about ROW_FLOATS
+    outputs, as many channels as WT_TASKS (c, r) tasks hold, both shrunk until two stages fit
+    SMEM_BYTES; splits for one wave of ``blocks_per_sm(kb)`` blocks per SM. Given rows or channels may use up to
+    SMEM_MAX (the kernel is then opted into it)."""
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = (int(v) for v in dims)
-    if _unsupported(dims) is not None or R > WT_TASKS:
+    if _unsupported(dims) is not None or R > WT_TASKS or kb not in KB_CHOICES:
         return None
     Qp = _ceil(Q, U) * U
     ldq = _row4(Qp)
     ldx = _row4(Qp + window(S) - U)
-    pb = max(1, min(P, ROW_FLOATS // Qp))
-    pb = _ceil(P, _ceil(P, pb))  # balanced strips
-    cb = max(1, min(C, WT_TASKS // R))
 
     def stage(cb, pb):
-        return pb * KB * ldq + cb * (pb + R - 1) * ldx
+        return pb * kb * ldq + cb * (pb + R - 1) * ldx
 
-    while stage(cb, pb) > STAGE_FLOATS and (pb > 1 or cb > 1):
-        if pb > 1:
-            pb -= 1
-        else:
-            cb -= 1
-    if stage(cb, pb) > STAGE_FLOATS:
+    if pb is None and cb is None:
+        pb = max(1, min(P, ROW_FLOATS // Qp))
+        pb = _ceil(P, _ceil(P, pb))  # balanced strips
+        cb = max(1, min(C, WT_TASKS // R))
+        while stage(cb, pb) > STAGE_FLOATS and (pb > 1 or cb > 1):
+            if pb > 1:
+                pb -= 1
+            else:
+                cb -= 1
+        limit = STAGE_FLOATS
+    else:
+        pb = max(1, min(P, pb if pb is not None else max(1, ROW_FLOATS // Qp)))
+        cb = max(1, min(C, cb if cb is not None else WT_TASKS // R, WT_TASKS // R))
+        limit = SMEM_MAX // 8
+    if stage(cb, pb) > limit:
         return None
     threads = 8 * _ceil(cb * R, 4) * 4
     items = N * _ceil(P, pb)
-    per_split = _ceil(C, cb) * _ceil(K, KB)
-    splits = max(1, min(items, _ceil(2 * sms, per_split)))  # one wave of 2 blocks per SM
+    per_split = _ceil(C, cb) * _ceil(K, kb)
+    if splits is None:
+        splits = _ceil(blocks_per_sm(kb) * sms, per_split)   # one wave of blocks
+    splits = max(1, min(items, splits))
     chunk = _ceil(items, splits)
     splits = _ceil(items, chunk)
-    return WeightsPlan(cb, pb, ldq, ldx, chunk, threads, 8 * stage(cb, pb), (splits, _ceil(C, cb), _ceil(K, KB)))
+    return WeightsPlan(kb, cb, pb, ldq, ldx, chunk, threads, 8 * stage(cb, pb), (splits, _ceil(C, cb), _ceil(K, kb)))
+
+
+def weights_candidates(dims, sms: int = 132) -> list:
+    """The backward-weights plans the tuning times: the default plan of each k per block (KB_CHOICES),
+    the default first; [] if the kernel cannot run ``dims``."""
+    plans = []
+    for kb in KB_CHOICES:
+        plan = weights_plan(dims, sms, kb=kb)
+        if plan is not None and plan not in plans:
+            plans.append(plan)
+    return plans
+
+
+def _tuned_weights_plan(dims, sms, arrays) -> WeightsPlan | None:
+    """The backward-weights plan for this call: cached, else the fastest of ``weights_candidates`` timed
+    on the caller's ``arrays`` (dy, x, dW, workspace), else (capturing, or tuning off) the default."""
+    key = (FAMILY, "backward_weights", dims, sms)
+    plans = weights_candidates(dims, sms)
+    if len(plans) <= 1:
+        return plans[0] if plans else None
+    return runtime.autotune(key, lambda: {p: functools.partial(backward_weights, *arrays[:3], dims, arrays[3], p)
+                                          for p in plans}, plans[0], warmups=1, behind_sleep=True)
 
 
 def data_plan(dims, sms: int = 132) -> DataPlan | None:
@@ -181,14 +229,14 @@ def _data_layout(dims, plan: DataPlan) -> tuple[int, int]:
 
 def workspace_size(x_shape, w_shape, stride, padding, sms: int | None = None) -> int:
     """float32 elements of workspace the two kernels need (the larger): backward_weights' partial dW
-    (splits x K*C*R*S, 0 when unsplit) and backward_data's W^T copy (K*C*R*S) followed, when its k range
+    (splits x K*C*R*S of the most split candidate plan, 0 when none splits) and backward_data's W^T copy (K*C*R*S) followed, when its k range
     splits, by the partial dx slabs (splits x N*C*H*W); 0 for a layer neither runs."""
     if sms is None:
         sms = runtime.sm_count()
     dims = conv_dims(tuple(x_shape), tuple(w_shape), stride, padding)
     K, C, R, S = w_shape
-    plan = weights_plan(dims, sms)
-    need_w = 0 if plan is None or plan.grid[0] == 1 else plan.grid[0] * K * C * R * S
+    w_splits = max((p.grid[0] for p in weights_candidates(dims, sms)), default=1)
+    need_w = 0 if w_splits == 1 else w_splits * K * C * R * S
     dplan = data_plan(dims, sms)
     need_d = 0 if dplan is None else _data_layout(dims, dplan)[1]
     return max(need_w, need_d)
@@ -204,9 +252,15 @@ def _unfit_message(what: str, dims) -> str:
             f"memory: use another algorithm for this layer ('implicit_gemm', or 'auto')")
 
 
-def kernel(name: str, S: int):
-    """The compiled kernel ``name`` for kernel width ``S`` (one module per width, compiled on first use)."""
-    return runtime.kernel(FAMILY, name, {"PT_S": int(S)})
+def defines(S: int, kb: int = KB) -> dict:
+    """The module defines of kernel width ``S`` and backward-weights k per block ``kb``."""
+    return {"PT_S": int(S)} if kb == KB else {"PT_S": int(S), "PT_KB": int(kb)}
+
+
+def kernel(name: str, S: int, kb: int = KB, smem: int = 0):
+    """The compiled kernel ``name`` for kernel width ``S`` (one module per width and ``kb``, compiled on first
+    use), opted into ``smem`` bytes of dynamic shared memory."""
+    return runtime.kernel(FAMILY, name, defines(S, kb), smem)
 
 
 def _check(dims, arrays, what):
@@ -216,22 +270,30 @@ def _check(dims, arrays, what):
         check_array(a, f"conv.patch.{what}: {name}", shape=shapes[name])
 
 
-def backward_weights(dy, x, dW, dims, workspace=None):
+def backward_weights(dy, x, dW, dims, workspace=None, plan: WeightsPlan | None = None):
     """dW (K, C, R, S) = sum over n, p, q of dy (N, K, P, Q) times x (N, C, H, W) windows; returns dW.
 
     ``workspace``: float32, at least ``workspace_size(...)`` elements (the partial dW of each split), or
-    None for the runtime's shared workspace. Raises ValueError for a layer it cannot run."""
+    None for the runtime's shared workspace. ``plan``: a ``weights_plan`` of these dims (default: the tuned
+    choice among ``weights_candidates``). Raises ValueError for a layer it cannot run."""
     dims = tuple(int(v) for v in dims)
-    plan = None if _unsupported(dims) else weights_plan(dims, runtime.sm_count())
     if plan is None:
-        raise ValueError(_unfit_message("backward_weights", dims))
+        if _unsupported(dims) is not None:
+            raise ValueError(_unfit_message("backward_weights", dims))
+        sms = runtime.sm_count()
+        plan = runtime.tuned((FAMILY, "backward_weights", dims, sms))   # the common case: one lookup
+        if plan is None:
+            if weights_plan(dims, sms) is None:
+                raise ValueError(_unfit_message("backward_weights", dims))
+            _check(dims, {"dy": dy, "x": x, "dW": dW}, "backward_weights")   # before any timed launch
+            plan = _tuned_weights_plan(dims, sms, (dy, x, dW, workspace))
     _check(dims, {"dy": dy, "x": x, "dW": dW}, "backward_weights")
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
     splits = plan.grid[0]
     n = K * C * R * S
     out = dW if splits == 1 else checked_workspace(workspace, splits * n, "conv.patch.backward_weights",
                                                    "conv2d_workspace_size")
-    kernel("conv_patch_backward_weights", S)(
+    kernel("conv_patch_backward_weights", S, plan.kb, plan.smem)(
         plan.grid, (plan.threads,),
         (dy, x, out) + _i32(*dims) + _i32(plan.cb, plan.pb, plan.ldq, plan.ldx, plan.chunk), shared_mem=plan.smem)
     if splits > 1:

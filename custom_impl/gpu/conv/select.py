@@ -162,7 +162,9 @@ def kernel_modules(dims) -> list:
     if few_channels.data_fits(C, K, R, S):
         mods.append((few_channels.FAMILY, {"SC_C": C, "SC_S": S, "SC_SW": sw}))
     if patch_ok(dims, "backward_data") or patch_ok(dims, "backward_weights"):
-        mods.append((patch.FAMILY, {"PT_S": S}))
+        mods.append((patch.FAMILY, patch.defines(S)))
+    if patch_ok(dims, "backward_weights"):
+        mods += [(patch.FAMILY, patch.defines(S, p.kb)) for p in patch.weights_candidates(dims) if p.kb != patch.KB]
     if strided_1x1.fits(dims):
         mods += strided_1x1.modules()
     return mods

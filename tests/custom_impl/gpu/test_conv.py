@@ -199,12 +199,14 @@ def test_conv2d_backward_weights_algos(case, weights_algo):
                   N * P * Q, f"dW {weights_algo} {case}")
 
 
-@pytest.mark.parametrize("shape", [(64, 3, 31, 33), (5, 2, 1, 1), (600, 7, 7, 7), (1, 4, 101, 103)])
+@pytest.mark.parametrize("shape", [(64, 3, 31, 33), (5, 2, 1, 1), (600, 7, 7, 7), (1, 4, 101, 103), (64, 64, 14, 14),
+                                   (71, 5, 8, 8), (9, 3, 2, 2)])
 def test_conv_bias_grad_split_over_images(shape):
     """db = sum of dy over n, p, q, with the images split over blocks (a ragged last chunk for the first
-    shape) and the partials added in a fixed order: equal to float64 within the summation bound, the
-    same bits on every call and whether the last block or a second kernel adds the partials, nothing read
-    from the NaN-filled workspace that was not written first."""
+    shape and the sixth; P*Q a multiple of 4, read as float4s, for the last three) and the partials added in
+    a fixed order: equal to float64 within the summation bound, the same bits on every call and whether the
+    last block or a second kernel adds the partials, nothing read from the NaN-filled workspace that was not
+    written first."""
     import cupy
 
     from custom_impl.gpu import runtime

@@ -35,15 +35,20 @@ SHAPES = [  # (x_shape, w_shape, padding)
 def test_patch_plans_stay_within_the_kernels_limits(x_shape, w_shape, padding):
     dims = conv_dims(x_shape, w_shape, 1, padding)
     N, C, H, Wd, K, R, S, P, Q = dims[:9]
-    wp = conv_patch.weights_plan(dims, 132)
-    if wp is not None:
+    candidates = conv_patch.weights_candidates(dims, 132)
+    assert (conv_patch.weights_plan(dims, 132) is None) == (candidates == [])
+    assert candidates == [] or candidates[0] == conv_patch.weights_plan(dims, 132)   # the default first
+    for wp in candidates:
         assert wp.smem <= conv_patch.SMEM_BYTES and wp.threads <= conv_patch.WT_THREADS and wp.threads % 32 == 0
         assert wp.cb * R <= conv_patch.WT_TASKS and wp.ldq % 8 == 4 and wp.ldx % 8 == 4
         assert wp.ldq >= Q and wp.ldx >= -(-Q // 4) * 4 + conv_patch.window(S) - 4
         items = N * -(-P // wp.pb)
         splits = wp.grid[0]
         assert (splits - 1) * wp.chunk < items <= splits * wp.chunk  # every item in one split, none empty
-        assert wp.grid[1] * wp.cb >= C and wp.grid[2] * conv_patch.KB >= K
+        assert wp.kb in conv_patch.KB_CHOICES and wp.grid[1] * wp.cb >= C and wp.grid[2] * wp.kb >= K
+        assert (splits - 1) * wp.grid[1] * wp.grid[2] < conv_patch.blocks_per_sm(wp.kb) * 132  # about one wave
+        # the workspace holds the partial dW of every candidate the tuning may time
+        assert splits == 1 or conv_patch.workspace_size(x_shape, w_shape, 1, padding, 132) >= splits * K * C * R * S
     dp = conv_patch.data_plan(dims)
     if dp is not None:
         assert dp.smem <= conv_patch.SMEM_BYTES and dp.threads <= conv_patch.DX_THREADS
@@ -81,6 +86,7 @@ def emulator(monkeypatch):
     monkeypatch.setattr(conv_patch, "kernel", emu.kernel)
     monkeypatch.setattr(gemm, "splitk_reduce", emu.gemm_splitk_reduce)
     monkeypatch.setattr(runtime, "sm_count", runtime.sm_count)   # restored even if a check fails midway
+    monkeypatch.setattr(runtime, "AUTOTUNE", False)   # nothing is timed on the stand-in: default plans
     yield emu
 
 

@@ -108,7 +108,7 @@ def test_bias_splits_cover_every_image_once(N, K, PQ):
     assert nchunk >= 1 and splits >= 1
     assert (splits - 1) * nchunk < N <= splits * nchunk  # every image in exactly one chunk, none empty
     if splits > 1:
-        assert nchunk * PQ >= 4096  # each block still sums a useful amount
+        assert nchunk * PQ >= 2048  # each block still sums a useful amount (8 elements per thread)
 
 
 def test_backward_data_splits_only_stride_1_and_only_small_batches():
