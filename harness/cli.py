@@ -382,12 +382,14 @@ def _csv_list(flag: str, text: str | None) -> list[str] | None:
 
 def cmd_train(args) -> int:
     from . import env
-    from .train import TrainError, check_number, plan_runs, precision_default
+    from .train import MAX_EVALS_PER_EPOCH, TrainError, check_number, plan_runs, precision_default
 
     device = _device(args.device)
     try:
         numbers = {
             "epochs": None if args.epochs is None else check_number("--epochs", args.epochs, "int", 1, 100_000, "10"),
+            "evals_per_epoch": None if args.evals_per_epoch is None else check_number(
+                "--evals-per-epoch", args.evals_per_epoch, "int", 1, MAX_EVALS_PER_EPOCH, "4"),
             "lr": None if args.lr is None else check_number("--lr", args.lr, "float", 0, 3.4e38, "0.01", lo_open=True),
             "momentum": None if args.momentum is None else check_number("--momentum", args.momentum, "float", 0, 1,
                                                                         "0.9"),
@@ -556,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train both implementations end to end: curves, time to accuracy, train.csv",
                         description="Train models x datasets x batch sizes x implementation variants x seeds with "
-                                    "SGD and write DIR/train.csv (one row per run and epoch: loss, test accuracy, "
+                                    "SGD and write DIR/train.csv (one row per run and evaluation: loss, test accuracy, "
                                     "wall time), plots, the time-to-accuracy table and report.pdf. Every variant of "
                                     "a seed starts from the same weights and sees the same batches. Rerunning the "
                                     "same command resumes: finished runs are skipped.")
@@ -574,6 +576,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch", metavar="LIST", help="comma-separated batch sizes (default: the dataset's, 32 for "
                                                     "digits, 64 otherwise)")
     tr.add_argument("--epochs", metavar="N", help="epochs per run (default: the dataset's, e.g. 20 for digits)")
+    tr.add_argument("--evals-per-epoch", metavar="N",
+                    help="evaluate the test accuracy N times per epoch (default 1: at the end of each), after N "
+                         "nearly equal runs of steps, off the clock; train.csv gets a row per evaluation, and the "
+                         "time to accuracy counts train time up to the first evaluation at the target (1 to the "
+                         "steps of an epoch, at most 1000)")
     tr.add_argument("--lr", metavar="X", help="SGD learning rate (default: the dataset's, e.g. 0.05 for digits)")
     tr.add_argument("--momentum", metavar="X", help="SGD momentum (default 0.9)")
     tr.add_argument("--target-acc", metavar="X", help="test accuracy, as a fraction, for the time-to-accuracy "

@@ -451,16 +451,19 @@ def _check_section(kind: str, sec, where: str) -> dict:
     return out
 
 
-TRAIN_KEYS = ("datasets", "models", "batches", "variants", "seeds", "epochs", "lr", "momentum", "target_acc",
-              "devices")
-# number keys of a [[train]] section: (type, lowest, highest, lowest excluded, example)
-_TRAIN_NUMBERS = {"epochs": ("int", 1, 100_000, False, "10"), "lr": ("float", 0, 3.4e38, True, "0.01"),
-                  "momentum": ("float", 0, 1, False, "0.9"), "target_acc": ("float", 0, 1, True, "0.95")}
+TRAIN_KEYS = ("datasets", "models", "batches", "variants", "seeds", "epochs", "evals_per_epoch", "lr", "momentum",
+              "target_acc", "devices")
+# number keys of a [[train]] section: (type, lowest, highest, lowest excluded, example); the highest
+# evals_per_epoch is also bound by the steps of an epoch, checked where the training set's size is known
+_TRAIN_NUMBERS = {"epochs": ("int", 1, 100_000, False, "10"), "evals_per_epoch": ("int", 1, 1000, False, "4"),
+                  "lr": ("float", 0, 3.4e38, True, "0.01"), "momentum": ("float", 0, 1, False, "0.9"),
+                  "target_acc": ("float", 0, 1, True, "0.95")}
 
 
 def _check_train_section(sec, where: str) -> dict:
     """A [[train]] section: datasets (required), models, batches, variants, seeds, devices, and the numbers
-    epochs, lr, momentum, target_acc; what is left out takes the dataset's defaults (harness/train.py)."""
+    epochs, evals_per_epoch, lr, momentum, target_acc; what is left out takes the dataset's defaults
+    (harness/train.py; one evaluation per epoch)."""
     from . import data as datamod
 
     if not isinstance(sec, dict):

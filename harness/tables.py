@@ -21,7 +21,7 @@ FAIL_MARK = "\u2020"   # dagger: parity failed
 THROTTLE_MARK = "\u2021"   # double dagger: a GPU clock limit was active while the row was timed
 NOISY_MARK = "~"
 LONG_ROWS = 35         # more rows than this: a longtable in LaTeX, several pages in the PDF
-NUMERIC = ("num", "int", "sci")   # column kinds set right-aligned (LaTeX: siunitx S columns)
+NUMERIC = ("num", "int", "sci", "dec2")   # column kinds set right-aligned (LaTeX: siunitx S columns)
 PHASE_SHORT = {"forward": "fwd", "backward_data": "bwd data", "backward_weights": "bwd weights"}
 
 
@@ -29,7 +29,8 @@ PHASE_SHORT = {"forward": "fwd", "backward_data": "bwd data", "backward_weights"
 class Col:
     key: str
     header: str
-    kind: str = "text"        # text | num (3 significant digits) | int | sci (1.00e-06) | para (wrapped text)
+    kind: str = "text"        # text | num (3 significant digits) | int | sci (1.00e-06) | dec2 (2 decimals: 1.33)
+                              # | para (wrapped text)
     group: str = ""           # a header spanning adjacent columns of the same group
     width_cm: float = 0.0     # para columns: the paragraph width in LaTeX
 
@@ -89,6 +90,8 @@ def fmt_cell(v, kind: str) -> str:
         return fmt_num(v)
     if kind == "sci":
         return f"{float(v):.2e}" if math.isfinite(float(v)) else ""
+    if kind == "dec2":
+        return f"{float(v):.2f}" if math.isfinite(float(v)) else ""
     if kind == "int":
         try:
             return str(int(round(float(v))))

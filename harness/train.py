@@ -1,10 +1,17 @@
 """End-to-end training: both implementations trained on one dataset, epoch by epoch, into ``train.csv``.
 
 ``python -m harness train`` (and the ``[[train]]`` sections of a suite) trains every model x dataset x
-batch size x implementation/variant x seed, and writes one row per run and epoch: the mean training loss,
-the test accuracy, the epoch's wall time and samples/s, and the input pipeline's and evaluation's time
-apart. ``harness/train_report.py`` turns the rows into curves, the time-to-accuracy table and the gap
-between our curve and PyTorch's.
+batch size x implementation/variant x seed, and writes one row per run and evaluation: the mean training
+loss since the previous evaluation, the test accuracy, the train time and samples/s since then, and the
+input pipeline's and evaluation's time apart. ``harness/train_report.py`` turns the rows into curves, the
+time-to-accuracy table and the gap between our curve and PyTorch's.
+
+A run evaluates the test accuracy at the end of every epoch, or E = ``evals_per_epoch`` times per epoch
+(``--evals-per-epoch E``): the epoch's steps are cut into E nearly equal consecutive segments
+(``segment_bounds``), and the row after segment i of epoch e has ``epoch`` = (e - 1) + i/E (0.25, 0.5,
+0.75, 1, ... for E = 4). E moves only where the clock stops, never the steps: the batches, their order and
+so the weights are those of E = 1, and time to accuracy is measured at the same interval for every
+implementation.
 
 What makes two runs comparable:
 
@@ -27,9 +34,9 @@ What makes two runs comparable:
   timed epoch: it is part of what training with graphs costs.
 - **Loss read-out**: each step's 0-d loss is kept on the device (``torch-graph`` returns a static tensor
   that the next replay overwrites, so it is cloned, one small copy per step, as our model's
-  ``train_step`` copies its own); after the epoch they are stacked and read back once (``eval_s`` holds
-  that and the test-set evaluation).
-- **Divergence**: an epoch whose mean loss is NaN or infinite (one bad step suffices) ends the run; its
+  ``train_step`` copies its own); after each segment (the epoch, for E = 1) they are stacked and read back
+  once (``eval_s`` holds that and the test-set evaluation).
+- **Divergence**: a segment whose mean loss is NaN or infinite (one bad step suffices) ends the run; its
   row has status ``diverged``, the epoch, and the reason. Weights that are not finite after the last
   epoch mark the last row ``diverged`` too.
 """
@@ -43,6 +50,7 @@ import os
 import sys
 import time
 import traceback
+from fractions import Fraction
 from io import StringIO
 
 import numpy as np
@@ -50,7 +58,8 @@ import numpy as np
 import modelspec
 
 from . import data as datamod
-from .io import DamagedFile, LockedWriter, lock_folder_of, read_bytes, read_csv_records, truncate_file
+from .io import (DamagedFile, LockedWriter, atomic_write, lock_folder_of, read_bytes, read_csv_records,
+                 truncate_file)
 from .suites import OPT_IN, VARIANTS
 
 TRAIN_CSV = "train.csv"
@@ -60,6 +69,7 @@ EVAL_BATCH = 1000
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_MOMENTUM = 0.9
 MAX_EPOCHS = 100_000
+MAX_EVALS_PER_EPOCH = 1000
 
 # Per dataset: the models that fit it, and settings that reach the target in the given epochs with
 # momentum 0.9. Measured on the CPU: digits-mlp 97-98% and digits-cnn 96-98% after 20 epochs (3 seeds);
@@ -77,13 +87,16 @@ DATASET_DEFAULTS = {
 }
 
 TRAIN_COLUMNS = ("model", "dataset", "impl", "variant", "device", "batch", "seed", "precision", "lr", "momentum",
-                 "epochs", "epoch", "train_loss", "test_acc", "train_s", "cum_train_s", "samples_per_s",
-                 "pipeline_s", "eval_s", "load_s", "steps", "n_train", "n_test", "target_acc", "status", "reason",
-                 "device_name", "spec_hash")
+                 "epochs", "evals_per_epoch", "epoch", "train_loss", "test_acc", "train_s", "cum_train_s",
+                 "samples_per_s", "pipeline_s", "eval_s", "load_s", "steps", "n_train", "n_test", "target_acc",
+                 "status", "reason", "device_name", "spec_hash")
+# The header of a train.csv written before runs could evaluate more than once per epoch: read as
+# evals_per_epoch = 1, and rewritten with the column by ``TrainWriter`` before it appends.
+LEGACY_TRAIN_COLUMNS = tuple(c for c in TRAIN_COLUMNS if c != "evals_per_epoch")
 RUN_KEY = ("model", "spec_hash", "dataset", "impl", "variant", "device", "batch", "seed", "precision", "lr",
-           "momentum", "epochs")
+           "momentum", "epochs", "evals_per_epoch")
 ROW_KEY = RUN_KEY + ("epoch",)
-_INT_COLUMNS = ("batch", "seed", "epochs", "epoch", "steps", "n_train", "n_test")
+_INT_COLUMNS = ("batch", "seed", "epochs", "evals_per_epoch", "steps", "n_train", "n_test")
 _FLOAT_COLUMNS = ("lr", "momentum", "train_loss", "test_acc", "train_s", "cum_train_s", "samples_per_s",
                   "pipeline_s", "eval_s", "load_s", "target_acc")
 
@@ -108,6 +121,46 @@ def _num(v) -> str:
     return f"{v:.6g}"
 
 
+def epoch_at(evaluation: int, evals_per_epoch: int) -> int | float:
+    """The epoch count at the ``evaluation``-th evaluation (1-based) of a run evaluating ``evals_per_epoch``
+    times per epoch: an int when whole, else a float.
+
+    >>> [epoch_at(j, 4) for j in (1, 2, 4, 5)]
+    [0.25, 0.5, 1, 1.25]
+    """
+    whole, part = divmod(evaluation, evals_per_epoch)
+    return whole if part == 0 else evaluation / evals_per_epoch
+
+
+def _epoch_text(epoch) -> str:
+    """How train.csv writes an epoch: a whole one as an int ("1"), a fraction with up to 6 decimals
+    ("0.333333"): distinct for every evaluation of up to MAX_EVALS_PER_EPOCH per epoch and MAX_EPOCHS."""
+    if isinstance(epoch, (int, np.integer)):
+        return str(int(epoch))
+    text = f"{float(epoch):.6f}".rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def segment_bounds(steps: int, evals_per_epoch: int) -> list[int]:
+    """Where an epoch of ``steps`` steps is cut for E = ``evals_per_epoch`` evaluations: the E + 1
+    boundaries round(steps * i / E), i = 0..E (exact: rounded as Fractions, half to even), so segment i
+    holds steps bounds[i - 1] to bounds[i] - 1. Every segment holds at least one step when E <= steps.
+
+    >>> segment_bounds(42, 4)
+    [0, 10, 21, 32, 42]
+    """
+    return [round(Fraction(steps * i, evals_per_epoch)) for i in range(evals_per_epoch + 1)]
+
+
+def check_evals_per_epoch(evals_per_epoch: int, steps: int, dataset: str, n_train: int, batch: int) -> None:
+    """TrainError when an epoch (``steps`` = ``n_train // batch``) is too short to evaluate that often."""
+    if evals_per_epoch > steps:
+        raise TrainError(f"evals_per_epoch {evals_per_epoch}: an epoch of {dataset} at batch {batch} has only "
+                         f"{steps} steps ({n_train} training samples // {batch}), and each evaluation needs at least "
+                         f"one; use --evals-per-epoch (evals_per_epoch in a suite) of at most {steps}, or a smaller "
+                         "batch")
+
+
 # ================================================================================ what to run
 @dataclasses.dataclass(frozen=True)
 class TrainRun:
@@ -125,6 +178,7 @@ class TrainRun:
     target_acc: float
     device: str
     precision: str | None = None   # passed to build() only where both implementations take a precision
+    evals_per_epoch: int = 1       # test-accuracy evaluations per epoch, at nearly equal step intervals
 
     @property
     def spec(self) -> modelspec.ModelSpec:
@@ -137,11 +191,12 @@ class TrainRun:
     def key(self) -> tuple:
         return (self.model_name, self.spec.digest(), self.dataset.name, self.impl, self.variant, self.device,
                 _num(self.batch), _num(self.seed), self.precision or "fp32", _num(self.lr), _num(self.momentum),
-                _num(self.epochs))
+                _num(self.epochs), _num(self.evals_per_epoch))
 
     def label(self) -> str:
+        evals = f" {self.evals_per_epoch} evals/epoch" if self.evals_per_epoch != 1 else ""
         return (f"{self.model_name} {self.dataset.name} b{self.batch} {self.impl}/{self.variant} "
-                f"seed {self.seed}")
+                f"seed {self.seed}{evals}")
 
 
 def precision_default() -> str | None:
@@ -216,13 +271,14 @@ def plan_runs(*, datasets: list[str], device: str, models: list[str] | None = No
               batches: list[int] | None = None, variants: list[str] | None = None,
               seeds: list[int] | None = None, epochs: int | None = None, lr: float | None = None,
               momentum: float | None = None, target_acc: float | None = None,
-              precision: str | None = None) -> list[TrainRun]:
+              precision: str | None = None, evals_per_epoch: int | None = None) -> list[TrainRun]:
     """Every run of models x datasets x batches x seeds x variants, defaults per dataset (DATASET_DEFAULTS).
 
     Ordered by dataset (each loaded once), model, batch and seed, with the variants of one seed next to
     each other (ours and PyTorch's run back to back on the same machine state). Raises TrainError for
     anything that cannot run: an unknown dataset, model or variant, a model that fits no dataset given,
-    a batch larger than the training set, numbers out of range.
+    a batch larger than the training set, numbers out of range, more evaluations per epoch than steps
+    (where the training set's size is known before loading it; ``run_training`` checks the others).
     """
     if not datasets:
         raise TrainError(f"no dataset given; use one of: {datamod.DATASET_FORMS}")
@@ -249,6 +305,8 @@ def plan_runs(*, datasets: list[str], device: str, models: list[str] | None = No
         raise TrainError("no seed given; e.g. --seeds 0,1,2")
     for s in seeds:
         check_number("seed", s, "int", 0, 2**32 - 1, "0,1,2")
+    evals = check_number("evals_per_epoch", 1 if evals_per_epoch is None else evals_per_epoch, "int", 1,
+                         MAX_EVALS_PER_EPOCH, "4")
     if models:
         for m in models:
             try:
@@ -278,10 +336,12 @@ def plan_runs(*, datasets: list[str], device: str, models: list[str] | None = No
                 if ds.n is not None and b > ds.n:
                     raise TrainError(f"batch {b} is larger than the {ds.n} training samples of {ds.name}; "
                                      "use a smaller batch or more samples")
+                if ds.n is not None:
+                    check_evals_per_epoch(evals, ds.n // b, ds.name, ds.n, b)
                 for seed in seeds:
                     for v in variants:
                         runs.append(TrainRun(name, ds, b, _impl_of(v, device), v, int(seed), n_epochs, step, mom,
-                                             target, device, precision))
+                                             target, device, precision, evals))
     if models:
         unused = [m for m in models if m not in used_models]
         if unused:
@@ -307,7 +367,8 @@ def plan_suite(suite, device: str, models: list[str] | None = None) -> list[Trai
         try:
             part = plan_runs(datasets=sec["datasets"], device=device, models=wanted, batches=sec.get("batches"),
                              variants=sec.get("variants"), seeds=sec.get("seeds"), epochs=sec.get("epochs"),
-                             lr=sec.get("lr"), momentum=sec.get("momentum"), target_acc=sec.get("target_acc"))
+                             lr=sec.get("lr"), momentum=sec.get("momentum"), target_acc=sec.get("target_acc"),
+                             evals_per_epoch=sec.get("evals_per_epoch"))
         except TrainError as err:
             raise TrainError(f"{suite.path}: [[train]] #{i + 1}: {err}") from None
         for r in part:
@@ -320,10 +381,11 @@ def plan_suite(suite, device: str, models: list[str] | None = None) -> list[Trai
 # ================================================================================ the record
 @dataclasses.dataclass
 class TrainRow:
-    """One epoch of one run: a row of train.csv (columns documented in docs/harness.md)."""
+    """One evaluation of one run (the end of an epoch, or of a segment of one): a row of train.csv
+    (columns documented in docs/harness.md). ``epoch``: the epoch count there, ``epoch_at``."""
 
     run: TrainRun
-    epoch: int
+    epoch: int | float
     device_name: str = ""
     train_loss: float | None = None
     test_acc: float | None = None
@@ -342,7 +404,7 @@ class TrainRow:
     def to_csv(self) -> dict:
         r = self.run
         key = dict(zip(RUN_KEY, r.key()))
-        out = dict(key, epoch=_num(self.epoch), target_acc=_num(r.target_acc), status=self.status,
+        out = dict(key, epoch=_epoch_text(self.epoch), target_acc=_num(r.target_acc), status=self.status,
                    reason=self.reason.replace("\n", " ")[:500], device_name=self.device_name)
         for c in ("train_loss", "test_acc", "train_s", "cum_train_s", "samples_per_s", "pipeline_s", "eval_s",
                   "load_s", "steps", "n_train", "n_test"):
@@ -352,17 +414,28 @@ class TrainRow:
 
 @dataclasses.dataclass
 class TrainFile:
-    """train.csv as read by ``read_train``: rows as dicts of strings, and a torn last record (if any)."""
+    """train.csv as read by ``read_train``: rows as dicts of strings (every column of TRAIN_COLUMNS), and a
+    torn last record (if any). ``legacy``: the file has the header LEGACY_TRAIN_COLUMNS (its rows were given
+    evals_per_epoch "1")."""
 
     path: str
     rows: list[dict]
     torn_line: int | None
     keep_bytes: int
+    legacy: bool = False
 
 
 def _check_cell(column: str, value: str) -> str | None:
     if column == "status":
         return None if value in TRAIN_STATUSES else "one of " + ", ".join(TRAIN_STATUSES)
+    if column == "epoch":
+        try:
+            ok = math.isfinite(float(value)) and float(value) >= 0
+        except ValueError:
+            ok = False
+        return None if ok else "a number of epochs, 0 or more (1, 2, or 0.25 with --evals-per-epoch 4)"
+    if column == "evals_per_epoch":
+        return None if value.isdigit() and int(value) >= 1 else "a whole number, 1 or more"
     if column in _INT_COLUMNS:
         if value == "" and column in ("steps", "n_train", "n_test"):
             return None
@@ -380,29 +453,35 @@ def _check_cell(column: str, value: str) -> str | None:
 def read_train(path: str) -> TrainFile:
     """Read and check a train.csv (exact header, typed cells, unique rows); raises io.DamagedFile naming the
     file, the line and the fix. A torn last record (a writer killed mid-write) is reported, not read. Never
-    modifies the file."""
+    modifies the file. A file with the older header LEGACY_TRAIN_COLUMNS (no ``evals_per_epoch``: one
+    evaluation per epoch) is read with evals_per_epoch "1" in every row, and ``legacy`` set."""
     data = read_bytes(path, "train.csv")
     if not data:
         return TrainFile(path, [], None, 0)
     parsed = read_csv_records(path, data)
     moved = "move the file away or choose another --out"
     if parsed.header is None:
-        if parsed.torn_line == 1 and ",".join(TRAIN_COLUMNS).startswith(data.decode("utf-8", "replace")):
+        head = data.decode("utf-8", "replace")
+        if parsed.torn_line == 1 and any(",".join(h).startswith(head) for h in (TRAIN_COLUMNS, LEGACY_TRAIN_COLUMNS)):
             return TrainFile(path, [], 1, 0)
         raise DamagedFile(f"{path}: holds no complete line (the first line is torn); {moved}")
     hline, header = parsed.header
-    if tuple(header) != TRAIN_COLUMNS:
+    legacy = tuple(header) == LEGACY_TRAIN_COLUMNS
+    if tuple(header) != TRAIN_COLUMNS and not legacy:
         missing = [c for c in TRAIN_COLUMNS if c not in header]
         unknown = [c for c in header if c not in TRAIN_COLUMNS]
         raise DamagedFile(f"{path}, line {hline}: not the header of a train.csv (missing: {', '.join(missing) or 'none'}; "
                           f"unknown: {', '.join(unknown) or 'none'}; or another order); the file is left untouched: "
                           f"{moved}")
+    columns = LEGACY_TRAIN_COLUMNS if legacy else TRAIN_COLUMNS
     rows, seen = [], {}
     for line, fields in parsed.records:
-        if len(fields) != len(TRAIN_COLUMNS):
-            raise DamagedFile(f"{path}, line {line}: {len(fields)} fields, the header has {len(TRAIN_COLUMNS)}; "
+        if len(fields) != len(columns):
+            raise DamagedFile(f"{path}, line {line}: {len(fields)} fields, the header has {len(columns)}; "
                               f"fix or delete line {line}, or {moved}")
-        d = dict(zip(TRAIN_COLUMNS, fields))
+        d = dict(zip(columns, fields))
+        if legacy:
+            d = {c: d.get(c, "1") for c in TRAIN_COLUMNS}      # evals_per_epoch: one evaluation per epoch
         for c in TRAIN_COLUMNS:
             want = _check_cell(c, d[c])
             if want is not None:
@@ -414,14 +493,17 @@ def read_train(path: str) -> TrainFile:
                               f"{line}, or {moved}")
         seen[k] = line
         rows.append(d)
-    return TrainFile(path, rows, parsed.torn_line, parsed.keep_bytes)
+    return TrainFile(path, rows, parsed.torn_line, parsed.keep_bytes, legacy)
 
 
 class TrainWriter(LockedWriter):
     """Appends whole runs to ``train.csv``; the only writer of its folder while open (``io.FolderLock``).
 
     A run's rows are written together, in one write, and fsynced, so a kill loses at most the run in
-    flight; reopening drops a torn last record and ``done(run)`` tells the runs already written.
+    flight; reopening drops a torn last record and ``done(run)`` tells the runs already written. A file
+    with the older header (no ``evals_per_epoch``) is first rewritten with the current one, every row
+    kept with evals_per_epoch 1 (``io.atomic_write``: a temporary file beside it, fsynced, renamed over it;
+    a kill leaves the old file or the new one).
     """
 
     def __init__(self, path: str):
@@ -449,8 +531,18 @@ class TrainWriter(LockedWriter):
             # NOTE: safe: every record before the torn one parsed and checked; only the incomplete tail goes.
             print(f"harness: {self.path}: dropping the incomplete last line (line {old.torn_line}) left by a killed "
                   "run", file=sys.stderr)
-            truncate_file(self.path, old.keep_bytes)
+            if not old.legacy:
+                truncate_file(self.path, old.keep_bytes)
+        if old.legacy:
+            self._upgrade(old.rows)
         return {tuple(d[c] for c in RUN_KEY) for d in old.rows}
+
+    def _upgrade(self, rows: list[dict]) -> None:
+        with atomic_write(self.path, newline="") as fh:
+            fh.write(",".join(TRAIN_COLUMNS) + "\r\n")
+            csv.DictWriter(fh, fieldnames=TRAIN_COLUMNS).writerows(rows)
+        print(f"harness: {self.path}: written before train.csv had an evals_per_epoch column; rewritten with it "
+              f"({len(rows)} rows kept, each with evals_per_epoch 1: one evaluation per epoch)", file=sys.stderr)
 
     def _sync(self) -> None:
         self._fh.flush()
@@ -617,10 +709,18 @@ def _check_unchanged(model, run: TrainRun) -> None:
 
 
 def train_run(run: TrainRun, data: _Data, device_name: str = "", quiet: bool = True) -> list[TrainRow]:
-    """Train one run; returns its rows (one per finished epoch; a diverged or failed epoch ends the list).
+    """Train one run; returns its rows (one per evaluation: ``run.evals_per_epoch`` per epoch; a diverged
+    or failed segment ends the list).
 
-    Never raises except KeyboardInterrupt: an exception becomes the status of the run's last row (``oom``,
-    ``unsupported``, ``error``).
+    With E = ``run.evals_per_epoch`` > 1, each epoch's steps are cut into E consecutive segments
+    (``segment_bounds``); after segment i of epoch e: a device synchronisation, the segment's train time
+    added to ``cum_train_s``, its losses read back, and the test accuracy evaluated off the clock, in a row
+    with ``epoch`` = (e - 1) + i/E; the epoch's input pipeline time goes to its first row. The steps, and
+    so the weights, are those of E = 1.
+
+    Raises TrainError before training when an epoch has fewer steps than E evaluations (``run_training``
+    checks every run first); otherwise never raises except KeyboardInterrupt: an exception becomes the
+    status of the run's last row (``oom``, ``unsupported``, ``error``).
     """
     from tqdm import tqdm
 
@@ -629,6 +729,9 @@ def train_run(run: TrainRun, data: _Data, device_name: str = "", quiet: bool = T
     lib = _lib(run)
     rows: list[TrainRow] = []
     steps = data.n_train // run.batch
+    evals = run.evals_per_epoch
+    check_evals_per_epoch(evals, steps, run.dataset.name, data.n_train, run.batch)
+    bounds = segment_bounds(steps, evals)
     common = dict(device_name=device_name, load_s=data.load_s, steps=steps, n_train=data.n_train,
                   n_test=data.n_test)
     bar = tqdm(total=run.epochs, desc=run.label(), unit="epoch", disable=quiet, file=sys.stderr, leave=True,
@@ -658,30 +761,39 @@ def train_run(run: TrainRun, data: _Data, device_name: str = "", quiet: bool = T
             batches = _epoch_batches(lib, x_train, y_train, order, run.batch, steps)
             _sync(lib, run.device)
             t1 = time.perf_counter()
-            with np.errstate(all="ignore"):   # NumPy's overflow warnings: a diverging run is reported below
-                losses = [step(xb, yb, lr, momentum) for xb, yb in batches]
-            _sync(lib, run.device)
-            t2 = time.perf_counter()
-            per_step = _losses_to_host(lib, losses)
-            del batches, losses
-            with np.errstate(all="ignore"):
-                mean = float(per_step.mean())
-            train_s = t2 - t1
-            cum += train_s
-            row = TrainRow(run, epoch, train_loss=mean, train_s=train_s, cum_train_s=cum,
-                           samples_per_s=steps * run.batch / train_s if train_s > 0 else None,
-                           pipeline_s=t1 - t0, **common)
-            if not math.isfinite(mean):
-                row.status, row.reason = "diverged", datamod.diverged_message(epoch, mean, run.lr, run.momentum)
-                row.eval_s = time.perf_counter() - t2
+            pipeline_s = t1 - t0
+            for i in range(1, evals + 1):
+                first, end = bounds[i - 1], bounds[i]
+                with np.errstate(all="ignore"):   # NumPy's overflow warnings: a diverging run is reported below
+                    losses = [step(xb, yb, lr, momentum) for xb, yb in batches[first:end]]
+                _sync(lib, run.device)
+                t2 = time.perf_counter()
+                per_step = _losses_to_host(lib, losses)
+                del losses
+                with np.errstate(all="ignore"):
+                    mean = float(per_step.mean())
+                train_s = t2 - t1
+                cum += train_s
+                row = TrainRow(run, epoch_at((epoch - 1) * evals + i, evals), train_loss=mean, train_s=train_s,
+                               cum_train_s=cum,
+                               samples_per_s=(end - first) * run.batch / train_s if train_s > 0 else None,
+                               pipeline_s=pipeline_s if i == 1 else 0.0, **common)
+                if not math.isfinite(mean):
+                    row.status, row.reason = "diverged", datamod.diverged_message(epoch, mean, run.lr, run.momentum)
+                    row.eval_s = time.perf_counter() - t2
+                    rows.append(row)
+                    bar.close()
+                    print(f"harness: {run.label()}: {row.reason}", file=sys.stderr)
+                    return rows
+                row.test_acc = _accuracy(model, x_test, y_test)
+                _sync(lib, run.device)
+                t3 = time.perf_counter()
+                row.eval_s = t3 - t2
                 rows.append(row)
-                bar.close()
-                print(f"harness: {run.label()}: {row.reason}", file=sys.stderr)
-                return rows
-            row.test_acc = _accuracy(model, x_test, y_test)
-            row.eval_s = time.perf_counter() - t2
-            rows.append(row)
-            bar.set_postfix_str(f"loss {mean:.4f} acc {row.test_acc:.2%} {cum:.2f} s", refresh=False)
+                bar.set_postfix_str(f"loss {mean:.4f} acc {row.test_acc:.2%} {cum:.2f} s", refresh=False)
+                # NOTE: the next segment's clock starts here: its train steps only, as the first one's
+                t1 = t3
+            del batches
             bar.update(1)
         bad = [n for n, p in model.get_params().items() if not np.all(np.isfinite(p))]
         if bad:
@@ -695,7 +807,7 @@ def train_run(run: TrainRun, data: _Data, device_name: str = "", quiet: bool = T
         raise
     except Exception as err:  # noqa: BLE001 - a failing run must not stop the others
         started = len(rows)
-        row = TrainRow(run, started + 1 if started else 0, **common)
+        row = TrainRow(run, epoch_at(started + 1, evals) if started else 0, **common)
         text = str(err).splitlines()[0][:300] if str(err) else ""
         if is_oom(err):
             row.status, row.reason = "oom", f"{type(err).__name__}: {text}"
@@ -717,7 +829,9 @@ def train_run(run: TrainRun, data: _Data, device_name: str = "", quiet: bool = T
 
 def run_training(runs: list[TrainRun], out_dir: str, device: str, quiet: bool = False) -> dict:
     """Train every run not yet in ``out_dir/train.csv`` and append its rows; returns counts by status
-    (plus ``skipped``: runs already there). Rerunning the same command resumes."""
+    (plus ``skipped``: runs already there). Rerunning the same command resumes. Raises TrainError for a
+    dataset that cannot be loaded, or, once it is loaded and before any of its runs trains, a batch larger
+    than its training set or more evaluations per epoch than an epoch has steps."""
     from . import env as envmod
     from .workloads import free_device_memory
 
@@ -739,6 +853,10 @@ def run_training(runs: list[TrainRun], out_dir: str, device: str, quiet: bool = 
                 if too_big:
                     raise TrainError(f"batch {too_big[0]} is larger than the {data.n_train} training samples of "
                                      f"{run.dataset.name}; use a smaller batch")
+                for r in todo:
+                    if r.dataset == run.dataset:
+                        check_evals_per_epoch(r.evals_per_epoch, data.n_train // r.batch, r.dataset.name,
+                                              data.n_train, r.batch)
                 if not quiet:
                     print(f"harness: {run.dataset.name} on {device}: {data.n_train} training and {data.n_test} test "
                           f"samples ready after {data.load_s:.2f} s", file=sys.stderr)

@@ -8,13 +8,14 @@ Outputs (in the report folder, every file written atomically), made like the res
 table a ``tables.Table`` written by ``rendering.write_tables`` (Markdown, and LaTeX through ``harness.latex``)
 and drawn on table pages of report.pdf (``harness.pdfdoc``), each figure a ``plots.Plot``:
 
-- ``train_<device>_<dataset>_b<batch>.png`` and ``.pdf``: per model, training loss and test accuracy
-  against the epoch and against the cumulative training time, ours and PyTorch's on one axis (ours solid,
-  PyTorch dashed), the line the mean over seeds and the shaded band their range (min to max).
+- ``train_<device>_<dataset>_b<batch>.png`` and ``.pdf`` (``..._e<N>`` for N evaluations per epoch): per
+  model, training loss and test accuracy against the epoch and against the cumulative training time, ours
+  and PyTorch's on one axis (ours solid, PyTorch dashed), the line the mean over seeds and the shaded band
+  their range (min to max); one point per evaluation (fractional epochs with ``--evals-per-epoch``).
 - ``train_time_to_accuracy.md/.tex``: per implementation variant, how many seeds reached the target test
   accuracy, the training time and epochs to it (mean and standard deviation over the seeds that reached
   it), the final accuracy, samples/s, and for ours the ratio to PyTorch's fastest variant.
-- ``train_curve_gap.md/.tex``: the largest |our loss - PyTorch's loss| over the epochs, per seed (same
+- ``train_curve_gap.md/.tex``: the largest |our loss - PyTorch's loss| over the evaluations, per seed (same
   weights, same batches), its worst and mean over seeds, and relative to PyTorch's loss.
 - ``train_goal.md/.tex``: the training goal (our CUDA-graph training reaches the target >= 1.3x faster than
   PyTorch's fastest variant on mlp-mnist and lenet-mnist at batch 64 on the GPU), where rows exist for it.
@@ -22,8 +23,10 @@ and drawn on table pages of report.pdf (``harness.pdfdoc``), each figure a ``plo
   ``add_pages``).
 
 Time to target = the cumulative ``train_s`` (train steps only, device-synchronised; no input pipeline and
-no evaluation) at the end of the first epoch whose test accuracy reaches the target. A ratio is given only
-where every seed of both sides reached the target.
+no evaluation) at the first evaluation whose test accuracy reaches the target: at the end of an epoch, or
+at a fraction of one for runs evaluating N times per epoch (``evals_per_epoch``, part of every group, so
+runs of different N are never mixed). A ratio is given only where every seed of both sides reached the
+target.
 """
 from __future__ import annotations
 
@@ -49,7 +52,7 @@ GOAL_OURS = "cuda-graph"
 # yellow, black): one colour per implementation variant, the same in every figure.
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
 VARIANT_ORDER = ("cuda-graph", "cuda", "numpy", "torch-eager", "torch-graph", "torch-compile")
-GROUP = ["source", "device", "dataset", "model", "batch", "lr", "momentum", "epochs", "precision"]
+GROUP = ["source", "device", "dataset", "model", "batch", "lr", "momentum", "epochs", "evals_per_epoch", "precision"]
 RUN = GROUP + ["impl", "variant", "seed"]
 
 
@@ -105,8 +108,9 @@ def load(inputs: list[str]):
     if not frames:
         return None
     df = pd.concat(frames, ignore_index=True)
-    for c in ("batch", "seed", "epochs", "epoch"):
+    for c in ("batch", "seed", "epochs", "evals_per_epoch"):
         df[c] = df[c].astype(int)
+    df["epoch"] = df["epoch"].astype(float)         # fractional with --evals-per-epoch
     for c in ("train_loss", "test_acc", "train_s", "cum_train_s", "samples_per_s", "pipeline_s", "eval_s",
               "target_acc"):
         df[c] = pd.to_numeric(df[c].replace("", np.nan), errors="coerce")
@@ -115,8 +119,9 @@ def load(inputs: list[str]):
 
 # ================================================================================ figures of merit
 def runs(df):
-    """One row per run: status (its last row's), epochs done, time / epoch to target, final accuracy and
-    loss, the median samples/s of its epochs."""
+    """One row per run: status (its last row's), epochs done, time / epoch to target (the first evaluation
+    at or above it; a fraction of an epoch with more than one evaluation per epoch), final accuracy and
+    loss, the median samples/s of its rows."""
     import pandas as pd
 
     out = []
@@ -126,14 +131,14 @@ def runs(df):
         ok = g[(g["status"] == "ok") & g["test_acc"].notna()]
         target = float(g["target_acc"].iloc[0])
         hit = ok[ok["test_acc"] >= target]
-        d.update(status=g["status"].iloc[-1], epochs_done=int(ok["epoch"].max()) if len(ok) else 0,
+        d.update(status=g["status"].iloc[-1], epochs_done=float(ok["epoch"].max()) if len(ok) else 0.0,
                  target=target, reached=not hit.empty,
                  tta_s=float(hit["cum_train_s"].iloc[0]) if not hit.empty else np.nan,
-                 tta_epoch=int(hit["epoch"].iloc[0]) if not hit.empty else np.nan,
+                 tta_epoch=float(hit["epoch"].iloc[0]) if not hit.empty else np.nan,
                  final_acc=float(ok["test_acc"].iloc[-1]) if len(ok) else np.nan,
                  final_loss=float(ok["train_loss"].iloc[-1]) if len(ok) else np.nan,
                  samples_per_s=float(ok["samples_per_s"].median()) if len(ok) else np.nan,
-                 diverged_epoch=int(g[g["status"] == "diverged"]["epoch"].iloc[0])
+                 diverged_epoch=float(g[g["status"] == "diverged"]["epoch"].iloc[0])
                  if (g["status"] == "diverged").any() else np.nan)
         out.append(d)
     return pd.DataFrame(out)
@@ -183,8 +188,9 @@ def time_to_accuracy(df):
 
 
 def curve_gap(df):
-    """Per group, ours variant and PyTorch variant: the largest |loss difference| over the epochs both
-    finished, per seed; its worst and mean over seeds, relative to PyTorch's loss, the epoch of the worst."""
+    """Per group, ours variant and PyTorch variant: the largest |loss difference| over the evaluations both
+    finished, per seed; its worst and mean over seeds, relative to PyTorch's loss, the epoch (fractional
+    with more than one evaluation per epoch) of the worst."""
     import pandas as pd
 
     ok = df[(df["status"] == "ok") & np.isfinite(df["train_loss"])]
@@ -203,7 +209,7 @@ def curve_gap(df):
                         continue
                     diff = (a[common] - b[common]).abs()
                     worst = diff.idxmax()
-                    per_seed.append((float(diff.max()), float((diff / b[common].abs()).max()), int(worst),
+                    per_seed.append((float(diff.max()), float((diff / b[common].abs()).max()), float(worst),
                                      len(common)))
                 if not per_seed:
                     continue
@@ -211,7 +217,7 @@ def curve_gap(df):
                 rows.append(dict(zip(GROUP, key), ours=ov, ref=rv, seeds=len(per_seed),
                                  max_abs=worst[0], mean_abs=float(np.mean([p[0] for p in per_seed])),
                                  max_rel=max(p[1] for p in per_seed), worst_epoch=worst[2],
-                                 epochs=max(p[3] for p in per_seed)))
+                                 evaluations=max(p[3] for p in per_seed)))
     return pd.DataFrame(rows)
 
 
@@ -234,7 +240,8 @@ def goal(tta) -> list[dict]:
             measured = ""
         fastest = f"{fmt_num(r['best_ref_s']) or '-'} ({r['best_ref'] or '-'})"
         out.append({"source": r["source"], "dataset": r["dataset"], "model": r["model"],
-                    "target": f"{r['target']:.0%}", "ours_s": r["tta_mean"], "fastest": fastest,
+                    "evals": r["evals_per_epoch"], "target": f"{r['target']:.0%}", "ours_s": r["tta_mean"],
+                    "fastest": fastest,
                     "measured": measured, "goal": f">= {GOAL_SPEEDUP:g}x", "verdict": verdict})
     return out
 
@@ -242,15 +249,28 @@ def goal(tta) -> list[dict]:
 # ================================================================================ tables
 def _where(r) -> dict:
     return {"source": r["source"], "device": r["device"], "dataset": r["dataset"], "model": r["model"],
-            "batch": r["batch"]}
+            "batch": r["batch"], "evals": r["evals_per_epoch"]}
 
 
-def _where_cols(multi: bool) -> list[Col]:
+def _where_cols(multi: bool, evals: bool = False) -> list[Col]:
+    """The columns naming a group; ``evals``: with the evaluations per epoch (shown when some run has more
+    than one, so that the tables of runs evaluating once per epoch read as they always have)."""
     return ([Col("source", "results")] if multi else []) + [
-        Col("device", "device"), Col("dataset", "dataset"), Col("model", "model"), Col("batch", "batch", "int")]
+        Col("device", "device"), Col("dataset", "dataset"), Col("model", "model"), Col("batch", "batch", "int")] + (
+        [Col("evals", "evals/epoch", "int")] if evals else [])
+
+
+def _intervals(evals_per_epoch) -> tuple[bool, str]:
+    """(whether any run evaluates more than once per epoch, a caption sentence naming the intervals)."""
+    counts = sorted({int(n) for n in evals_per_epoch})
+    if not any(n != 1 for n in counts):
+        return False, ""
+    return True, (" Test accuracy evaluated " + " or ".join("once" if n == 1 else f"{n} times" for n in counts)
+                  + " per epoch (column evals/epoch), after nearly equal numbers of steps.")
 
 
 def time_to_accuracy_table(tta, multi: bool) -> Table:
+    evals, interval = _intervals(tta["evals_per_epoch"] if not tta.empty else [])
     rows = []
     for _, r in tta.iterrows():
         ours = r["impl"] == "custom"
@@ -259,48 +279,54 @@ def time_to_accuracy_table(tta, multi: bool) -> Table:
                      "reached": reached, "tta": r["tta_mean"], "tta_sd": r["tta_sd"], "epochs": r["epochs_mean"],
                      "acc": 100.0 * r["acc_mean"], "acc_sd": 100.0 * r["acc_sd"], "sps": r["samples_per_s"],
                      "speedup": r["speedup"], "best_ref": r["best_ref"] if ours else ""})
-    cols = _where_cols(multi) + [
+    cols = _where_cols(multi, evals) + [
         Col("lr", "lr"), Col("impl", "implementation"), Col("reached", "reached"),
         Col("tta", "time (s)", "num", "to target"), Col("tta_sd", "sd", "num", "to target"),
-        Col("epochs", "epochs", "num", "to target"),
+        Col("epochs", "epochs", "dec2", "to target"),
         Col("acc", "mean", "num", "final acc. (%)"), Col("acc_sd", "sd", "num", "final acc. (%)"),
         Col("sps", "samples/s", "num"),
         Col("speedup", "ratio", "num", "vs fastest PyTorch"), Col("best_ref", "variant", "text", "vs fastest PyTorch")]
     targets = ", ".join(sorted({f"{t:.0%}" for t in tta["target"]})) if not tta.empty else "-"
     caption = (f"Time to the target test accuracy ({targets}): training time (train steps only, device-"
-               "synchronised; no input pipeline, no evaluation) up to the end of the first epoch that reaches it, "
-               "mean and standard deviation over the seeds that reached it; reached = seeds that did / seeds run. "
-               "Final test accuracy after the last epoch (%), mean and sd over seeds; samples/s the median epoch. "
-               "vs fastest PyTorch = PyTorch's fastest variant's time / ours (> 1: ours faster), given where every "
-               "seed of both reached the target.")
+               "synchronised; no input pipeline, no evaluation) up to the first evaluation that reaches it (at the "
+               "end of each epoch, or N times per epoch with --evals-per-epoch), mean and standard deviation over "
+               "the seeds that reached it; epochs to it, fractional where evaluated within epochs; reached = seeds "
+               "that did / seeds run. Final test accuracy after the last epoch (%), mean and sd over seeds; "
+               "samples/s the median over the rows (evaluation intervals). vs fastest PyTorch = PyTorch's fastest "
+               "variant's time / ours (> 1: ours faster), given where every seed of both reached the target."
+               + interval)
     return Table("train-time-to-accuracy", "train_time_to_accuracy", "Training: time to accuracy", caption, cols,
                  rows)
 
 
 def curve_gap_table(gap, multi: bool) -> Table:
-    rows = [{**_where(r), "ours": r["ours"], "ref": r["ref"], "seeds": r["seeds"], "epochs": r["epochs"],
+    evals, interval = _intervals(gap["evals_per_epoch"])
+    rows = [{**_where(r), "ours": r["ours"], "ref": r["ref"], "seeds": r["seeds"], "evaluations": r["evaluations"],
              "max_abs": r["max_abs"], "mean_abs": r["mean_abs"], "max_rel": r["max_rel"], "at": r["worst_epoch"]}
             for _, r in gap.iterrows()]
-    cols = _where_cols(multi) + [
-        Col("ours", "ours"), Col("ref", "PyTorch"), Col("seeds", "seeds", "int"), Col("epochs", "epochs", "int"),
+    cols = _where_cols(multi, evals) + [
+        Col("ours", "ours"), Col("ref", "PyTorch"), Col("seeds", "seeds", "int"),
+        Col("evaluations", "evaluations" if evals else "epochs", "int"),
         Col("max_abs", "max \u0394 loss", "sci"), Col("mean_abs", "mean over seeds", "sci"),
-        Col("max_rel", "max relative", "sci"), Col("at", "at epoch", "int")]
+        Col("max_rel", "max relative", "sci"), Col("at", "at epoch", "dec2" if evals else "int")]
     caption = ("Gap between our training curve and PyTorch's: max \u0394 loss is the largest absolute difference "
-               "between our mean training loss and PyTorch's over the epochs, for one seed (same initial weights, "
-               "same batches in the same order), worst and mean over the seeds; relative = that difference / "
-               "PyTorch's loss. Float32 summation order makes the two drift apart slowly; its size is reported "
-               "here, not hidden.")
+               "between our mean training loss and PyTorch's over the evaluations (the end of each epoch, or N per "
+               "epoch with --evals-per-epoch; the loss is the mean since the previous one), for one seed (same "
+               "initial weights, same batches in the same order), worst and mean over the seeds; relative = that "
+               "difference / PyTorch's loss. Float32 summation order makes the two drift apart slowly; its size is "
+               "reported here, not hidden." + interval)
     return Table("train-curve-gap", "train_curve_gap", "Training: curve gap", caption, cols, rows)
 
 
 def goal_table(rows: list[dict], multi: bool) -> Table:
-    cols = ([Col("source", "results")] if multi else []) + [
-        Col("dataset", "dataset"), Col("model", "model"), Col("target", "target"),
-        Col("ours_s", "ours cuda-graph (s)", "num"), Col("fastest", "fastest PyTorch (s)"),
+    evals, interval = _intervals(r["evals"] for r in rows)
+    cols = ([Col("source", "results")] if multi else []) + [Col("dataset", "dataset"), Col("model", "model")] + (
+        [Col("evals", "evals/epoch", "int")] if evals else []) + [
+        Col("target", "target"), Col("ours_s", "ours cuda-graph (s)", "num"), Col("fastest", "fastest PyTorch (s)"),
         Col("measured", "measured"), Col("goal", "goal"), Col("verdict", "verdict")]
     caption = (f"Goal: our CUDA-graph training reaches the target accuracy at batch {GOAL_BATCH} at least "
                f"{GOAL_SPEEDUP:g}x faster (training time) than PyTorch's fastest variant, on "
-               f"{' and '.join(GOAL_MODELS)} on the GPU.")
+               f"{' and '.join(GOAL_MODELS)} on the GPU." + interval)
     return Table("train-goal", "train_goal", "Training: goal", caption, cols, rows)
 
 
@@ -335,7 +361,8 @@ def _colours(df) -> dict:
 
 
 def _seed_curves(g, column: str):
-    """(epochs, mean, lo, hi, mean cumulative time) of ``column`` over the seeds of one variant."""
+    """(epochs, mean, lo, hi, mean cumulative time) of ``column`` over the seeds of one variant, one point
+    per evaluation (epochs fractional with more than one evaluation per epoch)."""
     ok = g[(g["status"] == "ok") & np.isfinite(g[column])]
     if ok.empty:
         return None
@@ -350,6 +377,7 @@ def draw_curves(fig, g, colours: dict) -> None:
     from matplotlib.ticker import MaxNLocator, NullFormatter
 
     models = list(dict.fromkeys(g["model"]))
+    evals = int(g["evals_per_epoch"].iloc[0])
     axes = fig.subplots(2 * len(models), 2, squeeze=False)
     for i, model in enumerate(models):
         panels = axes[2 * i:2 * i + 2]          # [row: epoch | time][column: loss | accuracy]
@@ -379,11 +407,12 @@ def draw_curves(fig, g, colours: dict) -> None:
                 if row == 1:
                     ax.set_xscale("log")    # implementations can differ by 10-100x in time
                     ax.xaxis.set_minor_formatter(NullFormatter())     # minor labels collide within a decade
-                else:
+                elif evals == 1:
                     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 if col == 0:
                     ax.set_yscale("log")
-                    ax.set_ylabel("training loss (epoch mean)")
+                    ax.set_ylabel("training loss (epoch mean)" if evals == 1 else
+                                  f"training loss (mean of 1/{evals} epoch)")
                 else:
                     ax.axhline(100.0 * target, color="0.3", lw=0.8, ls=":")
                     ax.set_ylabel("test accuracy (%)")
@@ -394,10 +423,13 @@ def draw_curves(fig, g, colours: dict) -> None:
 def _caption(g, multi: bool) -> str:
     first = g.iloc[0]
     where = f" [{first['source']}]" if multi else ""
+    evals = int(first["evals_per_epoch"])
+    interval = "" if evals == 1 else (f", evaluated {evals} times per epoch (the loss a mean over 1/{evals} epoch "
+                                      "of steps)")
     return (f"Training on {first['dataset']}, {first['device']} ({first['device_name']}){where}, batch "
-            f"{first['batch']}, lr {first['lr']}, momentum {first['momentum']}: per model, the training loss and "
-            "the test accuracy against the epoch and against the cumulative training time (train steps only, "
-            "device-synchronised); ours solid, PyTorch dashed; the line is the mean over seeds, the band their "
+            f"{first['batch']}, lr {first['lr']}, momentum {first['momentum']}{interval}: per model, the training "
+            "loss and the test accuracy against the epoch and against the cumulative training time (train steps "
+            "only, device-synchronised); ours solid, PyTorch dashed; the line is the mean over seeds, the band their "
             f"range (min to max); dotted: the target accuracy {float(first['target_acc']):.0%}.")
 
 
@@ -409,7 +441,9 @@ def figures(df) -> list[Plot]:
     keys = [k for k in GROUP if k != "model"]
     for key, g in df.groupby(keys, sort=True):
         d = dict(zip(keys, key))
-        name = f"train_{d['device']}_{_slug(d['dataset'])}_b{d['batch']}" + (f"_{_slug(d['source'])}" if multi else "")
+        name = (f"train_{d['device']}_{_slug(d['dataset'])}_b{d['batch']}"
+                + (f"_e{d['evals_per_epoch']}" if d["evals_per_epoch"] != 1 else "")
+                + (f"_{_slug(d['source'])}" if multi else ""))
         base, n = name, 2
         while name in used:
             name, n = f"{base}_{n}", n + 1
@@ -448,7 +482,7 @@ def section(inputs: list[str], out_dir: str) -> Section | None:
     groups, files = tables(df, out_dir)
     counts = df.groupby(RUN, sort=False)["status"].last().value_counts().sort_index()
     summary = (f"Training runs: {int(counts.sum())} (" + ", ".join(f"{v} {k}" for k, v in counts.items())
-               + f"); {len(df)} rows (run x epoch) from {', '.join(dict.fromkeys(df['source']))}.")
+               + f"); {len(df)} rows (run x evaluation) from {', '.join(dict.fromkeys(df['source']))}.")
     figs = figures(df)
     for plot in figs:
         files.update(save_plot(plot, out_dir))

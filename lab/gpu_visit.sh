@@ -78,9 +78,9 @@ case "${1:-tests}" in
     set=${2:-mnist-64}
     variants=cuda-graph,torch-graph,torch-eager
     case "$set" in
-      mnist-64)   args="--data synthetic-mnist:60000 --models mlp-mnist,lenet-mnist --batch 64 --lr 0.01 --epochs 4" ;;
+      mnist-64)   args="--data synthetic-mnist:60000 --models mlp-mnist,lenet-mnist --batch 64 --lr 0.01 --epochs 4 --evals-per-epoch 4" ;;
       mnist-1024) args="--data synthetic-mnist:60000 --models mlp-mnist,lenet-mnist --batch 1024 --lr 0.05 --epochs 8" ;;
-      cifar-64)   args="--data synthetic-cifar:50000 --models cnn-cifar --batch 64 --lr 0.01 --epochs 4" ;;
+      cifar-64)   args="--data synthetic-cifar:50000 --models cnn-cifar --batch 64 --lr 0.01 --epochs 4 --evals-per-epoch 4" ;;
       # cnn-cifar at batch 1024 (CPU check, 8000 samples, seed 0): lr 0.05 and 0.02 oscillate, 0.01 is stable
       cifar-1024) args="--data synthetic-cifar:50000 --models cnn-cifar --batch 1024 --lr 0.01 --epochs 12" ;;
       digits)     args="--data digits" ;;

@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 
 from harness import cli, train_report
+from harness import train as trainmod
+from harness.data import parse_dataset
 from harness.io import DamagedFile, FolderLock
 from harness.suites import SuiteError, parse_suite
-from harness.train import (ROW_KEY, TRAIN_COLUMNS, TrainError, TrainWriter, _epoch_batches, plan_runs, read_train,
-                           run_training)
+from harness.train import (LEGACY_TRAIN_COLUMNS, ROW_KEY, TRAIN_COLUMNS, TrainError, TrainRow, TrainWriter,
+                           _epoch_batches, plan_runs, read_train, run_training, segment_bounds)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -39,7 +41,7 @@ def _curves(rows, **match) -> dict:
     for r in rows:
         if all(r[k] == str(v) for k, v in match.items()):
             out.setdefault((r["impl"], r["variant"], r["seed"]), []).append(r)
-    return {k: sorted(v, key=lambda r: int(r["epoch"])) for k, v in out.items()}
+    return {k: sorted(v, key=lambda r: float(r["epoch"])) for k, v in out.items()}
 
 
 # ================================================================================ training on the CPU
@@ -132,7 +134,8 @@ def _fake_rows(run_count: int, epochs: int = 2) -> list[dict]:
         for epoch in range(1, epochs + 1):
             r = {c: "" for c in TRAIN_COLUMNS}
             r.update(model="digits-mlp", dataset="digits", impl="custom", variant="numpy", device="cpu", batch="32",
-                     seed=str(seed), precision="fp32", lr="0.05", momentum="0.9", epochs=str(epochs), epoch=str(epoch),
+                     seed=str(seed), precision="fp32", lr="0.05", momentum="0.9", epochs=str(epochs),
+                     evals_per_epoch="1", epoch=str(epoch),
                      train_loss=f"{1.0 / epoch:.6g}", test_acc="0.9", train_s="0.5", cum_train_s=str(0.5 * epoch),
                      samples_per_s="100", steps="42", n_train="1347", n_test="450", target_acc="0.95",
                      status="ok", spec_hash="abc")
@@ -166,7 +169,10 @@ def test_torn_last_line_is_dropped_on_resume_only(tmp_path):
     (lambda rows: (rows, TRAIN_COLUMNS[:-1]), "not the header of a train.csv (missing: spec_hash"),
     (lambda rows: (rows + [rows[0]], TRAIN_COLUMNS), "the same run and epoch twice"),
     (lambda rows: ([dict(rows[0], status="fine")] + rows[1:], TRAIN_COLUMNS), "column 'status' must be one of ok"),
-    (lambda rows: ([dict(rows[0], epoch="two")] + rows[1:], TRAIN_COLUMNS), "column 'epoch' must be a whole number"),
+    (lambda rows: ([dict(rows[0], epoch="two")] + rows[1:], TRAIN_COLUMNS), "column 'epoch' must be a number of"),
+    (lambda rows: ([dict(rows[0], epoch="-1")] + rows[1:], TRAIN_COLUMNS), "column 'epoch' must be a number of"),
+    (lambda rows: ([dict(rows[0], evals_per_epoch="0")] + rows[1:], TRAIN_COLUMNS),
+     "column 'evals_per_epoch' must be a whole number, 1 or more"),
 ])
 def test_damaged_train_csv_is_refused_and_left_untouched(tmp_path, capsys, damage, needle):
     rows, header = damage(_fake_rows(2))
@@ -194,7 +200,9 @@ def test_one_writer_per_folder(tmp_path):
 
 def test_row_key_identifies_a_run_and_epoch():
     assert ROW_KEY[-1] == "epoch" and set(ROW_KEY) <= set(TRAIN_COLUMNS)
-    assert {"model", "spec_hash", "dataset", "impl", "variant", "device", "batch", "seed", "lr"} <= set(ROW_KEY)
+    assert {"model", "spec_hash", "dataset", "impl", "variant", "device", "batch", "seed", "lr",
+            "evals_per_epoch"} <= set(ROW_KEY)
+    assert TRAIN_COLUMNS[TRAIN_COLUMNS.index("epochs") + 1] == "evals_per_epoch"
 
 
 # ================================================================================ the report's figures of merit
@@ -398,8 +406,219 @@ def test_train_help_describes_every_option():
     p = subprocess.run([sys.executable, "-m", "harness", "train", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0
     for opt in ("--data", "--models", "--variants", "--seeds", "--batch", "--epochs", "--lr", "--momentum",
-                "--target-acc", "--suite", "--device", "--out", "--no-report", "--quiet", "synthetic-cifar"):
+                "--target-acc", "--evals-per-epoch", "--suite", "--device", "--out", "--no-report", "--quiet",
+                "synthetic-cifar"):
         assert opt in p.stdout, opt
+
+
+# ================================================================================ evaluations within an epoch
+@pytest.mark.parametrize("kw, needle", [
+    (dict(evals_per_epoch=0), "evals_per_epoch: must lie in [1, 1000], got 0; e.g. evals_per_epoch 4"),
+    (dict(evals_per_epoch=1001), "evals_per_epoch: must lie in [1, 1000], got 1001"),
+    (dict(evals_per_epoch=2.5), "evals_per_epoch: must be a whole number, got 2.5"),
+    (dict(datasets=["synthetic-mnist:200"], models=["mlp-mnist"], batches=[64], evals_per_epoch=4),
+     "evals_per_epoch 4: an epoch of synthetic-mnist:200 at batch 64 has only 3 steps (200 training samples // 64), "
+     "and each evaluation needs at least one; use --evals-per-epoch (evals_per_epoch in a suite) of at most 3, or a "
+     "smaller batch"),
+])
+def test_evals_per_epoch_is_checked_when_planning(kw, needle):
+    args = dict(dict(datasets=["digits"], device="cpu", models=["digits-mlp"], seeds=[0]), **kw)
+    with pytest.raises(TrainError) as err:
+        plan_runs(**args)
+    assert needle in str(err.value)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--evals-per-epoch", "0"], "--evals-per-epoch: must lie in [1, 1000], got 0; e.g. --evals-per-epoch 4"),
+    (["--evals-per-epoch", "four"], "--evals-per-epoch: 'four' is not a whole number"),
+    (["--evals-per-epoch", "4", "--data", "synthetic-mnist:200", "--models", "mlp-mnist"],
+     "evals_per_epoch 4: an epoch of synthetic-mnist:200 at batch 64 has only 3 steps"),
+    (["--suite", "cpu", "--evals-per-epoch", "4"], "drop --evals-per-epoch"),
+])
+def test_bad_evals_per_epoch_is_a_clear_error(tmp_path, capsys, argv, needle):
+    out = tmp_path / "out"
+    assert cli.main(["train", "--device", "cpu", "--out", str(out), "--quiet", "--no-report"] + argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("harness: error: ") and "Traceback" not in err and needle in err, err
+    assert not (out / "train.csv").exists()
+
+
+def test_evals_per_epoch_beyond_the_steps_of_a_loaded_set_is_refused_before_training(tmp_path, capsys):
+    # digits' size is known once it is loaded: 1347 // 32 = 42 steps per epoch
+    rc = cli.main(["train", "--device", "cpu", "--models", "digits-mlp", "--seeds", "0", "--evals-per-epoch", "43",
+                   "--out", str(tmp_path), "--quiet", "--no-report"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert ("evals_per_epoch 43: an epoch of digits at batch 32 has only 42 steps (1347 training samples // 32)"
+            in err), err
+    assert read_train(str(tmp_path / "train.csv")).rows == []
+
+
+def test_evals_per_epoch_in_train_sections():
+    s = parse_suite({"name": "t", "train": [{"datasets": ["digits"], "models": ["digits-mlp"], "seeds": [0],
+                                             "evals_per_epoch": 4}]})
+    runs = trainmod.plan_suite(s, "cpu")
+    assert [r.evals_per_epoch for r in runs] == [4, 4]
+    with pytest.raises(SuiteError, match="'evals_per_epoch' must be a whole number from 1 to 1000, got 0"):
+        parse_suite({"name": "t", "train": [{"datasets": ["digits"], "evals_per_epoch": 0}]}, "s.toml")
+    s = parse_suite({"name": "t", "train": [{"datasets": ["synthetic-mnist:200"], "models": ["mlp-mnist"],
+                                             "evals_per_epoch": 9}]}, "s.toml")
+    with pytest.raises(TrainError, match=r"s.toml: \[\[train\]\] #1: evals_per_epoch 9: an epoch of "
+                                         "synthetic-mnist:200 at batch 64 has only 3 steps"):
+        trainmod.plan_suite(s, "cpu")
+
+
+def test_segments_are_nearly_equal_and_cover_the_epoch():
+    assert segment_bounds(42, 1) == [0, 42]
+    assert segment_bounds(42, 3) == [0, 14, 28, 42]
+    assert segment_bounds(42, 4) == [0, 10, 21, 32, 42]       # 10.5 and 31.5 rounded half to even
+    for steps in (1, 2, 7, 33, 42, 937):
+        for n in {1, 2, 3, 7, steps}:
+            if n > steps:
+                continue
+            b = segment_bounds(steps, n)
+            sizes = np.diff(b)
+            assert b[0] == 0 and b[-1] == steps and len(sizes) == n
+            assert sizes.min() >= 1 and sizes.max() - sizes.min() <= 1, (steps, n, b)
+
+
+def test_three_evaluations_per_epoch_give_three_rows_per_epoch(tmp_path):
+    runs = plan_runs(datasets=["digits"], device="cpu", models=["digits-mlp"], variants=["numpy"], seeds=[0],
+                     epochs=2, evals_per_epoch=3)
+    assert run_training(runs, str(tmp_path), "cpu", quiet=True) == {"skipped": 0, "ok": 1}
+    rows = _rows(tmp_path)
+    assert [r["epoch"] for r in rows] == ["0.333333", "0.666667", "1", "1.333333", "1.666667", "2"]
+    assert {r["evals_per_epoch"] for r in rows} == {"3"} and {r["steps"] for r in rows} == {"42"}
+    assert all(r["status"] == "ok" and 0 <= float(r["test_acc"]) <= 1 for r in rows)
+    # the epoch's input pipeline on its first row; every row's samples/s over its own 14 steps of 32
+    assert [float(r["pipeline_s"]) > 0 for r in rows] == [True, False, False, True, False, False]
+    for r in rows:
+        assert float(r["samples_per_s"]) == pytest.approx(14 * 32 / float(r["train_s"]), rel=1e-5)   # 6 digits
+    cum = [float(r["cum_train_s"]) for r in rows]
+    assert all(b > a for a, b in zip(cum, cum[1:]))
+    # 6 significant digits per cell in the file: the sum of six rounded train_s, relative 6 x 5e-6
+    assert cum[-1] == pytest.approx(sum(float(r["train_s"]) for r in rows), rel=3e-5)
+    # one evaluation per epoch is another run (evals_per_epoch is part of its key); resuming skips both
+    once = plan_runs(datasets=["digits"], device="cpu", models=["digits-mlp"], variants=["numpy"], seeds=[0],
+                     epochs=2)
+    assert run_training(once, str(tmp_path), "cpu", quiet=True) == {"skipped": 0, "ok": 1}
+    assert [r["epoch"] for r in _rows(tmp_path)][6:] == ["1", "2"]
+    assert run_training(runs + once, str(tmp_path), "cpu", quiet=True) == {"skipped": 2}
+
+
+@pytest.fixture(scope="module")
+def digits_cpu():
+    return trainmod._Data(parse_dataset("digits"), "cpu")
+
+
+def _trained(monkeypatch, data, evals: int):
+    """digits-mlp (NumPy, seed 0) trained for 2 epochs with ``evals`` evaluations per epoch: (its rows, the
+    per-step losses read back after each segment, the final weights)."""
+    built, read = [], []
+    build, to_host = trainmod._build, trainmod._losses_to_host
+    monkeypatch.setattr(trainmod, "_build", lambda run: built.append(build(run)) or built[-1])
+    monkeypatch.setattr(trainmod, "_losses_to_host",
+                        lambda lib, losses: read.append(to_host(lib, losses)) or read[-1])
+    run, = plan_runs(datasets=["digits"], device="cpu", models=["digits-mlp"], variants=["numpy"], seeds=[0],
+                     epochs=2, evals_per_epoch=evals)
+    rows = trainmod.train_run(run, data)
+    return rows, read, built[0].get_params()
+
+
+def test_evaluating_within_epochs_changes_no_step(monkeypatch, digits_cpu):
+    rows1, losses1, weights1 = _trained(monkeypatch, digits_cpu, 1)
+    rows4, losses4, weights4 = _trained(monkeypatch, digits_cpu, 4)
+    assert [r.epoch for r in rows1] == [1, 2]
+    assert [r.epoch for r in rows4] == [0.25, 0.5, 0.75, 1, 1.25, 1.5, 1.75, 2]
+    assert all(r.status == "ok" for r in rows1 + rows4)
+    sizes = np.diff(segment_bounds(42, 4))                   # 10, 11, 11, 10 steps
+    for e in range(2):
+        # the same steps on the same batches: every step's loss bit for bit
+        assert np.array_equal(np.concatenate(losses4[4 * e:4 * e + 4]), losses1[e])
+        seg = rows4[4 * e:4 * e + 4]
+        # the segments' means weighted by their steps are the epoch's mean: float64 sums of the same 42
+        # float32 losses in another grouping, ~42 x 1.1e-16 apart; 1e-12 relative leaves a wide margin
+        weighted = sum(r.train_loss * n for r, n in zip(seg, sizes)) / sizes.sum()
+        assert abs(weighted - rows1[e].train_loss) <= 1e-12 * abs(rows1[e].train_loss)
+        assert seg[-1].test_acc == rows1[e].test_acc                 # the same weights at the epoch's end
+        assert seg[0].pipeline_s > 0 and all(r.pipeline_s == 0 for r in seg[1:])
+        for r, n in zip(seg, sizes):
+            assert r.samples_per_s == pytest.approx(n * 32 / r.train_s, rel=1e-12)   # float64 division only
+    assert np.all(np.diff([r.cum_train_s for r in rows4]) > 0)
+    assert weights1.keys() == weights4.keys()
+    for name in weights1:
+        assert np.array_equal(weights1[name], weights4[name]), name
+
+
+def test_a_train_csv_without_evals_per_epoch_is_read_and_upgraded_in_place(tmp_path, capsys):
+    path = tmp_path / "train.csv"
+    rows = _fake_rows(2)
+    _write(path, rows, LEGACY_TRAIN_COLUMNS)
+    assert path.read_text().splitlines()[0] == ",".join(c for c in TRAIN_COLUMNS if c != "evals_per_epoch")
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write("digits-mlp,digits,custom,num")                       # and a writer killed mid-line
+    before = path.read_bytes()
+    tf = read_train(str(path))
+    assert tf.legacy and tf.torn_line == 6 and tf.rows == rows          # _fake_rows: evals_per_epoch "1"
+    assert path.read_bytes() == before                                  # the reader never modifies
+    with TrainWriter(str(path)) as w:
+        assert len(w.finished) == 2
+        run, = plan_runs(datasets=["digits"], device="cpu", models=["digits-mlp"], variants=["numpy"], seeds=[0],
+                         epochs=1, evals_per_epoch=2)
+        w.write_run([TrainRow(run, 0.5, train_loss=1.5, test_acc=0.5),
+                     TrainRow(run, 1, train_loss=1.0, test_acc=0.8)])
+    err = capsys.readouterr().err
+    assert "dropping the incomplete last line (line 6)" in err
+    assert f"{path}: written before train.csv had an evals_per_epoch column; rewritten with it (4 rows kept" in err
+    lines = path.read_text().splitlines()
+    assert lines[0] == ",".join(TRAIN_COLUMNS) and len(lines) == 1 + 4 + 2
+    after = read_train(str(path))
+    assert not after.legacy and after.torn_line is None
+    assert after.rows[:4] == rows and [r["epoch"] for r in after.rows[4:]] == ["0.5", "1"]
+    assert sorted(os.listdir(tmp_path)) == [".lock", "train.csv"]      # no temporary file left behind
+
+
+def _quarter_rows(variant: str, impl: str, first_hit: int, evals: int = 4, epoch_s: float = 0.4) -> list[dict]:
+    """Hand-made rows of a GPU run of 2 epochs evaluating ``evals`` times per epoch; the test accuracy
+    reaches 98% at evaluation ``first_hit`` (1-based), each evaluation interval trains epoch_s / evals s."""
+    rows = []
+    for seed in range(2):
+        for j in range(1, 2 * evals + 1):
+            r = _fake_rows(1)[0]
+            r.update(model="mlp-mnist", dataset="synthetic-mnist:60000", impl=impl, variant=variant, device="gpu",
+                     batch="64", seed=str(seed), epochs="2", evals_per_epoch=str(evals),
+                     epoch=str(j // evals) if j % evals == 0 else f"{j / evals:g}",
+                     test_acc="0.985" if j >= first_hit else "0.97", train_s=f"{epoch_s / evals:g}",
+                     cum_train_s=f"{epoch_s / evals * j:g}", target_acc="0.98", device_name="NVIDIA H100 80GB HBM3",
+                     train_loss=f"{1.0 / j + (1e-5 if impl == 'custom' and j == 3 else 0.0):.9g}")
+            rows.append(r)
+    return rows
+
+
+def test_time_to_accuracy_from_fractional_epochs(tmp_path):
+    _write(tmp_path / "train.csv", _quarter_rows("cuda-graph", "custom", 5)
+           + _quarter_rows("torch-graph", "reference", 7) + _quarter_rows("cuda-graph", "custom", 2, evals=1))
+    df = train_report.load([str(tmp_path)])
+    assert df["epoch"].dtype == float and sorted(df["evals_per_epoch"].unique()) == [1, 4]
+    tta = train_report.time_to_accuracy(df)
+    q = tta[tta["evals_per_epoch"] == 4].set_index("variant")
+    # 98% first at evaluation 5 of 4 per epoch (epoch 1.25), 5 x 0.1 s; PyTorch's at 7 (1.75), 0.7 s
+    assert q.loc["cuda-graph", "epochs_mean"] == 1.25 and q.loc["cuda-graph", "tta_mean"] == pytest.approx(0.5)
+    assert q.loc["torch-graph", "epochs_mean"] == 1.75 and q.loc["cuda-graph", "speedup"] == pytest.approx(1.4)
+    # the run evaluating once per epoch is its own group: no PyTorch run to compare with
+    once = tta[tta["evals_per_epoch"] == 1].iloc[0]
+    assert once["epochs_mean"] == 2 and once["tta_mean"] == pytest.approx(0.8) and np.isnan(once["speedup"])
+    per_run = train_report.runs(df)
+    assert set(per_run[per_run["evals_per_epoch"] == 4]["epochs_done"]) == {2.0}
+    files = train_report.render([str(tmp_path)])
+    md = (tmp_path / "train_time_to_accuracy.md").read_text()
+    assert "| mlp-mnist | 64 | 4 | 0.05 | ours cuda-graph | 2/2 | 0.500 | 0 | 1.25 |" in md
+    assert "Test accuracy evaluated once or 4 times per epoch (column evals/epoch)" in md
+    gap = (tmp_path / "train_curve_gap.md").read_text()
+    assert "| 4 | cuda-graph | torch-graph | 2 | 8 | 1.00e-05 |" in gap and gap.rstrip().endswith("| 0.75 |")
+    goal = (tmp_path / "train_goal.md").read_text()
+    assert "| mlp-mnist | 4 | 98% | 0.500 | 0.700 (torch-graph) | 1.40x | >= 1.3x | met |" in goal
+    assert "train_gpu_synthetic-mnist-60000_b64_e4.png" in files and "train_gpu_synthetic-mnist-60000_b64.png" in files
 
 
 # ================================================================================ on the GPU
