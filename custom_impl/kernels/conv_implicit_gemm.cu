@@ -32,15 +32,16 @@
 // up to 3 MB each). blockDim.x == 256.
 extern "C" __global__ void conv_bias_grad_partial(const float* __restrict__ dy, float* __restrict__ out,
                                                   float* __restrict__ db, int* __restrict__ counters,
-                                                  int N, int K, int PQ, int nchunk) {
+                                                  int N, int K, int PQ, int nchunk, int vec) {
     __shared__ float part[256];
     const int k = blockIdx.x;
     const int n0 = blockIdx.y * nchunk;
     const int n1 = min(N, n0 + nchunk);
-    // PQ a multiple of 4: every (n, k) row starts 16-byte aligned, so the rows are read as float4s (4x fewer
-    // loads in flight for the same bytes). Element i = tid + 256*t of the chunk is (n, pq) with pq < PQ/V,
-    // stepped without a division per element; two chains of adds alternate (fixed order: deterministic).
-    const int V = (PQ & 3) == 0 ? 4 : 1;
+    // vec (PQ a multiple of 4 and dy 16-byte aligned: every (n, k) row starts 16-byte aligned): the rows are
+    // read as float4s (4x fewer loads for the same bytes). Element i = tid + 256*t of the chunk is (n, pq)
+    // with pq < PQ/V, stepped without a division per element; two chains of adds alternate (fixed order:
+    // deterministic).
+    const int V = vec ? 4 : 1;
     const int PQV = PQ / V;
     const long long count = (long long)max(n1 - n0, 0) * PQV;
     const int dn = 256 / PQV, dpq = 256 % PQV;

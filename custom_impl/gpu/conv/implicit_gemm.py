@@ -252,6 +252,9 @@ def forward(x, W, b, out, dims, workspace=None, sms=132, config=None, splits=Non
     return out
 
 
+_VEC = {False: i32(0), True: i32(1)}   # bias_grad's last argument: read dy rows as float4s
+
+
 @functools.lru_cache(maxsize=4096)
 def _bias_launch(shape: tuple, sms: int) -> tuple:
     """(splits, scalar arguments, finish grid, finish scalars) of ``bias_grad`` for dy of this shape."""
@@ -268,6 +271,7 @@ def bias_grad(dy, db, workspace=None, serial=True, sms=None):
     ``sms``: the device's SM count (default: asked of the device)."""
     K = dy.shape[1]
     splits, scalars, finish_grid, finish_scalars = _bias_launch(dy.shape, sms or planning_sms())
+    scalars += _VEC[vec_ok(dy, dy.shape[2] * dy.shape[3])]
     part_kern = kernel("conv_bias_grad_partial")
     if splits == 1:
         part_kern((K, 1), (256,), (dy, db, runtime.NULL, runtime.NULL) + scalars)

@@ -206,7 +206,7 @@ def test_conv_bias_grad_split_over_images(shape):
     shape and the sixth; P*Q a multiple of 4, read as float4s, for the last three) and the partials added in
     a fixed order: equal to float64 within the summation bound, the same bits on every call and whether the
     last block or a second kernel adds the partials, nothing read from the NaN-filled workspace that was not
-    written first."""
+    written first; and right from a dy view that is not 16-byte aligned."""
     import cupy
 
     from custom_impl.gpu import runtime
@@ -228,6 +228,11 @@ def test_conv_bias_grad_split_over_images(shape):
     two_launches = cupy.asnumpy(bias_grad(gdy, cupy.empty((K,), np.float32), ws, serial=False))
     assert np.array_equal(two_launches, cupy.asnumpy(db))
     assert int(cupy.count_nonzero(runtime.counters(1))) == 0, "the arrival counters were not left zeroed"
+    # dy 4 bytes off a 16-byte boundary (a view into a larger buffer): read float by float, still right
+    shifted = cupy.empty((dy.size + 1,), np.float32)[1:].reshape(shape)
+    shifted[...] = gdy
+    db_shifted = cupy.asnumpy(bias_grad(shifted, cupy.empty((K,), np.float32), ws))
+    _assert_close(db_shifted, ref, ref_abs, N * P * Q, f"db {shape} from a view 4 bytes off alignment")
 
 
 @pytest.mark.parametrize("case", [(1, 32, 14, 14, 64, 5, 5, 2), (2, 9, 11, 13, 70, 3, 3, 1)], ids=["N1C32K64", "N2C9K70"])
