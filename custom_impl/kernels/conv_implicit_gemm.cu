@@ -30,6 +30,35 @@
 //   conv_bias_grad_finish   db[k] = sum over s in order of part[k * S + s].
 // Splitting over n keeps every SM busy when K is small (K = 32 blocks alone used 32 of 132 SMs and read
 // up to 3 MB each). blockDim.x == 256.
+__device__ __forceinline__ float lane_sum(float v) { return v; }
+__device__ __forceinline__ float lane_sum(float4 v) { return (v.x + v.y) + (v.z + v.w); }
+
+// This thread's share of sum over n in [n0, n1), pq < PQV of dy[(n*K + k)*PQV + pq], T = float or float4
+// (PQV = P*Q or P*Q/4): elements i = tid + 256*t, their (n, pq) stepped without a division per element, in
+// two chains of adds that alternate (a fixed order: deterministic).
+template <typename T>
+__device__ __forceinline__ float bias_chunk_sum(const T* __restrict__ dy, int k, int K, int PQV, int n0, int n1) {
+    const long long count = (long long)max(n1 - n0, 0) * PQV;
+    const int dn = 256 / PQV, dpq = 256 % PQV;
+    int n = n0 + threadIdx.x / PQV;
+    int pq = threadIdx.x % PQV;
+    float acc0 = 0.f, acc1 = 0.f;
+    long long i = threadIdx.x;
+#pragma unroll 2
+    for (; i + 256 < count; i += 512) {
+        const T a = dy[((long long)n * K + k) * PQV + pq];
+        n += dn; pq += dpq;
+        if (pq >= PQV) { pq -= PQV; ++n; }
+        const T b = dy[((long long)n * K + k) * PQV + pq];
+        n += dn; pq += dpq;
+        if (pq >= PQV) { pq -= PQV; ++n; }
+        acc0 += lane_sum(a);
+        acc1 += lane_sum(b);
+    }
+    if (i < count) acc0 += lane_sum(dy[((long long)n * K + k) * PQV + pq]);
+    return acc0 + acc1;
+}
+
 extern "C" __global__ void conv_bias_grad_partial(const float* __restrict__ dy, float* __restrict__ out,
                                                   float* __restrict__ db, int* __restrict__ counters,
                                                   int N, int K, int PQ, int nchunk, int vec) {
@@ -38,50 +67,9 @@ extern "C" __global__ void conv_bias_grad_partial(const float* __restrict__ dy, 
     const int n0 = blockIdx.y * nchunk;
     const int n1 = min(N, n0 + nchunk);
     // vec (PQ a multiple of 4 and dy 16-byte aligned: every (n, k) row starts 16-byte aligned): the rows are
-    // read as float4s (4x fewer loads for the same bytes). Element i = tid + 256*t of the chunk is (n, pq)
-    // with pq < PQ/V, stepped without a division per element; two chains of adds alternate (fixed order:
-    // deterministic).
-    const int V = vec ? 4 : 1;
-    const int PQV = PQ / V;
-    const long long count = (long long)max(n1 - n0, 0) * PQV;
-    const int dn = 256 / PQV, dpq = 256 % PQV;
-    int n = n0 + threadIdx.x / PQV;
-    int pq = threadIdx.x % PQV;
-    float acc0 = 0.f, acc1 = 0.f;
-    if (V == 4) {
-        const float4* dy4 = reinterpret_cast<const float4*>(dy);
-        long long i = threadIdx.x;
-#pragma unroll 2
-        for (; i + 256 < count; i += 512) {
-            const float4 a = dy4[((long long)n * K + k) * PQV + pq];
-            n += dn; pq += dpq;
-            if (pq >= PQV) { pq -= PQV; ++n; }
-            const float4 b = dy4[((long long)n * K + k) * PQV + pq];
-            n += dn; pq += dpq;
-            if (pq >= PQV) { pq -= PQV; ++n; }
-            acc0 += (a.x + a.y) + (a.z + a.w);
-            acc1 += (b.x + b.y) + (b.z + b.w);
-        }
-        if (i < count) {
-            const float4 a = dy4[((long long)n * K + k) * PQV + pq];
-            acc0 += (a.x + a.y) + (a.z + a.w);
-        }
-    } else {
-        long long i = threadIdx.x;
-#pragma unroll 2
-        for (; i + 256 < count; i += 512) {
-            const float a = dy[((long long)n * K + k) * PQ + pq];
-            n += dn; pq += dpq;
-            if (pq >= PQ) { pq -= PQ; ++n; }
-            const float b = dy[((long long)n * K + k) * PQ + pq];
-            n += dn; pq += dpq;
-            if (pq >= PQ) { pq -= PQ; ++n; }
-            acc0 += a;
-            acc1 += b;
-        }
-        if (i < count) acc0 += dy[((long long)n * K + k) * PQ + pq];
-    }
-    const float acc = acc0 + acc1;
+    // read as float4s (4x fewer loads for the same bytes).
+    const float acc = vec ? bias_chunk_sum(reinterpret_cast<const float4*>(dy), k, K, PQ / 4, n0, n1)
+                          : bias_chunk_sum(dy, k, K, PQ, n0, n1);
     part[threadIdx.x] = acc;
     __syncthreads();
     for (int half = 128; half > 0; half >>= 1) {
