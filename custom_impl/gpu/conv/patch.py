@@ -86,7 +86,6 @@ class WeightsPlan(NamedTuple):
     grid: tuple      # (splits, channel groups, k groups)
 
 
-
 class DataPlan(NamedTuple):
     ct_shift: int    # CT = 2**ct_shift tiles of 8 channels per block
     wch: int         # column chunks of 4 per row
@@ -122,8 +121,8 @@ def weights_plan(dims, sms: int = 132, kb: int = KB, pb: int | None = None, cb: 
     ``kb``: k per block (a module of KB_CHOICES). ``pb`` (output rows per item) / ``cb`` (channels per
     block) / ``splits`` (of the (image, strip) items) override the defaults: rows of about ROW_FLOATS
     outputs, as many channels as WT_TASKS (c, r) tasks hold, both shrunk until two stages fit
-    SMEM_BYTES; splits for one wave of ``blocks_per_sm(kb)`` blocks per SM. Given rows or channels may use up to
-    SMEM_MAX (the kernel is then opted into it)."""
+    SMEM_BYTES; splits for one wave of ``blocks_per_sm(kb)`` blocks per SM. Given rows or channels may
+    use up to SMEM_MAX (the kernel is then opted into it)."""
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = (int(v) for v in dims)
     if _unsupported(dims) is not None or R > WT_TASKS or kb not in KB_CHOICES:
         return None
@@ -158,7 +157,8 @@ def weights_plan(dims, sms: int = 132, kb: int = KB, pb: int | None = None, cb: 
     splits = max(1, min(items, splits))
     chunk = _ceil(items, splits)
     splits = _ceil(items, chunk)
-    return WeightsPlan(kb, cb, pb, ldq, ldx, chunk, threads, 8 * stage(cb, pb), (splits, _ceil(C, cb), _ceil(K, kb)))
+    grid = (splits, _ceil(C, cb), _ceil(K, kb))
+    return WeightsPlan(kb, cb, pb, ldq, ldx, chunk, threads, 8 * stage(cb, pb), grid)
 
 
 def weights_candidates(dims, sms: int = 132) -> list:
@@ -173,8 +173,9 @@ def weights_candidates(dims, sms: int = 132) -> list:
 
 
 def _tuned_weights_plan(dims, sms, arrays) -> WeightsPlan | None:
-    """The backward-weights plan for this call: cached, else the fastest of ``weights_candidates`` timed
-    on the caller's ``arrays`` (dy, x, dW, workspace), else (capturing, or tuning off) the default."""
+    """The backward-weights plan for this call (``runtime.autotune``): cached, else the fastest of
+    ``weights_candidates`` timed on the caller's ``arrays`` (dy, x, dW, workspace), else (capturing, or
+    tuning off) the default."""
     key = (FAMILY, "backward_weights", dims, sms)
     plans = weights_candidates(dims, sms)
     if len(plans) <= 1:
@@ -229,8 +230,9 @@ def _data_layout(dims, plan: DataPlan) -> tuple[int, int]:
 
 def workspace_size(x_shape, w_shape, stride, padding, sms: int | None = None) -> int:
     """float32 elements of workspace the two kernels need (the larger): backward_weights' partial dW
-    (splits x K*C*R*S of the most split candidate plan, 0 when none splits) and backward_data's W^T copy (K*C*R*S) followed, when its k range
-    splits, by the partial dx slabs (splits x N*C*H*W); 0 for a layer neither runs."""
+    (splits x K*C*R*S of the most split candidate plan, 0 when none splits) and backward_data's W^T copy
+    (K*C*R*S) followed, when its k range splits, by the partial dx slabs (splits x N*C*H*W); 0 for a layer
+    neither runs."""
     if sms is None:
         sms = runtime.sm_count()
     dims = conv_dims(tuple(x_shape), tuple(w_shape), stride, padding)
