@@ -375,7 +375,8 @@ def test_conv2d_backward_patch(case, phase):
     conv2d_workspace_size and NaN-filled (a kernel that reads unwritten partials or a stale stage fails),
     against float64 with the module's tolerance: dW sums L = N*P*Q products (in item order per block,
     then the splits in order), dx L = K*R*S; both plain float32 sums, so the same sqrt(L) bound. A second
-    call must give the same bits (no atomics, fixed partition)."""
+    call must give the same bits (no atomics, fixed partition). dW also from every candidate plan of the
+    tuning (``patch.weights_candidates``: the 64- and 32-k-per-block modules)."""
     import cupy
 
     from custom_impl.gpu.conv import conv2d_backward, conv2d_backward_data, conv2d_workspace_size
@@ -399,6 +400,15 @@ def test_conv2d_backward_patch(case, phase):
                             weights_algo="patch")
             outs.append(cupy.asnumpy(dW))
         _assert_close(outs[0], dW_ref, dW_abs, N * P * Q, f"dW patch {case}")
+        # every plan the tuning may pick (each k per block module), not only the one it picked here
+        from custom_impl.gpu import runtime
+        from custom_impl.gpu.conv import conv_dims, patch
+
+        dims = conv_dims(x.shape, W.shape, 1, padding)
+        for plan in patch.weights_candidates(dims, runtime.sm_count()):
+            dW = cupy.full(W.shape, np.nan, np.float32)
+            assert patch.backward_weights(gdy, gx, dW, dims, ws, plan) is dW
+            _assert_close(cupy.asnumpy(dW), dW_ref, dW_abs, N * P * Q, f"dW patch {case} {plan.kb} k per block")
     else:
         outs = []
         for _ in range(2):
