@@ -453,9 +453,11 @@ def _check_section(kind: str, sec, where: str) -> dict:
 
 TRAIN_KEYS = ("datasets", "models", "batches", "variants", "seeds", "epochs", "evals_per_epoch", "lr", "momentum",
               "target_acc", "devices")
+MAX_EVALS_PER_EPOCH = 1000   # test-accuracy evaluations per epoch of a training run, at most
 # number keys of a [[train]] section: (type, lowest, highest, lowest excluded, example); the highest
 # evals_per_epoch is also bound by the steps of an epoch, checked where the training set's size is known
-_TRAIN_NUMBERS = {"epochs": ("int", 1, 100_000, False, "10"), "evals_per_epoch": ("int", 1, 1000, False, "4"),
+_TRAIN_NUMBERS = {"epochs": ("int", 1, 100_000, False, "10"),
+                  "evals_per_epoch": ("int", 1, MAX_EVALS_PER_EPOCH, False, "4"),
                   "lr": ("float", 0, 3.4e38, True, "0.01"), "momentum": ("float", 0, 1, False, "0.9"),
                   "target_acc": ("float", 0, 1, True, "0.95")}
 

@@ -60,7 +60,7 @@ import modelspec
 from . import data as datamod
 from .io import (DamagedFile, LockedWriter, atomic_write, lock_folder_of, read_bytes, read_csv_records,
                  truncate_file)
-from .suites import OPT_IN, VARIANTS
+from .suites import MAX_EVALS_PER_EPOCH, OPT_IN, VARIANTS
 
 TRAIN_CSV = "train.csv"
 TRAIN_STATUSES = ("ok", "diverged", "oom", "unsupported", "error")
@@ -69,7 +69,6 @@ EVAL_BATCH = 1000
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_MOMENTUM = 0.9
 MAX_EPOCHS = 100_000
-MAX_EVALS_PER_EPOCH = 1000
 
 # Per dataset: the models that fit it, and settings that reach the target in the given epochs with
 # momentum 0.9. Measured on the CPU: digits-mlp 97-98% and digits-cnn 96-98% after 20 epochs (3 seeds);

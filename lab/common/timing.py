@@ -9,8 +9,9 @@ import statistics
 import time
 
 
-def graph_time_ms(fn, reps: int = 20, samples: int = 7) -> float:
-    """Median ms per call of ``fn`` captured ``reps`` times in one CUDA graph and replayed ``samples`` times.
+def graph_samples_ms(fn, reps: int = 20, samples: int = 7, warm: int = 1) -> list:
+    """ms per call of ``fn`` in each of ``samples`` replays of one CUDA graph holding ``reps`` calls, after
+    ``warm`` untimed replays.
 
     ``fn`` runs once outside the capture first, so anything compiled, tuned or allocated lazily happens
     there. What is left of the host is the graph's ~1 us per kernel.
@@ -27,7 +28,8 @@ def graph_time_ms(fn, reps: int = 20, samples: int = 7) -> float:
                 fn()
         finally:
             graph = stream.end_capture()
-        graph.launch(stream)
+        for _ in range(warm):
+            graph.launch(stream)
         stream.synchronize()
         start, end = cupy.cuda.Event(), cupy.cuda.Event()
         times = []
@@ -37,13 +39,19 @@ def graph_time_ms(fn, reps: int = 20, samples: int = 7) -> float:
             end.record(stream)
             end.synchronize()
             times.append(cupy.cuda.get_elapsed_time(start, end) / reps)
-    return statistics.median(times)
+    return times
 
 
-def torch_graph_time_ms(fn, reps: int = 20, samples: int = 7) -> float:
-    """``graph_time_ms`` for PyTorch work: median ms per call of ``fn`` captured ``reps`` times in one
-    torch.cuda.CUDAGraph and replayed ``samples`` times, after 3 calls on a side stream (cuDNN's benchmark
-    search, allocations) outside the capture."""
+def graph_time_ms(fn, reps: int = 20, samples: int = 7) -> float:
+    """Median ms per call of ``fn`` captured ``reps`` times in one CUDA graph and replayed ``samples`` times
+    (``graph_samples_ms``)."""
+    return statistics.median(graph_samples_ms(fn, reps, samples))
+
+
+def torch_graph_samples_ms(fn, reps: int = 20, samples: int = 7, warm: int = 1) -> list:
+    """``graph_samples_ms`` for PyTorch work: ms per call of ``fn`` in each of ``samples`` replays of one
+    torch.cuda.CUDAGraph holding ``reps`` calls, after 3 calls on a side stream (cuDNN's benchmark search,
+    allocations) outside the capture and ``warm`` untimed replays."""
     import torch
 
     side = torch.cuda.Stream()
@@ -56,7 +64,8 @@ def torch_graph_time_ms(fn, reps: int = 20, samples: int = 7) -> float:
     with torch.cuda.graph(graph):
         for _ in range(reps):
             fn()
-    graph.replay()
+    for _ in range(warm):
+        graph.replay()
     torch.cuda.synchronize()
     times = []
     for _ in range(samples):
@@ -66,7 +75,12 @@ def torch_graph_time_ms(fn, reps: int = 20, samples: int = 7) -> float:
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / reps)
-    return statistics.median(times)
+    return times
+
+
+def torch_graph_time_ms(fn, reps: int = 20, samples: int = 7) -> float:
+    """Median ms per call of PyTorch work ``fn`` (``torch_graph_samples_ms``)."""
+    return statistics.median(torch_graph_samples_ms(fn, reps, samples))
 
 
 def host_us(fn, sync, reps: int = 20, samples: int = 60) -> float:

@@ -33,7 +33,9 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)  # the repository root: custom_impl
+sys.path.insert(0, ROOT)  # the repository root: custom_impl, lab
+
+from lab.common.timing import graph_samples_ms, torch_graph_samples_ms  # noqa: E402
 
 LAUNCHES = ("rows", "bands")
 
@@ -102,53 +104,15 @@ def torch_events():
 
 
 def cupy_graph_time(fn, reps, calls=20):
-    """GPU time per call (us, median, IQR) of ``calls`` calls captured in one CUDA graph."""
-    import cupy
-
-    s = cupy.cuda.Stream(non_blocking=True)
-    with s:
-        fn()
-        s.synchronize()
-        s.begin_capture()
-        for _ in range(calls):
-            fn()
-        g = s.end_capture()
-    g.upload(s)
-    ev0, ev1 = cupy.cuda.Event(), cupy.cuda.Event()
-    samples = []
-    for i in range(reps + 3):
-        ev0.record(s)
-        g.launch(s)
-        ev1.record(s)
-        ev1.synchronize()
-        if i >= 3:
-            samples.append(cupy.cuda.get_elapsed_time(ev0, ev1) * 1e3 / calls)
+    """GPU time per call (us, median, IQR, samples) of ``calls`` calls captured in one CUDA graph, ``reps``
+    replays after 3 untimed ones."""
+    samples = [ms * 1e3 for ms in graph_samples_ms(fn, calls, reps, warm=3)]
     return _quantiles(samples) + (samples,)
 
 
 def torch_graph_time(fn, reps, calls=20):
-    import torch
-
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(calls):
-            fn()
-    ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    samples = []
-    for i in range(reps + 3):
-        ev0.record()
-        g.replay()
-        ev1.record()
-        ev1.synchronize()
-        if i >= 3:
-            samples.append(ev0.elapsed_time(ev1) * 1e3 / calls)
+    """``cupy_graph_time`` for PyTorch work (cuDNN)."""
+    samples = [ms * 1e3 for ms in torch_graph_samples_ms(fn, calls, reps, warm=3)]
     return _quantiles(samples) + (samples,)
 
 

@@ -10,8 +10,6 @@ the default plan per batch; writes sweep.csv.
 """
 from __future__ import annotations
 
-import argparse
-import csv
 import itertools
 import os
 import sys
@@ -21,6 +19,7 @@ sys.path.insert(0, ROOT)  # the repository root: custom_impl, lab
 
 import numpy as np  # noqa: E402
 
+from lab.common import layer_probe  # noqa: E402
 from lab.common.timing import graph_time_ms, torch_graph_time_ms  # noqa: E402
 
 ROWS = (1, 2, 3, 4, 7)
@@ -77,15 +76,9 @@ def sweep(layer, batch):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--layer", default="0,32,14,14,64,5,5,2", help="N,C,H,W,K,R,S,padding (N ignored)")
-    ap.add_argument("--batches", default="16,64,256")
-    ap.add_argument("--out", default="out/patch_wgrad_sweep")
-    args = ap.parse_args(argv)
-    layer = tuple(int(v) for v in args.layer.split(","))
-    os.makedirs(args.out, exist_ok=True)
+    layer, batches, out = layer_probe.parse(__doc__, "16,64,256", "out/patch_wgrad_sweep", argv)
     table = []
-    for batch in (int(v) for v in args.batches.split(",")):
+    for batch in batches:
         rows, cudnn_ms = sweep(layer, batch)
         table += [(batch, name, ms, err, cudnn_ms) for name, ms, err in rows]
         print(f"\n== batch {batch}, layer {layer[1:]}: cuDNN {cudnn_ms * 1e3:.1f} us")
@@ -93,10 +86,7 @@ def main(argv=None) -> int:
         ranked = sorted(rows[1:], key=lambda r: r[1])[:12]
         for name, ms, err in [default] + ranked:
             print(f"{name:44s} {ms * 1e3:8.1f} us  cuDNN/this {cudnn_ms / ms:5.2f}  rel err {err:.1e}")
-    with open(os.path.join(args.out, "sweep.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["batch", "plan", "ms", "rel_err", "cudnn_ms"])
-        w.writerows(table)
+    layer_probe.write_csv(os.path.join(out, "sweep.csv"), ["batch", "plan", "ms", "rel_err", "cudnn_ms"], table)
     return 0
 
 

@@ -11,8 +11,6 @@ and prints one table per batch, fastest first within each phase.
 """
 from __future__ import annotations
 
-import argparse
-import csv
 import os
 import sys
 
@@ -21,6 +19,7 @@ sys.path.insert(0, ROOT)  # the repository root: custom_impl, lab
 
 import numpy as np  # noqa: E402
 
+from lab.common import layer_probe  # noqa: E402
 from lab.common.timing import graph_time_ms, torch_graph_time_ms  # noqa: E402
 
 SPLITS = (1, 2, 4, 8)
@@ -90,15 +89,9 @@ def our_rows(layer, batch):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--layer", default="0,32,14,14,64,5,5,2", help="N,C,H,W,K,R,S,padding (N ignored)")
-    ap.add_argument("--batches", default="16,64,128,256")
-    ap.add_argument("--out", default="out/small_batch_probe")
-    args = ap.parse_args(argv)
-    layer = tuple(int(v) for v in args.layer.split(","))
-    os.makedirs(args.out, exist_ok=True)
+    layer, batches, out = layer_probe.parse(__doc__, "16,64,128,256", "out/small_batch_probe", argv)
     table = []
-    for batch in (int(v) for v in args.batches.split(",")):
+    for batch in batches:
         rows = cudnn_rows(layer, batch) + our_rows(layer, batch)
         table += [(batch, *r) for r in rows]
         cudnn = {p: ms for p, v, ms in rows if v == "cudnn"}
@@ -107,10 +100,7 @@ def main(argv=None) -> int:
             for p, variant, ms in sorted((r for r in rows if r[0] == phase), key=lambda r: r[2]):
                 ratio = cudnn[phase] / ms
                 print(f"{phase:17s} {variant:40s} {ms * 1e3:9.1f} us  cuDNN/this {ratio:5.2f}")
-    with open(os.path.join(args.out, "probe.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["batch", "phase", "variant", "ms"])
-        w.writerows(table)
+    layer_probe.write_csv(os.path.join(out, "probe.csv"), ["batch", "phase", "variant", "ms"], table)
     return 0
 
 
