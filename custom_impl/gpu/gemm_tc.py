@@ -13,6 +13,13 @@ multi-stage pipelines, padded shared memory, ldmatrix for TF32 operands stored c
 (docs/kernels.md). Split-K partials go to a workspace and are summed in order by gemm.cu's
 ``gemm_splitk_reduce`` (deterministic: the same bits run to run).
 
+On a device of compute capability 9.0 (H100, H200) the plans also include ``gemm_wgmma.cu`` (``WgConfig``):
+Hopper's warpgroup instructions (``wgmma``, sm_90a) reading both operands from 128-byte-swizzled shared
+memory. It multiplies operands prepared by one pass (``gemm_wgmma_prep``) into the shared workspace:
+rounded exactly as above (TF32 kept as 32-bit floats with the dropped bits zero, BF16 as 16-bit values,
+as autocast's casts make them), transposed to run along k and zero-padded to whole k tiles, so one kernel
+serves every transpose and results keep the semantics of the mma.sync kernels.
+
 Plans: a tile config (``TcConfig``, a few per precision) and a split-K factor per shape, ranked by a rough
 model (``ranked_plans``) and chosen by timing its best few with ``runtime.autotune`` (once per shape,
 transposes, epilogue, alignment, precision and launch-cost regime). With ``out=`` given (and
@@ -110,9 +117,60 @@ def configs(precision: str) -> tuple:
     return tuple(c for c in CONFIGS if c.precision == precision)
 
 
+WG_FAMILY = "gemm_wgmma"
+WG_PREP_THREADS = 256   # gemm_wgmma_prep: 32 x 32 tiles, 8 rows of 32 threads
+
+
+@dataclasses.dataclass(frozen=True)
+class WgConfig:
+    """A ``gemm_wgmma`` tile: BM x BN outputs per block (BM / 64 warpgroups, each 64 rows x BN), k tiles of
+    one 128-byte row per operand row (32 TF32 or 64 BF16 values), ``stages`` of them in shared memory."""
+
+    bm: int
+    bn: int
+    stages: int
+    precision: str
+    rate: float   # expected fraction of the big tile's per-SM rate
+
+    @property
+    def threads(self) -> int:
+        return self.bm // 64 * 128
+
+    @property
+    def bk(self) -> int:
+        """k per tile: one 128-byte row of the operand element."""
+        return 128 // WG_ELEMENT_BYTES[self.precision]
+
+    @property
+    def smem_bytes(self) -> int:
+        """Dynamic shared memory of one block: the stages plus 1 KB to align them on 1024 bytes."""
+        return self.stages * (self.bm + self.bn) * 128 + 1024
+
+    @property
+    def blocks_per_sm(self) -> int:
+        # ptxas (sm_90a): 183 registers at BN = 256 (one block of 256 threads), 108 at BN = 128
+        regs = 184 if self.bn == 256 else 112
+        return max(1, min(65536 // (regs * self.threads), 232448 // self.smem_bytes))
+
+    @property
+    def defines(self) -> dict:
+        return dict(WG_BM=self.bm, WG_BN=self.bn, WG_STAGES=self.stages, WG_PREC=PREC_CODE[self.precision])
+
+    @property
+    def name(self) -> str:
+        return f"{self.precision}_wgmma_{self.bm}x{self.bn}_s{self.stages}"
+
+
+WG_ELEMENT_BYTES = {"tf32": 4, "bf16": 2}
+# 128x256 for large outputs; 128x128 in 3 stages fits two blocks per SM; 64x128 gives small outputs more blocks
+WG_CONFIGS = tuple(WgConfig(bm, bn, st, p, rate) for p in PRECISIONS
+                   for bm, bn, st, rate in ((128, 256, 4, 1.0), (128, 128, 3, 0.9), (64, 128, 4, 0.7)))
+CONFIG_BY_NAME.update({c.name: c for c in WG_CONFIGS})
+
+
 def _modules() -> list:
-    """The gemm_tc modules the default path can compile: one per tile config."""
-    return [(FAMILY, cfg.defines) for cfg in CONFIGS]
+    """The gemm_tc and gemm_wgmma modules the default path can compile: one per tile config."""
+    return [(FAMILY, cfg.defines) for cfg in CONFIGS] + [(WG_FAMILY, cfg.defines) for cfg in WG_CONFIGS]
 
 
 runtime.register_modules(_modules)
@@ -159,12 +217,61 @@ def ranked_plans(M: int, N: int, K: int, precision: str, sms: int = 132, launch_
     return tuple(plan for _, _, plan in sorted(ranked))
 
 
-def tune_candidates(M: int, N: int, K: int, precision: str, sms: int = 132, count: int = 4) -> list:
+# wgmma's expected share of the datasheet dense peak on large tiles, and the bandwidth of the prep pass
+_WG_FMA_PER_SM_S = {"tf32": 0.8 * 495e12 / 2 / 132, "bf16": 0.8 * 989e12 / 2 / 132}
+_PREP_BYTES_S = 2.5e12
+
+
+def wg_estimate_seconds(cfg: WgConfig, M: int, N: int, K: int, splits: int, sms: int = 132,
+                        launch_s: float | None = None) -> float:
+    """Rough time of one ``gemm_wgmma`` GEMM: the prep pass (read FP32, write the prepared operands), waves
+    of blocks at the config's rate over whole k tiles, split-K's partials; max(GPU time, launches x cost)."""
+    launch_s = launch_cost() if launch_s is None else launch_s
+    kp = math.ceil(K / cfg.bk) * cfg.bk
+    k_chunk = math.ceil(math.ceil(kp / splits) / cfg.bk) * cfg.bk
+    total = math.ceil(M / cfg.bm) * math.ceil(N / cfg.bn) * splits
+    waves = math.ceil(total / (sms * cfg.blocks_per_sm))
+    resident = min(cfg.blocks_per_sm, math.ceil(total / sms))
+    sm_rate = cfg.rate * _WG_FMA_PER_SM_S[cfg.precision] * min(1.0, resident * cfg.threads / 256)
+    steps = k_chunk + (cfg.stages - 2) * cfg.bk   # the pipeline fills before the first wgmma
+    launches = 3 if splits > 1 else 2
+    gpu = waves * resident * cfg.bm * cfg.bn * steps / sm_rate + launches * GRAPH_LAUNCH_S
+    gpu += (M + N) * (4 * K + WG_ELEMENT_BYTES[cfg.precision] * kp) / _PREP_BYTES_S
+    if splits > 1:
+        gpu += 2 * 4 * splits * M * N / _BYTES_S
+    return max(gpu, launches * launch_s)
+
+
+@functools.lru_cache(maxsize=4096)
+def wg_ranked_plans(M: int, N: int, K: int, precision: str, sms: int = 132, launch_s: float = 20e-6) -> tuple:
+    """Every (WgConfig, splits) weighed for a shape, cheapest first, as ``ranked_plans``."""
+    ranked = []
+    for cfg in (c for c in WG_CONFIGS if c.precision == precision):
+        s = 1
+        while s <= 32 and (s == 1 or math.ceil(K / s) >= 4 * cfg.bk):
+            key = (wg_estimate_seconds(cfg, M, N, K, s, sms, launch_s),
+                   wg_estimate_seconds(cfg, M, N, K, s, sms, 0.0))
+            ranked.append((key, len(ranked), (cfg, s)))
+            s *= 2
+    return tuple(plan for _, _, plan in sorted(ranked))
+
+
+def wgmma_supported() -> bool:
+    """Whether this device runs ``gemm_wgmma`` (compute capability 9.0: H100, H200)."""
+    return runtime.arch_supported(WG_FAMILY)
+
+
+def tune_candidates(M: int, N: int, K: int, precision: str, sms: int = 132, count: int = 4,
+                    wgmma: bool = False) -> list:
     """The plans the autotuner times: the model's ``count`` best, plus its best unsplit plan and its best
-    plan of every tile config where those are not among them."""
+    plan of every tile config where those are not among them; with ``wgmma``, also the two best
+    ``gemm_wgmma`` plans."""
     ranked = ranked_plans(M, N, K, precision, sms, launch_cost())
     wants = [lambda p: p[1] == 1] + [functools.partial(lambda c, p: p[0] == c, c) for c in configs(precision)]
-    return pick_candidates(ranked, count, wants)
+    cands = pick_candidates(ranked, count, wants)
+    if wgmma:
+        cands += list(wg_ranked_plans(M, N, K, precision, sms, launch_cost())[:2])
+    return cands
 
 
 def gemm_tc(a, b, out=None, *, precision="tf32", trans_a=False, trans_b=False, bias=None, act="none",
@@ -188,6 +295,9 @@ def gemm_tc(a, b, out=None, *, precision="tf32", trans_a=False, trans_b=False, b
         return out
     if config is not None:
         cfg = CONFIG_BY_NAME[config] if isinstance(config, str) else config
+        if isinstance(cfg, WgConfig) and not wgmma_supported():
+            raise ValueError(f"gemm_tc: config {cfg.name} uses wgmma, which needs a device of compute "
+                             f"capability 9.0 (H100, H200); use a mma.sync config ({configs(precision)[0].name})")
         if cfg.precision != precision:
             raise ValueError(f"gemm_tc: config {cfg.name} is for {cfg.precision}, not {precision}")
         plan = (cfg, 1 if splits is None else int(splits))
@@ -203,9 +313,15 @@ def gemm_tc(a, b, out=None, *, precision="tf32", trans_a=False, trans_b=False, b
 
 
 def run_launch(launch, a, b, out, bias) -> None:
-    """Run a launch made by ``_launch_args``: the tensor-core kernel, then the split-K reduce if any."""
-    kern, grid, block, smem, tail, red = launch
-    kern(grid, block, (a, b, out, ptr(bias)) + tail, shared_mem=smem)
+    """Run a launch made by ``_launch_args``: the operand prep of a wgmma plan, the tensor-core kernel, then
+    the split-K reduce if any."""
+    kern, grid, block, smem, tail, red, prep = launch
+    if prep is None:
+        kern(grid, block, (a, b, out, ptr(bias)) + tail, shared_mem=smem)
+    else:
+        prep_kern, prep_grid, a_prep, b_prep, k_args = prep
+        prep_kern(prep_grid, (WG_PREP_THREADS,), (a,) + a_prep + (b,) + b_prep + k_args)
+        kern(grid, block, (a_prep[0], b_prep[0], out, ptr(bias)) + tail, shared_mem=smem)
     if red is not None:
         ws, M, N, splits, beta, act_code = red
         splitk_reduce(ws, out, bias, M, N, splits, beta, act_code)
@@ -247,7 +363,7 @@ def _tuned_plan(a, b, out, bias, trans_a, trans_b, act, accumulate, precision, M
     hit = runtime.tuned(key)
     if hit is not None:
         return hit
-    cands = tune_candidates(M, N, K, precision, sm_count())
+    cands = tune_candidates(M, N, K, precision, sm_count(), wgmma=wgmma_supported())
     if len(cands) == 1:
         return cands[0]
 
@@ -265,13 +381,65 @@ def _tuned_plan(a, b, out, bias, trans_a, trans_b, act, accumulate, precision, M
 
     def worth(plan, ms):
         gpu = ms * 1e-3 / runtime.TUNE_REPS
-        return max(gpu, (2 if plan[1] > 1 else 1) * cost), gpu
+        return max(gpu, _launch_count(plan) * cost), gpu
 
     return runtime.autotune(key, candidates, cands[0], warmups=1, behind_sleep=True, score=worth)
 
 
+def _launch_count(plan) -> int:
+    """Kernel launches of a plan: the GEMM, the split-K reduce, the wgmma operand prep."""
+    return 1 + (plan[1] > 1) + isinstance(plan[0], WgConfig)
+
+
+def wg_workspace_size(M: int, N: int, K: int, plan) -> int:
+    """float32 elements of workspace a ``gemm_wgmma`` plan needs: the prepared operands A' (M, Kp) and B'
+    (N, Kp) (rows of whole 128-byte k tiles, so B' starts aligned), then the split-K partials."""
+    cfg, splits = plan
+    kp = math.ceil(K / cfg.bk) * cfg.bk
+    prepared = math.ceil((M + N) * kp * WG_ELEMENT_BYTES[cfg.precision] / 4)
+    return prepared + (splits * M * N if splits > 1 else 0)
+
+
+def _wg_launch_args(a, b, out, trans_a, trans_b, act, accumulate, M, N, K, plan, workspace=None):
+    """``_launch_args`` of a ``gemm_wgmma`` plan: the prepared operands and any split-K partials go to
+    ``workspace`` (default: the shared ``runtime.workspace``)."""
+    cfg, splits = plan
+    kp = math.ceil(K / cfg.bk) * cfg.bk
+    k_chunk = math.ceil(math.ceil(kp / splits) / cfg.bk) * cfg.bk
+    splits = math.ceil(kp / k_chunk)
+    need = wg_workspace_size(M, N, K, (cfg, splits))
+    ws = workspace if workspace is not None else runtime.workspace(need)
+    if ws.size < need:
+        raise ValueError(f"gemm_tc: workspace has {ws.size} elements, this wgmma plan needs {need} "
+                         f"(wg_workspace_size)")
+    eb = WG_ELEMENT_BYTES[cfg.precision]
+    a_dst = ws.data.ptr
+    b_dst = a_dst + M * kp * eb       # M * kp * eb is a multiple of 128 bytes
+    partials = ws.data.ptr + math.ceil((M + N) * kp * eb / 4) * 4
+    prep = (runtime.kernel(WG_FAMILY, "gemm_wgmma_prep", cfg.defines),
+            (blocks(kp, 32), blocks(max(M, N), 32), 2),
+            (np.uint64(a_dst), np.int32(M), np.int32(bool(trans_a))),
+            (np.uint64(b_dst), np.int32(N), np.int32(not trans_b)),   # B' (N, K): b (K, N) is transposed
+            (np.int32(K), np.int32(kp)))
+    kern = runtime.kernel(WG_FAMILY, "gemm_wgmma", cfg.defines, cfg.smem_bytes)
+    scalars = (np.int32(M), np.int32(N), np.int32(kp), np.int32(k_chunk), np.int32(1 if accumulate else 0),
+               np.int32(ACTS[act]))
+    grid = (blocks(N, cfg.bn), blocks(M, cfg.bm), splits)
+    even = N % 2 == 0
+    if splits == 1:
+        flags = int(even and out.data.ptr % 8 == 0) << 2
+        return kern, grid, (cfg.threads,), cfg.smem_bytes, (NULL,) + scalars + (np.int32(flags),), None, prep
+    flags = 1 << 3 | int(even and partials % 8 == 0) << 2
+    red = (np.uint64(partials), M, N, splits, 1 if accumulate else 0, ACTS[act])
+    return (kern, grid, (cfg.threads,), cfg.smem_bytes, (np.uint64(partials),) + scalars + (np.int32(flags),),
+            red, prep)
+
+
 def _launch_args(a, b, out, trans_a, trans_b, act, accumulate, M, N, K, plan, workspace=None):
-    """(kernel, grid, block, shared memory, arguments after (a, b, out, bias), split-K reduce or None)."""
+    """(kernel, grid, block, shared memory, arguments after (a, b, out, bias), split-K reduce or None,
+    operand prep or None)."""
+    if isinstance(plan[0], WgConfig):
+        return _wg_launch_args(a, b, out, trans_a, trans_b, act, accumulate, M, N, K, plan, workspace)
     cfg, splits = plan
     k_chunk, splits = split_chunk(K, splits, cfg.bk)
     smem = cfg.smem_bytes(trans_a, trans_b)
@@ -283,11 +451,11 @@ def _launch_args(a, b, out, trans_a, trans_b, act, accumulate, M, N, K, plan, wo
     even = N % 2 == 0
     if splits == 1:
         flags |= int(even and out.data.ptr % 8 == 0) << 2
-        return kern, grid, (cfg.threads,), smem, (NULL,) + scalars + (np.int32(flags),), None
+        return kern, grid, (cfg.threads,), smem, (NULL,) + scalars + (np.int32(flags),), None, None
     need = splits * M * N
     ws = workspace if workspace is not None else runtime.workspace(need)
     if ws.size < need:
         raise ValueError(f"gemm_tc: workspace has {ws.size} elements, split-K needs {need}")
     flags |= 1 << 3 | int(even and ws.data.ptr % 8 == 0) << 2
     red = (ptr(ws), M, N, splits, 1 if accumulate else 0, ACTS[act])
-    return kern, grid, (cfg.threads,), smem, (ptr(ws),) + scalars + (np.int32(flags),), red
+    return kern, grid, (cfg.threads,), smem, (ptr(ws),) + scalars + (np.int32(flags),), red, None

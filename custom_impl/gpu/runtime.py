@@ -39,6 +39,9 @@ KERNEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 NVRTC_OPTIONS = ("-std=c++17",)
 PREBUILT_DIR = os.path.join(KERNEL_DIR, "prebuilt")  # cubins shipped in the package, per architecture
 STATIC_SMEM_BYTES = 48 * 1024  # dynamic shared memory a launch may use without the per-function opt-in
+# Families that use instructions of one architecture only (wgmma: sm_90a) and are built for that
+# architecture-specific target ("sm_90" -> "sm_90a"); they run on devices of exactly that compute capability
+ARCH_SPECIFIC = frozenset({"gemm_wgmma"})
 
 
 # ---------------------------------------------------------------------------------------------- compiling
@@ -129,20 +132,33 @@ def _unpacked_cubin(packed: str) -> str:
     Written to a temporary name and renamed, so concurrent processes never load a half-written file.
     """
     import lzma
+
+    target = os.path.join(_cubin_cache(), os.path.basename(packed)[: -len(".xz")])
+    if not os.path.exists(target):
+        with open(packed, "rb") as fh:
+            _write_atomic(target, lzma.decompress(fh.read()))
+    return target
+
+
+def _cubin_cache() -> str:
+    """The per-user folder of unpacked and compiled cubins (``CUSTOM_IMPL_CUBIN_CACHE`` to move it)."""
     import tempfile
 
     cache = os.environ.get("CUSTOM_IMPL_CUBIN_CACHE") or os.path.join(
         tempfile.gettempdir(), f"custom-impl-cubin-{os.getuid() if hasattr(os, 'getuid') else 'user'}")
     os.makedirs(cache, exist_ok=True)
-    target = os.path.join(cache, os.path.basename(packed)[: -len(".xz")])
-    if not os.path.exists(target):
-        with open(packed, "rb") as fh:
-            data = lzma.decompress(fh.read())
-        fd, tmp = tempfile.mkstemp(dir=cache, suffix=".part")
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, target)
-    return target
+    return cache
+
+
+def _write_atomic(target: str, data: bytes) -> None:
+    """``data`` to ``target`` through a temporary name and a rename, so concurrent processes never load
+    a half-written file."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".part")
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.replace(tmp, target)
 
 
 def _prebuilt_module(family: str, device_id: int, defines: tuple):
@@ -164,26 +180,62 @@ def _prebuilt_module(family: str, device_id: int, defines: tuple):
     return mod
 
 
-def _source_module(family: str, defines: tuple):
+def _source_options(defines: tuple) -> tuple:
+    # NOTE: kernels may `#include "x.cuh"` from KERNEL_DIR; see headers_digest for why it is a define.
+    options = NVRTC_OPTIONS + (f"-I{KERNEL_DIR}", f"-DKERNEL_HEADERS_DIGEST={headers_digest()}")
+    return options + tuple(f"-D{k}={v}" for k, v in defines)
+
+
+def _source_module(family: str, device_id: int, defines: tuple):
     import cupy
 
     with open(kernel_path(family), "r", encoding="utf-8") as fh:
         code = fh.read()
-    # NOTE: kernels may `#include "x.cuh"` from KERNEL_DIR; see headers_digest for why it is a define.
-    options = NVRTC_OPTIONS + (f"-I{KERNEL_DIR}", f"-DKERNEL_HEADERS_DIGEST={headers_digest()}")
-    options += tuple(f"-D{k}={v}" for k, v in defines)
-    return cupy.RawModule(code=code, options=options)
+    if family in ARCH_SPECIFIC:
+        return _arch_specific_module(family, code, _device_arch(device_id) + "a", defines)
+    return cupy.RawModule(code=code, options=_source_options(defines))
+
+
+def _arch_specific_module(family: str, code: str, arch: str, defines: tuple):
+    """The module compiled by NVRTC straight to a cubin for ``arch`` ("sm_90a"), which CuPy's own compile
+    (``-arch=sm_90``) would reject for wgmma; kept in the cubin cache folder under its digest."""
+    import cupy
+    from cupy_backends.cuda.libs import nvrtc
+
+    target = os.path.join(_cubin_cache(), f"{family}-{arch}-{module_digest(family, defines)}.cubin")
+    if not os.path.exists(target):
+        prog = nvrtc.createProgram(code, f"{family}.cu", [], [])
+        try:
+            try:
+                nvrtc.compileProgram(prog, _source_options(defines) + (f"-arch={arch}",))
+            except nvrtc.NVRTCError as e:
+                raise RuntimeError(f"compiling {family}.cu for {arch} failed:\n{nvrtc.getProgramLog(prog)}") from e
+            cubin = nvrtc.getCUBIN(prog)
+        finally:
+            nvrtc.destroyProgram(prog)
+        _write_atomic(target, cubin)
+    return cupy.RawModule(path=target)
 
 
 @functools.lru_cache(maxsize=None)
 def _module(family: str, device_id: int, defines: tuple):
     mod = _prebuilt_module(family, device_id, defines)
-    return mod if mod is not None else _source_module(family, defines)
+    return mod if mod is not None else _source_module(family, device_id, defines)
+
+
+def arch_supported(family: str) -> bool:
+    """Whether the current device can run ``family``: any device for a portable family, compute capability
+    9.0 exactly (H100, H200) for the sm_90a families of ARCH_SPECIFIC."""
+    import cupy
+
+    return family not in ARCH_SPECIFIC or cupy.cuda.Device().compute_capability == "90"
 
 
 def nvcc_command(family: str, defines: tuple, arch: str, output: str) -> list:
-    """The nvcc command line that builds a module's cubin for ``arch`` with the options NVRTC gets."""
-    cmd = ["nvcc", "-cubin", f"-arch={arch}", *NVRTC_OPTIONS, f"-I{KERNEL_DIR}",
+    """The nvcc command line that builds a module's cubin for ``arch`` with the options NVRTC gets (the
+    architecture-specific target, ``sm_90a``, for the families of ARCH_SPECIFIC)."""
+    target = f"-gencode=arch=compute_{arch[3:]}a,code={arch}a" if family in ARCH_SPECIFIC else f"-arch={arch}"
+    cmd = ["nvcc", "-cubin", target, *NVRTC_OPTIONS, f"-I{KERNEL_DIR}",
            f"-DKERNEL_HEADERS_DIGEST={headers_digest()}"]
     cmd += [f"-D{k}={v}" for k, v in defines]
     return cmd + ["-o", output, kernel_path(family)]
@@ -318,7 +370,7 @@ def precompile(jobs: int | None = None, progress=None, families=None) -> list:
     import cupy
 
     wanted = None if families is None else set(families)
-    modules = [m for m in kernel_modules() if wanted is None or m[0] in wanted]
+    modules = [m for m in kernel_modules() if (wanted is None or m[0] in wanted) and arch_supported(m[0])]
     arch = _device_arch(cupy.cuda.Device().id)
     have = [m for m in modules if prebuilt_enabled() and os.path.exists(prebuilt_path(m[0], define_key(m[1]), arch))]
     todo = [m for m in modules if m not in have]

@@ -49,7 +49,7 @@ def _compiled():
     """Compile the tensor-core modules in parallel once (else each compiles on first use, one by one)."""
     from custom_impl.gpu import gemm_tc, runtime
 
-    runtime.precompile(families=[gemm_tc.FAMILY])
+    runtime.precompile(families=[gemm_tc.FAMILY, gemm_tc.WG_FAMILY])
 
 
 def round_tf32(x: np.ndarray) -> np.ndarray:
@@ -189,6 +189,61 @@ def test_exact_every_config_and_split(ta, tb, splits, precision):
                                  config=name, splits=splits)
         _assert_exact(out, _exact_reference(A, B, c0, bv, True, "relu"), "relu",
                       f"{name} splits={splits} ta={ta} tb={tb}")
+
+
+def _wg_config_names(precision):
+    """The gemm_wgmma configs of the precision; the test skips on a device without sm_90a's wgmma."""
+    from custom_impl.gpu.gemm_tc import WG_CONFIGS, wgmma_supported
+
+    if not wgmma_supported():
+        pytest.skip("gemm_wgmma needs a device of compute capability 9.0 (H100, H200)")
+    return [c.name for c in WG_CONFIGS if c.precision == precision]
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("ta,tb", TRANS)
+@pytest.mark.parametrize("splits", [1, 3])
+def test_wgmma_exact_every_config_and_split(ta, tb, splits, precision):
+    """Every wgmma tile config: the prep pass's transposes and zero padding (K = 1001 is not a whole k
+    tile), edge rows of M and N, split-K and the epilogue, bit for bit."""
+    for name in _wg_config_names(precision):
+        out, A, B, c0, bv = _run(150, 270, 1001, ta, tb, precision, bias=True, act="relu", accumulate=True,
+                                 config=name, splits=splits)
+        _assert_exact(out, _exact_reference(A, B, c0, bv, True, "relu"), "relu",
+                      f"{name} splits={splits} ta={ta} tb={tb}")
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (7, 33, 5), (257, 129, 4097)])
+def test_wgmma_exact_shapes_unaligned(M, N, K, precision):
+    """Tiny and odd shapes; operands and output one float past a 16-byte boundary (the prep reads any
+    alignment; the output takes scalar stores)."""
+    for name in _wg_config_names(precision):
+        out, A, B, c0, bv = _run(M, N, K, True, False, precision, offset=1, bias=True, config=name)
+        _assert_exact(out, _exact_reference(A, B, c0, bv, False, "none"), "none", f"{name} M={M} N={N} K={K}")
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("ta,tb", TRANS)
+@pytest.mark.parametrize("K", [5, 40])
+def test_wgmma_rounding_mode(K, ta, tb, precision):
+    """The prep pass rounds as the mma.sync kernels do (module docstring, 2): the tensor cores' own TF32
+    truncation must find nothing left to drop."""
+    name = _wg_config_names(precision)[0]
+    out, A, B, c0, bv = _run(200, 300, K, ta, tb, precision, kind="normal", seed=K, config=name)
+    rnd = ROUND[precision]
+    Ar, Br = rnd(A).astype(np.float64), rnd(B).astype(np.float64)
+    tol = 2 * (math.ceil(K / KSTEP[precision]) + 2) * EPS32 * (np.abs(Ar) @ np.abs(Br)) + 1e-30
+    err = np.abs(out - Ar @ Br)
+    assert not (err > tol).any(), f"{name} K={K}: {np.sum(err > tol)} elements off; worst {err.max():.3g}"
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_wgmma_exact_4096(precision):
+    """The gemm targets' shape on the big wgmma tile."""
+    name = _wg_config_names(precision)[0]
+    out, A, B, c0, bv = _run(4096, 4096, 4096, False, True, precision, bias=True, config=name)
+    _assert_exact(out, _exact_reference(A, B, c0, bv, False, "none"), "none", f"{name} 4096^3")
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)

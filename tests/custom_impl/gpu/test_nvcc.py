@@ -1,4 +1,5 @@
-"""Every kernel file compiles for sm_90 with nvcc (CPU only; skipped only when nvcc is absent).
+"""Every kernel file compiles for sm_90 with nvcc (CPU only; skipped only when nvcc is absent); the files
+of the architecture-specific families (runtime.ARCH_SPECIFIC: wgmma) for sm_90a, as the runtime builds them.
 
 Fails on a compile error. Per kernel, ptxas's registers, shared memory and spills are recorded, not
 printed: shown with ``-s``, in a failure's output, and in the test report through ``record_property``
@@ -59,8 +60,12 @@ def test_there_are_kernel_files():
 @pytest.mark.skipif(_nvcc() is None, reason="nvcc not found (on PATH or /usr/local/cuda/bin)")
 @pytest.mark.parametrize("path", KERNEL_FILES, ids=[os.path.basename(p) for p in KERNEL_FILES])
 def test_kernel_file_compiles_for_sm90(path, tmp_path, record_property):
+    from custom_impl.gpu.runtime import ARCH_SPECIFIC
+
     cubin = tmp_path / "out.cubin"
-    cmd = [_nvcc(), "-arch=sm_90", "-std=c++17", "-cubin", "-Xptxas", "-v", "-o", str(cubin), path]
+    family = os.path.basename(path)[: -len(".cu")]
+    target = "-gencode=arch=compute_90a,code=sm_90a" if family in ARCH_SPECIFIC else "-arch=sm_90"
+    cmd = [_nvcc(), target, "-std=c++17", "-cubin", "-Xptxas", "-v", "-o", str(cubin), path]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"nvcc failed on {os.path.basename(path)}:\n{out}"

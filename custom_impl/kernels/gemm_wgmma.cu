@@ -1,0 +1,274 @@
+// GEMM on Hopper's warpgroup tensor-core instructions (wgmma, needs the sm_90a target):
+//   C[M, N] = act(A' B'^T + bias[None, :] + beta * C)
+// over operands that gemm_wgmma_prep has already rounded to the product precision and laid out contiguous
+// along k: A' (M, Kp) and B' (N, Kp), Kp a multiple of WG_BKE, zeros in [K, Kp). TF32 operands stay 32-bit
+// floats whose low 13 mantissa bits are zero (cvt.rna, as gemm_tc.cu rounds them), so the tensor cores use
+// them exactly; BF16 operands are 16-bit (cvt.rn). Products are exact and summed in FP32.
+//
+// Kernels:
+//   gemm_wgmma_prep  rounds (and transposes where the source is stored (K, R)) one operand per grid z into
+//                    the workspace: dst[r * Kp + k] = round(src(r, k)), 0 for k >= K.
+//   gemm_wgmma       one block per BM x BN tile of C (and per split-K chunk, grid z). BM / 64 warpgroups of
+//                    128 threads, warpgroup w owns rows [64 w, 64 w + 64) and all BN columns (wgmma
+//                    m64nBNk8 for TF32, k16 for BF16, both operands from shared memory).
+//
+// Shared memory: WG_STAGES stages, each the A tile (BM rows) and the B tile (BN rows) of one k tile. A row
+// is 128 bytes (32 TF32 or 64 BF16 values along k) in the 128-byte swizzle of wgmma's shared-memory
+// descriptors: the 16-byte chunk c of row r sits at chunk c ^ (r % 8), so the 8 rows of a 1024-byte atom
+// spread each chunk column over all banks. Tiles start on 1024-byte boundaries. A descriptor gives the
+// tile's start address, the stride between 8-row groups (1024 bytes) and the swizzle mode; the k step
+// within the 128-byte row is a 32-byte advance of the start address, which the hardware swizzles like the
+// copies did.
+//
+// Pipeline, k tile t (cp.async copies, one commit group per tile, 16-byte chunks zero-filled past M / N):
+//   wait for this thread's copies of tile t; proxy fence (the tensor cores read through the async proxy);
+//   barrier: every copy of tile t is in, and every warpgroup has retired its wgmma of tile t - 2
+//   issue the copies of tile t + STAGES - 2 into the stage tile t - 2 used
+//   issue the wgmma of tile t (BKE / KSTEP instructions), commit, wait until only this group is pending
+//   (tile t - 1 retired)
+// so two k tiles of copies are in flight while the tensor cores work, and a stage is rewritten only after
+// the wgmma that read it has retired in every warpgroup.
+#include "gemm_tc_tiles.cuh"  // TcGemmEpilogue, cp.async and rounding wrappers
+
+#ifndef WG_BM
+#define WG_BM 128
+#endif
+#ifndef WG_BN
+#define WG_BN 256
+#endif
+#ifndef WG_STAGES
+#define WG_STAGES 4
+#endif
+#ifndef WG_PREC
+#define WG_PREC 0  // 0: TF32, 1: BF16
+#endif
+#define WG_NT (WG_BM / 64 * 128)
+#define WG_EB (WG_PREC == 0 ? 4 : 2)  // bytes per operand element
+#define WG_BKE (128 / WG_EB)          // k per 128-byte row
+#define WG_KSTEP (WG_PREC == 0 ? 8 : 16)
+#define WG_A_BYTES (WG_BM * 128)
+#define WG_STAGE_BYTES ((WG_BM + WG_BN) * 128)
+#if WG_PREC == 0
+#define WG_MMA_SUFFIX "k8.f32.tf32.tf32"
+#define WG_MMA_TRANS ""
+#else
+#define WG_MMA_SUFFIX "k16.f32.bf16.bf16"
+#define WG_MMA_TRANS ", 0, 0"  // both operands k-major: no transpose
+#endif
+
+static_assert(WG_BM % 64 == 0 && WG_BM <= 128, "one or two warpgroups of 64 rows");
+static_assert(WG_BN == 128 || WG_BN == 256, "wgmma n of 128 or 256");
+static_assert(WG_STAGES >= 3, "the pipeline keeps a stage for the wgmma still retiring");
+
+// ---- PTX wrappers --------------------------------------------------------------------------------------
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
+__device__ __forceinline__ void wg_proxy_fence() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// 16 bytes global -> shared (32-bit shared address); ok == false zero-fills.
+__device__ __forceinline__ void wg_cp16(unsigned dst, const void* src, bool ok) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0)
+                 : "memory");
+}
+
+// Shared-memory matrix descriptor of a k-major tile in the 128-byte swizzle starting at `addr` (shared
+// space): bits 0-13 address / 16, 16-29 leading offset / 16 (unused by this layout, 1 by convention),
+// 32-45 stride between 8-row groups / 16 (1024 bytes), 62-63 swizzle mode (1: 128 bytes).
+__device__ __forceinline__ unsigned long long wg_desc(unsigned addr) {
+    return (unsigned long long)((addr & 0x3FFFF) >> 4) | (1ull << 16) | ((unsigned long long)(1024 >> 4) << 32) |
+           (1ull << 62);
+}
+
+__device__ __forceinline__ void wg_mma_n128(float (&d)[64], unsigned long long da, unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128" WG_MMA_SUFFIX " {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, %64, %65, p, 1, 1" WG_MMA_TRANS ";\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(da), "l"(db));
+}
+
+__device__ __forceinline__ void wg_mma_n256(float (&d)[128], unsigned long long da, unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256" WG_MMA_SUFFIX " {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+        "}, %128, %129, p, 1, 1" WG_MMA_TRANS ";\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+          "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+          "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+          "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "l"(da), "l"(db));
+}
+
+// ---- operand preparation -------------------------------------------------------------------------------
+// Grid (ceil(Kp / 32), ceil(max(a_rows, b_rows) / 32), 2): z = 0 prepares A, z = 1 B. A 32 x 32 tile goes
+// through shared memory so that both the read (along the source's contiguous dimension) and the write
+// (along k) are coalesced. *_trans: the source is stored (K, rows): row r of the operand is its column r.
+__device__ __forceinline__ void wg_store_rounded(void* dst, size_t i, float v) {
+#if WG_PREC == 0
+    reinterpret_cast<unsigned*>(dst)[i] = tc_tf32(v);
+#else
+    unsigned short h;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    reinterpret_cast<unsigned short*>(dst)[i] = h;
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+gemm_wgmma_prep(const float* __restrict__ a_src, void* __restrict__ a_dst, int a_rows, int a_trans,
+                const float* __restrict__ b_src, void* __restrict__ b_dst, int b_rows, int b_trans, int K, int Kp) {
+    __shared__ float tile[32][33];
+    const bool first = blockIdx.z == 0;
+    const float* src = first ? a_src : b_src;
+    void* dst = first ? a_dst : b_dst;
+    const int R = first ? a_rows : b_rows;
+    const bool trans = first ? a_trans : b_trans;
+    const int r0 = blockIdx.y * 32, k0 = blockIdx.x * 32;
+    if (r0 >= R) return;
+    const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
+#pragma unroll
+    for (int i = ty; i < 32; i += 8) {
+        float v = 0.f;
+        if (trans) {  // element (r0 + tx, k0 + i) at src[k * R + r]
+            const int r = r0 + tx, k = k0 + i;
+            if (r < R && k < K) v = src[(size_t)k * R + r];
+            tile[tx][i] = v;
+        } else {      // element (r0 + i, k0 + tx) at src[r * K + k]
+            const int r = r0 + i, k = k0 + tx;
+            if (r < R && k < K) v = src[(size_t)r * K + k];
+            tile[i][tx] = v;
+        }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = ty; i < 32; i += 8) {
+        const int r = r0 + i, k = k0 + tx;
+        if (r < R && k < Kp) wg_store_rounded(dst, (size_t)r * Kp + k, tile[i][tx]);
+    }
+}
+
+// ---- the GEMM ------------------------------------------------------------------------------------------
+// Copies of one k tile (k elements [k0, k0 + BKE)) of rows [row0, row0 + ROWS) of a prepared operand into
+// the tile at shared address `s`.
+template <int ROWS>
+__device__ __forceinline__ void wg_load_tile(unsigned s, const unsigned char* p, int rows, int row0, int Kp,
+                                             int k0, int tid) {
+    constexpr int CHUNKS = ROWS * 8;
+    static_assert(CHUNKS % WG_NT == 0, "tile not divisible among threads");
+#pragma unroll
+    for (int i = 0; i < CHUNKS / WG_NT; ++i) {
+        const int c = tid + i * WG_NT;
+        const int r = c >> 3, ch = c & 7;
+        const bool ok = row0 + r < rows;
+        const unsigned char* src = ok ? p + ((size_t)(row0 + r) * Kp + k0) * WG_EB + ch * 16 : p;
+        wg_cp16(s + r * 128 + ((ch ^ (r & 7)) << 4), src, ok);
+    }
+}
+
+// flags bit 2: float2 stores into C (or W), bit 3: split-K (block z's raw partial into W + z * M * N).
+extern "C" __global__ void __launch_bounds__(WG_NT, 1)
+gemm_wgmma(const void* __restrict__ Ap, const void* __restrict__ Bp, float* __restrict__ C,
+           const float* __restrict__ bias, float* __restrict__ W, int M, int N, int Kp, int k_chunk, int beta,
+           int act, int flags) {
+    extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
+    const unsigned raw = tc_smem_addr(wg_smem_raw);
+    const unsigned base = (raw + 1023) & ~1023u;  // the launch asks for 1 KB more than the stages
+    const int tid = threadIdx.x;
+    const int wg = tid >> 7;
+    const int m0 = blockIdx.y * WG_BM, n0 = blockIdx.x * WG_BN;
+    const int k_begin = blockIdx.z * k_chunk;
+    const int ntiles = (min(Kp, k_begin + k_chunk) - k_begin) / WG_BKE;
+    const unsigned char* A = static_cast<const unsigned char*>(Ap);
+    const unsigned char* B = static_cast<const unsigned char*>(Bp);
+
+    float acc[WG_BN / 2];
+#pragma unroll
+    for (int i = 0; i < WG_BN / 2; ++i) acc[i] = 0.f;
+
+#pragma unroll
+    for (int s = 0; s < WG_STAGES - 2; ++s) {
+        if (s < ntiles) {
+            const unsigned st = base + s * WG_STAGE_BYTES;
+            wg_load_tile<WG_BM>(st, A, M, m0, Kp, k_begin + s * WG_BKE, tid);
+            wg_load_tile<WG_BN>(st + WG_A_BYTES, B, N, n0, Kp, k_begin + s * WG_BKE, tid);
+        }
+        tc_cp_commit();  // NOTE: one group per tile even when empty, so the wait counts stay uniform
+    }
+    for (int t = 0; t < ntiles; ++t) {
+        tc_cp_wait<WG_STAGES - 3>();
+        wg_proxy_fence();
+        __syncthreads();
+        const int nt = t + WG_STAGES - 2;
+        if (nt < ntiles) {
+            const unsigned st = base + (nt % WG_STAGES) * WG_STAGE_BYTES;
+            wg_load_tile<WG_BM>(st, A, M, m0, Kp, k_begin + nt * WG_BKE, tid);
+            wg_load_tile<WG_BN>(st + WG_A_BYTES, B, N, n0, Kp, k_begin + nt * WG_BKE, tid);
+        }
+        tc_cp_commit();
+        const unsigned st = base + (t % WG_STAGES) * WG_STAGE_BYTES;
+        const unsigned long long da = wg_desc(st + wg * 64 * 128);
+        const unsigned long long db = wg_desc(st + WG_A_BYTES);
+        wg_fence();
+#pragma unroll
+        for (int j = 0; j < WG_BKE / WG_KSTEP; ++j) {  // 32 bytes of k per instruction: +2 in address / 16
+#if WG_BN == 256
+            wg_mma_n256(acc, da + 2 * j, db + 2 * j);
+#else
+            wg_mma_n128(acc, da + 2 * j, db + 2 * j);
+#endif
+        }
+        wg_commit();
+        wg_wait<1>();
+    }
+    wg_wait<0>();
+    tc_cp_wait<0>();
+
+    // Accumulator i of a thread: column group j = i / 4 (8 columns), within it (g, 2q), (g, 2q + 1),
+    // (g + 8, 2q), (g + 8, 2q + 1), rows relative to the warp's 16 (as mma.sync's C fragment).
+    const bool split = (flags >> 3) & 1;
+    TcGemmEpilogue ep;
+    ep.C = split ? W + (size_t)blockIdx.z * M * N : C;
+    ep.bias = bias; ep.M = M; ep.N = N; ep.beta = beta; ep.act = act;
+    ep.vec2 = (flags >> 2) & 1; ep.partial = split;
+    const int lane = tid & 31, warp = (tid >> 5) & 3;
+    const int row = m0 + wg * 64 + warp * 16 + (lane >> 2);
+    const int col = n0 + 2 * (lane & 3);
+#pragma unroll
+    for (int j = 0; j < WG_BN / 8; ++j) {
+        ep.store2(row, col + 8 * j, acc[4 * j], acc[4 * j + 1]);
+        ep.store2(row + 8, col + 8 * j, acc[4 * j + 2], acc[4 * j + 3]);
+    }
+}
