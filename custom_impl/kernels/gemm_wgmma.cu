@@ -67,6 +67,14 @@ template <int N>
 __device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
 __device__ __forceinline__ void wg_proxy_fence() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
+// Keeps the compiler from moving accesses of the accumulators across the asynchronous wgmma that owns
+// them (an empty asm that "reads and writes" each one).
+template <int N>
+__device__ __forceinline__ void wg_fence_acc(float (&d)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
 // 16 bytes global -> shared (32-bit shared address); ok == false zero-fills.
 __device__ __forceinline__ void wg_cp16(unsigned dst, const void* src, bool ok) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0)
@@ -241,6 +249,7 @@ gemm_wgmma(const void* __restrict__ Ap, const void* __restrict__ Bp, float* __re
         const unsigned st = base + (t % WG_STAGES) * WG_STAGE_BYTES;
         const unsigned long long da = wg_desc(st + wg * 64 * 128);
         const unsigned long long db = wg_desc(st + WG_A_BYTES);
+        wg_fence_acc(acc);
         wg_fence();
 #pragma unroll
         for (int j = 0; j < WG_BKE / WG_KSTEP; ++j) {  // 32 bytes of k per instruction: +2 in address / 16
@@ -252,8 +261,10 @@ gemm_wgmma(const void* __restrict__ Ap, const void* __restrict__ Bp, float* __re
         }
         wg_commit();
         wg_wait<1>();
+        wg_fence_acc(acc);
     }
     wg_wait<0>();
+    wg_fence_acc(acc);
     tc_cp_wait<0>();
 
     // Accumulator i of a thread: column group j = i / 4 (8 columns), within it (g, 2q), (g, 2q + 1),
