@@ -40,7 +40,7 @@ import numpy as np
 
 from . import runtime
 from .gemm import ACTS, check_operands, splitk_reduce
-from .runtime import GRAPH_LAUNCH_S, NULL, blocks, launch_cost, ptr, sm_count, vec_ok
+from .runtime import GRAPH_LAUNCH_S, NULL, blocks, i32, launch_cost, ptr, sm_count, vec_ok
 from .tiles import pick_candidates, split_chunk
 
 PRECISIONS = ("tf32", "bf16")
@@ -404,35 +404,57 @@ def _wg_launch_args(a, b, out, trans_a, trans_b, act, accumulate, M, N, K, plan,
     """``_launch_args`` of a ``gemm_wgmma`` plan: the prepared operands and any split-K partials go to
     ``workspace`` (default: the shared ``runtime.workspace``)."""
     cfg, splits = plan
-    kp = math.ceil(K / cfg.bk) * cfg.bk
-    k_chunk = math.ceil(math.ceil(kp / splits) / cfg.bk) * cfg.bk
-    splits = math.ceil(kp / k_chunk)
+    kp, k_chunk, splits = wg_split(K, splits, cfg.bk)
     need = wg_workspace_size(M, N, K, (cfg, splits))
     ws = workspace if workspace is not None else runtime.workspace(need)
     if ws.size < need:
         raise ValueError(f"gemm_tc: workspace has {ws.size} elements, this wgmma plan needs {need} "
                          f"(wg_workspace_size)")
-    eb = WG_ELEMENT_BYTES[cfg.precision]
-    a_dst = ws.data.ptr
-    b_dst = a_dst + M * kp * eb       # M * kp * eb is a multiple of 128 bytes
-    partials = ws.data.ptr + math.ceil((M + N) * kp * eb / 4) * 4
+    a_dst, b_dst, partials = wg_buffers(ws, M, N, kp, cfg.precision)
     prep = (runtime.kernel(WG_FAMILY, "gemm_wgmma_prep", cfg.defines),
             (blocks(kp, 32), blocks(max(M, N), 32), 2),
             (np.uint64(a_dst), np.int32(M), np.int32(bool(trans_a))),
             (np.uint64(b_dst), np.int32(N), np.int32(not trans_b)),   # B' (N, K): b (K, N) is transposed
             (np.int32(K), np.int32(kp)))
+    return wg_gemm_launch(cfg, splits, M, N, kp, k_chunk, out, accumulate, act, 1, partials) + (prep,)
+
+
+def wg_split(K: int, splits: int, bk: int) -> tuple:
+    """(Kp, k_chunk, splits) of a wgmma GEMM: the reduction padded to whole k tiles of ``bk``, cut into
+    chunks of whole tiles, and the number of chunks that leaves (none empty)."""
+    kp = math.ceil(K / bk) * bk
+    k_chunk = math.ceil(math.ceil(kp / splits) / bk) * bk
+    return kp, k_chunk, math.ceil(kp / k_chunk)
+
+
+def wg_buffers(ws, M: int, N: int, kp: int, precision: str) -> tuple:
+    """Device addresses of A' (M, kp), B' (N, kp) and the split-K partials in workspace ``ws`` (the layout
+    ``wg_workspace_size`` counts; B' starts on a 128-byte multiple, since M * kp * bytes is one)."""
+    if ws.data.ptr % 16:
+        raise ValueError("gemm_tc: a wgmma plan's workspace must be 16-byte aligned (cp.async copies)")
+    eb = WG_ELEMENT_BYTES[precision]
+    a_dst = ws.data.ptr
+    return a_dst, a_dst + M * kp * eb, a_dst + math.ceil((M + N) * kp * eb / 4) * 4
+
+
+def wg_gemm_launch(cfg: WgConfig, splits: int, M: int, N: int, kp: int, k_chunk: int, out, accumulate: bool,
+                   act: str, pq: int, partials: int) -> tuple:
+    """(kernel, grid, block, shared memory, arguments after (A', B', out, bias), split-K reduce or None) of
+    the ``gemm_wgmma`` kernel: out (M, N) row-major (pq == 1) or NCHW with pq pixels per image; split-K
+    partials at device address ``partials`` (pq == 1 only)."""
     kern = runtime.kernel(WG_FAMILY, "gemm_wgmma", cfg.defines, cfg.smem_bytes)
     scalars = (np.int32(M), np.int32(N), np.int32(kp), np.int32(k_chunk), np.int32(1 if accumulate else 0),
                np.int32(ACTS[act]))
     grid = (blocks(N, cfg.bn), blocks(M, cfg.bm), splits)
     even = N % 2 == 0
     if splits == 1:
-        flags = int(even and out.data.ptr % 8 == 0) << 2
-        return kern, grid, (cfg.threads,), cfg.smem_bytes, (NULL,) + scalars + (np.int32(flags),), None, prep
+        flags = int(even and pq == 1 and out.data.ptr % 8 == 0) << 2
+        return kern, grid, (cfg.threads,), cfg.smem_bytes, (NULL,) + scalars + i32(flags, pq), None
+    if pq != 1:
+        raise ValueError("gemm_wgmma: split-K partials are row-major; an NCHW output (pq > 1) runs unsplit")
     flags = 1 << 3 | int(even and partials % 8 == 0) << 2
     red = (np.uint64(partials), M, N, splits, 1 if accumulate else 0, ACTS[act])
-    return (kern, grid, (cfg.threads,), cfg.smem_bytes, (np.uint64(partials),) + scalars + (np.int32(flags),),
-            red, prep)
+    return kern, grid, (cfg.threads,), cfg.smem_bytes, (np.uint64(partials),) + scalars + i32(flags, 1), red
 
 
 def _launch_args(a, b, out, trans_a, trans_b, act, accumulate, M, N, K, plan, workspace=None):

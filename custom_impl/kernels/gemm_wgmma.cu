@@ -188,6 +188,54 @@ gemm_wgmma_prep(const float* __restrict__ a_src, void* __restrict__ a_dst, int a
     }
 }
 
+// Convolution operands for the same GEMM (Legend: N batch, C in-channels, K out-channels, H,W in, P,Q
+// out, R,S kernel, stride sh,sw, padding ph,pw). Writes dst[r * Kp + k] = round(operand(r, k)) for rows
+// r < rows and k < Kp (0 past the reduction length `red`), where by `mode`:
+//   0 WT    (k_out, c r s)        = W[k_out][c][r][s]                        forward B (rows K, red C R S)
+//   1 COLS  (n p q, c r s)        = x[n][c][p sh - ph + r][q sw - pw + s]    forward A (rows N P Q)
+//   2 COLST (c r s, n p q)        = the same element                         backward-weights B (rows C R S)
+//   3 DY    (k_out, n p q)        = dy[n][k_out][p][q]                       backward-weights A (rows K)
+//   4 DCOLS (n h w, k_out r s)    = dy[n][k_out][p][q] where p sh = h + ph - r and q sw = w + pw - s
+//                                   (0 where not a whole output index)      backward-data A (rows N H W)
+//   5 WC    (c, k_out r s)        = W[k_out][c][r][s]                        backward-data B (rows C)
+// So forward is (N P Q x K) = COLS WT^T written into y (N, K, P, Q), backward-data (N H W x C) = DCOLS WC^T
+// into dx (N, C, H, W), backward-weights (K x C R S) = DY COLST^T into dW. One thread per element, k
+// fastest: the writes are coalesced, and so, mostly, are the reads (consecutive k are consecutive s or q).
+extern "C" __global__ void __launch_bounds__(256)
+conv_wgmma_prep(const float* __restrict__ src, void* __restrict__ dst, int mode, int rows, int red, int Kp,
+                int N, int C, int H, int W, int K, int R, int S, int P, int Q, int sh, int sw, int ph, int pw) {
+    const size_t total = (size_t)rows * Kp;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        const int r = (int)(i / Kp), k = (int)(i % Kp);
+        float v = 0.f;
+        if (k < red) {
+            if (mode == 0 || mode == 5) {           // W[k_out][c][rs]
+                const int RS = R * S;
+                const int ko = mode == 0 ? r : k / RS;
+                const int c = mode == 0 ? k / RS : r;
+                const int rs = k % RS;
+                v = src[((size_t)ko * C + c) * RS + rs];
+            } else if (mode == 1 || mode == 2) {    // x at (n p q, c r s)
+                const int a = mode == 1 ? r : k, b = mode == 1 ? k : r;
+                const int n = a / (P * Q), pq = a % (P * Q);
+                const int c = b / (R * S), rs = b % (R * S);
+                const int h = (pq / Q) * sh - ph + rs / S, w = (pq % Q) * sw - pw + rs % S;
+                if (h >= 0 && h < H && w >= 0 && w < W) v = src[(((size_t)n * C + c) * H + h) * W + w];
+            } else if (mode == 3) {                 // dy[n][k_out][pq]
+                const int n = k / (P * Q), pq = k % (P * Q);
+                v = src[((size_t)n * K + r) * (P * Q) + pq];
+            } else {                                // mode 4: dy at (n h w, k_out r s)
+                const int n = r / (H * W), hw = r % (H * W);
+                const int ko = k / (R * S), rs = k % (R * S);
+                const int ph_ = hw / W + ph - rs / S, pw_ = hw % W + pw - rs % S;
+                if (ph_ >= 0 && pw_ >= 0 && ph_ % sh == 0 && pw_ % sw == 0 && ph_ / sh < P && pw_ / sw < Q)
+                    v = src[(((size_t)n * K + ko) * P + ph_ / sh) * Q + pw_ / sw];
+            }
+        }
+        wg_store_rounded(dst, i, v);
+    }
+}
+
 // ---- the GEMM ------------------------------------------------------------------------------------------
 // Copies of one k tile (k elements [k0, k0 + BKE)) of rows [row0, row0 + ROWS) of a prepared operand into
 // the tile at shared address `s`.
@@ -206,11 +254,39 @@ __device__ __forceinline__ void wg_load_tile(unsigned s, const unsigned char* p,
     }
 }
 
+// Output element (m, n): C[m * N + n] (pq == 1), or of an NCHW tensor whose rows m run over images and
+// their pq pixels and whose columns n are its channels (pq > 1: a convolution's output or input gradient):
+// C[((m / pq) * N + n) * pq + m % pq]. Bias per column, beta / act / split-K as TcGemmEpilogue (split-K
+// only with pq == 1).
+struct WgEpilogue {
+    TcGemmEpilogue plain;
+    int pq;
+
+    __device__ __forceinline__ void store2(int m, int n, float v0, float v1) const {
+        if (pq == 1) {
+            plain.store2(m, n, v0, v1);
+            return;
+        }
+        if (m >= plain.M) return;
+        const size_t at = ((size_t)(m / pq) * plain.N + n) * pq + m % pq;
+        const float v[2] = {v0, v1};
+#pragma unroll
+        for (int f = 0; f < 2; ++f) {
+            if (n + f >= plain.N) continue;
+            float o = v[f];
+            if (plain.bias) o += plain.bias[n + f];
+            if (plain.beta) o += plain.C[at + (size_t)f * pq];
+            plain.C[at + (size_t)f * pq] = apply_act(o, plain.act);
+        }
+    }
+};
+
 // flags bit 2: float2 stores into C (or W), bit 3: split-K (block z's raw partial into W + z * M * N).
+// pq: 1 for a row-major C, else the pixels per image of an NCHW output (WgEpilogue).
 extern "C" __global__ void __launch_bounds__(WG_NT, 1)
 gemm_wgmma(const void* __restrict__ Ap, const void* __restrict__ Bp, float* __restrict__ C,
            const float* __restrict__ bias, float* __restrict__ W, int M, int N, int Kp, int k_chunk, int beta,
-           int act, int flags) {
+           int act, int flags, int pq) {
     extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
     const unsigned raw = tc_smem_addr(wg_smem_raw);
     const unsigned base = (raw + 1023) & ~1023u;  // the launch asks for 1 KB more than the stages
@@ -270,10 +346,11 @@ gemm_wgmma(const void* __restrict__ Ap, const void* __restrict__ Bp, float* __re
     // Accumulator i of a thread: column group j = i / 4 (8 columns), within it (g, 2q), (g, 2q + 1),
     // (g + 8, 2q), (g + 8, 2q + 1), rows relative to the warp's 16 (as mma.sync's C fragment).
     const bool split = (flags >> 3) & 1;
-    TcGemmEpilogue ep;
-    ep.C = split ? W + (size_t)blockIdx.z * M * N : C;
-    ep.bias = bias; ep.M = M; ep.N = N; ep.beta = beta; ep.act = act;
-    ep.vec2 = (flags >> 2) & 1; ep.partial = split;
+    WgEpilogue ep;
+    ep.plain.C = split ? W + (size_t)blockIdx.z * M * N : C;
+    ep.plain.bias = bias; ep.plain.M = M; ep.plain.N = N; ep.plain.beta = beta; ep.plain.act = act;
+    ep.plain.vec2 = (flags >> 2) & 1; ep.plain.partial = split;
+    ep.pq = pq;
     const int lane = tid & 31, warp = (tid >> 5) & 3;
     const int row = m0 + wg * 64 + warp * 16 + (lane >> 2);
     const int col = n0 + 2 * (lane & 3);

@@ -68,14 +68,15 @@ def conv2d_workspace_size(x_shape, w_shape, stride, padding, precision="fp32") -
 
 def conv2d_algorithm(phase, x_shape, w_shape, stride, padding, precision="fp32", bias=True) -> str | None:
     """The algorithm "auto" runs for this layer in ``phase`` ("forward", "backward_data",
-    "backward_weights"): "implicit_gemm_tc" at tf32 / bf16; at fp32 the autotuner's cached choice for
+    "backward_weights"): at tf32 / bf16 "implicit_gemm_tc", or "wgmma" where the autotuner picked it on a
+    device with wgmma; at fp32 the autotuner's cached choice for
     this device and launch-cost regime, or None before the layer's first "auto" call there. ``bias``:
     whether the forward has one (its choice is cached per bias presence)."""
     if phase not in select.PHASES:
         raise ValueError(f"conv2d_algorithm: phase={phase!r}; use one of {select.PHASES}")
-    if precision != "fp32":
-        return "implicit_gemm_tc"
     dims = conv_dims(tuple(x_shape), tuple(w_shape), stride, padding)
+    if precision != "fp32":
+        return implicit_gemm_tc.algorithm(phase, dims, precision)
     return runtime.tuned(("conv", phase, dims) + ((not bias,) if phase == "forward" else ()))
 
 

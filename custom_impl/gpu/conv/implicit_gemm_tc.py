@@ -10,6 +10,9 @@ for backward-data, only with stride 1). Split-K partials are summed in a fixed o
 reduce kernels, so results are bitwise reproducible. The bias gradient is implicit_gemm.bias_grad's FP32
 sum. Outputs are written (=); with the outputs and ``workspace`` (``workspace_size`` elements) given,
 nothing is allocated and nothing synchronises the host.
+
+On a device with wgmma (H100, H200) each phase is timed once per layer against ``wgmma.run`` (an explicit
+im2col GEMM on Hopper's warpgroup instructions) and the faster runs from then on.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import numpy as np
 from .. import gemm_tc, runtime
 from ..gemm import splitk_reduce
 from ..runtime import blocks, checked_workspace, i32, ptr, vec_ok
-from . import implicit_gemm
+from . import implicit_gemm, wgmma
 
 FAMILY = "conv_implicit_gemm_tc"
 
@@ -72,11 +75,34 @@ def workspace_size(dims, precision: str, sms: int = 132) -> int:
             p["backward_data"][2] * N * C * H * W]
     need = [n if s > 1 else 0 for n, s in zip(need, (p[k][2] for k in ("forward", "backward_weights",
                                                                           "backward_data")))]
+    if wgmma.available():
+        need.append(wgmma.workspace_size(dims, precision, sms))
     return max(need + [implicit_gemm.workspace_size(dims, sms)])
+
+
+def _pick(phase, dims, precision, mma, wg):
+    """Run the phase with the implicit GEMM (``mma()``) or, on a device with wgmma, whichever of it and
+    ``wgmma.run`` (``wg()``) the autotuner timed faster for this layer, phase and precision."""
+    if not wgmma.available():
+        return mma()
+    key = ("conv_tc", phase, tuple(dims), precision)
+    name = runtime.autotune(key, lambda: {"implicit_gemm_tc": mma, "wgmma": wg}, "implicit_gemm_tc")
+    return (wg if name == "wgmma" else mma)()
+
+
+def algorithm(phase, dims, precision) -> str:
+    """"wgmma" where the autotuner chose ``wgmma.run`` for this layer and phase, else "implicit_gemm_tc"."""
+    return runtime.tuned(("conv_tc", phase, tuple(dims), precision)) or "implicit_gemm_tc"
 
 
 def forward(x, W, b, out, dims, precision, workspace=None, sms=132):
     """y = conv2d(x, W) + b into ``out`` (N, K, P, Q), checked by the caller."""
+    return _pick("forward", dims, precision,
+                 lambda: _forward_mma(x, W, b, out, dims, precision, workspace, sms),
+                 lambda: wgmma.run("forward", x, W, out, b, dims, precision, workspace, sms))
+
+
+def _forward_mma(x, W, b, out, dims, precision, workspace=None, sms=132):
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
     cols, CRS = N * P * Q, C * R * S
     cfg, k_chunk, splits = _plans(dims, precision, sms)["forward"]
@@ -96,6 +122,12 @@ def forward(x, W, b, out, dims, precision, workspace=None, sms=132):
 
 def backward_weights(dy, x, dW, dims, precision, workspace=None, sms=132):
     """dW (K, C, R, S) from dy and x, checked by the caller; split-K partials in ``workspace``."""
+    return _pick("backward_weights", dims, precision,
+                 lambda: _backward_weights_mma(dy, x, dW, dims, precision, workspace, sms),
+                 lambda: wgmma.run("backward_weights", dy, x, dW, None, dims, precision, workspace, sms))
+
+
+def _backward_weights_mma(dy, x, dW, dims, precision, workspace=None, sms=132):
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
     CRS = C * R * S
     cfg, k_chunk, splits = _plans(dims, precision, sms)["backward_weights"]
@@ -116,6 +148,12 @@ def backward_weights(dy, x, dW, dims, precision, workspace=None, sms=132):
 def backward_data(dy, W, dx, dims, precision, workspace=None, sms=132):
     """dx (N, C, H, W) from dy and W, checked by the caller: one GEMM per stride phase; with stride 1 the
     reduction may split (partials in ``workspace``)."""
+    return _pick("backward_data", dims, precision,
+                 lambda: _backward_data_mma(dy, W, dx, dims, precision, workspace, sms),
+                 lambda: wgmma.run("backward_data", dy, W, dx, None, dims, precision, workspace, sms))
+
+
+def _backward_data_mma(dy, W, dx, dims, precision, workspace=None, sms=132):
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
     cfg, k_chunk, splits = _plans(dims, precision, sms)["backward_data"]
     smem = _smem(cfg, False, False)

@@ -39,7 +39,7 @@ GEOMETRIES = [
 def _compiled():
     from custom_impl.gpu import runtime
 
-    runtime.precompile(families=["conv_implicit_gemm_tc", "conv_implicit_gemm", "gemm"])
+    runtime.precompile(families=["conv_implicit_gemm_tc", "conv_implicit_gemm", "gemm", "gemm_wgmma"])
 
 
 def _case(geom, precision, kind="int", seed=0, graph_regime=False):
@@ -95,6 +95,23 @@ def test_conv_tc_exact(geom, graph_regime, precision):
         bad = out != ref[name]
         assert not bad.any(), (f"{precision} {geom} {name}: {bad.sum()} of {bad.size} differ from the exact "
                                f"result; first at {np.argwhere(bad)[0]}: {out[bad][0]} vs {ref[name][bad][0]}")
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("geom", GEOMETRIES, ids=lambda g: "x".join(str(v) for v in g[:7]) + f"_s{g[7][0]}{g[7][1]}")
+def test_conv_wgmma_exact(geom, precision, monkeypatch):
+    """Every phase through the wgmma im2col GEMM (conv/wgmma.py, chosen by force): its gathers (padding,
+    strides, stride phases without taps), the NCHW epilogue and split-K of backward-weights, bit for bit."""
+    from custom_impl.gpu.conv import implicit_gemm_tc, wgmma
+
+    if not wgmma.available():
+        pytest.skip("wgmma needs a device of compute capability 9.0 (H100, H200)")
+    monkeypatch.setattr(implicit_gemm_tc, "_pick", lambda phase, dims, precision, mma, wg: wg())
+    got, inputs = _case(geom, precision)
+    ref = _reference(*inputs)
+    for name in ("y", "dx", "dW", "db"):
+        assert np.array_equal(got[name], ref[name]), (
+            f"wgmma {precision} {geom} {name}: {np.sum(got[name] != ref[name])} of {ref[name].size} differ")
 
 
 def test_split_k_and_every_config_are_covered():
