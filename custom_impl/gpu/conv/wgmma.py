@@ -23,6 +23,7 @@ from .. import gemm_tc, runtime
 from ..gemm import splitk_reduce
 from ..runtime import checked_workspace, i32, ptr
 
+FAMILY = gemm_tc.WG_FAMILY
 PHASES = ("forward", "backward_data", "backward_weights")
 # conv_wgmma_prep's operand modes (kernels/gemm_wgmma.cu)
 WT, COLS, COLST, DY, DCOLS, WC = range(6)
@@ -73,7 +74,7 @@ def run(phase: str, a_src, b_src, out, bias, dims, precision: str, workspace=Non
     need = gemm_tc.wg_workspace_size(M, Ncols, red, (cfg, splits))
     ws = checked_workspace(workspace, need, f"conv2d {phase}", "conv2d_workspace_size")
     a_dst, b_dst, partials = gemm_tc.wg_buffers(ws, M, Ncols, kp, precision)
-    prep = runtime.kernel(gemm_tc.WG_FAMILY, "conv_wgmma_prep", cfg.defines)
+    prep = runtime.kernel(FAMILY, "conv_wgmma_prep", cfg.defines)
     tail = i32(red, kp, *dims)
     for src, dst, mode, rows in ((a_src, a_dst, a_mode, M), (b_src, b_dst, b_mode, Ncols)):
         grid = min(runtime.blocks(rows * kp, 256), sms * 32)
