@@ -10,6 +10,8 @@
 #   bash lab/gpu_visit.sh train [SET]      # the committed GPU training runs, one set per call (resumable):
 #                                          # mnist-64 (default), mnist-1024, cifar-64, cifar-1024, digits
 #                                          # -> reports/train-<set>-<card>/
+#   bash lab/gpu_visit.sh tc               # the tensor-core layer rows (lab/conv/tc_suite.toml): TF32 / BF16
+#                                          # dense 4096 and the conv suite, ours vs PyTorch -> reports/tc-<card>/
 #   bash lab/gpu_visit.sh jax-flag         # the JAX rows (lab/step/jax_rows_suite.toml) without and with
 #                                          # --xla_gpu_exclude_nondeterministic_ops, then harness compare
 #                                          # -> reports/jax-flag-<card>/{a,b,compare}
@@ -99,6 +101,15 @@ case "${1:-tests}" in
       --batches "${3:-64}" --out "$out/breakdown" >"$out/breakdown.log" 2>&1
     echo "breakdown exit: $?"
     grep -E "^==|kernel time per step" "$out/breakdown.log"
+    ;;
+  tc)
+    card=$(card_slug)
+    rm -rf "reports/tc-$card"
+    timeout "${TIMEOUT_S:-450}" python3 -m harness run --suite lab/conv/tc_suite.toml --device gpu --quiet \
+      --out "reports/tc-$card" >"$out/tc.log" 2>&1
+    echo "tc exit: $?"
+    tar czf "$out/tc.tgz" "reports/tc-$card"
+    cat "reports/tc-$card/headline.md" 2>/dev/null | tail -12
     ;;
   jax-flag)
     card=$(card_slug)
