@@ -207,11 +207,17 @@ def estimate_seconds(cfg: TcConfig, M: int, N: int, K: int, splits: int, sms: in
 def ranked_plans(M: int, N: int, K: int, precision: str, sms: int = 132, launch_s: float = 20e-6) -> tuple:
     """Every (TcConfig, splits) weighed for a shape, cheapest first (estimate, then GPU estimate). Splits
     are powers of two up to 32 that keep >= 4 k tiles per block."""
+    return _ranked(configs(precision), estimate_seconds, M, N, K, sms, launch_s)
+
+
+def _ranked(cfgs, estimate, M: int, N: int, K: int, sms: int, launch_s: float) -> tuple:
+    """(config, splits) for every config of ``cfgs`` and every power-of-two split up to 32 that keeps >= 4 k
+    tiles per block, sorted by ``estimate`` (with the launch cost, then without)."""
     ranked = []
-    for cfg in configs(precision):
+    for cfg in cfgs:
         s = 1
         while s <= 32 and (s == 1 or math.ceil(K / s) >= 4 * cfg.bk):
-            key = (estimate_seconds(cfg, M, N, K, s, sms, launch_s), estimate_seconds(cfg, M, N, K, s, sms, 0.0))
+            key = (estimate(cfg, M, N, K, s, sms, launch_s), estimate(cfg, M, N, K, s, sms, 0.0))
             ranked.append((key, len(ranked), (cfg, s)))
             s *= 2
     return tuple(plan for _, _, plan in sorted(ranked))
@@ -227,8 +233,7 @@ def wg_estimate_seconds(cfg: WgConfig, M: int, N: int, K: int, splits: int, sms:
     """Rough time of one ``gemm_wgmma`` GEMM: the prep pass (read FP32, write the prepared operands), waves
     of blocks at the config's rate over whole k tiles, split-K's partials; max(GPU time, launches x cost)."""
     launch_s = launch_cost() if launch_s is None else launch_s
-    kp = math.ceil(K / cfg.bk) * cfg.bk
-    k_chunk = math.ceil(math.ceil(kp / splits) / cfg.bk) * cfg.bk
+    kp, k_chunk, splits = wg_split(K, splits, cfg.bk)
     total = math.ceil(M / cfg.bm) * math.ceil(N / cfg.bn) * splits
     waves = math.ceil(total / (sms * cfg.blocks_per_sm))
     resident = min(cfg.blocks_per_sm, math.ceil(total / sms))
@@ -245,15 +250,8 @@ def wg_estimate_seconds(cfg: WgConfig, M: int, N: int, K: int, splits: int, sms:
 @functools.lru_cache(maxsize=4096)
 def wg_ranked_plans(M: int, N: int, K: int, precision: str, sms: int = 132, launch_s: float = 20e-6) -> tuple:
     """Every (WgConfig, splits) weighed for a shape, cheapest first, as ``ranked_plans``."""
-    ranked = []
-    for cfg in (c for c in WG_CONFIGS if c.precision == precision):
-        s = 1
-        while s <= 32 and (s == 1 or math.ceil(K / s) >= 4 * cfg.bk):
-            key = (wg_estimate_seconds(cfg, M, N, K, s, sms, launch_s),
-                   wg_estimate_seconds(cfg, M, N, K, s, sms, 0.0))
-            ranked.append((key, len(ranked), (cfg, s)))
-            s *= 2
-    return tuple(plan for _, _, plan in sorted(ranked))
+    cfgs = [c for c in WG_CONFIGS if c.precision == precision]
+    return _ranked(cfgs, wg_estimate_seconds, M, N, K, sms, launch_s)
 
 
 def wgmma_supported() -> bool:
@@ -395,7 +393,7 @@ def wg_workspace_size(M: int, N: int, K: int, plan) -> int:
     """float32 elements of workspace a ``gemm_wgmma`` plan needs: the prepared operands A' (M, Kp) and B'
     (N, Kp) (rows of whole 128-byte k tiles, so B' starts aligned), then the split-K partials."""
     cfg, splits = plan
-    kp = math.ceil(K / cfg.bk) * cfg.bk
+    kp = wg_split(K, 1, cfg.bk)[0]
     prepared = math.ceil((M + N) * kp * WG_ELEMENT_BYTES[cfg.precision] / 4)
     return prepared + (splits * M * N if splits > 1 else 0)
 

@@ -231,9 +231,16 @@ def arch_supported(family: str) -> bool:
     try:
         import cupy
 
-        return cupy.cuda.Device().compute_capability == "90"
+        return _compute_capability(cupy.cuda.Device().id) == "90"
     except Exception:  # no CuPy or no device: nothing of ours runs here, planning code may still ask
         return False
+
+
+@functools.lru_cache(maxsize=None)
+def _compute_capability(device_id: int) -> str:
+    import cupy
+
+    return cupy.cuda.Device(device_id).compute_capability
 
 
 def nvcc_command(family: str, defines: tuple, arch: str, output: str) -> list:

@@ -83,16 +83,18 @@ def workspace_size(dims, precision: str, sms: int = 132) -> int:
 def _pick(phase, dims, precision, mma, wg):
     """Run the phase with the implicit GEMM (``mma()``) or, on a device with wgmma, whichever of it and
     ``wgmma.run`` (``wg()``) the autotuner timed faster for this layer, phase and precision."""
-    if not wgmma.available():
-        return mma()
-    key = ("conv_tc", phase, tuple(dims), precision)
-    name = runtime.autotune(key, lambda: {"implicit_gemm_tc": mma, "wgmma": wg}, "implicit_gemm_tc")
+    key = ("conv_tc", phase, dims, precision)
+    name = runtime.tuned(key)
+    if name is None:
+        if not wgmma.available():
+            return mma()
+        name = runtime.autotune(key, lambda: {"implicit_gemm_tc": mma, "wgmma": wg}, "implicit_gemm_tc")
     return (wg if name == "wgmma" else mma)()
 
 
 def algorithm(phase, dims, precision) -> str:
     """"wgmma" where the autotuner chose ``wgmma.run`` for this layer and phase, else "implicit_gemm_tc"."""
-    return runtime.tuned(("conv_tc", phase, tuple(dims), precision)) or "implicit_gemm_tc"
+    return runtime.tuned(("conv_tc", phase, dims, precision)) or "implicit_gemm_tc"
 
 
 def forward(x, W, b, out, dims, precision, workspace=None, sms=132):
