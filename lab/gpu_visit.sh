@@ -10,6 +10,8 @@
 #   bash lab/gpu_visit.sh train [SET]      # the committed GPU training runs, one set per call (resumable):
 #                                          # mnist-64 (default), mnist-1024, cifar-64, cifar-1024, digits
 #                                          # -> reports/train-<set>-<card>/
+#   bash lab/gpu_visit.sh wgmma            # the wgmma GEMM and conv: their GPU tests, then tc_bench at 4096^3
+#                                          # (every tile config, mma.sync and wgmma, beside cuBLAS)
 #   bash lab/gpu_visit.sh tc               # the tensor-core layer rows (lab/conv/tc_suite.toml): TF32 / BF16
 #                                          # dense 4096 and the conv suite, ours vs PyTorch -> reports/tc-<card>/
 #   bash lab/gpu_visit.sh jax-flag         # the JAX rows (lab/step/jax_rows_suite.toml) without and with
@@ -101,6 +103,16 @@ case "${1:-tests}" in
       --batches "${3:-64}" --out "$out/breakdown" >"$out/breakdown.log" 2>&1
     echo "breakdown exit: $?"
     grep -E "^==|kernel time per step" "$out/breakdown.log"
+    ;;
+  wgmma)
+    timeout "${TIMEOUT_S:-200}" python3 -m pytest -q -p no:cacheprovider -k wgmma --junitxml="$out/wgmma_junit.xml" \
+      tests/custom_impl/gpu/test_gemm_tc.py tests/custom_impl/gpu/test_conv_tc.py >"$out/wgmma_tests.log" 2>&1
+    echo "pytest exit: $?"
+    grep -E "FAILED|ERROR" "$out/wgmma_tests.log" | head -20
+    tail -2 "$out/wgmma_tests.log"
+    timeout 120 python3 lab/gemm/tc_bench.py --shapes 4096x4096x4096,8192x8192x8192 >"$out/tc_bench.log" 2>&1
+    echo "tc_bench exit: $?"
+    cat "$out/tc_bench.log"
     ;;
   tc)
     card=$(card_slug)
