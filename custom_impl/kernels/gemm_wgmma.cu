@@ -199,40 +199,73 @@ gemm_wgmma_prep(const float* __restrict__ a_src, void* __restrict__ a_dst, int a
 //                                   (0 where not a whole output index)      backward-data A (rows N H W)
 //   5 WC    (c, k_out r s)        = W[k_out][c][r][s]                        backward-data B (rows C)
 // So forward is (N P Q x K) = COLS WT^T written into y (N, K, P, Q), backward-data (N H W x C) = DCOLS WC^T
-// into dx (N, C, H, W), backward-weights (K x C R S) = DY COLST^T into dW. One thread per element, k
-// fastest: the writes are coalesced, and so, mostly, are the reads (consecutive k are consecutive s or q).
+// into dx (N, C, H, W), backward-weights (K x C R S) = DY COLST^T into dW.
+//
+// Grid (ceil(Kp / 256), ceil(rows / rows_per_block)). A thread owns one k for the block's rows: it splits k
+// into its indices once, and steps the row's indices (n p q, c r s or n h w) by carries, so the loop has
+// no integer division (but for a stride above 1 in backward-data). The 32 threads of a warp write 32
+// consecutive k of a row (coalesced), and read mostly neighbouring elements (consecutive k are
+// consecutive s, q or pixels).
 extern "C" __global__ void __launch_bounds__(256)
 conv_wgmma_prep(const float* __restrict__ src, void* __restrict__ dst, int mode, int rows, int red, int Kp,
-                int N, int C, int H, int W, int K, int R, int S, int P, int Q, int sh, int sw, int ph, int pw) {
-    const size_t total = (size_t)rows * Kp;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
-        const int r = (int)(i / Kp), k = (int)(i % Kp);
-        float v = 0.f;
-        if (k < red) {
-            if (mode == 0 || mode == 5) {           // W[k_out][c][rs]
-                const int RS = R * S;
-                const int ko = mode == 0 ? r : k / RS;
-                const int c = mode == 0 ? k / RS : r;
-                const int rs = k % RS;
-                v = src[((size_t)ko * C + c) * RS + rs];
-            } else if (mode == 1 || mode == 2) {    // x at (n p q, c r s)
-                const int a = mode == 1 ? r : k, b = mode == 1 ? k : r;
-                const int n = a / (P * Q), pq = a % (P * Q);
-                const int c = b / (R * S), rs = b % (R * S);
-                const int h = (pq / Q) * sh - ph + rs / S, w = (pq % Q) * sw - pw + rs % S;
-                if (h >= 0 && h < H && w >= 0 && w < W) v = src[(((size_t)n * C + c) * H + h) * W + w];
-            } else if (mode == 3) {                 // dy[n][k_out][pq]
-                const int n = k / (P * Q), pq = k % (P * Q);
-                v = src[((size_t)n * K + r) * (P * Q) + pq];
-            } else {                                // mode 4: dy at (n h w, k_out r s)
-                const int n = r / (H * W), hw = r % (H * W);
-                const int ko = k / (R * S), rs = k % (R * S);
-                const int ph_ = hw / W + ph - rs / S, pw_ = hw % W + pw - rs % S;
-                if (ph_ >= 0 && pw_ >= 0 && ph_ % sh == 0 && pw_ % sw == 0 && ph_ / sh < P && pw_ / sw < Q)
-                    v = src[(((size_t)n * K + ko) * P + ph_ / sh) * Q + pw_ / sw];
-            }
+                int rows_per_block, int N, int C, int H, int W, int K, int R, int S, int P, int Q, int sh,
+                int sw, int ph, int pw) {
+    const int k = blockIdx.x * blockDim.x + threadIdx.x;
+    const int r0 = blockIdx.y * rows_per_block;
+    const int r1 = min(rows, r0 + rows_per_block);
+    if (k >= Kp || r0 >= r1) return;
+    const bool live = k < red;
+    const int kk = live ? k : 0;  // a harmless index for the padding columns, which write 0
+    const int RS = R * S, PQ = P * Q, HW = H * W;
+    size_t at = (size_t)r0 * Kp + k;
+    if (mode == 0 || mode == 3 || mode == 5) {  // one stride per row
+        size_t idx;
+        int step;
+        if (mode == 0) {         // W[r][k] as (K, C R S)
+            idx = (size_t)r0 * red + kk;
+            step = red;
+        } else if (mode == 3) {  // dy[n][r][pq], k = n P Q + pq
+            idx = ((size_t)(kk / PQ) * K + r0) * PQ + kk % PQ;
+            step = PQ;
+        } else {                 // W[k_out][r][rs], k = k_out R S + rs
+            idx = ((size_t)(kk / RS) * C + r0) * RS + kk % RS;
+            step = RS;
         }
-        wg_store_rounded(dst, i, v);
+        for (int r = r0; r < r1; ++r, at += Kp, idx += step) wg_store_rounded(dst, at, live ? src[idx] : 0.f);
+    } else if (mode == 1) {      // rows n p q step by carries; k = c R S + kr S + ks
+        const int c = kk / RS, kr = (kk % RS) / S, ks = kk % S;
+        int n = r0 / PQ, p = (r0 % PQ) / Q, q = r0 % Q;
+        for (int r = r0; r < r1; ++r, at += Kp) {
+            const int h = p * sh - ph + kr, w = q * sw - pw + ks;
+            float v = 0.f;
+            if (live && h >= 0 && h < H && w >= 0 && w < W) v = src[(((size_t)n * C + c) * H + h) * W + w];
+            wg_store_rounded(dst, at, v);
+            if (++q == Q) { q = 0; if (++p == P) { p = 0; ++n; } }
+        }
+    } else if (mode == 2) {      // rows c kr ks step by carries; k = n P Q + p Q + q
+        const int n = kk / PQ, p = (kk % PQ) / Q, q = kk % Q;
+        int c = r0 / RS, kr = (r0 % RS) / S, ks = r0 % S;
+        for (int r = r0; r < r1; ++r, at += Kp) {
+            const int h = p * sh - ph + kr, w = q * sw - pw + ks;
+            float v = 0.f;
+            if (live && h >= 0 && h < H && w >= 0 && w < W) v = src[(((size_t)n * C + c) * H + h) * W + w];
+            wg_store_rounded(dst, at, v);
+            if (++ks == S) { ks = 0; if (++kr == R) { kr = 0; ++c; } }
+        }
+    } else {                     // mode 4: rows n h w step by carries; k = k_out R S + kr S + ks
+        const int ko = kk / RS, kr = (kk % RS) / S, ks = kk % S;
+        int n = r0 / HW, h = (r0 % HW) / W, w = r0 % W;
+        for (int r = r0; r < r1; ++r, at += Kp) {
+            const int ph_ = h + ph - kr, pw_ = w + pw - ks;  // p sh and q sw, if whole
+            float v = 0.f;
+            if (live && ph_ >= 0 && pw_ >= 0) {
+                const int p = sh == 1 ? ph_ : ph_ / sh, q = sw == 1 ? pw_ : pw_ / sw;
+                if (p * sh == ph_ && q * sw == pw_ && p < P && q < Q)
+                    v = src[(((size_t)n * K + ko) * P + p) * Q + q];
+            }
+            wg_store_rounded(dst, at, v);
+            if (++w == W) { w = 0; if (++h == H) { h = 0; ++n; } }
+        }
     }
 }
 

@@ -1,8 +1,8 @@
 """A NumPy replay of the wgmma convolution's index math (kernels/gemm_wgmma.cu: conv_wgmma_prep's six
 operand modes and the NCHW epilogue of gemm_wgmma), for checking it without a GPU.
 
-Each function mirrors the kernel's integer formulas element for element (vectorised over index arrays),
-in float64 and without rounding, so a phase composed from them must equal a float64 convolution to
+Each function mirrors the kernel's integer steps (the prep vectorised over a block's threads, its rows
+stepped by the same carries), in float64 and without rounding, so a phase composed from them must equal a float64 convolution to
 float64 rounding. ``conv_phase`` takes the phase's GEMM shape and operand modes from the real
 ``custom_impl.gpu.conv.wgmma.gemm_shape``.
 
@@ -21,46 +21,76 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
-def prep(mode: int, src: np.ndarray, rows: int, red: int, kp: int, dims) -> np.ndarray:
-    """conv_wgmma_prep: the (rows, kp) operand of ``mode`` gathered from ``src`` (flat float64)."""
+def prep(mode: int, src: np.ndarray, rows: int, red: int, kp: int, dims, rows_per_block: int = 64) -> np.ndarray:
+    """conv_wgmma_prep: the (rows, kp) operand of ``mode`` gathered from ``src`` (flat float64), replayed as
+    the kernel runs it: every k at once (the threads of a block), each block of ``rows_per_block`` rows
+    from its first row's indices, stepped by the same carries."""
     N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw = dims
     src = np.asarray(src, dtype=np.float64).ravel()
-    r = np.arange(rows)[:, None]
-    k = np.arange(kp)[None, :]
-    r, k = np.broadcast_arrays(r, k)
-    out = np.zeros((rows, kp))
-    inside = k < red
-    RS = R * S
-    if mode in (0, 5):                          # W[k_out][c][rs]
-        ko = r if mode == 0 else k // RS
-        c = k // RS if mode == 0 else r
-        idx = (ko * C + c) * RS + k % RS
-        ok = inside
-    elif mode in (1, 2):                        # x at (n p q, c r s)
-        a, b = (r, k) if mode == 1 else (k, r)
-        n, pq = a // (P * Q), a % (P * Q)
-        c, rs = b // RS, b % RS
-        h = (pq // Q) * sh - ph + rs // S
-        w = (pq % Q) * sw - pw + rs % S
-        ok = inside & (h >= 0) & (h < H) & (w >= 0) & (w < W)
-        idx = ((n * C + c) * H + h) * W + w
-    elif mode == 3:                             # dy[n][k_out][pq]
-        n, pq = k // (P * Q), k % (P * Q)
-        idx = (n * K + r) * (P * Q) + pq
-        ok = inside
-    elif mode == 4:                             # dy at (n h w, k_out r s)
-        n, hw = r // (H * W), r % (H * W)
-        ko, rs = k // RS, k % RS
-        ph_ = hw // W + ph - rs // S
-        pw_ = hw % W + pw - rs % S
-        # NOTE: C's % of a negative is negative, Python's is not: the kernel tests >= 0 first, so do we
-        ok = inside & (ph_ >= 0) & (pw_ >= 0)
-        ok &= (np.where(ok, ph_, 0) % sh == 0) & (np.where(ok, pw_, 0) % sw == 0)
-        ok &= (ph_ // sh < P) & (pw_ // sw < Q)
-        idx = ((n * K + ko) * P + ph_ // sh) * Q + pw_ // sw
-    else:
-        raise ValueError(f"unknown mode {mode}")
-    out[ok] = src[idx[ok]]
+    out = np.full((rows, kp), np.nan)
+    k = np.arange(kp)
+    live = k < red
+    kk = np.where(live, k, 0)
+    RS, PQ, HW = R * S, P * Q, H * W
+
+    def fetch(idx, ok):
+        v = np.zeros(kp)
+        v[ok] = src[idx[ok]]
+        return v
+
+    for r0 in range(0, rows, rows_per_block):
+        r1 = min(rows, r0 + rows_per_block)
+        if mode in (0, 3, 5):
+            if mode == 0:
+                idx, step = r0 * red + kk, red
+            elif mode == 3:
+                idx, step = (kk // PQ * K + r0) * PQ + kk % PQ, PQ
+            else:
+                idx, step = (kk // RS * C + r0) * RS + kk % RS, RS
+            for r in range(r0, r1):
+                out[r] = fetch(idx, live)
+                idx = idx + step
+        elif mode == 1:
+            c, kr, ks = kk // RS, kk % RS // S, kk % S
+            n, p, q = r0 // PQ, r0 % PQ // Q, r0 % Q
+            for r in range(r0, r1):
+                h, w = p * sh - ph + kr, q * sw - pw + ks
+                ok = live & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+                out[r] = fetch(((n * C + c) * H + h) * W + w, ok)
+                q += 1
+                if q == Q:
+                    q, p = 0, p + 1
+                    if p == P:
+                        p, n = 0, n + 1
+        elif mode == 2:
+            n, p, q = kk // PQ, kk % PQ // Q, kk % Q
+            c, kr, ks = r0 // RS, r0 % RS // S, r0 % S
+            for r in range(r0, r1):
+                h, w = p * sh - ph + kr, q * sw - pw + ks
+                ok = live & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+                out[r] = fetch(((n * C + c) * H + h) * W + w, ok)
+                ks += 1
+                if ks == S:
+                    ks, kr = 0, kr + 1
+                    if kr == R:
+                        kr, c = 0, c + 1
+        elif mode == 4:
+            ko, kr, ks = kk // RS, kk % RS // S, kk % S
+            n, h, w = r0 // HW, r0 % HW // W, r0 % W
+            for r in range(r0, r1):
+                ph_, pw_ = h + ph - kr, w + pw - ks
+                pos = live & (ph_ >= 0) & (pw_ >= 0)
+                # C's / truncates toward zero; only non-negative values reach it (pos), as in the kernel
+                p, q = np.where(pos, ph_, 0) // sh, np.where(pos, pw_, 0) // sw
+                ok = pos & (p * sh == ph_) & (q * sw == pw_) & (p < P) & (q < Q)
+                out[r] = fetch(((n * K + ko) * P + p) * Q + q, ok)
+                w += 1
+                if w == W:
+                    w, h = 0, h + 1
+                    if h == H:
+                        h, n = 0, n + 1
+        else:
+            raise ValueError(f"unknown mode {mode}")
     return out
 
 
@@ -75,18 +105,19 @@ def store(C: np.ndarray, total: int, pq: int, bias=None) -> np.ndarray:
     return out
 
 
-def conv_phase(phase: str, a_src, b_src, dims, out_shape, bias=None, bk: int = 32) -> np.ndarray:
+def conv_phase(phase: str, a_src, b_src, dims, out_shape, bias=None, bk: int = 32,
+               rows_per_block: int = 64) -> np.ndarray:
     """One phase as conv/wgmma.py runs it: both preps, the GEMM A' B'^T in float64, the epilogue."""
     from custom_impl.gpu.conv.wgmma import gemm_shape
 
     M, Ncols, red, a_mode, b_mode, pq = gemm_shape(dims, phase)
     kp = math.ceil(red / bk) * bk
-    A = prep(a_mode, a_src, M, red, kp, dims)
-    B = prep(b_mode, b_src, Ncols, red, kp, dims)
+    A = prep(a_mode, a_src, M, red, kp, dims, rows_per_block)
+    B = prep(b_mode, b_src, Ncols, red, kp, dims, rows_per_block)
     return store(A @ B.T, int(np.prod(out_shape)), pq, bias).reshape(out_shape)
 
 
-def check(geom, seed: int = 0) -> float:
+def check(geom, seed: int = 0, rows_per_block: int = 64) -> float:
     """Largest relative difference of the three phases from tests/conv_reference.py's convolution."""
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from conv_reference import conv_ref
@@ -100,9 +131,10 @@ def check(geom, seed: int = 0) -> float:
     y_ref, backward = conv_ref(x, Wt, stride, padding)
     dy = rng.standard_normal(y_ref.shape)
     dx_ref, dW_ref, _ = backward(dy)
-    got = {"y": conv_phase("forward", x, Wt, dims, y_ref.shape, b),
-           "dx": conv_phase("backward_data", dy, Wt, dims, x.shape),
-           "dW": conv_phase("backward_weights", dy, x, dims, Wt.shape, bk=64)}
+    rpb = rows_per_block
+    got = {"y": conv_phase("forward", x, Wt, dims, y_ref.shape, b, rows_per_block=rpb),
+           "dx": conv_phase("backward_data", dy, Wt, dims, x.shape, rows_per_block=rpb),
+           "dW": conv_phase("backward_weights", dy, x, dims, Wt.shape, bk=64, rows_per_block=rpb)}
     ref = {"y": y_ref + b[None, :, None, None], "dx": dx_ref, "dW": dW_ref}
     return max(float(np.max(np.abs(got[n] - ref[n])) / max(1.0, float(np.max(np.abs(ref[n]))))) for n in ref)
 

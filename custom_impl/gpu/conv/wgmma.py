@@ -29,6 +29,14 @@ PHASES = ("forward", "backward_data", "backward_weights")
 WT, COLS, COLST, DY, DCOLS, WC = range(6)
 
 
+PREP_THREADS = 256   # conv_wgmma_prep: one k per thread
+
+
+def prep_rows_per_block(rows: int) -> int:
+    """Rows of an operand one conv_wgmma_prep block walks: 64, or more where the grid's y would pass 65535."""
+    return max(64, -(-rows // 65535))
+
+
 def available() -> bool:
     """Whether this device runs the wgmma kernels (compute capability 9.0)."""
     return gemm_tc.wgmma_supported()
@@ -75,10 +83,10 @@ def run(phase: str, a_src, b_src, out, bias, dims, precision: str, workspace=Non
     ws = checked_workspace(workspace, need, f"conv2d {phase}", "conv2d_workspace_size")
     a_dst, b_dst, partials = gemm_tc.wg_buffers(ws, M, Ncols, kp, precision)
     prep = runtime.kernel(FAMILY, "conv_wgmma_prep", cfg.defines)
-    tail = i32(red, kp, *dims)
     for src, dst, mode, rows in ((a_src, a_dst, a_mode, M), (b_src, b_dst, b_mode, Ncols)):
-        grid = min(runtime.blocks(rows * kp, 256), sms * 32)
-        prep((grid,), (256,), (src, np.uint64(dst)) + i32(mode, rows) + tail)
+        per_block = prep_rows_per_block(rows)
+        prep((runtime.blocks(kp, PREP_THREADS), runtime.blocks(rows, per_block)), (PREP_THREADS,),
+             (src, np.uint64(dst)) + i32(mode, rows, red, kp, per_block, *dims))
     kern, grid, block, smem, args, red_launch = gemm_tc.wg_gemm_launch(
         cfg, splits, M, Ncols, kp, k_chunk, out, False, "none", pq, partials)
     kern(grid, block, (np.uint64(a_dst), np.uint64(b_dst), out, ptr(bias)) + args, shared_mem=smem)

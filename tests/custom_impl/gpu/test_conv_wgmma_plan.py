@@ -32,9 +32,17 @@ def _emulator():
     return mod
 
 
+@pytest.mark.parametrize("rows_per_block", [64, 7])
 @pytest.mark.parametrize("geom", GEOMETRIES, ids=lambda g: "x".join(str(v) for v in g[:7]) + f"_s{g[7][0]}{g[7][1]}")
-def test_replay_matches_float64(geom):
-    assert _emulator().check(geom) < 1e-12
+def test_replay_matches_float64(geom, rows_per_block):
+    """7 rows per block starts blocks in the middle of every carry (a row of q, an image, a kernel row)."""
+    assert _emulator().check(geom, rows_per_block=rows_per_block) < 1e-12
+
+
+def test_prep_grid_stays_within_cuda_limits():
+    for rows in (1, 64, 65535 * 64, 65535 * 64 + 1, 10 ** 8):
+        per_block = wgmma.prep_rows_per_block(rows)
+        assert per_block >= 64 and -(-rows // per_block) <= 65535, rows
 
 
 def test_plans_fit_the_kernel():
