@@ -255,8 +255,28 @@ def wg_ranked_plans(M: int, N: int, K: int, precision: str, sms: int = 132, laun
 
 
 def wgmma_supported() -> bool:
-    """Whether this device runs ``gemm_wgmma`` (compute capability 9.0: H100, H200)."""
-    return runtime.arch_supported(WG_FAMILY)
+    """Whether this device runs ``gemm_wgmma``: compute capability 9.0 (H100, H200), and its module loads
+    (a driver too old for the toolkit that built the cubin, or an NVRTC without sm_90a, is warned about
+    once and leaves the mma.sync kernels to every plan)."""
+    if not runtime.arch_supported(WG_FAMILY):
+        return False
+    import cupy
+
+    return _wgmma_loads(cupy.cuda.Device().id)
+
+
+@functools.lru_cache(maxsize=None)
+def _wgmma_loads(device_id: int) -> bool:
+    import warnings
+
+    try:
+        for cfg in WG_CONFIGS:
+            runtime.kernel(WG_FAMILY, "gemm_wgmma", cfg.defines)
+    except Exception as err:  # any load or compile failure: the portable kernels still serve every call
+        warnings.warn(f"gemm_wgmma does not load on device {device_id} ({type(err).__name__}: {err}); "
+                      "tensor-core GEMMs and convolutions use the mma.sync kernels only", RuntimeWarning)
+        return False
+    return True
 
 
 def tune_candidates(M: int, N: int, K: int, precision: str, sms: int = 132, count: int = 4,

@@ -102,9 +102,10 @@ def test_conv_tc_exact(geom, graph_regime, precision):
 def test_conv_wgmma_exact(geom, precision, monkeypatch):
     """Every phase through the wgmma im2col GEMM (conv/wgmma.py, chosen by force): its gathers (padding,
     strides, stride phases without taps), the NCHW epilogue and split-K of backward-weights, bit for bit."""
+    from custom_impl.gpu import runtime
     from custom_impl.gpu.conv import implicit_gemm_tc, wgmma
 
-    if not wgmma.available():
+    if not runtime.arch_supported(wgmma.FAMILY):
         pytest.skip("wgmma needs a device of compute capability 9.0 (H100, H200)")
     monkeypatch.setattr(implicit_gemm_tc, "_pick", lambda phase, dims, precision, mma, wg: wg())
     got, inputs = _case(geom, precision)

@@ -192,12 +192,27 @@ def test_exact_every_config_and_split(ta, tb, splits, precision):
 
 
 def _wg_config_names(precision):
-    """The gemm_wgmma configs of the precision; the test skips on a device without sm_90a's wgmma."""
-    from custom_impl.gpu.gemm_tc import WG_CONFIGS, wgmma_supported
+    """The gemm_wgmma configs of the precision; the test skips on a device without sm_90a's wgmma (only
+    there: on an H100 / H200 a module that fails to load fails the test)."""
+    from custom_impl.gpu import runtime
+    from custom_impl.gpu.gemm_tc import WG_CONFIGS, WG_FAMILY
 
-    if not wgmma_supported():
+    if not runtime.arch_supported(WG_FAMILY):
         pytest.skip("gemm_wgmma needs a device of compute capability 9.0 (H100, H200)")
     return [c.name for c in WG_CONFIGS if c.precision == precision]
+
+
+def test_wgmma_loads_where_the_device_has_it():
+    """On an H100 / H200 every wgmma module loads, so the autotuner offers its plans (wgmma_supported warns
+    and falls back to mma.sync otherwise; here that is a failure)."""
+    import warnings
+
+    from custom_impl.gpu.gemm_tc import wgmma_supported
+
+    _wg_config_names("tf32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert wgmma_supported()
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
