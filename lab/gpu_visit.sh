@@ -10,6 +10,9 @@
 #   bash lab/gpu_visit.sh train [SET]      # the committed GPU training runs, one set per call (resumable):
 #                                          # mnist-64 (default), mnist-1024, cifar-64, cifar-1024, digits
 #                                          # -> reports/train-<set>-<card>/
+#   bash lab/gpu_visit.sh verify           # the GPU tests of the kernels changed since their last GPU run (the
+#                                          # wgmma GEMM and conv, the conv bias gradient and patch plans,
+#                                          # training), one file at a time with its own time limit
 #   bash lab/gpu_visit.sh wgmma            # the wgmma GEMM and conv: their GPU tests, then tc_bench at 4096^3
 #                                          # (every tile config, mma.sync and wgmma, beside cuBLAS)
 #   bash lab/gpu_visit.sh tc               # the tensor-core layer rows (lab/conv/tc_suite.toml): TF32 / BF16
@@ -103,6 +106,15 @@ case "${1:-tests}" in
       --batches "${3:-64}" --out "$out/breakdown" >"$out/breakdown.log" 2>&1
     echo "breakdown exit: $?"
     grep -E "^==|kernel time per step" "$out/breakdown.log"
+    ;;
+  verify)
+    for f in test_gemm_tc.py test_conv_tc.py test_conv.py test_conv_patch_plan.py ../../harness/test_train.py; do
+      name=$(basename "$f" .py)
+      timeout "${TIMEOUT_S:-120}" python3 -m pytest -q -p no:cacheprovider --junitxml="$out/$name.xml" \
+        "tests/custom_impl/gpu/$f" >"$out/$name.log" 2>&1
+      echo "$name exit: $? ($(tail -1 "$out/$name.log"))"
+      grep -E "^FAILED|^ERROR" "$out/$name.log" | head -8
+    done
     ;;
   wgmma)
     timeout "${TIMEOUT_S:-200}" python3 -m pytest -q -p no:cacheprovider -k wgmma --junitxml="$out/wgmma_junit.xml" \
