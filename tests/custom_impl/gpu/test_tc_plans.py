@@ -64,3 +64,44 @@ def test_tensor_core_modules_are_precompiled():
         got = [d for f, d in mods if f == family]
         assert sorted(map(sorted, (d.items() for d in got))) == \
             sorted(map(sorted, (c.defines.items() for c in gemm_tc.CONFIGS))), family
+
+
+@pytest.mark.parametrize("cfg", gemm_tc.WG_CONFIGS, ids=lambda c: c.name)
+def test_wgmma_configs_fit_an_sm90_block(cfg):
+    """gemm_wgmma.cu's static_asserts and limits: warpgroups of 64 rows, wgmma n of 128 or 256, >= 3 stages,
+    the stages in the opt-in shared memory, whole 16-byte chunks per thread for both tiles, one 128-byte
+    row of k per tile."""
+    assert cfg.bm in (64, 128) and cfg.bn in (128, 256) and cfg.stages >= 3
+    assert cfg.threads == cfg.bm // 64 * 128
+    assert cfg.smem_bytes <= MAX_SMEM
+    assert (cfg.bm * 8) % cfg.threads == 0 and (cfg.bn * 8) % cfg.threads == 0
+    assert cfg.bk * gemm_tc.WG_ELEMENT_BYTES[cfg.precision] == 128
+    assert cfg.blocks_per_sm * cfg.smem_bytes <= 228 * 1024
+
+
+@pytest.mark.parametrize("K,splits", [(1, 1), (31, 1), (1001, 3), (4096, 1), (4097, 32), (64, 8)])
+def test_wgmma_split_covers_the_padded_reduction(K, splits):
+    for bk in (32, 64):
+        kp, chunk, n = gemm_tc.wg_split(K, splits, bk)
+        assert kp % bk == 0 and K <= kp < K + bk
+        assert chunk % bk == 0 and n <= splits and (n - 1) * chunk < kp <= n * chunk   # no chunk is empty
+
+
+@pytest.mark.parametrize("M,N,K", [(4096, 4096, 4096), (64, 10, 784), (1, 1, 1), (257, 129, 4097)])
+@pytest.mark.parametrize("precision", gemm_tc.PRECISIONS)
+def test_wgmma_workspace_holds_its_buffers(M, N, K, precision):
+    """wg_buffers' A', B' and partials lie inside wg_workspace_size, B' and the partials 16-byte aligned
+    relative to an aligned workspace."""
+    class _Buf:   # a stand-in device buffer at a 256-byte-aligned address
+        class data:
+            ptr = 1 << 20
+
+    for cfg, splits in gemm_tc.wg_ranked_plans(M, N, K, precision)[:4]:
+        kp, _, n = gemm_tc.wg_split(K, splits, cfg.bk)
+        size = gemm_tc.wg_workspace_size(M, N, K, (cfg, n))
+        a, b, partials = gemm_tc.wg_buffers(_Buf, M, N, kp, precision)
+        eb = gemm_tc.WG_ELEMENT_BYTES[precision]
+        assert b - a == M * kp * eb and (b - a) % 128 == 0
+        assert partials - a >= (M + N) * kp * eb and partials % 4 == 0
+        end = partials + (n * M * N * 4 if n > 1 else 0)
+        assert end - a <= size * 4
