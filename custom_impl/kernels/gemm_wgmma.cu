@@ -206,6 +206,17 @@ gemm_wgmma_prep(const float* __restrict__ a_src, void* __restrict__ a_dst, int a
 // no integer division (but for a stride above 1 in backward-data). The 32 threads of a warp write 32
 // consecutive k of a row (coalesced), and read mostly neighbouring elements (consecutive k are
 // consecutive s, q or pixels).
+// Steps the indices (a, b, c) of a row-major (., B, C) range to the next element: c fastest.
+__device__ __forceinline__ void wg_step3(int& a, int& b, int& c, int B, int C) {
+    if (++c == C) {
+        c = 0;
+        if (++b == B) {
+            b = 0;
+            ++a;
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256)
 conv_wgmma_prep(const float* __restrict__ src, void* __restrict__ dst, int mode, int rows, int red, int Kp,
                 int rows_per_block, int N, int C, int H, int W, int K, int R, int S, int P, int Q, int sh,
@@ -232,25 +243,17 @@ conv_wgmma_prep(const float* __restrict__ src, void* __restrict__ dst, int mode,
             step = RS;
         }
         for (int r = r0; r < r1; ++r, at += Kp, idx += step) wg_store_rounded(dst, at, live ? src[idx] : 0.f);
-    } else if (mode == 1) {      // rows n p q step by carries; k = c R S + kr S + ks
-        const int c = kk / RS, kr = (kk % RS) / S, ks = kk % S;
-        int n = r0 / PQ, p = (r0 % PQ) / Q, q = r0 % Q;
+    } else if (mode == 1 || mode == 2) {  // x at (pixel n p q, tap c kr ks): k fixes one, the rows step the other
+        const int pixel = mode == 1 ? r0 : kk, tap = mode == 1 ? kk : r0;
+        int n = pixel / PQ, p = (pixel % PQ) / Q, q = pixel % Q;
+        int c = tap / RS, kr = (tap % RS) / S, ks = tap % S;
         for (int r = r0; r < r1; ++r, at += Kp) {
             const int h = p * sh - ph + kr, w = q * sw - pw + ks;
             float v = 0.f;
             if (live && h >= 0 && h < H && w >= 0 && w < W) v = src[(((size_t)n * C + c) * H + h) * W + w];
             wg_store_rounded(dst, at, v);
-            if (++q == Q) { q = 0; if (++p == P) { p = 0; ++n; } }
-        }
-    } else if (mode == 2) {      // rows c kr ks step by carries; k = n P Q + p Q + q
-        const int n = kk / PQ, p = (kk % PQ) / Q, q = kk % Q;
-        int c = r0 / RS, kr = (r0 % RS) / S, ks = r0 % S;
-        for (int r = r0; r < r1; ++r, at += Kp) {
-            const int h = p * sh - ph + kr, w = q * sw - pw + ks;
-            float v = 0.f;
-            if (live && h >= 0 && h < H && w >= 0 && w < W) v = src[(((size_t)n * C + c) * H + h) * W + w];
-            wg_store_rounded(dst, at, v);
-            if (++ks == S) { ks = 0; if (++kr == R) { kr = 0; ++c; } }
+            if (mode == 1) wg_step3(n, p, q, P, Q);
+            else wg_step3(c, kr, ks, R, S);
         }
     } else {                     // mode 4: rows n h w step by carries; k = k_out R S + kr S + ks
         const int ko = kk / RS, kr = (kk % RS) / S, ks = kk % S;
@@ -264,7 +267,7 @@ conv_wgmma_prep(const float* __restrict__ src, void* __restrict__ dst, int mode,
                     v = src[(((size_t)n * K + ko) * P + p) * Q + q];
             }
             wg_store_rounded(dst, at, v);
-            if (++w == W) { w = 0; if (++h == H) { h = 0; ++n; } }
+            wg_step3(n, h, w, H, W);
         }
     }
 }

@@ -21,6 +21,16 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
+def _step3(a, b, c, B: int, C: int):
+    """The kernel's wg_step3: the next (a, b, c) of a row-major (., B, C) range, c fastest."""
+    c += 1
+    if c == C:
+        c, b = 0, b + 1
+        if b == B:
+            b, a = 0, a + 1
+    return a, b, c
+
+
 def prep(mode: int, src: np.ndarray, rows: int, red: int, kp: int, dims, rows_per_block: int = 64) -> np.ndarray:
     """conv_wgmma_prep: the (rows, kp) operand of ``mode`` gathered from ``src`` (flat float64), replayed as
     the kernel runs it: every k at once (the threads of a block), each block of ``rows_per_block`` rows
@@ -50,30 +60,18 @@ def prep(mode: int, src: np.ndarray, rows: int, red: int, kp: int, dims, rows_pe
             for r in range(r0, r1):
                 out[r] = fetch(idx, live)
                 idx = idx + step
-        elif mode == 1:
-            c, kr, ks = kk // RS, kk % RS // S, kk % S
-            n, p, q = r0 // PQ, r0 % PQ // Q, r0 % Q
+        elif mode in (1, 2):
+            pixel, tap = (r0, kk) if mode == 1 else (kk, r0)
+            n, p, q = pixel // PQ, pixel % PQ // Q, pixel % Q
+            c, kr, ks = tap // RS, tap % RS // S, tap % S
             for r in range(r0, r1):
                 h, w = p * sh - ph + kr, q * sw - pw + ks
                 ok = live & (h >= 0) & (h < H) & (w >= 0) & (w < W)
                 out[r] = fetch(((n * C + c) * H + h) * W + w, ok)
-                q += 1
-                if q == Q:
-                    q, p = 0, p + 1
-                    if p == P:
-                        p, n = 0, n + 1
-        elif mode == 2:
-            n, p, q = kk // PQ, kk % PQ // Q, kk % Q
-            c, kr, ks = r0 // RS, r0 % RS // S, r0 % S
-            for r in range(r0, r1):
-                h, w = p * sh - ph + kr, q * sw - pw + ks
-                ok = live & (h >= 0) & (h < H) & (w >= 0) & (w < W)
-                out[r] = fetch(((n * C + c) * H + h) * W + w, ok)
-                ks += 1
-                if ks == S:
-                    ks, kr = 0, kr + 1
-                    if kr == R:
-                        kr, c = 0, c + 1
+                if mode == 1:
+                    n, p, q = _step3(n, p, q, P, Q)
+                else:
+                    c, kr, ks = _step3(c, kr, ks, R, S)
         elif mode == 4:
             ko, kr, ks = kk // RS, kk % RS // S, kk % S
             n, h, w = r0 // HW, r0 % HW // W, r0 % W
@@ -84,11 +82,7 @@ def prep(mode: int, src: np.ndarray, rows: int, red: int, kp: int, dims, rows_pe
                 p, q = np.where(pos, ph_, 0) // sh, np.where(pos, pw_, 0) // sw
                 ok = pos & (p * sh == ph_) & (q * sw == pw_) & (p < P) & (q < Q)
                 out[r] = fetch(((n * K + ko) * P + p) * Q + q, ok)
-                w += 1
-                if w == W:
-                    w, h = 0, h + 1
-                    if h == H:
-                        h, n = 0, n + 1
+                n, h, w = _step3(n, h, w, H, W)
         else:
             raise ValueError(f"unknown mode {mode}")
     return out
