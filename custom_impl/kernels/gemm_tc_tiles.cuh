@@ -78,10 +78,13 @@ __device__ __forceinline__ unsigned tc_smem_addr(const void* p) {
     return r;
 }
 
-// 16 bytes global -> shared; ok == false copies nothing and zero-fills the 16 bytes.
+// 16 bytes global -> shared (a 32-bit shared-space address); ok == false copies nothing and zero-fills.
+__device__ __forceinline__ void tc_cp16(unsigned dst, const void* src, bool ok) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0));
+}
+
 __device__ __forceinline__ void tc_cp16(float* dst, const float* src, bool ok) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(tc_smem_addr(dst)), "l"(src),
-                 "r"(ok ? 16 : 0));
+    tc_cp16(tc_smem_addr(dst), src, ok);
 }
 
 // 4 bytes global -> shared; ok == false zero-fills.

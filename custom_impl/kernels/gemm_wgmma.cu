@@ -60,6 +60,16 @@ static_assert(WG_BM % 64 == 0 && WG_BM <= 128, "one or two warpgroups of 64 rows
 static_assert(WG_BN == 128 || WG_BN == 256, "wgmma n of 128 or 256");
 static_assert(WG_STAGES >= 3, "the pipeline keeps a stage for the wgmma still retiring");
 
+// wgmma exists only in the architecture-specific target sm_90a (__CUDA_ARCH_FEAT_SM90_ALL), which the
+// runtime builds this family for (runtime.ARCH_SPECIFIC). Compiled for plain sm_90, as a tool that builds
+// every kernel file alike does, the prep kernels stay whole and gemm_wgmma's body is a trap.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define WG_WGMMA 1
+#else
+#define WG_WGMMA 0
+#endif
+
+#if WG_WGMMA
 // ---- PTX wrappers --------------------------------------------------------------------------------------
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
@@ -73,12 +83,6 @@ template <int N>
 __device__ __forceinline__ void wg_fence_acc(float (&d)[N]) {
 #pragma unroll
     for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
-
-// 16 bytes global -> shared (32-bit shared address); ok == false zero-fills.
-__device__ __forceinline__ void wg_cp16(unsigned dst, const void* src, bool ok) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0)
-                 : "memory");
 }
 
 // Shared-memory matrix descriptor of a k-major tile in the 128-byte swizzle starting at `addr` (shared
@@ -140,6 +144,8 @@ __device__ __forceinline__ void wg_mma_n256(float (&d)[128], unsigned long long 
           "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
         : "l"(da), "l"(db));
 }
+
+#endif  // WG_WGMMA
 
 // ---- operand preparation -------------------------------------------------------------------------------
 // Grid (ceil(Kp / 32), ceil(max(a_rows, b_rows) / 32), 2): z = 0 prepares A, z = 1 B. A 32 x 32 tile goes
@@ -286,7 +292,7 @@ __device__ __forceinline__ void wg_load_tile(unsigned s, const unsigned char* p,
         const int r = c >> 3, ch = c & 7;
         const bool ok = row0 + r < rows;
         const unsigned char* src = ok ? p + ((size_t)(row0 + r) * Kp + k0) * WG_EB + ch * 16 : p;
-        wg_cp16(s + r * 128 + ((ch ^ (r & 7)) << 4), src, ok);
+        tc_cp16(s + r * 128 + ((ch ^ (r & 7)) << 4), src, ok);
     }
 }
 
@@ -323,6 +329,7 @@ extern "C" __global__ void __launch_bounds__(WG_NT, 1)
 gemm_wgmma(const void* __restrict__ Ap, const void* __restrict__ Bp, float* __restrict__ C,
            const float* __restrict__ bias, float* __restrict__ W, int M, int N, int Kp, int k_chunk, int beta,
            int act, int flags, int pq) {
+#if WG_WGMMA
     extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
     const unsigned raw = tc_smem_addr(wg_smem_raw);
     const unsigned base = (raw + 1023) & ~1023u;  // the launch asks for 1 KB more than the stages
@@ -395,4 +402,7 @@ gemm_wgmma(const void* __restrict__ Ap, const void* __restrict__ Bp, float* __re
         ep.store2(row, col + 8 * j, acc[4 * j], acc[4 * j + 1]);
         ep.store2(row + 8, col + 8 * j, acc[4 * j + 2], acc[4 * j + 3]);
     }
+#else
+    __trap();
+#endif
 }

@@ -63,23 +63,24 @@ def plan(dims, phase: str, precision: str, sms: int = 132, launch_s: float = 0.0
     return next(p for p in plans if p[1] == 1 or pq == 1)
 
 
+def _sized_plan(dims, phase: str, precision: str, sms: int) -> tuple:
+    """(WgConfig, Kp, k_chunk, splits, workspace elements) of a phase under the launch cost in force."""
+    M, Ncols, red = gemm_shape(dims, phase)[:3]
+    cfg, splits = plan(tuple(dims), phase, precision, sms, runtime.launch_cost())
+    kp, k_chunk, splits = gemm_tc.wg_split(red, splits, cfg.bk)
+    return cfg, kp, k_chunk, splits, gemm_tc.wg_workspace_size(M, Ncols, red, (cfg, splits))
+
+
 def workspace_size(dims, precision: str, sms: int = 132) -> int:
     """float32 elements of workspace the three phases need (the largest)."""
-    need = 0
-    for phase in PHASES:
-        M, Ncols, red = gemm_shape(dims, phase)[:3]
-        cfg, splits = plan(tuple(dims), phase, precision, sms, runtime.launch_cost())
-        need = max(need, gemm_tc.wg_workspace_size(M, Ncols, red, (cfg, gemm_tc.wg_split(red, splits, cfg.bk)[2])))
-    return need
+    return max(_sized_plan(dims, phase, precision, sms)[4] for phase in PHASES)
 
 
 def run(phase: str, a_src, b_src, out, bias, dims, precision: str, workspace=None, sms: int = 132):
     """One phase into ``out`` (checked by the caller): forward (x, W, bias) -> y, backward_data (dy, W) -> dx,
     backward_weights (dy, x) -> dW. ``a_src`` / ``b_src`` are the tensors the A / B operands gather from."""
     M, Ncols, red, a_mode, b_mode, pq = gemm_shape(dims, phase)
-    cfg, splits = plan(tuple(dims), phase, precision, sms, runtime.launch_cost())
-    kp, k_chunk, splits = gemm_tc.wg_split(red, splits, cfg.bk)
-    need = gemm_tc.wg_workspace_size(M, Ncols, red, (cfg, splits))
+    cfg, kp, k_chunk, splits, need = _sized_plan(dims, phase, precision, sms)
     ws = checked_workspace(workspace, need, f"conv2d {phase}", "conv2d_workspace_size")
     a_dst, b_dst, partials = gemm_tc.wg_buffers(ws, M, Ncols, kp, precision)
     prep = runtime.kernel(FAMILY, "conv_wgmma_prep", cfg.defines)
