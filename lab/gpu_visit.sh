@@ -15,6 +15,9 @@
 #                                          # training), one file at a time with its own time limit
 #   bash lab/gpu_visit.sh wgmma            # the wgmma GEMM and conv: their GPU tests, then tc_bench at 4096^3
 #                                          # (every tile config, mma.sync and wgmma, beside cuBLAS)
+#   bash lab/gpu_visit.sh rounded          # the "rounded" conv candidate's GPU tests, then the tensor-core
+#                                          # suite's rows at TF32 for TL seconds (default 40) with the
+#                                          # algorithm each ran -> $OUT/tc-rounded
 #   bash lab/gpu_visit.sh tc               # the tensor-core layer rows (lab/conv/tc_suite.toml): TF32 / BF16
 #                                          # dense 4096 and the conv suite, ours vs PyTorch -> reports/tc-<card>/
 #   bash lab/gpu_visit.sh jax-flag         # the JAX rows (lab/step/jax_rows_suite.toml) without and with
@@ -125,6 +128,16 @@ case "${1:-tests}" in
     timeout 120 python3 lab/gemm/tc_bench.py --shapes 4096x4096x4096,8192x8192x8192 >"$out/tc_bench.log" 2>&1
     echo "tc_bench exit: $?"
     cat "$out/tc_bench.log"
+    ;;
+  rounded)
+    timeout "${TIMEOUT_S:-90}" python3 -m pytest -q -p no:cacheprovider -k rounded --junitxml="$out/rounded.xml" \
+      tests/custom_impl/gpu/test_conv_tc.py >"$out/rounded_tests.log" 2>&1
+    echo "pytest exit: $? ($(tail -1 "$out/rounded_tests.log"))"
+    grep -E "^FAILED|^ERROR" "$out/rounded_tests.log" | head -8
+    timeout 150 python3 -m harness run --suite lab/conv/tc_suite.toml --device gpu --quiet --precision tf32 \
+      --time-limit-s "${TL:-40}" --no-report --out "$out/tc-rounded" >"$out/tc_rounded.log" 2>&1
+    echo "tc rows exit: $?"
+    python3 lab/common/ratios.py "$out/tc-rounded/results.csv"
     ;;
   tc)
     card=$(card_slug)

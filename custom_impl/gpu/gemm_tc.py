@@ -292,6 +292,24 @@ def tune_candidates(M: int, N: int, K: int, precision: str, sms: int = 132, coun
     return cands
 
 
+ROUND_THREADS = 256
+
+
+def round_operand(src, dst, precision: str) -> None:
+    """dst = src rounded to ``precision`` ("tf32": nearest, ties away, the 13 dropped mantissa bits zero;
+    "bf16": nearest even), kept as float32: the operands an FP32 kernel multiplies in a tf32 / bf16
+    convolution (conv/__init__.py), so that its products are the tensor cores' (exact products of rounded
+    values) and only the accumulation order differs. ``src``, ``dst``: float32 CuPy arrays of one size,
+    each contiguous (checked by the caller); no allocation, no host synchronisation."""
+    n = src.size
+    if n == 0:
+        return
+    kern = runtime.kernel(FAMILY, "round_operand", configs(precision)[0].defines)
+    vec = int(src.data.ptr % 16 == 0 and dst.data.ptr % 16 == 0)
+    grid = min(blocks(-(-n // 4) if vec else n, ROUND_THREADS), sm_count() * 8)
+    kern((grid,), (ROUND_THREADS,), (src, dst, np.int64(n), np.int32(PREC_CODE[precision]), np.int32(vec)))
+
+
 def gemm_tc(a, b, out=None, *, precision="tf32", trans_a=False, trans_b=False, bias=None, act="none",
             accumulate=False, config=None, splits=None, workspace=None):
     """out = act(op(a) @ op(b) + bias (+ out if accumulate)) with TF32 or BF16 products; returns out.

@@ -5,6 +5,8 @@
 //   gemm_tc_{nn,nt,tn,tt}  by transposes; optional split-K over gridDim.z: block z writes its raw sum over
 //                          k in [z*k_chunk, (z+1)*k_chunk) to W + z*M*N, and gemm.cu's gemm_splitk_reduce
 //                          adds the partials in order (deterministic) with bias, beta and act.
+//   round_operand           dst[i] = src[i] rounded to TF32 or BF16 (tc_round_float), kept as float32: the
+//                          operands of an FP32 algorithm that runs a tf32 / bf16 convolution (conv/__init__.py)
 #include "gemm_tc_tiles.cuh"
 
 // flags bit 0: A vectorisable (16-byte copies), bit 1: B vectorisable, bit 2: float2 stores into C (or into
@@ -46,3 +48,28 @@ GEMM_TC_ENTRY(gemm_tc_nn, false, false)
 GEMM_TC_ENTRY(gemm_tc_nt, false, true)
 GEMM_TC_ENTRY(gemm_tc_tn, true, false)
 GEMM_TC_ENTRY(gemm_tc_tt, true, true)
+
+// dst[i] = tc_round_float(src[i], bf16) for i < n; vec: both pointers 16-byte aligned (float4 body, then the
+// n % 4 tail). A grid-stride loop: any grid covers n.
+extern "C" __global__ void __launch_bounds__(256)
+round_operand(const float* __restrict__ src, float* __restrict__ dst, long long n, int bf16, int vec) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (vec) {
+        const long long n4 = n >> 2;
+        const float4* s4 = reinterpret_cast<const float4*>(src);
+        float4* d4 = reinterpret_cast<float4*>(dst);
+        for (long long j = i; j < n4; j += stride) {
+            float4 v = s4[j];
+            v.x = tc_round_float(v.x, bf16);
+            v.y = tc_round_float(v.y, bf16);
+            v.z = tc_round_float(v.z, bf16);
+            v.w = tc_round_float(v.w, bf16);
+            d4[j] = v;
+        }
+        i += n4 << 2;   // the tail (n % 4 < 4 elements): threads 0..n%4-1 of the grid
+        if (i < n) dst[i] = tc_round_float(src[i], bf16);
+        return;
+    }
+    for (; i < n; i += stride) dst[i] = tc_round_float(src[i], bf16);
+}

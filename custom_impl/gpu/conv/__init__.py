@@ -19,9 +19,13 @@ timing; docs/kernels.md tells what each measured):
                                        patch staged in shared memory once and reused for every tap.
   "strided_1x1"   (strided_1x1.py)    backward-data of a 1x1 kernel with a stride and no padding: the
                                        stride-1 implicit GEMM into the workspace, then one scatter into dx.
-At ``precision="tf32"`` or ``"bf16"`` every phase runs ``implicit_gemm_tc.py`` instead: the implicit GEMMs on
-the tensor cores (TF32 / BF16 products, FP32 accumulation); ``algo`` must then be "auto" or
-"implicit_gemm" (the other families are FP32 only), and the bias gradient stays an FP32 sum.
+At ``precision="tf32"`` or ``"bf16"`` the autotuner times, per layer and phase, the tensor-core GEMMs of
+``implicit_gemm_tc.py`` (the implicit GEMM, and wgmma's im2col GEMM on H100 / H200) against "rounded": the
+operands rounded to the precision into the workspace (``gemm_tc.round_operand``), then the FP32 "auto"
+choice on them. Both compute the products of the rounded operands exactly and accumulate in FP32, so they
+differ only in summation order; "rounded" wins where a layer suits an FP32 algorithm better (few input
+channels, small batches). ``algo`` must then be "auto" or "implicit_gemm" (both take the timed choice),
+and the bias gradient stays an FP32 sum. ``conv2d_algorithm`` names what ran ("rounded:few_channels").
 FORWARD_ALGOS / DATA_ALGOS / WEIGHTS_ALGOS name them per phase; ``candidates(dims, phase)`` says which can
 run a layer (what "auto" times). ``conv_dims`` gives a layer's ``ConvDims``.
 
@@ -63,21 +67,76 @@ def conv2d_workspace_size(x_shape, w_shape, stride, padding, precision="fp32") -
     if precision == "fp32":
         return select.workspace_size(dims, planning_sms())
     _check_precision(precision, "auto", "conv2d_workspace_size")
-    return implicit_gemm_tc.workspace_size(dims, precision, planning_sms())
+    sms = planning_sms()
+    return max(implicit_gemm_tc.workspace_size(dims, precision, sms), rounded_workspace_size(dims, sms))
 
 
 def conv2d_algorithm(phase, x_shape, w_shape, stride, padding, precision="fp32", bias=True) -> str | None:
     """The algorithm "auto" runs for this layer in ``phase`` ("forward", "backward_data",
-    "backward_weights"): at tf32 / bf16 "implicit_gemm_tc", or "wgmma" where the autotuner picked it on a
-    device with wgmma; at fp32 the autotuner's cached choice for
-    this device and launch-cost regime, or None before the layer's first "auto" call there. ``bias``:
-    whether the forward has one (its choice is cached per bias presence)."""
+    "backward_weights"): at fp32 the autotuner's cached choice for this device and launch-cost regime, or
+    None before the layer's first "auto" call there; at tf32 / bf16 "implicit_gemm_tc" (also before the
+    first call), "wgmma", or "rounded:<the FP32 algorithm>". ``bias``: whether the forward has one (its
+    FP32 choice is cached per bias presence)."""
     if phase not in select.PHASES:
         raise ValueError(f"conv2d_algorithm: phase={phase!r}; use one of {select.PHASES}")
     dims = conv_dims(tuple(x_shape), tuple(w_shape), stride, padding)
-    if precision != "fp32":
-        return implicit_gemm_tc.algorithm(phase, dims, precision)
-    return runtime.tuned(("conv", phase, dims) + ((not bias,) if phase == "forward" else ()))
+    fp32 = runtime.tuned(("conv", phase, dims) + ((not bias,) if phase == "forward" else ()))
+    if precision == "fp32":
+        return fp32
+    name = implicit_gemm_tc.algorithm(phase, dims, precision)
+    return f"{ROUNDED}:{fp32}" if name == ROUNDED else name
+
+
+ROUNDED = "rounded"
+# NOTE: the rounded copies of x, dy and W are three more tensors of the layer's size in the workspace; past
+# 2^28 float32 elements (1 GB) the tensor-core GEMMs alone run the layer, as Winograd's cap bounds its own.
+ROUNDED_MAX_COPIES = 1 << 28
+_ALIGN = 64   # float32 elements: each part of the workspace starts 256-byte aligned (float4 loads need 16)
+
+
+def _rounded_offsets(dims) -> dict | None:
+    """Where the rounded copies go in the workspace: {"x", "dy", "W", "rest"} offsets in float32 elements
+    ("rest": the FP32 algorithm's own workspace after them), or None past ROUNDED_MAX_COPIES."""
+    N, C, H, Wd, K, R, S, P, Q = dims[:9]
+    offsets, at = {}, 0
+    for name, size in (("x", N * C * H * Wd), ("dy", N * K * P * Q), ("W", K * C * R * S)):
+        offsets[name] = at
+        at += -(-size // _ALIGN) * _ALIGN
+    offsets["rest"] = at
+    return offsets if at <= ROUNDED_MAX_COPIES else None
+
+
+def rounded_workspace_size(dims, sms: int = 132) -> int:
+    """float32 elements the "rounded" candidate of any phase needs (the copies, then the FP32 algorithms'
+    workspace), or 0 where the layer is past ROUNDED_MAX_COPIES (no such candidate)."""
+    offsets = _rounded_offsets(dims)
+    return 0 if offsets is None else offsets["rest"] + select.workspace_size(dims, sms)
+
+
+def _rounded(phase, precision, dims, operands: dict, run, workspace, sms, key=()) -> dict:
+    """{"rounded": call} for ``implicit_gemm_tc``'s candidates, or {} past the copies' cap. The call rounds
+    ``operands`` ({"x" | "dy" | "W": array}) into their workspace parts, then runs the FP32 "auto" choice
+    of ``phase``: ``run(name, rounded operands, workspace rest)`` runs FP32 algorithm ``name``. ``key``: as
+    ``select.choose``'s (the forward's bias presence)."""
+    offsets = _rounded_offsets(dims)
+    if offsets is None:
+        return {}
+
+    def call():
+        ws = runtime.checked_workspace(workspace, rounded_workspace_size(dims, sms), f"conv2d {phase}",
+                                       "conv2d_workspace_size")
+        ops = {}
+        for name, a in operands.items():
+            ops[name] = ws[offsets[name]:offsets[name] + a.size].reshape(a.shape)
+            gemm_tc.round_operand(a, ops[name], precision)
+        rest = ws[offsets["rest"]:]
+
+        def fp32(algo):
+            return run(algo, ops, rest)
+
+        return fp32(select.choose(phase, dims, fp32, sms, key=key))
+
+    return {ROUNDED: call}
 
 
 def _check_precision(precision, algo, what) -> bool:
@@ -124,7 +183,10 @@ def conv2d_forward(x, W, b, stride, padding, out=None, workspace=None, algo="aut
     select.check_algo(algo, "forward", "conv2d_forward")
     sms = runtime.sm_count()
     if _check_precision(precision, algo, "conv2d_forward"):
-        return implicit_gemm_tc.forward(x, W, b, out, dims, precision, workspace, sms)
+        extra = _rounded("forward", precision, dims, {"x": x, "W": W},
+                         lambda name, ops, ws: _forward(name, ops["x"], ops["W"], b, out, dims, ws, sms),
+                         workspace, sms, key=(b is None,))
+        return implicit_gemm_tc.forward(x, W, b, out, dims, precision, workspace, sms, extra)
     if algo == "auto":
         def run(name):
             return _forward(name, x, W, b, out, dims, workspace, sms)
@@ -157,9 +219,13 @@ def _backward_weights(algo, dy, x, dW, dims, workspace, sms, check=True):
 
 
 def _data(algo, dy, W, dx, dims, workspace, sms, precision="fp32"):
-    """dx by ``algo`` ("auto": chosen by select.choose), or on the tensor cores at tf32 / bf16."""
+    """dx by ``algo`` ("auto": chosen by select.choose), or at tf32 / bf16 by the timed choice of the
+    tensor-core GEMMs and "rounded" (module docstring)."""
     if precision != "fp32":
-        return implicit_gemm_tc.backward_data(dy, W, dx, dims, precision, workspace, sms)
+        extra = _rounded("backward_data", precision, dims, {"dy": dy, "W": W},
+                         lambda name, ops, ws: _backward_data(name, ops["dy"], ops["W"], dx, dims, ws, sms),
+                         workspace, sms)
+        return implicit_gemm_tc.backward_data(dy, W, dx, dims, precision, workspace, sms, extra)
     if algo == "auto":
         def run(name):
             return _backward_data(name, dy, W, dx, dims, workspace, sms)
@@ -212,7 +278,11 @@ def conv2d_backward(dy, x, W, stride, padding, need_dx=True, dx=None, dW=None, d
     if need_dx:
         _data(algo, dy, W, dx, dims, workspace, sms, precision)
     if tc:
-        implicit_gemm_tc.backward_weights(dy, x, dW, dims, precision, workspace, sms)
+        extra = _rounded("backward_weights", precision, dims, {"dy": dy, "x": x},
+                         lambda name, ops, ws: _backward_weights(name, ops["dy"], ops["x"], dW, dims, ws, sms,
+                                                                 check=False),
+                         workspace, sms)
+        implicit_gemm_tc.backward_weights(dy, x, dW, dims, precision, workspace, sms, extra)
         return dx, dW, db
     if weights_algo == "auto":
         def run(name):
@@ -246,8 +316,8 @@ def conv2d_backward_data(dy, W, x_shape, stride, padding, dx=None, workspace=Non
 
 class ConvStep(Step):
     """y = conv2d(x, W) + b; x (N, C, H, W), W (K, C, R, S), y (N, K, P, Q); each phase's algorithm
-    chosen by "auto" (select.py), or the tensor-core implicit GEMM in a tf32 / bf16 model (``precision``,
-    set by the model). Saves nothing beyond its input; backward writes dW, db (and dx)."""
+    chosen by "auto" (select.py), or in a tf32 / bf16 model (``precision``, set by the model) by the timed
+    choice of the tensor-core GEMMs and the FP32 algorithms on rounded operands. Saves nothing beyond its input; backward writes dW, db (and dx)."""
 
     kind = "conv2d"
     precision = "fp32"

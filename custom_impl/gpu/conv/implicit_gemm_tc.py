@@ -12,7 +12,8 @@ sum. Outputs are written (=); with the outputs and ``workspace`` (``workspace_si
 nothing is allocated and nothing synchronises the host.
 
 On a device with wgmma (H100, H200) each phase is timed once per layer against ``wgmma.run`` (an explicit
-im2col GEMM on Hopper's warpgroup instructions) and the faster runs from then on.
+im2col GEMM on Hopper's warpgroup instructions), and against the caller's other candidates (``extra``:
+conv/__init__.py offers the FP32 algorithms on rounded operands), and the fastest runs from then on.
 """
 from __future__ import annotations
 
@@ -80,28 +81,37 @@ def workspace_size(dims, precision: str, sms: int = 132) -> int:
     return max(need + [implicit_gemm.workspace_size(dims, sms)])
 
 
-def _pick(phase, dims, precision, mma, wg):
-    """Run the phase with the implicit GEMM (``mma()``) or, on a device with wgmma, whichever of it and
-    ``wgmma.run`` (``wg()``) the autotuner timed faster for this layer, phase and precision."""
+def _pick(phase, dims, precision, calls):
+    """Run the phase by one of ``calls`` ({name: call}: "implicit_gemm_tc", "wgmma" on a device with
+    wgmma, and the caller's others): the one the autotuner timed fastest for this layer, phase and
+    precision (cached; a single call runs untimed)."""
     key = ("conv_tc", phase, dims, precision)
     name = runtime.tuned(key)
-    if name is None:
-        if not wgmma.available():
-            return mma()
-        name = runtime.autotune(key, lambda: {"implicit_gemm_tc": mma, "wgmma": wg}, "implicit_gemm_tc")
-    return (wg if name == "wgmma" else mma)()
+    if name not in calls:
+        name = runtime.autotune(key, lambda: calls, "implicit_gemm_tc")
+    return calls[name]()
+
+
+def _calls(mma, wg, extra) -> dict:
+    calls = {"implicit_gemm_tc": mma}
+    if wgmma.available():
+        calls["wgmma"] = wg
+    calls.update(extra or {})
+    return calls
 
 
 def algorithm(phase, dims, precision) -> str:
-    """"wgmma" where the autotuner chose ``wgmma.run`` for this layer and phase, else "implicit_gemm_tc"."""
+    """The autotuner's choice for this layer and phase ("implicit_gemm_tc", "wgmma" or a caller's other
+    candidate), "implicit_gemm_tc" before the first call."""
     return runtime.tuned(("conv_tc", phase, dims, precision)) or "implicit_gemm_tc"
 
 
-def forward(x, W, b, out, dims, precision, workspace=None, sms=132):
-    """y = conv2d(x, W) + b into ``out`` (N, K, P, Q), checked by the caller."""
-    return _pick("forward", dims, precision,
-                 lambda: _forward_mma(x, W, b, out, dims, precision, workspace, sms),
-                 lambda: wgmma.run("forward", x, W, out, b, dims, precision, workspace, sms))
+def forward(x, W, b, out, dims, precision, workspace=None, sms=132, extra=None):
+    """y = conv2d(x, W) + b into ``out`` (N, K, P, Q), checked by the caller. ``extra``: more candidates
+    ({name: call}) for the autotuner to time beside the tensor-core ones."""
+    return _pick("forward", dims, precision, _calls(
+        lambda: _forward_mma(x, W, b, out, dims, precision, workspace, sms),
+        lambda: wgmma.run("forward", x, W, out, b, dims, precision, workspace, sms), extra))
 
 
 def _forward_mma(x, W, b, out, dims, precision, workspace=None, sms=132):
@@ -122,11 +132,12 @@ def _forward_mma(x, W, b, out, dims, precision, workspace=None, sms=132):
     return out
 
 
-def backward_weights(dy, x, dW, dims, precision, workspace=None, sms=132):
-    """dW (K, C, R, S) from dy and x, checked by the caller; split-K partials in ``workspace``."""
-    return _pick("backward_weights", dims, precision,
-                 lambda: _backward_weights_mma(dy, x, dW, dims, precision, workspace, sms),
-                 lambda: wgmma.run("backward_weights", dy, x, dW, None, dims, precision, workspace, sms))
+def backward_weights(dy, x, dW, dims, precision, workspace=None, sms=132, extra=None):
+    """dW (K, C, R, S) from dy and x, checked by the caller; split-K partials in ``workspace``. ``extra``:
+    as in ``forward``."""
+    return _pick("backward_weights", dims, precision, _calls(
+        lambda: _backward_weights_mma(dy, x, dW, dims, precision, workspace, sms),
+        lambda: wgmma.run("backward_weights", dy, x, dW, None, dims, precision, workspace, sms), extra))
 
 
 def _backward_weights_mma(dy, x, dW, dims, precision, workspace=None, sms=132):
@@ -147,12 +158,12 @@ def _backward_weights_mma(dy, x, dW, dims, precision, workspace=None, sms=132):
     return dW
 
 
-def backward_data(dy, W, dx, dims, precision, workspace=None, sms=132):
+def backward_data(dy, W, dx, dims, precision, workspace=None, sms=132, extra=None):
     """dx (N, C, H, W) from dy and W, checked by the caller: one GEMM per stride phase; with stride 1 the
-    reduction may split (partials in ``workspace``)."""
-    return _pick("backward_data", dims, precision,
-                 lambda: _backward_data_mma(dy, W, dx, dims, precision, workspace, sms),
-                 lambda: wgmma.run("backward_data", dy, W, dx, None, dims, precision, workspace, sms))
+    reduction may split (partials in ``workspace``). ``extra``: as in ``forward``."""
+    return _pick("backward_data", dims, precision, _calls(
+        lambda: _backward_data_mma(dy, W, dx, dims, precision, workspace, sms),
+        lambda: wgmma.run("backward_data", dy, W, dx, None, dims, precision, workspace, sms), extra))
 
 
 def _backward_data_mma(dy, W, dx, dims, precision, workspace=None, sms=132):

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from conv_reference import conv_ref
+from tc_rounding import ROUND
 
 pytestmark = pytest.mark.gpu
 
@@ -107,12 +108,69 @@ def test_conv_wgmma_exact(geom, precision, monkeypatch):
 
     if not runtime.arch_supported(wgmma.FAMILY):
         pytest.skip("wgmma needs a device of compute capability 9.0 (H100, H200)")
-    monkeypatch.setattr(implicit_gemm_tc, "_pick", lambda phase, dims, precision, mma, wg: wg())
+    monkeypatch.setattr(implicit_gemm_tc, "_pick", lambda phase, dims, precision, calls: calls["wgmma"]())
     got, inputs = _case(geom, precision)
     ref = _reference(*inputs)
     for name in ("y", "dx", "dW", "db"):
         assert np.array_equal(got[name], ref[name]), (
             f"wgmma {precision} {geom} {name}: {np.sum(got[name] != ref[name])} of {ref[name].size} differ")
+
+
+def _force(monkeypatch, tc_name, fp32_algo=None):
+    """Every tf32 / bf16 conv call runs candidate ``tc_name``; with it "rounded", the FP32 algorithm
+    ``fp32_algo`` (where it can run the layer and phase, else the implicit GEMM)."""
+    from custom_impl.gpu.conv import implicit_gemm_tc, select
+
+    monkeypatch.setattr(implicit_gemm_tc, "_pick", lambda phase, dims, precision, calls: calls[tc_name]())
+    if fp32_algo is not None:
+        monkeypatch.setattr(select, "choose", lambda phase, dims, run, sms=132, key=(): (
+            fp32_algo if fp32_algo in select.candidates(dims, phase, sms) else "implicit_gemm"))
+
+
+@pytest.mark.parametrize("fp32_algo", ["implicit_gemm", "few_channels", "winograd", "patch", "strided_1x1"])
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_conv_rounded_exact(fp32_algo, precision, monkeypatch):
+    """The "rounded" candidate (operands rounded into the workspace, then an FP32 algorithm) on every
+    geometry, each FP32 algorithm where it runs the layer: exact on small integers, which rounding leaves
+    as they are (Winograd's transforms scale them by 1/2 and 1/4 at most, still exact at these sizes)."""
+    from custom_impl.gpu.conv import conv_dims, select
+
+    _force(monkeypatch, "rounded", fp32_algo)
+    ran = 0
+    for geom in GEOMETRIES + [(4, 8, 9, 9, 16, 1, 1, (2, 2), (0, 0))]:   # + a strided 1x1 (strided_1x1)
+        N, C, H, W, K, R, S, stride, padding = geom
+        dims = conv_dims((N, C, H, W), (K, C, R, S), stride, padding)
+        ran += sum(fp32_algo in select.candidates(dims, phase) for phase in select.PHASES)
+        got, inputs = _case(geom, precision)
+        ref = _reference(*inputs)
+        for name in ("y", "dx", "dW", "db"):
+            assert np.array_equal(got[name], ref[name]), (
+                f"rounded {fp32_algo} {precision} {geom} {name}: {np.sum(got[name] != ref[name])} of "
+                f"{ref[name].size} differ")
+    assert ran, f"no geometry here runs {fp32_algo}: the test checked only the implicit GEMM in its place"
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("geom", [GEOMETRIES[0], GEOMETRIES[6]], ids=["small", "odd"])
+def test_conv_rounded_rounds_operands(geom, precision, monkeypatch):
+    """On random data the "rounded" candidate equals, bit for bit, the same FP32 algorithm run at fp32 on
+    operands rounded on the host (TF32: nearest, ties away, 13 bits dropped; BF16: nearest even): the
+    rounding kernel rounds as the tensor cores' operands are rounded, and every product sees it."""
+    import cupy
+
+    from custom_impl.gpu import conv
+
+    _force(monkeypatch, "rounded", "implicit_gemm")
+    got, (x, Wt, b, dy, stride, padding) = _case(geom, precision, kind="normal", seed=3)
+    r = {name: cupy.asarray(ROUND[precision](a)) for name, a in (("x", x), ("W", Wt), ("dy", dy))}
+    y = conv.conv2d_forward(r["x"], r["W"], cupy.asarray(b), stride, padding, algo="implicit_gemm")
+    dx, dW, db = conv.conv2d_backward(r["dy"], r["x"], r["W"], stride, padding, algo="implicit_gemm",
+                                      weights_algo="implicit_gemm")
+    for name, want in (("y", y), ("dx", dx), ("dW", dW)):
+        want = cupy.asnumpy(want).astype(np.float64)
+        assert np.array_equal(got[name], want), f"{precision} {geom} {name}: {np.sum(got[name] != want)} differ"
+    # the rounding changed the operands (so the comparison above could fail)
+    assert not np.array_equal(cupy.asnumpy(r["x"]), x)
 
 
 def test_split_k_and_every_config_are_covered():

@@ -105,3 +105,36 @@ def test_wgmma_workspace_holds_its_buffers(M, N, K, precision):
         assert partials - a >= (M + N) * kp * eb and partials % 4 == 0
         end = partials + (n * M * N * 4 if n > 1 else 0)
         assert end - a <= size * 4
+
+
+@pytest.mark.parametrize("geom", [((2, 3, 11, 13), (7, 3, 3, 3), (1, 1), (1, 1)),
+                                  ((64, 3, 224, 224), (64, 3, 7, 7), (2, 2), (3, 3)),
+                                  ((33, 17, 29, 31), (45, 17, 3, 3), (1, 1), (1, 1))])
+def test_rounded_copies_fit_the_workspace(geom):
+    """The "rounded" candidate's copies of x, dy and W start 256-byte aligned, do not overlap, hold their
+    tensors, and leave the FP32 algorithms their whole workspace; a tf32 / bf16 layer's workspace covers it."""
+    from custom_impl.gpu import conv
+    from custom_impl.gpu.conv import select
+
+    x_shape, w_shape, stride, padding = geom
+    dims = conv_dims(x_shape, w_shape, stride, padding)
+    N, C, H, W, K, R, S, P, Q = dims[:9]
+    off = conv._rounded_offsets(dims)
+    sizes = {"x": N * C * H * W, "dy": N * K * P * Q, "W": K * C * R * S}
+    spans = sorted((off[name], off[name] + size) for name, size in sizes.items())
+    assert all(start % 64 == 0 for start, _ in spans) and off["rest"] % 64 == 0
+    assert spans[0][0] == 0 and all(a[1] <= b[0] for a, b in zip(spans, spans[1:])) and spans[-1][1] <= off["rest"]
+    need = conv.rounded_workspace_size(dims)
+    assert need == off["rest"] + select.workspace_size(dims, 132)
+    for precision in gemm_tc.PRECISIONS:
+        assert conv.conv2d_workspace_size(x_shape, w_shape, stride, padding, precision) >= need
+
+
+def test_rounded_copies_past_the_cap_leave_the_tensor_cores_alone():
+    """VGG-16's first 3x3 layer at batch 64 needs 2 x 205M floats of copies: past ROUNDED_MAX_COPIES, so no
+    "rounded" candidate and no workspace for one."""
+    from custom_impl.gpu import conv
+
+    dims = conv_dims((64, 64, 224, 224), (64, 64, 3, 3), (1, 1), (1, 1))
+    assert conv._rounded_offsets(dims) is None and conv.rounded_workspace_size(dims) == 0
+    assert conv._rounded("forward", "tf32", dims, {}, None, None, 132) == {}
