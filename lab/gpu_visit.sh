@@ -10,9 +10,9 @@
 #   bash lab/gpu_visit.sh train [SET]      # the committed GPU training runs, one set per call (resumable):
 #                                          # mnist-64 (default), mnist-1024, cifar-64, cifar-1024, digits
 #                                          # -> reports/train-<set>-<card>/
-#   bash lab/gpu_visit.sh verify           # the GPU tests of the kernels changed since their last GPU run (the
-#                                          # wgmma GEMM and conv, the conv bias gradient and patch plans,
-#                                          # training), one file at a time with its own time limit
+#   bash lab/gpu_visit.sh verify           # the GPU tests of the code changed since its last GPU run (the
+#                                          # conv's "rounded" candidate at tf32 / bf16 and the models that
+#                                          # may take it), one file at a time with its own time limit
 #   bash lab/gpu_visit.sh wgmma            # the wgmma GEMM and conv: their GPU tests, then tc_bench at 4096^3
 #                                          # (every tile config, mma.sync and wgmma, beside cuBLAS)
 #   bash lab/gpu_visit.sh rounded          # the "rounded" conv candidate's GPU tests, then the tensor-core
@@ -111,7 +111,7 @@ case "${1:-tests}" in
     grep -E "^==|kernel time per step" "$out/breakdown.log"
     ;;
   verify)
-    for f in test_gemm_tc.py test_conv_tc.py test_conv.py test_conv_patch_plan.py ../../harness/test_train.py; do
+    for f in test_conv_tc.py test_gemm_tc.py test_precision_models.py; do
       name=$(basename "$f" .py)
       timeout "${TIMEOUT_S:-120}" python3 -m pytest -q -p no:cacheprovider --junitxml="$out/$name.xml" \
         "tests/custom_impl/gpu/$f" >"$out/$name.log" 2>&1
