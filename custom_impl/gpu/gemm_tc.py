@@ -459,10 +459,17 @@ def _wg_launch_args(a, b, out, trans_a, trans_b, act, accumulate, M, N, K, plan,
     a_dst, b_dst, partials = wg_buffers(ws, M, N, kp, cfg.precision)
     prep = (runtime.kernel(WG_FAMILY, "gemm_wgmma_prep", cfg.defines),
             (blocks(kp, 32), blocks(max(M, N), 32), 2),
-            (np.uint64(a_dst), np.int32(M), np.int32(bool(trans_a))),
-            (np.uint64(b_dst), np.int32(N), np.int32(not trans_b)),   # B' (N, K): b (K, N) is transposed
+            (np.uint64(a_dst), np.int32(M), np.int32(_prep_flags(a, trans_a, K))),
+            (np.uint64(b_dst), np.int32(N), np.int32(_prep_flags(b, not trans_b, K))),   # B' (N, K): b (K, N) is
+            # transposed
             (np.int32(K), np.int32(kp)))
     return wg_gemm_launch(cfg, splits, M, N, kp, k_chunk, out, accumulate, act, 1, partials) + (prep,)
+
+
+def _prep_flags(src, trans: bool, K: int) -> int:
+    """gemm_wgmma_prep's flags for one operand: bit 0 stored (K, rows), bit 1 stored (rows, K) with float4
+    rows (K % 4 == 0, 16-byte aligned), which it rounds without its shared-memory transpose."""
+    return int(trans) | (int(not trans and vec_ok(src, K)) << 1)
 
 
 def wg_split(K: int, splits: int, bk: int) -> tuple:

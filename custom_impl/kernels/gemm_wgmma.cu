@@ -141,9 +141,12 @@ __device__ __forceinline__ void wg_mma(float (&d)[WG_BN / 2], unsigned long long
 #endif  // WG_WGMMA
 
 // ---- operand preparation -------------------------------------------------------------------------------
-// Grid (ceil(Kp / 32), ceil(max(a_rows, b_rows) / 32), 2): z = 0 prepares A, z = 1 B. A 32 x 32 tile goes
-// through shared memory so that both the read (along the source's contiguous dimension) and the write
-// (along k) are coalesced. *_trans: the source is stored (K, rows): row r of the operand is its column r.
+// Grid (ceil(Kp / 32), ceil(max(a_rows, b_rows) / 32), 2): z = 0 prepares A, z = 1 B, one 32 x 32 tile per
+// block. *_flags bit 0 (trans): the source is stored (K, rows), row r of the operand is its column r; the
+// tile goes through shared memory so that both the read (along the source's contiguous dimension) and the
+// write (along k) are coalesced. Bit 1 (vec): the source is stored (rows, K) with K % 4 == 0 and 16-byte
+// aligned; each thread then rounds 4 consecutive k of one row from one float4 (a chunk lies wholly in or
+// past [0, K)) and stores them with one 16-byte (TF32) or 8-byte (BF16) store, without shared memory.
 __device__ __forceinline__ void wg_store_rounded(void* dst, size_t i, float v) {
 #if WG_PREC == 0
     reinterpret_cast<unsigned*>(dst)[i] = tc_tf32(v);
@@ -154,17 +157,37 @@ __device__ __forceinline__ void wg_store_rounded(void* dst, size_t i, float v) {
 #endif
 }
 
+// Four consecutive values rounded into dst[i .. i + 3] (i % 4 == 0): one 16-byte store of TF32 values or one
+// 8-byte store of BF16 pairs (cvt.rn.bf16x2: the same rounding as wg_store_rounded's cvt.rn.bf16).
+__device__ __forceinline__ void wg_store_rounded4(void* dst, size_t i, float4 v) {
+#if WG_PREC == 0
+    reinterpret_cast<uint4*>(dst)[i >> 2] = make_uint4(tc_tf32(v.x), tc_tf32(v.y), tc_tf32(v.z), tc_tf32(v.w));
+#else
+    reinterpret_cast<uint2*>(dst)[i >> 2] = make_uint2(tc_bf16x2(v.x, v.y), tc_bf16x2(v.z, v.w));
+#endif
+}
+
 extern "C" __global__ void __launch_bounds__(256)
-gemm_wgmma_prep(const float* __restrict__ a_src, void* __restrict__ a_dst, int a_rows, int a_trans,
-                const float* __restrict__ b_src, void* __restrict__ b_dst, int b_rows, int b_trans, int K, int Kp) {
+gemm_wgmma_prep(const float* __restrict__ a_src, void* __restrict__ a_dst, int a_rows, int a_flags,
+                const float* __restrict__ b_src, void* __restrict__ b_dst, int b_rows, int b_flags, int K, int Kp) {
     __shared__ float tile[32][33];
     const bool first = blockIdx.z == 0;
     const float* src = first ? a_src : b_src;
     void* dst = first ? a_dst : b_dst;
     const int R = first ? a_rows : b_rows;
-    const bool trans = first ? a_trans : b_trans;
+    const int flags = first ? a_flags : b_flags;
+    const bool trans = flags & 1;
     const int r0 = blockIdx.y * 32, k0 = blockIdx.x * 32;
     if (r0 >= R) return;
+    if (!trans && (flags & 2)) {  // the whole block takes this branch (flags are per z): no barrier below
+        const int r = r0 + (threadIdx.x >> 3), k = k0 + (threadIdx.x & 7) * 4;
+        if (r < R && k < Kp) {
+            float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (k < K) v = *reinterpret_cast<const float4*>(src + (size_t)r * K + k);
+            wg_store_rounded4(dst, (size_t)r * Kp + k, v);
+        }
+        return;
+    }
     const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
 #pragma unroll
     for (int i = ty; i < 32; i += 8) {

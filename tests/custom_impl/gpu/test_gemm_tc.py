@@ -217,6 +217,17 @@ def test_wgmma_exact_every_config_and_split(ta, tb, splits, precision):
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("K", [1000, 1004, 64])
+def test_wgmma_exact_float4_prep(K, precision):
+    """Both operands row-major along k with K % 4 == 0 and aligned (a dense forward, X W^T): the prep
+    rounds them from float4 rows without its transpose; the k padding past K (1000 and 1004 are not whole
+    k tiles) and the edge rows still come out exact."""
+    for name in _wg_config_names(precision):
+        out, A, B, c0, bv = _run(150, 270, K, False, True, precision, bias=True, config=name)
+        _assert_exact(out, _exact_reference(A, B, c0, bv, False, "none"), "none", f"{name} K={K}")
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("M,N,K", [(1, 1, 1), (7, 33, 5), (257, 129, 4097)])
 def test_wgmma_exact_shapes_unaligned(M, N, K, precision):
     """Tiny and odd shapes; operands and output one float past a 16-byte boundary (the prep reads any
