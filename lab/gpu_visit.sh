@@ -14,7 +14,8 @@
 #                                          # conv's "rounded" candidate at tf32 / bf16 and the models that
 #                                          # may take it), one file at a time with its own time limit
 #   bash lab/gpu_visit.sh wgmma            # the wgmma GEMM and conv: their GPU tests, then tc_bench at 4096^3
-#                                          # (every tile config, mma.sync and wgmma, beside cuBLAS)
+#                                          # (every tile config, mma.sync and wgmma, beside cuBLAS), then the
+#                                          # warp-specialised experiment beside the product kernel (ws_bench)
 #   bash lab/gpu_visit.sh rounded          # the "rounded" conv candidate's GPU tests, then the tensor-core
 #                                          # suite's rows at TF32 for TL seconds (default 40) with the
 #                                          # algorithm each ran -> $OUT/tc-rounded
@@ -128,6 +129,9 @@ case "${1:-tests}" in
     timeout 120 python3 lab/gemm/tc_bench.py --shapes 4096x4096x4096,8192x8192x8192 >"$out/tc_bench.log" 2>&1
     echo "tc_bench exit: $?"
     cat "$out/tc_bench.log"
+    timeout 90 python3 lab/gemm/ws_bench.py >"$out/ws_bench.log" 2>&1
+    echo "ws_bench exit: $?"
+    cat "$out/ws_bench.log"
     ;;
   rounded)
     timeout "${TIMEOUT_S:-90}" python3 -m pytest -q -p no:cacheprovider -k rounded --junitxml="$out/rounded.xml" \

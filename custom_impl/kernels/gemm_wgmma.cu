@@ -296,15 +296,15 @@ conv_wgmma_prep(const float* __restrict__ src, void* __restrict__ dst, int mode,
 
 // ---- the GEMM ------------------------------------------------------------------------------------------
 // Copies of one k tile (k elements [k0, k0 + BKE)) of rows [row0, row0 + ROWS) of a prepared operand into
-// the tile at shared address `s`.
-template <int ROWS>
+// the tile at shared address `s`, issued by NT threads (this one is thread `tid` of them).
+template <int ROWS, int NT = WG_NT>
 __device__ __forceinline__ void wg_load_tile(unsigned s, const unsigned char* p, int rows, int row0, int Kp,
                                              int k0, int tid) {
     constexpr int CHUNKS = ROWS * 8;
-    static_assert(CHUNKS % WG_NT == 0, "tile not divisible among threads");
+    static_assert(CHUNKS % NT == 0, "tile not divisible among threads");
 #pragma unroll
-    for (int i = 0; i < CHUNKS / WG_NT; ++i) {
-        const int c = tid + i * WG_NT;
+    for (int i = 0; i < CHUNKS / NT; ++i) {
+        const int c = tid + i * NT;
         const int r = c >> 3, ch = c & 7;
         const bool ok = row0 + r < rows;
         const unsigned char* src = ok ? p + ((size_t)(row0 + r) * Kp + k0) * WG_EB + ch * 16 : p;

@@ -8,6 +8,8 @@ NVRTC options as the product's runtime uses them: ``-std=c++17``, ``-I`` the pro
 ``gemm_tiles.cuh``), the digest of its headers (CuPy's on-disk cache keys on source and options only, so a
 header edit recompiles) and one ``-DNAME=VALUE`` per define. Memoised per file, device and defines; a
 launch asking for more than 48 KB of dynamic shared memory is opted in once per function and size.
+``arch="sm_90a"`` compiles by NVRTC straight to a cubin for that architecture-specific target (wgmma,
+mbarrier pipelines), as the product's runtime builds its ``ARCH_SPECIFIC`` families.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ def lab_path(path: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _module(path: str, device_id: int, defines: tuple):
+def _module(path: str, device_id: int, defines: tuple, arch: str | None = None):
     import cupy
 
     from custom_impl.gpu import runtime
@@ -37,23 +39,41 @@ def _module(path: str, device_id: int, defines: tuple):
         code = fh.read()
     options = ("-std=c++17", f"-I{runtime.KERNEL_DIR}", f"-DKERNEL_HEADERS_DIGEST={runtime.headers_digest()}")
     options += tuple(f"-D{k}={v}" for k, v in defines)
-    return cupy.RawModule(code=code, options=options)
+    if arch is None:
+        return cupy.RawModule(code=code, options=options)
+    import tempfile
+
+    from cupy_backends.cuda.libs import nvrtc
+
+    prog = nvrtc.createProgram(code, os.path.basename(path), [], [])
+    try:
+        try:
+            nvrtc.compileProgram(prog, options + (f"-arch={arch}",))
+        except nvrtc.NVRTCError as err:
+            raise RuntimeError(f"compiling lab/{path} for {arch} failed:\n{nvrtc.getProgramLog(prog)}") from err
+        cubin = nvrtc.getCUBIN(prog)
+    finally:
+        nvrtc.destroyProgram(prog)
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as fh:
+        fh.write(cubin)
+    return cupy.RawModule(path=fh.name)
 
 
 @functools.lru_cache(maxsize=None)
-def _function(path: str, name: str, device_id: int, defines: tuple):
-    return _module(path, device_id, defines).get_function(name)
+def _function(path: str, name: str, device_id: int, defines: tuple, arch: str | None = None):
+    return _module(path, device_id, defines, arch).get_function(name)
 
 
 _opted_in: dict = {}
 
 
-def lab_kernel(path: str, name: str, defines: dict | None = None, smem: int = 0):
-    """The kernel ``name`` of lab/``path`` compiled with ``defines`` for the current device (memoised)."""
+def lab_kernel(path: str, name: str, defines: dict | None = None, smem: int = 0, arch: str | None = None):
+    """The kernel ``name`` of lab/``path`` compiled with ``defines`` for the current device (memoised);
+    ``arch``: an architecture-specific target such as "sm_90a" (module docstring)."""
     import cupy
 
     key = tuple(sorted((k, str(v)) for k, v in (defines or {}).items()))
-    fn = _function(path, name, cupy.cuda.Device().id, key)
+    fn = _function(path, name, cupy.cuda.Device().id, key, arch)
     if smem > STATIC_SMEM_BYTES and _opted_in.get(id(fn), 0) < smem:
         # NOTE: an attribute of the memoised function, so set once per function and size
         fn.max_dynamic_shared_size_bytes = smem

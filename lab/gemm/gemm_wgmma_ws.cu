@@ -1,0 +1,131 @@
+// Experiment: the package's gemm_wgmma (custom_impl/kernels/gemm_wgmma.cu) with warp specialisation. Compiled
+// by lab/gemm/ws_bench.py with -I custom_impl/kernels and the same WG_* defines, for sm_90a.
+//
+// gemm_wgmma has every thread copy, then meet at one barrier per k tile, so a copy has STAGES - 2 tiles
+// of wgmma time to land. Here a block of 384 threads splits the roles:
+//   warpgroup 0 (producer)       for tile t: waits until stage t % STAGES is free (empty[s]), issues its
+//                                cp.async copies of the A and B tiles, and lets the mbarrier full[s] count
+//                                them: cp.async.mbarrier.arrive.noinc fires when this thread's copies land
+//                                (full[s] expects all 128 producer threads).
+//   warpgroups 1, 2 (consumers)  64 rows x BN each, as gemm_wgmma's warpgroups: wait for full[s], proxy
+//                                fence (the copies are generic-proxy writes, wgmma reads through the async
+//                                proxy), issue the tile's wgmma, commit, wait until only it is pending, then
+//                                every consumer thread arrives on empty[] of the previous tile's stage,
+//                                whose wgmma has now retired (empty[s] expects all 256 consumer threads).
+// No block barrier in the main loop; the producer runs up to STAGES tiles ahead of the consumers. Both
+// consumers issue the same wgmma sequence per accumulator as gemm_wgmma, so results are bit-identical to
+// it (what ws_bench.py checks).
+//
+// Phases: mbarriers start in phase 0. Tile t is the (t / STAGES)-th use of stage s = t % STAGES, so its
+// full[s] phase has parity (t / STAGES) & 1; before refilling s for tile t >= STAGES the producer waits for
+// the release of tile t - STAGES, phase parity (t / STAGES - 1) & 1.
+#include "gemm_wgmma.cu"
+
+#define WS_NT 384
+
+#if WG_WGMMA
+__device__ __forceinline__ void ws_bar_init(unsigned bar, unsigned count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+
+__device__ __forceinline__ void ws_bar_wait(unsigned bar, unsigned parity) {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "WS_WAIT:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+        "@!p bra WS_WAIT;\n"
+        "}\n" ::"r"(bar),
+        "r"(parity)
+        : "memory");
+}
+
+__device__ __forceinline__ void ws_bar_arrive(unsigned bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+
+// An arrive on `bar` once every cp.async this thread issued so far has landed (.noinc: counted in the init).
+__device__ __forceinline__ void ws_cp_arrive(unsigned bar) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+#endif
+
+extern "C" __global__ void __launch_bounds__(WS_NT, 1)
+gemm_wgmma_ws(const void* __restrict__ Ap, const void* __restrict__ Bp, float* __restrict__ C,
+              const float* __restrict__ bias, float* __restrict__ W, int M, int N, int Kp, int k_chunk, int beta,
+              int act, int flags, int pq) {
+#if WG_WGMMA
+    static_assert(WG_BM == 128 && WG_BN == 128, "two consumer warpgroups of 64 x 128 (registers: 384 threads)");
+    extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
+    const unsigned raw = tc_smem_addr(wg_smem_raw);
+    const unsigned base = (raw + 1023) & ~1023u;
+    const unsigned full = base + WG_STAGES * WG_STAGE_BYTES;  // full[s] at full + 8 s
+    const unsigned empty = full + 8 * WG_STAGES;               // empty[s] at empty + 8 s
+    const int tid = threadIdx.x;
+    const int wg = tid >> 7;
+    const int m0 = blockIdx.y * WG_BM, n0 = blockIdx.x * WG_BN;
+    const int k_begin = blockIdx.z * k_chunk;
+    const int ntiles = (min(Kp, k_begin + k_chunk) - k_begin) / WG_BKE;
+    if (tid == 0) {
+        for (int s = 0; s < WG_STAGES; ++s) {
+            ws_bar_init(full + 8 * s, 128);
+            ws_bar_init(empty + 8 * s, 256);
+        }
+    }
+    __syncthreads();
+
+    if (wg == 0) {  // producer
+        const unsigned char* A = static_cast<const unsigned char*>(Ap);
+        const unsigned char* B = static_cast<const unsigned char*>(Bp);
+        for (int t = 0; t < ntiles; ++t) {
+            const int s = t % WG_STAGES;
+            if (t >= WG_STAGES) ws_bar_wait(empty + 8 * s, ((t / WG_STAGES) - 1) & 1);
+            const unsigned st = base + s * WG_STAGE_BYTES;
+            wg_load_tile<WG_BM, 128>(st, A, M, m0, Kp, k_begin + t * WG_BKE, tid);
+            wg_load_tile<WG_BN, 128>(st + WG_A_BYTES, B, N, n0, Kp, k_begin + t * WG_BKE, tid);
+            ws_cp_arrive(full + 8 * s);
+        }
+        asm volatile("cp.async.wait_all;\n" ::: "memory");
+        return;
+    }
+
+    const int c = wg - 1;  // consumer 0 or 1: rows [64 c, 64 c + 64) of the tile
+    float acc[WG_BN / 2];
+#pragma unroll
+    for (int i = 0; i < WG_BN / 2; ++i) acc[i] = 0.f;
+    for (int t = 0; t < ntiles; ++t) {
+        const int s = t % WG_STAGES;
+        ws_bar_wait(full + 8 * s, (t / WG_STAGES) & 1);
+        wg_proxy_fence();
+        const unsigned st = base + s * WG_STAGE_BYTES;
+        const unsigned long long da = wg_desc(st + c * 64 * 128);
+        const unsigned long long db = wg_desc(st + WG_A_BYTES);
+        wg_fence_acc(acc);
+        wg_fence();
+#pragma unroll
+        for (int j = 0; j < WG_BKE / WG_KSTEP; ++j) wg_mma(acc, da + 2 * j, db + 2 * j);
+        wg_commit();
+        wg_wait<1>();
+        wg_fence_acc(acc);
+        if (t > 0) ws_bar_arrive(empty + 8 * ((t - 1) % WG_STAGES));  // tile t - 1's wgmma has retired
+    }
+    wg_wait<0>();
+    wg_fence_acc(acc);
+
+    const bool split = (flags >> 3) & 1;
+    WgEpilogue ep;
+    ep.plain.C = split ? W + (size_t)blockIdx.z * M * N : C;
+    ep.plain.bias = bias; ep.plain.M = M; ep.plain.N = N; ep.plain.beta = beta; ep.plain.act = act;
+    ep.plain.vec2 = (flags >> 2) & 1; ep.plain.partial = split;
+    ep.pq = pq;
+    const int lane = tid & 31, warp = (tid >> 5) & 3;
+    const int row = m0 + c * 64 + warp * 16 + (lane >> 2);
+    const int col = n0 + 2 * (lane & 3);
+#pragma unroll
+    for (int j = 0; j < WG_BN / 8; ++j) {
+        ep.store2(row, col + 8 * j, acc[4 * j], acc[4 * j + 1]);
+        ep.store2(row + 8, col + 8 * j, acc[4 * j + 2], acc[4 * j + 3]);
+    }
+#else
+    __trap();
+#endif
+}
