@@ -23,8 +23,8 @@ At ``precision="tf32"`` or ``"bf16"`` the autotuner times, per layer and phase, 
 ``implicit_gemm_tc.py`` (the implicit GEMM, and wgmma's im2col GEMM on H100 / H200) against "rounded": the
 operands rounded to the precision into the workspace (``gemm_tc.round_operand``), then the FP32 "auto"
 choice on them. Both compute the products of the rounded operands exactly and accumulate in FP32, so they
-differ only in summation order; "rounded" wins where a layer suits an FP32 algorithm better (few input
-channels, small batches). ``algo`` must then be "auto" or "implicit_gemm" (both take the timed choice),
+differ only in summation order; "rounded" wins where a layer suits an FP32 algorithm better (one or three
+input channels, or 3x3 layers where Winograd's fewer multiplies outweigh the tensor cores' rate). ``algo`` must then be "auto" or "implicit_gemm" (both take the timed choice),
 and the bias gradient stays an FP32 sum. ``conv2d_algorithm`` names what ran ("rounded:few_channels").
 FORWARD_ALGOS / DATA_ALGOS / WEIGHTS_ALGOS name them per phase; ``candidates(dims, phase)`` says which can
 run a layer (what "auto" times). ``conv_dims`` gives a layer's ``ConvDims``.
@@ -41,6 +41,8 @@ Example::
     y = conv2d_forward(x, W, b, 1, 1, algo="winograd")       # one algorithm by name
 """
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -94,9 +96,11 @@ ROUNDED_MAX_COPIES = 1 << 28
 _ALIGN = 64   # float32 elements: each part of the workspace starts 256-byte aligned (float4 loads need 16)
 
 
+@functools.lru_cache(maxsize=4096)
 def _rounded_offsets(dims) -> dict | None:
     """Where the rounded copies go in the workspace: {"x", "dy", "W", "rest"} offsets in float32 elements
-    ("rest": the FP32 algorithm's own workspace after them), or None past ROUNDED_MAX_COPIES."""
+    ("rest": the FP32 algorithm's own workspace after them), or None past ROUNDED_MAX_COPIES (memoised:
+    asked on every eager tf32 / bf16 call; callers do not modify the dict)."""
     N, C, H, Wd, K, R, S, P, Q = dims[:9]
     offsets, at = {}, 0
     for name, size in (("x", N * C * H * Wd), ("dy", N * K * P * Q), ("W", K * C * R * S)):
