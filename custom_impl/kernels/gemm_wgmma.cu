@@ -339,8 +339,31 @@ struct WgEpilogue {
     }
 };
 
+// A warpgroup's accumulators (rows [row0, row0 + 64) x columns [n0, n0 + BN)) through WgEpilogue.
+// Accumulator i of a thread: column group j = i / 4 (8 columns), within it (g, 2q), (g, 2q + 1),
+// (g + 8, 2q), (g + 8, 2q + 1), rows relative to the warp's 16 (as mma.sync's C fragment).
 // flags bit 2: float2 stores into C (or W), bit 3: split-K (block z's raw partial into W + z * M * N).
 // pq: 1 for a row-major C, else the pixels per image of an NCHW output (WgEpilogue).
+__device__ __forceinline__ void wg_store_acc(const float (&acc)[WG_BN / 2], float* C, const float* bias, float* W,
+                                             int M, int N, int beta, int act, int flags, int pq, int row0, int n0,
+                                             int tid) {
+    const bool split = (flags >> 3) & 1;
+    WgEpilogue ep;
+    ep.plain.C = split ? W + (size_t)blockIdx.z * M * N : C;
+    ep.plain.bias = bias; ep.plain.M = M; ep.plain.N = N; ep.plain.beta = beta; ep.plain.act = act;
+    ep.plain.vec2 = (flags >> 2) & 1; ep.plain.partial = split;
+    ep.pq = pq;
+    const int lane = tid & 31, warp = (tid >> 5) & 3;
+    const int row = row0 + warp * 16 + (lane >> 2);
+    const int col = n0 + 2 * (lane & 3);
+#pragma unroll
+    for (int j = 0; j < WG_BN / 8; ++j) {
+        ep.store2(row, col + 8 * j, acc[4 * j], acc[4 * j + 1]);
+        ep.store2(row + 8, col + 8 * j, acc[4 * j + 2], acc[4 * j + 3]);
+    }
+}
+
+// flags and pq: as wg_store_acc.
 extern "C" __global__ void __launch_bounds__(WG_NT, 1)
 gemm_wgmma(const void* __restrict__ Ap, const void* __restrict__ Bp, float* __restrict__ C,
            const float* __restrict__ bias, float* __restrict__ W, int M, int N, int Kp, int k_chunk, int beta,
@@ -398,22 +421,7 @@ gemm_wgmma(const void* __restrict__ Ap, const void* __restrict__ Bp, float* __re
     wg_fence_acc(acc);
     tc_cp_wait<0>();
 
-    // Accumulator i of a thread: column group j = i / 4 (8 columns), within it (g, 2q), (g, 2q + 1),
-    // (g + 8, 2q), (g + 8, 2q + 1), rows relative to the warp's 16 (as mma.sync's C fragment).
-    const bool split = (flags >> 3) & 1;
-    WgEpilogue ep;
-    ep.plain.C = split ? W + (size_t)blockIdx.z * M * N : C;
-    ep.plain.bias = bias; ep.plain.M = M; ep.plain.N = N; ep.plain.beta = beta; ep.plain.act = act;
-    ep.plain.vec2 = (flags >> 2) & 1; ep.plain.partial = split;
-    ep.pq = pq;
-    const int lane = tid & 31, warp = (tid >> 5) & 3;
-    const int row = m0 + wg * 64 + warp * 16 + (lane >> 2);
-    const int col = n0 + 2 * (lane & 3);
-#pragma unroll
-    for (int j = 0; j < WG_BN / 8; ++j) {
-        ep.store2(row, col + 8 * j, acc[4 * j], acc[4 * j + 1]);
-        ep.store2(row + 8, col + 8 * j, acc[4 * j + 2], acc[4 * j + 3]);
-    }
+    wg_store_acc(acc, C, bias, W, M, N, beta, act, flags, pq, m0 + wg * 64, n0, tid);
 #else
     __trap();
 #endif

@@ -111,20 +111,7 @@ gemm_wgmma_ws(const void* __restrict__ Ap, const void* __restrict__ Bp, float* _
     wg_wait<0>();
     wg_fence_acc(acc);
 
-    const bool split = (flags >> 3) & 1;
-    WgEpilogue ep;
-    ep.plain.C = split ? W + (size_t)blockIdx.z * M * N : C;
-    ep.plain.bias = bias; ep.plain.M = M; ep.plain.N = N; ep.plain.beta = beta; ep.plain.act = act;
-    ep.plain.vec2 = (flags >> 2) & 1; ep.plain.partial = split;
-    ep.pq = pq;
-    const int lane = tid & 31, warp = (tid >> 5) & 3;
-    const int row = m0 + c * 64 + warp * 16 + (lane >> 2);
-    const int col = n0 + 2 * (lane & 3);
-#pragma unroll
-    for (int j = 0; j < WG_BN / 8; ++j) {
-        ep.store2(row, col + 8 * j, acc[4 * j], acc[4 * j + 1]);
-        ep.store2(row + 8, col + 8 * j, acc[4 * j + 2], acc[4 * j + 3]);
-    }
+    wg_store_acc(acc, C, bias, W, M, N, beta, act, flags, pq, m0 + c * 64, n0, tid);
 #else
     __trap();
 #endif
