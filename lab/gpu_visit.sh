@@ -114,7 +114,7 @@ case "${1:-tests}" in
   verify)
     for f in test_conv_tc.py test_gemm_tc.py test_precision_models.py; do
       name=$(basename "$f" .py)
-      timeout "${TIMEOUT_S:-120}" python3 -m pytest -q -p no:cacheprovider --junitxml="$out/$name.xml" \
+      timeout "${TIMEOUT_S:-200}" python3 -m pytest -q -p no:cacheprovider --junitxml="$out/$name.xml" \
         "tests/custom_impl/gpu/$f" >"$out/$name.log" 2>&1
       echo "$name exit: $? ($(tail -1 "$out/$name.log"))"
       grep -E "^FAILED|^ERROR" "$out/$name.log" | head -8
