@@ -324,7 +324,8 @@ def cmd_targets(args) -> int:
     out = args.out or default_out("targets", device)
     try:
         ok, text = run_targets(out, device, peak_tflops=args.peak_tflops, quiet=args.quiet,
-                               before_gpu=lambda: precompile_kernels(device, quiet=args.quiet))
+                               before_gpu=lambda: precompile_kernels(device, quiet=args.quiet),
+                               time_limit_s=args.time_limit_s)
     except ResultsError as err:
         raise CliError(str(err)) from None
     print(text)
@@ -553,6 +554,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", choices=devs, help=DEVICE_HELP["targets"])
     t.add_argument("--peak-tflops", type=float, metavar="TFLOPS",
                    help="FP32 peak for the %% of peak column (default: known GPUs; none on CPUs)")
+    t.add_argument("--time-limit-s", type=float, metavar="S",
+                   help="stop starting new rows after this many seconds of measuring, the CPU and GPU rows "
+                        "together (0: none; default: the targets suite's); rerun the same command to resume. "
+                        "Leave room under a machine's own limit for the row in progress and the report")
     t.add_argument("--quiet", action="store_true", help="no progress bar and no line per compiled kernel module")
     t.set_defaults(func=cmd_targets)
 

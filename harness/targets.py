@@ -433,11 +433,13 @@ def write_csv(path: str, lines: list[dict]) -> None:
 
 
 def run_targets(out: str, device: str, *, peak_tflops: float | None = None, quiet: bool = False,
-                before_gpu: Callable[[], object] | None = None) -> tuple[bool, str]:
+                before_gpu: Callable[[], object] | None = None,
+                time_limit_s: float | None = None) -> tuple[bool, str]:
     """Run the targets suite on ``device`` into ``out``, write targets.csv; returns (all met, table).
 
     ``before_gpu`` (compiling the kernel modules, say) is called between the CPU rows and the GPU rows;
-    its time is not counted against the suite's time limit.
+    its time is not counted against the suite's time limit. ``time_limit_s``: that limit instead of the
+    targets suite's own (0: none); rows not started within it are left for a rerun to resume.
     """
     from .io import DamagedFile
     from .results import ResultsError, read_rows, samples_by_row
@@ -466,7 +468,7 @@ def run_targets(out: str, device: str, *, peak_tflops: float | None = None, quie
     rec["peak_fp32_tflops"] = peak_tflops or (envmod.peak_fp32_tflops(rec["device_name"]) if device == "gpu" else None)
     # NOTE: one time limit for the whole command (the CPU target's rows first, then the GPU rows), so that it
     # fits a time-limited GPU machine; a rerun resumes whatever was left.
-    limit = float(suite.settings.get("time_limit_s") or 0)
+    limit = float((suite.settings.get("time_limit_s") if time_limit_s is None else time_limit_s) or 0)
     start = time.monotonic()
     for dev in devices:
         if dev == "gpu" and before_gpu is not None:
@@ -479,6 +481,8 @@ def run_targets(out: str, device: str, *, peak_tflops: float | None = None, quie
             override = {}
             if limit > 0:
                 override["time_limit_s"] = max(1e-3, limit - (time.monotonic() - start))
+            elif time_limit_s is not None:     # 0 given: no limit, also where the suite sets one
+                override["time_limit_s"] = 0
             run_suite(s, dev, results, peak_tflops=peak_tflops, quiet=quiet, settings_override=override)
     try:
         import reference_impl

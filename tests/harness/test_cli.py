@@ -199,6 +199,31 @@ def test_targets_compile_between_cpu_and_gpu_rows_outside_the_time_limit(monkeyp
         assert gpu_limit > limit - 0.15, f"the 0.2 s of compiling was counted: {gpu_limit} of {limit}"
 
 
+def test_targets_time_limit_overrides_the_suite(monkeypatch, fake_runtime, tmp_path, capsys):
+    """--time-limit-s replaces the targets suite's limit for the CPU and GPU rows together; a negative one is
+    refused before anything runs, naming the option."""
+    from harness import env, results, runner, targets
+
+    monkeypatch.setattr(env, "collect", lambda device=None: {})
+    monkeypatch.setattr(env, "device_name", lambda device: "Fake device")
+    monkeypatch.setattr(results, "read_rows", lambda path: [])
+    seen = []
+
+    def run_suite(suite, device, path, **kw):
+        seen.append((device, kw["settings_override"].get("time_limit_s")))
+        return {}
+
+    monkeypatch.setattr(runner, "run_suite", run_suite)
+    targets.run_targets(str(tmp_path), "gpu", quiet=True, time_limit_s=37.5)
+    assert [d for d, _ in seen] == ["cpu", "gpu", "gpu"]
+    assert 37.0 < seen[0][1] <= 37.5 and all(limit <= seen[0][1] for _, limit in seen[1:])
+    seen.clear()
+    targets.run_targets(str(tmp_path), "gpu", quiet=True, time_limit_s=0)
+    assert [limit for _, limit in seen] == [0, 0, 0]              # 0: no limit, not the suite's
+    assert cli.main(["targets", "--device", "cpu", "--time-limit-s", "-5", "--out", str(tmp_path / "t")]) == 2
+    assert "--time-limit-s" in capsys.readouterr().err and not (tmp_path / "t").exists()
+
+
 # --- help texts ----------------------------------------------------------------------------------------
 
 DEV_WORDING = re.compile(r"issue|session|run [0-9]", re.IGNORECASE)
