@@ -6,7 +6,8 @@
 #   bash lab/gpu_visit.sh first-run        # the main job exactly as a new user runs it (`python3 -m harness
 #                                          # run`, nothing compiled before): seconds to its first row and
 #                                          # to completion, its log, and the folder it wrote
-#   bash lab/gpu_visit.sh targets          # the performance targets -> reports/targets-<card>/
+#   bash lab/gpu_visit.sh targets          # the performance targets -> reports/targets-<card>-<date>/ (TL: the
+#                                          # measuring limit, default 380 s; rerun to resume the same day)
 #   bash lab/gpu_visit.sh train [SET]      # the committed GPU training runs, one set per call (resumable):
 #                                          # mnist-64 (default), mnist-1024, cifar-64, cifar-1024, digits
 #                                          # -> reports/train-<set>-<card>/
@@ -171,10 +172,14 @@ case "${1:-tests}" in
     if [ "$1" = run ]; then
       timeout "${TIMEOUT_S:-480}" python3 -m harness run --device gpu --quiet --out "reports/gpu-$card" >"$out/$1.log" 2>&1
     else
-      timeout "${TIMEOUT_S:-480}" python3 -m harness targets --device gpu --quiet --out "reports/targets-$card" >"$out/$1.log" 2>&1
+      # a dated folder (the committed ones are other runs: resuming into one would skip its rows); a rerun
+      # the same day resumes it. The harness stops starting rows after TL seconds, under the call's limit.
+      dir="reports/targets-$(card_slug)-$(date +%F)"
+      timeout "${TIMEOUT_S:-540}" python3 -m harness targets --device gpu --quiet --time-limit-s "${TL:-380}" \
+        --out "$dir" >"$out/$1.log" 2>&1
     fi
     echo "$1 exit: $?"
-    tar czf "$out/$1.tgz" reports/*-"$card"
+    tar czf "$out/$1.tgz" reports/*-"$card" reports/targets-"$(card_slug)"-* 2>/dev/null
     tail -30 "$out/$1.log"
     ;;
 esac
