@@ -168,9 +168,9 @@ case "${1:-tests}" in
     grep -i -A8 "geomean" "$dir/compare/compare.md" | head -12
     ;;
   run|targets)
-    card=$(card_name | tr ' ' '-' | tr -cd 'A-Za-z0-9-')
     if [ "$1" = run ]; then
-      timeout "${TIMEOUT_S:-480}" python3 -m harness run --device gpu --quiet --out "reports/gpu-$card" >"$out/$1.log" 2>&1
+      dir="reports/gpu-$(card_name | tr ' ' '-' | tr -cd 'A-Za-z0-9-')"
+      timeout "${TIMEOUT_S:-480}" python3 -m harness run --device gpu --quiet --out "$dir" >"$out/$1.log" 2>&1
     else
       # a dated folder (the committed ones are other runs: resuming into one would skip its rows); a rerun
       # the same day resumes it. The harness stops starting rows after TL seconds, under the call's limit.
@@ -179,7 +179,7 @@ case "${1:-tests}" in
         --out "$dir" >"$out/$1.log" 2>&1
     fi
     echo "$1 exit: $?"
-    tar czf "$out/$1.tgz" reports/*-"$card" reports/targets-"$(card_slug)"-* 2>/dev/null
+    tar czf "$out/$1.tgz" "$dir"
     tail -30 "$out/$1.log"
     ;;
 esac
