@@ -110,15 +110,17 @@ __device__ __forceinline__ unsigned tc_bf16x2(float lo, float hi) {  // {hi, lo}
     return r;
 }
 
+__device__ __forceinline__ unsigned short tc_bf16(float x) {  // round to BF16 (nearest even), its 16 bits
+    unsigned short h;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(x));
+    return h;
+}
+
 // x rounded to an operand precision and kept as a float: TF32 (bf16 == 0) by cvt.rna with the 13 dropped
 // mantissa bits cleared, BF16 by cvt.rn (nearest, ties to even). Products of two such values are exact in
 // FP32 (at most 22 significant bits), as on the tensor cores.
 __device__ __forceinline__ float tc_round_float(float x, int bf16) {
-    if (bf16) {
-        unsigned short h;
-        asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(x));
-        return __uint_as_float((unsigned)h << 16);
-    }
+    if (bf16) return __uint_as_float((unsigned)tc_bf16(x) << 16);
     return __uint_as_float(tc_tf32(x) & 0xffffe000u);
 }
 

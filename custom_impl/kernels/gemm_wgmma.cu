@@ -151,9 +151,7 @@ __device__ __forceinline__ void wg_store_rounded(void* dst, size_t i, float v) {
 #if WG_PREC == 0
     reinterpret_cast<unsigned*>(dst)[i] = tc_tf32(v);
 #else
-    unsigned short h;
-    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(v));
-    reinterpret_cast<unsigned short*>(dst)[i] = h;
+    reinterpret_cast<unsigned short*>(dst)[i] = tc_bf16(v);
 #endif
 }
 

@@ -1,5 +1,5 @@
 // Experiment: the package's gemm_wgmma (custom_impl/kernels/gemm_wgmma.cu) with warp specialisation. Compiled
-// by lab/gemm/ws_bench.py with -I custom_impl/kernels and the same WG_* defines, for sm_90a.
+// by lab/gemm/ws_bench.py with the same WG_* defines, for sm_90a.
 //
 // gemm_wgmma has every thread copy, then meet at one barrier per k tile, so a copy has STAGES - 2 tiles
 // of wgmma time to land. Here a block of 384 threads splits the roles:
@@ -19,7 +19,10 @@
 // Phases: mbarriers start in phase 0. Tile t is the (t / STAGES)-th use of stage s = t % STAGES, so its
 // full[s] phase has parity (t / STAGES) & 1; before refilling s for tile t >= STAGES the producer waits for
 // the release of tile t - STAGES, phase parity (t / STAGES - 1) & 1.
-#include "gemm_wgmma.cu"
+#ifndef WG_BN
+#define WG_BN 128  // this kernel's only width (the package file's default is 256)
+#endif
+#include "../../custom_impl/kernels/gemm_wgmma.cu"  // also found through -I custom_impl/kernels
 
 #define WS_NT 384
 

@@ -174,9 +174,10 @@ def test_compile_failure_is_a_clear_error(fake_gpu_run, capsys, tmp_path):
     assert "harness: error: compiling the GPU kernels failed: gemm 256x128x16" in err and "Traceback" not in err
 
 
-def test_targets_compile_between_cpu_and_gpu_rows_outside_the_time_limit(monkeypatch, fake_runtime, tmp_path):
-    from harness import env, results, runner, targets
-    from harness.suites import load_suite
+def _fake_targets_suites(monkeypatch, fake_runtime) -> list:
+    """``run_targets`` without measuring: no environment record, no rows; each suite it starts is logged in
+    ``fake_runtime`` and its (device, time limit override) appended to the list returned."""
+    from harness import env, results, runner
 
     monkeypatch.setattr(env, "collect", lambda device=None: {})
     monkeypatch.setattr(env, "device_name", lambda device: "Fake device")
@@ -189,6 +190,14 @@ def test_targets_compile_between_cpu_and_gpu_rows_outside_the_time_limit(monkeyp
         return {}
 
     monkeypatch.setattr(runner, "run_suite", run_suite)
+    return seen
+
+
+def test_targets_compile_between_cpu_and_gpu_rows_outside_the_time_limit(monkeypatch, fake_runtime, tmp_path):
+    from harness import targets
+    from harness.suites import load_suite
+
+    seen = _fake_targets_suites(monkeypatch, fake_runtime)
     limit = float(load_suite("targets").settings.get("time_limit_s") or 0)
     targets.run_targets(str(tmp_path), "gpu", quiet=True,
                         before_gpu=lambda: cli.precompile_kernels("gpu", quiet=True))
@@ -202,18 +211,9 @@ def test_targets_compile_between_cpu_and_gpu_rows_outside_the_time_limit(monkeyp
 def test_targets_time_limit_overrides_the_suite(monkeypatch, fake_runtime, tmp_path, capsys):
     """--time-limit-s replaces the targets suite's limit for the CPU and GPU rows together; a negative one is
     refused before anything runs, naming the option."""
-    from harness import env, results, runner, targets
+    from harness import targets
 
-    monkeypatch.setattr(env, "collect", lambda device=None: {})
-    monkeypatch.setattr(env, "device_name", lambda device: "Fake device")
-    monkeypatch.setattr(results, "read_rows", lambda path: [])
-    seen = []
-
-    def run_suite(suite, device, path, **kw):
-        seen.append((device, kw["settings_override"].get("time_limit_s")))
-        return {}
-
-    monkeypatch.setattr(runner, "run_suite", run_suite)
+    seen = _fake_targets_suites(monkeypatch, fake_runtime)
     targets.run_targets(str(tmp_path), "gpu", quiet=True, time_limit_s=37.5)
     assert [d for d, _ in seen] == ["cpu", "gpu", "gpu"]
     assert 37.0 < seen[0][1] <= 37.5 and all(limit <= seen[0][1] for _, limit in seen[1:])
