@@ -108,7 +108,7 @@ case "${1:-tests}" in
     ;;
   breakdown)
     timeout "${TIMEOUT_S:-240}" python3 lab/step/kernel_breakdown.py --models "${2:-lenet-mnist}" \
-      --batches "${3:-64}" --out "$out/breakdown" >"$out/breakdown.log" 2>&1
+      --batches "${3:-64}" --sequence --out "$out/breakdown" >"$out/breakdown.log" 2>&1
     echo "breakdown exit: $?"
     grep -E "^==|kernel time per step" "$out/breakdown.log"
     ;;

@@ -10,6 +10,7 @@ stepped a few times untimed (autotuning, graph capture), then ``--steps`` steps 
 and the share of the step's kernel time; then the two totals. Kernel time excludes the gaps between
 kernels, so a side's total can be below its measured step time. ``DIR/kernel_breakdown.csv`` holds the
 rows. Lr 0.01, momentum 0.9; one random batch, seed 0. ``--no-graph``: our step without its CUDA graph.
+``--sequence``: also each side's last step launch by launch, in order (which call of a kernel costs what).
 """
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ import numpy as np  # noqa: E402
 LR, MOMENTUM, WARMUP = 0.01, 0.9, 5
 
 
-def kernel_times(step, sync, steps: int) -> dict[str, list[float]]:
-    """{kernel name: [GPU microseconds of each launch]} over ``steps`` calls of ``step``."""
+def kernel_times(step, sync, steps: int, sequence: list | None = None) -> dict[str, list[float]]:
+    """{kernel name: [GPU microseconds of each launch]} over ``steps`` calls of ``step``; ``sequence``, if
+    given, receives (start, name, us) of every launch."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -39,6 +41,8 @@ def kernel_times(step, sync, steps: int) -> dict[str, list[float]]:
     for e in prof.events():
         if e.device_type.name == "CUDA" and e.device_time_total > 0:
             times[e.name].append(float(e.device_time_total))
+            if sequence is not None:
+                sequence.append((e.time_range.start, e.name, float(e.device_time_total)))
     return times
 
 
@@ -78,6 +82,7 @@ def main() -> int:
     ap.add_argument("--batches", default="64")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--sequence", action="store_true", help="print each side's last step launch by launch")
     ap.add_argument("--no-graph", action="store_true",
                     help="our step launched kernel by kernel (if CUPTI shows no kernels of the graphed step)")
     args = ap.parse_args()
@@ -86,7 +91,8 @@ def main() -> int:
         for batch in (int(b) for b in args.batches.split(",")):
             totals = {}
             for label, step, sync in sides(name, batch, graph=not args.no_graph):
-                times = kernel_times(step, sync, args.steps)
+                seq = [] if args.sequence else None
+                times = kernel_times(step, sync, args.steps, seq)
                 per_step = {k: sum(v) / args.steps for k, v in times.items()}
                 total = sum(per_step.values())
                 totals[label] = total
@@ -97,6 +103,12 @@ def main() -> int:
                     print(f"{k[:70]:<70} {calls:8.2f} {us:8.1f} {100 * us / total:6.1f}")
                     rows.append({"model": name, "batch": batch, "side": label, "kernel": k, "launches_per_step": calls,
                                  "us_per_step": round(us, 3), "share": round(us / total, 4)})
+                if seq:
+                    seq.sort()
+                    per = len(seq) // args.steps
+                    print(f"-- the last step, {per} launches in order")
+                    for _, k, us in seq[-per:]:
+                        print(f"   {k[:70]:<70} {us:8.1f}")
             print(f"\n{name} batch {batch}: kernel time per step, " +
                   ", ".join(f"{label} {us:.1f} us" for label, us in totals.items()))
     if args.out:
