@@ -19,10 +19,13 @@
 //   conv_patch_backward_weights  block (split z, channel group, k group of PT_KB = 64 or 32, a define): for
 //       each item (n, strip of pb output rows) of its range, stages dy[n, k0..k0+PT_KB-1, strip, :] (rows
 //       padded to ldq) and the x patch x[n, c0..c0+cb-1, rows p0-ph .. p0+pb-1-ph+R-1, cols -pw ..]
-//       (cb x (pb+R-1) x ldx); thread (kt, c, r) owns k = k0 + kt + 8*kk (kk < PT_KB/8) x one (c, r) x all
-//       S taps: PT_KB/8*S sums over every item. PT_KB = 32 halves the registers (3 blocks per SM instead of
-//       2) and doubles the blocks per split, for layers with too few items to fill the GPU. The block
-//       writes its partial (K, C, R, S) to out + z*K*C*R*S; gemm_splitk_reduce adds the z slabs in order.
+//       (cb x (pb+R-1) x ldx); thread (kt, slot) owns k = k0 + kt + 8*kk (kk < PT_KB/8) x PT_T (c, r) tasks
+//       (slot + j*slots, j < PT_T, slots = blockDim/8) x all S taps: PT_T*PT_KB/8*S sums over every item.
+//       PT_KB = 32 halves the registers (3 blocks per SM instead of 2) and doubles the blocks per split, for
+//       layers with too few items to fill the GPU. PT_T = 2 (a define, 1 by default) has a thread use each
+//       staged dy float4 for two (c, r) rows: 12 shared-memory loads per 320 FMAs instead of 10 per 160,
+//       on half the threads (and more registers each). The block writes its partial (K, C, R, S) to
+//       out + z*K*C*R*S; gemm_splitk_reduce adds the z slabs in order.
 //   conv_patch_backward_data     block (image n, strip of hb rows, channel group of 8*CT, split z): over chunks
 //       of kc k in its range [z*kz, (z+1)*kz), stages the dy patch (kc x (hb+R-1) x ldd) and
 //       W^T[k, r, s, c0..c0+8CT-1] from the (K, R, S, C) copy that conv_patch_transpose_w makes; thread
@@ -39,10 +42,15 @@
 #ifndef PT_KB
 #define PT_KB 64                               // dW: k per block (8 lanes kt x PT_KB/8 k each): 64 or 32
 #endif
+#ifndef PT_T
+#define PT_T 1                                 // dW: (c, r) tasks per thread: 1 or 2
+#endif
 #define PT_WT_TM (PT_KB / 8)                   // dW: k per thread
 #define PT_TM 8                                // dx: channels per thread
-#define PT_WT_THREADS 320                      // dW: at most 40 (c, r) tasks x 8 lanes kt
-#define PT_WT_MINB (PT_KB == 64 ? 2 : 3)       // dW: blocks per SM the register budget is set for
+#define PT_WT_THREADS (320 / PT_T)             // dW: at most 40 (c, r) tasks / PT_T x 8 lanes kt
+// dW: blocks per SM the register budget is set for (PT_T = 2 holds twice the sums in half the threads)
+#define PT_WT_MINB (PT_T == 1 ? (PT_KB == 64 ? 2 : 3) : (PT_KB == 64 ? 3 : 4))
+static_assert(PT_T == 1 || PT_T == 2, "one or two (c, r) tasks per thread");
 #define PT_DX_THREADS 256
 
 // ---- cp.async (sm_80+) ----------------------------------------------------------------------------------
@@ -136,18 +144,30 @@ conv_patch_backward_weights(const float* __restrict__ dy, const float* __restric
     st.xsj = NT % ldx;   st.xsr = (NT / ldx) % st.xrows;   st.xsc = NT / ldx / st.xrows;
     const int stage = st.nd + st.nx;  // a multiple of 4: float4 alignment of both buffers
 
-    // this thread's task: k = k0 + kt + 8*kk (kk < PT_WT_TM), channel c0 + cl, tap row r, every tap s
+    // this thread's tasks j < PT_T: k = k0 + kt + 8*kk (kk < PT_WT_TM), channel c0 + cl[j], tap row r[j],
+    // every tap s; task (c, r) index slot + j*slots. A task past cb*R (only j > 0 of an active thread) reads
+    // task 0's rows and is not written.
     const int kt = tid & 7;
-    const int cr = tid >> 3;
-    const int cl = cr / R;
-    const int r = cr - cl * R;
-    const bool active = cr < cb * R;
+    const int slots = NT >> 3;
+    const bool active = (tid >> 3) < cb * R;
+    int cl[PT_T], r[PT_T];
+    bool live[PT_T];
+#pragma unroll
+    for (int j = 0; j < PT_T; ++j) {
+        const int task = (tid >> 3) + j * slots;
+        live[j] = task < cb * R;
+        const int t = live[j] ? task : (tid >> 3);
+        cl[j] = t / R;
+        r[j] = t - cl[j] * R;
+    }
 
-    float acc[PT_WT_TM][PT_S];
+    float acc[PT_T][PT_WT_TM][PT_S];
 #pragma unroll
-    for (int kk = 0; kk < PT_WT_TM; ++kk)
+    for (int j = 0; j < PT_T; ++j)
 #pragma unroll
-        for (int s = 0; s < PT_S; ++s) acc[kk][s] = 0.f;
+        for (int kk = 0; kk < PT_WT_TM; ++kk)
+#pragma unroll
+            for (int s = 0; s < PT_S; ++s) acc[j][kk][s] = 0.f;
 
     const int items = N * st.strips;
     const int it0 = blockIdx.x * chunk;
@@ -168,26 +188,33 @@ conv_patch_backward_weights(const float* __restrict__ dy, const float* __restric
         const int p0 = (it - n * st.strips) * pb;
         const int prows = min(pb, P - p0);
         if (active) {
-            const float* xb = cur + st.nd + (cl * st.xrows + r) * ldx;  // x row p0 + pp - ph + r at xb + pp*ldx
+            const float* xb[PT_T];  // task j's x row p0 + pp - ph + r[j] at xb[j] + pp*ldx
+#pragma unroll
+            for (int j = 0; j < PT_T; ++j) xb[j] = cur + st.nd + (cl[j] * st.xrows + r[j]) * ldx;
             const float* db = cur + kt * ldq;                           // dy row (pp, kt + 8*kk)
             for (int pp = 0; pp < prows; ++pp) {
-                const float* xrow = xb + pp * ldx;
                 const float* drow = db + pp * PT_KB * ldq;
                 for (int q0 = 0; q0 < Q; q0 += PT_U) {
-                    float xv[PT_XV];  // xv[i] = x column q0 + i - pw
+                    float xv[PT_T][PT_XV];  // xv[j][i] = x column q0 + i - pw of task j's row
 #pragma unroll
-                    for (int v = 0; v < PT_XV / 4; ++v) {
-                        const float4 t = *reinterpret_cast<const float4*>(xrow + q0 + 4 * v);
-                        xv[4 * v + 0] = t.x; xv[4 * v + 1] = t.y; xv[4 * v + 2] = t.z; xv[4 * v + 3] = t.w;
-                    }
+                    for (int j = 0; j < PT_T; ++j)
+#pragma unroll
+                        for (int v = 0; v < PT_XV / 4; ++v) {
+                            const float4 t = *reinterpret_cast<const float4*>(xb[j] + pp * ldx + q0 + 4 * v);
+                            xv[j][4 * v + 0] = t.x; xv[j][4 * v + 1] = t.y;
+                            xv[j][4 * v + 2] = t.z; xv[j][4 * v + 3] = t.w;
+                        }
 #pragma unroll
                     for (int kk = 0; kk < PT_WT_TM; ++kk) {
                         const float4 t = *reinterpret_cast<const float4*>(drow + kk * 8 * ldq + q0);
                         const float d[PT_U] = {t.x, t.y, t.z, t.w};  // dy[k][q0 .. q0+3], zero past Q
 #pragma unroll
-                        for (int u = 0; u < PT_U; ++u)
+                        for (int j = 0; j < PT_T; ++j)
 #pragma unroll
-                            for (int s = 0; s < PT_S; ++s) acc[kk][s] = fmaf(d[u], xv[u + s], acc[kk][s]);
+                            for (int u = 0; u < PT_U; ++u)
+#pragma unroll
+                                for (int s = 0; s < PT_S; ++s)
+                                    acc[j][kk][s] = fmaf(d[u], xv[j][u + s], acc[j][kk][s]);
                     }
                 }
             }
@@ -195,16 +222,20 @@ conv_patch_backward_weights(const float* __restrict__ dy, const float* __restric
         __syncthreads();  // `cur` is free: the next iteration's issue may overwrite it
     }
 
-    const int c = st.c0 + cl;
-    if (!active || c >= C) return;
+    if (!active) return;
     const int RS = R * PT_S;
-    float* o = out + (long long)blockIdx.x * K * C * RS + (long long)c * RS + r * PT_S;
 #pragma unroll
-    for (int kk = 0; kk < PT_WT_TM; ++kk) {
-        const int k = st.k0 + kt + 8 * kk;
-        if (k < K) {
+    for (int j = 0; j < PT_T; ++j) {
+        const int c = st.c0 + cl[j];
+        if (!live[j] || c >= C) continue;
+        float* o = out + (long long)blockIdx.x * K * C * RS + (long long)c * RS + r[j] * PT_S;
 #pragma unroll
-            for (int s = 0; s < PT_S; ++s) o[(long long)k * C * RS + s] = acc[kk][s];
+        for (int kk = 0; kk < PT_WT_TM; ++kk) {
+            const int k = st.k0 + kt + 8 * kk;
+            if (k < K) {
+#pragma unroll
+                for (int s = 0; s < PT_S; ++s) o[(long long)k * C * RS + s] = acc[j][kk][s];
+            }
         }
     }
 }

@@ -50,13 +50,13 @@ def _ints(args, n_ptr, n_int):
 
 # ---- the kernels ------------------------------------------------------------------------------------------
 
-def conv_patch_backward_weights(PT_S, grid, block, args, shared_mem, PT_KB=64):
+def conv_patch_backward_weights(PT_S, grid, block, args, shared_mem, PT_KB=64, PT_T=1):
     (dyf, xf, out), ints = _ints(args, 3, 18)
     N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw, cb, pb, ldq, ldx, chunk = ints
     if S != PT_S or sh != 1 or sw != 1:
         return
     NT = block[0]
-    assert NT <= 320 and NT % 32 == 0
+    assert NT <= 320 // PT_T and NT % 32 == 0
     XV = _window(S)
     xrows = pb + R - 1
     KB, TM = PT_KB, PT_KB // 8
@@ -107,7 +107,19 @@ def conv_patch_backward_weights(PT_S, grid, block, args, shared_mem, PT_KB=64):
             for bx in range(grid[0]):
                 k0, c0 = bz * KB, by * cb
                 smem = np.full(shared_mem // 4, np.nan)
-                acc = np.zeros((NT, TM, S))
+                acc = np.zeros((NT, PT_T, TM, S))
+                slots = NT >> 3
+
+                def tasks(tid):
+                    """(j, cl, r, live) of the thread's tasks; a task past cb*R reads task 0's rows."""
+                    out = []
+                    for j in range(PT_T):
+                        task = (tid >> 3) + j * slots
+                        live = task < cb * R
+                        t = task if live else tid >> 3
+                        out.append((j, t // R, t % R, live))
+                    return out
+
                 it0, it1 = bx * chunk, min(items, bx * chunk + chunk)
                 if it0 < it1:
                     issue(it0, smem, 0, k0, c0)
@@ -119,33 +131,35 @@ def conv_patch_backward_weights(PT_S, grid, block, args, shared_mem, PT_KB=64):
                     p0 = (it - n * strips) * pb
                     prows = min(pb, P - p0)
                     for tid in range(NT):
-                        kt, cr = tid & 7, tid >> 3
-                        cl, r = cr // R, cr % R
-                        if cr >= cb * R:
+                        kt = tid & 7
+                        if (tid >> 3) >= cb * R:
                             continue
-                        xb = cur + nd + (cl * xrows + r) * ldx
                         db = cur + kt * ldq
-                        for pp in range(prows):
-                            xrow, drow = xb + pp * ldx, db + pp * KB * ldq
-                            for q0 in range(0, Q, U):
-                                xv = np.concatenate([_f4(smem, xrow + q0 + 4 * v, cur + nd, cur + stage)
-                                                     for v in range(XV // 4)])
-                                win = np.stack([xv[u: u + S] for u in range(U)])             # (U, S)
-                                d = np.stack([_f4(smem, drow + kk * 8 * ldq + q0, cur, cur + nd)
-                                              for kk in range(TM)])                         # (TM, U)
-                                acc[tid] += d @ win
+                        for j, cl, r, _ in tasks(tid):
+                            xb = cur + nd + (cl * xrows + r) * ldx
+                            for pp in range(prows):
+                                xrow, drow = xb + pp * ldx, db + pp * KB * ldq
+                                for q0 in range(0, Q, U):
+                                    xv = np.concatenate([_f4(smem, xrow + q0 + 4 * v, cur + nd, cur + stage)
+                                                         for v in range(XV // 4)])
+                                    win = np.stack([xv[u: u + S] for u in range(U)])             # (U, S)
+                                    d = np.stack([_f4(smem, drow + kk * 8 * ldq + q0, cur, cur + nd)
+                                                  for kk in range(TM)])                         # (TM, U)
+                                    acc[tid, j] += d @ win
                 for tid in range(NT):
-                    kt, cr = tid & 7, tid >> 3
-                    cl, r = cr // R, cr % R
-                    c = c0 + cl
-                    if cr >= cb * R or c >= C:
+                    kt = tid & 7
+                    if (tid >> 3) >= cb * R:
                         continue
-                    for kk in range(TM):
-                        k = k0 + kt + 8 * kk
-                        if k < K:
-                            off = bx * K * C * RS + (k * C + c) * RS + r * S
-                            assert off + S <= out.size
-                            out[off: off + S] = acc[tid, kk]
+                    for j, cl, r, live in tasks(tid):
+                        c = c0 + cl
+                        if not live or c >= C:
+                            continue
+                        for kk in range(TM):
+                            k = k0 + kt + 8 * kk
+                            if k < K:
+                                off = bx * K * C * RS + (k * C + c) * RS + r * S
+                                assert off + S <= out.size
+                                out[off: off + S] = acc[tid, j, kk]
 
 
 def conv_patch_transpose_w(PT_S, grid, block, args, shared_mem=0):
@@ -291,12 +305,12 @@ def fake_cupy():
     return cp
 
 
-def kernel(name, S, kb=64, smem=0):
+def kernel(name, S, kb=64, smem=0, t=1):
     """Stands in for custom_impl.gpu.conv.patch.kernel: the emulated kernel ``name`` for kernel width S (and
-    backward-weights' k per block ``kb``)."""
+    backward-weights' k per block ``kb`` and tasks per thread ``t``)."""
     kern = KERNELS[name]
     if name == "conv_patch_backward_weights":
-        return lambda grid, block, args, shared_mem=0: kern(int(S), grid, block, args, shared_mem, int(kb))
+        return lambda grid, block, args, shared_mem=0: kern(int(S), grid, block, args, shared_mem, int(kb), int(t))
     return lambda grid, block, args, shared_mem=0: kern(int(S), grid, block, args, shared_mem)
 
 
@@ -361,7 +375,7 @@ def check(case, sms_values=(1, 132)):
             for plan in patch.weights_candidates(dims, sms)[1:]:   # the other plans the tuning may pick
                 other = cupy.full(Wt.shape, np.nan)
                 assert patch.backward_weights(gdy, gx, other, dims, ws, plan) is other
-                results.append((other, dW_ref, f"dW (k per block {plan.kb})"))
+                results.append((other, dW_ref, f"dW (k per block {plan.kb}, tasks per thread {plan.t})"))
             for got, ref, what in results:
                 got = cupy.asnumpy(got)
                 assert np.isfinite(got).all(), \

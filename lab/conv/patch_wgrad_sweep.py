@@ -1,5 +1,6 @@
-"""The patch backward-weights kernel of one layer at every plan: k per block (the PT_KB module), output
-rows per item, channels per block and splits, beside cuDNN's time for the same gradient.
+"""The patch backward-weights kernel of one layer at every plan: k per block (the PT_KB module), (c, r) tasks
+per thread (PT_T), output rows per item, channels per block and splits, beside cuDNN's time for the same
+gradient.
 
     python3 lab/conv/patch_wgrad_sweep.py [--layer N,C,H,W,K,R,S,pad] [--batches 16,64,256] [--out DIR]
 
@@ -50,15 +51,16 @@ def sweep(layer, batch):
     scale = float(cupy.abs(ref).max())
     sms = runtime.sm_count()
     plans = {"default": patch.weights_plan(dims, sms)}
-    for kb in patch.KB_CHOICES:
-        plans[f"kb{kb} default"] = patch.weights_plan(dims, sms, kb=kb)
+    for kb, t in itertools.product(patch.KB_CHOICES, patch.T_CHOICES):
+        plans[f"kb{kb} t{t} default"] = patch.weights_plan(dims, sms, kb=kb, t=t)
         for pb, cb in itertools.product(ROWS, CHANNELS):
-            base = patch.weights_plan(dims, sms, kb=kb, pb=pb, cb=cb)
+            base = patch.weights_plan(dims, sms, kb=kb, pb=pb, cb=cb, t=t)
             if base is None:
                 continue
             for f in SPLIT_SCALES:
-                plan = patch.weights_plan(dims, sms, kb=kb, pb=pb, cb=cb, splits=max(1, round(base.grid[0] * f)))
-                plans[f"kb{kb} pb{plan.pb} cb{plan.cb} splits {plan.grid[0]} (chunk {plan.chunk})"] = plan
+                plan = patch.weights_plan(dims, sms, kb=kb, pb=pb, cb=cb, splits=max(1, round(base.grid[0] * f)),
+                                          t=t)
+                plans[f"kb{kb} t{t} pb{plan.pb} cb{plan.cb} splits {plan.grid[0]} (chunk {plan.chunk})"] = plan
     big = max(p.grid[0] for p in plans.values() if p is not None) * K * C * R * S
     ws = cupy.empty((big,), np.float32)
     dW = cupy.empty((K, C, R, S), np.float32)

@@ -14,7 +14,8 @@ every thread reuses it for all R*S taps as row correlations: 4 output columns x 
 S+3 values, loaded as float4s.
 
   ``backward_weights``: block (split z, group of cb channels, group of 64 k); thread =
-      8 k x one (c, r) x all S taps; the blocks of a split sum their range of (image, row strip) items and
+      8 k x one (c, r) x all S taps (or, a tuning candidate, two (c, r) rows sharing each staged dy load, on
+      half the threads); the blocks of a split sum their range of (image, row strip) items and
       write a partial dW into ``workspace``; gemm's ordered split-K reduce adds them (deterministic).
   ``backward_data``: W is first copied to (K, R, S, C) in ``workspace``; block (image, strip of
       rows, group of 8*CT channels, split); thread = 8 channels x 4 columns of one row; chunks of kc k
@@ -49,6 +50,8 @@ MAX_S = 7                 # kernel width: 8*S (dW) sums per thread; S = 8 spills
 U = 4                     # output columns per inner step (conv_patch.cu's PT_U)
 KB = 64                   # dW: k per block (PT_KB), the default module
 KB_CHOICES = (64, 32)     # dW: the PT_KB modules (32: fewer registers, 3 blocks per SM, twice the blocks)
+T_CHOICES = (1, 2)        # dW: (c, r) tasks per thread (PT_T; 2: each dy float4 serves two rows)
+T2_MAX_S = {64: 5, 32: 7}  # dW: widest kernel PT_T = 2 compiles for without spilling, per PT_KB (sm_90)
 WT_TASKS = 40             # dW: (c, r) tasks per block at most: 8 * 40 = 320 threads (PT_WT_THREADS)
 WT_THREADS = 320
 DX_THREADS = 256          # PT_DX_THREADS
@@ -84,6 +87,7 @@ class WeightsPlan(NamedTuple):
     threads: int
     smem: int        # bytes, two stages
     grid: tuple      # (splits, channel groups, k groups)
+    t: int = 1       # (c, r) tasks per thread (PT_T)
 
 
 class DataPlan(NamedTuple):
@@ -108,23 +112,26 @@ def _unsupported(dims) -> str | None:
     return None
 
 
-def blocks_per_sm(kb: int) -> int:
+def blocks_per_sm(kb: int, t: int = 1) -> int:
     """Blocks per SM the backward-weights kernel's register budget is set for (its __launch_bounds__,
     PT_WT_MINB)."""
-    return 2 if kb == 64 else 3
+    return (2 if kb == 64 else 3) + (t - 1)
 
 
 def weights_plan(dims, sms: int = 132, kb: int = KB, pb: int | None = None, cb: int | None = None,
-                 splits: int | None = None) -> WeightsPlan | None:
+                 splits: int | None = None, t: int = 1) -> WeightsPlan | None:
     """Launch plan of conv_patch_backward_weights for ``dims`` on ``sms`` SMs, or None if it cannot run.
 
-    ``kb``: k per block (a module of KB_CHOICES). ``pb`` (output rows per item) / ``cb`` (channels per
+    ``kb``: k per block (a module of KB_CHOICES); ``t``: (c, r) tasks per thread (T_CHOICES; 2 only up to
+    the width T2_MAX_S[kb]). ``pb`` (output rows per item) / ``cb`` (channels per
     block) / ``splits`` (of the (image, strip) items) override the defaults: rows of about ROW_FLOATS
     outputs, as many channels as WT_TASKS (c, r) tasks hold, both shrunk until two stages fit
-    SMEM_BYTES; splits for one wave of ``blocks_per_sm(kb)`` blocks per SM. Given rows or channels may
+    SMEM_BYTES; splits for one wave of ``blocks_per_sm(kb, t)`` blocks per SM. Given rows or channels may
     use up to SMEM_MAX (the kernel is then opted into it)."""
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = (int(v) for v in dims)
-    if _unsupported(dims) is not None or R > WT_TASKS or kb not in KB_CHOICES:
+    if _unsupported(dims) is not None or R > WT_TASKS or kb not in KB_CHOICES or t not in T_CHOICES:
+        return None
+    if t > 1 and S > T2_MAX_S[kb]:
         return None
     Qp = _ceil(Q, U) * U
     ldq = _row4(Qp)
@@ -149,26 +156,27 @@ def weights_plan(dims, sms: int = 132, kb: int = KB, pb: int | None = None, cb: 
         limit = SMEM_MAX // 8
     if stage(cb, pb) > limit:
         return None
-    threads = 8 * _ceil(cb * R, 4) * 4
+    threads = 8 * _ceil(_ceil(cb * R, t), 4) * 4
     items = N * _ceil(P, pb)
     per_split = _ceil(C, cb) * _ceil(K, kb)
     if splits is None:
-        splits = _ceil(blocks_per_sm(kb) * sms, per_split)   # one wave of blocks
+        splits = _ceil(blocks_per_sm(kb, t) * sms, per_split)   # one wave of blocks
     splits = max(1, min(items, splits))
     chunk = _ceil(items, splits)
     splits = _ceil(items, chunk)
     grid = (splits, _ceil(C, cb), _ceil(K, kb))
-    return WeightsPlan(kb, cb, pb, ldq, ldx, chunk, threads, 8 * stage(cb, pb), grid)
+    return WeightsPlan(kb, cb, pb, ldq, ldx, chunk, threads, 8 * stage(cb, pb), grid, t)
 
 
 def weights_candidates(dims, sms: int = 132) -> list:
-    """The backward-weights plans the tuning times: the default plan of each k per block (KB_CHOICES),
-    the default first; [] if the kernel cannot run ``dims``."""
+    """The backward-weights plans the tuning times: the default plan of each k per block (KB_CHOICES) and
+    tasks per thread (T_CHOICES), the default (KB, one task) first; [] if the kernel cannot run ``dims``."""
     plans = []
-    for kb in KB_CHOICES:
-        plan = weights_plan(dims, sms, kb=kb)
-        if plan is not None and plan not in plans:
-            plans.append(plan)
+    for t in T_CHOICES:
+        for kb in KB_CHOICES:
+            plan = weights_plan(dims, sms, kb=kb, t=t)
+            if plan is not None and plan not in plans:
+                plans.append(plan)
     return plans
 
 
@@ -254,15 +262,21 @@ def _unfit_message(what: str, dims) -> str:
             f"memory: use another algorithm for this layer ('implicit_gemm', or 'auto')")
 
 
-def defines(S: int, kb: int = KB) -> dict:
-    """The module defines of kernel width ``S`` and backward-weights k per block ``kb``."""
-    return {"PT_S": int(S)} if kb == KB else {"PT_S": int(S), "PT_KB": int(kb)}
+def defines(S: int, kb: int = KB, t: int = 1) -> dict:
+    """The module defines of kernel width ``S``, backward-weights k per block ``kb`` and tasks per thread
+    ``t`` (the defaults' modules leave PT_KB / PT_T out)."""
+    out = {"PT_S": int(S)}
+    if kb != KB:
+        out["PT_KB"] = int(kb)
+    if t != 1:
+        out["PT_T"] = int(t)
+    return out
 
 
-def kernel(name: str, S: int, kb: int = KB, smem: int = 0):
-    """The compiled kernel ``name`` for kernel width ``S`` (one module per width and ``kb``, compiled on first
-    use), opted into ``smem`` bytes of dynamic shared memory."""
-    return runtime.kernel(FAMILY, name, defines(S, kb), smem)
+def kernel(name: str, S: int, kb: int = KB, smem: int = 0, t: int = 1):
+    """The compiled kernel ``name`` for kernel width ``S`` (one module per width, ``kb`` and ``t``, compiled
+    on first use), opted into ``smem`` bytes of dynamic shared memory."""
+    return runtime.kernel(FAMILY, name, defines(S, kb, t), smem)
 
 
 def _check(dims, arrays, what):
@@ -295,7 +309,7 @@ def backward_weights(dy, x, dW, dims, workspace=None, plan: WeightsPlan | None =
     n = K * C * R * S
     out = dW if splits == 1 else checked_workspace(workspace, splits * n, "conv.patch.backward_weights",
                                                    "conv2d_workspace_size")
-    kernel("conv_patch_backward_weights", S, plan.kb, plan.smem)(
+    kernel("conv_patch_backward_weights", S, plan.kb, plan.smem, plan.t)(
         plan.grid, (plan.threads,),
         (dy, x, out) + _i32(*dims) + _i32(plan.cb, plan.pb, plan.ldq, plan.ldx, plan.chunk), shared_mem=plan.smem)
     if splits > 1:

@@ -164,8 +164,8 @@ def kernel_modules(dims) -> list:
     if patch_ok(dims, "backward_data") or patch_ok(dims, "backward_weights"):
         mods.append((patch.FAMILY, patch.defines(S)))
     if patch_ok(dims, "backward_weights"):
-        mods += [(patch.FAMILY, patch.defines(S, p.kb)) for p in patch.weights_candidates(dims)
-                 if p.kb != patch.KB]
+        mods += [(patch.FAMILY, patch.defines(S, p.kb, p.t)) for p in patch.weights_candidates(dims)
+                 if (p.kb, p.t) != (patch.KB, 1)]
     if strided_1x1.fits(dims):
         mods += strided_1x1.modules()
     return mods

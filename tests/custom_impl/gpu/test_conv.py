@@ -408,7 +408,7 @@ def test_conv2d_backward_patch(case, phase):
         for plan in patch.weights_candidates(dims, runtime.sm_count()):
             dW = cupy.full(W.shape, np.nan, np.float32)
             assert patch.backward_weights(gdy, gx, dW, dims, ws, plan) is dW
-            _assert_close(cupy.asnumpy(dW), dW_ref, dW_abs, N * P * Q, f"dW patch {case} {plan.kb} k per block")
+            _assert_close(cupy.asnumpy(dW), dW_ref, dW_abs, N * P * Q, f"dW patch {case} {plan.kb} k per block, {plan.t} tasks per thread")
     else:
         outs = []
         for _ in range(2):

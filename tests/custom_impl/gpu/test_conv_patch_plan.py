@@ -39,14 +39,17 @@ def test_patch_plans_stay_within_the_kernels_limits(x_shape, w_shape, padding):
     assert (conv_patch.weights_plan(dims, 132) is None) == (candidates == [])
     assert candidates == [] or candidates[0] == conv_patch.weights_plan(dims, 132)   # the default first
     for wp in candidates:
-        assert wp.smem <= conv_patch.SMEM_BYTES and wp.threads <= conv_patch.WT_THREADS and wp.threads % 32 == 0
+        # PT_WT_THREADS = 320 / PT_T: the kernel's __launch_bounds__
+        assert wp.smem <= conv_patch.SMEM_BYTES and wp.threads <= conv_patch.WT_THREADS // wp.t
+        assert wp.threads % 32 == 0 and wp.threads // 8 * wp.t >= wp.cb * R   # every (c, r) task has a thread
         assert wp.cb * R <= conv_patch.WT_TASKS and wp.ldq % 8 == 4 and wp.ldx % 8 == 4
+        assert wp.t in conv_patch.T_CHOICES and (wp.t == 1 or S <= conv_patch.T2_MAX_S[wp.kb])
         assert wp.ldq >= Q and wp.ldx >= -(-Q // 4) * 4 + conv_patch.window(S) - 4
         items = N * -(-P // wp.pb)
         splits = wp.grid[0]
         assert (splits - 1) * wp.chunk < items <= splits * wp.chunk  # every item in one split, none empty
         assert wp.kb in conv_patch.KB_CHOICES and wp.grid[1] * wp.cb >= C and wp.grid[2] * wp.kb >= K
-        assert (splits - 1) * wp.grid[1] * wp.grid[2] < conv_patch.blocks_per_sm(wp.kb) * 132  # about one wave
+        assert (splits - 1) * wp.grid[1] * wp.grid[2] < conv_patch.blocks_per_sm(wp.kb, wp.t) * 132  # one wave
         # the workspace holds the partial dW of every candidate the tuning may time
         assert splits == 1 or conv_patch.workspace_size(x_shape, w_shape, 1, padding, 132) >= splits * K * C * R * S
     dp = conv_patch.data_plan(dims)
