@@ -56,7 +56,7 @@ def check_precision(precision, device: str) -> None:
 
 
 def build(spec, device: str = "cpu", seed: int = 0, precision: str = "fp32", use_graph: bool | None = None,
-          fuse_pool: bool = True) -> CustomModel:
+          fuse_pool: bool = True, fuse_mlp: bool = True) -> CustomModel:
     """Build our model for ``spec`` (a ModelSpec, dict, zoo name or .toml/.json path) on ``device``.
 
     Parameters start from ``spec.init_params(seed)``, so a reference model built with the same seed is
@@ -71,25 +71,29 @@ def build(spec, device: str = "cpu", seed: int = 0, precision: str = "fp32", use
     - ``use_graph``: replay train steps and inference as CUDA graphs (True), or launch every kernel
       eagerly (False); None: the environment variable ``CUSTOM_GPU_GRAPH`` ("0" turns graphs off), else True.
     - ``fuse_pool``: run a relu followed by maxpool2d as one fused pooling step (the CPU model always does).
+    - ``fuse_mlp``: train an MLP small enough for it (the thesis's 2-3-1 network: dense layers of at most 16
+      units, ``custom_impl.gpu.mlp_fused``) with the two-launch fused train step (True), or layer by layer.
 
     >>> build("mlp-mnist", device="cpu", use_graph=False)
     Traceback (most recent call last):
     ...
-    ValueError: custom_impl.build: use_graph=False: GPU options (CUDA graphs, pooling fusion); device 'cpu' takes none (its model always fuses relu + maxpool2d): drop use_graph, or use device='gpu'
+    ValueError: custom_impl.build: use_graph=False: GPU options (CUDA graphs, pooling and MLP fusion); device 'cpu' takes none (its model always fuses relu + maxpool2d): drop use_graph, or use device='gpu'
     """
     spec = modelspec.load(spec)
     _check_device(device)
     check_precision(precision, device)
     if device == "cpu":
         given = ([f"use_graph={use_graph!r}"] if use_graph is not None else []) + \
-                ([f"fuse_pool={fuse_pool!r}"] if fuse_pool is not True else [])
+                ([f"fuse_pool={fuse_pool!r}"] if fuse_pool is not True else []) + \
+                ([f"fuse_mlp={fuse_mlp!r}"] if fuse_mlp is not True else [])
         if given:
-            raise ValueError(f"custom_impl.build: {', '.join(given)}: GPU options (CUDA graphs, pooling fusion); "
+            raise ValueError(f"custom_impl.build: {', '.join(given)}: GPU options (CUDA graphs, pooling and MLP "
+                             "fusion); "
                              "device 'cpu' takes none (its model always fuses relu + maxpool2d): drop "
                              f"{' and '.join(g.split('=')[0] for g in given)}, or use device='gpu'")
         from .cpu.model import CPUModel
         return CPUModel(spec, seed=seed)
-    return _build_gpu(spec, seed, precision=precision, use_graph=use_graph, fuse_pool=fuse_pool)
+    return _build_gpu(spec, seed, precision=precision, use_graph=use_graph, fuse_pool=fuse_pool, fuse_mlp=fuse_mlp)
 
 
 def layer_ops(device: str):

@@ -7,7 +7,9 @@ Legend: N batch, C in-channels, K out-channels, H,W in, P,Q out, R,S kernel, F f
 step (``step.Step``; each layer family's module defines its step class beside its ops) with a
 ``forward`` and a ``backward`` written side by side; a dense layer directly followed by an activation
 becomes one step whose activation runs in the GEMM epilogue, and a relu directly followed by max pooling
-one pooling step with the relu fused (``fuse_pool``).
+one pooling step with the relu fused (``fuse_pool``). A network small enough for ``mlp_fused`` (the thesis's
+2-3-1 one: dense layers of at most 16 units) trains with that module's two-launch step instead of the
+per-layer one (``fuse_mlp``); inference and the loss / gradient hooks keep the steps.
 
 Memory: parameters, gradients and SGD velocities each live in ONE flat float32 buffer (P,) and every
 ``"{i}.weight"`` / ``"{i}.bias"`` is a view into it, so SGD is one launch. Everything a batch size N
@@ -46,6 +48,7 @@ from .activation import ActivationStep
 from .conv import ConvStep
 from .dense import DenseStep
 from .loss import loss_forward_backward
+from .mlp_fused import FusedMLP, fusable
 from .pool import PoolStep
 from .runtime import GRAPH_LAUNCH_S, launch_cost_regime
 from .sgd import sgd_update
@@ -67,6 +70,7 @@ def build(spec, seed: int = 0, **options) -> "GPUModel":
 
     options: ``use_graph`` (bool, default from CUSTOM_GPU_GRAPH, else True): replay train steps as CUDA
     graphs. ``fuse_pool`` (default True): run a relu followed by maxpool2d as one fused pooling step.
+    ``fuse_mlp`` (default True): train a small MLP (``mlp_fused.fusable``) with the two-launch fused step.
     ``precision`` ("fp32" default, "tf32", "bf16"): what the dense and conv steps' products run in.
 
     >>> m = build(modelspec.load("mlp-mnist"), seed=0)                 # doctest: +SKIP
@@ -117,10 +121,11 @@ class _Plan:
     acts[i] is the input of step i (acts[0] the static input x (N, *input_shape), acts[-1] the logits
     (N, output_dim)); dacts[i] the gradient w.r.t. acts[i] (None where nothing needs it); saved[i] what
     step i saves; ws the conv workspace shared by all conv steps (they run one after another on one
-    stream); labels (N,) int64; per_sample (N,), loss (1,) the mean loss.
+    stream); labels (N,) int64; per_sample (N,), loss (1,) the mean loss; part the fused train step's
+    block partials (None without one).
     """
 
-    def __init__(self, spec, steps, n):
+    def __init__(self, spec, steps, n, fused=None):
         import cupy
 
         self.n = n
@@ -146,6 +151,7 @@ class _Plan:
         self.labels = cupy.empty((n,), dtype=np.int64)  # (N,)
         self.per_sample = cupy.empty((n,), dtype=f32)   # (N,)
         self.loss = cupy.empty((1,), dtype=f32)         # mean loss
+        self.part = None if fused is None else cupy.empty((fused.workspace_size(n),), dtype=f32)
 
 
 class _Replay:
@@ -179,13 +185,14 @@ class GPUModel(CustomModel):
     device = "gpu"
 
     def __init__(self, spec, seed: int = 0, use_graph: bool | None = None, fuse_pool: bool = True,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", fuse_mlp: bool = True):
         from .dense import check_precision
 
         check_precision(precision, "GPUModel")
         self.precision = precision
         self.use_graph = _graph_default() if use_graph is None else bool(use_graph)
         self.fuse_pool = bool(fuse_pool)
+        self.fuse_mlp = bool(fuse_mlp)
         self._plans: dict[int, _Plan] = {}
         self._graphs: dict[tuple, object] = {}
         self._eager_done: set[tuple] = set()
@@ -218,6 +225,9 @@ class GPUModel(CustomModel):
 
         self.params, self.grads, self.velocity = views(self.flat_w), views(self.flat_g), views(self.flat_v)
         self._write_params(params)
+        # the two-launch train step of a small MLP (mlp_fused.py), or None: the steps' path
+        self._fused = (FusedMLP(self.spec, offsets) if self.fuse_mlp and fusable(self.spec, self.precision) is None
+                       else None)
 
     def clear_cache(self) -> None:
         """Free every per-batch-size buffer set and captured graph (they are rebuilt on the next call).
@@ -234,7 +244,7 @@ class GPUModel(CustomModel):
         plan = self._plans.get(n)
         if plan is None:
             with self._launch_cost():  # workspace sizes follow the plans the calls will make
-                plan = self._plans[n] = _Plan(self.spec, self.steps, n)
+                plan = self._plans[n] = _Plan(self.spec, self.steps, n, self._fused)
         return plan
 
     # ------------------------------------------------------------------ hooks of CustomModel
@@ -340,7 +350,13 @@ class GPUModel(CustomModel):
 
     # ------------------------------------------------------------------ the whole step, eager or graphed
     def _run_step(self, plan: _Plan, lr: float, momentum: float) -> None:
-        """forward, loss, backward, SGD on the plan's static buffers: only kernel launches (capturable)."""
+        """forward, loss, backward, SGD on the plan's static buffers: only kernel launches (capturable). A
+        fused MLP step writes the gradients and the loss in two launches instead (the activation buffers
+        are then not written)."""
+        if self._fused is not None:
+            self._fused.launch(plan.acts[0], plan.labels, self.flat_w, self.flat_g, plan.loss, plan.part)
+            self._sgd(lr, momentum)
+            return
         self._run_forward(plan)
         loss_forward_backward(self.spec.loss, plan.acts[-1], plan.labels, dz=plan.dacts[-1], loss=plan.loss,
                               per_sample=plan.per_sample)
