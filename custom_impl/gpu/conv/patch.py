@@ -170,13 +170,19 @@ def weights_plan(dims, sms: int = 132, kb: int = KB, pb: int | None = None, cb: 
 
 def weights_candidates(dims, sms: int = 132) -> list:
     """The backward-weights plans the tuning times: the default plan of each k per block (KB_CHOICES) and
-    tasks per thread (T_CHOICES), the default (KB, one task) first; [] if the kernel cannot run ``dims``."""
+    tasks per thread (T_CHOICES), the default (KB, one task) first, and for two tasks per thread at KB also
+    half its splits (each split's partial dW is written and read once more: fewer, longer splits trade a
+    fuller wave for that traffic); [] if the kernel cannot run ``dims``."""
     plans = []
     for t in T_CHOICES:
         for kb in KB_CHOICES:
             plan = weights_plan(dims, sms, kb=kb, t=t)
             if plan is not None and plan not in plans:
                 plans.append(plan)
+            if plan is not None and t > 1 and kb == KB and plan.grid[0] > 1:
+                half = weights_plan(dims, sms, kb=kb, splits=_ceil(plan.grid[0], 2), t=t)
+                if half is not None and half not in plans:
+                    plans.append(half)
     return plans
 
 
