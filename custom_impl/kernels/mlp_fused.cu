@@ -111,41 +111,47 @@ __device__ __forceinline__ float mf_slope(float a) {  // act' from the output a
     return 1.0f;
 }
 
-// a_l = act_l(W_l a_(l-1) + b_l); the bias first, then the products in input order (as one GEMM row)
+// A sample's activations a_0 .. a_L in one array: a_l at [mf_aoff(l), mf_aoff(l) + width(l)); the deltas
+// dL/dz_l in another of the same layout (its a_0 part unused). Indices are compile-time: registers.
+__host__ __device__ constexpr int mf_aoff(int l) { return l <= 0 ? 0 : mf_aoff(l - 1) + mf_width(l - 1); }
+#define MF_ACTS mf_aoff(MF_L + 1)
+
+// a_l = act_l(W_l a_(l-1) + b_l) for l = L .. MF_L; the products in input order, then the bias
 template <int L>
-__device__ __forceinline__ void mf_forward(const float* w, const float (&in)[mf_width(L - 1)],
-                                           float (&out)[mf_width(L)]) {
+__device__ __forceinline__ void mf_forward(const float* w, float (&a)[MF_ACTS]) {
     constexpr int I = mf_width(L - 1), O = mf_width(L);
 #pragma unroll
     for (int j = 0; j < O; ++j) {
         float z = 0.0f;
 #pragma unroll
-        for (int i = 0; i < I; ++i) z = fmaf(w[mf_woff(L) + j * I + i], in[i], z);
+        for (int i = 0; i < I; ++i) z = fmaf(w[mf_woff(L) + j * I + i], a[mf_aoff(L - 1) + i], z);
         if (mf_bias(L)) z += w[mf_boff(L) + j];
-        out[j] = mf_apply<mf_act(L)>(z);
+        a[mf_aoff(L) + j] = mf_apply<mf_act(L)>(z);
     }
+    if constexpr (L < MF_L) mf_forward<L + 1>(w, a);
 }
 
-// delta (dL/dz_l) in; the gradient terms of W_l, b_l added to g; d (dL/da_(l-1)) out, when wanted
-template <int L, bool DATA>
-__device__ __forceinline__ void mf_backward(const float* w, const float (&delta)[mf_width(L)],
-                                            const float (&in)[mf_width(L - 1)], float (&g)[MF_P],
-                                            float (&d)[mf_width(L - 1)]) {
+// From d = dL/dz_L: the gradient terms of W_l, b_l added to g and dL/dz_(l-1) into d, for l = L .. 1
+template <int L>
+__device__ __forceinline__ void mf_backward(const float* w, const float (&a)[MF_ACTS], float (&d)[MF_ACTS],
+                                            float (&g)[MF_P]) {
     constexpr int I = mf_width(L - 1), O = mf_width(L);
 #pragma unroll
     for (int j = 0; j < O; ++j) {
 #pragma unroll
-        for (int i = 0; i < I; ++i) g[mf_woff(L) + j * I + i] = fmaf(delta[j], in[i], g[mf_woff(L) + j * I + i]);
-        if (mf_bias(L)) g[mf_boff(L) + j] += delta[j];
+        for (int i = 0; i < I; ++i)
+            g[mf_woff(L) + j * I + i] = fmaf(d[mf_aoff(L) + j], a[mf_aoff(L - 1) + i], g[mf_woff(L) + j * I + i]);
+        if (mf_bias(L)) g[mf_boff(L) + j] += d[mf_aoff(L) + j];
     }
-    if (DATA) {
+    if constexpr (L > 1) {
 #pragma unroll
         for (int i = 0; i < I; ++i) {
             float s = 0.0f;
 #pragma unroll
-            for (int j = 0; j < O; ++j) s = fmaf(w[mf_woff(L) + j * I + i], delta[j], s);
-            d[i] = s * mf_slope<mf_act(L - 1)>(in[i]);
+            for (int j = 0; j < O; ++j) s = fmaf(w[mf_woff(L) + j * I + i], d[mf_aoff(L) + j], s);
+            d[mf_aoff(L - 1) + i] = s * mf_slope<mf_act(L - 1)>(a[mf_aoff(L - 1) + i]);
         }
+        mf_backward<L - 1>(w, a, d, g);
     }
 }
 
@@ -179,34 +185,14 @@ mlp_fused_partial(const float* __restrict__ x, const long long* __restrict__ lab
     const float nan = __int_as_float(0x7fc00000);
     const int s1 = min(N, (blockIdx.x + 1) * chunk);
     for (int s = blockIdx.x * chunk + threadIdx.x; s < s1; s += MF_THREADS) {
-        float a0[MF_F0], a1[MF_F1];
+        float a[MF_ACTS], d[MF_ACTS];
 #pragma unroll
-        for (int i = 0; i < MF_F0; ++i) a0[i] = x[(long long)s * MF_F0 + i];
-        mf_forward<1>(w, a0, a1);
-#if MF_L >= 2
-        float a2[MF_F2];
-        mf_forward<2>(w, a1, a2);
-#endif
-#if MF_L >= 3
-        float a3[MF_F3];
-        mf_forward<3>(w, a2, a3);
-#endif
-#if MF_L >= 4
-        float a4[MF_F4];
-        mf_forward<4>(w, a3, a4);
-#endif
-#if MF_L == 1
-        float(&z)[MF_OUT] = a1;
-#elif MF_L == 2
-        float(&z)[MF_OUT] = a2;
-#elif MF_L == 3
-        float(&z)[MF_OUT] = a3;
-#else
-        float(&z)[MF_OUT] = a4;
-#endif
+        for (int i = 0; i < MF_F0; ++i) a[i] = x[(long long)s * MF_F0 + i];
+        mf_forward<1>(w, a);
+        const float* z = a + mf_aoff(MF_L);   // the logits
+        float* dz = d + mf_aoff(MF_L);
         // loss and dL/da_L, as loss.cu (an out-of-range label: NaN loss and gradient)
         const long long y = label[s];
-        float dz[MF_OUT];
 #if MF_LOSS == 0
         const bool ok = y >= 0 && y < MF_OUT;
         float m = z[0];
@@ -232,30 +218,10 @@ mlp_fused_partial(const float* __restrict__ x, const long long* __restrict__ lab
         loss_sum += ok ? fmaxf(v, 0.0f) - v * t + log1pf(e) : nan;
         dz[0] = ok ? (sig - t) * inv_n : nan;
 #endif
-        // dL/dz_L: through the last layer's activation, if it has one
+        // dL/dz_L: through the last layer's activation, if it has one; then every layer, the last first
 #pragma unroll
         for (int k = 0; k < MF_OUT; ++k) dz[k] *= mf_slope<mf_act(MF_L)>(z[k]);
-#if MF_L == 4
-        float d3[MF_F3];
-        mf_backward<4, true>(w, dz, a3, g, d3);
-        float d2[MF_F2];
-        mf_backward<3, true>(w, d3, a2, g, d2);
-        float d1[MF_F1];
-        mf_backward<2, true>(w, d2, a1, g, d1);
-        mf_backward<1, false>(w, d1, a0, g, a0);
-#elif MF_L == 3
-        float d2[MF_F2];
-        mf_backward<3, true>(w, dz, a2, g, d2);
-        float d1[MF_F1];
-        mf_backward<2, true>(w, d2, a1, g, d1);
-        mf_backward<1, false>(w, d1, a0, g, a0);
-#elif MF_L == 2
-        float d1[MF_F1];
-        mf_backward<2, true>(w, dz, a1, g, d1);
-        mf_backward<1, false>(w, d1, a0, g, a0);
-#else
-        mf_backward<1, false>(w, dz, a0, g, a0);
-#endif
+        mf_backward<MF_L>(w, a, d, g);
     }
 
     // the block's sums: each warp's by a butterfly, then the warps in order
