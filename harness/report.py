@@ -279,9 +279,9 @@ def _same_machine(a: dict, b: dict) -> bool:
 
 
 def find_targets(inputs: list[str], labels: list[str], envs: dict) -> tuple[dict, list[str]]:
-    """{source: targets lines} from each input folder's targets.csv, or else from a sibling
-    ``targets-*`` folder measured on the same machine (judged from both env.json files); and notes saying
-    where sibling tables came from."""
+    """{source: targets lines} from each input folder's targets.csv, or else from the newest sibling
+    ``targets-*`` folder measured on the same machine (judged from both env.json files, newest by their
+    timestamp); and notes saying where sibling tables came from."""
     found, notes = {}, []
     for path, label in zip(inputs, labels):
         if not os.path.isdir(path):
@@ -295,6 +295,7 @@ def find_targets(inputs: list[str], labels: list[str], envs: dict) -> tuple[dict
             siblings = sorted(d for d in os.listdir(parent) if d.startswith("targets-"))
         except OSError:
             continue
+        same = []   # (timestamp, sibling, its env) of the same machine's targets folders
         for sib in siblings:
             folder = os.path.join(parent, sib)
             csv_path, env_path = os.path.join(folder, "targets.csv"), os.path.join(folder, "env.json")
@@ -305,14 +306,16 @@ def find_targets(inputs: list[str], labels: list[str], envs: dict) -> tuple[dict
             except DamagedFile:
                 continue
             if label in envs and _same_machine(envs[label], other):
-                try:
-                    found[f"{sib}"] = read_targets(csv_path)
-                except ReportError as err:
-                    print(f"harness: {err} (left out of the summary)", file=sys.stderr)
-                    continue
-                notes.append(f"The targets come from the sibling folder {sib}, measured on the same machine "
-                             f"({other.get('timestamp_utc', 'date unknown')}).")
-                break
+                same.append((str(other.get("timestamp_utc", "")), sib, other))
+        for _, sib, other in sorted(same, key=lambda t: (t[0], t[1]), reverse=True):   # the newest first
+            try:
+                found[f"{sib}"] = read_targets(os.path.join(parent, sib, "targets.csv"))
+            except ReportError as err:
+                print(f"harness: {err} (left out of the summary)", file=sys.stderr)
+                continue
+            notes.append(f"The targets come from the sibling folder {sib}, measured on the same machine "
+                         f"({other.get('timestamp_utc', 'date unknown')}).")
+            break
     return found, notes
 
 

@@ -415,6 +415,20 @@ def test_targets_from_a_sibling_folder_only_for_the_same_machine(tmp_path):
     assert "headline.tex" in files
 
 
+def test_targets_from_the_newest_sibling_of_the_same_machine(tmp_path):
+    folder = write_folder(str(tmp_path / "gpu-h100"), models=("thesis-2-3-1",), batches=(1, 7))
+    # "targets-A-old" sorts before "targets-b-new": the timestamps, not the names, decide
+    for name, stamp, value in (("targets-A-old", "2026-11-01T10:00:00+00:00", "0.5"),
+                               ("targets-b-new", "2026-12-07T10:00:00+00:00", "0.75")):
+        sib = tmp_path / name
+        sib.mkdir()
+        (sib / "targets.csv").write_text(f"target,measured,goal,met,rows,note\ngemm_tf32_4096,{value},0.75,False,2,n\n")
+        (sib / "env.json").write_text(json.dumps(dict(GPU_ENV, timestamp_utc=stamp)))
+    files = render([folder], out_dir=str(tmp_path / "out"))
+    text = open(files["targets.md"], encoding="utf-8").read()
+    assert "0.750" in text and "0.500" not in text and "targets-b-new" in text
+
+
 # ============================================================================ GPU clock limits
 def _pdf_paragraphs(monkeypatch) -> list[str]:
     """Every paragraph report.pdf is given from now on (the summary page's text among them)."""

@@ -40,7 +40,9 @@ def test_patch_plans_stay_within_the_kernels_limits(x_shape, w_shape, padding):
     assert candidates == [] or candidates[0] == conv_patch.weights_plan(dims, 132)   # the default first
     for wp in candidates:
         # PT_WT_THREADS = 320 / PT_T: the kernel's __launch_bounds__
-        assert wp.smem <= conv_patch.SMEM_BYTES and wp.threads <= conv_patch.WT_THREADS // wp.t
+        # the default plans stage two stages in 48 KB; the tall-item candidates opt into up to SMEM_MAX
+        assert wp.smem <= conv_patch.SMEM_MAX and wp.threads <= conv_patch.WT_THREADS // wp.t
+        assert wp.smem <= conv_patch.SMEM_BYTES or wp.pb > candidates[0].pb
         assert wp.threads % 32 == 0 and wp.threads // 8 * wp.t >= wp.cb * R   # every (c, r) task has a thread
         assert wp.cb * R <= conv_patch.WT_TASKS and wp.ldq % 8 == 4 and wp.ldx % 8 == 4
         assert wp.t in conv_patch.T_CHOICES and (wp.t == 1 or S <= conv_patch.T2_MAX_S[wp.kb])
