@@ -59,7 +59,6 @@ SMEM_BYTES = 48 * 1024    # dynamic shared memory without the opt-in: two stages
 SMEM_MAX = 96 * 1024      # dW with rows or channels given: two stages, still 2 blocks per SM (opt-in)
 STAGE_FLOATS = SMEM_BYTES // 8
 ROW_FLOATS = 32           # dW: output positions (rows x padded Q) staged per item, about
-TALL_ROW_FLOATS = 112     # dW: the same for the tuning's tall-item candidates (fewer, longer items)
 
 
 def _ceil(a: int, b: int) -> int:
@@ -171,15 +170,9 @@ def weights_plan(dims, sms: int = 132, kb: int = KB, pb: int | None = None, cb: 
 
 def weights_candidates(dims, sms: int = 132) -> list:
     """The backward-weights plans the tuning times: the default plan of each k per block (KB_CHOICES) and
-    tasks per thread (T_CHOICES), the default (KB, one task) first; for two tasks per thread at KB also
+    tasks per thread (T_CHOICES), the default (KB, one task) first, and for two tasks per thread at KB also
     half its splits (each split's partial dW is written and read once more: fewer, longer splits trade a
-    fuller wave for that traffic); and each with taller items (about TALL_ROW_FLOATS output positions:
-    fewer staging rounds and barriers per block; LeNet's conv2 on the H100: 68 us at batch 64 with 7-row
-    items where the 2-row default took 81, 223 us at 256 where it took 241); [] if the kernel cannot run
-    ``dims``."""
-    P, Q = int(dims[7]), int(dims[8])
-    tall = max(1, min(P, TALL_ROW_FLOATS // (_ceil(Q, U) * U)))
-    tall = _ceil(P, _ceil(P, tall))   # balanced strips
+    fuller wave for that traffic); [] if the kernel cannot run ``dims``."""
     plans = []
     for t in T_CHOICES:
         for kb in KB_CHOICES:
@@ -190,10 +183,6 @@ def weights_candidates(dims, sms: int = 132) -> list:
                 half = weights_plan(dims, sms, kb=kb, splits=_ceil(plan.grid[0], 2), t=t)
                 if half is not None and half not in plans:
                     plans.append(half)
-            if plan is not None and tall > plan.pb:
-                longer = weights_plan(dims, sms, kb=kb, pb=tall, t=t)
-                if longer is not None and longer not in plans:
-                    plans.append(longer)
     return plans
 
 
