@@ -11,9 +11,9 @@
 #   bash lab/gpu_visit.sh train [SET]      # the committed GPU training runs, one set per call (resumable):
 #                                          # mnist-64 (default), mnist-1024, cifar-64, cifar-1024, digits
 #                                          # -> reports/train-<set>-<card>/ (FRESH=1: remove it first)
-#   bash lab/gpu_visit.sh verify           # the GPU tests of the code changed since its last GPU run (the
-#                                          # conv's "rounded" candidate at tf32 / bf16 and the models that
-#                                          # may take it), one file at a time with its own time limit
+#   bash lab/gpu_visit.sh verify [FILE...] # GPU test files (default: the tensor-core GEMM and conv, the
+#                                          # precision models, the fused MLP step, the conv tests), one at a
+#                                          # time, each under TIMEOUT_S (default 200 s)
 #   bash lab/gpu_visit.sh wgmma            # the wgmma GEMM and conv: their GPU tests, then tc_bench at 4096^3
 #                                          # (every tile config, mma.sync and wgmma, beside cuBLAS), then the
 #                                          # warp-specialised experiment beside the product kernel (ws_bench)
@@ -116,7 +116,9 @@ case "${1:-tests}" in
     grep -E "^==|kernel time per step" "$out/breakdown.log"
     ;;
   verify)
-    for f in test_conv_tc.py test_gemm_tc.py test_precision_models.py; do
+    shift
+    files=${*:-test_conv_tc.py test_gemm_tc.py test_precision_models.py test_mlp_fused.py test_conv.py}
+    for f in $files; do
       name=$(basename "$f" .py)
       timeout "${TIMEOUT_S:-200}" python3 -m pytest -q -p no:cacheprovider --junitxml="$out/$name.xml" \
         "tests/custom_impl/gpu/$f" >"$out/$name.log" 2>&1
