@@ -16,11 +16,18 @@
 // consumers issue the same wgmma sequence per accumulator as gemm_wgmma, so results are bit-identical to
 // it (what ws_bench.py checks).
 //
+// gemm_wgmma_tma (below) is the same with the tensor memory accelerator as the producer: one thread of
+// warpgroup 0 issues, per tile, two cp.async.bulk.tensor copies (the A and B boxes, each rows x 128 bytes,
+// written in the 128-byte swizzle the wgmma descriptors read, rows past M / N zero-filled by the copy engine)
+// that complete on full[s] with their byte count (mbarrier.arrive.expect_tx), instead of 128 threads issuing
+// 16-byte cp.async copies. The two tensor maps (CUtensorMap, 128 bytes each, encoded on the host by the driver's
+// cuTensorMapEncodeTiled over A' (M, Kp) and B' (N, Kp)) sit in global memory, passed by address.
+//
 // Phases: mbarriers start in phase 0. Tile t is the (t / STAGES)-th use of stage s = t % STAGES, so its
 // full[s] phase has parity (t / STAGES) & 1; before refilling s for tile t >= STAGES the producer waits for
 // the release of tile t - STAGES, phase parity (t / STAGES - 1) & 1.
 #ifndef WG_BN
-#define WG_BN 128  // this kernel's only width (the package file's default is 256)
+#define WG_BN 128  // the width ws_bench.py compares (the package file's default is 256)
 #endif
 #include "../../custom_impl/kernels/gemm_wgmma.cu"  // also found through -I custom_impl/kernels
 
@@ -50,6 +57,20 @@ __device__ __forceinline__ void ws_bar_arrive(unsigned bar) {
 __device__ __forceinline__ void ws_cp_arrive(unsigned bar) {
     asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
 }
+
+// This thread's arrival on `bar`, which now also waits for `bytes` of asynchronous copies to complete on it.
+__device__ __forceinline__ void ws_arrive_expect(unsigned bar, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+
+// The box of tensor map `map` at (inner coordinate x: k elements, outer y: rows) into shared memory at `dst`,
+// its bytes counted on `bar` when they land.
+__device__ __forceinline__ void ws_tma_load(unsigned dst, const void* map, int x, int y, unsigned bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
+        ::"r"(dst), "l"(map), "r"(x), "r"(y), "r"(bar)
+        : "memory");
+}
 #endif
 
 extern "C" __global__ void __launch_bounds__(WS_NT, 1)
@@ -57,7 +78,7 @@ gemm_wgmma_ws(const void* __restrict__ Ap, const void* __restrict__ Bp, float* _
               const float* __restrict__ bias, float* __restrict__ W, int M, int N, int Kp, int k_chunk, int beta,
               int act, int flags, int pq) {
 #if WG_WGMMA
-    static_assert(WG_BM == 128 && WG_BN == 128, "two consumer warpgroups of 64 x 128 (registers: 384 threads)");
+    static_assert(WG_BM == 128, "two consumer warpgroups of 64 rows");
     extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
     const unsigned raw = tc_smem_addr(wg_smem_raw);
     const unsigned base = (raw + 1023) & ~1023u;
@@ -110,6 +131,74 @@ gemm_wgmma_ws(const void* __restrict__ Ap, const void* __restrict__ Bp, float* _
         wg_wait<1>();
         wg_fence_acc(acc);
         if (t > 0) ws_bar_arrive(empty + 8 * ((t - 1) % WG_STAGES));  // tile t - 1's wgmma has retired
+    }
+    wg_wait<0>();
+    wg_fence_acc(acc);
+
+    wg_store_acc(acc, C, bias, W, M, N, beta, act, flags, pq, m0 + c * 64, n0, tid);
+#else
+    __trap();
+#endif
+}
+
+// maps: two CUtensorMaps in global memory (A' at maps, B' at maps + 128 bytes), 64-byte aligned. The other
+// arguments as gemm_wgmma's after its operands.
+extern "C" __global__ void __launch_bounds__(WS_NT, 1)
+gemm_wgmma_tma(const unsigned char* __restrict__ maps, float* __restrict__ C, const float* __restrict__ bias,
+               float* __restrict__ W, int M, int N, int Kp, int k_chunk, int beta, int act, int flags, int pq) {
+#if WG_WGMMA
+    static_assert(WG_BM == 128, "two consumer warpgroups of 64 rows");
+    extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
+    const unsigned raw = tc_smem_addr(wg_smem_raw);
+    const unsigned base = (raw + 1023) & ~1023u;
+    const unsigned full = base + WG_STAGES * WG_STAGE_BYTES;  // full[s] at full + 8 s
+    const unsigned empty = full + 8 * WG_STAGES;               // empty[s] at empty + 8 s
+    const int tid = threadIdx.x;
+    const int wg = tid >> 7;
+    const int m0 = blockIdx.y * WG_BM, n0 = blockIdx.x * WG_BN;
+    const int k_begin = blockIdx.z * k_chunk;
+    const int ntiles = (min(Kp, k_begin + k_chunk) - k_begin) / WG_BKE;
+    if (tid == 0) {
+        for (int s = 0; s < WG_STAGES; ++s) {
+            ws_bar_init(full + 8 * s, 1);     // the producer's arrive; the copies' bytes on top
+            ws_bar_init(empty + 8 * s, 256);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    if (wg == 0) {  // producer: one thread
+        if (tid == 0) {
+            for (int t = 0; t < ntiles; ++t) {
+                const int s = t % WG_STAGES;
+                if (t >= WG_STAGES) ws_bar_wait(empty + 8 * s, ((t / WG_STAGES) - 1) & 1);
+                const unsigned st = base + s * WG_STAGE_BYTES;
+                ws_arrive_expect(full + 8 * s, WG_STAGE_BYTES);
+                ws_tma_load(st, maps, k_begin + t * WG_BKE, m0, full + 8 * s);
+                ws_tma_load(st + WG_A_BYTES, maps + 128, k_begin + t * WG_BKE, n0, full + 8 * s);
+            }
+        }
+        return;
+    }
+
+    const int c = wg - 1;
+    float acc[WG_BN / 2];
+#pragma unroll
+    for (int i = 0; i < WG_BN / 2; ++i) acc[i] = 0.f;
+    for (int t = 0; t < ntiles; ++t) {
+        const int s = t % WG_STAGES;
+        ws_bar_wait(full + 8 * s, (t / WG_STAGES) & 1);   // the copy engine's writes: no proxy fence needed
+        const unsigned st = base + s * WG_STAGE_BYTES;
+        const unsigned long long da = wg_desc(st + c * 64 * 128);
+        const unsigned long long db = wg_desc(st + WG_A_BYTES);
+        wg_fence_acc(acc);
+        wg_fence();
+#pragma unroll
+        for (int j = 0; j < WG_BKE / WG_KSTEP; ++j) wg_mma(acc, da + 2 * j, db + 2 * j);
+        wg_commit();
+        wg_wait<1>();
+        wg_fence_acc(acc);
+        if (t > 0) ws_bar_arrive(empty + 8 * ((t - 1) % WG_STAGES));
     }
     wg_wait<0>();
     wg_fence_acc(acc);

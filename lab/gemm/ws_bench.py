@@ -1,13 +1,16 @@
-"""The warp-specialised wgmma GEMM (lab/gemm/gemm_wgmma_ws.cu) beside the package's gemm_wgmma on the same
-prepared operands: bit-identical results first, then the GEMM kernels' times (no prep pass in either).
+"""The warp-specialised wgmma GEMMs (lab/gemm/gemm_wgmma_ws.cu) beside the package's gemm_wgmma on the same
+prepared operands: bit-identical results first, then the GEMM kernels' times (no prep pass in any).
 
     python3 lab/gemm/ws_bench.py [--shapes 4096x4096x4096,8192x8192x8192] [--stages 4,6,7] [--reps 10]
+                                 [--tma-configs 128x4,128x6,256x3,256x4]
 
 For each shape and precision: gemm_tc runs the 128x128 3-stage wgmma config once (which prepares A' and B'
 in the runtime's shared workspace and writes the reference output), then each kernel runs on those
-prepared operands; the experiment compiles by NVRTC for sm_90a (lab.common.kernels.lab_kernel).
-Prints TFLOP/s of each and whether every output element of the experiment equals the package kernel's.
-Needs an H100 / H200 (compute capability 9.0).
+prepared operands: gemm_wgmma_ws (cp.async producer warpgroup) at 128x128 and each --stages, and
+gemm_wgmma_tma (the copy engine as producer, tensor maps encoded here through the driver's
+cuTensorMapEncodeTiled) at each --tma-configs BNxSTAGES (BM 128). The experiments compile by NVRTC for sm_90a
+(lab.common.kernels.lab_kernel). Prints TFLOP/s of each and whether every output element equals the package
+kernel's. Needs an H100 / H200 (compute capability 9.0) and its driver's libcuda.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ def main() -> None:
     ap.add_argument("--shapes", default="4096x4096x4096,8192x8192x8192")
     ap.add_argument("--stages", default="4,6,7")
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--tma-configs", default="128x4,128x6,256x3,256x4")
     args = ap.parse_args()
 
     import cupy
@@ -71,7 +75,55 @@ def main() -> None:
                     line.append(f"ws s{stages} {flops / ms_ws / 1e9:7.1f} ({'identical' if same else 'DIFFERS'})")
                 except Exception as err:  # noqa: BLE001 - report and go on
                     line.append(f"ws s{stages} error {type(err).__name__}: {err}"[:300])
+            eb = 4 if prec == "tf32" else 2
+            kp = tail[3]
+            for item in args.tma_configs.split(","):
+                bn, stages = (int(v) for v in item.split("x"))
+                defines = dict(WG_BM=128, WG_BN=bn, WG_STAGES=stages, WG_PREC=gemm_tc.PREC_CODE[prec])
+                try:
+                    maps = tensor_maps(a_prep, M, b_prep, N, int(kp), eb, 128, bn)
+                    smem = stages * (128 + bn) * 128 + 1024 + 16 * stages
+                    tma = lab_kernel("gemm/gemm_wgmma_ws.cu", "gemm_wgmma_tma", defines, smem, arch="sm_90a")
+                    out = cupy.full((M, N), np.nan, dtype=np.float32)
+                    tgrid = (-(-N // bn), -(-M // 128), 1)
+                    call = lambda: tma(tgrid, (THREADS,), (maps, out, runtime.NULL) + tail,  # noqa: E731
+                                       shared_mem=smem)
+                    call()
+                    cupy.cuda.Device().synchronize()
+                    same = bool(cupy.array_equal(out, ref))
+                    ms_t = runtime.time_calls([call], reps=args.reps)[0] / args.reps
+                    line.append(f"tma {bn}x s{stages} {flops / ms_t / 1e9:7.1f} ({'identical' if same else 'DIFFERS'})")
+                except Exception as err:  # noqa: BLE001 - report and go on
+                    line.append(f"tma {bn} s{stages} error {type(err).__name__}: {err}"[:300])
             print(f"{text} {prec}: " + "; ".join(line), flush=True)
+
+
+def tensor_maps(a_ptr, a_rows: int, b_ptr, b_rows: int, kp: int, eb: int, bm: int, bn: int):
+    """A device array of the two 128-byte tensor maps gemm_wgmma_tma reads: A' (a_rows, kp) in boxes of bm rows
+    x 128 bytes and B' (b_rows, kp) in boxes of bn rows, elements of eb bytes, 128-byte swizzle, zero fill
+    past the rows. Encoded by the driver (libcuda's cuTensorMapEncodeTiled); raises RuntimeError on its error."""
+    import ctypes
+
+    import cupy
+
+    lib = ctypes.CDLL("libcuda.so.1")
+    enc = lib.cuTensorMapEncodeTiled
+    enc.restype = ctypes.c_int
+    blob = b""
+    for ptr, rows, box_rows in ((a_ptr, a_rows, bm), (b_ptr, b_rows, bn)):
+        buf = (ctypes.c_uint8 * 192)()
+        addr = (ctypes.addressof(buf) + 63) & ~63          # CUtensorMap is 64-byte aligned
+        dims = (ctypes.c_uint64 * 2)(kp, rows)             # inner (k elements) first
+        strides = (ctypes.c_uint64 * 1)(kp * eb)           # bytes between rows
+        box = (ctypes.c_uint32 * 2)(128 // eb, box_rows)   # one 128-byte row of k per operand row
+        steps = (ctypes.c_uint32 * 2)(1, 1)
+        dtype = 2 if eb == 4 else 1                        # UINT32 / UINT16: bytes moved, nothing converted
+        rc = enc(ctypes.c_void_p(addr), ctypes.c_int(dtype), ctypes.c_uint32(2), ctypes.c_void_p(int(ptr)), dims,
+                 strides, box, steps, ctypes.c_int(0), ctypes.c_int(3), ctypes.c_int(2), ctypes.c_int(0))
+        if rc != 0:                                        # interleave none, swizzle 128B, L2 128B, zero fill
+            raise RuntimeError(f"cuTensorMapEncodeTiled returned CUresult {rc}")
+        blob += ctypes.string_at(addr, 128)
+    return cupy.asarray(np.frombuffer(blob, dtype=np.uint8))   # CuPy allocations: 256-byte aligned
 
 
 if __name__ == "__main__":
