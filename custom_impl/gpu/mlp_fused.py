@@ -27,7 +27,6 @@ import math
 import numpy as np
 
 from . import runtime
-from .runtime import check_array
 
 FAMILY = "mlp_fused"
 MAX_LAYERS = 4
@@ -144,16 +143,6 @@ class FusedMLP:
         finish = runtime.kernel(FAMILY, "mlp_fused_finish", self.defines)
         partial((nblocks,), (THREADS,), (x, labels, flat_w, self.off, part, np.int32(n), np.int32(chunk)))
         finish((1,), (THREADS,), (part, np.int32(nblocks), self.off, flat_g, loss, np.int32(n)))
-
-    def check(self, x, labels, part) -> None:
-        """ValueError unless x, labels and part fit this network (for callers outside GPUModel)."""
-        n = int(x.shape[0])
-        check_array(x, "x", shape=(n, int(self.spec.input_shape[0])))
-        if labels.shape != (n,) or labels.dtype != np.int64:
-            raise ValueError(f"mlp_fused: labels must be int64 of shape ({n},), got {labels.dtype} {labels.shape}")
-        check_array(part, "part", ndim=1)
-        if part.size < self.workspace_size(n):
-            raise ValueError(f"mlp_fused: part has {part.size} elements, batch {n} needs {self.workspace_size(n)}")
 
 
 def zoo_modules() -> list:
