@@ -71,6 +71,65 @@ __device__ __forceinline__ void ws_tma_load(unsigned dst, const void* map, int x
         ::"r"(dst), "l"(map), "r"(x), "r"(y), "r"(bar)
         : "memory");
 }
+// The consumer warpgroup c (0 or 1: rows [64 c, 64 c + 64) of the tile) of either kernel: for each k tile,
+// wait for its stage (full[s]), issue its wgmma, retire the previous tile's and release that stage
+// (empty[]), then the epilogue. PROXY: the stage was written by ordinary cp.async copies (generic proxy),
+// so a proxy fence precedes the tensor cores' reads; the copy engine's writes need none.
+template <bool PROXY>
+__device__ __forceinline__ void ws_consume(unsigned base, unsigned full, unsigned empty, int ntiles, int c,
+                                           float* C, const float* bias, float* W, int M, int N, int beta, int act,
+                                           int flags, int pq, int m0, int n0, int tid) {
+    float acc[WG_BN / 2];
+#pragma unroll
+    for (int i = 0; i < WG_BN / 2; ++i) acc[i] = 0.f;
+    for (int t = 0; t < ntiles; ++t) {
+        const int s = t % WG_STAGES;
+        ws_bar_wait(full + 8 * s, (t / WG_STAGES) & 1);
+        if (PROXY) wg_proxy_fence();
+        const unsigned st = base + s * WG_STAGE_BYTES;
+        const unsigned long long da = wg_desc(st + c * 64 * 128);
+        const unsigned long long db = wg_desc(st + WG_A_BYTES);
+        wg_fence_acc(acc);
+        wg_fence();
+#pragma unroll
+        for (int j = 0; j < WG_BKE / WG_KSTEP; ++j) wg_mma(acc, da + 2 * j, db + 2 * j);
+        wg_commit();
+        wg_wait<1>();
+        wg_fence_acc(acc);
+        if (t > 0) ws_bar_arrive(empty + 8 * ((t - 1) % WG_STAGES));  // tile t - 1's wgmma has retired
+    }
+    wg_wait<0>();
+    wg_fence_acc(acc);
+    wg_store_acc(acc, C, bias, W, M, N, beta, act, flags, pq, m0 + c * 64, n0, tid);
+}
+
+// A block of either kernel: its shared memory (the stages from the first 1024-byte boundary, then the
+// mbarriers full[s] and empty[s]), its tile and k range; the constructor (every thread) initialises the
+// barriers (thread 0: full[s] expecting `full_count` arrivals, empty[s] the 256 consumer threads) and
+// meets the block at a barrier.
+struct WsBlock {
+    unsigned base, full, empty;
+    int tid, wg, m0, n0, k_begin, ntiles;
+    __device__ __forceinline__ WsBlock(unsigned raw, int Kp, int k_chunk, unsigned full_count) {
+        base = (raw + 1023) & ~1023u;
+        full = base + WG_STAGES * WG_STAGE_BYTES;  // full[s] at full + 8 s
+        empty = full + 8 * WG_STAGES;               // empty[s] at empty + 8 s
+        tid = threadIdx.x;
+        wg = tid >> 7;
+        m0 = blockIdx.y * WG_BM;
+        n0 = blockIdx.x * WG_BN;
+        k_begin = blockIdx.z * k_chunk;
+        ntiles = (min(Kp, k_begin + k_chunk) - k_begin) / WG_BKE;
+        if (tid == 0) {
+            for (int s = 0; s < WG_STAGES; ++s) {
+                ws_bar_init(full + 8 * s, full_count);
+                ws_bar_init(empty + 8 * s, 256);
+            }
+            asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        }
+        __syncthreads();
+    }
+};
 #endif
 
 extern "C" __global__ void __launch_bounds__(WS_NT, 1)
@@ -80,22 +139,9 @@ gemm_wgmma_ws(const void* __restrict__ Ap, const void* __restrict__ Bp, float* _
 #if WG_WGMMA
     static_assert(WG_BM == 128, "two consumer warpgroups of 64 rows");
     extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
-    const unsigned raw = tc_smem_addr(wg_smem_raw);
-    const unsigned base = (raw + 1023) & ~1023u;
-    const unsigned full = base + WG_STAGES * WG_STAGE_BYTES;  // full[s] at full + 8 s
-    const unsigned empty = full + 8 * WG_STAGES;               // empty[s] at empty + 8 s
-    const int tid = threadIdx.x;
-    const int wg = tid >> 7;
-    const int m0 = blockIdx.y * WG_BM, n0 = blockIdx.x * WG_BN;
-    const int k_begin = blockIdx.z * k_chunk;
-    const int ntiles = (min(Kp, k_begin + k_chunk) - k_begin) / WG_BKE;
-    if (tid == 0) {
-        for (int s = 0; s < WG_STAGES; ++s) {
-            ws_bar_init(full + 8 * s, 128);
-            ws_bar_init(empty + 8 * s, 256);
-        }
-    }
-    __syncthreads();
+    const WsBlock b(tc_smem_addr(wg_smem_raw), Kp, k_chunk, 128);   // full[s]: the 128 producer threads' copies
+    const unsigned base = b.base, full = b.full, empty = b.empty;
+    const int tid = b.tid, wg = b.wg, m0 = b.m0, n0 = b.n0, k_begin = b.k_begin, ntiles = b.ntiles;
 
     if (wg == 0) {  // producer
         const unsigned char* A = static_cast<const unsigned char*>(Ap);
@@ -112,30 +158,7 @@ gemm_wgmma_ws(const void* __restrict__ Ap, const void* __restrict__ Bp, float* _
         return;
     }
 
-    const int c = wg - 1;  // consumer 0 or 1: rows [64 c, 64 c + 64) of the tile
-    float acc[WG_BN / 2];
-#pragma unroll
-    for (int i = 0; i < WG_BN / 2; ++i) acc[i] = 0.f;
-    for (int t = 0; t < ntiles; ++t) {
-        const int s = t % WG_STAGES;
-        ws_bar_wait(full + 8 * s, (t / WG_STAGES) & 1);
-        wg_proxy_fence();
-        const unsigned st = base + s * WG_STAGE_BYTES;
-        const unsigned long long da = wg_desc(st + c * 64 * 128);
-        const unsigned long long db = wg_desc(st + WG_A_BYTES);
-        wg_fence_acc(acc);
-        wg_fence();
-#pragma unroll
-        for (int j = 0; j < WG_BKE / WG_KSTEP; ++j) wg_mma(acc, da + 2 * j, db + 2 * j);
-        wg_commit();
-        wg_wait<1>();
-        wg_fence_acc(acc);
-        if (t > 0) ws_bar_arrive(empty + 8 * ((t - 1) % WG_STAGES));  // tile t - 1's wgmma has retired
-    }
-    wg_wait<0>();
-    wg_fence_acc(acc);
-
-    wg_store_acc(acc, C, bias, W, M, N, beta, act, flags, pq, m0 + c * 64, n0, tid);
+    ws_consume<true>(base, full, empty, ntiles, wg - 1, C, bias, W, M, N, beta, act, flags, pq, m0, n0, tid);
 #else
     __trap();
 #endif
@@ -149,23 +172,9 @@ gemm_wgmma_tma(const unsigned char* __restrict__ maps, float* __restrict__ C, co
 #if WG_WGMMA
     static_assert(WG_BM == 128, "two consumer warpgroups of 64 rows");
     extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
-    const unsigned raw = tc_smem_addr(wg_smem_raw);
-    const unsigned base = (raw + 1023) & ~1023u;
-    const unsigned full = base + WG_STAGES * WG_STAGE_BYTES;  // full[s] at full + 8 s
-    const unsigned empty = full + 8 * WG_STAGES;               // empty[s] at empty + 8 s
-    const int tid = threadIdx.x;
-    const int wg = tid >> 7;
-    const int m0 = blockIdx.y * WG_BM, n0 = blockIdx.x * WG_BN;
-    const int k_begin = blockIdx.z * k_chunk;
-    const int ntiles = (min(Kp, k_begin + k_chunk) - k_begin) / WG_BKE;
-    if (tid == 0) {
-        for (int s = 0; s < WG_STAGES; ++s) {
-            ws_bar_init(full + 8 * s, 1);     // the producer's arrive; the copies' bytes on top
-            ws_bar_init(empty + 8 * s, 256);
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
-    __syncthreads();
+    const WsBlock b(tc_smem_addr(wg_smem_raw), Kp, k_chunk, 1);   // full[s]: one arrive, then the copies' bytes
+    const unsigned base = b.base, full = b.full, empty = b.empty;
+    const int tid = b.tid, wg = b.wg, m0 = b.m0, n0 = b.n0, k_begin = b.k_begin, ntiles = b.ntiles;
 
     if (wg == 0) {  // producer: one thread
         if (tid == 0) {
@@ -181,29 +190,7 @@ gemm_wgmma_tma(const unsigned char* __restrict__ maps, float* __restrict__ C, co
         return;
     }
 
-    const int c = wg - 1;
-    float acc[WG_BN / 2];
-#pragma unroll
-    for (int i = 0; i < WG_BN / 2; ++i) acc[i] = 0.f;
-    for (int t = 0; t < ntiles; ++t) {
-        const int s = t % WG_STAGES;
-        ws_bar_wait(full + 8 * s, (t / WG_STAGES) & 1);   // the copy engine's writes: no proxy fence needed
-        const unsigned st = base + s * WG_STAGE_BYTES;
-        const unsigned long long da = wg_desc(st + c * 64 * 128);
-        const unsigned long long db = wg_desc(st + WG_A_BYTES);
-        wg_fence_acc(acc);
-        wg_fence();
-#pragma unroll
-        for (int j = 0; j < WG_BKE / WG_KSTEP; ++j) wg_mma(acc, da + 2 * j, db + 2 * j);
-        wg_commit();
-        wg_wait<1>();
-        wg_fence_acc(acc);
-        if (t > 0) ws_bar_arrive(empty + 8 * ((t - 1) % WG_STAGES));
-    }
-    wg_wait<0>();
-    wg_fence_acc(acc);
-
-    wg_store_acc(acc, C, bias, W, M, N, beta, act, flags, pq, m0 + c * 64, n0, tid);
+    ws_consume<false>(base, full, empty, ntiles, wg - 1, C, bias, W, M, N, beta, act, flags, pq, m0, n0, tid);
 #else
     __trap();
 #endif

@@ -37,7 +37,6 @@ def main() -> None:
     import cupy
 
     from custom_impl.gpu import gemm_tc, runtime
-    from lab.common.kernels import lab_kernel
 
     if not gemm_tc.wgmma_supported():
         sys.exit("ws_bench: needs a device with wgmma (compute capability 9.0)")
@@ -62,40 +61,46 @@ def main() -> None:
             line = [f"gemm_wgmma 128x128 s3 {flops / ms / 1e9:7.1f}"]
             for stages in (int(s) for s in args.stages.split(",")):
                 defines = dict(WG_BM=128, WG_BN=128, WG_STAGES=stages, WG_PREC=gemm_tc.PREC_CODE[prec])
-                try:
-                    ws_smem = stages * 256 * 128 + 1024 + 16 * stages   # stages, alignment, mbarriers
-                    ws_kern = lab_kernel("gemm/gemm_wgmma_ws.cu", "gemm_wgmma_ws", defines, ws_smem, arch="sm_90a")
-                    out = cupy.full((M, N), np.nan, dtype=np.float32)
-                    call = lambda: ws_kern(grid, (THREADS,), (a_prep, b_prep, out, runtime.NULL) + tail,  # noqa: E731
-                                           shared_mem=ws_smem)
-                    call()
-                    cupy.cuda.Device().synchronize()
-                    same = bool(cupy.array_equal(out, ref))
-                    ms_ws = runtime.time_calls([call], reps=args.reps)[0] / args.reps
-                    line.append(f"ws s{stages} {flops / ms_ws / 1e9:7.1f} ({'identical' if same else 'DIFFERS'})")
-                except Exception as err:  # noqa: BLE001 - report and go on
-                    line.append(f"ws s{stages} error {type(err).__name__}: {err}"[:300])
+                ws_smem = stages * 256 * 128 + 1024 + 16 * stages   # stages, alignment, mbarriers
+                line.append(variant(f"ws s{stages}", "gemm_wgmma_ws", defines, ws_smem, grid,
+                                    lambda out: (a_prep, b_prep, out, runtime.NULL) + tail, ref, flops, args.reps))
             eb = 4 if prec == "tf32" else 2
             kp = tail[3]
             for item in args.tma_configs.split(","):
                 bn, stages = (int(v) for v in item.split("x"))
                 defines = dict(WG_BM=128, WG_BN=bn, WG_STAGES=stages, WG_PREC=gemm_tc.PREC_CODE[prec])
+                tma_smem = stages * (128 + bn) * 128 + 1024 + 16 * stages
                 try:
                     maps = tensor_maps(a_prep, M, b_prep, N, int(kp), eb, 128, bn)
-                    smem = stages * (128 + bn) * 128 + 1024 + 16 * stages
-                    tma = lab_kernel("gemm/gemm_wgmma_ws.cu", "gemm_wgmma_tma", defines, smem, arch="sm_90a")
-                    out = cupy.full((M, N), np.nan, dtype=np.float32)
-                    tgrid = (-(-N // bn), -(-M // 128), 1)
-                    call = lambda: tma(tgrid, (THREADS,), (maps, out, runtime.NULL) + tail,  # noqa: E731
-                                       shared_mem=smem)
-                    call()
-                    cupy.cuda.Device().synchronize()
-                    same = bool(cupy.array_equal(out, ref))
-                    ms_t = runtime.time_calls([call], reps=args.reps)[0] / args.reps
-                    line.append(f"tma {bn}x s{stages} {flops / ms_t / 1e9:7.1f} ({'identical' if same else 'DIFFERS'})")
                 except Exception as err:  # noqa: BLE001 - report and go on
-                    line.append(f"tma {bn} s{stages} error {type(err).__name__}: {err}"[:300])
+                    line.append(f"tma {bn}x s{stages} error {type(err).__name__}: {err}"[:300])
+                    continue
+                line.append(variant(f"tma {bn}x s{stages}", "gemm_wgmma_tma", defines, tma_smem,
+                                    (-(-N // bn), -(-M // 128), 1),
+                                    lambda out, maps=maps: (maps, out, runtime.NULL) + tail, ref, flops, args.reps))
             print(f"{text} {prec}: " + "; ".join(line), flush=True)
+
+
+def variant(label: str, name: str, defines: dict, smem: int, grid: tuple, arguments, ref, flops: float,
+            reps: int) -> str:
+    """'<label> <TFLOP/s> (identical | DIFFERS)' of the experiment kernel ``name`` built with ``defines``, or
+    its error: launched on ``grid`` x 384 threads with ``arguments(out)``, its output compared with ``ref``."""
+    import cupy
+
+    from custom_impl.gpu import runtime
+    from lab.common.kernels import lab_kernel
+
+    try:
+        kern = lab_kernel("gemm/gemm_wgmma_ws.cu", name, defines, smem, arch="sm_90a")
+        out = cupy.full(ref.shape, np.nan, dtype=np.float32)
+        call = lambda: kern(grid, (THREADS,), arguments(out), shared_mem=smem)  # noqa: E731
+        call()
+        cupy.cuda.Device().synchronize()
+        same = bool(cupy.array_equal(out, ref))
+        ms = runtime.time_calls([call], reps=reps)[0] / reps
+        return f"{label} {flops / ms / 1e9:7.1f} ({'identical' if same else 'DIFFERS'})"
+    except Exception as err:  # noqa: BLE001 - report and go on
+        return f"{label} error {type(err).__name__}: {err}"[:300]
 
 
 def tensor_maps(a_ptr, a_rows: int, b_ptr, b_rows: int, kp: int, eb: int, bm: int, bn: int):
