@@ -38,15 +38,28 @@ __device__ __forceinline__ void ws_bar_init(unsigned bar, unsigned count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
 }
 
-__device__ __forceinline__ void ws_bar_wait(unsigned bar, unsigned parity) {
+// Whether the phase of parity `parity` of `bar` has completed (try_wait may suspend the thread a while first).
+__device__ __forceinline__ bool ws_bar_try(unsigned bar, unsigned parity) {
+    unsigned done;
     asm volatile(
         "{\n.reg .pred p;\n"
-        "WS_WAIT:\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-        "@!p bra WS_WAIT;\n"
-        "}\n" ::"r"(bar),
-        "r"(parity)
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n"
+        "}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
         : "memory");
+    return done != 0;
+}
+
+// Waits for that phase. An experiment's copy that never completes (a wrong tensor map, say) would hang the
+// block: after WS_SPIN_LIMIT tries the kernel traps instead, so the bench reports an error and goes on.
+#ifndef WS_SPIN_LIMIT
+#define WS_SPIN_LIMIT (1u << 22)
+#endif
+__device__ __forceinline__ void ws_bar_wait(unsigned bar, unsigned parity) {
+    for (unsigned tries = 1; !ws_bar_try(bar, parity); ++tries)
+        if (tries == WS_SPIN_LIMIT) __trap();
 }
 
 __device__ __forceinline__ void ws_bar_arrive(unsigned bar) {

@@ -10,7 +10,9 @@ prepared operands: gemm_wgmma_ws (cp.async producer warpgroup) at 128x128 and ea
 gemm_wgmma_tma (the copy engine as producer, tensor maps encoded here through the driver's
 cuTensorMapEncodeTiled) at each --tma-configs BNxSTAGES (BM 128). The experiments compile by NVRTC for sm_90a
 (lab.common.kernels.lab_kernel). Prints TFLOP/s of each and whether every output element equals the package
-kernel's. Needs an H100 / H200 (compute capability 9.0) and its driver's libcuda.
+kernel's. Needs an H100 / H200 (compute capability 9.0) and its driver's libcuda. An experiment whose
+copies never complete traps (gemm_wgmma_ws.cu's WS_SPIN_LIMIT) rather than hanging; the CUDA context is
+then lost, so every later line of the run reports errors: run the TMA kernel last, as the default order does.
 """
 from __future__ import annotations
 
