@@ -52,6 +52,10 @@ KB = 64                   # dW: k per block (PT_KB), the default module
 KB_CHOICES = (64, 32)     # dW: the PT_KB modules (32: fewer registers, 3 blocks per SM, twice the blocks)
 T_CHOICES = (1, 2)        # dW: (c, r) tasks per thread (PT_T; 2: each dy float4 serves two rows)
 T2_MAX_S = {64: 5, 32: 7}  # dW: widest kernel PT_T = 2 compiles for without spilling, per PT_KB (sm_90)
+# dW: the (PT_KB, PT_T) modules the tuning times. (64, 2) is left out: on LeNet's conv2 (H100,
+# lab/conv/patch_wgrad_sweep.py) it lost to the default plan at batch 64 and 256 (90 and 261 us against 81 and
+# 241), and with half its splits by more; (32, 2) won at batch 64 (78 us).
+WEIGHTS_MODULES = ((KB, 1), (32, 1), (32, 2))
 WT_TASKS = 40             # dW: (c, r) tasks per block at most: 8 * 40 = 320 threads (PT_WT_THREADS)
 WT_THREADS = 320
 DX_THREADS = 256          # PT_DX_THREADS
@@ -169,20 +173,13 @@ def weights_plan(dims, sms: int = 132, kb: int = KB, pb: int | None = None, cb: 
 
 
 def weights_candidates(dims, sms: int = 132) -> list:
-    """The backward-weights plans the tuning times: the default plan of each k per block (KB_CHOICES) and
-    tasks per thread (T_CHOICES), the default (KB, one task) first, and for two tasks per thread at KB also
-    half its splits (each split's partial dW is written and read once more: fewer, longer splits trade a
-    fuller wave for that traffic); [] if the kernel cannot run ``dims``."""
+    """The backward-weights plans the tuning times: the default plan of each module of WEIGHTS_MODULES (k per
+    block, tasks per thread), the default (KB, one task) first; [] if the kernel cannot run ``dims``."""
     plans = []
-    for t in T_CHOICES:
-        for kb in KB_CHOICES:
-            plan = weights_plan(dims, sms, kb=kb, t=t)
-            if plan is not None and plan not in plans:
-                plans.append(plan)
-            if plan is not None and t > 1 and kb == KB and plan.grid[0] > 1:
-                half = weights_plan(dims, sms, kb=kb, splits=_ceil(plan.grid[0], 2), t=t)
-                if half is not None and half not in plans:
-                    plans.append(half)
+    for kb, t in WEIGHTS_MODULES:
+        plan = weights_plan(dims, sms, kb=kb, t=t)
+        if plan is not None and plan not in plans:
+            plans.append(plan)
     return plans
 
 

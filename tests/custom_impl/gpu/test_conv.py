@@ -376,7 +376,7 @@ def test_conv2d_backward_patch(case, phase):
     against float64 with the module's tolerance: dW sums L = N*P*Q products (in item order per block,
     then the splits in order), dx L = K*R*S; both plain float32 sums, so the same sqrt(L) bound. A second
     call must give the same bits (no atomics, fixed partition). dW also from every candidate plan of the
-    tuning (``patch.weights_candidates``: the 64- and 32-k-per-block modules)."""
+    tuning (``patch.weights_candidates``: the modules of ``patch.WEIGHTS_MODULES``)."""
     import cupy
 
     from custom_impl.gpu.conv import conv2d_backward, conv2d_backward_data, conv2d_workspace_size
