@@ -88,8 +88,7 @@ def build(spec, device: str = "cpu", seed: int = 0, precision: str = "fp32", use
                 ([f"fuse_mlp={fuse_mlp!r}"] if fuse_mlp is not True else [])
         if given:
             raise ValueError(f"custom_impl.build: {', '.join(given)}: GPU options (CUDA graphs, pooling and MLP "
-                             "fusion); "
-                             "device 'cpu' takes none (its model always fuses relu + maxpool2d): drop "
+                             "fusion); device 'cpu' takes none (its model always fuses relu + maxpool2d): drop "
                              f"{' and '.join(g.split('=')[0] for g in given)}, or use device='gpu'")
         from .cpu.model import CPUModel
         return CPUModel(spec, seed=seed)

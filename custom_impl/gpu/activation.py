@@ -21,6 +21,13 @@ KERNELS = "relu/sigmoid/tanh _forward and _backward: grid-stride loops, scalar l
 runtime.register_family("activation")
 
 
+def activation_after(layers, i: int) -> str | None:
+    """The type of ``layers[i + 1]`` if it is an activation (what a dense layer at ``i`` takes into its step:
+    the GPU model's dense + activation steps, the fused MLP step), else None."""
+    nxt = layers[i + 1] if i + 1 < len(layers) else None
+    return nxt.type if nxt is not None and nxt.type in ACTIVATIONS else None
+
+
 def _check_act(act: str) -> str:
     if act not in ACTIVATIONS:
         raise ValueError(f"unknown activation {act!r}; choose one of {', '.join(ACTIVATIONS)}")

@@ -27,6 +27,7 @@ import math
 import numpy as np
 
 from . import runtime
+from .activation import activation_after
 
 FAMILY = "mlp_fused"
 MAX_LAYERS = 4
@@ -46,8 +47,7 @@ def chain(spec) -> list | None:
         layer = layers[i]
         if layer.type != "dense":
             return None
-        nxt = layers[i + 1] if i + 1 < len(layers) else None
-        act = nxt.type if nxt is not None and nxt.type in ("relu", "sigmoid", "tanh") else None
+        act = activation_after(layers, i)
         out.append((layer, act))
         i += 2 if act else 1
     return out or None
@@ -77,8 +77,12 @@ def fusable(spec, precision: str = "fp32") -> str | None:
 
 
 def param_count(spec) -> int:
+    return _param_count(chain(spec) or [])
+
+
+def _param_count(layers) -> int:
     return sum(int(layer.units) * int(layer.in_shape[0]) + (int(layer.units) if layer.bias else 0)
-               for layer, _ in chain(spec) or [])
+               for layer, _ in layers)
 
 
 def defines(spec) -> dict:
@@ -122,12 +126,14 @@ class FusedMLP:
         if why is not None:
             raise ValueError(f"mlp_fused: model {spec.name!r} cannot take the fused step: {why}")
         self.spec = spec
-        self.params = param_count(spec)
+        layers = chain(spec)
+        self.params = _param_count(layers)
         self.defines = defines(spec)
         off = []
-        for layer, _ in chain(spec):
+        for layer, _ in layers:
             off += [offsets[f"{layer.index}.weight"], offsets[f"{layer.index}.bias"] if layer.bias else -1]
         self.off = cupy.asarray(np.asarray(off, dtype=np.int32))   # (2 L,) per-layer offsets
+        self._kernels = None   # (partial, finish), looked up at the first launch (on the model's device)
 
     def workspace_size(self, n: int) -> int:
         """float32 elements of the partial sums for batch ``n`` (blocks x (parameters + the loss))."""
@@ -139,8 +145,10 @@ class FusedMLP:
         (``workspace_size(N)`` floats). Only launches (capturable)."""
         n = int(x.shape[0])
         nblocks, chunk = grid(n)
-        partial = runtime.kernel(FAMILY, "mlp_fused_partial", self.defines)
-        finish = runtime.kernel(FAMILY, "mlp_fused_finish", self.defines)
+        if self._kernels is None:
+            self._kernels = (runtime.kernel(FAMILY, "mlp_fused_partial", self.defines),
+                             runtime.kernel(FAMILY, "mlp_fused_finish", self.defines))
+        partial, finish = self._kernels
         partial((nblocks,), (THREADS,), (x, labels, flat_w, self.off, part, np.int32(n), np.int32(chunk)))
         finish((1,), (THREADS,), (part, np.int32(nblocks), self.off, flat_g, loss, np.int32(n)))
 

@@ -44,7 +44,7 @@ import os
 import numpy as np
 
 from ..base import CustomModel
-from .activation import ActivationStep
+from .activation import ACTIVATIONS, ActivationStep, activation_after
 from .conv import ConvStep
 from .dense import DenseStep
 from .loss import loss_forward_backward
@@ -87,8 +87,9 @@ def _make_steps(spec, fuse_pool: bool = True) -> list[Step]:
         layer = layers[i]
         nxt = layers[i + 1] if i + 1 < len(layers) else None
         if layer.type == "dense":
-            if nxt is not None and nxt.type in ("relu", "sigmoid", "tanh"):
-                steps.append(DenseStep(layer, act=nxt.type))  # fused pair: the activation is the epilogue
+            act = activation_after(layers, i)
+            if act is not None:
+                steps.append(DenseStep(layer, act=act))  # fused pair: the activation is the epilogue
                 i += 2
                 continue
             steps.append(DenseStep(layer))
@@ -98,7 +99,7 @@ def _make_steps(spec, fuse_pool: bool = True) -> list[Step]:
             steps.append(PoolStep(nxt, relu=True))  # fused pair: relu commutes with max
             i += 2
             continue
-        elif layer.type in ("relu", "sigmoid", "tanh"):
+        elif layer.type in ACTIVATIONS:
             steps.append(ActivationStep(layer))
         elif layer.type in ("maxpool2d", "avgpool2d"):
             steps.append(PoolStep(layer))

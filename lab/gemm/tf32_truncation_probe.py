@@ -20,19 +20,18 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))   # tc_rounding: the tests' host rounding (cvt.rna)
 
 import numpy as np  # noqa: E402
+from tc_rounding import round_tf32  # noqa: E402
 
 
 def truncate_tf32(x: np.ndarray) -> np.ndarray:
+    """float32 -> TF32 with the low 13 mantissa bits cleared."""
     u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
     return (u & np.uint32(0xFFFFE000)).view(np.float32)
-
-
-def round_tf32(x: np.ndarray) -> np.ndarray:
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    return ((u + 0x1000) & 0xFFFFE000).astype(np.uint32).view(np.float32)
 
 
 def main() -> None:
