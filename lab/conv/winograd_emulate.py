@@ -126,56 +126,62 @@ def emulate_pass(ps, inp, Wt, b, flip, dt):
 
 def emulate_weights(wp, dy, x, dt):
     """The four backward-weights kernels (conv_winograd_input, conv_winograd_dy, conv_winograd_wgrad_gemm split over t,
-    conv_winograd_wgrad_output) on the flat workspace layout of ``WeightsPass``: dW (K, C, 3, 3) in dt."""
-    g = wp.geo
-    K, C, Tp, T = wp.K, wp.C, g.Tp, g.T
+    conv_winograd_wgrad_output) on the flat workspace layout of ``WeightsPass``, chunk by chunk as
+    ``winograd._run_weights`` launches them: dW (K, C, 3, 3) in dt."""
+    K, C = wp.K, wp.C
     ws = np.full(wp.size, np.nan, dt)
     off_y, off_m = wp.n_v, wp.n_v + wp.n_y
-    assert off_y % 4 == 0 and off_m % 4 == 0 and Tp % 4 == 0 and (wp.splits == 1 or wp.t_chunk % wp.cfg.bk == 0)
+    assert off_y % 4 == 0 and off_m % 4 == 0
     half = dt(0.5)
-    t_all = np.arange(Tp)
-    t = t_all[t_all < T]
-    tq, nt = t % g.tQ, t // g.tQ
-    tp, n = nt % g.tP, nt // g.tP
+    for n0, g, t_chunk, splits, slab in wp.chunks:
+        Tp, T = g.Tp, g.T
+        assert Tp % 4 == 0 and (splits == 1 or t_chunk % wp.cfg.bk == 0)
+        assert 16 * C * Tp <= wp.n_v and 16 * K * Tp <= wp.n_y and (slab + splits) * 16 * K * C <= wp.n_m
+        ws[:off_m] = np.nan    # a chunk must not read what the one before it left in V or Y
+        t_all = np.arange(Tp)
+        t = t_all[t_all < T]
+        tq, nt = t % g.tQ, t // g.tQ
+        tp, n = nt % g.tP, nt // g.tP
 
-    emulate_input(ws, 0, g, x, dt)    # V at the workspace's start
-    CT = C * Tp
+        emulate_input(ws, 0, g, x[n0:n0 + g.N], dt)    # V at the workspace's start
+        CT = C * Tp
 
-    # conv_winograd_dy: grid (ceil(Tp/256), K), thread (k, t)
-    dyflat = dy.astype(dt).ravel()
-    KT = K * Tp
-    P, Q = g.Ho, g.Wo
-    for k in range(K):
-        for xi in range(16):
-            ws[off_y + xi * KT + k * Tp + t_all[t_all >= T]] = 0
-        plane = (n * K + k) * P * Q
-        e = np.empty((2, 2, t.size), dt)
-        for i, j in itertools.product(range(2), range(2)):
-            p, q = 2 * tp + i, 2 * tq + j
-            ok = (p < P) & (q < Q)
-            e[i, j] = np.where(ok, dyflat[np.where(ok, plane + p * Q + q, 0)], 0)
-        f = np.stack([e[0], e[0] + e[1], e[0] - e[1], -e[1]])
-        for a in range(4):
-            vals = (f[a, 0], f[a, 0] + f[a, 1], f[a, 0] - f[a, 1], -f[a, 1])
-            for j in range(4):
-                ws[off_y + (a * 4 + j) * KT + k * Tp + t] = vals[j]
+        # conv_winograd_dy: grid (ceil(Tp/256), K), thread (k, t)
+        dyflat = dy[n0:n0 + g.N].astype(dt).ravel()
+        KT = K * Tp
+        P, Q = g.Ho, g.Wo
+        for k in range(K):
+            for xi in range(16):
+                ws[off_y + xi * KT + k * Tp + t_all[t_all >= T]] = 0
+            plane = (n * K + k) * P * Q
+            e = np.empty((2, 2, t.size), dt)
+            for i, j in itertools.product(range(2), range(2)):
+                p, q = 2 * tp + i, 2 * tq + j
+                ok = (p < P) & (q < Q)
+                e[i, j] = np.where(ok, dyflat[np.where(ok, plane + p * Q + q, 0)], 0)
+            f = np.stack([e[0], e[0] + e[1], e[0] - e[1], -e[1]])
+            for a in range(4):
+                vals = (f[a, 0], f[a, 0] + f[a, 1], f[a, 0] - f[a, 1], -f[a, 1])
+                for j in range(4):
+                    ws[off_y + (a * 4 + j) * KT + k * Tp + t] = vals[j]
 
-    # conv_winograd_wgrad_gemm: z = s*16 + xi, Mw[z] (K x C) = Y[xi][:, range] @ V[xi][:, range]^T
-    for s in range(wp.splits):
-        lo, hi = s * wp.t_chunk, min(Tp, (s + 1) * wp.t_chunk)
-        assert lo < hi, "an empty split"
-        for xi in range(16):
-            Yz = ws[off_y + xi * KT: off_y + (xi + 1) * KT].reshape(K, Tp)[:, lo:hi]
-            Vz = ws[xi * CT: (xi + 1) * CT].reshape(C, Tp)[:, lo:hi]
-            assert not np.isnan(Yz).any() and not np.isnan(Vz).any(), "GEMM reads an unwritten Y / V element"
-            z = s * 16 + xi
-            ws[off_m + z * K * C: off_m + (z + 1) * K * C] = (Yz @ Vz.T).ravel()
+        # conv_winograd_wgrad_gemm: z = s*16 + xi, Mw[slab + s][xi] (K x C) = Y[xi][:, range] @ V[xi][:, range]^T
+        out = off_m + slab * 16 * K * C
+        for s_ in range(splits):
+            lo, hi = s_ * t_chunk, min(Tp, (s_ + 1) * t_chunk)
+            assert lo < hi, "an empty split"
+            for xi in range(16):
+                Yz = ws[off_y + xi * KT: off_y + (xi + 1) * KT].reshape(K, Tp)[:, lo:hi]
+                Vz = ws[xi * CT: (xi + 1) * CT].reshape(C, Tp)[:, lo:hi]
+                assert not np.isnan(Yz).any() and not np.isnan(Vz).any(), "GEMM reads an unwritten Y / V element"
+                z = s_ * 16 + xi
+                ws[out + z * K * C: out + (z + 1) * K * C] = (Yz @ Vz.T).ravel()
 
-    # conv_winograd_wgrad_output: thread idx = k*C + c, the splits summed in order
+    # conv_winograd_wgrad_output: thread idx = k*C + c, every chunk's slabs summed in order
     KC = K * C
     idx = np.arange(KC)
     m = np.stack([ws[off_m + xi * KC + idx] for xi in range(16)])
-    for s in range(1, wp.splits):
+    for s in range(1, wp.slabs):
         m = m + np.stack([ws[off_m + (s * 16 + xi) * KC + idx] for xi in range(16)])
     assert not np.isnan(m).any(), "output transform reads an unwritten partial"
     m = m.reshape(4, 4, -1)
@@ -226,17 +232,18 @@ def main():
             ratio = (np.abs(out.astype(np.float64) - ref) / tol).max()
             assert ratio < 1, ratio
             worst = max(worst, ratio)
-        # backward-weights, with the planned split and with splits 1 and 3 (t_chunk multiple of BK)
+        # backward-weights, with the planned split and with splits 1 and 3 (t_chunk multiple of BK), over the
+        # whole batch and in chunks of one image (and of two: a short last chunk where N is odd)
         dW_ref = back(dy.astype(np.float64))[1]
         dW_abs = wgrad_abs(dy.astype(np.float64), x64, (ph, pw))
         edw = 0.0
-        for splits in (None, 1, 3):
-            wp = WeightsPass(prob, 132, splits=splits)
+        for splits, images in itertools.product((None, 1, 3), (None, 1, 2)):
+            wp = WeightsPass(prob, 132, splits=splits, images=images)
             dW = emulate_weights(wp, dy, x, np.float64)
             edw = max(edw, np.abs(dW - dW_ref).max())
-            assert edw < 1e-12 * max(1, np.abs(dW_ref).max()), (splits, edw)
+            assert edw < 1e-12 * max(1, np.abs(dW_ref).max()), (splits, images, edw)
             out = emulate_weights(wp, dy, x, np.float32)
-            T = wp.geo.T
+            T = sum(g.T for _, g, _, _, _ in wp.chunks)
             tol = 4 * np.sqrt(16 * T + 10) * EPS32 * dW_abs + 4 * EPS32 * np.abs(dW_ref) + 1e-30
             ratio = (np.abs(out.astype(np.float64) - dW_ref) / tol).max()
             assert ratio < 1, ratio

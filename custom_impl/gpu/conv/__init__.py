@@ -218,7 +218,8 @@ def _backward_weights(algo, dy, x, dW, dims, workspace, sms, check=True):
     if algo == "few_channels":
         return few_channels.backward_weights(dy, x, dW, dims, workspace, sms=sms, check=check)
     if algo == "winograd":
-        return winograd.backward_weights(dy, x, dW, (dims.ph, dims.pw), workspace)
+        return winograd.backward_weights(dy, x, dW, (dims.ph, dims.pw), workspace,
+                                         images=select.winograd_images(dims, "backward_weights", sms))
     return patch.backward_weights(dy, x, dW, dims, workspace)
 
 

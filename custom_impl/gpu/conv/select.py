@@ -13,7 +13,7 @@ Candidates per phase (``candidates``), in this order (a tie goes to the first):
                     ``patch_ok``; "strided_1x1" for a 1x1 kernel with a stride and no padding
                     (``strided_1x1.fits``).
   backward_weights  "implicit_gemm" always; "few_channels" where its launch plan exists; "winograd" where
-                    ``winograd_ok``; "patch" where ``patch_ok``.
+                    ``winograd_ok`` (in chunks of images, as the forward); "patch" where ``patch_ok``.
 "auto" (``choose``) takes the cached choice for (phase, dims[, bias presence]), else times every candidate
 once through ``runtime.autotune`` and caches the fastest, per device and launch-cost regime: eagerly a
 candidate is worth what 5 back-to-back eager calls take (its extra launches' host time included); under
@@ -29,7 +29,7 @@ import functools
 
 from .. import runtime
 from . import few_channels, implicit_gemm, patch, strided_1x1, winograd
-from .geometry import conv_dims
+from .geometry import conv_dims, planning_sms
 
 PHASES = ("forward", "backward_data", "backward_weights")
 FORWARD_ALGOS = ("implicit_gemm", "winograd", "few_channels")
@@ -51,27 +51,27 @@ def _shapes(dims):
 def winograd_ok(dims, phase: str, sms: int | None = None) -> bool:
     """Whether Winograd (winograd.py) is a candidate for this layer and phase: 3x3, stride 1,
     padding <= 2, >= WINOGRAD_MIN_CHANNELS channels in and out, and a workspace within
-    WINOGRAD_MAX_WORKSPACE: forward and backward-data run the batch in chunks of images to stay within it
-    (``winograd_images``), backward-weights (which sums over the batch) must fit whole (``sms``: the SM
-    count its plan is made for)."""
+    WINOGRAD_MAX_WORKSPACE: every phase runs the batch in chunks of images to stay within it
+    (``winograd_images``; ``sms``: the SM count the weight gradient's plan is made for)."""
     if min(dims[1], dims[4]) < WINOGRAD_MIN_CHANNELS or not winograd.fits(*_shapes(dims)):
         return False
-    if phase in ("forward", "backward_data"):
-        return winograd_images(dims, phase) > 0
-    return winograd.workspace_size(*_shapes(dims), phase, sms) <= WINOGRAD_MAX_WORKSPACE
+    return winograd_images(dims, phase, sms) > 0
 
 
-def winograd_images(dims, phase: str) -> int:
-    """Images per chunk that Winograd's ``phase`` ("forward" / "backward_data") runs this layer with: the
-    whole batch when its workspace fits WINOGRAD_MAX_WORKSPACE, else equal chunks that do (0: not even one
-    image fits). VGG-16's 3x3 layers at 112x112 and 224x224 need 2.3-6.1 GB for a batch of 64 at once."""
+def winograd_images(dims, phase: str, sms: int | None = None) -> int:
+    """Images per chunk that Winograd's ``phase`` runs this layer with: the whole batch when its workspace
+    fits WINOGRAD_MAX_WORKSPACE, else equal chunks that do (0: not even one image fits). VGG-16's 3x3
+    layers at 112x112 and 224x224 need 2.3-6.1 GB for a batch of 64 at once. ``sms``: as in
+    ``winograd_ok`` (backward-weights only; default the current device's)."""
     x_shape, w_shape, stride, padding = _shapes(dims)
-    return _winograd_images(x_shape, w_shape, padding, phase, WINOGRAD_MAX_WORKSPACE)
+    sms = planning_sms() if sms is None and phase == "backward_weights" else sms
+    return _winograd_images(x_shape, w_shape, padding, phase, WINOGRAD_MAX_WORKSPACE,
+                            sms if phase == "backward_weights" else None)
 
 
 @functools.lru_cache(maxsize=4096)
-def _winograd_images(x_shape, w_shape, padding, phase, limit):
-    return winograd.chunk_images(x_shape, w_shape, padding, phase, limit)
+def _winograd_images(x_shape, w_shape, padding, phase, limit, sms):
+    return winograd.chunk_images(x_shape, w_shape, padding, phase, limit, sms)
 
 
 def patch_ok(dims, phase: str, sms: int = 132) -> bool:
@@ -144,7 +144,7 @@ def workspace_size(dims, sms: int = 132) -> int:
         need = max(need, few_channels.workspace_size(x_shape, w_shape, stride, padding, sms))
     for phase in PHASES:
         if winograd_ok(dims, phase, sms):
-            images = winograd_images(dims, phase) if phase != "backward_weights" else None
+            images = winograd_images(dims, phase, sms)
             need = max(need, winograd.workspace_size(x_shape, w_shape, stride, padding, phase, sms, images))
     need = max(need, strided_1x1.workspace_size(dims, sms))
     # patch wherever it can run (also when called by name, not only where it is a timed candidate)

@@ -46,7 +46,11 @@ with e the 2x2 dy tile, d the 4x4 x patch and A = At^T. Summed over tiles that i
 
 For N64 C256 28x28 K256: 2*16*K*C*Tp = 26.3 GFLOP against the direct 59.2, plus ~0.8 GB of V and Y
 written and read back. The reduction is long (Tp = 12544) and the output small (16 x 256 x 256), so the
-GEMM splits t (``weights_plan``) to fill the SMs.
+GEMM splits t (``weights_plan``) to fill the SMs. A batch whose V and Y exceed the caller's workspace
+cap runs in chunks of images (``images``): each chunk transforms its images into V and Y and writes its
+own split partials into Mw, and the output transform sums every chunk's partials in one fixed order, so
+chunking needs no accumulation pass and stays deterministic (VGG-16's 3x3 layers at 112x112 and
+224x224, batch 64, run in 2-4 chunks within the 2 GB cap of conv/select.py).
 
 Workspace: U, V and Mo, ``workspace_size(...)`` float32 elements (each part a multiple of 4 elements). With
 the output and ``workspace`` given nothing is allocated and the host is never synchronised (CUDA-graph
@@ -75,6 +79,7 @@ FAMILY = "conv_winograd"
 THREADS = 256       # threads per block of the transform kernels
 MAX_PAD = 2         # backward-data runs the forward with padding 2 - pad, which must be >= 0
 INT32_MAX = 2**31 - 1
+PHASES = ("forward", "backward_data", "backward_weights")
 GRID_Y_MAX = 65535  # the transforms put the channel on grid.y
 # The GEMM tile configs compiled and tested here (``config=``): implicit_gemm.CONFIGS plus the tiles' BK=16
 # 128x128 tile. NOTE: the chooser leaves the BK=16 tile out: in winograd_gemm it measured 3-5% slower than
@@ -204,17 +209,31 @@ def backward_pass(prob, images: int | None = None) -> _Pass:
     return _Pass(min(N, images or N), K, P, Q, C, H, Wd, MAX_PAD - ph, MAX_PAD - pw)
 
 
-def chunk_images(x_shape, w_shape, padding, phase: str, max_elements: int) -> int:
-    """Images per chunk for ``forward`` / ``backward_data`` (``phase``) of this stride-1 3x3 convolution so
-    that the workspace stays within ``max_elements`` float32 elements: the whole batch when it fits, else
-    the batch cut into equal chunks (the last one possibly smaller) each within the bound; 0 when one
-    image alone exceeds it. The filter transform U is computed once and shared by the chunks; V and Mo
-    are per chunk, so the chunks run one after another in one workspace."""
-    if phase not in ("forward", "backward_data"):
-        raise ValueError(f"winograd.chunk_images: phase={phase!r}; use 'forward' or 'backward_data'")
+def chunk_images(x_shape, w_shape, padding, phase: str, max_elements: int, sms: int | None = None) -> int:
+    """Images per chunk for ``phase`` ("forward", "backward_data" or "backward_weights") of this stride-1
+    3x3 convolution so that the workspace stays within ``max_elements`` float32 elements: the whole batch
+    when it fits, else the batch cut into equal chunks (the last one possibly smaller) each within the
+    bound; 0 when none does. Forward and backward-data compute the filter transform U once and share it
+    across the chunks; V and Mo are per chunk, so the chunks run one after another in one workspace.
+    Backward-weights (``sms``: the SM count its plan is made for) transforms x and dy per chunk and keeps
+    every chunk's GEMM partials, summed in one fixed order at the end; it takes the fewest chunks (at most
+    MAX_WEIGHT_SPLITS) that fit."""
+    if phase not in PHASES:
+        raise ValueError(f"winograd.chunk_images: phase={phase!r}; use one of {PHASES}")
     prob = checked_problem(x_shape, w_shape, 1, padding, "chunk_images")
-    make = forward_pass if phase == "forward" else backward_pass
     N = prob[0]
+    if phase == "backward_weights":
+        # NOTE: the partials grow with the chunk count (up to MAX_WEIGHT_SPLITS slabs, or one per chunk past
+        # that), so the workspace is not monotone in the images per chunk: try the chunk counts in order
+        # and take the first that fits, up to MAX_WEIGHT_SPLITS chunks
+        sms = _sms(sms)
+        for chunks in range(1, min(N, MAX_WEIGHT_SPLITS) + 1):
+            images = -(-N // chunks)
+            if (chunks == 1 or images < -(-N // (chunks - 1))) \
+                    and WeightsPass(prob, sms, images=images).size <= max_elements:
+                return images
+        return 0
+    make = forward_pass if phase == "forward" else backward_pass
     if make(prob).size <= max_elements:
         return N
     lo, hi = 0, N        # the largest n with a workspace within the bound: lo fits (or is 0), hi does not
@@ -231,41 +250,60 @@ MAX_WEIGHT_SPLITS = 64     # split-K of the weight-gradient GEMMs: at most this 
 MIN_WEIGHT_CHUNK = 256     # ... each at least this long (shorter ones spend more on partials than FFMAs)
 
 
-def weights_plan(M: int, N: int, Tp: int, sms: int = 132):
+def weights_plan(M: int, N: int, Tp: int, sms: int = 132, max_splits: int = MAX_WEIGHT_SPLITS):
     """(TileConfig, t_chunk, splits) of the 16 weight-gradient GEMMs M (= K) x N (= C) over Tp tiles: the
-    ``CANDIDATES`` config and power-of-two split count with the lowest tiles.py ``estimate_seconds``, the 16
-    GEMMs costed as one of 16 * ceil(M / BM) * BM rows (one launch, as ``choose_config``). The output
-    transform always runs, so a split costs only its partials' traffic (counted by the estimate)."""
-    return _weights_plan(int(M), int(N), int(Tp), int(sms))
+    ``CANDIDATES`` config and power-of-two split count (<= ``max_splits``) with the lowest tiles.py
+    ``estimate_seconds``, the 16 GEMMs costed as one of 16 * ceil(M / BM) * BM rows (one launch, as
+    ``choose_config``). The output transform always runs, so a split costs only its partials' traffic
+    (counted by the estimate)."""
+    return _weights_plan(int(M), int(N), int(Tp), int(sms), int(max_splits))
 
 
 @functools.lru_cache(maxsize=4096)
-def _weights_plan(M, N, Tp, sms):
-    cfg, s = _best_plan(M, N, Tp, sms, MAX_WEIGHT_SPLITS)
+def _weights_plan(M, N, Tp, sms, max_splits):
+    cfg, s = _best_plan(M, N, Tp, sms, max(1, max_splits))
     t_chunk, splits = split_chunk(Tp, s, cfg.bk)
     return cfg, t_chunk, splits
 
 
 class WeightsPass:
-    """The backward-weights plan: tiles over dy's P x Q, V (16, C, Tp), Y (16, K, Tp), Mw (splits, 16, K, C)."""
+    """The backward-weights plan over chunks of ``images`` images (None: the whole batch at once).
 
-    def __init__(self, prob, sms: int, config=None, splits=None):
+    Per chunk: tiles over dy's P x Q, V (16, C, Tp), Y (16, K, Tp) (sized for the largest chunk, reused
+    by each), and the chunk's split partials, each a (16, K, C) slab of Mw; every chunk's slabs stay in Mw
+    (``slabs`` in all) and the output transform sums them in order, so the result is deterministic and
+    the chunks need no accumulation pass. A batch in chunks has at most MAX_WEIGHT_SPLITS // chunks splits
+    per chunk (at least one), which bounds Mw."""
+
+    def __init__(self, prob, sms: int, config=None, splits=None, images=None):
         N, C, H, Wd, K, P, Q, ph, pw = prob
-        self.geo = _Pass(N, C, H, Wd, K, P, Q, ph, pw)   # its T / Tp / tP / tQ and the input transform's V
-        Tp = self.geo.Tp
-        cfg, t_chunk, n_splits = weights_plan(K, C, Tp, sms)
+        images = min(N, images or N)
+        self.images = images
+        self.geo = _Pass(images, C, H, Wd, K, P, Q, ph, pw)   # the largest chunk: T / Tp / tP / tQ, V
+        n_chunks = -(-N // images)
+        cfg, t_chunk, n_splits = weights_plan(K, C, self.geo.Tp, sms, MAX_WEIGHT_SPLITS // n_chunks)
         if config is not None:
             cfg = CONFIG_BY_NAME[config] if isinstance(config, str) else config
-            t_chunk, n_splits = split_chunk(Tp, n_splits, cfg.bk)
+            t_chunk, n_splits = split_chunk(self.geo.Tp, n_splits, cfg.bk)
         if splits is not None:
             if not 1 <= int(splits) <= MAX_WEIGHT_SPLITS:
                 raise ValueError(f"winograd.backward_weights: splits={splits}; use 1..{MAX_WEIGHT_SPLITS}")
-            t_chunk, n_splits = split_chunk(Tp, int(splits), cfg.bk)
+            t_chunk, n_splits = split_chunk(self.geo.Tp, int(splits), cfg.bk)
         self.cfg, self.t_chunk, self.splits = cfg, t_chunk, n_splits
         self.K, self.C = K, C
-        self.n_v = 16 * C * Tp
-        self.n_y = 16 * K * Tp
-        self.n_m = _ceil4(n_splits * 16 * K * C)
+        # (first image, geometry, t_chunk, splits, first slab) of each chunk; a short last chunk has fewer
+        # tiles, so its t ranges are planned again with the same split count
+        self.chunks = []
+        slab = 0
+        for n0 in range(0, N, images):
+            geo = self.geo if N - n0 >= images else self.geo.for_images(N - n0)
+            chunk, count = (t_chunk, n_splits) if geo is self.geo else split_chunk(geo.Tp, n_splits, cfg.bk)
+            self.chunks.append((n0, geo, chunk, count, slab))
+            slab += count
+        self.slabs = slab
+        self.n_v = 16 * C * self.geo.Tp
+        self.n_y = 16 * K * self.geo.Tp
+        self.n_m = _ceil4(self.slabs * 16 * K * C)
 
     @property
     def size(self) -> int:
@@ -277,16 +315,15 @@ def workspace_size(x_shape, w_shape, stride, padding, phase: str = "forward", sm
     """float32 elements of workspace that ``forward`` (phase "forward"), ``backward_data`` ("backward_data")
     or ``backward_weights`` ("backward_weights": its split count depends on ``sms``, the device's SM count,
     default the current device's, or 132 without CuPy) needs for this convolution; ``images``: the chunk
-    size ``forward`` / ``backward_data`` run with (None: the whole batch)."""
+    size the pass runs with (None: the whole batch)."""
     prob = checked_problem(x_shape, w_shape, stride, padding, "workspace_size")
     if phase == "forward":
         return forward_pass(prob, images).size
     if phase == "backward_data":
         return backward_pass(prob, images).size
     if phase == "backward_weights":
-        return WeightsPass(prob, _sms(sms)).size
-    raise ValueError(f"winograd.workspace_size: phase={phase!r}; use 'forward', 'backward_data' or "
-                     f"'backward_weights'")
+        return WeightsPass(prob, _sms(sms), images=images).size
+    raise ValueError(f"winograd.workspace_size: phase={phase!r}; use one of {PHASES}")
 
 
 def _sms(sms: int | None) -> int:
@@ -422,13 +459,15 @@ def _checked_images(images, what: str) -> int | None:
     return images
 
 
-def backward_weights(dy, x, dW, padding, workspace=None, config=None, splits=None):
+def backward_weights(dy, x, dW, padding, workspace=None, config=None, splits=None, images=None):
     """dW of a stride-1 3x3 convolution: dy (N, K, P, Q), x (N, C, H, W) -> dW (K, C, 3, 3) (None:
     allocated), overwritten (not accumulated). Returns dW.
 
-    ``workspace``: at least ``workspace_size(..., phase="backward_weights")`` elements, or None for the
-    shared per-device buffer. ``config`` / ``splits``: the GEMM tile config (or name) and split count of
-    the t reduction instead of ``weights_plan``'s."""
+    ``workspace``: at least ``workspace_size(..., phase="backward_weights", images=images)`` elements, or
+    None for the shared per-device buffer. ``config`` / ``splits``: the GEMM tile config (or name) and
+    split count of each chunk's t reduction instead of ``weights_plan``'s. ``images``: transform and
+    reduce the batch in chunks of this many images (``chunk_images``; None: all at once); the chunks'
+    partial sums are added in one fixed order, so a given chunking always gives the same bits."""
     import cupy
 
     check_array(dy, "winograd.backward_weights: dy", ndim=4)
@@ -443,30 +482,34 @@ def backward_weights(dy, x, dW, padding, workspace=None, config=None, splits=Non
     else:
         check_array(dW, "winograd.backward_weights: dW", shape=w_shape)
     sms = runtime.sm_count()
-    wp = WeightsPass(prob, sms, config, splits)
+    wp = WeightsPass(prob, sms, config, splits, _checked_images(images, "backward_weights"))
     ws = checked_workspace(workspace, wp.size, "winograd.backward_weights",
-                           "winograd.workspace_size(..., phase='backward_weights')")
+                           "winograd.workspace_size(..., phase='backward_weights', images=images)")
     _run_weights(wp, dy, x, dW, ws)
     return dW
 
 
 def _run_weights(wp: WeightsPass, dy, x, dW, ws) -> None:
+    """Per chunk: the x and dy transforms into V and Y, then the 16 GEMMs into the chunk's slabs of Mw;
+    then the output transform over every slab."""
     i32 = np.int32
-    g, cfg = wp.geo, wp.cfg
-    V = ws[:wp.n_v]
-    Yt = ws[wp.n_v: wp.n_v + wp.n_y]
+    cfg, K, C = wp.cfg, wp.K, wp.C
     Mw = ws[wp.n_v + wp.n_y: wp.size]
-    K, C = wp.K, wp.C
     # NOTE: all four kernels come from the module compiled for cfg: one compile per tile config.
-    kernel("conv_winograd_input", cfg)((blocks(g.Tp, THREADS), C), (THREADS,),
-                                          (x, V) + tuple(i32(v) for v in (g.N, C, g.Hi, g.Wi, g.ph, g.pw,
-                                                                           g.tP, g.tQ, g.Tp)))
-    kernel("conv_winograd_dy", cfg)((blocks(g.Tp, THREADS), K), (THREADS,),
-                                       (dy, Yt) + tuple(i32(v) for v in (g.N, K, g.Ho, g.Wo, g.tP, g.tQ, g.Tp)))
-    flags = int(vec_ok(V, g.Tp) and vec_ok(Yt, g.Tp)) | int(vec_ok(Mw, C)) << 1
-    kernel("conv_winograd_wgrad_gemm", cfg)((blocks(C, cfg.bn), blocks(K, cfg.bm), 16 * wp.splits),
-                                               (cfg.threads,),
-                                               (Yt, V, Mw, i32(K), i32(C), i32(g.Tp), i32(wp.t_chunk), i32(flags)),
-                                               shared_mem=cfg.smem_bytes)
+    for n0, g, t_chunk, splits, slab in wp.chunks:
+        V = ws[:16 * C * g.Tp]
+        Yt = ws[wp.n_v: wp.n_v + 16 * K * g.Tp]
+        out = Mw[slab * 16 * K * C:]
+        xc, dyc = x[n0:n0 + g.N], dy[n0:n0 + g.N]
+        kernel("conv_winograd_input", cfg)((blocks(g.Tp, THREADS), C), (THREADS,),
+                                              (xc, V) + tuple(i32(v) for v in (g.N, C, g.Hi, g.Wi, g.ph, g.pw,
+                                                                                g.tP, g.tQ, g.Tp)))
+        kernel("conv_winograd_dy", cfg)((blocks(g.Tp, THREADS), K), (THREADS,),
+                                           (dyc, Yt) + tuple(i32(v) for v in (g.N, K, g.Ho, g.Wo, g.tP, g.tQ, g.Tp)))
+        flags = int(vec_ok(V, g.Tp) and vec_ok(Yt, g.Tp)) | int(vec_ok(out, C)) << 1
+        kernel("conv_winograd_wgrad_gemm", cfg)((blocks(C, cfg.bn), blocks(K, cfg.bm), 16 * splits),
+                                                   (cfg.threads,),
+                                                   (Yt, V, out, i32(K), i32(C), i32(g.Tp), i32(t_chunk), i32(flags)),
+                                                   shared_mem=cfg.smem_bytes)
     kernel("conv_winograd_wgrad_output", cfg)((blocks(K * C, THREADS),), (THREADS,),
-                                                 (Mw, dW, i32(K), i32(C), i32(wp.splits)))
+                                                 (Mw, dW, i32(K), i32(C), i32(wp.slabs)))

@@ -188,51 +188,84 @@ def test_winograd_candidates():
     assert not ok((256, 3, 32, 32), (32, 3, 3, 3), 1, 1, "forward")          # < 16 channels
     assert not ok((64, 128, 28, 28), (256, 128, 3, 3), 2, 1, "forward")      # stride 2
     assert not ok((256, 32, 14, 14), (64, 32, 5, 5), 1, 2, "forward")        # 5x5
-    # a batch whose workspace exceeds 2 GB: forward and backward-data run in chunks, backward-weights
-    # (a sum over the batch) must fit whole
-    assert ok((8192, 32, 16, 16), (64, 32, 3, 3), 1, 1, "forward")
-    assert ok((8192, 32, 16, 16), (64, 32, 3, 3), 1, 1, "backward_data")
-    assert not ok((8192, 32, 16, 16), (64, 32, 3, 3), 1, 1, "backward_weights")
+    # a batch whose workspace exceeds 2 GB: every phase runs it in chunks of images
+    for phase in select.PHASES:
+        assert ok((8192, 32, 16, 16), (64, 32, 3, 3), 1, 1, phase)
 
 
 @pytest.mark.parametrize("x_shape,w_shape,padding", [((64, 128, 112, 112), (128, 128, 3, 3), 1),
                                                      ((64, 64, 224, 224), (64, 64, 3, 3), 1),
                                                      ((8192, 32, 16, 16), (64, 32, 3, 3), 1),
                                                      ((7, 17, 9, 10), (19, 17, 3, 3), (1, 2))])
-@pytest.mark.parametrize("phase", ["forward", "backward_data"])
+@pytest.mark.parametrize("phase", ["forward", "backward_data", "backward_weights"])
 def test_winograd_chunks(x_shape, w_shape, padding, phase):
     """``winograd.chunk_images``: the whole batch when it fits the bound; else equal chunks, each within
     the bound, and no fewer chunks than the bound allows (one more image per chunk would not fit, or
     would not reduce the chunk count); 0 when a single image exceeds it."""
     N = x_shape[0]
-    whole = winograd.workspace_size(x_shape, w_shape, 1, padding, phase)
-    assert winograd.chunk_images(x_shape, w_shape, padding, phase, whole) == N
-    one = winograd.workspace_size(x_shape, w_shape, 1, padding, phase, images=1)
+
+    def size(images=None):
+        return winograd.workspace_size(x_shape, w_shape, 1, padding, phase, 132, images)
+
+    def chunk(limit):
+        return winograd.chunk_images(x_shape, w_shape, padding, phase, limit, 132)
+
+    whole = size()
+    assert chunk(whole) == N
+    one = size(1)
     for limit in (whole // 2, whole // 3 + 7, whole // 5):
-        n = winograd.chunk_images(x_shape, w_shape, padding, phase, limit)
+        n = chunk(limit)
+        if phase == "backward_weights":    # the fewest chunks (<= MAX_WEIGHT_SPLITS) whose workspace fits
+            counts = range(1, min(N, winograd.MAX_WEIGHT_SPLITS) + 1)
+            fits = [c for c in counts if size(-(-N // c)) <= limit]
+            assert n == (-(-N // fits[0]) if fits else 0)
+            continue
         if limit < one:     # the filter transform alone may exceed it for a small batch
             assert n == 0
             continue
         assert 1 <= n < N
-        assert winograd.workspace_size(x_shape, w_shape, 1, padding, phase, images=n) <= limit
+        assert size(n) <= limit
         chunks = -(-N // n)
         fewer = -(-N // (chunks - 1)) if chunks > 1 else N
-        assert winograd.workspace_size(x_shape, w_shape, 1, padding, phase, images=fewer) > limit
-    assert winograd.chunk_images(x_shape, w_shape, padding, phase, one - 1) == 0
-    with pytest.raises(ValueError, match="phase='backward_weights'"):
-        winograd.chunk_images(x_shape, w_shape, padding, "backward_weights", whole)
+        assert size(fewer) > limit
+    if phase != "backward_weights":
+        assert chunk(one - 1) == 0
+    with pytest.raises(ValueError, match="phase='weights'"):
+        winograd.chunk_images(x_shape, w_shape, padding, "weights", whole)
+
+
+@pytest.mark.parametrize("images", [None, 64, 40, 7, 1])
+def test_winograd_weights_chunk_plan(images):
+    """The weight gradient in chunks of ``images`` images: chunks cover the batch in order, each a
+    contiguous run of images (the last one possibly short, with its own tile count); each chunk's t
+    ranges cover its Tp; the slabs of partials follow one another; at most MAX_WEIGHT_SPLITS slabs in
+    all unless there are more chunks than that (one slab each); the workspace is V and Y of the largest
+    chunk plus every slab."""
+    prob = winograd.checked_problem((64, 64, 112, 112), (128, 64, 3, 3), 1, 1, "test")
+    wp = winograd.WeightsPass(prob, 132, images=images)
+    n_chunks = -(-64 // (images or 64))
+    assert len(wp.chunks) == n_chunks and wp.images == (images or 64)
+    nxt, slab = 0, 0
+    for n0, geo, t_chunk, splits, first in wp.chunks:
+        assert n0 == nxt and first == slab and geo.N == min(wp.images, 64 - n0)
+        assert (splits - 1) * t_chunk < geo.Tp <= splits * t_chunk
+        nxt, slab = n0 + geo.N, slab + splits
+    assert nxt == 64 and wp.slabs == slab
+    assert wp.slabs <= max(winograd.MAX_WEIGHT_SPLITS, n_chunks)
+    T = wp.images * 56 * 56
+    assert wp.size == 16 * 64 * T + 16 * 128 * T + wp.slabs * 16 * 128 * 64
 
 
 def test_vgg_layers_take_winograd_in_chunks():
     """VGG-16's 3x3 layers at batch 64 (112x112, 224x224) need 2.3-6.1 GB of Winograd workspace at once:
-    forward and backward-data take it in chunks within the 2 GB cap, and the layer's workspace (what a
-    model allocates) stays within the cap."""
+    every phase takes it in chunks within the 2 GB cap, and the layer's workspace (what a model
+    allocates) stays within the cap."""
     for x_shape, w_shape in [((64, 64, 112, 112), (128, 64, 3, 3)), ((64, 128, 112, 112), (128, 128, 3, 3)),
                              ((64, 64, 224, 224), (64, 64, 3, 3))]:
         dims = conv_dims(x_shape, w_shape, 1, 1)
         assert winograd.workspace_size(x_shape, w_shape, 1, 1, "forward") > select.WINOGRAD_MAX_WORKSPACE
-        for phase in ("forward", "backward_data"):
-            assert select.winograd_ok(dims, phase) and 1 <= select.winograd_images(dims, phase) < 64
+        for phase in select.PHASES:
+            assert select.winograd_ok(dims, phase, 132) and 1 <= select.winograd_images(dims, phase, 132) < 64
         assert select.workspace_size(dims, 132) <= select.WINOGRAD_MAX_WORKSPACE
 
 
