@@ -15,10 +15,17 @@
 //   conv_implicit_gemm_wgrad  M = K, cols = C*R*S, reduction = N*P*Q    (A = dy as (K, NPQ); B = im2col(x)^T),
 //                             split-K over the reduction: block z writes a partial (K, CRS) sum to
 //                             dW + z*K*CRS and gemm_splitk_reduce adds them in order (deterministic).
+//   conv_pointwise_fwd / conv_pointwise_dgrad  the forward and backward-data of a 1x1 kernel with stride 1
+//                             and no padding as plain GEMMs over x or dy seen as (channels, N*H*W): float4
+//                             loads and stores where H*W % 4 == 0 (see their section)
 //   conv_bias_grad_*          db[k]: blocks over (k, chunk of n), fixed-order tree and chunk sums (deterministic).
 #include "gemm_tiles.cuh"
 
 #define OUT_OF_IMAGE (-(1 << 29))   // a row/column origin that fails every bounds check
+
+__device__ __forceinline__ bool aligned16(const void* p) {
+    return (reinterpret_cast<unsigned long long>(p) & 15) == 0;
+}
 
 // ---- bias gradient ------------------------------------------------------------------------------------
 // db[k] = sum over n, p, q of dy[n, k, p, q], deterministic (fixed partition and order, no atomics):
@@ -573,5 +580,113 @@ conv_implicit_gemm_dgrad(const float* __restrict__ dy, const float* __restrict__
     lb.dy = dy; lb.k_end = k_end;
     float* slab = split ? ws + (long long)blockIdx.z * C * cols : nullptr;
     ConvPhaseGradEpilogue ep{dx, slab, C, H, W, f.Hh * f.Wh, f.Wh, f.h0, f.w0, sh, sw, cols};
+    gemm_tile<BM, BN, BK, GEMM_TM, GEMM_TN>(la, lb, ep, m0, n0, k_begin, k_end);
+}
+
+
+// ---- 1x1 convolutions, stride 1, no padding: plain GEMMs ------------------------------------------------
+// x (N, C, HW) and dy (N, K, HW) are (channels, N*HW) matrices whose column j = (n, hw) of channel c sits at
+// src[(n*CH + c)*HW + hw]. With HW % 4 == 0 and 16-byte aligned arrays (the host's condition) a 4-column
+// group is one float4 of one image's plane: the loader keeps one offset per group instead of the im2col
+// loaders' window origins (fewer registers, no index divisions in the main loop) and loads vectors; the
+// epilogue stores vectors.
+//   conv_pointwise_fwd    M = K, cols = N*HW, reduction = C:  A = W as (K, C), B = x
+//   conv_pointwise_dgrad  M = C, cols = N*HW, reduction = K:  A = W^T (W read as (K, C), c fastest), B = dy
+// Split-K (flags bit 1): block z sums [z*k_chunk, (z+1)*k_chunk) into ws + z*M*cols ((M, cols) row-major),
+// finished by conv_splitk_reduce_nchw as the implicit GEMMs' partials are.
+template <int BMN, int BK, int NT>
+struct PointwiseColsLoader {
+    static constexpr int LOADS = BMN * BK / (4 * NT);
+    static_assert(LOADS >= 1 && (BMN * BK) % (4 * NT) == 0, "tile not divisible among threads");
+    const float* src;
+    int HW, k_end, tid;
+    long long off[LOADS];   // (n*CH)*HW + hw of the group's first column, or -1 past the last column
+    float4 r[LOADS];
+
+    __device__ __forceinline__ void init(int j0, int cols, int CH) {
+#pragma unroll
+        for (int i = 0; i < LOADS; ++i) {
+            int j = j0 + ((tid + i * NT) % (BMN / 4)) * 4;
+            int n = j / HW;
+            off[i] = j < cols ? (long long)n * CH * HW + (j - n * HW) : -1;
+        }
+    }
+    __device__ __forceinline__ void load(int k0) {
+#pragma unroll
+        for (int i = 0; i < LOADS; ++i) {
+            int kk = k0 + (tid + i * NT) / (BMN / 4);
+            r[i] = kk < k_end && off[i] >= 0
+                       ? __ldg(reinterpret_cast<const float4*>(src + off[i] + (long long)kk * HW))
+                       : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+    }
+    __device__ __forceinline__ void store(float* Sm) const {
+        constexpr int LDS = BMN + TILE_PAD;
+#pragma unroll
+        for (int i = 0; i < LOADS; ++i) {
+            int v = tid + i * NT;
+            *reinterpret_cast<float4*>(Sm + (v / (BMN / 4)) * LDS + (v % (BMN / 4)) * 4) = r[i];
+        }
+    }
+};
+
+// C[m, j = (n, hw)] -> out[(n*M + m)*HW + hw] (+ bias[m]), or the raw partial into ws[m*cols + j]; a group
+// (j % 4 == 0, cols % 4 == 0) is all in or all out, one float4.
+struct PointwiseEpilogue {
+    float* out;
+    const float* bias;
+    float* ws;
+    int M, HW, cols;
+    __device__ __forceinline__ void store4(int m, int j, const float (&v)[4]) const {
+        if (m >= M || j >= cols) return;
+        if (ws) {
+            *reinterpret_cast<float4*>(ws + (long long)m * cols + j) = make_float4(v[0], v[1], v[2], v[3]);
+            return;
+        }
+        const float b = bias ? bias[m] : 0.f;
+        const int n = j / HW;
+        *reinterpret_cast<float4*>(out + ((long long)n * M + m) * HW + (j - n * HW)) =
+            make_float4(v[0] + b, v[1] + b, v[2] + b, v[3] + b);
+    }
+};
+
+// flags bit 0: W rows vectorisable (C % 4 == 0 for the forward's (K, C) rows, aligned); bit 1: split-K.
+extern "C" __global__ void __launch_bounds__(GEMM_NT, GEMM_MIN_BLOCKS)
+conv_pointwise_fwd(const float* __restrict__ x, const float* __restrict__ Wt, const float* __restrict__ b,
+                   float* __restrict__ y, float* __restrict__ ws, int N, int C, int HW, int K, int k_chunk,
+                   int flags) {
+    constexpr int BM = GEMM_BM, BN = GEMM_BN, BK = GEMM_BK, NT = GEMM_NT;
+    const int cols = N * HW;
+    const int m0 = blockIdx.y * BM;
+    const int n0 = blockIdx.x * BN;
+    const int k_begin = blockIdx.z * k_chunk;
+    const int k_end = min(C, k_begin + k_chunk);
+    const bool partial = (flags >> 1) & 1;
+    KVecLoader<BM, BK, NT> la;   // W as (K, C)
+    la.p = Wt; la.ld = C; la.mn_size = K; la.k_end = k_end; la.mn0 = m0; la.tid = threadIdx.x; la.vec = flags & 1;
+    PointwiseColsLoader<BN, BK, NT> lb;
+    lb.src = x; lb.HW = HW; lb.k_end = k_end; lb.tid = threadIdx.x;
+    lb.init(n0, cols, C);
+    PointwiseEpilogue ep{y, b, partial ? ws + (long long)blockIdx.z * K * cols : nullptr, K, HW, cols};
+    gemm_tile<BM, BN, BK, GEMM_TM, GEMM_TN>(la, lb, ep, m0, n0, k_begin, k_end);
+}
+
+// flags bit 0: W's (K, C) rows read as float4s along c (C % 4 == 0, aligned); bit 1: split-K.
+extern "C" __global__ void __launch_bounds__(GEMM_NT, GEMM_MIN_BLOCKS)
+conv_pointwise_dgrad(const float* __restrict__ dy, const float* __restrict__ Wt, float* __restrict__ dx,
+                     float* __restrict__ ws, int N, int C, int HW, int K, int k_chunk, int flags) {
+    constexpr int BM = GEMM_BM, BN = GEMM_BN, BK = GEMM_BK, NT = GEMM_NT;
+    const int cols = N * HW;
+    const int m0 = blockIdx.y * BM;
+    const int n0 = blockIdx.x * BN;
+    const int k_begin = blockIdx.z * k_chunk;
+    const int k_end = min(K, k_begin + k_chunk);
+    const bool partial = (flags >> 1) & 1;
+    MNVecLoader<BM, BK, NT> la;  // A[c, k] = W[k, c]: element (m, kk) at kk * C + m
+    la.p = Wt; la.ld = C; la.mn_size = C; la.k_end = k_end; la.mn0 = m0; la.tid = threadIdx.x; la.vec = flags & 1;
+    PointwiseColsLoader<BN, BK, NT> lb;
+    lb.src = dy; lb.HW = HW; lb.k_end = k_end; lb.tid = threadIdx.x;
+    lb.init(n0, cols, K);
+    PointwiseEpilogue ep{dx, nullptr, partial ? ws + (long long)blockIdx.z * C * cols : nullptr, C, HW, cols};
     gemm_tile<BM, BN, BK, GEMM_TM, GEMM_TN>(la, lb, ep, m0, n0, k_begin, k_end);
 }

@@ -16,6 +16,10 @@ No im2col buffer: the GEMM loaders gather operand tiles straight from x / dy / W
   ``backward_data`` (conv_implicit_gemm_dgrad): one dense GEMM per stride phase (grid.z over the sh*sw
       phases), M = C x cols = N*(H/sh)*(W/sw) over K*(R/sh)*(S/sw), so no skipped (zero) taps are visited.
       With stride 1 (one phase) it splits the reduction for small batches, as the forward does.
+  ``pointwise`` layers (a 1x1 kernel, stride 1, no padding, H*W % 4 == 0) run their forward and
+      backward-data as plain GEMMs over x / dy seen as (channels, N*H*W) (conv_pointwise_fwd / _dgrad):
+      one offset per 4-column group instead of window origins, float4 loads and stores; the same plans,
+      and the same bits as the gather kernels, which run where an array is not 16-byte aligned.
   ``backward_weights`` (conv_implicit_gemm_wgrad): M = K x cols = C*R*S over N*P*Q with split-K (partials
       in the workspace, added in a fixed order by gemm's split-K reduce).
   ``bias_grad``: db over (k, chunk of images) blocks, partials added in a fixed order.
@@ -228,25 +232,43 @@ def workspace_size(dims, sms: int = 132) -> int:
     return max(need_w, need_f, need_d, need_bias)
 
 
+def pointwise(dims) -> bool:
+    """Whether the forward and backward-data run as plain GEMMs (conv_pointwise_fwd / _dgrad): a 1x1
+    kernel, stride 1, no padding, H*W % 4 == 0 (every 4-column group one float4 of one image's plane;
+    the arrays' 16-byte alignment is checked per call)."""
+    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
+    return (R, S, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) and (H * Wd) % 4 == 0
+
+
+def _aligned(*arrays) -> bool:
+    return all(a.data.ptr % 16 == 0 for a in arrays)
+
+
 def forward(x, W, b, out, dims, workspace=None, sms=132, config=None, splits=None):
     """y = conv2d(x, W) + b into ``out`` (N, K, P, Q); x, W, b (or None) and out checked by the caller.
     ``config`` (a TileConfig or its name) / ``splits`` override the tuned plan's (for tuning runs and
-    tests)."""
+    tests). A ``pointwise`` layer runs conv_pointwise_fwd (the same plan: M = K, cols = N*H*W over C)."""
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
     cols, CRS = N * P * Q, C * R * S
     cfg, n_splits = _call_plan("forward", dims, sms, config, splits,
                                lambda p: forward(x, W, b, out, dims, workspace, sms, *p))
     k_chunk, n_splits = split_chunk(CRS, n_splits, cfg.bk)
-    kern = kernel("conv_implicit_gemm_fwd", cfg)
     flags = int(vec_ok(W, CRS))
     grid = (blocks(cols, cfg.bn), blocks(K, cfg.bm), n_splits)
+    ws = runtime.NULL
+    if n_splits > 1:
+        ws = checked_workspace(workspace, n_splits * K * cols, "conv2d_forward", "conv2d_workspace_size")
+        flags |= 2
+    if pointwise(dims) and _aligned(x, out) and (n_splits == 1 or _aligned(ws)):
+        kernel("conv_pointwise_fwd", cfg)(grid, (cfg.threads,),
+                                          (x, W, ptr(b), out, ws) + i32_memo((N, C, H * Wd, K, k_chunk, flags)),
+                                          shared_mem=cfg.smem_bytes)
+    else:
+        kernel("conv_implicit_gemm_fwd", cfg)(grid, (cfg.threads,),
+                                              (x, W, ptr(b), out, ws) + i32_memo(dims + (k_chunk, flags)),
+                                              shared_mem=cfg.smem_bytes)
     if n_splits == 1:
-        kern(grid, (cfg.threads,), (x, W, ptr(b), out, np.uint64(0)) + i32_memo(dims + (k_chunk, flags)),
-             shared_mem=cfg.smem_bytes)
         return out
-    ws = checked_workspace(workspace, n_splits * K * cols, "conv2d_forward", "conv2d_workspace_size")
-    kern(grid, (cfg.threads,), (x, W, ptr(b), out, ws) + i32_memo(dims + (k_chunk, flags | 2)),
-         shared_mem=cfg.smem_bytes)
     kernel("conv_splitk_reduce_nchw")((min(blocks(out.size, 256), 132 * 16),), (256,),
                                       (ws, out, ptr(b)) + i32(N, K, P * Q, n_splits))
     return out
@@ -317,14 +339,21 @@ def backward_data(dy, W, dx, dims, workspace=None, sms=132, config=None, splits=
                              lambda p: backward_data(dy, W, dx, dims, workspace, sms, *p))
     k_chunk, splits = split_chunk(K * R * S, splits, cfg.bk) if splits > 1 and sh * sw == 1 else (0, 1)
     cols = N * -(-H // sh) * -(-Wd // sw)  # the largest phase
-    kern = kernel("conv_implicit_gemm_dgrad", cfg)
+    ws = runtime.NULL
+    if splits > 1:
+        ws = checked_workspace(workspace, splits * C * cols, "conv backward_data", "conv2d_workspace_size")
+    grid = (blocks(cols, cfg.bn), blocks(C, cfg.bm), splits if splits > 1 else sh * sw)
+    if pointwise(dims) and _aligned(dy, dx) and (splits == 1 or _aligned(ws)):
+        flags = int(vec_ok(W, C)) | (2 if splits > 1 else 0)
+        kernel("conv_pointwise_dgrad", cfg)(grid, (cfg.threads,),
+                                            (dy, W, dx, ws) + i32_memo((N, C, H * Wd, K, k_chunk if splits > 1 else K, flags)),
+                                            shared_mem=cfg.smem_bytes)
+    else:
+        kernel("conv_implicit_gemm_dgrad", cfg)(grid, (cfg.threads,),
+                                                (dy, W, dx) + i32(*dims) + (ws, np.int32(k_chunk)),
+                                                shared_mem=cfg.smem_bytes)
     if splits == 1:
-        kern((blocks(cols, cfg.bn), blocks(C, cfg.bm), sh * sw), (cfg.threads,),
-             (dy, W, dx) + i32(*dims) + (np.uint64(0), np.int32(0)), shared_mem=cfg.smem_bytes)
         return dx
-    ws = checked_workspace(workspace, splits * C * cols, "conv backward_data", "conv2d_workspace_size")
-    kern((blocks(cols, cfg.bn), blocks(C, cfg.bm), splits), (cfg.threads,),
-         (dy, W, dx) + i32(*dims) + (ws, np.int32(k_chunk)), shared_mem=cfg.smem_bytes)
     kernel("conv_splitk_reduce_nchw")((min(blocks(dx.size, 256), 132 * 16),), (256,),
                                       (ws, dx, np.uint64(0)) + i32(N, C, H * Wd, splits))
     return dx

@@ -123,6 +123,54 @@ def test_conv2d_forward_split_k(case, splits):
         forward(cupy.empty_like(y), ws[:5])
 
 
+POINTWISE_CASES = [(3, 37, 4, 5, 19), (2, 8, 7, 4, 70), (1, 130, 2, 2, 6), (5, 6, 3, 4, 131)]  # (N, C, H, W, K)
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("config", ["128x128x8_8x8", "64x64x8_8x8", "32x64x8_4x8", "32x32x8_4x4"])
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "unaligned"])
+def test_conv2d_pointwise(offset, config, splits):
+    """1x1, stride 1, no padding, H*W % 4 == 0: forward and backward-data run as plain GEMMs over float4
+    groups (conv_pointwise_fwd / _dgrad), under tile configs with partial M and column tiles (C or K of
+    6..131, H*W*N not a multiple of the tile) and split-K; NaN-filled outputs; float64-close with the
+    module's tolerance (L = C or K products). ``offset`` 1 puts x / dy and y / dx 4 bytes past a 16-byte
+    boundary: the gather kernels run instead and give the same bits (each output the same sum in the
+    same order)."""
+    import cupy
+
+    from custom_impl.gpu.conv import conv_dims, implicit_gemm
+
+    for N, C, H, Wd, K in POINTWISE_CASES:
+        rng = np.random.default_rng(N * C + K)
+        x, W, b = _rand(rng, N, C, H, Wd), _rand(rng, K, C, 1, 1), _rand(rng, K)
+        y_ref, back = conv_ref(x.astype(np.float64), W.astype(np.float64), (1, 1), (0, 0))
+        y_abs, back_abs = conv_ref(np.abs(x.astype(np.float64)), np.abs(W.astype(np.float64)), (1, 1), (0, 0))
+        dy = _rand(rng, *y_ref.shape)
+        dx_ref, dx_abs = back(dy.astype(np.float64))[0], back_abs(np.abs(dy.astype(np.float64)))[0]
+        dims = conv_dims(x.shape, W.shape, 1, 0)
+        assert implicit_gemm.pointwise(dims)
+        ws = cupy.full((splits * max(C, K) * N * H * Wd + 4,), np.nan, np.float32)
+        gW, gb = cupy.asarray(W), cupy.asarray(b)
+
+        def at(a, o, copy=True):
+            """a on the GPU, starting ``o`` floats past an allocation's (16-byte aligned) start; NaN if not copy."""
+            out = cupy.full(a.size + o, np.nan, np.float32)[o:].reshape(a.shape)
+            if copy:
+                out[...] = cupy.asarray(a)
+            return out
+
+        got = {}
+        for o in dict.fromkeys((offset, 0)):   # this offset, then aligned (the pointwise kernels) for the bits
+            y, dx = at(y_ref, o, copy=False), at(x, o, copy=False)
+            implicit_gemm.forward(at(x, o), gW, gb, y, dims, ws, config=config, splits=splits)
+            implicit_gemm.backward_data(at(dy, o), gW, dx, dims, ws, config=config, splits=splits)
+            got[o] = (cupy.asnumpy(y), cupy.asnumpy(dx))
+        name = f"N{N} C{C} {H}x{Wd} K{K} {config} splits={splits} offset={offset}"
+        _assert_close(got[offset][0], y_ref + b[:, None, None], y_abs + np.abs(b)[:, None, None], C, f"y {name}")
+        _assert_close(got[offset][1], dx_ref, dx_abs, K, f"dx {name}")
+        assert np.array_equal(got[offset][0], got[0][0]) and np.array_equal(got[offset][1], got[0][1]), name
+
+
 def test_conv2d_backward_weights_deterministic():
     import cupy
 
