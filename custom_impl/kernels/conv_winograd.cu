@@ -243,16 +243,17 @@ extern "C" __global__ void conv_winograd_dy(const float* __restrict__ dy, float*
 }
 
 // ---- batched split-K GEMM over the tiles ----------------------------------------------------------------
-// blockIdx.z = s * 16 + xi: Mw[z] (K x C, row-major) = Y[xi] (K x Tp) @ V[xi]^T (Tp x C) over
-// t in [s * t_chunk, min(Tp, (s + 1) * t_chunk)); t_chunk is a multiple of GEMM_BK. Both operands are
-// contiguous along the reduction t (rows of length Tp). flags bit 0: Y and V float4-loadable (Tp % 4 == 0,
-// both 16-byte aligned), bit 1: Mw float4-storable (C % 4 == 0, aligned).
+// blockIdx.z = s * xis + xi: Mw[z] (K x C, row-major) = Y[xi] (K x Tp) @ V[xi]^T (Tp x C) over
+// t in [s * t_chunk, min(Tp, (s + 1) * t_chunk)); t_chunk is a multiple of GEMM_BK. xis: the transform
+// domain's size (16 for F(3x3, 2x2), 36 for F(3x3, 4x4) below). Both operands are contiguous along the
+// reduction t (rows of length Tp). flags bit 0: Y and V float4-loadable (Tp % 4 == 0, both 16-byte
+// aligned), bit 1: Mw float4-storable (C % 4 == 0, aligned).
 extern "C" __global__ void __launch_bounds__(GEMM_NT, GEMM_MIN_BLOCKS)
 conv_winograd_wgrad_gemm(const float* __restrict__ Y, const float* __restrict__ V, float* __restrict__ Mw,
-                    int K, int C, int Tp, int t_chunk, int flags) {
+                    int K, int C, int Tp, int t_chunk, int flags, int xis) {
     constexpr int BM = GEMM_BM, BN = GEMM_BN, BK = GEMM_BK, NT = GEMM_NT;
-    const int xi = blockIdx.z & 15;
-    const int s = blockIdx.z >> 4;
+    const int s = blockIdx.z / xis;
+    const int xi = blockIdx.z - s * xis;
     const int m0 = blockIdx.y * BM;
     const int n0 = blockIdx.x * BN;
     const int t_begin = s * t_chunk;
@@ -301,5 +302,169 @@ extern "C" __global__ void conv_winograd_wgrad_output(const float* __restrict__ 
         w[r * 3 + 0] = f[r][0] + h;
         w[r * 3 + 1] = 0.5f * (f[r][1] - f[r][2]);
         w[r * 3 + 2] = h + f[r][3];
+    }
+}
+
+
+// ==== backward-weights: Winograd F(3x3, 4x4) over 4x4 output tiles =======================================
+// The same sum as above with 4x4 dy tiles and 6x6 x patches, on F(4x4, 3x3)'s matrices (interpolation points
+// 0, +-1, +-2 and infinity): per dy tile and (k, c) 36 multiplications where the direct sum takes 16 x 9 =
+// 144 (4x fewer; F(3x3, 2x2) takes 16 for 36: 2.25x), and 36/64 of its transform-domain bytes. Tiles:
+// tP = ceil(P/4), tQ = ceil(Q/4), T = N*tP*tQ, t as above; xi = 6*a + b in 0..35.
+//     dW[k,c] += G^T [ (A e A^T) (.) (Bt d B) ] G      e = dy[n, k, 4tp..+3, 4tq..+3] (zeros past P, Q),
+//                                                      d = x[n, c, 4tp-ph..+5, 4tq-pw..+5] (zeros outside)
+//   Bt (6x6) = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1]
+//   A  (6x4) = [1 0 0 0; 1 1 1 1; 1 -1 1 -1; 1 2 4 8; 1 -2 4 -8; 0 0 0 1]    (At of F(4x4, 3x3), transposed)
+//   G^T (3x6) = [1/4 -1/6 -1/6 1/24 1/24 0; 0 -1/6 1/6 1/12 -1/12 0; 0 -1/6 -1/6 1/6 1/6 1]
+//   conv_winograd4_input         V[xi][c][t] = (Bt d B)[xi]      V (36, C, Tp), zeros at t >= T
+//   conv_winograd4_dy            Y[xi][k][t] = (A e A^T)[xi]     Y (36, K, Tp), zeros at t >= T
+//   conv_winograd_wgrad_gemm     with xis = 36
+//   conv_winograd4_wgrad_output  dW[k, c] = G^T (sum_s Mw[s][:, k, c]) G, the slabs summed in order
+// Rounding: the larger transform entries (up to 8 in A, 5 in Bt) grow float32 error ~5-10x over F(3x3,
+// 2x2)'s in NumPy emulation (lab/conv/winograd_emulate.py), still far inside the tests' bound.
+
+// The 6 values of Bt v for a column (or row) v of 6.
+__device__ __forceinline__ void wino4_bt(const float (&v)[6], float (&o)[6]) {
+    o[0] = 4.f * v[0] - 5.f * v[2] + v[4];
+    o[1] = -4.f * (v[1] + v[2]) + v[3] + v[4];
+    o[2] = 4.f * (v[1] - v[2]) - v[3] + v[4];
+    o[3] = 2.f * (v[3] - v[1]) - v[2] + v[4];
+    o[4] = 2.f * (v[1] - v[3]) - v[2] + v[4];
+    o[5] = 4.f * v[1] - 5.f * v[3] + v[5];
+}
+
+// The 6 values of A v for a column (or row) v of 4.
+__device__ __forceinline__ void wino4_a(const float (&v)[4], float (&o)[6]) {
+    const float even = v[0] + v[2], odd = v[1] + v[3];
+    const float even4 = v[0] + 4.f * v[2], odd4 = 2.f * v[1] + 8.f * v[3];
+    o[0] = v[0];
+    o[1] = even + odd;
+    o[2] = even - odd;
+    o[3] = even4 + odd4;
+    o[4] = even4 - odd4;
+    o[5] = v[3];
+}
+
+// The 3 values of G^T v for a column (or row) v of 6.
+__device__ __forceinline__ void wino4_gt(const float (&v)[6], float (&o)[3]) {
+    const float s12 = v[1] + v[2], d12 = v[1] - v[2], s34 = v[3] + v[4], d34 = v[3] - v[4];
+    o[0] = 0.25f * v[0] - (1.f / 6.f) * s12 + (1.f / 24.f) * s34;
+    o[1] = -(1.f / 6.f) * d12 + (1.f / 12.f) * d34;
+    o[2] = -(1.f / 6.f) * s12 + (1.f / 6.f) * s34 + v[5];
+}
+
+// grid (ceil(Tp / blockDim.x), C): c = blockIdx.y, t along x (coalesced V stores).
+extern "C" __global__ void conv_winograd4_input(const float* __restrict__ x, float* __restrict__ V,
+                                           int N, int C, int H, int W, int ph, int pw, int tP, int tQ,
+                                           int Tp) {
+    const int c = blockIdx.y;
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= Tp) return;
+    const long long CT = (long long)C * Tp;                 // elements per xi slice of V
+    float* const v_out = V + (long long)c * Tp + t;         // + xi * CT
+    const int T = N * tP * tQ;
+    if (t >= T) {  // row padding up to Tp: inside the GEMM's reduction, so it must be zero
+#pragma unroll
+        for (int xi = 0; xi < 36; ++xi) v_out[xi * CT] = 0.f;
+        return;
+    }
+    const WinoTile tile = wino_tile(t, tP, tQ);
+    const int h0 = 4 * tile.tp - ph;   // top-left of the 6x6 patch in image coordinates (may be < 0)
+    const int w0 = 4 * tile.tq - pw;
+    const float* const plane = x + ((long long)tile.n * C + c) * H * W;
+    float e[6][6];   // Bt d: e[a][b] = (Bt d[:, b])[a]
+#pragma unroll
+    for (int b = 0; b < 6; ++b) {
+        const int w = w0 + b;
+        const bool col_ok = w >= 0 && w < W;
+        float d[6];
+#pragma unroll
+        for (int a = 0; a < 6; ++a) {
+            const int h = h0 + a;
+            d[a] = (col_ok && h >= 0 && h < H) ? plane[(long long)h * W + w] : 0.f;
+        }
+        float o[6];
+        wino4_bt(d, o);
+#pragma unroll
+        for (int a = 0; a < 6; ++a) e[a][b] = o[a];
+    }
+#pragma unroll
+    for (int a = 0; a < 6; ++a) {
+        float o[6];
+        wino4_bt(e[a], o);   // (Bt d B)[a][:] = Bt applied to row a of Bt d
+#pragma unroll
+        for (int b = 0; b < 6; ++b) v_out[(a * 6 + b) * CT] = o[b];
+    }
+}
+
+// grid (ceil(Tp / blockDim.x), K): k = blockIdx.y, t along x (coalesced Y stores).
+extern "C" __global__ void conv_winograd4_dy(const float* __restrict__ dy, float* __restrict__ Y,
+                                        int N, int K, int P, int Q, int tP, int tQ, int Tp) {
+    const int k = blockIdx.y;
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= Tp) return;
+    const long long KT = (long long)K * Tp;                 // elements per xi slice of Y
+    float* const y_out = Y + (long long)k * Tp + t;         // + xi * KT
+    const int T = N * tP * tQ;
+    if (t >= T) {  // padding up to Tp: inside the GEMM's reduction, so it must be zero
+#pragma unroll
+        for (int xi = 0; xi < 36; ++xi) y_out[xi * KT] = 0.f;
+        return;
+    }
+    const WinoTile tile = wino_tile(t, tP, tQ);
+    const int p0 = 4 * tile.tp, q0 = 4 * tile.tq;
+    const float* const plane = dy + ((long long)tile.n * K + k) * P * Q;
+    float f[6][4];   // A e: f[a][j] = (A e[:, j])[a]
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const bool col_ok = q0 + j < Q;
+        float e[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) e[i] = (col_ok && p0 + i < P) ? plane[(long long)(p0 + i) * Q + q0 + j] : 0.f;
+        float o[6];
+        wino4_a(e, o);
+#pragma unroll
+        for (int a = 0; a < 6; ++a) f[a][j] = o[a];
+    }
+#pragma unroll
+    for (int a = 0; a < 6; ++a) {
+        float o[6];
+        wino4_a(f[a], o);    // (A e A^T)[a][:] = A applied to row a of A e
+#pragma unroll
+        for (int b = 0; b < 6; ++b) y_out[(a * 6 + b) * KT] = o[b];
+    }
+}
+
+// One thread per (k, c), c fastest (coalesced Mw loads); K * C < 2^31 (checked by the wrapper).
+extern "C" __global__ void conv_winograd4_wgrad_output(const float* __restrict__ Mw, float* __restrict__ dW,
+                                                  int K, int C, int splits) {
+    const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= K * C) return;
+    const long long KC = (long long)K * C;
+    float m[6][6];
+#pragma unroll
+    for (int xi = 0; xi < 36; ++xi) m[xi / 6][xi % 6] = Mw[xi * KC + idx];
+    for (int s = 1; s < splits; ++s) {   // fixed order: deterministic
+        const float* const part = Mw + (long long)s * 36 * KC + idx;
+#pragma unroll
+        for (int xi = 0; xi < 36; ++xi) m[xi / 6][xi % 6] += part[xi * KC];
+    }
+    float f[3][6];   // G^T m: f[r][b] = (G^T m[:, b])[r]
+#pragma unroll
+    for (int b = 0; b < 6; ++b) {
+        float v[6], o[3];
+#pragma unroll
+        for (int a = 0; a < 6; ++a) v[a] = m[a][b];
+        wino4_gt(v, o);
+#pragma unroll
+        for (int r = 0; r < 3; ++r) f[r][b] = o[r];
+    }
+    float* const w = dW + (long long)idx * 9;
+#pragma unroll
+    for (int r = 0; r < 3; ++r) {
+        float o[3];
+        wino4_gt(f[r], o);   // (G^T m G)[r][:] = G^T applied to row r of G^T m
+#pragma unroll
+        for (int s = 0; s < 3; ++s) w[r * 3 + s] = o[s];
     }
 }

@@ -29,6 +29,56 @@ from custom_impl.gpu.conv.winograd import WeightsPass, backward_pass, checked_pr
 from test_conv_winograd import wgrad_abs, winograd_abs  # noqa: E402
 
 
+# F(3x3, 4x4) (the weight gradient's "winograd4"): conv_winograd.cu's Bt, A and G^T
+BT4 = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
+                [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], float)
+A4 = np.array([[1, 0, 0, 0], [1, 1, 1, 1], [1, -1, 1, -1], [1, 2, 4, 8], [1, -2, 4, -8], [0, 0, 0, 1]], float)
+GT4 = np.array([[1 / 4, -1 / 6, -1 / 6, 1 / 24, 1 / 24, 0], [0, -1 / 6, 1 / 6, 1 / 12, -1 / 12, 0],
+                [0, -1 / 6, -1 / 6, 1 / 6, 1 / 6, 1]])
+
+
+def emulate_input4(ws, off_v, g, inp, dt):
+    """conv_winograd4_input: thread (c, t): V (36, C, Tp) at ws[off_v:], the 6x6 patch at (4tp - ph, 4tq - pw)
+    through Bt . Bt^T (the matrices, not the kernel's operation order), zero rows past T."""
+    C, Tp, T = g.C_in, g.Tp, g.T
+    xflat = inp.astype(dt).ravel()
+    t = np.arange(T)
+    tq, nt = t % g.tQ, t // g.tQ
+    tp, n = nt % g.tP, nt // g.tP
+    bt = BT4.astype(dt)
+    for c in range(C):
+        plane = (n * C + c) * g.Hi * g.Wi
+        d = np.empty((6, 6, T), dt)
+        for a, b in itertools.product(range(6), range(6)):
+            h, w = 4 * tp - g.ph + a, 4 * tq - g.pw + b
+            ok = (h >= 0) & (h < g.Hi) & (w >= 0) & (w < g.Wi)
+            d[a, b] = np.where(ok, xflat[np.where(ok, plane + h * g.Wi + w, 0)], 0)
+        v = np.einsum("ia,abt,jb->ijt", bt, d, bt).astype(dt)
+        for xi in range(36):
+            ws[off_v + xi * C * Tp + c * Tp + np.arange(Tp)] = np.concatenate([v[xi // 6, xi % 6], np.zeros(Tp - T)])
+
+
+def emulate_dy4(ws, off_y, g, dy, dt):
+    """conv_winograd4_dy: thread (k, t): Y (36, K, Tp) at ws[off_y:], the 4x4 dy tile at (4tp, 4tq) (zeros past
+    P, Q) through A . A^T, zero rows past T."""
+    K, Tp, T, P, Q = g.C_out, g.Tp, g.T, g.Ho, g.Wo
+    dyflat = dy.astype(dt).ravel()
+    t = np.arange(T)
+    tq, nt = t % g.tQ, t // g.tQ
+    tp, n = nt % g.tP, nt // g.tP
+    a4 = A4.astype(dt)
+    for k in range(K):
+        plane = (n * K + k) * P * Q
+        e = np.empty((4, 4, T), dt)
+        for i, j in itertools.product(range(4), range(4)):
+            p, q = 4 * tp + i, 4 * tq + j
+            ok = (p < P) & (q < Q)
+            e[i, j] = np.where(ok, dyflat[np.where(ok, plane + p * Q + q, 0)], 0)
+        y = np.einsum("ai,ijt,bj->abt", a4, e, a4).astype(dt)
+        for xi in range(36):
+            ws[off_y + xi * K * Tp + k * Tp + np.arange(Tp)] = np.concatenate([y[xi // 6, xi % 6], np.zeros(Tp - T)])
+
+
 def emulate_input(ws, off_v, ps, inp, dt):
     """conv_winograd_input: grid (ceil(Tp/256), C_in), thread (c, t): V (16, C_in, Tp) at ws[off_v:], zero rows
     past T."""
@@ -125,69 +175,84 @@ def emulate_pass(ps, inp, Wt, b, flip, dt):
 
 
 def emulate_weights(wp, dy, x, dt):
-    """The four backward-weights kernels (conv_winograd_input, conv_winograd_dy, conv_winograd_wgrad_gemm split over t,
-    conv_winograd_wgrad_output) on the flat workspace layout of ``WeightsPass``, chunk by chunk as
-    ``winograd._run_weights`` launches them: dW (K, C, 3, 3) in dt."""
-    K, C = wp.K, wp.C
+    """The four backward-weights kernels (conv_winograd(4)_input, conv_winograd(4)_dy, conv_winograd_wgrad_gemm
+    split over t, conv_winograd(4)_wgrad_output) on the flat workspace layout of ``WeightsPass`` (either dy tile),
+    chunk by chunk as ``winograd._run_weights`` launches them: dW (K, C, 3, 3) in dt."""
+    K, C, xis = wp.K, wp.C, wp.xis
     ws = np.full(wp.size, np.nan, dt)
     off_y, off_m = wp.n_v, wp.n_v + wp.n_y
     assert off_y % 4 == 0 and off_m % 4 == 0
-    half = dt(0.5)
     for n0, g, t_chunk, splits, slab in wp.chunks:
         Tp, T = g.Tp, g.T
-        assert Tp % 4 == 0 and (splits == 1 or t_chunk % wp.cfg.bk == 0)
-        assert 16 * C * Tp <= wp.n_v and 16 * K * Tp <= wp.n_y and (slab + splits) * 16 * K * C <= wp.n_m
+        assert Tp % 4 == 0 and (splits == 1 or t_chunk % wp.cfg.bk == 0) and g.m == wp.tile
+        assert xis * C * Tp <= wp.n_v and xis * K * Tp <= wp.n_y and (slab + splits) * xis * K * C <= wp.n_m
         ws[:off_m] = np.nan    # a chunk must not read what the one before it left in V or Y
         t_all = np.arange(Tp)
         t = t_all[t_all < T]
         tq, nt = t % g.tQ, t // g.tQ
         tp, n = nt % g.tP, nt // g.tP
 
-        emulate_input(ws, 0, g, x[n0:n0 + g.N], dt)    # V at the workspace's start
-        CT = C * Tp
+        CT, KT = C * Tp, K * Tp
+        if wp.tile == 4:
+            emulate_input4(ws, 0, g, x[n0:n0 + g.N], dt)
+            emulate_dy4(ws, off_y, g, dy[n0:n0 + g.N], dt)
+        else:
+            emulate_input(ws, 0, g, x[n0:n0 + g.N], dt)    # V at the workspace's start
+            emulate_dy(ws, off_y, g, dy[n0:n0 + g.N], dt, t_all, t, tp, tq, n)
 
-        # conv_winograd_dy: grid (ceil(Tp/256), K), thread (k, t)
-        dyflat = dy[n0:n0 + g.N].astype(dt).ravel()
-        KT = K * Tp
-        P, Q = g.Ho, g.Wo
-        for k in range(K):
-            for xi in range(16):
-                ws[off_y + xi * KT + k * Tp + t_all[t_all >= T]] = 0
-            plane = (n * K + k) * P * Q
-            e = np.empty((2, 2, t.size), dt)
-            for i, j in itertools.product(range(2), range(2)):
-                p, q = 2 * tp + i, 2 * tq + j
-                ok = (p < P) & (q < Q)
-                e[i, j] = np.where(ok, dyflat[np.where(ok, plane + p * Q + q, 0)], 0)
-            f = np.stack([e[0], e[0] + e[1], e[0] - e[1], -e[1]])
-            for a in range(4):
-                vals = (f[a, 0], f[a, 0] + f[a, 1], f[a, 0] - f[a, 1], -f[a, 1])
-                for j in range(4):
-                    ws[off_y + (a * 4 + j) * KT + k * Tp + t] = vals[j]
-
-        # conv_winograd_wgrad_gemm: z = s*16 + xi, Mw[slab + s][xi] (K x C) = Y[xi][:, range] @ V[xi][:, range]^T
-        out = off_m + slab * 16 * K * C
+        # conv_winograd_wgrad_gemm: z = s*xis + xi, Mw[slab + s][xi] (K x C) = Y[xi][:, range] @ V[xi][:, range]^T
+        out = off_m + slab * xis * K * C
         for s_ in range(splits):
             lo, hi = s_ * t_chunk, min(Tp, (s_ + 1) * t_chunk)
             assert lo < hi, "an empty split"
-            for xi in range(16):
+            for xi in range(xis):
                 Yz = ws[off_y + xi * KT: off_y + (xi + 1) * KT].reshape(K, Tp)[:, lo:hi]
                 Vz = ws[xi * CT: (xi + 1) * CT].reshape(C, Tp)[:, lo:hi]
                 assert not np.isnan(Yz).any() and not np.isnan(Vz).any(), "GEMM reads an unwritten Y / V element"
-                z = s_ * 16 + xi
+                z = s_ * xis + xi
                 ws[out + z * K * C: out + (z + 1) * K * C] = (Yz @ Vz.T).ravel()
 
-    # conv_winograd_wgrad_output: thread idx = k*C + c, every chunk's slabs summed in order
+    # conv_winograd(4)_wgrad_output: thread idx = k*C + c, every chunk's slabs summed in order
     KC = K * C
     idx = np.arange(KC)
-    m = np.stack([ws[off_m + xi * KC + idx] for xi in range(16)])
+    m = np.stack([ws[off_m + xi * KC + idx] for xi in range(xis)])
     for s in range(1, wp.slabs):
-        m = m + np.stack([ws[off_m + (s * 16 + xi) * KC + idx] for xi in range(16)])
+        m = m + np.stack([ws[off_m + (s * xis + xi) * KC + idx] for xi in range(xis)])
     assert not np.isnan(m).any(), "output transform reads an unwritten partial"
-    m = m.reshape(4, 4, -1)
+    if wp.tile == 4:
+        gt = GT4.astype(dt)
+        return np.einsum("ra,abi,sb->irs", gt, m.reshape(6, 6, -1), gt).astype(dt).reshape(K, C, 3, 3)
+    return output_weights(m.reshape(4, 4, -1), K, C, dt)
+
+
+def emulate_dy(ws, off_y, g, dy, dt, t_all, t, tp, tq, n):
+    """conv_winograd_dy: grid (ceil(Tp/256), K), thread (k, t): Y (16, K, Tp) at ws[off_y:], zero rows past T."""
+    K, Tp, T = g.C_out, g.Tp, g.T
+    KT = K * Tp
+    dyflat = dy.astype(dt).ravel()
+    P, Q = g.Ho, g.Wo
+    for k in range(K):
+        for xi in range(16):
+            ws[off_y + xi * KT + k * Tp + t_all[t_all >= T]] = 0
+        plane = (n * K + k) * P * Q
+        e = np.empty((2, 2, t.size), dt)
+        for i, j in itertools.product(range(2), range(2)):
+            p, q = 2 * tp + i, 2 * tq + j
+            ok = (p < P) & (q < Q)
+            e[i, j] = np.where(ok, dyflat[np.where(ok, plane + p * Q + q, 0)], 0)
+        f = np.stack([e[0], e[0] + e[1], e[0] - e[1], -e[1]])
+        for a in range(4):
+            vals = (f[a, 0], f[a, 0] + f[a, 1], f[a, 0] - f[a, 1], -f[a, 1])
+            for j in range(4):
+                ws[off_y + (a * 4 + j) * KT + k * Tp + t] = vals[j]
+
+
+def output_weights(m, K, C, dt):
+    """conv_winograd_wgrad_output's transform of the summed partials m (4, 4, K*C): dW (K, C, 3, 3)."""
+    half = dt(0.5)
     hh = half * (m[1] + m[2])
     f = np.stack([m[0] + hh, half * (m[1] - m[2]), hh + m[3]])      # (3, 4, KC)
-    dW = np.empty((KC, 3, 3), dt)
+    dW = np.empty((K * C, 3, 3), dt)
     for r in range(3):
         h = half * (f[r, 1] + f[r, 2])
         dW[:, r, 0] = f[r, 0] + h
@@ -237,11 +302,11 @@ def main():
         dW_ref = back(dy.astype(np.float64))[1]
         dW_abs = wgrad_abs(dy.astype(np.float64), x64, (ph, pw))
         edw = 0.0
-        for splits, images in itertools.product((None, 1, 3), (None, 1, 2)):
-            wp = WeightsPass(prob, 132, splits=splits, images=images)
+        for splits, images, tile in itertools.product((None, 1, 3), (None, 1, 2), (2, 4)):
+            wp = WeightsPass(prob, 132, splits=splits, images=images, tile=tile)
             dW = emulate_weights(wp, dy, x, np.float64)
             edw = max(edw, np.abs(dW - dW_ref).max())
-            assert edw < 1e-12 * max(1, np.abs(dW_ref).max()), (splits, images, edw)
+            assert edw < 1e-12 * max(1, np.abs(dW_ref).max()), (splits, images, tile, edw)
             out = emulate_weights(wp, dy, x, np.float32)
             T = sum(g.T for _, g, _, _, _ in wp.chunks)
             tol = 4 * np.sqrt(16 * T + 10) * EPS32 * dW_abs + 4 * EPS32 * np.abs(dW_ref) + 1e-30

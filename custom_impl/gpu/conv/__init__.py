@@ -14,6 +14,7 @@ timing; docs/kernels.md tells what each measured):
   "implicit_gemm" (implicit_gemm.py)  every phase, every shape: implicit GEMMs on the tiled-GEMM machinery,
                                        backward-data one GEMM per stride phase, split-K for small batches.
   "winograd"      (winograd.py)       3x3, stride 1, >= 16 channels: F(2x2, 3x3) / F(3x3, 2x2).
+  "winograd4"     (winograd.py)       the same layers' backward-weights as F(3x3, 4x4).
   "few_channels"  (few_channels.py)   C <= 8 (a CNN's first layer): direct register-blocked kernels.
   "patch"         (patch.py)          backward passes of 3..7-tap stride-1 kernels, >= 8 channels: an input
                                        patch staged in shared memory once and reused for every tap.
@@ -217,9 +218,10 @@ def _backward_weights(algo, dy, x, dW, dims, workspace, sms, check=True):
         return implicit_gemm.backward_weights(dy, x, dW, dims, workspace, sms)
     if algo == "few_channels":
         return few_channels.backward_weights(dy, x, dW, dims, workspace, sms=sms, check=check)
-    if algo == "winograd":
-        return winograd.backward_weights(dy, x, dW, (dims.ph, dims.pw), workspace,
-                                         images=select.winograd_images(dims, "backward_weights", sms))
+    if algo in ("winograd", "winograd4"):
+        tile = 2 if algo == "winograd" else 4
+        return winograd.backward_weights(dy, x, dW, (dims.ph, dims.pw), workspace, tile=tile,
+                                         images=select.winograd_images(dims, "backward_weights", sms, tile))
     return patch.backward_weights(dy, x, dW, dims, workspace)
 
 

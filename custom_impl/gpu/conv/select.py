@@ -12,8 +12,9 @@ Candidates per phase (``candidates``), in this order (a tie goes to the first):
                     memory: ``few_channels.data_fits``); "winograd" where ``winograd_ok``; "patch" where
                     ``patch_ok``; "strided_1x1" for a 1x1 kernel with a stride and no padding
                     (``strided_1x1.fits``).
-  backward_weights  "implicit_gemm" always; "few_channels" where its launch plan exists; "winograd" where
-                    ``winograd_ok`` (in chunks of images, as the forward); "patch" where ``patch_ok``.
+  backward_weights  "implicit_gemm" always; "few_channels" where its launch plan exists; "winograd"
+                    (F(3x3, 2x2)) and "winograd4" (F(3x3, 4x4)) where ``winograd_ok`` (in chunks of
+                    images, as the forward); "patch" where ``patch_ok``.
 "auto" (``choose``) takes the cached choice for (phase, dims[, bias presence]), else times every candidate
 once through ``runtime.autotune`` and caches the fastest, per device and launch-cost regime: eagerly a
 candidate is worth what 5 back-to-back eager calls take (its extra launches' host time included); under
@@ -34,7 +35,7 @@ from .geometry import conv_dims, planning_sms
 PHASES = ("forward", "backward_data", "backward_weights")
 FORWARD_ALGOS = ("implicit_gemm", "winograd", "few_channels")
 DATA_ALGOS = ("implicit_gemm", "few_channels", "winograd", "patch", "strided_1x1")
-WEIGHTS_ALGOS = ("implicit_gemm", "few_channels", "winograd", "patch")
+WEIGHTS_ALGOS = ("implicit_gemm", "few_channels", "winograd", "winograd4", "patch")
 ALGOS = {"forward": FORWARD_ALGOS, "backward_data": DATA_ALGOS, "backward_weights": WEIGHTS_ALGOS}
 DEFAULT = "implicit_gemm"   # runs every shape; what a CUDA-graph capture gets for an untimed shape
 
@@ -48,30 +49,32 @@ def _shapes(dims):
     return (N, C, H, Wd), (K, C, R, S), (sh, sw), (ph, pw)
 
 
-def winograd_ok(dims, phase: str, sms: int | None = None) -> bool:
+def winograd_ok(dims, phase: str, sms: int | None = None, tile: int = 2) -> bool:
     """Whether Winograd (winograd.py) is a candidate for this layer and phase: 3x3, stride 1,
     padding <= 2, >= WINOGRAD_MIN_CHANNELS channels in and out, and a workspace within
     WINOGRAD_MAX_WORKSPACE: every phase runs the batch in chunks of images to stay within it
-    (``winograd_images``; ``sms``: the SM count the weight gradient's plan is made for)."""
+    (``winograd_images``; ``sms``: the SM count the weight gradient's plan is made for; ``tile``: its dy
+    tile, 2 for "winograd", 4 for "winograd4")."""
     if min(dims[1], dims[4]) < WINOGRAD_MIN_CHANNELS or not winograd.fits(*_shapes(dims)):
         return False
-    return winograd_images(dims, phase, sms) > 0
+    return winograd_images(dims, phase, sms, tile) > 0
 
 
-def winograd_images(dims, phase: str, sms: int | None = None) -> int:
+def winograd_images(dims, phase: str, sms: int | None = None, tile: int = 2) -> int:
     """Images per chunk that Winograd's ``phase`` runs this layer with: the whole batch when its workspace
     fits WINOGRAD_MAX_WORKSPACE, else equal chunks that do (0: not even one image fits). VGG-16's 3x3
-    layers at 112x112 and 224x224 need 2.3-6.1 GB for a batch of 64 at once. ``sms``: as in
-    ``winograd_ok`` (backward-weights only; default the current device's)."""
+    layers at 112x112 and 224x224 need 2.3-6.1 GB for a batch of 64 at once. ``sms`` and ``tile``: as in
+    ``winograd_ok`` (backward-weights only; ``sms`` default the current device's)."""
     x_shape, w_shape, stride, padding = _shapes(dims)
-    sms = planning_sms() if sms is None and phase == "backward_weights" else sms
-    return _winograd_images(x_shape, w_shape, padding, phase, WINOGRAD_MAX_WORKSPACE,
-                            sms if phase == "backward_weights" else None)
+    weights = phase == "backward_weights"
+    sms = planning_sms() if sms is None and weights else sms
+    return _winograd_images(x_shape, w_shape, padding, phase, WINOGRAD_MAX_WORKSPACE, sms if weights else None,
+                            tile if weights else 2)
 
 
 @functools.lru_cache(maxsize=4096)
-def _winograd_images(x_shape, w_shape, padding, phase, limit, sms):
-    return winograd.chunk_images(x_shape, w_shape, padding, phase, limit, sms)
+def _winograd_images(x_shape, w_shape, padding, phase, limit, sms, tile):
+    return winograd.chunk_images(x_shape, w_shape, padding, phase, limit, sms, tile)
 
 
 def patch_ok(dims, phase: str, sms: int = 132) -> bool:
@@ -109,6 +112,8 @@ def candidates(dims, phase: str, sms: int = 132) -> list:
             names.append("few_channels")
         if winograd_ok(dims, phase, sms):
             names.append("winograd")
+        if winograd_ok(dims, phase, sms, tile=4):
+            names.append("winograd4")
         if patch_ok(dims, phase, sms):
             names.append("patch")
     else:
@@ -146,6 +151,10 @@ def workspace_size(dims, sms: int = 132) -> int:
         if winograd_ok(dims, phase, sms):
             images = winograd_images(dims, phase, sms)
             need = max(need, winograd.workspace_size(x_shape, w_shape, stride, padding, phase, sms, images))
+    if winograd_ok(dims, "backward_weights", sms, tile=4):
+        images = winograd_images(dims, "backward_weights", sms, tile=4)
+        need = max(need, winograd.workspace_size(x_shape, w_shape, stride, padding, "backward_weights", sms,
+                                                  images, tile=4))
     need = max(need, strided_1x1.workspace_size(dims, sms))
     # patch wherever it can run (also when called by name, not only where it is a timed candidate)
     return max(need, patch.workspace_size(x_shape, w_shape, stride, padding, sms))

@@ -46,7 +46,10 @@ with e the 2x2 dy tile, d the 4x4 x patch and A = At^T. Summed over tiles that i
 
 For N64 C256 28x28 K256: 2*16*K*C*Tp = 26.3 GFLOP against the direct 59.2, plus ~0.8 GB of V and Y
 written and read back. The reduction is long (Tp = 12544) and the output small (16 x 256 x 256), so the
-GEMM splits t (``weights_plan``) to fill the SMs. A batch whose V and Y exceed the caller's workspace
+GEMM splits t (``weights_plan``) to fill the SMs. ``tile=4`` (the algorithm "winograd4") runs F(3x3, 4x4)
+instead: 4x4 dy tiles and 6x6 x patches, 36 GEMMs over a quarter as many tiles, 2*36*K*C*T4 = 14.8 GFLOP
+for the layer above (4x fewer multiplications than the direct sum) and 36/64 of the V and Y bytes, at a
+larger rounding error (transform entries up to 8; see conv_winograd.cu). A batch whose V and Y exceed the caller's workspace
 cap runs in chunks of images (``images``): each chunk transforms its images into V and Y and writes its
 own split partials into Mw, and the output transform sums every chunk's partials in one fixed order, so
 chunking needs no accumulation pass and stays deterministic (VGG-16's 3x3 layers at 112x112 and
@@ -176,10 +179,10 @@ def checked_problem(x_shape, w_shape, stride, padding, what):
 class _Pass:
     """One Winograd pass: ``C_in`` input channels of an Hi x Wi image, ``C_out`` outputs of Ho x Wo."""
 
-    def __init__(self, N, C_in, Hi, Wi, C_out, Ho, Wo, ph, pw):
+    def __init__(self, N, C_in, Hi, Wi, C_out, Ho, Wo, ph, pw, m=2):
         self.N, self.C_in, self.Hi, self.Wi, self.C_out, self.Ho, self.Wo = N, C_in, Hi, Wi, C_out, Ho, Wo
-        self.ph, self.pw = ph, pw
-        self.tP, self.tQ = -(-Ho // 2), -(-Wo // 2)
+        self.ph, self.pw, self.m = ph, pw, m
+        self.tP, self.tQ = -(-Ho // m), -(-Wo // m)   # m x m output tiles (the weight gradient's: dy tiles)
         self.T = N * self.tP * self.tQ
         self.Tp = _ceil4(self.T)
         self.Ip = _ceil4(C_in)
@@ -193,7 +196,7 @@ class _Pass:
 
     def for_images(self, n: int) -> "_Pass":
         """The same pass over ``n`` images (a chunk of the batch)."""
-        return _Pass(n, self.C_in, self.Hi, self.Wi, self.C_out, self.Ho, self.Wo, self.ph, self.pw)
+        return _Pass(n, self.C_in, self.Hi, self.Wi, self.C_out, self.Ho, self.Wo, self.ph, self.pw, self.m)
 
 
 def forward_pass(prob, images: int | None = None) -> _Pass:
@@ -209,13 +212,15 @@ def backward_pass(prob, images: int | None = None) -> _Pass:
     return _Pass(min(N, images or N), K, P, Q, C, H, Wd, MAX_PAD - ph, MAX_PAD - pw)
 
 
-def chunk_images(x_shape, w_shape, padding, phase: str, max_elements: int, sms: int | None = None) -> int:
+def chunk_images(x_shape, w_shape, padding, phase: str, max_elements: int, sms: int | None = None,
+                 tile: int = 2) -> int:
     """Images per chunk for ``phase`` ("forward", "backward_data" or "backward_weights") of this stride-1
     3x3 convolution so that the workspace stays within ``max_elements`` float32 elements: the whole batch
     when it fits, else the batch cut into equal chunks (the last one possibly smaller) each within the
     bound; 0 when none does. Forward and backward-data compute the filter transform U once and share it
     across the chunks; V and Mo are per chunk, so the chunks run one after another in one workspace.
-    Backward-weights (``sms``: the SM count its plan is made for) transforms x and dy per chunk and keeps
+    Backward-weights (``sms``: the SM count its plan is made for; ``tile``: its dy tile, TILES)
+    transforms x and dy per chunk and keeps
     every chunk's GEMM partials, summed in one fixed order at the end; it takes the fewest chunks (at most
     MAX_WEIGHT_SPLITS) that fit."""
     if phase not in PHASES:
@@ -230,7 +235,7 @@ def chunk_images(x_shape, w_shape, padding, phase: str, max_elements: int, sms: 
         for chunks in range(1, min(N, MAX_WEIGHT_SPLITS) + 1):
             images = -(-N // chunks)
             if (chunks == 1 or images < -(-N // (chunks - 1))) \
-                    and WeightsPass(prob, sms, images=images).size <= max_elements:
+                    and WeightsPass(prob, sms, images=images, tile=tile).size <= max_elements:
                 return images
         return 0
     make = forward_pass if phase == "forward" else backward_pass
@@ -250,38 +255,44 @@ MAX_WEIGHT_SPLITS = 64     # split-K of the weight-gradient GEMMs: at most this 
 MIN_WEIGHT_CHUNK = 256     # ... each at least this long (shorter ones spend more on partials than FFMAs)
 
 
-def weights_plan(M: int, N: int, Tp: int, sms: int = 132, max_splits: int = MAX_WEIGHT_SPLITS):
-    """(TileConfig, t_chunk, splits) of the 16 weight-gradient GEMMs M (= K) x N (= C) over Tp tiles: the
-    ``CANDIDATES`` config and power-of-two split count (<= ``max_splits``) with the lowest tiles.py
-    ``estimate_seconds``, the 16 GEMMs costed as one of 16 * ceil(M / BM) * BM rows (one launch, as
-    ``choose_config``). The output transform always runs, so a split costs only its partials' traffic
-    (counted by the estimate)."""
-    return _weights_plan(int(M), int(N), int(Tp), int(sms), int(max_splits))
+def weights_plan(M: int, N: int, Tp: int, sms: int = 132, max_splits: int = MAX_WEIGHT_SPLITS, xis: int = 16):
+    """(TileConfig, t_chunk, splits) of the ``xis`` weight-gradient GEMMs (16 for F(3x3, 2x2), 36 for
+    F(3x3, 4x4)) M (= K) x N (= C) over Tp tiles: the ``CANDIDATES`` config and power-of-two split count
+    (<= ``max_splits``) with the lowest tiles.py ``estimate_seconds``, the GEMMs costed as one of
+    xis * ceil(M / BM) * BM rows (one launch, as ``choose_config``). The output transform always runs, so
+    a split costs only its partials' traffic (counted by the estimate)."""
+    return _weights_plan(int(M), int(N), int(Tp), int(sms), int(max_splits), int(xis))
 
 
 @functools.lru_cache(maxsize=4096)
-def _weights_plan(M, N, Tp, sms, max_splits):
-    cfg, s = _best_plan(M, N, Tp, sms, max(1, max_splits))
+def _weights_plan(M, N, Tp, sms, max_splits, xis):
+    cfg, s = _best_plan(M, N, Tp, sms, max(1, max_splits), xis)
     t_chunk, splits = split_chunk(Tp, s, cfg.bk)
     return cfg, t_chunk, splits
 
 
-class WeightsPass:
-    """The backward-weights plan over chunks of ``images`` images (None: the whole batch at once).
+TILES = (2, 4)   # dy tile sizes of the weight gradient: F(3x3, 2x2) and F(3x3, 4x4)
 
-    Per chunk: tiles over dy's P x Q, V (16, C, Tp), Y (16, K, Tp) (sized for the largest chunk, reused
-    by each), and the chunk's split partials, each a (16, K, C) slab of Mw; every chunk's slabs stay in Mw
-    (``slabs`` in all) and the output transform sums them in order, so the result is deterministic and
+
+class WeightsPass:
+    """The backward-weights plan, F(3x3, ``tile`` x ``tile``) (TILES), over chunks of ``images`` images
+    (None: the whole batch at once); xis = (tile + 2)^2 transform-domain values.
+
+    Per chunk: tiles over dy's P x Q, V (xis, C, Tp), Y (xis, K, Tp) (sized for the largest chunk, reused
+    by each), and the chunk's split partials, each a (xis, K, C) slab of Mw; every chunk's slabs stay in
+    Mw (``slabs`` in all) and the output transform sums them in order, so the result is deterministic and
     the chunks need no accumulation pass. A batch in chunks has at most MAX_WEIGHT_SPLITS // chunks splits
     per chunk (at least one), which bounds Mw."""
 
-    def __init__(self, prob, sms: int, config=None, splits=None, images=None):
+    def __init__(self, prob, sms: int, config=None, splits=None, images=None, tile: int = 2):
         N, C, H, Wd, K, P, Q, ph, pw = prob
+        if tile not in TILES:
+            raise ValueError(f"winograd.backward_weights: tile={tile!r}; use one of {TILES}")
         images = min(N, images or N)
-        self.images = images
-        self.geo = _Pass(images, C, H, Wd, K, P, Q, ph, pw)   # the largest chunk: T / Tp / tP / tQ, V
+        self.images, self.tile, self.xis = images, tile, (tile + 2) ** 2
+        self.geo = _Pass(images, C, H, Wd, K, P, Q, ph, pw, tile)   # the largest chunk: T / Tp / tP / tQ
         n_chunks = -(-N // images)
-        cfg, t_chunk, n_splits = weights_plan(K, C, self.geo.Tp, sms, MAX_WEIGHT_SPLITS // n_chunks)
+        cfg, t_chunk, n_splits = weights_plan(K, C, self.geo.Tp, sms, MAX_WEIGHT_SPLITS // n_chunks, self.xis)
         if config is not None:
             cfg = CONFIG_BY_NAME[config] if isinstance(config, str) else config
             t_chunk, n_splits = split_chunk(self.geo.Tp, n_splits, cfg.bk)
@@ -301,9 +312,9 @@ class WeightsPass:
             self.chunks.append((n0, geo, chunk, count, slab))
             slab += count
         self.slabs = slab
-        self.n_v = 16 * C * self.geo.Tp
-        self.n_y = 16 * K * self.geo.Tp
-        self.n_m = _ceil4(self.slabs * 16 * K * C)
+        self.n_v = self.xis * C * self.geo.Tp
+        self.n_y = self.xis * K * self.geo.Tp
+        self.n_m = _ceil4(self.slabs * self.xis * K * C)
 
     @property
     def size(self) -> int:
@@ -311,18 +322,18 @@ class WeightsPass:
 
 
 def workspace_size(x_shape, w_shape, stride, padding, phase: str = "forward", sms: int | None = None,
-                   images: int | None = None) -> int:
+                   images: int | None = None, tile: int = 2) -> int:
     """float32 elements of workspace that ``forward`` (phase "forward"), ``backward_data`` ("backward_data")
     or ``backward_weights`` ("backward_weights": its split count depends on ``sms``, the device's SM count,
-    default the current device's, or 132 without CuPy) needs for this convolution; ``images``: the chunk
-    size the pass runs with (None: the whole batch)."""
+    default the current device's, or 132 without CuPy; ``tile`` its dy tile, TILES) needs for this
+    convolution; ``images``: the chunk size the pass runs with (None: the whole batch)."""
     prob = checked_problem(x_shape, w_shape, stride, padding, "workspace_size")
     if phase == "forward":
         return forward_pass(prob, images).size
     if phase == "backward_data":
         return backward_pass(prob, images).size
     if phase == "backward_weights":
-        return WeightsPass(prob, _sms(sms), images=images).size
+        return WeightsPass(prob, _sms(sms), images=images, tile=tile).size
     raise ValueError(f"winograd.workspace_size: phase={phase!r}; use one of {PHASES}")
 
 
@@ -342,13 +353,13 @@ def _choose_config(M, N, Kr, sms):
     return _best_plan(M, N, Kr, sms, 1)[0]
 
 
-def _best_plan(M, N, Kr, sms, max_splits):
+def _best_plan(M, N, Kr, sms, max_splits, xis=16):
     """(TileConfig, splits) of ``CANDIDATES`` x power-of-two splits (<= max_splits, each split >=
-    MIN_WEIGHT_CHUNK long) with the lowest ``estimate_seconds`` for the 16 GEMMs costed as one GEMM of
-    16 * ceil(M / BM) * BM rows."""
+    MIN_WEIGHT_CHUNK long) with the lowest ``estimate_seconds`` for the ``xis`` GEMMs costed as one GEMM of
+    xis * ceil(M / BM) * BM rows."""
     best = None
     for cfg in CANDIDATES:
-        rows = 16 * -(-M // cfg.bm) * cfg.bm
+        rows = xis * -(-M // cfg.bm) * cfg.bm
         s = 1
         while s <= max_splits and (s == 1 or Kr // s >= MIN_WEIGHT_CHUNK):
             t = estimate_seconds(cfg, rows, N, Kr, s, sms, launch_s=0.0)
@@ -459,12 +470,14 @@ def _checked_images(images, what: str) -> int | None:
     return images
 
 
-def backward_weights(dy, x, dW, padding, workspace=None, config=None, splits=None, images=None):
+def backward_weights(dy, x, dW, padding, workspace=None, config=None, splits=None, images=None, tile=2):
     """dW of a stride-1 3x3 convolution: dy (N, K, P, Q), x (N, C, H, W) -> dW (K, C, 3, 3) (None:
     allocated), overwritten (not accumulated). Returns dW.
 
-    ``workspace``: at least ``workspace_size(..., phase="backward_weights", images=images)`` elements, or
-    None for the shared per-device buffer. ``config`` / ``splits``: the GEMM tile config (or name) and
+    ``tile``: 2 runs F(3x3, 2x2) (2x2 dy tiles, 16 GEMMs), 4 runs F(3x3, 4x4) (4x4 dy tiles, 36 GEMMs: 4x
+    fewer multiplications than the direct sum against 2.25x, a somewhat larger rounding error).
+    ``workspace``: at least ``workspace_size(..., phase="backward_weights", images=images, tile=tile)``
+    elements, or None for the shared per-device buffer. ``config`` / ``splits``: the GEMM tile config (or name) and
     split count of each chunk's t reduction instead of ``weights_plan``'s. ``images``: transform and
     reduce the batch in chunks of this many images (``chunk_images``; None: all at once); the chunks'
     partial sums are added in one fixed order, so a given chunking always gives the same bits."""
@@ -482,34 +495,39 @@ def backward_weights(dy, x, dW, padding, workspace=None, config=None, splits=Non
     else:
         check_array(dW, "winograd.backward_weights: dW", shape=w_shape)
     sms = runtime.sm_count()
-    wp = WeightsPass(prob, sms, config, splits, _checked_images(images, "backward_weights"))
+    wp = WeightsPass(prob, sms, config, splits, _checked_images(images, "backward_weights"), tile)
     ws = checked_workspace(workspace, wp.size, "winograd.backward_weights",
-                           "winograd.workspace_size(..., phase='backward_weights', images=images)")
+                           "winograd.workspace_size(..., phase='backward_weights', images=images, tile=tile)")
     _run_weights(wp, dy, x, dW, ws)
     return dW
 
 
 def _run_weights(wp: WeightsPass, dy, x, dW, ws) -> None:
-    """Per chunk: the x and dy transforms into V and Y, then the 16 GEMMs into the chunk's slabs of Mw;
+    """Per chunk: the x and dy transforms into V and Y, then the xis GEMMs into the chunk's slabs of Mw;
     then the output transform over every slab."""
     i32 = np.int32
-    cfg, K, C = wp.cfg, wp.K, wp.C
+    cfg, K, C, xis = wp.cfg, wp.K, wp.C, wp.xis
+    # NOTE: all kernels come from the module compiled for cfg: one compile per tile config.
+    if wp.tile == 2:
+        k_input, k_dy = kernel("conv_winograd_input", cfg), kernel("conv_winograd_dy", cfg)
+        k_out = kernel("conv_winograd_wgrad_output", cfg)
+    else:
+        k_input, k_dy = kernel("conv_winograd4_input", cfg), kernel("conv_winograd4_dy", cfg)
+        k_out = kernel("conv_winograd4_wgrad_output", cfg)
     Mw = ws[wp.n_v + wp.n_y: wp.size]
-    # NOTE: all four kernels come from the module compiled for cfg: one compile per tile config.
     for n0, g, t_chunk, splits, slab in wp.chunks:
-        V = ws[:16 * C * g.Tp]
-        Yt = ws[wp.n_v: wp.n_v + 16 * K * g.Tp]
-        out = Mw[slab * 16 * K * C:]
+        V = ws[:xis * C * g.Tp]
+        Yt = ws[wp.n_v: wp.n_v + xis * K * g.Tp]
+        out = Mw[slab * xis * K * C:]
         xc, dyc = x[n0:n0 + g.N], dy[n0:n0 + g.N]
-        kernel("conv_winograd_input", cfg)((blocks(g.Tp, THREADS), C), (THREADS,),
-                                              (xc, V) + tuple(i32(v) for v in (g.N, C, g.Hi, g.Wi, g.ph, g.pw,
-                                                                                g.tP, g.tQ, g.Tp)))
-        kernel("conv_winograd_dy", cfg)((blocks(g.Tp, THREADS), K), (THREADS,),
-                                           (dyc, Yt) + tuple(i32(v) for v in (g.N, K, g.Ho, g.Wo, g.tP, g.tQ, g.Tp)))
+        k_input((blocks(g.Tp, THREADS), C), (THREADS,),
+                (xc, V) + tuple(i32(v) for v in (g.N, C, g.Hi, g.Wi, g.ph, g.pw, g.tP, g.tQ, g.Tp)))
+        k_dy((blocks(g.Tp, THREADS), K), (THREADS,),
+             (dyc, Yt) + tuple(i32(v) for v in (g.N, K, g.Ho, g.Wo, g.tP, g.tQ, g.Tp)))
         flags = int(vec_ok(V, g.Tp) and vec_ok(Yt, g.Tp)) | int(vec_ok(out, C)) << 1
-        kernel("conv_winograd_wgrad_gemm", cfg)((blocks(C, cfg.bn), blocks(K, cfg.bm), 16 * splits),
+        kernel("conv_winograd_wgrad_gemm", cfg)((blocks(C, cfg.bn), blocks(K, cfg.bm), xis * splits),
                                                    (cfg.threads,),
-                                                   (Yt, V, out, i32(K), i32(C), i32(g.Tp), i32(t_chunk), i32(flags)),
+                                                   (Yt, V, out, i32(K), i32(C), i32(g.Tp), i32(t_chunk), i32(flags),
+                                                    i32(xis)),
                                                    shared_mem=cfg.smem_bytes)
-    kernel("conv_winograd_wgrad_output", cfg)((blocks(K * C, THREADS),), (THREADS,),
-                                                 (Mw, dW, i32(K), i32(C), i32(wp.slabs)))
+    k_out((blocks(K * C, THREADS),), (THREADS,), (Mw, dW, i32(K), i32(C), i32(wp.slabs)))

@@ -234,15 +234,17 @@ def test_winograd_chunks(x_shape, w_shape, padding, phase):
         winograd.chunk_images(x_shape, w_shape, padding, "weights", whole)
 
 
+@pytest.mark.parametrize("tile", [2, 4])
 @pytest.mark.parametrize("images", [None, 64, 40, 7, 1])
-def test_winograd_weights_chunk_plan(images):
-    """The weight gradient in chunks of ``images`` images: chunks cover the batch in order, each a
+def test_winograd_weights_chunk_plan(images, tile):
+    """The weight gradient (F(3x3, tile x tile)) in chunks of ``images`` images: chunks cover the batch in order, each a
     contiguous run of images (the last one possibly short, with its own tile count); each chunk's t
     ranges cover its Tp; the slabs of partials follow one another; at most MAX_WEIGHT_SPLITS slabs in
     all unless there are more chunks than that (one slab each); the workspace is V and Y of the largest
     chunk plus every slab."""
     prob = winograd.checked_problem((64, 64, 112, 112), (128, 64, 3, 3), 1, 1, "test")
-    wp = winograd.WeightsPass(prob, 132, images=images)
+    wp = winograd.WeightsPass(prob, 132, images=images, tile=tile)
+    xis = (tile + 2) ** 2
     n_chunks = -(-64 // (images or 64))
     assert len(wp.chunks) == n_chunks and wp.images == (images or 64)
     nxt, slab = 0, 0
@@ -252,8 +254,10 @@ def test_winograd_weights_chunk_plan(images):
         nxt, slab = n0 + geo.N, slab + splits
     assert nxt == 64 and wp.slabs == slab
     assert wp.slabs <= max(winograd.MAX_WEIGHT_SPLITS, n_chunks)
-    T = wp.images * 56 * 56
-    assert wp.size == 16 * 64 * T + 16 * 128 * T + wp.slabs * 16 * 128 * 64
+    T = -(-wp.images * (112 // tile) ** 2 // 4) * 4     # 112x112 output in tile x tile tiles, rounded up to 4
+    assert wp.size == xis * 64 * T + xis * 128 * T + wp.slabs * xis * 128 * 64
+    with pytest.raises(ValueError, match="tile=3"):
+        winograd.WeightsPass(prob, 132, tile=3)
 
 
 def test_vgg_layers_take_winograd_in_chunks():
@@ -300,9 +304,10 @@ def test_conv_choice_is_looked_up_before_any_planning(monkeypatch):
     # LeNet conv2: 5x5, 32 channels -> patch for both backward passes
     ((256, 32, 14, 14), (64, 32, 5, 5), 1, 2, {"implicit_gemm"}, {"implicit_gemm", "patch"},
      {"implicit_gemm", "patch"}),
-    # 3x3, 256 channels -> Winograd in all three phases, patch in the backward ones
+    # 3x3, 256 channels -> Winograd in all three phases (and its 4x4-tile weight gradient), patch in the
+    # backward ones
     ((64, 256, 28, 28), (256, 256, 3, 3), 1, 1, {"implicit_gemm", "winograd"},
-     {"implicit_gemm", "winograd", "patch"}, {"implicit_gemm", "winograd", "patch"}),
+     {"implicit_gemm", "winograd", "patch"}, {"implicit_gemm", "winograd", "winograd4", "patch"}),
     # stride 2: neither Winograd nor patch
     ((64, 128, 28, 28), (256, 128, 3, 3), 2, 1, {"implicit_gemm"}, {"implicit_gemm"}, {"implicit_gemm"}),
     # a speech conv, one channel, 5x20 stride 2: few_channels for backward-data only (S > 8 elsewhere)
@@ -332,7 +337,7 @@ def test_algo_names():
 
     assert conv.FORWARD_ALGOS == ("implicit_gemm", "winograd", "few_channels")
     assert conv.DATA_ALGOS == ("implicit_gemm", "few_channels", "winograd", "patch", "strided_1x1")
-    assert conv.WEIGHTS_ALGOS == ("implicit_gemm", "few_channels", "winograd", "patch")
+    assert conv.WEIGHTS_ALGOS == ("implicit_gemm", "few_channels", "winograd", "winograd4", "patch")
     select.check_algo("auto", "forward", "conv2d_forward")
     with pytest.raises(ValueError, match="algo='patch'; use one of 'auto', 'implicit_gemm'"):
         select.check_algo("patch", "forward", "conv2d_forward")
@@ -394,9 +399,10 @@ def test_auto_times_exactly_the_candidates(monkeypatch):
     ran = []
     assert select.choose("backward_weights", dims, ran.append, 132) == "implicit_gemm"
     assert select.choose("forward", dims, ran.append, 132, key=(True,)) == "implicit_gemm"
-    assert seen == {("conv", "backward_weights", dims): (["implicit_gemm", "winograd", "patch"], "implicit_gemm"),
+    assert seen == {("conv", "backward_weights", dims): (["implicit_gemm", "winograd", "winograd4", "patch"],
+                                                         "implicit_gemm"),
                     ("conv", "forward", dims, True): (["implicit_gemm", "winograd"], "implicit_gemm")}
-    assert ran == ["implicit_gemm", "winograd", "patch", "implicit_gemm", "winograd"]
+    assert ran == ["implicit_gemm", "winograd", "winograd4", "patch", "implicit_gemm", "winograd"]
 
 
 def _lab_module(name):
