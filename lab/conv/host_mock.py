@@ -40,6 +40,18 @@ class _Array:
         self.size = int(np.prod(self.shape))
         self.data = types.SimpleNamespace(ptr=next(_addresses) * 256)
 
+    def __getitem__(self, ix):
+        """A slice along the first axis (what the wrappers cut workspaces and batch chunks with): its shape and
+        the address of its first element."""
+        ix = ix if isinstance(ix, tuple) else (ix,)
+        start, stop, _ = ix[0].indices(self.shape[0])
+        row = self.size // max(1, self.shape[0])
+        part = object.__new__(_Array)    # no fresh address: a view into this array's memory
+        part.shape, part.dtype, part.ndim = (max(0, stop - start),) + self.shape[1:], self.dtype, self.ndim
+        part.flags, part.size = self.flags, part.shape[0] * row
+        part.data = types.SimpleNamespace(ptr=self.data.ptr + start * row * self.dtype.itemsize)
+        return part
+
 
 class _Kernel:
     """A compiled kernel whose launch does nothing but count."""

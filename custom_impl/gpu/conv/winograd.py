@@ -74,7 +74,7 @@ import functools
 import numpy as np
 
 from .. import runtime
-from ..runtime import blocks, check_array, checked_workspace, pair, ptr, vec_ok
+from ..runtime import blocks, check_array, checked_workspace, i32, i32_memo, pair, ptr
 from ..tiles import CONFIG_BY_NAME, estimate_seconds, split_chunk
 from .geometry import planning_sms
 
@@ -196,20 +196,36 @@ class _Pass:
 
     def for_images(self, n: int) -> "_Pass":
         """The same pass over ``n`` images (a chunk of the batch)."""
-        return _Pass(n, self.C_in, self.Hi, self.Wi, self.C_out, self.Ho, self.Wo, self.ph, self.pw, self.m)
+        return _pass(n, self.C_in, self.Hi, self.Wi, self.C_out, self.Ho, self.Wo, self.ph, self.pw, self.m)
+
+    @functools.cached_property
+    def input_args(self) -> tuple:
+        """The input transforms' scalar arguments (N, C_in, Hi, Wi, ph, pw, tP, tQ, Tp) as int32s."""
+        return i32(self.N, self.C_in, self.Hi, self.Wi, self.ph, self.pw, self.tP, self.tQ, self.Tp)
+
+    @functools.cached_property
+    def output_args(self) -> tuple:
+        """The output and dy transforms' scalar arguments (N, C_out, Ho, Wo, tP, tQ, Tp) as int32s."""
+        return i32(self.N, self.C_out, self.Ho, self.Wo, self.tP, self.tQ, self.Tp)
+
+
+@functools.lru_cache(maxsize=4096)
+def _pass(*args) -> _Pass:
+    """``_Pass(*args)``, one object per geometry: its argument tuples are built once, not per call."""
+    return _Pass(*args)
 
 
 def forward_pass(prob, images: int | None = None) -> _Pass:
     """The forward pass of ``prob``, over chunks of ``images`` images (None: the whole batch at once)."""
     N, C, H, Wd, K, P, Q, ph, pw = prob
-    return _Pass(min(N, images or N), C, H, Wd, K, P, Q, ph, pw)
+    return _pass(min(N, images or N), C, H, Wd, K, P, Q, ph, pw, 2)
 
 
 def backward_pass(prob, images: int | None = None) -> _Pass:
     """The backward-data pass of ``prob`` (the forward of dy with the flipped filter), over chunks of
     ``images`` images (None: the whole batch at once)."""
     N, C, H, Wd, K, P, Q, ph, pw = prob
-    return _Pass(min(N, images or N), K, P, Q, C, H, Wd, MAX_PAD - ph, MAX_PAD - pw)
+    return _pass(min(N, images or N), K, P, Q, C, H, Wd, MAX_PAD - ph, MAX_PAD - pw, 2)
 
 
 def chunk_images(x_shape, w_shape, padding, phase: str, max_elements: int, sms: int | None = None,
@@ -235,7 +251,7 @@ def chunk_images(x_shape, w_shape, padding, phase: str, max_elements: int, sms: 
         for chunks in range(1, min(N, MAX_WEIGHT_SPLITS) + 1):
             images = -(-N // chunks)
             if (chunks == 1 or images < -(-N // (chunks - 1))) \
-                    and WeightsPass(prob, sms, images=images, tile=tile).size <= max_elements:
+                    and weights_pass(prob, sms, images=images, tile=tile).size <= max_elements:
                 return images
         return 0
     make = forward_pass if phase == "forward" else backward_pass
@@ -290,7 +306,7 @@ class WeightsPass:
             raise ValueError(f"winograd.backward_weights: tile={tile!r}; use one of {TILES}")
         images = min(N, images or N)
         self.images, self.tile, self.xis = images, tile, (tile + 2) ** 2
-        self.geo = _Pass(images, C, H, Wd, K, P, Q, ph, pw, tile)   # the largest chunk: T / Tp / tP / tQ
+        self.geo = _pass(images, C, H, Wd, K, P, Q, ph, pw, tile)   # the largest chunk: T / Tp / tP / tQ
         n_chunks = -(-N // images)
         cfg, t_chunk, n_splits = weights_plan(K, C, self.geo.Tp, sms, MAX_WEIGHT_SPLITS // n_chunks, self.xis)
         if config is not None:
@@ -321,6 +337,12 @@ class WeightsPass:
         return self.n_v + self.n_y + self.n_m
 
 
+@functools.lru_cache(maxsize=4096)
+def weights_pass(prob, sms: int, config=None, splits=None, images=None, tile: int = 2) -> WeightsPass:
+    """``WeightsPass(...)``, memoised: a repeated call plans nothing (the same arguments, the same object)."""
+    return WeightsPass(prob, sms, config, splits, images, tile)
+
+
 def workspace_size(x_shape, w_shape, stride, padding, phase: str = "forward", sms: int | None = None,
                    images: int | None = None, tile: int = 2) -> int:
     """float32 elements of workspace that ``forward`` (phase "forward"), ``backward_data`` ("backward_data")
@@ -333,7 +355,7 @@ def workspace_size(x_shape, w_shape, stride, padding, phase: str = "forward", sm
     if phase == "backward_data":
         return backward_pass(prob, images).size
     if phase == "backward_weights":
-        return WeightsPass(prob, _sms(sms), images=images, tile=tile).size
+        return weights_pass(prob, _sms(sms), images=images, tile=tile).size
     raise ValueError(f"winograd.workspace_size: phase={phase!r}; use one of {PHASES}")
 
 
@@ -369,41 +391,52 @@ def _best_plan(M, N, Kr, sms, max_splits, xis=16):
     return best[1], best[2]
 
 
+F32 = 4   # bytes per float32 element
+
+
+def _at(a, offset: int = 0) -> int:
+    """The device address of float32 element ``offset`` (flat) of CuPy array ``a``. The launches pass
+    addresses, not slices: a CuPy slice costs microseconds of host time, several per eager call."""
+    return a.data.ptr + F32 * offset
+
+
+def _vec(addr: int, ld: int) -> bool:
+    """Whether rows of length ``ld`` starting at address ``addr`` can be read as float4s."""
+    return ld % 4 == 0 and addr % 16 == 0
+
+
 def _run(ps: _Pass, inp, Wt, b, out, ws, flip: bool, config=None) -> None:
     """The four kernels of one pass: inp (N, C_in, Hi, Wi) -> out (N, C_out, Ho, Wo), in chunks of ``ps.N``
     images (the filter transform once, then input transform, GEMMs and output transform per chunk)."""
-    i32 = np.int32
-    U = ws[:ps.n_u]
+    U = _at(ws)
     K, C = (ps.C_in, ps.C_out) if flip else (ps.C_out, ps.C_in)   # W is (K, C, 3, 3) either way
     cfg = config or choose_config(ps.C_out, ps.Tp, ps.C_in, runtime.sm_count())
     cfg = CONFIG_BY_NAME[cfg] if isinstance(cfg, str) else cfg
     # NOTE: all four kernels come from the module compiled for cfg: one compile per tile config.
     kernel("conv_winograd_filter", cfg)((blocks(ps.C_out * ps.Ip, THREADS),), (THREADS,),
-                                           (Wt, U, i32(K), i32(C), i32(int(flip))))
+                                           (Wt, np.uint64(U)) + i32_memo((K, C, int(flip))))
     N = inp.shape[0]
-    if ps.N >= N:
-        _run_chunk(ps, cfg, U, inp, b, out, ws)
-        return
+    in_img, out_img = ps.C_in * ps.Hi * ps.Wi, ps.C_out * ps.Ho * ps.Wo   # floats per image
     for n0 in range(0, N, ps.N):
         n = min(ps.N, N - n0)
-        _run_chunk(ps if n == ps.N else ps.for_images(n), cfg, U, inp[n0:n0 + n], b, out[n0:n0 + n], ws)
+        _run_chunk(ps if n == ps.N else ps.for_images(n), cfg, U, _at(inp, n0 * in_img), b,
+                   _at(out, n0 * out_img), ws)
 
 
-def _run_chunk(ps: _Pass, cfg, U, inp, b, out, ws) -> None:
-    """Input transform, GEMMs and output transform of ``ps.N`` images, with U already in ``ws``."""
-    i32 = np.int32
-    V = ws[ps.n_u: ps.n_u + ps.n_v]
-    Mo = ws[ps.n_u + ps.n_v: ps.size]
+def _run_chunk(ps: _Pass, cfg, U: int, inp: int, b, out: int, ws) -> None:
+    """Input transform, GEMMs and output transform of ``ps.N`` images at addresses ``inp`` / ``out``, with U
+    already in ``ws`` at address ``U``."""
+    V = _at(ws, ps.n_u)
+    Mo = _at(ws, ps.n_u + ps.n_v)
     kernel("conv_winograd_input", cfg)((blocks(ps.Tp, THREADS), ps.C_in), (THREADS,),
-                                          (inp, V) + tuple(i32(v) for v in (ps.N, ps.C_in, ps.Hi, ps.Wi, ps.ph,
-                                                                             ps.pw, ps.tP, ps.tQ, ps.Tp)))
-    flags = int(vec_ok(U, ps.Ip)) | int(vec_ok(V, ps.Tp)) << 1 | int(vec_ok(Mo, ps.Tp)) << 2
+                                          (np.uint64(inp), np.uint64(V)) + ps.input_args)
+    flags = int(_vec(U, ps.Ip)) | int(_vec(V, ps.Tp)) << 1 | int(_vec(Mo, ps.Tp)) << 2
     kernel("conv_winograd_gemm", cfg)((blocks(ps.Tp, cfg.bn), blocks(ps.C_out, cfg.bm), 16), (cfg.threads,),
-                                         (U, V, Mo, i32(ps.C_out), i32(ps.Tp), i32(ps.C_in), i32(ps.Ip), i32(flags)),
+                                         (np.uint64(U), np.uint64(V), np.uint64(Mo))
+                                         + i32_memo((ps.C_out, ps.Tp, ps.C_in, ps.Ip, flags)),
                                          shared_mem=cfg.smem_bytes)
     kernel("conv_winograd_output", cfg)((blocks(ps.T, THREADS), ps.C_out), (THREADS,),
-                                           (Mo, ptr(b), out) + tuple(i32(v) for v in (ps.N, ps.C_out, ps.Ho,
-                                                                                        ps.Wo, ps.tP, ps.tQ, ps.Tp)))
+                                           (np.uint64(Mo), ptr(b), np.uint64(out)) + ps.output_args)
 
 
 def forward(x, W, b, y, padding, workspace=None, config=None, images=None):
@@ -495,7 +528,7 @@ def backward_weights(dy, x, dW, padding, workspace=None, config=None, splits=Non
     else:
         check_array(dW, "winograd.backward_weights: dW", shape=w_shape)
     sms = runtime.sm_count()
-    wp = WeightsPass(prob, sms, config, splits, _checked_images(images, "backward_weights"), tile)
+    wp = weights_pass(prob, sms, config, splits, _checked_images(images, "backward_weights"), tile)
     ws = checked_workspace(workspace, wp.size, "winograd.backward_weights",
                            "winograd.workspace_size(..., phase='backward_weights', images=images, tile=tile)")
     _run_weights(wp, dy, x, dW, ws)
@@ -505,7 +538,6 @@ def backward_weights(dy, x, dW, padding, workspace=None, config=None, splits=Non
 def _run_weights(wp: WeightsPass, dy, x, dW, ws) -> None:
     """Per chunk: the x and dy transforms into V and Y, then the xis GEMMs into the chunk's slabs of Mw;
     then the output transform over every slab."""
-    i32 = np.int32
     cfg, K, C, xis = wp.cfg, wp.K, wp.C, wp.xis
     # NOTE: all kernels come from the module compiled for cfg: one compile per tile config.
     if wp.tile == 2:
@@ -514,20 +546,16 @@ def _run_weights(wp: WeightsPass, dy, x, dW, ws) -> None:
     else:
         k_input, k_dy = kernel("conv_winograd4_input", cfg), kernel("conv_winograd4_dy", cfg)
         k_out = kernel("conv_winograd4_wgrad_output", cfg)
-    Mw = ws[wp.n_v + wp.n_y: wp.size]
+    V, Yt, Mw = _at(ws), _at(ws, wp.n_v), _at(ws, wp.n_v + wp.n_y)
+    x_img, dy_img = C * wp.geo.Hi * wp.geo.Wi, K * wp.geo.Ho * wp.geo.Wo   # floats per image
     for n0, g, t_chunk, splits, slab in wp.chunks:
-        V = ws[:xis * C * g.Tp]
-        Yt = ws[wp.n_v: wp.n_v + xis * K * g.Tp]
-        out = Mw[slab * xis * K * C:]
-        xc, dyc = x[n0:n0 + g.N], dy[n0:n0 + g.N]
-        k_input((blocks(g.Tp, THREADS), C), (THREADS,),
-                (xc, V) + tuple(i32(v) for v in (g.N, C, g.Hi, g.Wi, g.ph, g.pw, g.tP, g.tQ, g.Tp)))
-        k_dy((blocks(g.Tp, THREADS), K), (THREADS,),
-             (dyc, Yt) + tuple(i32(v) for v in (g.N, K, g.Ho, g.Wo, g.tP, g.tQ, g.Tp)))
-        flags = int(vec_ok(V, g.Tp) and vec_ok(Yt, g.Tp)) | int(vec_ok(out, C)) << 1
+        out = Mw + F32 * slab * xis * K * C
+        k_input((blocks(g.Tp, THREADS), C), (THREADS,), (np.uint64(_at(x, n0 * x_img)), np.uint64(V)) + g.input_args)
+        k_dy((blocks(g.Tp, THREADS), K), (THREADS,), (np.uint64(_at(dy, n0 * dy_img)), np.uint64(Yt)) + g.output_args)
+        flags = int(_vec(V, g.Tp) and _vec(Yt, g.Tp)) | int(_vec(out, C)) << 1
         kernel("conv_winograd_wgrad_gemm", cfg)((blocks(C, cfg.bn), blocks(K, cfg.bm), xis * splits),
                                                    (cfg.threads,),
-                                                   (Yt, V, out, i32(K), i32(C), i32(g.Tp), i32(t_chunk), i32(flags),
-                                                    i32(xis)),
+                                                   (np.uint64(Yt), np.uint64(V), np.uint64(out))
+                                                   + i32_memo((K, C, g.Tp, t_chunk, flags, xis)),
                                                    shared_mem=cfg.smem_bytes)
-    k_out((blocks(K * C, THREADS),), (THREADS,), (Mw, dW, i32(K), i32(C), i32(wp.slabs)))
+    k_out((blocks(K * C, THREADS),), (THREADS,), (np.uint64(Mw), dW) + i32_memo((K, C, wp.slabs)))
