@@ -118,6 +118,18 @@ extern "C" __global__ void conv_bias_grad_finish(const float* __restrict__ part,
 
 // ---- implicit GEMM loaders and epilogues --------------------------------------------------------------
 
+// A loader's float4s into its [k][mn] shared-memory tile: vector i of thread tid (v = tid + i * NT) holds
+// 4 consecutive mn at one k, k row v / (BMN / 4), mn v % (BMN / 4) * 4 (the mn-vector mapping).
+template <int BMN, int NT, int LOADS>
+__device__ __forceinline__ void store_mn_vectors(float* Sm, int tid, const float4 (&r)[LOADS]) {
+    constexpr int LDS = BMN + TILE_PAD;
+#pragma unroll
+    for (int i = 0; i < LOADS; ++i) {
+        int v = tid + i * NT;
+        *reinterpret_cast<float4*>(Sm + (v / (BMN / 4)) * LDS + (v % (BMN / 4)) * 4) = r[i];
+    }
+}
+
 struct ConvDims {
     int N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw;
 };
@@ -177,14 +189,7 @@ struct Im2colColsLoader {
             r[i] = make_float4(o[0], o[1], o[2], o[3]);
         }
     }
-    __device__ __forceinline__ void store(float* Sm) const {
-        constexpr int LDS = BMN + TILE_PAD;
-#pragma unroll
-        for (int i = 0; i < LOADS; ++i) {
-            int v = tid + i * NT;
-            *reinterpret_cast<float4*>(Sm + (v / (BMN / 4)) * LDS + (v % (BMN / 4)) * 4) = r[i];
-        }
-    }
+    __device__ __forceinline__ void store(float* Sm) const { store_mn_vectors<BMN, NT>(Sm, tid, r); }
 };
 
 // Forward output: C[m = k, j = (n,p,q)] -> y[n, k, p, q] + b[k]; or, split-K (`ws` set), the raw partial
@@ -455,14 +460,7 @@ struct WeightPhaseLoader {
             r[i] = make_float4(o[0], o[1], o[2], o[3]);
         }
     }
-    __device__ __forceinline__ void store(float* Sm) const {
-        constexpr int LDS = BMN + TILE_PAD;
-#pragma unroll
-        for (int i = 0; i < LOADS; ++i) {
-            int v = tid + i * NT;
-            *reinterpret_cast<float4*>(Sm + (v / (BMN / 4)) * LDS + (v % (BMN / 4)) * 4) = r[i];
-        }
-    }
+    __device__ __forceinline__ void store(float* Sm) const { store_mn_vectors<BMN, NT>(Sm, tid, r); }
 };
 
 template <int BMN, int BK, int NT>
@@ -518,14 +516,7 @@ struct GradPhaseColsLoader {
             r[i] = make_float4(o[0], o[1], o[2], o[3]);
         }
     }
-    __device__ __forceinline__ void store(float* Sm) const {
-        constexpr int LDS = BMN + TILE_PAD;
-#pragma unroll
-        for (int i = 0; i < LOADS; ++i) {
-            int v = tid + i * NT;
-            *reinterpret_cast<float4*>(Sm + (v / (BMN / 4)) * LDS + (v % (BMN / 4)) * 4) = r[i];
-        }
-    }
+    __device__ __forceinline__ void store(float* Sm) const { store_mn_vectors<BMN, NT>(Sm, tid, r); }
 };
 
 // C[m = c, j = (n,h',w')] -> dx[n, c, h0 + h'*sh, w0 + w'*sw].
@@ -620,14 +611,7 @@ struct PointwiseColsLoader {
                        : make_float4(0.f, 0.f, 0.f, 0.f);
         }
     }
-    __device__ __forceinline__ void store(float* Sm) const {
-        constexpr int LDS = BMN + TILE_PAD;
-#pragma unroll
-        for (int i = 0; i < LOADS; ++i) {
-            int v = tid + i * NT;
-            *reinterpret_cast<float4*>(Sm + (v / (BMN / 4)) * LDS + (v % (BMN / 4)) * 4) = r[i];
-        }
-    }
+    __device__ __forceinline__ void store(float* Sm) const { store_mn_vectors<BMN, NT>(Sm, tid, r); }
 };
 
 // C[m, j = (n, hw)] -> out[(n*M + m)*HW + hw] (+ bias[m]), or the raw partial into ws[m*cols + j]; a group

@@ -271,21 +271,28 @@ conv_winograd_wgrad_gemm(const float* __restrict__ Y, const float* __restrict__ 
 }
 
 // ---- weight output transform ------------------------------------------------------------------------------
+// m = the sum over the `slabs` partial slabs of Mw (each A*A slices of KC floats, slice xi at xi * KC) of
+// element idx, the slabs added in order (deterministic).
+template <int A>
+__device__ __forceinline__ void wino_sum_slabs(const float* __restrict__ Mw, int idx, long long KC, int slabs,
+                                               float (&m)[A][A]) {
+#pragma unroll
+    for (int xi = 0; xi < A * A; ++xi) m[xi / A][xi % A] = Mw[xi * KC + idx];
+    for (int s = 1; s < slabs; ++s) {
+        const float* const part = Mw + (long long)s * A * A * KC + idx;
+#pragma unroll
+        for (int xi = 0; xi < A * A; ++xi) m[xi / A][xi % A] += part[xi * KC];
+    }
+}
+
 // One thread per (k, c), c fastest (coalesced Mw loads); K * C < 2^31 (checked by the wrapper).
 // G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1] (3x4).
 extern "C" __global__ void conv_winograd_wgrad_output(const float* __restrict__ Mw, float* __restrict__ dW,
                                                  int K, int C, int splits) {
     const int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= K * C) return;
-    const long long KC = (long long)K * C;
     float m[4][4];
-#pragma unroll
-    for (int xi = 0; xi < 16; ++xi) m[xi / 4][xi % 4] = Mw[xi * KC + idx];
-    for (int s = 1; s < splits; ++s) {   // fixed order: deterministic
-        const float* const part = Mw + (long long)s * 16 * KC + idx;
-#pragma unroll
-        for (int xi = 0; xi < 16; ++xi) m[xi / 4][xi % 4] += part[xi * KC];
-    }
+    wino_sum_slabs(Mw, idx, (long long)K * C, splits, m);
     // f = G^T m (rows): 3 x 4, then f G (columns): 3 x 3
     float f[3][4];
 #pragma unroll
@@ -440,15 +447,8 @@ extern "C" __global__ void conv_winograd4_wgrad_output(const float* __restrict__
                                                   int K, int C, int splits) {
     const int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= K * C) return;
-    const long long KC = (long long)K * C;
     float m[6][6];
-#pragma unroll
-    for (int xi = 0; xi < 36; ++xi) m[xi / 6][xi % 6] = Mw[xi * KC + idx];
-    for (int s = 1; s < splits; ++s) {   // fixed order: deterministic
-        const float* const part = Mw + (long long)s * 36 * KC + idx;
-#pragma unroll
-        for (int xi = 0; xi < 36; ++xi) m[xi / 6][xi % 6] += part[xi * KC];
-    }
+    wino_sum_slabs(Mw, idx, (long long)K * C, splits, m);
     float f[3][6];   // G^T m: f[r][b] = (G^T m[:, b])[r]
 #pragma unroll
     for (int b = 0; b < 6; ++b) {
