@@ -6,7 +6,7 @@
 #   bash lab/gpu_visit.sh first-run        # the main job exactly as a new user runs it (`python3 -m harness
 #                                          # run`, nothing compiled before): seconds to its first row and
 #                                          # to completion, its log, and the folder it wrote
-#   bash lab/gpu_visit.sh targets          # the performance targets -> reports/targets-<card>-<date>/ (TL: the
+#   bash lab/gpu_visit.sh targets          # the performance targets -> reports/targets-<card>-<date>/ or $DIR (TL: the
 #                                          # measuring limit, default 380 s; rerun to resume the same day)
 #   bash lab/gpu_visit.sh train [SET]      # the committed GPU training runs, one set per call (resumable):
 #                                          # mnist-64 (default), mnist-1024, cifar-64, cifar-1024, digits
@@ -135,7 +135,9 @@ case "${1:-tests}" in
     timeout 120 python3 lab/gemm/tc_bench.py --shapes 4096x4096x4096,8192x8192x8192 >"$out/tc_bench.log" 2>&1
     echo "tc_bench exit: $?"
     cat "$out/tc_bench.log"
-    timeout 90 python3 lab/gemm/ws_bench.py >"$out/ws_bench.log" 2>&1
+    # NOTE: NVRTC builds its experiments cold for sm_90a; a 100 s limit once ended it before its first
+    # result line. Each variant's line is now printed as soon as it is measured, with its build time
+    timeout "${WS_TIMEOUT_S:-300}" python3 lab/gemm/ws_bench.py >"$out/ws_bench.log" 2>&1
     echo "ws_bench exit: $?"
     cat "$out/ws_bench.log"
     ;;
@@ -179,7 +181,9 @@ case "${1:-tests}" in
     else
       # a dated folder (the committed ones are other runs: resuming into one would skip its rows); a rerun
       # the same day resumes it. The harness stops starting rows after TL seconds, under the call's limit.
-      dir="reports/targets-$(card_slug)-$(date +%F)"
+      # DIR=... names another folder (a second run the same day). Each call starts from the working tree
+      # sent with it: to resume, unpack the previous call's $OUT/targets.tgz into the tree first.
+      dir="${DIR:-reports/targets-$(card_slug)-$(date +%F)}"
       timeout "${TIMEOUT_S:-540}" python3 -m harness targets --device gpu --quiet --time-limit-s "${TL:-380}" \
         --out "$dir" >"$out/$1.log" 2>&1
     fi

@@ -86,23 +86,33 @@ def main() -> None:
 def variant(label: str, name: str, defines: dict, smem: int, grid: tuple, arguments, ref, flops: float,
             reps: int) -> str:
     """'<label> <TFLOP/s> (identical | DIFFERS)' of the experiment kernel ``name`` built with ``defines``, or
-    its error: launched on ``grid`` x 384 threads with ``arguments(out)``, its output compared with ``ref``."""
+    its error: launched on ``grid`` x 384 threads with ``arguments(out)``, its output compared with ``ref``.
+    Also printed at once with the seconds its compile took (NVRTC for sm_90a: a cold build of these kernels
+    can take tens of seconds), so a run cut short by a time limit still shows what it measured."""
+    import time
+
     import cupy
 
     from custom_impl.gpu import runtime
     from lab.common.kernels import lab_kernel
 
     try:
+        t0 = time.perf_counter()
         kern = lab_kernel("gemm/gemm_wgmma_ws.cu", name, defines, smem, arch="sm_90a")
         out = cupy.full(ref.shape, np.nan, dtype=np.float32)
         call = lambda: kern(grid, (THREADS,), arguments(out), shared_mem=smem)  # noqa: E731
         call()
         cupy.cuda.Device().synchronize()
+        built = time.perf_counter() - t0
         same = bool(cupy.array_equal(out, ref))
         ms = runtime.time_calls([call], reps=reps)[0] / reps
-        return f"{label} {flops / ms / 1e9:7.1f} ({'identical' if same else 'DIFFERS'})"
+        result = f"{label} {flops / ms / 1e9:7.1f} ({'identical' if same else 'DIFFERS'})"
+        print(f"  {result}, built and first run in {built:.1f} s", flush=True)
+        return result
     except Exception as err:  # noqa: BLE001 - report and go on
-        return f"{label} error {type(err).__name__}: {err}"[:300]
+        result = f"{label} error {type(err).__name__}: {err}"[:300]
+        print(f"  {result}", flush=True)
+        return result
 
 
 def tensor_maps(a_ptr, a_rows: int, b_ptr, b_rows: int, kp: int, eb: int, bm: int, bn: int):

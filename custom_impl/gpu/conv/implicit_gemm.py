@@ -345,8 +345,8 @@ def backward_data(dy, W, dx, dims, workspace=None, sms=132, config=None, splits=
     grid = (blocks(cols, cfg.bn), blocks(C, cfg.bm), splits if splits > 1 else sh * sw)
     if pointwise(dims) and _aligned(dy, dx) and (splits == 1 or _aligned(ws)):
         flags = int(vec_ok(W, C)) | (2 if splits > 1 else 0)
-        kernel("conv_pointwise_dgrad", cfg)(grid, (cfg.threads,),
-                                            (dy, W, dx, ws) + i32_memo((N, C, H * Wd, K, k_chunk if splits > 1 else K, flags)),
+        scalars = i32_memo((N, C, H * Wd, K, k_chunk if splits > 1 else K, flags))
+        kernel("conv_pointwise_dgrad", cfg)(grid, (cfg.threads,), (dy, W, dx, ws) + scalars,
                                             shared_mem=cfg.smem_bytes)
     else:
         kernel("conv_implicit_gemm_dgrad", cfg)(grid, (cfg.threads,),

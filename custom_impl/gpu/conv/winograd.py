@@ -49,11 +49,13 @@ written and read back. The reduction is long (Tp = 12544) and the output small (
 GEMM splits t (``weights_plan``) to fill the SMs. ``tile=4`` (the algorithm "winograd4") runs F(3x3, 4x4)
 instead: 4x4 dy tiles and 6x6 x patches, 36 GEMMs over a quarter as many tiles, 2*36*K*C*T4 = 14.8 GFLOP
 for the layer above (4x fewer multiplications than the direct sum) and 36/64 of the V and Y bytes, at a
-larger rounding error (transform entries up to 8; see conv_winograd.cu). A batch whose V and Y exceed the caller's workspace
-cap runs in chunks of images (``images``): each chunk transforms its images into V and Y and writes its
-own split partials into Mw, and the output transform sums every chunk's partials in one fixed order, so
-chunking needs no accumulation pass and stays deterministic (VGG-16's 3x3 layers at 112x112 and
-224x224, batch 64, run in 2-4 chunks within the 2 GB cap of conv/select.py).
+larger rounding error (transform entries up to 8; see conv_winograd.cu).
+
+A batch whose V and Y exceed the caller's workspace cap runs in chunks of images (``images``): each chunk
+transforms its images into V and Y and writes its own split partials into Mw, and the output transform
+sums every chunk's partials in one fixed order, so chunking needs no accumulation pass and stays
+deterministic (VGG-16's 3x3 layers at 112x112 and 224x224, batch 64, run in 2-4 chunks within the 2 GB cap
+of conv/select.py).
 
 Workspace: U, V and Mo, ``workspace_size(...)`` float32 elements (each part a multiple of 4 elements). With
 the output and ``workspace`` given nothing is allocated and the host is never synchronised (CUDA-graph
@@ -235,10 +237,9 @@ def chunk_images(x_shape, w_shape, padding, phase: str, max_elements: int, sms: 
     when it fits, else the batch cut into equal chunks (the last one possibly smaller) each within the
     bound; 0 when none does. Forward and backward-data compute the filter transform U once and share it
     across the chunks; V and Mo are per chunk, so the chunks run one after another in one workspace.
-    Backward-weights (``sms``: the SM count its plan is made for; ``tile``: its dy tile, TILES)
-    transforms x and dy per chunk and keeps
-    every chunk's GEMM partials, summed in one fixed order at the end; it takes the fewest chunks (at most
-    MAX_WEIGHT_SPLITS) that fit."""
+    Backward-weights (``sms``: the SM count its plan is made for; ``tile``: its dy tile, TILES) transforms
+    x and dy per chunk and keeps every chunk's GEMM partials, summed in one fixed order at the end; it
+    takes the fewest chunks (at most MAX_WEIGHT_SPLITS) that fit."""
     if phase not in PHASES:
         raise ValueError(f"winograd.chunk_images: phase={phase!r}; use one of {PHASES}")
     prob = checked_problem(x_shape, w_shape, 1, padding, "chunk_images")
