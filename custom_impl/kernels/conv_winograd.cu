@@ -1,5 +1,6 @@
 // Winograd F(2x2, 3x3) convolution, stride 1, 3x3 kernels: forward and (through a flipped filter)
-// backward-data. Launched by custom_impl/gpu/conv/winograd.py, which also documents the algorithm.
+// backward-data; the weight gradient as F(3x3, 2x2) and as F(3x3, 4x4) in the two sections at the end.
+// Launched by custom_impl/gpu/conv/winograd.py, which also documents the algorithm.
 // Legend: N batch, C in-channels, K out-channels, H,W in, P,Q out (P = H + 2ph - 2), (ph,pw) padding.
 // Tiles: 2x2 output tiles, tP = ceil(P/2), tQ = ceil(Q/2), T = N*tP*tQ, tile t = (n*tP + tp)*tQ + tq;
 // Tp = T rounded up to a multiple of 4 (the row length of V and Mo: float4-aligned rows for the GEMM).
