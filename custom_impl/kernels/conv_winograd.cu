@@ -28,10 +28,11 @@ __device__ __forceinline__ WinoTile wino_tile(int t, int tP, int tQ) {
     return WinoTile{nt / tP, nt % tP, t - nt * tQ};
 }
 
-// The 16 transform-domain values of one padding column t >= T (the GEMMs read them: they must be zero).
-__device__ __forceinline__ void wino_zero16(float* p, long long xi_stride) {
+// The XIS transform-domain values of one padding column t >= T (the GEMMs read them: they must be zero).
+template <int XIS>
+__device__ __forceinline__ void wino_zero(float* p, long long xi_stride) {
 #pragma unroll
-    for (int xi = 0; xi < 16; ++xi) p[xi * xi_stride] = 0.f;
+    for (int xi = 0; xi < XIS; ++xi) p[xi * xi_stride] = 0.f;
 }
 
 
@@ -95,7 +96,7 @@ extern "C" __global__ void conv_winograd_input(const float* __restrict__ x, floa
     float* const v_out = V + (long long)c * Tp + t;         // + xi * CT
     const int T = N * tP * tQ;
     if (t >= T) {  // row padding up to Tp: the GEMM reads it (float4 loads), so it must be finite
-        wino_zero16(v_out, CT);
+        wino_zero<16>(v_out, CT);
         return;
     }
     const WinoTile tile = wino_tile(t, tP, tQ);
@@ -212,7 +213,7 @@ extern "C" __global__ void conv_winograd_dy(const float* __restrict__ dy, float*
     float* const y_out = Y + (long long)k * Tp + t;         // + xi * KT
     const int T = N * tP * tQ;
     if (t >= T) {  // padding up to Tp: inside the GEMM's reduction, so it must be zero
-        wino_zero16(y_out, KT);
+        wino_zero<16>(y_out, KT);
         return;
     }
     const WinoTile tile = wino_tile(t, tP, tQ);
@@ -372,8 +373,7 @@ extern "C" __global__ void conv_winograd4_input(const float* __restrict__ x, flo
     float* const v_out = V + (long long)c * Tp + t;         // + xi * CT
     const int T = N * tP * tQ;
     if (t >= T) {  // row padding up to Tp: inside the GEMM's reduction, so it must be zero
-#pragma unroll
-        for (int xi = 0; xi < 36; ++xi) v_out[xi * CT] = 0.f;
+        wino_zero<36>(v_out, CT);
         return;
     }
     const WinoTile tile = wino_tile(t, tP, tQ);
@@ -415,8 +415,7 @@ extern "C" __global__ void conv_winograd4_dy(const float* __restrict__ dy, float
     float* const y_out = Y + (long long)k * Tp + t;         // + xi * KT
     const int T = N * tP * tQ;
     if (t >= T) {  // padding up to Tp: inside the GEMM's reduction, so it must be zero
-#pragma unroll
-        for (int xi = 0; xi < 36; ++xi) y_out[xi * KT] = 0.f;
+        wino_zero<36>(y_out, KT);
         return;
     }
     const WinoTile tile = wino_tile(t, tP, tQ);
