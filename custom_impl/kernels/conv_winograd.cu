@@ -1,5 +1,6 @@
 // Winograd F(2x2, 3x3) convolution, stride 1, 3x3 kernels: forward and (through a flipped filter)
-// backward-data; the weight gradient as F(3x3, 2x2) and as F(3x3, 4x4) in the two sections at the end.
+// backward-data; the weight gradient as F(3x3, 2x2) and as F(3x3, 4x4), and the forward / backward-data as
+// F(4x4, 3x3), in the sections at the end.
 // Launched by custom_impl/gpu/conv/winograd.py, which also documents the algorithm.
 // Legend: N batch, C in-channels, K out-channels, H,W in, P,Q out (P = H + 2ph - 2), (ph,pw) padding.
 // Tiles: 2x2 output tiles, tP = ceil(P/2), tQ = ceil(Q/2), T = N*tP*tQ, tile t = (n*tP + tp)*tQ + tq;
@@ -466,5 +467,113 @@ extern "C" __global__ void conv_winograd4_wgrad_output(const float* __restrict__
         wino4_gt(f[r], o);   // (G^T m G)[r][:] = G^T applied to row r of G^T m
 #pragma unroll
         for (int s = 0; s < 3; ++s) w[r * 3 + s] = o[s];
+    }
+}
+
+
+// ==== forward and backward-data: Winograd F(4x4, 3x3) over 4x4 output tiles ============================
+// The forward pass of the first section with 4x4 output tiles and 6x6 input patches: per tile and (k, c) 36
+// multiplications where the direct sum takes 16 x 9 = 144 (4x fewer; F(2x2, 3x3): 16 for 36, 2.25x), and
+// 36/64 of its transform-domain bytes per output pixel. Tiles tP = ceil(P/4), tQ = ceil(Q/4), xi = 6*a + b:
+//   conv_winograd4_filter  U[xi][o][i] = (G g G^T)[xi], U (36, O, Ip), g as conv_winograd_filter's (flip)
+//   conv_winograd4_input   V (36, C_in, Tp), as for the weight gradient (the 6x6 patch at (4tp-ph, 4tq-pw))
+//   conv_winograd_gemm     Mo[xi] = U[xi] @ V[xi], grid.z = 36
+//   conv_winograd4_output  y[n, k, 4tp+i, 4tq+j] = (At Mo[:, k, t] A)[i][j] + b[k] for 4tp+i < P, 4tq+j < Q
+//   G (6x3) = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]
+//   At (4x6) = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1]
+// Rounding: 10-25x F(2x2, 3x3)'s float32 error in NumPy emulation (lab/conv/winograd_emulate.py), within
+// 0.2 of the conv tests' bound and ~1e-5 of the harness's 1e-4 layer bar.
+
+// The 6 values of G v for a column (or row) v of 3.
+__device__ __forceinline__ void wino4_g(const float (&v)[3], float (&o)[6]) {
+    const float s02 = v[0] + v[2];
+    o[0] = 0.25f * v[0];
+    o[1] = -(1.f / 6.f) * (s02 + v[1]);
+    o[2] = -(1.f / 6.f) * (s02 - v[1]);
+    o[3] = (1.f / 24.f) * v[0] + (1.f / 12.f) * v[1] + (1.f / 6.f) * v[2];
+    o[4] = (1.f / 24.f) * v[0] - (1.f / 12.f) * v[1] + (1.f / 6.f) * v[2];
+    o[5] = v[2];
+}
+
+// The 4 values of At v for a column (or row) v of 6.
+__device__ __forceinline__ void wino4_at(const float (&v)[6], float (&o)[4]) {
+    const float s12 = v[1] + v[2], d12 = v[1] - v[2], s34 = v[3] + v[4], d34 = v[3] - v[4];
+    o[0] = v[0] + s12 + s34;
+    o[1] = d12 + 2.f * d34;
+    o[2] = s12 + 4.f * s34;
+    o[3] = d12 + 8.f * d34 + v[5];
+}
+
+// One thread per (o, i) of U's padded (O, Ip) matrix; 36 * O * Ip <= 2^31 (checked by the wrapper).
+extern "C" __global__ void conv_winograd4_filter(const float* __restrict__ Wt, float* __restrict__ U,
+                                            int K, int C, int flip) {
+    const int O = flip ? C : K;
+    const int I = flip ? K : C;
+    const int Ip = (I + 3) & ~3;
+    const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= O * Ip) return;
+    const int o = idx / Ip;
+    const int i = idx - o * Ip;
+    const long long OI = (long long)O * Ip;
+    if (i >= I) {  // row padding: never read by the GEMM (its reduction stops at I), zeroed anyway
+        wino_zero<36>(U + idx, OI);
+        return;
+    }
+    const int k = flip ? i : o;
+    const int c = flip ? o : i;
+    const float* w = Wt + ((long long)k * C + c) * 9;
+    float u[6][3];   // G g: u[a][s] = (G g[:, s])[a]
+#pragma unroll
+    for (int s = 0; s < 3; ++s) {
+        float g[3], col[6];
+#pragma unroll
+        for (int r = 0; r < 3; ++r) g[r] = flip ? w[(2 - r) * 3 + (2 - s)] : w[r * 3 + s];
+        wino4_g(g, col);
+#pragma unroll
+        for (int a = 0; a < 6; ++a) u[a][s] = col[a];
+    }
+#pragma unroll
+    for (int a = 0; a < 6; ++a) {
+        float row[6];
+        wino4_g(u[a], row);   // (G g G^T)[a][:] = G applied to row a of G g
+#pragma unroll
+        for (int b = 0; b < 6; ++b) U[(a * 6 + b) * OI + idx] = row[b];
+    }
+}
+
+// grid (ceil(T / blockDim.x), K): k = blockIdx.y, t along x (coalesced Mo loads). b may be null.
+extern "C" __global__ void conv_winograd4_output(const float* __restrict__ Mo, const float* __restrict__ b,
+                                            float* __restrict__ y, int N, int K, int P, int Q, int tP,
+                                            int tQ, int Tp) {
+    const int k = blockIdx.y;
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    const int T = N * tP * tQ;
+    if (t >= T) return;
+    const long long KT = (long long)K * Tp;                 // elements per xi slice of Mo
+    const float* const m_in = Mo + (long long)k * Tp + t;   // + xi * KT
+    float f[4][6];   // At m: f[i][b] = (At m[:, b])[i]
+#pragma unroll
+    for (int b6 = 0; b6 < 6; ++b6) {
+        float col[6], o[4];
+#pragma unroll
+        for (int a = 0; a < 6; ++a) col[a] = m_in[(a * 6 + b6) * KT];
+        wino4_at(col, o);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) f[i][b6] = o[i];
+    }
+    const float bias = b ? b[k] : 0.f;
+    const WinoTile tile = wino_tile(t, tP, tQ);
+    float* const plane = y + ((long long)tile.n * K + k) * P * Q;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int p = 4 * tile.tp + i;
+        if (p >= P) continue;   // the last tile row where P % 4 != 0
+        float o[4];
+        wino4_at(f[i], o);      // (At m A)[i][:] = At applied to row i of At m
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int q = 4 * tile.tq + j;
+            if (q < Q) plane[(long long)p * Q + q] = o[j] + bias;
+        }
     }
 }

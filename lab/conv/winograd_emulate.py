@@ -35,6 +35,8 @@ BT4 = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
 A4 = np.array([[1, 0, 0, 0], [1, 1, 1, 1], [1, -1, 1, -1], [1, 2, 4, 8], [1, -2, 4, -8], [0, 0, 0, 1]], float)
 GT4 = np.array([[1 / 4, -1 / 6, -1 / 6, 1 / 24, 1 / 24, 0], [0, -1 / 6, 1 / 6, 1 / 12, -1 / 12, 0],
                 [0, -1 / 6, -1 / 6, 1 / 6, 1 / 6, 1]])
+G4 = GT4.T                                                          # F(4x4, 3x3)'s filter transform (6x3)
+AT4 = A4.T                                                          # and its output transform (4x6)
 
 
 def emulate_input4(ws, off_v, g, inp, dt):
@@ -174,6 +176,47 @@ def emulate_pass(ps, inp, Wt, b, flip, dt):
     return out
 
 
+def emulate_pass4(ps, inp, Wt, b, flip, dt):
+    """One F(4x4, 3x3) pass (conv_winograd4_filter, conv_winograd4_input, conv_winograd_gemm over 36 slices,
+    conv_winograd4_output) on the flat workspace layout of ``_Pass`` with m = 4, the transforms as the
+    matrices (not the kernels' operation order): inp (N, C_in, Hi, Wi) -> out (N, C_out, Ho, Wo)."""
+    assert ps.m == 4 and ps.xis == 36
+    ws = np.full(ps.size, np.nan, dt)
+    off_v, off_m = ps.n_u, ps.n_u + ps.n_v
+    assert off_v % 4 == 0 and off_m % 4 == 0 and ps.Tp % 4 == 0 and ps.Ip % 4 == 0
+    O, I, Ip, Tp = ps.C_out, ps.C_in, ps.Ip, ps.Tp
+    # conv_winograd4_filter: U[xi][o][i] = (G g G^T)[xi], g = W[k, c] (flip: W[k, c] rotated, k = i, c = o)
+    w = Wt.astype(dt)
+    g = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3) if flip else w      # (O, I, 3, 3)
+    u = np.einsum("ar,oirs,bs->aboi", G4.astype(dt), g, G4.astype(dt)).astype(dt)
+    for xi in range(36):
+        slab = np.zeros((O, Ip), dt)
+        slab[:, :I] = u[xi // 6, xi % 6]
+        ws[xi * O * Ip: (xi + 1) * O * Ip] = slab.ravel()
+    emulate_input4(ws, off_v, ps, inp, dt)
+    # conv_winograd_gemm, grid.z = 36: Mo[z] (O x Tp) = U[z][:, :I] @ V[z] (I x Tp)
+    for z in range(36):
+        Uz = ws[z * O * Ip: (z + 1) * O * Ip].reshape(O, Ip)[:, :I]
+        Vz = ws[off_v + z * I * Tp: off_v + (z + 1) * I * Tp].reshape(I, Tp)
+        assert not np.isnan(Uz).any() and not np.isnan(Vz).any(), "GEMM reads an unwritten U / V element"
+        ws[off_m + z * O * Tp: off_m + (z + 1) * O * Tp] = (Uz @ Vz).ravel()
+    # conv_winograd4_output: thread (k, t): y[n, k, 4tp + i, 4tq + j] = (At m A)[i][j] + b[k], inside P x Q
+    out = np.full((ps.N, O, ps.Ho, ps.Wo), np.nan, dt)
+    t = np.arange(ps.T)
+    tq, nt = t % ps.tQ, t // ps.tQ
+    tp, n = nt % ps.tP, nt // ps.tP
+    at = AT4.astype(dt)
+    for k in range(O):
+        m = np.stack([ws[off_m + xi * O * Tp + k * Tp + t] for xi in range(36)]).reshape(6, 6, -1)
+        y = np.einsum("ia,abt,jb->ijt", at, m, at).astype(dt) + (dt(0) if b is None else dt(b[k]))
+        for i, j in itertools.product(range(4), range(4)):
+            p, q = 4 * tp + i, 4 * tq + j
+            ok = (p < ps.Ho) & (q < ps.Wo)
+            out[n[ok], k, p[ok], q[ok]] = y[i, j][ok]
+    assert not np.isnan(out).any(), "output element never written"
+    return out
+
+
 def emulate_weights(wp, dy, x, dt):
     """The four backward-weights kernels (conv_winograd(4)_input, conv_winograd(4)_dy, conv_winograd_wgrad_gemm
     split over t, conv_winograd(4)_wgrad_output) on the flat workspace layout of ``WeightsPass`` (either dy tile),
@@ -286,12 +329,22 @@ def main():
         dx = emulate_pass(bp, dy, W, None, True, np.float64)
         ey, edx = np.abs(y - y_ref).max(), np.abs(dx - dx_ref).max()
         assert ey < 1e-12 * max(1, np.abs(y_ref).max()) and edx < 1e-12 * max(1, np.abs(dx_ref).max()), (ey, edx)
+        # F(4x4, 3x3): exact in float64 too, forward and backward-data
+        fp4, bp4 = forward_pass(prob, tile=4), backward_pass(prob, tile=4)
+        y4 = emulate_pass4(fp4, x, W, b, False, np.float64)
+        dx4 = emulate_pass4(bp4, dy, W, None, True, np.float64)
+        ey4, edx4 = np.abs(y4 - y_ref).max(), np.abs(dx4 - dx_ref).max()
+        assert ey4 < 1e-12 * max(1, np.abs(y_ref).max()) and edx4 < 1e-12 * max(1, np.abs(dx_ref).max()), (ey4, edx4)
         # float32: the margin left by the test's tolerance (4 sqrt(L) eps S_abs + 4 eps |ref|)
         W_flip = np.ascontiguousarray(W64[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
         for out, ref, s_abs, L in (
                 (emulate_pass(fp, x, W, b, False, np.float32), y_ref,
                  winograd_abs(x64, W64, (ph, pw)) + np.abs(b)[:, None, None], 16 * C + 10),
                 (emulate_pass(bp, dy, W, None, True, np.float32), dx_ref,
+                 winograd_abs(dy.astype(np.float64), W_flip, (2 - ph, 2 - pw)), 16 * K + 10),
+                (emulate_pass4(fp4, x, W, b, False, np.float32), y_ref,
+                 winograd_abs(x64, W64, (ph, pw)) + np.abs(b)[:, None, None], 16 * C + 10),
+                (emulate_pass4(bp4, dy, W, None, True, np.float32), dx_ref,
                  winograd_abs(dy.astype(np.float64), W_flip, (2 - ph, 2 - pw)), 16 * K + 10)):
             tol = 4 * np.sqrt(L) * EPS32 * s_abs + 4 * EPS32 * np.abs(ref) + 1e-30
             ratio = (np.abs(out.astype(np.float64) - ref) / tol).max()

@@ -14,7 +14,9 @@ timing; docs/kernels.md tells what each measured):
   "implicit_gemm" (implicit_gemm.py)  every phase, every shape: implicit GEMMs on the tiled-GEMM machinery,
                                        backward-data one GEMM per stride phase, split-K for small batches.
   "winograd"      (winograd.py)       3x3, stride 1, >= 16 channels: F(2x2, 3x3) / F(3x3, 2x2).
-  "winograd4"     (winograd.py)       the same layers' backward-weights as F(3x3, 4x4).
+  "winograd4"     (winograd.py)       the same layers as F(4x4, 3x3) / F(3x3, 4x4): backward-weights among
+                                       "auto"'s candidates; forward and backward-data by name only (not
+                                       yet run on a GPU).
   "few_channels"  (few_channels.py)   C <= 8 (a CNN's first layer): direct register-blocked kernels.
   "patch"         (patch.py)          backward passes of 3..7-tap stride-1 kernels, >= 8 channels: an input
                                        patch staged in shared memory once and reused for every tap.
@@ -159,9 +161,10 @@ def _check_precision(precision, algo, what) -> bool:
 def _forward(algo, x, W, b, out, dims, workspace, sms):
     if algo == "implicit_gemm":
         return implicit_gemm.forward(x, W, b, out, dims, workspace, sms)
-    if algo == "winograd":
-        return winograd.forward(x, W, b, out, (dims.ph, dims.pw), workspace,
-                                images=select.winograd_images(dims, "forward"))
+    if algo in ("winograd", "winograd4"):
+        tile = 2 if algo == "winograd" else 4
+        return winograd.forward(x, W, b, out, (dims.ph, dims.pw), workspace, tile=tile,
+                                images=select.winograd_images(dims, "forward", tile=tile))
     return few_channels.forward(x, W, b, out, dims)
 
 
@@ -205,9 +208,10 @@ def _backward_data(algo, dy, W, dx, dims, workspace, sms):
         return implicit_gemm.backward_data(dy, W, dx, dims, workspace, sms)
     if algo == "few_channels":
         return few_channels.backward_data(dy, W, dx, dims)
-    if algo == "winograd":
-        return winograd.backward_data(dy, W, dx, (dims.ph, dims.pw), workspace,
-                                      images=select.winograd_images(dims, "backward_data"))
+    if algo in ("winograd", "winograd4"):
+        tile = 2 if algo == "winograd" else 4
+        return winograd.backward_data(dy, W, dx, (dims.ph, dims.pw), workspace, tile=tile,
+                                      images=select.winograd_images(dims, "backward_data", tile=tile))
     if algo == "strided_1x1":
         return strided_1x1.backward_data(dy, W, dx, dims, workspace, sms)
     return patch.backward_data(dy, W, dx, dims, workspace)

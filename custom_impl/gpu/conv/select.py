@@ -15,6 +15,8 @@ Candidates per phase (``candidates``), in this order (a tie goes to the first):
   backward_weights  "implicit_gemm" always; "few_channels" where its launch plan exists; "winograd"
                     (F(3x3, 2x2)) and "winograd4" (F(3x3, 4x4)) where ``winograd_ok`` (in chunks of
                     images, as the forward); "patch" where ``patch_ok``.
+"winograd4" of the forward and backward-data (F(4x4, 3x3)) runs by name only, not yet among "auto"'s
+candidates: it has not yet run on a GPU.
 "auto" (``choose``) takes the cached choice for (phase, dims[, bias presence]), else times every candidate
 once through ``runtime.autotune`` and caches the fastest, per device and launch-cost regime: eagerly a
 candidate is worth what 5 back-to-back eager calls take (its extra launches' host time included); under
@@ -33,8 +35,8 @@ from . import few_channels, implicit_gemm, patch, strided_1x1, winograd
 from .geometry import conv_dims, planning_sms
 
 PHASES = ("forward", "backward_data", "backward_weights")
-FORWARD_ALGOS = ("implicit_gemm", "winograd", "few_channels")
-DATA_ALGOS = ("implicit_gemm", "few_channels", "winograd", "patch", "strided_1x1")
+FORWARD_ALGOS = ("implicit_gemm", "winograd", "few_channels", "winograd4")
+DATA_ALGOS = ("implicit_gemm", "few_channels", "winograd", "patch", "strided_1x1", "winograd4")
 WEIGHTS_ALGOS = ("implicit_gemm", "few_channels", "winograd", "winograd4", "patch")
 ALGOS = {"forward": FORWARD_ALGOS, "backward_data": DATA_ALGOS, "backward_weights": WEIGHTS_ALGOS}
 DEFAULT = "implicit_gemm"   # runs every shape; what a CUDA-graph capture gets for an untimed shape
@@ -69,7 +71,7 @@ def winograd_images(dims, phase: str, sms: int | None = None, tile: int = 2) -> 
     weights = phase == "backward_weights"
     sms = planning_sms() if sms is None and weights else sms
     return _winograd_images(x_shape, w_shape, padding, phase, WINOGRAD_MAX_WORKSPACE, sms if weights else None,
-                            tile if weights else 2)
+                            tile)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -151,10 +153,10 @@ def workspace_size(dims, sms: int = 132) -> int:
         if winograd_ok(dims, phase, sms):
             images = winograd_images(dims, phase, sms)
             need = max(need, winograd.workspace_size(x_shape, w_shape, stride, padding, phase, sms, images))
-    if winograd_ok(dims, "backward_weights", sms, tile=4):
-        images = winograd_images(dims, "backward_weights", sms, tile=4)
-        need = max(need, winograd.workspace_size(x_shape, w_shape, stride, padding, "backward_weights", sms,
-                                                  images, tile=4))
+        if winograd_ok(dims, phase, sms, tile=4):   # "winograd4" (its forward and backward-data by name only)
+            images = winograd_images(dims, phase, sms, tile=4)
+            need = max(need, winograd.workspace_size(x_shape, w_shape, stride, padding, phase, sms, images,
+                                                      tile=4))
     need = max(need, strided_1x1.workspace_size(dims, sms))
     # patch wherever it can run (also when called by name, not only where it is a timed candidate)
     return max(need, patch.workspace_size(x_shape, w_shape, stride, padding, sms))

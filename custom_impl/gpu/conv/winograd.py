@@ -85,6 +85,7 @@ THREADS = 256       # threads per block of the transform kernels
 MAX_PAD = 2         # backward-data runs the forward with padding 2 - pad, which must be >= 0
 INT32_MAX = 2**31 - 1
 PHASES = ("forward", "backward_data", "backward_weights")
+TILES = (2, 4)      # output (weight gradient: dy) tile sizes: F(2x2, 3x3) / F(4x4, 3x3), F(3x3, 2x2) / F(3x3, 4x4)
 GRID_Y_MAX = 65535  # the transforms put the channel on grid.y
 # The GEMM tile configs compiled and tested here (``config=``): implicit_gemm.CONFIGS plus the tiles' BK=16
 # 128x128 tile. NOTE: the chooser leaves the BK=16 tile out: in winograd_gemm it measured 3-5% slower than
@@ -188,9 +189,10 @@ class _Pass:
         self.T = N * self.tP * self.tQ
         self.Tp = _ceil4(self.T)
         self.Ip = _ceil4(C_in)
-        self.n_u = 16 * C_out * self.Ip   # U  (16, C_out, Ip)
-        self.n_v = 16 * C_in * self.Tp    # V  (16, C_in, Tp)
-        self.n_m = 16 * C_out * self.Tp   # Mo (16, C_out, Tp)
+        self.xis = (m + 2) ** 2               # transform-domain values per tile: 16 for F(2x2), 36 for F(4x4)
+        self.n_u = self.xis * C_out * self.Ip   # U  (xis, C_out, Ip)
+        self.n_v = self.xis * C_in * self.Tp    # V  (xis, C_in, Tp)
+        self.n_m = self.xis * C_out * self.Tp   # Mo (xis, C_out, Tp)
 
     @property
     def size(self) -> int:
@@ -217,17 +219,23 @@ def _pass(*args) -> _Pass:
     return _Pass(*args)
 
 
-def forward_pass(prob, images: int | None = None) -> _Pass:
-    """The forward pass of ``prob``, over chunks of ``images`` images (None: the whole batch at once)."""
+def forward_pass(prob, images: int | None = None, tile: int = 2) -> _Pass:
+    """The forward pass of ``prob`` in ``tile`` x ``tile`` output tiles (TILES), over chunks of ``images``
+    images (None: the whole batch at once)."""
     N, C, H, Wd, K, P, Q, ph, pw = prob
-    return _pass(min(N, images or N), C, H, Wd, K, P, Q, ph, pw, 2)
+    return _pass(min(N, images or N), C, H, Wd, K, P, Q, ph, pw, _checked_tile(tile))
 
 
-def backward_pass(prob, images: int | None = None) -> _Pass:
-    """The backward-data pass of ``prob`` (the forward of dy with the flipped filter), over chunks of
-    ``images`` images (None: the whole batch at once)."""
+def backward_pass(prob, images: int | None = None, tile: int = 2) -> _Pass:
+    """The backward-data pass of ``prob`` (the forward of dy with the flipped filter), as ``forward_pass``."""
     N, C, H, Wd, K, P, Q, ph, pw = prob
-    return _pass(min(N, images or N), K, P, Q, C, H, Wd, MAX_PAD - ph, MAX_PAD - pw, 2)
+    return _pass(min(N, images or N), K, P, Q, C, H, Wd, MAX_PAD - ph, MAX_PAD - pw, _checked_tile(tile))
+
+
+def _checked_tile(tile) -> int:
+    if tile not in TILES:
+        raise ValueError(f"winograd: tile={tile!r}; use one of {TILES} (F(2x2, 3x3) or F(4x4, 3x3))")
+    return tile
 
 
 def chunk_images(x_shape, w_shape, padding, phase: str, max_elements: int, sms: int | None = None,
@@ -256,12 +264,12 @@ def chunk_images(x_shape, w_shape, padding, phase: str, max_elements: int, sms: 
                 return images
         return 0
     make = forward_pass if phase == "forward" else backward_pass
-    if make(prob).size <= max_elements:
+    if make(prob, None, tile).size <= max_elements:
         return N
     lo, hi = 0, N        # the largest n with a workspace within the bound: lo fits (or is 0), hi does not
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if make(prob, mid).size <= max_elements else (lo, mid)
+        lo, hi = (mid, hi) if make(prob, mid, tile).size <= max_elements else (lo, mid)
     if lo == 0:
         return 0
     chunks = -(-N // lo)
@@ -286,9 +294,6 @@ def _weights_plan(M, N, Tp, sms, max_splits, xis):
     cfg, s = _best_plan(M, N, Tp, sms, max(1, max_splits), xis)
     t_chunk, splits = split_chunk(Tp, s, cfg.bk)
     return cfg, t_chunk, splits
-
-
-TILES = (2, 4)   # dy tile sizes of the weight gradient: F(3x3, 2x2) and F(3x3, 4x4)
 
 
 class WeightsPass:
@@ -352,9 +357,9 @@ def workspace_size(x_shape, w_shape, stride, padding, phase: str = "forward", sm
     convolution; ``images``: the chunk size the pass runs with (None: the whole batch)."""
     prob = checked_problem(x_shape, w_shape, stride, padding, "workspace_size")
     if phase == "forward":
-        return forward_pass(prob, images).size
+        return forward_pass(prob, images, tile).size
     if phase == "backward_data":
-        return backward_pass(prob, images).size
+        return backward_pass(prob, images, tile).size
     if phase == "backward_weights":
         return weights_pass(prob, _sms(sms), images=images, tile=tile).size
     raise ValueError(f"winograd.workspace_size: phase={phase!r}; use one of {PHASES}")
@@ -364,16 +369,17 @@ def _sms(sms: int | None) -> int:
     return planning_sms() if sms is None else int(sms)
 
 
-def choose_config(M: int, N: int, Kr: int, sms: int = 132):
-    """The TileConfig of ``CANDIDATES`` with the lowest tiles.py ``estimate_seconds`` for the 16 GEMMs
-    M x N over Kr. NOTE: the 16 GEMMs are one launch (grid.z), so each config is costed as one GEMM of
-    16 * ceil(M / BM) * BM rows: the same number of blocks, the padding rows of M counted as work."""
-    return _choose_config(int(M), int(N), int(Kr), int(sms))
+def choose_config(M: int, N: int, Kr: int, sms: int = 132, xis: int = 16):
+    """The TileConfig of ``CANDIDATES`` with the lowest tiles.py ``estimate_seconds`` for the ``xis`` GEMMs
+    M x N over Kr (16 for F(2x2, 3x3), 36 for F(4x4, 3x3)). NOTE: the GEMMs are one launch (grid.z), so
+    each config is costed as one GEMM of xis * ceil(M / BM) * BM rows: the same number of blocks, the
+    padding rows of M counted as work."""
+    return _choose_config(int(M), int(N), int(Kr), int(sms), int(xis))
 
 
 @functools.lru_cache(maxsize=4096)
-def _choose_config(M, N, Kr, sms):
-    return _best_plan(M, N, Kr, sms, 1)[0]
+def _choose_config(M, N, Kr, sms, xis):
+    return _best_plan(M, N, Kr, sms, 1, xis)[0]
 
 
 def _best_plan(M, N, Kr, sms, max_splits, xis=16):
@@ -411,11 +417,11 @@ def _run(ps: _Pass, inp, Wt, b, out, ws, flip: bool, config=None) -> None:
     images (the filter transform once, then input transform, GEMMs and output transform per chunk)."""
     U = _at(ws)
     K, C = (ps.C_in, ps.C_out) if flip else (ps.C_out, ps.C_in)   # W is (K, C, 3, 3) either way
-    cfg = config or choose_config(ps.C_out, ps.Tp, ps.C_in, runtime.sm_count())
+    cfg = config or choose_config(ps.C_out, ps.Tp, ps.C_in, runtime.sm_count(), ps.xis)
     cfg = CONFIG_BY_NAME[cfg] if isinstance(cfg, str) else cfg
     # NOTE: all four kernels come from the module compiled for cfg: one compile per tile config.
-    kernel("conv_winograd_filter", cfg)((blocks(ps.C_out * ps.Ip, THREADS),), (THREADS,),
-                                           (Wt, np.uint64(U)) + i32_memo((K, C, int(flip))))
+    k_filter = kernel("conv_winograd_filter", cfg) if ps.m == 2 else kernel("conv_winograd4_filter", cfg)
+    k_filter((blocks(ps.C_out * ps.Ip, THREADS),), (THREADS,), (Wt, np.uint64(U)) + i32_memo((K, C, int(flip))))
     N = inp.shape[0]
     in_img, out_img = ps.C_in * ps.Hi * ps.Wi, ps.C_out * ps.Ho * ps.Wo   # floats per image
     for n0 in range(0, N, ps.N):
@@ -429,25 +435,28 @@ def _run_chunk(ps: _Pass, cfg, U: int, inp: int, b, out: int, ws) -> None:
     already in ``ws`` at address ``U``."""
     V = _at(ws, ps.n_u)
     Mo = _at(ws, ps.n_u + ps.n_v)
-    kernel("conv_winograd_input", cfg)((blocks(ps.Tp, THREADS), ps.C_in), (THREADS,),
-                                          (np.uint64(inp), np.uint64(V)) + ps.input_args)
+    if ps.m == 2:
+        k_input, k_output = kernel("conv_winograd_input", cfg), kernel("conv_winograd_output", cfg)
+    else:
+        k_input, k_output = kernel("conv_winograd4_input", cfg), kernel("conv_winograd4_output", cfg)
+    k_input((blocks(ps.Tp, THREADS), ps.C_in), (THREADS,), (np.uint64(inp), np.uint64(V)) + ps.input_args)
     flags = int(_vec(U, ps.Ip)) | int(_vec(V, ps.Tp)) << 1 | int(_vec(Mo, ps.Tp)) << 2
-    kernel("conv_winograd_gemm", cfg)((blocks(ps.Tp, cfg.bn), blocks(ps.C_out, cfg.bm), 16), (cfg.threads,),
+    kernel("conv_winograd_gemm", cfg)((blocks(ps.Tp, cfg.bn), blocks(ps.C_out, cfg.bm), ps.xis), (cfg.threads,),
                                          (np.uint64(U), np.uint64(V), np.uint64(Mo))
                                          + i32_memo((ps.C_out, ps.Tp, ps.C_in, ps.Ip, flags)),
                                          shared_mem=cfg.smem_bytes)
-    kernel("conv_winograd_output", cfg)((blocks(ps.T, THREADS), ps.C_out), (THREADS,),
-                                           (np.uint64(Mo), ptr(b), np.uint64(out)) + ps.output_args)
+    k_output((blocks(ps.T, THREADS), ps.C_out), (THREADS,), (np.uint64(Mo), ptr(b), np.uint64(out)) + ps.output_args)
 
 
-def forward(x, W, b, y, padding, workspace=None, config=None, images=None):
+def forward(x, W, b, y, padding, workspace=None, config=None, images=None, tile=2):
     """y = conv2d(x, W) + b with stride 1: x (N, C, H, W), W (K, C, 3, 3), b (K,) or None, y (N, K, P, Q)
     or None (allocated); padding an int or (ph, pw), each 0..2. Returns y.
 
-    ``workspace``: float32, at least ``workspace_size(..., phase="forward", images=images)`` elements, or
-    None for the runtime's shared per-device buffer. ``config``: a GEMM TileConfig (or its name) instead of
-    the chosen one. ``images``: run the batch in chunks of this many images (``chunk_images``; None: all
-    at once)."""
+    ``tile``: 2 runs F(2x2, 3x3), 4 runs F(4x4, 3x3) (36 GEMMs over a quarter of the tiles: 4x fewer
+    multiplications than the direct sum against 2.25x, a larger rounding error). ``workspace``: float32, at
+    least ``workspace_size(..., phase="forward", images=images, tile=tile)`` elements, or None for the
+    runtime's shared per-device buffer. ``config``: a GEMM TileConfig (or its name) instead of the chosen
+    one. ``images``: run the batch in chunks of this many images (``chunk_images``; None: all at once)."""
     import cupy
 
     check_array(x, "winograd.forward: x", ndim=4)
@@ -460,19 +469,21 @@ def forward(x, W, b, y, padding, workspace=None, config=None, images=None):
         y = cupy.empty((N, K, P, Q), dtype=np.float32)
     else:
         check_array(y, "winograd.forward: y", shape=(N, K, P, Q))
-    ps = forward_pass(prob, _checked_images(images, "forward"))
-    ws = checked_workspace(workspace, ps.size, "winograd.forward", "winograd.workspace_size(..., phase='forward')")
+    ps = forward_pass(prob, _checked_images(images, "forward"), tile)
+    ws = checked_workspace(workspace, ps.size, "winograd.forward",
+                           "winograd.workspace_size(..., phase='forward', images=images, tile=tile)")
     _run(ps, x, W, b, y, ws, flip=False, config=config)
     return y
 
 
-def backward_data(dy, W, dx, padding, workspace=None, config=None, images=None):
+def backward_data(dy, W, dx, padding, workspace=None, config=None, images=None, tile=2):
     """dx of a stride-1 3x3 convolution: dy (N, K, P, Q), W (K, C, 3, 3) -> dx (N, C, H, W) with
     H = P + 2 - 2ph, W = Q + 2 - 2pw (dx None: allocated). Returns dx.
 
     Runs the forward pass on dy with the flipped filter (W[k,c,2-r,2-s] as a (C, K) filter) and padding
-    (2 - ph, 2 - pw). ``workspace``: at least ``workspace_size(..., phase="backward_data", images=images)``
-    elements, or None for the shared per-device buffer. ``images``: as in ``forward``."""
+    (2 - ph, 2 - pw). ``workspace``: at least ``workspace_size(..., phase="backward_data", images=images,
+    tile=tile)`` elements, or None for the shared per-device buffer. ``images``, ``tile``: as in
+    ``forward``."""
     import cupy
 
     check_array(dy, "winograd.backward_data: dy", ndim=4)
@@ -491,9 +502,9 @@ def backward_data(dy, W, dx, padding, workspace=None, config=None, images=None):
     check_array(dy, "winograd.backward_data: dy", shape=(N, K, prob[5], prob[6]))
     if dx is None:
         dx = cupy.empty(x_shape, dtype=np.float32)
-    ps = backward_pass(prob, _checked_images(images, "backward_data"))
+    ps = backward_pass(prob, _checked_images(images, "backward_data"), tile)
     ws = checked_workspace(workspace, ps.size, "winograd.backward_data",
-                           "winograd.workspace_size(..., phase='backward_data')")
+                           "winograd.workspace_size(..., phase='backward_data', images=images, tile=tile)")
     _run(ps, dy, W, None, dx, ws, flip=True, config=config)
     return dx
 

@@ -8,6 +8,9 @@ below that, while inside a CUDA graph (~1 us per launch) the same GEMM splits.
 """
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
 
 from custom_impl.gpu import runtime, tiles
@@ -335,8 +338,8 @@ def test_candidates(x_shape, w_shape, stride, padding, forward, data, weights):
 def test_algo_names():
     from custom_impl.gpu import conv
 
-    assert conv.FORWARD_ALGOS == ("implicit_gemm", "winograd", "few_channels")
-    assert conv.DATA_ALGOS == ("implicit_gemm", "few_channels", "winograd", "patch", "strided_1x1")
+    assert conv.FORWARD_ALGOS == ("implicit_gemm", "winograd", "few_channels", "winograd4")
+    assert conv.DATA_ALGOS == ("implicit_gemm", "few_channels", "winograd", "patch", "strided_1x1", "winograd4")
     assert conv.WEIGHTS_ALGOS == ("implicit_gemm", "few_channels", "winograd", "winograd4", "patch")
     select.check_algo("auto", "forward", "conv2d_forward")
     with pytest.raises(ValueError, match="algo='patch'; use one of 'auto', 'implicit_gemm'"):
@@ -407,7 +410,6 @@ def test_auto_times_exactly_the_candidates(monkeypatch):
 
 def _lab_module(name):
     import importlib.util
-    import os
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     spec = importlib.util.spec_from_file_location(name, os.path.join(root, "lab", "conv", f"{name}.py"))
@@ -429,6 +431,16 @@ def test_winograd_kernels_replayed_on_the_cpu(capsys):
     NumPy with the product's passes, against a direct float64 convolution (it asserts the agreement)."""
     _lab_module("winograd_emulate").main()
     assert "match the direct convolution" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
+                    reason="no C++ compiler (g++ or $CXX) to build the transform functions for the host")
+def test_winograd4_transform_functions(capsys):
+    """lab/conv/winograd4_transforms_check.py: conv_winograd.cu's F(4x4, 3x3) / F(3x3, 4x4) transform
+    functions, compiled for the host, apply exactly the matrices the NumPy emulation checks against the
+    direct convolution (it asserts every output; a wrong coefficient or sign fails it)."""
+    assert _lab_module("winograd4_transforms_check").main() == 0
+    assert "match their matrices" in capsys.readouterr().out
 
 
 def test_every_conv_kernel_asked_for_exists():
