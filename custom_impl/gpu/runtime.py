@@ -433,7 +433,12 @@ def ptr(a) -> np.uint64:
 def vec_ok(a, ld: int) -> bool:
     """Whether rows of ``a`` with leading dimension ``ld`` can be read as float4: ld % 4 == 0 and a is
     16-byte aligned."""
-    return ld % 4 == 0 and a.data.ptr % 16 == 0
+    return vec_ok_at(a.data.ptr, ld)
+
+
+def vec_ok_at(addr: int, ld: int) -> bool:
+    """``vec_ok`` for rows starting at device address ``addr`` (a launch that passes addresses)."""
+    return ld % 4 == 0 and addr % 16 == 0
 
 
 def check_array(a, name: str, shape=None, ndim=None):

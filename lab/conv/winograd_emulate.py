@@ -39,46 +39,41 @@ G4 = GT4.T                                                          # F(4x4, 3x3
 AT4 = A4.T                                                          # and its output transform (4x6)
 
 
-def emulate_input4(ws, off_v, g, inp, dt):
-    """conv_winograd4_input: thread (c, t): V (36, C, Tp) at ws[off_v:], the 6x6 patch at (4tp - ph, 4tq - pw)
-    through Bt . Bt^T (the matrices, not the kernel's operation order), zero rows past T."""
-    C, Tp, T = g.C_in, g.Tp, g.T
-    xflat = inp.astype(dt).ravel()
+def _transform4(ws, off, g, src, channels, plane_hw, origin, size, mat, dt):
+    """One F(4x4) transform kernel (thread (channel, t)): the size x size patch of each channel's plane of
+    ``src`` (N, channels, *plane_hw) at ``origin(tp, tq)`` (zeros outside the plane) through mat . mat^T,
+    into 36 slices of (channels, Tp) at ws[off:], zero columns past T."""
+    Tp, T = g.Tp, g.T
+    flat = src.astype(dt).ravel()
+    Hs, Ws = plane_hw
     t = np.arange(T)
     tq, nt = t % g.tQ, t // g.tQ
     tp, n = nt % g.tP, nt // g.tP
-    bt = BT4.astype(dt)
-    for c in range(C):
-        plane = (n * C + c) * g.Hi * g.Wi
-        d = np.empty((6, 6, T), dt)
-        for a, b in itertools.product(range(6), range(6)):
-            h, w = 4 * tp - g.ph + a, 4 * tq - g.pw + b
-            ok = (h >= 0) & (h < g.Hi) & (w >= 0) & (w < g.Wi)
-            d[a, b] = np.where(ok, xflat[np.where(ok, plane + h * g.Wi + w, 0)], 0)
-        v = np.einsum("ia,abt,jb->ijt", bt, d, bt).astype(dt)
+    h0, w0 = origin(tp, tq)
+    m = mat.astype(dt)
+    for c in range(channels):
+        plane = (n * channels + c) * Hs * Ws
+        d = np.empty((size, size, T), dt)
+        for a, b in itertools.product(range(size), range(size)):
+            h, w = h0 + a, w0 + b
+            ok = (h >= 0) & (h < Hs) & (w >= 0) & (w < Ws)
+            d[a, b] = np.where(ok, flat[np.where(ok, plane + h * Ws + w, 0)], 0)
+        v = np.einsum("ia,abt,jb->ijt", m, d, m).astype(dt)
         for xi in range(36):
-            ws[off_v + xi * C * Tp + c * Tp + np.arange(Tp)] = np.concatenate([v[xi // 6, xi % 6], np.zeros(Tp - T)])
+            ws[off + xi * channels * Tp + c * Tp + np.arange(Tp)] = np.concatenate([v[xi // 6, xi % 6],
+                                                                                   np.zeros(Tp - T)])
+
+
+def emulate_input4(ws, off_v, g, inp, dt):
+    """conv_winograd4_input: V (36, C, Tp) at ws[off_v:], the 6x6 patch at (4tp - ph, 4tq - pw) through
+    Bt . Bt^T (the matrices, not the kernel's operation order)."""
+    _transform4(ws, off_v, g, inp, g.C_in, (g.Hi, g.Wi), lambda tp, tq: (4 * tp - g.ph, 4 * tq - g.pw), 6, BT4, dt)
 
 
 def emulate_dy4(ws, off_y, g, dy, dt):
-    """conv_winograd4_dy: thread (k, t): Y (36, K, Tp) at ws[off_y:], the 4x4 dy tile at (4tp, 4tq) (zeros past
-    P, Q) through A . A^T, zero rows past T."""
-    K, Tp, T, P, Q = g.C_out, g.Tp, g.T, g.Ho, g.Wo
-    dyflat = dy.astype(dt).ravel()
-    t = np.arange(T)
-    tq, nt = t % g.tQ, t // g.tQ
-    tp, n = nt % g.tP, nt // g.tP
-    a4 = A4.astype(dt)
-    for k in range(K):
-        plane = (n * K + k) * P * Q
-        e = np.empty((4, 4, T), dt)
-        for i, j in itertools.product(range(4), range(4)):
-            p, q = 4 * tp + i, 4 * tq + j
-            ok = (p < P) & (q < Q)
-            e[i, j] = np.where(ok, dyflat[np.where(ok, plane + p * Q + q, 0)], 0)
-        y = np.einsum("ai,ijt,bj->abt", a4, e, a4).astype(dt)
-        for xi in range(36):
-            ws[off_y + xi * K * Tp + k * Tp + np.arange(Tp)] = np.concatenate([y[xi // 6, xi % 6], np.zeros(Tp - T)])
+    """conv_winograd4_dy: Y (36, K, Tp) at ws[off_y:], the 4x4 dy tile at (4tp, 4tq) (zeros past P, Q) through
+    A . A^T."""
+    _transform4(ws, off_y, g, dy, g.C_out, (g.Ho, g.Wo), lambda tp, tq: (4 * tp, 4 * tq), 4, A4, dt)
 
 
 def emulate_input(ws, off_v, ps, inp, dt):

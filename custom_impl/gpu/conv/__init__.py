@@ -55,7 +55,7 @@ from ..step import Step
 from .. import gemm_tc
 from . import few_channels, implicit_gemm, implicit_gemm_tc, patch, select, strided_1x1, winograd
 from .geometry import ConvDims, conv2d_output_shape, conv_dims, planning_sms
-from .select import DATA_ALGOS, FORWARD_ALGOS, WEIGHTS_ALGOS, candidates
+from .select import DATA_ALGOS, FORWARD_ALGOS, WEIGHTS_ALGOS, WINOGRAD_TILES, candidates
 
 __all__ = ["conv2d_forward", "conv2d_backward", "conv2d_backward_data", "conv2d_workspace_size", "conv2d_algorithm",
            "conv2d_output_shape", "conv_dims", "ConvDims", "FORWARD_ALGOS", "DATA_ALGOS", "WEIGHTS_ALGOS",
@@ -161,8 +161,8 @@ def _check_precision(precision, algo, what) -> bool:
 def _forward(algo, x, W, b, out, dims, workspace, sms):
     if algo == "implicit_gemm":
         return implicit_gemm.forward(x, W, b, out, dims, workspace, sms)
-    if algo in ("winograd", "winograd4"):
-        tile = 2 if algo == "winograd" else 4
+    if algo in WINOGRAD_TILES:
+        tile = WINOGRAD_TILES[algo]
         return winograd.forward(x, W, b, out, (dims.ph, dims.pw), workspace, tile=tile,
                                 images=select.winograd_images(dims, "forward", tile=tile))
     return few_channels.forward(x, W, b, out, dims)
@@ -208,8 +208,8 @@ def _backward_data(algo, dy, W, dx, dims, workspace, sms):
         return implicit_gemm.backward_data(dy, W, dx, dims, workspace, sms)
     if algo == "few_channels":
         return few_channels.backward_data(dy, W, dx, dims)
-    if algo in ("winograd", "winograd4"):
-        tile = 2 if algo == "winograd" else 4
+    if algo in WINOGRAD_TILES:
+        tile = WINOGRAD_TILES[algo]
         return winograd.backward_data(dy, W, dx, (dims.ph, dims.pw), workspace, tile=tile,
                                       images=select.winograd_images(dims, "backward_data", tile=tile))
     if algo == "strided_1x1":
@@ -222,8 +222,8 @@ def _backward_weights(algo, dy, x, dW, dims, workspace, sms, check=True):
         return implicit_gemm.backward_weights(dy, x, dW, dims, workspace, sms)
     if algo == "few_channels":
         return few_channels.backward_weights(dy, x, dW, dims, workspace, sms=sms, check=check)
-    if algo in ("winograd", "winograd4"):
-        tile = 2 if algo == "winograd" else 4
+    if algo in WINOGRAD_TILES:
+        tile = WINOGRAD_TILES[algo]
         return winograd.backward_weights(dy, x, dW, (dims.ph, dims.pw), workspace, tile=tile,
                                          images=select.winograd_images(dims, "backward_weights", sms, tile))
     return patch.backward_weights(dy, x, dW, dims, workspace)

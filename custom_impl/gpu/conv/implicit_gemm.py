@@ -240,10 +240,6 @@ def pointwise(dims) -> bool:
     return (R, S, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) and (H * Wd) % 4 == 0
 
 
-def _aligned(*arrays) -> bool:
-    return all(a.data.ptr % 16 == 0 for a in arrays)
-
-
 def forward(x, W, b, out, dims, workspace=None, sms=132, config=None, splits=None):
     """y = conv2d(x, W) + b into ``out`` (N, K, P, Q); x, W, b (or None) and out checked by the caller.
     ``config`` (a TileConfig or its name) / ``splits`` override the tuned plan's (for tuning runs and
@@ -259,9 +255,10 @@ def forward(x, W, b, out, dims, workspace=None, sms=132, config=None, splits=Non
     if n_splits > 1:
         ws = checked_workspace(workspace, n_splits * K * cols, "conv2d_forward", "conv2d_workspace_size")
         flags |= 2
-    if pointwise(dims) and _aligned(x, out) and (n_splits == 1 or _aligned(ws)):
+    HW = H * Wd
+    if pointwise(dims) and vec_ok(x, HW) and vec_ok(out, HW) and (n_splits == 1 or vec_ok(ws, cols)):
         kernel("conv_pointwise_fwd", cfg)(grid, (cfg.threads,),
-                                          (x, W, ptr(b), out, ws) + i32_memo((N, C, H * Wd, K, k_chunk, flags)),
+                                          (x, W, ptr(b), out, ws) + i32_memo((N, C, HW, K, k_chunk, flags)),
                                           shared_mem=cfg.smem_bytes)
     else:
         kernel("conv_implicit_gemm_fwd", cfg)(grid, (cfg.threads,),
@@ -343,9 +340,10 @@ def backward_data(dy, W, dx, dims, workspace=None, sms=132, config=None, splits=
     if splits > 1:
         ws = checked_workspace(workspace, splits * C * cols, "conv backward_data", "conv2d_workspace_size")
     grid = (blocks(cols, cfg.bn), blocks(C, cfg.bm), splits if splits > 1 else sh * sw)
-    if pointwise(dims) and _aligned(dy, dx) and (splits == 1 or _aligned(ws)):
+    HW = H * Wd
+    if pointwise(dims) and vec_ok(dy, HW) and vec_ok(dx, HW) and (splits == 1 or vec_ok(ws, cols)):
         flags = int(vec_ok(W, C)) | (2 if splits > 1 else 0)
-        scalars = i32_memo((N, C, H * Wd, K, k_chunk if splits > 1 else K, flags))
+        scalars = i32_memo((N, C, HW, K, k_chunk if splits > 1 else K, flags))
         kernel("conv_pointwise_dgrad", cfg)(grid, (cfg.threads,), (dy, W, dx, ws) + scalars,
                                             shared_mem=cfg.smem_bytes)
     else:

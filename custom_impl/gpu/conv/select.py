@@ -39,6 +39,7 @@ FORWARD_ALGOS = ("implicit_gemm", "winograd", "few_channels", "winograd4")
 DATA_ALGOS = ("implicit_gemm", "few_channels", "winograd", "patch", "strided_1x1", "winograd4")
 WEIGHTS_ALGOS = ("implicit_gemm", "few_channels", "winograd", "winograd4", "patch")
 ALGOS = {"forward": FORWARD_ALGOS, "backward_data": DATA_ALGOS, "backward_weights": WEIGHTS_ALGOS}
+WINOGRAD_TILES = {"winograd": 2, "winograd4": 4}   # algorithm -> winograd.py's output (dy) tile
 DEFAULT = "implicit_gemm"   # runs every shape; what a CUDA-graph capture gets for an untimed shape
 
 WINOGRAD_MIN_CHANNELS = 16      # below this the 16 small GEMMs have too short a reduction to pay
@@ -150,13 +151,11 @@ def workspace_size(dims, sms: int = 132) -> int:
     if few_channels.weights_plan(dims, sms) is not None:
         need = max(need, few_channels.workspace_size(x_shape, w_shape, stride, padding, sms))
     for phase in PHASES:
-        if winograd_ok(dims, phase, sms):
-            images = winograd_images(dims, phase, sms)
-            need = max(need, winograd.workspace_size(x_shape, w_shape, stride, padding, phase, sms, images))
-        if winograd_ok(dims, phase, sms, tile=4):   # "winograd4" (its forward and backward-data by name only)
-            images = winograd_images(dims, phase, sms, tile=4)
-            need = max(need, winograd.workspace_size(x_shape, w_shape, stride, padding, phase, sms, images,
-                                                      tile=4))
+        for tile in WINOGRAD_TILES.values():   # "winograd4"'s forward and backward-data too (by name only)
+            if winograd_ok(dims, phase, sms, tile):
+                images = winograd_images(dims, phase, sms, tile)
+                need = max(need, winograd.workspace_size(x_shape, w_shape, stride, padding, phase, sms, images,
+                                                          tile))
     need = max(need, strided_1x1.workspace_size(dims, sms))
     # patch wherever it can run (also when called by name, not only where it is a timed candidate)
     return max(need, patch.workspace_size(x_shape, w_shape, stride, padding, sms))

@@ -76,7 +76,7 @@ import functools
 import numpy as np
 
 from .. import runtime
-from ..runtime import blocks, check_array, checked_workspace, i32, i32_memo, pair, ptr
+from ..runtime import blocks, check_array, checked_workspace, i32, i32_memo, pair, ptr, vec_ok_at
 from ..tiles import CONFIG_BY_NAME, estimate_seconds, split_chunk
 from .geometry import planning_sms
 
@@ -322,8 +322,7 @@ class WeightsPass:
             if not 1 <= int(splits) <= MAX_WEIGHT_SPLITS:
                 raise ValueError(f"winograd.backward_weights: splits={splits}; use 1..{MAX_WEIGHT_SPLITS}")
             t_chunk, n_splits = split_chunk(self.geo.Tp, int(splits), cfg.bk)
-        self.cfg, self.t_chunk, self.splits = cfg, t_chunk, n_splits
-        self.K, self.C = K, C
+        self.cfg, self.K, self.C = cfg, K, C
         # (first image, geometry, t_chunk, splits, first slab) of each chunk; a short last chunk has fewer
         # tiles, so its t ranges are planned again with the same split count
         self.chunks = []
@@ -407,11 +406,6 @@ def _at(a, offset: int = 0) -> int:
     return a.data.ptr + F32 * offset
 
 
-def _vec(addr: int, ld: int) -> bool:
-    """Whether rows of length ``ld`` starting at address ``addr`` can be read as float4s."""
-    return ld % 4 == 0 and addr % 16 == 0
-
-
 def _run(ps: _Pass, inp, Wt, b, out, ws, flip: bool, config=None) -> None:
     """The four kernels of one pass: inp (N, C_in, Hi, Wi) -> out (N, C_out, Ho, Wo), in chunks of ``ps.N``
     images (the filter transform once, then input transform, GEMMs and output transform per chunk)."""
@@ -440,7 +434,7 @@ def _run_chunk(ps: _Pass, cfg, U: int, inp: int, b, out: int, ws) -> None:
     else:
         k_input, k_output = kernel("conv_winograd4_input", cfg), kernel("conv_winograd4_output", cfg)
     k_input((blocks(ps.Tp, THREADS), ps.C_in), (THREADS,), (np.uint64(inp), np.uint64(V)) + ps.input_args)
-    flags = int(_vec(U, ps.Ip)) | int(_vec(V, ps.Tp)) << 1 | int(_vec(Mo, ps.Tp)) << 2
+    flags = int(vec_ok_at(U, ps.Ip)) | int(vec_ok_at(V, ps.Tp)) << 1 | int(vec_ok_at(Mo, ps.Tp)) << 2
     kernel("conv_winograd_gemm", cfg)((blocks(ps.Tp, cfg.bn), blocks(ps.C_out, cfg.bm), ps.xis), (cfg.threads,),
                                          (np.uint64(U), np.uint64(V), np.uint64(Mo))
                                          + i32_memo((ps.C_out, ps.Tp, ps.C_in, ps.Ip, flags)),
@@ -564,7 +558,7 @@ def _run_weights(wp: WeightsPass, dy, x, dW, ws) -> None:
         out = Mw + F32 * slab * xis * K * C
         k_input((blocks(g.Tp, THREADS), C), (THREADS,), (np.uint64(_at(x, n0 * x_img)), np.uint64(V)) + g.input_args)
         k_dy((blocks(g.Tp, THREADS), K), (THREADS,), (np.uint64(_at(dy, n0 * dy_img)), np.uint64(Yt)) + g.output_args)
-        flags = int(_vec(V, g.Tp) and _vec(Yt, g.Tp)) | int(_vec(out, C)) << 1
+        flags = int(vec_ok_at(V, g.Tp) and vec_ok_at(Yt, g.Tp)) | int(vec_ok_at(out, C)) << 1
         kernel("conv_winograd_wgrad_gemm", cfg)((blocks(C, cfg.bn), blocks(K, cfg.bm), xis * splits),
                                                    (cfg.threads,),
                                                    (np.uint64(Yt), np.uint64(V), np.uint64(out))
