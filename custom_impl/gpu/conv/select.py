@@ -5,18 +5,16 @@ Legend: ``dims`` a ``ConvDims`` (N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw; geom
 "forward", "backward_data", "backward_weights".
 
 Candidates per phase (``candidates``), in this order (a tie goes to the first):
-  forward           "implicit_gemm" always; "winograd" where ``winograd_ok`` (in chunks of images where
-                    the whole batch would exceed its workspace cap); "few_channels" where the
-                    few-channels forward fits (C <= 8, S <= 8).
+  forward           "implicit_gemm" always; "winograd" (F(2x2, 3x3)) and "winograd4" (F(4x4, 3x3))
+                    where ``winograd_ok`` (in chunks of images where the whole batch would exceed its
+                    workspace cap); "few_channels" where the few-channels forward fits (C <= 8, S <= 8).
   backward_data     "implicit_gemm" always; "few_channels" (C <= 8, S <= 32, W within 64 KB of shared
-                    memory: ``few_channels.data_fits``); "winograd" where ``winograd_ok``; "patch" where
-                    ``patch_ok``; "strided_1x1" for a 1x1 kernel with a stride and no padding
-                    (``strided_1x1.fits``).
+                    memory: ``few_channels.data_fits``); "winograd" and "winograd4" where
+                    ``winograd_ok``; "patch" where ``patch_ok``; "strided_1x1" for a 1x1 kernel with a
+                    stride and no padding (``strided_1x1.fits``).
   backward_weights  "implicit_gemm" always; "few_channels" where its launch plan exists; "winograd"
                     (F(3x3, 2x2)) and "winograd4" (F(3x3, 4x4)) where ``winograd_ok`` (in chunks of
                     images, as the forward); "patch" where ``patch_ok``.
-"winograd4" of the forward and backward-data (F(4x4, 3x3)) runs by name only, not yet among "auto"'s
-candidates: it has not yet run on a GPU.
 "auto" (``choose``) takes the cached choice for (phase, dims[, bias presence]), else times every candidate
 once through ``runtime.autotune`` and caches the fastest, per device and launch-cost regime: eagerly a
 candidate is worth what 5 back-to-back eager calls take (its extra launches' host time included); under
@@ -92,20 +90,23 @@ def patch_ok(dims, phase: str, sms: int = 132) -> bool:
     return patch.data_plan(dims) is not None
 
 
+def _winograds(dims, phase: str, sms: int) -> list:
+    """The Winograd algorithms (WINOGRAD_TILES) that can run this layer in ``phase``."""
+    return [name for name, tile in WINOGRAD_TILES.items() if winograd_ok(dims, phase, sms, tile)]
+
+
 def candidates(dims, phase: str, sms: int = 132) -> list:
     """The algorithms that can run this layer in ``phase``: what "auto" times (module docstring)."""
     N, C, H, Wd, K, R, S = dims[:7]
     names = [DEFAULT]
     if phase == "forward":
-        if winograd_ok(dims, phase):
-            names.append("winograd")
+        names += _winograds(dims, phase, sms)
         if few_channels.forward_fits(dims):
             names.append("few_channels")
     elif phase == "backward_data":
         if few_channels.data_fits(C, K, R, S):
             names.append("few_channels")
-        if winograd_ok(dims, phase):
-            names.append("winograd")
+        names += _winograds(dims, phase, sms)
         if patch_ok(dims, phase, sms):
             names.append("patch")
         if strided_1x1.fits(dims):
@@ -113,10 +114,7 @@ def candidates(dims, phase: str, sms: int = 132) -> list:
     elif phase == "backward_weights":
         if few_channels.weights_plan(dims, sms) is not None:
             names.append("few_channels")
-        if winograd_ok(dims, phase, sms):
-            names.append("winograd")
-        if winograd_ok(dims, phase, sms, tile=4):
-            names.append("winograd4")
+        names += _winograds(dims, phase, sms)
         if patch_ok(dims, phase, sms):
             names.append("patch")
     else:
@@ -151,7 +149,7 @@ def workspace_size(dims, sms: int = 132) -> int:
     if few_channels.weights_plan(dims, sms) is not None:
         need = max(need, few_channels.workspace_size(x_shape, w_shape, stride, padding, sms))
     for phase in PHASES:
-        for tile in WINOGRAD_TILES.values():   # "winograd4"'s forward and backward-data too (by name only)
+        for tile in WINOGRAD_TILES.values():
             if winograd_ok(dims, phase, sms, tile):
                 images = winograd_images(dims, phase, sms, tile)
                 need = max(need, winograd.workspace_size(x_shape, w_shape, stride, padding, phase, sms, images,
