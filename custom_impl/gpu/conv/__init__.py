@@ -18,6 +18,9 @@ timing; docs/kernels.md tells what each measured):
   "few_channels"  (few_channels.py)   C <= 8 (a CNN's first layer): direct register-blocked kernels.
   "patch"         (patch.py)          backward passes of 3..7-tap stride-1 kernels, >= 8 channels: an input
                                        patch staged in shared memory once and reused for every tap.
+  "fft"           (fft.py)            backward-data of kernels of >= 32 taps (DeepSpeech 2's 21x11), any
+                                       stride: a tiled FFT convolution, one small complex GEMM per bin; by
+                                       name only (not yet run on a GPU).
   "strided_1x1"   (strided_1x1.py)    backward-data of a 1x1 kernel with a stride and no padding: the
                                        stride-1 implicit GEMM into the workspace, then one scatter into dx.
 At ``precision="tf32"`` or ``"bf16"`` the autotuner times, per layer and phase, the tensor-core GEMMs of
@@ -51,7 +54,7 @@ from .. import runtime
 from ..runtime import check_array
 from ..step import Step
 from .. import gemm_tc
-from . import few_channels, implicit_gemm, implicit_gemm_tc, patch, select, strided_1x1, winograd
+from . import fft, few_channels, implicit_gemm, implicit_gemm_tc, patch, select, strided_1x1, winograd
 from .geometry import ConvDims, conv2d_output_shape, conv_dims, planning_sms
 from .select import DATA_ALGOS, FORWARD_ALGOS, WEIGHTS_ALGOS, WINOGRAD_TILES, candidates
 
@@ -212,6 +215,8 @@ def _backward_data(algo, dy, W, dx, dims, workspace, sms):
                                       images=select.winograd_images(dims, "backward_data", tile=tile))
     if algo == "strided_1x1":
         return strided_1x1.backward_data(dy, W, dx, dims, workspace, sms)
+    if algo == "fft":
+        return fft.backward_data(dy, W, dx, dims, workspace)
     return patch.backward_data(dy, W, dx, dims, workspace)
 
 

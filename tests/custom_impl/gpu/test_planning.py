@@ -320,6 +320,9 @@ def test_conv_choice_is_looked_up_before_any_planning(monkeypatch):
      {"implicit_gemm"}),
     # 1x1 stride 2 with padding: the scatter does not apply
     ((4, 16, 9, 9), (8, 16, 1, 1), 2, 1, {"implicit_gemm"}, {"implicit_gemm"}, {"implicit_gemm"}),
+    # DeepSpeech 2's conv2, 21x11 stride (2, 1): "fft" runs its backward-data by name only, for now
+    ((16, 32, 41, 350), (96, 32, 21, 11), (2, 1), (10, 5), {"implicit_gemm"}, {"implicit_gemm"},
+     {"implicit_gemm"}),
 ])
 def test_candidates(x_shape, w_shape, stride, padding, forward, data, weights):
     """Which algorithms each phase's "auto" weighs for a layer: the eligibility rules of select.py (plain
@@ -338,7 +341,8 @@ def test_algo_names():
     from custom_impl.gpu import conv
 
     assert conv.FORWARD_ALGOS == ("implicit_gemm", "winograd", "few_channels", "winograd4")
-    assert conv.DATA_ALGOS == ("implicit_gemm", "few_channels", "winograd", "patch", "strided_1x1", "winograd4")
+    assert conv.DATA_ALGOS == ("implicit_gemm", "few_channels", "winograd", "patch", "strided_1x1", "winograd4",
+                               "fft")
     assert conv.WEIGHTS_ALGOS == ("implicit_gemm", "few_channels", "winograd", "winograd4", "patch")
     select.check_algo("auto", "forward", "conv2d_forward")
     with pytest.raises(ValueError, match="algo='patch'; use one of 'auto', 'implicit_gemm'"):
@@ -423,6 +427,61 @@ def test_few_channels_kernels_replayed_on_the_cpu(capsys):
     small shapes; it asserts float64 agreement (exact arithmetic on the same index math: 1e-12 relative)."""
     _lab_module("few_channels_emulate").main(quick=True)
     assert "all cases ok" in capsys.readouterr().out
+
+
+def test_fft_backward_data_replayed_on_the_cpu(capsys):
+    """lab/conv/fft_emulate.py: the "fft" backward-data's plan, tile windows, workspace layouts and read-out
+    offsets replayed in NumPy (np.fft for the kernels' transforms), against a direct float64 backward-data;
+    exact to float64 rounding (its bar 1e-12 of max |dx|; a wrong offset or a wrap-around is ~1)."""
+    assert _lab_module("fft_emulate").main() == 0
+    assert "worst" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
+                    reason="no C++ compiler (g++ or $CXX) to build the kernels for the host")
+def test_fft_kernels_run_on_the_host(capsys):
+    """lab/conv/fft_kernels_check.py: conv_fft.cu's four kernels built for the host (a host thread per CUDA
+    thread, a barrier per __syncthreads) on the product's plans, against a direct float64 backward-data;
+    its bar 1e-5 of max |dx| (float32 transforms come to ~3e-7; a wrong index is ~1)."""
+    assert _lab_module("fft_kernels_check").main() == 0
+    assert "worst" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("x_shape,w_shape,stride,padding,sizes,tiles", [
+    # DeepSpeech 2's conv2: 64 x 128 transforms, th = 44 >= 41 rows, tw = 118: 3 tiles across 350
+    ((64, 32, 41, 350), (96, 32, 21, 11), (2, 1), (10, 5), (64, 128), (1, 3)),
+    ((64, 32, 81, 350), (32, 32, 21, 11), (2, 1), (10, 5), (64, 128), (2, 3)),
+    # 5x10 stride 2: 32 rows suffice (th = 28)
+    ((64, 32, 79, 341), (32, 32, 5, 10), (2, 2), (0, 0), (32, 128), (3, 3)),
+])
+def test_fft_plan(x_shape, w_shape, stride, padding, sizes, tiles):
+    """The transform size with the least bin-GEMM work (tiles x bins), its tiles, and the workspace: Wh once,
+    E and X per chunk, equal chunks of images under a cap, none where not one image fits."""
+    from custom_impl.gpu.conv import fft
+
+    dims = conv_dims(x_shape, w_shape, stride, padding)
+    p = fft.plan(dims)
+    N, K, C = x_shape[0], w_shape[0], w_shape[1]
+    assert (p.lh, p.lw) == sizes and (p.tiles_h, p.tiles_w) == tiles and p.images == N
+    assert p.th * p.tiles_h >= x_shape[2] and p.tw * p.tiles_w >= x_shape[3]
+    assert p.bins == p.lh * (p.lw // 2 + 1)
+    assert p.size == 2 * p.bins * (K * C + N * p.tiles * (K + C))
+    assert fft.workspace_size(dims) == p.size <= conv2d_workspace_size(x_shape, w_shape, stride, padding)
+    per_image = 2 * p.bins * p.tiles * (K + C)
+    capped = fft.plan(dims, max_elements=p.n_wh + 24 * per_image)
+    assert capped.images == 22   # 64 images within 24 per chunk: three equal chunks of 22
+    assert fft.plan(dims, max_elements=p.n_wh + per_image - 1) is None
+
+
+def test_fft_fits_only_many_taps_and_channels():
+    from custom_impl.gpu.conv import fft
+
+    assert not fft.fits(conv_dims((8, 64, 28, 28), (64, 64, 5, 5), 1, 2))     # 25 taps
+    assert not fft.fits(conv_dims((8, 4, 64, 64), (64, 4, 7, 7), 1, 3))       # 4 input channels
+    # 70 x 70 taps: no transform of at most MAX_POINTS (128 x 64 or 64 x 128) holds the kernel
+    assert not fft.fits(conv_dims((8, 16, 200, 200), (16, 16, 70, 70), 1, 0))
+    assert fft.fits(conv_dims((8, 16, 161, 700), (16, 16, 41, 11), 2, 0))
+    assert fft.fits(conv_dims((8, 16, 64, 64), (16, 16, 7, 7), 1, 3))
 
 
 def test_winograd_kernels_replayed_on_the_cpu(capsys):

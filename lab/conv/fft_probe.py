@@ -1,0 +1,83 @@
+"""Backward-data of DeepSpeech 2's many-tap layers by the "fft" algorithm, beside the implicit GEMM and cuDNN.
+
+cuDNN runs these rows at up to 230 TFLOP/s of direct-convolution work, 3.4x the FP32 FFMA peak, so it uses
+an FFT; the implicit GEMM reaches ~20 (the networks suite, H100, 2026-12-07: 0.089-0.35 of cuDNN). This
+probe times "fft" (custom_impl/gpu/conv/fft.py) by name and kernel by kernel, checks it against PyTorch in
+float64, and prints a table.
+
+    python3 lab/conv/fft_probe.py             # GPU: the networks suite's DeepSpeech 2 rows with >= 32 taps
+    python3 lab/conv/fft_probe.py --quick     # GPU: the batch-16 rows only
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+import custom_impl
+
+# (N, C, H, W, K, R, S, stride, padding): the networks suite's DeepSpeech 2 layers that "fft" fits
+SHAPES = [
+    (16, 32, 81, 350, 32, 21, 11, (2, 1), (10, 5)), (16, 32, 41, 350, 96, 21, 11, (2, 1), (10, 5)),
+    (16, 32, 79, 341, 32, 5, 10, (2, 2), (0, 0)),
+    (64, 32, 81, 350, 32, 21, 11, (2, 1), (10, 5)), (64, 32, 41, 350, 96, 21, 11, (2, 1), (10, 5)),
+    (64, 32, 79, 341, 32, 5, 10, (2, 2), (0, 0)),
+]
+
+
+def _time(fn, reps=10) -> float:
+    """Least of 3 rounds of ``reps`` back-to-back calls, ms per call, by CUDA events on the default stream."""
+    for _ in range(2):
+        fn()
+    torch.cuda.synchronize()
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    best = float("inf")
+    for _ in range(3):
+        start.record()
+        for _ in range(reps):
+            fn()
+        stop.record()
+        stop.synchronize()
+        best = min(best, start.elapsed_time(stop) / reps)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="the batch-16 rows only")
+    args = ap.parse_args()
+    import cupy
+
+    from custom_impl.gpu.conv import conv_dims, fft
+
+    ops = custom_impl.layer_ops("gpu")
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
+    print("| shape (N, C, HxW, K, RxS, stride) | transform | implicit_gemm ms | fft ms | cuDNN ms | cuDNN / fft "
+          "| rel err |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for shape in SHAPES[:3] if args.quick else SHAPES:
+        N, C, H, Wd, K, R, S, stride, padding = shape
+        x_shape = (N, C, H, Wd)
+        dims = conv_dims(x_shape, (K, C, R, S), stride, padding)
+        p = fft.plan(dims)
+        rng = np.random.default_rng(sum(shape[:7]))
+        dy = rng.standard_normal((N, K, dims.P, dims.Q), dtype=np.float32)
+        W = rng.standard_normal((K, C, R, S), dtype=np.float32) / np.float32(np.sqrt(K * R * S))
+        gdy, gW = cupy.asarray(dy), cupy.asarray(W)
+        dx = cupy.empty(x_shape, dtype=cupy.float32)
+        ms = {algo: _time(lambda: ops.conv2d_backward_data(gdy, gW, x_shape, stride, padding, dx=dx, algo=algo))
+              for algo in ("implicit_gemm", "fft")}
+        got = cupy.asnumpy(ops.conv2d_backward_data(gdy, gW, x_shape, stride, padding, algo="fft"))
+        want = torch.nn.grad.conv2d_input(x_shape, torch.from_numpy(W.astype(np.float64)),
+                                          torch.from_numpy(dy.astype(np.float64)), stride, padding).numpy()
+        err = float(np.abs(got - want).max() / np.abs(want).max())
+        tdy, tW = torch.from_numpy(dy).cuda(), torch.from_numpy(W).cuda()
+        ref = _time(lambda: torch.nn.grad.conv2d_input(x_shape, tW, tdy, stride, padding))
+        print(f"| {N}, {C}, {H}x{Wd}, {K}, {R}x{S}, {stride} | {p.lh}x{p.lw}, {p.tiles_h}x{p.tiles_w} tiles | "
+              f"{ms['implicit_gemm']:.3f} | {ms['fft']:.3f} | {ref:.3f} | {ref / ms['fft']:.2f} | {err:.2g} |")
+
+
+if __name__ == "__main__":
+    main()
