@@ -14,6 +14,8 @@
 #   bash lab/gpu_visit.sh verify [FILE...] # GPU test files (default: the tensor-core GEMM and conv, the
 #                                          # precision models, the fused MLP step, the conv tests), one at a
 #                                          # time, each under TIMEOUT_S (default 200 s)
+#   bash lab/gpu_visit.sh fft              # the "fft" backward-data: its GPU tests, then lab/conv/fft_probe.py
+#                                          # (DeepSpeech 2's rows: fft and the implicit GEMM beside cuDNN)
 #   bash lab/gpu_visit.sh wgmma            # the wgmma GEMM and conv: their GPU tests, then tc_bench at 4096^3
 #                                          # (every tile config, mma.sync and wgmma, beside cuBLAS), then the
 #                                          # warp-specialised experiment beside the product kernel (ws_bench)
@@ -125,6 +127,15 @@ case "${1:-tests}" in
       echo "$name exit: $? ($(tail -1 "$out/$name.log"))"
       grep -E "^FAILED|^ERROR" "$out/$name.log" | head -8
     done
+    ;;
+  fft)
+    timeout "${TIMEOUT_S:-200}" python3 -m pytest -q -p no:cacheprovider --junitxml="$out/fft_junit.xml" \
+      tests/custom_impl/gpu/test_conv_fft.py >"$out/fft_tests.log" 2>&1
+    echo "pytest exit: $? ($(tail -1 "$out/fft_tests.log"))"
+    grep -E "^FAILED|^ERROR" "$out/fft_tests.log" | head -8
+    timeout "${PROBE_S:-240}" python3 lab/conv/fft_probe.py >"$out/fft_probe.md" 2>&1
+    echo "fft_probe exit: $?"
+    cat "$out/fft_probe.md"
     ;;
   wgmma)
     timeout "${TIMEOUT_S:-200}" python3 -m pytest -q -p no:cacheprovider -k wgmma --junitxml="$out/wgmma_junit.xml" \

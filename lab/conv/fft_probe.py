@@ -2,7 +2,7 @@
 
 cuDNN runs these rows at up to 230 TFLOP/s of direct-convolution work, 3.4x the FP32 FFMA peak, so it uses
 an FFT; the implicit GEMM reaches ~20 (the networks suite, H100, 2026-12-07: 0.089-0.35 of cuDNN). This
-probe times "fft" (custom_impl/gpu/conv/fft.py) by name and kernel by kernel, checks it against PyTorch in
+probe times "fft" (custom_impl/gpu/conv/fft.py) and the implicit GEMM by name, checks "fft" against PyTorch in
 float64, and prints a table.
 
     python3 lab/conv/fft_probe.py             # GPU: the networks suite's DeepSpeech 2 rows with >= 32 taps
