@@ -1,5 +1,5 @@
-// conv2d backward-data as a tiled FFT convolution (conv/fft.py holds the algorithm, its plan and its
-// workspace layout; this file its four kernels).
+// conv2d backward-data and forward as tiled FFT convolutions (conv/fft.py holds the algorithm, its plans and
+// its workspace layout; this file its four kernels).
 //
 // Legend: N batch, C in-channels, K out-channels, H,W dx, P,Q dy, R,S kernel, NCHW float32. FFT_LH x FFT_LW
 // (LH x LW) is the transform size, powers of two, fixed per compiled module; BINS = LH * (LW/2 + 1) values
@@ -13,13 +13,18 @@
 // natural order; twiddles from tables in shared memory, made per block by sincospif of exact dyadic
 // arguments.
 //
-//   conv_fft_filter  Wh[k, c, :] = FFT2(W[k, c] at the origin of an LH x LW zero tile)        block (k*C + c)
-//   conv_fft_dy      E[t, k, :]  = FFT2(e_t), e_t[i, j] = u[h0 + oh + i, w0 + ow + j]          block (t, k)
-//                    u the stride-upsampled dy (dy[y/sh, x/sw] where sh | y and sw | x, else 0);
-//                    tile t = image * tiles + tile, (h0, w0) = (tile / tiles_w * th, tile % tiles_w * tw)
-//   conv_fft_bins    X[t, c, f]  = sum_k E[t, k, f] Wh[k, c, f]                               (t, c, f) tiles
-//   conv_fft_dx      dx[n, c, h0 + a, w0 + b] = IFFT2(X[t, c])[R-1+a, S-1+b] / (LH*LW),       block (t, c)
-//                    a < th, b < tw, inside dx
+// Backward-data (reduction ci = k, outputs co = c, output dx) and the forward (ci = c, co = k, output the
+// stride-1 z of which y keeps every sh-th row and sw-th column; the filter rotated by 180 degrees turns its
+// correlation into the same convolution):
+//   conv_fft_filter  Wh[ci, co, :] = FFT2(W[k, c] (rotated for the forward) at the origin of an LH x LW
+//                    zero tile)                                                           block (k*C + c)
+//   conv_fft_input   E[t, ci, :] = FFT2(e_t), e_t[i, j] = u[h0 + oh + i, w0 + ow + j]     block (t, ci)
+//                    u the source upsampled by (sh, sw) (dy with the stride: dy[y/sh, x/sw] where sh | y
+//                    and sw | x, else 0; x as it is); tile t = image * tiles + tile,
+//                    (h0, w0) = (tile / tiles_w * th, tile % tiles_w * tw)
+//   conv_fft_bins    X[t, co, f] = sum_ci E[t, ci, f] Wh[ci, co, f]                       (t, co, f) tiles
+//   conv_fft_output  out tile t = IFFT2(X[t, co])[R-1+a, S-1+b] / (LH*LW) (+ bias), a < th, b < tw, inside
+//                    the output, subsampled by the forward's stride                       block (t, co)
 // Every sum runs in a fixed order (no atomics): results are deterministic.
 
 #ifndef FFT_LH
@@ -136,39 +141,49 @@ __device__ void forward_tile(const Value& value, float2* __restrict__ out) {
 
 struct FilterValue {
     const float* w;   // W[k, c], R x S
-    int R, S;
-    __device__ float operator()(int i, int j) const { return (i < R && j < S) ? w[i * S + j] : 0.f; }
+    int R, S, flip;   // flip: W[k, c] rotated by 180 degrees (the forward's correlation as a convolution)
+    __device__ float operator()(int i, int j) const {
+        if (i >= R || j >= S) return 0.f;
+        return flip ? w[(R - 1 - i) * S + (S - 1 - j)] : w[i * S + j];
+    }
 };
 
+// blockIdx.x: k * C + c. Backward-data (flip 0) writes Wh[k, c, :]: reduction over k, outputs c; the
+// forward (flip 1) Wh[c, k, :] of the rotated filter: reduction over c, outputs k.
 extern "C" __global__ void __launch_bounds__(THREADS)
-conv_fft_filter(const float* __restrict__ W, float2* __restrict__ Wh, int K, int C, int R, int S) {
-    const long long kc = blockIdx.x;   // k * C + c
-    forward_tile(FilterValue{W + kc * R * S, R, S}, Wh + kc * BINS);
+conv_fft_filter(const float* __restrict__ W, float2* __restrict__ Wh, int K, int C, int R, int S, int flip) {
+    const int kc = blockIdx.x, k = kc / C, c = kc % C;
+    const long long slot = flip ? (long long)c * K + k : kc;
+    forward_tile(FilterValue{W + (long long)kc * R * S, R, S, flip}, Wh + slot * BINS);
 }
 
-struct DyValue {
-    const float* dy;  // dy[n, k], P x Q
-    int P, Q, sh, sw, y0, x0;   // tile origin in u: (h0 + oh, w0 + ow)
+struct WindowValue {
+    const float* src;  // one channel of one image, P x Q
+    int P, Q, sh, sw, y0, x0;   // the window's origin in u: (h0 + oh, w0 + ow)
     __device__ float operator()(int i, int j) const {
         const int y = y0 + i, x = x0 + j;
         if (y < 0 || x < 0 || y % sh != 0 || x % sw != 0) return 0.f;
         const int p = y / sh, q = x / sw;
-        return (p < P && q < Q) ? dy[p * Q + q] : 0.f;
+        return (p < P && q < Q) ? src[p * Q + q] : 0.f;
     }
 };
 
-// blockIdx.x: t = image * tiles + tile (images of this chunk), blockIdx.y: k. oh = ph - (R-1), ow = pw - (S-1).
+// E[t, ci, :] = FFT2 of the window e[i, j] = u[h0 + oh + i, w0 + ow + j], u the source channel ci (P x Q)
+// upsampled by (sh, sw): dy with the stride for backward-data, x as it is (sh = sw = 1) for the forward.
+// blockIdx.x: t = image * tiles + tile (images of this chunk), blockIdx.y: ci; (h0, w0) the origin of the
+// output tile t in the Ht x Wt output (dx, or the forward's stride-1 z).
 extern "C" __global__ void __launch_bounds__(THREADS)
-conv_fft_dy(const float* __restrict__ dy, float2* __restrict__ E, int K, int P, int Q, int sh, int sw, int oh,
-            int ow, int H, int Wd, int th, int tw, int tiles_w, int tiles) {
-    const int t = blockIdx.x, k = blockIdx.y;
+conv_fft_input(const float* __restrict__ src, float2* __restrict__ E, int Ci, int P, int Q, int sh, int sw, int oh,
+               int ow, int Ht, int Wt, int th, int tw, int tiles_w, int tiles) {
+    const int t = blockIdx.x, ci = blockIdx.y;
     const int n = t / tiles, tile = t % tiles;
     const int h0 = tile / tiles_w * th, w0 = tile % tiles_w * tw;
-    const DyValue value{dy + ((long long)n * K + k) * P * Q, P, Q, sh, sw, h0 + oh, w0 + ow};
-    forward_tile(value, E + ((long long)t * K + k) * BINS);
+    const WindowValue value{src + ((long long)n * Ci + ci) * P * Q, P, Q, sh, sw, h0 + oh, w0 + ow};
+    forward_tile(value, E + ((long long)t * Ci + ci) * BINS);
 }
 
-// X[t, c, f] = sum_k E[t, k, f] Wh[k, c, f] over k in order. grid.x: (row tile, column tile), grid.y: bins.
+// X[t, c, f] = sum_k E[t, k, f] Wh[k, c, f] over k in order (k: the reduction channels ci, c: the outputs
+// co). grid.x: (row tile, column tile), grid.y: bins.
 extern "C" __global__ void __launch_bounds__(THREADS, 1)
 conv_fft_bins(const float2* __restrict__ E, const float2* __restrict__ Wh, float2* __restrict__ X, int rows, int K,
               int C) {
@@ -227,19 +242,22 @@ conv_fft_bins(const float2* __restrict__ E, const float2* __restrict__ Wh, float
         }
 }
 
-// blockIdx.x: t (as conv_fft_dy), blockIdx.y: c. dx points at this chunk's first image.
+// blockIdx.x: t (as conv_fft_input), blockIdx.y: co. out points at this chunk's first image, (Po, Qo) per
+// channel; the tile's value at (h0 + a, w0 + b) of the Ht x Wt output goes to out[(h0 + a) / so_h,
+// (w0 + b) / so_w] where so_h, so_w divide them (backward-data: 1, 1; the forward: its stride), plus
+// bias[co] where bias is given.
 extern "C" __global__ void __launch_bounds__(THREADS)
-conv_fft_dx(const float2* __restrict__ X, float* __restrict__ dx, int C, int R, int S, int H, int Wd, int th, int tw,
-            int tiles_w, int tiles) {
+conv_fft_output(const float2* __restrict__ X, float* __restrict__ out, const float* __restrict__ bias, int Co, int R,
+                int S, int Ht, int Wt, int th, int tw, int tiles_w, int tiles, int so_h, int so_w, int Po, int Qo) {
     float2* Z = pairs_buffer();
     float2* Sp = spectrum_buffer();
     float2* tw_w = twiddle_buffer();
     float2* tw_h = tw_w + LW / 2;
     twiddles(tw_w, tw_h);
-    const int t = blockIdx.x, c = blockIdx.y;
+    const int t = blockIdx.x, co = blockIdx.y;
     const int n = t / tiles, tile = t % tiles;
     const int h0 = tile / tiles_w * th, w0 = tile % tiles_w * tw;
-    const float2* in = X + ((long long)t * C + c) * BINS;
+    const float2* in = X + ((long long)t * Co + co) * BINS;
     for (int f = threadIdx.x; f < BINS; f += THREADS)
         Sp[bit_reversed(f / HALF_W, LOG_LH) * HALF_W + f % HALF_W] = in[f];
     __syncthreads();
@@ -262,13 +280,14 @@ conv_fft_dx(const float2* __restrict__ X, float* __restrict__ dx, int C, int R, 
     __syncthreads();
     transform<LW>(Z, LH / 2, LW, 1, 1.f, tw_w);
     const float scale = 1.f / (float)(LH * LW);
-    float* out = dx + ((long long)n * C + c) * H * Wd;
+    const float add = bias != nullptr ? bias[co] : 0.f;
+    float* dst = out + ((long long)n * Co + co) * Po * Qo;
     for (int v = threadIdx.x; v < th * tw; v += THREADS) {
         const int a = v / tw, b = v % tw;
         const int h = h0 + a, w = w0 + b;
-        if (h >= H || w >= Wd) continue;
+        if (h >= Ht || w >= Wt || h % so_h != 0 || w % so_w != 0) continue;
         const int i = R - 1 + a, j = S - 1 + b;
         const float2 z = Z[(i >> 1) * LW + j];
-        out[(long long)h * Wd + w] = ((i & 1) ? z.y : z.x) * scale;
+        dst[(long long)(h / so_h) * Qo + w / so_w] = ((i & 1) ? z.y : z.x) * scale + add;
     }
 }

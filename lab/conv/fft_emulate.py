@@ -1,8 +1,9 @@
-"""The "fft" backward-data (custom_impl/gpu/conv/fft.py, kernels/conv_fft.cu) emulated in NumPy: the same
-plan, tile windows, workspace layouts (Wh (K, C, B), E (T, K, B), X (T, C, B)) and read-out offsets, with
-np.fft in place of the kernels' transforms, checked against a direct float64 backward-data. Needs no GPU.
+"""The "fft" backward-data and forward (custom_impl/gpu/conv/fft.py, kernels/conv_fft.cu) emulated in NumPy:
+the same plans, tile windows, workspace layouts (Wh (ci, co, B), E (T, ci, B), X (T, co, B)) and read-out
+offsets, with np.fft in place of the kernels' transforms, checked against a direct float64 convolution.
+Needs no GPU.
 
-    python3 lab/conv/fft_emulate.py          # every case below: max error relative to max |dx|
+    python3 lab/conv/fft_emulate.py          # every case below, both phases: max error relative to max |out|
 
 What it checks: the tiling (window origins, zero-upsampling by the stride, padding, ragged last tiles),
 the bin order (kh-major half spectrum), and that no circular wrap-around reaches a tile that is read.
@@ -44,51 +45,86 @@ def direct_backward_data(dy, W, x_shape, stride, padding):
     return dxp[:, :, ph:ph + H, pw:pw + Wd]
 
 
-def emulate(dy, W, x_shape, stride, padding, images=None):
-    """dx by the "fft" plan's steps and layouts (float64)."""
-    N, C, H, Wd = x_shape
+def direct_forward(x, W, stride, padding):
+    """y[n,k,p,q] = sum W[k,c,r,s] x[n,c,p*sh-ph+r,q*sw-pw+s], in float64."""
+    N, C, H, Wd = x.shape
     K, _, R, S = W.shape
-    dims = conv_dims(x_shape, W.shape, stride, padding)
-    p = plan(dims)
-    assert p is not None, dims
     sh, sw = stride
     ph, pw = padding
-    P, Q = dy.shape[2:]
-    lh, lw, th, tw = p.lh, p.lw, p.th, p.tw
-    # 1. filter: W[k, c] at the origin of an LH x LW tile
-    wpad = np.zeros((K, C, lh, lw))
-    wpad[:, :, :R, :S] = W
-    Wh = np.fft.rfft2(wpad).reshape(K, C, p.bins)
-    # the upsampled dy, u[i, j] (zeros between the strided samples)
-    u = np.zeros((N, K, (P - 1) * sh + 1, (Q - 1) * sw + 1))
-    u[:, :, ::sh, ::sw] = dy
-    dx = np.full((N, C, H, Wd), np.nan)
-    images = images or p.images
+    P, Q = (H + 2 * ph - R) // sh + 1, (Wd + 2 * pw - S) // sw + 1
+    xp = np.zeros((N, C, H + 2 * ph + sh, Wd + 2 * pw + sw))
+    xp[:, :, ph:ph + H, pw:pw + Wd] = x
+    y = np.zeros((N, K, P, Q))
+    for r in range(R):
+        for s in range(S):
+            win = xp[:, :, r:r + (P - 1) * sh + 1:sh, s:s + (Q - 1) * sw + 1:sw]
+            y += np.einsum("ncpq,kc->nkpq", win, W[:, :, r, s])
+    return y
+
+
+def _pass(p, src, up, origin, Wh, R, S, out_hw, out_stride, out_shape, images):
+    """The kernels' steps on a float64 source: windows of ``src`` upsampled by ``up`` at ``origin`` + tile
+    origin, their transforms, the bin products with Wh (ci, co, B), the inverse read at (R-1, S-1), written
+    to an array of ``out_shape`` at every ``out_stride``-th point of the tiled ``out_hw``."""
+    N, c_in = src.shape[:2]
+    c_out = Wh.shape[1]
+    u = np.zeros((N, c_in, (src.shape[2] - 1) * up[0] + 1, (src.shape[3] - 1) * up[1] + 1))
+    u[:, :, ::up[0], ::up[1]] = src
+    out = np.full(out_shape, np.nan)
+    Ht, Wt = out_hw
     for n0 in range(0, N, images):
         n = min(images, N - n0)
-        E = np.zeros((n * p.tiles, K, p.bins), complex)
+        E = np.zeros((n * p.tiles, c_in, p.bins), complex)
         for t in range(n * p.tiles):
             img, tile = divmod(t, p.tiles)
-            h0, w0 = (tile // p.tiles_w) * th, (tile % p.tiles_w) * tw
-            # 2. e[i, j] = u[h0 + ph - (R-1) + i, w0 + pw - (S-1) + j], zero outside u
-            e = np.zeros((K, lh, lw))
-            i0, j0 = h0 + ph - (R - 1), w0 + pw - (S - 1)
-            for i in range(lh):
-                for j in range(lw):
+            h0, w0 = (tile // p.tiles_w) * p.th, (tile % p.tiles_w) * p.tw
+            e = np.zeros((c_in, p.lh, p.lw))
+            i0, j0 = h0 + origin[0], w0 + origin[1]
+            for i in range(p.lh):
+                for j in range(p.lw):
                     y, xx = i0 + i, j0 + j
                     if 0 <= y < u.shape[2] and 0 <= xx < u.shape[3]:
                         e[:, i, j] = u[n0 + img, :, y, xx]
-            E[t] = np.fft.rfft2(e).reshape(K, p.bins)
-        # 3. per bin: X[t, c, f] = sum_k E[t, k, f] Wh[k, c, f]
+            E[t] = np.fft.rfft2(e).reshape(c_in, p.bins)
         X = np.einsum("tkf,kcf->tcf", E, Wh)
-        # 4. inverse, read at (R-1+a, S-1+b)
         for t in range(n * p.tiles):
             img, tile = divmod(t, p.tiles)
-            h0, w0 = (tile // p.tiles_w) * th, (tile % p.tiles_w) * tw
-            full = np.fft.irfft2(X[t].reshape(C, lh, lw // 2 + 1), s=(lh, lw))
-            a, b = min(th, H - h0), min(tw, Wd - w0)
-            dx[n0 + img, :, h0:h0 + a, w0:w0 + b] = full[:, R - 1:R - 1 + a, S - 1:S - 1 + b]
-    return dx
+            h0, w0 = (tile // p.tiles_w) * p.th, (tile % p.tiles_w) * p.tw
+            full = np.fft.irfft2(X[t].reshape(c_out, p.lh, p.lw // 2 + 1), s=(p.lh, p.lw))
+            for a in range(p.th):
+                for b in range(p.tw):
+                    h, w = h0 + a, w0 + b
+                    if h < Ht and w < Wt and h % out_stride[0] == 0 and w % out_stride[1] == 0:
+                        out[n0 + img, :, h // out_stride[0], w // out_stride[1]] = full[:, R - 1 + a, S - 1 + b]
+    return out
+
+
+def _filter(W, p, flip):
+    """Wh: W[k, c] (rotated by 180 degrees where ``flip``) at the origin of an LH x LW tile, transformed;
+    (K, C, B) for backward-data, (C, K, B) for the forward."""
+    K, C, R, S = W.shape
+    wpad = np.zeros((K, C, p.lh, p.lw))
+    wpad[:, :, :R, :S] = W[:, :, ::-1, ::-1] if flip else W
+    Wh = np.fft.rfft2(wpad).reshape(K, C, p.bins)
+    return Wh.transpose(1, 0, 2) if flip else Wh
+
+
+def emulate(dy, W, x_shape, stride, padding, images=None):
+    """dx by the "fft" backward-data's steps and layouts (float64)."""
+    K, C, R, S = W.shape
+    p = plan(conv_dims(x_shape, W.shape, stride, padding), "backward_data")
+    origin = (padding[0] - (R - 1), padding[1] - (S - 1))
+    return _pass(p, dy, stride, origin, _filter(W, p, False), R, S, x_shape[2:], (1, 1), x_shape, images or p.images)
+
+
+def emulate_forward(x, W, stride, padding, images=None):
+    """y by the "fft" forward's steps and layouts (float64): the stride-1 output z, every stride-th point."""
+    K, C, R, S = W.shape
+    dims = conv_dims(x.shape, W.shape, stride, padding)
+    p = plan(dims, "forward")
+    z_hw = ((dims.P - 1) * stride[0] + 1, (dims.Q - 1) * stride[1] + 1)
+    return _pass(p, x, (1, 1), (-padding[0], -padding[1]), _filter(W, p, True), R, S, z_hw, stride,
+                 (x.shape[0], K, dims.P, dims.Q), images or p.images)
 
 
 def main() -> int:
@@ -98,14 +134,19 @@ def main() -> int:
         dims = conv_dims(x_shape, w_shape, stride, padding)
         W = rng.standard_normal(w_shape)
         dy = rng.standard_normal((x_shape[0], w_shape[0], dims.P, dims.Q))
-        ref = direct_backward_data(dy, W, x_shape, stride, padding)
-        for images in (None, 1):
-            got = emulate(dy, W, x_shape, stride, padding, images)
-            err = np.abs(got - ref).max() / np.abs(ref).max()
-            worst = max(worst, err)
-            p = plan(dims)
-            print(f"{x_shape} {w_shape} stride {stride} pad {padding}: {p.lh}x{p.lw} tiles {p.tiles_h}x{p.tiles_w}, "
-                  f"images {images or p.images}: max error / max |dx| = {err:.1e}")
+        x = rng.standard_normal(x_shape)
+        refs = {"backward_data": direct_backward_data(dy, W, x_shape, stride, padding),
+                "forward": direct_forward(x, W, stride, padding)}
+        for phase, ref in refs.items():
+            p = plan(dims, phase)
+            for images in (None, 1):
+                got = (emulate(dy, W, x_shape, stride, padding, images) if phase == "backward_data"
+                       else emulate_forward(x, W, stride, padding, images))
+                assert np.all(np.isfinite(got)), f"{phase} {x_shape}: {np.sum(~np.isfinite(got))} outputs unwritten"
+                err = np.abs(got - ref).max() / np.abs(ref).max()
+                worst = max(worst, err)
+                print(f"{phase} {x_shape} {w_shape} stride {stride} pad {padding}: {p.lh}x{p.lw} tiles "
+                      f"{p.tiles_h}x{p.tiles_w}, images {images or p.images}: max error / max |out| = {err:.1e}")
     print(f"worst {worst:.1e}")
     return 0 if worst < 1e-12 else 1
 

@@ -1,15 +1,16 @@
-"""The "fft" backward-data's CUDA kernels (custom_impl/kernels/conv_fft.cu) built for the host and run there:
-each CUDA thread of a block is a host thread, ``__syncthreads`` a std::barrier of the block's 256 threads,
-shared memory one host array reused block after block (blocks run one at a time, in order). The four
-kernels run the product's plan (custom_impl/gpu/conv/fft.py) on random data, and dx is checked against a
-direct float64 backward-data. Needs g++ with C++20 (or $CXX), no GPU.
+"""The "fft" backward-data's and forward's CUDA kernels (custom_impl/kernels/conv_fft.cu) built for the host
+and run there: each CUDA thread of a block is a host thread, ``__syncthreads`` a std::barrier of the block's
+256 threads, shared memory one host array reused block after block (blocks run one at a time, in order). The four
+kernels run the product's plans and launch arguments (custom_impl/gpu/conv/fft.py) on random data, and the
+output is checked against a direct float64 convolution (the forward with a bias). Needs g++ with C++20 (or
+$CXX), no GPU.
 
     python3 lab/conv/fft_kernels_check.py          # every case of lab/conv/fft_emulate.py
 
 What it checks that the NumPy emulation does not: the kernels' own index arithmetic (bit reversal, the
-radix-2 butterflies, the row-pair split and its inverse, the tile windows and read-out, the bin GEMM's
-staging and partial tiles). What it does not: CUDA's sincospif (the host uses sin / cos of pi x in double),
-warp timing, or anything about speed.
+radix-2 butterflies, the row-pair split and its inverse, the tile windows and read-out, the forward's
+rotated filter and subsampled, biased output, the bin GEMM's staging and partial tiles). What it does not:
+CUDA's sincospif (the host uses sin / cos of pi x in double), warp timing, or anything about speed.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ sys.path.insert(0, HERE)
 
 from custom_impl.gpu.conv import fft  # noqa: E402  (needs no CuPy)
 from custom_impl.gpu.conv.geometry import conv_dims  # noqa: E402
-from fft_emulate import CASES, direct_backward_data  # noqa: E402
+from fft_emulate import CASES, direct_backward_data, direct_forward  # noqa: E402
 
 SHIM = r"""
 #include <barrier>
@@ -91,32 +92,41 @@ std::vector<T> load(const char* path, size_t n) {
 }
 
 int main(int argc, char** argv) {
-    // N C H W K R S P Q sh sw ph pw th tw tiles_w tiles images dy.bin W.bin dx.bin
-    int a[18];
-    for (int i = 0; i < 18; ++i) a[i] = atoi(argv[1 + i]);
-    const int N = a[0], C = a[1], H = a[2], Wd = a[3], K = a[4], R = a[5], S = a[6], P = a[7], Q = a[8];
-    const int sh = a[9], sw = a[10], ph = a[11], pw = a[12], th = a[13], tw = a[14], tiles_w = a[15];
-    const int tiles = a[16], images = a[17];
-    auto dy = load<float>(argv[19], (size_t)N * K * P * Q);
-    auto W = load<float>(argv[20], (size_t)K * C * R * S);
-    std::vector<float> dx((size_t)N * C * H * Wd, NAN);
+    // N images tiles c_in c_out src_floats out_floats has_bias | filter: K C R S flip | input: 13 | output: 13
+    // | src.bin W.bin bias.bin out.bin
+    int a[8 + 5 + 13 + 13];
+    for (int i = 0; i < 39; ++i) a[i] = atoi(argv[1 + i]);
+    const int N = a[0], images = a[1], tiles = a[2], c_in = a[3], c_out = a[4], src_n = a[5], out_n = a[6];
+    const int* fa = a + 8;
+    const int* ia = a + 13;
+    const int* oa = a + 26;
+    const int K = fa[0], C = fa[1], R = fa[2], S = fa[3];
+    auto src = load<float>(argv[40], (size_t)src_n);
+    auto W = load<float>(argv[41], (size_t)K * C * R * S);
+    std::vector<float> bias = a[7] ? load<float>(argv[42], (size_t)c_out) : std::vector<float>();
+    std::vector<float> out((size_t)out_n, NAN);
     std::vector<float2> Wh((size_t)K * C * BINS, float2{NAN, NAN});
-    std::vector<float2> E((size_t)images * tiles * K * BINS, float2{NAN, NAN});
-    std::vector<float2> X((size_t)images * tiles * C * BINS, float2{NAN, NAN});
-    launch(Dim3{K * C, 1, 1}, [&] { conv_fft_filter(W.data(), Wh.data(), K, C, R, S); });
+    std::vector<float2> E((size_t)images * tiles * c_in * BINS, float2{NAN, NAN});
+    std::vector<float2> X((size_t)images * tiles * c_out * BINS, float2{NAN, NAN});
+    launch(Dim3{K * C, 1, 1}, [&] { conv_fft_filter(W.data(), Wh.data(), K, C, R, S, fa[4]); });
     for (int n0 = 0; n0 < N; n0 += images) {
         const int n = N - n0 < images ? N - n0 : images, rows = n * tiles;
-        const float* dy_at = dy.data() + (size_t)n0 * K * P * Q;
-        float* dx_at = dx.data() + (size_t)n0 * C * H * Wd;
-        launch(Dim3{rows, K, 1}, [&] {
-            conv_fft_dy(dy_at, E.data(), K, P, Q, sh, sw, ph - (R - 1), pw - (S - 1), H, Wd, th, tw, tiles_w, tiles);
+        const float* src_at = src.data() + (size_t)n0 * (src_n / N);
+        float* out_at = out.data() + (size_t)n0 * (out_n / N);
+        launch(Dim3{rows, c_in, 1}, [&] {
+            conv_fft_input(src_at, E.data(), ia[0], ia[1], ia[2], ia[3], ia[4], ia[5], ia[6], ia[7], ia[8], ia[9],
+                           ia[10], ia[11], ia[12]);
         });
-        const int grid_x = (rows + ROWS_TILE - 1) / ROWS_TILE * ((C + COLS_TILE - 1) / COLS_TILE);
-        launch(Dim3{grid_x, (BINS + BIN_BLOCK - 1) / BIN_BLOCK, 1}, [&] { conv_fft_bins(E.data(), Wh.data(), X.data(), rows, K, C); });
-        launch(Dim3{rows, C, 1}, [&] { conv_fft_dx(X.data(), dx_at, C, R, S, H, Wd, th, tw, tiles_w, tiles); });
+        const int grid_x = (rows + ROWS_TILE - 1) / ROWS_TILE * ((c_out + COLS_TILE - 1) / COLS_TILE);
+        launch(Dim3{grid_x, (BINS + BIN_BLOCK - 1) / BIN_BLOCK, 1},
+               [&] { conv_fft_bins(E.data(), Wh.data(), X.data(), rows, c_in, c_out); });
+        launch(Dim3{rows, c_out, 1}, [&] {
+            conv_fft_output(X.data(), out_at, a[7] ? bias.data() : nullptr, oa[0], oa[1], oa[2], oa[3], oa[4], oa[5],
+                            oa[6], oa[7], oa[8], oa[9], oa[10], oa[11], oa[12]);
+        });
     }
-    FILE* f = fopen(argv[21], "wb");
-    fwrite(dx.data(), sizeof(float), dx.size(), f);
+    FILE* f = fopen(argv[43], "wb");
+    fwrite(out.data(), sizeof(float), out.size(), f);
     fclose(f);
     return 0;
 }
@@ -146,27 +156,37 @@ def main() -> int:
         for x_shape, w_shape, stride, padding in CASES:
             dims = conv_dims(x_shape, w_shape, stride, padding)
             N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
-            for images in (None, 1):
-                p = fft.plan(dims)
-                images = images or p.images
+            for phase in fft.PHASES:
+                p = fft.plan(dims, phase)
                 if (p.lh, p.lw) not in built:
                     built[p.lh, p.lw] = build(p.lh, p.lw, tmp)
-                dy = rng.standard_normal((N, K, P, Q)).astype(np.float32)
+                _, c_in, c_out, *_ = fft.problem(dims, phase)
                 W = rng.standard_normal(w_shape).astype(np.float32)
-                paths = [os.path.join(tmp, name) for name in ("dy.bin", "W.bin", "dx.bin")]
-                dy.tofile(paths[0])
+                b = rng.standard_normal(K).astype(np.float32)
+                if phase == "backward_data":
+                    src = rng.standard_normal((N, K, P, Q)).astype(np.float32)
+                    ref = direct_backward_data(src.astype(np.float64), W.astype(np.float64), x_shape, stride, padding)
+                else:
+                    src = rng.standard_normal(x_shape).astype(np.float32)
+                    ref = direct_forward(src.astype(np.float64), W.astype(np.float64), stride, padding)
+                    ref = ref + b.astype(np.float64)[None, :, None, None]
+                args = fft._args(dims, phase, p)
+                paths = [os.path.join(tmp, name) for name in ("src.bin", "W.bin", "bias.bin", "out.bin")]
+                src.tofile(paths[0])
                 W.tofile(paths[1])
-                args = [N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw, p.th, p.tw, p.tiles_w, p.tiles, images]
-                subprocess.run([built[p.lh, p.lw]] + [str(v) for v in args] + paths, check=True)
-                dx = np.fromfile(paths[2], np.float32).reshape(N, C, H, Wd)
-                ref = direct_backward_data(dy.astype(np.float64), W.astype(np.float64), x_shape, stride, padding)
-                assert np.all(np.isfinite(dx)), f"{x_shape} {w_shape}: {np.sum(~np.isfinite(dx))} elements unwritten"
-                err = np.abs(dx - ref).max() / np.abs(ref).max()
-                worst = max(worst, err)
-                print(f"{x_shape} {w_shape} stride {stride} pad {padding}: {p.lh}x{p.lw}, {images} images a chunk: "
-                      f"max error / max |dx| = {err:.1e}")
+                b.tofile(paths[2])
+                for images in (p.images, 1):
+                    head = [N, images, p.tiles, c_in, c_out, src.size, ref.size, int(phase == "forward")]
+                    ints = head + [int(v) for v in args["filter"] + args["input"] + args["output"]]
+                    subprocess.run([built[p.lh, p.lw]] + [str(v) for v in ints] + paths, check=True)
+                    out = np.fromfile(paths[3], np.float32).reshape(ref.shape)
+                    assert np.all(np.isfinite(out)), f"{phase} {x_shape}: {np.sum(~np.isfinite(out))} outputs unwritten"
+                    err = np.abs(out - ref).max() / np.abs(ref).max()
+                    worst = max(worst, err)
+                    print(f"{phase} {x_shape} {w_shape} stride {stride} pad {padding}: {p.lh}x{p.lw}, {images} images "
+                          f"a chunk: max error / max |out| = {err:.1e}")
     print(f"worst {worst:.1e}")
-    return 0 if worst < 1e-5 else 1   # float32 transforms: ~1e-7..1e-6 of max |dx|; a wrong index is ~1
+    return 0 if worst < 1e-5 else 1   # float32 transforms: ~1e-7..1e-6 of max |out|; a wrong index is ~1
 
 
 if __name__ == "__main__":

@@ -18,9 +18,9 @@ timing; docs/kernels.md tells what each measured):
   "few_channels"  (few_channels.py)   C <= 8 (a CNN's first layer): direct register-blocked kernels.
   "patch"         (patch.py)          backward passes of 3..7-tap stride-1 kernels, >= 8 channels: an input
                                        patch staged in shared memory once and reused for every tap.
-  "fft"           (fft.py)            backward-data of kernels of >= 32 taps (DeepSpeech 2's 21x11), any
-                                       stride: a tiled FFT convolution, one small complex GEMM per bin; by
-                                       name only (not yet run on a GPU).
+  "fft"           (fft.py)            forward and backward-data of kernels of >= 32 taps (DeepSpeech 2's
+                                       21x11), any stride: tiled FFT convolutions, one small complex GEMM
+                                       per bin; by name only (not yet run on a GPU).
   "strided_1x1"   (strided_1x1.py)    backward-data of a 1x1 kernel with a stride and no padding: the
                                        stride-1 implicit GEMM into the workspace, then one scatter into dx.
 At ``precision="tf32"`` or ``"bf16"`` the autotuner times, per layer and phase, the tensor-core GEMMs of
@@ -166,6 +166,8 @@ def _forward(algo, x, W, b, out, dims, workspace, sms):
         tile = WINOGRAD_TILES[algo]
         return winograd.forward(x, W, b, out, (dims.ph, dims.pw), workspace, tile=tile,
                                 images=select.winograd_images(dims, "forward", tile=tile))
+    if algo == "fft":
+        return fft.forward(x, W, b, out, dims, workspace)
     return few_channels.forward(x, W, b, out, dims)
 
 

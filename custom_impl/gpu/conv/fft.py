@@ -1,5 +1,5 @@
-"""conv2d backward-data as a tiled FFT convolution (``kernels/conv_fft.cu``): the algorithm "fft" of
-backward-data, for kernels of many taps (DeepSpeech 2's 21x11 and 5x10 layers), any stride and padding.
+"""conv2d forward and backward-data as tiled FFT convolutions (``kernels/conv_fft.cu``): the algorithm "fft"
+of those phases, for kernels of many taps (DeepSpeech 2's 21x11 and 5x10 layers), any stride and padding.
 
 Legend: N batch, C in-channels, K out-channels, H,W in, P,Q out, R,S kernel; stride (sh, sw), padding
 (ph, pw); ``dims`` a ``ConvDims`` (geometry.py). NCHW, cross-correlation (PyTorch).
@@ -13,28 +13,39 @@ turns into products: for every frequency bin f, X[n,c,f] = sum_k E[n,k,f] Wh[k,c
 GEMM per bin. The transforms are tiled (overlap-save): dx is cut into th x tw tiles, th = LH - R + 1,
 tw = LW - S + 1, with LH x LW (powers of two, ``SIZES``) the transform size; the window of u a tile needs,
 e[i,j] = u[h0+ph-(R-1)+i, w0+pw-(S-1)+j] (LH x LW), is transformed whole, and the tile is the circular
-convolution e (*) W read at (R-1+a, S-1+b), which no wrap-around reaches. Four kernels run in order:
+convolution e (*) W read at (R-1+a, S-1+b), which no wrap-around reaches.
 
-    1. conv_fft_filter   Wh[k, c, f] = FFT2(W[k, c] padded to LH x LW)[f]       Wh (K, C, B)   complex
-    2. conv_fft_dy       E[t, k, f]  = FFT2(e of tile t of image n)[f]          E  (T, K, B)   T = n * tiles
-    3. conv_fft_bins     X[t, c, f]  = sum_k E[t, k, f] Wh[k, c, f]             X  (T, C, B)
-    4. conv_fft_dx       dx tile t   = IFFT2(X[t, c])[R-1+a, S-1+b] / (LH*LW)   a < th, b < tw
+The forward is the same machinery with the roles swapped: its stride-1 output z[n,k,h,w] = sum_{c,r,s}
+W[k,c,r,s] x[n,c,h-ph+r,w-pw+s] is, with W rotated by 180 degrees, the convolution above with u = x,
+padding (R-1-ph, S-1-pw), a reduction over c into k; y keeps every sh-th row and sw-th column of z, plus the
+bias (the transforms compute the discarded points too: a stride of 2 doubles the work along its axis).
+
+With ci the reduction channels (backward-data K, forward C) and co the outputs (C, K), four kernels run in
+order:
+
+    1. conv_fft_filter   Wh[ci, co, f] = FFT2(W[k, c] padded to LH x LW)[f]   Wh (ci, co, B)   complex
+    2. conv_fft_input    E[t, ci, f]   = FFT2(e of tile t of image n)[f]      E  (T, ci, B)    T = n * tiles
+    3. conv_fft_bins     X[t, co, f]   = sum_ci E[t, ci, f] Wh[ci, co, f]     X  (T, co, B)
+    4. conv_fft_output   tile t        = IFFT2(X[t, co])[R-1+a, S-1+b] / (LH*LW)   a < th, b < tw
 
 B = LH * (LW/2 + 1) bins (the real transform's half spectrum, kh-major); a tile is one block's transform
-in shared memory (radix-2, twiddle tables made per block). Steps 2-4 run per chunk of images where E and X of
-the whole batch would exceed ``MAX_WORKSPACE``; Wh is made once per call.
+in shared memory (radix-2, twiddle tables made per block). Steps 2-4 run per chunk of images where E and X
+of the whole batch would exceed ``MAX_WORKSPACE``; Wh is made once per call.
 
 Cost, for DeepSpeech 2's conv2 backward-data at N64 (C32, 41x350, K96, 21x11, stride (2, 1), pad
 (10, 5)): the direct sum is 667 GFLOP; with 64 x 128 transforms (th 44, tw 118: 1 x 3 tiles) the bin
 GEMMs do 8 * T * K * C * B = 19.6 GFLOP, the transforms about 5 GFLOP, and E, Wh and X take 0.9 GB of
-workspace. The size is chosen (``plan``) to make T * B, the GEMMs' work, least.
+workspace. Its forward takes the same plan. The size is chosen (``plan``) to make T * B, the GEMMs' work,
+least.
 
-Outputs are written (``=``). With ``dx`` and ``workspace`` given nothing is allocated and nothing
+Outputs are written (``=``). With the output and ``workspace`` given nothing is allocated and nothing
 synchronises the host (CUDA-graph capturable). Results are deterministic (no atomics).
 
 Example::
 
     dims = conv_dims(x.shape, W.shape, (2, 1), (10, 5))
+    if fits(dims, "forward"):
+        forward(x, W, b, y, dims, workspace)          # y (N, K, P, Q)
     if fits(dims):
         backward_data(dy, W, dx, dims, workspace)     # dx (N, C, H, W)
 """
@@ -60,10 +71,13 @@ ROWS_TILE, COLS_TILE = 16, 16  # (tile, k) rows x c columns per block of conv_ff
 INT32_MAX = 2**31 - 1
 
 
+PHASES = ("forward", "backward_data")
+
+
 class Plan(NamedTuple):
     lh: int          # transform size (rows, columns)
     lw: int
-    th: int          # dx rows / columns per tile
+    th: int          # output rows / columns per tile (of dx, or of the forward's stride-1 output z)
     tw: int
     tiles_h: int
     tiles_w: int
@@ -96,24 +110,41 @@ def smem_bytes(lh: int, lw: int) -> int:
     return 8 * (lh // 2 * lw + lh * (lw // 2 + 1) + lw // 2 + lh // 2)
 
 
-def fits(dims) -> bool:
-    """Whether "fft" can run this layer's backward-data: R * S >= MIN_TAPS, C and K >= MIN_CHANNELS, a
-    transform size of ``SIZES`` that holds the kernel, and a plan within MAX_WORKSPACE and int32 indices."""
-    return plan(dims) is not None
+def fits(dims, phase: str = "backward_data") -> bool:
+    """Whether "fft" can run this layer's ``phase`` ("forward" or "backward_data"): R * S >= MIN_TAPS, C
+    and K >= MIN_CHANNELS, a transform size of ``SIZES`` that holds the kernel, and a plan within
+    MAX_WORKSPACE and int32 indices."""
+    return plan(dims, phase) is not None
 
 
-def plan(dims, max_elements: int | None = None) -> Plan | None:
-    """The launch plan of this layer's backward-data (None: "fft" does not run it, ``fits``): the transform
-    size with the least GEMM work (tiles x bins), ties to the smaller transform, and the most images per
-    chunk (equal chunks) whose workspace fits ``max_elements`` float32 elements (None: MAX_WORKSPACE);
-    memoised."""
-    return _plan(tuple(int(v) for v in dims), int(MAX_WORKSPACE if max_elements is None else max_elements))
+def problem(dims, phase: str) -> tuple:
+    """(N, reduction channels, output channels, tiled rows, tiled columns, R, S) of ``phase``: backward-data
+    reduces over K into C channels of dx (H x W); the forward over C into K channels of its stride-1
+    output z ((P-1)*sh + 1 x (Q-1)*sw + 1), whose every sh-th row and sw-th column is y."""
+    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
+    if phase == "backward_data":
+        return N, K, C, H, Wd, R, S
+    if phase == "forward":
+        return N, C, K, (P - 1) * sh + 1, (Q - 1) * sw + 1, R, S
+    raise ValueError(f"fft: phase={phase!r}; use one of {PHASES}")
+
+
+def plan(dims, phase: str = "backward_data", max_elements: int | None = None) -> Plan | None:
+    """The launch plan of this layer's ``phase`` (None: "fft" does not run it, ``fits``): the transform size
+    with the least GEMM work (tiles x bins), ties to the smaller transform, and the most images per chunk
+    (equal chunks) whose workspace fits ``max_elements`` float32 elements (None: MAX_WORKSPACE); memoised."""
+    dims = tuple(int(v) for v in dims)
+    limit = int(MAX_WORKSPACE if max_elements is None else max_elements)
+    N, C, H, Wd, K, R, S, P, Q, *_ = dims
+    if max(N * C * H * Wd, N * K * P * Q) > INT32_MAX:
+        return None
+    return _plan(problem(dims, phase), limit)
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan(dims, max_elements):
-    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
-    if R * S < MIN_TAPS or min(C, K) < MIN_CHANNELS:
+def _plan(prob, max_elements):
+    N, c_in, c_out, Ht, Wt, R, S = prob
+    if R * S < MIN_TAPS or min(c_in, c_out) < MIN_CHANNELS:
         return None
     best = None
     for lh in SIZES:
@@ -121,7 +152,7 @@ def _plan(dims, max_elements):
             if lh * lw > MAX_POINTS or lh < R + 1 or lw < S + 1:
                 continue
             th, tw = lh - R + 1, lw - S + 1
-            tiles = -(-H // th) * -(-Wd // tw)
+            tiles = -(-Ht // th) * -(-Wt // tw)
             bins = lh * (lw // 2 + 1)
             key = (tiles * bins, lh * lw)
             if best is None or key < best[0]:
@@ -129,13 +160,14 @@ def _plan(dims, max_elements):
     if best is None:
         return None
     _, lh, lw, th, tw = best
-    tiles_h, tiles_w = -(-H // th), -(-Wd // tw)
+    tiles_h, tiles_w = -(-Ht // th), -(-Wt // tw)
     bins = lh * (lw // 2 + 1)
-    n_wh = 2 * K * C * bins
+    n_wh = 2 * c_in * c_out * bins
 
     def sized(images):
         rows = images * tiles_h * tiles_w
-        return Plan(lh, lw, th, tw, tiles_h, tiles_w, bins, images, n_wh, 2 * rows * K * bins, 2 * rows * C * bins)
+        return Plan(lh, lw, th, tw, tiles_h, tiles_w, bins, images, n_wh, 2 * rows * c_in * bins,
+                    2 * rows * c_out * bins)
 
     whole = sized(N)
     if whole.size <= max_elements:
@@ -146,14 +178,14 @@ def _plan(dims, max_elements):
         if fit < 1:
             return None
         chosen = sized(-(-N // -(-N // fit)))     # equal chunks: 64 images within a bound of 55 run as 32 + 32
-    if max(chosen.n_e, chosen.n_x, chosen.n_wh) > INT32_MAX or max(N * C * H * Wd, N * K * P * Q) > INT32_MAX:
+    if max(chosen.n_e, chosen.n_x, chosen.n_wh) > INT32_MAX:
         return None
     return chosen
 
 
-def workspace_size(dims) -> int:
-    """float32 elements of workspace ``backward_data`` needs (0 where the layer does not fit)."""
-    p = plan(dims)
+def workspace_size(dims, phase: str = "backward_data") -> int:
+    """float32 elements of workspace ``phase`` needs (0 where the layer does not fit)."""
+    p = plan(dims, phase)
     return p.size if p is not None else 0
 
 
@@ -163,10 +195,14 @@ def modules() -> list:
 
 
 def modules_of(dims) -> list:
-    """(family, defines) of the kernel module this layer's backward-data loads (none where it does not
-    fit)."""
-    p = plan(dims)
-    return [] if p is None else [(FAMILY, p.defines)]
+    """(family, defines) of the kernel modules this layer's forward and backward-data load (none where
+    they do not fit)."""
+    mods = []
+    for phase in PHASES:
+        p = plan(dims, phase)
+        if p is not None and (FAMILY, p.defines) not in mods:
+            mods.append((FAMILY, p.defines))
+    return mods
 
 
 def kernel(name: str, p: Plan):
@@ -182,51 +218,76 @@ def _kernel(name, lh, lw, device_id):
     return runtime.kernel(FAMILY, name, {"FFT_LH": lh, "FFT_LW": lw}, smem)
 
 
+BINS_K = 8   # reduction channels per shared-memory stage of conv_fft_bins
+
+
 def bins_smem_bytes() -> int:
-    """Dynamic shared memory of conv_fft_bins: one k chunk (BINS_K) of E rows and Wh columns, complex."""
+    """Dynamic shared memory of conv_fft_bins: one chunk (BINS_K) of E rows and Wh columns, complex."""
     return 8 * BINS_K * BIN_BLOCK * (ROWS_TILE + COLS_TILE)
 
 
-BINS_K = 8   # k values per shared-memory stage of conv_fft_bins
-
-
 @functools.lru_cache(maxsize=4096)
-def _args(dims, p: Plan):
-    """The scalar arguments of the four kernels (int32), built once per layer."""
+def _args(dims, phase, p: Plan):
+    """The scalar arguments of the four kernels (int32), built once per layer and phase."""
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
-    geo = i32(H, Wd, p.th, p.tw, p.tiles_w, p.tiles)
-    return {
-        "filter": i32(K, C, R, S),
-        "dy": i32(K, P, Q, sh, sw, ph - (R - 1), pw - (S - 1)) + geo,
-        "dx": i32(C, R, S) + geo,
-    }
+    _, c_in, c_out, Ht, Wt, _, _ = problem(dims, phase)
+    geo = i32(Ht, Wt, p.th, p.tw, p.tiles_w, p.tiles)
+    if phase == "backward_data":   # windows of dy upsampled by the stride; dx written whole
+        src = i32(K, P, Q, sh, sw, ph - (R - 1), pw - (S - 1))
+        out = i32(1, 1, H, Wd)
+    else:                          # windows of x; every sh-th row and sw-th column of z is y
+        src = i32(C, H, Wd, 1, 1, -ph, -pw)
+        out = i32(sh, sw, P, Q)
+    return {"filter": i32(K, C, R, S, int(phase == "forward")), "input": src + geo,
+            "bins": (c_in, c_out), "output": i32(c_out, R, S) + geo + out}
+
+
+def _run(phase, dims, p: Plan, src, W, b, out, workspace) -> None:
+    """The four kernels of ``phase``: the filter transform once, then per chunk of images the input
+    windows' transforms, the bin GEMMs and the inverse transforms into ``out``."""
+    N = dims[0]
+    _, c_in, c_out, *_ = problem(dims, phase)
+    ws = checked_workspace(workspace, p.size, f"conv {phase} (fft)", "conv2d_workspace_size")
+    base = ws.data.ptr
+    wh, e, x = np.uint64(base), np.uint64(base + 4 * p.n_wh), np.uint64(base + 4 * (p.n_wh + p.n_e))
+    args = _args(dims, phase, p)
+    K, C = dims[4], dims[1]
+    kernel("conv_fft_filter", p)((K * C,), (THREADS,), (W, wh) + args["filter"], shared_mem=p.smem_bytes)
+    k_in, k_bins, k_out = kernel("conv_fft_input", p), kernel("conv_fft_bins", p), kernel("conv_fft_output", p)
+    src_image, out_image = src.size // N, out.size // N   # floats per image
+    bias = np.uint64(0) if b is None else b
+    for n0 in range(0, N, p.images):
+        rows = min(p.images, N - n0) * p.tiles
+        src_at = np.uint64(src.data.ptr + 4 * n0 * src_image)
+        out_at = np.uint64(out.data.ptr + 4 * n0 * out_image)
+        k_in((rows, c_in), (THREADS,), (src_at, e) + args["input"], shared_mem=p.smem_bytes)
+        grid = (-(-rows // ROWS_TILE) * -(-c_out // COLS_TILE), -(-p.bins // BIN_BLOCK))
+        k_bins(grid, (THREADS,), (e, wh, x) + i32(rows, c_in, c_out), shared_mem=bins_smem_bytes())
+        k_out((rows, c_out), (THREADS,), (x, out_at, bias) + args["output"], shared_mem=p.smem_bytes)
+
+
+def _checked_plan(dims, phase) -> Plan:
+    p = plan(dims, phase)
+    if p is None:
+        N, C, H, Wd, K, R, S, *_ = dims
+        raise ValueError(f"conv2d {phase}: algo 'fft' runs kernels of >= {MIN_TAPS} taps with >= {MIN_CHANNELS} "
+                         f"channels in and out within its workspace and transform limits; this layer is {R}x{S}, "
+                         f"{C} -> {K} channels: use algo='auto' or 'implicit_gemm'")
+    return p
+
+
+def forward(x, W, b, y, dims, workspace=None):
+    """y (N, K, P, Q) = conv2d(x, W) + b (b (K,) or None) for a layer that ``fits(dims, "forward")``; y
+    written. The transforms compute the stride-1 output z and keep every sh-th row and sw-th column."""
+    dims = tuple(int(v) for v in dims)
+    _run("forward", dims, _checked_plan(dims, "forward"), x, W, b, y, workspace)
+    return y
 
 
 def backward_data(dy, W, dx, dims, workspace=None):
     """dx (N, C, H, W) from dy (N, K, P, Q) and W (K, C, R, S) for a layer that ``fits``; dx written."""
     dims = tuple(int(v) for v in dims)
-    p = plan(dims)
-    if p is None:
-        N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
-        raise ValueError(f"conv2d backward_data: algo 'fft' runs kernels of >= {MIN_TAPS} taps with >= "
-                         f"{MIN_CHANNELS} channels in and out within its workspace and transform limits; this "
-                         f"layer is {R}x{S}, {C} -> {K} channels: use algo='auto' or 'implicit_gemm'")
-    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
-    ws = checked_workspace(workspace, p.size, "conv backward_data (fft)", "conv2d_workspace_size")
-    base = ws.data.ptr
-    wh, e, x = np.uint64(base), np.uint64(base + 4 * p.n_wh), np.uint64(base + 4 * (p.n_wh + p.n_e))
-    args = _args(dims, p)
-    kernel("conv_fft_filter", p)((K * C,), (THREADS,), (W, wh) + args["filter"], shared_mem=p.smem_bytes)
-    k_dy, k_bins, k_dx = kernel("conv_fft_dy", p), kernel("conv_fft_bins", p), kernel("conv_fft_dx", p)
-    for n0 in range(0, N, p.images):
-        n = min(p.images, N - n0)
-        rows = n * p.tiles
-        dy_at = np.uint64(dy.data.ptr + 4 * n0 * K * P * Q)
-        dx_at = np.uint64(dx.data.ptr + 4 * n0 * C * H * Wd)
-        k_dy((rows, K), (THREADS,), (dy_at, e) + args["dy"], shared_mem=p.smem_bytes)
-        grid = (-(-rows // ROWS_TILE) * -(-C // COLS_TILE), -(-p.bins // BIN_BLOCK))
-        k_bins(grid, (THREADS,), (e, wh, x) + i32(rows, K, C), shared_mem=bins_smem_bytes())
-        k_dx((rows, C), (THREADS,), (x, dx_at) + args["dx"], shared_mem=p.smem_bytes)
+    _run("backward_data", dims, _checked_plan(dims, "backward_data"), dy, W, None, dx, workspace)
     return dx
 
 

@@ -1,11 +1,11 @@
-"""The "fft" backward-data (custom_impl/gpu/conv/fft.py, kernels/conv_fft.cu) against a NumPy float64
-reference, through the public conv entry point: every transform size the cases plan, strides with zero
+"""The "fft" backward-data and forward (custom_impl/gpu/conv/fft.py, kernels/conv_fft.cu) against a NumPy
+float64 reference, through the public conv entry points: every transform size the cases plan, strides with zero
 rows and columns in the upsampled dy, ragged last tiles, partial row / column / k / bin tiles of the bin
 GEMMs, chunks of images.
 
 Tolerance: the transforms spread rounding over a whole tile, so an element's error is bounded relative to
 the largest magnitudes of the tile rather than its own terms: |dx - ref| <= 16 * log2(LH * LW) * eps32 *
-max(ref_abs), ref_abs the same backward-data of |dy| and |W| (the sum of absolute terms), with one eps per
+max(ref_abs), ref_abs the same convolution of |dy| (|x|) and |W| (the sum of absolute terms), with one eps per
 radix-2 stage of the forward and inverse transforms and a factor for the bin sums. For the first case that
 is ~0.02 against entries of ~50; the error seen in float64 emulation is ~1e-14 of max |dx|
 (lab/conv/fft_emulate.py), and one product missing or doubled moves an entry by ~1.
@@ -40,6 +40,15 @@ def _reference(case):
     return x.shape, W, dy, back(dy.astype(np.float64))[0], back_abs(np.abs(dy.astype(np.float64)))[0]
 
 
+def _forward_reference(case):
+    N, C, H, Wd, K, R, S, stride, padding = case
+    rng = np.random.default_rng(sum(case[:7]) + 4)
+    x, W, b = _rand(rng, N, C, H, Wd), _rand(rng, K, C, R, S), _rand(rng, K)
+    y_ref = conv_ref(x.astype(np.float64), W.astype(np.float64), stride, padding)[0]
+    y_abs = conv_ref(np.abs(x.astype(np.float64)), np.abs(W.astype(np.float64)), stride, padding)[0]
+    return x, W, b, y_ref + b[:, None, None], y_abs + np.abs(b)[:, None, None]
+
+
 def _check(out, ref, ref_abs, plan, what):
     assert np.all(np.isfinite(out)), f"{what}: {np.sum(~np.isfinite(out))} non-finite (unwritten?) elements"
     tol = 16 * np.log2(plan.lh * plan.lw) * EPS32 * ref_abs.max()
@@ -70,6 +79,33 @@ def test_fft_backward_data(case):
         outs.append(cupy.asnumpy(dx))
     _check(outs[0], dx_ref, dx_abs, p, f"fft {p.lh}x{p.lw} {case}")
     assert np.array_equal(outs[0], outs[1]), "fft is not deterministic"
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_fft_forward(case):
+    """y = conv2d(x, W) + b by "fft" into a NaN-filled y with a NaN-filled workspace, twice (the same bits),
+    within the module's tolerance of float64; without a bias the same minus b."""
+    import cupy
+
+    from custom_impl.gpu import conv
+    from custom_impl.gpu.conv import fft
+
+    x, W, b, y_ref, y_abs = _forward_reference(case)
+    stride, padding = case[7], case[8]
+    dims = conv.conv_dims(x.shape, W.shape, stride, padding)
+    p = fft.plan(dims, "forward")
+    assert p is not None and fft.fits(dims, "forward")
+    ws = cupy.full((conv.conv2d_workspace_size(x.shape, W.shape, stride, padding),), np.nan, np.float32)
+    gx, gW, gb = cupy.asarray(x), cupy.asarray(W), cupy.asarray(b)
+    outs = []
+    for _ in range(2):
+        y = cupy.full(y_ref.shape, np.nan, np.float32)
+        assert conv.conv2d_forward(gx, gW, gb, stride, padding, out=y, workspace=ws, algo="fft") is y
+        outs.append(cupy.asnumpy(y))
+    _check(outs[0], y_ref, y_abs, p, f"fft forward {p.lh}x{p.lw} {case}")
+    assert np.array_equal(outs[0], outs[1]), "fft forward is not deterministic"
+    y = cupy.asnumpy(conv.conv2d_forward(gx, gW, None, stride, padding, workspace=ws, algo="fft"))
+    _check(y, y_ref - b[:, None, None], y_abs, p, f"fft forward without bias {case}")
 
 
 def test_fft_backward_data_in_chunks_and_auto(monkeypatch):
@@ -106,8 +142,8 @@ def test_fft_backward_data_in_chunks_and_auto(monkeypatch):
 
 
 def test_fft_rejects_layers_it_does_not_run():
-    """Few taps or few channels: "fft" does not fit, and asking for it by name raises a ValueError naming the
-    layer and the way out."""
+    """Few taps or few channels: "fft" fits neither phase, and asking for it by name raises a ValueError
+    naming the layer and the way out."""
     import cupy
 
     from custom_impl.gpu import conv
@@ -115,7 +151,10 @@ def test_fft_rejects_layers_it_does_not_run():
 
     for x_shape, w_shape in [((2, 8, 9, 9), (8, 8, 3, 3)), ((2, 4, 30, 30), (8, 4, 7, 7))]:
         dims = conv.conv_dims(x_shape, w_shape, 1, 1)
-        assert not fft.fits(dims)
+        assert not fft.fits(dims) and not fft.fits(dims, "forward")
         dy = cupy.ones(conv.conv2d_output_shape(x_shape, w_shape, 1, 1), np.float32)
-        with pytest.raises(ValueError, match=r"algo 'fft'.*algo='auto'"):
+        with pytest.raises(ValueError, match=r"backward_data: algo 'fft'.*algo='auto'"):
             conv.conv2d_backward_data(dy, cupy.ones(w_shape, np.float32), x_shape, 1, 1, algo="fft")
+        with pytest.raises(ValueError, match=r"forward: algo 'fft'.*algo='auto'"):
+            conv.conv2d_forward(cupy.ones(x_shape, np.float32), cupy.ones(w_shape, np.float32), None, 1, 1,
+                                algo="fft")

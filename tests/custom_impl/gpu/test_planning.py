@@ -340,7 +340,7 @@ def test_candidates(x_shape, w_shape, stride, padding, forward, data, weights):
 def test_algo_names():
     from custom_impl.gpu import conv
 
-    assert conv.FORWARD_ALGOS == ("implicit_gemm", "winograd", "few_channels", "winograd4")
+    assert conv.FORWARD_ALGOS == ("implicit_gemm", "winograd", "few_channels", "winograd4", "fft")
     assert conv.DATA_ALGOS == ("implicit_gemm", "few_channels", "winograd", "patch", "strided_1x1", "winograd4",
                                "fft")
     assert conv.WEIGHTS_ALGOS == ("implicit_gemm", "few_channels", "winograd", "winograd4", "patch")
@@ -430,9 +430,10 @@ def test_few_channels_kernels_replayed_on_the_cpu(capsys):
 
 
 def test_fft_backward_data_replayed_on_the_cpu(capsys):
-    """lab/conv/fft_emulate.py: the "fft" backward-data's plan, tile windows, workspace layouts and read-out
-    offsets replayed in NumPy (np.fft for the kernels' transforms), against a direct float64 backward-data;
-    exact to float64 rounding (its bar 1e-12 of max |dx|; a wrong offset or a wrap-around is ~1)."""
+    """lab/conv/fft_emulate.py: the "fft" backward-data's and forward's plans, tile windows, workspace layouts
+    and read-out offsets replayed in NumPy (np.fft for the kernels' transforms), against a direct float64
+    convolution; exact to float64 rounding (its bar 1e-12 of max |out|; a wrong offset or a wrap-around is
+    ~1)."""
     assert _lab_module("fft_emulate").main() == 0
     assert "worst" in capsys.readouterr().out
 
@@ -441,8 +442,9 @@ def test_fft_backward_data_replayed_on_the_cpu(capsys):
                     reason="no C++ compiler (g++ or $CXX) to build the kernels for the host")
 def test_fft_kernels_run_on_the_host(capsys):
     """lab/conv/fft_kernels_check.py: conv_fft.cu's four kernels built for the host (a host thread per CUDA
-    thread, a barrier per __syncthreads) on the product's plans, against a direct float64 backward-data;
-    its bar 1e-5 of max |dx| (float32 transforms come to ~3e-7; a wrong index is ~1)."""
+    thread, a barrier per __syncthreads) on the product's plans and launch arguments, both phases, against a
+    direct float64 convolution; its bar 1e-5 of max |out| (float32 transforms come to ~3e-7; a wrong index
+    is ~1)."""
     assert _lab_module("fft_kernels_check").main() == 0
     assert "worst" in capsys.readouterr().out
 
@@ -467,6 +469,11 @@ def test_fft_plan(x_shape, w_shape, stride, padding, sizes, tiles):
     assert p.bins == p.lh * (p.lw // 2 + 1)
     assert p.size == 2 * p.bins * (K * C + N * p.tiles * (K + C))
     assert fft.workspace_size(dims) == p.size <= conv2d_workspace_size(x_shape, w_shape, stride, padding)
+    assert fft.workspace_size(dims, "forward") <= conv2d_workspace_size(x_shape, w_shape, stride, padding)
+    # the forward tiles its stride-1 output z, which here has the rows and columns of x: the same tiles, E
+    # and X with the channel counts swapped (it reduces over C into K)
+    f = fft.plan(dims, "forward")
+    assert f[:8] == p[:8] and (f.n_e, f.n_x) == (p.n_x, p.n_e)
     per_image = 2 * p.bins * p.tiles * (K + C)
     capped = fft.plan(dims, max_elements=p.n_wh + 24 * per_image)
     assert capped.images == 22   # 64 images within 24 per chunk: three equal chunks of 22
