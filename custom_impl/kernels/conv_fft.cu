@@ -112,9 +112,10 @@ __device__ __forceinline__ float2* twiddle_buffer() {
     return smem + (LH / 2) * LW + LH * HALF_W;
 }
 
-// The forward transform of the real LH x LW tile value(i, j) into out[0 .. BINS).
+// The forward transform of the real LH x LW tile value(i, j) into out[0 .. BINS) (its complex conjugate
+// where `conj`).
 template <class Value>
-__device__ void forward_tile(const Value& value, float2* __restrict__ out) {
+__device__ void forward_tile(const Value& value, float2* __restrict__ out, bool conj = false) {
     float2* Z = pairs_buffer();
     float2* Sp = spectrum_buffer();
     float2* tw_w = twiddle_buffer();
@@ -136,7 +137,7 @@ __device__ void forward_tile(const Value& value, float2* __restrict__ out) {
     }
     __syncthreads();
     transform<LH>(Sp, HALF_W, 1, HALF_W, -1.f, tw_h);
-    for (int f = threadIdx.x; f < BINS; f += THREADS) out[f] = Sp[f];
+    for (int f = threadIdx.x; f < BINS; f += THREADS) out[f] = conj ? make_float2(Sp[f].x, -Sp[f].y) : Sp[f];
 }
 
 struct FilterValue {
@@ -160,26 +161,30 @@ conv_fft_filter(const float* __restrict__ W, float2* __restrict__ Wh, int K, int
 struct WindowValue {
     const float* src;  // one channel of one image, P x Q
     int P, Q, sh, sw, y0, x0;   // the window's origin in u: (h0 + oh, w0 + ow)
+    int vh, vw;                 // the window's rows and columns past these are zeros
     __device__ float operator()(int i, int j) const {
         const int y = y0 + i, x = x0 + j;
-        if (y < 0 || x < 0 || y % sh != 0 || x % sw != 0) return 0.f;
+        if (i >= vh || j >= vw || y < 0 || x < 0 || y % sh != 0 || x % sw != 0) return 0.f;
         const int p = y / sh, q = x / sw;
         return (p < P && q < Q) ? src[p * Q + q] : 0.f;
     }
 };
 
-// E[t, ci, :] = FFT2 of the window e[i, j] = u[h0 + oh + i, w0 + ow + j], u the source channel ci (P x Q)
-// upsampled by (sh, sw): dy with the stride for backward-data, x as it is (sh = sw = 1) for the forward.
-// blockIdx.x: t = image * tiles + tile (images of this chunk), blockIdx.y: ci; (h0, w0) the origin of the
-// output tile t in the Ht x Wt output (dx, or the forward's stride-1 z).
+// E[t, ci, :] = FFT2 of the window e[i, j] = u[h0 + oh + i, w0 + ow + j] (i < vh, j < vw; zero past them),
+// u the source channel ci (P x Q) upsampled by (sh, sw): dy with the stride for backward-data and the weight
+// gradient's dy tiles, x as it is (sh = sw = 1) for the forward and the weight gradient's x windows.
+// blockIdx.x: t = image * tiles + tile (images of this chunk), blockIdx.y: ci; (h0, w0) the origin of tile t
+// in the Ht x Wt grid it tiles (dx, or the stride-1 z). `transposed`: the conjugate spectrum at E[ci, t, :]
+// (the weight gradient's dy tiles, the reduction over t).
 extern "C" __global__ void __launch_bounds__(THREADS)
 conv_fft_input(const float* __restrict__ src, float2* __restrict__ E, int Ci, int P, int Q, int sh, int sw, int oh,
-               int ow, int Ht, int Wt, int th, int tw, int tiles_w, int tiles) {
+               int ow, int Ht, int Wt, int th, int tw, int tiles_w, int tiles, int vh, int vw, int transposed) {
     const int t = blockIdx.x, ci = blockIdx.y;
     const int n = t / tiles, tile = t % tiles;
     const int h0 = tile / tiles_w * th, w0 = tile % tiles_w * tw;
-    const WindowValue value{src + ((long long)n * Ci + ci) * P * Q, P, Q, sh, sw, h0 + oh, w0 + ow};
-    forward_tile(value, E + ((long long)t * Ci + ci) * BINS);
+    const WindowValue value{src + ((long long)n * Ci + ci) * P * Q, P, Q, sh, sw, h0 + oh, w0 + ow, vh, vw};
+    const long long slot = transposed ? (long long)ci * gridDim.x + t : (long long)t * Ci + ci;
+    forward_tile(value, E + slot * BINS, transposed != 0);
 }
 
 // X[t, c, f] = sum_k E[t, k, f] Wh[k, c, f] over k in order (k: the reduction channels ci, c: the outputs

@@ -1,6 +1,6 @@
-"""The "fft" backward-data and forward (custom_impl/gpu/conv/fft.py, kernels/conv_fft.cu) emulated in NumPy:
-the same plans, tile windows, workspace layouts (Wh (ci, co, B), E (T, ci, B), X (T, co, B)) and read-out
-offsets, with np.fft in place of the kernels' transforms, checked against a direct float64 convolution.
+"""The "fft" forward, backward-data and weight gradient (custom_impl/gpu/conv/fft.py, kernels/conv_fft.cu)
+emulated in NumPy: the same plans, tile windows, workspace layouts (Wh (ci, co, B), E (T, ci, B), X (T, co, B);
+the weight gradient's Ex (T, C, B), D (K, T, B), dWh (K, C, B)) and read-out offsets, with np.fft in place of the kernels' transforms, checked against a direct float64 convolution.
 Needs no GPU.
 
     python3 lab/conv/fft_emulate.py          # every case below, both phases: max error relative to max |out|
@@ -127,6 +127,55 @@ def emulate_forward(x, W, stride, padding, images=None):
                  (x.shape[0], K, dims.P, dims.Q), images or p.images)
 
 
+def direct_backward_weights(dy, x, w_shape, stride, padding):
+    """dW[k,c,r,s] = sum dy[n,k,p,q] x[n,c,p*sh-ph+r,q*sw-pw+s], in float64."""
+    K, C, R, S = w_shape
+    sh, sw = stride
+    ph, pw = padding
+    P, Q = dy.shape[2:]
+    xp = np.zeros((x.shape[0], C, x.shape[2] + 2 * ph + sh, x.shape[3] + 2 * pw + sw))
+    xp[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]] = x
+    dW = np.zeros(w_shape)
+    for r in range(R):
+        for s in range(S):
+            win = xp[:, :, r:r + (P - 1) * sh + 1:sh, s:s + (Q - 1) * sw + 1:sw]
+            dW[:, :, r, s] = np.einsum("nkpq,ncpq->kc", dy, win)
+    return dW
+
+
+def emulate_weights(dy, x, w_shape, stride, padding):
+    """dW by the "fft" weight gradient's steps and layouts (float64): per tile t of the stride-1 grid z, the
+    x window's spectrum Ex[t, c] and dy's tile's conjugate spectrum D[k, t]; per bin sum_t D[k, t] Ex[t, c];
+    the inverse read at lags (r, s) < (R, S)."""
+    K, C, R, S = w_shape
+    dims = conv_dims(x.shape, w_shape, stride, padding)
+    p = plan(dims, "backward_weights")
+    sh, sw = stride
+    ph, pw = padding
+    N = x.shape[0]
+    P, Q = dims.P, dims.Q
+    u = np.zeros((N, K, (P - 1) * sh + 1, (Q - 1) * sw + 1))
+    u[:, :, ::sh, ::sw] = dy
+    Ex = np.zeros((N * p.tiles, C, p.bins), complex)
+    D = np.zeros((K, N * p.tiles, p.bins), complex)
+    for t in range(N * p.tiles):
+        img, tile = divmod(t, p.tiles)
+        h0, w0 = (tile // p.tiles_w) * p.th, (tile % p.tiles_w) * p.tw
+        ex, ed = np.zeros((C, p.lh, p.lw)), np.zeros((K, p.lh, p.lw))
+        for i in range(p.lh):
+            for j in range(p.lw):
+                y, xx = h0 - ph + i, w0 - pw + j
+                if 0 <= y < x.shape[2] and 0 <= xx < x.shape[3]:
+                    ex[:, i, j] = x[img, :, y, xx]
+                if i < p.th and j < p.tw and h0 + i < u.shape[2] and w0 + j < u.shape[3]:
+                    ed[:, i, j] = u[img, :, h0 + i, w0 + j]
+        Ex[t] = np.fft.rfft2(ex).reshape(C, p.bins)
+        D[:, t] = np.conj(np.fft.rfft2(ed).reshape(K, p.bins))
+    dWh = np.einsum("ktf,tcf->kcf", D, Ex)
+    full = np.fft.irfft2(dWh.reshape(K, C, p.lh, p.lw // 2 + 1), s=(p.lh, p.lw))
+    return full[:, :, :R, :S]
+
+
 def main() -> int:
     rng = np.random.default_rng(5)
     worst = 0.0
@@ -136,12 +185,17 @@ def main() -> int:
         dy = rng.standard_normal((x_shape[0], w_shape[0], dims.P, dims.Q))
         x = rng.standard_normal(x_shape)
         refs = {"backward_data": direct_backward_data(dy, W, x_shape, stride, padding),
-                "forward": direct_forward(x, W, stride, padding)}
+                "forward": direct_forward(x, W, stride, padding),
+                "backward_weights": direct_backward_weights(dy, x, w_shape, stride, padding)}
         for phase, ref in refs.items():
             p = plan(dims, phase)
-            for images in (None, 1):
-                got = (emulate(dy, W, x_shape, stride, padding, images) if phase == "backward_data"
-                       else emulate_forward(x, W, stride, padding, images))
+            for images in ((None,) if phase == "backward_weights" else (None, 1)):
+                if phase == "backward_weights":
+                    got = emulate_weights(dy, x, w_shape, stride, padding)
+                elif phase == "backward_data":
+                    got = emulate(dy, W, x_shape, stride, padding, images)
+                else:
+                    got = emulate_forward(x, W, stride, padding, images)
                 assert np.all(np.isfinite(got)), f"{phase} {x_shape}: {np.sum(~np.isfinite(got))} outputs unwritten"
                 err = np.abs(got - ref).max() / np.abs(ref).max()
                 worst = max(worst, err)

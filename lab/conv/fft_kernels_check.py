@@ -1,8 +1,8 @@
-"""The "fft" backward-data's and forward's CUDA kernels (custom_impl/kernels/conv_fft.cu) built for the host
+"""The "fft" algorithm's CUDA kernels (custom_impl/kernels/conv_fft.cu) built for the host
 and run there: each CUDA thread of a block is a host thread, ``__syncthreads`` a std::barrier of the block's
 256 threads, shared memory one host array reused block after block (blocks run one at a time, in order). The four
 kernels run the product's plans and launch arguments (custom_impl/gpu/conv/fft.py) on random data, and the
-output is checked against a direct float64 convolution (the forward with a bias). Needs g++ with C++20 (or
+output of each phase is checked against a direct float64 convolution (the forward with a bias). Needs g++ with C++20 (or
 $CXX), no GPU.
 
     python3 lab/conv/fft_kernels_check.py          # every case of lab/conv/fft_emulate.py
@@ -29,7 +29,7 @@ sys.path.insert(0, HERE)
 
 from custom_impl.gpu.conv import fft  # noqa: E402  (needs no CuPy)
 from custom_impl.gpu.conv.geometry import conv_dims  # noqa: E402
-from fft_emulate import CASES, direct_backward_data, direct_forward  # noqa: E402
+from fft_emulate import CASES, direct_backward_data, direct_backward_weights, direct_forward  # noqa: E402
 
 SHIM = r"""
 #include <barrier>
@@ -43,6 +43,7 @@ struct float2 { float x, y; };
 inline float2 make_float2(float x, float y) { return float2{x, y}; }
 struct Dim3 { int x, y, z; };
 thread_local Dim3 threadIdx, blockIdx;
+static Dim3 gridDim;
 static std::barrier<>* block_barrier;
 inline void __syncthreads() { block_barrier->arrive_and_wait(); }
 inline unsigned __brev(unsigned v) {
@@ -67,6 +68,7 @@ template <class Body>
 void launch(Dim3 grid, Body body) {
     std::barrier<> bar(256);
     block_barrier = &bar;
+    gridDim = grid;
     std::vector<std::thread> threads;
     for (int t = 0; t < 256; ++t)
         threads.emplace_back([&, t] {
@@ -91,41 +93,62 @@ std::vector<T> load(const char* path, size_t n) {
     return v;
 }
 
+static void input(const float* src, float2* E, int rows, int ci_count, const int* ia) {
+    launch(Dim3{rows, ci_count, 1}, [&] {
+        conv_fft_input(src, E, ia[0], ia[1], ia[2], ia[3], ia[4], ia[5], ia[6], ia[7], ia[8], ia[9], ia[10], ia[11],
+                       ia[12], ia[13], ia[14], ia[15]);
+    });
+}
+
+static void bins(const float2* E, const float2* Wh, float2* X, int rows, int c_in, int c_out) {
+    const int grid_x = (rows + ROWS_TILE - 1) / ROWS_TILE * ((c_out + COLS_TILE - 1) / COLS_TILE);
+    launch(Dim3{grid_x, (BINS + BIN_BLOCK - 1) / BIN_BLOCK, 1}, [&] { conv_fft_bins(E, Wh, X, rows, c_in, c_out); });
+}
+
+static void output(const float2* X, float* out, const float* bias, int rows, const int* oa) {
+    launch(Dim3{rows, oa[0], 1}, [&] {
+        conv_fft_output(X, out, bias, oa[0], oa[1], oa[2], oa[3], oa[4], oa[5], oa[6], oa[7], oa[8], oa[9], oa[10],
+                        oa[11], oa[12]);
+    });
+}
+
 int main(int argc, char** argv) {
-    // N images tiles c_in c_out src_floats out_floats has_bias | filter: K C R S flip | input: 13 | output: 13
-    // | src.bin W.bin bias.bin out.bin
-    int a[8 + 5 + 13 + 13];
-    for (int i = 0; i < 39; ++i) a[i] = atoi(argv[1 + i]);
-    const int N = a[0], images = a[1], tiles = a[2], c_in = a[3], c_out = a[4], src_n = a[5], out_n = a[6];
-    const int* fa = a + 8;
-    const int* ia = a + 13;
-    const int* oa = a + 26;
-    const int K = fa[0], C = fa[1], R = fa[2], S = fa[3];
-    auto src = load<float>(argv[40], (size_t)src_n);
-    auto W = load<float>(argv[41], (size_t)K * C * R * S);
-    std::vector<float> bias = a[7] ? load<float>(argv[42], (size_t)c_out) : std::vector<float>();
+    // mode (0 backward-data, 1 forward, 2 weight gradient) N images tiles c_in c_out src_floats out_floats
+    // K C R S | filter: 5 | input: 16 | second input (the weight gradient's dy): 16 | output: 13
+    // | src.bin W.bin bias.bin dy.bin out.bin
+    constexpr int COUNT = 12 + 5 + 16 + 16 + 13;
+    int a[COUNT];
+    for (int i = 0; i < COUNT; ++i) a[i] = atoi(argv[1 + i]);
+    const int mode = a[0], N = a[1], images = a[2], tiles = a[3], c_in = a[4], c_out = a[5];
+    const int src_n = a[6], out_n = a[7], K = a[8], C = a[9], R = a[10], S = a[11];
+    const int *fa = a + 12, *ia = a + 17, *da = a + 33, *oa = a + 49;
+    const char** path = (const char**)argv + 1 + COUNT;
+    auto src = load<float>(path[0], (size_t)src_n);
+    auto W = load<float>(path[1], (size_t)K * C * R * S);
+    auto bias = load<float>(path[2], (size_t)K);
     std::vector<float> out((size_t)out_n, NAN);
-    std::vector<float2> Wh((size_t)K * C * BINS, float2{NAN, NAN});
-    std::vector<float2> E((size_t)images * tiles * c_in * BINS, float2{NAN, NAN});
-    std::vector<float2> X((size_t)images * tiles * c_out * BINS, float2{NAN, NAN});
-    launch(Dim3{K * C, 1, 1}, [&] { conv_fft_filter(W.data(), Wh.data(), K, C, R, S, fa[4]); });
-    for (int n0 = 0; n0 < N; n0 += images) {
-        const int n = N - n0 < images ? N - n0 : images, rows = n * tiles;
-        const float* src_at = src.data() + (size_t)n0 * (src_n / N);
-        float* out_at = out.data() + (size_t)n0 * (out_n / N);
-        launch(Dim3{rows, c_in, 1}, [&] {
-            conv_fft_input(src_at, E.data(), ia[0], ia[1], ia[2], ia[3], ia[4], ia[5], ia[6], ia[7], ia[8], ia[9],
-                           ia[10], ia[11], ia[12]);
-        });
-        const int grid_x = (rows + ROWS_TILE - 1) / ROWS_TILE * ((c_out + COLS_TILE - 1) / COLS_TILE);
-        launch(Dim3{grid_x, (BINS + BIN_BLOCK - 1) / BIN_BLOCK, 1},
-               [&] { conv_fft_bins(E.data(), Wh.data(), X.data(), rows, c_in, c_out); });
-        launch(Dim3{rows, c_out, 1}, [&] {
-            conv_fft_output(X.data(), out_at, a[7] ? bias.data() : nullptr, oa[0], oa[1], oa[2], oa[3], oa[4], oa[5],
-                            oa[6], oa[7], oa[8], oa[9], oa[10], oa[11], oa[12]);
-        });
+    if (mode == 2) {   // Ex (T, C), D (K, T) conjugate, dWh (K, C); the whole batch at once
+        const int rows = N * tiles;
+        auto dy = load<float>(path[3], (size_t)da[0] * N * da[1] * da[2]);
+        std::vector<float2> Ex((size_t)rows * C * BINS, float2{NAN, NAN}), D((size_t)K * rows * BINS, float2{NAN, NAN});
+        std::vector<float2> dWh((size_t)K * C * BINS, float2{NAN, NAN});
+        input(src.data(), Ex.data(), rows, C, ia);
+        input(dy.data(), D.data(), rows, K, da);
+        bins(D.data(), Ex.data(), dWh.data(), K, rows, C);
+        output(dWh.data(), out.data(), nullptr, K, oa);
+    } else {
+        std::vector<float2> Wh((size_t)K * C * BINS, float2{NAN, NAN});
+        std::vector<float2> E((size_t)images * tiles * c_in * BINS, float2{NAN, NAN});
+        std::vector<float2> X((size_t)images * tiles * c_out * BINS, float2{NAN, NAN});
+        launch(Dim3{K * C, 1, 1}, [&] { conv_fft_filter(W.data(), Wh.data(), K, C, R, S, fa[4]); });
+        for (int n0 = 0; n0 < N; n0 += images) {
+            const int n = N - n0 < images ? N - n0 : images, rows = n * tiles;
+            input(src.data() + (size_t)n0 * (src_n / N), E.data(), rows, c_in, ia);
+            bins(E.data(), Wh.data(), X.data(), rows, c_in, c_out);
+            output(X.data(), out.data() + (size_t)n0 * (out_n / N), mode == 1 ? bias.data() : nullptr, rows, oa);
+        }
     }
-    FILE* f = fopen(argv[43], "wb");
+    FILE* f = fopen(path[4], "wb");
     fwrite(out.data(), sizeof(float), out.size(), f);
     fclose(f);
     return 0;
@@ -156,30 +179,35 @@ def main() -> int:
         for x_shape, w_shape, stride, padding in CASES:
             dims = conv_dims(x_shape, w_shape, stride, padding)
             N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
+            W = rng.standard_normal(w_shape).astype(np.float32)
+            b = rng.standard_normal(K).astype(np.float32)
+            x = rng.standard_normal(x_shape).astype(np.float32)
+            dy = rng.standard_normal((N, K, P, Q)).astype(np.float32)
+            x64, dy64, W64 = x.astype(np.float64), dy.astype(np.float64), W.astype(np.float64)
             for phase in fft.PHASES:
                 p = fft.plan(dims, phase)
                 if (p.lh, p.lw) not in built:
                     built[p.lh, p.lw] = build(p.lh, p.lw, tmp)
                 _, c_in, c_out, *_ = fft.problem(dims, phase)
-                W = rng.standard_normal(w_shape).astype(np.float32)
-                b = rng.standard_normal(K).astype(np.float32)
-                if phase == "backward_data":
-                    src = rng.standard_normal((N, K, P, Q)).astype(np.float32)
-                    ref = direct_backward_data(src.astype(np.float64), W.astype(np.float64), x_shape, stride, padding)
-                else:
-                    src = rng.standard_normal(x_shape).astype(np.float32)
-                    ref = direct_forward(src.astype(np.float64), W.astype(np.float64), stride, padding)
-                    ref = ref + b.astype(np.float64)[None, :, None, None]
                 args = fft._args(dims, phase, p)
-                paths = [os.path.join(tmp, name) for name in ("src.bin", "W.bin", "bias.bin", "out.bin")]
-                src.tofile(paths[0])
-                W.tofile(paths[1])
-                b.tofile(paths[2])
-                for images in (p.images, 1):
-                    head = [N, images, p.tiles, c_in, c_out, src.size, ref.size, int(phase == "forward")]
-                    ints = head + [int(v) for v in args["filter"] + args["input"] + args["output"]]
-                    subprocess.run([built[p.lh, p.lw]] + [str(v) for v in ints] + paths, check=True)
-                    out = np.fromfile(paths[3], np.float32).reshape(ref.shape)
+                unused = [0] * 16
+                if phase == "backward_data":
+                    src, ref, mode = dy, direct_backward_data(dy64, W64, x_shape, stride, padding), 0
+                    ints = list(args["filter"]) + list(args["input"]) + unused + list(args["output"])
+                elif phase == "forward":
+                    src, mode = x, 1
+                    ref = direct_forward(x64, W64, stride, padding) + b.astype(np.float64)[None, :, None, None]
+                    ints = list(args["filter"]) + list(args["input"]) + unused + list(args["output"])
+                else:
+                    src, ref, mode = x, direct_backward_weights(dy64, x64, w_shape, stride, padding), 2
+                    ints = [0] * 5 + list(args["x"]) + list(args["dy"]) + list(args["output"])
+                paths = [os.path.join(tmp, name) for name in ("src.bin", "W.bin", "bias.bin", "dy.bin", "out.bin")]
+                for arr, path in zip((src, W, b, dy), paths):
+                    arr.tofile(path)
+                for images in ((p.images,) if phase == "backward_weights" else (p.images, 1)):
+                    head = [mode, N, images, p.tiles, c_in, c_out, src.size, ref.size, K, C, R, S]
+                    subprocess.run([built[p.lh, p.lw]] + [str(int(v)) for v in head + ints] + paths, check=True)
+                    out = np.fromfile(paths[4], np.float32).reshape(ref.shape)
                     assert np.all(np.isfinite(out)), f"{phase} {x_shape}: {np.sum(~np.isfinite(out))} outputs unwritten"
                     err = np.abs(out - ref).max() / np.abs(ref).max()
                     worst = max(worst, err)

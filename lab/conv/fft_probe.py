@@ -1,10 +1,9 @@
-"""Forward and backward-data of DeepSpeech 2's many-tap layers by the "fft" algorithm, beside the implicit
-GEMM and cuDNN.
+"""Every phase of DeepSpeech 2's many-tap layers by the "fft" algorithm, beside the implicit GEMM and cuDNN.
 
 cuDNN runs these rows' backward-data at up to 230 TFLOP/s of direct-convolution work, 3.4x the FP32 FFMA
 peak, so it uses an FFT; the implicit GEMM reaches ~20 (the networks suite, H100, 2026-12-07: 0.089-0.35 of
-cuDNN); their forward is level at 22-25. This probe times "fft" (custom_impl/gpu/conv/fft.py) and the
-implicit GEMM by name in both phases, checks "fft" against PyTorch in float64, and prints a table.
+cuDNN); their forward is level at 22-25, their weight gradient at 0.73-0.78. This probe times "fft"
+(custom_impl/gpu/conv/fft.py) and the implicit GEMM by name in all three phases, checks "fft" against PyTorch in float64, and prints a table.
 
     python3 lab/conv/fft_probe.py             # GPU: the networks suite's DeepSpeech 2 rows with >= 32 taps
     python3 lab/conv/fft_probe.py --quick     # GPU: the batch-16 rows only
@@ -80,7 +79,7 @@ def main() -> None:
                 want = torch.nn.grad.conv2d_input(x_shape, W64, torch.from_numpy(dy.astype(np.float64)), stride,
                                                   padding).numpy()
                 ref = _time(lambda: torch.nn.grad.conv2d_input(x_shape, tW, tdy, stride, padding))
-            else:
+            elif phase == "forward":
                 out = cupy.empty(dy.shape, dtype=cupy.float32)
 
                 def ours(algo):
@@ -89,6 +88,17 @@ def main() -> None:
                 want = torch.nn.functional.conv2d(torch.from_numpy(x.astype(np.float64)), W64, None, stride,
                                                   padding).numpy()
                 ref = _time(lambda: torch.nn.functional.conv2d(tx, tW, None, stride, padding))
+            else:
+                out = cupy.empty(W.shape, dtype=cupy.float32)
+
+                def ours(algo):
+                    ops.conv2d_backward(gdy, gx, gW, stride, padding, need_dx=False, dW=out, need_db=False,
+                                        weights_algo=algo)
+                    return out
+
+                want = torch.nn.grad.conv2d_weight(torch.from_numpy(x.astype(np.float64)), W.shape,
+                                                   torch.from_numpy(dy.astype(np.float64)), stride, padding).numpy()
+                ref = _time(lambda: torch.nn.grad.conv2d_weight(tx, W.shape, tdy, stride, padding))
             ms = {algo: _time(lambda: ours(algo)) for algo in ("implicit_gemm", "fft")}
             got = cupy.asnumpy(ours("fft"))
             err = float(np.abs(got - want).max() / np.abs(want).max())

@@ -18,9 +18,9 @@ timing; docs/kernels.md tells what each measured):
   "few_channels"  (few_channels.py)   C <= 8 (a CNN's first layer): direct register-blocked kernels.
   "patch"         (patch.py)          backward passes of 3..7-tap stride-1 kernels, >= 8 channels: an input
                                        patch staged in shared memory once and reused for every tap.
-  "fft"           (fft.py)            forward and backward-data of kernels of >= 32 taps (DeepSpeech 2's
-                                       21x11), any stride: tiled FFT convolutions, one small complex GEMM
-                                       per bin; by name only (not yet run on a GPU).
+  "fft"           (fft.py)            every phase of kernels of >= 32 taps (DeepSpeech 2's 21x11), any
+                                       stride: tiled FFT convolutions, one small complex GEMM per bin; by
+                                       name only (not yet run on a GPU).
   "strided_1x1"   (strided_1x1.py)    backward-data of a 1x1 kernel with a stride and no padding: the
                                        stride-1 implicit GEMM into the workspace, then one scatter into dx.
 At ``precision="tf32"`` or ``"bf16"`` the autotuner times, per layer and phase, the tensor-core GEMMs of
@@ -227,6 +227,8 @@ def _backward_weights(algo, dy, x, dW, dims, workspace, sms, check=True):
         return implicit_gemm.backward_weights(dy, x, dW, dims, workspace, sms)
     if algo == "few_channels":
         return few_channels.backward_weights(dy, x, dW, dims, workspace, sms=sms, check=check)
+    if algo == "fft":
+        return fft.backward_weights(dy, x, dW, dims, workspace)
     if algo in WINOGRAD_TILES:
         tile = WINOGRAD_TILES[algo]
         return winograd.backward_weights(dy, x, dW, (dims.ph, dims.pw), workspace, tile=tile,

@@ -1,5 +1,5 @@
-"""conv2d forward and backward-data as tiled FFT convolutions (``kernels/conv_fft.cu``): the algorithm "fft"
-of those phases, for kernels of many taps (DeepSpeech 2's 21x11 and 5x10 layers), any stride and padding.
+"""conv2d as tiled FFT convolutions (``kernels/conv_fft.cu``): the algorithm "fft" of every phase, for
+kernels of many taps (DeepSpeech 2's 21x11 and 5x10 layers), any stride and padding.
 
 Legend: N batch, C in-channels, K out-channels, H,W in, P,Q out, R,S kernel; stride (sh, sw), padding
 (ph, pw); ``dims`` a ``ConvDims`` (geometry.py). NCHW, cross-correlation (PyTorch).
@@ -20,8 +20,14 @@ W[k,c,r,s] x[n,c,h-ph+r,w-pw+s] is, with W rotated by 180 degrees, the convoluti
 padding (R-1-ph, S-1-pw), a reduction over c into k; y keeps every sh-th row and sw-th column of z, plus the
 bias (the transforms compute the discarded points too: a stride of 2 doubles the work along its axis).
 
+The weight gradient tiles the same stride-1 grid: dW[k,c,r,s] = sum over the tiles t of every image of
+sum_{i,j} d_t[k,i,j] e_t[c,i+r,j+s], with d_t dy's tile (upsampled by the stride, th x tw, zero-padded to
+LH x LW) and e_t x's window from (h0-ph, w0-pw); per bin that is sum_t conj(D[t,k,f]) Ex[t,c,f], one GEMM
+reducing over the tiles (the whole batch at once), and dW the inverse read at lags (r, s) < (R, S).
+
 With ci the reduction channels (backward-data K, forward C) and co the outputs (C, K), four kernels run in
-order:
+order (the weight gradient: two input passes, x's windows as Ex (T, C, B) and dy's tiles conjugated as
+D (K, T, B), the bins as D (K x T) times Ex (T x C), the output pass on dW's spectra):
 
     1. conv_fft_filter   Wh[ci, co, f] = FFT2(W[k, c] padded to LH x LW)[f]   Wh (ci, co, B)   complex
     2. conv_fft_input    E[t, ci, f]   = FFT2(e of tile t of image n)[f]      E  (T, ci, B)    T = n * tiles
@@ -48,6 +54,8 @@ Example::
         forward(x, W, b, y, dims, workspace)          # y (N, K, P, Q)
     if fits(dims):
         backward_data(dy, W, dx, dims, workspace)     # dx (N, C, H, W)
+    if fits(dims, "backward_weights"):
+        backward_weights(dy, x, dW, dims, workspace)  # dW (K, C, R, S)
 """
 from __future__ import annotations
 
@@ -71,7 +79,7 @@ ROWS_TILE, COLS_TILE = 16, 16  # (tile, k) rows x c columns per block of conv_ff
 INT32_MAX = 2**31 - 1
 
 
-PHASES = ("forward", "backward_data")
+PHASES = ("forward", "backward_data", "backward_weights")
 
 
 class Plan(NamedTuple):
@@ -83,7 +91,7 @@ class Plan(NamedTuple):
     tiles_w: int
     bins: int        # LH * (LW/2 + 1)
     images: int      # images per chunk
-    n_wh: int        # workspace floats of Wh, E, X (E and X for one chunk)
+    n_wh: int        # workspace floats of Wh, E, X (E and X for one chunk; the weight gradient: Ex, D, dWh)
     n_e: int
     n_x: int
 
@@ -111,7 +119,7 @@ def smem_bytes(lh: int, lw: int) -> int:
 
 
 def fits(dims, phase: str = "backward_data") -> bool:
-    """Whether "fft" can run this layer's ``phase`` ("forward" or "backward_data"): R * S >= MIN_TAPS, C
+    """Whether "fft" can run this layer's ``phase`` (``PHASES``): R * S >= MIN_TAPS, C
     and K >= MIN_CHANNELS, a transform size of ``SIZES`` that holds the kernel, and a plan within
     MAX_WORKSPACE and int32 indices."""
     return plan(dims, phase) is not None
@@ -120,11 +128,12 @@ def fits(dims, phase: str = "backward_data") -> bool:
 def problem(dims, phase: str) -> tuple:
     """(N, reduction channels, output channels, tiled rows, tiled columns, R, S) of ``phase``: backward-data
     reduces over K into C channels of dx (H x W); the forward over C into K channels of its stride-1
-    output z ((P-1)*sh + 1 x (Q-1)*sw + 1), whose every sh-th row and sw-th column is y."""
+    output z ((P-1)*sh + 1 x (Q-1)*sw + 1), whose every sh-th row and sw-th column is y; the weight gradient
+    tiles the same z grid (dy upsampled by the stride) and reduces over its tiles of every image."""
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
     if phase == "backward_data":
         return N, K, C, H, Wd, R, S
-    if phase == "forward":
+    if phase in ("forward", "backward_weights"):
         return N, C, K, (P - 1) * sh + 1, (Q - 1) * sw + 1, R, S
     raise ValueError(f"fft: phase={phase!r}; use one of {PHASES}")
 
@@ -138,11 +147,11 @@ def plan(dims, phase: str = "backward_data", max_elements: int | None = None) ->
     N, C, H, Wd, K, R, S, P, Q, *_ = dims
     if max(N * C * H * Wd, N * K * P * Q) > INT32_MAX:
         return None
-    return _plan(problem(dims, phase), limit)
+    return _plan(problem(dims, phase), limit, phase == "backward_weights")
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan(prob, max_elements):
+def _plan(prob, max_elements, weights):
     N, c_in, c_out, Ht, Wt, R, S = prob
     if R * S < MIN_TAPS or min(c_in, c_out) < MIN_CHANNELS:
         return None
@@ -163,6 +172,12 @@ def _plan(prob, max_elements):
     tiles_h, tiles_w = -(-Ht // th), -(-Wt // tw)
     bins = lh * (lw // 2 + 1)
     n_wh = 2 * c_in * c_out * bins
+    if weights:
+        # the whole batch at once (its tiles are the reduction): Ex (T, C, B) and the conjugate dy spectra
+        # (K, T, B) in the bins' operand slots, dW's spectra (K, C, B) in the output slot
+        rows = N * tiles_h * tiles_w
+        p = Plan(lh, lw, th, tw, tiles_h, tiles_w, bins, N, 2 * rows * c_in * bins, 2 * c_out * rows * bins, n_wh)
+        return p if p.size <= max_elements and max(p.n_wh, p.n_e) <= INT32_MAX else None
 
     def sized(images):
         rows = images * tiles_h * tiles_w
@@ -228,28 +243,37 @@ def bins_smem_bytes() -> int:
 
 @functools.lru_cache(maxsize=4096)
 def _args(dims, phase, p: Plan):
-    """The scalar arguments of the four kernels (int32), built once per layer and phase."""
+    """The scalar arguments of the kernels of ``phase`` (int32), built once per layer and phase."""
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
     _, c_in, c_out, Ht, Wt, _, _ = problem(dims, phase)
     geo = i32(Ht, Wt, p.th, p.tw, p.tiles_w, p.tiles)
+    whole = i32(p.lh, p.lw, 0)     # every row and column of the window, E[t, ci] (not transposed)
+    if phase == "backward_weights":
+        return {"filter": None, "x": i32(C, H, Wd, 1, 1, -ph, -pw) + geo + whole,
+                "dy": i32(K, P, Q, sh, sw, 0, 0) + geo + i32(p.th, p.tw, 1),
+                "output": i32(C, 1, 1, R, S, R, S, 1, 1, 1, 1, R, S)}
     if phase == "backward_data":   # windows of dy upsampled by the stride; dx written whole
         src = i32(K, P, Q, sh, sw, ph - (R - 1), pw - (S - 1))
         out = i32(1, 1, H, Wd)
     else:                          # windows of x; every sh-th row and sw-th column of z is y
         src = i32(C, H, Wd, 1, 1, -ph, -pw)
         out = i32(sh, sw, P, Q)
-    return {"filter": i32(K, C, R, S, int(phase == "forward")), "input": src + geo,
-            "bins": (c_in, c_out), "output": i32(c_out, R, S) + geo + out}
+    return {"filter": i32(K, C, R, S, int(phase == "forward")), "input": src + geo + whole,
+            "output": i32(c_out, R, S) + geo + out}
+
+
+def _addresses(p: Plan, workspace, phase):
+    ws = checked_workspace(workspace, p.size, f"conv {phase} (fft)", "conv2d_workspace_size")
+    base = ws.data.ptr
+    return np.uint64(base), np.uint64(base + 4 * p.n_wh), np.uint64(base + 4 * (p.n_wh + p.n_e))
 
 
 def _run(phase, dims, p: Plan, src, W, b, out, workspace) -> None:
-    """The four kernels of ``phase``: the filter transform once, then per chunk of images the input
-    windows' transforms, the bin GEMMs and the inverse transforms into ``out``."""
+    """The four kernels of ``phase`` (forward or backward-data): the filter transform once, then per chunk of
+    images the input windows' transforms, the bin GEMMs and the inverse transforms into ``out``."""
     N = dims[0]
     _, c_in, c_out, *_ = problem(dims, phase)
-    ws = checked_workspace(workspace, p.size, f"conv {phase} (fft)", "conv2d_workspace_size")
-    base = ws.data.ptr
-    wh, e, x = np.uint64(base), np.uint64(base + 4 * p.n_wh), np.uint64(base + 4 * (p.n_wh + p.n_e))
+    wh, e, x = _addresses(p, workspace, phase)
     args = _args(dims, phase, p)
     K, C = dims[4], dims[1]
     kernel("conv_fft_filter", p)((K * C,), (THREADS,), (W, wh) + args["filter"], shared_mem=p.smem_bytes)
@@ -282,6 +306,27 @@ def forward(x, W, b, y, dims, workspace=None):
     dims = tuple(int(v) for v in dims)
     _run("forward", dims, _checked_plan(dims, "forward"), x, W, b, y, workspace)
     return y
+
+
+def backward_weights(dy, x, dW, dims, workspace=None):
+    """dW (K, C, R, S) from dy (N, K, P, Q) and x (N, C, H, W) for a layer that ``fits(dims,
+    "backward_weights")``; dW written. dW[k, c] is the sum over every image's tiles t of the correlation of
+    x's window with dy's tile, read at lags (r, s) < (R, S): per bin, sum_t conj(D[t, k]) Ex[t, c], one GEMM
+    reducing over the tiles."""
+    dims = tuple(int(v) for v in dims)
+    p = _checked_plan(dims, "backward_weights")
+    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
+    ex, d, dwh = _addresses(p, workspace, "backward_weights")
+    args = _args(dims, "backward_weights", p)
+    rows = N * p.tiles
+    k_in = kernel("conv_fft_input", p)
+    k_in((rows, C), (THREADS,), (x, ex) + args["x"], shared_mem=p.smem_bytes)
+    k_in((rows, K), (THREADS,), (dy, d) + args["dy"], shared_mem=p.smem_bytes)
+    grid = (-(-K // ROWS_TILE) * -(-C // COLS_TILE), -(-p.bins // BIN_BLOCK))
+    kernel("conv_fft_bins", p)(grid, (THREADS,), (d, ex, dwh) + i32(K, rows, C), shared_mem=bins_smem_bytes())
+    kernel("conv_fft_output", p)((K, C), (THREADS,), (dwh, dW, np.uint64(0)) + args["output"],
+                                 shared_mem=p.smem_bytes)
+    return dW
 
 
 def backward_data(dy, W, dx, dims, workspace=None):

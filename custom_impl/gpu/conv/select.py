@@ -12,8 +12,8 @@ Candidates per phase (``candidates``), in this order (a tie goes to the first):
                     memory: ``few_channels.data_fits``); "winograd" and "winograd4" where
                     ``winograd_ok``; "patch" where ``patch_ok``; "strided_1x1" for a 1x1 kernel with a
                     stride and no padding (``strided_1x1.fits``).
-"fft" (forward and backward-data of kernels of >= 32 taps with >= 8 channels in and out, ``fft.fits``) runs by
-name only, not yet among "auto"'s candidates: it has not yet run on a GPU.
+"fft" (every phase of kernels of >= 32 taps with >= 8 channels in and out, ``fft.fits``) runs by name only,
+not yet among "auto"'s candidates: it has not yet run on a GPU.
   backward_weights  "implicit_gemm" always; "few_channels" where its launch plan exists; "winograd"
                     (F(3x3, 2x2)) and "winograd4" (F(3x3, 4x4)) where ``winograd_ok`` (in chunks of
                     images, as the forward); "patch" where ``patch_ok``.
@@ -37,7 +37,7 @@ from .geometry import conv_dims, planning_sms
 PHASES = ("forward", "backward_data", "backward_weights")
 FORWARD_ALGOS = ("implicit_gemm", "winograd", "few_channels", "winograd4", "fft")
 DATA_ALGOS = ("implicit_gemm", "few_channels", "winograd", "patch", "strided_1x1", "winograd4", "fft")
-WEIGHTS_ALGOS = ("implicit_gemm", "few_channels", "winograd", "winograd4", "patch")
+WEIGHTS_ALGOS = ("implicit_gemm", "few_channels", "winograd", "winograd4", "patch", "fft")
 ALGOS = {"forward": FORWARD_ALGOS, "backward_data": DATA_ALGOS, "backward_weights": WEIGHTS_ALGOS}
 WINOGRAD_TILES = {"winograd": 2, "winograd4": 4}   # algorithm -> winograd.py's output (dy) tile
 DEFAULT = "implicit_gemm"   # runs every shape; what a CUDA-graph capture gets for an untimed shape

@@ -1,5 +1,5 @@
-"""The "fft" backward-data and forward (custom_impl/gpu/conv/fft.py, kernels/conv_fft.cu) against a NumPy
-float64 reference, through the public conv entry points: every transform size the cases plan, strides with zero
+"""The "fft" forward, backward-data and weight gradient (custom_impl/gpu/conv/fft.py, kernels/conv_fft.cu)
+against a NumPy float64 reference, through the public conv entry points: every transform size the cases plan, strides with zero
 rows and columns in the upsampled dy, ragged last tiles, partial row / column / k / bin tiles of the bin
 GEMMs, chunks of images.
 
@@ -17,7 +17,7 @@ import pytest
 
 pytestmark = pytest.mark.gpu
 
-from conv_reference import EPS32, _rand, conv_ref  # noqa: F401
+from conv_reference import EPS32, _assert_close, _rand, conv_ref  # noqa: F401
 
 # (N, C, H, W, K, R, S, stride, padding)
 CASES = [
@@ -108,6 +108,41 @@ def test_fft_forward(case):
     _check(y, y_ref - b[:, None, None], y_abs, p, f"fft forward without bias {case}")
 
 
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_fft_backward_weights(case):
+    """dW by "fft" (weights_algo) into a NaN-filled dW with a NaN-filled workspace, twice (the same bits),
+    within the module's tolerance of float64 (ref_abs: the weight gradient of |dy| and |x|); db is the
+    implicit GEMM family's, checked with it."""
+    import cupy
+
+    from custom_impl.gpu import conv
+    from custom_impl.gpu.conv import fft
+
+    N, C, H, Wd, K, R, S, stride, padding = case
+    rng = np.random.default_rng(sum(case[:7]) + 5)
+    x, W = _rand(rng, N, C, H, Wd), _rand(rng, K, C, R, S)
+    _, back = conv_ref(x.astype(np.float64), W.astype(np.float64), stride, padding)
+    _, back_abs = conv_ref(np.abs(x.astype(np.float64)), np.abs(W.astype(np.float64)), stride, padding)
+    dims = conv.conv_dims(x.shape, W.shape, stride, padding)
+    dy = _rand(rng, N, K, dims.P, dims.Q)
+    _, dW_ref, db_ref = back(dy.astype(np.float64))
+    dW_abs = back_abs(np.abs(dy.astype(np.float64)))[1]
+    p = fft.plan(dims, "backward_weights")
+    assert p is not None and fft.fits(dims, "backward_weights")
+    ws = cupy.full((conv.conv2d_workspace_size(x.shape, W.shape, stride, padding),), np.nan, np.float32)
+    gx, gW, gdy = cupy.asarray(x), cupy.asarray(W), cupy.asarray(dy)
+    outs = []
+    for _ in range(2):
+        dW, db = cupy.full(W.shape, np.nan, np.float32), cupy.full((K,), np.nan, np.float32)
+        conv.conv2d_backward(gdy, gx, gW, stride, padding, need_dx=False, dW=dW, db=db, workspace=ws,
+                             weights_algo="fft")
+        outs.append(cupy.asnumpy(dW))
+    _check(outs[0], dW_ref, dW_abs, p, f"fft weights {p.lh}x{p.lw} {case}")
+    assert np.array_equal(outs[0], outs[1]), "fft weight gradient is not deterministic"
+    _assert_close(cupy.asnumpy(db), db_ref, np.abs(dy.astype(np.float64)).sum(axis=(0, 2, 3)), N * dims.P * dims.Q,
+                  "db")
+
+
 def test_fft_backward_data_in_chunks_and_auto(monkeypatch):
     """A workspace cap that fits two images per chunk runs the batch of 5 as 2 + 2 + 1 with the same bits
     as the whole batch at once (each tile's sums do not depend on the chunk); "auto" picks among its
@@ -142,8 +177,8 @@ def test_fft_backward_data_in_chunks_and_auto(monkeypatch):
 
 
 def test_fft_rejects_layers_it_does_not_run():
-    """Few taps or few channels: "fft" fits neither phase, and asking for it by name raises a ValueError
-    naming the layer and the way out."""
+    """Few taps or few channels: "fft" fits no phase, and asking for it by name raises a ValueError naming
+    the layer and the way out."""
     import cupy
 
     from custom_impl.gpu import conv
@@ -151,10 +186,13 @@ def test_fft_rejects_layers_it_does_not_run():
 
     for x_shape, w_shape in [((2, 8, 9, 9), (8, 8, 3, 3)), ((2, 4, 30, 30), (8, 4, 7, 7))]:
         dims = conv.conv_dims(x_shape, w_shape, 1, 1)
-        assert not fft.fits(dims) and not fft.fits(dims, "forward")
+        assert not any(fft.fits(dims, phase) for phase in fft.PHASES)
         dy = cupy.ones(conv.conv2d_output_shape(x_shape, w_shape, 1, 1), np.float32)
         with pytest.raises(ValueError, match=r"backward_data: algo 'fft'.*algo='auto'"):
             conv.conv2d_backward_data(dy, cupy.ones(w_shape, np.float32), x_shape, 1, 1, algo="fft")
         with pytest.raises(ValueError, match=r"forward: algo 'fft'.*algo='auto'"):
             conv.conv2d_forward(cupy.ones(x_shape, np.float32), cupy.ones(w_shape, np.float32), None, 1, 1,
                                 algo="fft")
+        with pytest.raises(ValueError, match=r"backward_weights: algo 'fft'.*algo='auto'"):
+            conv.conv2d_backward(dy, cupy.ones(x_shape, np.float32), cupy.ones(w_shape, np.float32), 1, 1,
+                                 need_dx=False, weights_algo="fft")

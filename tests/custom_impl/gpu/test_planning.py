@@ -343,7 +343,7 @@ def test_algo_names():
     assert conv.FORWARD_ALGOS == ("implicit_gemm", "winograd", "few_channels", "winograd4", "fft")
     assert conv.DATA_ALGOS == ("implicit_gemm", "few_channels", "winograd", "patch", "strided_1x1", "winograd4",
                                "fft")
-    assert conv.WEIGHTS_ALGOS == ("implicit_gemm", "few_channels", "winograd", "winograd4", "patch")
+    assert conv.WEIGHTS_ALGOS == ("implicit_gemm", "few_channels", "winograd", "winograd4", "patch", "fft")
     select.check_algo("auto", "forward", "conv2d_forward")
     with pytest.raises(ValueError, match="algo='patch'; use one of 'auto', 'implicit_gemm'"):
         select.check_algo("patch", "forward", "conv2d_forward")
@@ -474,6 +474,11 @@ def test_fft_plan(x_shape, w_shape, stride, padding, sizes, tiles):
     # and X with the channel counts swapped (it reduces over C into K)
     f = fft.plan(dims, "forward")
     assert f[:8] == p[:8] and (f.n_e, f.n_x) == (p.n_x, p.n_e)
+    # the weight gradient: the same tiles over the whole batch (they are its reduction), x's and dy's
+    # spectra and dW's; no chunks: a cap below the whole leaves it out
+    w = fft.plan(dims, "backward_weights")
+    assert w[:8] == p[:8] and w.size == 2 * p.bins * (N * p.tiles * (C + K) + K * C)
+    assert fft.plan(dims, "backward_weights", max_elements=w.size - 1) is None
     per_image = 2 * p.bins * p.tiles * (K + C)
     capped = fft.plan(dims, max_elements=p.n_wh + 24 * per_image)
     assert capped.images == 22   # 64 images within 24 per chunk: three equal chunks of 22
