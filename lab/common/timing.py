@@ -1,4 +1,5 @@
-"""Timers shared by the lab scripts: CUDA-graph replay time, host time per call, CPU train-step times.
+"""Timers shared by the lab scripts: eager and CUDA-graph replay time, host time per call, CPU train-step
+times.
 
 The harness has the real timer (``harness.timer.measure``: warm-up, CUDA events, median and IQR); these
 are the small variants the lab's probes need beside it.
@@ -7,6 +8,27 @@ from __future__ import annotations
 
 import statistics
 import time
+
+
+def eager_time_ms(fn, reps: int = 20, rounds: int = 3, warm: int = 3) -> float:
+    """ms per call of ``fn``: the least of ``rounds`` rounds of ``reps`` back-to-back eager calls, by PyTorch's
+    CUDA events on the default stream (where both CuPy's and PyTorch's launches go unless told otherwise),
+    after ``warm`` untimed calls."""
+    import torch
+
+    for _ in range(warm):
+        fn()
+    torch.cuda.synchronize()
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    best = float("inf")
+    for _ in range(rounds):
+        start.record()
+        for _ in range(reps):
+            fn()
+        stop.record()
+        stop.synchronize()
+        best = min(best, start.elapsed_time(stop) / reps)
+    return best
 
 
 def graph_samples_ms(fn, reps: int = 20, samples: int = 7, warm: int = 1) -> list:

@@ -176,6 +176,14 @@ def emulate_weights(dy, x, w_shape, stride, padding):
     return full[:, :, :R, :S]
 
 
+def compared(got, ref, label: str) -> float:
+    """max |got - ref| / max |ref|, printed after ``label``; every output must have been written (finite)."""
+    assert np.all(np.isfinite(got)), f"{label}: {np.sum(~np.isfinite(got))} outputs unwritten"
+    err = float(np.abs(got - ref).max() / np.abs(ref).max())
+    print(f"{label}: max error / max |out| = {err:.1e}")
+    return err
+
+
 def main() -> int:
     rng = np.random.default_rng(5)
     worst = 0.0
@@ -196,11 +204,9 @@ def main() -> int:
                     got = emulate(dy, W, x_shape, stride, padding, images)
                 else:
                     got = emulate_forward(x, W, stride, padding, images)
-                assert np.all(np.isfinite(got)), f"{phase} {x_shape}: {np.sum(~np.isfinite(got))} outputs unwritten"
-                err = np.abs(got - ref).max() / np.abs(ref).max()
-                worst = max(worst, err)
-                print(f"{phase} {x_shape} {w_shape} stride {stride} pad {padding}: {p.lh}x{p.lw} tiles "
-                      f"{p.tiles_h}x{p.tiles_w}, images {images or p.images}: max error / max |out| = {err:.1e}")
+                worst = max(worst, compared(got, ref, f"{phase} {x_shape} {w_shape} stride {stride} pad {padding}: "
+                                                      f"{p.lh}x{p.lw} tiles {p.tiles_h}x{p.tiles_w}, images "
+                                                      f"{images or p.images}"))
     print(f"worst {worst:.1e}")
     return 0 if worst < 1e-12 else 1
 

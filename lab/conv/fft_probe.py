@@ -11,11 +11,17 @@ cuDNN); their forward is level at 22-25, their weight gradient at 0.73-0.78. Thi
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
-import numpy as np
-import torch
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)  # the repository root: custom_impl, lab
 
-import custom_impl
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import custom_impl  # noqa: E402
+from lab.common.timing import eager_time_ms  # noqa: E402
 
 # (N, C, H, W, K, R, S, stride, padding): the networks suite's DeepSpeech 2 layers that "fft" fits
 SHAPES = [
@@ -26,21 +32,8 @@ SHAPES = [
 ]
 
 
-def _time(fn, reps=10) -> float:
-    """Least of 3 rounds of ``reps`` back-to-back calls, ms per call, by CUDA events on the default stream."""
-    for _ in range(2):
-        fn()
-    torch.cuda.synchronize()
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    best = float("inf")
-    for _ in range(3):
-        start.record()
-        for _ in range(reps):
-            fn()
-        stop.record()
-        stop.synchronize()
-        best = min(best, start.elapsed_time(stop) / reps)
-    return best
+def _t(fn) -> float:
+    return eager_time_ms(fn, reps=10, warm=2)
 
 
 def main() -> None:
@@ -78,7 +71,7 @@ def main() -> None:
 
                 want = torch.nn.grad.conv2d_input(x_shape, W64, torch.from_numpy(dy.astype(np.float64)), stride,
                                                   padding).numpy()
-                ref = _time(lambda: torch.nn.grad.conv2d_input(x_shape, tW, tdy, stride, padding))
+                ref = _t(lambda: torch.nn.grad.conv2d_input(x_shape, tW, tdy, stride, padding))
             elif phase == "forward":
                 out = cupy.empty(dy.shape, dtype=cupy.float32)
 
@@ -87,7 +80,7 @@ def main() -> None:
 
                 want = torch.nn.functional.conv2d(torch.from_numpy(x.astype(np.float64)), W64, None, stride,
                                                   padding).numpy()
-                ref = _time(lambda: torch.nn.functional.conv2d(tx, tW, None, stride, padding))
+                ref = _t(lambda: torch.nn.functional.conv2d(tx, tW, None, stride, padding))
             else:
                 out = cupy.empty(W.shape, dtype=cupy.float32)
 
@@ -98,8 +91,8 @@ def main() -> None:
 
                 want = torch.nn.grad.conv2d_weight(torch.from_numpy(x.astype(np.float64)), W.shape,
                                                    torch.from_numpy(dy.astype(np.float64)), stride, padding).numpy()
-                ref = _time(lambda: torch.nn.grad.conv2d_weight(tx, W.shape, tdy, stride, padding))
-            ms = {algo: _time(lambda: ours(algo)) for algo in ("implicit_gemm", "fft")}
+                ref = _t(lambda: torch.nn.grad.conv2d_weight(tx, W.shape, tdy, stride, padding))
+            ms = {algo: _t(lambda: ours(algo)) for algo in ("implicit_gemm", "fft")}
             got = cupy.asnumpy(ours("fft"))
             err = float(np.abs(got - want).max() / np.abs(want).max())
             print(f"| {N}, {C}, {H}x{Wd}, {K}, {R}x{S}, {stride} | {phase} | {p.lh}x{p.lw}, {p.tiles_h}x{p.tiles_w} "

@@ -20,11 +20,17 @@ and cuDNN.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
-import numpy as np
-import torch
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)  # the repository root: custom_impl, lab
 
-import custom_impl
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import custom_impl  # noqa: E402
+from lab.common.timing import eager_time_ms as _time  # noqa: E402
 
 # (N, C, H, W, K, stride): ResNet-50's 1x1 stride-2 downsample shortcuts (the networks suite)
 SHAPES = [
@@ -75,24 +81,6 @@ def cpu_check() -> None:
         err = _rel(got, want)
         print(f"{shape}: rel err {err:.3g}")
         assert err < 1e-5, shape     # float32 sums of K <= 7 products: ~1e-7
-
-
-def _time(fn, reps=20) -> float:
-    """Least of 3 rounds of ``reps`` back-to-back calls, ms per call, by CUDA events on the default stream
-    (where both CuPy's and PyTorch's launches here go)."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    best = float("inf")
-    for _ in range(3):
-        start.record()
-        for _ in range(reps):
-            fn()
-        stop.record()
-        stop.synchronize()
-        best = min(best, start.elapsed_time(stop) / reps)
-    return best
 
 
 def gpu_probe() -> None:

@@ -56,6 +56,30 @@ def _check(out, ref, ref_abs, plan, what):
     assert err <= tol, f"{what}: worst error {err:.3g} above {tol:.3g}"
 
 
+def _twice(phase, case, shape, call, ref, ref_abs):
+    """``call(out, workspace)`` twice, each into a NaN-filled ``out`` of ``shape`` with a NaN-filled workspace
+    (every element must be written), checked within the module's tolerance of float64 and for the same bits
+    (no atomics); returns the plan."""
+    import cupy
+
+    from custom_impl.gpu import conv
+    from custom_impl.gpu.conv import fft
+
+    N, C, H, Wd, K, R, S, stride, padding = case
+    dims = conv.conv_dims((N, C, H, Wd), (K, C, R, S), stride, padding)
+    p = fft.plan(dims, phase)
+    assert p is not None and fft.fits(dims, phase)
+    ws = cupy.full((conv.conv2d_workspace_size((N, C, H, Wd), (K, C, R, S), stride, padding),), np.nan, np.float32)
+    outs = []
+    for _ in range(2):
+        out = cupy.full(shape, np.nan, np.float32)
+        call(out, ws)
+        outs.append(cupy.asnumpy(out))
+    _check(outs[0], ref, ref_abs, p, f"fft {phase} {p.lh}x{p.lw} {case}")
+    assert np.array_equal(outs[0], outs[1]), f"fft {phase} is not deterministic"
+    return p
+
+
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_fft_backward_data(case):
     """dx by "fft" into a NaN-filled dx with a NaN-filled workspace (every element must be written), twice
@@ -63,22 +87,15 @@ def test_fft_backward_data(case):
     import cupy
 
     from custom_impl.gpu import conv
-    from custom_impl.gpu.conv import fft
 
     x_shape, W, dy, dx_ref, dx_abs = _reference(case)
     stride, padding = case[7], case[8]
-    dims = conv.conv_dims(x_shape, W.shape, stride, padding)
-    p = fft.plan(dims)
-    assert p is not None and fft.fits(dims)
-    ws = cupy.full((conv.conv2d_workspace_size(x_shape, W.shape, stride, padding),), np.nan, np.float32)
     gdy, gW = cupy.asarray(dy), cupy.asarray(W)
-    outs = []
-    for _ in range(2):
-        dx = cupy.full(x_shape, np.nan, np.float32)
+
+    def call(dx, ws):
         assert conv.conv2d_backward_data(gdy, gW, x_shape, stride, padding, dx=dx, workspace=ws, algo="fft") is dx
-        outs.append(cupy.asnumpy(dx))
-    _check(outs[0], dx_ref, dx_abs, p, f"fft {p.lh}x{p.lw} {case}")
-    assert np.array_equal(outs[0], outs[1]), "fft is not deterministic"
+
+    _twice("backward_data", case, x_shape, call, dx_ref, dx_abs)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
@@ -88,23 +105,16 @@ def test_fft_forward(case):
     import cupy
 
     from custom_impl.gpu import conv
-    from custom_impl.gpu.conv import fft
 
     x, W, b, y_ref, y_abs = _forward_reference(case)
     stride, padding = case[7], case[8]
-    dims = conv.conv_dims(x.shape, W.shape, stride, padding)
-    p = fft.plan(dims, "forward")
-    assert p is not None and fft.fits(dims, "forward")
-    ws = cupy.full((conv.conv2d_workspace_size(x.shape, W.shape, stride, padding),), np.nan, np.float32)
     gx, gW, gb = cupy.asarray(x), cupy.asarray(W), cupy.asarray(b)
-    outs = []
-    for _ in range(2):
-        y = cupy.full(y_ref.shape, np.nan, np.float32)
+
+    def call(y, ws):
         assert conv.conv2d_forward(gx, gW, gb, stride, padding, out=y, workspace=ws, algo="fft") is y
-        outs.append(cupy.asnumpy(y))
-    _check(outs[0], y_ref, y_abs, p, f"fft forward {p.lh}x{p.lw} {case}")
-    assert np.array_equal(outs[0], outs[1]), "fft forward is not deterministic"
-    y = cupy.asnumpy(conv.conv2d_forward(gx, gW, None, stride, padding, workspace=ws, algo="fft"))
+
+    p = _twice("forward", case, y_ref.shape, call, y_ref, y_abs)
+    y = cupy.asnumpy(conv.conv2d_forward(gx, gW, None, stride, padding, algo="fft"))
     _check(y, y_ref - b[:, None, None], y_abs, p, f"fft forward without bias {case}")
 
 
@@ -116,7 +126,6 @@ def test_fft_backward_weights(case):
     import cupy
 
     from custom_impl.gpu import conv
-    from custom_impl.gpu.conv import fft
 
     N, C, H, Wd, K, R, S, stride, padding = case
     rng = np.random.default_rng(sum(case[:7]) + 5)
@@ -127,18 +136,14 @@ def test_fft_backward_weights(case):
     dy = _rand(rng, N, K, dims.P, dims.Q)
     _, dW_ref, db_ref = back(dy.astype(np.float64))
     dW_abs = back_abs(np.abs(dy.astype(np.float64)))[1]
-    p = fft.plan(dims, "backward_weights")
-    assert p is not None and fft.fits(dims, "backward_weights")
-    ws = cupy.full((conv.conv2d_workspace_size(x.shape, W.shape, stride, padding),), np.nan, np.float32)
     gx, gW, gdy = cupy.asarray(x), cupy.asarray(W), cupy.asarray(dy)
-    outs = []
-    for _ in range(2):
-        dW, db = cupy.full(W.shape, np.nan, np.float32), cupy.full((K,), np.nan, np.float32)
+    db = cupy.full((K,), np.nan, np.float32)
+
+    def call(dW, ws):
         conv.conv2d_backward(gdy, gx, gW, stride, padding, need_dx=False, dW=dW, db=db, workspace=ws,
                              weights_algo="fft")
-        outs.append(cupy.asnumpy(dW))
-    _check(outs[0], dW_ref, dW_abs, p, f"fft weights {p.lh}x{p.lw} {case}")
-    assert np.array_equal(outs[0], outs[1]), "fft weight gradient is not deterministic"
+
+    _twice("backward_weights", case, W.shape, call, dW_ref, dW_abs)
     _assert_close(cupy.asnumpy(db), db_ref, np.abs(dy.astype(np.float64)).sum(axis=(0, 2, 3)), N * dims.P * dims.Q,
                   "db")
 
