@@ -267,7 +267,7 @@ def forward(x, W, b, out, dims, workspace=None, sms=132, config=None, splits=Non
     if n_splits == 1:
         return out
     kernel("conv_splitk_reduce_nchw")((min(blocks(out.size, 256), 132 * 16),), (256,),
-                                      (ws, out, ptr(b)) + i32(N, K, P * Q, n_splits))
+                                      (ws, out, ptr(b)) + i32_memo((N, K, P * Q, n_splits)))
     return out
 
 
@@ -348,10 +348,10 @@ def backward_data(dy, W, dx, dims, workspace=None, sms=132, config=None, splits=
                                             shared_mem=cfg.smem_bytes)
     else:
         kernel("conv_implicit_gemm_dgrad", cfg)(grid, (cfg.threads,),
-                                                (dy, W, dx) + i32(*dims) + (ws, np.int32(k_chunk)),
+                                                (dy, W, dx) + i32_memo(tuple(dims)) + (ws,) + i32_memo((k_chunk,)),
                                                 shared_mem=cfg.smem_bytes)
     if splits == 1:
         return dx
     kernel("conv_splitk_reduce_nchw")((min(blocks(dx.size, 256), 132 * 16),), (256,),
-                                      (ws, dx, np.uint64(0)) + i32(N, C, H * Wd, splits))
+                                      (ws, dx, np.uint64(0)) + i32_memo((N, C, H * Wd, splits)))
     return dx
