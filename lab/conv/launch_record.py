@@ -1,9 +1,12 @@
-"""Every kernel launch the Winograd wrappers make, recorded without a GPU, to compare two versions of the host
-code: kernel name, grid, block, each argument (an array or pointer as its device address, a scalar as its
-value) and the dynamic shared memory, on CuPy replaced by lab/conv/host_mock.py's stub.
+"""Every kernel launch the Winograd, patch and implicit-GEMM wrappers make, recorded without a GPU, to compare
+two versions of the host code: kernel name, grid, block, each argument (an array or pointer as its device
+address, a scalar as its value) and the dynamic shared memory, on CuPy replaced by lab/conv/host_mock.py's
+stub.
 
-    python3 lab/conv/launch_record.py OUT.json     # record (forward, backward-data, weight gradient with both
-                                                   # dy tiles, whole batch and in chunks, planned and 3 splits)
+    python3 lab/conv/launch_record.py OUT.json     # record (Winograd: forward, backward-data, weight gradient
+                                                   # with both dy tiles, whole batch and in chunks, planned
+                                                   # and 3 splits; patch: both backward passes; implicit
+                                                   # GEMM: every phase, strided too, planned and 3 splits)
     python3 lab/conv/launch_record.py A.json B.json   # compare two recordings: the first launch that differs
 
 Record once with the old code (e.g. `git stash`), once with the new: equal recordings mean the new host code
@@ -27,6 +30,10 @@ import host_mock  # noqa: E402
 
 # (N, C, H, W, K, padding): a small odd batch, an asymmetric padding, a VGG-like layer
 LAYERS = [(9, 16, 12, 11, 24, 1), (7, 17, 9, 10, 19, (0, 2)), (64, 64, 56, 56, 64, 1)]
+# (N, C, H, W, K, R, S, stride, padding) of the patch and implicit-GEMM calls: small batches (split k ranges),
+# LeNet's conv2, a strided 3x3, a 1x1 with and without float4 planes
+CONV_LAYERS = [(2, 16, 14, 14, 32, 5, 5, 1, 2), (64, 32, 14, 14, 64, 5, 5, 1, 2), (3, 9, 11, 13, 10, 3, 3, 1, 1),
+               (4, 33, 13, 17, 9, 3, 3, 2, 1), (16, 832, 7, 7, 256, 1, 1, 1, 0), (8, 64, 14, 14, 32, 1, 1, 1, 0)]
 
 
 def _value(a):
@@ -80,6 +87,29 @@ def record() -> list:
                 log.clear()
                 call()
                 out.append([f"N{N} C{C} {H}x{W} K{K} pad {pad} images {images}: {what}", list(log)])
+    from custom_impl.gpu.conv import conv_dims, implicit_gemm, patch
+
+    for N, C, H, W, K, R, S, st, pad in CONV_LAYERS:
+        dims = conv_dims((N, C, H, W), (K, C, R, S), st, pad)
+        x, w, b, dx, dW = A((N, C, H, W)), A((K, C, R, S)), A((K,)), A((N, C, H, W)), A((K, C, R, S))
+        dy, y, ws = A((N, K, dims.P, dims.Q)), A((N, K, dims.P, dims.Q)), A((1 << 27,))
+        calls = []
+        if patch.data_plan(dims) is not None:
+            calls.append(("patch backward_data", lambda: patch.backward_data(dy, w, dx, dims, ws)))
+        if patch.weights_plan(dims) is not None:
+            calls.append(("patch backward_weights", lambda: patch.backward_weights(dy, x, dW, dims, ws)))
+        for splits in (None, 3):
+            calls += [(f"implicit_gemm forward splits {splits}",
+                       lambda s=splits: implicit_gemm.forward(x, w, b, y, dims, ws, splits=s)),
+                      (f"implicit_gemm backward_weights splits {splits}",
+                       lambda s=splits: implicit_gemm.backward_weights(dy, x, dW, dims, ws, splits=s))]
+            if splits is None or dims.sh * dims.sw == 1:
+                calls.append((f"implicit_gemm backward_data splits {splits}",
+                               lambda s=splits: implicit_gemm.backward_data(dy, w, dx, dims, ws, splits=s)))
+        for what, call in calls:
+            log.clear()
+            call()
+            out.append([f"{dims}: {what}", list(log)])
     return out
 
 

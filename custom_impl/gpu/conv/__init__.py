@@ -219,7 +219,7 @@ def _backward_data(algo, dy, W, dx, dims, workspace, sms):
         return strided_1x1.backward_data(dy, W, dx, dims, workspace, sms)
     if algo == "fft":
         return fft.backward_data(dy, W, dx, dims, workspace)
-    return patch.backward_data(dy, W, dx, dims, workspace)
+    return patch.backward_data(dy, W, dx, dims, workspace, check=False)   # the entry points checked the arrays
 
 
 def _backward_weights(algo, dy, x, dW, dims, workspace, sms, check=True):
@@ -233,7 +233,7 @@ def _backward_weights(algo, dy, x, dW, dims, workspace, sms, check=True):
         tile = WINOGRAD_TILES[algo]
         return winograd.backward_weights(dy, x, dW, (dims.ph, dims.pw), workspace, tile=tile,
                                          images=select.winograd_images(dims, "backward_weights", sms, tile))
-    return patch.backward_weights(dy, x, dW, dims, workspace)
+    return patch.backward_weights(dy, x, dW, dims, workspace, check=check)
 
 
 def _data(algo, dy, W, dx, dims, workspace, sms, precision="fp32"):

@@ -40,8 +40,10 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
+import numpy as np
+
 from .. import gemm, runtime
-from ..runtime import blocks, check_array, checked_workspace
+from ..runtime import blocks, check_array, checked_workspace, i32_memo
 from ..runtime import i32 as _i32
 from .geometry import conv_dims
 
@@ -290,7 +292,14 @@ def defines(S: int, kb: int = KB, t: int = 1) -> dict:
 
 def kernel(name: str, S: int, kb: int = KB, smem: int = 0, t: int = 1):
     """The compiled kernel ``name`` for kernel width ``S`` (one module per width, ``kb`` and ``t``, compiled
-    on first use), opted into ``smem`` bytes of dynamic shared memory."""
+    on first use), opted into ``smem`` bytes of dynamic shared memory; memoised per device."""
+    import cupy
+
+    return _kernel(name, S, kb, smem, t, cupy.cuda.Device().id)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(name, S, kb, smem, t, device_id):
     return runtime.kernel(FAMILY, name, defines(S, kb, t), smem)
 
 
@@ -301,13 +310,14 @@ def _check(dims, arrays, what):
         check_array(a, f"conv.patch.{what}: {name}", shape=shapes[name])
 
 
-def backward_weights(dy, x, dW, dims, workspace=None, plan: WeightsPlan | None = None):
+def backward_weights(dy, x, dW, dims, workspace=None, plan: WeightsPlan | None = None, check: bool = True):
     """dW (K, C, R, S) = sum over n, p, q of dy (N, K, P, Q) times x (N, C, H, W) windows; returns dW.
 
     ``workspace``: float32, at least ``workspace_size(...)`` elements (the partial dW of each split), or
     None for the runtime's shared workspace. ``plan``: a ``weights_plan`` of these dims (default: the tuned
-    choice among ``weights_candidates``). Raises ValueError for a layer it cannot run."""
-    dims = tuple(int(v) for v in dims)
+    choice among ``weights_candidates``). ``check=False``: the caller has checked the arrays' shapes (the
+    conv entry points). Raises ValueError for a layer it cannot run."""
+    dims = tuple(dims)
     if plan is None:
         if _unsupported(dims) is not None:
             raise ValueError(_unfit_message("backward_weights", dims))
@@ -318,7 +328,8 @@ def backward_weights(dy, x, dW, dims, workspace=None, plan: WeightsPlan | None =
                 raise ValueError(_unfit_message("backward_weights", dims))
             _check(dims, {"dy": dy, "x": x, "dW": dW}, "backward_weights")   # before any timed launch
             plan = _tuned_weights_plan(dims, sms, (dy, x, dW, workspace))
-    _check(dims, {"dy": dy, "x": x, "dW": dW}, "backward_weights")
+    if check:
+        _check(dims, {"dy": dy, "x": x, "dW": dW}, "backward_weights")
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
     splits = plan.grid[0]
     n = K * C * R * S
@@ -326,36 +337,57 @@ def backward_weights(dy, x, dW, dims, workspace=None, plan: WeightsPlan | None =
                                                    "conv2d_workspace_size")
     kernel("conv_patch_backward_weights", S, plan.kb, plan.smem, plan.t)(
         plan.grid, (plan.threads,),
-        (dy, x, out) + _i32(*dims) + _i32(plan.cb, plan.pb, plan.ldq, plan.ldx, plan.chunk), shared_mem=plan.smem)
+        (dy, x, out) + i32_memo(dims + (plan.cb, plan.pb, plan.ldq, plan.ldx, plan.chunk)), shared_mem=plan.smem)
     if splits > 1:
         gemm.splitk_reduce(out, dW, None, K, C * R * S, splits, 0, 0)
     return dW
 
 
-def backward_data(dy, W, dx, dims, workspace=None):
+class _DataLaunch(NamedTuple):
+    plan: DataPlan
+    off: int             # the partial dx slabs' offset in the workspace (split k range only)
+    need: int            # workspace floats
+    transpose_grid: tuple
+    transpose_args: tuple
+    args: tuple          # conv_patch_backward_data's scalar arguments
+
+
+@functools.lru_cache(maxsize=4096)
+def _data_launch(dims: tuple, sms: int) -> _DataLaunch | None:
+    """``data_plan`` and everything else ``backward_data`` launches with that depends on the shape only,
+    made once per (dims, SMs); None where the layer cannot run."""
+    plan = data_plan(dims, sms)
+    if plan is None:
+        return None
+    N, C, H, Wd, K, R, S = dims[:7]
+    n = K * C * R * S
+    off, need = _data_layout(dims, plan)
+    return _DataLaunch(plan, off, need, (min(blocks(n, 256), 132 * 8),), _i32(K, C, R * S),
+                       _i32(*dims) + _i32(plan.ct_shift, plan.wch, plan.hb, plan.kc, plan.ldd, plan.kz))
+
+
+def backward_data(dy, W, dx, dims, workspace=None, check: bool = True):
     """dx (N, C, H, W) from dy (N, K, P, Q) and W (K, C, R, S); returns dx.
 
     ``workspace``: float32, at least ``workspace_size(...)`` elements (W copied to (K, R, S, C), then the
-    partial dx of each split), or None for the runtime's shared workspace. Raises ValueError for a layer it
-    cannot run."""
-    dims = tuple(int(v) for v in dims)
-    plan = data_plan(dims, runtime.sm_count())
-    if plan is None:
+    partial dx of each split), or None for the runtime's shared workspace. ``check=False``: the caller has
+    checked the arrays' shapes (the conv entry points). Raises ValueError for a layer it cannot run."""
+    dims = tuple(dims)
+    launch = _data_launch(dims, runtime.sm_count())
+    if launch is None:
         raise ValueError(_unfit_message("backward_data", dims))
-    _check(dims, {"dy": dy, "W": W, "dx": dx}, "backward_data")
+    if check:
+        _check(dims, {"dy": dy, "W": W, "dx": dx}, "backward_data")
     N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
-    n = K * C * R * S
+    plan = launch.plan
     splits = plan.grid[2]
-    off, need = _data_layout(dims, plan)
-    ws = checked_workspace(workspace, need, "conv.patch.backward_data", "conv2d_workspace_size")
-    wt = ws[:n]
-    out = dx if splits == 1 else ws[off:need]
-    kernel("conv_patch_transpose_w", S)((min(blocks(n, 256), 132 * 8),), (256,),
-                                      (W, wt) + _i32(K, C, R * S))
-    kernel("conv_patch_backward_data", S)(
-        plan.grid, (plan.threads,),
-        (dy, wt, out) + _i32(*dims) + _i32(plan.ct_shift, plan.wch, plan.hb, plan.kc, plan.ldd, plan.kz),
-        shared_mem=plan.smem)
+    ws = checked_workspace(workspace, launch.need, "conv.patch.backward_data", "conv2d_workspace_size")
+    # NOTE: addresses, not CuPy slices: a slice costs microseconds of host time per eager call
+    wt = np.uint64(ws.data.ptr)
+    out = dx if splits == 1 else np.uint64(ws.data.ptr + 4 * launch.off)
+    kernel("conv_patch_transpose_w", S)(launch.transpose_grid, (256,), (W, wt) + launch.transpose_args)
+    kernel("conv_patch_backward_data", S)(plan.grid, (plan.threads,), (dy, wt, out) + launch.args,
+                                          shared_mem=plan.smem)
     if splits > 1:
         gemm.splitk_reduce(out, dx, None, N * C, H * Wd, splits, 0, 0)
     return dx
