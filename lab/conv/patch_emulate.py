@@ -45,7 +45,15 @@ def _ints(args, n_ptr, n_int):
     assert len(args) == n_ptr + n_int, f"{len(args)} arguments, the kernel takes {n_ptr + n_int}"
     for a in args[n_ptr:]:
         assert type(a) is np.int32, f"scalar argument {a!r} is {type(a).__name__}, not np.int32"
-    return [a.ravel() if isinstance(a, np.ndarray) else a for a in args[:n_ptr]], [int(a) for a in args[n_ptr:]]
+    return [_buffer(a) for a in args[:n_ptr]], [int(a) for a in args[n_ptr:]]
+
+
+def _buffer(a):
+    """A pointer argument as the flat float buffer it points into: an array, or a device address (np.uint64)
+    inside one of the stand-in's arrays (``ndarray.data.ptr``), from that element on."""
+    if isinstance(a, np.uint64):
+        return _at(int(a))
+    return a.ravel() if isinstance(a, np.ndarray) else a
 
 
 # ---- the kernels ------------------------------------------------------------------------------------------
@@ -263,7 +271,7 @@ def gemm_splitk_reduce(ws, out, bias, M, N, splits, beta, act):
     """custom_impl.gpu.gemm.splitk_reduce: out = sum over z in order of ws[z] (bias None, beta 0, act 0 here)."""
     assert bias is None and int(beta) == 0 and int(act) == 0
     n = M * N
-    part = ws.ravel()[: splits * n].reshape(splits, n)
+    part = _buffer(ws)[: splits * n].reshape(splits, n)
     acc = np.zeros(n)
     for z in range(splits):
         acc = acc + part[z]
@@ -275,17 +283,39 @@ KERNELS = {f.__name__: f for f in (conv_patch_backward_weights, conv_patch_backw
 
 # ---- a stand-in CuPy --------------------------------------------------------------------------------------
 
+_SPACES = {}   # id of an array the stand-in made -> (its device address, the array)
+_NEXT = [1 << 24]
+
+
 class ndarray(np.ndarray):
     """float64 storage standing in for a float32 device array (dtype reported as float32), so the emulated
-    sums are exact enough to compare against float64 and NaN fills survive."""
+    sums are exact enough to compare against float64 and NaN fills survive. ``data.ptr`` is a device address
+    in float32 units (4 bytes an element, as the wrappers compute offsets), which ``_at`` maps back."""
 
     @property
     def data(self):
-        return types.SimpleNamespace(ptr=self.__array_interface__["data"][0])
+        root = self
+        while isinstance(root.base, ndarray):
+            root = root.base
+        if id(root) not in _SPACES:
+            _SPACES[id(root)] = (_NEXT[0], root)
+            _NEXT[0] += (4 * root.size + 255) // 256 * 256 + 256
+        base, _ = _SPACES[id(root)]
+        offset = (self.__array_interface__["data"][0] - root.__array_interface__["data"][0]) // 8
+        return types.SimpleNamespace(ptr=base + 4 * offset)
 
     @property
     def dtype(self):
         return np.dtype(np.float32)
+
+
+def _at(address: int):
+    """The flat buffer of the stand-in's array holding ``address``, from that element on."""
+    for base, root in _SPACES.values():
+        if base <= address < base + 4 * root.size:
+            assert (address - base) % 4 == 0, f"address {address} is not on a float"
+            return root.reshape(-1)[(address - base) // 4:]
+    raise AssertionError(f"address {address} is in no array of the stand-in")
 
 
 def _make(a):
