@@ -168,15 +168,32 @@ def fits(x_shape, w_shape, stride, padding) -> bool:
 
 
 def checked_problem(x_shape, w_shape, stride, padding, what):
-    prob = _problem(x_shape, w_shape, stride, padding)
+    """``_problem``'s tuple, or a ValueError naming ``what`` and the way out where Winograd cannot run the
+    convolution or its tile / channel counts exceed the kernels' 32-bit indices. Memoised per shapes,
+    stride and padding (eager calls repeat them); an unhashable stride or padding (a list) is checked
+    unmemoised."""
+    try:
+        prob, msg = _checked(tuple(x_shape), tuple(w_shape), stride, padding)
+    except TypeError:
+        prob, msg = _check(x_shape, w_shape, stride, padding)
     if isinstance(prob, str):
         raise ValueError(f"winograd.{what}: {prob}. Check winograd.fits(...) first and use "
                          f"another algorithm for this layer ('implicit_gemm', or 'auto')")
-    N, C, H, Wd, K, P, Q, ph, pw = prob
-    msg = _limits_message(N, C, K, P, Q) or _limits_message(N, K, C, H, Wd)
     if msg is not None:
         raise ValueError(f"winograd.{what}: {msg}; split the batch or use the implicit GEMMs (algo 'implicit_gemm')")
     return prob
+
+
+def _check(x_shape, w_shape, stride, padding):
+    """(``_problem``'s tuple or reason, the 32-bit limits' message or None)."""
+    prob = _problem(x_shape, w_shape, stride, padding)
+    if isinstance(prob, str):
+        return prob, None
+    N, C, H, Wd, K, P, Q, ph, pw = prob
+    return prob, _limits_message(N, C, K, P, Q) or _limits_message(N, K, C, H, Wd)
+
+
+_checked = functools.lru_cache(maxsize=4096)(_check)
 
 
 class _Pass:
