@@ -42,6 +42,21 @@ def conv_ref(x, W, stride, padding):
     return y, backward
 
 
+def reference_case(case, seed):
+    """Random float32 x, W and dy of ``case`` (N, C, H, W, K, R, S, stride, padding), drawn in that order from
+    ``seed``, and their float64 references: (x, W, dy, (y, dx, dW, db), (y, dx, dW) of the absolute values:
+    the sums of absolute terms, for tolerances)."""
+    N, C, H, Wd, K, R, S, stride, padding = case
+    rng = np.random.default_rng(seed)
+    x, W = _rand(rng, N, C, H, Wd), _rand(rng, K, C, R, S)
+    y, back = conv_ref(x.astype(np.float64), W.astype(np.float64), stride, padding)
+    y_abs, back_abs = conv_ref(np.abs(x.astype(np.float64)), np.abs(W.astype(np.float64)), stride, padding)
+    dy = _rand(rng, *y.shape)
+    dx, dW, db = back(dy.astype(np.float64))
+    dx_abs, dW_abs, _ = back_abs(np.abs(dy.astype(np.float64)))
+    return x, W, dy, (y, dx, dW, db), (y_abs, dx_abs, dW_abs)
+
+
 def _assert_close(out, ref, ref_abs, L, what):
     out = np.asarray(out, dtype=np.float64)
     assert out.shape == ref.shape, f"{what}: shape {out.shape} != {ref.shape}"

@@ -17,7 +17,7 @@ import pytest
 
 pytestmark = pytest.mark.gpu
 
-from conv_reference import EPS32, _assert_close, _rand, conv_ref  # noqa: F401
+from conv_reference import EPS32, _assert_close, _rand, reference_case  # noqa: F401
 
 # (N, C, H, W, K, R, S, stride, padding)
 CASES = [
@@ -31,22 +31,14 @@ IDS = ["N{}C{}H{}W{}K{}R{}S{}s{}x{}p{}x{}".format(*c[:7], *c[7], *c[8]) for c in
 
 
 def _reference(case):
-    N, C, H, Wd, K, R, S, stride, padding = case
-    rng = np.random.default_rng(sum(case[:7]) + 3)
-    x, W = _rand(rng, N, C, H, Wd), _rand(rng, K, C, R, S)
-    y_ref, back = conv_ref(x.astype(np.float64), W.astype(np.float64), stride, padding)
-    _, back_abs = conv_ref(np.abs(x.astype(np.float64)), np.abs(W.astype(np.float64)), stride, padding)
-    dy = _rand(rng, *y_ref.shape)
-    return x.shape, W, dy, back(dy.astype(np.float64))[0], back_abs(np.abs(dy.astype(np.float64)))[0]
+    x, W, dy, refs, absolute = reference_case(case, sum(case[:7]) + 3)
+    return x.shape, W, dy, refs[1], absolute[1]
 
 
 def _forward_reference(case):
-    N, C, H, Wd, K, R, S, stride, padding = case
-    rng = np.random.default_rng(sum(case[:7]) + 4)
-    x, W, b = _rand(rng, N, C, H, Wd), _rand(rng, K, C, R, S), _rand(rng, K)
-    y_ref = conv_ref(x.astype(np.float64), W.astype(np.float64), stride, padding)[0]
-    y_abs = conv_ref(np.abs(x.astype(np.float64)), np.abs(W.astype(np.float64)), stride, padding)[0]
-    return x, W, b, y_ref + b[:, None, None], y_abs + np.abs(b)[:, None, None]
+    x, W, _, refs, absolute = reference_case(case, sum(case[:7]) + 4)
+    b = _rand(np.random.default_rng(sum(case[:7]) + 6), case[4])
+    return x, W, b, refs[0] + b[:, None, None], absolute[0] + np.abs(b)[:, None, None]
 
 
 def _check(out, ref, ref_abs, plan, what):
@@ -128,14 +120,7 @@ def test_fft_backward_weights(case):
     from custom_impl.gpu import conv
 
     N, C, H, Wd, K, R, S, stride, padding = case
-    rng = np.random.default_rng(sum(case[:7]) + 5)
-    x, W = _rand(rng, N, C, H, Wd), _rand(rng, K, C, R, S)
-    _, back = conv_ref(x.astype(np.float64), W.astype(np.float64), stride, padding)
-    _, back_abs = conv_ref(np.abs(x.astype(np.float64)), np.abs(W.astype(np.float64)), stride, padding)
-    dims = conv.conv_dims(x.shape, W.shape, stride, padding)
-    dy = _rand(rng, N, K, dims.P, dims.Q)
-    _, dW_ref, db_ref = back(dy.astype(np.float64))
-    dW_abs = back_abs(np.abs(dy.astype(np.float64)))[1]
+    x, W, dy, (_, _, dW_ref, db_ref), (_, _, dW_abs) = reference_case(case, sum(case[:7]) + 5)
     gx, gW, gdy = cupy.asarray(x), cupy.asarray(W), cupy.asarray(dy)
     db = cupy.full((K,), np.nan, np.float32)
 
@@ -144,7 +129,7 @@ def test_fft_backward_weights(case):
                              weights_algo="fft")
 
     _twice("backward_weights", case, W.shape, call, dW_ref, dW_abs)
-    _assert_close(cupy.asnumpy(db), db_ref, np.abs(dy.astype(np.float64)).sum(axis=(0, 2, 3)), N * dims.P * dims.Q,
+    _assert_close(cupy.asnumpy(db), db_ref, np.abs(dy.astype(np.float64)).sum(axis=(0, 2, 3)), dy[0, 0].size * N,
                   "db")
 
 
