@@ -14,8 +14,9 @@
 #   bash lab/gpu_visit.sh verify [FILE...] # GPU test files (default: the tensor-core GEMM and conv, the
 #                                          # precision models, the fused MLP step, the conv tests), one at a
 #                                          # time, each under TIMEOUT_S (default 200 s)
-#   bash lab/gpu_visit.sh fft              # the "fft" backward-data: its GPU tests, then lab/conv/fft_probe.py
-#                                          # (DeepSpeech 2's rows: fft and the implicit GEMM beside cuDNN)
+#   bash lab/gpu_visit.sh fft              # the "fft" algorithm: its GPU tests, then lab/conv/fft_probe.py
+#                                          # (DeepSpeech 2's rows, every phase: fft and the implicit GEMM
+#                                          # beside cuDNN)
 #   bash lab/gpu_visit.sh wgmma            # the wgmma GEMM and conv: their GPU tests, then tc_bench at 4096^3
 #                                          # (every tile config, mma.sync and wgmma, beside cuBLAS), then the
 #                                          # warp-specialised experiment beside the product kernel (ws_bench)
