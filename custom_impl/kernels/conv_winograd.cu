@@ -36,6 +36,25 @@ __device__ __forceinline__ void wino_zero(float* p, long long xi_stride) {
     for (int xi = 0; xi < XIS; ++xi) p[xi * xi_stride] = 0.f;
 }
 
+// This thread's tile in a per-tile transform kernel (grid (ceil(Tp / blockDim.x), channels): t along x,
+// coalesced stores; the channel on y): its first output `out` (+ xi * xi_stride for value xi) in the
+// (XIS, channels, Tp) array `base`, and the tile. False where the thread is done: t >= Tp, or a padding
+// column T <= t < Tp, whose XIS values it zeroes first.
+template <int XIS>
+__device__ __forceinline__ bool wino_thread_tile(float* base, int channels, int N, int tP, int tQ, int Tp,
+                                                 float*& out, long long& xi_stride, WinoTile& tile) {
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= Tp) return false;
+    xi_stride = (long long)channels * Tp;
+    out = base + (long long)blockIdx.y * Tp + t;
+    if (t >= N * tP * tQ) {
+        wino_zero<XIS>(out, xi_stride);
+        return false;
+    }
+    tile = wino_tile(t, tP, tQ);
+    return true;
+}
+
 
 // ---- filter transform ----------------------------------------------------------------------------------
 // One thread per (o, i) of U's padded (O, Ip) matrix; O*Ip <= 2^31 (checked by the wrapper).
@@ -91,16 +110,10 @@ extern "C" __global__ void conv_winograd_input(const float* __restrict__ x, floa
                                           int N, int C, int H, int W, int ph, int pw, int tP, int tQ,
                                           int Tp) {
     const int c = blockIdx.y;
-    const int t = blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= Tp) return;
-    const long long CT = (long long)C * Tp;                 // elements per xi slice of V
-    float* const v_out = V + (long long)c * Tp + t;         // + xi * CT
-    const int T = N * tP * tQ;
-    if (t >= T) {  // row padding up to Tp: the GEMM reads it (float4 loads), so it must be finite
-        wino_zero<16>(v_out, CT);
-        return;
-    }
-    const WinoTile tile = wino_tile(t, tP, tQ);
+    float* v_out;    // + xi * CT
+    long long CT;    // elements per xi slice of V
+    WinoTile tile;
+    if (!wino_thread_tile<16>(V, C, N, tP, tQ, Tp, v_out, CT, tile)) return;
     const int n = tile.n, tp = tile.tp, tq = tile.tq;
     const int h0 = 2 * tp - ph;   // top-left of the 4x4 patch in image coordinates (may be < 0)
     const int w0 = 2 * tq - pw;
@@ -208,16 +221,10 @@ extern "C" __global__ void conv_winograd_output(const float* __restrict__ Mo, co
 extern "C" __global__ void conv_winograd_dy(const float* __restrict__ dy, float* __restrict__ Y,
                                        int N, int K, int P, int Q, int tP, int tQ, int Tp) {
     const int k = blockIdx.y;
-    const int t = blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= Tp) return;
-    const long long KT = (long long)K * Tp;                 // elements per xi slice of Y
-    float* const y_out = Y + (long long)k * Tp + t;         // + xi * KT
-    const int T = N * tP * tQ;
-    if (t >= T) {  // padding up to Tp: inside the GEMM's reduction, so it must be zero
-        wino_zero<16>(y_out, KT);
-        return;
-    }
-    const WinoTile tile = wino_tile(t, tP, tQ);
+    float* y_out;    // + xi * KT
+    long long KT;    // elements per xi slice of Y
+    WinoTile tile;
+    if (!wino_thread_tile<16>(Y, K, N, tP, tQ, Tp, y_out, KT, tile)) return;
     const int n = tile.n, tp = tile.tp, tq = tile.tq;
     const int p0 = 2 * tp, q0 = 2 * tq;
     const float* const plane = dy + ((long long)n * K + k) * P * Q;
@@ -368,16 +375,10 @@ extern "C" __global__ void conv_winograd4_input(const float* __restrict__ x, flo
                                            int N, int C, int H, int W, int ph, int pw, int tP, int tQ,
                                            int Tp) {
     const int c = blockIdx.y;
-    const int t = blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= Tp) return;
-    const long long CT = (long long)C * Tp;                 // elements per xi slice of V
-    float* const v_out = V + (long long)c * Tp + t;         // + xi * CT
-    const int T = N * tP * tQ;
-    if (t >= T) {  // row padding up to Tp: inside the GEMM's reduction, so it must be zero
-        wino_zero<36>(v_out, CT);
-        return;
-    }
-    const WinoTile tile = wino_tile(t, tP, tQ);
+    float* v_out;    // + xi * CT
+    long long CT;    // elements per xi slice of V
+    WinoTile tile;
+    if (!wino_thread_tile<36>(V, C, N, tP, tQ, Tp, v_out, CT, tile)) return;
     const int h0 = 4 * tile.tp - ph;   // top-left of the 6x6 patch in image coordinates (may be < 0)
     const int w0 = 4 * tile.tq - pw;
     const float* const plane = x + ((long long)tile.n * C + c) * H * W;
@@ -410,16 +411,10 @@ extern "C" __global__ void conv_winograd4_input(const float* __restrict__ x, flo
 extern "C" __global__ void conv_winograd4_dy(const float* __restrict__ dy, float* __restrict__ Y,
                                         int N, int K, int P, int Q, int tP, int tQ, int Tp) {
     const int k = blockIdx.y;
-    const int t = blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= Tp) return;
-    const long long KT = (long long)K * Tp;                 // elements per xi slice of Y
-    float* const y_out = Y + (long long)k * Tp + t;         // + xi * KT
-    const int T = N * tP * tQ;
-    if (t >= T) {  // padding up to Tp: inside the GEMM's reduction, so it must be zero
-        wino_zero<36>(y_out, KT);
-        return;
-    }
-    const WinoTile tile = wino_tile(t, tP, tQ);
+    float* y_out;    // + xi * KT
+    long long KT;    // elements per xi slice of Y
+    WinoTile tile;
+    if (!wino_thread_tile<36>(Y, K, N, tP, tQ, Tp, y_out, KT, tile)) return;
     const int p0 = 4 * tile.tp, q0 = 4 * tile.tq;
     const float* const plane = dy + ((long long)tile.n * K + k) * P * Q;
     float f[6][4];   // A e: f[a][j] = (A e[:, j])[a]
