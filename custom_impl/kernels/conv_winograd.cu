@@ -56,26 +56,39 @@ __device__ __forceinline__ bool wino_thread_tile(float* base, int channels, int 
 }
 
 
+// This thread's filter in a filter-transform kernel (one thread per (o, i) of U's padded (O, Ip) matrix, O
+// and I the output and reduction channels: (K, C), or (C, K) where `flip`): its 3x3 filter w = W[k, c], and
+// its U slot `idx` (+ xi * xi_stride for value xi). False where the thread is done: past O * Ip, or a padding
+// row i >= I (never read by the GEMM, whose reduction stops at I), whose XIS values it zeroes first.
+template <int XIS>
+__device__ __forceinline__ bool wino_filter_thread(const float* Wt, float* U, int K, int C, int flip,
+                                                   const float*& w, int& idx, long long& xi_stride) {
+    const int O = flip ? C : K;
+    const int I = flip ? K : C;
+    const int Ip = (I + 3) & ~3;
+    idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= O * Ip) return false;
+    const int o = idx / Ip;
+    const int i = idx - o * Ip;
+    xi_stride = (long long)O * Ip;
+    if (i >= I) {
+        wino_zero<XIS>(U + idx, xi_stride);
+        return false;
+    }
+    const int k = flip ? i : o;
+    const int c = flip ? o : i;
+    w = Wt + ((long long)k * C + c) * 9;
+    return true;
+}
+
 // ---- filter transform ----------------------------------------------------------------------------------
 // One thread per (o, i) of U's padded (O, Ip) matrix; O*Ip <= 2^31 (checked by the wrapper).
 extern "C" __global__ void conv_winograd_filter(const float* __restrict__ Wt, float* __restrict__ U,
                                            int K, int C, int flip) {
-    const int O = flip ? C : K;
-    const int I = flip ? K : C;
-    const int Ip = (I + 3) & ~3;
-    const int idx = blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= O * Ip) return;
-    const int o = idx / Ip;
-    const int i = idx - o * Ip;
-    const long long OI = (long long)O * Ip;
-    if (i >= I) {  // row padding: never read by the GEMM (its reduction stops at I), zeroed anyway
-#pragma unroll
-        for (int xi = 0; xi < 16; ++xi) U[xi * OI + idx] = 0.f;
-        return;
-    }
-    const int k = flip ? i : o;
-    const int c = flip ? o : i;
-    const float* w = Wt + ((long long)k * C + c) * 9;
+    const float* w;
+    int idx;
+    long long OI;
+    if (!wino_filter_thread<16>(Wt, U, K, C, flip, w, idx, OI)) return;
     float g[3][3];
 #pragma unroll
     for (int r = 0; r < 3; ++r)
@@ -502,21 +515,10 @@ __device__ __forceinline__ void wino4_at(const float (&v)[6], float (&o)[4]) {
 // One thread per (o, i) of U's padded (O, Ip) matrix; 36 * O * Ip <= 2^31 (checked by the wrapper).
 extern "C" __global__ void conv_winograd4_filter(const float* __restrict__ Wt, float* __restrict__ U,
                                             int K, int C, int flip) {
-    const int O = flip ? C : K;
-    const int I = flip ? K : C;
-    const int Ip = (I + 3) & ~3;
-    const int idx = blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= O * Ip) return;
-    const int o = idx / Ip;
-    const int i = idx - o * Ip;
-    const long long OI = (long long)O * Ip;
-    if (i >= I) {  // row padding: never read by the GEMM (its reduction stops at I), zeroed anyway
-        wino_zero<36>(U + idx, OI);
-        return;
-    }
-    const int k = flip ? i : o;
-    const int c = flip ? o : i;
-    const float* w = Wt + ((long long)k * C + c) * 9;
+    const float* w;
+    int idx;
+    long long OI;
+    if (!wino_filter_thread<36>(Wt, U, K, C, flip, w, idx, OI)) return;
     float u[6][3];   // G g: u[a][s] = (G g[:, s])[a]
 #pragma unroll
     for (int s = 0; s < 3; ++s) {
