@@ -64,3 +64,59 @@ def _assert_close(out, ref, ref_abs, L, what):
     tol = 4.0 * np.sqrt(max(L, 1)) * EPS32 * ref_abs + 4.0 * EPS32 * np.abs(ref) + 1e-30
     err = np.abs(out - ref)
     assert not (err > tol).any(), f"{what}: {(err > tol).sum()} of {err.size} off; worst err {err.max():.3g}"
+
+
+def _pair(p):
+    return (p, p) if isinstance(p, int) else tuple(p)
+
+
+def _patches(x, padding, tP, tQ, m, alpha):
+    """The alpha x alpha input patch of every m x m output tile (at (m tp - ph, m tq - pw)), zeros outside x:
+    (N, C, tP, tQ, alpha, alpha)."""
+    ph, pw = padding
+    N, C, H, Wd = x.shape
+    xp = np.zeros((N, C, m * tP + alpha - m, m * tQ + alpha - m))
+    rows, cols = min(H, xp.shape[2] - ph), min(Wd, xp.shape[3] - pw)
+    xp[:, :, ph: ph + rows, pw: pw + cols] = x[:, :, :rows, :cols]
+    d = np.empty((N, C, tP, tQ, alpha, alpha))
+    for u in range(alpha):
+        for v in range(alpha):
+            d[..., u, v] = xp[:, :, u: u + m * tP: m, v: v + m * tQ: m]
+    return d
+
+
+def winograd_ref(x, W, padding, bt, g, at):
+    """Winograd F(m x m, r x r) in float64 NumPy with the given transform matrices (m, r and the domain alpha
+    read from their shapes: At (m, alpha), G (alpha, r), Bt (alpha, alpha)): (N, K, P, Q). With the absolute
+    matrices and |x|, |W| it is S_abs, the bound on every intermediate magnitude of the float32 pipeline
+    (tests/custom_impl/gpu/test_conv_winograd.py's module docstring)."""
+    ph, pw = _pair(padding)
+    N, C, H, Wd = x.shape
+    m, alpha = at.shape
+    r = g.shape[1]
+    P, Q = H + 2 * ph - (r - 1), Wd + 2 * pw - (r - 1)
+    tP, tQ = -(-P // m), -(-Q // m)
+    V = np.einsum("iu,nctsuv,jv->ijncts", bt, _patches(x, (ph, pw), tP, tQ, m, alpha), bt)
+    U = np.einsum("ir,kcrs,js->ijkc", g, W, g)
+    M = np.einsum("ijkc,ijncts->ijnkts", U, V)
+    Y = np.einsum("ai,ijnkts,bj->nktasb", at, M, at).reshape(N, -1, m * tP, m * tQ)
+    return Y[:, :, :P, :Q]
+
+
+def winograd_wgrad_ref(dy, x, padding, bt, g, at):
+    """dW (K, C, r, r) by Winograd F(r x r, m x m) in float64 with the given matrices (m, r and alpha from
+    their shapes, as ``winograd_ref``): the alpha x alpha x patches of the forward's tiles
+    (Bt d B) against the m x m dy tiles (A e A^T, A = At^T), summed over tiles, then G^T . G.
+    With absolute matrices and |dy|, |x| it is S_abs, the bound on every intermediate magnitude."""
+    N = x.shape[0]
+    P, Q = dy.shape[2:]
+    m, alpha = at.shape
+    tP, tQ = -(-P // m), -(-Q // m)
+    d = _patches(x, _pair(padding), tP, tQ, m, alpha)
+    e = np.zeros((N, dy.shape[1], m * tP, m * tQ))
+    e[:, :, :P, :Q] = dy
+    e = e.reshape(N, -1, tP, m, tQ, m).transpose(0, 1, 2, 4, 3, 5)       # (N, K, tP, tQ, m, m)
+    V = np.einsum("iu,nctsuv,jv->ijncts", bt, d, bt)
+    Y = np.einsum("ia,nktsab,jb->ijnkts", at.T, e, at.T)
+    M = np.einsum("ijnkts,ijncts->ijkc", Y, V)
+    return np.einsum("ir,ijkc,js->kcrs", g, M, g)

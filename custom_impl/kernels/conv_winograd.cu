@@ -1,6 +1,6 @@
 // Winograd F(2x2, 3x3) convolution, stride 1, 3x3 kernels: forward and (through a flipped filter)
-// backward-data; the weight gradient as F(3x3, 2x2) and as F(3x3, 4x4), and the forward / backward-data as
-// F(4x4, 3x3), in the sections at the end.
+// backward-data; the weight gradient as F(3x3, 2x2); and in the sections at the end, on a 6x6 transform
+// domain, F(4x4, 3x3) / F(3x3, 4x4) for 3x3 kernels and F(2x2, 5x5) / F(5x5, 2x2) for 5x5 kernels.
 // Launched by custom_impl/gpu/conv/winograd.py, which also documents the algorithm.
 // Legend: N batch, C in-channels, K out-channels, H,W in, P,Q out (P = H + 2ph - 2), (ph,pw) padding.
 // Tiles: 2x2 output tiles, tP = ceil(P/2), tQ = ceil(Q/2), T = N*tP*tQ, tile t = (n*tP + tp)*tQ + tq;
@@ -57,10 +57,10 @@ __device__ __forceinline__ bool wino_thread_tile(float* base, int channels, int 
 
 
 // This thread's filter in a filter-transform kernel (one thread per (o, i) of U's padded (O, Ip) matrix, O
-// and I the output and reduction channels: (K, C), or (C, K) where `flip`): its 3x3 filter w = W[k, c], and
-// its U slot `idx` (+ xi * xi_stride for value xi). False where the thread is done: past O * Ip, or a padding
-// row i >= I (never read by the GEMM, whose reduction stops at I), whose XIS values it zeroes first.
-template <int XIS>
+// and I the output and reduction channels: (K, C), or (C, K) where `flip`): its R x R filter w = W[k, c],
+// and its U slot `idx` (+ xi * xi_stride for value xi). False where the thread is done: past O * Ip, or a
+// padding row i >= I (never read by the GEMM, whose reduction stops at I), whose XIS values it zeroes first.
+template <int XIS, int R = 3>
 __device__ __forceinline__ bool wino_filter_thread(const float* Wt, float* U, int K, int C, int flip,
                                                    const float*& w, int& idx, long long& xi_stride) {
     const int O = flip ? C : K;
@@ -77,7 +77,7 @@ __device__ __forceinline__ bool wino_filter_thread(const float* Wt, float* U, in
     }
     const int k = flip ? i : o;
     const int c = flip ? o : i;
-    w = Wt + ((long long)k * C + c) * 9;
+    w = Wt + ((long long)k * C + c) * (R * R);
     return true;
 }
 
@@ -336,22 +336,36 @@ extern "C" __global__ void conv_winograd_wgrad_output(const float* __restrict__ 
 }
 
 
-// ==== backward-weights: Winograd F(3x3, 4x4) over 4x4 output tiles =======================================
-// The same sum as above with 4x4 dy tiles and 6x6 x patches, on F(4x4, 3x3)'s matrices (interpolation points
-// 0, +-1, +-2 and infinity): per dy tile and (k, c) 36 multiplications where the direct sum takes 16 x 9 =
-// 144 (4x fewer; F(3x3, 2x2) takes 16 for 36: 2.25x), and 36/64 of its transform-domain bytes. Tiles:
-// tP = ceil(P/4), tQ = ceil(Q/4), T = N*tP*tQ, t as above; xi = 6*a + b in 0..35.
-//     dW[k,c] += G^T [ (A e A^T) (.) (Bt d B) ] G      e = dy[n, k, 4tp..+3, 4tq..+3] (zeros past P, Q),
-//                                                      d = x[n, c, 4tp-ph..+5, 4tq-pw..+5] (zeros outside)
-//   Bt (6x6) = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1]
-//   A  (6x4) = [1 0 0 0; 1 1 1 1; 1 -1 1 -1; 1 2 4 8; 1 -2 4 -8; 0 0 0 1]    (At of F(4x4, 3x3), transposed)
-//   G^T (3x6) = [1/4 -1/6 -1/6 1/24 1/24 0; 0 -1/6 1/6 1/12 -1/12 0; 0 -1/6 -1/6 1/6 1/6 1]
-//   conv_winograd4_input         V[xi][c][t] = (Bt d B)[xi]      V (36, C, Tp), zeros at t >= T
-//   conv_winograd4_dy            Y[xi][k][t] = (A e A^T)[xi]     Y (36, K, Tp), zeros at t >= T
-//   conv_winograd_wgrad_gemm     with xis = 36
-//   conv_winograd4_wgrad_output  dW[k, c] = G^T (sum_s Mw[s][:, k, c]) G, the slabs summed in order
-// Rounding: the larger transform entries (up to 8 in A, 5 in Bt) grow float32 error ~5-10x over F(3x3,
-// 2x2)'s in NumPy emulation (lab/conv/winograd_emulate.py), still far inside the tests' bound.
+// ==== the 6x6 transform domain: F(4x4, 3x3) and F(2x2, 5x5), and their weight gradients ===================
+// Both tile sizes share the interpolation points 0, +-1, +-2 and infinity, so both transform an x patch of
+// 6x6 with the same Bt; they differ in the output tile M (4 or 2), the kernel size R = 7 - M (3 or 5), the
+// filter transform G (6 x R) and the output transform At (M x 6). xi = 6*a + b in 0..35. Tiles:
+// tP = ceil(P/M), tQ = ceil(Q/M), T = N*tP*tQ, t as in the first section.
+//   Bt (6x6)  = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1]
+//   F(4x4, 3x3): G (6x3) = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]
+//                At (4x6) = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1]
+//   F(2x2, 5x5): G (6x5) = [1/4 0 0 0 0; -1/6 (x5); -1/6 1/6 -1/6 1/6 -1/6; 1/24 1/12 1/6 1/3 2/3;
+//                           1/24 -1/12 1/6 -1/3 2/3; 0 0 0 0 1]      (row j: p_j^k / prod_{l != j} (p_j - p_l))
+//                At (2x6) = [1 1 1 1 1 0; 0 1 -1 2 -2 1]
+// Forward and backward-data (per tile and (k, c): 36 multiplications where the direct sum takes 16 x 9 = 144
+// for F(4x4, 3x3), 4 x 25 = 100 for F(2x2, 5x5)):
+//   conv_winograd{4,25}_filter  U[xi][o][i] = (G g G^T)[xi], U (36, O, Ip), g as conv_winograd_filter's
+//                               (flip: K and C swapped, rotated 180 degrees)
+//   conv_winograd{4,25}_input   V[xi][c][t] = (Bt d B)[xi], d the 6x6 x patch at (M tp - ph, M tq - pw)
+//                               (zeros outside); V (36, C, Tp), zeros at t >= T
+//   conv_winograd_gemm          Mo[xi] = U[xi] @ V[xi], grid.z = 36
+//   conv_winograd{4,25}_output  y[n, k, M tp+i, M tq+j] = (At Mo[:, k, t] A)[i][j] + b[k] (inside P, Q)
+// Backward-weights, F(3x3, 4x4) and F(5x5, 2x2): the first section's sum with M x M dy tiles e at (M tp,
+// M tq) (zeros past P, Q) and A = At^T (6 x M):  dW[k,c] += G^T [ (A e A^T) (.) (Bt d B) ] G  (R x R)
+//   conv_winograd{4,25}_input         V (36, C, Tp), as above
+//   conv_winograd{4,25}_dy            Y[xi][k][t] = (A e A^T)[xi], Y (36, K, Tp), zeros at t >= T
+//   conv_winograd_wgrad_gemm          with xis = 36
+//   conv_winograd{4,25}_wgrad_output  dW[k, c] = G^T (sum_s Mw[s][:, k, c]) G, the slabs summed in order
+// Rounding: F(4x4, 3x3)'s larger transform entries (8 in At, 5 in Bt) grow the float32 error 10-25x over
+// F(2x2, 3x3)'s in NumPy emulation (lab/conv/winograd_emulate.py), its weight gradient's 5-10x; F(2x2, 5x5)
+// measured there as well. All within the conv tests' bounds.
+
+// ---- the transforms of one vector: Bt (both), then G, At, A, G^T of each tile size ----------------------
 
 // The 6 values of Bt v for a column (or row) v of 6.
 __device__ __forceinline__ void wino4_bt(const float (&v)[6], float (&o)[6]) {
@@ -363,7 +377,27 @@ __device__ __forceinline__ void wino4_bt(const float (&v)[6], float (&o)[6]) {
     o[5] = 4.f * v[1] - 5.f * v[3] + v[5];
 }
 
-// The 6 values of A v for a column (or row) v of 4.
+// F(4x4, 3x3): the 6 values of G v for v of 3.
+__device__ __forceinline__ void wino4_g(const float (&v)[3], float (&o)[6]) {
+    const float s02 = v[0] + v[2];
+    o[0] = 0.25f * v[0];
+    o[1] = -(1.f / 6.f) * (s02 + v[1]);
+    o[2] = -(1.f / 6.f) * (s02 - v[1]);
+    o[3] = (1.f / 24.f) * v[0] + (1.f / 12.f) * v[1] + (1.f / 6.f) * v[2];
+    o[4] = (1.f / 24.f) * v[0] - (1.f / 12.f) * v[1] + (1.f / 6.f) * v[2];
+    o[5] = v[2];
+}
+
+// F(4x4, 3x3): the 4 values of At v for v of 6.
+__device__ __forceinline__ void wino4_at(const float (&v)[6], float (&o)[4]) {
+    const float s12 = v[1] + v[2], d12 = v[1] - v[2], s34 = v[3] + v[4], d34 = v[3] - v[4];
+    o[0] = v[0] + s12 + s34;
+    o[1] = d12 + 2.f * d34;
+    o[2] = s12 + 4.f * s34;
+    o[3] = d12 + 8.f * d34 + v[5];
+}
+
+// F(3x3, 4x4): the 6 values of A v for v of 4.
 __device__ __forceinline__ void wino4_a(const float (&v)[4], float (&o)[6]) {
     const float even = v[0] + v[2], odd = v[1] + v[3];
     const float even4 = v[0] + 4.f * v[2], odd4 = 2.f * v[1] + 8.f * v[3];
@@ -375,7 +409,7 @@ __device__ __forceinline__ void wino4_a(const float (&v)[4], float (&o)[6]) {
     o[5] = v[3];
 }
 
-// The 3 values of G^T v for a column (or row) v of 6.
+// F(3x3, 4x4): the 3 values of G^T v for v of 6.
 __device__ __forceinline__ void wino4_gt(const float (&v)[6], float (&o)[3]) {
     const float s12 = v[1] + v[2], d12 = v[1] - v[2], s34 = v[3] + v[4], d34 = v[3] - v[4];
     o[0] = 0.25f * v[0] - (1.f / 6.f) * s12 + (1.f / 24.f) * s34;
@@ -383,17 +417,96 @@ __device__ __forceinline__ void wino4_gt(const float (&v)[6], float (&o)[3]) {
     o[2] = -(1.f / 6.f) * s12 + (1.f / 6.f) * s34 + v[5];
 }
 
-// grid (ceil(Tp / blockDim.x), C): c = blockIdx.y, t along x (coalesced V stores).
-extern "C" __global__ void conv_winograd4_input(const float* __restrict__ x, float* __restrict__ V,
-                                           int N, int C, int H, int W, int ph, int pw, int tP, int tQ,
-                                           int Tp) {
+// F(2x2, 5x5): the 6 values of G v for v of 5.
+__device__ __forceinline__ void wino25_g(const float (&v)[5], float (&o)[6]) {
+    const float even = v[0] + v[2] + v[4], odd = v[1] + v[3];
+    const float even4 = v[0] + 4.f * v[2] + 16.f * v[4], odd4 = 2.f * v[1] + 8.f * v[3];
+    o[0] = 0.25f * v[0];
+    o[1] = -(1.f / 6.f) * (even + odd);
+    o[2] = -(1.f / 6.f) * (even - odd);
+    o[3] = (1.f / 24.f) * (even4 + odd4);
+    o[4] = (1.f / 24.f) * (even4 - odd4);
+    o[5] = v[4];
+}
+
+// F(2x2, 5x5): the 2 values of At v for v of 6.
+__device__ __forceinline__ void wino25_at(const float (&v)[6], float (&o)[2]) {
+    o[0] = v[0] + (v[1] + v[2]) + (v[3] + v[4]);
+    o[1] = (v[1] - v[2]) + 2.f * (v[3] - v[4]) + v[5];
+}
+
+// F(5x5, 2x2): the 6 values of A v for v of 2.
+__device__ __forceinline__ void wino25_a(const float (&v)[2], float (&o)[6]) {
+    o[0] = v[0];
+    o[1] = v[0] + v[1];
+    o[2] = v[0] - v[1];
+    o[3] = v[0] + 2.f * v[1];
+    o[4] = v[0] - 2.f * v[1];
+    o[5] = v[1];
+}
+
+// F(5x5, 2x2): the 5 values of G^T v for v of 6.
+__device__ __forceinline__ void wino25_gt(const float (&v)[6], float (&o)[5]) {
+    const float s12 = v[1] + v[2], d12 = v[1] - v[2], s34 = v[3] + v[4], d34 = v[3] - v[4];
+    o[0] = 0.25f * v[0] - (1.f / 6.f) * s12 + (1.f / 24.f) * s34;
+    o[1] = -(1.f / 6.f) * d12 + (1.f / 12.f) * d34;
+    o[2] = -(1.f / 6.f) * s12 + (1.f / 6.f) * s34;
+    o[3] = -(1.f / 6.f) * d12 + (1.f / 3.f) * d34;
+    o[4] = -(1.f / 6.f) * s12 + (2.f / 3.f) * s34 + v[5];
+}
+
+// The templates below pick a tile size's transform by the array lengths (M output / dy values, R taps).
+__device__ __forceinline__ void wino6_g(const float (&v)[3], float (&o)[6]) { wino4_g(v, o); }
+__device__ __forceinline__ void wino6_g(const float (&v)[5], float (&o)[6]) { wino25_g(v, o); }
+__device__ __forceinline__ void wino6_at(const float (&v)[6], float (&o)[4]) { wino4_at(v, o); }
+__device__ __forceinline__ void wino6_at(const float (&v)[6], float (&o)[2]) { wino25_at(v, o); }
+__device__ __forceinline__ void wino6_a(const float (&v)[4], float (&o)[6]) { wino4_a(v, o); }
+__device__ __forceinline__ void wino6_a(const float (&v)[2], float (&o)[6]) { wino25_a(v, o); }
+__device__ __forceinline__ void wino6_gt(const float (&v)[6], float (&o)[3]) { wino4_gt(v, o); }
+__device__ __forceinline__ void wino6_gt(const float (&v)[6], float (&o)[5]) { wino25_gt(v, o); }
+
+// ---- the kernels' bodies, per output tile M (R = 7 - M) ------------------------------------------------
+
+// Filter transform: one thread per (o, i) of U's padded (O, Ip) matrix; 36 * O * Ip <= 2^31 (checked by
+// the wrapper).
+template <int R>
+__device__ __forceinline__ void wino6_filter(const float* __restrict__ Wt, float* __restrict__ U, int K, int C,
+                                             int flip) {
+    const float* w;
+    int idx;
+    long long OI;
+    if (!wino_filter_thread<36, R>(Wt, U, K, C, flip, w, idx, OI)) return;
+    float u[6][R];   // G g: u[a][s] = (G g[:, s])[a]
+#pragma unroll
+    for (int s = 0; s < R; ++s) {
+        float g[R], col[6];
+#pragma unroll
+        for (int r = 0; r < R; ++r) g[r] = flip ? w[(R - 1 - r) * R + (R - 1 - s)] : w[r * R + s];
+        wino6_g(g, col);
+#pragma unroll
+        for (int a = 0; a < 6; ++a) u[a][s] = col[a];
+    }
+#pragma unroll
+    for (int a = 0; a < 6; ++a) {
+        float row[6];
+        wino6_g(u[a], row);   // (G g G^T)[a][:] = G applied to row a of G g
+#pragma unroll
+        for (int b = 0; b < 6; ++b) U[(a * 6 + b) * OI + idx] = row[b];
+    }
+}
+
+// Input transform: grid (ceil(Tp / blockDim.x), C): c = blockIdx.y, t along x (coalesced V stores); the
+// 6x6 patch of tile (tp, tq) starts at (M tp - ph, M tq - pw).
+template <int M>
+__device__ __forceinline__ void wino6_input(const float* __restrict__ x, float* __restrict__ V, int N, int C,
+                                            int H, int W, int ph, int pw, int tP, int tQ, int Tp) {
     const int c = blockIdx.y;
     float* v_out;    // + xi * CT
     long long CT;    // elements per xi slice of V
     WinoTile tile;
     if (!wino_thread_tile<36>(V, C, N, tP, tQ, Tp, v_out, CT, tile)) return;
-    const int h0 = 4 * tile.tp - ph;   // top-left of the 6x6 patch in image coordinates (may be < 0)
-    const int w0 = 4 * tile.tq - pw;
+    const int h0 = M * tile.tp - ph;   // top-left of the 6x6 patch in image coordinates (may be < 0)
+    const int w0 = M * tile.tq - pw;
     const float* const plane = x + ((long long)tile.n * C + c) * H * W;
     float e[6][6];   // Bt d: e[a][b] = (Bt d[:, b])[a]
 #pragma unroll
@@ -420,157 +533,157 @@ extern "C" __global__ void conv_winograd4_input(const float* __restrict__ x, flo
     }
 }
 
-// grid (ceil(Tp / blockDim.x), K): k = blockIdx.y, t along x (coalesced Y stores).
-extern "C" __global__ void conv_winograd4_dy(const float* __restrict__ dy, float* __restrict__ Y,
-                                        int N, int K, int P, int Q, int tP, int tQ, int Tp) {
-    const int k = blockIdx.y;
-    float* y_out;    // + xi * KT
-    long long KT;    // elements per xi slice of Y
-    WinoTile tile;
-    if (!wino_thread_tile<36>(Y, K, N, tP, tQ, Tp, y_out, KT, tile)) return;
-    const int p0 = 4 * tile.tp, q0 = 4 * tile.tq;
-    const float* const plane = dy + ((long long)tile.n * K + k) * P * Q;
-    float f[6][4];   // A e: f[a][j] = (A e[:, j])[a]
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        const bool col_ok = q0 + j < Q;
-        float e[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) e[i] = (col_ok && p0 + i < P) ? plane[(long long)(p0 + i) * Q + q0 + j] : 0.f;
-        float o[6];
-        wino4_a(e, o);
-#pragma unroll
-        for (int a = 0; a < 6; ++a) f[a][j] = o[a];
-    }
-#pragma unroll
-    for (int a = 0; a < 6; ++a) {
-        float o[6];
-        wino4_a(f[a], o);    // (A e A^T)[a][:] = A applied to row a of A e
-#pragma unroll
-        for (int b = 0; b < 6; ++b) y_out[(a * 6 + b) * KT] = o[b];
-    }
-}
-
-// One thread per (k, c), c fastest (coalesced Mw loads); K * C < 2^31 (checked by the wrapper).
-extern "C" __global__ void conv_winograd4_wgrad_output(const float* __restrict__ Mw, float* __restrict__ dW,
-                                                  int K, int C, int splits) {
-    const int idx = blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= K * C) return;
-    float m[6][6];
-    wino_sum_slabs(Mw, idx, (long long)K * C, splits, m);
-    float f[3][6];   // G^T m: f[r][b] = (G^T m[:, b])[r]
-#pragma unroll
-    for (int b = 0; b < 6; ++b) {
-        float v[6], o[3];
-#pragma unroll
-        for (int a = 0; a < 6; ++a) v[a] = m[a][b];
-        wino4_gt(v, o);
-#pragma unroll
-        for (int r = 0; r < 3; ++r) f[r][b] = o[r];
-    }
-    float* const w = dW + (long long)idx * 9;
-#pragma unroll
-    for (int r = 0; r < 3; ++r) {
-        float o[3];
-        wino4_gt(f[r], o);   // (G^T m G)[r][:] = G^T applied to row r of G^T m
-#pragma unroll
-        for (int s = 0; s < 3; ++s) w[r * 3 + s] = o[s];
-    }
-}
-
-
-// ==== forward and backward-data: Winograd F(4x4, 3x3) over 4x4 output tiles ============================
-// The forward pass of the first section with 4x4 output tiles and 6x6 input patches: per tile and (k, c) 36
-// multiplications where the direct sum takes 16 x 9 = 144 (4x fewer; F(2x2, 3x3): 16 for 36, 2.25x), and
-// 36/64 of its transform-domain bytes per output pixel. Tiles tP = ceil(P/4), tQ = ceil(Q/4), xi = 6*a + b:
-//   conv_winograd4_filter  U[xi][o][i] = (G g G^T)[xi], U (36, O, Ip), g as conv_winograd_filter's (flip)
-//   conv_winograd4_input   V (36, C_in, Tp), as for the weight gradient (the 6x6 patch at (4tp-ph, 4tq-pw))
-//   conv_winograd_gemm     Mo[xi] = U[xi] @ V[xi], grid.z = 36
-//   conv_winograd4_output  y[n, k, 4tp+i, 4tq+j] = (At Mo[:, k, t] A)[i][j] + b[k] for 4tp+i < P, 4tq+j < Q
-//   G (6x3) = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]
-//   At (4x6) = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1]
-// Rounding: 10-25x F(2x2, 3x3)'s float32 error in NumPy emulation (lab/conv/winograd_emulate.py), within
-// 0.2 of the conv tests' bound and ~1e-5 of the harness's 1e-4 layer bar.
-
-// The 6 values of G v for a column (or row) v of 3.
-__device__ __forceinline__ void wino4_g(const float (&v)[3], float (&o)[6]) {
-    const float s02 = v[0] + v[2];
-    o[0] = 0.25f * v[0];
-    o[1] = -(1.f / 6.f) * (s02 + v[1]);
-    o[2] = -(1.f / 6.f) * (s02 - v[1]);
-    o[3] = (1.f / 24.f) * v[0] + (1.f / 12.f) * v[1] + (1.f / 6.f) * v[2];
-    o[4] = (1.f / 24.f) * v[0] - (1.f / 12.f) * v[1] + (1.f / 6.f) * v[2];
-    o[5] = v[2];
-}
-
-// The 4 values of At v for a column (or row) v of 6.
-__device__ __forceinline__ void wino4_at(const float (&v)[6], float (&o)[4]) {
-    const float s12 = v[1] + v[2], d12 = v[1] - v[2], s34 = v[3] + v[4], d34 = v[3] - v[4];
-    o[0] = v[0] + s12 + s34;
-    o[1] = d12 + 2.f * d34;
-    o[2] = s12 + 4.f * s34;
-    o[3] = d12 + 8.f * d34 + v[5];
-}
-
-// One thread per (o, i) of U's padded (O, Ip) matrix; 36 * O * Ip <= 2^31 (checked by the wrapper).
-extern "C" __global__ void conv_winograd4_filter(const float* __restrict__ Wt, float* __restrict__ U,
-                                            int K, int C, int flip) {
-    const float* w;
-    int idx;
-    long long OI;
-    if (!wino_filter_thread<36>(Wt, U, K, C, flip, w, idx, OI)) return;
-    float u[6][3];   // G g: u[a][s] = (G g[:, s])[a]
-#pragma unroll
-    for (int s = 0; s < 3; ++s) {
-        float g[3], col[6];
-#pragma unroll
-        for (int r = 0; r < 3; ++r) g[r] = flip ? w[(2 - r) * 3 + (2 - s)] : w[r * 3 + s];
-        wino4_g(g, col);
-#pragma unroll
-        for (int a = 0; a < 6; ++a) u[a][s] = col[a];
-    }
-#pragma unroll
-    for (int a = 0; a < 6; ++a) {
-        float row[6];
-        wino4_g(u[a], row);   // (G g G^T)[a][:] = G applied to row a of G g
-#pragma unroll
-        for (int b = 0; b < 6; ++b) U[(a * 6 + b) * OI + idx] = row[b];
-    }
-}
-
-// grid (ceil(T / blockDim.x), K): k = blockIdx.y, t along x (coalesced Mo loads). b may be null.
-extern "C" __global__ void conv_winograd4_output(const float* __restrict__ Mo, const float* __restrict__ b,
-                                            float* __restrict__ y, int N, int K, int P, int Q, int tP,
-                                            int tQ, int Tp) {
+// Output transform: grid (ceil(T / blockDim.x), K): k = blockIdx.y, t along x (coalesced Mo loads). b may
+// be null.
+template <int M>
+__device__ __forceinline__ void wino6_output(const float* __restrict__ Mo, const float* __restrict__ b,
+                                             float* __restrict__ y, int N, int K, int P, int Q, int tP, int tQ,
+                                             int Tp) {
     const int k = blockIdx.y;
     const int t = blockIdx.x * blockDim.x + threadIdx.x;
     const int T = N * tP * tQ;
     if (t >= T) return;
     const long long KT = (long long)K * Tp;                 // elements per xi slice of Mo
     const float* const m_in = Mo + (long long)k * Tp + t;   // + xi * KT
-    float f[4][6];   // At m: f[i][b] = (At m[:, b])[i]
+    float f[M][6];   // At m: f[i][b] = (At m[:, b])[i]
 #pragma unroll
     for (int b6 = 0; b6 < 6; ++b6) {
-        float col[6], o[4];
+        float col[6], o[M];
 #pragma unroll
         for (int a = 0; a < 6; ++a) col[a] = m_in[(a * 6 + b6) * KT];
-        wino4_at(col, o);
+        wino6_at(col, o);
 #pragma unroll
-        for (int i = 0; i < 4; ++i) f[i][b6] = o[i];
+        for (int i = 0; i < M; ++i) f[i][b6] = o[i];
     }
     const float bias = b ? b[k] : 0.f;
     const WinoTile tile = wino_tile(t, tP, tQ);
     float* const plane = y + ((long long)tile.n * K + k) * P * Q;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const int p = 4 * tile.tp + i;
-        if (p >= P) continue;   // the last tile row where P % 4 != 0
-        float o[4];
-        wino4_at(f[i], o);      // (At m A)[i][:] = At applied to row i of At m
+    for (int i = 0; i < M; ++i) {
+        const int p = M * tile.tp + i;
+        if (p >= P) continue;   // the last tile row where P % M != 0
+        float o[M];
+        wino6_at(f[i], o);      // (At m A)[i][:] = At applied to row i of At m
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int q = 4 * tile.tq + j;
+        for (int j = 0; j < M; ++j) {
+            const int q = M * tile.tq + j;
             if (q < Q) plane[(long long)p * Q + q] = o[j] + bias;
         }
     }
+}
+
+// dy transform: grid (ceil(Tp / blockDim.x), K): k = blockIdx.y, t along x (coalesced Y stores); the M x M
+// dy tile of (tp, tq) at (M tp, M tq).
+template <int M>
+__device__ __forceinline__ void wino6_dy(const float* __restrict__ dy, float* __restrict__ Y, int N, int K,
+                                         int P, int Q, int tP, int tQ, int Tp) {
+    const int k = blockIdx.y;
+    float* y_out;    // + xi * KT
+    long long KT;    // elements per xi slice of Y
+    WinoTile tile;
+    if (!wino_thread_tile<36>(Y, K, N, tP, tQ, Tp, y_out, KT, tile)) return;
+    const int p0 = M * tile.tp, q0 = M * tile.tq;
+    const float* const plane = dy + ((long long)tile.n * K + k) * P * Q;
+    float f[6][M];   // A e: f[a][j] = (A e[:, j])[a]
+#pragma unroll
+    for (int j = 0; j < M; ++j) {
+        const bool col_ok = q0 + j < Q;
+        float e[M];
+#pragma unroll
+        for (int i = 0; i < M; ++i) e[i] = (col_ok && p0 + i < P) ? plane[(long long)(p0 + i) * Q + q0 + j] : 0.f;
+        float o[6];
+        wino6_a(e, o);
+#pragma unroll
+        for (int a = 0; a < 6; ++a) f[a][j] = o[a];
+    }
+#pragma unroll
+    for (int a = 0; a < 6; ++a) {
+        float o[6];
+        wino6_a(f[a], o);    // (A e A^T)[a][:] = A applied to row a of A e
+#pragma unroll
+        for (int b = 0; b < 6; ++b) y_out[(a * 6 + b) * KT] = o[b];
+    }
+}
+
+// Weight output transform: one thread per (k, c), c fastest (coalesced Mw loads); K * C < 2^31 (checked by
+// the wrapper). dW (K, C, R, R).
+template <int R>
+__device__ __forceinline__ void wino6_wgrad_output(const float* __restrict__ Mw, float* __restrict__ dW, int K,
+                                                   int C, int splits) {
+    const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= K * C) return;
+    float m[6][6];
+    wino_sum_slabs(Mw, idx, (long long)K * C, splits, m);
+    float f[R][6];   // G^T m: f[r][b] = (G^T m[:, b])[r]
+#pragma unroll
+    for (int b = 0; b < 6; ++b) {
+        float v[6], o[R];
+#pragma unroll
+        for (int a = 0; a < 6; ++a) v[a] = m[a][b];
+        wino6_gt(v, o);
+#pragma unroll
+        for (int r = 0; r < R; ++r) f[r][b] = o[r];
+    }
+    float* const w = dW + (long long)idx * (R * R);
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        float o[R];
+        wino6_gt(f[r], o);   // (G^T m G)[r][:] = G^T applied to row r of G^T m
+#pragma unroll
+        for (int s = 0; s < R; ++s) w[r * R + s] = o[s];
+    }
+}
+
+// ---- the kernels: F(4x4, 3x3) / F(3x3, 4x4) ("winograd4"), F(2x2, 5x5) / F(5x5, 2x2) ("winograd", 5x5) ---
+
+extern "C" __global__ void conv_winograd4_filter(const float* __restrict__ Wt, float* __restrict__ U,
+                                                 int K, int C, int flip) {
+    wino6_filter<3>(Wt, U, K, C, flip);
+}
+
+extern "C" __global__ void conv_winograd25_filter(const float* __restrict__ Wt, float* __restrict__ U,
+                                                  int K, int C, int flip) {
+    wino6_filter<5>(Wt, U, K, C, flip);
+}
+
+extern "C" __global__ void conv_winograd4_input(const float* __restrict__ x, float* __restrict__ V, int N, int C,
+                                                int H, int W, int ph, int pw, int tP, int tQ, int Tp) {
+    wino6_input<4>(x, V, N, C, H, W, ph, pw, tP, tQ, Tp);
+}
+
+extern "C" __global__ void conv_winograd25_input(const float* __restrict__ x, float* __restrict__ V, int N, int C,
+                                                 int H, int W, int ph, int pw, int tP, int tQ, int Tp) {
+    wino6_input<2>(x, V, N, C, H, W, ph, pw, tP, tQ, Tp);
+}
+
+extern "C" __global__ void conv_winograd4_output(const float* __restrict__ Mo, const float* __restrict__ b,
+                                                 float* __restrict__ y, int N, int K, int P, int Q, int tP,
+                                                 int tQ, int Tp) {
+    wino6_output<4>(Mo, b, y, N, K, P, Q, tP, tQ, Tp);
+}
+
+extern "C" __global__ void conv_winograd25_output(const float* __restrict__ Mo, const float* __restrict__ b,
+                                                  float* __restrict__ y, int N, int K, int P, int Q, int tP,
+                                                  int tQ, int Tp) {
+    wino6_output<2>(Mo, b, y, N, K, P, Q, tP, tQ, Tp);
+}
+
+extern "C" __global__ void conv_winograd4_dy(const float* __restrict__ dy, float* __restrict__ Y, int N, int K,
+                                             int P, int Q, int tP, int tQ, int Tp) {
+    wino6_dy<4>(dy, Y, N, K, P, Q, tP, tQ, Tp);
+}
+
+extern "C" __global__ void conv_winograd25_dy(const float* __restrict__ dy, float* __restrict__ Y, int N, int K,
+                                              int P, int Q, int tP, int tQ, int Tp) {
+    wino6_dy<2>(dy, Y, N, K, P, Q, tP, tQ, Tp);
+}
+
+extern "C" __global__ void conv_winograd4_wgrad_output(const float* __restrict__ Mw, float* __restrict__ dW,
+                                                       int K, int C, int splits) {
+    wino6_wgrad_output<3>(Mw, dW, K, C, splits);
+}
+
+extern "C" __global__ void conv_winograd25_wgrad_output(const float* __restrict__ Mw, float* __restrict__ dW,
+                                                        int K, int C, int splits) {
+    wino6_wgrad_output<5>(Mw, dW, K, C, splits);
 }

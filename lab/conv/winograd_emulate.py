@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "custom_impl", "gpu"))
 
 from conv_reference import EPS32, conv_ref  # noqa: E402
 from custom_impl.gpu.conv.winograd import WeightsPass, backward_pass, checked_problem, forward_pass  # noqa: E402
-from test_conv_winograd import wgrad_abs, winograd_abs  # noqa: E402
+from test_conv_winograd import wgrad_abs, wgrad_ref, winograd_abs, winograd_ref  # noqa: E402
 
 
 # F(3x3, 4x4) (the weight gradient's "winograd4"): conv_winograd.cu's Bt, A and G^T
@@ -37,6 +37,11 @@ GT4 = np.array([[1 / 4, -1 / 6, -1 / 6, 1 / 24, 1 / 24, 0], [0, -1 / 6, 1 / 6, 1
                 [0, -1 / 6, -1 / 6, 1 / 6, 1 / 6, 1]])
 G4 = GT4.T                                                          # F(4x4, 3x3)'s filter transform (6x3)
 AT4 = A4.T                                                          # and its output transform (4x6)
+# F(2x2, 5x5) on the same points (0, +-1, +-2, infinity), so the same Bt: G (6x5), row j p_j^k / prod (p_j - p_l)
+G25 = np.array([[6, 0, 0, 0, 0], [-4, -4, -4, -4, -4], [-4, 4, -4, 4, -4], [1, 2, 4, 8, 16],
+                [1, -2, 4, -8, 16], [0, 0, 0, 0, 24]], float) / 24
+AT25 = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 1]], float)
+SIX = {(4, 3): (G4, AT4), (2, 5): (G25, AT25)}   # (tile, kernel size) -> (G, At) of the 6x6 domain
 
 
 def _transform4(ws, off, g, src, channels, plane_hw, origin, size, mat, dt):
@@ -65,15 +70,17 @@ def _transform4(ws, off, g, src, channels, plane_hw, origin, size, mat, dt):
 
 
 def emulate_input4(ws, off_v, g, inp, dt):
-    """conv_winograd4_input: V (36, C, Tp) at ws[off_v:], the 6x6 patch at (4tp - ph, 4tq - pw) through
-    Bt . Bt^T (the matrices, not the kernel's operation order)."""
-    _transform4(ws, off_v, g, inp, g.C_in, (g.Hi, g.Wi), lambda tp, tq: (4 * tp - g.ph, 4 * tq - g.pw), 6, BT4, dt)
+    """conv_winograd4_input / conv_winograd25_input: V (36, C, Tp) at ws[off_v:], the 6x6 patch at
+    (m tp - ph, m tq - pw) through Bt . Bt^T (the matrices, not the kernel's operation order)."""
+    m = g.m
+    _transform4(ws, off_v, g, inp, g.C_in, (g.Hi, g.Wi), lambda tp, tq: (m * tp - g.ph, m * tq - g.pw), 6, BT4, dt)
 
 
 def emulate_dy4(ws, off_y, g, dy, dt):
-    """conv_winograd4_dy: Y (36, K, Tp) at ws[off_y:], the 4x4 dy tile at (4tp, 4tq) (zeros past P, Q) through
-    A . A^T."""
-    _transform4(ws, off_y, g, dy, g.C_out, (g.Ho, g.Wo), lambda tp, tq: (4 * tp, 4 * tq), 4, A4, dt)
+    """conv_winograd4_dy / conv_winograd25_dy: Y (36, K, Tp) at ws[off_y:], the m x m dy tile at (m tp, m tq)
+    (zeros past P, Q) through A . A^T, A = At^T."""
+    m, a = g.m, SIX[g.m, g.r][1].T
+    _transform4(ws, off_y, g, dy, g.C_out, (g.Ho, g.Wo), lambda tp, tq: (m * tp, m * tq), m, a, dt)
 
 
 def emulate_input(ws, off_v, ps, inp, dt):
@@ -172,18 +179,21 @@ def emulate_pass(ps, inp, Wt, b, flip, dt):
 
 
 def emulate_pass4(ps, inp, Wt, b, flip, dt):
-    """One F(4x4, 3x3) pass (conv_winograd4_filter, conv_winograd4_input, conv_winograd_gemm over 36 slices,
-    conv_winograd4_output) on the flat workspace layout of ``_Pass`` with m = 4, the transforms as the
-    matrices (not the kernels' operation order): inp (N, C_in, Hi, Wi) -> out (N, C_out, Ho, Wo)."""
-    assert ps.m == 4 and ps.xis == 36
+    """One F(4x4, 3x3) or F(2x2, 5x5) pass (conv_winograd{4,25}_filter, conv_winograd{4,25}_input,
+    conv_winograd_gemm over 36 slices, conv_winograd{4,25}_output) on the flat workspace layout of ``_Pass``,
+    the transforms as the matrices (not the kernels' operation order): inp (N, C_in, Hi, Wi) -> out
+    (N, C_out, Ho, Wo)."""
+    assert ps.xis == 36
+    G, AT = SIX[ps.m, ps.r]
+    mt = ps.m
     ws = np.full(ps.size, np.nan, dt)
     off_v, off_m = ps.n_u, ps.n_u + ps.n_v
     assert off_v % 4 == 0 and off_m % 4 == 0 and ps.Tp % 4 == 0 and ps.Ip % 4 == 0
     O, I, Ip, Tp = ps.C_out, ps.C_in, ps.Ip, ps.Tp
     # conv_winograd4_filter: U[xi][o][i] = (G g G^T)[xi], g = W[k, c] (flip: W[k, c] rotated, k = i, c = o)
     w = Wt.astype(dt)
-    g = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3) if flip else w      # (O, I, 3, 3)
-    u = np.einsum("ar,oirs,bs->aboi", G4.astype(dt), g, G4.astype(dt)).astype(dt)
+    g = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3) if flip else w      # (O, I, r, r)
+    u = np.einsum("ar,oirs,bs->aboi", G.astype(dt), g, G.astype(dt)).astype(dt)
     for xi in range(36):
         slab = np.zeros((O, Ip), dt)
         slab[:, :I] = u[xi // 6, xi % 6]
@@ -195,17 +205,17 @@ def emulate_pass4(ps, inp, Wt, b, flip, dt):
         Vz = ws[off_v + z * I * Tp: off_v + (z + 1) * I * Tp].reshape(I, Tp)
         assert not np.isnan(Uz).any() and not np.isnan(Vz).any(), "GEMM reads an unwritten U / V element"
         ws[off_m + z * O * Tp: off_m + (z + 1) * O * Tp] = (Uz @ Vz).ravel()
-    # conv_winograd4_output: thread (k, t): y[n, k, 4tp + i, 4tq + j] = (At m A)[i][j] + b[k], inside P x Q
+    # conv_winograd4_output: thread (k, t): y[n, k, m tp + i, m tq + j] = (At m A)[i][j] + b[k], inside P x Q
     out = np.full((ps.N, O, ps.Ho, ps.Wo), np.nan, dt)
     t = np.arange(ps.T)
     tq, nt = t % ps.tQ, t // ps.tQ
     tp, n = nt % ps.tP, nt // ps.tP
-    at = AT4.astype(dt)
+    at = AT.astype(dt)
     for k in range(O):
         m = np.stack([ws[off_m + xi * O * Tp + k * Tp + t] for xi in range(36)]).reshape(6, 6, -1)
         y = np.einsum("ia,abt,jb->ijt", at, m, at).astype(dt) + (dt(0) if b is None else dt(b[k]))
-        for i, j in itertools.product(range(4), range(4)):
-            p, q = 4 * tp + i, 4 * tq + j
+        for i, j in itertools.product(range(mt), range(mt)):
+            p, q = mt * tp + i, mt * tq + j
             ok = (p < ps.Ho) & (q < ps.Wo)
             out[n[ok], k, p[ok], q[ok]] = y[i, j][ok]
     assert not np.isnan(out).any(), "output element never written"
@@ -231,7 +241,7 @@ def emulate_weights(wp, dy, x, dt):
         tp, n = nt % g.tP, nt // g.tP
 
         CT, KT = C * Tp, K * Tp
-        if wp.tile == 4:
+        if xis == 36:
             emulate_input4(ws, 0, g, x[n0:n0 + g.N], dt)
             emulate_dy4(ws, off_y, g, dy[n0:n0 + g.N], dt)
         else:
@@ -257,9 +267,10 @@ def emulate_weights(wp, dy, x, dt):
     for s in range(1, wp.slabs):
         m = m + np.stack([ws[off_m + (s * xis + xi) * KC + idx] for xi in range(xis)])
     assert not np.isnan(m).any(), "output transform reads an unwritten partial"
-    if wp.tile == 4:
-        gt = GT4.astype(dt)
-        return np.einsum("ra,abi,sb->irs", gt, m.reshape(6, 6, -1), gt).astype(dt).reshape(K, C, 3, 3)
+    if xis == 36:
+        r = wp.geo.r
+        gt = SIX[wp.tile, r][0].T.astype(dt)
+        return np.einsum("ra,abi,sb->irs", gt, m.reshape(6, 6, -1), gt).astype(dt).reshape(K, C, r, r)
     return output_weights(m.reshape(4, 4, -1), K, C, dt)
 
 
@@ -303,6 +314,63 @@ CASES = [  # (N, C, H, W, K, padding)
     (1, 1, 5, 7, 1, 1), (2, 3, 5, 7, 5, 0), (1, 5, 7, 9, 6, 2), (2, 3, 6, 6, 4, 1), (1, 2, 1, 7, 3, 1),
     (2, 5, 2, 3, 3, (2, 1)), (1, 3, 9, 4, 2, (1, 0)), (3, 2, 3, 3, 5, 0), (1, 6, 8, 5, 7, (0, 2)),
 ]
+
+
+# 5x5 kernels (F(2x2, 5x5) / F(5x5, 2x2)): (N, C, H, W, K, padding), padding up to 4, 1-row and 1-column outputs
+CASES5 = [
+    (1, 1, 5, 7, 1, 2), (2, 3, 6, 9, 5, 0), (1, 5, 7, 9, 6, 4), (2, 3, 5, 5, 4, (3, 1)), (1, 2, 1, 7, 3, (2, 2)),
+    (3, 2, 9, 5, 5, (4, 0)), (2, 4, 14, 14, 3, 2),
+]
+
+
+def check_5x5(rng) -> float:
+    """Every CASES5 case through the F(2x2, 5x5) passes and the F(5x5, 2x2) weight gradient: exact (1e-12) in
+    float64, and in float32 within the bound of tests/custom_impl/gpu/test_conv_winograd_5x5.py (S_abs the
+    pipeline on absolute values and matrices, L = 36 C + 10 / 36 K + 10 / 36 T + 10). Returns the worst
+    float32 error / tolerance."""
+    bt, g5, at5 = np.abs(BT4), np.abs(G25), np.abs(AT25)
+    worst = 0.0
+    for N, C, H, Wd, K, pad in CASES5:
+        ph, pw = (pad, pad) if isinstance(pad, int) else pad
+        x = rng.standard_normal((N, C, H, Wd)).astype(np.float32)
+        W = rng.standard_normal((K, C, 5, 5)).astype(np.float32)
+        b = rng.standard_normal(K).astype(np.float32)
+        x64, W64 = x.astype(np.float64), W.astype(np.float64)
+        y_ref, back = conv_ref(x64, W64, (1, 1), (ph, pw))
+        assert np.allclose(winograd_ref(x64, W64, (ph, pw), BT4, G25, AT25), y_ref, rtol=1e-12, atol=1e-12)
+        y_ref += b[:, None, None]
+        dy = rng.standard_normal(y_ref.shape).astype(np.float32)
+        dy64 = dy.astype(np.float64)
+        dx_ref, dW_ref = back(dy64)[:2]
+        assert np.allclose(wgrad_ref(dy64, x64, (ph, pw), BT4, G25, AT25), dW_ref, rtol=1e-12, atol=1e-12)
+        prob = checked_problem(x.shape, W.shape, 1, (ph, pw), "emulate")
+        fp, bp = forward_pass(prob), backward_pass(prob)
+        assert (fp.m, fp.r, fp.xis, bp.ph, bp.pw) == (2, 5, 36, 4 - ph, 4 - pw)
+        W_flip = np.ascontiguousarray(W64[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        # NOTE: the flip flag is explicit: fp and bp are one memoised object where the pass is symmetric
+        for ps, flip, inp, bias, ref, s_abs, L in (
+                (fp, False, x, b, y_ref, winograd_ref(np.abs(x64), np.abs(W64), (ph, pw), bt, g5, at5)
+                 + np.abs(b)[:, None, None], 36 * C + 10),
+                (bp, True, dy, None, dx_ref, winograd_ref(np.abs(dy64), np.abs(W_flip), (4 - ph, 4 - pw), bt, g5, at5),
+                 36 * K + 10)):
+            err = np.abs(emulate_pass4(ps, inp, W, bias, flip, np.float64) - ref).max()
+            assert err < 1e-12 * max(1, np.abs(ref).max()), err
+            out = emulate_pass4(ps, inp, W, bias, flip, np.float32)
+            tol = 4 * np.sqrt(L) * EPS32 * s_abs + 4 * EPS32 * np.abs(ref) + 1e-30
+            worst = max(worst, (np.abs(out.astype(np.float64) - ref) / tol).max())
+        dW_abs = wgrad_ref(np.abs(dy64), np.abs(x64), (ph, pw), bt, g5, at5)
+        for splits, images in itertools.product((None, 1, 3), (None, 1, 2)):
+            wp = WeightsPass(prob, 132, splits=splits, images=images)
+            assert wp.xis == 36 and (wp.geo.m, wp.geo.r) == (2, 5)
+            err = np.abs(emulate_weights(wp, dy, x, np.float64) - dW_ref).max()
+            assert err < 1e-12 * max(1, np.abs(dW_ref).max()), (splits, images, err)
+            out = emulate_weights(wp, dy, x, np.float32)
+            T = sum(g.T for _, g, _, _, _ in wp.chunks)
+            tol = 4 * np.sqrt(36 * T + 10) * EPS32 * dW_abs + 4 * EPS32 * np.abs(dW_ref) + 1e-30
+            worst = max(worst, (np.abs(out.astype(np.float64) - dW_ref) / tol).max())
+        print(f"5x5 N{N} C{C} {H}x{Wd} K{K} pad {(ph, pw)}: y {y_ref.shape}, dx, dW exact in float64")
+    assert worst < 1, worst
+    return worst
 
 
 def main():
@@ -364,6 +432,8 @@ def main():
         print(f"N{N} C{C} {H}x{Wd} K{K} pad {(ph, pw)}: y {y.shape} err {ey:.1e}, dx {dx.shape} err {edx:.1e}, "
               f"dW err {edw:.1e}")
     print(f"all {len(CASES)} cases match the direct convolution (float64); float32 worst err/tol {worst:.3f}")
+    worst5 = check_5x5(rng)
+    print(f"all {len(CASES5)} 5x5 cases match (float64); float32 worst err/tol {worst5:.3f}")
 
 
 if __name__ == "__main__":

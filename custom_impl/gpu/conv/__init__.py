@@ -13,7 +13,8 @@ in select.py, the one place that decides which algorithms can run a layer and ch
 timing; docs/kernels.md tells what each measured):
   "implicit_gemm" (implicit_gemm.py)  every phase, every shape: implicit GEMMs on the tiled-GEMM machinery,
                                        backward-data one GEMM per stride phase, split-K for small batches.
-  "winograd"      (winograd.py)       3x3, stride 1, >= 16 channels: F(2x2, 3x3) / F(3x3, 2x2).
+  "winograd"      (winograd.py)       3x3 or 5x5, stride 1, >= 16 channels: F(2x2, 3x3) / F(3x3, 2x2),
+                                      F(2x2, 5x5) / F(5x5, 2x2).
   "winograd4"     (winograd.py)       the same layers as F(4x4, 3x3) / F(3x3, 4x4).
   "few_channels"  (few_channels.py)   C <= 8 (a CNN's first layer): direct register-blocked kernels.
   "patch"         (patch.py)          backward passes of 3..7-tap stride-1 kernels, >= 8 channels: an input

@@ -5,8 +5,8 @@ Legend: ``dims`` a ``ConvDims`` (N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw; geom
 "forward", "backward_data", "backward_weights".
 
 Candidates per phase (``candidates``), in this order (a tie goes to the first):
-  forward           "implicit_gemm" always; "winograd" (F(2x2, 3x3)) and "winograd4" (F(4x4, 3x3))
-                    where ``winograd_ok`` (in chunks of images where the whole batch would exceed its
+  forward           "implicit_gemm" always; "winograd" (F(2x2, 3x3); a 5x5 kernel: F(2x2, 5x5)) and
+                    "winograd4" (F(4x4, 3x3); 3x3 only) where ``winograd_ok`` (in chunks of images where the whole batch would exceed its
                     workspace cap); "few_channels" where the few-channels forward fits (C <= 8, S <= 8).
   backward_data     "implicit_gemm" always; "few_channels" (C <= 8, S <= 32, W within 64 KB of shared
                     memory: ``few_channels.data_fits``); "winograd" and "winograd4" where
@@ -15,7 +15,7 @@ Candidates per phase (``candidates``), in this order (a tie goes to the first):
 "fft" (every phase of kernels of >= 32 taps with >= 8 channels in and out, ``fft.fits``) runs by name only,
 not yet among "auto"'s candidates: it has not yet run on a GPU.
   backward_weights  "implicit_gemm" always; "few_channels" where its launch plan exists; "winograd"
-                    (F(3x3, 2x2)) and "winograd4" (F(3x3, 4x4)) where ``winograd_ok`` (in chunks of
+                    (F(3x3, 2x2); 5x5: F(5x5, 2x2)) and "winograd4" (F(3x3, 4x4)) where ``winograd_ok`` (in chunks of
                     images, as the forward); "patch" where ``patch_ok``.
 "auto" (``choose``) takes the cached choice for (phase, dims[, bias presence]), else times every candidate
 once through ``runtime.autotune`` and caches the fastest, per device and launch-cost regime: eagerly a
@@ -53,12 +53,13 @@ def _shapes(dims):
 
 
 def winograd_ok(dims, phase: str, sms: int | None = None, tile: int = 2) -> bool:
-    """Whether Winograd (winograd.py) is a candidate for this layer and phase: 3x3, stride 1,
-    padding <= 2, >= WINOGRAD_MIN_CHANNELS channels in and out, and a workspace within
+    """Whether Winograd (winograd.py) is a candidate for this layer and phase: stride 1, a 3x3 kernel (tile
+    2 or 4) or a 5x5 one (tile 2), padding <= R - 1, >= WINOGRAD_MIN_CHANNELS channels in and out, and a
+    workspace within
     WINOGRAD_MAX_WORKSPACE: every phase runs the batch in chunks of images to stay within it
     (``winograd_images``; ``sms``: the SM count the weight gradient's plan is made for; ``tile``: its dy
     tile, 2 for "winograd", 4 for "winograd4")."""
-    if min(dims[1], dims[4]) < WINOGRAD_MIN_CHANNELS or not winograd.fits(*_shapes(dims)):
+    if min(dims[1], dims[4]) < WINOGRAD_MIN_CHANNELS or not winograd.fits(*_shapes(dims), tile):
         return False
     return winograd_images(dims, phase, sms, tile) > 0
 

@@ -1,5 +1,7 @@
-"""Winograd F(2x2, 3x3) convolution on the GPU (``kernels/conv_winograd.cu``): the algorithm "winograd" of
-every phase, for 3x3 kernels, stride 1: forward, backward-data and (as F(3x3, 2x2)) backward-weights.
+"""Winograd convolution on the GPU (``kernels/conv_winograd.cu``), stride 1: the algorithm "winograd" of
+every phase, F(2x2, 3x3) for 3x3 kernels (forward, backward-data and, as F(3x3, 2x2), backward-weights) and
+F(2x2, 5x5) for 5x5 kernels (the same passes on a 6x6 transform domain, at the end of this docstring); and
+"winograd4", F(4x4, 3x3) / F(3x3, 4x4) for 3x3 kernels. Most of what follows describes F(2x2, 3x3).
 
 Legend: N batch, C in-channels, K out-channels, H,W in, P,Q out; padding (ph, pw) in 0..2; P = H + 2ph - 2,
 Q = W + 2pw - 2. NCHW, cross-correlation (PyTorch), W (K, C, 3, 3).
@@ -51,6 +53,13 @@ instead: 4x4 dy tiles and 6x6 x patches, 36 GEMMs over a quarter as many tiles, 
 for the layer above (4x fewer multiplications than the direct sum) and 36/64 of the V and Y bytes, at a
 larger rounding error (transform entries up to 8; see conv_winograd.cu).
 
+5x5 kernels (``tile=2`` with W (K, C, 5, 5)): F(2x2, 5x5) uses F(4x4, 3x3)'s interpolation points (0, +-1,
++-2, infinity), so the same 6x6 input transform Bt, with the patch at (2tp - ph, 2tq - pw); G is 6x5 and At
+2x6 (conv_winograd.cu). Per 2x2 tile and (k, c) 36 multiplications where the direct sum takes 4 x 25 = 100
+(2.8x fewer). Padding 0..4; backward-data pads dy by 4 - padding; the weight gradient is F(5x5, 2x2), as
+F(3x3, 2x2) with xis = 36. For LeNet's conv2 (N256 C32 14x14 K64, pad 2): 2*36*K*C*T = 1.85 GFLOP of GEMMs
+against the direct sum's 5.14, and V, Mo 58 + 116 MB.
+
 A batch whose V and Y exceed the caller's workspace cap runs in chunks of images (``images``): each chunk
 transforms its images into V and Y and writes its own split partials into Mw, and the output transform
 sums every chunk's partials in one fixed order, so chunking needs no accumulation pass and stays
@@ -67,7 +76,7 @@ Example::
     if fits(x.shape, W.shape, 1, 1):
         y = forward(x, W, b, None, 1)                # y (N, K, P, Q)
         dx = backward_data(dy, W, None, 1)           # dx (N, C, H, W)
-        dW = backward_weights(dy, x, None, 1)        # dW (K, C, 3, 3)
+        dW = backward_weights(dy, x, None, 1)        # dW (K, C, 3, 3), or (K, C, 5, 5) for a 5x5 layer
 """
 from __future__ import annotations
 
@@ -82,10 +91,13 @@ from .geometry import planning_sms
 
 FAMILY = "conv_winograd"
 THREADS = 256       # threads per block of the transform kernels
-MAX_PAD = 2         # backward-data runs the forward with padding 2 - pad, which must be >= 0
+KERNEL_SIZES = (3, 5)   # R x R kernels: F(2x2, 3x3) and F(4x4, 3x3) for 3x3, F(2x2, 5x5) for 5x5
 INT32_MAX = 2**31 - 1
 PHASES = ("forward", "backward_data", "backward_weights")
 TILES = (2, 4)      # output (weight gradient: dy) tile sizes: F(2x2, 3x3) / F(4x4, 3x3), F(3x3, 2x2) / F(3x3, 4x4)
+TILES_BY_SIZE = {3: (2, 4), 5: (2,)}   # kernel size -> its tile sizes (F(4x4, 5x5)'s 8x8 domain rounds too far)
+# (tile, kernel size) -> the prefix of its kernels' names in conv_winograd.cu
+KERNEL_PREFIX = {(2, 3): "conv_winograd", (4, 3): "conv_winograd4", (2, 5): "conv_winograd25"}
 GRID_Y_MAX = 65535  # the transforms put the channel on grid.y
 # The GEMM tile configs compiled and tested here (``config=``): implicit_gemm.CONFIGS plus the tiles' BK=16
 # 128x128 tile. NOTE: the chooser leaves the BK=16 tile out: in winograd_gemm it measured 3-5% slower than
@@ -119,9 +131,10 @@ def _ceil4(v: int) -> int:
 
 
 def _problem(x_shape, w_shape, stride, padding):
-    """(N, C, H, W, K, P, Q, ph, pw) of a forward, or a string saying why Winograd F(2x2,3x3) cannot run it."""
+    """(N, C, H, W, K, P, Q, ph, pw, R) of a forward with an R x R kernel, or a string saying why Winograd
+    cannot run it."""
     if len(x_shape) != 4 or len(w_shape) != 4:
-        return f"x {tuple(x_shape)} and W {tuple(w_shape)} must both be 4-D (N, C, H, W) and (K, C, 3, 3)"
+        return f"x {tuple(x_shape)} and W {tuple(w_shape)} must both be 4-D (N, C, H, W) and (K, C, R, R)"
     N, C, H, Wd = (int(v) for v in x_shape)
     K, Cw, R, S = (int(v) for v in w_shape)
     try:
@@ -131,18 +144,19 @@ def _problem(x_shape, w_shape, stride, padding):
         return f"stride {stride!r} and padding {padding!r} must be ints or (h, w) pairs"
     if C != Cw:
         return f"x has {C} channels but W {tuple(w_shape)} expects {Cw}"
-    if (R, S) != (3, 3):
-        return f"W {tuple(w_shape)} is a {R}x{S} kernel; Winograd F(2x2,3x3) needs 3x3"
+    if R != S or R not in KERNEL_SIZES:
+        return f"W {tuple(w_shape)} is a {R}x{S} kernel; Winograd here needs 3x3 or 5x5"
     if (sh, sw) != (1, 1):
-        return f"stride {(sh, sw)}; Winograd F(2x2,3x3) needs stride 1"
-    if not (0 <= ph <= MAX_PAD and 0 <= pw <= MAX_PAD):
-        return f"padding {(ph, pw)}; Winograd here needs 0 <= padding <= {MAX_PAD} (backward-data pads by 2 - padding)"
+        return f"stride {(sh, sw)}; Winograd needs stride 1"
+    if not (0 <= ph <= R - 1 and 0 <= pw <= R - 1):
+        return (f"padding {(ph, pw)}; Winograd with a {R}x{R} kernel needs 0 <= padding <= {R - 1} (backward-data "
+                f"pads by {R - 1} - padding)")
     if min(N, C, H, Wd, K) < 1:
         return f"x {tuple(x_shape)} and W {tuple(w_shape)} must have no empty dimension"
-    P, Q = H + 2 * ph - 2, Wd + 2 * pw - 2
+    P, Q = H + 2 * ph - (R - 1), Wd + 2 * pw - (R - 1)
     if P < 1 or Q < 1:
-        return f"a 3x3 kernel does not fit the {H}x{Wd} input padded by {(ph, pw)}"
-    return N, C, H, Wd, K, P, Q, ph, pw
+        return f"a {R}x{R} kernel does not fit the {H}x{Wd} input padded by {(ph, pw)}"
+    return N, C, H, Wd, K, P, Q, ph, pw, R
 
 
 def _limits_message(N, C_in, C_out, Ho, Wo) -> str | None:
@@ -157,13 +171,14 @@ def _limits_message(N, C_in, C_out, Ho, Wo) -> str | None:
     return None
 
 
-def fits(x_shape, w_shape, stride, padding) -> bool:
-    """Whether ``forward`` and ``backward_data`` can run this convolution: W (K, C, 3, 3), stride 1,
-    0 <= padding <= 2 (h and w), and tile / channel counts within the kernels' 32-bit indices."""
+def fits(x_shape, w_shape, stride, padding, tile: int = 2) -> bool:
+    """Whether every phase can run this convolution in ``tile`` x ``tile`` output tiles: W (K, C, 3, 3) with
+    tile 2 or 4, or W (K, C, 5, 5) with tile 2; stride 1; 0 <= padding <= R - 1 (h and w); tile / channel
+    counts within the kernels' 32-bit indices."""
     prob = _problem(x_shape, w_shape, stride, padding)
-    if isinstance(prob, str):
+    if isinstance(prob, str) or tile not in TILES_BY_SIZE[prob[9]]:
         return False
-    N, C, H, Wd, K, P, Q, ph, pw = prob
+    N, C, H, Wd, K, P, Q, ph, pw, R = prob
     return _limits_message(N, C, K, P, Q) is None and _limits_message(N, K, C, H, Wd) is None
 
 
@@ -189,7 +204,7 @@ def _check(x_shape, w_shape, stride, padding):
     prob = _problem(x_shape, w_shape, stride, padding)
     if isinstance(prob, str):
         return prob, None
-    N, C, H, Wd, K, P, Q, ph, pw = prob
+    N, C, H, Wd, K, P, Q, ph, pw, R = prob
     return prob, _limits_message(N, C, K, P, Q) or _limits_message(N, K, C, H, Wd)
 
 
@@ -197,16 +212,17 @@ _checked = functools.lru_cache(maxsize=4096)(_check)
 
 
 class _Pass:
-    """One Winograd pass: ``C_in`` input channels of an Hi x Wi image, ``C_out`` outputs of Ho x Wo."""
+    """One Winograd pass: ``C_in`` input channels of an Hi x Wi image, ``C_out`` outputs of Ho x Wo, in m x m
+    output tiles of an r x r kernel."""
 
-    def __init__(self, N, C_in, Hi, Wi, C_out, Ho, Wo, ph, pw, m=2):
+    def __init__(self, N, C_in, Hi, Wi, C_out, Ho, Wo, ph, pw, m=2, r=3):
         self.N, self.C_in, self.Hi, self.Wi, self.C_out, self.Ho, self.Wo = N, C_in, Hi, Wi, C_out, Ho, Wo
-        self.ph, self.pw, self.m = ph, pw, m
+        self.ph, self.pw, self.m, self.r = ph, pw, m, r
         self.tP, self.tQ = -(-Ho // m), -(-Wo // m)   # m x m output tiles (the weight gradient's: dy tiles)
         self.T = N * self.tP * self.tQ
         self.Tp = _ceil4(self.T)
         self.Ip = _ceil4(C_in)
-        self.xis = (m + 2) ** 2               # transform-domain values per tile: 16 for F(2x2), 36 for F(4x4)
+        self.xis = (m + r - 1) ** 2           # transform-domain values per tile: 16 for F(2x2, 3x3), else 36
         self.n_u = self.xis * C_out * self.Ip   # U  (xis, C_out, Ip)
         self.n_v = self.xis * C_in * self.Tp    # V  (xis, C_in, Tp)
         self.n_m = self.xis * C_out * self.Tp   # Mo (xis, C_out, Tp)
@@ -217,7 +233,8 @@ class _Pass:
 
     def for_images(self, n: int) -> "_Pass":
         """The same pass over ``n`` images (a chunk of the batch)."""
-        return _pass(n, self.C_in, self.Hi, self.Wi, self.C_out, self.Ho, self.Wo, self.ph, self.pw, self.m)
+        return _pass(n, self.C_in, self.Hi, self.Wi, self.C_out, self.Ho, self.Wo, self.ph, self.pw, self.m,
+                     self.r)
 
     @functools.cached_property
     def input_args(self) -> tuple:
@@ -239,19 +256,21 @@ def _pass(*args) -> _Pass:
 def forward_pass(prob, images: int | None = None, tile: int = 2) -> _Pass:
     """The forward pass of ``prob`` in ``tile`` x ``tile`` output tiles (TILES), over chunks of ``images``
     images (None: the whole batch at once)."""
-    N, C, H, Wd, K, P, Q, ph, pw = prob
-    return _pass(min(N, images or N), C, H, Wd, K, P, Q, ph, pw, _checked_tile(tile))
+    N, C, H, Wd, K, P, Q, ph, pw, R = prob
+    return _pass(min(N, images or N), C, H, Wd, K, P, Q, ph, pw, _checked_tile(tile, R), R)
 
 
 def backward_pass(prob, images: int | None = None, tile: int = 2) -> _Pass:
     """The backward-data pass of ``prob`` (the forward of dy with the flipped filter), as ``forward_pass``."""
-    N, C, H, Wd, K, P, Q, ph, pw = prob
-    return _pass(min(N, images or N), K, P, Q, C, H, Wd, MAX_PAD - ph, MAX_PAD - pw, _checked_tile(tile))
+    N, C, H, Wd, K, P, Q, ph, pw, R = prob
+    return _pass(min(N, images or N), K, P, Q, C, H, Wd, R - 1 - ph, R - 1 - pw, _checked_tile(tile, R), R)
 
 
-def _checked_tile(tile) -> int:
-    if tile not in TILES:
-        raise ValueError(f"winograd: tile={tile!r}; use one of {TILES} (F(2x2, 3x3) or F(4x4, 3x3))")
+def _checked_tile(tile, r: int) -> int:
+    """``tile`` where an r x r kernel has it (TILES_BY_SIZE), else a ValueError naming the ones it has."""
+    if tile not in TILES_BY_SIZE[r]:
+        raise ValueError(f"winograd: tile={tile!r} with a {r}x{r} kernel; use one of {TILES_BY_SIZE[r]} "
+                         f"(3x3: F(2x2, 3x3) or F(4x4, 3x3); 5x5: F(2x2, 5x5))")
     return tile
 
 
@@ -314,8 +333,8 @@ def _weights_plan(M, N, Tp, sms, max_splits, xis):
 
 
 class WeightsPass:
-    """The backward-weights plan, F(3x3, ``tile`` x ``tile``) (TILES), over chunks of ``images`` images
-    (None: the whole batch at once); xis = (tile + 2)^2 transform-domain values.
+    """The backward-weights plan, F(R x R, ``tile`` x ``tile``) (TILES_BY_SIZE), over chunks of ``images``
+    images (None: the whole batch at once); xis = (tile + R - 1)^2 transform-domain values.
 
     Per chunk: tiles over dy's P x Q, V (xis, C, Tp), Y (xis, K, Tp) (sized for the largest chunk, reused
     by each), and the chunk's split partials, each a (xis, K, C) slab of Mw; every chunk's slabs stay in
@@ -324,12 +343,11 @@ class WeightsPass:
     per chunk (at least one), which bounds Mw."""
 
     def __init__(self, prob, sms: int, config=None, splits=None, images=None, tile: int = 2):
-        N, C, H, Wd, K, P, Q, ph, pw = prob
-        if tile not in TILES:
-            raise ValueError(f"winograd.backward_weights: tile={tile!r}; use one of {TILES}")
+        N, C, H, Wd, K, P, Q, ph, pw, R = prob
+        _checked_tile(tile, R)
         images = min(N, images or N)
-        self.images, self.tile, self.xis = images, tile, (tile + 2) ** 2
-        self.geo = _pass(images, C, H, Wd, K, P, Q, ph, pw, tile)   # the largest chunk: T / Tp / tP / tQ
+        self.images, self.tile, self.xis = images, tile, (tile + R - 1) ** 2
+        self.geo = _pass(images, C, H, Wd, K, P, Q, ph, pw, tile, R)   # the largest chunk: T / Tp / tP / tQ
         n_chunks = -(-N // images)
         cfg, t_chunk, n_splits = weights_plan(K, C, self.geo.Tp, sms, MAX_WEIGHT_SPLITS // n_chunks, self.xis)
         if config is not None:
@@ -427,12 +445,12 @@ def _run(ps: _Pass, inp, Wt, b, out, ws, flip: bool, config=None) -> None:
     """The four kernels of one pass: inp (N, C_in, Hi, Wi) -> out (N, C_out, Ho, Wo), in chunks of ``ps.N``
     images (the filter transform once, then input transform, GEMMs and output transform per chunk)."""
     U = _at(ws)
-    K, C = (ps.C_in, ps.C_out) if flip else (ps.C_out, ps.C_in)   # W is (K, C, 3, 3) either way
+    K, C = (ps.C_in, ps.C_out) if flip else (ps.C_out, ps.C_in)   # W is (K, C, R, R) either way
     cfg = config or choose_config(ps.C_out, ps.Tp, ps.C_in, runtime.sm_count(), ps.xis)
     cfg = CONFIG_BY_NAME[cfg] if isinstance(cfg, str) else cfg
     # NOTE: all four kernels come from the module compiled for cfg: one compile per tile config.
-    k_filter = kernel("conv_winograd_filter", cfg) if ps.m == 2 else kernel("conv_winograd4_filter", cfg)
-    k_filter((blocks(ps.C_out * ps.Ip, THREADS),), (THREADS,), (Wt, np.uint64(U)) + i32_memo((K, C, int(flip))))
+    kernel(f"{KERNEL_PREFIX[ps.m, ps.r]}_filter", cfg)((blocks(ps.C_out * ps.Ip, THREADS),), (THREADS,),
+                                                       (Wt, np.uint64(U)) + i32_memo((K, C, int(flip))))
     N = inp.shape[0]
     in_img, out_img = ps.C_in * ps.Hi * ps.Wi, ps.C_out * ps.Ho * ps.Wo   # floats per image
     for n0 in range(0, N, ps.N):
@@ -446,10 +464,8 @@ def _run_chunk(ps: _Pass, cfg, U: int, inp: int, b, out: int, ws) -> None:
     already in ``ws`` at address ``U``."""
     V = _at(ws, ps.n_u)
     Mo = _at(ws, ps.n_u + ps.n_v)
-    if ps.m == 2:
-        k_input, k_output = kernel("conv_winograd_input", cfg), kernel("conv_winograd_output", cfg)
-    else:
-        k_input, k_output = kernel("conv_winograd4_input", cfg), kernel("conv_winograd4_output", cfg)
+    k_input = kernel(f"{KERNEL_PREFIX[ps.m, ps.r]}_input", cfg)
+    k_output = kernel(f"{KERNEL_PREFIX[ps.m, ps.r]}_output", cfg)
     k_input((blocks(ps.Tp, THREADS), ps.C_in), (THREADS,), (np.uint64(inp), np.uint64(V)) + ps.input_args)
     flags = int(vec_ok_at(U, ps.Ip)) | int(vec_ok_at(V, ps.Tp)) << 1 | int(vec_ok_at(Mo, ps.Tp)) << 2
     kernel("conv_winograd_gemm", cfg)((blocks(ps.Tp, cfg.bn), blocks(ps.C_out, cfg.bm), ps.xis), (cfg.threads,),
@@ -460,11 +476,12 @@ def _run_chunk(ps: _Pass, cfg, U: int, inp: int, b, out: int, ws) -> None:
 
 
 def forward(x, W, b, y, padding, workspace=None, config=None, images=None, tile=2):
-    """y = conv2d(x, W) + b with stride 1: x (N, C, H, W), W (K, C, 3, 3), b (K,) or None, y (N, K, P, Q)
-    or None (allocated); padding an int or (ph, pw), each 0..2. Returns y.
+    """y = conv2d(x, W) + b with stride 1: x (N, C, H, W), W (K, C, R, R) with R 3 or 5, b (K,) or None,
+    y (N, K, P, Q) or None (allocated); padding an int or (ph, pw), each 0..R-1. Returns y.
 
-    ``tile``: 2 runs F(2x2, 3x3), 4 runs F(4x4, 3x3) (36 GEMMs over a quarter of the tiles: 4x fewer
-    multiplications than the direct sum against 2.25x, a larger rounding error). ``workspace``: float32, at
+    ``tile``: 2 runs F(2x2, 3x3) (a 5x5 kernel: F(2x2, 5x5), 36 GEMMs, 2.8x fewer multiplications than the
+    direct sum), 4 runs F(4x4, 3x3) (36 GEMMs over a quarter of the tiles: 4x fewer multiplications than the
+    direct sum against 2.25x, a larger rounding error; 3x3 only). ``workspace``: float32, at
     least ``workspace_size(..., phase="forward", images=images, tile=tile)`` elements, or None for the
     runtime's shared per-device buffer. ``config``: a GEMM TileConfig (or its name) instead of the chosen
     one. ``images``: run the batch in chunks of this many images (``chunk_images``; None: all at once)."""
@@ -473,7 +490,7 @@ def forward(x, W, b, y, padding, workspace=None, config=None, images=None, tile=
     check_array(x, "winograd.forward: x", ndim=4)
     check_array(W, "winograd.forward: W", ndim=4)
     prob = checked_problem(x.shape, W.shape, 1, padding, "forward")
-    N, C, H, Wd, K, P, Q, ph, pw = prob
+    N, C, H, Wd, K, P, Q, ph, pw, R = prob
     if b is not None:
         check_array(b, "winograd.forward: b", shape=(K,))
     if y is None:
@@ -488,11 +505,11 @@ def forward(x, W, b, y, padding, workspace=None, config=None, images=None, tile=
 
 
 def backward_data(dy, W, dx, padding, workspace=None, config=None, images=None, tile=2):
-    """dx of a stride-1 3x3 convolution: dy (N, K, P, Q), W (K, C, 3, 3) -> dx (N, C, H, W) with
-    H = P + 2 - 2ph, W = Q + 2 - 2pw (dx None: allocated). Returns dx.
+    """dx of a stride-1 3x3 or 5x5 convolution: dy (N, K, P, Q), W (K, C, R, R) -> dx (N, C, H, W) with
+    H = P + R - 1 - 2ph, W = Q + R - 1 - 2pw (dx None: allocated). Returns dx.
 
-    Runs the forward pass on dy with the flipped filter (W[k,c,2-r,2-s] as a (C, K) filter) and padding
-    (2 - ph, 2 - pw). ``workspace``: at least ``workspace_size(..., phase="backward_data", images=images,
+    Runs the forward pass on dy with the flipped filter (W[k,c,R-1-r,R-1-s] as a (C, K) filter) and padding
+    (R - 1 - ph, R - 1 - pw). ``workspace``: at least ``workspace_size(..., phase="backward_data", images=images,
     tile=tile)`` elements, or None for the shared per-device buffer. ``images``, ``tile``: as in
     ``forward``."""
     import cupy
@@ -505,7 +522,8 @@ def backward_data(dy, W, dx, padding, workspace=None, config=None, images=None, 
     if Kd != K:
         raise ValueError(f"winograd.backward_data: dy {tuple(dy.shape)} has {Kd} channels but W {tuple(W.shape)} "
                          f"has {K} output channels")
-    x_shape = (N, C, P + 2 - 2 * ph, Q + 2 - 2 * pw)
+    R = W.shape[2]
+    x_shape = (N, C, P + R - 1 - 2 * ph, Q + R - 1 - 2 * pw)
     if dx is not None:
         check_array(dx, "winograd.backward_data: dx", ndim=4)
         x_shape = tuple(dx.shape)
@@ -527,11 +545,12 @@ def _checked_images(images, what: str) -> int | None:
 
 
 def backward_weights(dy, x, dW, padding, workspace=None, config=None, splits=None, images=None, tile=2):
-    """dW of a stride-1 3x3 convolution: dy (N, K, P, Q), x (N, C, H, W) -> dW (K, C, 3, 3) (None:
-    allocated), overwritten (not accumulated). Returns dW.
+    """dW of a stride-1 3x3 or 5x5 convolution: dy (N, K, P, Q), x (N, C, H, W) -> dW (K, C, R, R) (None:
+    allocated; R = H + 2ph - P + 1, which must be 3 or 5), overwritten (not accumulated). Returns dW.
 
-    ``tile``: 2 runs F(3x3, 2x2) (2x2 dy tiles, 16 GEMMs), 4 runs F(3x3, 4x4) (4x4 dy tiles, 36 GEMMs: 4x
-    fewer multiplications than the direct sum against 2.25x, a somewhat larger rounding error).
+    ``tile``: 2 runs F(3x3, 2x2) (2x2 dy tiles, 16 GEMMs; a 5x5 kernel: F(5x5, 2x2), 36 GEMMs), 4 runs
+    F(3x3, 4x4) (4x4 dy tiles, 36 GEMMs: 4x fewer multiplications than the direct sum against 2.25x, a
+    somewhat larger rounding error; 3x3 only).
     ``workspace``: at least ``workspace_size(..., phase="backward_weights", images=images, tile=tile)``
     elements, or None for the shared per-device buffer. ``config`` / ``splits``: the GEMM tile config (or name) and
     split count of each chunk's t reduction instead of ``weights_plan``'s. ``images``: transform and
@@ -543,7 +562,12 @@ def backward_weights(dy, x, dW, padding, workspace=None, config=None, splits=Non
     check_array(x, "winograd.backward_weights: x", ndim=4)
     N, C = x.shape[:2]
     K = dy.shape[1]
-    w_shape = (K, C, 3, 3)
+    if dW is not None:
+        check_array(dW, "winograd.backward_weights: dW", ndim=4)
+        w_shape = (K, C) + tuple(dW.shape[2:])
+    else:   # the kernel size that maps x to dy's P x Q
+        ph, pw = pair(padding, "padding", "winograd")
+        w_shape = (K, C, x.shape[2] + 2 * ph - dy.shape[2] + 1, x.shape[3] + 2 * pw - dy.shape[3] + 1)
     prob = checked_problem(x.shape, w_shape, 1, padding, "backward_weights")
     check_array(dy, "winograd.backward_weights: dy", shape=(N, K, prob[5], prob[6]))
     if dW is None:
@@ -563,12 +587,9 @@ def _run_weights(wp: WeightsPass, dy, x, dW, ws) -> None:
     then the output transform over every slab."""
     cfg, K, C, xis = wp.cfg, wp.K, wp.C, wp.xis
     # NOTE: all kernels come from the module compiled for cfg: one compile per tile config.
-    if wp.tile == 2:
-        k_input, k_dy = kernel("conv_winograd_input", cfg), kernel("conv_winograd_dy", cfg)
-        k_out = kernel("conv_winograd_wgrad_output", cfg)
-    else:
-        k_input, k_dy = kernel("conv_winograd4_input", cfg), kernel("conv_winograd4_dy", cfg)
-        k_out = kernel("conv_winograd4_wgrad_output", cfg)
+    m, r = wp.geo.m, wp.geo.r
+    k_input, k_dy = kernel(f"{KERNEL_PREFIX[m, r]}_input", cfg), kernel(f"{KERNEL_PREFIX[m, r]}_dy", cfg)
+    k_out = kernel(f"{KERNEL_PREFIX[m, r]}_wgrad_output", cfg)
     V, Yt, Mw = _at(ws), _at(ws, wp.n_v), _at(ws, wp.n_v + wp.n_y)
     x_img, dy_img = C * wp.geo.Hi * wp.geo.Wi, K * wp.geo.Ho * wp.geo.Wo   # floats per image
     for n0, g, t_chunk, splits, slab in wp.chunks:

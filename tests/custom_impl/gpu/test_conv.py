@@ -367,9 +367,10 @@ def test_conv2d_tuned_forward_and_weights_plans():
     assert all(np.array_equal(a, b) for a, b in zip(outs[0], outs[1]))
 
 
-def test_auto_choice_with_winograd_candidates():
-    """algo="auto" on a 3x3 stride-1 layer with >= 16 channels times the implicit GEMMs against Winograd (and
-    patch) once, caches the choice, and whichever it picks agrees with float64 within the harness's layer
+@pytest.mark.parametrize("r", [3, 5])
+def test_auto_choice_with_winograd_candidates(r):
+    """algo="auto" on a 3x3 or 5x5 stride-1 layer with >= 16 channels times the implicit GEMMs against
+    Winograd (and patch) once, caches the choice, and whichever it picks agrees with float64 within the harness's layer
     tolerance (max |a - b| / max |b| <= 1e-4: Winograd's transforms add rounding beyond a direct sum's
     bound, see test_conv_winograd.py, but far below this)."""
     import cupy
@@ -379,23 +380,24 @@ def test_auto_choice_with_winograd_candidates():
 
     N, C, H, Wd, K = 8, 32, 14, 15, 48
     rng = np.random.default_rng(31)
-    x, W, b = _rand(rng, N, C, H, Wd), _rand(rng, K, C, 3, 3), _rand(rng, K)
-    y_ref, back = conv_ref(x.astype(np.float64), W.astype(np.float64), (1, 1), (1, 1))
+    pad = r // 2
+    x, W, b = _rand(rng, N, C, H, Wd), _rand(rng, K, C, r, r), _rand(rng, K)
+    y_ref, back = conv_ref(x.astype(np.float64), W.astype(np.float64), (1, 1), (pad, pad))
     y_ref = y_ref + b[:, None, None]
     dy = _rand(rng, *y_ref.shape)
     dx_ref = back(dy.astype(np.float64))[0]
-    dims = conv.conv_dims(x.shape, W.shape, 1, 1)
-    assert select.winograd_ok(dims, "forward") and select.winograd_ok(dims, "backward_data")
-    ws = cupy.full((conv.conv2d_workspace_size(x.shape, W.shape, 1, 1),), np.nan, np.float32)
+    dims = conv.conv_dims(x.shape, W.shape, 1, pad)
+    for phase in select.PHASES:
+        assert "winograd" in select.candidates(dims, phase)
+    ws = cupy.full((conv.conv2d_workspace_size(x.shape, W.shape, 1, pad),), np.nan, np.float32)
     gx, gW, gb, gdy = (cupy.asarray(a) for a in (x, W, b, dy))
-    y = conv.conv2d_forward(gx, gW, gb, 1, 1, workspace=ws)
-    dx = conv.conv2d_backward_data(gdy, gW, x.shape, 1, 1, workspace=ws)
-    assert runtime.tuned(("conv", "forward", dims, False)) in ("implicit_gemm", "winograd")
-    assert runtime.tuned(("conv", "backward_data", dims)) in ("implicit_gemm", "winograd", "patch")
-    assert select.winograd_ok(dims, "backward_weights")
+    y = conv.conv2d_forward(gx, gW, gb, 1, pad, workspace=ws)
+    dx = conv.conv2d_backward_data(gdy, gW, x.shape, 1, pad, workspace=ws)
+    assert runtime.tuned(("conv", "forward", dims, False)) in select.candidates(dims, "forward")
+    assert runtime.tuned(("conv", "backward_data", dims)) in select.candidates(dims, "backward_data")
     dW_ref = back(dy.astype(np.float64))[1]
-    _, dW, _ = conv.conv2d_backward(gdy, gx, gW, 1, 1, need_dx=False, need_db=False, workspace=ws)
-    assert runtime.tuned(("conv", "backward_weights", dims)) in ("implicit_gemm", "winograd", "winograd4", "patch")
+    _, dW, _ = conv.conv2d_backward(gdy, gx, gW, 1, pad, need_dx=False, need_db=False, workspace=ws)
+    assert runtime.tuned(("conv", "backward_weights", dims)) in select.candidates(dims, "backward_weights")
     for got, ref, what in ((y, y_ref, "y"), (dx, dx_ref, "dx"), (dW, dW_ref, "dW")):
         err = np.abs(cupy.asnumpy(got) - ref).max() / np.abs(ref).max()
         assert err <= 1e-4, f"{what}: auto ({runtime.tuned_choices()}) off by {err:.3g}"

@@ -28,7 +28,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conv_reference import _assert_close, _rand, conv_ref
+import conv_reference
+from conv_reference import _assert_close, _pair, _rand, conv_ref
 
 pytestmark = pytest.mark.gpu
 
@@ -37,32 +38,9 @@ G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np
 AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
 
 
-def _patches(x, padding, tP, tQ):
-    """The 4x4 input patch of every 2x2 output tile, zeros outside x: (N, C, tP, tQ, 4, 4)."""
-    ph, pw = padding
-    N, C, H, Wd = x.shape
-    xp = np.zeros((N, C, 2 * tP + 2, 2 * tQ + 2))
-    rows, cols = min(H, 2 * tP + 2 - ph), min(Wd, 2 * tQ + 2 - pw)
-    xp[:, :, ph: ph + rows, pw: pw + cols] = x[:, :, :rows, :cols]
-    d = np.empty((N, C, tP, tQ, 4, 4))
-    for u in range(4):
-        for v in range(4):
-            d[..., u, v] = xp[:, :, u: u + 2 * tP: 2, v: v + 2 * tQ: 2]
-    return d
-
-
 def winograd_ref(x, W, padding, bt=BT, g=G, at=AT):
-    """F(2x2, 3x3) in float64 NumPy with the given transform matrices: (N, K, P, Q). With the absolute
-    matrices and |x|, |W| it is S_abs, the bound on every intermediate magnitude (module docstring)."""
-    ph, pw = _pad2(padding)
-    N, C, H, Wd = x.shape
-    P, Q = H + 2 * ph - 2, Wd + 2 * pw - 2
-    tP, tQ = -(-P // 2), -(-Q // 2)
-    V = np.einsum("iu,nctsuv,jv->ijncts", bt, _patches(x, (ph, pw), tP, tQ), bt)
-    U = np.einsum("ir,kcrs,js->ijkc", g, W, g)
-    M = np.einsum("ijkc,ijncts->ijnkts", U, V)
-    Y = np.einsum("ai,ijnkts,bj->nktasb", at, M, at).reshape(N, -1, 2 * tP, 2 * tQ)
-    return Y[:, :, :P, :Q]
+    """conv_reference.winograd_ref, F(2x2, 3x3) unless other matrices are given."""
+    return conv_reference.winograd_ref(x, W, padding, bt, g, at)
 
 
 def winograd_abs(x, W, padding):
@@ -70,28 +48,12 @@ def winograd_abs(x, W, padding):
 
 
 def wgrad_ref(dy, x, padding, bt=BT, g=G, at=AT):
-    """dW (K, C, 3, 3) by F(3x3, 2x2) in float64 with the given matrices: the 4x4 x patches of the forward's
-    tiles (Bt d B) against the 2x2 dy tiles (A e A^T, A = At^T), summed over tiles, then G^T . G.
-    With absolute matrices and |dy|, |x| it is S_abs, the bound on every intermediate magnitude."""
-    N = x.shape[0]
-    P, Q = dy.shape[2:]
-    tP, tQ = -(-P // 2), -(-Q // 2)
-    d = _patches(x, _pad2(padding), tP, tQ)
-    e = np.zeros((N, dy.shape[1], 2 * tP, 2 * tQ))
-    e[:, :, :P, :Q] = dy
-    e = e.reshape(N, -1, tP, 2, tQ, 2).transpose(0, 1, 2, 4, 3, 5)       # (N, K, tP, tQ, 2, 2)
-    V = np.einsum("iu,nctsuv,jv->ijncts", bt, d, bt)
-    Y = np.einsum("ia,nktsab,jb->ijnkts", at.T, e, at.T)
-    M = np.einsum("ijnkts,ijncts->ijkc", Y, V)
-    return np.einsum("ir,ijkc,js->kcrs", g, M, g)
+    """conv_reference.winograd_wgrad_ref, F(3x3, 2x2) unless other matrices are given."""
+    return conv_reference.winograd_wgrad_ref(dy, x, padding, bt, g, at)
 
 
 def wgrad_abs(dy, x, padding):
     return wgrad_ref(np.abs(dy), np.abs(x), padding, np.abs(BT), np.abs(G), np.abs(AT))
-
-
-def _pad2(p):
-    return (p, p) if isinstance(p, int) else tuple(p)
 
 
 # (N, C, H, W, K, padding): odd P and Q (partial tiles), C and K not multiples of 4, 1x1 / 1xW outputs
@@ -109,7 +71,7 @@ CASES = [
     (3, 3, 1, 7, 5, 1),
     (1, 5, 2, 3, 3, (2, 1)),
 ]
-IDS = ["N{}C{}H{}W{}K{}p{}".format(*c[:5], "".join(map(str, _pad2(c[5])))) for c in CASES]
+IDS = ["N{}C{}H{}W{}K{}p{}".format(*c[:5], "".join(map(str, _pair(c[5])))) for c in CASES]
 
 
 def _data(case, seed_offset=0):
@@ -131,7 +93,7 @@ def test_forward(case, bias, tile):
     N, C, H, Wd, K, pad = case
     x, W, b, _ = _data(case)
     x64, W64 = x.astype(np.float64), W.astype(np.float64)
-    y_ref, _ = conv_ref(x64, W64, (1, 1), _pad2(pad))
+    y_ref, _ = conv_ref(x64, W64, (1, 1), _pair(pad))
     y_abs = winograd_abs(x64, W64, pad)
     assert np.allclose(winograd_ref(x64, W64, pad), y_ref, rtol=1e-12, atol=1e-12)  # the reference itself
     if bias:
@@ -157,10 +119,10 @@ def test_backward_data(case, tile):
     N, C, H, Wd, K, pad = case
     x, W, _, rng = _data(case, 1)
     W64 = W.astype(np.float64)
-    y_ref, back = conv_ref(x.astype(np.float64), W64, (1, 1), _pad2(pad))
+    y_ref, back = conv_ref(x.astype(np.float64), W64, (1, 1), _pair(pad))
     dy = _rand(rng, *y_ref.shape)
     dx_ref = back(dy.astype(np.float64))[0]
-    ph, pw = _pad2(pad)
+    ph, pw = _pair(pad)
     W_flip = np.ascontiguousarray(W64[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # (C, K, 3, 3)
     dx_abs = winograd_abs(dy.astype(np.float64), W_flip, (2 - ph, 2 - pw))
     ws = cupy.full((winograd.workspace_size(x.shape, W.shape, 1, pad, "backward_data", tile=tile),), np.nan,
@@ -251,7 +213,7 @@ def _wgrad_case(case, seed_offset):
     N, C, H, Wd, K, pad = case
     x, W, _, rng = _data(case, seed_offset)
     x64 = x.astype(np.float64)
-    y_ref, back = conv_ref(x64, W.astype(np.float64), (1, 1), _pad2(pad))
+    y_ref, back = conv_ref(x64, W.astype(np.float64), (1, 1), _pair(pad))
     dy = _rand(rng, *y_ref.shape)
     dy64 = dy.astype(np.float64)
     dW_ref = back(dy64)[1]
@@ -380,7 +342,13 @@ def test_fits():
     assert winograd.fits(x, (4, 8, 3, 3), (1, 1), (0, 2))
     assert not winograd.fits(x, (4, 8, 3, 3), 2, 1)            # stride 2
     assert not winograd.fits(x, (4, 8, 3, 3), (1, 2), 1)
-    assert not winograd.fits(x, (4, 8, 5, 5), 1, 1)            # 5x5
+    assert winograd.fits(x, (4, 8, 5, 5), 1, 1)                # 5x5: F(2x2, 5x5) ...
+    assert winograd.fits(x, (4, 8, 5, 5), 1, 4)                # ... padding up to 4
+    assert not winograd.fits(x, (4, 8, 5, 5), 1, 1, tile=4)    # ... but no 4x4 tile
+    assert not winograd.fits(x, (4, 8, 5, 5), 1, 5)
+    assert winograd.fits(x, (4, 8, 3, 3), 1, 1, tile=4)
+    assert not winograd.fits(x, (4, 8, 7, 7), 1, 3)            # 7x7
+    assert not winograd.fits(x, (4, 8, 3, 3), 1, 1, tile=3)
     assert not winograd.fits(x, (4, 8, 3, 1), 1, 1)
     assert not winograd.fits(x, (4, 8, 3, 3), 1, 3)            # padding 3: backward would pad by -1
     assert not winograd.fits(x, (4, 8, 3, 3), 1, (1, 3))
@@ -400,8 +368,10 @@ def test_rejections():
         winograd.workspace_size(x.shape, W.shape, 2, 1)
     with pytest.raises(ValueError, match="phase"):
         winograd.workspace_size(x.shape, W.shape, 1, 1, "weights")
-    with pytest.raises(ValueError, match="3x3"):
-        winograd.forward(x, cupy.ones((4, 8, 5, 5), np.float32), None, None, 1)
+    with pytest.raises(ValueError, match="3x3 or 5x5"):
+        winograd.forward(x, cupy.ones((4, 8, 7, 7), np.float32), None, None, 1)
+    with pytest.raises(ValueError, match="tile=4 with a 5x5 kernel"):
+        winograd.forward(x, cupy.ones((4, 8, 5, 5), np.float32), None, None, 2, tile=4)
     with pytest.raises(ValueError, match="padding"):
         winograd.forward(x, W, None, None, 3)
     with pytest.raises(ValueError, match="channels"):
@@ -437,7 +407,7 @@ def test_forward_and_backward_data_in_chunks_of_images(images, tile):
     N, C, H, Wd, K, pad = case
     x, W, b, rng = _data(case, 3)
     gx, gW, gb = cupy.asarray(x), cupy.asarray(W), cupy.asarray(b)
-    y_ref, back = conv_ref(x.astype(np.float64), W.astype(np.float64), (1, 1), _pad2(pad))
+    y_ref, back = conv_ref(x.astype(np.float64), W.astype(np.float64), (1, 1), _pair(pad))
     dy = _rand(rng, *y_ref.shape)
     gdy = cupy.asarray(dy)
     whole_y = winograd.forward(gx, gW, gb, None, pad, config="64x64x8_8x8", tile=tile)
@@ -485,7 +455,7 @@ def test_auto_runs_winograd_in_chunks_under_a_small_cap(monkeypatch):
         assert "winograd" in conv.candidates(dims, phase, runtime.sm_count()), phase
     ws = cupy.full((conv.conv2d_workspace_size(x.shape, W.shape, 1, pad),), np.nan, np.float32)
     gx, gW, gb = cupy.asarray(x), cupy.asarray(W), cupy.asarray(b)
-    y_ref, back = conv_ref(x.astype(np.float64), W.astype(np.float64), (1, 1), _pad2(pad))
+    y_ref, back = conv_ref(x.astype(np.float64), W.astype(np.float64), (1, 1), _pair(pad))
     dy = _rand(rng, *y_ref.shape)
     dx_ref, dW_ref = back(dy.astype(np.float64))[:2]
     for phase in select.PHASES:

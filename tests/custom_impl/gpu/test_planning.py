@@ -182,15 +182,21 @@ def test_workspace_covers_every_candidate(x_shape, w_shape, stride, padding):
 
 
 def test_winograd_candidates():
-    def ok(x_shape, w_shape, stride, padding, phase):
-        return select.winograd_ok(conv_dims(x_shape, w_shape, stride, padding), phase)
+    def ok(x_shape, w_shape, stride, padding, phase, tile=2):
+        return select.winograd_ok(conv_dims(x_shape, w_shape, stride, padding), phase, 132, tile)
 
     assert ok((64, 256, 28, 28), (256, 256, 3, 3), 1, 1, "forward")
     assert ok((256, 64, 56, 56), (64, 64, 3, 3), 1, 1, "backward_data")
     assert ok((64, 256, 28, 28), (256, 256, 3, 3), 1, 1, "backward_weights")
     assert not ok((256, 3, 32, 32), (32, 3, 3, 3), 1, 1, "forward")          # < 16 channels
     assert not ok((64, 128, 28, 28), (256, 128, 3, 3), 2, 1, "forward")      # stride 2
-    assert not ok((256, 32, 14, 14), (64, 32, 5, 5), 1, 2, "forward")        # 5x5
+    for phase in select.PHASES:                                              # 5x5: F(2x2, 5x5) only
+        assert ok((256, 32, 14, 14), (64, 32, 5, 5), 1, 2, phase)
+        assert not ok((256, 32, 14, 14), (64, 32, 5, 5), 1, 2, phase, tile=4)
+        assert ok((64, 96, 28, 28), (128, 96, 3, 3), 1, 1, phase, tile=4)
+    assert not ok((64, 32, 14, 14), (64, 32, 7, 7), 1, 3, "forward")         # 7x7
+    assert not ok((64, 32, 14, 14), (64, 32, 5, 3), 1, 1, "forward")         # 5x3
+    assert not ok((64, 32, 14, 14), (64, 32, 5, 5), 1, 5, "forward")         # padding 5 > 4
     # a batch whose workspace exceeds 2 GB: every phase runs it in chunks of images
     for phase in select.PHASES:
         assert ok((8192, 32, 16, 16), (64, 32, 3, 3), 1, 1, phase)
@@ -237,17 +243,19 @@ def test_winograd_chunks(x_shape, w_shape, padding, phase):
         winograd.chunk_images(x_shape, w_shape, padding, "weights", whole)
 
 
-@pytest.mark.parametrize("tile", [2, 4])
+@pytest.mark.parametrize("r,tile", [(3, 2), (3, 4), (5, 2)], ids=["3x3-tile2", "3x3-tile4", "5x5-tile2"])
 @pytest.mark.parametrize("images", [None, 64, 40, 7, 1])
-def test_winograd_weights_chunk_plan(images, tile):
-    """The weight gradient (F(3x3, tile x tile)) in chunks of ``images`` images: chunks cover the batch in order, each a
+def test_winograd_weights_chunk_plan(images, r, tile):
+    """The weight gradient (F(r x r, tile x tile)) in chunks of ``images`` images: chunks cover the batch in order, each a
     contiguous run of images (the last one possibly short, with its own tile count); each chunk's t
     ranges cover its Tp; the slabs of partials follow one another; at most MAX_WEIGHT_SPLITS slabs in
     all unless there are more chunks than that (one slab each); the workspace is V and Y of the largest
     chunk plus every slab."""
-    prob = winograd.checked_problem((64, 64, 112, 112), (128, 64, 3, 3), 1, 1, "test")
+    prob = winograd.checked_problem((64, 64, 112, 112), (128, 64, r, r), 1, r // 2, "test")   # "same" padding
     wp = winograd.WeightsPass(prob, 132, images=images, tile=tile)
-    xis = (tile + 2) ** 2
+    xis = (tile + r - 1) ** 2
+    assert wp.xis == xis and winograd.KERNEL_PREFIX[wp.geo.m, wp.geo.r] == {(3, 2): "conv_winograd", (3, 4): "conv_winograd4",
+                                               (5, 2): "conv_winograd25"}[r, tile]
     n_chunks = -(-64 // (images or 64))
     assert len(wp.chunks) == n_chunks and wp.images == (images or 64)
     nxt, slab = 0, 0
@@ -261,6 +269,9 @@ def test_winograd_weights_chunk_plan(images, tile):
     assert wp.size == xis * 64 * T + xis * 128 * T + wp.slabs * xis * 128 * 64
     with pytest.raises(ValueError, match="tile=3"):
         winograd.WeightsPass(prob, 132, tile=3)
+    if r == 5:
+        with pytest.raises(ValueError, match=r"tile=4 with a 5x5 kernel; use one of \(2,\)"):
+            winograd.WeightsPass(prob, 132, tile=4)
 
 
 def test_vgg_layers_take_winograd_in_chunks():
@@ -304,9 +315,9 @@ def test_conv_choice_is_looked_up_before_any_planning(monkeypatch):
     # LeNet conv1: few channels -> the few-channel kernels join the implicit GEMMs in every phase
     ((256, 1, 28, 28), (32, 1, 5, 5), 1, 2, {"implicit_gemm", "few_channels"}, {"implicit_gemm", "few_channels"},
      {"implicit_gemm", "few_channels"}),
-    # LeNet conv2: 5x5, 32 channels -> patch for both backward passes
-    ((256, 32, 14, 14), (64, 32, 5, 5), 1, 2, {"implicit_gemm"}, {"implicit_gemm", "patch"},
-     {"implicit_gemm", "patch"}),
+    # LeNet conv2: 5x5, 32 channels -> F(2x2, 5x5) Winograd in every phase, patch for both backward passes
+    ((256, 32, 14, 14), (64, 32, 5, 5), 1, 2, {"implicit_gemm", "winograd"}, {"implicit_gemm", "winograd", "patch"},
+     {"implicit_gemm", "winograd", "patch"}),
     # 3x3, 256 channels -> Winograd with both tiles in all three phases, patch in the backward ones
     ((64, 256, 28, 28), (256, 256, 3, 3), 1, 1, {"implicit_gemm", "winograd", "winograd4"},
      {"implicit_gemm", "winograd", "winograd4", "patch"}, {"implicit_gemm", "winograd", "winograd4", "patch"}),
@@ -500,16 +511,17 @@ def test_winograd_kernels_replayed_on_the_cpu(capsys):
     """lab/conv/winograd_emulate.py: the Winograd kernels' transforms and workspace layout replayed in
     NumPy with the product's passes, against a direct float64 convolution (it asserts the agreement)."""
     _lab_module("winograd_emulate").main()
-    assert "match the direct convolution" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "match the direct convolution" in out and "5x5 cases match" in out
 
 
 @pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
                     reason="no C++ compiler (g++ or $CXX) to build the transform functions for the host")
-def test_winograd4_transform_functions(capsys):
-    """lab/conv/winograd4_transforms_check.py: conv_winograd.cu's F(4x4, 3x3) / F(3x3, 4x4) transform
-    functions, compiled for the host, apply exactly the matrices the NumPy emulation checks against the
+def test_winograd_6x6_transform_functions(capsys):
+    """lab/conv/winograd_transforms_check.py: conv_winograd.cu's 6x6-domain transform functions (F(4x4, 3x3)
+    / F(3x3, 4x4) and F(2x2, 5x5) / F(5x5, 2x2)), compiled for the host, apply exactly the matrices the NumPy emulation checks against the
     direct convolution (it asserts every output; a wrong coefficient or sign fails it)."""
-    assert _lab_module("winograd4_transforms_check").main() == 0
+    assert _lab_module("winograd_transforms_check").main() == 0
     assert "match their matrices" in capsys.readouterr().out
 
 

@@ -1,8 +1,9 @@
-"""The F(4x4, 3x3) / F(3x3, 4x4) transform functions of kernels/conv_winograd.cu (wino4_bt, wino4_a, wino4_gt,
-wino4_g, wino4_at), compiled for the host with the system's C++ compiler and checked against the matrices of
+"""The 6x6-domain transform functions of kernels/conv_winograd.cu: F(4x4, 3x3) / F(3x3, 4x4)'s (wino4_bt,
+wino4_a, wino4_gt, wino4_g, wino4_at) and F(2x2, 5x5) / F(5x5, 2x2)'s (wino25_g, wino25_at, wino25_a,
+wino25_gt), compiled for the host with the system's C++ compiler and checked against the matrices of
 lab/conv/winograd_emulate.py on random vectors: the kernels' own arithmetic, without a GPU.
 
-    python3 lab/conv/winograd4_transforms_check.py      # needs g++ (or $CXX)
+    python3 lab/conv/winograd_transforms_check.py      # needs g++ (or $CXX)
 
 The functions are cut out of the .cu file by name (each a `__device__ __forceinline__ void` with its body),
 the CUDA qualifiers defined away; a small main reads vectors on stdin and prints every function's output.
@@ -21,11 +22,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-from winograd_emulate import A4, AT4, BT4, G4, GT4  # noqa: E402
+from winograd_emulate import A4, AT4, AT25, BT4, G4, G25, GT4  # noqa: E402
 
 # name -> (input length, output length, matrix applied to the input vector)
 FUNCTIONS = {"wino4_bt": (6, 6, BT4), "wino4_a": (4, 6, A4), "wino4_gt": (6, 3, GT4), "wino4_g": (3, 6, G4),
-             "wino4_at": (6, 4, AT4)}
+             "wino4_at": (6, 4, AT4), "wino25_g": (5, 6, G25), "wino25_at": (6, 2, AT25),
+             "wino25_a": (2, 6, AT25.T), "wino25_gt": (6, 5, G25.T)}
 
 
 def extract(code: str, name: str) -> str:
