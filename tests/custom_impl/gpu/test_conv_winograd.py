@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 import conv_reference
-from conv_reference import _assert_close, _pair, _rand, conv_ref
+from conv_reference import _assert_close, _pair, _rand, assert_graph_replays_eager, conv_ref
 
 pytestmark = pytest.mark.gpu
 
@@ -193,20 +193,13 @@ def test_cuda_graph_capture():
     ws = cupy.empty((max(winograd.workspace_size(x.shape, W.shape, 1, 1, p) for p in ("forward", "backward_data")),),
                     np.float32)
     y, dx = cupy.empty((3, 24, 14, 14), np.float32), cupy.empty(x.shape, np.float32)
-    winograd.forward(gx, gW, gb, y, 1, workspace=ws)  # compile and plan outside the capture
-    winograd.backward_data(gdy, gW, dx, 1, workspace=ws)
-    y_eager, dx_eager = cupy.asnumpy(y), cupy.asnumpy(dx)
-    y.fill(np.nan)
-    dx.fill(np.nan)
-    stream = cupy.cuda.Stream(non_blocking=True)
-    with stream:
-        stream.begin_capture()
+
+    def run():
         winograd.forward(gx, gW, gb, y, 1, workspace=ws)
         winograd.backward_data(gdy, gW, dx, 1, workspace=ws)
-        graph = stream.end_capture()
-    graph.launch(stream)
-    stream.synchronize()
-    assert np.array_equal(cupy.asnumpy(y), y_eager) and np.array_equal(cupy.asnumpy(dx), dx_eager)
+
+    run()  # compile and plan outside the capture
+    assert_graph_replays_eager(run, (y, dx))
 
 
 def _wgrad_case(case, seed_offset):

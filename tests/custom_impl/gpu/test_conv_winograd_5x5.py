@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conv_reference import _assert_close, _pair, _rand, conv_ref, winograd_ref
+from conv_reference import _assert_close, _pair, _rand, assert_graph_replays_eager, conv_ref, winograd_ref
 from conv_reference import winograd_wgrad_ref as wgrad_ref
 
 pytestmark = pytest.mark.gpu
@@ -150,6 +150,7 @@ def test_through_conv2d_by_name_and_cuda_graph():
     import cupy
 
     from custom_impl.gpu import conv
+    from custom_impl.gpu.conv import winograd
 
     case = (4, 32, 14, 14, 64, 2)
     x, W, b, dy, (y_ref, dx_ref, dW_ref), (y_abs, dx_abs, dW_abs), T = _case(case, 3)
@@ -164,20 +165,11 @@ def test_through_conv2d_by_name_and_cuda_graph():
     with pytest.raises(ValueError, match="tile=4 with a 5x5 kernel"):
         conv.conv2d_forward(gx, gW, gb, 1, 2, workspace=ws, algo="winograd4")
 
-    from custom_impl.gpu.conv import winograd
-
-    y_eager, dx_eager = cupy.asnumpy(y), cupy.asnumpy(dx)
-    y.fill(np.nan)
-    dx.fill(np.nan)
-    stream = cupy.cuda.Stream(non_blocking=True)
-    with stream:
-        stream.begin_capture()
+    def run():
         winograd.forward(gx, gW, gb, y, 2, workspace=ws)
         winograd.backward_data(gdy, gW, dx, 2, workspace=ws)
-        graph = stream.end_capture()
-    graph.launch(stream)
-    stream.synchronize()
-    assert np.array_equal(cupy.asnumpy(y), y_eager) and np.array_equal(cupy.asnumpy(dx), dx_eager)
+
+    assert_graph_replays_eager(run, (y, dx))
 
 
 def test_rejections():
