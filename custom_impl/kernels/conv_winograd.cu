@@ -467,6 +467,30 @@ __device__ __forceinline__ void wino6_gt(const float (&v)[6], float (&o)[5]) { w
 
 // ---- the kernels' bodies, per output tile M (R = 7 - M) ------------------------------------------------
 
+// A separable 2-D transform T x T^T of an IN x IN tile: `xf(v, o)` maps a vector of IN to OUT (one of the
+// wino6_* functions above); `load(i, j)` gives tile element (i, j), `store(a, b, value)` takes element (a, b)
+// of the OUT x OUT result. Columns first (t = T tile), then the rows of t.
+template <int IN, int OUT, class Xf, class Load, class Store>
+__device__ __forceinline__ void wino_separable(Xf xf, Load load, Store store) {
+    float t[OUT][IN];   // t[a][j] = (T tile[:, j])[a]
+#pragma unroll
+    for (int j = 0; j < IN; ++j) {
+        float v[IN], o[OUT];
+#pragma unroll
+        for (int i = 0; i < IN; ++i) v[i] = load(i, j);
+        xf(v, o);
+#pragma unroll
+        for (int a = 0; a < OUT; ++a) t[a][j] = o[a];
+    }
+#pragma unroll
+    for (int a = 0; a < OUT; ++a) {
+        float o[OUT];
+        xf(t[a], o);    // (T tile T^T)[a][:] = T applied to row a of T tile
+#pragma unroll
+        for (int b = 0; b < OUT; ++b) store(a, b, o[b]);
+    }
+}
+
 // Filter transform: one thread per (o, i) of U's padded (O, Ip) matrix; 36 * O * Ip <= 2^31 (checked by
 // the wrapper).
 template <int R>
@@ -476,23 +500,9 @@ __device__ __forceinline__ void wino6_filter(const float* __restrict__ Wt, float
     int idx;
     long long OI;
     if (!wino_filter_thread<36, R>(Wt, U, K, C, flip, w, idx, OI)) return;
-    float u[6][R];   // G g: u[a][s] = (G g[:, s])[a]
-#pragma unroll
-    for (int s = 0; s < R; ++s) {
-        float g[R], col[6];
-#pragma unroll
-        for (int r = 0; r < R; ++r) g[r] = flip ? w[(R - 1 - r) * R + (R - 1 - s)] : w[r * R + s];
-        wino6_g(g, col);
-#pragma unroll
-        for (int a = 0; a < 6; ++a) u[a][s] = col[a];
-    }
-#pragma unroll
-    for (int a = 0; a < 6; ++a) {
-        float row[6];
-        wino6_g(u[a], row);   // (G g G^T)[a][:] = G applied to row a of G g
-#pragma unroll
-        for (int b = 0; b < 6; ++b) U[(a * 6 + b) * OI + idx] = row[b];
-    }
+    wino_separable<R, 6>([](const auto& v, auto& o) { wino6_g(v, o); },
+                         [&](int r, int s) { return flip ? w[(R - 1 - r) * R + (R - 1 - s)] : w[r * R + s]; },
+                         [&](int a, int b, float u) { U[(a * 6 + b) * OI + idx] = u; });
 }
 
 // Input transform: grid (ceil(Tp / blockDim.x), C): c = blockIdx.y, t along x (coalesced V stores); the
@@ -508,29 +518,12 @@ __device__ __forceinline__ void wino6_input(const float* __restrict__ x, float* 
     const int h0 = M * tile.tp - ph;   // top-left of the 6x6 patch in image coordinates (may be < 0)
     const int w0 = M * tile.tq - pw;
     const float* const plane = x + ((long long)tile.n * C + c) * H * W;
-    float e[6][6];   // Bt d: e[a][b] = (Bt d[:, b])[a]
-#pragma unroll
-    for (int b = 0; b < 6; ++b) {
-        const int w = w0 + b;
-        const bool col_ok = w >= 0 && w < W;
-        float d[6];
-#pragma unroll
-        for (int a = 0; a < 6; ++a) {
-            const int h = h0 + a;
-            d[a] = (col_ok && h >= 0 && h < H) ? plane[(long long)h * W + w] : 0.f;
-        }
-        float o[6];
-        wino4_bt(d, o);
-#pragma unroll
-        for (int a = 0; a < 6; ++a) e[a][b] = o[a];
-    }
-#pragma unroll
-    for (int a = 0; a < 6; ++a) {
-        float o[6];
-        wino4_bt(e[a], o);   // (Bt d B)[a][:] = Bt applied to row a of Bt d
-#pragma unroll
-        for (int b = 0; b < 6; ++b) v_out[(a * 6 + b) * CT] = o[b];
-    }
+    wino_separable<6, 6>([](const auto& v, auto& o) { wino4_bt(v, o); },
+                         [&](int a, int b) {
+                             const int h = h0 + a, w = w0 + b;
+                             return (w >= 0 && w < W && h >= 0 && h < H) ? plane[(long long)h * W + w] : 0.f;
+                         },
+                         [&](int a, int b, float v) { v_out[(a * 6 + b) * CT] = v; });
 }
 
 // Output transform: grid (ceil(T / blockDim.x), K): k = blockIdx.y, t along x (coalesced Mo loads). b may
@@ -545,31 +538,16 @@ __device__ __forceinline__ void wino6_output(const float* __restrict__ Mo, const
     if (t >= T) return;
     const long long KT = (long long)K * Tp;                 // elements per xi slice of Mo
     const float* const m_in = Mo + (long long)k * Tp + t;   // + xi * KT
-    float f[M][6];   // At m: f[i][b] = (At m[:, b])[i]
-#pragma unroll
-    for (int b6 = 0; b6 < 6; ++b6) {
-        float col[6], o[M];
-#pragma unroll
-        for (int a = 0; a < 6; ++a) col[a] = m_in[(a * 6 + b6) * KT];
-        wino6_at(col, o);
-#pragma unroll
-        for (int i = 0; i < M; ++i) f[i][b6] = o[i];
-    }
     const float bias = b ? b[k] : 0.f;
     const WinoTile tile = wino_tile(t, tP, tQ);
     float* const plane = y + ((long long)tile.n * K + k) * P * Q;
-#pragma unroll
-    for (int i = 0; i < M; ++i) {
-        const int p = M * tile.tp + i;
-        if (p >= P) continue;   // the last tile row where P % M != 0
-        float o[M];
-        wino6_at(f[i], o);      // (At m A)[i][:] = At applied to row i of At m
-#pragma unroll
-        for (int j = 0; j < M; ++j) {
-            const int q = M * tile.tq + j;
-            if (q < Q) plane[(long long)p * Q + q] = o[j] + bias;
-        }
-    }
+    // rows past P and columns past Q (the last tile's, where P or Q % M != 0) are not stored
+    wino_separable<6, M>([](const auto& v, auto& o) { wino6_at(v, o); },
+                         [&](int a, int b6) { return m_in[(a * 6 + b6) * KT]; },
+                         [&](int i, int j, float v) {
+                             const int p = M * tile.tp + i, q = M * tile.tq + j;
+                             if (p < P && q < Q) plane[(long long)p * Q + q] = v + bias;
+                         });
 }
 
 // dy transform: grid (ceil(Tp / blockDim.x), K): k = blockIdx.y, t along x (coalesced Y stores); the M x M
@@ -584,25 +562,11 @@ __device__ __forceinline__ void wino6_dy(const float* __restrict__ dy, float* __
     if (!wino_thread_tile<36>(Y, K, N, tP, tQ, Tp, y_out, KT, tile)) return;
     const int p0 = M * tile.tp, q0 = M * tile.tq;
     const float* const plane = dy + ((long long)tile.n * K + k) * P * Q;
-    float f[6][M];   // A e: f[a][j] = (A e[:, j])[a]
-#pragma unroll
-    for (int j = 0; j < M; ++j) {
-        const bool col_ok = q0 + j < Q;
-        float e[M];
-#pragma unroll
-        for (int i = 0; i < M; ++i) e[i] = (col_ok && p0 + i < P) ? plane[(long long)(p0 + i) * Q + q0 + j] : 0.f;
-        float o[6];
-        wino6_a(e, o);
-#pragma unroll
-        for (int a = 0; a < 6; ++a) f[a][j] = o[a];
-    }
-#pragma unroll
-    for (int a = 0; a < 6; ++a) {
-        float o[6];
-        wino6_a(f[a], o);    // (A e A^T)[a][:] = A applied to row a of A e
-#pragma unroll
-        for (int b = 0; b < 6; ++b) y_out[(a * 6 + b) * KT] = o[b];
-    }
+    wino_separable<M, 6>([](const auto& v, auto& o) { wino6_a(v, o); },
+                         [&](int i, int j) {
+                             return (q0 + j < Q && p0 + i < P) ? plane[(long long)(p0 + i) * Q + q0 + j] : 0.f;
+                         },
+                         [&](int a, int b, float v) { y_out[(a * 6 + b) * KT] = v; });
 }
 
 // Weight output transform: one thread per (k, c), c fastest (coalesced Mw loads); K * C < 2^31 (checked by
@@ -614,24 +578,10 @@ __device__ __forceinline__ void wino6_wgrad_output(const float* __restrict__ Mw,
     if (idx >= K * C) return;
     float m[6][6];
     wino_sum_slabs(Mw, idx, (long long)K * C, splits, m);
-    float f[R][6];   // G^T m: f[r][b] = (G^T m[:, b])[r]
-#pragma unroll
-    for (int b = 0; b < 6; ++b) {
-        float v[6], o[R];
-#pragma unroll
-        for (int a = 0; a < 6; ++a) v[a] = m[a][b];
-        wino6_gt(v, o);
-#pragma unroll
-        for (int r = 0; r < R; ++r) f[r][b] = o[r];
-    }
     float* const w = dW + (long long)idx * (R * R);
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-        float o[R];
-        wino6_gt(f[r], o);   // (G^T m G)[r][:] = G^T applied to row r of G^T m
-#pragma unroll
-        for (int s = 0; s < R; ++s) w[r * R + s] = o[s];
-    }
+    wino_separable<6, R>([](const auto& v, auto& o) { wino6_gt(v, o); },
+                         [&](int a, int b) { return m[a][b]; },
+                         [&](int r, int s, float v) { w[r * R + s] = v; });
 }
 
 // ---- the kernels: F(4x4, 3x3) / F(3x3, 4x4) ("winograd4"), F(2x2, 5x5) / F(5x5, 2x2) ("winograd", 5x5) ---
