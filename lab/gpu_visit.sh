@@ -17,6 +17,8 @@
 #   bash lab/gpu_visit.sh fft              # the "fft" algorithm: its GPU tests, then lab/conv/fft_probe.py
 #                                          # (DeepSpeech 2's rows, every phase: fft and the implicit GEMM
 #                                          # beside cuDNN)
+#   bash lab/gpu_visit.sh five             # the 5x5 Winograd (F(2x2, 5x5)): its GPU tests and the 3x3 ones, then
+#                                          # the 5x5 rows (lab/conv/five_suite.toml) beside cuDNN -> $OUT/five
 #   bash lab/gpu_visit.sh wgmma            # the wgmma GEMM and conv: their GPU tests, then tc_bench at 4096^3
 #                                          # (every tile config, mma.sync and wgmma, beside cuBLAS), then the
 #                                          # warp-specialised experiment beside the product kernel (ws_bench)
@@ -137,6 +139,18 @@ case "${1:-tests}" in
     timeout "${PROBE_S:-240}" python3 lab/conv/fft_probe.py >"$out/fft_probe.md" 2>&1
     echo "fft_probe exit: $?"
     cat "$out/fft_probe.md"
+    ;;
+  five)
+    for f in test_conv_winograd_5x5.py test_conv_winograd.py; do
+      timeout "${TIMEOUT_S:-200}" python3 -m pytest -q -p no:cacheprovider "tests/custom_impl/gpu/$f" \
+        >"$out/$f.log" 2>&1
+      echo "$f exit: $? ($(tail -1 "$out/$f.log"))"
+      grep -E "^FAILED|^ERROR" "$out/$f.log" | head -6
+    done
+    timeout "${SUITE_S:-150}" python3 -m harness run --suite lab/conv/five_suite.toml --device gpu --quiet \
+      --no-report --out "$out/five" >"$out/five.log" 2>&1
+    echo "five suite exit: $?"
+    python3 lab/common/ratios.py "$out/five/results.csv"
     ;;
   wgmma)
     timeout "${TIMEOUT_S:-200}" python3 -m pytest -q -p no:cacheprovider -k wgmma --junitxml="$out/wgmma_junit.xml" \
