@@ -165,7 +165,7 @@ def _forward(algo, x, W, b, out, dims, workspace, sms):
         return implicit_gemm.forward(x, W, b, out, dims, workspace, sms)
     if algo in WINOGRAD_TILES:
         tile = WINOGRAD_TILES[algo]
-        return winograd.forward(x, W, b, out, (dims.ph, dims.pw), workspace, tile=tile,
+        return winograd.forward(x, W, b, out, (dims.ph, dims.pw), workspace, tile=tile, check=False,
                                 images=select.winograd_images(dims, "forward", tile=tile))
     if algo == "fft":
         return fft.forward(x, W, b, out, dims, workspace)
@@ -214,7 +214,7 @@ def _backward_data(algo, dy, W, dx, dims, workspace, sms):
         return few_channels.backward_data(dy, W, dx, dims)
     if algo in WINOGRAD_TILES:
         tile = WINOGRAD_TILES[algo]
-        return winograd.backward_data(dy, W, dx, (dims.ph, dims.pw), workspace, tile=tile,
+        return winograd.backward_data(dy, W, dx, (dims.ph, dims.pw), workspace, tile=tile, check=False,
                                       images=select.winograd_images(dims, "backward_data", tile=tile))
     if algo == "strided_1x1":
         return strided_1x1.backward_data(dy, W, dx, dims, workspace, sms)
@@ -232,7 +232,7 @@ def _backward_weights(algo, dy, x, dW, dims, workspace, sms, check=True):
         return fft.backward_weights(dy, x, dW, dims, workspace)
     if algo in WINOGRAD_TILES:
         tile = WINOGRAD_TILES[algo]
-        return winograd.backward_weights(dy, x, dW, (dims.ph, dims.pw), workspace, tile=tile,
+        return winograd.backward_weights(dy, x, dW, (dims.ph, dims.pw), workspace, tile=tile, check=check,
                                          images=select.winograd_images(dims, "backward_weights", sms, tile))
     return patch.backward_weights(dy, x, dW, dims, workspace, check=check)
 

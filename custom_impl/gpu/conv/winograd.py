@@ -108,16 +108,21 @@ CONFIGS = tuple(CONFIG_BY_NAME[n] for n in ("128x128x16_8x8", "128x128x8_8x8", "
 CANDIDATES = CONFIGS[1:]
 
 
-def kernel(name: str, cfg):
-    """The compiled kernel ``name`` from the module of GEMM tile config ``cfg`` (all four kernels of a pass
-    come from one module: one compile per tile config); memoised per device."""
-    import cupy
-
-    return _kernel(name, cfg, cupy.cuda.Device().id)
+@functools.lru_cache(maxsize=None)
+def _pass_kernels(m, r, cfg, device_id) -> tuple:
+    """(filter, input, output, dy, weight output) kernels of the m x m tile and r x r kernel, and the two
+    GEMMs (forward, weight gradient), from the module of ``cfg``: one lookup per call, not one per launch."""
+    prefix = KERNEL_PREFIX[m, r]
+    return (_kernel(f"{prefix}_filter", cfg, device_id), _kernel(f"{prefix}_input", cfg, device_id),
+            _kernel(f"{prefix}_output", cfg, device_id), _kernel(f"{prefix}_dy", cfg, device_id),
+            _kernel(f"{prefix}_wgrad_output", cfg, device_id), _kernel("conv_winograd_gemm", cfg, device_id),
+            _kernel("conv_winograd_wgrad_gemm", cfg, device_id))
 
 
 @functools.lru_cache(maxsize=None)
 def _kernel(name, cfg, device_id):
+    """The compiled kernel ``name`` from the module of GEMM tile config ``cfg`` (all kernels of a pass come
+    from one module: one compile per tile config), per device."""
     return runtime.kernel(FAMILY, name, cfg.defines, cfg.smem_bytes)
 
 
@@ -448,34 +453,38 @@ def _run(ps: _Pass, inp, Wt, b, out, ws, flip: bool, config=None) -> None:
     K, C = (ps.C_in, ps.C_out) if flip else (ps.C_out, ps.C_in)   # W is (K, C, R, R) either way
     cfg = config or choose_config(ps.C_out, ps.Tp, ps.C_in, runtime.sm_count(), ps.xis)
     cfg = CONFIG_BY_NAME[cfg] if isinstance(cfg, str) else cfg
-    # NOTE: all four kernels come from the module compiled for cfg: one compile per tile config.
-    kernel(f"{KERNEL_PREFIX[ps.m, ps.r]}_filter", cfg)((blocks(ps.C_out * ps.Ip, THREADS),), (THREADS,),
-                                                       (Wt, np.uint64(U)) + i32_memo((K, C, int(flip))))
+    # NOTE: all kernels come from the module compiled for cfg: one compile per tile config.
+    kernels = _pass_kernels(ps.m, ps.r, cfg, _device_id())
+    kernels[0]((blocks(ps.C_out * ps.Ip, THREADS),), (THREADS,), (Wt, np.uint64(U)) + i32_memo((K, C, int(flip))))
     N = inp.shape[0]
     in_img, out_img = ps.C_in * ps.Hi * ps.Wi, ps.C_out * ps.Ho * ps.Wo   # floats per image
     for n0 in range(0, N, ps.N):
         n = min(ps.N, N - n0)
-        _run_chunk(ps if n == ps.N else ps.for_images(n), cfg, U, _at(inp, n0 * in_img), b,
+        _run_chunk(ps if n == ps.N else ps.for_images(n), cfg, kernels, U, _at(inp, n0 * in_img), b,
                    _at(out, n0 * out_img), ws)
 
 
-def _run_chunk(ps: _Pass, cfg, U: int, inp: int, b, out: int, ws) -> None:
+def _device_id() -> int:
+    import cupy
+
+    return cupy.cuda.Device().id
+
+
+def _run_chunk(ps: _Pass, cfg, kernels, U: int, inp: int, b, out: int, ws) -> None:
     """Input transform, GEMMs and output transform of ``ps.N`` images at addresses ``inp`` / ``out``, with U
-    already in ``ws`` at address ``U``."""
+    already in ``ws`` at address ``U``; ``kernels``: ``_pass_kernels``'."""
     V = _at(ws, ps.n_u)
     Mo = _at(ws, ps.n_u + ps.n_v)
-    k_input = kernel(f"{KERNEL_PREFIX[ps.m, ps.r]}_input", cfg)
-    k_output = kernel(f"{KERNEL_PREFIX[ps.m, ps.r]}_output", cfg)
+    _, k_input, k_output, _, _, k_gemm, _ = kernels
     k_input((blocks(ps.Tp, THREADS), ps.C_in), (THREADS,), (np.uint64(inp), np.uint64(V)) + ps.input_args)
     flags = int(vec_ok_at(U, ps.Ip)) | int(vec_ok_at(V, ps.Tp)) << 1 | int(vec_ok_at(Mo, ps.Tp)) << 2
-    kernel("conv_winograd_gemm", cfg)((blocks(ps.Tp, cfg.bn), blocks(ps.C_out, cfg.bm), ps.xis), (cfg.threads,),
-                                         (np.uint64(U), np.uint64(V), np.uint64(Mo))
-                                         + i32_memo((ps.C_out, ps.Tp, ps.C_in, ps.Ip, flags)),
-                                         shared_mem=cfg.smem_bytes)
+    k_gemm((blocks(ps.Tp, cfg.bn), blocks(ps.C_out, cfg.bm), ps.xis), (cfg.threads,),
+           (np.uint64(U), np.uint64(V), np.uint64(Mo)) + i32_memo((ps.C_out, ps.Tp, ps.C_in, ps.Ip, flags)),
+           shared_mem=cfg.smem_bytes)
     k_output((blocks(ps.T, THREADS), ps.C_out), (THREADS,), (np.uint64(Mo), ptr(b), np.uint64(out)) + ps.output_args)
 
 
-def forward(x, W, b, y, padding, workspace=None, config=None, images=None, tile=2):
+def forward(x, W, b, y, padding, workspace=None, config=None, images=None, tile=2, check=True):
     """y = conv2d(x, W) + b with stride 1: x (N, C, H, W), W (K, C, R, R) with R 3 or 5, b (K,) or None,
     y (N, K, P, Q) or None (allocated); padding an int or (ph, pw), each 0..R-1. Returns y.
 
@@ -484,18 +493,20 @@ def forward(x, W, b, y, padding, workspace=None, config=None, images=None, tile=
     direct sum against 2.25x, a larger rounding error; 3x3 only). ``workspace``: float32, at
     least ``workspace_size(..., phase="forward", images=images, tile=tile)`` elements, or None for the
     runtime's shared per-device buffer. ``config``: a GEMM TileConfig (or its name) instead of the chosen
-    one. ``images``: run the batch in chunks of this many images (``chunk_images``; None: all at once)."""
+    one. ``images``: run the batch in chunks of this many images (``chunk_images``; None: all at once).
+    ``check=False``: the caller has checked the arrays (the conv entry points; the shapes still are)."""
     import cupy
 
-    check_array(x, "winograd.forward: x", ndim=4)
-    check_array(W, "winograd.forward: W", ndim=4)
+    if check:
+        check_array(x, "winograd.forward: x", ndim=4)
+        check_array(W, "winograd.forward: W", ndim=4)
     prob = checked_problem(x.shape, W.shape, 1, padding, "forward")
     N, C, H, Wd, K, P, Q, ph, pw, R = prob
-    if b is not None:
+    if b is not None and check:
         check_array(b, "winograd.forward: b", shape=(K,))
     if y is None:
         y = cupy.empty((N, K, P, Q), dtype=np.float32)
-    else:
+    elif check or tuple(y.shape) != (N, K, P, Q):
         check_array(y, "winograd.forward: y", shape=(N, K, P, Q))
     ps = forward_pass(prob, _checked_images(images, "forward"), tile)
     ws = checked_workspace(workspace, ps.size, "winograd.forward",
@@ -504,18 +515,19 @@ def forward(x, W, b, y, padding, workspace=None, config=None, images=None, tile=
     return y
 
 
-def backward_data(dy, W, dx, padding, workspace=None, config=None, images=None, tile=2):
+def backward_data(dy, W, dx, padding, workspace=None, config=None, images=None, tile=2, check=True):
     """dx of a stride-1 3x3 or 5x5 convolution: dy (N, K, P, Q), W (K, C, R, R) -> dx (N, C, H, W) with
     H = P + R - 1 - 2ph, W = Q + R - 1 - 2pw (dx None: allocated). Returns dx.
 
     Runs the forward pass on dy with the flipped filter (W[k,c,R-1-r,R-1-s] as a (C, K) filter) and padding
     (R - 1 - ph, R - 1 - pw). ``workspace``: at least ``workspace_size(..., phase="backward_data", images=images,
-    tile=tile)`` elements, or None for the shared per-device buffer. ``images``, ``tile``: as in
+    tile=tile)`` elements, or None for the shared per-device buffer. ``images``, ``tile``, ``check``: as in
     ``forward``."""
     import cupy
 
-    check_array(dy, "winograd.backward_data: dy", ndim=4)
-    check_array(W, "winograd.backward_data: W", ndim=4)
+    if check:
+        check_array(dy, "winograd.backward_data: dy", ndim=4)
+        check_array(W, "winograd.backward_data: W", ndim=4)
     ph, pw = pair(padding, "padding", "winograd")
     N, Kd, P, Q = dy.shape
     K, C = W.shape[:2]
@@ -525,10 +537,12 @@ def backward_data(dy, W, dx, padding, workspace=None, config=None, images=None, 
     R = W.shape[2]
     x_shape = (N, C, P + R - 1 - 2 * ph, Q + R - 1 - 2 * pw)
     if dx is not None:
-        check_array(dx, "winograd.backward_data: dx", ndim=4)
+        if check:
+            check_array(dx, "winograd.backward_data: dx", ndim=4)
         x_shape = tuple(dx.shape)
     prob = checked_problem(x_shape, W.shape, 1, (ph, pw), "backward_data")
-    check_array(dy, "winograd.backward_data: dy", shape=(N, K, prob[5], prob[6]))
+    if check or tuple(dy.shape) != (N, K, prob[5], prob[6]):
+        check_array(dy, "winograd.backward_data: dy", shape=(N, K, prob[5], prob[6]))
     if dx is None:
         dx = cupy.empty(x_shape, dtype=np.float32)
     ps = backward_pass(prob, _checked_images(images, "backward_data"), tile)
@@ -544,7 +558,8 @@ def _checked_images(images, what: str) -> int | None:
     return images
 
 
-def backward_weights(dy, x, dW, padding, workspace=None, config=None, splits=None, images=None, tile=2):
+def backward_weights(dy, x, dW, padding, workspace=None, config=None, splits=None, images=None, tile=2,
+                     check=True):
     """dW of a stride-1 3x3 or 5x5 convolution: dy (N, K, P, Q), x (N, C, H, W) -> dW (K, C, R, R) (None:
     allocated; R = H + 2ph - P + 1, which must be 3 or 5), overwritten (not accumulated). Returns dW.
 
@@ -555,24 +570,28 @@ def backward_weights(dy, x, dW, padding, workspace=None, config=None, splits=Non
     elements, or None for the shared per-device buffer. ``config`` / ``splits``: the GEMM tile config (or name) and
     split count of each chunk's t reduction instead of ``weights_plan``'s. ``images``: transform and
     reduce the batch in chunks of this many images (``chunk_images``; None: all at once); the chunks'
-    partial sums are added in one fixed order, so a given chunking always gives the same bits."""
+    partial sums are added in one fixed order, so a given chunking always gives the same bits. ``check``: as
+    in ``forward``."""
     import cupy
 
-    check_array(dy, "winograd.backward_weights: dy", ndim=4)
-    check_array(x, "winograd.backward_weights: x", ndim=4)
+    if check:
+        check_array(dy, "winograd.backward_weights: dy", ndim=4)
+        check_array(x, "winograd.backward_weights: x", ndim=4)
     N, C = x.shape[:2]
     K = dy.shape[1]
     if dW is not None:
-        check_array(dW, "winograd.backward_weights: dW", ndim=4)
+        if check:
+            check_array(dW, "winograd.backward_weights: dW", ndim=4)
         w_shape = (K, C) + tuple(dW.shape[2:])
     else:   # the kernel size that maps x to dy's P x Q
         ph, pw = pair(padding, "padding", "winograd")
         w_shape = (K, C, x.shape[2] + 2 * ph - dy.shape[2] + 1, x.shape[3] + 2 * pw - dy.shape[3] + 1)
     prob = checked_problem(x.shape, w_shape, 1, padding, "backward_weights")
-    check_array(dy, "winograd.backward_weights: dy", shape=(N, K, prob[5], prob[6]))
+    if check or tuple(dy.shape) != (N, K, prob[5], prob[6]):
+        check_array(dy, "winograd.backward_weights: dy", shape=(N, K, prob[5], prob[6]))
     if dW is None:
         dW = cupy.empty(w_shape, dtype=np.float32)
-    else:
+    elif check:
         check_array(dW, "winograd.backward_weights: dW", shape=w_shape)
     sms = runtime.sm_count()
     wp = weights_pass(prob, sms, config, splits, _checked_images(images, "backward_weights"), tile)
@@ -587,9 +606,7 @@ def _run_weights(wp: WeightsPass, dy, x, dW, ws) -> None:
     then the output transform over every slab."""
     cfg, K, C, xis = wp.cfg, wp.K, wp.C, wp.xis
     # NOTE: all kernels come from the module compiled for cfg: one compile per tile config.
-    m, r = wp.geo.m, wp.geo.r
-    k_input, k_dy = kernel(f"{KERNEL_PREFIX[m, r]}_input", cfg), kernel(f"{KERNEL_PREFIX[m, r]}_dy", cfg)
-    k_out = kernel(f"{KERNEL_PREFIX[m, r]}_wgrad_output", cfg)
+    _, k_input, _, k_dy, k_out, _, k_gemm = _pass_kernels(wp.geo.m, wp.geo.r, cfg, _device_id())
     V, Yt, Mw = _at(ws), _at(ws, wp.n_v), _at(ws, wp.n_v + wp.n_y)
     x_img, dy_img = C * wp.geo.Hi * wp.geo.Wi, K * wp.geo.Ho * wp.geo.Wo   # floats per image
     for n0, g, t_chunk, splits, slab in wp.chunks:
@@ -597,9 +614,7 @@ def _run_weights(wp: WeightsPass, dy, x, dW, ws) -> None:
         k_input((blocks(g.Tp, THREADS), C), (THREADS,), (np.uint64(_at(x, n0 * x_img)), np.uint64(V)) + g.input_args)
         k_dy((blocks(g.Tp, THREADS), K), (THREADS,), (np.uint64(_at(dy, n0 * dy_img)), np.uint64(Yt)) + g.output_args)
         flags = int(vec_ok_at(V, g.Tp) and vec_ok_at(Yt, g.Tp)) | int(vec_ok_at(out, C)) << 1
-        kernel("conv_winograd_wgrad_gemm", cfg)((blocks(C, cfg.bn), blocks(K, cfg.bm), xis * splits),
-                                                   (cfg.threads,),
-                                                   (np.uint64(Yt), np.uint64(V), np.uint64(out))
-                                                   + i32_memo((K, C, g.Tp, t_chunk, flags, xis)),
-                                                   shared_mem=cfg.smem_bytes)
+        k_gemm((blocks(C, cfg.bn), blocks(K, cfg.bm), xis * splits), (cfg.threads,),
+               (np.uint64(Yt), np.uint64(V), np.uint64(out)) + i32_memo((K, C, g.Tp, t_chunk, flags, xis)),
+               shared_mem=cfg.smem_bytes)
     k_out((blocks(K * C, THREADS),), (THREADS,), (np.uint64(Mw), dW) + i32_memo((K, C, wp.slabs)))
