@@ -316,14 +316,16 @@ def synthetic_set(kind: str, n: int, seed: int = 0, xp=np):
         z = rng.standard_normal((SYNTHETIC_CHUNK, SYNTHETIC_LATENT), dtype=np.float32)   # (M, L) codes
         logits = xp.tanh(z @ w1 + b1) @ w2 - offsets                              # (M, K)
         top2 = xp.sort(logits, axis=1)[:, -2:]                                       # second best, best
-        keep = xp.nonzero(top2[:, 1] - top2[:, 0] >= t.margin)[0][: n - filled]   # kept rows, in order
-        k = int(keep.shape[0])
-        if k == 0:
+        keep = xp.nonzero(top2[:, 1] - top2[:, 0] >= t.margin)[0]                # kept rows, in order
+        if int(keep.shape[0]) == 0:
             continue
+        # NOTE: every kept row of the chunk is drawn and projected, also where fewer are needed: a BLAS
+        # product's rounding may depend on its row count, and a sample must not depend on how many follow
         z = z[keep]
-        u = z @ basis + SYNTHETIC_NOISE * rng.standard_normal((k, d), dtype=np.float32)  # (k, D)
-        x[filled:filled + k] = xp.clip(0.5 + SYNTHETIC_CONTRAST * u, 0.0, 1.0)
-        y[filled:filled + k] = logits[keep].argmax(axis=1)
+        u = z @ basis + SYNTHETIC_NOISE * rng.standard_normal((int(keep.shape[0]), d), dtype=np.float32)
+        k = min(int(keep.shape[0]), n - filled)
+        x[filled:filled + k] = xp.clip(0.5 + SYNTHETIC_CONTRAST * u[:k], 0.0, 1.0)
+        y[filled:filled + k] = logits[keep[:k]].argmax(axis=1)
         filled += k
     return x.reshape((n, *shape)), y
 

@@ -133,8 +133,9 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("cudnn-parity", "numpy", "scipy", "pandas", "matplotlib", "scikit-learn", "torch", "cupy-cuda12x",
             "cupy-cuda13x", "cupy", "nvidia-ml-py", "pynvml", "threadpoolctl", "tqdm", "pytest",
             "pytest-benchmark")
-# Environment variables that set thread counts or how idle threads behave.
+# Environment variables that set thread counts or how idle threads behave (and OpenBLAS's kernel set).
 THREAD_VARS = ("CUSTOM_CPU_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_THREAD_TIMEOUT",
+               "OPENBLAS_CORETYPE",
                "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "OMP_PROC_BIND", "OMP_PLACES",
                "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "KMP_AFFINITY")
 # CPU flags worth naming in the summary (SIMD widths and matrix units that decide BLAS kernels).

@@ -5,18 +5,20 @@ Legend: ``dims`` a ``ConvDims`` (N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw; geom
 "forward", "backward_data", "backward_weights".
 
 Candidates per phase (``candidates``), in this order (a tie goes to the first):
-  forward           "implicit_gemm" always; "winograd" (F(2x2, 3x3); a 5x5 kernel: F(2x2, 5x5)) and
-                    "winograd4" (F(4x4, 3x3); 3x3 only) where ``winograd_ok`` (in chunks of images where the whole batch would exceed its
-                    workspace cap); "few_channels" where the few-channels forward fits (C <= 8, S <= 8).
+  forward           "implicit_gemm" always; "winograd" (F(2x2, 3x3)) and "winograd4" (F(4x4, 3x3))
+                    where ``winograd_ok`` on a 3x3 layer (in chunks of images where the whole batch would
+                    exceed its workspace cap); "few_channels" where the few-channels forward fits (C <= 8,
+                    S <= 8).
   backward_data     "implicit_gemm" always; "few_channels" (C <= 8, S <= 32, W within 64 KB of shared
                     memory: ``few_channels.data_fits``); "winograd" and "winograd4" where
-                    ``winograd_ok``; "patch" where ``patch_ok``; "strided_1x1" for a 1x1 kernel with a
-                    stride and no padding (``strided_1x1.fits``).
-"fft" (every phase of kernels of >= 32 taps with >= 8 channels in and out, ``fft.fits``) runs by name only,
-not yet among "auto"'s candidates: it has not yet run on a GPU.
+                    ``winograd_ok`` on a 3x3 layer; "patch" where ``patch_ok``; "strided_1x1" for a 1x1
+                    kernel with a stride and no padding (``strided_1x1.fits``).
   backward_weights  "implicit_gemm" always; "few_channels" where its launch plan exists; "winograd"
-                    (F(3x3, 2x2); 5x5: F(5x5, 2x2)) and "winograd4" (F(3x3, 4x4)) where ``winograd_ok`` (in chunks of
-                    images, as the forward); "patch" where ``patch_ok``.
+                    (F(3x3, 2x2)) and "winograd4" (F(3x3, 4x4)) where ``winograd_ok`` on a 3x3 layer (in
+                    chunks of images, as the forward); "patch" where ``patch_ok``.
+By name only, not yet among "auto"'s candidates (they have not yet run on a GPU): "fft" (every phase of
+kernels of >= 32 taps with >= 8 channels in and out, ``fft.fits``) and "winograd" on a 5x5 layer
+(F(2x2, 5x5) / F(5x5, 2x2), where ``winograd_ok``).
 "auto" (``choose``) takes the cached choice for (phase, dims[, bias presence]), else times every candidate
 once through ``runtime.autotune`` and caches the fastest, per device and launch-cost regime: eagerly a
 candidate is worth what 5 back-to-back eager calls take (its extra launches' host time included); under
@@ -93,8 +95,14 @@ def patch_ok(dims, phase: str, sms: int = 132) -> bool:
     return patch.data_plan(dims) is not None
 
 
+AUTO_KERNEL_SIZES = (3,)   # Winograd kernel sizes among "auto"'s candidates (5x5: by name only, below)
+
+
 def _winograds(dims, phase: str, sms: int) -> list:
-    """The Winograd algorithms (WINOGRAD_TILES) that can run this layer in ``phase``."""
+    """The Winograd algorithms (WINOGRAD_TILES) that "auto" weighs for this layer in ``phase``. NOTE: a 5x5
+    layer's F(2x2, 5x5) runs by name only (algo="winograd") until it has run on a GPU."""
+    if dims[5] not in AUTO_KERNEL_SIZES:
+        return []
     return [name for name, tile in WINOGRAD_TILES.items() if winograd_ok(dims, phase, sms, tile)]
 
 
