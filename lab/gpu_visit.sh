@@ -14,11 +14,11 @@
 #   bash lab/gpu_visit.sh verify [FILE...] # GPU test files (default: the tensor-core GEMM and conv, the
 #                                          # precision models, the fused MLP step, the conv tests), one at a
 #                                          # time, each under TIMEOUT_S (default 200 s)
-#   bash lab/gpu_visit.sh fft              # the "fft" algorithm: its GPU tests, then lab/conv/fft_probe.py
+#   bash lab/gpu_visit.sh fft              # the "fft" algorithm: its GPU tests, then lab/conv/algo_probe.py fft
 #                                          # (DeepSpeech 2's rows, every phase: fft and the implicit GEMM
 #                                          # beside cuDNN)
 #   bash lab/gpu_visit.sh five             # the 5x5 Winograd (F(2x2, 5x5)): its GPU tests and the 3x3 ones, then
-#                                          # the 5x5 rows (lab/conv/five_suite.toml) beside cuDNN -> $OUT/five
+#                                          # the 5x5 rows by algorithm beside cuDNN (lab/conv/algo_probe.py five)
 #   bash lab/gpu_visit.sh wgmma            # the wgmma GEMM and conv: their GPU tests, then tc_bench at 4096^3
 #                                          # (every tile config, mma.sync and wgmma, beside cuBLAS), then the
 #                                          # warp-specialised experiment beside the product kernel (ws_bench)
@@ -136,8 +136,8 @@ case "${1:-tests}" in
       tests/custom_impl/gpu/test_conv_fft.py >"$out/fft_tests.log" 2>&1
     echo "pytest exit: $? ($(tail -1 "$out/fft_tests.log"))"
     grep -E "^FAILED|^ERROR" "$out/fft_tests.log" | head -8
-    timeout "${PROBE_S:-240}" python3 lab/conv/fft_probe.py >"$out/fft_probe.md" 2>&1
-    echo "fft_probe exit: $?"
+    timeout "${PROBE_S:-240}" python3 lab/conv/algo_probe.py fft >"$out/fft_probe.md" 2>&1
+    echo "fft probe exit: $?"
     cat "$out/fft_probe.md"
     ;;
   five)
@@ -147,10 +147,9 @@ case "${1:-tests}" in
       echo "$f exit: $? ($(tail -1 "$out/$f.log"))"
       grep -E "^FAILED|^ERROR" "$out/$f.log" | head -6
     done
-    timeout "${SUITE_S:-150}" python3 -m harness run --suite lab/conv/five_suite.toml --device gpu --quiet \
-      --no-report --out "$out/five" >"$out/five.log" 2>&1
-    echo "five suite exit: $?"
-    python3 lab/common/ratios.py "$out/five/results.csv"
+    timeout "${PROBE_S:-150}" python3 lab/conv/algo_probe.py five >"$out/five_probe.md" 2>&1
+    echo "five probe exit: $?"
+    cat "$out/five_probe.md"
     ;;
   wgmma)
     timeout "${TIMEOUT_S:-200}" python3 -m pytest -q -p no:cacheprovider -k wgmma --junitxml="$out/wgmma_junit.xml" \
