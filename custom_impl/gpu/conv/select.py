@@ -5,20 +5,18 @@ Legend: ``dims`` a ``ConvDims`` (N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw; geom
 "forward", "backward_data", "backward_weights".
 
 Candidates per phase (``candidates``), in this order (a tie goes to the first):
-  forward           "implicit_gemm" always; "winograd" (F(2x2, 3x3)) and "winograd4" (F(4x4, 3x3))
-                    where ``winograd_ok`` on a 3x3 layer (in chunks of images where the whole batch would
-                    exceed its workspace cap); "few_channels" where the few-channels forward fits (C <= 8,
-                    S <= 8).
+  forward           "implicit_gemm" always; "winograd" (F(2x2, 3x3), or F(2x2, 5x5) on a 5x5 layer) and
+                    "winograd4" (F(4x4, 3x3); 3x3 only) where ``winograd_ok`` (in chunks of images where the
+                    whole batch would exceed its workspace cap); "few_channels" where the few-channels
+                    forward fits (C <= 8, S <= 8).
   backward_data     "implicit_gemm" always; "few_channels" (C <= 8, S <= 32, W within 64 KB of shared
                     memory: ``few_channels.data_fits``); "winograd" and "winograd4" where
-                    ``winograd_ok`` on a 3x3 layer; "patch" where ``patch_ok``; "strided_1x1" for a 1x1
-                    kernel with a stride and no padding (``strided_1x1.fits``).
+                    ``winograd_ok``; "patch" where ``patch_ok``; "strided_1x1" for a 1x1 kernel with a
+                    stride and no padding (``strided_1x1.fits``).
   backward_weights  "implicit_gemm" always; "few_channels" where its launch plan exists; "winograd"
-                    (F(3x3, 2x2)) and "winograd4" (F(3x3, 4x4)) where ``winograd_ok`` on a 3x3 layer (in
+                    (F(3x3, 2x2), or F(5x5, 2x2)) and "winograd4" (F(3x3, 4x4)) where ``winograd_ok`` (in
                     chunks of images, as the forward); "patch" where ``patch_ok``.
-By name only, not yet among "auto"'s candidates (they have not yet run on a GPU): "fft" (every phase of
-kernels of >= 32 taps with >= 8 channels in and out, ``fft.fits``) and "winograd" on a 5x5 layer
-(F(2x2, 5x5) / F(5x5, 2x2), where ``winograd_ok``).
+  every phase, last "fft" where ``fft.fits`` (kernels of >= 32 taps with >= 8 channels in and out).
 "auto" (``choose``) takes the cached choice for (phase, dims[, bias presence]), else times every candidate
 once through ``runtime.autotune`` and caches the fastest, per device and launch-cost regime: eagerly a
 candidate is worth what 5 back-to-back eager calls take (its extra launches' host time included); under
@@ -95,14 +93,8 @@ def patch_ok(dims, phase: str, sms: int = 132) -> bool:
     return patch.data_plan(dims) is not None
 
 
-AUTO_KERNEL_SIZES = (3,)   # Winograd kernel sizes among "auto"'s candidates (5x5: by name only, below)
-
-
 def _winograds(dims, phase: str, sms: int) -> list:
-    """The Winograd algorithms (WINOGRAD_TILES) that "auto" weighs for this layer in ``phase``. NOTE: a 5x5
-    layer's F(2x2, 5x5) runs by name only (algo="winograd") until it has run on a GPU."""
-    if dims[5] not in AUTO_KERNEL_SIZES:
-        return []
+    """The Winograd algorithms (WINOGRAD_TILES) that can run this layer in ``phase``."""
     return [name for name, tile in WINOGRAD_TILES.items() if winograd_ok(dims, phase, sms, tile)]
 
 
@@ -130,6 +122,8 @@ def candidates(dims, phase: str, sms: int = 132) -> list:
             names.append("patch")
     else:
         raise ValueError(f"conv candidates: phase={phase!r}; use one of {PHASES}")
+    if fft.fits(dims, phase):
+        names.append("fft")
     return names
 
 
@@ -165,7 +159,7 @@ def workspace_size(dims, sms: int = 132) -> int:
                 images = winograd_images(dims, phase, sms, tile)
                 need = max(need, winograd.workspace_size(x_shape, w_shape, stride, padding, phase, sms, images,
                                                           tile))
-    # "fft" (by name only for now) where it can run
+    # "fft" where it can run
     need = max(need, strided_1x1.workspace_size(dims, sms), *(fft.workspace_size(dims, p) for p in fft.PHASES))
     # patch wherever it can run (also when called by name, not only where it is a timed candidate)
     return max(need, patch.workspace_size(x_shape, w_shape, stride, padding, sms))

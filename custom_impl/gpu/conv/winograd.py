@@ -586,6 +586,10 @@ def backward_weights(dy, x, dW, padding, workspace=None, config=None, splits=Non
     else:   # the kernel size that maps x to dy's P x Q
         ph, pw = pair(padding, "padding", "winograd")
         w_shape = (K, C, x.shape[2] + 2 * ph - dy.shape[2] + 1, x.shape[3] + 2 * pw - dy.shape[3] + 1)
+        if w_shape[2] != w_shape[3] or w_shape[2] not in KERNEL_SIZES:
+            raise ValueError(f"winograd.backward_weights: dy shape {tuple(dy.shape)} and x shape {tuple(x.shape)} at "
+                             f"padding {(ph, pw)} imply a {w_shape[2]}x{w_shape[3]} kernel; Winograd needs 3x3 or "
+                             f"5x5 (a 3x3 kernel: dy shape {(N, K, x.shape[2] + 2 * ph - 2, x.shape[3] + 2 * pw - 2)})")
     prob = checked_problem(x.shape, w_shape, 1, padding, "backward_weights")
     if check or tuple(dy.shape) != (N, K, prob[5], prob[6]):
         check_array(dy, "winograd.backward_weights: dy", shape=(N, K, prob[5], prob[6]))

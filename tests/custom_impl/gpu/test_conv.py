@@ -367,7 +367,7 @@ def test_conv2d_tuned_forward_and_weights_plans():
     assert all(np.array_equal(a, b) for a, b in zip(outs[0], outs[1]))
 
 
-@pytest.mark.parametrize("r", [3])   # 5x5 joins when F(2x2, 5x5) is among "auto"'s candidates
+@pytest.mark.parametrize("r", [3, 5])
 def test_auto_choice_with_winograd_candidates(r):
     """algo="auto" on a 3x3 or 5x5 stride-1 layer with >= 16 channels times the implicit GEMMs against
     Winograd (and patch) once, caches the choice, and whichever it picks agrees with float64 within the harness's layer

@@ -315,9 +315,9 @@ def test_conv_choice_is_looked_up_before_any_planning(monkeypatch):
     # LeNet conv1: few channels -> the few-channel kernels join the implicit GEMMs in every phase
     ((256, 1, 28, 28), (32, 1, 5, 5), 1, 2, {"implicit_gemm", "few_channels"}, {"implicit_gemm", "few_channels"},
      {"implicit_gemm", "few_channels"}),
-    # LeNet conv2: 5x5, 32 channels -> patch for both backward passes (F(2x2, 5x5) Winograd by name only, for now)
-    ((256, 32, 14, 14), (64, 32, 5, 5), 1, 2, {"implicit_gemm"}, {"implicit_gemm", "patch"},
-     {"implicit_gemm", "patch"}),
+    # LeNet conv2: 5x5, 32 channels -> F(2x2, 5x5) Winograd in every phase, patch for both backward passes
+    ((256, 32, 14, 14), (64, 32, 5, 5), 1, 2, {"implicit_gemm", "winograd"}, {"implicit_gemm", "winograd", "patch"},
+     {"implicit_gemm", "winograd", "patch"}),
     # 3x3, 256 channels -> Winograd with both tiles in all three phases, patch in the backward ones
     ((64, 256, 28, 28), (256, 256, 3, 3), 1, 1, {"implicit_gemm", "winograd", "winograd4"},
      {"implicit_gemm", "winograd", "winograd4", "patch"}, {"implicit_gemm", "winograd", "winograd4", "patch"}),
@@ -331,9 +331,12 @@ def test_conv_choice_is_looked_up_before_any_planning(monkeypatch):
      {"implicit_gemm"}),
     # 1x1 stride 2 with padding: the scatter does not apply
     ((4, 16, 9, 9), (8, 16, 1, 1), 2, 1, {"implicit_gemm"}, {"implicit_gemm"}, {"implicit_gemm"}),
-    # DeepSpeech 2's conv2, 21x11 stride (2, 1): "fft" runs its backward-data by name only, for now
-    ((16, 32, 41, 350), (96, 32, 21, 11), (2, 1), (10, 5), {"implicit_gemm"}, {"implicit_gemm"},
-     {"implicit_gemm"}),
+    # DeepSpeech 2's conv2, 21x11 stride (2, 1): "fft" in every phase
+    ((16, 32, 41, 350), (96, 32, 21, 11), (2, 1), (10, 5), {"implicit_gemm", "fft"}, {"implicit_gemm", "fft"},
+     {"implicit_gemm", "fft"}),
+    # a 5x10 stride-2 speech conv (50 taps): "fft" too
+    ((16, 32, 79, 341), (32, 32, 5, 10), 2, 0, {"implicit_gemm", "fft"}, {"implicit_gemm", "fft"},
+     {"implicit_gemm", "fft"}),
 ])
 def test_candidates(x_shape, w_shape, stride, padding, forward, data, weights):
     """Which algorithms each phase's "auto" weighs for a layer: the eligibility rules of select.py (plain
