@@ -20,8 +20,7 @@ timing; docs/kernels.md tells what each measured):
   "patch"         (patch.py)          backward passes of 3..7-tap stride-1 kernels, >= 8 channels: an input
                                        patch staged in shared memory once and reused for every tap.
   "fft"           (fft.py)            every phase of kernels of >= 32 taps (DeepSpeech 2's 21x11), any
-                                       stride: tiled FFT convolutions, one small complex GEMM per bin; by
-                                       name only (not yet run on a GPU).
+                                       stride: tiled FFT convolutions, one small complex GEMM per bin.
   "strided_1x1"   (strided_1x1.py)    backward-data of a 1x1 kernel with a stride and no padding: the
                                        stride-1 implicit GEMM into the workspace, then one scatter into dx.
 At ``precision="tf32"`` or ``"bf16"`` the autotuner times, per layer and phase, the tensor-core GEMMs of
