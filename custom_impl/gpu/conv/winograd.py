@@ -94,8 +94,10 @@ THREADS = 256       # threads per block of the transform kernels
 KERNEL_SIZES = (3, 5)   # R x R kernels: F(2x2, 3x3) and F(4x4, 3x3) for 3x3, F(2x2, 5x5) for 5x5
 INT32_MAX = 2**31 - 1
 PHASES = ("forward", "backward_data", "backward_weights")
-TILES = (2, 4)      # output (weight gradient: dy) tile sizes: F(2x2, 3x3) / F(4x4, 3x3), F(3x3, 2x2) / F(3x3, 4x4)
-TILES_BY_SIZE = {3: (2, 4), 5: (2,)}   # kernel size -> its tile sizes (F(4x4, 5x5)'s 8x8 domain rounds too far)
+# kernel size -> its output (weight gradient: dy) tile sizes: F(2x2, 3x3) / F(4x4, 3x3) (F(3x3, 2x2) /
+# F(3x3, 4x4)), F(2x2, 5x5) (F(5x5, 2x2)); F(4x4, 5x5)'s 8x8 domain would round too far
+TILES_BY_SIZE = {3: (2, 4), 5: (2,)}
+TILES = tuple(sorted({t for tiles in TILES_BY_SIZE.values() for t in tiles}))   # every tile size: (2, 4)
 # (tile, kernel size) -> the prefix of its kernels' names in conv_winograd.cu
 KERNEL_PREFIX = {(2, 3): "conv_winograd", (4, 3): "conv_winograd4", (2, 5): "conv_winograd25"}
 GRID_Y_MAX = 65535  # the transforms put the channel on grid.y
@@ -259,7 +261,7 @@ def _pass(*args) -> _Pass:
 
 
 def forward_pass(prob, images: int | None = None, tile: int = 2) -> _Pass:
-    """The forward pass of ``prob`` in ``tile`` x ``tile`` output tiles (TILES), over chunks of ``images``
+    """The forward pass of ``prob`` in ``tile`` x ``tile`` output tiles (TILES_BY_SIZE), over chunks of ``images``
     images (None: the whole batch at once)."""
     N, C, H, Wd, K, P, Q, ph, pw, R = prob
     return _pass(min(N, images or N), C, H, Wd, K, P, Q, ph, pw, _checked_tile(tile, R), R)
@@ -286,7 +288,7 @@ def chunk_images(x_shape, w_shape, padding, phase: str, max_elements: int, sms: 
     when it fits, else the batch cut into equal chunks (the last one possibly smaller) each within the
     bound; 0 when none does. Forward and backward-data compute the filter transform U once and share it
     across the chunks; V and Mo are per chunk, so the chunks run one after another in one workspace.
-    Backward-weights (``sms``: the SM count its plan is made for; ``tile``: its dy tile, TILES) transforms
+    Backward-weights (``sms``: the SM count its plan is made for; ``tile``: its dy tile, TILES_BY_SIZE) transforms
     x and dy per chunk and keeps every chunk's GEMM partials, summed in one fixed order at the end; it
     takes the fewest chunks (at most MAX_WEIGHT_SPLITS) that fit."""
     if phase not in PHASES:
@@ -392,7 +394,7 @@ def workspace_size(x_shape, w_shape, stride, padding, phase: str = "forward", sm
                    images: int | None = None, tile: int = 2) -> int:
     """float32 elements of workspace that ``forward`` (phase "forward"), ``backward_data`` ("backward_data")
     or ``backward_weights`` ("backward_weights": its split count depends on ``sms``, the device's SM count,
-    default the current device's, or 132 without CuPy; ``tile`` its dy tile, TILES) needs for this
+    default the current device's, or 132 without CuPy; ``tile`` its dy tile, TILES_BY_SIZE) needs for this
     convolution; ``images``: the chunk size the pass runs with (None: the whole batch)."""
     prob = checked_problem(x_shape, w_shape, stride, padding, "workspace_size")
     if phase == "forward":
