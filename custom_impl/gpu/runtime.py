@@ -486,6 +486,13 @@ def i32_memo(vals: tuple) -> tuple:
 
 
 # ---------------------------------------------------------------------------------------------- device
+def device_id() -> int:
+    """The current CuPy device's id: the key of the per-device kernel and plan memos."""
+    import cupy
+
+    return cupy.cuda.Device().id
+
+
 def sm_count() -> int:
     """Streaming multiprocessors of the current device (132 on an H100 SXM)."""
     import cupy

@@ -323,6 +323,19 @@ CASES5 = [
 ]
 
 
+def _draw(rng, case, r: int):
+    """One case's random float32 x, W (K, C, r, r), b and dy (drawn in that order), its (ph, pw), and the
+    float64 forward y (no bias) and backward function of the direct convolution."""
+    N, C, H, Wd, K, pad = case
+    ph, pw = (pad, pad) if isinstance(pad, int) else pad
+    x = rng.standard_normal((N, C, H, Wd)).astype(np.float32)
+    W = rng.standard_normal((K, C, r, r)).astype(np.float32)
+    b = rng.standard_normal(K).astype(np.float32)
+    y, back = conv_ref(x.astype(np.float64), W.astype(np.float64), (1, 1), (ph, pw))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    return x, W, b, dy, (ph, pw), y, back
+
+
 def check_5x5(rng) -> float:
     """Every CASES5 case through the F(2x2, 5x5) passes and the F(5x5, 2x2) weight gradient: exact (1e-12) in
     float64, and in float32 within the bound of tests/custom_impl/gpu/test_conv_winograd_5x5.py (S_abs the
@@ -330,17 +343,12 @@ def check_5x5(rng) -> float:
     float32 error / tolerance."""
     bt, g5, at5 = np.abs(BT4), np.abs(G25), np.abs(AT25)
     worst = 0.0
-    for N, C, H, Wd, K, pad in CASES5:
-        ph, pw = (pad, pad) if isinstance(pad, int) else pad
-        x = rng.standard_normal((N, C, H, Wd)).astype(np.float32)
-        W = rng.standard_normal((K, C, 5, 5)).astype(np.float32)
-        b = rng.standard_normal(K).astype(np.float32)
-        x64, W64 = x.astype(np.float64), W.astype(np.float64)
-        y_ref, back = conv_ref(x64, W64, (1, 1), (ph, pw))
+    for case in CASES5:
+        N, C, H, Wd, K, _ = case
+        x, W, b, dy, (ph, pw), y_ref, back = _draw(rng, case, 5)
+        x64, W64, dy64 = x.astype(np.float64), W.astype(np.float64), dy.astype(np.float64)
         assert np.allclose(winograd_ref(x64, W64, (ph, pw), BT4, G25, AT25), y_ref, rtol=1e-12, atol=1e-12)
         y_ref += b[:, None, None]
-        dy = rng.standard_normal(y_ref.shape).astype(np.float32)
-        dy64 = dy.astype(np.float64)
         dx_ref, dW_ref = back(dy64)[:2]
         assert np.allclose(wgrad_ref(dy64, x64, (ph, pw), BT4, G25, AT25), dW_ref, rtol=1e-12, atol=1e-12)
         prob = checked_problem(x.shape, W.shape, 1, (ph, pw), "emulate")
@@ -376,15 +384,11 @@ def check_5x5(rng) -> float:
 def main():
     rng = np.random.default_rng(0)
     worst = 0.0
-    for N, C, H, Wd, K, pad in CASES:
-        ph, pw = (pad, pad) if isinstance(pad, int) else pad
-        x = rng.standard_normal((N, C, H, Wd)).astype(np.float32)
-        W = rng.standard_normal((K, C, 3, 3)).astype(np.float32)
-        b = rng.standard_normal(K).astype(np.float32)
+    for case in CASES:
+        N, C, H, Wd, K, _ = case
+        x, W, b, dy, (ph, pw), y_ref, back = _draw(rng, case, 3)
         x64, W64 = x.astype(np.float64), W.astype(np.float64)
-        y_ref, back = conv_ref(x64, W64, (1, 1), (ph, pw))
         y_ref += b[:, None, None]
-        dy = rng.standard_normal(y_ref.shape).astype(np.float32)
         dx_ref = back(dy.astype(np.float64))[0]
         prob = checked_problem(x.shape, W.shape, 1, (ph, pw), "emulate")
         fp, bp = forward_pass(prob), backward_pass(prob)

@@ -65,7 +65,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import runtime
-from ..runtime import checked_workspace, i32
+from ..runtime import checked_workspace, i32, i32_memo
 
 FAMILY = "conv_fft"
 SIZES = (32, 64, 128)         # transform sizes per axis (powers of two: the kernels' radix-2 transforms)
@@ -210,8 +210,7 @@ def modules() -> list:
 
 
 def modules_of(dims) -> list:
-    """(family, defines) of the kernel modules this layer's forward and backward-data load (none where
-    they do not fit)."""
+    """(family, defines) of the kernel modules this layer's phases load (none where they do not fit)."""
     mods = []
     for phase in PHASES:
         p = plan(dims, phase)
@@ -220,11 +219,12 @@ def modules_of(dims) -> list:
     return mods
 
 
-def kernel(name: str, p: Plan):
-    """The compiled kernel ``name`` of the module for ``p``'s transform size; memoised per device."""
-    import cupy
-
-    return _kernel(name, p.lh, p.lw, cupy.cuda.Device().id)
+@functools.lru_cache(maxsize=None)
+def _kernels(lh, lw, device_id) -> tuple:
+    """(filter, input, bins, output) kernels of the lh x lw transform size's module: one lookup per call,
+    not one per launch."""
+    return (_kernel("conv_fft_filter", lh, lw, device_id), _kernel("conv_fft_input", lh, lw, device_id),
+            _kernel("conv_fft_bins", lh, lw, device_id), _kernel("conv_fft_output", lh, lw, device_id))
 
 
 @functools.lru_cache(maxsize=None)
@@ -276,8 +276,8 @@ def _run(phase, dims, p: Plan, src, W, b, out, workspace) -> None:
     wh, e, x = _addresses(p, workspace, phase)
     args = _args(dims, phase, p)
     K, C = dims[4], dims[1]
-    kernel("conv_fft_filter", p)((K * C,), (THREADS,), (W, wh) + args["filter"], shared_mem=p.smem_bytes)
-    k_in, k_bins, k_out = kernel("conv_fft_input", p), kernel("conv_fft_bins", p), kernel("conv_fft_output", p)
+    k_filter, k_in, k_bins, k_out = _kernels(p.lh, p.lw, runtime.device_id())
+    k_filter((K * C,), (THREADS,), (W, wh) + args["filter"], shared_mem=p.smem_bytes)
     src_image, out_image = src.size // N, out.size // N   # floats per image
     bias = np.uint64(0) if b is None else b
     for n0 in range(0, N, p.images):
@@ -286,7 +286,7 @@ def _run(phase, dims, p: Plan, src, W, b, out, workspace) -> None:
         out_at = np.uint64(out.data.ptr + 4 * n0 * out_image)
         k_in((rows, c_in), (THREADS,), (src_at, e) + args["input"], shared_mem=p.smem_bytes)
         grid = (-(-rows // ROWS_TILE) * -(-c_out // COLS_TILE), -(-p.bins // BIN_BLOCK))
-        k_bins(grid, (THREADS,), (e, wh, x) + i32(rows, c_in, c_out), shared_mem=bins_smem_bytes())
+        k_bins(grid, (THREADS,), (e, wh, x) + i32_memo((rows, c_in, c_out)), shared_mem=bins_smem_bytes())
         k_out((rows, c_out), (THREADS,), (x, out_at, bias) + args["output"], shared_mem=p.smem_bytes)
 
 
@@ -319,13 +319,12 @@ def backward_weights(dy, x, dW, dims, workspace=None):
     ex, d, dwh = _addresses(p, workspace, "backward_weights")
     args = _args(dims, "backward_weights", p)
     rows = N * p.tiles
-    k_in = kernel("conv_fft_input", p)
+    _, k_in, k_bins, k_out = _kernels(p.lh, p.lw, runtime.device_id())
     k_in((rows, C), (THREADS,), (x, ex) + args["x"], shared_mem=p.smem_bytes)
     k_in((rows, K), (THREADS,), (dy, d) + args["dy"], shared_mem=p.smem_bytes)
     grid = (-(-K // ROWS_TILE) * -(-C // COLS_TILE), -(-p.bins // BIN_BLOCK))
-    kernel("conv_fft_bins", p)(grid, (THREADS,), (d, ex, dwh) + i32(K, rows, C), shared_mem=bins_smem_bytes())
-    kernel("conv_fft_output", p)((K, C), (THREADS,), (dwh, dW, np.uint64(0)) + args["output"],
-                                 shared_mem=p.smem_bytes)
+    k_bins(grid, (THREADS,), (d, ex, dwh) + i32_memo((K, rows, C)), shared_mem=bins_smem_bytes())
+    k_out((K, C), (THREADS,), (dwh, dW, np.uint64(0)) + args["output"], shared_mem=p.smem_bytes)
     return dW
 
 

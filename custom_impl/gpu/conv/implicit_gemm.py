@@ -63,9 +63,7 @@ CONFIGS = tuple(CONFIG_BY_NAME[n] for n in ("128x128x8_8x8", "128x64x8_8x8", "64
 def kernel(name: str, cfg=None):
     """The compiled kernel ``name`` of this family, from the module of tile config ``cfg`` (None: the
     module without tile defines, for the bias and reduce kernels); memoised per device."""
-    import cupy
-
-    return _kernel(name, cfg, cupy.cuda.Device().id)
+    return _kernel(name, cfg, runtime.device_id())
 
 
 @functools.lru_cache(maxsize=None)

@@ -293,9 +293,7 @@ def defines(S: int, kb: int = KB, t: int = 1) -> dict:
 def kernel(name: str, S: int, kb: int = KB, smem: int = 0, t: int = 1):
     """The compiled kernel ``name`` for kernel width ``S`` (one module per width, ``kb`` and ``t``, compiled
     on first use), opted into ``smem`` bytes of dynamic shared memory; memoised per device."""
-    import cupy
-
-    return _kernel(name, S, kb, smem, t, cupy.cuda.Device().id)
+    return _kernel(name, S, kb, smem, t, runtime.device_id())
 
 
 @functools.lru_cache(maxsize=None)

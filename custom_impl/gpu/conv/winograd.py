@@ -456,7 +456,7 @@ def _run(ps: _Pass, inp, Wt, b, out, ws, flip: bool, config=None) -> None:
     cfg = config or choose_config(ps.C_out, ps.Tp, ps.C_in, runtime.sm_count(), ps.xis)
     cfg = CONFIG_BY_NAME[cfg] if isinstance(cfg, str) else cfg
     # NOTE: all kernels come from the module compiled for cfg: one compile per tile config.
-    kernels = _pass_kernels(ps.m, ps.r, cfg, _device_id())
+    kernels = _pass_kernels(ps.m, ps.r, cfg, runtime.device_id())
     kernels[0]((blocks(ps.C_out * ps.Ip, THREADS),), (THREADS,), (Wt, np.uint64(U)) + i32_memo((K, C, int(flip))))
     N = inp.shape[0]
     in_img, out_img = ps.C_in * ps.Hi * ps.Wi, ps.C_out * ps.Ho * ps.Wo   # floats per image
@@ -464,12 +464,6 @@ def _run(ps: _Pass, inp, Wt, b, out, ws, flip: bool, config=None) -> None:
         n = min(ps.N, N - n0)
         _run_chunk(ps if n == ps.N else ps.for_images(n), cfg, kernels, U, _at(inp, n0 * in_img), b,
                    _at(out, n0 * out_img), ws)
-
-
-def _device_id() -> int:
-    import cupy
-
-    return cupy.cuda.Device().id
 
 
 def _run_chunk(ps: _Pass, cfg, kernels, U: int, inp: int, b, out: int, ws) -> None:
@@ -612,7 +606,7 @@ def _run_weights(wp: WeightsPass, dy, x, dW, ws) -> None:
     then the output transform over every slab."""
     cfg, K, C, xis = wp.cfg, wp.K, wp.C, wp.xis
     # NOTE: all kernels come from the module compiled for cfg: one compile per tile config.
-    _, k_input, _, k_dy, k_out, _, k_gemm = _pass_kernels(wp.geo.m, wp.geo.r, cfg, _device_id())
+    _, k_input, _, k_dy, k_out, _, k_gemm = _pass_kernels(wp.geo.m, wp.geo.r, cfg, runtime.device_id())
     V, Yt, Mw = _at(ws), _at(ws, wp.n_v), _at(ws, wp.n_v + wp.n_y)
     x_img, dy_img = C * wp.geo.Hi * wp.geo.Wi, K * wp.geo.Ho * wp.geo.Wo   # floats per image
     for n0, g, t_chunk, splits, slab in wp.chunks:

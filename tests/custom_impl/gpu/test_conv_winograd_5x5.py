@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conv_reference import _assert_close, _pair, _rand, assert_graph_replays_eager, conv_ref, winograd_ref
+from conv_reference import _assert_close, _pair, _rand, assert_graph_replays_eager, reference_case, winograd_ref
 from conv_reference import winograd_wgrad_ref as wgrad_ref
 
 pytestmark = pytest.mark.gpu
@@ -46,14 +46,11 @@ def _case(case, seed_offset=0):
     """x, W, b, dy and their float64 references: y (biased), dx, dW, and the S_abs bounds of each."""
     N, C, H, Wd, K, pad = case
     ph, pw = _pair(pad)
-    rng = np.random.default_rng(N + C + H + Wd + K + seed_offset)
-    x, W, b = _rand(rng, N, C, H, Wd), _rand(rng, K, C, 5, 5), _rand(rng, K)
-    x64, W64 = x.astype(np.float64), W.astype(np.float64)
-    y_ref, back = conv_ref(x64, W64, (1, 1), (ph, pw))
+    seed = N + C + H + Wd + K + seed_offset
+    x, W, dy, (y_ref, dx_ref, dW_ref, _), _ = reference_case((N, C, H, Wd, K, 5, 5, (1, 1), (ph, pw)), seed)
+    b = _rand(np.random.default_rng(seed + 1), K)
+    x64, W64, dy64 = x.astype(np.float64), W.astype(np.float64), dy.astype(np.float64)
     assert np.allclose(winograd_ref(x64, W64, (ph, pw), BT, G, AT), y_ref, rtol=1e-12, atol=1e-12)  # the reference
-    dy = _rand(rng, *y_ref.shape)
-    dy64 = dy.astype(np.float64)
-    dx_ref, dW_ref, _ = back(dy64)
     assert np.allclose(wgrad_ref(dy64, x64, (ph, pw), BT, G, AT), dW_ref, rtol=1e-12, atol=1e-12)
     W_flip = np.ascontiguousarray(W64[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))      # (C, K, 5, 5)
     bounds = (winograd_ref(np.abs(x64), np.abs(W64), (ph, pw), *ABS) + np.abs(b)[:, None, None],
