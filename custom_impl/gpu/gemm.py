@@ -31,7 +31,7 @@ import functools
 import numpy as np
 
 from . import runtime
-from .runtime import NULL, blocks, check_array, launch_cost, ptr, sm_count, vec_ok
+from .runtime import NULL, blocks, check_array, launch_cost, launch_floor, ptr, sm_count, vec_ok
 from .tiles import CONFIG_BY_NAME, CONFIGS, choose_config, split_chunk, tune_candidates
 
 ACTS = {"none": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
@@ -137,10 +137,11 @@ def run_launch(launch, a, b, out, bias) -> None:
 # cached per device and launch cost), so a wrong guess of the cost model (up to 7x at tiny K on the
 # 256x128 tile, H100) costs one timing, not every call. Each candidate is run once (compiles, grows the
 # split-K buffers), then timed over TUNE_REPS back-to-back launches queued behind the runtime's sleep
-# kernel: GPU time, not the host's launch cost; a candidate is then worth max(GPU time, its launches x the
-# launch cost in force), ties to the lower GPU time, as in ``tiles.estimate_seconds`` (eagerly a second
-# launch costs ~20 us of host time, in a graph ~1 us). Nothing is timed inside a CUDA-graph capture (the
-# model's first choice is used, uncached); ``runtime.AUTOTUNE = False`` turns it off.
+# kernel: GPU time, not the host's launch cost; a candidate is then worth max(GPU time, the host time of its
+# launches, ``runtime.launch_floor``), ties to the lower GPU time, as in ``tiles.estimate_seconds`` (eagerly
+# the call's first launch costs ~20 us of host time and a second ~10 us more, in a graph ~1 us each).
+# Nothing is timed inside a CUDA-graph capture (the model's first choice is used, uncached);
+# ``runtime.AUTOTUNE = False`` turns it off.
 def _tuned_choice(a, b, out, bias, trans_a, trans_b, act, accumulate, M, N, K):
     """(TileConfig, splits, serial) for this call: cached, else timed (see above), else the model's."""
     key = ("gemm", M, N, K, trans_a, trans_b, act, bias is None, accumulate, a.data.ptr & 15,
@@ -169,7 +170,7 @@ def _tuned_choice(a, b, out, bias, trans_a, trans_b, act, accumulate, M, N, K):
     def worth(plan, ms):
         gpu = ms * 1e-3 / runtime.TUNE_REPS
         _, splits, serial = plan
-        return max(gpu, (2 if splits > 1 and not serial else 1) * cost), gpu
+        return max(gpu, launch_floor(2 if splits > 1 and not serial else 1, cost)), gpu
 
     return runtime.autotune(key, candidates, cands[0], warmups=1, behind_sleep=True, score=worth)
 

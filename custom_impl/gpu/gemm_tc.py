@@ -40,7 +40,7 @@ import numpy as np
 
 from . import runtime
 from .gemm import ACTS, check_operands, splitk_reduce
-from .runtime import GRAPH_LAUNCH_S, NULL, blocks, i32, launch_cost, ptr, sm_count, vec_ok
+from .runtime import GRAPH_LAUNCH_S, NULL, blocks, i32, launch_cost, launch_floor, ptr, sm_count, vec_ok
 from .tiles import pick_candidates, split_chunk
 
 PRECISIONS = ("tf32", "bf16")
@@ -190,7 +190,7 @@ _BYTES_S = 3.0e12
 def estimate_seconds(cfg: TcConfig, M: int, N: int, K: int, splits: int, sms: int = 132,
                      launch_s: float | None = None) -> float:
     """Rough time of one GEMM: waves of blocks at the config's rate, plus split-K's partials and reduce
-    launch; max(GPU time, launches x launch cost) as in ``tiles.estimate_seconds``."""
+    launch; max(GPU time, ``runtime.launch_floor(launches)``) as in ``tiles.estimate_seconds``."""
     launch_s = launch_cost() if launch_s is None else launch_s
     tiles = math.ceil(M / cfg.bm) * math.ceil(N / cfg.bn)
     k_chunk = math.ceil(math.ceil(K / splits) / cfg.bk) * cfg.bk
@@ -205,7 +205,7 @@ def estimate_seconds(cfg: TcConfig, M: int, N: int, K: int, splits: int, sms: in
     gpu = waves * resident * cfg.bm * cfg.bn * steps / sm_rate + launches * GRAPH_LAUNCH_S
     if splits > 1:
         gpu += 2 * 4 * splits * M * N / _BYTES_S
-    return max(gpu, launches * launch_s)
+    return max(gpu, launch_floor(launches, launch_s))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -236,7 +236,8 @@ _PREP_BYTES_S = 2.5e12
 def wg_estimate_seconds(cfg: WgConfig, M: int, N: int, K: int, splits: int, sms: int = 132,
                         launch_s: float | None = None) -> float:
     """Rough time of one ``gemm_wgmma`` GEMM: the prep pass (read FP32, write the prepared operands), waves
-    of blocks at the config's rate over whole k tiles, split-K's partials; max(GPU time, launches x cost)."""
+    of blocks at the config's rate over whole k tiles, split-K's partials; max(GPU time,
+    ``runtime.launch_floor(launches)``)."""
     launch_s = launch_cost() if launch_s is None else launch_s
     kp, k_chunk, splits = wg_split(K, splits, cfg.bk)
     total = math.ceil(M / cfg.bm) * math.ceil(N / cfg.bn) * splits
@@ -249,7 +250,7 @@ def wg_estimate_seconds(cfg: WgConfig, M: int, N: int, K: int, splits: int, sms:
     gpu += (M + N) * (4 * K + WG_ELEMENT_BYTES[cfg.precision] * kp) / _PREP_BYTES_S
     if splits > 1:
         gpu += 2 * 4 * splits * M * N / _BYTES_S
-    return max(gpu, launches * launch_s)
+    return max(gpu, launch_floor(launches, launch_s))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -427,7 +428,7 @@ def _tuned_plan(a, b, out, bias, trans_a, trans_b, act, accumulate, precision, M
 
     def worth(plan, ms):
         gpu = ms * 1e-3 / runtime.TUNE_REPS
-        return max(gpu, _launch_count(plan) * cost), gpu
+        return max(gpu, launch_floor(_launch_count(plan), cost)), gpu
 
     return runtime.autotune(key, candidates, cands[0], warmups=1, behind_sleep=True, score=worth)
 

@@ -13,9 +13,11 @@ Every GPU module of ``custom_impl`` gets its kernels, workspaces and tuned choic
   buffers shared by every op (split-K partials, transformed operands, arrival counters). Ops on one stream
   are ordered, so sharing them is safe; a buffer handed out is never freed, so CUDA graphs that captured
   it stay valid.
-- Launch cost. A kernel launched eagerly from Python costs ~20 us of host time (``EAGER_LAUNCH_S``); one
-  inside a replayed CUDA graph ~1 us (``GRAPH_LAUNCH_S``). Plans that trade a second launch for GPU time
-  (split-K) read ``launch_cost()``; ``launch_cost_regime(s)`` sets it for a ``with`` block.
+- Launch cost. An op called eagerly from Python costs ~20 us of host time for its first launch
+  (``EAGER_LAUNCH_S``: the wrapper and one CuPy launch) and ~10 us for each further one
+  (``EAGER_EXTRA_LAUNCH_S``: one more CuPy launch); a launch inside a replayed CUDA graph ~1 us
+  (``GRAPH_LAUNCH_S``). Plans that trade a second launch for GPU time (split-K) read ``launch_cost()`` and
+  weigh a call of n launches at ``launch_floor(n)``; ``launch_cost_regime(s)`` sets it for a ``with`` block.
 - Autotuning. ``autotune(key, candidates, default)`` times the candidates of a key once (per device and
   launch cost) with ``time_calls`` and caches the fastest.
 - Typed launches. ``check_array``, ``blocks``, ``pair``, ``i32``, ``i32_memo``, ``NULL``, ``ptr``,
@@ -548,14 +550,30 @@ def checked_workspace(ws, n: int, what: str, sizing: str):
 
 
 # ---------------------------------------------------------------------------------------------- launch cost
-EAGER_LAUNCH_S = 20e-6  # one more kernel launched eagerly from Python (host time; ~17 us measured, H100)
+EAGER_LAUNCH_S = 20e-6  # an eager call's first launch: our wrapper + one launch (host time; ~17 us measured, H100)
+# NOTE: each further launch of the same eager call costs only CuPy's launch itself: shared/GPU.md measured
+# 8.1 us for a cupy RawKernel launch from Python on the H100 host; our launches pass 7-20 arguments, so 10.
+EAGER_EXTRA_LAUNCH_S = 10e-6
 GRAPH_LAUNCH_S = 1e-6   # one more kernel inside a replayed CUDA graph (shared/GPU.md: ~1.0 us)
 _launch_s = EAGER_LAUNCH_S
 
 
 def launch_cost() -> float:
-    """The cost of one extra kernel launch (seconds) that plans weigh in force now (see the module doc)."""
+    """The cost of a call's first kernel launch (seconds) that plans weigh in force now (module doc)."""
     return _launch_s
+
+
+def launch_floor(launches: int, launch_s: float | None = None) -> float:
+    """Host time (seconds) of one call of ``launches`` kernels: the first at ``launch_s`` (default: the
+    launch cost in force), each further one at min(launch_s, EAGER_EXTRA_LAUNCH_S). Calls made back to
+    back take max(GPU time, this). Eagerly a split-K GEMM with its reduce launch thus costs >= 30 us, not
+    2 x 20; in a graph (1 us a launch) n launches cost n us.
+
+    >>> round(launch_floor(2, EAGER_LAUNCH_S) * 1e6), round(launch_floor(3, GRAPH_LAUNCH_S) * 1e6)
+    (30, 3)
+    """
+    launch_s = _launch_s if launch_s is None else launch_s
+    return launch_s + (max(1, launches) - 1) * min(launch_s, EAGER_EXTRA_LAUNCH_S)
 
 
 def set_launch_cost(seconds: float) -> None:

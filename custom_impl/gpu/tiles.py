@@ -15,7 +15,7 @@ import dataclasses
 import functools
 import math
 
-from .runtime import GRAPH_LAUNCH_S, launch_cost
+from .runtime import GRAPH_LAUNCH_S, launch_cost, launch_floor
 
 TILE_PAD = 4  # gemm_tiles.cuh's TILE_PAD: floats of padding per shared-memory row
 
@@ -77,7 +77,8 @@ CONFIG_BY_NAME = {c.name: c for c in CONFIGS}
 # Cost model constants (H100, strict FP32): cuBLAS-level FMA rate per SM, memory bandwidth, and the L2 read
 # rate of one block summing its tile's split-K partials. Eager calls from Python cost ~17 us each on the
 # host (measured, 1x1x1 GEMM), which hides kernels shorter than that, so eagerly a second launch pays only
-# when it saves > ~20 us; inside a replayed CUDA graph a launch costs ~1 us (runtime.launch_cost_regime).
+# when it saves > ~10 us (runtime.launch_floor); inside a replayed CUDA graph a launch costs ~1 us
+# (runtime.launch_cost_regime).
 _FMA_PER_SM_S = 51e12 / 2 / 132
 _BYTES_S = 3.0e12
 _SM_BYTES_S = 120e9  # one block's float4 __ldcg loads from L2 (assumed: ~64 B/clk/SM at ~1.8 GHz, halved)
@@ -96,9 +97,10 @@ def estimate_seconds(cfg: TileConfig, M: int, N: int, K: int, splits: int, sms: 
 
     An SM needs ~8 resident warps for its full FMA rate; a partial wave (few blocks per SM) runs each
     block faster but the SM below its peak. Launches are asynchronous: calls made back to back from
-    Python take max(GPU time, launches x host cost), so eagerly (``launch_s`` ~20 us of host time each)
-    a second launch only pays when the GPU time it saves exceeds that; inside a replayed CUDA graph
-    (~1 us each) it is added to the GPU time.
+    Python take max(GPU time, the call's host time ``runtime.launch_floor(launches, launch_s)``), so
+    eagerly (``launch_s`` ~20 us for the call's first launch, ~10 us for a second) a second launch only
+    pays when the GPU time it saves exceeds that; inside a replayed CUDA graph (~1 us each) it is added to
+    the GPU time.
 
     reduce: how split-K partials are summed: "launch" (a second kernel, conv's split-K) or "serial" (in
     the GEMM's own launch by the last block of each tile: no second launch, but that block reads the
@@ -118,7 +120,7 @@ def estimate_seconds(cfg: TileConfig, M: int, N: int, K: int, splits: int, sms: 
         gpu += 2 * 4 * splits * M * N / _BYTES_S
         if reduce == "serial":  # the tile's last block sums its splits x BM x BN partials, then writes
             gpu += serial_tail_seconds(cfg, N, splits)
-    return max(gpu, launches * launch_s)
+    return max(gpu, launch_floor(launches, launch_s))
 
 
 def serial_tail_seconds(cfg: TileConfig, N: int, splits: int) -> float:
@@ -134,7 +136,8 @@ def choose_config(M: int, N: int, K: int, sms: int = 132, max_splits: int = 32, 
                   candidates: tuple | None = None, reduce: str = "launch"):
     """(TileConfig, splits) with the lowest ``estimate_seconds``; splits keep >= 64 k per block.
 
-    launch_s: the cost of the extra split-K launch (default: the current ``launch_cost``, 20 us eagerly).
+    launch_s: the cost of a call's first launch (default: the current ``launch_cost``, 20 us eagerly); a
+    split-K reduce launch adds ``runtime.launch_floor``'s further-launch cost.
     candidates: the TileConfigs to choose from (default: all of ``CONFIGS``).
     reduce: "launch" or "serial", as in ``estimate_seconds``; "auto" weighs both for every split and
     returns (TileConfig, splits, serial) (``gemm`` plans with "auto").

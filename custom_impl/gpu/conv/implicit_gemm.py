@@ -141,15 +141,28 @@ def _gemm_sizes(dims, phase):
 @_memo_per_regime
 def _candidates(dims, phase, sms):
     """The (TileConfig, splits) plans ``phase``'s tuning times: the model's plan, then the cost model's next
-    best within the partials cap, TUNE_COUNT in all, plus its best unsplit plan where that is not among them."""
+    best within the partials cap, TUNE_COUNT in all, plus its best unsplit plan and its best plan by GPU
+    time alone where those are not among them.
+
+    NOTE: eagerly every plan whose GPU estimate is under its launches' host time ties in the ranking and
+    the tie goes to the first config (128x128), so the first few can all be big tiles; on a small layer
+    (GoogLeNet's 5x5 backward-data, 16 channels: M = 16) the small split tile the model ranks fastest on
+    the GPU would then never be timed."""
     M, cols, red, max_splits = _gemm_sizes(dims, phase)
     first = _MODEL_PLANS[phase](dims, sms)
-    plans = [first[::2]]
-    for cfg, splits, _ in ranked_plans(M, cols, red, sms, max_splits, runtime.launch_cost(), CONFIGS, "launch"):
-        splits = split_chunk(red, splits, cfg.bk)[1]
-        if (cfg, splits) not in plans and splits * M * cols <= max(TUNE_MAX_PARTIALS, first[2] * M * cols):
-            plans.append((cfg, splits))
-    return tuple(pick_candidates(plans, TUNE_COUNT, (lambda p: p[1] == 1,)))
+    cap = max(TUNE_MAX_PARTIALS, first[2] * M * cols)
+
+    def plans_of(launch_s):
+        plans = []
+        for cfg, splits, _ in ranked_plans(M, cols, red, sms, max_splits, launch_s, CONFIGS, "launch"):
+            splits = split_chunk(red, splits, cfg.bk)[1]
+            if (cfg, splits) not in plans and splits * M * cols <= cap:
+                plans.append((cfg, splits))
+        return plans
+
+    plans = [first[::2]] + [p for p in plans_of(runtime.launch_cost()) if p != first[::2]]
+    fastest_gpu = plans_of(0.0)[0]
+    return tuple(pick_candidates(plans, TUNE_COUNT, (lambda p: p[1] == 1, lambda p: p == fastest_gpu)))
 
 
 def forward_candidates(dims, sms=132) -> tuple:
@@ -187,7 +200,7 @@ def _call_plan(phase, dims, sms, config, splits, run):
 def _tuned_plan(phase, dims, sms, run):
     """(TileConfig, splits) for this call of ``phase``: cached, else the fastest candidate timed with
     ``run(plan)`` (one call on the caller's arrays), else (capturing, or tuning off) the model's. A plan is
-    worth max(GPU time, its launches x the launch cost in force), as in ``tiles.estimate_seconds``."""
+    worth max(GPU time, its launches' host time ``runtime.launch_floor``), as in ``tiles.estimate_seconds``."""
     key = (FAMILY, phase, dims, sms)
     hit = runtime.tuned(key)    # the common case: one lookup, no candidate list or closures built
     if hit is not None:
@@ -199,7 +212,7 @@ def _tuned_plan(phase, dims, sms, run):
 
     def worth(plan, ms):
         gpu = ms * 1e-3 / runtime.TUNE_REPS
-        return max(gpu, (2 if plan[1] > 1 else 1) * cost), gpu
+        return max(gpu, runtime.launch_floor(2 if plan[1] > 1 else 1, cost)), gpu
 
     return runtime.autotune(key, lambda: {p: functools.partial(run, p) for p in plans}, plans[0], warmups=1,
                             behind_sleep=True, score=worth)

@@ -283,11 +283,13 @@ def test_conv_bias_grad_split_over_images(shape):
     _assert_close(db_shifted, ref, ref_abs, N * P * Q, f"db {shape} from a view 4 bytes off alignment")
 
 
-@pytest.mark.parametrize("case", [(1, 32, 14, 14, 64, 5, 5, 2), (2, 9, 11, 13, 70, 3, 3, 1)], ids=["N1C32K64", "N2C9K70"])
+@pytest.mark.parametrize("case", [(1, 32, 14, 14, 64, 5, 5, 2), (2, 9, 11, 13, 70, 3, 3, 1), (16, 16, 14, 14, 48, 5, 5, 2)],
+                         ids=["N1C32K64", "N2C9K70", "N16C16K48"])
 def test_conv2d_backward_data_split_k(case):
     """Stride-1 backward-data of a small batch splits its reduction K*R*S over blocks when launches are
     cheap (inside a CUDA graph): partials in a NaN-filled workspace, added in order; float64-close and
-    deterministic, for every plan the tuning times (each split named) and for the one it keeps."""
+    deterministic, for every plan the tuning times in either launch regime (each split named; GoogLeNet's
+    16-channel 5x5 layer among them) and for the one it keeps."""
     import cupy
 
     from custom_impl.gpu import runtime
@@ -302,12 +304,14 @@ def test_conv2d_backward_data_split_k(case):
     dx_ref, dx_abs = back(dy.astype(np.float64))[0], back_abs(np.abs(dy.astype(np.float64)))[0]
     dims = conv_dims(x.shape, W.shape, 1, pad)
     gdy, gW = cupy.asarray(dy), cupy.asarray(W)
+    eager = implicit_gemm.data_candidates(dims)
+    eager_ws = conv2d_workspace_size(x.shape, W.shape, 1, pad)
     with runtime.launch_cost_regime(runtime.GRAPH_LAUNCH_S):
         assert implicit_gemm.data_plan(dims)[2] > 1, "this case should split"
-        ws = cupy.full((conv2d_workspace_size(x.shape, W.shape, 1, pad),), np.nan, np.float32)
+        ws = cupy.full((max(eager_ws, conv2d_workspace_size(x.shape, W.shape, 1, pad)),), np.nan, np.float32)
         plans = implicit_gemm.data_candidates(dims)
         assert any(s > 1 for _, s in plans)
-        for cfg, splits in plans:
+        for cfg, splits in dict.fromkeys(plans + eager):
             dx = cupy.full(x.shape, np.nan, np.float32)
             implicit_gemm.backward_data(gdy, gW, dx, dims, ws, config=cfg, splits=splits)
             _assert_close(cupy.asnumpy(dx), dx_ref, dx_abs, K * R * S, f"dx {cfg.name} split {splits} {case}")

@@ -3,8 +3,8 @@ tile / split-K choice under eager and graph launch costs, the workspace that has
 a layer may pick, and the candidates each phase may pick from.
 
 Figures asserted here are properties of the cost model and the kernels' limits, not timings: e.g. that
-eager calls, whose launches cost ~20 us of host time each, never split a GEMM whose whole GPU time is
-below that, while inside a CUDA graph (~1 us per launch) the same GEMM splits.
+eager calls, whose first launch costs ~20 us of host time and a second ~10 us more, never split a GEMM
+whose whole GPU time is below that, while inside a CUDA graph (~1 us per launch) the same GEMM splits.
 """
 from __future__ import annotations
 
@@ -58,7 +58,8 @@ def test_conv_dims_is_a_memoised_named_tuple():
 
 @pytest.mark.parametrize("M,N,K", [(64, 10, 128), (8192, 10, 128), (33, 16, 64)])
 def test_eager_calls_do_not_split_gemms_shorter_than_a_launch(M, N, K):
-    """Eagerly a split costs a second ~20 us host launch; these GEMMs run in < 20 us unsplit."""
+    """Eagerly a split costs a second launch (~10 us more host time than the call's ~20 us); these GEMMs run
+    in < 20 us unsplit."""
     cfg, splits = tiles.choose_config(M, N, K, launch_s=20e-6)
     assert splits == 1
     assert tiles.estimate_seconds(cfg, M, N, K, 1, launch_s=20e-6) == pytest.approx(20e-6)
@@ -69,8 +70,8 @@ def test_eager_calls_do_not_split_gemms_shorter_than_a_launch(M, N, K):
 def test_gemm_plans_weigh_serial_against_a_reduce_launch(M, N, K):
     """gemm plans with reduce="auto": every (config, splits) costed with the partials summed in the same
     launch (serial: no second launch, a tail of L2 round trips in one block per tile) and with a second
-    reduce launch; the plan is the cheapest of all. Eagerly (~20 us of host time per launch) small split
-    GEMMs go serial; in a graph (~1 us per launch) the separate reduce wins where the tail is longer."""
+    reduce launch; the plan is the cheapest of all. Eagerly (~20 us of host time for the call, ~10 us for a
+    second launch) small split GEMMs go serial; in a graph (~1 us per launch) the separate reduce wins where the tail is longer."""
     for launch_s in (20e-6, runtime.GRAPH_LAUNCH_S):
         cfg, splits, serial = tiles.choose_config(M, N, K, launch_s=launch_s, reduce="auto")
         assert splits > 1 or not serial
@@ -84,12 +85,12 @@ def test_gemm_plans_weigh_serial_against_a_reduce_launch(M, N, K):
 
 
 def test_small_eager_split_gemms_sum_in_one_launch():
-    """(64, 128, 784) splits 8 ways either way; eagerly the reduce launch would cost ~20 us of host time,
+    """(64, 128, 784) splits 8 ways either way; eagerly the reduce launch would cost ~10 us more host time,
     more than the serial tail (~2 L2 round trips of ~0.5 us per pass), so it goes serial."""
     cfg, splits, serial = tiles.choose_config(64, 128, 784, launch_s=20e-6, reduce="auto")
     assert splits >= 4 and serial
     tail = tiles.serial_tail_seconds(cfg, 128, splits)
-    assert tiles.FENCE_S < tail < 20e-6
+    assert tiles.FENCE_S < tail < runtime.EAGER_EXTRA_LAUNCH_S
 
 
 def test_big_gemm_takes_a_bk16_tile_and_no_split():
@@ -132,7 +133,7 @@ def test_backward_data_splits_only_stride_1_and_only_small_batches():
 ])
 def test_tuned_implicit_gemm_plans(x_shape, w_shape, stride, padding):
     """The plans each phase's implicit-GEMM tuning times: the model's plan first, no duplicates, an
-    unsplit plan among them, no more than TUNE_COUNT + 1, strided backward-data never split, every other
+    unsplit plan among them, no more than TUNE_COUNT + 2, strided backward-data never split, every other
     plan within the partials cap, and the layer's workspace sized for the largest of them."""
     dims = conv_dims(x_shape, w_shape, stride, padding)
     N, C, H, W, K, R, S, P, Q = dims[:9]
@@ -145,7 +146,7 @@ def test_tuned_implicit_gemm_plans(x_shape, w_shape, stride, padding):
             for phase, candidates, model_plan, size in phases:
                 plans, first = candidates(dims), model_plan(dims)
                 assert plans[0] == (first[0], first[2]), phase
-                assert len(set(plans)) == len(plans) <= implicit_gemm.TUNE_COUNT + 1
+                assert len(set(plans)) == len(plans) <= implicit_gemm.TUNE_COUNT + 2
                 assert any(s == 1 for _, s in plans)
                 for cfg, splits in plans:
                     assert cfg in implicit_gemm.CONFIGS
@@ -153,6 +154,38 @@ def test_tuned_implicit_gemm_plans(x_shape, w_shape, stride, padding):
                     assert need >= (splits > 1) * splits * size
                 if phase == "backward_data" and stride != 1:
                     assert all(s == 1 for _, s in plans)
+
+
+def test_launch_floor():
+    """A call's host time: its first launch at the regime's cost, each further one at ~10 us eagerly (one
+    more CuPy launch), 1 us in a graph; the cost models weigh a split-K plan's reduce launch at that."""
+    assert runtime.launch_floor(1, 20e-6) == pytest.approx(20e-6)
+    assert runtime.launch_floor(2, 20e-6) == pytest.approx(20e-6 + runtime.EAGER_EXTRA_LAUNCH_S)
+    assert runtime.launch_floor(3, runtime.GRAPH_LAUNCH_S) == pytest.approx(3 * runtime.GRAPH_LAUNCH_S)
+    with runtime.launch_cost_regime(5e-6):
+        assert runtime.launch_floor(2) == pytest.approx(10e-6)
+    cfg = tiles.CONFIG_BY_NAME["128x128x8_8x8"]
+    # (64, 10, 128): a few microseconds of GPU time, so the floor is the estimate
+    assert tiles.estimate_seconds(cfg, 64, 10, 128, 2, launch_s=20e-6) == pytest.approx(30e-6)
+
+
+def test_small_layer_tuning_times_the_fastest_gpu_plan():
+    """GoogLeNet's 5x5 backward-data at batch 16 (16 input channels: M = 16): eagerly the model's first
+    plans tie at the launch floor and are all 128-row tiles; the plan it ranks fastest on the GPU alone (a
+    32-row tile, split) is timed as well, and the partials of every timed plan fit the workspace."""
+    dims = conv_dims((16, 16, 14, 14), (48, 16, 5, 5), 1, 2)
+    M, cols, red, max_splits = implicit_gemm._gemm_sizes(dims, "backward_data")
+    for cost in (20e-6, runtime.GRAPH_LAUNCH_S):
+        with runtime.launch_cost_regime(cost):
+            plans = implicit_gemm.data_candidates(dims)
+            gpu = {p: tiles.estimate_seconds(p[0], M, cols, red, p[1], launch_s=0.0) for p in plans}
+            best = min(tiles.estimate_seconds(c, M, cols, red, s, launch_s=0.0)
+                       for c in implicit_gemm.CONFIGS for s in (1, 2, 4, 8, 16, 32) if s == 1 or red // s >= 64)
+            assert min(gpu.values()) == pytest.approx(best)
+            fastest = min(gpu, key=gpu.get)
+            assert fastest[0].bm == 32 and fastest[1] > 1
+            need = conv2d_workspace_size((16, 16, 14, 14), (48, 16, 5, 5), 1, 2)
+            assert need >= max(s * 16 * 16 * 14 * 14 for _, s in plans if s > 1)
 
 
 @pytest.mark.parametrize("x_shape,w_shape,stride,padding", [
