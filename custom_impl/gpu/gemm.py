@@ -256,6 +256,15 @@ def _reduce_args(M: int, N: int, splits: int, beta: int, act_code: int):
 
 def splitk_reduce(ws, out, bias, M: int, N: int, splits: int, beta, act_code) -> None:
     """out = act(sum over z of ws[z] (in order) + bias + beta*out); ws (splits, M, N) flat."""
+    splitk_reducer(M, N, splits, beta, act_code)(ws, out, bias)
+
+
+def splitk_reducer(M: int, N: int, splits: int, beta=0, act_code=0):
+    """``splitk_reduce`` for these sizes as a function of (ws, out, bias), for the current device: the kernel,
+    grid and scalar arguments looked up once (for callers that keep launches of a tuned plan)."""
     red_grid, red_tail = _reduce_args(int(M), int(N), int(splits), int(beta), int(act_code))
     red = runtime.kernel("gemm", "gemm_splitk_reduce")
-    red(red_grid, (256,), (ws, out, ptr(bias)) + red_tail)
+
+    def reduce(ws, out, bias):
+        red(red_grid, (256,), (ws, out, ptr(bias)) + red_tail)
+    return reduce

@@ -279,9 +279,7 @@ def kernel(family: str, name: str, defines=None, smem: int = 0):
 
     >>> kernel("pool", "maxpool2d_forward_i32")((blocks(n, 256),), (256,), args)   # doctest: +SKIP
     """
-    import cupy
-
-    key = (family, name, define_key(defines), cupy.cuda.Device().id)
+    key = (family, name, define_key(defines), device_id())
     fn = _kernels.get(key)
     if fn is None:
         fn = _kernels[key] = _module(family, key[3], key[2]).get_function(name)
@@ -489,17 +487,16 @@ def i32_memo(vals: tuple) -> tuple:
 
 # ---------------------------------------------------------------------------------------------- device
 def device_id() -> int:
-    """The current CuPy device's id: the key of the per-device kernel and plan memos."""
+    """The current CuPy device's id: the key of the per-device kernel and plan memos (what
+    ``cupy.cuda.Device().id`` gives, without making a Device object on every eager call)."""
     import cupy
 
-    return cupy.cuda.Device().id
+    return cupy.cuda.runtime.getDevice()
 
 
 def sm_count() -> int:
     """Streaming multiprocessors of the current device (132 on an H100 SXM)."""
-    import cupy
-
-    return _sms_of(cupy.cuda.Device().id)
+    return _sms_of(device_id())
 
 
 @functools.lru_cache(maxsize=None)
@@ -521,7 +518,7 @@ def workspace(n: int):
     """
     import cupy
 
-    bufs = _workspaces.setdefault(cupy.cuda.Device().id, [])
+    bufs = _workspaces.setdefault(device_id(), [])
     if not bufs or bufs[-1].size < n:
         bufs.append(cupy.empty(max(n, 1 << 20), dtype=np.float32))
     return bufs[-1]
@@ -532,7 +529,7 @@ def counters(n: int):
     (each launch that uses them leaves them zero again). Never freed, like ``workspace``."""
     import cupy
 
-    bufs = _counter_buffers.setdefault(cupy.cuda.Device().id, [])
+    bufs = _counter_buffers.setdefault(device_id(), [])
     if not bufs or bufs[-1].size < n:
         bufs.append(cupy.zeros(max(n, 4096), dtype=np.int32))
     return bufs[-1]
@@ -661,9 +658,7 @@ def autotune(key, candidates, default, *, warmups: int = 2, behind_sleep: bool |
 
     >>> autotune(("pool", shape), lambda: {"tiled": f, "gather": g}, "gather")   # doctest: +SKIP
     """
-    import cupy
-
-    full = (cupy.cuda.Device().id, _launch_s, key)
+    full = (device_id(), _launch_s, key)
     chosen = _tuned.get(full)
     if chosen is not None:
         return chosen
@@ -686,9 +681,7 @@ def autotune(key, candidates, default, *, warmups: int = 2, behind_sleep: bool |
 
 def tuned(key):
     """The cached choice of ``autotune`` for ``key`` on the current device and launch cost, or None."""
-    import cupy
-
-    return _tuned.get((cupy.cuda.Device().id, _launch_s, key))
+    return _tuned.get((device_id(), _launch_s, key))
 
 
 def tuned_choices() -> dict:
@@ -697,5 +690,19 @@ def tuned_choices() -> dict:
 
 
 def clear_tuned() -> None:
-    """Forget every tuned choice (the next call of each key times its candidates again)."""
+    """Forget every tuned choice (the next call of each key times its candidates again), and every memo
+    made from them (``tuned_memo``)."""
     _tuned.clear()
+    for memo in _tuned_memos:
+        memo.clear()
+
+
+_tuned_memos: list = []
+
+
+def tuned_memo() -> dict:
+    """A new dict for what a module derives from tuned choices (e.g. the launches of a tuned plan), which
+    ``clear_tuned`` empties with them."""
+    memo: dict = {}
+    _tuned_memos.append(memo)
+    return memo

@@ -6,7 +6,8 @@ stub.
     python3 lab/conv/launch_record.py OUT.json     # record (Winograd: forward, backward-data, weight gradient
                                                    # with both dy tiles, whole batch and in chunks, planned
                                                    # and 3 splits; patch: both backward passes; implicit
-                                                   # GEMM: every phase, strided too, planned and 3 splits)
+                                                   # GEMM: every phase, strided too, planned and 3 splits,
+                                                   # and its tuned plan called twice)
     python3 lab/conv/launch_record.py A.json B.json   # compare two recordings: the first launch that differs
 
 Record once with the old code (e.g. `git stash`), once with the new: equal recordings mean the new host code
@@ -106,6 +107,18 @@ def record() -> list:
             if splits is None or dims.sh * dims.sw == 1:
                 calls.append((f"implicit_gemm backward_data splits {splits}",
                                lambda s=splits: implicit_gemm.backward_data(dy, w, dx, dims, ws, splits=s)))
+        # the tuned path: each phase's model plan cached as if timed (one candidate is cached untimed), then
+        # two calls each, with the shared workspace: the first plans, a repeated eager call may reuse that
+        calls += [(f"implicit_gemm {phase} tuned, call {i}", call) for phase, call in (
+            ("forward", lambda: implicit_gemm.forward(x, w, b, y, dims)),
+            ("backward_weights", lambda: implicit_gemm.backward_weights(dy, x, dW, dims)),
+            ("backward_data", lambda: implicit_gemm.backward_data(dy, w, dx, dims))) for i in (1, 2)]
+        runtime.AUTOTUNE = True
+        for phase, plan in (("forward", implicit_gemm.forward_plan), ("backward_data", implicit_gemm.data_plan),
+                            ("backward_weights", implicit_gemm.weights_plan)):
+            first = plan(dims)[::2]
+            runtime.autotune((implicit_gemm.FAMILY, phase, dims, 132), lambda first=first: {first: None}, first)
+        runtime.AUTOTUNE = False
         for what, call in calls:
             log.clear()
             call()

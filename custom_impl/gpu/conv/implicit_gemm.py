@@ -48,7 +48,7 @@ import functools
 import numpy as np
 
 from .. import runtime
-from ..gemm import splitk_reduce
+from ..gemm import splitk_reducer
 from ..runtime import blocks, checked_workspace, i32, i32_memo, ptr, vec_ok
 from ..tiles import CONFIG_BY_NAME, choose_config, pick_candidates, ranked_plans, split_chunk
 from .geometry import planning_sms
@@ -251,35 +251,73 @@ def pointwise(dims) -> bool:
     return (R, S, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) and (H * Wd) % 4 == 0
 
 
+# Launch memo. A repeated eager call whose plan is tuned (the common case: shapes repeat call after call)
+# reuses the launcher its first call built: the kernels, grids and scalar arguments that follow from the
+# plan, the shapes and the operands' alignment; such a call pays one dict lookup before its launches
+# (lab/conv/host_mock.py). Keyed on everything the launches depend on; emptied with the tuned choices
+# (runtime.clear_tuned). A call naming its config or splits builds its launcher afresh.
+_launchers = runtime.tuned_memo()
+
+
+def _align(a):
+    """The alignment part of a launcher's key: where an optional array's address sits within 16 bytes."""
+    return None if a is None else a.data.ptr & 15
+
+
+def _keep(key, phase, dims, sms, launch) -> None:
+    """Memoise ``launch`` under ``key`` once ``phase``'s plan for this layer is tuned (cached)."""
+    if runtime.tuned((FAMILY, phase, dims, sms)) is not None:
+        _launchers[key] = launch
+
+
 def forward(x, W, b, out, dims, workspace=None, sms=132, config=None, splits=None):
     """y = conv2d(x, W) + b into ``out`` (N, K, P, Q); x, W, b (or None) and out checked by the caller.
     ``config`` (a TileConfig or its name) / ``splits`` override the tuned plan's (for tuning runs and
     tests). A ``pointwise`` layer runs conv_pointwise_fwd (the same plan: M = K, cols = N*H*W over C)."""
-    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
-    cols, CRS = N * P * Q, C * R * S
+    tuned = config is None and splits is None
+    if tuned:
+        key = ("forward", dims, sms, runtime.device_id(), runtime.launch_cost(), x.data.ptr & 15,
+               W.data.ptr & 15, out.data.ptr & 15, _align(workspace))
+        launch = _launchers.get(key)
+        if launch is not None:
+            launch(x, W, b, out, workspace)
+            return out
     cfg, n_splits = _call_plan("forward", dims, sms, config, splits,
                                lambda p: forward(x, W, b, out, dims, workspace, sms, *p))
-    k_chunk, n_splits = split_chunk(CRS, n_splits, cfg.bk)
-    flags = int(vec_ok(W, CRS))
-    grid = (blocks(cols, cfg.bn), blocks(K, cfg.bm), n_splits)
-    ws = runtime.NULL
-    if n_splits > 1:
-        ws = checked_workspace(workspace, n_splits * K * cols, "conv2d_forward", "conv2d_workspace_size")
-        flags |= 2
-    HW = H * Wd
-    if pointwise(dims) and vec_ok(x, HW) and vec_ok(out, HW) and (n_splits == 1 or vec_ok(ws, cols)):
-        kernel("conv_pointwise_fwd", cfg)(grid, (cfg.threads,),
-                                          (x, W, ptr(b), out, ws) + i32_memo((N, C, HW, K, k_chunk, flags)),
-                                          shared_mem=cfg.smem_bytes)
-    else:
-        kernel("conv_implicit_gemm_fwd", cfg)(grid, (cfg.threads,),
-                                              (x, W, ptr(b), out, ws) + i32_memo(dims + (k_chunk, flags)),
-                                              shared_mem=cfg.smem_bytes)
-    if n_splits == 1:
-        return out
-    kernel("conv_splitk_reduce_nchw")((min(blocks(out.size, 256), 132 * 16),), (256,),
-                                      (ws, out, ptr(b)) + i32_memo((N, K, P * Q, n_splits)))
+    launch = _forward_launcher(dims, cfg, n_splits, x, W, out, workspace)
+    launch(x, W, b, out, workspace)
+    if tuned:
+        _keep(key, "forward", dims, sms, launch)
     return out
+
+
+def _forward_launcher(dims, cfg, n_splits, x, W, out, workspace):
+    """The launches of one forward plan as a function of (x, W, b, out, workspace), for operands aligned
+    as these: the implicit GEMM (or conv_pointwise_fwd) and, split, conv_splitk_reduce_nchw."""
+    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
+    cols, CRS, HW = N * P * Q, C * R * S, H * Wd
+    k_chunk, n_splits = split_chunk(CRS, n_splits, cfg.bk)
+    flags = int(vec_ok(W, CRS)) | (2 if n_splits > 1 else 0)
+    grid, block, smem = (blocks(cols, cfg.bn), blocks(K, cfg.bm), n_splits), (cfg.threads,), cfg.smem_bytes
+    need = n_splits * K * cols if n_splits > 1 else 0
+    ws = checked_workspace(workspace, need, "conv2d_forward", "conv2d_workspace_size") if need else None
+    if pointwise(dims) and vec_ok(x, HW) and vec_ok(out, HW) and (not need or vec_ok(ws, cols)):
+        kern, scalars = kernel("conv_pointwise_fwd", cfg), i32_memo((N, C, HW, K, k_chunk, flags))
+    else:
+        kern, scalars = kernel("conv_implicit_gemm_fwd", cfg), i32_memo(dims + (k_chunk, flags))
+    if not need:
+        def launch(x, W, b, out, workspace):
+            kern(grid, block, (x, W, ptr(b), out, runtime.NULL) + scalars, shared_mem=smem)
+        return launch
+    red = kernel("conv_splitk_reduce_nchw")
+    red_grid, red_scalars = (min(blocks(N * K * P * Q, 256), 132 * 16),), i32_memo((N, K, P * Q, n_splits))
+
+    def launch_split(x, W, b, out, workspace):
+        ws = checked_workspace(workspace, need, "conv2d_forward", "conv2d_workspace_size")
+        bias = ptr(b)
+        kern(grid, block, (x, W, bias, out, ws) + scalars, shared_mem=smem)
+        red(red_grid, (256,), (ws, out, bias) + red_scalars)
+    return launch_split
 
 
 _VEC = {False: i32(0), True: i32(1)}   # bias_grad's last argument: read dy rows as float4s
@@ -319,22 +357,48 @@ def backward_weights(dy, x, dW, dims, workspace=None, sms=132, config=None, spli
     """dW (K, C, R, S) from dy (N, K, P, Q) and x (N, C, H, W), checked by the caller; split-K partials
     in ``workspace`` (default: the shared workspace). ``config`` (a TileConfig or its name) / ``splits``
     override the tuned plan's."""
-    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
+    tuned = config is None and splits is None
+    if tuned:
+        key = ("backward_weights", dims, sms, runtime.device_id(), runtime.launch_cost(), dW.data.ptr & 15,
+               _align(workspace))
+        launch = _launchers.get(key)
+        if launch is not None:
+            launch(dy, x, dW, workspace)
+            return dW
     cfg, splits = _call_plan("backward_weights", dims, sms, config, splits,
                              lambda p: backward_weights(dy, x, dW, dims, workspace, sms, *p))
+    launch = _weights_launcher(dims, cfg, splits, dW, workspace)
+    launch(dy, x, dW, workspace)
+    if tuned:
+        _keep(key, "backward_weights", dims, sms, launch)
+    return dW
+
+
+def _weights_launcher(dims, cfg, splits, dW, workspace):
+    """The launches of one backward-weights plan as a function of (dy, x, dW, workspace), for dW and the
+    workspace aligned as these: the implicit GEMM into dW, or split into the workspace and gemm's split-K
+    reduce."""
+    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
     k_chunk, splits = split_chunk(N * P * Q, splits, cfg.bk)
     CRS = C * R * S
     kern = kernel("conv_implicit_gemm_wgrad", cfg)
-    grid = (blocks(CRS, cfg.bn), blocks(K, cfg.bm), splits)
+    grid, block, smem = (blocks(CRS, cfg.bn), blocks(K, cfg.bm), splits), (cfg.threads,), cfg.smem_bytes
     if splits == 1:
-        kern(grid, (cfg.threads,), (dy, x, dW) + i32_memo(dims + (k_chunk, vec_ok(dW, CRS))),
-             shared_mem=cfg.smem_bytes)
-        return dW
-    workspace = checked_workspace(workspace, splits * K * CRS, "conv2d_backward", "conv2d_workspace_size")
-    kern(grid, (cfg.threads,), (dy, x, workspace) + i32_memo(dims + (k_chunk, vec_ok(workspace, CRS))),
-         shared_mem=cfg.smem_bytes)
-    splitk_reduce(workspace, dW, None, K, CRS, splits, 0, 0)
-    return dW
+        scalars = i32_memo(dims + (k_chunk, vec_ok(dW, CRS)))
+
+        def launch(dy, x, dW, workspace):
+            kern(grid, block, (dy, x, dW) + scalars, shared_mem=smem)
+        return launch
+    need = splits * K * CRS
+    ws = checked_workspace(workspace, need, "conv2d_backward", "conv2d_workspace_size")
+    scalars = i32_memo(dims + (k_chunk, vec_ok(ws, CRS)))
+    reduce = splitk_reducer(K, CRS, splits)
+
+    def launch_split(dy, x, dW, workspace):
+        ws = checked_workspace(workspace, need, "conv2d_backward", "conv2d_workspace_size")
+        kern(grid, block, (dy, x, ws) + scalars, shared_mem=smem)
+        reduce(ws, dW, None)
+    return launch_split
 
 
 def backward_data(dy, W, dx, dims, workspace=None, sms=132, config=None, splits=None):
@@ -342,27 +406,52 @@ def backward_data(dy, W, dx, dims, workspace=None, sms=132, config=None, splits=
     stride phase; with stride 1 the reduction splits for small batches (partials in ``workspace``,
     default: the shared workspace). ``config`` (a TileConfig or its name) / ``splits`` (stride 1 only)
     override the tuned plan's."""
-    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
+    tuned = config is None and splits is None
+    if tuned:
+        key = ("backward_data", dims, sms, runtime.device_id(), runtime.launch_cost(), dy.data.ptr & 15,
+               W.data.ptr & 15, dx.data.ptr & 15, _align(workspace))
+        launch = _launchers.get(key)
+        if launch is not None:
+            launch(dy, W, dx, workspace)
+            return dx
     cfg, splits = _call_plan("backward_data", dims, sms, config, splits,
                              lambda p: backward_data(dy, W, dx, dims, workspace, sms, *p))
+    launch = _data_launcher(dims, cfg, splits, dy, W, dx, workspace)
+    launch(dy, W, dx, workspace)
+    if tuned:
+        _keep(key, "backward_data", dims, sms, launch)
+    return dx
+
+
+def _data_launcher(dims, cfg, splits, dy, W, dx, workspace):
+    """The launches of one backward-data plan as a function of (dy, W, dx, workspace), for operands aligned
+    as these: the implicit GEMM (grid.z the stride phases, or the splits) or conv_pointwise_dgrad and,
+    split, conv_splitk_reduce_nchw."""
+    N, C, H, Wd, K, R, S, P, Q, sh, sw, ph, pw = dims
     k_chunk, splits = split_chunk(K * R * S, splits, cfg.bk) if splits > 1 and sh * sw == 1 else (0, 1)
     cols = N * -(-H // sh) * -(-Wd // sw)  # the largest phase
-    ws = runtime.NULL
-    if splits > 1:
-        ws = checked_workspace(workspace, splits * C * cols, "conv backward_data", "conv2d_workspace_size")
+    need = splits * C * cols if splits > 1 else 0
+    ws = checked_workspace(workspace, need, "conv backward_data", "conv2d_workspace_size") if need else None
     grid = (blocks(cols, cfg.bn), blocks(C, cfg.bm), splits if splits > 1 else sh * sw)
+    block, smem = (cfg.threads,), cfg.smem_bytes
     HW = H * Wd
-    if pointwise(dims) and vec_ok(dy, HW) and vec_ok(dx, HW) and (splits == 1 or vec_ok(ws, cols)):
+    plain = pointwise(dims) and vec_ok(dy, HW) and vec_ok(dx, HW) and (not need or vec_ok(ws, cols))
+    if plain:
         flags = int(vec_ok(W, C)) | (2 if splits > 1 else 0)
-        scalars = i32_memo((N, C, HW, K, k_chunk if splits > 1 else K, flags))
-        kernel("conv_pointwise_dgrad", cfg)(grid, (cfg.threads,), (dy, W, dx, ws) + scalars,
-                                            shared_mem=cfg.smem_bytes)
+        kern, scalars = kernel("conv_pointwise_dgrad", cfg), i32_memo((N, C, HW, K, k_chunk if splits > 1 else K,
+                                                                        flags))
     else:
-        kernel("conv_implicit_gemm_dgrad", cfg)(grid, (cfg.threads,),
-                                                (dy, W, dx) + i32_memo(tuple(dims)) + (ws,) + i32_memo((k_chunk,)),
-                                                shared_mem=cfg.smem_bytes)
-    if splits == 1:
-        return dx
-    kernel("conv_splitk_reduce_nchw")((min(blocks(dx.size, 256), 132 * 16),), (256,),
-                                      (ws, dx, np.uint64(0)) + i32_memo((N, C, H * Wd, splits)))
-    return dx
+        kern, scalars, tail = kernel("conv_implicit_gemm_dgrad", cfg), i32_memo(tuple(dims)), i32_memo((k_chunk,))
+    red = kernel("conv_splitk_reduce_nchw") if need else None
+    red_grid, red_scalars = (min(blocks(N * C * HW, 256), 132 * 16),), i32_memo((N, C, HW, splits))
+
+    def launch(dy, W, dx, workspace):
+        ws = checked_workspace(workspace, need, "conv backward_data", "conv2d_workspace_size") if need \
+            else runtime.NULL
+        if plain:
+            kern(grid, block, (dy, W, dx, ws) + scalars, shared_mem=smem)
+        else:
+            kern(grid, block, (dy, W, dx) + scalars + (ws,) + tail, shared_mem=smem)
+        if need:
+            red(red_grid, (256,), (ws, dx, np.uint64(0)) + red_scalars)
+    return launch

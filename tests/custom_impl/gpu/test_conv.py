@@ -323,6 +323,56 @@ def test_conv2d_backward_data_split_k(case):
     assert np.array_equal(cupy.asnumpy(again), cupy.asnumpy(dx))
 
 
+@pytest.mark.parametrize("case", [(16, 16, 14, 14, 48, 5, 5, 2), (8, 64, 14, 14, 32, 1, 1, 0)], ids=["5x5", "1x1"])
+def test_conv2d_repeated_calls_reuse_their_launches(case):
+    """A repeated eager call of a tuned implicit-GEMM plan reuses the launches its first call built
+    (implicit_gemm's launch memo): float64-close and the same bits on every call of every phase, with the
+    layer's workspace and with the shared one; an operand at another alignment (an unaligned dx, where the
+    1x1 layer's float4 kernel cannot run) gets launches of its own; runtime.clear_tuned empties the memo."""
+    import cupy
+
+    from custom_impl.gpu import runtime
+    from custom_impl.gpu.conv import conv_dims, conv2d_workspace_size, implicit_gemm
+
+    N, C, H, Wd, K, R, S, pad = case
+    rng = np.random.default_rng(sum(case))
+    x, W, b = _rand(rng, N, C, H, Wd), _rand(rng, K, C, R, S), _rand(rng, K)
+    x64, W64 = x.astype(np.float64), W.astype(np.float64)
+    y_ref, back = conv_ref(x64, W64, (1, 1), (pad, pad))
+    y_abs, back_abs = conv_ref(np.abs(x64), np.abs(W64), (1, 1), (pad, pad))
+    y_ref += b[:, None, None]
+    y_abs += np.abs(b)[:, None, None]
+    dy = _rand(rng, *y_ref.shape)
+    (dx_ref, dW_ref), (dx_abs, dW_abs) = back(dy.astype(np.float64))[:2], back_abs(np.abs(dy.astype(np.float64)))[:2]
+    dims = conv_dims(x.shape, W.shape, 1, pad)
+    gx, gW, gb, gdy = (cupy.asarray(a) for a in (x, W, b, dy))
+    runtime.clear_tuned()
+    layer_ws = cupy.full((conv2d_workspace_size(x.shape, W.shape, 1, pad),), np.nan, np.float32)
+    dx_store = cupy.full((x.size + 1,), np.nan, np.float32)
+    for ws in (layer_ws, None):
+        for dx_at in (0, 1):
+            outs = []
+            for _ in range(3):
+                y = cupy.full(y_ref.shape, np.nan, np.float32)
+                dW = cupy.full(W.shape, np.nan, np.float32)
+                dx_store.fill(np.nan)
+                dx = dx_store[dx_at:dx_at + x.size].reshape(x.shape)
+                implicit_gemm.forward(gx, gW, gb, y, dims, ws)
+                implicit_gemm.backward_data(gdy, gW, dx, dims, ws)
+                implicit_gemm.backward_weights(gdy, gx, dW, dims, ws)
+                outs.append([cupy.asnumpy(a) for a in (y, dx, dW)])
+            what = f"{case} workspace {'layer' if ws is not None else 'shared'} dx at +{dx_at}"
+            _assert_close(outs[0][0], y_ref, y_abs, C * R * S, f"y {what}")
+            _assert_close(outs[0][1], dx_ref, dx_abs, K * R * S, f"dx {what}")
+            _assert_close(outs[0][2], dW_ref, dW_abs, N * H * Wd, f"dW {what}")
+            for later in outs[1:]:
+                for a, c in zip(outs[0], later):
+                    assert np.array_equal(a, c), what
+    assert implicit_gemm._launchers, "the tuned calls kept their launches"
+    runtime.clear_tuned()
+    assert not implicit_gemm._launchers
+
+
 def test_conv2d_tuned_forward_and_weights_plans():
     """Every forward and backward-weights plan the implicit GEMM's tuning times (splits named), on LeNet's
     5x5 layer at batch 3 in the graph launch regime, is float64-close; then the tuned call keeps one of

@@ -329,6 +329,7 @@ def test_conv_choice_is_looked_up_before_any_planning(monkeypatch):
 
     fake = types.ModuleType("cupy")
     fake.cuda = types.SimpleNamespace(Device=lambda: types.SimpleNamespace(id=0),
+                                      runtime=types.SimpleNamespace(getDevice=lambda: 0),
                                       get_current_stream=lambda: types.SimpleNamespace(ptr=0))
     monkeypatch.setitem(sys.modules, "cupy", fake)
     monkeypatch.setattr(runtime, "_tuned", {})
@@ -433,6 +434,16 @@ def test_winograd_weights_workspace_parts():
     assert n == 16 * 17 * Tp + 16 * 45 * Tp + -(-splits * 16 * 45 * 17 // 4) * 4
     with pytest.raises(ValueError, match="phase"):
         winograd.workspace_size(x_shape, w_shape, 1, 1, "weights")
+
+
+def test_clear_tuned_empties_the_memos_made_from_tuned_choices():
+    """What a module derives from tuned choices (``runtime.tuned_memo``: the implicit GEMM's launches of a
+    tuned plan) goes with them, so a new timing is never bypassed by an old plan's launches."""
+    memo = runtime.tuned_memo()
+    memo["a layer's launches"] = object()
+    runtime.clear_tuned()
+    assert memo == {} and runtime.tuned_choices() == {}
+    assert implicit_gemm._launchers == {}
 
 
 def test_auto_times_exactly_the_candidates(monkeypatch):
