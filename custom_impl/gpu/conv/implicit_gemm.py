@@ -255,7 +255,8 @@ def pointwise(dims) -> bool:
 # reuses the launcher its first call built: the kernels, grids and scalar arguments that follow from the
 # plan, the shapes and the operands' alignment; such a call pays one dict lookup before its launches
 # (lab/conv/host_mock.py). Keyed on everything the launches depend on; emptied with the tuned choices
-# (runtime.clear_tuned). A call naming its config or splits builds its launcher afresh.
+# (runtime.clear_tuned). A call that names its config or splits, or runs untuned (a capture, tuning off),
+# plans first and then finds that plan's launcher memoised under the same key with the plan added.
 _launchers = runtime.tuned_memo()
 
 
@@ -270,21 +271,31 @@ def _keep(key, phase, dims, sms, launch) -> None:
         _launchers[key] = launch
 
 
+def _planned(key, plan, build):
+    """The launcher of ``plan`` (TileConfig, splits) for a call with this ``key``: built by ``build()`` once,
+    then memoised with the plan in its key (calls that name their plan, or run untuned)."""
+    full = key + plan
+    launch = _launchers.get(full)
+    if launch is None:
+        launch = _launchers[full] = build()
+    return launch
+
+
 def forward(x, W, b, out, dims, workspace=None, sms=132, config=None, splits=None):
     """y = conv2d(x, W) + b into ``out`` (N, K, P, Q); x, W, b (or None) and out checked by the caller.
     ``config`` (a TileConfig or its name) / ``splits`` override the tuned plan's (for tuning runs and
     tests). A ``pointwise`` layer runs conv_pointwise_fwd (the same plan: M = K, cols = N*H*W over C)."""
+    key = ("forward", dims, sms, runtime.device_id(), runtime.launch_cost(), x.data.ptr & 15, W.data.ptr & 15,
+           out.data.ptr & 15, _align(workspace))
     tuned = config is None and splits is None
     if tuned:
-        key = ("forward", dims, sms, runtime.device_id(), runtime.launch_cost(), x.data.ptr & 15,
-               W.data.ptr & 15, out.data.ptr & 15, _align(workspace))
         launch = _launchers.get(key)
         if launch is not None:
             launch(x, W, b, out, workspace)
             return out
     cfg, n_splits = _call_plan("forward", dims, sms, config, splits,
                                lambda p: forward(x, W, b, out, dims, workspace, sms, *p))
-    launch = _forward_launcher(dims, cfg, n_splits, x, W, out, workspace)
+    launch = _planned(key, (cfg, n_splits), lambda: _forward_launcher(dims, cfg, n_splits, x, W, out, workspace))
     launch(x, W, b, out, workspace)
     if tuned:
         _keep(key, "forward", dims, sms, launch)
@@ -357,17 +368,17 @@ def backward_weights(dy, x, dW, dims, workspace=None, sms=132, config=None, spli
     """dW (K, C, R, S) from dy (N, K, P, Q) and x (N, C, H, W), checked by the caller; split-K partials
     in ``workspace`` (default: the shared workspace). ``config`` (a TileConfig or its name) / ``splits``
     override the tuned plan's."""
+    key = ("backward_weights", dims, sms, runtime.device_id(), runtime.launch_cost(), dW.data.ptr & 15,
+           _align(workspace))
     tuned = config is None and splits is None
     if tuned:
-        key = ("backward_weights", dims, sms, runtime.device_id(), runtime.launch_cost(), dW.data.ptr & 15,
-               _align(workspace))
         launch = _launchers.get(key)
         if launch is not None:
             launch(dy, x, dW, workspace)
             return dW
     cfg, splits = _call_plan("backward_weights", dims, sms, config, splits,
                              lambda p: backward_weights(dy, x, dW, dims, workspace, sms, *p))
-    launch = _weights_launcher(dims, cfg, splits, dW, workspace)
+    launch = _planned(key, (cfg, splits), lambda: _weights_launcher(dims, cfg, splits, dW, workspace))
     launch(dy, x, dW, workspace)
     if tuned:
         _keep(key, "backward_weights", dims, sms, launch)
@@ -406,17 +417,17 @@ def backward_data(dy, W, dx, dims, workspace=None, sms=132, config=None, splits=
     stride phase; with stride 1 the reduction splits for small batches (partials in ``workspace``,
     default: the shared workspace). ``config`` (a TileConfig or its name) / ``splits`` (stride 1 only)
     override the tuned plan's."""
+    key = ("backward_data", dims, sms, runtime.device_id(), runtime.launch_cost(), dy.data.ptr & 15,
+           W.data.ptr & 15, dx.data.ptr & 15, _align(workspace))
     tuned = config is None and splits is None
     if tuned:
-        key = ("backward_data", dims, sms, runtime.device_id(), runtime.launch_cost(), dy.data.ptr & 15,
-               W.data.ptr & 15, dx.data.ptr & 15, _align(workspace))
         launch = _launchers.get(key)
         if launch is not None:
             launch(dy, W, dx, workspace)
             return dx
     cfg, splits = _call_plan("backward_data", dims, sms, config, splits,
                              lambda p: backward_data(dy, W, dx, dims, workspace, sms, *p))
-    launch = _data_launcher(dims, cfg, splits, dy, W, dx, workspace)
+    launch = _planned(key, (cfg, splits), lambda: _data_launcher(dims, cfg, splits, dy, W, dx, workspace))
     launch(dy, W, dx, workspace)
     if tuned:
         _keep(key, "backward_data", dims, sms, launch)
