@@ -265,19 +265,23 @@ def _align(a):
     return None if a is None else a.data.ptr & 15
 
 
-def _keep(key, phase, dims, sms, launch) -> None:
-    """Memoise ``launch`` under ``key`` once ``phase``'s plan for this layer is tuned (cached)."""
-    if runtime.tuned((FAMILY, phase, dims, sms)) is not None:
-        _launchers[key] = launch
-
-
-def _planned(key, plan, build):
-    """The launcher of ``plan`` (TileConfig, splits) for a call with this ``key``: built by ``build()`` once,
-    then memoised with the plan in its key (calls that name their plan, or run untuned)."""
-    full = key + plan
+def _launcher(phase, key, dims, sms, config, splits, again, build):
+    """The launches of one call of ``phase`` as a function of its arrays: a tuned call's memoised launcher
+    (one dict lookup), else the plan's (``_call_plan``; ``again(plan)`` makes the call with a plan, as the
+    tuning times them), built by ``build(cfg, splits)`` once per key and plan and memoised under ``key``
+    itself once the plan is tuned."""
+    tuned = config is None and splits is None
+    if tuned:
+        launch = _launchers.get(key)
+        if launch is not None:
+            return launch
+    cfg, splits = _call_plan(phase, dims, sms, config, splits, again)
+    full = key + (cfg, splits)
     launch = _launchers.get(full)
     if launch is None:
-        launch = _launchers[full] = build()
+        launch = _launchers[full] = build(cfg, splits)
+    if tuned and runtime.tuned((FAMILY, phase, dims, sms)) is not None:
+        _launchers[key] = launch
     return launch
 
 
@@ -287,18 +291,8 @@ def forward(x, W, b, out, dims, workspace=None, sms=132, config=None, splits=Non
     tests). A ``pointwise`` layer runs conv_pointwise_fwd (the same plan: M = K, cols = N*H*W over C)."""
     key = ("forward", dims, sms, runtime.device_id(), runtime.launch_cost(), x.data.ptr & 15, W.data.ptr & 15,
            out.data.ptr & 15, _align(workspace))
-    tuned = config is None and splits is None
-    if tuned:
-        launch = _launchers.get(key)
-        if launch is not None:
-            launch(x, W, b, out, workspace)
-            return out
-    cfg, n_splits = _call_plan("forward", dims, sms, config, splits,
-                               lambda p: forward(x, W, b, out, dims, workspace, sms, *p))
-    launch = _planned(key, (cfg, n_splits), lambda: _forward_launcher(dims, cfg, n_splits, x, W, out, workspace))
-    launch(x, W, b, out, workspace)
-    if tuned:
-        _keep(key, "forward", dims, sms, launch)
+    _launcher("forward", key, dims, sms, config, splits, lambda p: forward(x, W, b, out, dims, workspace, sms, *p),
+              lambda cfg, n: _forward_launcher(dims, cfg, n, x, W, out, workspace))(x, W, b, out, workspace)
     return out
 
 
@@ -370,18 +364,9 @@ def backward_weights(dy, x, dW, dims, workspace=None, sms=132, config=None, spli
     override the tuned plan's."""
     key = ("backward_weights", dims, sms, runtime.device_id(), runtime.launch_cost(), dW.data.ptr & 15,
            _align(workspace))
-    tuned = config is None and splits is None
-    if tuned:
-        launch = _launchers.get(key)
-        if launch is not None:
-            launch(dy, x, dW, workspace)
-            return dW
-    cfg, splits = _call_plan("backward_weights", dims, sms, config, splits,
-                             lambda p: backward_weights(dy, x, dW, dims, workspace, sms, *p))
-    launch = _planned(key, (cfg, splits), lambda: _weights_launcher(dims, cfg, splits, dW, workspace))
-    launch(dy, x, dW, workspace)
-    if tuned:
-        _keep(key, "backward_weights", dims, sms, launch)
+    _launcher("backward_weights", key, dims, sms, config, splits,
+              lambda p: backward_weights(dy, x, dW, dims, workspace, sms, *p),
+              lambda cfg, n: _weights_launcher(dims, cfg, n, dW, workspace))(dy, x, dW, workspace)
     return dW
 
 
@@ -419,18 +404,9 @@ def backward_data(dy, W, dx, dims, workspace=None, sms=132, config=None, splits=
     override the tuned plan's."""
     key = ("backward_data", dims, sms, runtime.device_id(), runtime.launch_cost(), dy.data.ptr & 15,
            W.data.ptr & 15, dx.data.ptr & 15, _align(workspace))
-    tuned = config is None and splits is None
-    if tuned:
-        launch = _launchers.get(key)
-        if launch is not None:
-            launch(dy, W, dx, workspace)
-            return dx
-    cfg, splits = _call_plan("backward_data", dims, sms, config, splits,
-                             lambda p: backward_data(dy, W, dx, dims, workspace, sms, *p))
-    launch = _planned(key, (cfg, splits), lambda: _data_launcher(dims, cfg, splits, dy, W, dx, workspace))
-    launch(dy, W, dx, workspace)
-    if tuned:
-        _keep(key, "backward_data", dims, sms, launch)
+    _launcher("backward_data", key, dims, sms, config, splits,
+              lambda p: backward_data(dy, W, dx, dims, workspace, sms, *p),
+              lambda cfg, n: _data_launcher(dims, cfg, n, dy, W, dx, workspace))(dy, W, dx, workspace)
     return dx
 
 

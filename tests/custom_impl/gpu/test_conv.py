@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = pytest.mark.gpu
 
-from conv_reference import EPS32, _assert_close, _rand, conv_ref  # noqa: F401
+from conv_reference import EPS32, _assert_close, _rand, conv_ref, reference_case  # noqa: F401
 
 
 # (N, C, H, W, K, R, S, stride, padding)
@@ -335,15 +335,10 @@ def test_conv2d_repeated_calls_reuse_their_launches(case):
     from custom_impl.gpu.conv import conv_dims, conv2d_workspace_size, implicit_gemm
 
     N, C, H, Wd, K, R, S, pad = case
-    rng = np.random.default_rng(sum(case))
-    x, W, b = _rand(rng, N, C, H, Wd), _rand(rng, K, C, R, S), _rand(rng, K)
-    x64, W64 = x.astype(np.float64), W.astype(np.float64)
-    y_ref, back = conv_ref(x64, W64, (1, 1), (pad, pad))
-    y_abs, back_abs = conv_ref(np.abs(x64), np.abs(W64), (1, 1), (pad, pad))
-    y_ref += b[:, None, None]
-    y_abs += np.abs(b)[:, None, None]
-    dy = _rand(rng, *y_ref.shape)
-    (dx_ref, dW_ref), (dx_abs, dW_abs) = back(dy.astype(np.float64))[:2], back_abs(np.abs(dy.astype(np.float64)))[:2]
+    x, W, dy, (y_ref, dx_ref, dW_ref, _), (y_abs, dx_abs, dW_abs) = reference_case(
+        (N, C, H, Wd, K, R, S, (1, 1), (pad, pad)), sum(case))
+    b = _rand(np.random.default_rng(K), K)
+    y_ref, y_abs = y_ref + b[:, None, None], y_abs + np.abs(b)[:, None, None]
     dims = conv_dims(x.shape, W.shape, 1, pad)
     gx, gW, gb, gdy = (cupy.asarray(a) for a in (x, W, b, dy))
     runtime.clear_tuned()
