@@ -199,15 +199,14 @@ def _call_plan(phase, dims, sms, config, splits, run):
 
 def _tuned_plan(phase, dims, sms, run):
     """(TileConfig, splits) for this call of ``phase``: cached, else the fastest candidate timed with
-    ``run(plan)`` (one call on the caller's arrays), else (capturing, or tuning off) the model's. A plan is
-    worth max(GPU time, its launches' host time ``runtime.launch_floor``), as in ``tiles.estimate_seconds``."""
+    ``run(plan)`` (one call on the caller's arrays; a single candidate is cached untimed), else (capturing,
+    or tuning off) the model's. A plan is worth max(GPU time, its launches' host time
+    ``runtime.launch_floor``), as in ``tiles.estimate_seconds``."""
     key = (FAMILY, phase, dims, sms)
     hit = runtime.tuned(key)    # the common case: one lookup, no candidate list or closures built
     if hit is not None:
         return hit
     plans = _candidates(dims, phase, sms)
-    if len(plans) == 1:
-        return plans[0]
     cost = runtime.launch_cost()
 
     def worth(plan, ms):
