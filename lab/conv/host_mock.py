@@ -4,6 +4,10 @@ call on top of the launches themselves (each real CuPy launch costs ~8-25 us mor
 
     python3 lab/conv/host_mock.py                                       # the small layers of the conv suite
     python3 lab/conv/host_mock.py --profile [N,C,H,W,K,R,S,stride,pad]  # cProfile's top functions for one
+    python3 lab/conv/host_mock.py --tuned     # GoogLeNet's small layers, every phase through "auto" with the
+                                              # choices cached as an "auto" call leaves them: "implicit_gemm"
+                                              # and the cost model's plan (the implicit GEMM's repeated calls
+                                              # then reuse their launches)
 
 Run it on a machine without CuPy (the stub is installed as ``cupy`` before our modules import it). The stub
 covers what custom_impl/gpu reads of CuPy (arrays' shape, dtype, contiguity and address; ``RawModule``,
@@ -93,10 +97,63 @@ def _row(shape, algo):
                                         weights_algo=algo)
 
 
+# (N, C, H, W, K, R, S, stride, pad): GoogLeNet's 5x5 reduction branch at batch 16, two of its 1x1 layers
+TUNED_SHAPES = [(16, 16, 14, 14, 48, 5, 5, 1, 2), (64, 480, 14, 14, 16, 1, 1, 1, 0), (16, 832, 7, 7, 256, 1, 1, 1, 0)]
+
+
+def _tuned_rows(shape):
+    """{phase: call} of the harness's three rows for this layer through "auto", after caching what an "auto"
+    call's timing would leave: "implicit_gemm" for each phase and the cost model's plan for its GEMM (one
+    candidate is cached untimed, so tuning is switched on for the caching only)."""
+    from custom_impl.gpu import conv, runtime
+    from custom_impl.gpu.conv import implicit_gemm
+
+    N, C, H, W, K, R, S, st, pad = shape
+    x, w, b = _Array((N, C, H, W)), _Array((K, C, R, S)), _Array((K,))
+    dims = conv.conv_dims(x.shape, w.shape, (st, st), (pad, pad))
+    dy, y, dx, dW, db = (_Array((N, K, dims.P, dims.Q)), _Array((N, K, dims.P, dims.Q)), _Array(x.shape),
+                         _Array(w.shape), _Array((K,)))
+    size = conv.conv2d_workspace_size(x.shape, w.shape, (st, st), (pad, pad))
+    ws = _Array((size,)) if size else None
+    runtime.AUTOTUNE = True
+    for phase, plan in (("forward", implicit_gemm.forward_plan), ("backward_data", implicit_gemm.data_plan),
+                        ("backward_weights", implicit_gemm.weights_plan)):
+        first = plan(dims)[::2]
+        runtime.autotune((implicit_gemm.FAMILY, phase, dims, 132), lambda first=first: {first: None}, first)
+        key = ("conv", phase, dims) + ((False,) if phase == "forward" else ())   # the forward has a bias
+        runtime.autotune(key, lambda: {"implicit_gemm": None}, "implicit_gemm")
+    runtime.AUTOTUNE = False
+    st, pad = (st, st), (pad, pad)
+    return {"forward": lambda: conv.conv2d_forward(x, w, b, st, pad, out=y, workspace=ws),
+            "backward_data": lambda: conv.conv2d_backward_data(dy, w, x.shape, st, pad, dx=dx, workspace=ws),
+            "backward_weights": lambda: conv.conv2d_backward(dy, x, w, st, pad, need_dx=False, dW=dW, db=db,
+                                                             workspace=ws)}
+
+
+def _host_us(call, n: int = 4000) -> float:
+    """Least microseconds per call over 7 batches of ``n`` calls (the development VM is noisy), after 200."""
+    for _ in range(200):
+        call()
+    best = float("inf")
+    for _ in range(7):
+        t = time.perf_counter()
+        for _ in range(n):
+            call()
+        best = min(best, (time.perf_counter() - t) / n)
+    return best * 1e6
+
+
 def main(argv) -> int:
     _install_stub()
     from custom_impl.gpu import runtime
 
+    if argv[:1] == ["--tuned"]:
+        for shape in TUNED_SHAPES:
+            for phase, call in _tuned_rows(shape).items():
+                _Kernel.launches = 0
+                us = _host_us(call, 2000)
+                print(f"{shape} {phase}: {us:.1f} us of host time per call (stubbed launches included)")
+        return 0
     runtime.AUTOTUNE = False  # nothing to time on the stub: tuned plans are the cost model's (one lookup)
     if argv[:1] == ["--profile"]:
         shape = tuple(int(v) for v in argv[1].split(",")) if len(argv) > 1 else next(iter(SHAPES))
@@ -110,16 +167,10 @@ def main(argv) -> int:
         return 0
     for shape, algo in SHAPES.items():
         call = _row(shape, algo)
-        for _ in range(200):
-            call()
-        _Kernel.launches, n, best = 0, 4000, float("inf")
-        for _ in range(7):   # least of 7 batches: the development VM is noisy
-            t = time.perf_counter()
-            for _ in range(n):
-                call()
-            best = min(best, (time.perf_counter() - t) / n)
-        print(f"{shape} {algo}: {best * 1e6:.1f} us of host time per call, "
-              f"{_Kernel.launches / (7 * n):.0f} launches (stubbed)")
+        _Kernel.launches = 0
+        us = _host_us(call, 4000)
+        print(f"{shape} {algo}: {us:.1f} us of host time per call, "
+              f"{_Kernel.launches / (7 * 4000 + 200):.0f} launches (stubbed)")
     return 0
 
 
