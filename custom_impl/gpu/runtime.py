@@ -441,13 +441,16 @@ def vec_ok_at(addr: int, ld: int) -> bool:
     return ld % 4 == 0 and addr % 16 == 0
 
 
+_F32 = np.dtype(np.float32)   # compared as a dtype: no conversion of np.float32 on every check
+
+
 def check_array(a, name: str, shape=None, ndim=None):
     """Raise ValueError unless ``a`` is a C-contiguous float32 CuPy array of the given shape / ndim."""
     import cupy
 
     if not isinstance(a, cupy.ndarray):
         raise ValueError(f"{name}: expected a cupy.ndarray, got {type(a).__name__}")
-    if a.dtype != np.float32:
+    if a.dtype != _F32:
         raise ValueError(f"{name}: expected float32, got {a.dtype}")
     if not a.flags.c_contiguous:
         raise ValueError(f"{name}: expected a C-contiguous array; pass cupy.ascontiguousarray({name})")

@@ -263,7 +263,6 @@ def conv2d_backward(dy, x, W, stride, padding, need_dx=True, dx=None, dW=None, d
     """
     import cupy
 
-    check_array(dy, "dy", ndim=4)
     check_array(x, "x", ndim=4)
     check_array(W, "W", ndim=4)
     dims = conv_dims(x.shape, W.shape, stride, padding)
@@ -318,7 +317,6 @@ def conv2d_backward_data(dy, W, x_shape, stride, padding, dx=None, workspace=Non
     ``conv2d_workspace_size(...)`` float32 elements, or None for the runtime's shared buffer."""
     import cupy
 
-    check_array(dy, "dy", ndim=4)
     check_array(W, "W", ndim=4)
     dims = conv_dims(tuple(x_shape), W.shape, stride, padding)
     N, C, H, Wd, K, R, S, P, Q = dims[:9]
