@@ -4,10 +4,10 @@ call on top of the launches themselves (each real CuPy launch costs ~8-25 us mor
 
     python3 lab/conv/host_mock.py                                       # the small layers of the conv suite
     python3 lab/conv/host_mock.py --profile [N,C,H,W,K,R,S,stride,pad]  # cProfile's top functions for one
-    python3 lab/conv/host_mock.py --tuned     # GoogLeNet's small layers, every phase through "auto" with the
-                                              # choices cached as an "auto" call leaves them: "implicit_gemm"
-                                              # and the cost model's plan (the implicit GEMM's repeated calls
-                                              # then reuse their launches)
+    python3 lab/conv/host_mock.py --tuned     # GoogLeNet's small layers and the conv suite's odd 33x17 layer,
+                                              # every phase through "auto" with the choices cached as an
+                                              # "auto" call leaves them ("implicit_gemm" with the cost model's
+                                              # plan, or "winograd4"): repeated calls reuse their launches
 
 Run it on a machine without CuPy (the stub is installed as ``cupy`` before our modules import it). The stub
 covers what custom_impl/gpu reads of CuPy (arrays' shape, dtype, contiguity and address; ``RawModule``,
@@ -97,13 +97,17 @@ def _row(shape, algo):
                                         weights_algo=algo)
 
 
-# (N, C, H, W, K, R, S, stride, pad): GoogLeNet's 5x5 reduction branch at batch 16, two of its 1x1 layers
-TUNED_SHAPES = [(16, 16, 14, 14, 48, 5, 5, 1, 2), (64, 480, 14, 14, 16, 1, 1, 1, 0), (16, 832, 7, 7, 256, 1, 1, 1, 0)]
+# ((N, C, H, W, K, R, S, stride, pad), the algorithm "auto" is left with): GoogLeNet's 5x5 reduction branch at
+# batch 16 and two of its 1x1 layers (the implicit GEMM), the conv suite's odd 33x17 layer (Winograd F(4x4, 3x3))
+TUNED_SHAPES = [((16, 16, 14, 14, 48, 5, 5, 1, 2), "implicit_gemm"),
+                ((64, 480, 14, 14, 16, 1, 1, 1, 0), "implicit_gemm"),
+                ((16, 832, 7, 7, 256, 1, 1, 1, 0), "implicit_gemm"),
+                ((33, 17, 29, 31, 45, 3, 3, 1, 1), "winograd4")]
 
 
-def _tuned_rows(shape):
+def _tuned_rows(shape, algo="implicit_gemm"):
     """{phase: call} of the harness's three rows for this layer through "auto", after caching what an "auto"
-    call's timing would leave: "implicit_gemm" for each phase and the cost model's plan for its GEMM (one
+    call's timing would leave: ``algo`` for each phase and the cost model's plan for the implicit GEMM (one
     candidate is cached untimed, so tuning is switched on for the caching only)."""
     from custom_impl.gpu import conv, runtime
     from custom_impl.gpu.conv import implicit_gemm
@@ -121,7 +125,7 @@ def _tuned_rows(shape):
         first = plan(dims)[::2]
         runtime.autotune((implicit_gemm.FAMILY, phase, dims, 132), lambda first=first: {first: None}, first)
         key = ("conv", phase, dims) + ((False,) if phase == "forward" else ())   # the forward has a bias
-        runtime.autotune(key, lambda: {"implicit_gemm": None}, "implicit_gemm")
+        runtime.autotune(key, lambda: {algo: None}, algo)
     runtime.AUTOTUNE = False
     st, pad = (st, st), (pad, pad)
     return {"forward": lambda: conv.conv2d_forward(x, w, b, st, pad, out=y, workspace=ws),
@@ -148,11 +152,12 @@ def main(argv) -> int:
     from custom_impl.gpu import runtime
 
     if argv[:1] == ["--tuned"]:
-        for shape in TUNED_SHAPES:
-            for phase, call in _tuned_rows(shape).items():
+        for shape, algo in TUNED_SHAPES:
+            for phase, call in _tuned_rows(shape, algo).items():
                 _Kernel.launches = 0
                 us = _host_us(call, 2000)
-                print(f"{shape} {phase}: {us:.1f} us of host time per call (stubbed launches included)")
+                print(f"{shape} {algo} {phase}: {us:.1f} us of host time per call, "
+                      f"{_Kernel.launches / (7 * 2000 + 200):.0f} launches (stubbed)")
         return 0
     runtime.AUTOTUNE = False  # nothing to time on the stub: tuned plans are the cost model's (one lookup)
     if argv[:1] == ["--profile"]:

@@ -5,9 +5,9 @@ stub.
 
     python3 lab/conv/launch_record.py OUT.json     # record (Winograd: forward, backward-data, weight gradient
                                                    # with both dy tiles, whole batch and in chunks, planned
-                                                   # and 3 splits; patch: both backward passes; implicit
-                                                   # GEMM: every phase, strided too, planned and 3 splits,
-                                                   # and its tuned plan called twice)
+                                                   # and 3 splits, the first of each phase repeated; patch:
+                                                   # both backward passes; implicit GEMM: every phase, strided
+                                                   # too, planned and 3 splits, its tuned plan called twice)
     python3 lab/conv/launch_record.py A.json B.json   # compare two recordings: the first launch that differs
 
 Record once with the old code (e.g. `git stash`), once with the new: equal recordings mean the new host code
@@ -84,6 +84,8 @@ def record() -> list:
                 calls.append((f"backward_weights tile {tile} splits {splits}",
                               lambda tile=tile, splits=splits: winograd.backward_weights(
                                   dy, x, dW, pad, workspace=ws, images=images, tile=tile, splits=splits)))
+            if images is None:   # a repeated call (the same arrays and workspace): the same launches again
+                calls += [(f"{what}, again", call) for what, call in calls[:3]]
             for what, call in calls:
                 log.clear()
                 call()

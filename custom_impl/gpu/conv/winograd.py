@@ -448,36 +448,62 @@ def _at(a, offset: int = 0) -> int:
     return a.data.ptr + F32 * offset
 
 
+# Launch lists. A pass's launches (kernels, grids, addresses, scalars) follow from its geometry, tile config
+# and the arrays' addresses alone; an eager call that repeats them (the common case: the same shapes and
+# buffers call after call) replays the list its first call made instead of working the addresses, grids
+# and flags out again. Keyed on everything they depend on; addresses only (no array is kept alive), so an
+# array freed and another allocated at its address with the same geometry gets the same, correct launches.
+_launch_lists: dict = {}
+MAX_LAUNCH_LISTS = 4096   # past this many keys (shapes x buffers), the lists are made afresh
+
+
 def _run(ps: _Pass, inp, Wt, b, out, ws, flip: bool, config=None) -> None:
     """The four kernels of one pass: inp (N, C_in, Hi, Wi) -> out (N, C_out, Ho, Wo), in chunks of ``ps.N``
     images (the filter transform once, then input transform, GEMMs and output transform per chunk)."""
+    key = (ps, flip, config, runtime.device_id(), inp.shape[0], inp.data.ptr, Wt.data.ptr, ptr(b), out.data.ptr,
+           ws.data.ptr)
+    launches = _launch_lists.get(key)
+    if launches is None:
+        if len(_launch_lists) >= MAX_LAUNCH_LISTS:
+            _launch_lists.clear()
+        launches = _launch_lists[key] = _launch_list(ps, inp, Wt, b, out, ws, flip, config)
+    for kern, grid, block, args, smem in launches:
+        kern(grid, block, args, shared_mem=smem)
+
+
+def _launch_list(ps: _Pass, inp, Wt, b, out, ws, flip: bool, config) -> list:
+    """``_run``'s launches as (kernel, grid, block, arguments, shared memory) tuples."""
     U = _at(ws)
     K, C = (ps.C_in, ps.C_out) if flip else (ps.C_out, ps.C_in)   # W is (K, C, R, R) either way
     cfg = config or choose_config(ps.C_out, ps.Tp, ps.C_in, runtime.sm_count(), ps.xis)
     cfg = CONFIG_BY_NAME[cfg] if isinstance(cfg, str) else cfg
     # NOTE: all kernels come from the module compiled for cfg: one compile per tile config.
     kernels = _pass_kernels(ps.m, ps.r, cfg, runtime.device_id())
-    kernels[0]((blocks(ps.C_out * ps.Ip, THREADS),), (THREADS,), (Wt, np.uint64(U)) + i32_memo((K, C, int(flip))))
+    launches = [(kernels[0], (blocks(ps.C_out * ps.Ip, THREADS),), (THREADS,),
+                 (ptr(Wt), np.uint64(U)) + i32_memo((K, C, int(flip))), 0)]
     N = inp.shape[0]
     in_img, out_img = ps.C_in * ps.Hi * ps.Wi, ps.C_out * ps.Ho * ps.Wo   # floats per image
     for n0 in range(0, N, ps.N):
         n = min(ps.N, N - n0)
-        _run_chunk(ps if n == ps.N else ps.for_images(n), cfg, kernels, U, _at(inp, n0 * in_img), b,
-                   _at(out, n0 * out_img), ws)
+        launches += _chunk_launches(ps if n == ps.N else ps.for_images(n), cfg, kernels, U, _at(inp, n0 * in_img),
+                                    b, _at(out, n0 * out_img), ws)
+    return launches
 
 
-def _run_chunk(ps: _Pass, cfg, kernels, U: int, inp: int, b, out: int, ws) -> None:
+def _chunk_launches(ps: _Pass, cfg, kernels, U: int, inp: int, b, out: int, ws) -> list:
     """Input transform, GEMMs and output transform of ``ps.N`` images at addresses ``inp`` / ``out``, with U
-    already in ``ws`` at address ``U``; ``kernels``: ``_pass_kernels``'."""
+    already in ``ws`` at address ``U``; ``kernels``: ``_pass_kernels``'. As ``_launch_list``'s tuples."""
     V = _at(ws, ps.n_u)
     Mo = _at(ws, ps.n_u + ps.n_v)
     _, k_input, k_output, _, _, k_gemm, _ = kernels
-    k_input((blocks(ps.Tp, THREADS), ps.C_in), (THREADS,), (np.uint64(inp), np.uint64(V)) + ps.input_args)
     flags = int(vec_ok_at(U, ps.Ip)) | int(vec_ok_at(V, ps.Tp)) << 1 | int(vec_ok_at(Mo, ps.Tp)) << 2
-    k_gemm((blocks(ps.Tp, cfg.bn), blocks(ps.C_out, cfg.bm), ps.xis), (cfg.threads,),
-           (np.uint64(U), np.uint64(V), np.uint64(Mo)) + i32_memo((ps.C_out, ps.Tp, ps.C_in, ps.Ip, flags)),
-           shared_mem=cfg.smem_bytes)
-    k_output((blocks(ps.T, THREADS), ps.C_out), (THREADS,), (np.uint64(Mo), ptr(b), np.uint64(out)) + ps.output_args)
+    gemm_args = (np.uint64(U), np.uint64(V), np.uint64(Mo)) + i32_memo((ps.C_out, ps.Tp, ps.C_in, ps.Ip, flags))
+    return [(k_input, (blocks(ps.Tp, THREADS), ps.C_in), (THREADS,),
+             (np.uint64(inp), np.uint64(V)) + ps.input_args, 0),
+            (k_gemm, (blocks(ps.Tp, cfg.bn), blocks(ps.C_out, cfg.bm), ps.xis), (cfg.threads,), gemm_args,
+             cfg.smem_bytes),
+            (k_output, (blocks(ps.T, THREADS), ps.C_out), (THREADS,),
+             (np.uint64(Mo), ptr(b), np.uint64(out)) + ps.output_args, 0)]
 
 
 def forward(x, W, b, y, padding, workspace=None, config=None, images=None, tile=2, check=True):
@@ -603,18 +629,35 @@ def backward_weights(dy, x, dW, padding, workspace=None, config=None, splits=Non
 
 def _run_weights(wp: WeightsPass, dy, x, dW, ws) -> None:
     """Per chunk: the x and dy transforms into V and Y, then the xis GEMMs into the chunk's slabs of Mw;
-    then the output transform over every slab."""
+    then the output transform over every slab (its launch list memoised as ``_run``'s)."""
+    key = (wp, runtime.device_id(), dy.data.ptr, x.data.ptr, dW.data.ptr, ws.data.ptr)
+    launches = _launch_lists.get(key)
+    if launches is None:
+        if len(_launch_lists) >= MAX_LAUNCH_LISTS:
+            _launch_lists.clear()
+        launches = _launch_lists[key] = _weights_launch_list(wp, dy, x, dW, ws)
+    for kern, grid, block, args, smem in launches:
+        kern(grid, block, args, shared_mem=smem)
+
+
+def _weights_launch_list(wp: WeightsPass, dy, x, dW, ws) -> list:
+    """``_run_weights``' launches as (kernel, grid, block, arguments, shared memory) tuples."""
     cfg, K, C, xis = wp.cfg, wp.K, wp.C, wp.xis
     # NOTE: all kernels come from the module compiled for cfg: one compile per tile config.
     _, k_input, _, k_dy, k_out, _, k_gemm = _pass_kernels(wp.geo.m, wp.geo.r, cfg, runtime.device_id())
     V, Yt, Mw = _at(ws), _at(ws, wp.n_v), _at(ws, wp.n_v + wp.n_y)
     x_img, dy_img = C * wp.geo.Hi * wp.geo.Wi, K * wp.geo.Ho * wp.geo.Wo   # floats per image
+    launches = []
     for n0, g, t_chunk, splits, slab in wp.chunks:
         out = Mw + F32 * slab * xis * K * C
-        k_input((blocks(g.Tp, THREADS), C), (THREADS,), (np.uint64(_at(x, n0 * x_img)), np.uint64(V)) + g.input_args)
-        k_dy((blocks(g.Tp, THREADS), K), (THREADS,), (np.uint64(_at(dy, n0 * dy_img)), np.uint64(Yt)) + g.output_args)
         flags = int(vec_ok_at(V, g.Tp) and vec_ok_at(Yt, g.Tp)) | int(vec_ok_at(out, C)) << 1
-        k_gemm((blocks(C, cfg.bn), blocks(K, cfg.bm), xis * splits), (cfg.threads,),
-               (np.uint64(Yt), np.uint64(V), np.uint64(out)) + i32_memo((K, C, g.Tp, t_chunk, flags, xis)),
-               shared_mem=cfg.smem_bytes)
-    k_out((blocks(K * C, THREADS),), (THREADS,), (np.uint64(Mw), dW) + i32_memo((K, C, wp.slabs)))
+        gemm_args = (np.uint64(Yt), np.uint64(V), np.uint64(out)) + i32_memo((K, C, g.Tp, t_chunk, flags, xis))
+        launches += [(k_input, (blocks(g.Tp, THREADS), C), (THREADS,),
+                      (np.uint64(_at(x, n0 * x_img)), np.uint64(V)) + g.input_args, 0),
+                     (k_dy, (blocks(g.Tp, THREADS), K), (THREADS,),
+                      (np.uint64(_at(dy, n0 * dy_img)), np.uint64(Yt)) + g.output_args, 0),
+                     (k_gemm, (blocks(C, cfg.bn), blocks(K, cfg.bm), xis * splits), (cfg.threads,), gemm_args,
+                      cfg.smem_bytes)]
+    launches.append((k_out, (blocks(K * C, THREADS),), (THREADS,),
+                     (np.uint64(Mw), ptr(dW)) + i32_memo((K, C, wp.slabs)), 0))
+    return launches

@@ -180,6 +180,47 @@ def test_default_workspace_and_unaligned_workspace():
     assert np.array_equal(cupy.asnumpy(winograd.forward(*args, None, 1, workspace=odd)), ref)
 
 
+@pytest.mark.parametrize("tile", [2, 4])
+def test_repeated_calls_on_the_same_buffers(tile):
+    """A call repeated on the same arrays replays the launch list its first call made (addresses, not
+    values): new values written into the same buffers give the results of fresh arrays holding them, in
+    every phase, and a call on other buffers of the same shapes gets launches of its own."""
+    import cupy
+
+    from custom_impl.gpu.conv import winograd
+
+    case = (3, 17, 13, 17, 33, 1)
+    x1, W, b, rng = _data(case, 5)
+    x2 = _rand(rng, *x1.shape)
+    gW, gb = cupy.asarray(W), cupy.asarray(b)
+    y_shape = (case[0], case[4], case[2], case[3])
+    dy1, dy2 = _rand(rng, *y_shape), _rand(rng, *y_shape)
+
+    def phases(x, dy, out=None):
+        """y, dx, dW of fresh arrays (out None) or written into the buffers ``out`` (gx, gdy, y, dx, dW)."""
+        if out is None:
+            gx, gdy = cupy.asarray(x), cupy.asarray(dy)
+            y, dx, dW = (cupy.full(s, np.nan, np.float32) for s in (y_shape, x.shape, W.shape))
+        else:
+            gx, gdy, y, dx, dW = out
+            gx.set(x)
+            gdy.set(dy)
+        winograd.forward(gx, gW, gb, y, 1, tile=tile)
+        winograd.backward_data(gdy, gW, dx, 1, tile=tile)
+        winograd.backward_weights(gdy, gx, dW, 1, tile=tile)
+        return [cupy.asnumpy(a) for a in (y, dx, dW)]
+
+    buffers = (cupy.empty(x1.shape, np.float32), cupy.empty(y_shape, np.float32),
+               cupy.empty(y_shape, np.float32), cupy.empty(x1.shape, np.float32), cupy.empty(W.shape, np.float32))
+    fresh1, fresh2 = phases(x1, dy1), phases(x2, dy2)
+    for x, dy, want in ((x1, dy1, fresh1), (x2, dy2, fresh2), (x1, dy1, fresh1)):
+        for got, ref, name in zip(phases(x, dy, buffers), want, ("y", "dx", "dW")):
+            assert np.array_equal(got, ref), f"{name} on reused buffers, tile {tile}"
+    y_ref = conv_ref(x2.astype(np.float64), W.astype(np.float64), (1, 1), (1, 1))[0] + b[:, None, None]
+    _assert_close(fresh2[0], y_ref, winograd_abs(x2.astype(np.float64), W.astype(np.float64), 1)
+                  + np.abs(b)[:, None, None], 16 * case[1] + 10, f"winograd y, tile {tile}")
+
+
 def test_cuda_graph_capture():
     """With y and workspace given, forward + backward_data are capturable and replay to the eager result."""
     import cupy
