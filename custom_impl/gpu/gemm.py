@@ -31,7 +31,7 @@ import functools
 import numpy as np
 
 from . import runtime
-from .runtime import NULL, blocks, check_array, launch_cost, launch_floor, ptr, sm_count, vec_ok
+from .runtime import FLOAT32, NULL, blocks, check_array, launch_cost, launch_floor, ptr, sm_count, vec_ok
 from .tiles import CONFIG_BY_NAME, CONFIGS, choose_config, split_chunk, tune_candidates
 
 ACTS = {"none": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
@@ -182,7 +182,6 @@ def _tuned_choice(a, b, out, bias, trans_a, trans_b, act, accumulate, M, N, K):
 # at, so a call that would fail them never hits a cached launch. Split-K's default workspace and counters
 # are held by the cached launch: both buffers are never freed and were sized for this call.
 _launch_plans: dict = {}
-_F32 = np.dtype(np.float32)
 
 
 def _plan_key(a, b, out, bias, trans_a, trans_b, act, accumulate):
@@ -192,7 +191,7 @@ def _plan_key(a, b, out, bias, trans_a, trans_b, act, accumulate):
     try:
         arrays = (a, b, out) if bias is None else (a, b, out, bias)
         for x in arrays:
-            if type(x) is not cupy.ndarray or x.dtype != _F32 or not x.flags.c_contiguous:
+            if type(x) is not cupy.ndarray or x.dtype != FLOAT32 or not x.flags.c_contiguous:
                 return None
         return (a.shape, b.shape, out.shape, None if bias is None else bias.shape, trans_a, trans_b, act,
                 accumulate, a.data.ptr & 15, b.data.ptr & 15, out.data.ptr & 15, launch_cost(),

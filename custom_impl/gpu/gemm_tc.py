@@ -40,7 +40,7 @@ import numpy as np
 
 from . import runtime
 from .gemm import ACTS, check_operands, splitk_reduce
-from .runtime import GRAPH_LAUNCH_S, NULL, blocks, i32, launch_cost, launch_floor, ptr, sm_count, vec_ok
+from .runtime import FLOAT32, GRAPH_LAUNCH_S, NULL, blocks, i32, launch_cost, launch_floor, ptr, sm_count, vec_ok
 from .tiles import pick_candidates, split_chunk
 
 PRECISIONS = ("tf32", "bf16")
@@ -383,7 +383,6 @@ def cached_launch(a, b, out, bias=None, trans_a=False, trans_b=False, act="none"
 
 
 _launches: dict = {}
-_F32 = np.dtype(np.float32)
 
 
 def _plan_key(a, b, out, bias, trans_a, trans_b, act, accumulate, precision):
@@ -393,7 +392,7 @@ def _plan_key(a, b, out, bias, trans_a, trans_b, act, accumulate, precision):
     try:
         arrays = (a, b, out) if bias is None else (a, b, out, bias)
         for x in arrays:
-            if type(x) is not cupy.ndarray or x.dtype != _F32 or not x.flags.c_contiguous:
+            if type(x) is not cupy.ndarray or x.dtype != FLOAT32 or not x.flags.c_contiguous:
                 return None
         return (precision, a.shape, b.shape, out.shape, None if bias is None else bias.shape, trans_a, trans_b,
                 act, accumulate, a.data.ptr & 15, b.data.ptr & 15, out.data.ptr & 15, launch_cost(),

@@ -441,7 +441,7 @@ def vec_ok_at(addr: int, ld: int) -> bool:
     return ld % 4 == 0 and addr % 16 == 0
 
 
-_F32 = np.dtype(np.float32)   # compared as a dtype: no conversion of np.float32 on every check
+FLOAT32 = np.dtype(np.float32)   # compared as a dtype: no conversion of np.float32 on every check
 
 
 def check_array(a, name: str, shape=None, ndim=None):
@@ -450,7 +450,7 @@ def check_array(a, name: str, shape=None, ndim=None):
 
     if not isinstance(a, cupy.ndarray):
         raise ValueError(f"{name}: expected a cupy.ndarray, got {type(a).__name__}")
-    if a.dtype != _F32:
+    if a.dtype != FLOAT32:
         raise ValueError(f"{name}: expected float32, got {a.dtype}")
     if not a.flags.c_contiguous:
         raise ValueError(f"{name}: expected a C-contiguous array; pass cupy.ascontiguousarray({name})")

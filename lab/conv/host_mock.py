@@ -105,12 +105,29 @@ TUNED_SHAPES = [((16, 16, 14, 14, 48, 5, 5, 1, 2), "implicit_gemm"),
                 ((33, 17, 29, 31, 45, 3, 3, 1, 1), "winograd4")]
 
 
+def cache_choices(dims, algo=None) -> None:
+    """Cache what an "auto" call's timing would leave for this layer: the implicit GEMM's plan of each phase
+    (the cost model's first) and, with ``algo``, that algorithm as each phase's choice (the forward's with a
+    bias). One candidate is cached untimed, so tuning is switched on for the caching only."""
+    from custom_impl.gpu import runtime
+    from custom_impl.gpu.conv import implicit_gemm
+
+    runtime.AUTOTUNE = True
+    for phase, plan in (("forward", implicit_gemm.forward_plan), ("backward_data", implicit_gemm.data_plan),
+                        ("backward_weights", implicit_gemm.weights_plan)):
+        first = plan(dims)[::2]
+        runtime.autotune((implicit_gemm.FAMILY, phase, dims, 132), lambda first=first: {first: None}, first)
+        if algo is not None:
+            key = ("conv", phase, dims) + ((False,) if phase == "forward" else ())
+            runtime.autotune(key, lambda: {algo: None}, algo)
+    runtime.AUTOTUNE = False
+
+
 def _tuned_rows(shape, algo="implicit_gemm"):
     """{phase: call} of the harness's three rows for this layer through "auto", after caching what an "auto"
-    call's timing would leave: ``algo`` for each phase and the cost model's plan for the implicit GEMM (one
-    candidate is cached untimed, so tuning is switched on for the caching only)."""
-    from custom_impl.gpu import conv, runtime
-    from custom_impl.gpu.conv import implicit_gemm
+    call's timing would leave (``cache_choices``): ``algo`` for each phase, the cost model's plan for the
+    implicit GEMM."""
+    from custom_impl.gpu import conv
 
     N, C, H, W, K, R, S, st, pad = shape
     x, w, b = _Array((N, C, H, W)), _Array((K, C, R, S)), _Array((K,))
@@ -119,14 +136,7 @@ def _tuned_rows(shape, algo="implicit_gemm"):
                          _Array(w.shape), _Array((K,)))
     size = conv.conv2d_workspace_size(x.shape, w.shape, (st, st), (pad, pad))
     ws = _Array((size,)) if size else None
-    runtime.AUTOTUNE = True
-    for phase, plan in (("forward", implicit_gemm.forward_plan), ("backward_data", implicit_gemm.data_plan),
-                        ("backward_weights", implicit_gemm.weights_plan)):
-        first = plan(dims)[::2]
-        runtime.autotune((implicit_gemm.FAMILY, phase, dims, 132), lambda first=first: {first: None}, first)
-        key = ("conv", phase, dims) + ((False,) if phase == "forward" else ())   # the forward has a bias
-        runtime.autotune(key, lambda: {algo: None}, algo)
-    runtime.AUTOTUNE = False
+    cache_choices(dims, algo)
     st, pad = (st, st), (pad, pad)
     return {"forward": lambda: conv.conv2d_forward(x, w, b, st, pad, out=y, workspace=ws),
             "backward_data": lambda: conv.conv2d_backward_data(dy, w, x.shape, st, pad, dx=dx, workspace=ws),
