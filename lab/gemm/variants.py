@@ -6,6 +6,8 @@ Each variant is the product's tiled GEMM kernel for the dense forward layout (X 
 compiled through ``runtime.kernel`` with a tile config and extra defines (GEMM_INTERIOR: see gemm.cu; a
 serpentine FFMA order, k loops unrolled by 8 and a grouped block order were timed this way too, all slower:
 docs/kernels.md).
+The "async" variants are the experiment lab/gemm/gemm_async.cu (cp.async multi-stage pipeline, tiles kept
+[mn][k] with a swizzle; interior shapes only, so they are checked at the main shape alone), with its defines.
 All modules are compiled first in parallel processes (CuPy's on-disk cache), then timed in interleaved
 rounds (each round times every variant and torch once: clock drift hits all alike); each variant's result
 is checked against torch's at this shape and at an edge shape with partial tiles.
@@ -31,6 +33,22 @@ VARIANTS = {  # name: (tile config, extra defines); "default" = the build gemm.p
     "128x128x16 default": ("128x128x16_8x8", {}),
     "128x128x16 interior": ("128x128x16_8x8", dict(GEMM_INTERIOR=1)),
 }
+ASYNC_VARIANTS = {  # name: defines of lab/gemm/gemm_async.cu
+    "async 256x128 s3": dict(AS_BM=256, AS_BN=128, AS_TM=16, AS_TN=8, AS_STAGES=3),
+    "async 256x128 s4": dict(AS_BM=256, AS_BN=128, AS_TM=16, AS_TN=8, AS_STAGES=4),
+    "async 256x128 s3 r232": dict(AS_BM=256, AS_BN=128, AS_TM=16, AS_TN=8, AS_STAGES=3, AS_MAXNREG=232),
+    "async 128x256 s3": dict(AS_BM=128, AS_BN=256, AS_TM=8, AS_TN=16, AS_STAGES=3),
+    "async 128x128 s4": dict(AS_BM=128, AS_BN=128, AS_TM=8, AS_TN=8, AS_STAGES=4),
+    "async 128x128 s4 2b": dict(AS_BM=128, AS_BN=128, AS_TM=8, AS_TN=8, AS_STAGES=4, AS_MAXNREG=128),
+}
+
+
+def _async_function(defines: dict):
+    from lab.common.kernels import lab_kernel
+
+    smem = defines["AS_STAGES"] * 16 * (defines["AS_BM"] + defines["AS_BN"]) * 4
+    threads = (defines["AS_BM"] // defines["AS_TM"]) * (defines["AS_BN"] // defines["AS_TN"])
+    return smem, threads, lab_kernel("gemm/gemm_async.cu", "gemm_async_nt", defines=defines, smem=smem)
 
 
 def _function(cfg_name: str, defines: dict):
@@ -44,7 +62,10 @@ def _function(cfg_name: str, defines: dict):
 def _compile_one(name: str) -> tuple[str, float, str]:
     t0 = time.perf_counter()
     try:
-        _function(*VARIANTS[name])
+        if name in ASYNC_VARIANTS:
+            _async_function(ASYNC_VARIANTS[name])
+        else:
+            _function(*VARIANTS[name])
         return name, time.perf_counter() - t0, "ok"
     except Exception as err:  # reported per variant: one bad module must not hide the others
         return name, time.perf_counter() - t0, f"{type(err).__name__}: {err}"
@@ -57,7 +78,7 @@ def main(argv=None) -> int:
     ap.add_argument("--calls", type=int, default=10)
     ap.add_argument("--only", default="", help="comma-separated variant names")
     args = ap.parse_args(argv)
-    names = [n for n in VARIANTS if not args.only or n in args.only.split(",")]
+    names = [n for n in (*VARIANTS, *ASYNC_VARIANTS) if not args.only or n in args.only.split(",")]
     ctx = __import__("multiprocessing").get_context("spawn")
     with cf.ProcessPoolExecutor(max_workers=min(16, len(names)), mp_context=ctx) as pool:
         for name, secs, status in pool.map(_compile_one, names):
@@ -76,9 +97,16 @@ def main(argv=None) -> int:
         return x, w, cupy.empty((m, n), np.float32)
 
     def launcher(name, x, w, y):
-        cfg, fn = _function(*VARIANTS[name])
         m, k = x.shape
         n = w.shape[0]
+        if name in ASYNC_VARIANTS:
+            d = ASYNC_VARIANTS[name]
+            if m % d["AS_BM"] or n % d["AS_BN"] or k % 16:
+                return None  # interior tiles only
+            smem, threads, fn = _async_function(d)
+            a = (x, w, y, np.int32(m), np.int32(n), np.int32(k))
+            return lambda: fn((n // d["AS_BN"], m // d["AS_BM"], 1), (threads,), a, shared_mem=smem)
+        cfg, fn = _function(*VARIANTS[name])
         grid = ((n + cfg.bn - 1) // cfg.bn, (m + cfg.bm - 1) // cfg.bm, 1)
         zero = np.uint64(0)
         a = (x, w, y, zero, zero, zero, np.int32(m), np.int32(n), np.int32(k), np.int32(k), np.int32(0),
@@ -93,7 +121,10 @@ def main(argv=None) -> int:
         scale = float(ref.abs().max())
         for name in names:
             y.fill(np.nan)
-            launcher(name, x, w, y)()
+            run = launcher(name, x, w, y)
+            if run is None:
+                continue
+            run()
             err = float((torch.as_tensor(y) - ref).abs().max())
             # fp32 sums of K products in another order: ~sqrt(K) ulps of the largest partial sums
             ok = err <= 1e-5 * scale
