@@ -9,7 +9,9 @@ loaded, never by copies. act is "none", "relu", "sigmoid" or "tanh", applied in 
 
 Kernels: ``gemm_{nn,nt,tn,tt}`` (by transposes): a warp-tiled register-blocked GEMM, double-buffered
 shared memory, float4 global loads where aligned, fused epilogue; a tile config (``tiles.TileConfig``)
-and split-K factor chosen per shape by the cost model of ``tiles.py`` and the autotuner (below). Split-K
+and split-K factor chosen per shape by the cost model of ``tiles.py`` and the autotuner (below). Outputs
+at most 32 wide in the dense forward and weight-gradient layouts also have the thin kernels
+(``thin.py``, ``kernels/gemm_thin.cu``) among the plans the autotuner times. Split-K
 partials are summed in a fixed order (deterministic), either inside the same launch by the last block of
 each output tile to finish (serial split-K: a per-tile arrival counter) or by a second launch,
 ``gemm_splitk_reduce``; both give bitwise the same sums.
@@ -30,7 +32,7 @@ import functools
 
 import numpy as np
 
-from . import runtime
+from . import runtime, thin
 from .runtime import FLOAT32, NULL, blocks, check_array, launch_cost, launch_floor, ptr, sm_count, vec_ok
 from .tiles import CONFIG_BY_NAME, CONFIGS, choose_config, split_chunk, tune_candidates
 
@@ -40,9 +42,9 @@ KERNELS = {(ta, tb): "gemm_" + ("t" if ta else "n") + ("t" if tb else "n")
 
 
 def _gemm_modules() -> list:
-    """The gemm modules the default path can compile: one per tile config, and the plain one (the
-    split-K reduce)."""
-    return [("gemm", {})] + [("gemm", cfg.defines) for cfg in CONFIGS]
+    """The gemm modules the default path can compile: one per tile config, the plain one (the split-K
+    reduce) and the thin kernels' (``thin.py``)."""
+    return [("gemm", {})] + [("gemm", cfg.defines) for cfg in CONFIGS] + [(thin.FAMILY, {})]
 
 
 runtime.register_modules(_gemm_modules)
@@ -78,8 +80,8 @@ def gemm(a, b, out=None, *, trans_a=False, trans_b=False, bias=None, act="none",
     """out = act(op(a) @ op(b) + bias (+ out if accumulate)); returns out.
 
     a: (M, K) or (K, M) if trans_a; b: (K, N) or (N, K) if trans_b; bias: (N,) or None; out: (M, N).
-    ``config`` (a TileConfig or its name) and ``splits`` (split-K factor) are chosen per shape unless
-    given (the autotuner, below). ``workspace``: float32 buffer of at least splits*M*N elements for
+    ``config`` (a TileConfig, a ``thin.ThinConfig`` or either's name) and ``splits`` (split-K factor) are
+    chosen per shape unless given (the autotuner, below). ``workspace``: float32 buffer of at least splits*M*N elements for
     split-K partials (default: ``runtime.workspace``). ``reduce``: how split-K partials are summed,
     "serial" (in the same launch) or "launch" (a second kernel); default: the tuner's choice, or "serial"
     when ``config`` or ``splits`` is given.
@@ -149,7 +151,7 @@ def _tuned_choice(a, b, out, bias, trans_a, trans_b, act, accumulate, M, N, K):
     hit = runtime.tuned(key)
     if hit is not None:
         return hit
-    cands = tune_candidates(M, N, K, sm_count())
+    cands = tune_candidates(M, N, K, sm_count()) + thin.candidates(M, N, K, trans_a, trans_b, sm_count())
     if len(cands) == 1:
         return cands[0]
 
@@ -200,18 +202,34 @@ def _plan_key(a, b, out, bias, trans_a, trans_b, act, accumulate):
         return None
 
 
+def config_by_name(name: str):
+    """The TileConfig or ``thin.ThinConfig`` named ``name``; a KeyError that lists the names otherwise."""
+    cfg = CONFIG_BY_NAME.get(name) or thin.THIN_BY_NAME.get(name)
+    if cfg is None:
+        raise KeyError(f"gemm: no config named {name!r}; known: {sorted(CONFIG_BY_NAME) + sorted(thin.THIN_BY_NAME)}")
+    return cfg
+
+
 def _make_plan(a, b, out, trans_a, trans_b, act, accumulate, M, N, K, config=None, splits=None, reduce=None):
     """Everything a launch derives from the shapes, alignment and options: (kernel, grid, block, shared
-    memory, scalar arguments, flags, splits, M*N). A missing ``config`` (a TileConfig or its name) or
+    memory, scalar arguments, flags, splits, M*N). A missing ``config`` (a TileConfig, a ThinConfig or a name) or
     ``splits`` is ``choose_config``'s; ``reduce`` defaults to "serial" (``gemm`` passes the tuned one)."""
     if config is None or splits is None:
         auto_cfg, auto_splits, _ = choose_config(M, N, K, sm_count(), reduce="auto")
         config = auto_cfg if config is None else config
         splits = auto_splits if splits is None else splits
     reduce = reduce or "serial"
-    cfg = CONFIG_BY_NAME[config] if isinstance(config, str) else config
+    cfg = config_by_name(config) if isinstance(config, str) else config
     k_chunk, splits = split_chunk(K, splits, cfg.bk)
-    kern = runtime.kernel("gemm", KERNELS[trans_a, trans_b], cfg.defines, cfg.smem_bytes)
+    if isinstance(cfg, thin.ThinConfig):
+        if not cfg.fits(M, N, trans_a, trans_b):
+            raise ValueError(f"gemm: config {cfg.name!r} does not compute a {M}x{N} output with trans_a={trans_a}, "
+                             f"trans_b={trans_b}; thin configs that do: "
+                             f"{[c.name for c in thin.THIN_CONFIGS if c.fits(M, N, trans_a, trans_b)]}")
+        kern, grid = runtime.kernel(thin.FAMILY, cfg.kernel), cfg.grid(M, N, splits)
+    else:
+        kern = runtime.kernel("gemm", KERNELS[trans_a, trans_b], cfg.defines, cfg.smem_bytes)
+        grid = (blocks(N, cfg.bn), blocks(M, cfg.bm), splits)
     flags = int(vec_ok(a, M if trans_a else K)) | int(vec_ok(b, K if trans_b else N)) << 1
     if splits == 1:  # flag bit 2: float4 stores into out
         flags |= int(vec_ok(out, N)) << 2
@@ -219,7 +237,6 @@ def _make_plan(a, b, out, trans_a, trans_b, act, accumulate, M, N, K, config=Non
         flags |= 1 << 3 | (reduce == "serial") << 4
     scalars = (np.int32(M), np.int32(N), np.int32(K), np.int32(k_chunk), np.int32(1 if accumulate else 0),
                np.int32(ACTS[act]))
-    grid = (blocks(N, cfg.bn), blocks(M, cfg.bm), splits)
     return kern, grid, (cfg.threads,), cfg.smem_bytes, scalars, flags, splits, M * N
 
 

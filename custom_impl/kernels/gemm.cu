@@ -12,6 +12,7 @@
 //   gemm_splitk_reduce C = act(sum_z W[z] + bias + beta*C), summing z in order (deterministic); also used
 //                      by the conv families' split-K weight gradients.
 #include "gemm_tiles.cuh"
+#include "gemm_splitk.cuh"  // splitk_tile_reduce, splitk_arrive_last
 
 // GEMM_INTERIOR=0 compiles only the bounds-checked loaders, for measuring what the interior fast path
 // gains (lab/gemm). Tiles held to 128 registers for two blocks per SM
@@ -21,91 +22,6 @@
 #define GEMM_INTERIOR (GEMM_MIN_BLOCKS == 1)
 #endif
 
-
-// Serial split-K's reduce of one BM x BN tile (the last block of the tile to finish runs it):
-// C[m, n] = act(sum over z = 0, 1, ... of W[z][m, n] + bias[n] + beta * C[m, n]), the order of
-// gemm_splitk_reduce. The tile's V-wide vectors (V = 4: float4, needs N % 4 == 0 and W, C 16-byte aligned;
-// V = 1: scalars) are dealt E at a time to each thread, and the loads of two z for those E are issued
-// before any is used: L2 round trips, not bandwidth, bound this tail (a dependent load per element would
-// cost ~0.5 us each).
-template <int V>
-__device__ __forceinline__ void ldcg_vec(const float* p, float (&v)[V]) {  // V floats from L2 (float4 or 1)
-    if constexpr (V == 4) {
-        const float4 t = __ldcg(reinterpret_cast<const float4*>(p));
-        v[0] = t.x; v[1] = t.y; v[2] = t.z; v[3] = t.w;
-    } else {
-        v[0] = __ldcg(p);
-    }
-}
-
-template <int V, int BM, int BN, int NT>
-__device__ __forceinline__ void splitk_tile_reduce(const float* W, float* C, const float* bias, int M, int N,
-                                                   int m0, int n0, int splits, int beta, int act) {
-    constexpr int E = V == 4 ? 2 : 4;            // vectors per thread per round
-    constexpr int TOTAL = BM * BN / V;           // vectors in the tile
-    const size_t MN = (size_t)M * N;
-    for (int base = 0; base < TOTAL; base += E * NT) {
-        size_t idx[E];
-        bool ok[E];
-        float s[E][V];
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-            const int v = base + e * NT + threadIdx.x;
-            const int m = m0 + v / (BN / V);
-            const int n = n0 + (v % (BN / V)) * V;
-            ok[e] = v < TOTAL && m < M && n < N;   // V == 4: N % 4 == 0, so n < N covers n + 3
-            idx[e] = ok[e] ? (size_t)m * N + n : 0;
-#pragma unroll
-            for (int f = 0; f < V; ++f) s[e][f] = 0.f;
-        }
-        int z = 0;
-        for (; z + 1 < splits; z += 2) {
-            float p0[E][V], p1[E][V];
-#pragma unroll
-            for (int e = 0; e < E; ++e) {
-                if (!ok[e]) continue;
-                ldcg_vec<V>(W + z * MN + idx[e], p0[e]);
-                ldcg_vec<V>(W + (z + 1) * MN + idx[e], p1[e]);
-            }
-#pragma unroll
-            for (int e = 0; e < E; ++e)
-#pragma unroll
-                for (int f = 0; f < V; ++f) {
-                    if (!ok[e]) continue;
-                    s[e][f] += p0[e][f];
-                    s[e][f] += p1[e][f];
-                }
-        }
-        if (z < splits) {
-#pragma unroll
-            for (int e = 0; e < E; ++e) {
-                if (!ok[e]) continue;
-                float p[V];
-                ldcg_vec<V>(W + z * MN + idx[e], p);
-#pragma unroll
-                for (int f = 0; f < V; ++f) s[e][f] += p[f];
-            }
-        }
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-            if (!ok[e]) continue;
-            const int n = (int)(idx[e] % N);
-            float o[V];
-#pragma unroll
-            for (int f = 0; f < V; ++f) {
-                o[f] = s[e][f];
-                if (bias) o[f] += bias[n + f];
-                if (beta) o[f] += C[idx[e] + f];
-                o[f] = apply_act(o[f], act);
-            }
-            if constexpr (V == 4) {
-                *reinterpret_cast<float4*>(C + idx[e]) = make_float4(o[0], o[1], o[2], o[3]);
-            } else {
-                C[idx[e]] = o[0];
-            }
-        }
-    }
-}
 
 // flags bit 0: A vectorisable, bit 1: B vectorisable, bit 2: the tile stores may be float4 (into C, or into
 // W for split-K), bit 3: split-K (gridDim.z > 1: block z's raw partial into W + z*M*N), bit 4: serial
@@ -153,17 +69,9 @@ __device__ __forceinline__ void gemm_body(const float* A, const float* B, float*
         run(bool_constant<true>{});
     if (!split || !((flags >> 4) & 1)) return;
 
-    // Serial split-K: publish this block's partial, count it in; the last of the tile's gridDim.z blocks
-    // sums all of them (threadFenceReduction pattern: fence before the count, fence after seeing it, and
-    // L2 loads (__ldcg), since other SMs' L1s do not see these writes).
-    __shared__ int is_last;
-    __threadfence();
-    __syncthreads();
+    // Serial split-K: the last block of the tile to arrive sums its partials (gemm_splitk.cuh).
     const int tile = blockIdx.y * gridDim.x + blockIdx.x;
-    if (tid == 0) is_last = atomicAdd(counters + tile, 1) == (int)gridDim.z - 1;
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
+    if (!splitk_arrive_last(counters, tile)) return;
     if ((flags >> 5) & 1)
         splitk_tile_reduce<4, BM, BN, NT>(W, C, bias, M, N, m0, n0, gridDim.z, beta, act);
     else

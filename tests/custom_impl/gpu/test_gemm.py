@@ -195,6 +195,83 @@ def test_serial_split_k_sums_as_the_reduce_kernel_does(config, splits, bias, act
     assert int(cupy.count_nonzero(runtime.counters(1))) == 0
 
 
+# Thin kernels (kernels/gemm_thin.cu): N <= width in the forward layout (trans_b), M <= width in the weight
+# gradient's (trans_a). Shapes: the thin side below, at and one under each width; the long sides odd, K odd
+# (the scalar path: rows not float4-aligned) and a multiple of 4 (the float4 path) with a ragged last step.
+THIN_CASES = [  # (config, M, N, K, trans_a, trans_b)
+    ("thin_n8", 301, 1, 517, False, True), ("thin_n8", 64, 8, 1024, False, True),
+    ("thin_n16", 1000, 10, 300, False, True), ("thin_n16", 77, 16, 129, False, True),
+    ("thin_n32", 333, 29, 1760, False, True), ("thin_n32", 17, 32, 1001, False, True),
+    ("thin_m8", 3, 515, 999, True, False), ("thin_m8", 8, 128, 1024, True, False),
+    ("thin_m16", 10, 129, 700, True, False), ("thin_m16", 16, 260, 333, True, False),
+    ("thin_m32", 29, 1760, 901, True, False), ("thin_m32", 31, 5, 4000, True, False),
+]
+
+
+@pytest.mark.parametrize("config,M,N,K,ta,tb", THIN_CASES)
+def test_thin_kernels(config, M, N, K, ta, tb):
+    _run_gemm(M, N, K, ta, tb, bias=True, act="sigmoid", config=config, splits=1, seed=21)
+    _run_gemm(M, N, K, ta, tb, accumulate=True, config=config, splits=1, seed=22)
+    for splits in (3, 8):
+        for reduce in ("serial", "launch"):
+            _run_gemm(M, N, K, ta, tb, bias=True, act="relu", config=config, splits=splits, reduce=reduce, seed=23)
+
+
+@pytest.mark.parametrize("config,M,N,K,ta,tb", [THIN_CASES[3], THIN_CASES[4], THIN_CASES[9], THIN_CASES[10]])
+def test_thin_serial_split_sums_as_the_reduce_kernel_does(config, M, N, K, ta, tb):
+    """As for the tiled kernels: the serial reduce gives bitwise what gemm_splitk_reduce gives from the same
+    partials, a thin kernel gives the same bits run after run, and the tile counters are left at zero."""
+    import cupy
+
+    from custom_impl.gpu import gemm, runtime
+
+    rng = np.random.default_rng(24)
+    a = cupy.asarray(_rand(rng, *((K, M) if ta else (M, K))))
+    b = cupy.asarray(_rand(rng, *((N, K) if tb else (K, N))))
+    bv = cupy.asarray(_rand(rng, N))
+    splits = 5
+    ws = cupy.full((splits * M * N,), np.nan, dtype=np.float32)
+    out = cupy.full((M, N), np.nan, dtype=np.float32)
+    gemm.gemm(a, b, out, trans_a=ta, trans_b=tb, bias=bv, act="tanh", config=config, splits=splits, workspace=ws)
+    assert np.all(np.isfinite(cupy.asnumpy(ws))), "a split's partial was not written"
+    again = cupy.full((M, N), np.nan, dtype=np.float32)
+    gemm.splitk_reduce(ws, again, bv, M, N, splits, 0, gemm.ACTS["tanh"])
+    assert np.array_equal(cupy.asnumpy(out), cupy.asnumpy(again))
+    assert int(cupy.count_nonzero(runtime.counters(1))) == 0
+    for _ in range(2):
+        more = cupy.full((M, N), np.nan, dtype=np.float32)
+        gemm.gemm(a, b, more, trans_a=ta, trans_b=tb, bias=bv, act="tanh", config=config, splits=splits,
+                  workspace=ws)
+        assert np.array_equal(cupy.asnumpy(more), cupy.asnumpy(out))
+
+
+def test_thin_config_rejects_a_call_it_cannot_compute():
+    import cupy
+
+    from custom_impl.gpu.gemm import gemm
+
+    a, b = cupy.ones((64, 40), np.float32), cupy.ones((33, 40), np.float32)   # N = 33 > 32
+    with pytest.raises(ValueError, match="thin_n32.*does not compute"):
+        gemm(a, b, trans_b=True, config="thin_n32", splits=1)
+    with pytest.raises(KeyError, match="no config named 'thin_n64'"):
+        gemm(a, b, trans_b=True, config="thin_n64", splits=1)
+
+
+def test_autotuner_times_the_thin_plans_beside_the_tiled_ones(monkeypatch):
+    """A forward-layout GEMM with 10 outputs: the tuner times the tiled candidates and the thin ones, and
+    whichever it keeps computes the right result (float64 reference)."""
+    from custom_impl.gpu import runtime, thin, tiles
+
+    monkeypatch.setattr(runtime, "_tuned", {})
+    timed = []
+    real = runtime.time_calls
+    monkeypatch.setattr(runtime, "time_calls", lambda calls, *a, **kw: timed.append(len(calls)) or real(calls, *a, **kw))
+    M, N, K = 4097, 10, 1024
+    _run_gemm(M, N, K, False, True, bias=True, seed=25)
+    sms = runtime.sm_count()
+    assert timed == [len(tiles.tune_candidates(M, N, K, sms)) + len(thin.candidates(M, N, K, False, True, sms))]
+
+
 def test_autotuned_choice_is_timed_once_and_cached(monkeypatch):
     """The first default call of a shape times tiles.tune_candidates on the GPU (runtime.autotune) and
     caches the fastest; the second call reuses it (no timing); results are right either way (float64
