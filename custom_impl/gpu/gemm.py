@@ -34,6 +34,8 @@ import numpy as np
 
 from . import runtime, thin
 from .runtime import FLOAT32, NULL, blocks, check_array, launch_cost, launch_floor, ptr, sm_count, vec_ok
+from .thin import FAMILY as THIN_FAMILY
+from .thin import KERNELS as THIN_KERNELS
 from .tiles import CONFIG_BY_NAME, CONFIGS, choose_config, split_chunk, tune_candidates
 
 ACTS = {"none": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
@@ -44,7 +46,7 @@ KERNELS = {(ta, tb): "gemm_" + ("t" if ta else "n") + ("t" if tb else "n")
 def _gemm_modules() -> list:
     """The gemm modules the default path can compile: one per tile config, the plain one (the split-K
     reduce) and the thin kernels' (``thin.py``)."""
-    return [("gemm", {})] + [("gemm", cfg.defines) for cfg in CONFIGS] + [(thin.FAMILY, {})]
+    return [("gemm", {})] + [("gemm", cfg.defines) for cfg in CONFIGS] + [(THIN_FAMILY, {})]
 
 
 runtime.register_modules(_gemm_modules)
@@ -226,7 +228,7 @@ def _make_plan(a, b, out, trans_a, trans_b, act, accumulate, M, N, K, config=Non
             raise ValueError(f"gemm: config {cfg.name!r} does not compute a {M}x{N} output with trans_a={trans_a}, "
                              f"trans_b={trans_b}; thin configs that do: "
                              f"{[c.name for c in thin.THIN_CONFIGS if c.fits(M, N, trans_a, trans_b)]}")
-        kern, grid = runtime.kernel(thin.FAMILY, cfg.kernel), cfg.grid(M, N, splits)
+        kern, grid = runtime.kernel(THIN_FAMILY, THIN_KERNELS[cfg]), cfg.grid(M, N, splits)
     else:
         kern = runtime.kernel("gemm", KERNELS[trans_a, trans_b], cfg.defines, cfg.smem_bytes)
         grid = (blocks(N, cfg.bn), blocks(M, cfg.bm), splits)

@@ -48,11 +48,6 @@ class ThinConfig:
     def name(self) -> str:
         return f"thin_{self.side}{self.width}"
 
-    @property
-    def kernel(self) -> str:
-        """The kernel's name in ``kernels/gemm_thin.cu``."""
-        return f"gemm_{self.name}"
-
     def fits(self, M: int, N: int, trans_a: bool, trans_b: bool) -> bool:
         """Whether this kernel computes op(a) @ op(b) of these sizes and transposes."""
         if self.side == "n":
@@ -69,6 +64,7 @@ class ThinConfig:
 
 THIN_CONFIGS = tuple(ThinConfig(side, w) for side in ("n", "m") for w in WIDTHS)
 THIN_BY_NAME = {c.name: c for c in THIN_CONFIGS}
+KERNELS = {c: f"gemm_{c.name}" for c in THIN_CONFIGS}   # config -> its kernel in kernels/gemm_thin.cu
 
 
 def config_for(M: int, N: int, trans_a: bool, trans_b: bool) -> ThinConfig | None:
