@@ -17,8 +17,9 @@
 //   gemm_thin_m{8,16,32}  trans_a layout (A stored (K, M), B stored (K, N)), M <= 8 / 16 / 32.
 //       A block of THIN_WARPS warps owns 128 columns of C (4 per lane, float4 loads of B's rows when
 //       aligned, flags bit 1) and all M rows; its warps take the k of each 64-row chunk of its k range in
-//       turn (warp w: k = w, w + THIN_WARPS, ...), reading A's chunk (64 x M floats, contiguous) from
-//       shared memory. The warps' sums are then added in warp order in shared memory.
+//       turn (warp w: k = w, w + THIN_WARPS, ...; the loads of 4 such rows in flight together), reading
+//       A's chunk (64 x M floats, contiguous) from shared memory. The warps' sums are then added in warp
+//       order in shared memory.
 // Sums are in a fixed order (each lane's k ascending, then the fixed lane / warp tree, then split-K's z
 // ascending): the same bits on every run. The sums' order differs from the tiled kernels', as two tile
 // configs' do.
@@ -172,6 +173,39 @@ __device__ __forceinline__ void thin_n_body(const float* __restrict__ A, const f
 }
 
 // ---- gemm_thin_m ------------------------------------------------------------------------------------------
+#define THIN_UNROLL 4   // B rows per warp whose loads are in flight together
+
+// Columns n..n+3 of B's row k (float4 where vec, else scalars, zeros past N).
+__device__ __forceinline__ void thin_load_b(const float* __restrict__ B, int k, int N, int n, bool vec,
+                                            float (&b)[4]) {
+    const float* row = B + (size_t)k * N;
+    if (vec) {
+        const float4 t = __ldg(reinterpret_cast<const float4*>(row + n));
+        b[0] = t.x; b[1] = t.y; b[2] = t.z; b[3] = t.w;
+    } else {
+#pragma unroll
+        for (int f = 0; f < 4; ++f) b[f] = n + f < N ? __ldg(row + n + f) : 0.f;
+    }
+}
+
+// acc[m][f] += A[k, m] * B[k, n + f] for one k: a_row = A's row k in shared memory (MMAX floats).
+template <int MMAX>
+__device__ __forceinline__ void thin_m_row(float (&acc)[MMAX][4], const float* a_row, const float (&b)[4], int M) {
+#pragma unroll
+    for (int i = 0; i < MMAX; i += 4) {
+        if (i < M) {
+            const float4 a = *reinterpret_cast<const float4*>(a_row + i);
+#pragma unroll
+            for (int f = 0; f < 4; ++f) {
+                acc[i + 0][f] = fmaf(a.x, b[f], acc[i + 0][f]);
+                acc[i + 1][f] = fmaf(a.y, b[f], acc[i + 1][f]);
+                acc[i + 2][f] = fmaf(a.z, b[f], acc[i + 2][f]);
+                acc[i + 3][f] = fmaf(a.w, b[f], acc[i + 3][f]);
+            }
+        }
+    }
+}
+
 template <int MMAX>
 __device__ __forceinline__ void thin_m_body(const float* __restrict__ A, const float* __restrict__ B,
                                             float* __restrict__ C, const float* __restrict__ bias,
@@ -203,29 +237,20 @@ __device__ __forceinline__ void thin_m_body(const float* __restrict__ A, const f
             a_s[r][m] = (r < rows && m < M) ? __ldg(A + (size_t)(kc + r) * M + m) : 0.f;
         }
         __syncthreads();
-        for (int r = warp; r < rows; r += THIN_WARPS) {
-            const float* brow = B + (size_t)(kc + r) * N;
+        // rows r, r + 4 warps, ... of the chunk; UNROLL of them per pass with their B loads issued first (one
+        // load in flight per warp would leave most of the memory system idle)
+        int r = warp;
+        for (; r + (THIN_UNROLL - 1) * THIN_WARPS < rows; r += THIN_UNROLL * THIN_WARPS) {
+            float b[THIN_UNROLL][4];
+#pragma unroll
+            for (int u = 0; u < THIN_UNROLL; ++u) thin_load_b(B, kc + r + u * THIN_WARPS, N, n, vec_b, b[u]);
+#pragma unroll
+            for (int u = 0; u < THIN_UNROLL; ++u) thin_m_row<MMAX>(acc, a_s[r + u * THIN_WARPS], b[u], M);
+        }
+        for (; r < rows; r += THIN_WARPS) {
             float b[4];
-            if (vec_b) {
-                const float4 t = __ldg(reinterpret_cast<const float4*>(brow + n));
-                b[0] = t.x; b[1] = t.y; b[2] = t.z; b[3] = t.w;
-            } else {
-#pragma unroll
-                for (int f = 0; f < 4; ++f) b[f] = n + f < N ? __ldg(brow + n + f) : 0.f;
-            }
-#pragma unroll
-            for (int i = 0; i < MMAX; i += 4) {
-                if (i < M) {
-                    const float4 a = *reinterpret_cast<const float4*>(&a_s[r][i]);
-#pragma unroll
-                    for (int f = 0; f < 4; ++f) {
-                        acc[i + 0][f] = fmaf(a.x, b[f], acc[i + 0][f]);
-                        acc[i + 1][f] = fmaf(a.y, b[f], acc[i + 1][f]);
-                        acc[i + 2][f] = fmaf(a.z, b[f], acc[i + 2][f]);
-                        acc[i + 3][f] = fmaf(a.w, b[f], acc[i + 3][f]);
-                    }
-                }
-            }
+            thin_load_b(B, kc + r, N, n, vec_b, b);
+            thin_m_row<MMAX>(acc, a_s[r], b, M);
         }
     }
 
