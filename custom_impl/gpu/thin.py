@@ -1,16 +1,15 @@
 """The thin GEMM kernels (``kernels/gemm_thin.cu``): which calls they serve and the plans the GEMM tuner times.
 
-A GEMM whose output has at most 32 columns in the dense forward layout (``a`` stored (M, K), ``b`` stored
-(N, K): X @ W^T of a layer with <= 32 outputs) or at most 32 rows in the weight-gradient layout (``a``
-stored (K, M), ``b`` stored (K, N): dY^T @ X) can run a thin kernel, which reads the big operand once from
-every SM and keeps the thin side of the output whole in registers, where the tiled kernels spend most of a
-64..256-wide tile past the matrix. ``gemm``'s tuner times these plans beside the tiled ones
-(``candidates``) and keeps whichever is fastest; they are never its untimed default.
+A GEMM whose output has at most 16 columns in the dense forward layout (``a`` stored (M, K), ``b`` stored
+(N, K): X @ W^T of a layer with <= 16 outputs, such as a 10-way classifier) can run a thin kernel, which
+reads ``a`` once from every SM and keeps the output's columns whole in registers, where the tiled kernels
+spend most of a 64..256-wide tile past the matrix. ``gemm``'s tuner times these plans beside the tiled
+ones (``candidates``) and keeps whichever is fastest; they are never its untimed default.
 
 >>> [c.name for c in THIN_CONFIGS]
-['thin_n8', 'thin_n16', 'thin_n32', 'thin_m8', 'thin_m16', 'thin_m32']
->>> config_for(8192, 10, trans_a=False, trans_b=True).name, config_for(29, 1760, trans_a=True, trans_b=False).name
-('thin_n16', 'thin_m32')
+['thin_n8', 'thin_n16']
+>>> config_for(8192, 10, trans_a=False, trans_b=True).name
+'thin_n16'
 >>> config_for(8192, 10, trans_a=False, trans_b=False) is None    # no thin kernel for that layout
 True
 """
@@ -20,25 +19,22 @@ import dataclasses
 import math
 
 FAMILY = "gemm_thin"
-WIDTHS = (8, 16, 32)
+WIDTHS = (8, 16)
 THREADS = 128          # gemm_thin.cu's THIN_THREADS: 4 warps
-ROWS_PER_BLOCK = 16    # gemm_thin_n: 4 warps x 4 rows of C
-COLS_PER_BLOCK = 128   # gemm_thin_m: 32 lanes x 4 columns of C
-K_STEP = 4             # split-K chunks are multiples of 4 (gemm_thin_n's float4 path needs it)
-# NOTE: a split of fewer k than one warp step of gemm_thin_n (32 lanes x 4) leaves lanes idle; below this
+ROWS_PER_BLOCK = 16    # 4 warps x 4 rows of C
+K_STEP = 4             # split-K chunks are multiples of 4 (the float4 path needs it)
+# NOTE: a split of fewer k than one warp step (32 lanes x 4) leaves lanes idle; below this
 # a thin plan is not split further.
 MIN_K_PER_SPLIT = 128
-# NOTE: blocks per SM the tuner's split count aims at: 3-4 blocks of 4 warps fit an SM (the kernels'
-# launch bounds), and a memory-bound kernel wants every SM's loads in flight, so ~4 blocks per SM.
+# NOTE: blocks per SM the tuner's split count aims at: 4 blocks of 4 warps fit an SM (the kernels' launch
+# bounds), and a memory-bound kernel wants every SM's loads in flight.
 BLOCKS_PER_SM = 4
 
 
 @dataclasses.dataclass(frozen=True)
 class ThinConfig:
-    """One thin kernel: side "n" (N <= width; a stored (M, K), b stored (N, K)) or "m" (M <= width;
-    a stored (K, M), b stored (K, N))."""
+    """One thin kernel: N <= width, ``a`` stored (M, K), ``b`` stored (N, K)."""
 
-    side: str
     width: int
     bk = K_STEP          # what split-K chunks are multiples of (``tiles.split_chunk``)
     threads = THREADS
@@ -46,23 +42,21 @@ class ThinConfig:
 
     @property
     def name(self) -> str:
-        return f"thin_{self.side}{self.width}"
+        return f"thin_n{self.width}"
 
     def fits(self, M: int, N: int, trans_a: bool, trans_b: bool) -> bool:
         """Whether this kernel computes op(a) @ op(b) of these sizes and transposes."""
-        if self.side == "n":
-            return not trans_a and trans_b and N <= self.width
-        return trans_a and not trans_b and M <= self.width
+        return not trans_a and trans_b and N <= self.width
 
     def blocks(self, M: int, N: int) -> int:
-        """Blocks of one split: row groups of C (side "n") or column groups (side "m")."""
-        return math.ceil(M / ROWS_PER_BLOCK) if self.side == "n" else math.ceil(N / COLS_PER_BLOCK)
+        """Blocks of one split: groups of ROWS_PER_BLOCK rows of C."""
+        return math.ceil(M / ROWS_PER_BLOCK)
 
     def grid(self, M: int, N: int, splits: int) -> tuple:
         return self.blocks(M, N), 1, splits
 
 
-THIN_CONFIGS = tuple(ThinConfig(side, w) for side in ("n", "m") for w in WIDTHS)
+THIN_CONFIGS = tuple(ThinConfig(w) for w in WIDTHS)
 THIN_BY_NAME = {c.name: c for c in THIN_CONFIGS}
 KERNELS = {c: f"gemm_{c.name}" for c in THIN_CONFIGS}   # config -> its kernel in kernels/gemm_thin.cu
 

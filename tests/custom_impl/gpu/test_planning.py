@@ -612,18 +612,18 @@ def test_strided_1x1_workspace(x_shape, w_shape, stride):
 
 
 def test_thin_plans_apply_to_their_layouts_only():
-    """The thin kernels serve a forward-layout GEMM with <= 32 outputs and a weight-gradient-layout GEMM with
-    <= 32 rows: the narrowest width that fits, an unsplit plan first, and split plans that give about
-    4 blocks per SM with >= 128 k per split; every other layout or width gets none."""
+    """The thin kernels serve a forward-layout GEMM with <= 16 outputs: the narrowest width that fits, an
+    unsplit plan first, and split plans that give about 4 blocks per SM with >= 128 k per split; every
+    other layout or width gets none."""
     from custom_impl.gpu import thin
 
     plans = thin.candidates(8192, 10, 1024, False, True, 132)
     assert {p[0].name for p in plans} == {"thin_n16"} and plans[0][1:] == (1, False)
-    assert all(p[1] == 1 or 1024 // p[1] >= thin.MIN_K_PER_SPLIT for p in plans)
-    plans = thin.candidates(29, 1760, 22400, True, False, 132)
-    assert {p[0].name for p in plans} == {"thin_m32"}
-    split = max(p[1] for p in plans)
-    assert 3 * 132 <= thin.ThinConfig("m", 32).blocks(29, 1760) * split <= 5 * 132
-    for M, N, ta, tb in ((8192, 10, False, False), (8192, 10, True, True), (10, 8192, False, True),
-                         (8192, 33, False, True), (33, 1760, True, False)):
+    plans = thin.candidates(64, 8, 32768, False, True, 132)   # 4 blocks unsplit
+    assert {p[0].name for p in plans} == {"thin_n8"}
+    assert 3 * 132 <= thin.ThinConfig(8).blocks(64, 8) * max(p[1] for p in plans) <= 5 * 132
+    # a shorter K caps the split at 128 k per split
+    assert max(p[1] for p in thin.candidates(64, 8, 4096, False, True, 132)) == 4096 // thin.MIN_K_PER_SPLIT
+    for M, N, ta, tb in ((8192, 10, False, False), (8192, 10, True, True), (10, 8192, True, False),
+                         (8192, 17, False, True), (22400, 29, False, True)):
         assert thin.candidates(M, N, 1024, ta, tb, 132) == []
