@@ -10,8 +10,8 @@ loaded, never by copies. act is "none", "relu", "sigmoid" or "tanh", applied in 
 Kernels: ``gemm_{nn,nt,tn,tt}`` (by transposes): a warp-tiled register-blocked GEMM, double-buffered
 shared memory, float4 global loads where aligned, fused epilogue; a tile config (``tiles.TileConfig``)
 and split-K factor chosen per shape by the cost model of ``tiles.py`` and the autotuner (below). Outputs
-at most 32 wide in the dense forward and weight-gradient layouts also have the thin kernels
-(``thin.py``, ``kernels/gemm_thin.cu``) among the plans the autotuner times. Split-K
+at most 16 wide in the dense forward layout also have the thin kernels (``thin.py``,
+``kernels/gemm_thin.cu``) among the plans the autotuner times. Split-K
 partials are summed in a fixed order (deterministic), either inside the same launch by the last block of
 each output tile to finish (serial split-K: a per-tile arrival counter) or by a second launch,
 ``gemm_splitk_reduce``; both give bitwise the same sums.
