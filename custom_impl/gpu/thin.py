@@ -23,8 +23,8 @@ WIDTHS = (8, 16)
 THREADS = 128          # gemm_thin.cu's THIN_THREADS: 4 warps
 ROWS_PER_BLOCK = 16    # 4 warps x 4 rows of C
 K_STEP = 4             # split-K chunks are multiples of 4 (the float4 path needs it)
-# NOTE: a split of fewer k than one warp step (32 lanes x 4) leaves lanes idle; below this
-# a thin plan is not split further.
+# NOTE: a split of fewer k than one warp step (32 lanes x 4) leaves lanes idle; below this a thin plan is
+# not split further.
 MIN_K_PER_SPLIT = 128
 # NOTE: blocks per SM the tuner's split count aims at: 4 blocks of 4 warps fit an SM (the kernels' launch
 # bounds), and a memory-bound kernel wants every SM's loads in flight.
@@ -74,8 +74,8 @@ def splits_for(cfg: ThinConfig, M: int, N: int, K: int, sms: int) -> int:
 
 def candidates(M: int, N: int, K: int, trans_a: bool, trans_b: bool, sms: int = 132) -> list:
     """The thin plans (ThinConfig, splits, serial) ``gemm``'s tuner times for this call: none where no thin
-    kernel applies; else the split that fills the GPU, with the partials summed in the same launch and by
-    a second one, half that split (serial), and no split."""
+    kernel applies; else no split, the split that fills the GPU with the partials summed in the same
+    launch and by a second one, and half that split (summed in the same launch)."""
     cfg = config_for(M, N, trans_a, trans_b)
     if cfg is None:
         return []

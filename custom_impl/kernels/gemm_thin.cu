@@ -3,7 +3,8 @@
 // kernels (gemm.cu) compute such a C as one column of 64..256-wide tiles, most of each tile past the
 // matrix; these read A once, from all SMs, and keep C's N columns whole in registers.
 // Same arguments, flags, split-K partials and serial reduce as the gemm_* kernels (gemm.cu), so gemm.py
-// launches them through the same plan machinery.
+// launches them through the same plan machinery (flag bit 2, float4 stores, goes unused: a lane stores
+// one or two values).
 //
 //   gemm_thin_n{8,16}  N <= 8 / 16. A block of THIN_WARPS warps; a warp owns R = 4 consecutive rows of C and
 //       all N columns. Its lanes split k: lane l reads A and B at k = k0 + 4 l .. 4 l + 3 (one float4 per row
@@ -20,7 +21,6 @@
 #define THIN_WARPS 4
 #define THIN_THREADS (THIN_WARPS * 32)
 
-// ---- gemm_thin_n ------------------------------------------------------------------------------------------
 // One step of the warp's recursive halving (thin_n_body): acc[0..H) = this lane's half of acc[0..2H) plus
 // the partner lane's (lane ^ O) copy of the same half.
 template <int H, int O, int V>

@@ -1,5 +1,6 @@
 """Each thin plan and the tuned default of a few thin GEMMs, GPU time per call (CUDA events over back-to-back
-calls), ours beside torch: which plan the tuner keeps and what each costs.
+calls), ours beside torch: which plan the tuner keeps and what each costs. The weight-gradient shapes have
+no thin plan in the product (the kernels tried for them lost: docs/kernels.md); they show the tiled plan.
 
     python3 lab/gemm/thin_probe.py
 """
