@@ -17,6 +17,10 @@
 #   bash lab/gpu_visit.sh fft              # the "fft" algorithm: its GPU tests, then lab/conv/algo_probe.py fft
 #                                          # (DeepSpeech 2's rows, every phase: fft and the implicit GEMM
 #                                          # beside cuDNN)
+#   bash lab/gpu_visit.sh gemm             # the FP32 GEMM: its GPU tests (the thin kernels included), the thin
+#                                          # plans' probe (lab/gemm/thin_probe.py), then lab/gemm/variants.py at
+#                                          # 4096^3 in each dense layout (the cp.async experiment beside the
+#                                          # product kernel and cuBLAS), each under PROBE_S (default 120 s)
 #   bash lab/gpu_visit.sh five             # the 5x5 Winograd (F(2x2, 5x5)): its GPU tests and the 3x3 ones, then
 #                                          # the 5x5 rows by algorithm beside cuDNN (lab/conv/algo_probe.py five)
 #   bash lab/gpu_visit.sh wgmma            # the wgmma GEMM and conv: their GPU tests, then tc_bench at 4096^3
@@ -139,6 +143,21 @@ case "${1:-tests}" in
     timeout "${PROBE_S:-240}" python3 lab/conv/algo_probe.py fft >"$out/fft_probe.md" 2>&1
     echo "fft probe exit: $?"
     cat "$out/fft_probe.md"
+    ;;
+  gemm)
+    timeout "${TIMEOUT_S:-200}" python3 -m pytest -q -p no:cacheprovider --junitxml="$out/gemm_junit.xml" \
+      tests/custom_impl/gpu/test_gemm.py tests/custom_impl/gpu/test_prebuilt.py >"$out/gemm_tests.log" 2>&1
+    echo "pytest exit: $? ($(tail -1 "$out/gemm_tests.log"))"
+    grep -E "^FAILED|^ERROR" "$out/gemm_tests.log" | head -8
+    timeout "${PROBE_S:-120}" python3 lab/gemm/thin_probe.py >"$out/thin_probe.txt" 2>&1
+    echo "thin probe exit: $?"
+    for layout in nt nn tn; do
+      timeout "${PROBE_S:-120}" python3 lab/gemm/variants.py --layout "$layout" --rounds 5 >"$out/variants_$layout.txt" 2>&1
+      echo "variants $layout exit: $?"
+      grep -E "FAIL|Error" "$out/variants_$layout.txt" | head -4
+      sed -n '/^=== /,$p' "$out/variants_$layout.txt"
+    done
+    cat "$out/thin_probe.txt"
     ;;
   five)
     for f in test_conv_winograd_5x5.py test_conv_winograd.py; do
