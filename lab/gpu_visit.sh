@@ -18,7 +18,8 @@
 #                                          # (DeepSpeech 2's rows, every phase: fft and the implicit GEMM
 #                                          # beside cuDNN)
 #   bash lab/gpu_visit.sh gemm             # the FP32 GEMM: its GPU tests (the thin kernels included), the thin
-#                                          # plans' probe (lab/gemm/thin_probe.py), then lab/gemm/variants.py at
+#                                          # plans' probe (lab/gemm/thin_probe.py), the bias gradient three ways
+#                                          # (lab/gemm/bias_grad_probe.py), then lab/gemm/variants.py at
 #                                          # 4096^3 in each dense layout (the cp.async experiment beside the
 #                                          # product kernel and cuBLAS), each under PROBE_S (default 120 s)
 #   bash lab/gpu_visit.sh five             # the 5x5 Winograd (F(2x2, 5x5)): its GPU tests and the 3x3 ones, then
@@ -151,13 +152,15 @@ case "${1:-tests}" in
     grep -E "^FAILED|^ERROR" "$out/gemm_tests.log" | head -8
     timeout "${PROBE_S:-120}" python3 lab/gemm/thin_probe.py >"$out/thin_probe.txt" 2>&1
     echo "thin probe exit: $?"
+    timeout "${PROBE_S:-120}" python3 lab/gemm/bias_grad_probe.py >"$out/bias_grad_probe.txt" 2>&1
+    echo "bias_grad probe exit: $?"
     for layout in nt nn tn; do
       timeout "${PROBE_S:-120}" python3 lab/gemm/variants.py --layout "$layout" --rounds 5 >"$out/variants_$layout.txt" 2>&1
       echo "variants $layout exit: $?"
       grep -E "FAIL|Error" "$out/variants_$layout.txt" | head -4
       sed -n '/^=== /,$p' "$out/variants_$layout.txt"
     done
-    cat "$out/thin_probe.txt"
+    cat "$out/thin_probe.txt" "$out/bias_grad_probe.txt"
     ;;
   five)
     for f in test_conv_winograd_5x5.py test_conv_winograd.py; do
