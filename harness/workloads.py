@@ -598,16 +598,20 @@ class LayerCase:
 
     @staticmethod
     def _algorithm(job: Job) -> Callable[[], str]:
-        """What a conv row of ours ran, asked after timing (``conv2d_algorithm`` of the device's ops: the
-        autotuner's choice on the GPU); "" for other rows."""
-        if job.impl != "custom" or job.kind != "conv2d":
+        """What a conv or dense row of ours ran, asked after timing (``conv2d_algorithm`` /
+        ``dense_algorithm`` of the device's ops: on the GPU the autotuner's choice, for dense the GEMM plan
+        of the phase's matrix product); "" for other rows."""
+        if job.impl != "custom" or job.kind not in ("conv2d", "dense"):
             return lambda: ""
         import custom_impl
 
         p = job.p()
-        x_shape, w_shape = (p["N"], p["C"], p["H"], p["W"]), (p["K"], p["C"], p["R"], p["S"])
         prec = {} if job.precision == "fp32" else {"precision": job.precision}
         ops = custom_impl.layer_ops(job.device)
+        if job.kind == "dense":   # x (M, K), W (N, K): batch M, N units, K features
+            x_shape, w_shape = (p["M"], p["K"]), (p["N"], p["K"])
+            return lambda: ops.dense_algorithm(job.phase, x_shape, w_shape, **prec) or ""
+        x_shape, w_shape = (p["N"], p["C"], p["H"], p["W"]), (p["K"], p["C"], p["R"], p["S"])
         return lambda: ops.conv2d_algorithm(job.phase, x_shape, w_shape, p["stride"], p["padding"], **prec) or ""
 
     def rounding_error(self, job: Job) -> None:

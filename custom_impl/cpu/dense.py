@@ -60,3 +60,11 @@ class Dense(Layer):
                                   db=self.grads.get("bias"), need_db="bias" in self.grads)
         self.saved = None
         return dx
+
+
+def dense_algorithm(phase, x_shape, w_shape) -> str:
+    """The algorithm that runs this dense layer's phase: on the CPU always "matmul" (NumPy's matmul, BLAS;
+    the shared signature of ``custom_impl.gpu.ops.dense_algorithm``)."""
+    if phase not in ("forward", "backward_data", "backward_weights"):
+        raise ValueError(f"dense_algorithm: phase={phase!r}; use 'forward', 'backward_data' or 'backward_weights'")
+    return "matmul"

@@ -29,7 +29,7 @@ import numpy as np
 from . import runtime
 from .activation import activation_backward
 from . import gemm_tc
-from .gemm import cached_launch, gemm, launch_cached, run_launch
+from .gemm import cached_launch, gemm, launch_cached, run_launch, tuned_plan
 from .runtime import blocks, check_array
 from .step import Step
 
@@ -64,6 +64,34 @@ def dense_forward(x, W, b=None, act="none", out=None, precision="fp32"):
         raise ValueError(f"dense_forward: x has {x.shape[1]} features but W {W.shape} expects "
                          f"{W.shape[1]}; W is stored (units, features)")
     return _matmul(x, W, out, precision, trans_b=True, bias=b, act=act)
+
+
+# The GEMM of each phase of a dense layer with batch N, F features and U units, as gemm's (M, N, K, trans_a,
+# trans_b): forward x @ W^T, backward-data dy @ W, backward-weights dy^T @ x (its bias gradient aside).
+def _phase_gemm(phase: str, N: int, F: int, U: int) -> tuple:
+    if phase == "forward":
+        return N, U, F, False, True
+    if phase == "backward_data":
+        return N, F, U, False, False
+    if phase == "backward_weights":
+        return U, F, N, True, False
+    raise ValueError(f"dense_algorithm: phase={phase!r}; use 'forward', 'backward_data' or 'backward_weights'")
+
+
+def dense_algorithm(phase, x_shape, w_shape, precision="fp32") -> str | None:
+    """The GEMM plan that runs this dense layer's ``phase`` ("forward", "backward_data",
+    "backward_weights": its dW GEMM): at fp32 the autotuner's cached choice (``gemm.plan_name``: a tile
+    config or a thin kernel, with its split-K) for this device and launch-cost regime, or None before the
+    layer's first call there; at tf32 / bf16 "tensor cores" (``gemm_tc``). x_shape (N, F), w_shape (U, F)."""
+    (N, F), (U, F2) = tuple(x_shape), tuple(w_shape)
+    if F != F2:
+        raise ValueError(f"dense_algorithm: x has {F} features but W {tuple(w_shape)} expects {F2}; W is stored "
+                         "(units, features)")
+    check_precision(precision, "dense_algorithm")
+    gemm_args = _phase_gemm(phase, N, F, U)
+    if precision != "fp32":
+        return "tensor cores"
+    return tuned_plan(*gemm_args)
 
 
 def dense_backward(dy, x, W, need_dx=True, dx=None, dW=None, db=None, need_db=True, precision="fp32"):

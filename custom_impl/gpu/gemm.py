@@ -83,8 +83,8 @@ def gemm(a, b, out=None, *, trans_a=False, trans_b=False, bias=None, act="none",
 
     a: (M, K) or (K, M) if trans_a; b: (K, N) or (N, K) if trans_b; bias: (N,) or None; out: (M, N).
     ``config`` (a TileConfig, a ``thin.ThinConfig`` or either's name) and ``splits`` (split-K factor) are
-    chosen per shape unless given (the autotuner, below). ``workspace``: float32 buffer of at least splits*M*N elements for
-    split-K partials (default: ``runtime.workspace``). ``reduce``: how split-K partials are summed,
+    chosen per shape unless given (the autotuner, below). ``workspace``: float32 buffer of at least
+    splits*M*N elements for split-K partials (default: ``runtime.workspace``). ``reduce``: how split-K partials are summed,
     "serial" (in the same launch) or "launch" (a second kernel); default: the tuner's choice, or "serial"
     when ``config`` or ``splits`` is given.
     """
@@ -177,6 +177,29 @@ def _tuned_choice(a, b, out, bias, trans_a, trans_b, act, accumulate, M, N, K):
         return max(gpu, launch_floor(2 if splits > 1 and not serial else 1, cost)), gpu
 
     return runtime.autotune(key, candidates, cands[0], warmups=1, behind_sleep=True, score=worth)
+
+
+def plan_name(plan) -> str:
+    """A plan (config, splits, serial) as text: "256x128x16_16x8", "thin_n16", or with split-K
+    "32x64x8_4x8 x32 serial" / "... x32 launch" (how the partials are summed).
+
+    >>> plan_name((CONFIG_BY_NAME["32x64x8_4x8"], 32, True)), plan_name((thin.THIN_BY_NAME["thin_n16"], 1, False))
+    ('32x64x8_4x8 x32 serial', 'thin_n16')
+    """
+    cfg, splits, serial = plan
+    return cfg.name if splits == 1 else f"{cfg.name} x{splits} {'serial' if serial else 'launch'}"
+
+
+def tuned_plan(M: int, N: int, K: int, trans_a: bool = False, trans_b: bool = False) -> str | None:
+    """The plan (``plan_name``) the autotuner keeps for a GEMM of these sizes and transposes on the current
+    device and launch-cost regime, or None before its first tuned call there. Calls that differ only in
+    epilogue or operand alignment have their own choices; this names the first one cached."""
+    want = ("gemm", M, N, K, trans_a, trans_b)
+    here = (runtime.device_id(), launch_cost())
+    for (device, cost, key), plan in runtime.tuned_choices().items():
+        if (device, cost) == here and tuple(key[:6]) == want:
+            return plan_name(plan)
+    return None
 
 
 # Launches of eager calls (the common case: shapes repeat call after call). A cached launch holds everything

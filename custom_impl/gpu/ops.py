@@ -8,6 +8,7 @@ runtime's shared one). Every launch goes to CuPy's current stream. Parameter gra
     dense_forward(x, W, b=None, act="none", out=None) -> y                 x (N,F) W (U,F) y (N,U)
     dense_backward(dy, x, W, need_dx=True, dx=None, dW=None, db=None, need_db=True) -> (dx|None, dW, db|None)
     dense_backward_data(dy, W, dx=None) -> dx
+    dense_algorithm(phase, x_shape, w_shape, precision="fp32") -> str | None
     conv2d_forward(x, W, b, stride, padding, out=None, workspace=None) -> y
     conv2d_backward(dy, x, W, stride, padding, need_dx=True, dx=None, dW=None, db=None, workspace=None,
                     need_db=True) -> (dx|None, dW, db|None)
@@ -31,11 +32,11 @@ from __future__ import annotations
 from .activation import activation_backward, activation_forward
 from .conv import (conv2d_algorithm, conv2d_backward, conv2d_backward_data, conv2d_forward,
                    conv2d_workspace_size)
-from .dense import dense_backward, dense_backward_data, dense_forward
+from .dense import dense_algorithm, dense_backward, dense_backward_data, dense_forward
 from .pool import avgpool2d_backward, avgpool2d_forward, maxpool2d_backward, maxpool2d_forward
 
 __all__ = [
-    "dense_forward", "dense_backward", "dense_backward_data",
+    "dense_forward", "dense_backward", "dense_backward_data", "dense_algorithm",
     "conv2d_forward", "conv2d_backward", "conv2d_backward_data", "conv2d_workspace_size", "conv2d_algorithm",
     "maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
     "activation_forward", "activation_backward",

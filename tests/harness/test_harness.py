@@ -571,6 +571,17 @@ def test_default_folder_never_resumes_another_machines_run(tmp_path, monkeypatch
     assert cli.default_out("quick", "cpu") == base + "-2"          # another machine's: a new folder
 
 
+def test_dense_rows_name_their_algorithm(tmp_path):
+    suite = tmp_path / "dense.toml"
+    suite.write_text('name = "dense"\n[settings]\nwarmup = 1\nbudget_s = 0.005\nmin_repeats = 2\nmax_repeats = 3\n'
+                     '[[dense]]\nshapes = [[3, 5, 7]]\n')
+    out = tmp_path / "out"
+    assert cli.main(["run", "--suite", str(suite), "--device", "cpu", "--out", str(out), "--quiet", "--no-report"]) == 0
+    rows = read(out / "results.csv")
+    assert {r["phase"] for r in rows} == {"forward", "backward_data", "backward_weights"}
+    assert {(r["impl"], r["algorithm"]) for r in rows} == {("custom", "matmul"), ("reference", "")}
+
+
 def test_conv_rows_name_their_algorithm_and_an_older_run_is_resumed_with_the_column(tmp_path, capsys):
     suite = tmp_path / "conv.toml"
     suite.write_text('name = "conv"\n[settings]\nwarmup = 1\nbudget_s = 0.005\nmin_repeats = 2\nmax_repeats = 3\n'

@@ -23,6 +23,7 @@ PLAN = {
     "dense_forward": "(x, W, b=None, act='none', out=None)",
     "dense_backward": "(dy, x, W, need_dx=True, dx=None, dW=None, db=None, need_db=True)",
     "dense_backward_data": "(dy, W, dx=None)",
+    "dense_algorithm": "(phase, x_shape, w_shape)",
     "conv2d_forward": "(x, W, b, stride, padding, out=None, workspace=None)",
     "conv2d_backward": "(dy, x, W, stride, padding, need_dx=True, dx=None, dW=None, db=None, workspace=None, "
                        "need_db=True)",

@@ -627,3 +627,34 @@ def test_thin_plans_apply_to_their_layouts_only():
     for M, N, ta, tb in ((8192, 10, False, False), (8192, 10, True, True), (10, 8192, True, False),
                          (8192, 17, False, True), (22400, 29, False, True)):
         assert thin.candidates(M, N, 1024, ta, tb, 132) == []
+
+
+def test_dense_algorithm_names_the_tuned_plan_of_each_phase(monkeypatch):
+    """``dense_algorithm`` reads the GEMM autotuner's cache (stubbed here: no GPU): each phase's matrix
+    product (forward x @ W^T, backward-data dy @ W, backward-weights dy^T @ x) under its own key, for the
+    current device and launch-cost regime only; None before a choice exists."""
+    from custom_impl.gpu import dense, gemm, thin
+
+    N, F, U = 8192, 1024, 10
+    cost = runtime.launch_cost()
+    fake = {
+        (0, cost, ("gemm", N, U, F, False, True, "none", False, False, 0, 0, 0)):
+            (thin.THIN_BY_NAME["thin_n16"], 1, False),
+        (0, cost, ("gemm", U, F, N, True, False, "none", True, False, 0, 0, 0)):
+            (tiles.CONFIG_BY_NAME["32x64x8_4x8"], 32, True),
+        (1, cost, ("gemm", N, F, U, False, False, "none", True, False, 0, 0, 0)):
+            (tiles.CONFIG_BY_NAME["128x128x8_8x8"], 1, False),
+    }
+    monkeypatch.setattr(runtime, "_tuned", fake)
+    monkeypatch.setattr(runtime, "device_id", lambda: 0)
+    assert dense.dense_algorithm("forward", (N, F), (U, F)) == "thin_n16"
+    assert dense.dense_algorithm("backward_weights", (N, F), (U, F)) == "32x64x8_4x8 x32 serial"
+    assert dense.dense_algorithm("backward_data", (N, F), (U, F)) is None      # only device 1 has one
+    with runtime.launch_cost_regime(runtime.GRAPH_LAUNCH_S):
+        assert dense.dense_algorithm("forward", (N, F), (U, F)) is None         # another regime
+    assert dense.dense_algorithm("forward", (N, F), (U, F), precision="bf16") == "tensor cores"
+    assert gemm.tuned_plan(N, U, F, False, True) == "thin_n16"
+    with pytest.raises(ValueError, match="phase='inference'"):
+        dense.dense_algorithm("inference", (N, F), (U, F))
+    with pytest.raises(ValueError, match="W is stored"):
+        dense.dense_algorithm("forward", (N, F), (F, U))
