@@ -84,9 +84,9 @@ def gemm(a, b, out=None, *, trans_a=False, trans_b=False, bias=None, act="none",
     a: (M, K) or (K, M) if trans_a; b: (K, N) or (N, K) if trans_b; bias: (N,) or None; out: (M, N).
     ``config`` (a TileConfig, a ``thin.ThinConfig`` or either's name) and ``splits`` (split-K factor) are
     chosen per shape unless given (the autotuner, below). ``workspace``: float32 buffer of at least
-    splits*M*N elements for split-K partials (default: ``runtime.workspace``). ``reduce``: how split-K partials are summed,
-    "serial" (in the same launch) or "launch" (a second kernel); default: the tuner's choice, or "serial"
-    when ``config`` or ``splits`` is given.
+    splits*M*N elements for split-K partials (default: ``runtime.workspace``). ``reduce``: how split-K
+    partials are summed, "serial" (in the same launch) or "launch" (a second kernel); default: the tuner's
+    choice, or "serial" when ``config`` or ``splits`` is given.
     """
     fast = config is None and splits is None and workspace is None and reduce is None and out is not None
     key = _plan_key(a, b, out, bias, trans_a, trans_b, act, accumulate) if fast else None
@@ -251,7 +251,7 @@ def _make_plan(a, b, out, trans_a, trans_b, act, accumulate, M, N, K, config=Non
             raise ValueError(f"gemm: config {cfg.name!r} does not compute a {M}x{N} output with trans_a={trans_a}, "
                              f"trans_b={trans_b}; thin configs that do: "
                              f"{[c.name for c in thin.THIN_CONFIGS if c.fits(M, N, trans_a, trans_b)]}")
-        kern, grid = runtime.kernel(THIN_FAMILY, THIN_KERNELS[cfg]), cfg.grid(M, N, splits)
+        kern, grid = runtime.kernel(THIN_FAMILY, THIN_KERNELS[cfg]), cfg.grid(M, splits)
     else:
         kern = runtime.kernel("gemm", KERNELS[trans_a, trans_b], cfg.defines, cfg.smem_bytes)
         grid = (blocks(N, cfg.bn), blocks(M, cfg.bm), splits)

@@ -48,12 +48,12 @@ class ThinConfig:
         """Whether this kernel computes op(a) @ op(b) of these sizes and transposes."""
         return not trans_a and trans_b and N <= self.width
 
-    def blocks(self, M: int, N: int) -> int:
+    def blocks(self, M: int) -> int:
         """Blocks of one split: groups of ROWS_PER_BLOCK rows of C."""
         return math.ceil(M / ROWS_PER_BLOCK)
 
-    def grid(self, M: int, N: int, splits: int) -> tuple:
-        return self.blocks(M, N), 1, splits
+    def grid(self, M: int, splits: int) -> tuple:
+        return self.blocks(M), 1, splits
 
 
 THIN_CONFIGS = tuple(ThinConfig(w) for w in WIDTHS)
@@ -68,7 +68,7 @@ def config_for(M: int, N: int, trans_a: bool, trans_b: bool) -> ThinConfig | Non
 
 def splits_for(cfg: ThinConfig, M: int, N: int, K: int, sms: int) -> int:
     """The split-K factor that gives about ``BLOCKS_PER_SM`` blocks per SM, keeping >= 128 k per split."""
-    want = math.ceil(BLOCKS_PER_SM * sms / cfg.blocks(M, N))
+    want = math.ceil(BLOCKS_PER_SM * sms / cfg.blocks(M))
     return max(1, min(want, K // MIN_K_PER_SPLIT))
 
 

@@ -428,8 +428,9 @@ def _data_launcher(dims, cfg, splits, dy, W, dx, workspace):
                                                                         flags))
     else:
         kern, scalars, tail = kernel("conv_implicit_gemm_dgrad", cfg), i32_memo(tuple(dims)), i32_memo((k_chunk,))
-    red = kernel("conv_splitk_reduce_nchw") if need else None
-    red_grid, red_scalars = (min(blocks(N * C * HW, 256), 132 * 16),), i32_memo((N, C, HW, splits))
+    if need:
+        red = kernel("conv_splitk_reduce_nchw")
+        red_grid, red_scalars = (min(blocks(N * C * HW, 256), 132 * 16),), i32_memo((N, C, HW, splits))
 
     def launch(dy, W, dx, workspace):
         ws = checked_workspace(workspace, need, "conv backward_data", "conv2d_workspace_size") if need \

@@ -621,7 +621,7 @@ def test_thin_plans_apply_to_their_layouts_only():
     assert {p[0].name for p in plans} == {"thin_n16"} and plans[0][1:] == (1, False)
     plans = thin.candidates(64, 8, 32768, False, True, 132)   # 4 blocks unsplit
     assert {p[0].name for p in plans} == {"thin_n8"}
-    assert 3 * 132 <= thin.ThinConfig(8).blocks(64, 8) * max(p[1] for p in plans) <= 5 * 132
+    assert 3 * 132 <= thin.ThinConfig(8).blocks(64) * max(p[1] for p in plans) <= 5 * 132
     # a shorter K caps the split at 128 k per split
     assert max(p[1] for p in thin.candidates(64, 8, 4096, False, True, 132)) == 4096 // thin.MIN_K_PER_SPLIT
     for M, N, ta, tb in ((8192, 10, False, False), (8192, 10, True, True), (10, 8192, True, False),
