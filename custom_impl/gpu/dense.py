@@ -156,8 +156,13 @@ def _cached_tc(a, b, out, bias=None, trans_a=False, trans_b=False, precision="tf
     return gemm_tc.cached_launch(a, b, out, bias, trans_a, trans_b, precision=precision)
 
 
-def bias_grad(dy, out=None):
-    """db[u] = sum_n dy[n, u] (kernel ``dense_bias_grad``): dy (N, U) -> (U,)."""
+def bias_grad(dy, out=None, workspace=None, serial=True, splits=None):
+    """db[u] = sum_n dy[n, u] (kernel ``dense_bias_grad``): dy (N, U) -> (U,), deterministic.
+
+    The rows are split over ``splits`` blocks per 32 columns (default: ``bias_splits``), whose partial
+    sums go to ``workspace`` (U*splits floats; default: the shared workspace) and are added in a fixed
+    order. ``serial``: the last block of each column block adds them in the same launch (the runtime's
+    arrival counters); else a second kernel does, in the same order: the same bits."""
     import cupy
 
     check_array(dy, "dy", ndim=2)
@@ -166,23 +171,51 @@ def bias_grad(dy, out=None):
         out = cupy.empty((U,), dtype=np.float32)
     else:
         check_array(out, "db", shape=(U,))
+    if splits is not None and (int(splits) != splits or splits < 1):
+        raise ValueError(f"dense bias_grad: splits must be a positive integer, got {splits!r}")
     if U == 0:
         return out
-    _bias_grad_launch(dy, out)
+    _bias_grad_launch(dy, out, workspace, serial, splits)
     return out
 
 
-def _bias_grad_launch(dy, out) -> None:
+def bias_splits(N: int, U: int, sms: int = 132) -> tuple[int, int]:
+    """(nchunk, splits) of the bias gradient: rows per block and blocks per 32 columns, so that the grid
+    fills ~2 blocks of 1024 threads per SM while each row-thread still sums >= 8 rows (256 a block)."""
+    col_blocks = max(1, -(-U // 32))
+    return _row_chunks(N, min(-(-N // 256), 2 * sms // col_blocks))
+
+
+def _row_chunks(N: int, want: int) -> tuple[int, int]:
+    """(rows per block, blocks) for about ``want`` blocks over N rows, no block empty (one for N = 0)."""
+    nchunk = max(1, -(-N // max(1, min(want, N))))
+    return nchunk, max(1, -(-N // nchunk))
+
+
+def _bias_grad_launch(dy, out, workspace=None, serial=True, splits=None) -> None:
     import cupy
 
-    kern, grid, tail = _bias_grad_plan(dy.shape, cupy.cuda.runtime.getDevice())
-    kern(grid, (32, 32), (dy, out) + tail)
+    kern, finish, grid, nchunk, S = _bias_grad_plan(dy.shape, cupy.cuda.runtime.getDevice(), splits)
+    N, U = dy.shape
+    scalars = (np.int32(N), np.int32(U), np.int32(nchunk))
+    if S == 1:
+        kern(grid, (32, 32), (dy, out, runtime.NULL, runtime.NULL) + scalars)
+        return
+    part = runtime.checked_workspace(workspace, U * S, "dense bias_grad", "U * dense.bias_splits(N, U)[1]")
+    if serial:
+        kern(grid, (32, 32), (dy, part, out, runtime.counters(grid[0])) + scalars)
+        return
+    kern(grid, (32, 32), (dy, part, runtime.NULL, runtime.NULL) + scalars)
+    finish((grid[0],), (32, 32), (part, out, np.int32(U), np.int32(S)))
 
 
 @functools.lru_cache(maxsize=1024)
-def _bias_grad_plan(shape, device_id):
+def _bias_grad_plan(shape, device_id, splits=None):
+    """(kernel, finish kernel, grid, rows per block, blocks per column block) for dy of ``shape``."""
     N, U = shape
-    return runtime.kernel("dense", "dense_bias_grad"), (blocks(U, 32),), (np.int32(N), np.int32(U))
+    nchunk, splits = bias_splits(N, U, runtime.sm_count()) if splits is None else _row_chunks(N, splits)
+    return (runtime.kernel("dense", "dense_bias_grad"), runtime.kernel("dense", "dense_bias_grad_finish"),
+            (blocks(U, 32), splits), nchunk, splits)
 
 
 def dense_backward_data(dy, W, dx=None, precision="fp32"):

@@ -1,7 +1,8 @@
-"""The dense layer's bias gradient db = dy.sum(0) three ways, GPU time per call (CUDA events over back-to-back
-calls) and error against float64: the product's ``dense.bias_grad`` (kernel ``dense_bias_grad``: one block
-of 32 x 32 threads per 32 columns, so a narrow layer's whole reduction runs on one SM), the FP32 GEMM
-dy^T @ ones (``gemm.gemm`` with trans_a, tuned: split-K spreads the rows over many blocks), and torch.
+"""The dense layer's bias gradient db = dy.sum(0) four ways, GPU time per call (CUDA events over back-to-back
+calls) and error against float64: the product's ``dense.bias_grad`` (kernel ``dense_bias_grad``) with the
+rows split over blocks as ``dense.bias_splits`` plans and, as before that split, with one block per 32
+columns (``splits=1``: a narrow layer's whole reduction on one SM), the FP32 GEMM dy^T @ ones (``gemm.gemm``
+with trans_a, tuned: split-K spreads the rows over many blocks), and torch.
 
     python3 lab/gemm/bias_grad_probe.py [--shapes 22400x29,8192x10,...]
 
@@ -31,7 +32,7 @@ def main(argv=None) -> None:
     import cupy
     import torch
 
-    from custom_impl.gpu import dense, gemm
+    from custom_impl.gpu import dense, gemm, runtime
 
     rng = np.random.default_rng(0)
     ev0, ev1 = cupy.cuda.Event(), cupy.cuda.Event()
@@ -45,7 +46,8 @@ def main(argv=None) -> None:
         ev1.synchronize()
         return cupy.cuda.get_elapsed_time(ev0, ev1) * 1e3 / args.calls
 
-    print(f"{'dy':>12s} {'bias_grad us':>13s} {'gemm us':>9s} {'torch us':>9s}   max rel err (bias_grad, gemm)")
+    print(f"{'dy':>12s} {'splits':>6s} {'bias_grad us':>13s} {'1 split us':>11s} {'gemm us':>9s} {'torch us':>9s}"
+          "   max rel err (bias_grad, 1 split, gemm)")
     for text in args.shapes.split(","):
         N, U = (int(v) for v in text.split("x"))
         dy = cupy.asarray(rng.standard_normal((N, U), dtype=np.float32))
@@ -57,10 +59,14 @@ def main(argv=None) -> None:
         dyt = torch.as_tensor(dy)
         t_bias = gpu_us(lambda: dense.bias_grad(dy, db))
         err_bias = float(np.abs(cupy.asnumpy(db) - ref).max()) / scale
+        t_one = gpu_us(lambda: dense.bias_grad(dy, db, splits=1))
+        err_one = float(np.abs(cupy.asnumpy(db) - ref).max()) / scale
         t_gemm = gpu_us(lambda: gemm.gemm(dy, ones, db2, trans_a=True))
         err_gemm = float(np.abs(cupy.asnumpy(db2)[:, 0] - ref).max()) / scale
         t_torch = gpu_us(lambda: dyt.sum(0))
-        print(f"{text:>12s} {t_bias:13.1f} {t_gemm:9.1f} {t_torch:9.1f}   {err_bias:.1e}, {err_gemm:.1e}")
+        splits = dense.bias_splits(N, U, runtime.sm_count())[1]
+        print(f"{text:>12s} {splits:6d} {t_bias:13.1f} {t_one:11.1f} {t_gemm:9.1f} {t_torch:9.1f}"
+              f"   {err_bias:.1e}, {err_one:.1e}, {err_gemm:.1e}")
 
 
 if __name__ == "__main__":
