@@ -351,6 +351,35 @@ def test_dense_forward_backward(N, F, U, act):
     assert dx2 is None
 
 
+@pytest.mark.parametrize("N,U", [(22400, 29), (8192, 1024), (1000, 10), (300, 7), (257, 33), (1, 5)])
+def test_dense_bias_grad_split_over_rows(N, U):
+    """db = sum_n dy[n, :] with the rows split over blocks (dense.bias_splits; a ragged last chunk for 22400,
+    1000, 300 and 257 rows, 33 columns a second, mostly empty column block): equal to float64 within the
+    summation bound of N terms; the same bits on every call and whether the last block or the finish kernel
+    adds the partials (the same order); nothing read from the NaN-filled workspace that was not written
+    first; the arrival counters left zeroed; and the one-block form (splits=1) within the same bound."""
+    import cupy
+
+    from custom_impl.gpu import dense, runtime
+
+    rng = np.random.default_rng(N + U)
+    dy = _rand(rng, N, U)
+    ref, ref_abs = dy.astype(np.float64).sum(0), np.abs(dy.astype(np.float64)).sum(0)
+    gdy = cupy.asarray(dy)
+    ws = cupy.full((U * N + 1,), np.nan, np.float32)
+    db = cupy.full((U,), np.nan, np.float32)
+    assert dense.bias_grad(gdy, db, ws) is db
+    splits = dense.bias_splits(N, U, runtime.sm_count())[1]
+    _assert_close(cupy.asnumpy(db), ref, ref_abs, N, f"db {N}x{U} ({splits} splits)")
+    again = cupy.asnumpy(dense.bias_grad(gdy, cupy.full((U,), np.nan, np.float32), ws))
+    assert np.array_equal(again, cupy.asnumpy(db))
+    two_launches = cupy.asnumpy(dense.bias_grad(gdy, cupy.full((U,), np.nan, np.float32), ws, serial=False))
+    assert np.array_equal(two_launches, cupy.asnumpy(db))
+    assert int(cupy.count_nonzero(runtime.counters(1))) == 0, "the arrival counters were not left zeroed"
+    one = cupy.asnumpy(dense.bias_grad(gdy, cupy.full((U,), np.nan, np.float32), splits=1))
+    _assert_close(one, ref, ref_abs, N, f"db {N}x{U} (one block per 32 columns)")
+
+
 def test_gemm_repeated_calls_reuse_a_plan_and_still_check():
     """A repeated eager call reuses its launch plan (no re-checks, no re-choice) and gives the same bits as
     the first (planning) call, for the one-launch and the split-K path; a call that would fail the checks

@@ -234,6 +234,50 @@ def test_dense_calls_served_from_cached_launches_launch_the_same(launches, N, F,
         dense.dense_backward(dy, x, W, need_dx=False, dW=dW, db=FakeArray((U + 1,)))
 
 
+@pytest.mark.parametrize("N,U,splits", [(22400, 29, 88), (8192, 1024, 8), (1024, 10, 4), (64, 10, 1), (300, 7, 2)])
+def test_dense_bias_grad_splits_the_rows_over_blocks(launches, N, U, splits):
+    """The bias gradient of a large batch spreads its rows over blocks (a 29-wide layer at 22,400 rows was
+    a single block): one launch whose last blocks add the partials (arrival counters passed), or with
+    serial=False the partial launch without counters and the finish kernel over the same workspace; a
+    small batch is one launch that writes db directly. The grid fills <= 2 blocks per SM (132 here)."""
+    from custom_impl.gpu import dense, runtime
+
+    dy, db = FakeArray((N, U)), FakeArray((U,))
+    col_blocks = -(-U // 32)
+    assert dense.bias_splits(N, U, 132)[1] == splits and col_blocks * splits <= 2 * 132
+    dense.bias_grad(dy, db)
+    ((family, name, _, grid, block, args, _),) = launches
+    assert (family, name, grid, block) == ("dense", "dense_bias_grad", (col_blocks, splits), (32, 32))
+    nchunk = dense.bias_splits(N, U, 132)[0]
+    assert args[-3:] == (("int32", N), ("int32", U), ("int32", nchunk)) and (splits - 1) * nchunk < N <= splits * nchunk
+    if splits == 1:
+        assert args[1] == ("array", db.data.ptr) and args[2:4] == (("uint64", 0), ("uint64", 0))
+        return
+    ws = runtime.workspace(U * splits)
+    counters = runtime.counters(col_blocks)
+    assert args[1:4] == (("array", ws.data.ptr), ("array", db.data.ptr), ("array", counters.data.ptr))
+    launches.clear()
+    dense.bias_grad(dy, db, serial=False)
+    (_, first, _, grid1, _, args1, _), (_, second, _, grid2, block2, args2, _) = launches
+    assert (first, grid1, args1[2:4]) == ("dense_bias_grad", (col_blocks, splits), (("uint64", 0), ("uint64", 0)))
+    assert (second, grid2, block2) == ("dense_bias_grad_finish", (col_blocks,), (32, 32))
+    assert args2 == (("array", ws.data.ptr), ("array", db.data.ptr), ("int32", U), ("int32", splits))
+
+
+def test_dense_bias_grad_refuses_a_bad_split_or_workspace(launches):
+    from custom_impl.gpu import dense
+
+    dy, db = FakeArray((22400, 29)), FakeArray((29,))
+    for bad in (0, -2, 1.5):
+        with pytest.raises(ValueError, match="splits must be a positive integer"):
+            dense.bias_grad(dy, db, splits=bad)
+    with pytest.raises(ValueError, match="workspace has 10 elements, needs 2552"):
+        dense.bias_grad(dy, db, workspace=FakeArray((10,)))
+    with pytest.raises(ValueError, match="db"):
+        dense.bias_grad(dy, FakeArray((30,)))
+    assert launches == []
+
+
 def test_tuner_weighs_a_second_launch_at_the_launch_cost_in_force(launches, monkeypatch):
     """Eagerly (20 us per launch) a GEMM + reduce pair whose GPU time is 1 us lower than a serial split
     loses to it (both are host-bound; the pair costs two launches); in a graph (1 us) it wins."""
