@@ -21,7 +21,8 @@
 #                                          # plans' probe (lab/gemm/thin_probe.py), the bias gradient three ways
 #                                          # (lab/gemm/bias_grad_probe.py), then lab/gemm/variants.py at
 #                                          # 4096^3 in each dense layout (the cp.async experiment beside the
-#                                          # product kernel and cuBLAS), each under PROBE_S (default 120 s)
+#                                          # product kernel and cuBLAS), each under PROBE_S (default 120 s);
+#                                          # LAYOUTS="nt" times one layout
 #   bash lab/gpu_visit.sh five             # the 5x5 Winograd (F(2x2, 5x5)): its GPU tests and the 3x3 ones, then
 #                                          # the 5x5 rows by algorithm beside cuDNN (lab/conv/algo_probe.py five)
 #   bash lab/gpu_visit.sh wgmma            # the wgmma GEMM and conv: their GPU tests, then tc_bench at 4096^3
@@ -154,7 +155,7 @@ case "${1:-tests}" in
     echo "thin probe exit: $?"
     timeout "${PROBE_S:-120}" python3 lab/gemm/bias_grad_probe.py >"$out/bias_grad_probe.txt" 2>&1
     echo "bias_grad probe exit: $?"
-    for layout in nt nn tn; do
+    for layout in ${LAYOUTS:-nt nn tn}; do
       timeout "${PROBE_S:-120}" python3 lab/gemm/variants.py --layout "$layout" --rounds 5 >"$out/variants_$layout.txt" 2>&1
       echo "variants $layout exit: $?"
       grep -E "FAIL|Error" "$out/variants_$layout.txt" | head -4
