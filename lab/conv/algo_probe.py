@@ -3,11 +3,15 @@
 
     python3 lab/conv/algo_probe.py fft [--quick]    # DeepSpeech 2's many-tap rows: "fft" and the implicit GEMM
     python3 lab/conv/algo_probe.py five [--quick]   # the 5x5 rows: F(2x2, 5x5) "winograd", "patch", the implicit GEMM
+    python3 lab/conv/algo_probe.py five-fft [--quick]  # the 5x5 rows: "patch", "winograd" and "fft" below its tap floor
 
 Sets: ``fft``, the networks suite's DeepSpeech 2 layers with >= 32 taps (cuDNN runs their backward-data at up
 to 230 TFLOP/s of direct-convolution work, 3.4x the FP32 FFMA peak: an FFT; the implicit GEMM reaches ~20;
 H100, 2026-12-07: 0.089-0.35 of cuDNN), and ``five``, the stride-1 5x5 layers of the targets and networks
-suites (LeNet's conv2, GoogLeNet's 5x5 branches). ``--quick``: the first half of the set's rows. Each row
+suites (LeNet's conv2, GoogLeNet's 5x5 branches). ``five-fft``: the same rows with "fft" run below its
+floor of ``fft.MIN_TAPS`` taps (set to 25 in this process only), to see whether the transforms pay for 5x5
+kernels too (cuDNN's weight gradient of LeNet's conv2 at batch 256 runs at ~36 TFLOP/s of direct work, past
+what the direct kernels reach). ``--quick``: the first half of the set's rows. Each row
 prints our eager time per algorithm (ms, "-" where the algorithm cannot run the phase), cuDNN's (PyTorch,
 cudnn.benchmark, TF32 off), cuDNN / ours per algorithm, and the worst relative error (max |ours - float64|
 / max |float64|) over the algorithms that ran.
@@ -39,6 +43,7 @@ SETS = {
               (64, 32, 14, 14, 64, 5, 5, 1, 2), (64, 16, 28, 28, 32, 5, 5, 1, 2), (64, 48, 7, 7, 128, 5, 5, 1, 2)],
              ("implicit_gemm", "patch", "winograd")),
 }
+SETS["five-fft"] = (SETS["five"][0], ("patch", "winograd", "fft"))
 
 
 def _t(fn) -> float:
@@ -85,6 +90,10 @@ def main(argv=None) -> int:
     from custom_impl.gpu.conv import conv_dims
 
     shapes, algos = SETS[args.set]
+    if args.set == "five-fft":
+        from custom_impl.gpu.conv import fft
+
+        fft.MIN_TAPS = 25   # this process only: let "fft" run the 5x5 kernels (no plan was made before)
     ops = custom_impl.layer_ops("gpu")
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cudnn.benchmark = True
