@@ -23,6 +23,13 @@
 #                                          # 4096^3 in each dense layout (the cp.async experiment beside the
 #                                          # product kernel and cuBLAS), each under PROBE_S (default 120 s);
 #                                          # LAYOUTS="nt" times one layout
+#   bash lab/gpu_visit.sh queue            # what waits for a GPU, most needed first, each step under its own
+#                                          # limit (about 520 s in all): the GEMM and dense GPU tests, the bias
+#                                          # gradient and thin-GEMM probes, "fft" on the 5x5 rows
+#                                          # (algo_probe.py five-fft), variants.py nt (the cp.async GEMM), then
+#                                          # ws_bench.py's TMA kernels (last: a hung copy loses the context)
+#   bash lab/gpu_visit.sh cpu              # the host CPU: our NumPy step and PyTorch's, layer by layer, on 1, 4
+#                                          # and all cores (lab/cpu/step_profile.py): which layers do not scale
 #   bash lab/gpu_visit.sh five             # the 5x5 Winograd (F(2x2, 5x5)): its GPU tests and the 3x3 ones, then
 #                                          # the 5x5 rows by algorithm beside cuDNN (lab/conv/algo_probe.py five)
 #   bash lab/gpu_visit.sh wgmma            # the wgmma GEMM and conv: their GPU tests, then tc_bench at 4096^3
@@ -162,6 +169,33 @@ case "${1:-tests}" in
       sed -n '/^=== /,$p' "$out/variants_$layout.txt"
     done
     cat "$out/thin_probe.txt" "$out/bias_grad_probe.txt"
+    ;;
+  queue)
+    timeout 160 python3 -m pytest -q -p no:cacheprovider --junitxml="$out/gemm_junit.xml" \
+      tests/custom_impl/gpu/test_gemm.py tests/custom_impl/gpu/test_prebuilt.py tests/custom_impl/gpu/test_conv.py \
+      -k "not test_conv.py or rejections" >"$out/gemm_tests.log" 2>&1
+    echo "pytest exit: $? ($(tail -n 1 "$out/gemm_tests.log"))"
+    grep -E "^FAILED|^ERROR" "$out/gemm_tests.log" | head -8
+    timeout 50 python3 lab/gemm/bias_grad_probe.py >"$out/bias_grad_probe.txt" 2>&1
+    echo "bias_grad probe exit: $?"
+    timeout 40 python3 lab/gemm/thin_probe.py >"$out/thin_probe.txt" 2>&1
+    echo "thin probe exit: $?"
+    timeout 80 python3 lab/conv/algo_probe.py five-fft >"$out/five_fft.md" 2>&1
+    echo "five-fft probe exit: $?"
+    timeout 100 python3 lab/gemm/variants.py --layout nt --rounds 5 >"$out/variants_nt.txt" 2>&1
+    echo "variants nt exit: $?"
+    timeout 150 python3 lab/gemm/ws_bench.py --shapes 4096x4096x4096 --stages 4 >"$out/ws_bench.log" 2>&1
+    echo "ws_bench exit: $?"
+    cat "$out/bias_grad_probe.txt" "$out/five_fft.md"
+    sed -n '/^=== /,$p' "$out/variants_nt.txt"
+    tail -n 6 "$out/thin_probe.txt" "$out/ws_bench.log"
+    ;;
+  cpu)
+    cores=$(nproc)
+    timeout "${TIMEOUT_S:-500}" python3 lab/cpu/step_profile.py --models lenet-mnist,cnn-cifar,mlp-deep --batches 64 \
+      --settings "1,1;4,4;$cores,$cores" --steps 7 >"$out/cpu_scaling.txt" 2>&1
+    echo "step_profile exit: $?"
+    cat "$out/cpu_scaling.txt"
     ;;
   five)
     for f in test_conv_winograd_5x5.py test_conv_winograd.py; do
