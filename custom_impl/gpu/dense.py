@@ -11,8 +11,9 @@ Parameter gradients are written (``=``), never accumulated. ``precision``: "fp32
 on the FP32 GEMM of ``gemm.py``), or "tf32" / "bf16": the three GEMMs on the tensor cores with TF32 or
 BF16 products and FP32 accumulation (``gemm_tc.py``); the bias gradient is an FP32 sum in every precision.
 ``dy`` is the gradient with respect to the layer's output before any fused activation: backward of a
-fused act is the caller's (activation layers). All arrays are C-contiguous float32 CuPy arrays; with ``out``/``dx``/``dW``/``db`` given nothing is
-allocated (see ``gemm.py`` on split-K workspace) and everything runs on CuPy's current stream.
+fused act is the caller's (activation layers). All arrays are C-contiguous float32 CuPy arrays; with
+``out``/``dx``/``dW``/``db`` given nothing is allocated (see ``gemm.py`` on split-K workspace; the bias
+gradient's partial sums use the same shared workspace) and everything runs on CuPy's current stream.
 ``DenseStep`` is the GPU model's dense layer (with a following activation fused into the epilogue).
 
 Example::
@@ -195,27 +196,27 @@ def _row_chunks(N: int, want: int) -> tuple[int, int]:
 def _bias_grad_launch(dy, out, workspace=None, serial=True, splits=None) -> None:
     import cupy
 
-    kern, finish, grid, nchunk, S = _bias_grad_plan(dy.shape, cupy.cuda.runtime.getDevice(), splits)
-    N, U = dy.shape
-    scalars = (np.int32(N), np.int32(U), np.int32(nchunk))
-    if S == 1:
+    kern, finish, grid, scalars, finish_scalars = _bias_grad_plan(dy.shape, cupy.cuda.runtime.getDevice(), splits)
+    if grid[1] == 1:
         kern(grid, (32, 32), (dy, out, runtime.NULL, runtime.NULL) + scalars)
         return
-    part = runtime.checked_workspace(workspace, U * S, "dense bias_grad", "U * dense.bias_splits(N, U)[1]")
+    part = runtime.checked_workspace(workspace, dy.shape[1] * grid[1], "dense bias_grad",
+                                     "U * dense.bias_splits(N, U)[1]")
     if serial:
         kern(grid, (32, 32), (dy, part, out, runtime.counters(grid[0])) + scalars)
         return
     kern(grid, (32, 32), (dy, part, runtime.NULL, runtime.NULL) + scalars)
-    finish((grid[0],), (32, 32), (part, out, np.int32(U), np.int32(S)))
+    finish((grid[0],), (32, 32), (part, out) + finish_scalars)
 
 
 @functools.lru_cache(maxsize=1024)
 def _bias_grad_plan(shape, device_id, splits=None):
-    """(kernel, finish kernel, grid, rows per block, blocks per column block) for dy of ``shape``."""
+    """(kernel, finish kernel, grid (column blocks, row splits), the kernel's scalar arguments, the finish
+    kernel's) for dy of ``shape``."""
     N, U = shape
     nchunk, splits = bias_splits(N, U, runtime.sm_count()) if splits is None else _row_chunks(N, splits)
     return (runtime.kernel("dense", "dense_bias_grad"), runtime.kernel("dense", "dense_bias_grad_finish"),
-            (blocks(U, 32), splits), nchunk, splits)
+            (blocks(U, 32), splits), (np.int32(N), np.int32(U), np.int32(nchunk)), (np.int32(U), np.int32(splits)))
 
 
 def dense_backward_data(dy, W, dx=None, precision="fp32"):
