@@ -29,7 +29,9 @@
 #                                          # (algo_probe.py five-fft), variants.py nt (the cp.async GEMM), then
 #                                          # ws_bench.py's TMA kernels (last: a hung copy loses the context)
 #   bash lab/gpu_visit.sh cpu              # the host CPU: our NumPy step and PyTorch's, layer by layer, on 1, 4
-#                                          # and all cores (lab/cpu/step_profile.py): which layers do not scale
+#                                          # and all cores (lab/cpu/step_profile.py): which layers do not scale;
+#                                          # then every GEMM of the step at 1, 2, 4, ... OpenBLAS threads beside
+#                                          # torch.matmul (lab/cpu/blas_threads_probe.py)
 #   bash lab/gpu_visit.sh five             # the 5x5 Winograd (F(2x2, 5x5)): its GPU tests and the 3x3 ones, then
 #                                          # the 5x5 rows by algorithm beside cuDNN (lab/conv/algo_probe.py five)
 #   bash lab/gpu_visit.sh wgmma            # the wgmma GEMM and conv: their GPU tests, then tc_bench at 4096^3
@@ -192,10 +194,13 @@ case "${1:-tests}" in
     ;;
   cpu)
     cores=$(nproc)
-    timeout "${TIMEOUT_S:-500}" python3 lab/cpu/step_profile.py --models lenet-mnist,cnn-cifar,mlp-deep --batches 64 \
+    timeout "${TIMEOUT_S:-330}" python3 lab/cpu/step_profile.py --models lenet-mnist,cnn-cifar,mlp-deep --batches 64 \
       --settings "1,1;4,4;$cores,$cores" --steps 7 >"$out/cpu_scaling.txt" 2>&1
     echo "step_profile exit: $?"
+    timeout "${PROBE_S:-200}" python3 lab/cpu/blas_threads_probe.py --reps 5 >"$out/blas_threads.txt" 2>&1
+    echo "blas_threads_probe exit: $?"
     cat "$out/cpu_scaling.txt"
+    grep -E "^==|^per step" "$out/blas_threads.txt"
     ;;
   five)
     for f in test_conv_winograd_5x5.py test_conv_winograd.py; do
