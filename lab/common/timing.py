@@ -1,5 +1,5 @@
 """Timers shared by the lab scripts: eager and CUDA-graph replay time, host time per call, CPU train-step
-times.
+times, the host-clock median of a CPU call.
 
 The harness has the real timer (``harness.timer.measure``: warm-up, CUDA events, median and IQR); these
 are the small variants the lab's probes need beside it.
@@ -8,6 +8,17 @@ from __future__ import annotations
 
 import statistics
 import time
+
+
+def host_median_s(fn, reps: int) -> float:
+    """Median seconds of ``reps`` calls of ``fn`` by the host clock (after one untimed call): for CPU work."""
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def eager_time_ms(fn, reps: int = 20, rounds: int = 3, warm: int = 3) -> float:

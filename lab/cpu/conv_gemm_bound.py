@@ -18,7 +18,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
@@ -26,16 +25,7 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")       # as the harness set
 
 import numpy as np  # noqa: E402
 
-
-def timed(fn, reps: int) -> float:
-    """Median seconds of ``reps`` calls of ``fn`` (after one untimed call)."""
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from lab.common.timing import host_median_s as timed  # noqa: E402
 
 
 def conv_cases(models, batch):
