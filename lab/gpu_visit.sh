@@ -26,7 +26,8 @@
 #   bash lab/gpu_visit.sh queue            # what waits for a GPU, most needed first, each step under its own
 #                                          # limit (about 520 s in all): the GEMM and dense GPU tests, the bias
 #                                          # gradient and thin-GEMM probes, "fft" on the 5x5 rows
-#                                          # (algo_probe.py five-fft), variants.py nt (the cp.async GEMM), then
+#                                          # (algo_probe.py five-fft), the fused F(5x5, 2x2) weight gradient
+#                                          # (winograd_wgrad_fused_probe.py), variants.py nt (the cp.async GEMM), then
 #                                          # ws_bench.py's TMA kernels (last: a hung copy loses the context)
 #   bash lab/gpu_visit.sh cpu              # the host CPU: our NumPy step and PyTorch's, layer by layer, on 1, 4
 #                                          # and all cores (lab/cpu/step_profile.py): which layers do not scale;
@@ -184,11 +185,13 @@ case "${1:-tests}" in
     echo "thin probe exit: $?"
     timeout 80 python3 lab/conv/algo_probe.py five-fft >"$out/five_fft.md" 2>&1
     echo "five-fft probe exit: $?"
-    timeout 100 python3 lab/gemm/variants.py --layout nt --rounds 5 >"$out/variants_nt.txt" 2>&1
+    timeout 90 python3 lab/conv/winograd_wgrad_fused_probe.py >"$out/fused_wgrad.md" 2>&1
+    echo "fused wgrad probe exit: $?"
+    timeout 90 python3 lab/gemm/variants.py --layout nt --rounds 5 >"$out/variants_nt.txt" 2>&1
     echo "variants nt exit: $?"
-    timeout 150 python3 lab/gemm/ws_bench.py --shapes 4096x4096x4096 --stages 4 >"$out/ws_bench.log" 2>&1
+    timeout 120 python3 lab/gemm/ws_bench.py --shapes 4096x4096x4096 --stages 4 >"$out/ws_bench.log" 2>&1
     echo "ws_bench exit: $?"
-    cat "$out/bias_grad_probe.txt" "$out/five_fft.md"
+    cat "$out/bias_grad_probe.txt" "$out/five_fft.md" "$out/fused_wgrad.md"
     sed -n '/^=== /,$p' "$out/variants_nt.txt"
     tail -n 6 "$out/thin_probe.txt" "$out/ws_bench.log"
     ;;
