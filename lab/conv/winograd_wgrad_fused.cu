@@ -11,14 +11,14 @@
 //
 // with e_t the 2x2 dy tile at (2tp, 2tq) (zeros past P, Q), d_t the 6x6 x patch at (2tp - ph, 2tq - pw)
 // (zeros outside the image), and the matrices of F(2x2, 5x5) (the same Bt, A = At^T and G as
-// conv_winograd.cu's wino4_bt, wino25_a and wino25_gt, repeated here). xi = 6a + b indexes the domain.
+// conv_winograd.cu's wino4_bt, wino25_a and wino25_gt). xi = 6a + b indexes the domain.
 //
 // Shared memory: 2 x (FW_XS + FW_DS) staging floats, then Ys (12 x FW_TQ x 64) and Vs (12 x FW_TQ x 32):
-// 84.7 KB at FW_TQ = 8 (fw_smem_floats in the probe). One block per SM.
+// 82.75 KB at FW_TQ = 8, 158.75 KB at 16 (the probe's _smem_floats). One block per SM.
 // Blocks: grid (chunks of tile rows, 3 groups of 12 xi (a in {2g, 2g+1}), k blocks of 64 x c blocks of 32).
 // A row of tiles is one (n, tp): tQ <= FW_TQ tiles. 384 threads = 12 warps; warp w owns xi = 12g + w, lane
-// (kq, cq) = (lane / 4, lane % 4) owns k0 + 8kq .. +7 x c0 + 8cq .. +7: 64 sums. Per row: stage x (64 KB
-// of 6 rows x 2tQ+4 columns x 32 channels at most) and dy (2 rows x 2tQ columns x 64 k), then the block
+// (kq, cq) = (lane / 4, lane % 4) owns k0 + 8kq .. +7 x c0 + 8cq .. +7: 64 sums. Per row: stage x (6 rows
+// x 2tQ+4 columns x 32 channels) and dy (2 rows x 2tQ columns x 64 k), then the block
 // transforms only its group's two rows a of each patch (Bt's row a against the patch's columns, then Bt
 // along the row) and of each dy tile, into Ys[xl][t][k], Vs[xl][t][c], then every warp adds
 // sum_t Ys[xl][t][k] Vs[xl][t][c] to its 64 sums. The block writes its sums (its chunk's partial) to
@@ -42,49 +42,15 @@
 #define FW_XS (FW_C * FW_XC)
 #define FW_DS (FW_K * FW_DK)
 
+// The 6x6 domain's vector transforms (wino4_bt, wino25_a, wino25_gt) are conv_winograd.cu's and the
+// 4-byte zero-filling cp.async helpers (pt_cp4, pt_commit, pt_wait) conv_patch.cu's: both files are included
+// whole (their own kernels compile into this module too, unused).
+#include "conv_winograd.cu"
+#include "conv_patch.cu"
+
 __constant__ float fw_bt[6][6] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
                                   {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
 __constant__ float fw_a[6][2] = {{1, 0}, {1, 1}, {1, -1}, {1, 2}, {1, -2}, {0, 1}};
-
-__device__ __forceinline__ void fw_bt_vec(const float (&v)[6], float (&o)[6]) {
-    o[0] = 4.f * v[0] - 5.f * v[2] + v[4];
-    o[1] = -4.f * (v[1] + v[2]) + v[3] + v[4];
-    o[2] = 4.f * (v[1] - v[2]) - v[3] + v[4];
-    o[3] = 2.f * (v[3] - v[1]) - v[2] + v[4];
-    o[4] = 2.f * (v[1] - v[3]) - v[2] + v[4];
-    o[5] = 4.f * v[1] - 5.f * v[3] + v[5];
-}
-
-__device__ __forceinline__ void fw_a_vec(const float (&v)[2], float (&o)[6]) {
-    o[0] = v[0];
-    o[1] = v[0] + v[1];
-    o[2] = v[0] - v[1];
-    o[3] = v[0] + 2.f * v[1];
-    o[4] = v[0] - 2.f * v[1];
-    o[5] = v[1];
-}
-
-__device__ __forceinline__ void fw_gt_vec(const float (&v)[6], float (&o)[5]) {
-    const float s12 = v[1] + v[2], d12 = v[1] - v[2], s34 = v[3] + v[4], d34 = v[3] - v[4];
-    o[0] = 0.25f * v[0] - (1.f / 6.f) * s12 + (1.f / 24.f) * s34;
-    o[1] = -(1.f / 6.f) * d12 + (1.f / 12.f) * d34;
-    o[2] = -(1.f / 6.f) * s12 + (1.f / 6.f) * s34;
-    o[3] = -(1.f / 6.f) * d12 + (1.f / 3.f) * d34;
-    o[4] = -(1.f / 6.f) * s12 + (2.f / 3.f) * s34 + v[5];
-}
-
-__device__ __forceinline__ unsigned fw_smem_addr(const void* p) {
-    return (unsigned)__cvta_generic_to_shared(p);
-}
-// dst = ok ? *src : 0, asynchronously (src-size 0 reads nothing; src only has to be a valid address)
-__device__ __forceinline__ void fw_cp4(float* dst, const float* src, bool ok) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(fw_smem_addr(dst)), "l"(src),
-                 "r"(ok ? 4 : 0)
-                 : "memory");
-}
-__device__ __forceinline__ void fw_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int pending>
-__device__ __forceinline__ void fw_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(pending) : "memory"); }
 
 struct FwShape {
     int N, C, H, W, K, P, Q, ph, pw, tP, tQ, k0, c0;
@@ -99,14 +65,14 @@ __device__ __forceinline__ void fw_stage(const float* __restrict__ x, const floa
         const int i = rem / FW_XLD, j = rem - i * FW_XLD;
         const int cc = s.c0 + c, ih = 2 * tp - s.ph + i, iw = j - s.pw;
         const bool ok = cc < s.C && (unsigned)ih < (unsigned)s.H && (unsigned)iw < (unsigned)s.W;
-        fw_cp4(Xs + c * FW_XC + rem, ok ? x + (((long long)n * s.C + cc) * s.H + ih) * s.W + iw : x, ok);
+        pt_cp4(Xs + c * FW_XC + rem, ok ? x + (((long long)n * s.C + cc) * s.H + ih) * s.W + iw : x, ok);
     }
     for (int e = threadIdx.x; e < FW_K * 2 * FW_DLD; e += FW_THREADS) {
         const int k = e / (2 * FW_DLD), rem = e - k * (2 * FW_DLD);   // rem = a * FW_DLD + q
         const int a = rem / FW_DLD, q = rem - a * FW_DLD;
         const int kk = s.k0 + k, p = 2 * tp + a;
         const bool ok = kk < s.K && p < s.P && q < s.Q;
-        fw_cp4(Ds + k * FW_DK + rem, ok ? dy + (((long long)n * s.K + kk) * s.P + p) * s.Q + q : dy, ok);
+        pt_cp4(Ds + k * FW_DK + rem, ok ? dy + (((long long)n * s.K + kk) * s.P + p) * s.Q + q : dy, ok);
     }
 }
 
@@ -141,17 +107,17 @@ fw_wgrad_partial(const float* __restrict__ x, const float* __restrict__ dy, floa
     const int r0 = blockIdx.x * chunk, r1 = min(rows, r0 + chunk);
     const int tQ = s.tQ;
     if (r0 < r1) fw_stage(x, dy, s, r0, Xbuf, Dbuf);
-    fw_commit();
+    pt_commit();
     for (int r = r0; r < r1; ++r) {
         const int cur = (r - r0) & 1;
         if (r + 1 < r1) {
             // buffer cur ^ 1 was last read by the transforms of row r - 1, which every thread finished before
             // the barrier that preceded that row's products
             fw_stage(x, dy, s, r + 1, Xbuf + (cur ^ 1) * FW_XS, Dbuf + (cur ^ 1) * FW_DS);
-            fw_commit();
-            fw_wait<1>();
+            pt_commit();
+            pt_wait<1>();
         } else {
-            fw_wait<0>();
+            pt_wait<0>();
         }
         __syncthreads();   // row r landed for every thread; every warp is done with row r - 1's Ys, Vs
         const float* Xs = Xbuf + cur * FW_XS;
@@ -166,7 +132,7 @@ fw_wgrad_partial(const float* __restrict__ x, const float* __restrict__ dy, floa
                 const int a = 2 * g + al;
                 const float u[2] = {fw_a[a][0] * e0[0] + fw_a[a][1] * e1[0], fw_a[a][0] * e0[1] + fw_a[a][1] * e1[1]};
                 float o[6];
-                fw_a_vec(u, o);
+                wino25_a(u, o);
 #pragma unroll
                 for (int b = 0; b < 6; ++b) Ys[((al * 6 + b) * FW_TQ + t) * FW_K + k] = o[b];
             }
@@ -187,7 +153,7 @@ fw_wgrad_partial(const float* __restrict__ x, const float* __restrict__ dy, floa
                     rv[j] = v;
                 }
                 float o[6];
-                fw_bt_vec(rv, o);
+                wino4_bt(rv, o);
 #pragma unroll
                 for (int b = 0; b < 6; ++b) Vs[((al * 6 + b) * FW_TQ + t) * FW_C + c] = o[b];
             }
@@ -243,14 +209,14 @@ extern "C" __global__ void fw_output(const float* __restrict__ Mt, float* __rest
         float row[6];
 #pragma unroll
         for (int b = 0; b < 6; ++b) row[b] = Mt[(long long)(6 * a + b) * KC + kc];
-        fw_gt_vec(row, tmp[a]);
+        wino25_gt(row, tmp[a]);
     }
 #pragma unroll
     for (int s5 = 0; s5 < 5; ++s5) {
         float col[6], o[5];
 #pragma unroll
         for (int a = 0; a < 6; ++a) col[a] = tmp[a][s5];
-        fw_gt_vec(col, o);
+        wino25_gt(col, o);
 #pragma unroll
         for (int r5 = 0; r5 < 5; ++r5) dW[(long long)kc * 25 + r5 * 5 + s5] = o[r5];
     }
