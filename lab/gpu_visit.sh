@@ -24,7 +24,7 @@
 #                                          # product kernel and cuBLAS), each under PROBE_S (default 120 s);
 #                                          # LAYOUTS="nt" times one layout
 #   bash lab/gpu_visit.sh queue            # what waits for a GPU, most needed first, each step under its own
-#                                          # limit (about 520 s in all): the GEMM and dense GPU tests, the bias
+#                                          # limit (at most 570 s in all, plus the precompile): the GEMM and dense GPU tests, the bias
 #                                          # gradient and thin-GEMM probes, "fft" on the 5x5 rows
 #                                          # (algo_probe.py five-fft), the fused F(5x5, 2x2) weight gradient
 #                                          # (winograd_wgrad_fused_probe.py), variants.py nt (the cp.async GEMM), then
@@ -174,7 +174,7 @@ case "${1:-tests}" in
     cat "$out/thin_probe.txt" "$out/bias_grad_probe.txt"
     ;;
   queue)
-    timeout 160 python3 -m pytest -q -p no:cacheprovider --junitxml="$out/gemm_junit.xml" \
+    timeout 140 python3 -m pytest -q -p no:cacheprovider --junitxml="$out/gemm_junit.xml" \
       tests/custom_impl/gpu/test_gemm.py tests/custom_impl/gpu/test_prebuilt.py tests/custom_impl/gpu/test_conv.py \
       -k "not test_conv.py or rejections" >"$out/gemm_tests.log" 2>&1
     echo "pytest exit: $? ($(tail -n 1 "$out/gemm_tests.log"))"
@@ -183,13 +183,13 @@ case "${1:-tests}" in
     echo "bias_grad probe exit: $?"
     timeout 40 python3 lab/gemm/thin_probe.py >"$out/thin_probe.txt" 2>&1
     echo "thin probe exit: $?"
-    timeout 80 python3 lab/conv/algo_probe.py five-fft >"$out/five_fft.md" 2>&1
+    timeout 60 python3 lab/conv/algo_probe.py five-fft >"$out/five_fft.md" 2>&1
     echo "five-fft probe exit: $?"
     timeout 90 python3 lab/conv/winograd_wgrad_fused_probe.py >"$out/fused_wgrad.md" 2>&1
     echo "fused wgrad probe exit: $?"
     timeout 90 python3 lab/gemm/variants.py --layout nt --rounds 5 >"$out/variants_nt.txt" 2>&1
     echo "variants nt exit: $?"
-    timeout 120 python3 lab/gemm/ws_bench.py --shapes 4096x4096x4096 --stages 4 >"$out/ws_bench.log" 2>&1
+    timeout 100 python3 lab/gemm/ws_bench.py --shapes 4096x4096x4096 --stages 4 >"$out/ws_bench.log" 2>&1
     echo "ws_bench exit: $?"
     cat "$out/bias_grad_probe.txt" "$out/five_fft.md" "$out/fused_wgrad.md"
     sed -n '/^=== /,$p' "$out/variants_nt.txt"
