@@ -24,11 +24,12 @@
 #                                          # product kernel and cuBLAS), each under PROBE_S (default 120 s);
 #                                          # LAYOUTS="nt" times one layout
 #   bash lab/gpu_visit.sh queue            # what waits for a GPU, most needed first, each step under its own
-#                                          # limit (at most 570 s in all, plus the precompile): the GEMM and dense GPU tests, the bias
-#                                          # gradient and thin-GEMM probes, "fft" on the 5x5 rows
-#                                          # (algo_probe.py five-fft), the fused F(5x5, 2x2) weight gradient
-#                                          # (winograd_wgrad_fused_probe.py), variants.py nt (the cp.async GEMM), then
-#                                          # ws_bench.py's TMA kernels (last: a hung copy loses the context)
+#                                          # limit (at most 570 s in all, plus the precompile): the GEMM and
+#                                          # dense GPU tests, the bias gradient and thin-GEMM probes, "fft" on
+#                                          # the 5x5 rows (algo_probe.py five-fft), the fused F(5x5, 2x2) weight
+#                                          # gradient (winograd_wgrad_fused_probe.py), variants.py nt (the
+#                                          # cp.async GEMM), then ws_bench.py's TMA kernels (last: a hung copy
+#                                          # loses the context)
 #   bash lab/gpu_visit.sh cpu              # the host CPU: our NumPy step and PyTorch's, layer by layer, on 1, 4
 #                                          # and all cores (lab/cpu/step_profile.py): which layers do not scale;
 #                                          # then every GEMM of the step at 1, 2, 4, ... OpenBLAS threads beside
