@@ -56,23 +56,43 @@ struct FwShape {
     int N, C, H, W, K, P, Q, ph, pw, tP, tQ, k0, c0;
 };
 
-// The x rows and dy rows of tile row `row` = (n, tp) into Xs [c][i][j] and Ds [k][a][q] (zeros outside).
+// The x rows and dy rows of tile row `row` = (n, tp) into Xs [c][i][j] and Ds [k][a][q] (zeros outside). Two
+// threads per staged row, each copying half of it: the row's bounds and address are worked out once, the
+// elements then step by one column (no division per element).
+static_assert(FW_THREADS == 2 * FW_C * 6, "x staging: two threads per (channel, patch row)");
+static_assert(2 * FW_K * 2 <= FW_THREADS, "dy staging: two threads per (k, tile row)");
 __device__ __forceinline__ void fw_stage(const float* __restrict__ x, const float* __restrict__ dy, const FwShape& s,
                                          int row, float* Xs, float* Ds) {
     const int n = row / s.tP, tp = row - n * s.tP;
-    for (int e = threadIdx.x; e < FW_C * 6 * FW_XLD; e += FW_THREADS) {
-        const int c = e / (6 * FW_XLD), rem = e - c * (6 * FW_XLD);   // rem = i * FW_XLD + j
-        const int i = rem / FW_XLD, j = rem - i * FW_XLD;
-        const int cc = s.c0 + c, ih = 2 * tp - s.ph + i, iw = j - s.pw;
-        const bool ok = cc < s.C && (unsigned)ih < (unsigned)s.H && (unsigned)iw < (unsigned)s.W;
-        pt_cp4(Xs + c * FW_XC + rem, ok ? x + (((long long)n * s.C + cc) * s.H + ih) * s.W + iw : x, ok);
+    const int h = threadIdx.x & 1;
+    {
+        const int xr = threadIdx.x >> 1;          // (c, i) = (xr / 6, xr % 6)
+        const int c = xr / 6, i = xr - 6 * c;
+        const int cc = s.c0 + c, ih = 2 * tp - s.ph + i;
+        const bool row_ok = cc < s.C && (unsigned)ih < (unsigned)s.H;
+        const int j0 = h * (FW_XLD / 2);
+        const float* src = x + (((long long)n * s.C + (row_ok ? cc : 0)) * s.H + (row_ok ? ih : 0)) * s.W;
+        float* dst = Xs + c * FW_XC + i * FW_XLD + j0;
+#pragma unroll
+        for (int jj = 0; jj < FW_XLD / 2; ++jj) {
+            const int iw = j0 + jj - s.pw;
+            const bool ok = row_ok && (unsigned)iw < (unsigned)s.W;
+            pt_cp4(dst + jj, ok ? src + iw : x, ok);
+        }
     }
-    for (int e = threadIdx.x; e < FW_K * 2 * FW_DLD; e += FW_THREADS) {
-        const int k = e / (2 * FW_DLD), rem = e - k * (2 * FW_DLD);   // rem = a * FW_DLD + q
-        const int a = rem / FW_DLD, q = rem - a * FW_DLD;
+    if (threadIdx.x < 2 * FW_K * 2) {
+        const int dr = threadIdx.x >> 1;          // (k, a) = (dr / 2, dr % 2)
+        const int k = dr >> 1, a = dr & 1;
         const int kk = s.k0 + k, p = 2 * tp + a;
-        const bool ok = kk < s.K && p < s.P && q < s.Q;
-        pt_cp4(Ds + k * FW_DK + rem, ok ? dy + (((long long)n * s.K + kk) * s.P + p) * s.Q + q : dy, ok);
+        const bool row_ok = kk < s.K && p < s.P;
+        const int q0 = h * (FW_DLD / 2);
+        const float* src = dy + (((long long)n * s.K + (row_ok ? kk : 0)) * s.P + (row_ok ? p : 0)) * s.Q;
+        float* dst = Ds + k * FW_DK + a * FW_DLD + q0;
+#pragma unroll
+        for (int qq = 0; qq < FW_DLD / 2; ++qq) {
+            const bool ok = row_ok && q0 + qq < s.Q;
+            pt_cp4(dst + qq, ok ? src + q0 + qq : dy, ok);
+        }
     }
 }
 

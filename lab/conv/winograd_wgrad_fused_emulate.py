@@ -6,7 +6,8 @@ the direct weight gradient in float64 on the CPU (no GPU needed):
 Each block runs one at a time; the phases between its barriers (staging into shared memory, the dy and x
 transforms, the warps' sums) run for every thread in turn, with the kernel's shared-memory offsets, strides
 and zero-fill conditions, so a wrong index shows as a wrong or NaN weight. The cases cover two k blocks and
-two c blocks (K = 66, C = 33), odd P and Q (ragged tiles), padding 0..2 and chunks of 1 or 2 tile rows. The
+two c blocks (K = 66, C = 33), odd P and Q (ragged tiles), padding 0..2, chunks of 1 or 2 tile rows, and
+a row of 9 tiles on the FW_TQ = 12 layout. The
 matrices are lab/conv/winograd_emulate.py's (conv_winograd.cu's). It checks the arithmetic, not CUDA's
 execution (cp.async ordering, barriers), which only a GPU run does (lab/conv/winograd_wgrad_fused_probe.py).
 """
@@ -26,6 +27,7 @@ A25, GT25 = AT25.T, G25.T
 
 
 FW_K, FW_C, THREADS = 64, 32, 384   # k and c per block, threads per block (the kernel's defines)
+assert THREADS == 2 * FW_C * 6 and 2 * FW_K * 2 <= THREADS   # the kernel's static_asserts
 
 
 class Layout:
@@ -42,21 +44,32 @@ class Layout:
 
 
 def stage(smem, lay, x, dy, shape, row, xo, do):
-    """fw_stage: tile row ``row`` = (n, tp) of x and dy into smem at xo (x) and do (dy), zeros outside."""
+    """fw_stage: tile row ``row`` = (n, tp) of x and dy into smem at xo (x) and do (dy), zeros outside; thread
+    tid copies half (tid % 2) of staged row tid // 2."""
     N, C, H, W, K, P, Q, pad, tP, k0, c0 = shape
     n, tp = divmod(row, tP)
-    for e in range(FW_C * 6 * lay.xld):
-        c, rem = divmod(e, 6 * lay.xld)
-        i, j = divmod(rem, lay.xld)
-        cc, ih, iw = c0 + c, 2 * tp - pad + i, j - pad
-        ok = cc < C and 0 <= ih < H and 0 <= iw < W
-        smem[xo + c * lay.xc + rem] = x[((n * C + cc) * H + ih) * W + iw] if ok else 0.0
-    for e in range(FW_K * 2 * lay.dld):
-        k, rem = divmod(e, 2 * lay.dld)
-        a, q = divmod(rem, lay.dld)
-        kk, p = k0 + k, 2 * tp + a
-        ok = kk < K and p < P and q < Q
-        smem[do + k * lay.dk + rem] = dy[((n * K + kk) * P + p) * Q + q] if ok else 0.0
+    for tid in range(THREADS):
+        h = tid & 1
+        c, i = divmod(tid >> 1, 6)
+        cc, ih = c0 + c, 2 * tp - pad + i
+        row_ok = cc < C and 0 <= ih < H
+        j0 = h * (lay.xld // 2)
+        src = ((n * C + (cc if row_ok else 0)) * H + (ih if row_ok else 0)) * W
+        dst = xo + c * lay.xc + i * lay.xld + j0
+        for jj in range(lay.xld // 2):
+            iw = j0 + jj - pad
+            ok = row_ok and 0 <= iw < W
+            smem[dst + jj] = x[src + iw] if ok else 0.0
+        if tid < 2 * FW_K * 2:
+            k, a = divmod(tid >> 1, 2)
+            kk, p = k0 + k, 2 * tp + a
+            row_ok = kk < K and p < P
+            q0 = h * (lay.dld // 2)
+            src = ((n * K + (kk if row_ok else 0)) * P + (p if row_ok else 0)) * Q
+            dst = do + k * lay.dk + a * lay.dld + q0
+            for qq in range(lay.dld // 2):
+                ok = row_ok and q0 + qq < Q
+                smem[dst + qq] = dy[src + q0 + qq] if ok else 0.0
 
 
 def transforms(smem, lay, g, tQ, xs, ds):
@@ -151,14 +164,17 @@ def direct(x, dy, pad):
 def main() -> int:
     rng = np.random.default_rng(3)
     worst = 0.0
-    for N, C, H, W, K, pad, chunk in [(2, 3, 9, 7, 5, 2, 2), (1, 33, 6, 5, 66, 1, 2), (3, 2, 5, 9, 2, 0, 1)]:
+    # (N, C, H, W, K, pad, tile rows a chunk, FW_TQ): the last a wider layer on the probe's FW_TQ = 12 build
+    cases = [(2, 3, 9, 7, 5, 2, 2, 8), (1, 33, 6, 5, 66, 1, 2, 8), (3, 2, 5, 9, 2, 0, 1, 8), (1, 2, 6, 18, 3, 2, 2, 12)]
+    for N, C, H, W, K, pad, chunk, fw_tq in cases:
         P, Q = H + 2 * pad - 4, W + 2 * pad - 4
         x = rng.standard_normal((N, C, H, W))
         dy = rng.standard_normal((N, K, P, Q))
-        got, want = run(x, dy, pad, chunk), direct(x, dy, pad)
+        got, want = run(x, dy, pad, chunk, fw_tq), direct(x, dy, pad)
         err = float(np.abs(got - want).max() / np.abs(want).max()) if not np.isnan(got).any() else float("inf")
         worst = max(worst, err)
-        print(f"N{N} C{C} {H}x{W} K{K} pad {pad} (P, Q = {P}, {Q}), {chunk} tile rows a chunk: rel err {err:.1e}")
+        print(f"N{N} C{C} {H}x{W} K{K} pad {pad} (P, Q = {P}, {Q}), {chunk} tile rows a chunk, FW_TQ {fw_tq}: "
+              f"rel err {err:.1e}")
     # float64 throughout: only a wrong index (or an unwritten weight) gives more than rounding
     ok = worst < 1e-12
     print("ok" if ok else "MISMATCH")
