@@ -61,6 +61,13 @@ out=${OUT:-out}; mkdir -p "$out"
 # (reports/train-<set>-<card>, ...)
 card_name() { nvidia-smi --query-gpu=name --format=csv,noheader | head -1; }
 card_slug() { card_name | tr 'A-Z ' 'a-z-' | tr -cd 'a-z0-9-'; }
+# step LIMIT NAME LOG CMD...: CMD under LIMIT seconds, its output to $out/LOG, then "NAME exit: CODE (last line)"
+step() {
+  local limit=$1 name=$2 log=$3
+  shift 3
+  timeout "$limit" "$@" >"$out/$log" 2>&1
+  echo "$name exit: $? ($(tail -n 1 "$out/$log"))"
+}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv | tee "$out/nvidia_smi.txt"
 if [ "${1:-tests}" != first-run ]; then
   python3 -c "from custom_impl.gpu import runtime; runtime.precompile(progress=print)" >"$out/precompile.log" 2>&1
@@ -158,40 +165,29 @@ case "${1:-tests}" in
     cat "$out/fft_probe.md"
     ;;
   gemm)
-    timeout "${TIMEOUT_S:-200}" python3 -m pytest -q -p no:cacheprovider --junitxml="$out/gemm_junit.xml" \
-      tests/custom_impl/gpu/test_gemm.py tests/custom_impl/gpu/test_prebuilt.py >"$out/gemm_tests.log" 2>&1
-    echo "pytest exit: $? ($(tail -1 "$out/gemm_tests.log"))"
+    step "${TIMEOUT_S:-200}" pytest gemm_tests.log python3 -m pytest -q -p no:cacheprovider \
+      --junitxml="$out/gemm_junit.xml" tests/custom_impl/gpu/test_gemm.py tests/custom_impl/gpu/test_prebuilt.py
     grep -E "^FAILED|^ERROR" "$out/gemm_tests.log" | head -8
-    timeout "${PROBE_S:-120}" python3 lab/gemm/thin_probe.py >"$out/thin_probe.txt" 2>&1
-    echo "thin probe exit: $?"
-    timeout "${PROBE_S:-120}" python3 lab/gemm/bias_grad_probe.py >"$out/bias_grad_probe.txt" 2>&1
-    echo "bias_grad probe exit: $?"
+    step "${PROBE_S:-120}" "thin probe" thin_probe.txt python3 lab/gemm/thin_probe.py
+    step "${PROBE_S:-120}" "bias_grad probe" bias_grad_probe.txt python3 lab/gemm/bias_grad_probe.py
     for layout in ${LAYOUTS:-nt nn tn}; do
-      timeout "${PROBE_S:-120}" python3 lab/gemm/variants.py --layout "$layout" --rounds 5 >"$out/variants_$layout.txt" 2>&1
-      echo "variants $layout exit: $?"
+      step "${PROBE_S:-120}" "variants $layout" "variants_$layout.txt" python3 lab/gemm/variants.py --layout "$layout" --rounds 5
       grep -E "FAIL|Error" "$out/variants_$layout.txt" | head -4
       sed -n '/^=== /,$p' "$out/variants_$layout.txt"
     done
     cat "$out/thin_probe.txt" "$out/bias_grad_probe.txt"
     ;;
   queue)
-    timeout 140 python3 -m pytest -q -p no:cacheprovider --junitxml="$out/gemm_junit.xml" \
+    step 140 pytest gemm_tests.log python3 -m pytest -q -p no:cacheprovider --junitxml="$out/gemm_junit.xml" \
       tests/custom_impl/gpu/test_gemm.py tests/custom_impl/gpu/test_prebuilt.py tests/custom_impl/gpu/test_conv.py \
-      -k "not test_conv.py or rejections" >"$out/gemm_tests.log" 2>&1
-    echo "pytest exit: $? ($(tail -n 1 "$out/gemm_tests.log"))"
+      -k "not test_conv.py or rejections"
     grep -E "^FAILED|^ERROR" "$out/gemm_tests.log" | head -8
-    timeout 50 python3 lab/gemm/bias_grad_probe.py >"$out/bias_grad_probe.txt" 2>&1
-    echo "bias_grad probe exit: $?"
-    timeout 40 python3 lab/gemm/thin_probe.py >"$out/thin_probe.txt" 2>&1
-    echo "thin probe exit: $?"
-    timeout 60 python3 lab/conv/algo_probe.py five-fft >"$out/five_fft.md" 2>&1
-    echo "five-fft probe exit: $?"
-    timeout 90 python3 lab/conv/winograd_wgrad_fused_probe.py >"$out/fused_wgrad.md" 2>&1
-    echo "fused wgrad probe exit: $?"
-    timeout 90 python3 lab/gemm/variants.py --layout nt --rounds 5 >"$out/variants_nt.txt" 2>&1
-    echo "variants nt exit: $?"
-    timeout 100 python3 lab/gemm/ws_bench.py --shapes 4096x4096x4096 --stages 4 >"$out/ws_bench.log" 2>&1
-    echo "ws_bench exit: $?"
+    step 50 "bias_grad probe" bias_grad_probe.txt python3 lab/gemm/bias_grad_probe.py
+    step 40 "thin probe" thin_probe.txt python3 lab/gemm/thin_probe.py
+    step 60 "five-fft probe" five_fft.md python3 lab/conv/algo_probe.py five-fft
+    step 90 "fused wgrad probe" fused_wgrad.md python3 lab/conv/winograd_wgrad_fused_probe.py
+    step 90 "variants nt" variants_nt.txt python3 lab/gemm/variants.py --layout nt --rounds 5
+    step 100 ws_bench ws_bench.log python3 lab/gemm/ws_bench.py --shapes 4096x4096x4096 --stages 4
     cat "$out/bias_grad_probe.txt" "$out/five_fft.md" "$out/fused_wgrad.md"
     sed -n '/^=== /,$p' "$out/variants_nt.txt"
     tail -n 6 "$out/thin_probe.txt" "$out/ws_bench.log"

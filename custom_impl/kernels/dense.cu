@@ -9,6 +9,7 @@
 //                           bits), so no second launch is needed.
 //   dense_bias_grad_finish  db[u] = the partials out[s*U + u] over s, in the same order.
 // Splitting the rows keeps the SMs busy when U is small: a 29-column layer at 22,400 rows was one block.
+#include "gemm_splitk.cuh"  // block_arrive_last
 
 // Row-thread ty's share of the partials p[s*U + u], s = ty, ty + 32, ... in order, then the tree over the 32
 // row-threads in `part`; the column's sum lands in part[0][tx]. Shared by the serial finish and the finish
@@ -33,7 +34,6 @@ extern "C" __global__ void dense_bias_grad(const float* __restrict__ dy, float* 
                                            float* __restrict__ db, int* __restrict__ counters,
                                            int N, int U, int nchunk) {
     __shared__ float part[32][33];  // [row-thread][column], +1 against bank conflicts
-    __shared__ int last;
     const int tx = threadIdx.x;     // column within the block
     const int ty = threadIdx.y;     // row phase
     const int u = blockIdx.x * 32 + tx;
@@ -54,14 +54,9 @@ extern "C" __global__ void dense_bias_grad(const float* __restrict__ dy, float* 
     }
     if (ty == 0 && u < U) out[(size_t)blockIdx.y * U + u] = part[0][tx];
     if (counters == nullptr || gridDim.y == 1) return;
-    // Serial finish (threadFenceReduction pattern: the partials are visible device-wide before they are
-    // counted; the last block reads the others' partials from L2, since its L1 does not see their writes).
-    __threadfence();
-    __syncthreads();
-    if (tx == 0 && ty == 0) last = atomicAdd(counters + blockIdx.x, 1) == (int)gridDim.y - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
+    // Serial finish: the last of the column block's gridDim.y blocks to arrive reads the others' partials
+    // from L2 (gemm_splitk.cuh)
+    if (!block_arrive_last(counters, blockIdx.x, gridDim.y)) return;
     finish_columns<true>(out, part, u, U, gridDim.y);
     if (ty == 0 && u < U) db[u] = part[0][tx];
     if (tx == 0 && ty == 0) counters[blockIdx.x] = 0;   // ready for the next launch (stream order)

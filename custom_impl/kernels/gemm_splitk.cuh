@@ -1,5 +1,5 @@
-// Split-K helpers shared by gemm.cu and gemm_thin.cu: serial split-K's arrival count and the reduce of
-// one output tile by the last block to arrive (the order of gemm_splitk_reduce: z = 0, 1, ...).
+// Split-K helpers shared by gemm.cu, gemm_thin.cu and dense.cu: serial split-K's arrival count and the
+// reduce of one output tile by the last block to arrive (the order of gemm_splitk_reduce: z = 0, 1, ...).
 #pragma once
 #include "gemm_tiles.cuh"  // apply_act
 
@@ -88,17 +88,24 @@ __device__ __forceinline__ void splitk_tile_reduce(const float* W, float* C, con
     }
 }
 
-// Serial split-K: publish this block's partial (already stored to W), count it in; true in the last of the
-// tile's gridDim.z blocks, which then sums all of them (threadFenceReduction pattern: fence before the
-// count, fence after seeing it, and L2 loads (__ldcg), since other SMs' L1s do not see these writes).
-// Every thread of the block must call it; the caller resets counters[tile] to 0 after its reduce.
-__device__ __forceinline__ bool splitk_arrive_last(int* counters, int tile) {
+// A block's arrival at a fixed-order reduction: publish what this block stored (its partial), count it in
+// on counters[slot]; true in the last of the `arrivals` blocks that count on that slot, which then sums
+// all of them (threadFenceReduction pattern: fence before the count, fence after seeing it, and L2 loads
+// (__ldcg), since other SMs' L1s do not see these writes). Every thread of the block must call it (thread
+// (0, 0, 0) counts); the caller resets counters[slot] to 0 after its reduce.
+__device__ __forceinline__ bool block_arrive_last(int* counters, int slot, int arrivals) {
     __shared__ int is_last;
     __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0) is_last = atomicAdd(counters + tile, 1) == (int)gridDim.z - 1;
+    if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0)
+        is_last = atomicAdd(counters + slot, 1) == arrivals - 1;
     __syncthreads();
     if (!is_last) return false;
     __threadfence();
     return true;
+}
+
+// Serial split-K: the tile's gridDim.z blocks arrive on counters[tile] (block_arrive_last).
+__device__ __forceinline__ bool splitk_arrive_last(int* counters, int tile) {
+    return block_arrive_last(counters, tile, gridDim.z);
 }

@@ -14,7 +14,7 @@
 // conv_winograd.cu's wino4_bt, wino25_a and wino25_gt). xi = 6a + b indexes the domain.
 //
 // Shared memory: 2 x (FW_XS + FW_DS) staging floats, then Ys (12 x FW_TQ x 64) and Vs (12 x FW_TQ x 32):
-// 82.75 KB at FW_TQ = 8, 158.75 KB at 16 (the probe's _smem_floats). One block per SM.
+// 82.75 KB at FW_TQ = 8, 158.75 KB at 16 (winograd_wgrad_fused_emulate.Layout). One block per SM.
 // Blocks: grid (chunks of tile rows, 3 groups of 12 xi (a in {2g, 2g+1}), k blocks of 64 x c blocks of 32).
 // A row of tiles is one (n, tp): tQ <= FW_TQ tiles. 384 threads = 12 warps; warp w owns xi = 12g + w, lane
 // (kq, cq) = (lane / 4, lane % 4) owns k0 + 8kq .. +7 x c0 + 8cq .. +7: 64 sums. Per row: stage x (6 rows
@@ -45,8 +45,8 @@
 // The 6x6 domain's vector transforms (wino4_bt, wino25_a, wino25_gt) are conv_winograd.cu's and the
 // 4-byte zero-filling cp.async helpers (pt_cp4, pt_commit, pt_wait) conv_patch.cu's: both files are included
 // whole (their own kernels compile into this module too, unused).
-#include "conv_winograd.cu"
-#include "conv_patch.cu"
+#include "../../custom_impl/kernels/conv_winograd.cu"  // also found through -I custom_impl/kernels
+#include "../../custom_impl/kernels/conv_patch.cu"     // likewise
 
 __constant__ float fw_bt[6][6] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
                                   {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};

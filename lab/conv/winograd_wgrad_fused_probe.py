@@ -20,16 +20,11 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
+from lab.conv.winograd_wgrad_fused_emulate import THREADS, Layout  # noqa: E402
+
 # LeNet's conv2 at 256 and 64, GoogLeNet's 5x5 branches (networks suite), a ragged odd shape
 SHAPES = "256,32,14,14,64,2;64,32,14,14,64,2;16,16,14,14,48,2;16,48,7,7,128,2;64,16,28,28,32,2;9,20,13,11,70,1"
 FILE = "conv/winograd_wgrad_fused.cu"
-THREADS = 384
-
-
-def _smem_floats(tq: int) -> int:
-    """The kernel's dynamic shared memory in floats for FW_TQ = tq (its header's layout)."""
-    xld, dld = 2 * tq + 4, 2 * tq
-    return 2 * 32 * (6 * xld + 1) + 2 * 64 * (2 * dld + 1) + 12 * tq * 64 + 12 * tq * 32
 
 
 def fused_launcher(x, dy, dW, pad: int, sms: int, waves: int):
@@ -42,7 +37,7 @@ def fused_launcher(x, dy, dW, pad: int, sms: int, waves: int):
     K, P, Q = dy.shape[1:]
     tP, tQ = -(-P // 2), -(-Q // 2)
     fw_tq = max(8, -(-tQ // 4) * 4)
-    smem = _smem_floats(fw_tq) * 4
+    smem = Layout(fw_tq).size * 4   # the kernel's shared-memory layout, as the CPU transliteration holds it
     defines = {"FW_TQ": fw_tq}
     partial = lab_kernel(FILE, "fw_wgrad_partial", defines, smem=smem)
     reduce_ = lab_kernel(FILE, "fw_reduce", defines)
